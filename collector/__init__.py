@@ -1,0 +1,1 @@
+"""Beacon collector: answers tracking-pixel requests and turns them into events."""

@@ -1,0 +1,52 @@
+"""The collector's aiohttp application factory."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+
+from aiohttp import web
+
+from collector.buffer import EventBuffer
+from collector.handlers import MAX_BODY_BYTES, Collector
+from collector.metrics import CollectorMetrics
+from collector.privacy import VisitorHasher
+from collector.settings import Settings
+from collector.sinks import Sink
+
+COLLECTOR = web.AppKey("collector", Collector)
+
+
+def create_app(settings: Settings, sink: Sink, metrics: CollectorMetrics) -> web.Application:
+    """Routes and buffer around a sink the caller made (sharing `metrics` with it).
+
+    The sink is flushed and closed on cleanup.
+    """
+    if not settings.secret:
+        raise ValueError("settings.secret is empty: resolve it before building the app")
+    buffer = EventBuffer(
+        sink,
+        metrics,
+        max_events=settings.buffer_max_events,
+        linger_ms=settings.linger_ms,
+        flush_interval_ms=settings.flush_interval_ms,
+    )
+    collector = Collector(settings, buffer, metrics, VisitorHasher(settings.secret.encode()))
+
+    # aiohttp enforces this while reading the body, also for chunked uploads without a length.
+    app = web.Application(client_max_size=MAX_BODY_BYTES)
+    app[COLLECTOR] = collector
+    app.router.add_get("/p.gif", collector.pixel)  # add_get answers HEAD too
+    app.router.add_post("/e", collector.events)
+    app.router.add_route("OPTIONS", "/e", collector.preflight)
+    app.router.add_get("/healthz", collector.healthz)
+    app.router.add_get("/readyz", collector.readyz)
+    app.router.add_get("/metrics", collector.metrics_page)
+    app.router.add_get("/robots.txt", collector.robots)
+
+    async def run_buffer(app: web.Application) -> AsyncIterator[None]:
+        buffer.start()
+        yield
+        await buffer.close()  # flushes the last events to the sink and closes it
+
+    app.cleanup_ctx.append(run_buffer)
+    return app

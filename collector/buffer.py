@@ -1,0 +1,84 @@
+"""The in-memory event buffer between the request handlers and the sink.
+
+Handlers only append bytes to a list; one pump task swaps the list out every `linger_ms`
+and hands it to the sink, so no request ever waits on disk or network.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+
+from collector.metrics import CollectorMetrics
+from collector.sinks import Sink
+
+log = logging.getLogger("beacon.buffer")
+
+
+class EventBuffer:
+    """Bounded list of serialised events plus the task that drains it into a sink."""
+
+    def __init__(
+        self,
+        sink: Sink,
+        metrics: CollectorMetrics,
+        *,
+        max_events: int,
+        linger_ms: int,
+        flush_interval_ms: int,
+    ) -> None:
+        self.sink = sink
+        self.metrics = metrics
+        self.max_events = max_events
+        self.linger_s = linger_ms / 1000
+        self.flush_interval_s = flush_interval_ms / 1000
+        self._events: list[bytes] = []
+        self._task: asyncio.Task[None] | None = None
+        self._stop = asyncio.Event()
+
+    def __len__(self) -> int:
+        return len(self._events)
+
+    def offer(self, event: bytes) -> bool:
+        """Append one event; False (and counted) when the buffer is full."""
+        if len(self._events) >= self.max_events:
+            self.metrics.events_dropped.labels("buffer_full").inc()
+            return False
+        self._events.append(event)
+        return True
+
+    def start(self) -> None:
+        self._task = asyncio.create_task(self._pump(), name="beacon-buffer-pump")
+
+    async def _drain_once(self) -> None:
+        events, self._events = self._events, []
+        self.metrics.buffer_events.set(0)
+        if not events:
+            return
+        try:
+            await self.sink.send(events)
+        except Exception:  # a sink bug must not stop the pump: count the loss, keep going
+            log.exception("sink.send failed; %d events lost", len(events))
+            self.metrics.events_dropped.labels("sink_error").inc(len(events))
+
+    async def _pump(self) -> None:
+        last_flush = time.monotonic()
+        while not self._stop.is_set():
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._stop.wait(), self.linger_s)
+            self.metrics.buffer_events.set(len(self._events))
+            await self._drain_once()
+            if time.monotonic() - last_flush >= self.flush_interval_s:
+                await self.sink.flush()
+                last_flush = time.monotonic()
+
+    async def close(self) -> None:
+        """Stop the pump after its current batch, hand the rest to the sink, flush and close it."""
+        self._stop.set()
+        if self._task is not None:
+            await self._task
+        await self._drain_once()
+        await self.sink.flush()
+        await self.sink.close()

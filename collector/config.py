@@ -1,0 +1,83 @@
+"""Build a frozen settings dataclass from a mapping of environment variables."""
+
+from __future__ import annotations
+
+import dataclasses
+import types
+import typing
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any, TypeVar
+
+T = TypeVar("T")
+
+
+class SettingsError(ValueError):
+    """A setting is missing or malformed; the message names the variable."""
+
+
+def setting(default: Any, help: str, **meta: Any) -> Any:
+    """A dataclass field with its help text and checks (`choices`, `min`) as metadata."""
+    return dataclasses.field(default=default, metadata={"help": help, **meta})
+
+
+def _convert(name: str, raw: str, kind: Any) -> Any:
+    if kind is bool:
+        lowered = raw.strip().lower()
+        if lowered in ("1", "true", "yes", "on"):
+            return True
+        if lowered in ("0", "false", "no", "off", ""):
+            return False
+        raise SettingsError(f"{name}: expected a boolean (1/0, true/false), got {raw!r}")
+    if kind is int:
+        try:
+            return int(raw.replace("_", ""))
+        except ValueError:
+            raise SettingsError(f"{name}: expected an integer, got {raw!r}") from None
+    if kind is float:
+        try:
+            return float(raw)
+        except ValueError:
+            raise SettingsError(f"{name}: expected a number, got {raw!r}") from None
+    if kind is Path:
+        return Path(raw)
+    if kind == tuple[str, ...]:
+        return tuple(part.strip() for part in raw.split(",") if part.strip())
+    return raw
+
+
+def from_mapping(cls: type[T], env: Mapping[str, str], prefix: str) -> T:
+    """Read every field of `cls` from `env[prefix + FIELD_NAME]`, falling back to its default.
+
+    Field metadata may carry `choices` (allowed strings) and `min` (lowest number);
+    a violation raises SettingsError naming the variable.
+    """
+    hints = typing.get_type_hints(cls)
+    values: dict[str, Any] = {}
+    for field in dataclasses.fields(cls):  # type: ignore[arg-type]
+        name = prefix + field.name.upper()
+        kind = hints[field.name]
+        if isinstance(kind, types.UnionType):  # "Path | None" and the like: the first type wins
+            kind = typing.get_args(kind)[0]
+        if name not in env:
+            continue
+        value = _convert(name, env[name], kind)
+        choices = field.metadata.get("choices")
+        if choices is not None and value not in choices:
+            raise SettingsError(f"{name}: expected one of {', '.join(choices)}, got {value!r}")
+        low = field.metadata.get("min")
+        if low is not None and value < low:
+            raise SettingsError(f"{name}: must be >= {low}, got {value!r}")
+        values[field.name] = value
+    return cls(**values)
+
+
+def describe(cls: type) -> list[tuple[str, str, str]]:
+    """(variable, default, help) rows for documentation and `--help`."""
+    rows = []
+    for field in dataclasses.fields(cls):
+        default = field.default if field.default is not dataclasses.MISSING else ""
+        if isinstance(default, tuple):
+            default = ",".join(default)
+        rows.append((field.name.upper(), str(default), field.metadata.get("help", "")))
+    return rows

@@ -1,0 +1,252 @@
+"""HTTP handlers: the pixel, the JSON event endpoint, health, metrics."""
+
+from __future__ import annotations
+
+import ipaddress
+import time
+from collections.abc import Mapping
+from typing import Any
+
+import orjson
+from aiohttp import web
+from multidict import CIMultiDict
+from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+
+from collector import event as ev
+from collector.buffer import EventBuffer
+from collector.metrics import CollectorMetrics
+from collector.pixel import CORS_HEADERS, GIF_BYTES, PIXEL_HEADERS, ROBOTS_TXT
+from collector.privacy import VisitorHasher, anonymise_ip, dnt_decision, opted_out
+from collector.settings import Settings
+
+MAX_BODY_BYTES = 64 * 1024
+MAX_BATCH_EVENTS = 100
+JSON_TYPES = frozenset({"application/json", "text/plain"})
+JSON_ERROR_HEADERS = CIMultiDict({**CORS_HEADERS, "Content-Type": "application/json"})
+PROP_SCALARS = (str, int, float, bool)
+
+
+def is_prefetch(headers: Mapping[str, str]) -> bool:
+    """Browsers mark speculative loads; nobody has seen the page or the mail yet."""
+    purpose = headers.get("Sec-Purpose") or headers.get("Purpose") or ""
+    return "prefetch" in purpose
+
+
+def json_error(status: int, reason: str, **extra: Any) -> web.Response:
+    body = orjson.dumps({"error": reason, **extra})
+    return web.Response(status=status, body=body, headers=JSON_ERROR_HEADERS)
+
+
+class Collector:
+    """Request handlers sharing one buffer, one metrics set and one visitor hasher."""
+
+    def __init__(
+        self,
+        settings: Settings,
+        buffer: EventBuffer,
+        metrics: CollectorMetrics,
+        hasher: VisitorHasher,
+    ) -> None:
+        self.settings = settings
+        self.buffer = buffer
+        self.metrics = metrics
+        self.hasher = hasher
+        self.keep_query = frozenset(settings.url_query_keep)
+        self.draining = False
+
+    # -- shared steps ----------------------------------------------------------------------
+
+    def client_ip(self, request: web.Request) -> str:
+        header = self.settings.forwarded_header
+        if header:
+            # The proxy we trust appends the address it saw last; anything left of it is the
+            # client's own claim and can be forged.
+            value = request.headers.get(header, "").rsplit(",", 1)[-1].strip()
+            try:
+                return str(ipaddress.ip_address(value))
+            except ValueError:
+                self.metrics.input_fixed.labels("bad_forwarded_header").inc()
+        return request.remote or ""
+
+    def record(
+        self,
+        request: web.Request,
+        fields: Mapping[str, str],
+        props: dict[str, str],
+        page_url: str,
+        transport: str,
+        notes: list[str],
+    ) -> str:
+        """Build one event and buffer it; returns the outcome label. Raises ev.Rejected."""
+        headers = request.headers
+        event_type = fields.get("e") or "pageview"
+        dnt = opted_out(headers)
+        anonymous = False
+        if dnt:
+            decision = dnt_decision(self.settings.dnt_policy, event_type)
+            if decision == "drop":
+                if event_type in ev.EVENT_TYPES:
+                    self.metrics.events_dropped.labels("dnt").inc()
+                    return "dnt"
+            anonymous = decision == "anonymous"
+        received_ms = ev.now_ms()
+        full_ip = self.client_ip(request)
+        user_agent = headers.get("User-Agent", "")
+        visitor_id = 0
+        if not anonymous:
+            visitor_id = self.hasher.visitor_id(
+                fields.get("s", ""), full_ip, user_agent, received_ms
+            )
+        row = ev.build_event(
+            fields,
+            props,
+            page_url=page_url,
+            user_agent=user_agent,
+            ip="" if anonymous else anonymise_ip(full_ip, self.settings.ip_mode),
+            visitor_id=visitor_id,
+            dnt=dnt,
+            transport=transport,
+            received_ms=received_ms,
+            keep_query=self.keep_query,
+            notes=notes,
+        )
+        if not self.buffer.offer(orjson.dumps(row)):
+            return "buffer_full"
+        self.metrics.events_accepted.labels(transport).inc()
+        for note in notes:
+            self.metrics.input_fixed.labels(note).inc()
+        return "recorded"
+
+    # -- endpoints -------------------------------------------------------------------------
+
+    async def pixel(self, request: web.Request) -> web.Response:
+        """GET/HEAD /p.gif: always the pixel; the event only when the request is a real view."""
+        started = time.perf_counter()
+        if request.method == "HEAD":
+            outcome = "head"
+        elif is_prefetch(request.headers):
+            outcome = "prefetch"
+        else:
+            outcome = self._pixel_event(request)
+        self.metrics.requests.labels("pixel", outcome).inc()
+        self.metrics.hot_path_seconds.labels("pixel").observe(time.perf_counter() - started)
+        return web.Response(body=GIF_BYTES, headers=PIXEL_HEADERS)
+
+    def _pixel_event(self, request: web.Request) -> str:
+        fields: dict[str, str] = {}
+        raw_props: list[tuple[str, str]] = []
+        for key, value in request.query.items():
+            if key.startswith("p."):
+                raw_props.append((key[2:], value))
+            elif key in ev.KNOWN_KEYS and key not in fields:
+                fields[key] = value
+        notes: list[str] = []
+        props = ev.clean_props(raw_props, notes)
+        page_url = fields.get("u") or request.headers.get("Referer") or ""
+        try:
+            return self.record(request, fields, props, page_url, "pixel", notes)
+        except ev.Rejected as exc:
+            self.metrics.events_dropped.labels(exc.reason).inc()
+            return "rejected"
+
+    async def events(self, request: web.Request) -> web.Response:
+        """POST /e: one JSON event or an array of them; 204, or 4xx with a short reason."""
+        started = time.perf_counter()
+        response = await self._events(request)
+        outcome = "recorded" if response.status == 204 else str(response.status)
+        self.metrics.requests.labels("events", outcome).inc()
+        self.metrics.hot_path_seconds.labels("events").observe(time.perf_counter() - started)
+        return response
+
+    async def _events(self, request: web.Request) -> web.Response:
+        # sendBeacon sends text/plain for strings and no type at all for an untyped Blob.
+        if "Content-Type" in request.headers and request.content_type not in JSON_TYPES:
+            return json_error(415, "unsupported_media_type")
+        if request.content_length is not None and request.content_length > MAX_BODY_BYTES:
+            return json_error(413, "body_too_large", max_bytes=MAX_BODY_BYTES)
+        try:
+            body = await request.read()
+        except web.HTTPRequestEntityTooLarge:
+            return json_error(413, "body_too_large", max_bytes=MAX_BODY_BYTES)
+        try:
+            doc = orjson.loads(body)
+        except orjson.JSONDecodeError:
+            return json_error(400, "malformed_json")
+        items = doc if isinstance(doc, list) else [doc]
+        if not items:
+            return json_error(400, "empty_batch")
+        if len(items) > MAX_BATCH_EVENTS:
+            return json_error(400, "too_many_events", max_events=MAX_BATCH_EVENTS)
+        parsed = []
+        for index, item in enumerate(items):
+            try:
+                parsed.append(parse_json_event(item))
+            except ev.Rejected as exc:
+                self.metrics.events_dropped.labels(exc.reason).inc(len(items))
+                return json_error(400, exc.reason, index=index)
+        outcomes = []
+        for index, (fields, props) in enumerate(parsed):
+            page_url = fields.get("u") or request.headers.get("Referer") or ""
+            try:
+                outcomes.append(self.record(request, fields, props, page_url, "beacon", []))
+            except ev.Rejected as exc:
+                # Validation above makes this rare (an id too long): report what was kept.
+                self.metrics.events_dropped.labels(exc.reason).inc()
+                return json_error(400, exc.reason, index=index, recorded=index)
+        if "buffer_full" in outcomes:
+            # The client can retry a POST; tell it so instead of losing the event quietly.
+            return json_error(503, "busy", recorded=outcomes.count("recorded"))
+        return web.Response(status=204, headers=CORS_HEADERS)
+
+    async def preflight(self, request: web.Request) -> web.Response:
+        return web.Response(status=204, headers=CORS_HEADERS)
+
+    async def healthz(self, request: web.Request) -> web.Response:
+        return web.Response(text="ok\n")
+
+    async def readyz(self, request: web.Request) -> web.Response:
+        if self.draining:
+            return web.Response(status=503, text="draining\n")
+        if not self.buffer.sink.healthy():
+            return web.Response(status=503, text="sink unhealthy\n")
+        return web.Response(text="ready\n")
+
+    async def metrics_page(self, request: web.Request) -> web.Response:
+        self.metrics.buffer_events.set(len(self.buffer))
+        body = generate_latest(self.metrics.registry)
+        return web.Response(body=body, headers={"Content-Type": CONTENT_TYPE_LATEST})
+
+    async def robots(self, request: web.Request) -> web.Response:
+        return web.Response(body=ROBOTS_TXT, content_type="text/plain")
+
+
+def parse_json_event(item: Any) -> tuple[dict[str, str], dict[str, str]]:
+    """Validate one POSTed event: known string fields and a flat `p` object of scalars."""
+    if not isinstance(item, dict):
+        raise ev.Rejected("event_not_object")
+    fields: dict[str, str] = {}
+    props: dict[str, str] = {}
+    for key, value in item.items():
+        if key == "p":
+            if not isinstance(value, dict):
+                raise ev.Rejected("props_not_object")
+            notes: list[str] = []
+            pairs = []
+            for pkey, pvalue in value.items():
+                if not isinstance(pvalue, PROP_SCALARS):
+                    raise ev.Rejected("prop_value_not_scalar")
+                pairs.append(
+                    (pkey, pvalue if isinstance(pvalue, str) else orjson.dumps(pvalue).decode())
+                )
+            props = ev.clean_props(pairs, notes)
+            if notes:  # an API client can fix its payload: say what is wrong instead of cutting
+                raise ev.Rejected(notes[0])
+        elif key in ev.KNOWN_KEYS:
+            if not isinstance(value, str):
+                raise ev.Rejected(f"{key}_not_string")
+            fields[key] = value
+        else:
+            raise ev.Rejected("unknown_field")
+    if fields.get("e", "pageview") not in ev.EVENT_TYPES:
+        raise ev.Rejected("bad_event_type")
+    return fields, props

@@ -1,0 +1,63 @@
+"""The collector's Prometheus metrics, registered on an injected registry."""
+
+from __future__ import annotations
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+
+# The hot path is answered from memory: its budget is tens of microseconds, so the buckets are too.
+HOT_PATH_BUCKETS_S = (
+    5e-6, 10e-6, 20e-6, 50e-6, 100e-6, 200e-6, 500e-6, 1e-3, 2e-3, 5e-3, 10e-3, 50e-3,
+)  # fmt: skip
+
+
+class CollectorMetrics:
+    """Every series a collector process exports."""
+
+    def __init__(self, registry: CollectorRegistry) -> None:
+        self.registry = registry
+        self.requests = Counter(
+            "beacon_requests",
+            "HTTP requests by endpoint and outcome.",
+            ["endpoint", "outcome"],
+            registry=registry,
+        )
+        self.hot_path_seconds = Histogram(
+            "beacon_hot_path_seconds",
+            "Time from handler entry to response ready, per endpoint.",
+            ["endpoint"],
+            buckets=HOT_PATH_BUCKETS_S,
+            registry=registry,
+        )
+        self.events_accepted = Counter(
+            "beacon_events_accepted",
+            "Events accepted into the buffer, by transport.",
+            ["transport"],
+            registry=registry,
+        )
+        self.events_dropped = Counter(
+            "beacon_events_dropped",
+            "Events not stored, by reason (junk, privacy, full buffer or spool).",
+            ["reason"],
+            registry=registry,
+        )
+        self.input_fixed = Counter(
+            "beacon_input_fixed",
+            "Accepted events whose input was cut to fit a limit, by reason.",
+            ["reason"],
+            registry=registry,
+        )
+        self.buffer_events = Gauge(
+            "beacon_buffer_events", "Events waiting in memory for the sink.", registry=registry
+        )
+        self.sink_events = Counter(
+            "beacon_sink_events",
+            "Events handed to the sink, by outcome.",
+            ["outcome"],
+            registry=registry,
+        )
+        self.spool_bytes = Gauge(
+            "beacon_spool_bytes", "Bytes in spool segments on disk.", registry=registry
+        )
+        self.spool_segments = Gauge(
+            "beacon_spool_segments", "Spool segment files on disk.", registry=registry
+        )

@@ -1,0 +1,78 @@
+"""Run the collector: sink, app, listening socket, and a graceful SIGTERM."""
+
+from __future__ import annotations
+
+import asyncio
+import dataclasses
+import logging
+import os
+import signal
+
+from aiohttp import web
+from prometheus_client import CollectorRegistry
+
+from collector.app import COLLECTOR, create_app
+from collector.metrics import CollectorMetrics
+from collector.settings import Settings
+from collector.sinks import Sink
+from collector.sinks.memory import MemorySink
+from collector.sinks.spool import SpoolSink
+
+log = logging.getLogger("beacon.collector")
+
+
+def resolve_secret(settings: Settings) -> Settings:
+    """Settings with a visitor-id secret: the configured one, or one kept in data_dir/secret.
+
+    Kept on disk so visitor ids survive restarts and agree across worker processes.
+    """
+    if settings.secret:
+        return settings
+    path = settings.data_dir / "secret"
+    settings.data_dir.mkdir(parents=True, exist_ok=True)
+    try:
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    except FileExistsError:
+        secret = path.read_text().strip()
+    else:
+        secret = os.urandom(32).hex()
+        with os.fdopen(fd, "w") as f:
+            f.write(secret + "\n")
+    return dataclasses.replace(settings, secret=secret)
+
+
+def make_sink(settings: Settings, metrics: CollectorMetrics) -> Sink:
+    if settings.sink == "memory":
+        return MemorySink()
+    return SpoolSink(
+        settings.spool_dir,
+        metrics,
+        segment_max_bytes=settings.spool_segment_max_bytes,
+        segment_max_age_ms=settings.spool_segment_max_age_ms,
+        max_bytes=settings.spool_max_bytes,
+    )
+
+
+async def serve(settings: Settings) -> None:
+    """Serve until SIGTERM/SIGINT, then: not ready, drain, flush the buffer, exit."""
+    settings = resolve_secret(settings)
+    metrics = CollectorMetrics(CollectorRegistry())
+    app = create_app(settings, make_sink(settings, metrics), metrics)
+    runner = web.AppRunner(app, access_log=None, handle_signals=False)
+    await runner.setup()
+    site = web.TCPSite(runner, settings.host, settings.port, reuse_port=True)
+    await site.start()
+    log.info("collector listening on http://%s:%d", settings.host, settings.port)
+
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, stop.set)
+    await stop.wait()
+
+    # Load balancers see /readyz fail and stop sending; requests already routed here still land.
+    app[COLLECTOR].draining = True
+    log.info("draining for %d ms", settings.drain_ms)
+    await asyncio.sleep(settings.drain_ms / 1000)
+    await runner.cleanup()  # stops accepting, finishes in-flight requests, then buffer.close()
+    log.info("collector stopped")

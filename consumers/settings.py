@@ -1,0 +1,47 @@
+"""Consumer settings: one frozen dataclass, built from BEACON_* variables."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass
+from pathlib import Path
+
+from collector.config import from_mapping, setting
+
+PREFIX = "BEACON_"
+
+
+@dataclass(frozen=True, slots=True)
+class ConsumerSettings:
+    """Everything a consumer process needs; read once in __main__."""
+
+    data_dir: Path = setting(Path("data"), "where the spool and the embedded store live")
+    batch_max_rows: int = setting(10_000, "rows per ClickHouse insert at most", min=1)
+    batch_max_age_ms: int = setting(
+        1000, "a batch is inserted when its first row is this old", min=1
+    )
+    poll_interval_ms: int = setting(100, "how often an idle consumer looks for new segments", min=1)
+    retry_max_ms: int = setting(30_000, "longest wait between retries of a failed insert", min=1)
+    store_host: str = setting("127.0.0.1", "address of the store's local query port")
+    store_port: int = setting(
+        8124, "port where the process owning the store answers queries", min=0
+    )
+    retention_days: int = setting(
+        395, "events older than this are deleted by TTL; 0 keeps them", min=0
+    )
+
+    @classmethod
+    def from_env(cls, env: Mapping[str, str]) -> ConsumerSettings:
+        return from_mapping(cls, env, PREFIX)
+
+    @property
+    def spool_dir(self) -> Path:
+        return self.data_dir / "spool"
+
+    @property
+    def store_dir(self) -> Path:
+        return self.data_dir / "clickhouse"
+
+    @property
+    def checkpoint_path(self) -> Path:
+        return self.data_dir / "spool.checkpoint.json"

@@ -1,0 +1,1 @@
+"""Where consumers read events from: one module per source."""

@@ -1,0 +1,144 @@
+"""Read closed spool segments in order, with a durable checkpoint.
+
+The checkpoint holds the committed position (segment, byte offset) and, while an insert is
+under way, the exact byte ranges of that batch. After a crash the pending ranges are read
+again and inserted with the same dedup token, so ClickHouse drops the repeat: a crash re-reads
+at most the batch in flight, and never doubles it.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+import orjson
+
+from collector.sinks.spool import closed_segments
+
+
+@dataclass(frozen=True, slots=True)
+class Range:
+    """Bytes [start, end) of one segment: whole lines only."""
+
+    segment: str
+    start: int
+    end: int
+
+
+def token_for(ranges: list[Range]) -> str:
+    """The insert dedup token of a batch: the same ranges always give the same token."""
+    text = ";".join(f"{r.segment}:{r.start}:{r.end}" for r in ranges)
+    return "spool-" + hashlib.sha256(text.encode()).hexdigest()[:32]
+
+
+class SpoolSource:
+    """A cursor over closed segments; `commit` makes progress durable and frees space.
+
+    A segment still on disk is unread or partly read: finished segments are deleted right
+    after the checkpoint that says so. Nothing is skipped by name, so segments closed late
+    by another writer process are still read.
+    """
+
+    def __init__(self, directory: Path, checkpoint_path: Path) -> None:
+        self.directory = directory
+        self.checkpoint_path = checkpoint_path
+        directory.mkdir(parents=True, exist_ok=True)
+        state = self._load()
+        # Committed byte offset per segment not yet deleted (usually one entry, or none).
+        self.offsets: dict[str, int] = dict(state.get("offsets", {}))
+        self.pending: list[Range] = [Range(*r) for r in state.get("pending", [])]
+        # The read cursor runs ahead of the committed offsets while a batch fills up.
+        self._read: dict[str, int] = dict(self.offsets)
+        for r in self.pending:
+            self._read[r.segment] = r.end
+        self._delete_finished()
+
+    # -- reading ---------------------------------------------------------------------------
+
+    def read(self, max_rows: int) -> tuple[list[bytes], list[Range]]:
+        """Up to `max_rows` lines after the read cursor, and the ranges they came from."""
+        rows: list[bytes] = []
+        ranges: list[Range] = []
+        for path in closed_segments(self.directory):
+            name = path.name
+            start = self._read.get(name, 0)
+            with open(path, "rb") as f:
+                f.seek(start)
+                data = f.read()
+            if not data:
+                continue
+            lines = data.split(b"\n")[:-1]  # closed segments end with a newline
+            take = lines[: max_rows - len(rows)]
+            end = start + sum(len(line) + 1 for line in take)
+            rows.extend(take)
+            ranges.append(Range(name, start, end))
+            self._read[name] = end
+            if len(rows) >= max_rows:
+                break
+        return rows, ranges
+
+    def read_ranges(self, ranges: list[Range]) -> list[bytes]:
+        """The lines of exactly these ranges (to replay a pending batch)."""
+        rows: list[bytes] = []
+        for r in ranges:
+            with open(self.directory / r.segment, "rb") as f:
+                f.seek(r.start)
+                rows.extend(f.read(r.end - r.start).split(b"\n")[:-1])
+        return rows
+
+    def backlog_segments(self) -> int:
+        return len(closed_segments(self.directory))
+
+    # -- progress --------------------------------------------------------------------------
+
+    def begin(self, ranges: list[Range]) -> None:
+        """Record the batch about to be inserted, before the insert."""
+        self.pending = list(ranges)
+        self._save()
+
+    def commit(self, ranges: list[Range]) -> None:
+        """The batch is in ClickHouse: move past it and delete finished segments."""
+        for r in ranges:
+            self.offsets[r.segment] = r.end
+        self.pending = []
+        self._save()
+        self._delete_finished()
+
+    def _delete_finished(self) -> None:
+        for name, offset in list(self.offsets.items()):
+            path = self.directory / name
+            try:
+                size = path.stat().st_size
+            except FileNotFoundError:
+                size = offset  # deleted after the last save: forget it too
+            if size == offset and not any(r.segment == name for r in self.pending):
+                path.unlink(missing_ok=True)
+                del self.offsets[name]
+                self._read.pop(name, None)
+
+    # -- the checkpoint file ---------------------------------------------------------------
+
+    def _load(self) -> dict:
+        try:
+            return orjson.loads(self.checkpoint_path.read_bytes())
+        except FileNotFoundError:
+            return {}
+
+    def _save(self) -> None:
+        state = {
+            "offsets": self.offsets,
+            "pending": [[r.segment, r.start, r.end] for r in self.pending],
+        }
+        tmp = self.checkpoint_path.with_suffix(".tmp")
+        with open(tmp, "wb") as f:
+            f.write(orjson.dumps(state))
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, self.checkpoint_path)  # atomic: the old or the new state, never half
+        dir_fd = os.open(self.checkpoint_path.parent, os.O_RDONLY)
+        try:
+            os.fsync(dir_fd)
+        finally:
+            os.close(dir_fd)

@@ -1,0 +1,428 @@
+#!/usr/bin/env python3
+"""Run a real single-node Apache Kafka broker (KRaft, broker+controller) on loopback.
+
+No Docker here, so the broker runs from the Maven Central jars listed in pom.xml beside this
+file, with Java 17. Standard library only, so CI and tests can run it before any venv exists.
+
+    python3 deploy/kafka/kafka.py fetch                 # download the jars (CI warm-up)
+    python3 deploy/kafka/kafka.py up [--port 9092] [--controller-port 9093] [--dir DIR]
+    python3 deploy/kafka/kafka.py down [--dir DIR]
+
+`up` prints only the bootstrap address on stdout (`BOOTSTRAP=$(... up)` works); progress and
+errors go to stderr. Tests import this file by path (tests/kafka_broker.py) and call
+start_broker() / stop_broker().
+"""
+
+import argparse
+import base64
+import os
+import shutil
+import signal
+import socket
+import struct
+import subprocess
+import sys
+import tempfile
+import time
+import uuid
+import xml.etree.ElementTree as ET
+from collections.abc import Mapping
+from dataclasses import dataclass
+from pathlib import Path
+
+HERE = Path(__file__).resolve().parent
+POM = HERE / "pom.xml"
+DEFAULT_DIR = Path(tempfile.gettempdir()) / "beacon-kafka"
+JVM_HEAP = ("-Xms256m", "-Xmx512m")  # a test broker; Kafka's own default is 1 GiB
+
+# Quiet log: warnings plus the one INFO line that says the server started. It goes to stdout,
+# which start_broker() sends to DIR/kafka.log.
+LOG4J2_PROPERTIES = """\
+status = warn
+appender.out.type = Console
+appender.out.name = out
+appender.out.layout.type = PatternLayout
+appender.out.layout.pattern = [%d] %p %m (%c)%n
+rootLogger.level = WARN
+rootLogger.appenderRef.out.ref = out
+logger.started.name = kafka.server.KafkaRaftServer
+logger.started.level = INFO
+"""
+
+
+class BrokerError(RuntimeError):
+    """The broker could not be fetched, formatted or started."""
+
+
+def kafka_version() -> str:
+    """The Kafka version pinned in pom.xml (single source of truth)."""
+    ns = {"m": "http://maven.apache.org/POM/4.0.0"}
+    version = ET.parse(POM).getroot().findtext("m:properties/m:kafka.version", namespaces=ns)
+    if not version:
+        raise BrokerError(f"no <kafka.version> property in {POM}")
+    return version
+
+
+def cache_dir(environ: Mapping[str, str]) -> Path:
+    """Where the jars live: $BEACON_KAFKA_CACHE or ~/.cache/beacon/kafka-<version>."""
+    if environ.get("BEACON_KAFKA_CACHE"):
+        return Path(environ["BEACON_KAFKA_CACHE"])
+    return Path.home() / ".cache" / "beacon" / f"kafka-{kafka_version()}"
+
+
+def fetch(cache: Path | None = None) -> Path:
+    """Copy the broker's jars into <cache>/libs once; return that libs dir."""
+    libs = (cache or cache_dir(os.environ)) / "libs"
+    if libs.is_dir():
+        return libs
+    mvn = shutil.which("mvn")
+    if mvn is None:
+        raise BrokerError("mvn not found on PATH (apt-get install maven)")
+    libs.parent.mkdir(parents=True, exist_ok=True)
+    # Download into a private dir and rename: an interrupted or concurrent fetch never leaves
+    # a half-filled libs/ that later runs would take as complete.
+    partial = Path(tempfile.mkdtemp(prefix="libs.partial-", dir=libs.parent))
+    cmd = [
+        mvn,
+        "-q",
+        "-B",
+        "-f",
+        str(POM),
+        "dependency:copy-dependencies",
+        f"-DoutputDirectory={partial}",
+    ]
+    done = subprocess.run(cmd, capture_output=True, text=True, check=False)
+    if done.returncode != 0:
+        shutil.rmtree(partial, ignore_errors=True)
+        raise BrokerError(f"jar fetch failed: {' '.join(cmd)}\n{done.stdout}{done.stderr}")
+    try:
+        partial.rename(libs)
+    except OSError:  # another process finished first; its copy is as good as ours
+        shutil.rmtree(partial, ignore_errors=True)
+    return libs
+
+
+def server_properties(data_dir: Path, port: int, controller_port: int, partitions: int) -> str:
+    """A combined broker+controller config; every replication factor is 1 (one node)."""
+    return f"""\
+process.roles=broker,controller
+node.id=1
+listeners=PLAINTEXT://127.0.0.1:{port},CONTROLLER://127.0.0.1:{controller_port}
+advertised.listeners=PLAINTEXT://127.0.0.1:{port}
+listener.security.protocol.map=PLAINTEXT:PLAINTEXT,CONTROLLER:PLAINTEXT
+inter.broker.listener.name=PLAINTEXT
+controller.listener.names=CONTROLLER
+controller.quorum.bootstrap.servers=127.0.0.1:{controller_port}
+log.dirs={data_dir}
+num.partitions={partitions}
+default.replication.factor=1
+min.insync.replicas=1
+offsets.topic.replication.factor=1
+transaction.state.log.replication.factor=1
+transaction.state.log.min.isr=1
+share.coordinator.state.topic.replication.factor=1
+share.coordinator.state.topic.min.isr=1
+# Fewer internal partitions: the first consumer group / transaction creates them, and 50 of
+# each (the default) costs seconds on a test machine.
+offsets.topic.num.partitions=4
+transaction.state.log.num.partitions=4
+# Consumers join at once instead of after the default 3 s wait for more members.
+group.initial.rebalance.delay.ms=0
+# Topics are created explicitly (by the app or the test), so a typo does not make a topic.
+auto.create.topics.enable=false
+"""
+
+
+def _cluster_id() -> str:
+    """A random Kafka Uuid string (base64url of 16 bytes, as `kafka-storage random-uuid`)."""
+    while True:
+        text = base64.urlsafe_b64encode(uuid.uuid4().bytes).rstrip(b"=").decode()
+        if not text.startswith("-"):  # Kafka avoids these too: they parse as CLI flags
+            return text
+
+
+def _java(libs: Path, log_config: Path, *args: str) -> list[str]:
+    java = (
+        str(Path(os.environ["JAVA_HOME"]) / "bin" / "java")
+        if "JAVA_HOME" in os.environ
+        else (shutil.which("java") or "java")
+    )
+    # 'libs/*' is expanded by java itself, not by a shell.
+    return [
+        java,
+        *JVM_HEAP,
+        "-Djava.awt.headless=true",
+        f"-Dlog4j2.configurationFile={log_config}",
+        "-cp",
+        f"{libs}/*",
+        *args,
+    ]
+
+
+def cluster_id_at(port: int, host: str = "127.0.0.1", timeout_s: float = 2.0) -> str | None:
+    """The cluster id a broker on host:port reports once it lists itself, else None.
+
+    A hand-encoded Metadata v4 request for no topics. The client listener only serves
+    requests once the broker has caught up with the metadata log and is unfenced, and the
+    cluster id tells our broker apart from any other one that already holds the port.
+    https://kafka.apache.org/protocol#The_Messages_Metadata
+    """
+    correlation_id, client_id = 1, b"beacon-ready"
+    # Request header v1 (api_key=3 Metadata, api_version=4, correlation_id, client_id), then
+    # the body: topics = empty array (v1+: "no topics"), allow_auto_topic_creation = false.
+    request = struct.pack(">hhih", 3, 4, correlation_id, len(client_id)) + client_id
+    request += struct.pack(">ib", 0, 0)
+    try:
+        with socket.create_connection((host, port), timeout=timeout_s) as sock:
+            sock.sendall(struct.pack(">i", len(request)) + request)
+            (size,) = struct.unpack(">i", _recv_exact(sock, 4))
+            response = _recv_exact(sock, size)
+    except OSError:
+        return None
+    # Response v4: correlation_id, throttle_time_ms, brokers[node_id, host, port, rack],
+    # cluster_id, ... (only the fields up to cluster_id are read).
+    got_id, _throttle_ms, n_brokers = struct.unpack_from(">iii", response)
+    if got_id != correlation_id or n_brokers < 1:
+        return None
+    offset = 12
+    for _ in range(n_brokers):
+        offset += 4  # node_id
+        (host_len,) = struct.unpack_from(">h", response, offset)
+        offset += 2 + host_len + 4  # host, port
+        (rack_len,) = struct.unpack_from(">h", response, offset)
+        offset += 2 + max(rack_len, 0)  # rack is -1 when null
+    (id_len,) = struct.unpack_from(">h", response, offset)
+    return response[offset + 2 : offset + 2 + id_len].decode() if id_len >= 0 else None
+
+
+def _recv_exact(sock: socket.socket, n_bytes: int) -> bytes:
+    data = b""
+    while len(data) < n_bytes:
+        chunk = sock.recv(n_bytes - len(data))
+        if not chunk:
+            raise ConnectionError("broker closed the connection")
+        data += chunk
+    return data
+
+
+def _port_free(port: int) -> bool:
+    with socket.socket() as sock:
+        # Same option as Java's server sockets, so a port in TIME_WAIT counts as free.
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            sock.bind(("127.0.0.1", port))
+        except OSError:
+            return False
+    return True
+
+
+def _pid_alive(pid: int) -> bool:
+    """True if pid is a running Kafka broker (not a zombie, not a reused pid)."""
+    try:
+        os.waitpid(pid, os.WNOHANG)  # reap it if it is our exited child
+    except ChildProcessError:
+        pass
+    try:
+        cmdline = Path(f"/proc/{pid}/cmdline").read_bytes()
+    except OSError:
+        return False
+    return b"kafka.Kafka" in cmdline
+
+
+def _read_pid(kafka_dir: Path) -> int | None:
+    try:
+        return int((kafka_dir / "kafka.pid").read_text().strip())
+    except (OSError, ValueError):
+        return None
+
+
+def _read_properties(path: Path) -> dict[str, str]:
+    lines = path.read_text().splitlines()
+    pairs = (line.split("=", 1) for line in lines if "=" in line and not line.startswith("#"))
+    return {key.strip(): value.strip() for key, value in pairs}
+
+
+def _log_tail(kafka_dir: Path, n_lines: int = 40) -> str:
+    try:
+        lines = (kafka_dir / "kafka.log").read_text(errors="replace").splitlines()
+    except OSError:
+        return "(no kafka.log)"
+    return "\n".join(lines[-n_lines:])
+
+
+@dataclass
+class Broker:
+    """A running broker started by start_broker()."""
+
+    dir: Path
+    port: int
+    controller_port: int
+    pid: int
+    process: subprocess.Popen[bytes] | None = None  # kept so stop() reaps our own child
+
+    @property
+    def bootstrap(self) -> str:
+        return f"127.0.0.1:{self.port}"
+
+    def stop(self, timeout_s: float = 30.0) -> None:
+        stop_broker(self.dir, timeout_s)
+        if self.process is not None:
+            self.process.wait(timeout=5)
+
+
+def start_broker(
+    kafka_dir: Path | str = DEFAULT_DIR,
+    port: int = 9092,
+    controller_port: int = 9093,
+    partitions: int = 1,
+    ready_timeout_s: float = 120.0,
+    cache: Path | None = None,
+) -> Broker:
+    """Fetch, format (once) and start a broker in kafka_dir; return once it answers."""
+    kafka_dir = Path(kafka_dir).resolve()
+    kafka_dir.mkdir(parents=True, exist_ok=True)
+    props, log_config = kafka_dir / "server.properties", kafka_dir / "log4j2.properties"
+    pid = _read_pid(kafka_dir)
+    if pid is not None and _pid_alive(pid):
+        # `up` twice is fine: answer with the running broker, on the ports it was started with.
+        config = _read_properties(props)
+        port = int(config["advertised.listeners"].rsplit(":", 1)[1])
+        controller_port = int(config["controller.quorum.bootstrap.servers"].rsplit(":", 1)[1])
+        _wait_ready(kafka_dir, port, pid, None, ready_timeout_s)
+        return Broker(kafka_dir, port, controller_port, pid)
+
+    taken = [p for p in (port, controller_port) if not _port_free(p)]
+    if taken:  # a clear message now beats a bind error buried in kafka.log
+        raise BrokerError(f"127.0.0.1:{taken[0]} is already in use (another broker?)")
+    libs = fetch(cache)
+    data_dir = kafka_dir / "data"
+    props.write_text(server_properties(data_dir, port, controller_port, partitions))
+    log_config.write_text(LOG4J2_PROPERTIES)
+
+    if not (data_dir / "meta.properties").exists():
+        # --standalone makes this node the sole KRaft voter (KIP-853 dynamic quorum).
+        cmd = _java(
+            libs,
+            log_config,
+            "kafka.tools.StorageTool",
+            "format",
+            "--standalone",
+            "-t",
+            _cluster_id(),
+            "-c",
+            str(props),
+        )
+        done = subprocess.run(cmd, capture_output=True, text=True, check=False)
+        if done.returncode != 0:
+            raise BrokerError(f"storage format failed:\n{done.stdout}{done.stderr}")
+
+    with open(kafka_dir / "kafka.log", "ab") as log:
+        # Own session/process group: the broker outlives `up`, and Ctrl-C in the calling
+        # terminal does not reach it; `down` signals the whole group.
+        process = subprocess.Popen(
+            _java(libs, log_config, "kafka.Kafka", str(props)),
+            stdin=subprocess.DEVNULL,
+            stdout=log,
+            stderr=log,
+            cwd=kafka_dir,
+            start_new_session=True,
+        )
+    (kafka_dir / "kafka.pid").write_text(f"{process.pid}\n")
+    try:
+        _wait_ready(kafka_dir, port, process.pid, process, ready_timeout_s)
+    except BaseException:
+        stop_broker(kafka_dir)  # never leave a half-started JVM behind
+        process.wait(timeout=5)
+        raise
+    return Broker(kafka_dir, port, controller_port, process.pid, process)
+
+
+def _wait_ready(
+    kafka_dir: Path, port: int, pid: int, process: subprocess.Popen[bytes] | None, timeout_s: float
+) -> None:
+    cluster_id = _read_properties(kafka_dir / "data" / "meta.properties")["cluster.id"]
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        # Check the process first: another broker already on this port would answer too.
+        exited = process.poll() is not None if process is not None else not _pid_alive(pid)
+        if exited:
+            raise BrokerError(
+                f"broker exited during startup; tail of {kafka_dir}/kafka.log:\n"
+                f"{_log_tail(kafka_dir)}"
+            )
+        if cluster_id_at(port) == cluster_id:
+            return
+        time.sleep(0.2)
+    raise BrokerError(
+        f"broker not ready on 127.0.0.1:{port} after {timeout_s:g} s; "
+        f"tail of {kafka_dir}/kafka.log:\n{_log_tail(kafka_dir)}"
+    )
+
+
+def stop_broker(kafka_dir: Path | str = DEFAULT_DIR, timeout_s: float = 30.0) -> bool:
+    """SIGTERM the broker of kafka_dir, SIGKILL after timeout_s; False if none was running."""
+    kafka_dir = Path(kafka_dir)
+    pid = _read_pid(kafka_dir)
+    if pid is None or not _pid_alive(pid):
+        (kafka_dir / "kafka.pid").unlink(missing_ok=True)
+        return False
+    # SIGTERM lets Kafka shut down cleanly, so the next start skips log recovery.
+    _signal_group(pid, signal.SIGTERM)
+    deadline = time.monotonic() + timeout_s
+    while _pid_alive(pid) and time.monotonic() < deadline:
+        time.sleep(0.1)
+    if _pid_alive(pid):
+        _signal_group(pid, signal.SIGKILL)
+        while _pid_alive(pid):
+            time.sleep(0.05)
+    (kafka_dir / "kafka.pid").unlink(missing_ok=True)
+    return True
+
+
+def _signal_group(pid: int, signum: int) -> None:
+    try:
+        os.killpg(pid, signum)  # pid leads its own group (start_new_session)
+    except ProcessLookupError:  # it exited just now
+        pass
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    sub = parser.add_subparsers(dest="command", required=True)
+    up = sub.add_parser("up", help="start the broker and wait until it answers")
+    up.add_argument("--port", type=int, default=9092)
+    up.add_argument("--controller-port", type=int, default=9093)
+    up.add_argument("--dir", type=Path, default=DEFAULT_DIR)
+    up.add_argument("--partitions", type=int, default=1, help="num.partitions default")
+    up.add_argument("--timeout-s", type=float, default=120.0, help="readiness timeout")
+    down = sub.add_parser("down", help="stop the broker (idempotent)")
+    down.add_argument("--dir", type=Path, default=DEFAULT_DIR)
+    sub.add_parser("fetch", help="only download the jars")
+    args = parser.parse_args(argv)
+
+    cache = cache_dir(os.environ)
+    started = time.monotonic()
+    try:
+        if args.command == "fetch":
+            print(f"jars in {fetch(cache)} ({time.monotonic() - started:.1f} s)", file=sys.stderr)
+        elif args.command == "up":
+            broker = start_broker(
+                args.dir, args.port, args.controller_port, args.partitions, args.timeout_s, cache
+            )
+            print(
+                f"kafka {kafka_version()} ready in {time.monotonic() - started:.1f} s, "
+                f"pid {broker.pid}, dir {broker.dir}",
+                file=sys.stderr,
+            )
+            print(broker.bootstrap)
+        else:
+            stopped = stop_broker(args.dir)
+            print("stopped" if stopped else "not running", file=sys.stderr)
+    except BrokerError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 1
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,20 @@
+"""Small helpers shared by the tests."""
+
+from __future__ import annotations
+
+import socket
+
+from prometheus_client import CollectorRegistry
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def metric_value(metrics: object, name: str, **labels: str) -> float:
+    """A sample from the metrics object's registry; 0 when the series was never touched."""
+    registry: CollectorRegistry = metrics.registry  # type: ignore[attr-defined]
+    value = registry.get_sample_value(name, labels)
+    return 0.0 if value is None else value
