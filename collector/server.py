@@ -42,6 +42,7 @@ def resolve_secret(settings: Settings) -> Settings:
 
 
 def make_sink(settings: Settings, metrics: CollectorMetrics) -> Sink:
+    # "auto" and "kafka" without a Kafka sink yet fall back to the spool.
     if settings.sink == "memory":
         return MemorySink()
     return SpoolSink(

@@ -18,7 +18,11 @@ class Settings:
     host: str = setting("127.0.0.1", "address to listen on")
     port: int = setting(8080, "port to listen on", min=0)
     data_dir: Path = setting(Path("data"), "where the spool, the store and the secret live")
-    sink: str = setting("spool", "where events go", choices=("spool", "memory"))
+    sink: str = setting(
+        "auto",
+        "where events go; auto: kafka when a bootstrap is set, else spool",
+        choices=("auto", "kafka", "spool", "memory"),
+    )
     ip_mode: str = setting(
         "truncate",
         "client IP kept: /24 and /48, whole, or none",
@@ -44,6 +48,25 @@ class Settings:
     spool_segment_max_age_ms: int = setting(1000, "spool segment rotated at this age", min=1)
     spool_max_bytes: int = setting(
         1 << 30, "total spool size; events beyond it are dropped", min=1024
+    )
+
+    kafka_bootstrap: str = setting("", "Kafka bootstrap servers (host:port,...); empty: no Kafka")
+    kafka_topic: str = setting("beacon.events", "topic events are produced to")
+    kafka_dlq_topic: str = setting("beacon.events.dlq", "topic for records consumers cannot decode")
+    kafka_partitions: int = setting(
+        6, "partitions of the topics `beacon kafka init` creates", min=1
+    )
+    kafka_replication: int = setting(1, "replication factor of those topics", min=1)
+    kafka_compression: str = setting(
+        "lz4", "producer compression", choices=("none", "gzip", "lz4", "zstd")
+    )
+    kafka_linger_ms: int = setting(5, "producer linger before a batch is sent", min=0)
+    kafka_batch_max_bytes: int = setting(1 << 20, "bytes per producer record batch", min=1024)
+    kafka_timeout_ms: int = setting(
+        5000, "a batch not acknowledged in this time goes to the spool", min=100
+    )
+    kafka_buffer_max_bytes: int = setting(
+        64 << 20, "unacknowledged bytes in flight to Kafka; beyond it, to the spool", min=1 << 16
     )
 
     @classmethod

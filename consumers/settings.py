@@ -30,6 +30,15 @@ class ConsumerSettings:
         395, "events older than this are deleted by TTL; 0 keeps them", min=0
     )
 
+    kafka_bootstrap: str = setting("", "Kafka bootstrap servers; empty: read the local spool")
+    kafka_topic: str = setting("beacon.events", "topic to consume")
+    kafka_dlq_topic: str = setting("beacon.events.dlq", "where undecodable records go")
+    kafka_group: str = setting("beacon-consumers", "consumer group id")
+    kafka_max_records: int = setting(5000, "records per getmany() at most", min=1)
+    clickhouse_url: str = setting("", "ClickHouse HTTP URL; empty: the embedded store (chDB)")
+    clickhouse_user: str = setting("default", "ClickHouse user")
+    clickhouse_password: str = setting("", "ClickHouse password")
+
     @classmethod
     def from_env(cls, env: Mapping[str, str]) -> ConsumerSettings:
         return from_mapping(cls, env, PREFIX)

@@ -3,17 +3,21 @@
 from __future__ import annotations
 
 import os
+import uuid
+from collections.abc import Iterator
 from dataclasses import replace
 from pathlib import Path
 
 import pytest
 from aiohttp.test_utils import TestClient, TestServer
+from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 from prometheus_client import CollectorRegistry
 
 from collector.app import create_app
 from collector.metrics import CollectorMetrics
 from collector.settings import Settings
 from collector.sinks.memory import MemorySink
+from tests import kafka_broker
 
 
 @pytest.fixture
@@ -41,6 +45,26 @@ async def make_client(settings: Settings, metrics: CollectorMetrics):  # type: i
     yield make
     for client in clients:
         await client.close()
+
+
+@pytest.fixture(scope="session")
+def kafka_bootstrap(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    """One real Kafka broker (KRaft, from the Maven jars) for the whole test session."""
+    with kafka_broker.broker(tmp_path_factory.mktemp("kafka")) as bootstrap:
+        yield bootstrap
+
+
+@pytest.fixture
+async def kafka_topic(kafka_bootstrap: str) -> str:
+    """A fresh 3-partition topic per test, so tests never see each other's records."""
+    name = f"test.{uuid.uuid4().hex[:12]}"
+    admin = AIOKafkaAdminClient(bootstrap_servers=kafka_bootstrap)
+    await admin.start()
+    try:
+        await admin.create_topics([NewTopic(name, num_partitions=3, replication_factor=1)])
+    finally:
+        await admin.close()
+    return name
 
 
 def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:

@@ -16,7 +16,7 @@ from consumers.settings import ConsumerSettings
 
 def test_defaults_and_env() -> None:
     s = Settings.from_env({})
-    assert (s.port, s.ip_mode, s.dnt_policy, s.sink) == (8080, "truncate", "passive", "spool")
+    assert (s.port, s.ip_mode, s.dnt_policy, s.sink) == (8080, "truncate", "passive", "auto")
     s = Settings.from_env(
         {"BEACON_PORT": "9000", "BEACON_IP_MODE": "drop", "BEACON_URL_QUERY_KEEP": "ref, lang"}
     )
