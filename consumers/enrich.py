@@ -8,15 +8,15 @@ from collector.event import SCHEMA_VERSION
 
 
 class BadRow(Exception):
-    """A line that cannot become a row; `reason` labels the counter."""
+    """A line that cannot become a row; `reason` labels the counter (and the DLQ header)."""
 
     def __init__(self, reason: str) -> None:
         super().__init__(reason)
         self.reason = reason
 
 
-def to_row(line: bytes) -> bytes:
-    """One wire event (JSON) -> one JSONEachRow line for beacon.events."""
+def decode(line: bytes) -> dict:
+    """Parse and check one wire event; raises BadRow."""
     try:
         event = orjson.loads(line)
     except orjson.JSONDecodeError:
@@ -25,9 +25,16 @@ def to_row(line: bytes) -> bytes:
         raise BadRow("not_an_event")
     if event.get("schema_version", 0) > SCHEMA_VERSION:
         raise BadRow("unknown_schema_version")
-    received_ms = event.get("received_at")
-    if not isinstance(received_ms, int):
+    if not isinstance(event.get("received_at"), int):
         raise BadRow("bad_received_at")
-    # ClickHouse reads a DateTime64 number as seconds; the wire carries milliseconds.
-    event["received_at"] = received_ms / 1000
-    return orjson.dumps(event)
+    return event
+
+
+class Enricher:
+    """Wire event -> JSONEachRow line for beacon.events, with what the consumer adds."""
+
+    def to_row(self, line: bytes) -> bytes:
+        event = decode(line)
+        # ClickHouse reads a DateTime64 number as seconds; the wire carries milliseconds.
+        event["received_at"] = event["received_at"] / 1000
+        return orjson.dumps(event)

@@ -7,7 +7,7 @@ import contextlib
 import logging
 import time
 
-from consumers.enrich import BadRow, to_row
+from consumers.enrich import BadRow, Enricher
 from consumers.metrics import ConsumerMetrics
 from consumers.schema import EVENTS
 from consumers.settings import ConsumerSettings
@@ -45,6 +45,7 @@ class SpoolPipeline:
         self.max_age_s = settings.batch_max_age_ms / 1000
         self.poll_s = settings.poll_interval_ms / 1000
         self.retry_max_s = settings.retry_max_ms / 1000
+        self.enricher = Enricher()
 
     async def run(self, stop: asyncio.Event) -> None:
         """Consume until `stop` is set, then insert everything already spooled and return."""
@@ -86,7 +87,7 @@ class SpoolPipeline:
         good = 0
         for line in lines:
             try:
-                body += to_row(line)
+                body += self.enricher.to_row(line)
             except BadRow as exc:
                 self.metrics.rows_rejected.labels(exc.reason).inc()
                 log.warning("spool row rejected (%s) in %s", exc.reason, ranges[0].segment)
