@@ -5,6 +5,7 @@ from __future__ import annotations
 import orjson
 
 from collector.event import SCHEMA_VERSION
+from consumers.useragent import UserAgentParser
 
 
 class BadRow(Exception):
@@ -27,14 +28,30 @@ def decode(line: bytes) -> dict:
         raise BadRow("unknown_schema_version")
     if not isinstance(event.get("received_at"), int):
         raise BadRow("bad_received_at")
+    if not isinstance(event.get("user_agent", ""), str):
+        raise BadRow("bad_user_agent")
     return event
 
 
 class Enricher:
-    """Wire event -> JSONEachRow line for beacon.events, with what the consumer adds."""
+    """Wire event -> JSONEachRow line for beacon.events, with what the consumer adds.
+
+    One per consumer process (it holds the UA cache, which is why it is not a function):
+    `ua_cache_max_entries` at least the rows of a batch parses each distinct UA once a batch.
+    """
+
+    def __init__(self, ua_cache_max_entries: int = 10_000) -> None:
+        self.user_agents = UserAgentParser(ua_cache_max_entries)
 
     def to_row(self, line: bytes) -> bytes:
         event = decode(line)
         # ClickHouse reads a DateTime64 number as seconds; the wire carries milliseconds.
         event["received_at"] = event["received_at"] / 1000
+        ua = self.user_agents(event.get("user_agent", ""))
+        # Column names of schema migration 2 (consumers/schema.py).
+        event["browser"] = ua.browser
+        event["browser_version"] = ua.browser_version
+        event["os"] = ua.os
+        event["device_type"] = ua.device_type
+        event["is_bot"] = ua.is_bot
         return orjson.dumps(event)

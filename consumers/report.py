@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import urllib.error
 import urllib.request
 from collections.abc import Sequence
@@ -45,7 +46,10 @@ SETTINGS output_format_json_quote_64bit_integers = 0
 
 
 def run_query(settings: ConsumerSettings, sql: str, fmt: str = "JSONEachRow") -> str:
-    """Ask the process that owns the store; with none running, open the store here."""
+    """Ask ClickHouse when a URL is set; else the process that owns the embedded store, and
+    with none running, open that store here."""
+    if settings.clickhouse_url:
+        return asyncio.run(query_server(settings, sql, fmt))
     url = f"http://{settings.store_host}:{settings.store_port}/query?format={fmt}"
     try:
         with urllib.request.urlopen(
@@ -65,6 +69,19 @@ def run_query(settings: ConsumerSettings, sql: str, fmt: str = "JSONEachRow") ->
         return writer.query_sync(sql, fmt)
     finally:
         writer._close()
+
+
+async def query_server(settings: ConsumerSettings, sql: str, fmt: str) -> str:
+    """One query over HTTP, through the consumers' own writer (same auth, errors, timeouts)."""
+    from consumers.writers.http import HttpWriter
+
+    writer = HttpWriter(
+        settings.clickhouse_url, settings.clickhouse_user, settings.clickhouse_password
+    )
+    try:
+        return await writer.query(sql, fmt)
+    finally:
+        await writer.close()
 
 
 def fetch_report(

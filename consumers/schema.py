@@ -44,7 +44,21 @@ ORDER BY (site, toDate(received_at), event_type, event_id)
 SETTINGS non_replicated_deduplication_window = 10000
 """
 
-MIGRATIONS: tuple[tuple[int, str, str], ...] = ((1, "create events", EVENTS_V1),)
+# What the consumer derives from user_agent (consumers/useragent.py). IF NOT EXISTS keeps the
+# statement safe to rerun when a migration ran but was not recorded (a crash in between).
+EVENTS_V2 = f"""
+ALTER TABLE {EVENTS}
+    ADD COLUMN IF NOT EXISTS browser LowCardinality(String) AFTER user_agent,
+    ADD COLUMN IF NOT EXISTS browser_version LowCardinality(String) AFTER browser,
+    ADD COLUMN IF NOT EXISTS os LowCardinality(String) AFTER browser_version,
+    ADD COLUMN IF NOT EXISTS device_type LowCardinality(String) AFTER os,
+    ADD COLUMN IF NOT EXISTS is_bot UInt8 AFTER device_type
+"""
+
+MIGRATIONS: tuple[tuple[int, str, str], ...] = (
+    (1, "create events", EVENTS_V1),
+    (2, "user agent columns", EVENTS_V2),
+)
 
 SCHEMA_MIGRATIONS = f"""
 CREATE TABLE IF NOT EXISTS {DATABASE}.schema_migrations
@@ -72,6 +86,12 @@ async def migrate(writer: Writer, retention_days: int) -> list[int]:
     return applied
 
 
+# ClickHouse shows the TTL back normalised, `INTERVAL 30 DAY` as `toIntervalDay(30)`; both are
+# read so a TTL is neither re-applied at every start (MODIFY TTL recomputes it over every
+# part) nor left in place when retention is set to 0.
+TTL_DAYS_RE = re.compile(r"\bTTL .*?(?:INTERVAL (\d+) DAY|toIntervalDay\((\d+)\))")
+
+
 async def apply_retention(writer: Writer, retention_days: int) -> None:
     """Set the events TTL to `retention_days` (0 removes it); a no-op when already so."""
     create = await writer.query(
@@ -79,8 +99,8 @@ async def apply_retention(writer: Writer, retention_days: int) -> None:
         f"WHERE database = '{DATABASE}' AND name = 'events'",
         "TSVRaw",
     )
-    current = re.search(r"TTL .*?INTERVAL (\d+) DAY", create)
-    current_days = int(current.group(1)) if current else 0
+    current = TTL_DAYS_RE.search(create)
+    current_days = int(current.group(1) or current.group(2)) if current else 0
     if current_days == retention_days:
         return
     if retention_days == 0:

@@ -1,0 +1,110 @@
+"""Schema migrations on real chDB: versions, idempotence, the retention TTL."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from consumers.schema import DATABASE, EVENTS, EVENTS_V1, apply_retention, migrate
+from consumers.writers.chdb import ChdbWriter
+
+UA_COLUMNS = {
+    "browser": "LowCardinality(String)",
+    "browser_version": "LowCardinality(String)",
+    "os": "LowCardinality(String)",
+    "device_type": "LowCardinality(String)",
+    "is_bot": "UInt8",
+}
+
+
+@pytest.fixture
+async def writer(tmp_path: Path):  # type: ignore[no-untyped-def]
+    writer = ChdbWriter(tmp_path / "clickhouse")
+    yield writer
+    await writer.close()
+
+
+async def recorded_versions(writer: ChdbWriter) -> list[int]:
+    text = await writer.query(
+        f"SELECT version FROM {DATABASE}.schema_migrations ORDER BY version", "TSV"
+    )
+    return [int(v) for v in text.split()]
+
+
+async def columns(writer: ChdbWriter) -> dict[str, str]:
+    text = await writer.query(
+        f"SELECT name, type FROM system.columns WHERE database = '{DATABASE}' AND table = 'events'",
+        "TSV",
+    )
+    return dict(line.split("\t") for line in text.splitlines())
+
+
+async def ttl_clause(writer: ChdbWriter) -> str:
+    """The TTL clause of the events table as ClickHouse shows it ("" when none)."""
+    create = await writer.query(
+        f"SELECT create_table_query FROM system.tables "
+        f"WHERE database = '{DATABASE}' AND name = 'events'",
+        "TSVRaw",
+    )
+    _, ttl, rest = create.partition("TTL ")
+    return ttl + rest.split(" SETTINGS")[0] if ttl else ""
+
+
+async def test_migrating_twice_applies_and_records_each_version_once(writer):
+    assert await migrate(writer, retention_days=395) == [1, 2]
+    assert await migrate(writer, retention_days=395) == []
+    assert await recorded_versions(writer) == [1, 2]
+    found = await columns(writer)
+    assert {name: found[name] for name in UA_COLUMNS} == UA_COLUMNS
+
+
+async def test_a_version_1_table_gains_the_user_agent_columns_and_keeps_its_rows(writer):
+    await writer.execute(f"CREATE DATABASE {DATABASE}")
+    await writer.execute(EVENTS_V1)
+    await writer.execute(
+        f"INSERT INTO {EVENTS} (event_id, received_at, event_type, user_agent) "
+        "VALUES ('0190b3a4-0000-7000-8000-000000000001', now64(3), 'open', 'curl/8')"
+    )
+    await migrate(writer, retention_days=395)  # no schema_migrations yet: v1 reruns harmlessly
+    assert await recorded_versions(writer) == [1, 2]
+    row = await writer.query(f"SELECT user_agent, browser, is_bot FROM {EVENTS}", "TSV")
+    assert row == "curl/8\t\t0\n"  # old rows read the new columns' defaults
+
+
+async def test_a_migration_that_ran_but_was_not_recorded_reruns_safely(writer):
+    await migrate(writer, retention_days=0)
+    # As after a crash between the ALTER and its record.
+    await writer.execute(f"ALTER TABLE {DATABASE}.schema_migrations DELETE WHERE version = 2")
+    assert await recorded_versions(writer) == [1]
+    assert await migrate(writer, retention_days=0) == [2]
+    assert await recorded_versions(writer) == [1, 2]
+
+
+class Recording:
+    """A writer that remembers the statements it executed."""
+
+    def __init__(self, inner: ChdbWriter) -> None:
+        self.inner = inner
+        self.statements: list[str] = []
+
+    async def execute(self, sql: str) -> None:
+        self.statements.append(sql)
+        await self.inner.execute(sql)
+
+    async def query(self, sql: str, fmt: str = "JSONEachRow") -> str:
+        return await self.inner.query(sql, fmt)
+
+
+async def test_retention_sets_changes_and_removes_the_ttl(writer):
+    await migrate(writer, retention_days=30)
+    assert "toIntervalDay(30)" in await ttl_clause(writer)
+    await apply_retention(writer, 7)
+    assert "toIntervalDay(7)" in await ttl_clause(writer)
+    recording = Recording(writer)
+    await apply_retention(recording, 7)  # type: ignore[arg-type]
+    assert recording.statements == []  # already so: MODIFY TTL would rewrite every part
+    await apply_retention(writer, 0)
+    assert await ttl_clause(writer) == ""
+    await migrate(writer, retention_days=0)  # and migrating again keeps it off
+    assert await ttl_clause(writer) == ""
