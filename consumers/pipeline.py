@@ -82,7 +82,7 @@ class SpoolPipeline:
 
     async def _insert(self, lines: list[bytes], ranges: list[Range], stop: asyncio.Event) -> bool:
         """Insert one batch, retrying with backoff; False if told to stop before it landed."""
-        self.source.begin(ranges)
+        await asyncio.to_thread(self.source.begin, ranges)  # an fsync: not on the loop
         body = bytearray()
         good = 0
         for line in lines:

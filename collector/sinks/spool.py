@@ -9,6 +9,7 @@ cut back to its last whole line.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import fcntl
 import os
 import time
@@ -19,6 +20,10 @@ from collector.metrics import CollectorMetrics
 
 CLOSED_SUFFIX = ".ndjson"
 OPEN_SUFFIX = ".ndjson.open"
+NEW_SUFFIX = ".ndjson.new"
+STALE_NEW_S = 60.0
+# Readiness fails this close to the byte bound, before single events start to be refused.
+HEADROOM_BYTES = 64 * 1024
 
 
 def closed_segments(directory: Path) -> list[Path]:
@@ -39,24 +44,36 @@ def _fsync_dir(directory: Path) -> None:
 
 
 def recover_orphans(directory: Path) -> int:
-    """Close segments left open by dead writers; returns the torn bytes cut off their tails."""
+    """Close segments left open by dead writers; returns the torn bytes cut off their tails.
+
+    Safe beside live writers: a segment is `.open` only once its writer holds the lock
+    (see SpoolSink._open_segment), and a file renamed under our feet is simply skipped.
+    """
     torn_bytes = 0
     for path in sorted(directory.glob("*" + OPEN_SUFFIX)):
-        with open(path, "r+b") as f:
-            try:
-                fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
-            except BlockingIOError:
-                continue  # a live writer owns it
-            data = f.read()
-            whole = data.rfind(b"\n") + 1
-            torn_bytes += len(data) - whole
-            f.truncate(whole)
-            f.flush()
-            os.fsync(f.fileno())
-        if whole:
-            path.rename(path.with_name(path.name[: -len(".open")]))
-        else:
-            path.unlink()
+        try:
+            with open(path, "r+b") as f:
+                try:
+                    fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                except BlockingIOError:
+                    continue  # a live writer owns it
+                data = f.read()
+                whole = data.rfind(b"\n") + 1
+                torn_bytes += len(data) - whole
+                f.truncate(whole)
+                f.flush()
+                os.fsync(f.fileno())
+            if whole:
+                path.rename(path.with_name(path.name[: -len(".open")]))
+            else:
+                path.unlink()
+        except FileNotFoundError:
+            continue  # its writer closed it while we looked: not an orphan
+    # A writer that died between creating and renaming its segment leaves an empty `.new`.
+    for path in directory.glob("*" + NEW_SUFFIX):
+        with contextlib.suppress(FileNotFoundError):
+            if time.time() - path.stat().st_mtime > STALE_NEW_S:
+                path.unlink()
     _fsync_dir(directory)
     return torn_bytes
 
@@ -123,7 +140,12 @@ class SpoolSink:
             self._error = exc.strerror or str(exc)
 
     def healthy(self) -> bool:
-        return not self._closed and self._error is None and self._total_bytes < self.max_bytes
+        headroom = min(HEADROOM_BYTES, self.max_bytes // 16)
+        return (
+            not self._closed
+            and self._error is None
+            and self._total_bytes + headroom < self.max_bytes
+        )
 
     async def close(self) -> None:
         if not self._closed:
@@ -154,10 +176,14 @@ class SpoolSink:
     def _open_segment(self) -> None:
         self._opened_ms = time.time_ns() // 1_000_000
         self._seq += 1
-        name = f"{self._opened_ms:013d}-{os.getpid():07d}-{self._seq:06d}{OPEN_SUFFIX}"
-        self._path = self.directory / name
-        self._file = open(self._path, "xb")
+        name = f"{self._opened_ms:013d}-{os.getpid():07d}-{self._seq:06d}"
+        # Lock under a name recovery ignores, then rename: an `.open` file is always locked
+        # by a live writer, so another process's recovery can never take it mid-creation.
+        new_path = self.directory / (name + NEW_SUFFIX)
+        self._file = open(new_path, "xb")
         fcntl.flock(self._file, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        self._path = self.directory / (name + OPEN_SUFFIX)
+        new_path.rename(self._path)
         self._segment_bytes = 0
 
     def _rotate(self) -> None:
