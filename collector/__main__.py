@@ -1,4 +1,4 @@
-"""The `beacon` command: serve, consume, run, migrate, report.
+"""The `beacon` command: serve, consume, run, migrate, report, kafka init.
 
 The one place that reads os.environ: flags become BEACON_* overrides, and each process builds
 its frozen settings from the result.
@@ -24,8 +24,9 @@ FLAGS = {
     "data_dir": ("--data-dir", "BEACON_DATA_DIR", "directory for spool, store and secret"),
     "host": ("--host", "BEACON_HOST", "collector listen address"),
     "port": ("--port", "BEACON_PORT", "collector port"),
-    "sink": ("--sink", "BEACON_SINK", "spool or memory"),
+    "sink": ("--sink", "BEACON_SINK", "auto, kafka, spool or memory"),
     "store_port": ("--store-port", "BEACON_STORE_PORT", "the store's local query port"),
+    "kafka_bootstrap": ("--kafka-bootstrap", "BEACON_KAFKA_BOOTSTRAP", "Kafka host:port,..."),
 }
 SUBCOMMAND_FLAGS = {
     "serve": ("data_dir", "host", "port", "sink"),
@@ -33,6 +34,7 @@ SUBCOMMAND_FLAGS = {
     "run": ("data_dir", "host", "port", "store_port"),
     "migrate": ("data_dir",),
     "report": ("data_dir", "store_port"),
+    "kafka": ("kafka_bootstrap",),
 }
 
 
@@ -45,9 +47,14 @@ def parser() -> argparse.ArgumentParser:
         "run": "collector + consumer + embedded ClickHouse, supervised (the default setup)",
         "migrate": "create or update the ClickHouse schema",
         "report": "counts by day, campaign and event type",
+        "kafka": "Kafka administration (kafka init: create the topics)",
     }
     for name, flag_names in SUBCOMMAND_FLAGS.items():
         sub = subs.add_parser(name, help=helps[name], description=helps[name])
+        if name == "kafka":  # `beacon kafka init [flags]`: the flags belong to the action
+            actions = sub.add_subparsers(dest="kafka_command", required=True)
+            text = "create the event and dead-letter topics (existing ones are left as they are)"
+            sub = actions.add_parser("init", help=text, description=text)
         for key in flag_names:
             flag, var, text = FLAGS[key]
             sub.add_argument(flag, dest=key, help=f"{text} (env {var})")
@@ -163,12 +170,27 @@ def cmd_report(args, env, settings: Settings, consumer: ConsumerSettings) -> int
     return 0
 
 
+def cmd_kafka(args, env, settings: Settings, consumer: ConsumerSettings) -> int:  # type: ignore[no-untyped-def]
+    from collector.kafka_admin import KafkaInitError, init_topics
+
+    # The only action so far is `init` (argparse requires one).
+    try:
+        topics = asyncio.run(init_topics(settings))
+    except KafkaInitError as exc:
+        print(f"beacon kafka init: {exc}", file=sys.stderr)
+        return 1
+    for topic in topics:
+        print(topic.describe())
+    return 0
+
+
 COMMANDS = {
     "serve": cmd_serve,
     "consume": cmd_consume,
     "run": cmd_run,
     "migrate": cmd_migrate,
     "report": cmd_report,
+    "kafka": cmd_kafka,
 }
 
 

@@ -8,6 +8,9 @@ from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 HOT_PATH_BUCKETS_S = (
     5e-6, 10e-6, 20e-6, 50e-6, 100e-6, 200e-6, 500e-6, 1e-3, 2e-3, 5e-3, 10e-3, 50e-3,
 )  # fmt: skip
+# A produce round trip on loopback is ~1 ms; past the 5 s default timeout a batch is spilled.
+PRODUCE_BUCKETS_S = (1e-3, 2e-3, 5e-3, 10e-3, 25e-3, 50e-3, 100e-3, 250e-3, 500e-3, 1, 2.5, 5, 10)
+BATCH_RECORDS_BUCKETS = (1, 10, 50, 100, 500, 1000, 2000, 5000, 10_000, 50_000)
 
 
 class CollectorMetrics:
@@ -60,4 +63,41 @@ class CollectorMetrics:
         )
         self.spool_segments = Gauge(
             "beacon_spool_segments", "Spool segment files on disk.", registry=registry
+        )
+        self.kafka_produce_seconds = Histogram(
+            "beacon_kafka_produce_seconds",
+            "Time from handing a record batch to the producer to the broker's ack (acks=all).",
+            buckets=PRODUCE_BUCKETS_S,
+            registry=registry,
+        )
+        self.kafka_batch_records = Histogram(
+            "beacon_kafka_batch_records",
+            "Records per record batch produced to Kafka (live and replayed).",
+            buckets=BATCH_RECORDS_BUCKETS,
+            registry=registry,
+        )
+        self.kafka_events = Counter(
+            "beacon_kafka_events",
+            "Events produced to Kafka, by outcome (acked, failed, timeout).",
+            ["outcome"],
+            registry=registry,
+        )
+        self.kafka_spilled = Counter(
+            "beacon_kafka_spilled_events",
+            "Events written to the disk spool instead of Kafka, by reason.",
+            ["reason"],
+            registry=registry,
+        )
+        self.kafka_replayed = Counter(
+            "beacon_kafka_replayed_events",
+            "Spooled events sent to Kafka and acknowledged (their segment is then deleted).",
+            registry=registry,
+        )
+        self.kafka_up = Gauge(
+            "beacon_kafka_up", "1 while the Kafka producer reaches the broker.", registry=registry
+        )
+        self.kafka_queue_bytes = Gauge(
+            "beacon_kafka_queue_bytes",
+            "Event bytes queued for or in flight to Kafka, not yet acknowledged.",
+            registry=registry,
         )

@@ -15,6 +15,7 @@ from collector.app import COLLECTOR, create_app
 from collector.metrics import CollectorMetrics
 from collector.settings import Settings
 from collector.sinks import Sink
+from collector.sinks.kafka import KafkaSink
 from collector.sinks.memory import MemorySink
 from collector.sinks.spool import SpoolSink
 
@@ -41,17 +42,26 @@ def resolve_secret(settings: Settings) -> Settings:
     return dataclasses.replace(settings, secret=secret)
 
 
+def uses_kafka(settings: Settings) -> bool:
+    """kafka, or auto with a bootstrap address; auto without one is the embedded spool setup."""
+    return settings.sink == "kafka" or (settings.sink == "auto" and bool(settings.kafka_bootstrap))
+
+
 def make_sink(settings: Settings, metrics: CollectorMetrics) -> Sink:
-    # "auto" and "kafka" without a Kafka sink yet fall back to the spool.
+    """The configured sink; a Kafka sink is started, so call this inside the running loop."""
     if settings.sink == "memory":
         return MemorySink()
-    return SpoolSink(
+    # The Kafka sink spills into the same spool the embedded setup uses as its only sink.
+    spool = SpoolSink(
         settings.spool_dir,
         metrics,
         segment_max_bytes=settings.spool_segment_max_bytes,
         segment_max_age_ms=settings.spool_segment_max_age_ms,
         max_bytes=settings.spool_max_bytes,
     )
+    if uses_kafka(settings):
+        return KafkaSink(settings, metrics, spool).start()
+    return spool
 
 
 async def serve(settings: Settings) -> None:

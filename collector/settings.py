@@ -69,6 +69,10 @@ class Settings:
         64 << 20, "unacknowledged bytes in flight to Kafka; beyond it, to the spool", min=1 << 16
     )
 
+    def __post_init__(self) -> None:
+        if self.sink == "kafka" and not self.kafka_bootstrap:
+            raise SettingsError(f"{PREFIX}SINK=kafka needs {PREFIX}KAFKA_BOOTSTRAP")
+
     @classmethod
     def from_env(cls, env: Mapping[str, str]) -> Settings:
         return from_mapping(cls, env, PREFIX)

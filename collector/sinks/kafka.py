@@ -1,0 +1,162 @@
+"""The Kafka sink: a bounded in-memory queue, one pump task producing record batches, and the
+disk spool for everything Kafka does not take in time.
+
+`send` never waits on the network: it appends to the queue (or, with Kafka down or the queue
+over `kafka_buffer_max_bytes`, writes to the spool). The pump hands the queue to the producer
+batch by batch; a watcher per batch waits for the ack and spills the batch if it fails or is
+not acknowledged within `kafka_timeout_ms`. A replay task sends spooled segments back to Kafka
+once it answers again. At-least-once: a spilled batch that aiokafka still delivers late is a
+duplicate, removed downstream by event_id; nothing accepted is dropped unless the spool is full
+(counted as `spool_full`).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+
+from collector.metrics import CollectorMetrics
+from collector.settings import Settings
+from collector.sinks.kafka_link import KafkaLink, Sent
+from collector.sinks.replay import SpoolReplayer
+from collector.sinks.spool import SpoolSink
+
+log = logging.getLogger("beacon.kafka")
+
+
+class KafkaSink:
+    """Sink producing to `settings.kafka_topic`, spilling to `spool` when Kafka cannot keep up.
+
+    Build it inside a running event loop and call `start()`; `close()` ends it.
+    """
+
+    def __init__(self, settings: Settings, metrics: CollectorMetrics, spool: SpoolSink) -> None:
+        self.metrics = metrics
+        self.spool = spool
+        self.link = KafkaLink(settings, metrics)
+        self.linger_s = settings.kafka_linger_ms / 1000
+        self.batch_max_bytes = settings.kafka_batch_max_bytes
+        self.queue_max_bytes = settings.kafka_buffer_max_bytes
+        self._queue: list[bytes] = []
+        self._queue_bytes = 0  # in _queue only
+        self._unacked_bytes = 0  # in _queue or in the producer: what the bound applies to
+        self._watchers: set[asyncio.Task[None]] = set()
+        # SpoolSink does its file work in threads and is not thread-safe: one call at a time.
+        self._spool_lock = asyncio.Lock()
+        self._wakeup = asyncio.Event()
+        self._closing = False
+        self._pump_task: asyncio.Task[None] | None = None
+        self.replayer = SpoolReplayer(self.link, spool.directory, metrics, self.flush)
+        self.link.notify_on_up(self._wakeup)
+
+    def start(self) -> KafkaSink:
+        """Start connecting (in the background: a down broker does not stop the collector)."""
+        self.link.start()
+        self.replayer.start()
+        self._pump_task = asyncio.create_task(self._pump(), name="beacon-kafka-pump")
+        return self
+
+    # -- the protocol --------------------------------------------------------------------
+
+    async def send(self, events: list[bytes]) -> None:
+        if self._closing:
+            raise RuntimeError("send after close")
+        if not self.link.up:
+            await self._spill(events, "kafka_down")
+            return
+        room = self.queue_max_bytes - self._unacked_bytes
+        taken, size = 0, 0
+        for raw in events:  # whole events in order: the queue takes a prefix, the spool the rest
+            if size + len(raw) > room:
+                break
+            size += len(raw)
+            taken += 1
+        if taken:
+            self._queue.extend(events if taken == len(events) else events[:taken])
+            self._queue_bytes += size
+            self._add_unacked(size)
+            self._wakeup.set()
+        if taken < len(events):
+            await self._spill(events[taken:], "queue_full")
+
+    async def flush(self) -> None:
+        """fsync the spool (and let it rotate aged segments so replay can take them).
+
+        Deliberately does not wait for Kafka acks: the buffer calls this every flush interval
+        and must not stall behind a slow broker; ack deadlines are the watchers' job.
+        """
+        async with self._spool_lock:
+            await self.spool.flush()
+
+    def healthy(self) -> bool:
+        return self.link.up and not self._closing
+
+    async def close(self) -> None:
+        """Produce what is queued (or spool it), wait for every ack or its timeout, stop the
+        replay and the producer, close the spool. Bounded by about 2 x kafka_timeout_ms."""
+        if self._closing:
+            return
+        self._closing = True
+        await self.replayer.stop()
+        self._wakeup.set()
+        if self._pump_task is not None:
+            await self._pump_task  # drains the queue once more, then returns
+        else:  # never started: nothing was produced
+            await self._drain_queue()
+        while self._watchers:  # each ends at its ack or its deadline, spilling on failure
+            results = await asyncio.gather(*self._watchers, return_exceptions=True)
+            for error in (r for r in results if isinstance(r, BaseException)):
+                log.error("a Kafka ack watcher failed; its events may be lost", exc_info=error)
+        await self.link.close()
+        async with self._spool_lock:
+            await self.spool.close()  # fsyncs and closes the open segment
+        log.info("Kafka sink closed")
+
+    # -- the pump -------------------------------------------------------------------------
+
+    async def _pump(self) -> None:
+        while not (self._closing and not self._queue):
+            await self._wakeup.wait()
+            self._wakeup.clear()
+            if self._queue_bytes < self.batch_max_bytes and not self._closing:
+                # Let a batch fill for a moment: fewer, larger produce requests.
+                await asyncio.sleep(self.linger_s)
+            try:
+                await self._drain_queue()
+            except Exception:  # a bug must not stop the pump: the next events still need it
+                log.exception("Kafka pump failed; the events it held may be lost")
+
+    async def _drain_queue(self) -> None:
+        events, self._queue = self._queue, []
+        self._queue_bytes = 0
+        if not events:
+            return
+        if not self.link.up:
+            self._add_unacked(-sum(map(len, events)))
+            await self._spill(events, "kafka_down")
+            return
+        sent, rest = await self.link.produce(events)
+        for batch in sent:
+            task = asyncio.create_task(self._watch(batch), name="beacon-kafka-ack")
+            self._watchers.add(task)
+            task.add_done_callback(self._watchers.discard)
+        if rest:
+            self._add_unacked(-sum(map(len, rest)))
+            await self._spill(rest, "kafka_down")
+
+    async def _watch(self, sent: Sent) -> None:
+        outcome = await self.link.wait_ack(sent)
+        self._add_unacked(-sent.size_bytes)
+        if outcome != "acked":
+            await self._spill(sent.events, "timeout" if outcome == "timeout" else "kafka_down")
+
+    # -- helpers --------------------------------------------------------------------------
+
+    def _add_unacked(self, delta_bytes: int) -> None:
+        self._unacked_bytes += delta_bytes
+        self.metrics.kafka_queue_bytes.set(self._unacked_bytes)
+
+    async def _spill(self, events: list[bytes], reason: str) -> None:
+        self.metrics.kafka_spilled.labels(reason).inc(len(events))
+        async with self._spool_lock:
+            await self.spool.send(events)

@@ -1,0 +1,213 @@
+"""The collector's one Kafka producer: (re)connected in the background, with "is Kafka up" as state.
+
+Shared by the live path (KafkaSink's pump) and the spool replay. Events are handed to aiokafka as
+whole record batches (`create_batch` / `send_batch`, ~2 us per event against ~12 us for `send`),
+one partition after another like Kafka's sticky partitioner: a batch is filled for one
+partition, then the next batch goes to the next partition.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+from dataclasses import dataclass
+from typing import Any
+
+from aiokafka import AIOKafkaProducer
+from aiokafka.errors import KafkaError
+
+from collector.metrics import CollectorMetrics
+from collector.settings import Settings
+
+log = logging.getLogger("beacon.kafka")
+
+# How often a down link asks the broker again; an outage shorter than this costs at most this
+# much extra spooling.
+RECONNECT_INTERVAL_S = 1.0
+
+
+def _retrieve(future: asyncio.Future[Any]) -> None:
+    """Mark a late batch's outcome as seen; it was spilled already when its deadline passed."""
+    if not future.cancelled():
+        future.exception()
+
+
+@dataclass(slots=True)
+class Sent:
+    """One record batch handed to the producer, waiting for its ack."""
+
+    events: list[bytes]
+    size_bytes: int
+    ack: asyncio.Future[Any]
+    sent_at_s: float  # time.monotonic() when the producer took it
+
+
+class KafkaLink:
+    """An AIOKafkaProducer that is started, probed and restarted by a background task."""
+
+    def __init__(self, settings: Settings, metrics: CollectorMetrics) -> None:
+        self.settings = settings
+        self.metrics = metrics
+        self.topic = settings.kafka_topic
+        self.timeout_s = settings.kafka_timeout_ms / 1000
+        self.producer: AIOKafkaProducer | None = None
+        self.partitions: list[int] = []
+        self.up = False
+        self._cursor = 0  # index into partitions of the next batch
+        self._changed = asyncio.Event()  # set by mark_down and close: the task looks again
+        self._stop = asyncio.Event()
+        self._on_up: list[asyncio.Event] = []
+        self._task: asyncio.Task[None] | None = None
+        self._last_error: str | None = None
+        metrics.kafka_up.set(0)
+
+    def start(self) -> None:
+        self._task = asyncio.create_task(self._run(), name="beacon-kafka-link")
+
+    def notify_on_up(self, event: asyncio.Event) -> None:
+        """Set `event` whenever the link comes up (pump and replay wait on it)."""
+        self._on_up.append(event)
+
+    def mark_down(self, why: str) -> None:
+        if self.up:
+            log.warning("Kafka unreachable or slow (%s); events go to the spool", why)
+        self.up = False
+        self.metrics.kafka_up.set(0)
+        self._changed.set()
+
+    async def close(self) -> None:
+        """Stop reconnecting and stop the producer (it waits for batches it still holds)."""
+        self._stop.set()
+        self._changed.set()
+        if self._task is not None:
+            await self._task  # a connect attempt in progress ends within timeout_s
+        self.up = False
+        self.metrics.kafka_up.set(0)
+        if self.producer is not None:
+            await self.producer.stop()
+            self.producer = None
+
+    # -- sending ----------------------------------------------------------------------------
+
+    async def produce(self, events: list[bytes]) -> tuple[list[Sent], list[bytes]]:
+        """Hand events to the producer in record batches; returns the batches handed over and
+        the events that could not be (the link is or went down): the caller keeps those."""
+        sent: list[Sent] = []
+        start = 0
+        producer = self.producer
+        while start < len(events) and self.up and producer is not None:
+            batch = producer.create_batch()
+            end, size_bytes = start, 0
+            # A batch takes at least one record, so an event larger than a batch still goes.
+            while end < len(events):
+                if batch.append(key=None, value=events[end], timestamp=None) is None:
+                    break
+                size_bytes += len(events[end])
+                end += 1
+            batch.close()  # a closed batch is sent at once, not lingered over by aiokafka
+            partition = self.partitions[self._cursor % len(self.partitions)]
+            self._cursor += 1
+            try:
+                # Waits while the previous batch of this partition is not yet on the wire;
+                # bounded, so a stuck broker turns into a spill instead of a stuck pump.
+                ack = await asyncio.wait_for(
+                    producer.send_batch(batch, self.topic, partition=partition), self.timeout_s
+                )
+            except (KafkaError, TimeoutError) as exc:
+                self.mark_down(f"send_batch: {exc!r}")
+                break
+            sent.append(Sent(events[start:end], size_bytes, ack, time.monotonic()))
+            self.metrics.kafka_batch_records.observe(end - start)
+            start = end
+        return sent, events[start:]
+
+    async def wait_ack(self, sent: Sent) -> str:
+        """Wait for one batch's ack until timeout_s after it was sent: acked, failed or timeout.
+
+        A failed or late batch marks the link down; aiokafka may still deliver a late batch,
+        which then is a duplicate of the spilled copy (removed downstream by event_id).
+        """
+        remaining_s = max(0.0, self.timeout_s - (time.monotonic() - sent.sent_at_s))
+        # asyncio.wait, not wait_for: cancelling `ack` (a shield over aiokafka's batch future)
+        # would detach it, and the batch's later failure would be logged as never retrieved.
+        await asyncio.wait([sent.ack], timeout=remaining_s)
+        if not sent.ack.done():
+            outcome = "timeout"
+            sent.ack.add_done_callback(_retrieve)
+            self.mark_down(f"no ack in {self.settings.kafka_timeout_ms} ms")
+        elif sent.ack.cancelled() or sent.ack.exception() is not None:
+            outcome = "failed"  # the caller keeps the events, whatever the error was
+            error = "cancelled" if sent.ack.cancelled() else repr(sent.ack.exception())
+            self.mark_down(f"produce failed: {error}")
+        else:
+            outcome = "acked"
+            self.metrics.kafka_produce_seconds.observe(time.monotonic() - sent.sent_at_s)
+        self.metrics.kafka_events.labels(outcome).inc(len(sent.events))
+        return outcome
+
+    # -- connecting ---------------------------------------------------------------------------
+
+    def _new_producer(self) -> AIOKafkaProducer:
+        compression = self.settings.kafka_compression
+        return AIOKafkaProducer(
+            bootstrap_servers=self.settings.kafka_bootstrap,
+            client_id="beacon-collector",
+            acks="all",
+            compression_type=None if compression == "none" else compression,
+            # Our batches are closed before send_batch, so aiokafka's linger never delays them;
+            # KafkaSink lingers itself. Set anyway so nothing depends on aiokafka's default.
+            linger_ms=self.settings.kafka_linger_ms,
+            max_batch_size=self.settings.kafka_batch_max_bytes,
+            # Also the accumulator's batch TTL: aiokafka gives up on a batch about when we do.
+            request_timeout_ms=self.settings.kafka_timeout_ms,
+            # The idempotent producer waits for a producer id and hangs while the broker is
+            # down (https://github.com/aio-libs/aiokafka/issues/1101). Retries can therefore
+            # duplicate a batch; consumers drop duplicates by event_id.
+            enable_idempotence=False,
+        )
+
+    async def _run(self) -> None:
+        while not self._stop.is_set():
+            if not self.up:
+                await self._connect_once()
+            if self.up:
+                self._changed.clear()
+                await self._changed.wait()  # until mark_down or close
+            else:
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(self._stop.wait(), RECONNECT_INTERVAL_S)
+
+    async def _connect_once(self) -> None:
+        """Start the producer if needed, then ask the broker for the topic's partition leaders."""
+        try:
+            if self.producer is None:
+                producer = self._new_producer()
+                try:
+                    await producer.start()
+                except BaseException:
+                    await producer.stop()  # closes its client; a failed start leaves no tasks
+                    raise
+                self.producer = producer
+            # A fresh metadata request is the probe: cached metadata would say "up" forever.
+            cluster = await self.producer.client.fetch_all_metadata()
+            partitions = cluster.available_partitions_for_topic(self.topic)
+            if not partitions:
+                raise KafkaError(f"topic {self.topic!r} missing or leaderless (beacon kafka init?)")
+            await self.producer.partitions_for(self.topic)  # the producer's own metadata too
+        except Exception as exc:  # whatever it was, try again later: the collector serves on
+            error = repr(exc)
+            if error != self._last_error:  # once per distinct cause, not once a second
+                log.warning("Kafka not usable yet, retrying every %g s: %s",
+                            RECONNECT_INTERVAL_S, error)  # fmt: skip
+                self._last_error = error
+            return
+        self._last_error = None
+        self.partitions = sorted(partitions)
+        self.up = True
+        self.metrics.kafka_up.set(1)
+        log.info("Kafka up: %s, topic %s, partitions %s", self.settings.kafka_bootstrap,
+                 self.topic, self.partitions)  # fmt: skip
+        for event in self._on_up:
+            event.set()

@@ -1,0 +1,117 @@
+"""Spool replay: send closed spool segments to Kafka, oldest first, once Kafka answers again.
+
+A segment is deleted only after Kafka acknowledged every batch of it. A segment that fails
+part-way stays and is sent whole again later: duplicates are fine (consumers drop them by
+event_id), loss is not. Several collector processes may share one spool directory, so a
+segment is replayed under an exclusive flock, and one already unlinked is skipped.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import fcntl
+import logging
+import os
+from collections.abc import Awaitable, Callable
+from pathlib import Path
+from typing import BinaryIO
+
+from collector.metrics import CollectorMetrics
+from collector.sinks.kafka_link import KafkaLink
+from collector.sinks.spool import closed_segments
+
+log = logging.getLogger("beacon.kafka.replay")
+
+# How often the replay looks for closed segments while Kafka is up (the spool closes a segment
+# after spool_segment_max_age_ms, so looking much more often would find nothing new).
+REPLAY_POLL_INTERVAL_S = 0.5
+
+
+def open_locked(path: Path) -> tuple[BinaryIO, list[bytes]] | None:
+    """The segment, open and flocked, and its events; None if gone or another process has it."""
+    try:
+        f = open(path, "rb")
+    except FileNotFoundError:
+        return None
+    try:
+        fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        if os.fstat(f.fileno()).st_nlink == 0:  # replayed and deleted while we waited
+            raise BlockingIOError
+        return f, [line for line in f.read().split(b"\n") if line]
+    except BlockingIOError:
+        f.close()
+        return None
+    except BaseException:
+        f.close()
+        raise
+
+
+class SpoolReplayer:
+    """Background task moving spooled events into Kafka through the sink's producer link."""
+
+    def __init__(
+        self,
+        link: KafkaLink,
+        directory: Path,
+        metrics: CollectorMetrics,
+        after_delete: Callable[[], Awaitable[None]],
+    ) -> None:
+        self.link = link
+        self.directory = directory
+        self.metrics = metrics
+        self.after_delete = after_delete  # lets the spool recount its bytes (its size bound)
+        self._wake = asyncio.Event()
+        self._stop = asyncio.Event()
+        self._task: asyncio.Task[None] | None = None
+        link.notify_on_up(self._wake)
+
+    def start(self) -> None:
+        self._task = asyncio.create_task(self._run(), name="beacon-kafka-replay")
+
+    async def stop(self) -> None:
+        """Stop after the segment in progress (bounded by the producer's ack timeout)."""
+        self._stop.set()
+        self._wake.set()
+        if self._task is not None:
+            await self._task
+
+    async def _run(self) -> None:
+        while not self._stop.is_set():
+            if self.link.up:
+                try:
+                    await self._replay_all()
+                except Exception:  # a bug or a disk error must not end replay for good
+                    log.exception("spool replay failed; retrying")
+            self._wake.clear()
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._wake.wait(), REPLAY_POLL_INTERVAL_S)
+
+    async def _replay_all(self) -> None:
+        for path in await asyncio.to_thread(closed_segments, self.directory):
+            if self._stop.is_set() or not self.link.up:
+                return
+            if not await self._replay(path):
+                return  # Kafka failed us: try again once it is back up
+
+    async def _replay(self, path: Path) -> bool:
+        """Send one segment; True if it is done (sent and deleted, or not ours to send)."""
+        opened = await asyncio.to_thread(open_locked, path)
+        if opened is None:
+            return True
+        f, events = opened
+        try:
+            sent, rest = await self.link.produce(events)
+            outcomes = await asyncio.gather(*(self.link.wait_ack(batch) for batch in sent))
+            if rest or any(outcome != "acked" for outcome in outcomes):
+                log.warning("replay of %s incomplete; it stays and is sent again", path.name)
+                return False
+            # Still under our flock, so no other process re-sends it. No directory fsync: a
+            # power loss that undoes the unlink costs a duplicate replay, not an event.
+            await asyncio.to_thread(path.unlink)
+        finally:
+            f.close()
+        self.metrics.kafka_replayed.inc(len(events))
+        log.info("replayed %d events from %s", len(events), path.name)
+        await self.after_delete()
+        return True

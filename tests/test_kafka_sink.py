@@ -1,0 +1,282 @@
+"""KafkaSink and `beacon kafka init` against the session's real Kafka broker."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+import uuid
+from collections.abc import Callable
+from dataclasses import replace
+from pathlib import Path
+
+import orjson
+import pytest
+from aiokafka import AIOKafkaConsumer
+from aiokafka.admin import AIOKafkaAdminClient
+from aiokafka.structs import ConsumerRecord
+
+from collector.__main__ import main
+from collector.kafka_admin import init_topics
+from collector.metrics import CollectorMetrics
+from collector.server import make_sink
+from collector.settings import Settings, SettingsError
+from collector.sinks.kafka import KafkaSink
+from collector.sinks.spool import SpoolSink
+from tests.helpers import free_port, metric_value
+
+pytestmark = pytest.mark.slow
+
+UA = "Mozilla/5.0 (X11; Linux x86_64) KafkaTest/1.0"
+EVENT_FIELDS = {
+    "schema_version", "event_id", "received_at", "event_type", "site", "campaign", "message",
+    "recipient", "ad", "url_host", "url_path", "url_query", "referrer", "props", "user_agent",
+    "ip", "visitor_id", "dnt", "transport",
+}  # fmt: skip
+
+
+class RecordingSink:
+    """Wraps a sink and keeps every event handed to it: the events the collector accepted."""
+
+    def __init__(self, inner: KafkaSink) -> None:
+        self.inner = inner
+        self.events: list[bytes] = []
+
+    async def send(self, events: list[bytes]) -> None:
+        self.events.extend(events)
+        await self.inner.send(events)
+
+    async def flush(self) -> None:
+        await self.inner.flush()
+
+    def healthy(self) -> bool:
+        return self.inner.healthy()
+
+    async def close(self) -> None:
+        await self.inner.close()
+
+
+def kafka_sink(settings: Settings, metrics: CollectorMetrics) -> KafkaSink:
+    spool = SpoolSink(
+        settings.spool_dir,
+        metrics,
+        segment_max_bytes=settings.spool_segment_max_bytes,
+        segment_max_age_ms=settings.spool_segment_max_age_ms,
+        max_bytes=settings.spool_max_bytes,
+    )
+    return KafkaSink(settings, metrics, spool).start()
+
+
+async def wait_for(condition: Callable[[], bool], timeout_s: float, what: str) -> None:
+    deadline = time.monotonic() + timeout_s
+    while not condition():
+        assert time.monotonic() < deadline, f"timed out waiting for {what}"
+        await asyncio.sleep(0.05)
+
+
+async def read_topic(bootstrap: str, topic: str, timeout_s: float = 60) -> list[ConsumerRecord]:
+    """Every record in the topic now, from the first offset to the end of each partition."""
+    consumer = AIOKafkaConsumer(
+        topic, bootstrap_servers=bootstrap, group_id=None, auto_offset_reset="earliest"
+    )
+    await consumer.start()
+    try:
+        await wait_for(lambda: bool(consumer.assignment()), timeout_s, "partition assignment")
+        ends = await consumer.end_offsets(list(consumer.assignment()))
+        records: list[ConsumerRecord] = []
+        deadline = time.monotonic() + timeout_s
+        while [tp for tp, end in ends.items() if await consumer.position(tp) < end]:
+            assert time.monotonic() < deadline, "timed out reading the topic"
+            for batch in (await consumer.getmany(timeout_ms=500)).values():
+                records.extend(batch)
+        return records
+    finally:
+        await consumer.stop()
+
+
+def spooled_events(spool_dir: Path) -> list[bytes]:
+    """Events in the spool's segments, oldest segment first."""
+    events: list[bytes] = []
+    for path in sorted(spool_dir.iterdir()):
+        events.extend(line for line in path.read_bytes().split(b"\n") if line)
+    return events
+
+
+async def fire_pixels(client, first: int, count: int) -> None:  # type: ignore[no-untyped-def]
+    async def one(i: int) -> None:
+        query = {
+            "e": "open", "s": "shop", "c": "spring", "m": f"m-{i}", "r": f"r-{i}", "ad": "ad-1",
+            "u": f"https://shop.example/p/{i}?utm_source=mail&secret=x", "p.n": str(i),
+        }  # fmt: skip
+        resp = await client.get("/p.gif", params=query, headers={"User-Agent": UA})
+        assert resp.status == 200
+        await resp.read()
+
+    await asyncio.gather(*(one(i) for i in range(first, first + count)))
+
+
+async def test_pixels_land_in_the_topic_intact_and_spread(
+    make_client, settings, metrics, kafka_bootstrap, kafka_topic
+):
+    kafka = {
+        "kafka_bootstrap": kafka_bootstrap,
+        "kafka_topic": kafka_topic,
+        "kafka_batch_max_bytes": 4096,  # a few events per batch: many batches, all partitions
+    }
+    sink = RecordingSink(kafka_sink(replace(settings, **kafka), metrics))
+    client = await make_client(sink=sink, **kafka)
+    await wait_for(sink.healthy, 30, "the sink to reach Kafka")
+    assert (await client.get("/readyz")).status == 200
+
+    count = 0
+    for _ in range(6):  # waves, so several buffer drains and pump rounds take part
+        await fire_pixels(client, count, 50)
+        count += 50
+        await asyncio.sleep(0.03)
+    await client.close()  # the SIGTERM path: buffer flushed to the sink, sink closed
+
+    records = await read_topic(kafka_bootstrap, kafka_topic)
+    assert len(records) == count == len(sink.events)
+    assert sorted(r.value for r in records) == sorted(sink.events)  # byte for byte
+    assert {r.partition for r in records} == {0, 1, 2}
+    by_recipient = {}
+    for record in records:
+        event = orjson.loads(record.value)
+        assert set(event) == EVENT_FIELDS
+        by_recipient[event["recipient"]] = event
+    assert len(by_recipient) == count
+    event = by_recipient["r-7"]
+    assert event["event_type"] == "open" and event["site"] == "shop"
+    assert event["campaign"] == "spring" and event["message"] == "m-7" and event["ad"] == "ad-1"
+    assert (event["url_host"], event["url_path"]) == ("shop.example", "/p/7")
+    assert event["url_query"] == "utm_source=mail"
+    assert event["props"] == {"n": "7"} and event["user_agent"] == UA
+    assert event["ip"] == "127.0.0.0" and event["transport"] == "pixel"
+    assert uuid.UUID(event["event_id"]).version == 7
+    assert len({r.value for r in records}) == count
+
+    assert metric_value(metrics, "beacon_kafka_events_total", outcome="acked") == count
+    assert metric_value(metrics, "beacon_kafka_replayed_events_total") == 0
+    assert metric_value(metrics, "beacon_kafka_produce_seconds_count") > 1
+    assert metric_value(metrics, "beacon_kafka_batch_records_sum") == count
+    for reason in ("kafka_down", "timeout", "queue_full"):
+        assert metric_value(metrics, "beacon_kafka_spilled_events_total", reason=reason) == 0
+    assert metric_value(metrics, "beacon_kafka_queue_bytes") == 0
+
+
+async def test_close_with_kafka_unreachable_spools_everything(make_client, settings, metrics):
+    # Nothing listens on this port: producer.start() fails and keeps being retried meanwhile.
+    kafka = {"kafka_bootstrap": f"127.0.0.1:{free_port()}"}
+    sink = RecordingSink(kafka_sink(replace(settings, **kafka), metrics))
+    client = await make_client(sink=sink, **kafka)
+    await fire_pixels(client, 0, 120)
+    assert (await client.get("/readyz")).status == 503  # serving, but not ready
+    assert (await client.get("/healthz")).status == 200
+    await client.close()
+
+    assert len(sink.events) == 120
+    assert spooled_events(settings.spool_dir) == sink.events  # all of them, in order
+    assert metric_value(metrics, "beacon_kafka_spilled_events_total", reason="kafka_down") == 120
+    assert metric_value(metrics, "beacon_kafka_up") == 0
+    assert not any(p.name.endswith(".open") for p in settings.spool_dir.iterdir())
+
+
+async def test_queue_over_its_bound_spills_to_the_spool(
+    settings, metrics, kafka_bootstrap, kafka_topic
+):
+    bounded = replace(
+        settings,
+        kafka_bootstrap=kafka_bootstrap,
+        kafka_topic=kafka_topic,
+        kafka_buffer_max_bytes=1 << 16,
+    )
+    sink = kafka_sink(bounded, metrics)
+    await wait_for(sink.healthy, 30, "the sink to reach Kafka")
+    events = [orjson.dumps({"event_id": str(i), "pad": "x" * 1000}) for i in range(200)]
+    await sink.send(events)  # ~200 KB at once against a 64 KiB bound
+    await sink.close()
+
+    spilled = metric_value(metrics, "beacon_kafka_spilled_events_total", reason="queue_full")
+    acked = metric_value(metrics, "beacon_kafka_events_total", outcome="acked")
+    assert spilled > 0 and acked > 0 and spilled + acked == len(events)
+    in_topic = [r.value for r in await read_topic(kafka_bootstrap, kafka_topic)]
+    # The queue takes a prefix, the spool the rest: together exactly the events, in order.
+    assert in_topic and sorted(in_topic) == sorted(events[: len(in_topic)])
+    assert spooled_events(settings.spool_dir) == events[len(in_topic) :]
+
+
+def test_kafka_init_creates_both_topics_and_is_idempotent(kafka_bootstrap, capsys):
+    name = f"init.{uuid.uuid4().hex[:8]}"
+    env = {
+        "BEACON_KAFKA_TOPIC": name,
+        "BEACON_KAFKA_DLQ_TOPIC": name + ".dlq",
+        "BEACON_KAFKA_PARTITIONS": "4",
+    }
+    argv = ["kafka", "init", "--kafka-bootstrap", kafka_bootstrap]
+    assert main(argv, env) == 0
+    out = capsys.readouterr().out
+    assert f"{name}: created (4 partitions)" in out
+    assert f"{name}.dlq: created (4 partitions)" in out
+
+    assert main(argv, env) == 0  # again: nothing to do, and it says so
+    out = capsys.readouterr().out
+    assert f"{name}: exists (4 partitions)" in out
+    assert f"{name}.dlq: exists (4 partitions)" in out
+
+    async def describe() -> dict[str, int]:
+        admin = AIOKafkaAdminClient(bootstrap_servers=kafka_bootstrap)
+        await admin.start()
+        try:
+            topics = await admin.describe_topics([name, name + ".dlq"])
+        finally:
+            await admin.close()
+        return {t["topic"]: len(t["partitions"]) for t in topics}
+
+    assert asyncio.run(describe()) == {name: 4, name + ".dlq": 4}
+
+
+def test_kafka_init_says_when_the_broker_is_unreachable(capsys):
+    argv = ["kafka", "init", "--kafka-bootstrap", f"127.0.0.1:{free_port()}"]
+    assert main(argv, {}) == 1
+    err = capsys.readouterr().err
+    assert "cannot reach Kafka at 127.0.0.1:" in err
+    assert main(["kafka", "init"], {}) == 1
+    assert "BEACON_KAFKA_BOOTSTRAP is empty" in capsys.readouterr().err
+
+
+async def test_make_sink_picks_kafka_when_a_bootstrap_is_set(settings, metrics):
+    unreachable = f"127.0.0.1:{free_port()}"
+    assert isinstance(make_sink(replace(settings, sink="auto"), metrics), SpoolSink)
+    with pytest.raises(SettingsError, match="BEACON_KAFKA_BOOTSTRAP"):
+        make_sink(replace(settings, sink="kafka"), metrics)
+    for choice in ("auto", "kafka"):
+        sink = make_sink(replace(settings, sink=choice, kafka_bootstrap=unreachable), metrics)
+        assert isinstance(sink, KafkaSink)
+        await sink.close()
+
+
+async def test_missing_topic_spools_until_kafka_init_then_replays(
+    settings, metrics, kafka_bootstrap, caplog
+):
+    name = f"late.{uuid.uuid4().hex[:8]}"
+    late = replace(
+        settings,
+        kafka_bootstrap=kafka_bootstrap,
+        kafka_topic=name,
+        kafka_dlq_topic=name + ".dlq",
+        kafka_partitions=2,
+        spool_segment_max_age_ms=100,
+    )
+    sink = kafka_sink(late, metrics)
+    await wait_for(lambda: "missing or leaderless" in caplog.text, 10, "a warning naming it")
+    events = [orjson.dumps({"event_id": str(i)}) for i in range(50)]
+    await sink.send(events)
+    assert not sink.healthy()
+    await asyncio.sleep(0.15)
+    await sink.flush()  # the buffer does this every flush interval: the segment closes
+
+    await init_topics(late)
+    await wait_for(sink.healthy, 30, "the sink to see the topic")
+    await wait_for(lambda: not any(late.spool_dir.iterdir()), 30, "replay to empty the spool")
+    await sink.close()
+    assert sorted(r.value for r in await read_topic(kafka_bootstrap, name)) == sorted(events)
+    assert metric_value(metrics, "beacon_kafka_replayed_events_total") == 50
