@@ -4,7 +4,7 @@ VENV   ?= .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 
-.PHONY: install run test lint clean kafka-fetch kafka-up kafka-down
+.PHONY: install deps run test lint clean kafka-fetch kafka-up kafka-down
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -13,6 +13,10 @@ $(STAMP): pyproject.toml
 	touch $(STAMP)
 
 install: $(STAMP)
+
+# System packages for the real servers the tests start (Java for Kafka, ...): root + apt.
+deps:
+	bash deploy/install-deps.sh
 
 run: $(STAMP)
 	$(BIN)/beacon run
