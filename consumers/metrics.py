@@ -52,3 +52,33 @@ class ConsumerMetrics:
             "Batches inserted again after a restart (deduplicated by token).",
             registry=registry,
         )
+        # Kafka source (zero when the consumer reads the spool).
+        self.lag_records = Gauge(
+            "beacon_consumer_lag_records",
+            "Records in a partition not yet committed: end offset - committed offset.",
+            ["topic", "partition"],
+            registry=registry,
+        )
+        self.retries = Counter(
+            "beacon_consumer_retries",
+            "Failed batch steps that will be retried, by step (dlq, mark, insert, commit).",
+            ["step"],
+            registry=registry,
+        )
+        self.dlq_records = Counter(
+            "beacon_consumer_dlq_records",
+            "Undecodable records sent to the dead-letter topic, by reason.",
+            ["reason"],
+            registry=registry,
+        )
+        self.paused_partitions = Gauge(
+            "beacon_consumer_paused_partitions",
+            "Assigned partitions not fetched while their batch waits for a retry.",
+            registry=registry,
+        )
+        self.batches = Counter(
+            "beacon_consumer_batches",
+            "Batches by outcome: stored, rejected (no good row), failed (retried), revoked.",
+            ["outcome"],
+            registry=registry,
+        )

@@ -1,4 +1,8 @@
-"""Run a consumer process: open the store, migrate, serve the query port, consume the spool."""
+"""Run a consumer process: open the store, migrate, serve the query port, consume.
+
+The source is Kafka when `kafka_bootstrap` is set, else the local spool; the writer is a
+ClickHouse server over HTTP when `clickhouse_url` is set, else the embedded chDB store.
+"""
 
 from __future__ import annotations
 
@@ -10,39 +14,77 @@ from aiohttp import web
 from prometheus_client import CollectorRegistry
 
 from consumers.metrics import ConsumerMetrics
-from consumers.pipeline import SpoolPipeline
 from consumers.query_server import create_query_app
 from consumers.schema import migrate
 from consumers.settings import ConsumerSettings
-from consumers.sources.spool import SpoolSource
-from consumers.writers.chdb import ChdbWriter
+from consumers.writers import Writer
 
 log = logging.getLogger("beacon.consumer")
 
 
-async def consume(settings: ConsumerSettings) -> None:
-    """Consume until SIGTERM/SIGINT, then insert what is already spooled and exit."""
-    writer = ChdbWriter(settings.store_dir)
-    applied = await migrate(writer, settings.retention_days)
-    if applied:
-        log.info("applied migrations %s", applied)
-    registry = CollectorRegistry()
-    metrics = ConsumerMetrics(registry)
-    runner = web.AppRunner(
-        create_query_app(writer, registry), access_log=None, handle_signals=False
-    )
-    await runner.setup()
-    await web.TCPSite(runner, settings.store_host, settings.store_port).start()
-    log.info("store query port on http://%s:%d", settings.store_host, settings.store_port)
+def open_writer(settings: ConsumerSettings) -> Writer:
+    """The ClickHouse server at `clickhouse_url`, or the embedded store in `store_dir`."""
+    if settings.clickhouse_url:
+        from consumers.writers.http import HttpWriter  # only the distributed setup needs it
 
-    stop = asyncio.Event()
-    loop = asyncio.get_running_loop()
-    for sig in (signal.SIGTERM, signal.SIGINT):
-        loop.add_signal_handler(sig, stop.set)
-    source = SpoolSource(settings.spool_dir, settings.checkpoint_path)
+        return HttpWriter(
+            settings.clickhouse_url, settings.clickhouse_user, settings.clickhouse_password
+        )
+    from consumers.writers.chdb import ChdbWriter
+
+    return ChdbWriter(settings.store_dir)
+
+
+async def run_pipeline(
+    settings: ConsumerSettings, writer: Writer, metrics: ConsumerMetrics, stop: asyncio.Event
+) -> None:
+    """Consume from Kafka or from the spool until `stop` is set."""
+    if settings.kafka_bootstrap:
+        from consumers.dlq import DeadLetters
+        from consumers.kafka_pipeline import KafkaPipeline
+        from consumers.sources.kafka import KafkaSource
+
+        log.info(
+            "consuming %s as group %s from %s",
+            settings.kafka_topic,
+            settings.kafka_group,
+            settings.kafka_bootstrap,
+        )
+        source = KafkaSource(settings)
+        dead_letters = DeadLetters(settings.kafka_bootstrap, settings.kafka_dlq_topic)
+        await KafkaPipeline(source, writer, dead_letters, metrics, settings).run(stop)
+    else:
+        from consumers.pipeline import SpoolPipeline
+        from consumers.sources.spool import SpoolSource
+
+        spool = SpoolSource(settings.spool_dir, settings.checkpoint_path)
+        await SpoolPipeline(spool, writer, metrics, settings).run(stop)
+
+
+async def consume(settings: ConsumerSettings) -> None:
+    """Consume until SIGTERM/SIGINT, then store what is already read and exit."""
+    writer = open_writer(settings)
     try:
-        await SpoolPipeline(source, writer, metrics, settings).run(stop)
+        applied = await migrate(writer, settings.retention_days)
+        if applied:
+            log.info("applied migrations %s", applied)
+        registry = CollectorRegistry()
+        metrics = ConsumerMetrics(registry)
+        # The query port answers `beacon report` for the embedded store, and /metrics always.
+        runner = web.AppRunner(
+            create_query_app(writer, registry), access_log=None, handle_signals=False
+        )
+        await runner.setup()
+        try:
+            await web.TCPSite(runner, settings.store_host, settings.store_port).start()
+            log.info("store query port on http://%s:%d", settings.store_host, settings.store_port)
+            stop = asyncio.Event()
+            loop = asyncio.get_running_loop()
+            for sig in (signal.SIGTERM, signal.SIGINT):
+                loop.add_signal_handler(sig, stop.set)
+            await run_pipeline(settings, writer, metrics, stop)
+        finally:
+            await runner.cleanup()
     finally:
-        await runner.cleanup()
         await writer.close()
     log.info("consumer stopped")

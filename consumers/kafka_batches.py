@@ -1,0 +1,183 @@
+"""Per-partition batches of Kafka records: where a batch starts and ends, and why.
+
+The insert dedup token names the batch's offsets (`topic-partition-first-last`), so a batch
+that may already be in ClickHouse must be formed again from exactly the same offsets after a
+crash or a rebalance, or the repeat gets a new token and is stored twice.
+
+Fresh batches are cut by rows (`batch_max_rows`) or by age (`batch_max_age_ms`). A row cut is
+reproducible from the committed offset; an age cut is not: it depends on how fast records
+arrived. So, as in ClickHouse Kafka Connect's exactly-once design (per-partition state of the
+offset range in flight), the range is written down before the insert, and the next reader of
+the partition replays it as it was. The state rides in the Kafka offset commit itself:
+committed offset = the batch's first offset, metadata = `beacon-inflight:<first>-<last>`. It
+needs no other store, is fenced by the group generation like any commit, and is replaced by
+the plain commit of `last + 1` once ClickHouse has acknowledged the insert.
+https://github.com/ClickHouse/clickhouse-kafka-connect/blob/main/docs/DESIGN.md
+
+A recorded range that cannot be formed again (its records were deleted by retention, or the
+partition ends before its last offset) is cut at what exists: the token differs, and the
+event_id backstop (ReplacingMergeTree on event_id, reports read with FINAL) takes the repeat.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import re
+from dataclasses import dataclass, field
+
+from aiokafka import ConsumerRecord, TopicPartition
+
+from consumers.enrich import BadRow, Enricher
+
+TOKEN_TOPIC_MAX_CHARS = 120  # leaves room for partition and offsets in TOKEN_RE's 200
+INFLIGHT_RE = re.compile(r"^beacon-inflight:(\d+)-(\d+)$")
+
+
+def inflight_metadata(first: int, last: int) -> str:
+    """The commit metadata that records a batch in flight."""
+    return f"beacon-inflight:{first}-{last}"
+
+
+def parse_inflight(metadata: str | None) -> tuple[int, int] | None:
+    """(first, last) from commit metadata written by `inflight_metadata`, else None."""
+    match = INFLIGHT_RE.match(metadata or "")
+    return (int(match.group(1)), int(match.group(2))) if match else None
+
+
+@dataclass
+class Batch:
+    """Records [first, last] of one partition, and how far their way to ClickHouse got.
+
+    Each step is done once: a retry after a failure starts at the first step not done.
+    """
+
+    tp: TopicPartition
+    records: list[ConsumerRecord]
+    replay: bool = False  # formed again from a recorded in-flight range
+    rows: bytes = b""  # the enriched JSONEachRow body of the good records
+    good: int = 0
+    rejects: list[tuple[ConsumerRecord, str]] = field(default_factory=list)
+    prepared: bool = False
+    dead_lettered: bool = False
+    marked: bool = False  # the in-flight range is committed as metadata
+    stored: bool = False  # ClickHouse acknowledged the insert
+
+    def prepare(self, enricher: Enricher) -> None:
+        """Enrich every record once: good ones into `rows`, the others into `rejects`."""
+        body = bytearray()
+        for record in self.records:
+            try:
+                body += enricher.to_row(record.value or b"")
+            except BadRow as exc:
+                self.rejects.append((record, exc.reason))
+                continue
+            body += b"\n"
+            self.good += 1
+        self.rows = bytes(body)
+        self.prepared = True
+        # A replay was marked by the reader before us; a batch without rows needs no token.
+        self.marked = self.replay or self.good == 0
+        self.dead_lettered = not self.rejects
+
+    @property
+    def first(self) -> int:
+        return self.records[0].offset
+
+    @property
+    def last(self) -> int:
+        return self.records[-1].offset
+
+    @property
+    def token(self) -> str:
+        # Topic names are [A-Za-z0-9._-]: the token needs no quoting (writers.TOKEN_RE), but
+        # may be up to 249 characters: a long one is shortened to a hash of it.
+        topic = self.tp.topic
+        if len(topic) > TOKEN_TOPIC_MAX_CHARS:
+            topic = hashlib.sha256(topic.encode()).hexdigest()[:32]
+        return f"{topic}-{self.tp.partition}-{self.first}-{self.last}"
+
+
+class PartitionBuffer:
+    """Records read from one partition and not yet committed; at most one batch in flight."""
+
+    def __init__(self, tp: TopicPartition, committed: int, inflight: tuple[int, int] | None):
+        self.tp = tp
+        self.committed = committed  # the next offset to store: lag is counted from here
+        self.inflight = inflight  # a range to replay exactly, from the commit metadata
+        self.records: list[ConsumerRecord] = []
+        self.first_read_at = 0.0  # monotonic time the oldest buffered record was read
+        self.next_offset = committed  # after the last record read
+        self.batch: Batch | None = None
+        self.failures = 0
+        self.retry_at = 0.0
+
+    @property
+    def flight(self) -> Batch:
+        """The batch on its way (for callers that know there is one)."""
+        assert self.batch is not None
+        return self.batch
+
+    def add(self, records: list[ConsumerRecord], now: float) -> None:
+        if not records:
+            return
+        if not self.records:
+            self.first_read_at = now
+        self.records.extend(records)
+        self.next_offset = records[-1].offset + 1
+
+    def cut(
+        self, now: float, max_rows: int, max_age_s: float, highwater: int | None, final: bool
+    ) -> Batch | None:
+        """Start the next batch when one is due; None while one is in flight or none is due.
+
+        `final` (shutting down) cuts a fresh batch whatever its age, but never a partial replay:
+        the next reader replays that range in full.
+        """
+        if self.batch is not None:
+            return None
+        if self.inflight is not None:
+            batch = self._cut_replay(highwater, now)
+            if batch is not None or self.inflight is not None:
+                return batch
+        if not self.records:
+            return None
+        if len(self.records) < max_rows and now - self.first_read_at < max_age_s and not final:
+            return None
+        return self._take(max_rows, replay=False, now=now)
+
+    def _cut_replay(self, highwater: int | None, now: float) -> Batch | None:
+        assert self.inflight is not None
+        last = self.inflight[1]
+        caught_up = highwater is not None and self.next_offset >= highwater
+        read_through = bool(self.records) and self.records[-1].offset >= last
+        if not (read_through or caught_up):
+            return None  # keep reading: the range is not complete yet
+        self.inflight = None
+        count = sum(1 for r in self.records if r.offset <= last)
+        if count == 0:
+            return None  # nothing of the range exists any more: cut fresh batches
+        # Read through: the same records as before, the same token. Cut short (the partition
+        # ends early): a batch of its own, with its own in-flight mark.
+        return self._take(count, replay=read_through, now=now)
+
+    def _take(self, count: int, replay: bool, now: float) -> Batch:
+        self.batch = Batch(self.tp, self.records[:count], replay=replay)
+        self.records = self.records[count:]
+        # The rest waits its own age from now: it was not due on its own.
+        self.first_read_at = now
+        return self.batch
+
+    def done(self) -> None:
+        """The batch is stored and its offsets committed."""
+        assert self.batch is not None
+        self.committed = self.batch.last + 1
+        self.batch = None
+        self.failures = 0
+        self.retry_at = 0.0
+
+    def failed(self, now: float, retry_max_s: float) -> float:
+        """Back off after a failed step; returns the delay in seconds."""
+        self.failures += 1
+        delay_s = min(0.1 * 2 ** (self.failures - 1), retry_max_s)
+        self.retry_at = now + delay_s
+        return delay_s

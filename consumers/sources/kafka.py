@@ -1,0 +1,165 @@
+"""Read the events topic in a consumer group, committing offsets by hand.
+
+A thin layer over aiokafka: the pipeline decides what to commit and when; this module keeps
+the group mechanics (listener, pause, commit metadata, offsets for lag) in one place.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Callable, Iterable
+from typing import Any
+
+from aiokafka import AIOKafkaConsumer, ConsumerRebalanceListener, ConsumerRecord, TopicPartition
+from aiokafka.admin import AIOKafkaAdminClient, NewTopic
+from aiokafka.errors import KafkaTimeoutError, TopicAlreadyExistsError
+
+from consumers.kafka_batches import parse_inflight
+from consumers.settings import ConsumerSettings
+
+log = logging.getLogger("beacon.consumer")
+
+Partitions = set[TopicPartition]
+Offsets = dict[TopicPartition, tuple[int, str]]  # (offset, metadata) to commit
+
+# The dead-letter topic when the consumer has to create it: rejects are rare, but kept as
+# safely as events (3 replicas where the cluster has them).
+DLQ_PARTITIONS = 1
+DLQ_REPLICATION = 3
+COMMIT_TIMEOUT_S = 30.0
+
+
+class Listener(ConsumerRebalanceListener):
+    """Hands rebalance events to the pipeline; aiokafka waits for these before going on."""
+
+    def __init__(
+        self, revoked: Callable[[Partitions], None], assigned: Callable[[Partitions], None]
+    ) -> None:
+        self._revoked = revoked
+        self._assigned = assigned
+
+    def on_partitions_revoked(self, revoked: Iterable[TopicPartition]) -> None:
+        self._revoked(set(revoked))
+
+    def on_partitions_assigned(self, assigned: Iterable[TopicPartition]) -> None:
+        self._assigned(set(assigned))
+
+
+class KafkaSource:
+    """One group member on `settings.kafka_topic`, auto-commit off, from the earliest record."""
+
+    def __init__(self, settings: ConsumerSettings, **consumer_options: Any) -> None:
+        """`consumer_options` go to AIOKafkaConsumer as they are (tests shorten timeouts)."""
+        self.topic = settings.kafka_topic
+        self.group = settings.kafka_group
+        self.bootstrap = settings.kafka_bootstrap
+        self.consumer = AIOKafkaConsumer(
+            bootstrap_servers=settings.kafka_bootstrap,
+            group_id=settings.kafka_group,
+            client_id="beacon-consumer",
+            enable_auto_commit=False,
+            auto_offset_reset="earliest",
+            # Heartbeats run in the background; a member also leaves the group when getmany()
+            # is not called for max_poll_interval_ms (aiokafka's default, 5 minutes). The
+            # pipeline polls at least every poll_interval_ms plus one insert attempt, and never
+            # sleeps on a retry: it pauses the partition and keeps polling.
+            **consumer_options,
+        )
+        self.admin = AIOKafkaAdminClient(
+            bootstrap_servers=settings.kafka_bootstrap, client_id="beacon-consumer-admin"
+        )
+
+    async def start(
+        self, revoked: Callable[[Partitions], None], assigned: Callable[[Partitions], None]
+    ) -> None:
+        await self.admin.start()
+        await self.consumer.start()
+        self.consumer.subscribe([self.topic], listener=Listener(revoked, assigned))
+
+    async def ensure_topic(self, name: str) -> None:
+        """Create `name` when missing (brokers here do not auto-create topics)."""
+        if name in await self.admin.list_topics():
+            return
+        brokers = len((await self.admin.describe_cluster())["brokers"])
+        try:
+            topic = NewTopic(name, DLQ_PARTITIONS, min(DLQ_REPLICATION, brokers))
+            await self.admin.create_topics([topic])
+            log.info("created topic %s", name)
+        except TopicAlreadyExistsError:
+            pass  # another consumer was first
+
+    async def poll(self, timeout_ms: int, max_records: int) -> dict[TopicPartition, list]:
+        records: dict[TopicPartition, list[ConsumerRecord]] = await self.consumer.getmany(
+            timeout_ms=timeout_ms, max_records=max_records
+        )
+        return records
+
+    async def committed(
+        self, tps: Iterable[TopicPartition]
+    ) -> dict[TopicPartition, tuple[int | None, tuple[int, int] | None]]:
+        """(committed offset or None, in-flight range or None) per partition.
+
+        Through the admin client: the consumer's committed() drops the commit metadata.
+        """
+        tps = list(tps)
+        got = await self.admin.list_consumer_group_offsets(self.group, partitions=tps)
+        out: dict[TopicPartition, tuple[int | None, tuple[int, int] | None]] = {}
+        for tp in tps:
+            meta = got.get(tp)
+            if meta is None or meta.offset < 0:
+                out[tp] = (None, None)
+            else:
+                out[tp] = (meta.offset, parse_inflight(meta.metadata))
+        return out
+
+    async def beginning(self, tps: Iterable[TopicPartition]) -> dict[TopicPartition, int]:
+        offsets: dict[TopicPartition, int] = await self.consumer.beginning_offsets(list(tps))
+        return offsets
+
+    async def end(self, tps: Iterable[TopicPartition]) -> dict[TopicPartition, int]:
+        offsets: dict[TopicPartition, int] = await self.consumer.end_offsets(list(tps))
+        return offsets
+
+    async def commit(self, offsets: Offsets) -> None:
+        """Commit (offset, metadata) per partition; raises KafkaError (also when fenced)."""
+        # aiokafka retries a commit while the coordinator is unreachable, without end: bound
+        # it, so the loop gets back to polling and retries the step with its own backoff.
+        try:
+            async with asyncio.timeout(COMMIT_TIMEOUT_S):
+                await self.consumer.commit(offsets)
+        except TimeoutError:
+            raise KafkaTimeoutError(f"offset commit took over {COMMIT_TIMEOUT_S}s") from None
+
+    def rewind(self, tp: TopicPartition, offset: int) -> None:
+        """Fetch `tp` again from `offset` (records that arrived before we could take them)."""
+        if tp in self.consumer.assignment():
+            self.consumer.seek(tp, offset)
+
+    def highwater(self, tp: TopicPartition) -> int | None:
+        if tp not in self.consumer.assignment():
+            return None  # revoked meanwhile
+        highwater: int | None = self.consumer.highwater(tp)
+        return highwater
+
+    def assignment(self) -> Partitions:
+        return set(self.consumer.assignment())
+
+    def paused(self) -> Partitions:
+        return set(self.consumer.paused())
+
+    def pause(self, *tps: TopicPartition) -> None:
+        # A partition revoked meanwhile is not ours to pause: skip it, not the others.
+        mine = self.assignment()
+        self.consumer.pause(*(tp for tp in tps if tp in mine))
+
+    def resume(self, *tps: TopicPartition) -> None:
+        mine = self.assignment()
+        self.consumer.resume(*(tp for tp in tps if tp in mine))
+
+    async def stop(self) -> None:
+        """Leave the group (its partitions go to the others at once) and close."""
+        try:
+            await self.consumer.stop()
+        finally:
+            await self.admin.close()

@@ -1,0 +1,651 @@
+"""The Kafka consumer against a real broker and real chDB: exactly once in effect, through
+store failures, bad records, a second member and SIGKILLs of the consumer process."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import signal
+import subprocess
+import sys
+import time
+import urllib.request
+import uuid
+from collections.abc import Awaitable, Callable, Iterator
+from dataclasses import replace
+from pathlib import Path
+from typing import Any
+
+import orjson
+import pytest
+from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, ConsumerRecord, TopicPartition
+from aiokafka.admin import AIOKafkaAdminClient, NewTopic
+from prometheus_client import CollectorRegistry
+
+from collector.event import build_event
+from consumers.dlq import REASON, SOURCE_OFFSET, SOURCE_PARTITION, SOURCE_TOPIC, DeadLetters
+from consumers.kafka_batches import PartitionBuffer, inflight_metadata, parse_inflight
+from consumers.kafka_pipeline import KafkaPipeline
+from consumers.metrics import ConsumerMetrics
+from consumers.schema import EVENTS, migrate
+from consumers.settings import ConsumerSettings
+from consumers.sources.kafka import KafkaSource
+from consumers.writers import StoreError
+from consumers.writers.chdb import ChdbWriter
+from tests.helpers import free_port, metric_value
+
+UA = "Mozilla/5.0 (X11; Linux x86_64) Test/1.0"
+START_MS = 1_767_225_600_123  # 2026-01-01T00:00:00.123Z
+WAIT_S = 90.0  # generous: the machine is small and shared
+PARTITIONS = 3  # the kafka_topic fixture's
+
+
+def make_events(count: int, start: int = 0) -> list[dict[str, Any]]:
+    """Wire events as the collector builds them."""
+    return [
+        build_event(
+            {"e": "open", "s": "shop", "c": f"spring-{i % 3}", "r": f"rcpt-{i}"},
+            {"n": str(i)},
+            page_url=f"https://shop.example/p/{i}?utm_source=mail&email=x@y.z",
+            user_agent=UA,
+            ip="203.0.113.0",
+            visitor_id=i + 1,
+            dnt=i % 2 == 0,
+            transport="pixel",
+            received_ms=START_MS + i * 37,
+            keep_query=frozenset(),
+            notes=[],
+        )
+        for i in range(start, start + count)
+    ]
+
+
+async def produce(bootstrap: str, topic: str, values: list[bytes]) -> None:
+    """Round-robin over the partitions, every record acknowledged."""
+    producer = AIOKafkaProducer(bootstrap_servers=bootstrap, acks="all", linger_ms=5)
+    await producer.start()
+    try:
+        waits = [
+            await producer.send(topic, value, partition=i % PARTITIONS)
+            for i, value in enumerate(values)
+        ]
+        await asyncio.gather(*waits)
+    finally:
+        await producer.stop()
+
+
+async def create_topic(bootstrap: str, name: str, partitions: int = 1) -> None:
+    admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap)
+    await admin.start()
+    try:
+        await admin.create_topics([NewTopic(name, partitions, 1)])
+    finally:
+        await admin.close()
+
+
+async def group_offsets(bootstrap: str, group: str, topic: str) -> tuple[dict, dict]:
+    """({partition: (committed offset, metadata)}, {partition: end offset})."""
+    admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap)
+    consumer = AIOKafkaConsumer(bootstrap_servers=bootstrap)
+    await admin.start()
+    await consumer.start()
+    try:
+        tps = [TopicPartition(topic, p) for p in range(PARTITIONS)]
+        got = await admin.list_consumer_group_offsets(group, partitions=tps)
+        ends = await consumer.end_offsets(tps)
+    finally:
+        await consumer.stop()
+        await admin.close()
+    committed = {tp.partition: (m.offset, m.metadata) for tp, m in got.items()}
+    return committed, {tp.partition: end for tp, end in ends.items()}
+
+
+async def wait_for(check: Callable[[], Awaitable[bool]], what: str, *tasks: Any) -> None:
+    deadline = time.monotonic() + WAIT_S
+    while not await check():
+        for task in tasks:
+            if task.done():
+                task.result()  # raises what broke the loop
+                pytest.fail(f"a pipeline returned before {what}")
+        assert time.monotonic() < deadline, f"timed out waiting for {what}"
+        await asyncio.sleep(0.05)
+
+
+async def count(writer: ChdbWriter, expr: str = "count()", final: bool = False) -> int:
+    table = f"{EVENTS} FINAL" if final else EVENTS
+    return int(await writer.query(f"SELECT {expr} FROM {table}", "TSV"))
+
+
+# -- fixtures ----------------------------------------------------------------------------------
+
+
+@pytest.fixture
+def settings(tmp_path: Path, kafka_bootstrap: str, kafka_topic: str) -> ConsumerSettings:
+    """Small batches and short waits, so every test cuts many batches by rows and by age."""
+    return ConsumerSettings(
+        data_dir=tmp_path,
+        batch_max_rows=40,
+        batch_max_age_ms=100,
+        poll_interval_ms=20,
+        retry_max_ms=400,
+        kafka_bootstrap=kafka_bootstrap,
+        kafka_topic=kafka_topic,
+        kafka_dlq_topic=f"{kafka_topic}.dlq",
+        kafka_group=f"group-{uuid.uuid4().hex[:8]}",
+        kafka_max_records=100,
+    )
+
+
+@pytest.fixture
+async def store(settings: ConsumerSettings) -> Any:
+    writer = ChdbWriter(settings.store_dir)
+    await migrate(writer, 0)
+    # ReplacingMergeTree merges would hide a doubled insert from count(); without merges
+    # only the insert dedup token keeps count() at N.
+    await writer.execute(f"SYSTEM STOP MERGES {EVENTS}")
+    yield writer
+    await writer.close()
+
+
+class Consumer:
+    """One in-process group member: a KafkaPipeline task with its own metrics."""
+
+    def __init__(self, settings: ConsumerSettings, writer: Any, **consumer_options: Any):
+        self.metrics = ConsumerMetrics(CollectorRegistry())
+        source = KafkaSource(settings, **consumer_options)
+        dlq = DeadLetters(settings.kafka_bootstrap, settings.kafka_dlq_topic)
+        self.pipeline = KafkaPipeline(source, writer, dlq, self.metrics, settings)
+        self.stop = asyncio.Event()
+        self.task = asyncio.create_task(self.pipeline.run(self.stop))
+
+    def value(self, name: str, **labels: str) -> float:
+        return metric_value(self.metrics, name, **labels)
+
+    async def close(self) -> None:
+        self.stop.set()
+        await asyncio.wait_for(self.task, WAIT_S)
+
+
+@pytest.fixture
+async def consumers() -> Any:
+    started: list[Consumer] = []
+    yield started
+    for c in started:
+        c.stop.set()
+    await asyncio.gather(*(c.task for c in started), return_exceptions=True)
+
+
+# -- batch boundaries (no broker) --------------------------------------------------------------
+
+
+def records(tp: TopicPartition, offsets: range) -> list[ConsumerRecord]:
+    return [
+        ConsumerRecord(tp.topic, tp.partition, o, 0, 0, None, b"{}", None, 0, 2, ())
+        for o in offsets
+    ]
+
+
+def test_inflight_metadata_round_trips() -> None:
+    assert parse_inflight(inflight_metadata(12, 345)) == (12, 345)
+    assert parse_inflight("") is None
+    assert parse_inflight(None) is None
+    assert parse_inflight("something else") is None
+
+
+def test_a_recorded_range_is_replayed_exactly_whatever_the_row_limit() -> None:
+    tp = TopicPartition("t", 0)
+    part = PartitionBuffer(tp, committed=100, inflight=(100, 104))
+    part.add(records(tp, range(100, 103)), now=0.0)
+    # Not read through yet: no batch, even past its age and row limit.
+    assert part.cut(now=9.0, max_rows=2, max_age_s=1.0, highwater=None, final=False) is None
+    part.add(records(tp, range(103, 110)), now=9.0)
+    batch = part.cut(now=9.0, max_rows=2, max_age_s=1.0, highwater=None, final=False)
+    assert batch is not None and batch.replay
+    assert (batch.first, batch.last, batch.token) == (100, 104, "t-0-100-104")
+    part.done()
+    fresh = part.cut(now=9.0, max_rows=2, max_age_s=1.0, highwater=None, final=False)
+    assert fresh is not None and not fresh.replay and (fresh.first, fresh.last) == (105, 106)
+
+
+def test_fresh_batches_are_cut_by_rows_then_by_age() -> None:
+    tp = TopicPartition("t", 1)
+    part = PartitionBuffer(tp, committed=0, inflight=None)
+    part.add(records(tp, range(5)), now=0.0)
+    batch = part.cut(now=0.0, max_rows=3, max_age_s=1.0, highwater=None, final=False)
+    assert batch is not None and (batch.first, batch.last) == (0, 2)
+    part.done()
+    assert part.cut(now=0.5, max_rows=3, max_age_s=1.0, highwater=None, final=False) is None
+    batch = part.cut(now=1.0, max_rows=3, max_age_s=1.0, highwater=None, final=False)
+    assert batch is not None and (batch.first, batch.last) == (3, 4)
+    assert part.committed == 3
+
+
+# -- the pipeline in process -------------------------------------------------------------------
+
+
+async def test_every_event_is_stored_once_and_offsets_are_committed(
+    settings: ConsumerSettings, store: ChdbWriter, consumers: list[Consumer]
+) -> None:
+    events = make_events(900)
+    await produce(settings.kafka_bootstrap, settings.kafka_topic, [orjson.dumps(e) for e in events])
+    consumer = Consumer(settings, store)
+    consumers.append(consumer)
+
+    async def stored() -> bool:
+        return await count(store) >= len(events)
+
+    await wait_for(stored, "every event stored", consumer.task)
+
+    async def caught_up() -> bool:
+        """Every partition's lag gauge is set, and 0."""
+        registry = consumer.metrics.registry
+        lags = [
+            registry.get_sample_value(
+                "beacon_consumer_lag_records", {"topic": settings.kafka_topic, "partition": str(p)}
+            )
+            for p in range(PARTITIONS)
+        ]
+        return lags == [0.0] * PARTITIONS
+
+    await wait_for(caught_up, "the lag to be 0", consumer.task)
+    await consumer.close()
+
+    assert await count(store) == len(events)
+    assert await count(store, "uniqExact(event_id)") == len(events)
+    rows = await store.query(
+        f"SELECT toString(event_id) AS event_id, toUnixTimestamp64Milli(received_at) AS ms, "
+        f"event_type, site, campaign, recipient, url_host, url_path, url_query, props, "
+        f"visitor_id, dnt, transport FROM {EVENTS}"
+    )
+    got = {r["event_id"]: r for r in map(orjson.loads, rows.splitlines())}
+    for e in events:
+        row = got[e["event_id"]]
+        assert row["ms"] == e["received_at"]
+        for key in ("event_type", "site", "campaign", "recipient", "url_host", "url_path",
+                    "url_query", "props", "visitor_id", "dnt", "transport"):  # fmt: skip
+            assert row[key] == e[key], key
+    committed, ends = await group_offsets(
+        settings.kafka_bootstrap, settings.kafka_group, settings.kafka_topic
+    )
+    assert committed == {p: (ends[p], "") for p in range(PARTITIONS)}
+    assert sum(ends.values()) == len(events)
+    assert consumer.value("beacon_consumer_rows_inserted_total") == len(events)
+    assert consumer.value("beacon_consumer_rows_read_total") == len(events)
+    # 900 rows in batches of at most 40: many inserts, each with its own token.
+    assert consumer.value("beacon_consumer_inserts_total", outcome="ok") >= 900 / 40
+
+
+class FailingWriter:
+    """The real chDB writer behind an edge that fails every insert for `fail_s` seconds."""
+
+    def __init__(self, writer: ChdbWriter, fail_s: float) -> None:
+        self.writer = writer
+        self.fail_until = time.monotonic() + fail_s
+        self.failures = 0
+
+    async def insert(self, table: str, rows: bytes, token: str) -> None:
+        if time.monotonic() < self.fail_until:
+            self.failures += 1
+            raise StoreError("Code: 210. DB::NetException: Connection refused (test)")
+        await self.writer.insert(table, rows, token)
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self.writer, name)
+
+
+@pytest.mark.timeout(180)
+async def test_a_failing_store_pauses_keeps_the_member_and_loses_nothing(
+    settings: ConsumerSettings, store: ChdbWriter, consumers: list[Consumer]
+) -> None:
+    events = make_events(600)
+    await produce(settings.kafka_bootstrap, settings.kafka_topic, [orjson.dumps(e) for e in events])
+    writer = FailingWriter(store, fail_s=8.0)
+    # A member that stops calling getmany() for 3 s leaves the group: the outage is longer,
+    # so it stays only because the loop keeps polling while it backs off.
+    consumer = Consumer(settings, writer, max_poll_interval_ms=3000)
+    consumers.append(consumer)
+    lag_seen = 0.0
+    paused_seen = 0.0
+
+    async def lagging() -> bool:
+        nonlocal lag_seen, paused_seen
+        lag_seen = max(lag_seen, sum(
+            consumer.value("beacon_consumer_lag_records", topic=settings.kafka_topic,
+                           partition=str(p)) for p in range(PARTITIONS)))  # fmt: skip
+        paused_seen = max(paused_seen, consumer.value("beacon_consumer_paused_partitions"))
+        return time.monotonic() >= writer.fail_until
+
+    await wait_for(lagging, "the outage to end", consumer.task)
+    assert await count(store) == 0
+    assert lag_seen == len(events)  # nothing committed while nothing is stored
+    assert paused_seen == PARTITIONS
+    assert consumer.value("beacon_consumer_retries_total", step="insert") >= PARTITIONS * 3
+
+    async def stored() -> bool:
+        return await count(store) >= len(events)
+
+    await wait_for(stored, "the backlog to drain", consumer.task)
+    assert consumer.pipeline.assignments == 1  # never rebalanced: the member stayed
+    await consumer.close()
+    assert await count(store) == await count(store, "uniqExact(event_id)") == len(events)
+    committed, ends = await group_offsets(
+        settings.kafka_bootstrap, settings.kafka_group, settings.kafka_topic
+    )
+    assert {p: c[0] for p, c in committed.items()} == ends
+    assert consumer.value("beacon_consumer_paused_partitions") == 0
+
+
+class Crash(Exception):
+    """Stands for the process dying: nothing in the pipeline catches it."""
+
+
+class CrashAfterInsert:
+    """The real chDB writer, and a death right after ClickHouse acknowledged an insert: the
+    worst moment, the batch stored and its offsets not committed."""
+
+    def __init__(self, writer: ChdbWriter) -> None:
+        self.writer = writer
+
+    async def insert(self, table: str, rows: bytes, token: str) -> None:
+        await self.writer.insert(table, rows, token)
+        raise Crash(token)
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self.writer, name)
+
+
+async def test_a_batch_stored_but_not_committed_is_replayed_with_its_offsets(
+    settings: ConsumerSettings, store: ChdbWriter, consumers: list[Consumer]
+) -> None:
+    # Batches far larger than what arrives: every cut is an age cut, which a re-read would
+    # not reproduce (more records are there by then) without the recorded range.
+    settings = replace(settings, batch_max_rows=10_000, kafka_max_records=10_000)
+    first, second = make_events(90), make_events(90, start=90)
+    await produce(settings.kafka_bootstrap, settings.kafka_topic, [orjson.dumps(e) for e in first])
+    dying = Consumer(settings, CrashAfterInsert(store))
+    with pytest.raises(Crash):
+        await asyncio.wait_for(dying.task, WAIT_S)
+    stored_before = await count(store)
+    assert stored_before > 0
+    committed, _ = await group_offsets(
+        settings.kafka_bootstrap, settings.kafka_group, settings.kafka_topic
+    )
+    in_flight = [parse_inflight(metadata) for _, metadata in committed.values()]
+    assert (0, 29) in in_flight  # 30 records per partition, all in one batch
+    await produce(settings.kafka_bootstrap, settings.kafka_topic, [orjson.dumps(e) for e in second])
+
+    consumer = Consumer(settings, store)
+    consumers.append(consumer)
+
+    async def stored() -> bool:
+        return await count(store) >= 180
+
+    await wait_for(stored, "every event stored", consumer.task)
+    await consumer.close()
+    assert await count(store) == await count(store, "uniqExact(event_id)") == 180
+    assert consumer.value("beacon_consumer_replayed_batches_total") >= 1
+    committed, ends = await group_offsets(
+        settings.kafka_bootstrap, settings.kafka_group, settings.kafka_topic
+    )
+    assert committed == {p: (ends[p], "") for p in range(PARTITIONS)}
+
+
+async def read_topic(bootstrap: str, topic: str, expected: int) -> list[ConsumerRecord]:
+    consumer = AIOKafkaConsumer(topic, bootstrap_servers=bootstrap, auto_offset_reset="earliest")
+    await consumer.start()
+    got: list[ConsumerRecord] = []
+    try:
+        deadline = time.monotonic() + WAIT_S
+        while len(got) < expected and time.monotonic() < deadline:
+            for batch in (await consumer.getmany(timeout_ms=200)).values():
+                got.extend(batch)
+    finally:
+        await consumer.stop()
+    return got
+
+
+async def test_undecodable_records_go_to_the_dlq_and_the_rest_is_stored(
+    settings: ConsumerSettings, store: ChdbWriter, consumers: list[Consumer]
+) -> None:
+    await create_topic(settings.kafka_bootstrap, settings.kafka_dlq_topic)
+    good = [orjson.dumps(e) for e in make_events(60)]
+    bad = [b"{not json", b'{"no_event_id": 1}']
+    # partition 0 gets "{not json" at offset 10, partition 1 the second one at offset 10
+    values = good[:30] + bad + good[30:]
+    await produce(settings.kafka_bootstrap, settings.kafka_topic, values)
+    consumer = Consumer(settings, store)
+    consumers.append(consumer)
+
+    async def stored() -> bool:
+        return await count(store) >= len(good)
+
+    await wait_for(stored, "the good events stored", consumer.task)
+    dead = await read_topic(settings.kafka_bootstrap, settings.kafka_dlq_topic, len(bad))
+    await consumer.close()
+
+    assert await count(store) == await count(store, "uniqExact(event_id)") == len(good)
+    assert sorted(r.value for r in dead) == sorted(bad)
+    headers = {r.value: dict(r.headers) for r in dead}
+    assert headers[b"{not json"][REASON] == b"malformed_json"
+    assert headers[b"{not json"][SOURCE_TOPIC] == settings.kafka_topic.encode()
+    assert headers[b"{not json"][SOURCE_PARTITION] == b"0"
+    assert headers[b"{not json"][SOURCE_OFFSET] == b"10"
+    assert headers[b'{"no_event_id": 1}'][REASON] == b"not_an_event"
+    assert consumer.value("beacon_consumer_dlq_records_total", reason="malformed_json") == 1
+    assert consumer.value("beacon_consumer_rows_rejected_total", reason="not_an_event") == 1
+    committed, ends = await group_offsets(
+        settings.kafka_bootstrap, settings.kafka_group, settings.kafka_topic
+    )
+    assert {p: c[0] for p, c in committed.items()} == ends  # past the bad records too
+
+
+@pytest.mark.timeout(180)
+async def test_two_members_share_the_partitions_and_store_each_event_once(
+    settings: ConsumerSettings, store: ChdbWriter, consumers: list[Consumer]
+) -> None:
+    first, second = make_events(1500), make_events(1500, start=1500)
+    await produce(settings.kafka_bootstrap, settings.kafka_topic, [orjson.dumps(e) for e in first])
+    a = Consumer(settings, store)
+    consumers.append(a)
+
+    async def some_stored() -> bool:
+        return await count(store) >= 300
+
+    await wait_for(some_stored, "the first member to store some", a.task)
+    b = Consumer(settings, store)  # joins mid-stream: a rebalance with batches on the way
+    consumers.append(b)
+
+    async def shared() -> bool:
+        return bool(a.pipeline.parts) and bool(b.pipeline.parts)
+
+    await wait_for(shared, "both members to own partitions", a.task, b.task)
+    await produce(settings.kafka_bootstrap, settings.kafka_topic, [orjson.dumps(e) for e in second])
+
+    async def all_stored() -> bool:
+        return await count(store) >= 3000
+
+    await wait_for(all_stored, "every event stored", a.task, b.task)
+    await asyncio.sleep(1.0)  # a late double would show by now
+    for member in (a, b):
+        assert member.value("beacon_consumer_rows_inserted_total") > 0  # both took part
+    await asyncio.gather(a.close(), b.close())
+    assert await count(store) == await count(store, "uniqExact(event_id)") == 3000
+
+
+# -- the consumer process, killed -------------------------------------------------------------
+
+
+class ConsumerProcess:
+    """`beacon consume` on Kafka with its own data directory and store port."""
+
+    def __init__(self, settings: ConsumerSettings) -> None:
+        self.settings = settings
+        self.store_port = free_port()
+        self.log_path = settings.data_dir / "consume.log"
+        self.proc: subprocess.Popen[bytes] | None = None
+
+    def env(self) -> dict[str, str]:
+        s = self.settings
+        return {
+            **os.environ,
+            "BEACON_DATA_DIR": str(s.data_dir),
+            "BEACON_STORE_PORT": str(self.store_port),
+            "BEACON_KAFKA_BOOTSTRAP": s.kafka_bootstrap,
+            "BEACON_KAFKA_TOPIC": s.kafka_topic,
+            "BEACON_KAFKA_DLQ_TOPIC": s.kafka_dlq_topic,
+            "BEACON_KAFKA_GROUP": s.kafka_group,
+            "BEACON_BATCH_MAX_ROWS": "50",
+            "BEACON_BATCH_MAX_AGE_MS": "100",
+            "BEACON_KAFKA_MAX_RECORDS": "200",
+        }
+
+    def start(self) -> None:
+        with open(self.log_path, "ab") as log:
+            self.proc = subprocess.Popen(
+                [sys.executable, "-m", "collector", "consume"],
+                env=self.env(),
+                stdout=log,
+                stderr=log,
+            )
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline:
+            assert self.proc.poll() is None, self.log_path.read_text()
+            try:
+                if self.query("SELECT 1").strip() == "1":
+                    return
+            except OSError:
+                pass
+            time.sleep(0.1)
+        raise AssertionError("beacon consume did not come up:\n" + self.log_path.read_text())
+
+    def query(self, sql: str) -> str:
+        url = f"http://127.0.0.1:{self.store_port}/query?format=TSV"
+        request = urllib.request.Request(url, data=sql.encode())
+        with urllib.request.urlopen(request, timeout=10) as r:
+            return r.read().decode()
+
+    def kill(self) -> None:
+        assert self.proc is not None
+        self.proc.send_signal(signal.SIGKILL)
+        self.proc.wait(30)
+
+
+@pytest.fixture
+def process(settings: ConsumerSettings) -> Iterator[ConsumerProcess]:
+    p = ConsumerProcess(settings)
+    yield p
+    if p.proc is not None and p.proc.poll() is None:
+        p.proc.kill()
+        p.proc.wait()
+
+
+async def prepare_store_without_merges(settings: ConsumerSettings) -> None:
+    """Create the schema and keep parts from merging (the setting survives restarts, unlike
+    SYSTEM STOP MERGES), so count() shows every row ever inserted, doubles included."""
+    writer = ChdbWriter(settings.store_dir)
+    try:
+        await migrate(writer, settings.retention_days)
+        await writer.execute(
+            f"ALTER TABLE {EVENTS} MODIFY SETTING max_bytes_to_merge_at_max_space_in_pool = 1"
+        )
+    finally:
+        await writer.close()
+
+
+async def wait_for_inflight(settings: ConsumerSettings, timeout_s: float) -> bool:
+    """True as soon as some partition's committed metadata records a batch in flight."""
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        committed, _ = await group_offsets(
+            settings.kafka_bootstrap, settings.kafka_group, settings.kafka_topic
+        )
+        if any(parse_inflight(metadata) for _, metadata in committed.values()):
+            return True
+    return False
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(300)
+async def test_sigkilled_consumer_stores_every_event_once(
+    settings: ConsumerSettings, process: ConsumerProcess
+) -> None:
+    await prepare_store_without_merges(settings)
+    await create_topic(settings.kafka_bootstrap, settings.kafka_dlq_topic)
+    total, chunks = 6000, 30
+    events = [orjson.dumps(e) for e in make_events(total)]
+
+    async def produce_slowly() -> None:
+        """Records keep arriving through the kills, so batches are cut by age as well."""
+        step = total // chunks
+        for i in range(0, total, step):
+            await produce(settings.kafka_bootstrap, settings.kafka_topic, events[i : i + step])
+            await asyncio.sleep(0.3)
+
+    def stored() -> int:
+        return int(process.query(f"SELECT count() FROM {EVENTS}"))
+
+    producing = asyncio.create_task(produce_slowly())
+    await asyncio.to_thread(process.start)
+    kills = kills_in_flight = 0
+    for threshold in (total // 8, total // 3, total // 2):
+        deadline = time.monotonic() + WAIT_S
+        while await asyncio.to_thread(stored) < threshold:
+            assert time.monotonic() < deadline, process.log_path.read_text()[-3000:]
+            await asyncio.sleep(0.05)
+        # Kill while a batch is in flight (its range is committed as metadata) when we can
+        # catch one in a second: that is the case the recorded range is for.
+        in_flight = await wait_for_inflight(settings, 1.0)
+        process.kill()
+        kills += 1
+        kills_in_flight += in_flight
+        await asyncio.to_thread(process.start)
+    await producing
+
+    deadline = time.monotonic() + 2 * WAIT_S
+    while await asyncio.to_thread(stored) < total:
+        assert time.monotonic() < deadline, process.log_path.read_text()[-3000:]
+        await asyncio.sleep(0.2)
+    committed, ends = await group_offsets(
+        settings.kafka_bootstrap, settings.kafka_group, settings.kafka_topic
+    )
+    while {p: c[0] for p, c in committed.items()} != ends:
+        assert time.monotonic() < deadline, (committed, ends)
+        await asyncio.sleep(0.2)
+        committed, ends = await group_offsets(
+            settings.kafka_bootstrap, settings.kafka_group, settings.kafka_topic
+        )
+
+    raw, unique, final = map(int, process.query(
+        f"SELECT count(), uniqExact(event_id), (SELECT count() FROM {EVENTS} FINAL) "
+        f"FROM {EVENTS}"
+    ).split())  # fmt: skip
+    parts = int(process.query("SELECT count() FROM system.parts WHERE table = 'events' AND active"))
+    log_text = process.log_path.read_text()
+    replays = log_text.count("replaying in-flight offsets")
+    print(
+        f"\nsent {total}, kills {kills} ({kills_in_flight} with a batch in flight), "
+        f"stored raw {raw}, unique {unique}, FINAL {final}, active parts {parts}, "
+        f"in-flight ranges replayed {replays}"
+    )
+    assert unique == final == total
+    assert raw == total, f"{raw - total} raw duplicates"
+    assert replays >= 1  # the kills did hit batches in flight, and their repeats were dropped
+    assert process.proc is not None
+    process.proc.send_signal(signal.SIGTERM)
+    assert await asyncio.to_thread(process.proc.wait, 60) == 0
+
+
+# -- the service's choices ---------------------------------------------------------------------
+
+
+async def test_the_service_picks_the_clickhouse_server_when_a_url_is_set(tmp_path: Path) -> None:
+    from consumers.service import open_writer
+    from consumers.writers.http import HttpWriter
+
+    url = "http://127.0.0.1:1/"  # never reached: constructing a writer connects nothing
+    writer = open_writer(ConsumerSettings(data_dir=tmp_path, clickhouse_url=url))
+    try:
+        assert isinstance(writer, HttpWriter)
+        assert not (tmp_path / "clickhouse").exists()  # no embedded store opened
+    finally:
+        await writer.close()
