@@ -24,8 +24,9 @@ pytestmark = pytest.mark.slow
 class Beacon:
     """A running `beacon run` with its own data directory and ports."""
 
-    def __init__(self, data_dir: Path) -> None:
+    def __init__(self, data_dir: Path, extra_env: dict[str, str] | None = None) -> None:
         self.data_dir = data_dir
+        self.extra_env = extra_env or {}
         self.port = free_port()
         self.store_port = free_port()
         self.base = f"http://127.0.0.1:{self.port}"
@@ -42,6 +43,7 @@ class Beacon:
             "BEACON_SPOOL_SEGMENT_MAX_AGE_MS": "200",
             "BEACON_FLUSH_INTERVAL_MS": "100",
             "BEACON_DRAIN_MS": "200",
+            **self.extra_env,
         }
 
     def start(self) -> None:
