@@ -4,7 +4,7 @@ VENV   ?= .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 
-.PHONY: install deps run test lint clean kafka-fetch kafka-up kafka-down
+.PHONY: install deps run test lint clean kafka-fetch kafka-up kafka-down up down bench bench-consumer loadtest
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -29,6 +29,33 @@ lint: $(STAMP)
 	$(BIN)/ruff format --check collector consumers tests
 	$(BIN)/mypy
 
+# Benchmarks and load tests: the `bench` extra (FastAPI, uvicorn, matplotlib, locust, py-spy).
+BENCH_STAMP := $(VENV)/.bench-installed
+$(BENCH_STAMP): $(STAMP) pyproject.toml
+	$(BIN)/pip install --quiet -e '.[dev,bench]'
+	touch $(BENCH_STAMP)
+
+# Side by side on loopback: each server pinned to one CPU, wrk to another; wrk and nginx-light
+# come from Debian when missing, Kafka from `make deps`. Writes loadtest/results/<date>.*
+ROUNDS   ?= 3
+DURATION ?= 10
+bench: deps $(BENCH_STAMP)
+	$(BIN)/python -m loadtest.bench --rounds $(ROUNDS) --duration-s $(DURATION)
+
+# Events per second per core from Kafka through enrichment into chDB.
+bench-consumer: deps $(BENCH_STAMP)
+	$(BIN)/python -m loadtest.bench_consumer
+
+# Locust headless for RUN_TIME against a local `beacon run`, or HOST=http://...; reports in
+# data/loadtest/.
+USERS      ?= 300
+SPAWN_RATE ?= 50
+RUN_TIME   ?= 60s
+HOST       ?=
+loadtest: $(BENCH_STAMP)
+	$(BIN)/python -m loadtest.locust_run --users $(USERS) --spawn-rate $(SPAWN_RATE) \
+		--run-time $(RUN_TIME) $(if $(HOST),--host $(HOST))
+
 # A real single-node Kafka (KRaft) from the Maven Central jars, on loopback; Java 17 + Maven.
 KAFKA_DIR ?= data/kafka
 kafka-fetch:
@@ -39,6 +66,15 @@ kafka-up:
 
 kafka-down:
 	$(PYTHON) deploy/kafka/kafka.py down --dir $(KAFKA_DIR)
+
+# The distributed mode on a laptop (Docker with Compose v2): Kafka, ClickHouse, collectors
+# behind :8080, consumers, Prometheus :9090, Grafana :3000. `down` keeps the data volumes.
+COMPOSE ?= docker compose -f deploy/docker-compose.yml
+up:
+	$(COMPOSE) up -d --build
+
+down:
+	$(COMPOSE) down
 
 clean:
 	rm -rf $(VENV) data .pytest_cache .mypy_cache .ruff_cache

@@ -1,4 +1,4 @@
-"""The `beacon` command: serve, consume, run, migrate, report, kafka init.
+"""The `beacon` command: serve, consume, run, migrate, report, kafka init, simulate, dashboard.
 
 The one place that reads os.environ: flags become BEACON_* overrides, and each process builds
 its frozen settings from the result.
@@ -12,8 +12,7 @@ import logging
 import os
 import sys
 from collections.abc import Mapping, Sequence
-
-import orjson
+from pathlib import Path
 
 from collector.config import SettingsError
 from collector.settings import Settings
@@ -35,7 +34,14 @@ SUBCOMMAND_FLAGS = {
     "migrate": ("data_dir",),
     "report": ("data_dir", "store_port"),
     "kafka": ("kafka_bootstrap",),
+    "url": (),
+    "erase": ("data_dir", "store_port"),
+    "export": ("data_dir", "store_port"),
+    "simulate": (),
+    "dashboard": ("data_dir", "store_port"),
+    "settle": ("data_dir",),
 }
+SET_HELP = "any setting, by its variable name without BEACON_ (e.g. --set ip_mode=drop)"
 
 
 def parser() -> argparse.ArgumentParser:
@@ -46,11 +52,24 @@ def parser() -> argparse.ArgumentParser:
         "consume": "move spooled events into the embedded ClickHouse store",
         "run": "collector + consumer + embedded ClickHouse, supervised (the default setup)",
         "migrate": "create or update the ClickHouse schema",
-        "report": "counts by day, campaign and event type",
+        "report": "counts by day, campaign and event type; --view: campaigns, ads, sites, pages",
         "kafka": "Kafka administration (kafka init: create the topics)",
+        "url": "signed tracking URLs and HTML snippets (open, click, impression, conversion)",
+        "erase": "delete one person's (or one site's) events, with an audit line",
+        "export": "one person's events as JSON, with an audit line",
+        "simulate": "send a known, seeded mix of traffic to a collector; print the truth",
+        "dashboard": "the read-only dashboard page, served from a ClickHouse server",
+        "settle": "settle or rebuild days of the rollups (the consumer does it by itself)",
     }
     for name, flag_names in SUBCOMMAND_FLAGS.items():
         sub = subs.add_parser(name, help=helps[name], description=helps[name])
+        if name == "url":  # `beacon url KIND [options]`: one parser per kind of link
+            from collector.urls import add_url_kinds
+
+            for kind in add_url_kinds(sub):
+                kind.add_argument("--set", action="append", default=[], metavar="NAME=VALUE",
+                                  help=SET_HELP)  # fmt: skip
+            continue
         if name == "kafka":  # `beacon kafka init [flags]`: the flags belong to the action
             actions = sub.add_subparsers(dest="kafka_command", required=True)
             text = "create the event and dead-letter topics (existing ones are left as they are)"
@@ -60,14 +79,44 @@ def parser() -> argparse.ArgumentParser:
             sub.add_argument(flag, dest=key, help=f"{text} (env {var})")
         sub.add_argument(
             "--set", action="append", default=[], metavar="NAME=VALUE",
-            help="any setting, by its variable name without BEACON_ (e.g. --set ip_mode=drop)",
+            help=SET_HELP,
         )  # fmt: skip
-        if name == "report":
-            sub.add_argument("--days", type=int, default=7, help="how far back (default 7)")
-            sub.add_argument("--site", help="only this site")
-            sub.add_argument("--campaign", help="only this campaign")
-            sub.add_argument("--format", choices=("table", "json"), default="table")
+        if name in ("serve", "run"):
+            sub.add_argument(
+                "--workers", type=worker_count, metavar="N",
+                help="collector processes on the port (SO_REUSEPORT); default: one per CPU",
+            )  # fmt: skip
+        if name == "report":  # views, windows, formats: consumers/report_cli.py
+            from consumers.report_cli import add_arguments as add_report_arguments
+
+            add_report_arguments(sub)
+        if name == "simulate":  # collector/simulate/
+            from collector.simulate.cli import add_arguments as add_simulate_arguments
+
+            add_simulate_arguments(sub)
+        if name == "dashboard":  # consumers/dashboard/
+            from consumers.dashboard.service import add_arguments as add_dashboard_arguments
+
+            add_dashboard_arguments(sub)
+        if name == "settle":  # consumers/rollup_cli.py
+            from consumers.rollup_cli import add_arguments as add_settle_arguments
+
+            add_settle_arguments(sub)
+        if name in ("erase", "export"):  # data subject requests (consumers/subject_cli.py)
+            from consumers.subject_cli import add_arguments
+
+            add_arguments(sub, name)
     return top
+
+
+def worker_count(text: str) -> int:
+    try:
+        count = int(text)
+    except ValueError:
+        count = 0
+    if count < 1:
+        raise argparse.ArgumentTypeError(f"expected a whole number >= 1, got {text!r}")
+    return count
 
 
 def overrides(args: argparse.Namespace) -> dict[str, str]:
@@ -115,11 +164,18 @@ def main(argv: Sequence[str] | None = None, environ: Mapping[str, str] | None = 
 
 
 def cmd_serve(args, env, settings: Settings, consumer: ConsumerSettings) -> int:  # type: ignore[no-untyped-def]
+    from collector.workers import MULTIPROC_ENV, default_workers, run_workers
+
+    workers = args.workers or default_workers()
+    if workers > 1:
+        return run_workers(settings, env, workers)
     import uvloop
 
     from collector.server import serve
 
-    uvloop.run(serve(settings))
+    # Set by run_workers for its workers (or by whoever runs this one process that way).
+    multiprocess_dir = Path(env[MULTIPROC_ENV]) if env.get(MULTIPROC_ENV) else None
+    uvloop.run(serve(settings, multiprocess_dir))
     return 0
 
 
@@ -135,7 +191,8 @@ def cmd_consume(args, env, settings: Settings, consumer: ConsumerSettings) -> in
 def cmd_run(args, env, settings: Settings, consumer: ConsumerSettings) -> int:  # type: ignore[no-untyped-def]
     from collector.supervisor import supervise
 
-    return supervise(env, banner(settings, consumer))
+    serve_args = ["--workers", str(args.workers)] if args.workers else []
+    return supervise(env, banner(settings, consumer), serve_args)
 
 
 def cmd_migrate(args, env, settings: Settings, consumer: ConsumerSettings) -> int:  # type: ignore[no-untyped-def]
@@ -155,19 +212,9 @@ def cmd_migrate(args, env, settings: Settings, consumer: ConsumerSettings) -> in
 
 
 def cmd_report(args, env, settings: Settings, consumer: ConsumerSettings) -> int:  # type: ignore[no-untyped-def]
-    from consumers.report import StoreUnavailable, fetch_report, format_table
-    from consumers.writers import StoreError
+    from consumers.report_cli import report_command
 
-    try:
-        rows = fetch_report(consumer, args.days, args.site, args.campaign)
-    except (StoreUnavailable, StoreError) as exc:
-        print(f"beacon report: {exc}", file=sys.stderr)
-        return 1
-    if args.format == "json":
-        sys.stdout.write(orjson.dumps(rows, option=orjson.OPT_INDENT_2).decode() + "\n")
-    else:
-        sys.stdout.write(format_table(rows))
-    return 0
+    return report_command(consumer, args)
 
 
 def cmd_kafka(args, env, settings: Settings, consumer: ConsumerSettings) -> int:  # type: ignore[no-untyped-def]
@@ -184,6 +231,50 @@ def cmd_kafka(args, env, settings: Settings, consumer: ConsumerSettings) -> int:
     return 0
 
 
+def cmd_url(args, env, settings: Settings, consumer: ConsumerSettings) -> int:  # type: ignore[no-untyped-def]
+    from collector.signing import load_keyring
+    from collector.urls import build, render
+
+    keyring = load_keyring(settings.signing_keys, settings.signing_key_file)
+    try:
+        result = build(args, settings.base_url, keyring)
+    except ValueError as exc:
+        print(f"beacon url {args.url_kind}: {exc}", file=sys.stderr)
+        return 2
+    sys.stdout.write(render(result, args.format))
+    return 0
+
+
+def cmd_erase(args, env, settings: Settings, consumer: ConsumerSettings) -> int:  # type: ignore[no-untyped-def]
+    from consumers.subject_cli import erase_command
+
+    return erase_command(consumer, args)
+
+
+def cmd_export(args, env, settings: Settings, consumer: ConsumerSettings) -> int:  # type: ignore[no-untyped-def]
+    from consumers.subject_cli import export_command
+
+    return export_command(consumer, args)
+
+
+def cmd_simulate(args, env, settings: Settings, consumer: ConsumerSettings) -> int:  # type: ignore[no-untyped-def]
+    from collector.simulate.cli import simulate_command
+
+    return simulate_command(settings, args)
+
+
+def cmd_dashboard(args, env, settings: Settings, consumer: ConsumerSettings) -> int:  # type: ignore[no-untyped-def]
+    from consumers.dashboard.service import dashboard_command
+
+    return dashboard_command(consumer, args)
+
+
+def cmd_settle(args, env, settings: Settings, consumer: ConsumerSettings) -> int:  # type: ignore[no-untyped-def]
+    from consumers.rollup_cli import settle_command
+
+    return settle_command(consumer, args)
+
+
 COMMANDS = {
     "serve": cmd_serve,
     "consume": cmd_consume,
@@ -191,6 +282,12 @@ COMMANDS = {
     "migrate": cmd_migrate,
     "report": cmd_report,
     "kafka": cmd_kafka,
+    "url": cmd_url,
+    "erase": cmd_erase,
+    "export": cmd_export,
+    "simulate": cmd_simulate,
+    "dashboard": cmd_dashboard,
+    "settle": cmd_settle,
 }
 
 

@@ -10,8 +10,13 @@ from collector.buffer import EventBuffer
 from collector.handlers import MAX_BODY_BYTES, Collector
 from collector.metrics import CollectorMetrics
 from collector.privacy import VisitorHasher
+from collector.redirect import PATH as CLICK_PATH
+from collector.redirect import ClickRedirect
 from collector.settings import Settings
+from collector.signing import SignatureGate, load_keyring
 from collector.sinks import Sink
+from collector.snippet import PATH as SNIPPET_PATH
+from collector.snippet import SnippetHandler
 
 COLLECTOR = web.AppKey("collector", Collector)
 
@@ -30,7 +35,11 @@ def create_app(settings: Settings, sink: Sink, metrics: CollectorMetrics) -> web
         linger_ms=settings.linger_ms,
         flush_interval_ms=settings.flush_interval_ms,
     )
-    collector = Collector(settings, buffer, metrics, VisitorHasher(settings.secret.encode()))
+    keyring = load_keyring(settings.signing_keys, settings.signing_key_file)
+    gate = SignatureGate(keyring, settings.signature_policy, metrics)
+    hasher = VisitorHasher(settings.secret.encode())
+    collector = Collector(settings, buffer, metrics, hasher, gate)
+    clicks = ClickRedirect(collector, keyring)
 
     # aiohttp enforces this while reading the body, also for chunked uploads without a length.
     app = web.Application(client_max_size=MAX_BODY_BYTES)
@@ -38,6 +47,8 @@ def create_app(settings: Settings, sink: Sink, metrics: CollectorMetrics) -> web
     app.router.add_get("/p.gif", collector.pixel)  # add_get answers HEAD too
     app.router.add_post("/e", collector.events)
     app.router.add_route("OPTIONS", "/e", collector.preflight)
+    app.router.add_get(CLICK_PATH, clicks.click)  # signed click redirects (HEAD: no event)
+    app.router.add_get(SNIPPET_PATH, SnippetHandler(metrics).script)  # the web snippet, t.js
     app.router.add_get("/healthz", collector.healthz)
     app.router.add_get("/readyz", collector.readyz)
     app.router.add_get("/metrics", collector.metrics_page)

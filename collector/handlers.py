@@ -14,10 +14,22 @@ from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
 from collector import event as ev
 from collector.buffer import EventBuffer
+from collector.consent import (
+    DROP,
+    GRANTED,
+    MISSING,
+    MS_PER_HOUR,
+    ConsentPolicy,
+    VisitorCookie,
+    VisitorIds,
+    strip_identifiers,
+)
 from collector.metrics import CollectorMetrics
 from collector.pixel import CORS_HEADERS, GIF_BYTES, PIXEL_HEADERS, ROBOTS_TXT
 from collector.privacy import VisitorHasher, anonymise_ip, dnt_decision, opted_out
+from collector.sanitize import may_hold_controls, scrub_event
 from collector.settings import Settings
+from collector.signing import Keyring, SignatureGate
 
 MAX_BODY_BYTES = 64 * 1024
 MAX_BATCH_EVENTS = 100
@@ -46,12 +58,24 @@ class Collector:
         buffer: EventBuffer,
         metrics: CollectorMetrics,
         hasher: VisitorHasher,
+        gate: SignatureGate | None = None,
     ) -> None:
         self.settings = settings
+        self.gate = gate or SignatureGate(Keyring(), settings.signature_policy, metrics)
         self.buffer = buffer
         self.metrics = metrics
         self.hasher = hasher
         self.keep_query = frozenset(settings.url_query_keep)
+        self.consent = ConsentPolicy(settings.consent_required, settings.consent_missing)
+        cookie = None
+        if settings.visitor_cookie:
+            cookie = VisitorCookie(
+                settings.cookie_name,
+                settings.cookie_domain,
+                settings.cookie_max_age_s,
+                settings.cookie_same_site,
+            )
+        self.visitor_ids = VisitorIds(hasher, cookie)
         self.draining = False
 
     # -- shared steps ----------------------------------------------------------------------
@@ -76,8 +100,15 @@ class Collector:
         page_url: str,
         transport: str,
         notes: list[str],
+        verified: bool = False,
+        event_id: str = "",
+        issued: list[int] | None = None,
     ) -> str:
-        """Build one event and buffer it; returns the outcome label. Raises ev.Rejected."""
+        """Build one event and buffer it; returns the outcome label. Raises ev.Rejected.
+
+        `issued`, from endpoints that can set a cookie, receives a new cookie visitor id
+        (cookie mode, consented event, no cookie yet): the endpoint sends it in Set-Cookie.
+        """
         headers = request.headers
         event_type = fields.get("e") or "pageview"
         dnt = opted_out(headers)
@@ -89,28 +120,43 @@ class Collector:
                     self.metrics.events_dropped.labels("dnt").inc()
                     return "dnt"
             anonymous = decision == "anonymous"
+        basis = self.consent.basis(fields.get("consent", ""), fields.get("s", ""), notes)
+        if basis == DROP and event_type in ev.EVENT_TYPES:
+            self.metrics.events_dropped.labels("no_consent").inc()
+            return "no_consent"
+        aggregate = basis == MISSING  # kept as a count, without identifiers
         received_ms = ev.now_ms()
+        if aggregate:
+            received_ms -= received_ms % MS_PER_HOUR
         full_ip = self.client_ip(request)
         user_agent = headers.get("User-Agent", "")
         visitor_id = 0
-        if not anonymous:
-            visitor_id = self.hasher.visitor_id(
-                fields.get("s", ""), full_ip, user_agent, received_ms
+        if not (anonymous or aggregate):
+            visitor_id = self.visitor_ids.pick(
+                request, fields.get("s", ""), full_ip, received_ms, basis == GRANTED, notes, issued
             )
         row = ev.build_event(
             fields,
             props,
             page_url=page_url,
             user_agent=user_agent,
-            ip="" if anonymous else anonymise_ip(full_ip, self.settings.ip_mode),
+            ip="" if anonymous or aggregate else anonymise_ip(full_ip, self.settings.ip_mode),
             visitor_id=visitor_id,
             dnt=dnt,
             transport=transport,
             received_ms=received_ms,
             keep_query=self.keep_query,
             notes=notes,
+            verified=verified,
+            event_id=event_id,
         )
-        if not self.buffer.offer(orjson.dumps(row)):
+        row["consent"] = basis
+        if aggregate:
+            strip_identifiers(row)
+        blob = orjson.dumps(row)
+        if may_hold_controls(blob) and scrub_event(row, notes):
+            blob = orjson.dumps(row)
+        if not self.buffer.offer(blob):
             return "buffer_full"
         self.metrics.events_accepted.labels(transport).inc()
         for note in notes:
@@ -122,17 +168,23 @@ class Collector:
     async def pixel(self, request: web.Request) -> web.Response:
         """GET/HEAD /p.gif: always the pixel; the event only when the request is a real view."""
         started = time.perf_counter()
+        issued: list[int] = []
         if request.method == "HEAD":
             outcome = "head"
         elif is_prefetch(request.headers):
             outcome = "prefetch"
         else:
-            outcome = self._pixel_event(request)
+            outcome = self._pixel_event(request, issued)
+        response = web.Response(body=GIF_BYTES, headers=PIXEL_HEADERS)
+        self.visitor_ids.with_cookie(response, issued)
         self.metrics.requests.labels("pixel", outcome).inc()
         self.metrics.hot_path_seconds.labels("pixel").observe(time.perf_counter() - started)
-        return web.Response(body=GIF_BYTES, headers=PIXEL_HEADERS)
+        return response
 
-    def _pixel_event(self, request: web.Request) -> str:
+    def _pixel_event(self, request: web.Request, issued: list[int]) -> str:
+        verified = self.gate.check("/p.gif", request.query.items(), "pixel")
+        if verified is None:
+            return "unverified"
         fields: dict[str, str] = {}
         raw_props: list[tuple[str, str]] = []
         for key, value in request.query.items():
@@ -144,7 +196,9 @@ class Collector:
         props = ev.clean_props(raw_props, notes)
         page_url = fields.get("u") or request.headers.get("Referer") or ""
         try:
-            return self.record(request, fields, props, page_url, "pixel", notes)
+            return self.record(
+                request, fields, props, page_url, "pixel", notes, verified, issued=issued
+            )
         except ev.Rejected as exc:
             self.metrics.events_dropped.labels(exc.reason).inc()
             return "rejected"
@@ -185,18 +239,23 @@ class Collector:
                 self.metrics.events_dropped.labels(exc.reason).inc(len(items))
                 return json_error(400, exc.reason, index=index)
         outcomes = []
+        issued: list[int] = []
         for index, (fields, props) in enumerate(parsed):
             page_url = fields.get("u") or request.headers.get("Referer") or ""
             try:
-                outcomes.append(self.record(request, fields, props, page_url, "beacon", []))
+                outcomes.append(
+                    self.record(request, fields, props, page_url, "beacon", [], issued=issued)
+                )
             except ev.Rejected as exc:
                 # Validation above makes this rare (an id too long): report what was kept.
                 self.metrics.events_dropped.labels(exc.reason).inc()
-                return json_error(400, exc.reason, index=index, recorded=index)
+                error = json_error(400, exc.reason, index=index, recorded=index)
+                return self.visitor_ids.with_cookie(error, issued)  # the events kept carry its id
         if "buffer_full" in outcomes:
             # The client can retry a POST; tell it so instead of losing the event quietly.
-            return json_error(503, "busy", recorded=outcomes.count("recorded"))
-        return web.Response(status=204, headers=CORS_HEADERS)
+            busy = json_error(503, "busy", recorded=outcomes.count("recorded"))
+            return self.visitor_ids.with_cookie(busy, issued)
+        return self.visitor_ids.with_cookie(web.Response(status=204, headers=CORS_HEADERS), issued)
 
     async def preflight(self, request: web.Request) -> web.Response:
         return web.Response(status=204, headers=CORS_HEADERS)
@@ -213,7 +272,7 @@ class Collector:
 
     async def metrics_page(self, request: web.Request) -> web.Response:
         self.metrics.buffer_events.set(len(self.buffer))
-        body = generate_latest(self.metrics.registry)
+        body = generate_latest(self.metrics.exposition)
         return web.Response(body=body, headers={"Content-Type": CONTENT_TYPE_LATEST})
 
     async def robots(self, request: web.Request) -> web.Response:
@@ -242,11 +301,20 @@ def parse_json_event(item: Any) -> tuple[dict[str, str], dict[str, str]]:
             if notes:  # an API client can fix its payload: say what is wrong instead of cutting
                 raise ev.Rejected(notes[0])
         elif key in ev.KNOWN_KEYS:
-            if not isinstance(value, str):
-                raise ev.Rejected(f"{key}_not_string")
-            fields[key] = value
+            fields[key] = field_text(key, value)
         else:
             raise ev.Rejected("unknown_field")
     if fields.get("e", "pageview") not in ev.EVENT_TYPES:
         raise ev.Rejected("bad_event_type")
     return fields, props
+
+
+def field_text(key: str, value: Any) -> str:
+    """A known field's value as text; raises Rejected for what cannot be one."""
+    if isinstance(value, str):
+        return value
+    if key == "v" and isinstance(value, int | float) and not isinstance(value, bool):
+        return str(value)  # a conversion value may come as a JSON number
+    if key == "consent" and isinstance(value, bool):
+        return "1" if value else "0"
+    raise ev.Rejected(f"{key}_not_string")

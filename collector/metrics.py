@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
-from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+from pathlib import Path
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, multiprocess
 
 # The hot path is answered from memory: its budget is tens of microseconds, so the buckets are too.
 HOT_PATH_BUCKETS_S = (
@@ -16,8 +18,15 @@ BATCH_RECORDS_BUCKETS = (1, 10, 50, 100, 500, 1000, 2000, 5000, 10_000, 50_000)
 class CollectorMetrics:
     """Every series a collector process exports."""
 
-    def __init__(self, registry: CollectorRegistry) -> None:
+    def __init__(self, registry: CollectorRegistry, multiprocess_dir: Path | None = None) -> None:
         self.registry = registry
+        # What /metrics shows: this process's series, or with several workers (PROMETHEUS_
+        # MULTIPROC_DIR set before prometheus_client was imported) the sum over all of them.
+        # Gauges say how to combine in `multiprocess_mode`; it is ignored in one process.
+        self.exposition = registry
+        if multiprocess_dir is not None:
+            self.exposition = CollectorRegistry()
+            multiprocess.MultiProcessCollector(self.exposition, path=str(multiprocess_dir))
         self.requests = Counter(
             "beacon_requests",
             "HTTP requests by endpoint and outcome.",
@@ -50,7 +59,10 @@ class CollectorMetrics:
             registry=registry,
         )
         self.buffer_events = Gauge(
-            "beacon_buffer_events", "Events waiting in memory for the sink.", registry=registry
+            "beacon_buffer_events",
+            "Events waiting in memory for the sink.",
+            multiprocess_mode="livesum",
+            registry=registry,
         )
         self.sink_events = Counter(
             "beacon_sink_events",
@@ -59,10 +71,16 @@ class CollectorMetrics:
             registry=registry,
         )
         self.spool_bytes = Gauge(
-            "beacon_spool_bytes", "Bytes in spool segments on disk.", registry=registry
+            "beacon_spool_bytes",
+            "Bytes in spool segments on disk.",
+            multiprocess_mode="livemax",  # every worker sees the whole shared directory
+            registry=registry,
         )
         self.spool_segments = Gauge(
-            "beacon_spool_segments", "Spool segment files on disk.", registry=registry
+            "beacon_spool_segments",
+            "Spool segment files on disk.",
+            multiprocess_mode="livemax",
+            registry=registry,
         )
         self.kafka_produce_seconds = Histogram(
             "beacon_kafka_produce_seconds",
@@ -94,10 +112,45 @@ class CollectorMetrics:
             registry=registry,
         )
         self.kafka_up = Gauge(
-            "beacon_kafka_up", "1 while the Kafka producer reaches the broker.", registry=registry
+            "beacon_kafka_up",
+            "1 while the Kafka producer reaches the broker.",
+            multiprocess_mode="livemin",  # 0 while any worker's producer does not
+            registry=registry,
         )
         self.kafka_queue_bytes = Gauge(
             "beacon_kafka_queue_bytes",
             "Event bytes queued for or in flight to Kafka, not yet acknowledged.",
+            multiprocess_mode="livesum",
+            registry=registry,
+        )
+        self.workers = Gauge(
+            "beacon_workers",
+            "Collector worker processes serving (1 per process, summed over live workers).",
+            multiprocess_mode="livesum",
+            registry=registry,
+        )
+        self.worker_starts = Counter(
+            "beacon_worker_starts",
+            "Collector worker processes started (beyond the worker count: restarts).",
+            registry=registry,
+        )
+
+        # -- signed URLs and click redirects (collector/signing.py, collector/redirect.py) --
+        self.signature_checks = Counter(
+            "beacon_signature_checks",
+            "URL signature checks by endpoint and outcome (valid, unsigned, bad_signature, ...).",
+            ["endpoint", "outcome"],
+            registry=registry,
+        )
+        self.click_redirects = Counter(
+            "beacon_click_redirects",
+            "Click requests by outcome: redirected, or refused (400 page or fallback URL).",
+            ["outcome"],
+            registry=registry,
+        )
+        self.click_refused = Counter(
+            "beacon_click_refused",
+            "Click redirects refused, by reason (signature, destination check).",
+            ["reason"],
             registry=registry,
         )

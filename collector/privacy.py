@@ -8,7 +8,8 @@ import ipaddress
 from collections.abc import Mapping
 
 MS_PER_DAY = 86_400_000
-PASSIVE_EVENT_TYPES = frozenset({"pageview", "open", "impression"})
+# Events nobody chose to send: dropped for DNT/GPC under the default policy.
+PASSIVE_EVENT_TYPES = frozenset({"pageview", "open", "impression", "engagement"})
 
 
 def anonymise_ip(ip: str, mode: str) -> str:

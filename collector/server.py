@@ -7,6 +7,7 @@ import dataclasses
 import logging
 import os
 import signal
+from pathlib import Path
 
 from aiohttp import web
 from prometheus_client import CollectorRegistry
@@ -64,16 +65,24 @@ def make_sink(settings: Settings, metrics: CollectorMetrics) -> Sink:
     return spool
 
 
-async def serve(settings: Settings) -> None:
-    """Serve until SIGTERM/SIGINT, then: not ready, drain, flush the buffer, exit."""
+async def serve(settings: Settings, multiprocess_dir: Path | None = None) -> None:
+    """Serve until SIGTERM/SIGINT, then: not ready, drain, flush the buffer, exit.
+
+    `multiprocess_dir`: this is one of several workers (collector/workers.py) whose metrics
+    meet there; /metrics then shows their sum.
+    """
     settings = resolve_secret(settings)
-    metrics = CollectorMetrics(CollectorRegistry())
+    metrics = CollectorMetrics(CollectorRegistry(), multiprocess_dir)
     app = create_app(settings, make_sink(settings, metrics), metrics)
     runner = web.AppRunner(app, access_log=None, handle_signals=False)
     await runner.setup()
     site = web.TCPSite(runner, settings.host, settings.port, reuse_port=True)
     await site.start()
-    log.info("collector listening on http://%s:%d", settings.host, settings.port)
+    metrics.workers.set(1)
+    metrics.worker_starts.inc()
+    log.info(
+        "collector listening on http://%s:%d (pid %d)", settings.host, settings.port, os.getpid()
+    )
 
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -32,6 +33,25 @@ class Settings:
         "passive",
         "DNT/GPC: drop passive events and anonymise the rest, record as usual, or drop all",
         choices=("passive", "ignore", "all"),
+    )
+    consent_required: tuple[str, ...] = setting(
+        (), "sites whose events need consent=1 ('*': every site); the others need none"
+    )
+    consent_missing: str = setting(
+        "drop",
+        "events without consent where it is needed: drop, or keep them without identifiers",
+        choices=("drop", "aggregate"),
+    )
+    visitor_cookie: bool = setting(
+        False, "consented events: a first-party visitor cookie instead of the daily hash"
+    )
+    cookie_name: str = setting("beacon_vid", "name of the visitor cookie")
+    cookie_domain: str = setting("", "Domain of the visitor cookie; empty: the collector host")
+    cookie_max_age_s: int = setting(
+        34_128_000, "lifetime of the visitor cookie in seconds (395 days)", min=1
+    )
+    cookie_same_site: str = setting(
+        "Lax", "SameSite of the visitor cookie", choices=("Lax", "Strict", "None")
     )
     forwarded_header: str = setting("", "trusted proxy header with the client IP (X-Forwarded-For)")
     url_query_keep: tuple[str, ...] = setting((), "page URL query keys kept besides utm_*")
@@ -69,9 +89,56 @@ class Settings:
         64 << 20, "unacknowledged bytes in flight to Kafka; beyond it, to the spool", min=1 << 16
     )
 
+    # Signed URLs (collector/signing.py). Key material is kept out of repr, so out of logs.
+    signing_keys: str = dataclasses.field(
+        default="",
+        repr=False,
+        metadata={"help": "URL signing keys 'kid:secret,kid:secret'; the last one signs"},
+    )
+    signing_key_file: Path | None = setting(
+        None, "file with signing keys, one 'kid:secret' a line, after BEACON_SIGNING_KEYS"
+    )
+    signature_policy: str = setting(
+        "record_unverified",
+        "pixel with a missing or bad signature: record it as unverified, or drop it (counted)",
+        choices=("record_unverified", "drop"),
+    )
+    click_fallback_url: str = setting(
+        "", "where a refused click redirect goes instead of a 400 page (http or https)"
+    )
+    public_url: str = setting(
+        "", "base URL in tracking links `beacon url` prints; default http://HOST:PORT"
+    )
+
     def __post_init__(self) -> None:
         if self.sink == "kafka" and not self.kafka_bootstrap:
             raise SettingsError(f"{PREFIX}SINK=kafka needs {PREFIX}KAFKA_BOOTSTRAP")
+        from collector.consent import COOKIE_DOMAIN_RE, COOKIE_NAME_RE
+
+        # Both go into a Set-Cookie header as they are.
+        if not COOKIE_NAME_RE.match(self.cookie_name):
+            raise SettingsError(
+                f"{PREFIX}COOKIE_NAME: letters, digits, _ and -, up to 64; got {self.cookie_name!r}"
+            )
+        if self.cookie_domain and not COOKIE_DOMAIN_RE.match(self.cookie_domain):
+            raise SettingsError(
+                f"{PREFIX}COOKIE_DOMAIN: a host name like example.com, got {self.cookie_domain!r}"
+            )
+        # Imported here: collector.redirect imports the handlers, which import this module.
+        from collector.redirect import check_destination
+        from collector.signing import load_keyring
+
+        keyring = load_keyring(self.signing_keys, self.signing_key_file)  # raises SettingsError
+        if self.signature_policy == "drop" and not keyring:
+            raise SettingsError(
+                f"{PREFIX}SIGNATURE_POLICY=drop needs {PREFIX}SIGNING_KEYS or "
+                f"{PREFIX}SIGNING_KEY_FILE"
+            )
+        if self.click_fallback_url and check_destination(self.click_fallback_url):
+            raise SettingsError(
+                f"{PREFIX}CLICK_FALLBACK_URL: expected an absolute http(s) URL, "
+                f"got {self.click_fallback_url!r}"
+            )
 
     @classmethod
     def from_env(cls, env: Mapping[str, str]) -> Settings:
@@ -80,6 +147,11 @@ class Settings:
     @property
     def spool_dir(self) -> Path:
         return self.data_dir / "spool"
+
+    @property
+    def base_url(self) -> str:
+        """Where tracking links point: the public URL, or this collector's own address."""
+        return (self.public_url or f"http://{self.host}:{self.port}").rstrip("/")
 
 
 __all__ = ["PREFIX", "Settings", "SettingsError"]

@@ -1,8 +1,12 @@
-"""`beacon run`: the embedded default, a collector and a consumer under one supervisor.
+"""Process supervision: `beacon run` (collector + consumer) and `beacon serve --workers N`.
 
-Each runs in its own process (chDB wants the store to itself, and a crash of one must not
-take the other down); a process that dies is started again. On SIGTERM the collector stops
-first, so its last events reach the spool, then the consumer inserts them and stops.
+Each child runs in its own process and session; one that dies is started again, after a delay
+that doubles while it keeps dying young. On SIGTERM/SIGINT the children are stopped group by
+group (a group at once, the groups in order), each with SIGTERM and a deadline.
+
+`beacon run`: a collector and a consumer (chDB wants the store to itself, and a crash of one
+must not take the other down). The collector stops first, so its last events reach the spool,
+then the consumer inserts them and stops.
 """
 
 from __future__ import annotations
@@ -13,13 +17,16 @@ import signal
 import subprocess
 import sys
 import time
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 
-log = logging.getLogger("beacon.run")
+log = logging.getLogger("beacon.supervisor")
 
-RESTART_DELAY_S = 1.0
+RESTART_DELAY_S = 0.5  # first restart; doubled for each exit in a row within MIN_UPTIME_S
+RESTART_DELAY_MAX_S = 30.0
+MIN_UPTIME_S = 10.0
 STOP_TIMEOUT_S = 60.0
+POLL_INTERVAL_S = 0.1
 
 
 def _die_with_parent() -> None:
@@ -30,69 +37,136 @@ def _die_with_parent() -> None:
 
 @dataclass
 class Child:
+    """One supervised process: how to start it, and its restart bookkeeping."""
+
     role: str
     argv: list[str]
+    env: dict[str, str]
     proc: subprocess.Popen[bytes] | None = None
     restarts: int = 0
-    started_at: float = field(default=0.0)
+    started_at: float = 0.0
+    quick_exits: int = 0  # exits in a row, each within MIN_UPTIME_S of its start
+    restart_at: float | None = field(default=None)
 
-    def start(self, env: Mapping[str, str]) -> None:
+    @property
+    def pid(self) -> int:
+        return self.proc.pid if self.proc is not None else 0
+
+    def start(self) -> None:
         # A session of its own: a Ctrl-C or a signal to our process group reaches only the
         # supervisor, which then stops the children in the order that loses nothing.
         self.proc = subprocess.Popen(
-            self.argv, env=dict(env), start_new_session=True, preexec_fn=_die_with_parent
+            self.argv, env=self.env, start_new_session=True, preexec_fn=_die_with_parent
         )
         self.started_at = time.monotonic()
+        self.restart_at = None
 
-    def stop(self) -> int | None:
-        if self.proc is None or self.proc.poll() is not None:
-            return None if self.proc is None else self.proc.returncode
-        self.proc.send_signal(signal.SIGTERM)
+    def poll(self) -> int | None:
+        """The exit code once the process has ended (None while it runs or is not started)."""
+        return None if self.proc is None else self.proc.poll()
+
+    def schedule_restart(self, now: float) -> float:
+        """Note an exit; returns the delay before the restart."""
+        self.quick_exits = self.quick_exits + 1 if now - self.started_at < MIN_UPTIME_S else 0
+        delay_s = min(RESTART_DELAY_S * 2**self.quick_exits, RESTART_DELAY_MAX_S)
+        self.restarts += 1
+        self.restart_at = now + delay_s
+        return delay_s
+
+    def terminate(self) -> None:
+        if self.proc is not None and self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+
+    def wait(self, timeout_s: float) -> int | None:
+        """Wait for the exit after terminate(); SIGKILL past the timeout. None: never started."""
+        if self.proc is None:
+            return None
         try:
-            return self.proc.wait(STOP_TIMEOUT_S)
+            return self.proc.wait(max(timeout_s, 0.0))
         except subprocess.TimeoutExpired:
-            log.error("%s did not stop in %.0fs; killing it", self.role, STOP_TIMEOUT_S)
+            log.error("%s (pid %d) did not stop in time; killing it", self.role, self.pid)
             self.proc.kill()
             return self.proc.wait()
 
 
-def supervise(env: Mapping[str, str], banner: str) -> int:
-    """Run until SIGTERM/SIGINT; restart children that exit on their own."""
-    # The consumer first: it opens the store and migrates before events arrive.
-    children = [
-        Child("consumer", [sys.executable, "-m", "collector", "consume"]),
-        Child("collector", [sys.executable, "-m", "collector", "serve"]),
-    ]
-    stopping = False
+class Supervisor:
+    """Starts children, restarts those that exit, stops them all on SIGTERM/SIGINT."""
 
-    def on_signal(signum: int, frame: object) -> None:
-        nonlocal stopping
-        stopping = True
+    def __init__(
+        self,
+        children: Sequence[Child],
+        stop_order: Sequence[Sequence[Child]] | None = None,
+        on_exit: Callable[[Child], None] | None = None,
+        stop_timeout_s: float = STOP_TIMEOUT_S,
+    ) -> None:
+        self.children = list(children)
+        self.stop_order = [list(g) for g in stop_order] if stop_order else [self.children]
+        self.on_exit = on_exit or (lambda child: None)
+        self.stop_timeout_s = stop_timeout_s
+        self.stopping = False
 
-    signal.signal(signal.SIGTERM, on_signal)
-    signal.signal(signal.SIGINT, on_signal)
-    for child in children:
-        child.start(env)
-    print(banner, flush=True)
-    while not stopping:
-        time.sleep(0.2)
-        for child in children:
-            assert child.proc is not None
-            code = child.proc.poll()
-            if code is None or stopping:
+    def _on_signal(self, signum: int, frame: object) -> None:
+        self.stopping = True
+
+    def run(self, on_started: Callable[[], None] | None = None) -> int:
+        """Run until SIGTERM/SIGINT; 0 when every child then stopped cleanly."""
+        signal.signal(signal.SIGTERM, self._on_signal)
+        signal.signal(signal.SIGINT, self._on_signal)
+        for child in self.children:
+            child.start()
+        if on_started is not None:
+            on_started()
+        while not self.stopping:
+            time.sleep(POLL_INTERVAL_S)
+            self.tend(time.monotonic())
+        return self.stop()
+
+    def tend(self, now: float) -> None:
+        """One pass: restart children whose delay is over, schedule those that exited."""
+        for child in self.children:
+            if self.stopping:
+                return
+            if child.restart_at is not None:
+                if now >= child.restart_at:
+                    child.start()
+                    log.info("%s restarted (pid %d)", child.role, child.pid)
                 continue
-            child.restarts += 1
-            log.error("%s exited with %s; restart #%d", child.role, code, child.restarts)
-            time.sleep(RESTART_DELAY_S)
-            child.start(env)
-    # Reverse order: the collector flushes into the spool, then the consumer drains it.
-    codes = {child.role: child.stop() for child in reversed(children)}
-    log.info("stopped (%s)", ", ".join(f"{role}={code}" for role, code in codes.items()))
-    return 0 if all(code in (0, None) for code in codes.values()) else 1
+            code = child.poll()
+            if code is None:
+                continue
+            self.on_exit(child)
+            delay_s = child.schedule_restart(now)
+            log.error(
+                "%s (pid %d) exited with %s; restart #%d in %.1fs",
+                child.role, child.pid, code, child.restarts, delay_s,
+            )  # fmt: skip
+
+    def stop(self) -> int:
+        """SIGTERM each group at once, groups in order; 0 if every child exited with 0."""
+        codes: dict[str, int | None] = {}
+        for group in self.stop_order:
+            for child in group:
+                child.terminate()
+            deadline = time.monotonic() + self.stop_timeout_s
+            for child in group:
+                was_running = child.restart_at is None
+                code = child.wait(deadline - time.monotonic())
+                if was_running and code is not None:
+                    self.on_exit(child)
+                # A child waiting for its restart ended earlier: its exit was already logged.
+                codes[child.role] = code if was_running else None
+        log.info("stopped (%s)", ", ".join(f"{role}={code}" for role, code in codes.items()))
+        return 0 if all(code in (0, None) for code in codes.values()) else 1
 
 
-def child_env(env: Mapping[str, str], overrides: Mapping[str, str]) -> dict[str, str]:
-    merged = dict(env)
-    merged.update(overrides)
-    merged.setdefault("PYTHONUNBUFFERED", "1")
-    return merged
+def supervise(env: Mapping[str, str], banner: str, serve_args: Sequence[str] = ()) -> int:
+    """`beacon run`: the consumer and the collector, until SIGTERM/SIGINT."""
+    child_env = dict(env)
+    child_env.setdefault("PYTHONUNBUFFERED", "1")
+    # The consumer first: it opens the store and migrates before events arrive.
+    consumer = Child("consumer", [sys.executable, "-m", "collector", "consume"], child_env)
+    serve = [sys.executable, "-m", "collector", "serve", *serve_args]
+    collector = Child("collector", serve, child_env)
+    # The collector stops first: it flushes into the spool, then the consumer drains it.
+    supervisor = Supervisor([consumer, collector], stop_order=[[collector], [consumer]])
+    return supervisor.run(on_started=lambda: print(banner, flush=True))

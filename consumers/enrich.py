@@ -2,10 +2,16 @@
 
 from __future__ import annotations
 
+import re
+
 import orjson
 
 from collector.event import SCHEMA_VERSION
+from consumers.machine_opens import classify_open
 from consumers.useragent import UserAgentParser
+
+# What collector.event writes into the Decimal(18, 4) column: digits, at most 4 decimals.
+VALUE_RE = re.compile(r"^\d{1,14}(?:\.\d{1,4})?$")
 
 
 class BadRow(Exception):
@@ -24,12 +30,18 @@ def decode(line: bytes) -> dict:
         raise BadRow("malformed_json") from None
     if not isinstance(event, dict) or "event_id" not in event:
         raise BadRow("not_an_event")
+    # Older versions only lack fields; their columns read the defaults.
     if event.get("schema_version", 0) > SCHEMA_VERSION:
         raise BadRow("unknown_schema_version")
     if not isinstance(event.get("received_at"), int):
         raise BadRow("bad_received_at")
     if not isinstance(event.get("user_agent", ""), str):
         raise BadRow("bad_user_agent")
+    # ClickHouse refusing one value would fail the whole insert: check it here, per row.
+    if "value" in event and not (
+        isinstance(event["value"], str) and VALUE_RE.match(event["value"])
+    ):
+        raise BadRow("bad_value")
     return event
 
 
@@ -54,4 +66,10 @@ class Enricher:
         event["os"] = ua.os
         event["device_type"] = ua.device_type
         event["is_bot"] = ua.is_bot
+        if event.get("event_type") == "open":
+            # Column names of schema migration 3; the rules are in consumers/machine_opens.py.
+            kind = classify_open(event.get("user_agent", ""), str(event.get("ip", "")), ua.is_bot)
+            event["machine_open"] = kind.machine_open
+            event["machine_reason"] = kind.machine_reason
+            event["mail_proxy"] = kind.mail_proxy
         return orjson.dumps(event)

@@ -1,48 +1,33 @@
-"""`beacon report`: counts by day, campaign and event type, from the store."""
+"""`beacon report`: where its queries go, and how its rows are printed.
+
+The views themselves are in consumers/views.py (and the one-campaign funnel in
+consumers/campaign_report.py); both read the rollups unless told `--source raw`.
+"""
 
 from __future__ import annotations
 
 import asyncio
+import csv
+import io
 import urllib.error
 import urllib.request
 from collections.abc import Sequence
+from typing import Any
 
 import orjson
 
-from consumers.schema import EVENTS
+from consumers.report_window import Filters, Window, sql_string
 from consumers.settings import ConsumerSettings
 from consumers.writers import StoreError
 
 COLUMNS = ("day", "site", "campaign", "event_type", "events", "visitors", "recipients")
+FORMATS = ("table", "json", "csv")
+
+__all__ = ["sql_string"]
 
 
 class StoreUnavailable(Exception):
     """Neither the store's query port nor its data directory could be reached."""
-
-
-def sql_string(value: str) -> str:
-    """A ClickHouse string literal."""
-    return "'" + value.replace("\\", "\\\\").replace("'", "\\'") + "'"
-
-
-def report_sql(days: int, site: str | None = None, campaign: str | None = None) -> str:
-    where = [f"received_at >= now() - INTERVAL {int(days)} DAY"]
-    if site is not None:
-        where.append(f"site = {sql_string(site)}")
-    if campaign is not None:
-        where.append(f"campaign = {sql_string(campaign)}")
-    # FINAL: rows replayed with another insert token are counted once (see schema.py).
-    return f"""
-SELECT toString(toDate(received_at)) AS day, site, campaign, event_type,
-       count() AS events,
-       uniqExactIf(visitor_id, visitor_id != 0) AS visitors,
-       uniqExactIf(recipient, recipient != '') AS recipients
-FROM {EVENTS} FINAL
-WHERE {" AND ".join(where)}
-GROUP BY day, site, campaign, event_type
-ORDER BY day, site, campaign, event_type
-SETTINGS output_format_json_quote_64bit_integers = 0
-"""
 
 
 def run_query(settings: ConsumerSettings, sql: str, fmt: str = "JSONEachRow") -> str:
@@ -87,17 +72,40 @@ async def query_server(settings: ConsumerSettings, sql: str, fmt: str) -> str:
 def fetch_report(
     settings: ConsumerSettings, days: int, site: str | None, campaign: str | None
 ) -> list[dict]:
-    text = run_query(settings, report_sql(days, site, campaign))
-    return [orjson.loads(line) for line in text.splitlines() if line.strip()]
+    """Events, visitors and recipients by day, site, campaign and event type."""
+    from consumers.views import Request, view_rows
+
+    request = Request("events", Window.last_days(days), Filters(site, campaign), "day")
+    return view_rows(lambda sql: run_query(settings, sql), request)
+
+
+def cell(value: Any) -> str:
+    """A figure as a table or CSV shows it."""
+    if value is None or value == "":
+        return "-"
+    if isinstance(value, dict):  # revenue per currency
+        return ", ".join(f"{v} {k}".strip() for k, v in value.items()) or "0"
+    if isinstance(value, float):  # a rate
+        return f"{value:.2%}"
+    return str(value)
+
+
+def csv_cell(value: Any) -> str:
+    """A figure for a spreadsheet: numbers as numbers, revenue as `12.50 EUR; 3.00 USD`."""
+    if value is None:
+        return ""
+    if isinstance(value, dict):
+        return "; ".join(f"{v} {k}".strip() for k, v in value.items())
+    return str(value)
 
 
 def format_table(rows: Sequence[dict], columns: Sequence[str] = COLUMNS) -> str:
     """A plain aligned table for a terminal; numbers right-aligned."""
     if not rows:
         return "no events in this range\n"
-    cells = [[str(row[c]) if row[c] != "" else "-" for c in columns] for row in rows]
+    cells = [[cell(row.get(c)) for c in columns] for row in rows]
     widths = [max(len(c), *(len(r[i]) for r in cells)) for i, c in enumerate(columns)]
-    numeric = [isinstance(rows[0][c], int | float) for c in columns]
+    numeric = [any(isinstance(row.get(c), int | float | dict) for row in rows) for c in columns]
 
     def line(values: Sequence[str]) -> str:
         parts = [
@@ -107,6 +115,22 @@ def format_table(rows: Sequence[dict], columns: Sequence[str] = COLUMNS) -> str:
 
     out = [line(columns), line(["-" * w for w in widths])]
     out += [line(r) for r in cells]
-    total = sum(int(row["events"]) for row in rows)
-    out.append(f"\n{total} events")
+    if "events" in columns and "event_type" in columns:
+        total = sum(int(row["events"]) for row in rows)
+        out.append(f"\n{total} events")
     return "\n".join(out) + "\n"
+
+
+def render(rows: Sequence[dict[str, Any]], columns: Sequence[str], fmt: str) -> str:
+    """`rows` as a terminal table (the `columns`), JSON (everything) or CSV (everything)."""
+    if fmt == "json":
+        return orjson.dumps(list(rows), option=orjson.OPT_INDENT_2).decode() + "\n"
+    if fmt == "csv":
+        out = io.StringIO()
+        header = list(rows[0]) if rows else list(columns)
+        writer = csv.writer(out, lineterminator="\n")
+        writer.writerow(header)
+        for row in rows:
+            writer.writerow([csv_cell(row.get(c)) for c in header])
+        return out.getvalue()
+    return format_table(rows, columns)

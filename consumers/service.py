@@ -7,6 +7,7 @@ ClickHouse server over HTTP when `clickhouse_url` is set, else the embedded chDB
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import signal
 
@@ -15,6 +16,7 @@ from prometheus_client import CollectorRegistry
 
 from consumers.metrics import ConsumerMetrics
 from consumers.query_server import create_query_app
+from consumers.rollup_settle import Settler, settle_loop
 from consumers.schema import migrate
 from consumers.settings import ConsumerSettings
 from consumers.writers import Writer
@@ -72,7 +74,9 @@ async def consume(settings: ConsumerSettings) -> None:
         metrics = ConsumerMetrics(registry)
         # The query port answers `beacon report` for the embedded store, and /metrics always.
         runner = web.AppRunner(
-            create_query_app(writer, registry), access_log=None, handle_signals=False
+            create_query_app(writer, registry, settings.audit_path, settings.dashboard_token),
+            access_log=None,
+            handle_signals=False,
         )
         await runner.setup()
         try:
@@ -82,7 +86,15 @@ async def consume(settings: ConsumerSettings) -> None:
             loop = asyncio.get_running_loop()
             for sig in (signal.SIGTERM, signal.SIGINT):
                 loop.add_signal_handler(sig, stop.set)
-            await run_pipeline(settings, writer, metrics, stop)
+            # Ended days of the rollups become sums (consumers/rollup_settle.py).
+            settling = asyncio.create_task(settle_loop(Settler(writer), stop))
+            try:
+                await run_pipeline(settings, writer, metrics, stop)
+            finally:
+                # A day cut short stays marked unsettled; the next start finishes it.
+                settling.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await settling
         finally:
             await runner.cleanup()
     finally:

@@ -29,6 +29,15 @@ class ConsumerSettings:
     retention_days: int = setting(
         395, "events older than this are deleted by TTL; 0 keeps them", min=0
     )
+    audit_log: Path | None = setting(
+        None, "where `beacon erase` and `beacon export` append their audit lines"
+    )
+
+    dashboard_token: str = setting(
+        "", "token for the dashboard page (a long random string); empty: no dashboard"
+    )
+    dashboard_host: str = setting("127.0.0.1", "`beacon dashboard`: address to listen on")
+    dashboard_port: int = setting(8125, "`beacon dashboard`: port to listen on", min=0)
 
     kafka_bootstrap: str = setting("", "Kafka bootstrap servers; empty: read the local spool")
     kafka_topic: str = setting("beacon.events", "topic to consume")
@@ -50,6 +59,13 @@ class ConsumerSettings:
     @property
     def store_dir(self) -> Path:
         return self.data_dir / "clickhouse"
+
+    @property
+    def audit_path(self) -> Path:
+        """The audit log: `audit_log`, or audit.log in the data directory."""
+        if self.audit_log is None or self.audit_log == Path(""):  # unset, or set to ""
+            return self.data_dir / "audit.log"
+        return self.audit_log
 
     @property
     def checkpoint_path(self) -> Path:

@@ -28,7 +28,8 @@ BOT_TOKENS = (
 )
 # Image proxies of mail providers fetch when a person opens the mail: a real open, never a bot
 # (DESIGN.md), whatever ua-parser says. Their UA's OS part is fixed and fake, so it is dropped.
-MAIL_PROXY_TOKENS = ("GoogleImageProxy",)
+# Yahoo's proxy (consumers/machine_opens.py IMAGE_PROXIES) is a "Spider" to ua-parser.
+MAIL_PROXY_TOKENS = ("GoogleImageProxy", "YahooMailProxy")
 
 BOT_RE = re.compile("|".join(map(re.escape, BOT_TOKENS)), re.IGNORECASE)
 MAIL_PROXY_RE = re.compile("|".join(map(re.escape, MAIL_PROXY_TOKENS)))

@@ -7,7 +7,12 @@ set -euo pipefail
 declare -A PACKAGES=(
     [default-jre-headless]=java
     [maven]=mvn
+    [chromium]=chromium
+    [prometheus]=promtool # the server and promtool: tests/test_prometheus.py, test_deploy.py
+    [haproxy]=haproxy     # checks and runs deploy/haproxy/haproxy.cfg: tests/test_deploy.py
 )
+# kubectl, whose built-in kustomize renders deploy/k8s for tests/test_deploy.py, comes with the
+# machine images; Debian's own kubernetes-client (1.20) is too old for that kustomization.
 
 missing=()
 for pkg in "${!PACKAGES[@]}"; do

@@ -293,6 +293,41 @@ class FailingWriter:
         return getattr(self.writer, name)
 
 
+@pytest.mark.timeout(120)
+async def test_the_bench_topic_holds_every_event_and_the_pipeline_stores_them_all(
+    settings: ConsumerSettings, store: ChdbWriter, consumers: list[Consumer]
+) -> None:
+    """Regression: loadtest/bench_consumer.py "stalled" after a first batch. Its producer
+    ignored BatchBuilder.append() returning None on a full batch, so each 2000-event send kept
+    only what fit in 16 KiB and the topic held ~2% of the events; the pipeline had
+    stored all of them and was idle. A larger volume (tens of record batches per partition)
+    through the bench's own filler, then the pipeline in small batches, every event stored."""
+    from loadtest.bench_consumer import fill_topic
+
+    total = 12_000
+    topic = f"{settings.kafka_topic}.bench"
+    values = [orjson.dumps(e) for e in make_events(total)]
+    await fill_topic(settings.kafka_bootstrap, topic, PARTITIONS, values)
+    consumer = AIOKafkaConsumer(bootstrap_servers=settings.kafka_bootstrap)
+    await consumer.start()
+    try:
+        tps = [TopicPartition(topic, p) for p in range(PARTITIONS)]
+        ends = await consumer.end_offsets(tps)
+    finally:
+        await consumer.stop()
+    assert sum(ends.values()) == total, ends  # was 211: what fit in 16 KiB batches
+
+    member = Consumer(replace(settings, kafka_topic=topic, batch_max_rows=500), store)
+    consumers.append(member)
+
+    async def stored() -> bool:
+        return member.value("beacon_consumer_rows_inserted_total") >= total
+
+    await wait_for(stored, "every bench event stored", member.task)
+    await member.close()
+    assert await count(store) == await count(store, "uniqExact(event_id)") == total
+
+
 @pytest.mark.timeout(180)
 async def test_a_failing_store_pauses_keeps_the_member_and_loses_nothing(
     settings: ConsumerSettings, store: ChdbWriter, consumers: list[Consumer]

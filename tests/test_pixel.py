@@ -40,7 +40,7 @@ async def test_pixel_event_fields(make_client):
     resp = await client.get("/p.gif", params=query, headers={"User-Agent": UA})
     assert resp.status == 200
     [event] = await stored(client, sink)
-    assert event["schema_version"] == 1
+    assert event["schema_version"] == 2
     assert event["event_type"] == "open"
     assert (event["site"], event["campaign"], event["message"]) == ("shop", "spring", "msg-1")
     assert (event["recipient"], event["ad"]) == ("rcpt-9", "ad-3")

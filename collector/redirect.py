@@ -1,0 +1,155 @@
+"""GET /c: the click redirect. It goes only where a valid signature says, and only to http(s).
+
+Never an open redirect (CWE-601, https://cwe.mitre.org/data/definitions/601.html): the
+signature binds the destination to the ids, and the destination is checked again on its own,
+so a leaked key still cannot send a reader to `javascript:` or through a parser confusion.
+"""
+
+from __future__ import annotations
+
+import re
+import time
+from urllib.parse import urlsplit
+
+from aiohttp import web
+from multidict import CIMultiDict, CIMultiDictProxy
+
+from collector import event as ev
+from collector.handlers import Collector, is_prefetch
+from collector.signing import VALID, Keyring, verify
+
+PATH = "/c"
+CLICK_ID_PARAM = "bcid"
+MAX_DESTINATION_CHARS = 2000
+
+# The destination as a browser will read it: scheme, "//", then the authority. Anything that
+# browsers repair or reinterpret (backslashes, tabs, CR/LF, missing slashes, spaces, non-ASCII
+# look-alikes such as U+3002 or U+FF0F) is refused rather than normalised, since any normalisation
+# here that differs from the browser's is exactly what the known bypasses exploit.
+SCHEME_RE = re.compile(r"^https?://", re.IGNORECASE)
+PRINTABLE_ASCII_RE = re.compile(r"^[\x21-\x7e]+$")
+HOST_RE = re.compile(
+    r"^(?:[A-Za-z0-9](?:[A-Za-z0-9-]{0,61}[A-Za-z0-9])?\.)*"  # labels, RFC 1123
+    r"[A-Za-z0-9](?:[A-Za-z0-9-]{0,61}[A-Za-z0-9])?\.?$"
+    r"|^\[[0-9A-Fa-f:.]+\]$"  # an IPv6 literal
+)
+
+# Every response here: nothing cached (each click is an event), and the tracking URL with its
+# ids and signature is not sent on to the destination as a Referer.
+COMMON_HEADERS = {"Cache-Control": "no-store", "Referrer-Policy": "no-referrer"}
+REFUSED_PAGE = (
+    b"<!doctype html><html><head><meta charset=utf-8><title>Link not valid</title></head>"
+    b"<body><h1>This link is not valid</h1>"
+    b"<p>It may have been changed or cut off. Please use the link in the original message.</p>"
+    b"</body></html>\n"
+)
+REFUSED_HEADERS = CIMultiDictProxy(
+    CIMultiDict({**COMMON_HEADERS, "Content-Type": "text/html; charset=utf-8"})
+)
+
+
+def check_destination(url: str) -> str:
+    """ "" when `url` is a safe absolute http(s) destination, else the reason it is not."""
+    if not url:
+        return "no_destination"
+    if len(url) > MAX_DESTINATION_CHARS:
+        return "destination_too_long"
+    if not PRINTABLE_ASCII_RE.match(url):
+        return "bad_character"  # CR/LF, tabs, spaces, NUL, unicode look-alikes
+    if "\\" in url:
+        return "backslash"  # browsers read "\" as "/": https:\\evil, https://good\@evil
+    if not SCHEME_RE.match(url):
+        return "bad_scheme"  # javascript:, data:, //evil, /\evil, https:evil
+    try:
+        parts = urlsplit(url)
+        parts.port  # noqa: B018 -- raises ValueError on a bad port
+    except ValueError:
+        return "bad_url"
+    if "@" in parts.netloc:
+        return "userinfo"  # https://good.example@evil.example
+    if not HOST_RE.match(host_of(parts.netloc)):
+        return "bad_host"  # empty, percent-encoded or otherwise not a plain host name
+    return ""
+
+
+def host_of(netloc: str) -> str:
+    """The host part of an authority without userinfo: drop the port, keep IPv6 brackets."""
+    if netloc.startswith("["):
+        return netloc.partition("]")[0] + "]"
+    return netloc.partition(":")[0]
+
+
+def with_click_id(url: str, click_id: str) -> str:
+    """The landing URL with the click id as a query parameter, before any fragment."""
+    base, hash_, fragment = url.partition("#")
+    sep = "&" if "?" in base else "?"
+    if base.endswith(("?", "&")):
+        sep = ""
+    return f"{base}{sep}{CLICK_ID_PARAM}={click_id}{hash_}{fragment}"
+
+
+class ClickRedirect:
+    """The /c handler: verify, check the destination, record the click, answer 302."""
+
+    def __init__(self, collector: Collector, keyring: Keyring) -> None:
+        self.collector = collector
+        self.keyring = keyring
+        self.metrics = collector.metrics
+        self.fallback_url = collector.settings.click_fallback_url
+
+    async def click(self, request: web.Request) -> web.Response:
+        started = time.perf_counter()
+        outcome, response = self._click(request)
+        self.collector.metrics.requests.labels("click", outcome).inc()
+        self.metrics.hot_path_seconds.labels("click").observe(time.perf_counter() - started)
+        return response
+
+    def _click(self, request: web.Request) -> tuple[str, web.Response]:
+        reason = self._refusal(request)
+        if reason:
+            self.metrics.click_refused.labels(reason).inc()
+            if self.fallback_url:
+                self.metrics.click_redirects.labels("fallback").inc()
+                return "refused", self._redirect(self.fallback_url)
+            self.metrics.click_redirects.labels("refused").inc()
+            return "refused", web.Response(status=400, body=REFUSED_PAGE, headers=REFUSED_HEADERS)
+        destination = request.query["d"]
+        self.metrics.click_redirects.labels("redirected").inc()
+        # Link checkers probe with HEAD and browsers prefetch: both get where the link goes,
+        # neither is a click.
+        if request.method == "HEAD" or is_prefetch(request.headers):
+            return "head" if request.method == "HEAD" else "prefetch", self._redirect(destination)
+        event_id = ev.uuid7(ev.now_ms())
+        outcome = self._record(request, destination, event_id)
+        if outcome == "recorded":
+            destination = with_click_id(destination, event_id)
+        return outcome, self._redirect(destination)
+
+    def _refusal(self, request: web.Request) -> str:
+        if not self.keyring:
+            return "signing_disabled"
+        signature = verify(self.keyring, PATH, request.query.items())
+        self.metrics.signature_checks.labels("click", signature).inc()
+        if signature != VALID:
+            return signature
+        return check_destination(request.query.get("d", ""))
+
+    def _record(self, request: web.Request, destination: str, event_id: str) -> str:
+        fields = {k: v for k, v in request.query.items() if k in ev.KNOWN_KEYS}
+        fields["e"] = "click"  # whatever `e` said: this endpoint records clicks only
+        notes: list[str] = []
+        props = ev.clean_props(
+            ((k[2:], v) for k, v in request.query.items() if k.startswith("p.")), notes
+        )
+        try:
+            return self.collector.record(
+                request, fields, props, destination, "redirect", notes, True, event_id
+            )
+        except ev.Rejected as exc:
+            # Signed but unstorable (an id over its limit): still take the reader there.
+            self.metrics.events_dropped.labels(exc.reason).inc()
+            return "rejected"
+
+    @staticmethod
+    def _redirect(location: str) -> web.Response:
+        return web.Response(status=302, headers={**COMMON_HEADERS, "Location": location})

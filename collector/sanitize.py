@@ -1,0 +1,61 @@
+"""Control characters out of every stored string: no CR/LF from a request reaches a row,
+and so no header or log line built from one.
+
+A percent-encoded CR/LF (`r=alice%0D%0A`) is how header and log injection starts (CWE-93,
+CWE-117); NUL and other controls break tools that read the rows. They are removed, not
+replaced, so an id sent with a stray newline still matches the id without it.
+"""
+
+from __future__ import annotations
+
+import re
+from typing import Any
+
+# C0 controls, DEL, C1 controls, and the Unicode line and paragraph separators, which JSON
+# readers, JavaScript and some log viewers take for line breaks.
+CONTROL_RE = re.compile("[\x00-\x1f\x7f-\x9f\u2028\u2029]")
+NOTE = "control_chars"
+
+
+def clean(text: str) -> str:
+    """`text` without control characters."""
+    return CONTROL_RE.sub("", text)
+
+
+def may_hold_controls(blob: bytes) -> bool:
+    """False when the JSON of a row certainly holds no control character: the cheap test.
+
+    JSON escapes C0 controls (a backslash appears), DEL is ASCII 0x7f, and C1 controls and
+    U+2028/9 are non-ASCII: an ASCII row without either byte is clean. That is one C scan of
+    bytes made anyway, instead of a check per field (~0.5 us against ~2.5 us per event).
+    """
+    return not blob.isascii() or b"\\" in blob or b"\x7f" in blob
+
+
+def scrub_event(row: dict[str, Any], notes: list[str]) -> bool:
+    """Remove control characters from every string of an event row in place; note it once.
+
+    Returns True when something was removed. `str.isprintable` is a C loop that is false for
+    every control character (and for some harmless ones, like a no-break space): the regex
+    runs only for those rare strings.
+    """
+    fixed = False
+    for key, value in row.items():
+        if type(value) is str and not value.isprintable():
+            cleaned = CONTROL_RE.sub("", value)
+            if cleaned != value:
+                row[key] = cleaned
+                fixed = True
+    props = row.get("props")
+    if props and not all(k.isprintable() and v.isprintable() for k, v in props.items()):
+        cleaned_props = {}
+        for key, value in props.items():
+            new_key = CONTROL_RE.sub("", key)
+            if new_key:  # a key made only of controls is dropped with its value
+                cleaned_props[new_key] = CONTROL_RE.sub("", value)
+        if cleaned_props != props:
+            row["props"] = cleaned_props
+            fixed = True
+    if fixed:
+        notes.append(NOTE)
+    return fixed

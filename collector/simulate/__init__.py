@@ -1,0 +1,35 @@
+"""`beacon simulate`: a known mix of traffic, the same for the same seed, sent to a collector.
+
+Email campaigns (sends, human, proxied, Apple MPP, bot and scanner opens, clicks, orders),
+ad campaigns (impressions, clicks, orders) and web sites (page views with scroll depth,
+referrers) go to a collector over real HTTP; the ground truth comes back in the shape of
+`beacon report --format json`, so reports can be checked number by number.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict
+from typing import Any
+
+import aiohttp
+
+from collector.signing import Keyring
+from collector.simulate.plan import Config, plan
+from collector.simulate.send import Sender
+
+__all__ = ["Config", "simulate"]
+
+
+async def simulate(base: str, config: Config, keyring: Keyring, width: int = 16) -> dict[str, Any]:
+    """Send the mix for `config` to the collector at `base`; returns the ground truth.
+
+    Signed URLs when `keyring` has a key (the collector's own keys): clicks then go through
+    the /c redirect and orders name their click."""
+    phases, truth = plan(config, signed=bool(keyring))
+    connector = aiohttp.TCPConnector(limit=width)
+    async with aiohttp.ClientSession(connector=connector) as http:
+        sender = Sender(http, base, keyring)
+        for scripts in phases:
+            await sender.run(scripts, width)
+    return {"config": asdict(config), "signed": bool(keyring), "requests": sender.requests,
+            **truth.as_dict()}  # fmt: skip

@@ -1,0 +1,203 @@
+"""What the simulator sends, decided up front from a seed, and the numbers it must produce.
+
+Each person or visitor is one script of requests sent in order (a click before the
+conversion that names it); scripts run side by side. The truth is counted from the plan as it
+is made, with the README's definitions, not from anything the collector answers.
+"""
+
+from __future__ import annotations
+
+import random
+from dataclasses import dataclass, field
+from decimal import Decimal
+from typing import Any
+
+from collector.simulate.truth import Truth
+
+BROWSER = (
+    "Mozilla/5.0 (Windows NT 10.0; Win64; x64) AppleWebKit/537.36 (KHTML, like Gecko) "
+    "Chrome/124.0.0.0 Safari/537.36"
+)
+APPLE_MPP = "Mozilla/5.0"  # Apple Mail Privacy Protection's prefetch (consumers/machine_opens.py)
+GMAIL = "Mozilla/5.0 (Windows NT 5.1; rv:11.0) Gecko Firefox/11.0 (via ggpht.com GoogleImageProxy)"
+BOT = "curl/8.5.0"
+SHOP = "sim-shop"
+NEWS = "sim-news"
+WEB_SITES = (("sim-blog", "blog.sim.example"), ("sim-docs", "docs.sim.example"))
+PAGES = ("/", "/post-1", "/post-2", "/post-3", "/pricing", "/about")
+PAGE_WEIGHTS = (8, 5, 4, 3, 2, 1)
+REFERRERS = ("", "https://search.example/?q=beacon", "https://social.example/p/1")
+PRICES = ("9.99", "24.50", "120.00")
+
+
+@dataclass(frozen=True)
+class Config:
+    """The mix to send; rates are fractions of the people who could."""
+
+    seed: int = 1
+    campaigns: int = 2  # email campaigns, one message each
+    recipients: int = 200  # per email campaign
+    links: int = 3  # per message (at least 2: the scanner rule needs two)
+    open_rate: float = 0.5
+    reopen_rate: float = 0.2
+    click_rate: float = 0.4  # of those who opened
+    conversion_rate: float = 0.3  # of those who clicked
+    reload_rate: float = 0.2  # thank-you pages loaded twice: the same order again
+    mpp_share: float = 0.15  # recipients on Apple Mail Privacy Protection
+    gmail_share: float = 0.1  # through Gmail's image proxy
+    bot_share: float = 0.02  # a program fetches the pixel
+    scanner_share: float = 0.03  # a link scanner opens and clicks everything (at least one)
+    ad_campaigns: int = 1
+    ads: int = 2  # per ad campaign
+    impressions: int = 150  # per ad
+    ad_ctr: float = 0.06
+    visitors: int = 40  # per web site
+    max_views: int = 4  # page views per visitor, 1 to this
+
+
+@dataclass
+class Step:
+    """One request. `convert`: a conversion pixel for the click id the last `click` got."""
+
+    kind: str  # pixel, post, click, convert
+    params: dict[str, Any] = field(default_factory=dict)
+    ua: str = BROWSER
+
+
+Script = list[Step]
+
+
+class Planner:
+    """`signed`: the collector has signing keys, so clicks go through /c and a conversion
+    names its click by id; without, clicks are POSTed and conversions name their campaign."""
+
+    def __init__(self, config: Config, signed: bool) -> None:
+        if config.links < 2:
+            raise ValueError("links: at least 2 (a scanner clicks every link of a message)")
+        self.config = config
+        self.signed = signed
+        self.rng = random.Random(config.seed)
+        self.truth = Truth()
+        self.sends: list[Script] = []
+        self.scripts: list[Script] = []
+
+    def plan(self) -> tuple[list[list[Script]], Truth]:
+        """Scripts in two phases: what the sender reports first, then everything else."""
+        for n in range(self.config.campaigns):
+            self.email_campaign(n)
+        for n in range(self.config.ad_campaigns):
+            self.ad_campaign(n)
+        for site, host in WEB_SITES:
+            self.web_site(site, host)
+        return [self.sends, self.scripts], self.truth
+
+    def email_campaign(self, n: int) -> None:
+        c = self.config
+        campaign = f"sim-mail-{n}"
+        ids = {"site": SHOP, "campaign": campaign, "message": f"m-{c.seed}-{n}"}
+        recipients = [f"u{c.seed}-{n}-{i:04d}" for i in range(c.recipients)]
+        # The sender reports what it sent before anything else happens: the scanner rule
+        # looks for bursts just after the send.
+        sends = [{"e": "send", "s": SHOP, "c": campaign, "m": ids["message"], "r": r}
+                 for r in recipients]  # fmt: skip
+        self.sends += [[Step("post", {"events": sends[i : i + 100]})]
+                       for i in range(0, len(sends), 100)]  # fmt: skip
+        self.truth.sent(campaign, SHOP, ids["message"], recipients)
+        links = [f"https://shop.sim.example/{n}/link-{k}" for k in range(c.links)]
+        for i, r in enumerate(recipients):
+            person = {**ids, "recipient": r}
+            roll = self.rng.random()
+            shares = (c.scanner_share, c.mpp_share, c.bot_share, c.gmail_share)
+            edges = [sum(shares[: k + 1]) for k in range(len(shares))]
+            if i == 0 or roll < edges[0]:
+                self.scanner(person, links)
+            elif roll < edges[1]:
+                self.reader(person, links, APPLE_MPP, machine_open=True, proxied=True)
+            elif roll < edges[2]:
+                self.scripts.append([Step("pixel", {"kind": "open", **person}, BOT)])
+                self.truth.open(person, machine=True)
+            elif roll < edges[3]:
+                self.reader(person, links, GMAIL, machine_open=False, proxied=True)
+            else:
+                self.reader(person, links, BROWSER, machine_open=False, proxied=False)
+
+    def scanner(self, person: dict[str, str], links: list[str]) -> None:
+        """The open and every link of the message at once, right after delivery."""
+        steps = [Step("pixel", {"kind": "open", **person})]
+        steps += [Step("click", {"dest": link, **person}) for link in links]
+        self.scripts.append(steps)
+        self.truth.open(person, machine=True)
+        for _ in links:
+            self.truth.click(person, machine=True)
+
+    def reader(
+        self, person: dict[str, str], links: list[str], ua: str, machine_open: bool, proxied: bool
+    ) -> None:
+        """Someone who may open (through a proxy or Apple's prefetch), click, and buy."""
+        c = self.config
+        if not machine_open and self.rng.random() >= c.open_rate:
+            return
+        steps = [Step("pixel", {"kind": "open", **person}, ua)]
+        self.truth.open(person, machine=machine_open, proxied=proxied)
+        if not machine_open and self.rng.random() < c.reopen_rate:
+            steps.append(Step("pixel", {"kind": "open", **person}, ua))
+            self.truth.open(person, machine=False, proxied=proxied)
+        if self.rng.random() < c.click_rate:
+            # People click some links, never every one: that is what a scanner does.
+            chosen = self.rng.sample(links, self.rng.randint(1, len(links) - 1))
+            for link in chosen:
+                steps.append(Step("click", {"dest": link, **person}))
+                self.truth.click(person, machine=False)
+            if self.rng.random() < c.conversion_rate:
+                steps += self.order(person["campaign"], "", f"o-{person['recipient']}")
+        self.scripts.append(steps)
+
+    def order(self, campaign: str, ad: str, order_id: str) -> Script:
+        value = self.rng.choice(PRICES)
+        pixel = {"site": SHOP, "value": value, "currency": "EUR", "order_id": order_id,
+                 "campaign": campaign, "ad": ad}  # fmt: skip
+        reloads = 2 if self.rng.random() < self.config.reload_rate else 1
+        stored_as = "" if self.signed else campaign
+        self.truth.conversion(campaign, ad, SHOP, Decimal(value), reloads, stored_as)
+        return [Step("convert", pixel) for _ in range(reloads)]
+
+    def ad_campaign(self, n: int) -> None:
+        c = self.config
+        campaign = f"sim-ads-{n}"
+        for k in range(c.ads):
+            ids = {"site": NEWS, "campaign": campaign, "ad": f"banner-{k}"}
+            shown = [Step("pixel", {"kind": "impression", "cb": str(i), **ids})
+                     for i in range(c.impressions)]  # fmt: skip
+            self.scripts.append(shown)
+            self.truth.impressions(NEWS, campaign, ids["ad"], c.impressions)
+            dest = f"https://shop.sim.example/ads/{n}/{k}"
+            for i in range(max(1, round(c.impressions * c.ad_ctr))):
+                ua = f"{BROWSER} sim-ad/{c.seed}-{n}-{k}-{i}"  # one visitor per clicker
+                steps = [Step("click", {"dest": dest, **ids}, ua)]
+                self.truth.click({**ids, "visitor": ua}, machine=False)
+                if self.rng.random() < c.conversion_rate:
+                    steps += self.order(campaign, ids["ad"], f"o-ad-{c.seed}-{n}-{k}-{i}")
+                self.scripts.append(steps)
+            self.scripts.append([Step("click", {"dest": dest, **ids}, BOT)])  # a link checker
+            self.truth.click({**ids, "visitor": BOT}, machine=True)
+
+    def web_site(self, site: str, host: str) -> None:
+        c = self.config
+        for v in range(c.visitors):
+            ua = f"{BROWSER} sim-visitor/{c.seed}-{site}-{v}"
+            referrer = self.rng.choice(REFERRERS)
+            steps: Script = []
+            for _ in range(self.rng.randint(1, c.max_views)):
+                url = f"https://{host}{self.rng.choices(PAGES, PAGE_WEIGHTS)[0]}"
+                scroll = self.rng.randrange(101)
+                view = {"s": site, "u": url, "ref": referrer}
+                steps.append(Step("pixel", {"kind": "", **view}, ua))
+                engagement = {"e": "engagement", "s": site, "u": url, "p": {"scroll_pct": scroll}}
+                steps.append(Step("post", {"events": [engagement]}, ua))
+                self.truth.pageview(site, url, referrer, ua, scroll)
+                referrer = url  # the next page is reached from this one
+            self.scripts.append(steps)
+
+
+def plan(config: Config, signed: bool) -> tuple[list[list[Script]], Truth]:
+    return Planner(config, signed).plan()

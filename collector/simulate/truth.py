@@ -1,0 +1,174 @@
+"""The ground truth of a simulation, counted as the plan is made, in the shape reports print.
+
+The definitions are the README's ("Campaign report"), written out again here on purpose: a
+report that gets one wrong disagrees with this.
+"""
+
+from __future__ import annotations
+
+from collections import Counter, defaultdict
+from decimal import Decimal
+from typing import Any
+from urllib.parse import urlsplit
+
+SCROLL_MARKS = (25, 50, 75, 100)
+
+
+def ratio(part: int, whole: int | None) -> float | None:
+    return round(part / whole, 4) if whole else None
+
+
+def money(total: Decimal) -> str:
+    return str(total.quantize(Decimal("0.01")))
+
+
+class Funnel:
+    """Counts of one campaign, or one ad."""
+
+    def __init__(self) -> None:
+        self.n: Counter[str] = Counter()
+        self.openers: set[str] = set()
+        self.human_openers: set[str] = set()
+        self.clickers: set[str] = set()
+        self.sent: set[str] = set()
+        self.revenue = Decimal(0)
+
+    def figures(self) -> dict[str, Any]:
+        n, sent = self.n, len(self.sent) or None
+        unique_clicks = len(self.clickers)
+        human_clicks = n["clicks"] - n["machine_clicks"]
+        return {
+            "sent": sent,
+            "impressions": n["impressions"],
+            "opens": n["opens"],
+            "unique_opens": len(self.openers),
+            "human_opens": n["opens"] - n["machine_opens"],
+            "machine_opens": n["machine_opens"],
+            "unique_human_opens": len(self.human_openers),
+            "proxied_opens": n["proxied_opens"],
+            "clicks": n["clicks"],
+            "machine_clicks": n["machine_clicks"],
+            "unique_clicks": unique_clicks,
+            "ctr": ratio(unique_clicks, sent) if sent else ratio(human_clicks, n["impressions"]),
+            "click_to_open_rate": ratio(unique_clicks, len(self.openers)),
+            "conversions": n["conversions"],
+            "conversion_rate": ratio(n["conversions"], unique_clicks),
+            "revenue": {"EUR": money(self.revenue)} if n["conversions"] else {},
+        }
+
+
+def person_key(person: dict[str, str]) -> str:
+    return person.get("visitor") or f"{person['message']}\0{person['recipient']}"
+
+
+class Truth:
+    def __init__(self) -> None:
+        self.campaigns: dict[str, Funnel] = defaultdict(Funnel)
+        self.ads: dict[tuple[str, str], Funnel] = defaultdict(Funnel)
+        self.events: Counter[tuple[str, str, str]] = Counter()
+        self.visitors: dict[str, set[str]] = defaultdict(set)
+        self.site_orders: Counter[str] = Counter()
+        self.site_revenue: dict[str, Decimal] = defaultdict(Decimal)
+        self.pages: dict[tuple[str, str, str], Counter[str]] = defaultdict(Counter)
+        self.page_visitors: dict[tuple[str, str, str], set[str]] = defaultdict(set)
+        self.referrers: dict[tuple[str, str], Counter[str]] = defaultdict(Counter)
+        self.referrer_visitors: dict[tuple[str, str], set[str]] = defaultdict(set)
+
+    def funnels(self, person: dict[str, str]) -> list[Funnel]:
+        out = [self.campaigns[person["campaign"]]]
+        if person.get("ad"):
+            out.append(self.ads[person["campaign"], person["ad"]])
+        return out
+
+    def sent(self, campaign: str, site: str, message: str, recipients: list[str]) -> None:
+        self.campaigns[campaign].sent.update(f"{message}\0{r}" for r in recipients)
+        self.events[site, campaign, "send"] += len(recipients)
+
+    def open(self, person: dict[str, str], machine: bool, proxied: bool = False) -> None:
+        key = person_key(person)
+        for f in self.funnels(person):
+            f.n["opens"] += 1
+            f.n["machine_opens"] += machine
+            f.n["proxied_opens"] += proxied
+            f.openers.add(key)
+            if not machine:
+                f.human_openers.add(key)
+        self.events[person["site"], person["campaign"], "open"] += 1
+
+    def click(self, person: dict[str, str], machine: bool) -> None:
+        for f in self.funnels(person):
+            f.n["clicks"] += 1
+            f.n["machine_clicks"] += machine
+            if not machine:
+                f.clickers.add(person_key(person))
+        self.events[person["site"], person["campaign"], "click"] += 1
+
+    def impressions(self, site: str, campaign: str, ad: str, count: int) -> None:
+        for f in (self.campaigns[campaign], self.ads[campaign, ad]):
+            f.n["impressions"] += count
+        self.events[site, campaign, "impression"] += count
+
+    def conversion(
+        self, campaign: str, ad: str, site: str, value: Decimal, pixels: int, stored_as: str
+    ) -> None:
+        """One order (`pixels` times the thank-you page) belonging to campaign and ad;
+        `stored_as`: the campaign its pixel names itself ("" when a click id tells)."""
+        funnels = [self.campaigns[campaign]] + ([self.ads[campaign, ad]] if ad else [])
+        for f in funnels:
+            f.n["conversions"] += 1
+            f.revenue += value
+        self.site_orders[site] += 1
+        self.site_revenue[site] += value
+        self.events[site, stored_as, "conversion"] += pixels
+
+    def pageview(self, site: str, url: str, referrer: str, visitor: str, scroll_pct: int) -> None:
+        parts = urlsplit(url)
+        page = (site, parts.hostname or "", parts.path or "/")
+        self.pages[page]["pageviews"] += 1
+        for mark in SCROLL_MARKS:
+            self.pages[page][f"scroll_{mark}"] += scroll_pct >= mark
+        self.page_visitors[page].add(visitor)
+        source = (site, urlsplit(referrer).hostname or "")
+        self.referrers[source]["pageviews"] += 1
+        self.referrer_visitors[source].add(visitor)
+        self.visitors[site].add(visitor)
+        self.events[site, "", "pageview"] += 1
+        self.events[site, "", "engagement"] += 1
+
+    def as_dict(self) -> dict[str, Any]:
+        """The truth as `beacon report --format json` rows (the views' keys)."""
+        sites = sorted({s for s, _, _ in self.events})
+        campaigns = sorted(self.campaigns.items())
+        ads = sorted(self.ads.items())
+        pages = [
+            {"site": s, "url_host": h, "url_path": p, **dict(counts),
+             "unique_visitors": len(self.page_visitors[s, h, p])}
+            for (s, h, p), counts in sorted(self.pages.items())
+        ]  # fmt: skip
+        referrers = [
+            {"site": s, "referrer_host": h, "pageviews": counts["pageviews"],
+             "unique_visitors": len(self.referrer_visitors[s, h])}
+            for (s, h), counts in sorted(self.referrers.items())
+        ]  # fmt: skip
+        return {
+            "events_total": sum(self.events.values()),
+            "campaigns": [{"campaign": c, **f.figures()} for c, f in campaigns],
+            "ads": [{"campaign": c, "ad": a, **f.figures()} for (c, a), f in ads],
+            "sites": [
+                {
+                    "site": s,
+                    "pageviews": self.events[s, "", "pageview"],
+                    "unique_visitors": len(self.visitors[s]),
+                    "events": sum(n for (site, _, _), n in self.events.items() if site == s),
+                    "conversions": self.site_orders[s],
+                    "revenue": {"EUR": money(self.site_revenue[s])} if self.site_orders[s] else {},
+                }
+                for s in sites
+            ],
+            "pages": pages,
+            "referrers": referrers,
+            "events": [
+                {"site": s, "campaign": c, "event_type": t, "events": n}
+                for (s, c, t), n in sorted(self.events.items())
+            ],
+        }

@@ -1,0 +1,122 @@
+"""`beacon serve --workers N`: N collector processes on one port, supervised.
+
+Every worker listens on the same address with SO_REUSEPORT, so the kernel spreads new
+connections over their accept queues; nothing is shared between them but the spool directory
+(built for several writers) and the Prometheus multiprocess directory, through which any
+worker's /metrics shows the sum over all of them. This master process holds the port (bound,
+never listening) so a restarted worker can always bind it again and port 0 means one port for
+all; it restarts a worker that dies and marks its live gauges dead; on SIGTERM it stops every
+worker at once, and each drains, flushes its buffer and exits.
+https://prometheus.github.io/client_python/multiprocess/
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import shutil
+import socket
+import sys
+import tempfile
+from collections.abc import Mapping
+from pathlib import Path
+
+from prometheus_client import multiprocess
+
+from collector.server import resolve_secret
+from collector.settings import Settings
+from collector.supervisor import Child, Supervisor
+
+log = logging.getLogger("beacon.workers")
+
+MULTIPROC_ENV = "PROMETHEUS_MULTIPROC_DIR"  # prometheus_client reads it at import
+# Below the `beacon run` supervisor's own deadline for this process, so workers that hang are
+# killed here, by the process that can still mark them dead.
+WORKER_STOP_TIMEOUT_S = 45.0
+
+
+class PortInUse(RuntimeError):
+    """Something already listens on the collector's address."""
+
+
+def default_workers() -> int:
+    """The CPUs this process may run on (taskset and cpusets included)."""
+    return len(os.sched_getaffinity(0))
+
+
+def reserve_port(host: str, port: int) -> socket.socket:
+    """A socket bound to host:port with SO_REUSEPORT, not listening: it keeps the port ours
+    between worker restarts and turns port 0 into a real one. Raises PortInUse when another
+    process listens there: SO_REUSEPORT alone would silently share the port with it."""
+    family, kind, proto, _, address = socket.getaddrinfo(
+        host, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE
+    )[0]
+    if port:
+        with socket.socket(family, kind, proto) as probe:
+            # SO_REUSEADDR: connections in TIME_WAIT do not count, a listener does.
+            probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            try:
+                probe.bind(address)
+            except OSError as exc:
+                raise PortInUse(f"{host}:{port} is in use: {exc.strerror}") from None
+    sock = socket.socket(family, kind, proto)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
+    try:
+        sock.bind(address)
+    except OSError as exc:
+        sock.close()
+        raise PortInUse(f"{host}:{port}: {exc.strerror}") from None
+    return sock
+
+
+def metrics_dir(env: Mapping[str, str]) -> tuple[Path, bool]:
+    """The multiprocess directory for this run, empty; True if it is ours to remove after.
+
+    A configured PROMETHEUS_MULTIPROC_DIR is emptied of the last run's files (counters of dead
+    processes would be added to ours); otherwise a fresh temporary directory is made.
+    """
+    configured = env.get(MULTIPROC_ENV)
+    if not configured:
+        return Path(tempfile.mkdtemp(prefix="beacon-metrics-")), True
+    path = Path(configured)
+    path.mkdir(parents=True, exist_ok=True)
+    for stale in path.glob("*.db"):
+        stale.unlink()
+    return path, False
+
+
+def run_workers(settings: Settings, env: Mapping[str, str], workers: int) -> int:
+    """Serve with `workers` processes until SIGTERM/SIGINT; 0 when all stopped cleanly."""
+    # Made once here: workers starting together would race to create the secret file.
+    resolve_secret(settings)
+    try:
+        holder = reserve_port(settings.host, settings.port)
+    except PortInUse as exc:
+        log.error("%s", exc)
+        return 1
+    port = holder.getsockname()[1]
+    directory, owned = metrics_dir(env)
+    worker_env = {
+        **env,
+        "BEACON_PORT": str(port),
+        MULTIPROC_ENV: str(directory),
+        "PYTHONUNBUFFERED": "1",
+    }
+    argv = [sys.executable, "-m", "collector", "serve", "--workers", "1"]
+    children = [Child(f"worker {i}", argv, worker_env) for i in range(workers)]
+
+    def mark_dead(child: Child) -> None:
+        multiprocess.mark_process_dead(child.pid, str(directory))
+
+    def started() -> None:
+        pids = " ".join(str(c.pid) for c in children)
+        log.info("%d workers on http://%s:%d (pids %s)", workers, settings.host, port, pids)
+
+    supervisor = Supervisor(children, on_exit=mark_dead, stop_timeout_s=WORKER_STOP_TIMEOUT_S)
+    try:
+        return supervisor.run(on_started=started)
+    finally:
+        holder.close()
+        if owned:
+            shutil.rmtree(directory, ignore_errors=True)

@@ -1,0 +1,1 @@
+"""Load tests and benchmarks (not part of the installed package)."""

@@ -1,0 +1,1 @@
+"""The side-by-side HTTP benchmark (`make bench`, `python -m loadtest.bench`)."""

@@ -1,0 +1,179 @@
+"""Microbenchmark of the pixel hot path, whole and step by step, in one process.
+
+    python -m loadtest.hotpath [--requests 20000] [--multiprocess]
+
+The whole handler runs on prebuilt mocked requests (no socket, no HTTP parsing: that part is
+the bare aiohttp floor in `make bench`); each step runs alone on the same inputs. Figures are
+best-of-repeats microseconds per call on this machine: compare them within one run, and before
+and after a change. `--multiprocess` runs it with PROMETHEUS_MULTIPROC_DIR set, as each worker
+of `beacon serve --workers N` does, where every metric update also writes to an mmap file.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import gc
+import os
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+PATH = "/p.gif?e=open&s=shop&c=spring-sale&m=m-1042&r=u-77"
+HEADERS = {
+    "Host": "t.example.com",
+    "User-Agent": "Mozilla/5.0 (Windows NT 10.0; Win64; x64) AppleWebKit/537.36 "
+    "(KHTML, like Gecko) Chrome/126.0.0.0 Safari/537.36",
+    "Accept": "image/avif,image/webp,image/apng,image/*,*/*;q=0.8",
+    "Referer": "https://mail.example.com/",
+}
+
+
+def best_us(run: Callable[[], None], calls: int, repeats: int) -> float:
+    """Best of `repeats` timings of `run` (which makes `calls` calls), in us per call."""
+    best = float("inf")
+    for _ in range(repeats):
+        started = time.perf_counter()
+        run()
+        best = min(best, time.perf_counter() - started)
+    return best / calls * 1e6
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--requests", type=int, default=20_000)
+    p.add_argument("--repeats", type=int, default=5)
+    p.add_argument("--multiprocess", action="store_true", help="metrics in multiprocess mode")
+    opts = p.parse_args()
+    if opts.multiprocess and "PROMETHEUS_MULTIPROC_DIR" not in os.environ:
+        with tempfile.TemporaryDirectory(prefix="beacon-hotpath-") as directory:
+            env = {**os.environ, "PROMETHEUS_MULTIPROC_DIR": directory}
+            argv = [sys.executable, "-m", "loadtest.hotpath", *sys.argv[1:]]
+            sys.exit(subprocess.run(argv, env=env, check=False).returncode)
+
+    # Imported after the environment is settled: prometheus_client picks its mode at import.
+    import orjson
+    from aiohttp import web
+    from aiohttp.test_utils import make_mocked_request
+    from prometheus_client import CollectorRegistry
+    from yarl import URL
+
+    from collector import event as ev
+    from collector.app import COLLECTOR, create_app
+    from collector.metrics import CollectorMetrics
+    from collector.pixel import GIF_BYTES, PIXEL_HEADERS
+    from collector.privacy import VisitorHasher, anonymise_ip
+    from collector.settings import Settings
+    from collector.sinks.memory import MemorySink
+
+    n, repeats = opts.requests, opts.repeats
+    multiproc = os.environ.get("PROMETHEUS_MULTIPROC_DIR")
+    settings = Settings(
+        data_dir=Path(tempfile.gettempdir()),
+        secret="hotpath",
+        sink="memory",
+        buffer_max_events=n * (repeats + 1),
+    )
+    metrics = CollectorMetrics(CollectorRegistry(), Path(multiproc) if multiproc else None)
+    app = create_app(settings, MemorySink(), metrics)
+    collector = app[COLLECTOR]
+
+    class Transport:  # the peer address the handler reads (request.remote)
+        def get_extra_info(self, name: str, default: object = None) -> object:
+            return ("203.0.113.7", 50000) if name == "peername" else default
+
+    def requests() -> list[web.Request]:
+        return [
+            make_mocked_request("GET", PATH, headers=HEADERS, app=app, transport=Transport())
+            for _ in range(n)
+        ]
+
+    loop = asyncio.new_event_loop()
+
+    gc_collections = [0]
+
+    def whole() -> float:
+        """Seconds for n handler calls; counts the gen-0 collections they caused."""
+        batch = requests()
+
+        async def go() -> None:
+            for request in batch:
+                await collector.pixel(request)
+
+        collections = gc.get_stats()[0]["collections"]
+        started = time.perf_counter()
+        loop.run_until_complete(go())
+        elapsed = time.perf_counter() - started
+        gc_collections[0] += gc.get_stats()[0]["collections"] - collections
+        return elapsed
+
+    whole_us = min(whole() for _ in range(repeats)) / n * 1e6
+    gc_per_10k = gc_collections[0] / (n * repeats) * 10_000
+
+    now = ev.now_ms()
+    hasher = VisitorHasher(b"hotpath")
+    fields = {"e": "open", "s": "shop", "c": "spring-sale", "m": "m-1042", "r": "u-77"}
+
+    def build() -> dict:
+        return ev.build_event(
+            fields, {}, page_url=HEADERS["Referer"], user_agent=HEADERS["User-Agent"],
+            ip="203.0.113.0", visitor_id=1, dnt=False, transport="pixel", received_ms=now,
+            keep_query=frozenset(), notes=[],
+        )  # fmt: skip
+
+    row = build()
+    requests_counter = metrics.requests.labels("pixel", "recorded")
+    steps: dict[str, Callable[[], object]] = {
+        "query string -> MultiDict (yarl, new URL)": lambda: URL(PATH).query,
+        "request.headers.get x4 (UA, Referer, DNT, Sec-GPC)": lambda: None,
+        "os.urandom(10) (UUIDv7 randomness, a syscall)": lambda: os.urandom(10),
+        "uuid7() (urandom + int ops + hex formatting)": lambda: ev.uuid7(now),
+        "anonymise_ip() (ipaddress parse + network)": lambda: anonymise_ip(
+            "203.0.113.7", "truncate"
+        ),
+        "visitor_id() (blake2b keyed, 3 encodes)": lambda: hasher.visitor_id(
+            "shop", "203.0.113.7", HEADERS["User-Agent"], now
+        ),
+        "build_event() (incl. uuid7, URL split)": build,
+        "orjson.dumps(row)": lambda: orjson.dumps(row),
+        "counter.labels(...).inc()": lambda: metrics.requests.labels("pixel", "recorded").inc(),
+        "counter.inc() on a kept child": lambda: requests_counter.inc(),
+        "histogram.labels(...).observe()": lambda: metrics.hot_path_seconds.labels("pixel").observe(
+            2e-5
+        ),
+        "web.Response(body=GIF, headers=prebuilt)": lambda: web.Response(
+            body=GIF_BYTES, headers=PIXEL_HEADERS
+        ),
+        "time.perf_counter() x2 + time.time_ns()": lambda: (
+            time.perf_counter(),
+            time.perf_counter(),
+            time.time_ns(),
+        ),
+    }
+    sample = requests()[0]
+    steps["request.headers.get x4 (UA, Referer, DNT, Sec-GPC)"] = lambda: (
+        sample.headers.get("User-Agent"),
+        sample.headers.get("Referer"),
+        sample.headers.get("DNT"),
+        sample.headers.get("Sec-GPC"),
+    )
+
+    print(f"pixel hot path, {n:,} requests x {repeats}, metrics "
+          f"{'multiprocess (mmap)' if multiproc else 'in-process'}")  # fmt: skip
+    print(f"  {'whole handler: Collector.pixel() on mocked requests':<58} {whole_us:7.2f} us")
+    print(f"  {'gen-0 GC collections per 10k requests':<58} {gc_per_10k:7.1f}")
+    for label, step in steps.items():
+
+        def run(step: Callable[[], object] = step) -> None:
+            for _ in range(n):
+                step()
+
+        print(f"  {label:<58} {best_us(run, n, repeats):7.2f} us")
+    loop.close()
+
+
+if __name__ == "__main__":
+    main()

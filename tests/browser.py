@@ -1,0 +1,124 @@
+"""Helpers for the browser tests: Debian's Chromium through Playwright, a site on loopback.
+
+Playwright drives the system binary (`executable_path`); it never downloads a browser.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import shutil
+import tempfile
+from collections.abc import AsyncIterator
+from html import escape
+from pathlib import Path
+
+from aiohttp import web
+from aiohttp.test_utils import TestServer
+from playwright.async_api import BrowserContext, async_playwright
+
+# Root in a container has no user namespaces for the sandbox; nothing here may reach out
+# (updates, QUIC probes, sync): the machine has no network beyond loopback.
+CHROMIUM_ARGS = [
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-quic",
+    "--no-first-run",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+]
+# Chromium implements Global Privacy Control behind this feature; forced, every request
+# carries Sec-GPC: 1 and navigator.globalPrivacyControl is true, as in a browser that ships it.
+GPC_FEATURE = "--enable-features=GlobalPrivacyControlForce"
+PAGE_HEIGHT_PX = 5000
+
+PAGE = """<!doctype html>
+<html><head><meta charset="utf-8"><title>Beacon test page</title>
+<script async src="{collector}/t.js" data-site="{site}"{consent}></script>
+</head><body style="margin:0">
+<div style="height:{height}px">
+<button id="signup" data-beacon-event="signup" data-beacon-prop-plan="pro"
+        style="position:fixed;top:8px;left:8px">Sign up</button>
+<a id="next" href="/spa/next" style="position:fixed;top:8px;left:120px">Next</a>
+</div>
+<script>
+// A single-page app's router: to the top, then a history entry, no page load.
+document.getElementById("next").addEventListener("click", function (ev) {{
+  ev.preventDefault();
+  window.scrollTo(0, 0);
+  history.pushState({{}}, "", "/spa/next");
+}});
+</script>
+</body></html>
+"""
+
+
+def chromium_path() -> str:
+    """Debian's chromium (`make deps` installs it); a clear failure, not a skip, without it."""
+    path = shutil.which("chromium") or shutil.which("chromium-browser")
+    if path is None:
+        raise RuntimeError("chromium is not installed: run `make deps` (Debian's chromium)")
+    return path
+
+
+class Site:
+    """A web site on loopback whose every page embeds the snippet from `collector`.
+
+    The page's `site` query parameter becomes data-site, and `consent` data-consent; both
+    stay out of the stored URL (not allow-listed), as any other parameter would.
+    """
+
+    def __init__(self, collector: str) -> None:
+        self.collector = collector
+        self.server: TestServer | None = None
+
+    async def page(self, request: web.Request) -> web.Response:
+        consent = request.query.get("consent", "")
+        html = PAGE.format(
+            collector=escape(self.collector),
+            site=escape(request.query.get("site", "web")),
+            consent=f' data-consent="{escape(consent)}"' if consent else "",
+            height=PAGE_HEIGHT_PX,
+        )
+        return web.Response(text=html, content_type="text/html")
+
+    async def __aenter__(self) -> Site:
+        app = web.Application()
+        app.router.add_get("/{path:.*}", self.page)
+        self.server = TestServer(app, host="127.0.0.1")
+        await self.server.start_server()
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        if self.server is not None:
+            await self.server.close()
+
+    def url(self, path: str) -> str:
+        assert self.server is not None
+        return str(self.server.make_url(path))
+
+
+@contextlib.asynccontextmanager
+async def chromium(*, dnt: bool = False, gpc: bool = False) -> AsyncIterator[BrowserContext]:
+    """A fresh headless Chromium profile; `dnt` sets the browser's own Do-Not-Track setting."""
+    with tempfile.TemporaryDirectory(prefix="beacon-chromium-") as profile:
+        if dnt:
+            # The preference behind Settings > Privacy > "Send a Do Not Track request".
+            default = Path(profile) / "Default"
+            default.mkdir()
+            (default / "Preferences").write_text(json.dumps({"enable_do_not_track": True}))
+        async with async_playwright() as playwright:
+            context = await playwright.chromium.launch_persistent_context(
+                profile,
+                executable_path=chromium_path(),
+                headless=True,
+                args=[*CHROMIUM_ARGS, *([GPC_FEATURE] if gpc else [])],
+                viewport={"width": 1280, "height": 720},
+                timeout=30_000,
+            )
+            context.set_default_timeout(15_000)
+            try:
+                yield context
+            finally:
+                await context.close()

@@ -1,0 +1,63 @@
+"""A migrated chDB store in a temp directory, filled with wire events through the Enricher."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from pathlib import Path
+from typing import Any
+
+import orjson
+
+from collector.event import SCHEMA_VERSION, uuid7
+from consumers.enrich import Enricher
+from consumers.schema import EVENTS, migrate
+from consumers.writers.chdb import ChdbWriter
+
+BROWSER = (
+    "Mozilla/5.0 (Windows NT 10.0; Win64; x64) AppleWebKit/537.36 (KHTML, like Gecko) "
+    "Chrome/120.0.6099.109 Safari/537.36"
+)
+
+
+def hour_ago_ms() -> int:
+    """A base time inside every report window."""
+    return time.time_ns() // 1_000_000 - 3_600_000
+
+
+def wire(event_type: str, at_ms: int, **fields: Any) -> dict[str, Any]:
+    """A wire event as the collector makes it (only the fields a test cares about)."""
+    return {
+        "schema_version": SCHEMA_VERSION,
+        "event_id": uuid7(at_ms),
+        "received_at": at_ms,
+        "event_type": event_type,
+        "user_agent": BROWSER,
+        "ip": "203.0.113.0",
+        **fields,
+    }
+
+
+class Store:
+    """One chDB session for a test module: events in, JSONEachRow text out."""
+
+    def __init__(self, path: Path) -> None:
+        self.writer = ChdbWriter(path)
+        asyncio.run(migrate(self.writer, retention_days=0))
+        self.enricher = Enricher()
+
+    def add(self, events: list[dict[str, Any]]) -> None:
+        body = b"".join(self.enricher.to_row(orjson.dumps(e)) + b"\n" for e in events)
+        self.writer.query_sync(
+            f"INSERT INTO {EVENTS} SETTINGS async_insert = 0 FORMAT JSONEachRow\n" + body.decode(),
+            "TSV",
+        )
+
+    def query(self, sql: str) -> str:
+        return self.writer.query_sync(sql, "JSONEachRow")
+
+    def rows(self, sql: str) -> list[dict[str, Any]]:
+        return [orjson.loads(line) for line in self.query(sql).splitlines() if line.strip()]
+
+    def close(self) -> None:
+        self.writer._close()
