@@ -4,7 +4,7 @@ VENV   ?= .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 
-.PHONY: install deps run test lint clean kafka-fetch kafka-up kafka-down up down bench bench-consumer loadtest
+.PHONY: install deps run test lint clean kafka-fetch kafka-up kafka-down up down bench bench-consumer bench-reports loadtest
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -45,6 +45,11 @@ bench: deps $(BENCH_STAMP)
 # Events per second per core from Kafka through enrichment into chDB.
 bench-consumer: deps $(BENCH_STAMP)
 	$(BIN)/python -m loadtest.bench_consumer
+
+# Report queries over EVENTS generated events (10 million), from the rollups and from raw events.
+EVENTS ?= 10000000
+bench-reports: $(STAMP)
+	$(BIN)/python -m loadtest.bench_reports --events $(EVENTS)
 
 # Locust headless for RUN_TIME against a local `beacon run`, or HOST=http://...; reports in
 # data/loadtest/.

@@ -27,6 +27,7 @@ from consumers.funnel import (
     conversions,
     conversions_sql,
     funnel_counts,
+    memo,
     plan_for,
     rows,
 )
@@ -123,6 +124,7 @@ def campaign_report(
     """The campaign's funnel, and the same figures per ad when it has ads."""
     window = window or Window.last_days(days)
     filters = Filters(site, campaign, None, verified_only)
+    query = memo(query)
     plan = plan_for(query, window, source)
     [total] = funnel_counts(query, window, filters, (), None, source, plan).values()
     by_ad = (query, window, filters, ("ad",), None, source, plan)

@@ -40,6 +40,19 @@ def rows(query: Query, sql: str) -> list[dict[str, Any]]:
     return [orjson.loads(line) for line in query(sql).splitlines() if line.strip()]
 
 
+def memo(query: Query) -> Query:
+    """`query` answering a repeated statement from memory: one report asks some twice (the
+    scanner rule's steps for the total and per ad)."""
+    answers: dict[str, str] = {}
+
+    def remembered(sql: str) -> str:
+        if sql not in answers:
+            answers[sql] = query(sql)
+        return answers[sql]
+
+    return remembered
+
+
 def plan_for(query: Query, window: Window, source: str) -> rollup_query.Plan:
     """Where the report's rows come from: raw events only, or rollups but for the days they
     cannot answer (one small query over the rollups' flags)."""

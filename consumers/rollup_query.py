@@ -170,10 +170,33 @@ def site_sql(window: Window, filters: Filters, group: str | None, plan: Plan) ->
     return grouped(select, source, keys_sql(("site",), group))
 
 
+def top_sql(
+    rollup: Rollup,
+    keys: list[str],
+    views: str,
+    select: list[str],
+    window: Window,
+    where: str,
+    plan: Plan,
+    limit: int,
+) -> str:
+    """The `limit` rows with the most `views` (ties by key), with `select` merged for those
+    alone: unique visitors are the costly part, so they are merged for the top rows only."""
+    names = ", ".join(keys)
+    ranked = grouped(
+        [f"{views} AS views"], rows_sql(rollup, window, where, plan), keys,
+        f"ORDER BY views DESC, {names} LIMIT {int(limit)}",
+    )  # fmt: skip
+    top = f"SELECT {names} FROM ({ranked})"
+    source = rows_sql(rollup, window, f"{where} AND ({names}) IN ({top})", plan)
+    return grouped(select, source, keys, f"ORDER BY pageviews DESC, {names}")
+
+
 def pages_sql(window: Window, filters: Filters, limit: int, plan: Plan) -> str:
     """The most viewed pages, with visitors and how far down their readers scrolled."""
+    views = count("event_type = 'pageview'")
     select = [
-        count("event_type = 'pageview'") + " AS pageviews",
+        views + " AS pageviews",
         "uniqExactMergeIf(visitors, event_type = 'pageview') AS unique_visitors",
         *(
             count(f"event_type = 'engagement' AND scroll_pct >= {pct}") + f" AS scroll_{pct}"
@@ -182,16 +205,14 @@ def pages_sql(window: Window, filters: Filters, limit: int, plan: Plan) -> str:
     ]
     where = filters.sql(frozenset({"site"}))
     keys = ["site", "url_host", "url_path"]
-    order = f"ORDER BY pageviews DESC, site, url_host, url_path LIMIT {int(limit)}"
-    return grouped(select, rows_sql(PAGES_DAILY, window, where, plan), keys, order)
+    return top_sql(PAGES_DAILY, keys, views, select, window, where, plan, limit)
 
 
 def referrers_sql(window: Window, filters: Filters, limit: int, plan: Plan) -> str:
     select = [count() + " AS pageviews", "uniqExactMerge(visitors) AS unique_visitors"]
     where = filters.sql(frozenset({"site"}))
-    order = f"ORDER BY pageviews DESC, site, referrer_host LIMIT {int(limit)}"
-    source = rows_sql(REFERRERS_DAILY, window, where, plan)
-    return grouped(select, source, ["site", "referrer_host"], order)
+    keys = ["site", "referrer_host"]
+    return top_sql(REFERRERS_DAILY, keys, count(), select, window, where, plan, limit)
 
 
 def orders_sql(window: Window, filters: Filters, plan: Plan) -> str:

@@ -97,7 +97,7 @@ def correction(fetch: Fetch, where: str, keys: tuple[str, ...], group: str | Non
     if not bursts:
         return []
     per: dict[tuple, dict[str, Any]] = {}
-    for row in fetch(people_events_sql(where, set(bursts), keys, group)):
+    for row in fetch(people_events_sql(where, set(bursts), group)):
         key = tuple(row[k] for k in ([group] if group else []) + list(keys))
         person = (row["message"], row["recipient"])
         counts = per.setdefault((*key, *person), {"key": key, "burst": set(), "human": set()})
@@ -130,12 +130,12 @@ WHERE event_type = 'send' AND ({where}) AND (message, recipient) IN ({listed(peo
 GROUP BY message, recipient"""
 
 
-def people_events_sql(
-    where: str, people: set[tuple[str, str]], keys: tuple[str, ...], group: str | None
-) -> str:
-    """The unflagged opens and clicks of `people` (each stored copy: counted by event id)."""
+def people_events_sql(where: str, people: set[tuple[str, str]], group: str | None) -> str:
+    """The unflagged opens and clicks of `people` (each stored copy: counted by event id),
+    with every key a report may group by: one statement for any grouping."""
     return f"""
-SELECT {inner_keys(keys, group)}e.message AS message, e.recipient AS recipient,
+SELECT {inner_keys(("site", "campaign", "ad"), group)}e.message AS message,
+       e.recipient AS recipient,
        e.event_type AS event_type, toString(e.event_id) AS event_id,
        toUnixTimestamp64Milli(e.received_at) AS t_ms
 FROM {EVENTS} AS e

@@ -30,7 +30,36 @@ from consumers.schema import EVENTS, migrate
 from consumers.views import Request, view_rows
 from consumers.writers.chdb import ChdbWriter
 
+
+def at_sql(n: str) -> str:
+    """The time of row `n`: spread over the days, busier in the afternoon than at night."""
+    day = f"({n} * {{days}} / {{events_n}})"
+    u = f"({day} - floor({day}))"
+    return (
+        f"toDateTime64(now() - INTERVAL {{days}} DAY, 3, 'UTC') + toIntervalMillisecond("
+        f"toInt64((floor({day}) + {u} - 0.07 * sin(2 * pi() * {u})) * 86400000))"
+    )
+
+
+def uuid_sql(n: str) -> str:
+    """A UUIDv7 made of row `n`'s time and number: a conversion can name the click of
+    another row."""
+    hx = (
+        f"concat(leftPad(lower(hex(toUnixTimestamp64Milli({at_sql(n)}))), 12, '0'), '7', "
+        f"leftPad(lower(hex({n} % 4096)), 3, '0'), '8', leftPad(lower(hex({n})), 15, '0'))"
+    )
+    name = f"hex_{n}"
+    spans = [f"substr(({hx}) AS {name}, 1, 8)"]
+    spans += [f"substr({name}, {a}, {b})" for a, b in ((9, 4), (13, 4), (17, 4), (21, 12))]
+    dash = ", '-', "
+    return f"toUUID(concat({dash.join(spans)}))"
+
+
 # One row per event; every choice is a hash of the row number, so a run is repeatable.
+# In each block of 10,000 rows: page views, engagement (scroll depth), sends, opens (a
+# quarter Apple MPP or bots, a tenth through Gmail's proxy), email clicks (the first three
+# a link scanner's burst), ad impressions and clicks, orders (naming a click of the block,
+# some ids repeated), custom events.
 GENERATE = """
 INSERT INTO {events} (schema_version, event_id, received_at, event_type, site, campaign,
   message, recipient, ad, url_host, url_path, referrer, props, user_agent, ip, visitor_id,
@@ -38,20 +67,15 @@ INSERT INTO {events} (schema_version, event_id, received_at, event_type, site, c
   is_bot, consent, transport)
 SELECT 2, event_id, t, kind, site, campaign, message, recipient, ad, url_host, url_path,
   referrer, props, 'Mozilla/5.0 (X11; Linux x86_64)', '203.0.113.0', visitor_id, verified,
-  if(kind = 'click', toString(event_id), ''), order_id, value, currency, machine_open,
+  multiIf(kind = 'click', toString(event_id), kind = 'conversion' AND h1 % 5 != 0,
+          toString(CLICK_UUID), ''), order_id, value, currency, machine_open,
   if(machine_open, if(is_bot, 'bot_user_agent', 'apple_mpp'), ''), mail_proxy, is_bot,
   'not_required', 'pixel'
 FROM (
   SELECT number AS n, n % 10000 AS slot, cityHash64(n, 1) AS h1, cityHash64(n, 2) AS h2,
-    -- spread over the days, busier in the afternoon than at night (a daily wave)
-    n * {days} / {events_n} AS at_day, at_day - floor(at_day) AS u,
-    toDateTime64(now() - INTERVAL {days} DAY, 3, 'UTC') + toIntervalMillisecond(toInt64(
-      (floor(at_day) + u - 0.07 * sin(2 * pi() * u)) * 86400000)) AS t,
-    -- a UUIDv7 made of the time and the row number: the click a conversion names is known
-    toUUID(concat(substr(hx, 1, 8), '-', substr(hx, 9, 4), '-', substr(hx, 13, 4), '-',
-                  substr(hx, 17, 4), '-', substr(hx, 21, 12))) AS event_id,
-    concat(leftPad(lower(hex(toUnixTimestamp64Milli(t))), 12, '0'), '7',
-           leftPad(lower(hex(n % 4096)), 3, '0'), '8', leftPad(lower(hex(n)), 15, '0')) AS hx,
+    AT_N AS t, UUID_N AS event_id,
+    -- the click an order names: an ad click of its block, or an email click
+    n - slot + if(h1 % 2 = 0, 9850 + n % 50, 9103 + n % 147) AS click_n,
     multiIf(slot < 4500, 'pageview', slot < 7500, 'engagement', slot < 8500, 'send',
             slot < 9100, 'open', slot < 9250, 'click', slot < 9850, 'impression',
             slot < 9900, 'click', slot < 9950, 'conversion', 'custom') AS kind,
@@ -81,7 +105,7 @@ FROM (
        cityHash64(toDate(t), site, cityHash64(n, 7) % {visitors_per_day}) + 1, 0) AS visitor_id,
     toUInt8(kind != 'send') AS verified,
     if(kind = 'conversion', concat('o-', toString(cityHash64(n, 9) % {orders})), '') AS order_id,
-    if(kind = 'conversion', toDecimal64((h2 % 20000) / 100, 4), toDecimal64(0, 4)) AS value,
+    if(kind = 'conversion', toDecimal64(h2 % 20000, 4) / 100, toDecimal64(0, 4)) AS value,
     if(kind = 'conversion', ['EUR', 'USD'][1 + h1 % 2], '') AS currency,
     toUInt8(kind = 'open' AND h1 % 4 = 0) AS machine_open,
     multiIf(machine_open, 'apple', kind = 'open' AND h1 % 10 = 1, 'gmail', '') AS mail_proxy,
@@ -143,7 +167,12 @@ def main() -> None:
 def run(writer: ChdbWriter, args: argparse.Namespace) -> None:
     n = args.events
     timed("migrate (events table, rollups, views)", lambda: asyncio.run(migrate(writer, 0)))
-    sql = GENERATE.format(
+    template = (
+        GENERATE.replace("AT_N", at_sql("n"))
+        .replace("UUID_N", uuid_sql("n"))
+        .replace("CLICK_UUID", uuid_sql("click_n"))
+    )
+    sql = template.format(
         events=EVENTS, days=args.days, events_n=n,
         visitors_per_day=max(10, n // 800), orders=max(10, n * 9 // 2000),
     )  # fmt: skip

@@ -7,7 +7,7 @@ from decimal import Decimal
 from typing import Any
 
 from consumers.campaign_report import money
-from consumers.funnel import Query, conversions, funnel_counts
+from consumers.funnel import Query, conversions, funnel_counts, memo
 from consumers.report_window import DAY, HOUR, Filters, Window
 from consumers.views import Request, view_rows
 
@@ -29,6 +29,7 @@ def buckets(window: Window, group: str) -> list[str]:
 def dashboard_data(query: Query, window: Window, group: str, filters: Filters) -> dict[str, Any]:
     """Series per period, the campaign table, sites, top pages and referrers, totals."""
     labels = buckets(window, group)
+    query = memo(query)
     per_period = funnel_counts(query, window, filters, (), group)
     orders = conversions(query, window, filters, (), group)
 

@@ -98,8 +98,15 @@ def kpi(key: str, label: str, value: str, note: str = "") -> str:
     )
 
 
-def table(rows: list[dict[str, Any]], columns: list[tuple[str, str]], key: str, bar: str) -> str:
-    """A table of `columns` (field, heading); the `bar` field shades its cell by share."""
+def table(
+    rows: list[dict[str, Any]],
+    columns: list[tuple[str, str]],
+    key: str,
+    bar: str,
+    blank: str = "(none)",
+) -> str:
+    """A table of `columns` (field, heading); the `bar` field shades its cell by share;
+    `blank` stands for an empty id."""
     if not rows:
         return '<p class="empty">nothing in this range</p>'
     top = max((r.get(bar) or 0 for r in rows), default=0) or 1
@@ -110,7 +117,7 @@ def table(rows: list[dict[str, Any]], columns: list[tuple[str, str]], key: str, 
         for field, _ in columns:
             share = f' class="bar" style="--w:{100 * (row.get(field) or 0) / top:.0f}%"' if (
                 field == bar) else ""  # fmt: skip
-            text = number(row.get(field)) if row.get(field) != "" else "(none)"
+            text = number(row.get(field)) if row.get(field) != "" else blank
             cells.append(f'<td data-field="{field}"{share}>{text}</td>')
         body.append(f'<tr data-{key}="{escape(str(row.get(key, "")))}">{"".join(cells)}</tr>')
     return f"<table><thead><tr>{head}</tr></thead><tbody>{''.join(body)}</tbody></table>"
@@ -151,7 +158,7 @@ def dashboard_page(data: dict[str, Any], days: int) -> str:
     referrers = table(data["referrers"], [
         ("referrer_host", "Referrer"), ("site", "Site"), ("pageviews", "Views"),
         ("unique_visitors", "Visitors"),
-    ], "referrer_host", "pageviews")  # fmt: skip
+    ], "referrer_host", "pageviews", "(direct)")  # fmt: skip
     w = data["window"]
     body = f"""
 <header><h1>Beacon</h1><span>{escape(w["start"])} to {escape(w["end"])} UTC</span>
