@@ -137,12 +137,18 @@ def overrides(args: argparse.Namespace) -> dict[str, str]:
 def banner(settings: Settings, consumer: ConsumerSettings) -> str:
     base = f"http://{settings.host}:{settings.port}"
     store = f"http://{consumer.store_host}:{consumer.store_port}"
+    dashboard = (
+        f"dashboard {store}/dashboard"
+        if consumer.dashboard_token
+        else "dashboard set BEACON_DASHBOARD_TOKEN for one at /dashboard on the store port"
+    )
     return f"""Beacon is running: collector, consumer, embedded ClickHouse in {settings.data_dir}/
   pixel    {base}/p.gif?e=open&s=demo&c=welcome&r=alice
   events   curl -H 'Content-Type: application/json' -d '{{"e":"click","s":"demo"}}' {base}/e
   report   beacon report --data-dir {settings.data_dir}
   query    curl --data 'SELECT event_type, count() FROM beacon.events GROUP BY 1' {store}/query
   metrics  {base}/metrics  {store}/metrics
+  {dashboard}
 Stop with Ctrl-C."""
 
 

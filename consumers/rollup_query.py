@@ -183,6 +183,9 @@ def top_sql(
     """The `limit` rows with the most `views` (ties by key), with `select` merged for those
     alone: unique visitors are the costly part, so they are merged for the top rows only."""
     names = ", ".join(keys)
+    if plan.raw:  # raw events: one pass (two would read them twice)
+        order = f"ORDER BY pageviews DESC, {names} LIMIT {int(limit)}"
+        return grouped(select, rows_sql(rollup, window, where, plan), keys, order)
     ranked = grouped(
         [f"{views} AS views"], rows_sql(rollup, window, where, plan), keys,
         f"ORDER BY views DESC, {names} LIMIT {int(limit)}",
@@ -220,10 +223,7 @@ def orders_sql(window: Window, filters: Filters, plan: Plan) -> str:
     names, if that click is known: last-click attribution."""
     lookback = Window(window.start - ATTRIBUTION_LOOKBACK_DAYS * DAY, window.end)
     orders = rows_sql(ORDERS, window, filters.sql(frozenset({"site", "verified"})), plan)
-    # Only the clicks some pixel names: the click map is sorted by click id, so this reads
-    # a few granules instead of every click of the last month.
-    named = f"click_id IN (SELECT finalizeAggregation(first_click_id) FROM ({orders}))"
-    clicks = rows_sql(CLICKS, lookback, named, plan)
+    clicks = rows_sql(CLICKS, lookback, "1", plan)
     return f"""
 SELECT o.site AS site, o.hour AS hour, k.click_id != '' AS attributed,
        if(attributed, k.campaign, o.campaign) AS campaign, if(attributed, k.ad, o.ad) AS ad,

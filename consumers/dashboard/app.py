@@ -31,6 +31,9 @@ COOKIE = "beacon_dashboard"
 SESSION_S = 12 * 3600
 FAILED_LOGIN_DELAY_S = 0.5  # slows guessing; a long random token is what really stops it
 QUERY_TIMEOUT_S = 60
+# Pages computed at once. Each holds a worker thread while its queries run on the loop (and,
+# for chDB, on more worker threads): without a bound, enough of them would take every thread.
+CONCURRENT_PAGES = 2
 MAX_DAYS = 400
 MAX_ID_CHARS = 256
 HEADERS = {
@@ -77,6 +80,7 @@ class Auth:
 
 AUTH = web.AppKey("dashboard_auth", Auth)
 DASHBOARD_WRITER = web.AppKey("dashboard_writer", Writer)
+SLOTS = web.AppKey("dashboard_slots", asyncio.Semaphore)
 
 
 def html(text: str, status: int = 200) -> web.Response:
@@ -106,7 +110,8 @@ async def numbers(request: web.Request, days: int, group: str, filters: Filters)
         return future.result(QUERY_TIMEOUT_S)
 
     window = Window.last_days(days, dt.datetime.now(dt.UTC))
-    return await asyncio.to_thread(dashboard_data, query, window, group, filters)
+    async with request.app[SLOTS]:
+        return await asyncio.to_thread(dashboard_data, query, window, group, filters)
 
 
 async def page(request: web.Request) -> web.Response:
@@ -173,6 +178,7 @@ def add_dashboard(app: web.Application, writer: Writer, token: str) -> None:
         return
     app[AUTH] = Auth(token)
     app[DASHBOARD_WRITER] = writer
+    app[SLOTS] = asyncio.Semaphore(CONCURRENT_PAGES)
     app.router.add_get("/dashboard", page)
     app.router.add_get("/dashboard/data.json", data_json)
     app.router.add_post("/dashboard/login", login)
