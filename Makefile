@@ -4,7 +4,7 @@ VENV   ?= .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 
-.PHONY: install deps run test lint clean kafka-fetch kafka-up kafka-down up down bench bench-consumer bench-reports loadtest
+.PHONY: install deps run test faults fuzz lint clean kafka-fetch kafka-up kafka-down up down bench bench-consumer bench-reports loadtest
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -22,11 +22,23 @@ run: $(STAMP)
 	$(BIN)/beacon run
 
 test: $(STAMP)
-	$(BIN)/pytest
+	$(BIN)/pytest --ignore=tests/faults
+
+# The fault suite (tests/faults): real Kafka, collectors and consumers killed, stopped and
+# slowed under load; prints sent vs stored per case (docs/reliability.md quotes the figures).
+faults: $(STAMP)
+	rm -f data/faults/results.jsonl
+	$(BIN)/pytest tests/faults -s -p no:cacheprovider
+
+# HTTP fuzz: FUZZ_REQUESTS malformed requests against a real `beacon serve`; prints per-status
+# counts, RSS before/after and the counters (docs/security.md quotes the figures).
+FUZZ_REQUESTS ?= 200000
+fuzz: $(STAMP)
+	$(BIN)/python -m loadtest.fuzz --requests $(FUZZ_REQUESTS)
 
 lint: $(STAMP)
-	$(BIN)/ruff check collector consumers tests
-	$(BIN)/ruff format --check collector consumers tests
+	$(BIN)/ruff check collector consumers tests loadtest
+	$(BIN)/ruff format --check collector consumers tests loadtest
 	$(BIN)/mypy
 
 # Benchmarks and load tests: the `bench` extra (FastAPI, uvicorn, matplotlib, locust, py-spy).

@@ -8,15 +8,19 @@ from aiohttp import web
 
 from collector.buffer import EventBuffer
 from collector.handlers import MAX_BODY_BYTES, Collector
+from collector.limits import body_guard
 from collector.metrics import CollectorMetrics
 from collector.privacy import VisitorHasher
+from collector.ratelimit import rate_limit_middlewares
 from collector.redirect import PATH as CLICK_PATH
 from collector.redirect import ClickRedirect
 from collector.settings import Settings
 from collector.signing import SignatureGate, load_keyring
 from collector.sinks import Sink
+from collector.sinks.kafka import KafkaSink
 from collector.snippet import PATH as SNIPPET_PATH
 from collector.snippet import SnippetHandler
+from collector.wal import make_wal
 
 COLLECTOR = web.AppKey("collector", Collector)
 
@@ -34,6 +38,10 @@ def create_app(settings: Settings, sink: Sink, metrics: CollectorMetrics) -> web
         max_events=settings.buffer_max_events,
         linger_ms=settings.linger_ms,
         flush_interval_ms=settings.flush_interval_ms,
+        # With Kafka, a closed log segment wakes the replay that ships it (less latency).
+        wal=make_wal(
+            settings, metrics, sink.replayer.wake if isinstance(sink, KafkaSink) else None
+        ),
     )
     keyring = load_keyring(settings.signing_keys, settings.signing_key_file)
     gate = SignatureGate(keyring, settings.signature_policy, metrics)
@@ -42,10 +50,13 @@ def create_app(settings: Settings, sink: Sink, metrics: CollectorMetrics) -> web
     clicks = ClickRedirect(collector, keyring)
 
     # aiohttp enforces this while reading the body, also for chunked uploads without a length.
-    app = web.Application(client_max_size=MAX_BODY_BYTES)
+    app = web.Application(
+        client_max_size=MAX_BODY_BYTES,
+        middlewares=rate_limit_middlewares(settings, collector.client_ip, metrics),  # [] when off
+    )
     app[COLLECTOR] = collector
     app.router.add_get("/p.gif", collector.pixel)  # add_get answers HEAD too
-    app.router.add_post("/e", collector.events)
+    app.router.add_post("/e", body_guard(collector.events, settings.body_timeout_ms, metrics))
     app.router.add_route("OPTIONS", "/e", collector.preflight)
     app.router.add_get(CLICK_PATH, clicks.click)  # signed click redirects (HEAD: no event)
     app.router.add_get(SNIPPET_PATH, SnippetHandler(metrics).script)  # the web snippet, t.js

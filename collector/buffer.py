@@ -1,7 +1,9 @@
 """The in-memory event buffer between the request handlers and the sink.
 
 Handlers only append bytes to a list; one pump task swaps the list out every `linger_ms`
-and hands it to the sink, so no request ever waits on disk or network.
+and hands it to the sink, so no request ever waits on disk or network. With a write-ahead log
+(BEACON_DURABILITY=wal, collector/wal.py) the event goes to the spool file instead, before the
+answer, and the pump only ages, fsyncs and recounts the log; the sink gets it from the spool.
 """
 
 from __future__ import annotations
@@ -13,6 +15,7 @@ import time
 
 from collector.metrics import CollectorMetrics
 from collector.sinks import Sink
+from collector.wal import WriteAheadLog
 
 log = logging.getLogger("beacon.buffer")
 
@@ -28,8 +31,10 @@ class EventBuffer:
         max_events: int,
         linger_ms: int,
         flush_interval_ms: int,
+        wal: WriteAheadLog | None = None,
     ) -> None:
         self.sink = sink
+        self.wal = wal
         self.metrics = metrics
         self.max_events = max_events
         self.linger_s = linger_ms / 1000
@@ -42,7 +47,9 @@ class EventBuffer:
         return len(self._events)
 
     def offer(self, event: bytes) -> bool:
-        """Append one event; False (and counted) when the buffer is full."""
+        """Append one event; False (and counted) when the buffer (or the log) is full."""
+        if self.wal is not None:
+            return self.wal.append(event)
         if len(self._events) >= self.max_events:
             self.metrics.events_dropped.labels("buffer_full").inc()
             return False
@@ -69,16 +76,26 @@ class EventBuffer:
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self._stop.wait(), self.linger_s)
             self.metrics.buffer_events.set(len(self._events))
-            await self._drain_once()
-            if time.monotonic() - last_flush >= self.flush_interval_s:
-                await self.sink.flush()
-                last_flush = time.monotonic()
+            try:
+                if self.wal is not None:
+                    await self.wal.tick()
+                await self._drain_once()
+                if time.monotonic() - last_flush >= self.flush_interval_s:
+                    last_flush = time.monotonic()
+                    if self.wal is not None:
+                        await self.wal.sync()
+                        await self.wal.rescan()
+                    await self.sink.flush()
+            except Exception:  # a disk error must not stop the pump: the next tick retries
+                log.exception("buffer pump step failed")
 
     async def close(self) -> None:
         """Stop the pump after its current batch, hand the rest to the sink, flush and close it."""
         self._stop.set()
         if self._task is not None:
             await self._task
+        if self.wal is not None:
+            await self.wal.close()  # the last segment is closed, so the sink can ship it
         await self._drain_once()
         await self.sink.flush()
         await self.sink.close()

@@ -16,9 +16,10 @@ class SettingsError(ValueError):
     """A setting is missing or malformed; the message names the variable."""
 
 
-def setting(default: Any, help: str, **meta: Any) -> Any:
-    """A dataclass field with its help text and checks (`choices`, `min`) as metadata."""
-    return dataclasses.field(default=default, metadata={"help": help, **meta})
+def setting(default: Any, help: str, *, secret: bool = False, **meta: Any) -> Any:
+    """A dataclass field with its help text and checks (`choices`, `min`) as metadata;
+    `secret` keeps the value out of repr, so out of logs and tracebacks."""
+    return dataclasses.field(default=default, repr=not secret, metadata={"help": help, **meta})
 
 
 def _convert(name: str, raw: str, kind: Any) -> Any:

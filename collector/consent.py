@@ -146,6 +146,7 @@ class VisitorIds:
         request: web.Request,
         site: str,
         full_ip: str,
+        user_agent: str,
         received_ms: int,
         consented: bool,
         notes: list[str],
@@ -165,7 +166,6 @@ class VisitorIds:
             if issued is not None:
                 issued.append(self.cookie.new_id())
                 return issued[0]
-        user_agent = request.headers.get("User-Agent", "")
         return self.hasher.visitor_id(site, full_ip, user_agent, received_ms)
 
     def with_cookie(self, response: web.Response, issued: list[int]) -> web.Response:

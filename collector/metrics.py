@@ -154,3 +154,35 @@ class CollectorMetrics:
             ["reason"],
             registry=registry,
         )
+
+        # -- write-ahead log --
+        self.wal_events = Counter(
+            "beacon_wal_events",
+            "Events written to the write-ahead log (BEACON_DURABILITY=wal) before their answer.",
+            registry=registry,
+        )
+        self.wal_segments = Counter(
+            "beacon_wal_segments",
+            "Write-ahead log segments closed (then replayed to Kafka or read by the consumer).",
+            registry=registry,
+        )
+
+        # -- limits --
+        self.bad_requests = Counter(
+            "beacon_bad_requests",
+            "Requests refused by the HTTP parser with a 400, by reason (line_too_long, ...).",
+            ["reason"],
+            registry=registry,
+        )
+        self.connections_timed_out = Counter(
+            "beacon_connections_timed_out",
+            "Connections closed because a request head or body came too slowly, by phase.",
+            ["phase"],
+            registry=registry,
+        )
+        self.rate_limited = Counter(
+            "beacon_rate_limited",
+            "Requests over the per-IP rate limit (pixels: served, not recorded), by endpoint.",
+            ["endpoint"],
+            registry=registry,
+        )

@@ -5,17 +5,42 @@ from __future__ import annotations
 import hashlib
 import hmac
 import ipaddress
+import re
 from collections.abc import Mapping
 
 MS_PER_DAY = 86_400_000
 # Events nobody chose to send: dropped for DNT/GPC under the default policy.
 PASSIVE_EVENT_TYPES = frozenset({"pageview", "open", "impression", "engagement"})
+IPV4_OCTET = r"(?:25[0-5]|2[0-4][0-9]|1[0-9][0-9]|[1-9]?[0-9])"
+IPV4_RE = re.compile(rf"{IPV4_OCTET}(?:\.{IPV4_OCTET}){{3}}")
+
+
+def ipv4_text(text: str) -> bool:
+    """True when `text` is a dotted-quad IPv4 address exactly as `ipaddress` would print it.
+
+    Four ASCII decimal octets, each 0-255 without a leading zero (`ipaddress` refuses those
+    too: "010" is octal to some parsers). With it an IPv4 truncation costs ~0.6 us against
+    ~8 us through `ipaddress`, and almost all traffic is IPv4.
+    """
+    return IPV4_RE.fullmatch(text) is not None
+
+
+def normalise_ip(text: str) -> str:
+    """`text` as `str(ipaddress.ip_address(text))`, or "" when it is no IP address."""
+    if ipv4_text(text):
+        return text  # already the canonical form
+    try:
+        return str(ipaddress.ip_address(text))
+    except ValueError:
+        return ""
 
 
 def anonymise_ip(ip: str, mode: str) -> str:
     """The client IP as stored: truncated to /24 (IPv4) or /48 (IPv6), whole, or empty."""
     if mode == "drop" or not ip:
         return ""
+    if ipv4_text(ip):
+        return ip if mode == "full" else ip[: ip.rindex(".")] + ".0"
     try:
         addr = ipaddress.ip_address(ip)
     except ValueError:
@@ -50,7 +75,8 @@ class VisitorHasher:
 
     def visitor_id(self, site: str, ip: str, user_agent: str, now_ms: int) -> int:
         key = self.day_key(now_ms // MS_PER_DAY)
-        data = b"\0".join((site.encode(), ip.encode(), user_agent.encode("utf-8", "replace")))
+        # One encode of one joined string: the same bytes as joining three encodes.
+        data = f"{site}\0{ip}\0{user_agent}".encode("utf-8", "replace")
         digest = hashlib.blake2b(data, key=key, digest_size=8).digest()
         return int.from_bytes(digest, "big")
 

@@ -26,6 +26,7 @@ MAX_DESTINATION_CHARS = 2000
 # browsers repair or reinterpret (backslashes, tabs, CR/LF, missing slashes, spaces, non-ASCII
 # look-alikes such as U+3002 or U+FF0F) is refused rather than normalised, since any normalisation
 # here that differs from the browser's is exactly what the known bypasses exploit.
+PORT_SUFFIX_RE = re.compile(r"^:\d*$")
 SCHEME_RE = re.compile(r"^https?://", re.IGNORECASE)
 PRINTABLE_ASCII_RE = re.compile(r"^[\x21-\x7e]+$")
 HOST_RE = re.compile(
@@ -75,7 +76,10 @@ def check_destination(url: str) -> str:
 def host_of(netloc: str) -> str:
     """The host part of an authority without userinfo: drop the port, keep IPv6 brackets."""
     if netloc.startswith("["):
-        return netloc.partition("]")[0] + "]"
+        host, _, rest = netloc.partition("]")
+        if rest and not PORT_SUFFIX_RE.match(rest):
+            return ""  # "[::1]=": urlsplit takes no port from it, browsers refuse the URL
+        return host + "]"
     return netloc.partition(":")[0]
 
 

@@ -11,10 +11,16 @@ from __future__ import annotations
 import re
 from typing import Any
 
+import orjson
+
 # C0 controls, DEL, C1 controls, and the Unicode line and paragraph separators, which JSON
 # readers, JavaScript and some log viewers take for line breaks.
 CONTROL_RE = re.compile("[\x00-\x1f\x7f-\x9f\u2028\u2029]")
 NOTE = "control_chars"
+# aiohttp decodes header bytes that are not UTF-8 with surrogateescape: they reach a row as
+# lone surrogates, which no JSON encoder takes. Each becomes U+FFFD, as a browser shows it.
+SURROGATE_RE = re.compile("[\ud800-\udfff]")
+SURROGATE_NOTE = "invalid_utf8"
 
 
 def clean(text: str) -> str:
@@ -59,3 +65,27 @@ def scrub_event(row: dict[str, Any], notes: list[str]) -> bool:
     if fixed:
         notes.append(NOTE)
     return fixed
+
+
+def serialise(row: dict[str, Any], notes: list[str]) -> bytes:
+    """The row's JSON, with control characters removed and invalid UTF-8 replaced (noted)."""
+    try:
+        blob = orjson.dumps(row)
+    except TypeError:  # rare, so the common path pays nothing for it
+        replace_surrogates(row, notes)
+        blob = orjson.dumps(row)
+    if may_hold_controls(blob) and scrub_event(row, notes):
+        blob = orjson.dumps(row)
+    return blob
+
+
+def replace_surrogates(row: dict[str, Any], notes: list[str]) -> None:
+    """Lone surrogates in the row's strings (and props) become U+FFFD, in place; noted once."""
+    for key, value in row.items():
+        if type(value) is str:
+            row[key] = SURROGATE_RE.sub("\ufffd", value)
+    if props := row.get("props"):
+        row["props"] = {
+            SURROGATE_RE.sub("\ufffd", k): SURROGATE_RE.sub("\ufffd", v) for k, v in props.items()
+        }
+    notes.append(SURROGATE_NOTE)

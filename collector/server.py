@@ -13,6 +13,7 @@ from aiohttp import web
 from prometheus_client import CollectorRegistry
 
 from collector.app import COLLECTOR, create_app
+from collector.limits import GuardedSite, handler_options
 from collector.metrics import CollectorMetrics
 from collector.settings import Settings
 from collector.sinks import Sink
@@ -74,9 +75,18 @@ async def serve(settings: Settings, multiprocess_dir: Path | None = None) -> Non
     settings = resolve_secret(settings)
     metrics = CollectorMetrics(CollectorRegistry(), multiprocess_dir)
     app = create_app(settings, make_sink(settings, metrics), metrics)
-    runner = web.AppRunner(app, access_log=None, handle_signals=False)
+    runner = web.AppRunner(
+        app, access_log=None, handle_signals=False, **handler_options(settings, metrics)
+    )
     await runner.setup()
-    site = web.TCPSite(runner, settings.host, settings.port, reuse_port=True)
+    site = GuardedSite(
+        runner,
+        settings.host,
+        settings.port,
+        reuse_port=True,
+        header_timeout_s=settings.header_timeout_ms / 1000,
+        metrics=metrics,
+    )
     await site.start()
     metrics.workers.set(1)
     metrics.worker_starts.inc()

@@ -55,7 +55,12 @@ class Settings:
     )
     forwarded_header: str = setting("", "trusted proxy header with the client IP (X-Forwarded-For)")
     url_query_keep: tuple[str, ...] = setting((), "page URL query keys kept besides utm_*")
-    secret: str = setting("", "visitor-id key material; default: a random one kept in data_dir")
+    # Key material: kept out of repr, so out of logs and tracebacks.
+    secret: str = dataclasses.field(
+        default="",
+        repr=False,
+        metadata={"help": "visitor-id key material; default: a random one kept in data_dir"},
+    )
     buffer_max_events: int = setting(
         100_000, "events held in memory before new ones are dropped", min=1
     )
@@ -68,6 +73,11 @@ class Settings:
     spool_segment_max_age_ms: int = setting(1000, "spool segment rotated at this age", min=1)
     spool_max_bytes: int = setting(
         1 << 30, "total spool size; events beyond it are dropped", min=1024
+    )
+    durability: str = setting(
+        "memory",
+        "memory: events wait in memory for the sink; wal: each is on disk before the answer",
+        choices=("memory", "wal"),
     )
 
     kafka_bootstrap: str = setting("", "Kafka bootstrap servers (host:port,...); empty: no Kafka")
@@ -110,9 +120,29 @@ class Settings:
         "", "base URL in tracking links `beacon url` prints; default http://HOST:PORT"
     )
 
+    # Limits against slow and flooding clients (collector/limits.py, collector/ratelimit.py).
+    header_timeout_ms: int = setting(
+        10_000, "a request head must arrive within this (slowloris); 0: no limit", min=0
+    )
+    body_timeout_ms: int = setting(
+        10_000, "a POST /e body must arrive within this after its head; 0: no limit", min=0
+    )
+    keepalive_timeout_ms: int = setting(
+        75_000, "an idle keep-alive connection is closed after this", min=1
+    )
+    rate_limit_per_s: float = setting(
+        0.0, "requests per second per client IP (token bucket); 0: no rate limit", min=0
+    )
+    rate_limit_burst: int = setting(20, "requests a client IP may send at once", min=1)
+
     def __post_init__(self) -> None:
         if self.sink == "kafka" and not self.kafka_bootstrap:
             raise SettingsError(f"{PREFIX}SINK=kafka needs {PREFIX}KAFKA_BOOTSTRAP")
+        if self.durability == "wal" and self.sink == "memory":
+            # The write-ahead log is the spool: a memory sink has none to write ahead to.
+            raise SettingsError(
+                f"{PREFIX}DURABILITY=wal needs a spool: {PREFIX}SINK=memory has none"
+            )
         from collector.consent import COOKIE_DOMAIN_RE, COOKIE_NAME_RE
 
         # Both go into a Set-Cookie header as they are.

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import re
+from typing import Any
 
 import orjson
 
@@ -12,6 +13,7 @@ from consumers.useragent import UserAgentParser
 
 # What collector.event writes into the Decimal(18, 4) column: digits, at most 4 decimals.
 VALUE_RE = re.compile(r"^\d{1,14}(?:\.\d{1,4})?$")
+UUID_RE = re.compile(r"^[0-9a-fA-F]{8}-(?:[0-9a-fA-F]{4}-){3}[0-9a-fA-F]{12}$")
 
 
 class BadRow(Exception):
@@ -22,7 +24,7 @@ class BadRow(Exception):
         self.reason = reason
 
 
-def decode(line: bytes) -> dict:
+def decode(line: bytes) -> dict[str, Any]:
     """Parse and check one wire event; raises BadRow."""
     try:
         event = orjson.loads(line)
@@ -30,6 +32,9 @@ def decode(line: bytes) -> dict:
         raise BadRow("malformed_json") from None
     if not isinstance(event, dict) or "event_id" not in event:
         raise BadRow("not_an_event")
+    event_id = event["event_id"]
+    if not (isinstance(event_id, str) and UUID_RE.match(event_id)):
+        raise BadRow("bad_event_id")  # the UUID column would refuse the whole insert
     # Older versions only lack fields; their columns read the defaults.
     if event.get("schema_version", 0) > SCHEMA_VERSION:
         raise BadRow("unknown_schema_version")
@@ -46,7 +51,7 @@ def decode(line: bytes) -> dict:
 
 
 class Enricher:
-    """Wire event -> JSONEachRow line for beacon.events, with what the consumer adds.
+    """Wire event -> row of beacon.events, with what the consumer adds.
 
     One per consumer process (it holds the UA cache, which is why it is not a function):
     `ua_cache_max_entries` at least the rows of a batch parses each distinct UA once a batch.
@@ -55,11 +60,11 @@ class Enricher:
     def __init__(self, ua_cache_max_entries: int = 10_000) -> None:
         self.user_agents = UserAgentParser(ua_cache_max_entries)
 
-    def to_row(self, line: bytes) -> bytes:
+    def enrich(self, line: bytes) -> dict[str, Any]:
+        """Wire event -> the row of beacon.events as a dict; `received_at` stays in ms."""
         event = decode(line)
-        # ClickHouse reads a DateTime64 number as seconds; the wire carries milliseconds.
-        event["received_at"] = event["received_at"] / 1000
-        ua = self.user_agents(event.get("user_agent", ""))
+        user_agent = event.get("user_agent", "")
+        ua = self.user_agents(user_agent)
         # Column names of schema migration 2 (consumers/schema.py).
         event["browser"] = ua.browser
         event["browser_version"] = ua.browser_version
@@ -68,8 +73,18 @@ class Enricher:
         event["is_bot"] = ua.is_bot
         if event.get("event_type") == "open":
             # Column names of schema migration 3; the rules are in consumers/machine_opens.py.
-            kind = classify_open(event.get("user_agent", ""), str(event.get("ip", "")), ua.is_bot)
+            kind = classify_open(user_agent, str(event.get("ip", "")), ua.is_bot)
             event["machine_open"] = kind.machine_open
             event["machine_reason"] = kind.machine_reason
             event["mail_proxy"] = kind.mail_proxy
-        return orjson.dumps(event)
+        return event
+
+    def to_row(self, line: bytes) -> bytes:
+        """Wire event -> one JSONEachRow line (without its newline)."""
+        return orjson.dumps(json_row(self.enrich(line)))
+
+
+def json_row(event: dict[str, Any]) -> dict[str, Any]:
+    """An enriched event for JSONEachRow: ClickHouse reads a DateTime64 number as seconds,
+    the wire carries milliseconds."""
+    return {**event, "received_at": event["received_at"] / 1000}

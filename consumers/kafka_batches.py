@@ -28,6 +28,7 @@ from dataclasses import dataclass, field
 from aiokafka import ConsumerRecord, TopicPartition
 
 from consumers.enrich import BadRow, Enricher
+from consumers.writers.event_rows import EventRows
 
 TOKEN_TOPIC_MAX_CHARS = 120  # leaves room for partition and offsets in TOKEN_RE's 200
 INFLIGHT_RE = re.compile(r"^beacon-inflight:(\d+)-(\d+)$")
@@ -54,7 +55,7 @@ class Batch:
     tp: TopicPartition
     records: list[ConsumerRecord]
     replay: bool = False  # formed again from a recorded in-flight range
-    rows: bytes = b""  # the enriched JSONEachRow body of the good records
+    rows: EventRows | None = None  # the enriched good records
     good: int = 0
     rejects: list[tuple[ConsumerRecord, str]] = field(default_factory=list)
     prepared: bool = False
@@ -64,16 +65,20 @@ class Batch:
 
     def prepare(self, enricher: Enricher) -> None:
         """Enrich every record once: good ones into `rows`, the others into `rejects`."""
-        body = bytearray()
+        events = []
+        kept = []
         for record in self.records:
             try:
-                body += enricher.to_row(record.value or b"")
+                events.append(enricher.enrich(record.value or b""))
             except BadRow as exc:
                 self.rejects.append((record, exc.reason))
                 continue
-            body += b"\n"
-            self.good += 1
-        self.rows = bytes(body)
+            kept.append(record)
+        self.rows, unfit = EventRows.build(events)
+        if unfit:
+            self.rejects += [(kept[i], reason) for i, reason in unfit]
+            self.rejects.sort(key=lambda reject: reject[0].offset)
+        self.good = len(self.rows)
         self.prepared = True
         # A replay was marked by the reader before us; a batch without rows needs no token.
         self.marked = self.replay or self.good == 0

@@ -208,7 +208,7 @@ class KafkaPipeline:
     async def _insert(self, parts: list[PartitionBuffer]) -> list[PartitionBuffer]:
         async def one(part: PartitionBuffer) -> bool:
             batch = part.flight
-            if batch.stored or batch.good == 0:
+            if batch.stored or batch.rows is None or batch.good == 0:
                 return True
             started = time.perf_counter()
             try:

@@ -68,7 +68,10 @@ def rule_bot_user_agent(is_bot: int) -> OpenClass | None:
 
 
 def in_apple_network(ip: str) -> bool:
-    if not ip:
+    # An address of 17.0.0.0/8 is written "17." and three more octets (ip_address refuses
+    # leading zeros and spaces; IPv4-mapped IPv6 is not in an IPv4 network): the prefix test
+    # answers every other open without parsing it, which took ~40% of enriching an open.
+    if not ip.startswith("17."):
         return False
     try:
         return ipaddress.ip_address(ip) in APPLE_NETWORK

@@ -13,6 +13,7 @@ from consumers.schema import EVENTS
 from consumers.settings import ConsumerSettings
 from consumers.sources.spool import Range, SpoolSource, token_for
 from consumers.writers import StoreError, Writer
+from consumers.writers.event_rows import EventRows
 
 log = logging.getLogger("beacon.consumer")
 
@@ -80,26 +81,29 @@ class SpoolPipeline:
                 with contextlib.suppress(TimeoutError):
                     await asyncio.wait_for(stop.wait(), self.poll_s)
 
+    def reject(self, reason: str, ranges: list[Range]) -> None:
+        self.metrics.rows_rejected.labels(reason).inc()
+        log.warning("spool row rejected (%s) in %s", reason, ranges[0].segment)
+
     async def _insert(self, lines: list[bytes], ranges: list[Range], stop: asyncio.Event) -> bool:
         """Insert one batch, retrying with backoff; False if told to stop before it landed."""
         await asyncio.to_thread(self.source.begin, ranges)  # an fsync: not on the loop
-        body = bytearray()
-        good = 0
+        events = []
         for line in lines:
             try:
-                body += self.enricher.to_row(line)
+                events.append(self.enricher.enrich(line))
             except BadRow as exc:
-                self.metrics.rows_rejected.labels(exc.reason).inc()
-                log.warning("spool row rejected (%s) in %s", exc.reason, ranges[0].segment)
-                continue
-            body += b"\n"
-            good += 1
+                self.reject(exc.reason, ranges)
+        rows, unfit = EventRows.build(events)
+        for _, reason in unfit:
+            self.reject(reason, ranges)
+        good = len(rows)
         token = token_for(ranges)
         delay_s = 0.1
         while good:
             started = time.perf_counter()
             try:
-                await self.writer.insert(EVENTS, bytes(body), token)
+                await self.writer.insert(EVENTS, rows, token)
             except StoreError as exc:
                 self.metrics.inserts.labels("error").inc()
                 log.warning("insert failed, retrying in %.1fs: %s", delay_s, str(exc)[:300])

@@ -1,8 +1,9 @@
 """The store owner's local query port: chDB allows one process per data directory, so
 `beacon report` and friends ask the process that has it open.
 
-Listens on loopback only and runs read-only statements only; the one write is POST /erase,
-a data subject request that names a field and a value, never SQL (consumers/erasure.py).
+Runs read-only statements only, for loopback clients that name a loopback host (the port may
+listen wider so Prometheus can scrape /metrics); the one write is POST /erase, a data subject
+request that names a field and a value, never SQL (consumers/erasure.py).
 GET /dashboard is the read-only dashboard, behind its token (consumers/dashboard/).
 """
 
@@ -31,24 +32,37 @@ WRITER = web.AppKey("writer", Writer)
 REGISTRY = web.AppKey("registry", CollectorRegistry)
 AUDIT_PATH = web.AppKey("audit_path", Path)
 ERASE_REQUESTS = web.AppKey("erase_requests", Counter)
+QUERY_REQUESTS = web.AppKey("query_requests", Counter)
 LOCAL_HOSTS = frozenset({"127.0.0.1", "localhost", "[::1]"})
 ERASE_KEYS = frozenset({"field", "value", "by"})
 
 
 async def query(request: web.Request) -> web.Response:
+    """POST /query?format=F with one read-only statement as the body."""
+    outcome, response = await _query(request)
+    request.app[QUERY_REQUESTS].labels(outcome).inc()
+    return response
+
+
+async def _query(request: web.Request) -> tuple[str, web.Response]:
+    # Every event is readable here: a page the browser loads from a rebound name, or a
+    # neighbour on the network when the port listens wider, must not get in.
+    if not is_local(request):
+        return "not_local", web.json_response({"error": "loopback_only"}, status=403)
     fmt = request.query.get("format", "JSONEachRow")
     if not FORMAT_RE.match(fmt):
-        return web.json_response({"error": "bad_format"}, status=400)
+        return "bad_request", web.json_response({"error": "bad_format"}, status=400)
     sql = (await request.read()).decode("utf-8", "replace")
     if ";" in sql.rstrip().rstrip(";") or not READ_ONLY_RE.match(sql):
-        return web.json_response(
+        return "not_read_only", web.json_response(
             {"error": "read_only", "detail": "one SELECT-like statement"}, status=403
         )
     try:
         out = await request.app[WRITER].query(sql, fmt)
     except StoreError as exc:
-        return web.json_response({"error": "query_failed", "detail": str(exc)[:2000]}, status=400)
-    return web.Response(text=out, content_type="text/plain")
+        answer = {"error": "query_failed", "detail": str(exc)[:2000]}
+        return "failed", web.json_response(answer, status=400)
+    return "ok", web.Response(text=out, content_type="text/plain")
 
 
 def is_local(request: web.Request) -> bool:
@@ -129,6 +143,12 @@ def create_query_app(
     app = web.Application(client_max_size=MAX_SQL_BYTES)
     app[WRITER] = writer
     app[REGISTRY] = registry
+    app[QUERY_REQUESTS] = Counter(
+        "beacon_store_queries",
+        "POST /query requests by outcome (ok, not_local, not_read_only, bad_request, failed).",
+        ["outcome"],
+        registry=registry,
+    )
     app.router.add_post("/query", query)
     if audit_path is not None:
         app[AUDIT_PATH] = audit_path

@@ -35,7 +35,7 @@ def run_query(settings: ConsumerSettings, sql: str, fmt: str = "JSONEachRow") ->
     with none running, open that store here."""
     if settings.clickhouse_url:
         return asyncio.run(query_server(settings, sql, fmt))
-    url = f"http://{settings.store_host}:{settings.store_port}/query?format={fmt}"
+    url = f"{settings.store_url}/query?format={fmt}"
     try:
         with urllib.request.urlopen(
             urllib.request.Request(url, data=sql.encode()), timeout=30

@@ -11,6 +11,10 @@ from collector.config import from_mapping, setting
 PREFIX = "BEACON_"
 
 
+# A listen address is not an address to call.
+WILDCARD_HOSTS = frozenset({"", "0.0.0.0", "::", "[::]"})
+
+
 @dataclass(frozen=True, slots=True)
 class ConsumerSettings:
     """Everything a consumer process needs; read once in __main__."""
@@ -34,7 +38,9 @@ class ConsumerSettings:
     )
 
     dashboard_token: str = setting(
-        "", "token for the dashboard page (a long random string); empty: no dashboard"
+        "",
+        "token for the dashboard page (a long random string); empty: no dashboard",
+        secret=True,
     )
     dashboard_host: str = setting("127.0.0.1", "`beacon dashboard`: address to listen on")
     dashboard_port: int = setting(8125, "`beacon dashboard`: port to listen on", min=0)
@@ -46,7 +52,7 @@ class ConsumerSettings:
     kafka_max_records: int = setting(5000, "records per getmany() at most", min=1)
     clickhouse_url: str = setting("", "ClickHouse HTTP URL; empty: the embedded store (chDB)")
     clickhouse_user: str = setting("default", "ClickHouse user")
-    clickhouse_password: str = setting("", "ClickHouse password")
+    clickhouse_password: str = setting("", "ClickHouse password", secret=True)
 
     @classmethod
     def from_env(cls, env: Mapping[str, str]) -> ConsumerSettings:
@@ -66,6 +72,15 @@ class ConsumerSettings:
         if self.audit_log is None or self.audit_log == Path(""):  # unset, or set to ""
             return self.data_dir / "audit.log"
         return self.audit_log
+
+    @property
+    def store_url(self) -> str:
+        """Where local clients call the store port: a listen-anywhere address answers on
+        loopback, and the port serves loopback callers only (consumers/query_server.py)."""
+        host = "127.0.0.1" if self.store_host in WILDCARD_HOSTS else self.store_host
+        if ":" in host and not host.startswith("["):
+            host = f"[{host}]"
+        return f"http://{host}:{self.store_port}"
 
     @property
     def checkpoint_path(self) -> Path:

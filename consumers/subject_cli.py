@@ -22,9 +22,6 @@ from consumers.report import StoreUnavailable, run_query
 from consumers.settings import ConsumerSettings
 from consumers.writers import StoreError, Writer
 
-# A listen address is not an address to call: the port answers on loopback.
-WILDCARD_HOSTS = frozenset({"", "0.0.0.0", "::", "[::]"})
-
 
 def add_arguments(sub: argparse.ArgumentParser, action: str) -> None:
     """The request's subject: exactly one of the ids (`--site` for erase only)."""
@@ -56,12 +53,9 @@ async def _erase_with(writer: Writer, field: str, value: str) -> int:
 def _erase_at_store_port(settings: ConsumerSettings, field: str, value: str) -> int | None:
     """Rows erased by the process owning the store (it writes the audit line); None if no
     process answers."""
-    host = "127.0.0.1" if settings.store_host in WILDCARD_HOSTS else settings.store_host
-    if ":" in host and not host.startswith("["):
-        host = f"[{host}]"
     body = orjson.dumps({"field": field, "value": value, "by": erasure.actor()})
     request = urllib.request.Request(
-        f"http://{host}:{settings.store_port}/erase",
+        f"{settings.store_url}/erase",
         data=body,
         headers={"Content-Type": "application/json"},
     )

@@ -1,6 +1,7 @@
 """Consumer throughput: events per second per core, Kafka -> enrichment -> chDB.
 
     python -m loadtest.bench_consumer [--events 300000] [--source kafka|spool] [--cpu 0]
+    python -m loadtest.bench_consumer --insert-only [--events 60000]
 
 Fills a fresh topic (or spool) with realistic events first (bench_enrich's user-agent mix),
 then runs the real pipeline of `beacon consume` (KafkaPipeline or SpoolPipeline, Enricher,
@@ -8,6 +9,10 @@ ChdbWriter) in this process, pinned to one CPU with chDB's threads, until every 
 ClickHouse. The broker and the producer run on the other CPU. Reports events per wall second
 between the first read and the last insert (on one CPU: per core), and events per CPU second
 of this process (user + system, chDB's threads included).
+
+--insert-only measures chDB alone, on one CPU, for rows already enriched: CPU per row of an
+insert as JSONEachRow and as Arrow columns, alternately, with the rollup views, without them,
+and into a Null table (parsing only): what bounds the pipeline whatever Python costs.
 """
 
 from __future__ import annotations
@@ -168,6 +173,47 @@ async def consume(opts: argparse.Namespace, workdir: Path, bootstrap: str, topic
             "stored": stored}  # fmt: skip
 
 
+def insert_only(opts: argparse.Namespace, workdir: Path) -> None:
+    from consumers.enrich import Enricher
+    from consumers.schema import migrate
+    from consumers.writers.chdb import ChdbWriter
+    from consumers.writers.event_rows import EventRows
+
+    writer = ChdbWriter(workdir / "store")
+    asyncio.run(migrate(writer, 0))
+    enricher = Enricher()
+    parts = [opts.lines[i : i + opts.batch_rows] for i in range(0, opts.events, opts.batch_rows)]
+    bodies = [b"".join(enricher.to_row(x) + b"\n" for x in part) for part in parts]
+    columns = [EventRows.build([enricher.enrich(x) for x in part])[0] for part in parts]
+    tokens = iter(range(1 << 62))
+
+    def cpu_us_per_row(table: str, batches: list[Any]) -> float:
+        started = cpu_seconds()
+        for batch in batches:
+            asyncio.run(writer.insert(table, batch, f"bench-{next(tokens)}"))
+        return (cpu_seconds() - started) / opts.events * 1e6
+
+    views = writer.query_sync(
+        "SELECT name FROM system.tables WHERE database = 'beacon' AND engine = 'MaterializedView'",
+        "TSV",
+    ).split()
+    print(f"chDB alone, {opts.events:,} enriched rows in inserts of {opts.batch_rows:,}, "
+          "CPU us per row (process: chDB's threads included), JSONEachRow | Arrow:")  # fmt: skip
+    for stage in ("views", "no_views", "null"):
+        if stage == "no_views":
+            for view in views:  # dropped after the runs with them
+                writer.query_sync(f"DROP VIEW beacon.{view}", "TSV")
+        if stage == "null":
+            writer.query_sync("CREATE TABLE beacon.events_null AS beacon.events ENGINE = Null")
+        # ChdbWriter's own inserts, token and all; a Null table only parses what it gets.
+        table = "beacon.events_null" if stage == "null" else "beacon.events"
+        for _ in range(opts.rounds):
+            json_us = cpu_us_per_row(table, bodies)
+            arrow_us = cpu_us_per_row(table, columns)
+            print(f"  {stage:<10} {json_us:7.2f} | {arrow_us:7.2f}", flush=True)
+    asyncio.run(writer.close())
+
+
 def main() -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--events", type=int, default=300_000)
@@ -179,6 +225,8 @@ def main() -> int:
     p.add_argument("--cpu", type=int, default=0, help="the consumer's CPU")
     p.add_argument("--other-cpu", type=int, default=1, help="the broker's and producer's CPU")
     p.add_argument("--timeout-s", type=float, default=600)
+    p.add_argument("--insert-only", action="store_true", help="chDB's insert cost alone")
+    p.add_argument("--rounds", type=int, default=3, help="of --insert-only, alternately")
     opts = p.parse_args()
     # SIGTERM unwinds like Ctrl-C, so the broker started below is stopped on the way out.
     signal.signal(signal.SIGTERM, lambda signum, frame: sys.exit(128 + signum))
@@ -191,6 +239,13 @@ def main() -> int:
     print(f"generating {opts.events:,} events ({opts.distinct_uas:,} distinct UAs)", flush=True)
     opts.lines = wire_lines(opts.events, opts.distinct_uas)
     workdir = Path(tempfile.mkdtemp(prefix="beacon-bench-consumer-"))
+    if opts.insert_only:
+        try:
+            with pinned(opts.cpu):
+                insert_only(opts, workdir)
+        finally:
+            shutil.rmtree(workdir, ignore_errors=True)
+        return 0
     broker = None
     topic = f"bench.{uuid.uuid4().hex[:8]}"
     try:

@@ -152,6 +152,8 @@ def test_an_event_without_user_agent_is_enriched_as_unknown(enricher):
         (wire_event(user_agent=["Mozilla"]), "bad_user_agent"),
         (wire_event(value="1E+2"), "bad_value"),
         (wire_event(value=12.5), "bad_value"),
+        (wire_event(event_id="not-a-uuid"), "bad_event_id"),
+        (wire_event(event_id=7), "bad_event_id"),
     ],
 )
 def test_bad_lines_raise_bad_row_with_a_reason(enricher, line, reason):

@@ -156,6 +156,20 @@ async def test_query_port_stays_read_only(port) -> None:
     client, _ = port
     resp = await client.post("/query", data=b"DELETE FROM beacon.events WHERE 1")
     assert resp.status == 403
+    assert (await resp.json())["error"] == "read_only"
+
+
+async def test_query_port_refuses_a_foreign_host_name(port) -> None:
+    """DNS rebinding: a loopback peer that names another host reads nothing."""
+    client, _ = port
+    sql = b"SELECT count() FROM beacon.events"
+    refused = await client.post("/query", data=sql, headers={"Host": "evil.example:80"})
+    assert refused.status == 403
+    assert (await refused.json())["error"] == "loopback_only"
+    assert (await client.post("/query", data=sql)).status == 200
+    page = await (await client.get("/metrics")).text()
+    assert 'beacon_store_queries_total{outcome="not_local"} 1.0' in page
+    assert 'beacon_store_queries_total{outcome="ok"} 1.0' in page
 
 
 async def test_erase_against_a_clickhouse_server(tmp_path: Path) -> None:

@@ -474,6 +474,37 @@ async def test_undecodable_records_go_to_the_dlq_and_the_rest_is_stored(
     assert {p: c[0] for p, c in committed.items()} == ends  # past the bad records too
 
 
+async def test_a_field_its_column_cannot_take_sends_only_that_record_to_the_dlq(
+    settings: ConsumerSettings, store: ChdbWriter, consumers: list[Consumer]
+) -> None:
+    await create_topic(settings.kafka_bootstrap, settings.kafka_dlq_topic)
+    events = make_events(40)
+    # Valid JSON events that pass decoding; a number where a string column is, and a visitor
+    # id below UInt64, would each fail the whole insert if they reached ClickHouse.
+    unfit = [{**events[0], "site": 5}, {**events[1], "visitor_id": -1}]
+    good = [orjson.dumps(e) for e in events[2:]]
+    bad = [orjson.dumps(e) for e in unfit]
+    await produce(settings.kafka_bootstrap, settings.kafka_topic, good[:20] + bad + good[20:])
+    consumer = Consumer(settings, store)
+    consumers.append(consumer)
+
+    async def stored() -> bool:
+        return await count(store) >= len(good)
+
+    await wait_for(stored, "the good events stored", consumer.task)
+    dead = await read_topic(settings.kafka_bootstrap, settings.kafka_dlq_topic, len(bad))
+    await consumer.close()
+
+    assert await count(store) == await count(store, "uniqExact(event_id)") == len(good)
+    assert sorted(r.value for r in dead) == sorted(bad)
+    assert {dict(r.headers)[REASON] for r in dead} == {b"bad_field_type"}
+    assert consumer.value("beacon_consumer_dlq_records_total", reason="bad_field_type") == 2
+    committed, ends = await group_offsets(
+        settings.kafka_bootstrap, settings.kafka_group, settings.kafka_topic
+    )
+    assert {p: c[0] for p, c in committed.items()} == ends
+
+
 @pytest.mark.timeout(180)
 async def test_two_members_share_the_partitions_and_store_each_event_once(
     settings: ConsumerSettings, store: ChdbWriter, consumers: list[Consumer]

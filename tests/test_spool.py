@@ -17,7 +17,9 @@ from collector.sinks.spool import (
     OPEN_SUFFIX,
     SpoolSink,
     closed_segments,
+    spool_size,
 )
+from collector.wal import WriteAheadLog
 from consumers.sources.spool import Range, SpoolSource, token_for
 from tests.helpers import metric_value
 
@@ -182,6 +184,25 @@ async def test_second_sink_does_not_touch_the_first_sinks_open_segment(spool_dir
     await second.close()
     [closed] = closed_segments(spool_dir)
     assert closed.read_bytes() == as_file(lines(0, 5))
+
+
+async def test_write_ahead_log_and_sink_share_a_directory_the_consumer_reads(
+    spool_dir, checkpoint, metrics
+):
+    """BEACON_DURABILITY=wal writes into the same spool as the sink, from the same process."""
+    sink = make_sink(spool_dir, metrics)
+    await sink.send(lines(0, 3))
+    wal = WriteAheadLog(
+        spool_dir, metrics, segment_max_bytes=BIG, segment_max_age_ms=3_600_000, max_bytes=BIG
+    )  # its start-up recovery leaves the sink's open segment alone: the sink holds its lock
+    assert all(wal.append(event) for event in lines(3, 4))
+    opened = files(spool_dir, OPEN_SUFFIX)
+    assert len(opened) == 2 and len({p.name.split("-")[2] for p in opened}) == 2  # own names
+    assert spool_size(spool_dir) == (len(as_file(lines(0, 7))), 2)
+    await wal.close()
+    await sink.close()
+    rows, _ = SpoolSource(spool_dir, checkpoint).read(100)
+    assert sorted(rows) == lines(0, 7)
 
 
 # -- SpoolSource ------------------------------------------------------------------------------

@@ -47,6 +47,11 @@ class KafkaSink:
         self._closing = False
         self._pump_task: asyncio.Task[None] | None = None
         self.replayer = SpoolReplayer(self.link, spool.directory, metrics, self.flush)
+        # With a write-ahead log every event reaches Kafka through the spool: a full spool
+        # refuses events (so readiness says so), and what is there at exit is sent first, for
+        # at most one ack timeout (the rest goes at the next start).
+        self.through_spool = settings.durability == "wal"
+        self.drain_s = settings.kafka_timeout_ms / 1000
         self.link.notify_on_up(self._wakeup)
 
     def start(self) -> KafkaSink:
@@ -89,7 +94,8 @@ class KafkaSink:
             await self.spool.flush()
 
     def healthy(self) -> bool:
-        return self.link.up and not self._closing
+        spool_ok = self.spool.healthy() if self.through_spool else True
+        return self.link.up and not self._closing and spool_ok
 
     async def close(self) -> None:
         """Produce what is queued (or spool it), wait for every ack or its timeout, stop the
@@ -97,7 +103,7 @@ class KafkaSink:
         if self._closing:
             return
         self._closing = True
-        await self.replayer.stop()
+        await self.replayer.stop(drain_s=self.drain_s if self.through_spool else 0.0)
         self._wakeup.set()
         if self._pump_task is not None:
             await self._pump_task  # drains the queue once more, then returns

@@ -69,12 +69,28 @@ class SpoolReplayer:
     def start(self) -> None:
         self._task = asyncio.create_task(self._run(), name="beacon-kafka-replay")
 
-    async def stop(self) -> None:
-        """Stop after the segment in progress (bounded by the producer's ack timeout)."""
+    def wake(self) -> None:
+        """Look for closed segments now (a write-ahead log just closed one)."""
+        self._wake.set()
+
+    async def stop(self, *, drain_s: float = 0.0) -> None:
+        """Stop after the segment in progress (bounded by the producer's ack timeout).
+
+        `drain_s` > 0: first send what is closed on disk, for at most that long (a write-ahead
+        log holds every event there; what is left is sent at the next start).
+        """
         self._stop.set()
         self._wake.set()
         if self._task is not None:
             await self._task
+        if drain_s > 0 and self.link.up:
+            try:
+                async with asyncio.timeout(drain_s):
+                    await self._replay_all(until_stopped=False)
+            except TimeoutError:
+                log.warning("spool not fully replayed at shutdown; the rest goes at next start")
+            except Exception:  # the segments stay on disk: the next start sends them
+                log.exception("spool replay at shutdown failed; the rest goes at next start")
 
     async def _run(self) -> None:
         while not self._stop.is_set():
@@ -87,9 +103,9 @@ class SpoolReplayer:
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self._wake.wait(), REPLAY_POLL_INTERVAL_S)
 
-    async def _replay_all(self) -> None:
+    async def _replay_all(self, *, until_stopped: bool = True) -> None:
         for path in await asyncio.to_thread(closed_segments, self.directory):
-            if self._stop.is_set() or not self.link.up:
+            if (until_stopped and self._stop.is_set()) or not self.link.up:
                 return
             if not await self._replay(path):
                 return  # Kafka failed us: try again once it is back up

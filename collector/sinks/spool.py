@@ -35,7 +35,8 @@ def closed_segments(directory: Path) -> list[Path]:
     return [directory / n for n in names]
 
 
-def _fsync_dir(directory: Path) -> None:
+def fsync_dir(directory: Path) -> None:
+    """Make renames and unlinks in `directory` durable."""
     fd = os.open(directory, os.O_RDONLY)
     try:
         os.fsync(fd)
@@ -74,8 +75,49 @@ def recover_orphans(directory: Path) -> int:
         with contextlib.suppress(FileNotFoundError):
             if time.time() - path.stat().st_mtime > STALE_NEW_S:
                 path.unlink()
-    _fsync_dir(directory)
+    fsync_dir(directory)
     return torn_bytes
+
+
+def open_segment(directory: Path, tag: str) -> tuple[int, Path, int]:
+    """A new `.open` segment, locked by this process: (fd, path, created_ms).
+
+    `tag` keeps the names of several writers in one process apart (the name also holds the
+    creation time and the pid). The file is locked under a name recovery ignores, then renamed:
+    an `.open` file is always locked by a live writer, so another process's recovery can never
+    take it mid-creation.
+    """
+    created_ms = time.time_ns() // 1_000_000
+    name = f"{created_ms:013d}-{os.getpid():07d}-{tag}"
+    new_path = directory / (name + NEW_SUFFIX)
+    fd = os.open(new_path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_APPEND, 0o644)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        path = directory / (name + OPEN_SUFFIX)
+        new_path.rename(path)
+    except BaseException:
+        os.close(fd)
+        raise
+    return fd, path, created_ms
+
+
+def close_path(path: Path) -> Path:
+    """The name an `.open` segment gets when it is closed."""
+    return path.with_name(path.name[: -len(".open")])
+
+
+def spool_size(directory: Path) -> tuple[int, int]:
+    """(bytes, segments) of the open and closed segments in `directory`."""
+    total = 0
+    count = 0
+    for entry in os.scandir(directory):
+        if entry.name.endswith((CLOSED_SUFFIX, OPEN_SUFFIX)):
+            try:
+                total += entry.stat().st_size
+                count += 1
+            except FileNotFoundError:
+                continue  # a consumer removed it while we looked
+    return total, count
 
 
 class SpoolSink:
@@ -174,38 +216,23 @@ class SpoolSink:
         self._rescan()
 
     def _open_segment(self) -> None:
-        self._opened_ms = time.time_ns() // 1_000_000
         self._seq += 1
-        name = f"{self._opened_ms:013d}-{os.getpid():07d}-{self._seq:06d}"
-        # Lock under a name recovery ignores, then rename: an `.open` file is always locked
-        # by a live writer, so another process's recovery can never take it mid-creation.
-        new_path = self.directory / (name + NEW_SUFFIX)
-        self._file = open(new_path, "xb")
-        fcntl.flock(self._file, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        self._path = self.directory / (name + OPEN_SUFFIX)
-        new_path.rename(self._path)
+        fd, self._path, self._opened_ms = open_segment(self.directory, f"{self._seq:06d}")
+        self._file = os.fdopen(fd, "ab")
         self._segment_bytes = 0
 
     def _rotate(self) -> None:
         assert self._file is not None and self._path is not None
         self._file.flush()
         os.fsync(self._file.fileno())
-        self._path.rename(self._path.with_name(self._path.name[: -len(".open")]))
+        self._path.rename(close_path(self._path))
         self._file.close()  # closing releases the flock
-        _fsync_dir(self.directory)
+        fsync_dir(self.directory)
         self._file = None
         self._path = None
 
     def _rescan(self) -> None:
-        total = 0
-        count = 0
-        for entry in os.scandir(self.directory):
-            if entry.name.endswith((CLOSED_SUFFIX, OPEN_SUFFIX)):
-                try:
-                    total += entry.stat().st_size
-                    count += 1
-                except FileNotFoundError:
-                    continue  # a consumer removed it while we looked
+        total, count = spool_size(self.directory)
         self._total_bytes = total
         self.metrics.spool_bytes.set(total)
         self.metrics.spool_segments.set(count)

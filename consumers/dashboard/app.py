@@ -124,7 +124,7 @@ async def page(request: web.Request) -> web.Response:
     try:
         data = await numbers(request, days, group, filters)
     except StoreError as exc:
-        log.warning("dashboard query failed: %s", str(exc)[:300])
+        log.warning("dashboard query failed: %r", str(exc)[:300])  # %r: no forged log lines
         return html("<p>The store did not answer; try again in a moment.</p>", 503)
     return html(dashboard_page(data, days))
 

@@ -3,7 +3,10 @@
 from __future__ import annotations
 
 import re
-from typing import Protocol
+from typing import TYPE_CHECKING, Protocol
+
+if TYPE_CHECKING:
+    from consumers.writers.event_rows import EventRows
 
 # Tokens go into SQL text: keep them to characters that need no quoting.
 TOKEN_RE = re.compile(r"^[A-Za-z0-9:._-]{1,200}$")
@@ -14,8 +17,9 @@ class StoreError(Exception):
 
 
 class Writer(Protocol):
-    async def insert(self, table: str, rows: bytes, token: str) -> None:
-        """Insert NDJSON `rows`; a repeated `token` is deduplicated by ClickHouse."""
+    async def insert(self, table: str, rows: bytes | EventRows, token: str) -> None:
+        """Insert enriched `rows` (or NDJSON, JSONEachRow); a repeated `token` is deduplicated
+        by ClickHouse."""
 
     async def execute(self, sql: str) -> None:
         """Run a statement that returns nothing (DDL, ALTER)."""

@@ -7,6 +7,9 @@ import threading
 from pathlib import Path
 
 from consumers.writers import TOKEN_RE, StoreError
+from consumers.writers.event_rows import COLUMN_NAMES, EventRows
+
+COLUMN_LIST = ", ".join(COLUMN_NAMES)
 
 
 class ChdbWriter:
@@ -32,15 +35,28 @@ class ChdbWriter:
                 raise StoreError(str(exc)) from exc
         return result.data() if hasattr(result, "data") else str(result)
 
-    async def insert(self, table: str, rows: bytes, token: str) -> None:
+    def _insert(self, head: str, fmt: str, rows: bytes | EventRows) -> None:
+        """Stream the rows into the INSERT `head`: no SQL text to build around the data, and a
+        binary format can travel."""
+        with self._lock:
+            try:
+                body = rows.arrow_stream() if isinstance(rows, EventRows) else rows
+                with self._session.send_insert(head, fmt) as inserter:
+                    inserter.append(body)
+                    inserter.finish()
+            except Exception as exc:  # chDB raises its own error types for ClickHouse errors
+                raise StoreError(str(exc)) from exc
+
+    async def insert(self, table: str, rows: bytes | EventRows, token: str) -> None:
         if not TOKEN_RE.match(token):
             raise ValueError(f"bad dedup token {token!r}")
-        sql = (
-            f"INSERT INTO {table} SETTINGS async_insert = 0, "
-            f"insert_deduplication_token = '{token}', input_format_skip_unknown_fields = 1 "
-            f"FORMAT JSONEachRow\n"
-        )
-        await asyncio.to_thread(self._run, sql + rows.decode())
+        settings = f"SETTINGS async_insert = 0, insert_deduplication_token = '{token}'"
+        if isinstance(rows, EventRows):
+            head = f"INSERT INTO {table} ({COLUMN_LIST}) {settings}"
+            await asyncio.to_thread(self._insert, head, "ArrowStream", rows)
+        else:
+            head = f"INSERT INTO {table} {settings}, input_format_skip_unknown_fields = 1"
+            await asyncio.to_thread(self._insert, head, "JSONEachRow", rows)
 
     async def execute(self, sql: str) -> None:
         await asyncio.to_thread(self._run, sql)

@@ -15,6 +15,7 @@ import gzip
 import aiohttp
 
 from consumers.writers import TOKEN_RE, StoreError
+from consumers.writers.event_rows import EventRows
 
 # ClickHouse sends this header with every error answer; the body is the exception text.
 EXCEPTION_CODE_HEADER = "X-ClickHouse-Exception-Code"
@@ -71,7 +72,7 @@ class HttpWriter:
         except (aiohttp.ClientError, TimeoutError, OSError) as exc:
             raise StoreError(f"ClickHouse at {self.url} unreachable: {exc!r}") from exc
 
-    async def insert(self, table: str, rows: bytes, token: str) -> None:
+    async def insert(self, table: str, rows: bytes | EventRows, token: str) -> None:
         if not TOKEN_RE.match(token):
             raise ValueError(f"bad dedup token {token!r}")
         params = {
@@ -83,7 +84,9 @@ class HttpWriter:
             # Wire fields without a column (added by newer collectors) must not fail a batch.
             "input_format_skip_unknown_fields": "1",
         }
-        await self._post(params, rows)
+        # JSONEachRow either way: a server parses it on its own cores, not the consumer's.
+        body = rows.ndjson() if isinstance(rows, EventRows) else rows
+        await self._post(params, body)
 
     async def execute(self, sql: str) -> None:
         await self._post({}, sql.encode())

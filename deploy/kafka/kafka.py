@@ -102,13 +102,23 @@ def fetch(cache: Path | None = None) -> Path:
     return libs
 
 
-def server_properties(data_dir: Path, port: int, controller_port: int, partitions: int) -> str:
-    """A combined broker+controller config; every replication factor is 1 (one node)."""
+def server_properties(
+    data_dir: Path,
+    port: int,
+    controller_port: int,
+    partitions: int,
+    advertised_port: int | None = None,
+) -> str:
+    """A combined broker+controller config; every replication factor is 1 (one node).
+
+    `advertised_port` (default: `port`) is the port clients are told to reconnect to, e.g. a
+    TCP proxy in front of the listener: clients follow the metadata, not the bootstrap address.
+    """
     return f"""\
 process.roles=broker,controller
 node.id=1
 listeners=PLAINTEXT://127.0.0.1:{port},CONTROLLER://127.0.0.1:{controller_port}
-advertised.listeners=PLAINTEXT://127.0.0.1:{port}
+advertised.listeners=PLAINTEXT://127.0.0.1:{advertised_port or port}
 listener.security.protocol.map=PLAINTEXT:PLAINTEXT,CONTROLLER:PLAINTEXT
 inter.broker.listener.name=PLAINTEXT
 controller.listener.names=CONTROLLER
@@ -259,10 +269,11 @@ class Broker:
     controller_port: int
     pid: int
     process: subprocess.Popen[bytes] | None = None  # kept so stop() reaps our own child
+    advertised_port: int | None = None  # where clients are sent, when not `port`
 
     @property
     def bootstrap(self) -> str:
-        return f"127.0.0.1:{self.port}"
+        return f"127.0.0.1:{self.advertised_port or self.port}"
 
     def stop(self, timeout_s: float = 30.0) -> None:
         stop_broker(self.dir, timeout_s)
@@ -277,8 +288,11 @@ def start_broker(
     partitions: int = 1,
     ready_timeout_s: float = 120.0,
     cache: Path | None = None,
+    advertised_port: int | None = None,
 ) -> Broker:
-    """Fetch, format (once) and start a broker in kafka_dir; return once it answers."""
+    """Fetch, format (once) and start a broker in kafka_dir; return once it answers.
+
+    With `advertised_port`, clients are told to connect there (see server_properties)."""
     kafka_dir = Path(kafka_dir).resolve()
     kafka_dir.mkdir(parents=True, exist_ok=True)
     props, log_config = kafka_dir / "server.properties", kafka_dir / "log4j2.properties"
@@ -286,17 +300,20 @@ def start_broker(
     if pid is not None and _pid_alive(pid):
         # `up` twice is fine: answer with the running broker, on the ports it was started with.
         config = _read_properties(props)
-        port = int(config["advertised.listeners"].rsplit(":", 1)[1])
+        port = int(config["listeners"].split(",", 1)[0].rsplit(":", 1)[1])
+        advertised = int(config["advertised.listeners"].rsplit(":", 1)[1])
         controller_port = int(config["controller.quorum.bootstrap.servers"].rsplit(":", 1)[1])
         _wait_ready(kafka_dir, port, pid, None, ready_timeout_s)
-        return Broker(kafka_dir, port, controller_port, pid)
+        return Broker(kafka_dir, port, controller_port, pid, None, advertised)
 
     taken = [p for p in (port, controller_port) if not _port_free(p)]
     if taken:  # a clear message now beats a bind error buried in kafka.log
         raise BrokerError(f"127.0.0.1:{taken[0]} is already in use (another broker?)")
     libs = fetch(cache)
     data_dir = kafka_dir / "data"
-    props.write_text(server_properties(data_dir, port, controller_port, partitions))
+    props.write_text(
+        server_properties(data_dir, port, controller_port, partitions, advertised_port)
+    )
     log_config.write_text(LOG4J2_PROPERTIES)
 
     if not (data_dir / "meta.properties").exists():
@@ -334,7 +351,7 @@ def start_broker(
         stop_broker(kafka_dir)  # never leave a half-started JVM behind
         process.wait(timeout=5)
         raise
-    return Broker(kafka_dir, port, controller_port, process.pid, process)
+    return Broker(kafka_dir, port, controller_port, process.pid, process, advertised_port)
 
 
 def _wait_ready(

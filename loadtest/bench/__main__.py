@@ -87,6 +87,7 @@ def measure(name: str, round_no: int, opts: argparse.Namespace, workdir: Path, b
                 "beacon_events_accepted_total",
                 "beacon_kafka_events_total",
                 "beacon_kafka_spilled_events_total",
+                "beacon_wal_events_total",
             }
             result["counters"] = counters(running.base, wanted)
         return result
@@ -169,7 +170,11 @@ def main(argv: list[str] | None = None) -> int:
         for round_no in range(opts.rounds):
             shift = round_no % len(opts.servers)
             for name in opts.servers[shift:] + opts.servers[:shift]:
-                run = measure(name, round_no, opts, workdir, broker.bootstrap if broker else "")
+                try:
+                    run = measure(name, round_no, opts, workdir, broker.bootstrap if broker else "")
+                except RuntimeError as exc:  # one server that cannot start spoils no other figure
+                    print(f"round {round_no + 1}/{opts.rounds} {name}: {exc}", flush=True)
+                    continue
                 runs.append(run)
                 print(
                     f"round {round_no + 1}/{opts.rounds} {name:<14} {run['rps']:>9,.0f} req/s  "

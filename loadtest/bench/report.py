@@ -94,7 +94,7 @@ def chart(summary: dict[str, dict[str, Any]], path: Path, title: str) -> None:
     left.set_xlabel("req/s relative to nginx empty_gif (same core, same run)")
     for yi, name in zip(y, names, strict=True):
         row = summary[name]
-        note = f"{row['x_nginx']:.2f}x"
+        note = "-" if row["x_nginx"] is None else f"{row['x_nginx']:.2f}x"
         if name != "aiohttp" and row["x_aiohttp"] is not None:
             note += f"  ({row['x_aiohttp']:.2f}x aiohttp)"
         left.text((row["x_nginx"] or 0) + 0.01, yi, note, va="center", fontsize=8)

@@ -1,9 +1,10 @@
-"""The six servers the benchmark compares, each started as its own process on one CPU.
+"""The seven servers the benchmark compares, each started as its own process on one CPU.
 
 Every one answers GET /p.gif with the same 43-byte GIF and the same no-cache headers:
 nginx's empty_gif (the ceiling), a bare aiohttp + uvloop handler (the framework floor Beacon's
 hot path is measured against), FastAPI on uvicorn (the usual Python choice), and Beacon's
-collector with the in-memory sink, the disk spool and the Kafka sink.
+collector with the in-memory sink, the disk spool, the Kafka sink, and the Kafka sink with
+the write-ahead log (BEACON_DURABILITY=wal).
 """
 
 from __future__ import annotations
@@ -119,7 +120,7 @@ def fastapi(ctx: Context) -> tuple[list[str], dict[str, str]]:
     return argv, python_env()
 
 
-def beacon(sink: str) -> Command:
+def beacon(sink: str, durability: str = "memory") -> Command:
     def command(ctx: Context) -> tuple[list[str], dict[str, str]]:
         # One process, as pinned to one core: `--workers 1` serves in-process, no master.
         argv = [sys.executable, "-m", "collector", "serve", "--workers", "1", "--sink", sink]
@@ -131,6 +132,8 @@ def beacon(sink: str) -> Command:
             BEACON_DRAIN_MS="0",
             BEACON_LOG_LEVEL="WARNING",
             BEACON_KAFKA_BOOTSTRAP=ctx.kafka_bootstrap if sink == "kafka" else "",
+            # wal: every event is appended to a local write-ahead file before its answer.
+            BEACON_DURABILITY=durability,
         )
         return argv, env
 
@@ -146,6 +149,14 @@ SERVERS = {
         Server("beacon-memory", "Beacon, memory sink", beacon("memory"), "/readyz", True),
         Server("beacon-spool", "Beacon, disk spool", beacon("spool"), "/readyz", True),
         Server("beacon-kafka", "Beacon, Kafka sink", beacon("kafka"), "/readyz", True, True),
+        Server(
+            "beacon-kafka-wal",
+            "Beacon, Kafka sink + WAL",
+            beacon("kafka", "wal"),
+            "/readyz",
+            True,
+            True,
+        ),
     )
 }
 

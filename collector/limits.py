@@ -1,0 +1,218 @@
+"""Connection limits: request head and body deadlines against slow clients, the sizes the HTTP
+parser accepts, and a count of what it refuses.
+
+aiohttp closes an idle keep-alive connection, but a client that trickles a request head (one
+byte a second, "slowloris") or a body holds its connection for as long as the keep-alive
+timeout, an hour by default: a few thousand such clients exhaust the file descriptors. Here a
+head must complete within `header_timeout_ms` and a POST /e body within `body_timeout_ms`.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import re
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+from aiohttp import web
+from aiohttp.http_exceptions import HttpProcessingError
+from aiohttp.log import server_logger
+from aiohttp.web_protocol import RequestHandler, RequestPayloadError
+
+from collector.handlers import json_error
+from collector.metrics import CollectorMetrics
+from collector.settings import Settings
+
+# aiohttp's own defaults, set here so they are visible and documented (docs/security.md):
+# the request line (a pixel URL with its page URL and properties fits well within it), each
+# header line, and the number of header lines. Beyond them the parser answers 400.
+MAX_LINE_BYTES = 8190
+MAX_FIELD_BYTES = 8190
+MAX_HEADERS = 128
+# After a response, how long a body nobody reads (a GET with a body) is drained before close.
+LINGERING_S = 2.0
+
+_CAMEL_RE = re.compile(r"(?<=[a-z])(?=[A-Z])|(?<=[A-Z])(?=[A-Z][a-z])")
+
+
+def reason_of(exc: BaseException) -> str:
+    """A bounded label from the parser's exception class: LineTooLong -> line_too_long."""
+    return _CAMEL_RE.sub("_", type(exc).__name__).lower()
+
+
+class ParserErrorLog(logging.LoggerAdapter):  # type: ignore[type-arg]
+    """aiohttp's server logger, but a request its HTTP parser refused is counted, not logged.
+
+    aiohttp logs every malformed request with a traceback at ERROR (BadHttpMethod at DEBUG):
+    anyone could fill the log, and the traceback quotes the client's bytes. Real handler
+    errors still go to the log as before.
+    """
+
+    def __init__(self, metrics: CollectorMetrics, logger: logging.Logger = server_logger) -> None:
+        super().__init__(logger, {})
+        self.metrics = metrics
+
+    def _counted(self, exc_info: Any) -> bool:
+        if isinstance(exc_info, HttpProcessingError):
+            self.metrics.bad_requests.labels(reason_of(exc_info)).inc()
+            return True
+        if isinstance(exc_info, RequestPayloadError):
+            # A broken chunked or compressed body: after the response aiohttp drains the rest
+            # of the body and meets the error again, once per request, whoever read it first.
+            self.metrics.bad_requests.labels("malformed_body").inc()
+            return True
+        return False
+
+    def exception(self, msg: Any, *args: Any, exc_info: Any = True, **kwargs: Any) -> None:
+        if not self._counted(exc_info):
+            super().exception(msg, *args, exc_info=exc_info, **kwargs)
+
+    def debug(self, msg: Any, *args: Any, **kwargs: Any) -> None:
+        if not self._counted(kwargs.get("exc_info")):
+            super().debug(msg, *args, **kwargs)
+
+
+def handler_options(settings: Settings, metrics: CollectorMetrics) -> dict[str, Any]:
+    """aiohttp RequestHandler options for web.AppRunner."""
+    return {
+        "keepalive_timeout": settings.keepalive_timeout_ms / 1000,
+        "max_line_size": MAX_LINE_BYTES,
+        "max_field_size": MAX_FIELD_BYTES,
+        "max_headers": MAX_HEADERS,
+        "lingering_time": LINGERING_S,
+        "logger": ParserErrorLog(metrics),
+    }
+
+
+class HeadDeadline(asyncio.Protocol):
+    """Wraps aiohttp's protocol: closes a connection whose request head stalls.
+
+    A timer per connection fires every `period_s`. A connection that received bytes in one
+    period without completing a request head, and completed none by the next check, with no
+    request in progress (a body being read is the body deadline's business), is closed: a
+    started head lasts at most two periods, trickled or gone silent. A connection that sent
+    nothing since its last request is idle, left to the keep-alive timeout. The hot path
+    pays one attribute store per read.
+    """
+
+    __slots__ = (
+        "_active", "_inner", "_metrics", "_period_s", "_seen", "_stalled", "_timer", "_transport",
+    )  # fmt: skip
+
+    def __init__(self, inner: RequestHandler, period_s: float, metrics: CollectorMetrics) -> None:
+        self._inner = inner
+        self._period_s = period_s
+        self._metrics = metrics
+        self._timer: asyncio.TimerHandle | None = None
+        self._active = False
+        self._stalled = False
+        self._seen = 0
+        self._transport: asyncio.BaseTransport | None = None
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self._transport = transport
+        self._inner.connection_made(transport)
+        self._timer = asyncio.get_running_loop().call_later(self._period_s, self._check)
+
+    def data_received(self, data: bytes) -> None:
+        self._active = True
+        self._inner.data_received(data)
+
+    def eof_received(self) -> None:
+        self._inner.eof_received()
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
+        self._inner.connection_lost(exc)
+
+    def pause_writing(self) -> None:
+        self._inner.pause_writing()
+
+    def resume_writing(self) -> None:
+        self._inner.resume_writing()
+
+    def _check(self) -> None:
+        # aiohttp counts parsed request heads per connection and holds the request being
+        # handled; neither is public, so tests/test_security.py guards this behaviour.
+        count = self._inner._request_count
+        if count != self._seen or self._inner._current_request is not None:
+            self._stalled = False
+        elif self._active or self._stalled:
+            if self._stalled:
+                self._timer = None
+                self._metrics.connections_timed_out.labels("header").inc()
+                if self._transport is not None:
+                    self._transport.close()
+                return
+            self._stalled = True
+        self._seen = count
+        self._active = False
+        self._timer = asyncio.get_running_loop().call_later(self._period_s, self._check)
+
+
+class GuardedSite(web.TCPSite):
+    """web.TCPSite whose connections get a HeadDeadline (none when header_timeout_s is 0)."""
+
+    def __init__(
+        self,
+        runner: web.BaseRunner,
+        host: str,
+        port: int,
+        *,
+        header_timeout_s: float,
+        metrics: CollectorMetrics,
+        reuse_port: bool = False,
+    ) -> None:
+        super().__init__(runner, host, port, reuse_port=reuse_port)
+        self._header_timeout_s = header_timeout_s
+        self._metrics = metrics
+
+    async def start(self) -> None:
+        # web.TCPSite.start, with the protocol factory wrapped.
+        await web.BaseSite.start(self)  # registers the site with its runner
+        server = self._runner.server
+        assert server is not None
+        period_s, metrics = self._header_timeout_s, self._metrics
+
+        def guarded() -> asyncio.Protocol:
+            return HeadDeadline(server(), period_s, metrics)
+
+        self._server = await asyncio.get_running_loop().create_server(
+            guarded if period_s > 0 else server,
+            self._host,
+            self._port,
+            backlog=self._backlog,
+            reuse_address=self._reuse_address,
+            reuse_port=self._reuse_port,
+        )
+        self._bound_port = self._server.sockets[0].getsockname()[1]
+
+
+Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
+
+
+def body_guard(handler: Handler, timeout_ms: int, metrics: CollectorMetrics) -> Handler:
+    """`handler` (POST /e) with a deadline on reading its body, and malformed bodies as 400.
+
+    The handler's only wait is reading the body, so a deadline on the whole call is one on
+    the body. A broken chunked or compressed body makes aiohttp raise from `read()`, which the
+    handler does not expect: it is answered here instead of with a 500.
+    """
+    timeout_s = timeout_ms / 1000 if timeout_ms else None
+
+    async def guarded(request: web.Request) -> web.StreamResponse:
+        try:
+            async with asyncio.timeout(timeout_s):
+                return await handler(request)
+        except TimeoutError:
+            metrics.connections_timed_out.labels("body").inc()
+            response = json_error(408, "body_timeout")
+        except RequestPayloadError:  # counted by ParserErrorLog, when aiohttp drains the body
+            response = json_error(400, "malformed_body")
+        response.force_close()  # the rest of the body is not worth waiting for
+        return response
+
+    return guarded

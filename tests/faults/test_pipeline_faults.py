@@ -1,0 +1,477 @@
+"""Pipeline faults under load: Kafka stopped and slowed, a consumer SIGKILLed mid-batch,
+ClickHouse failing. Real `beacon serve` (Kafka sink) and `beacon consume` subprocesses, a real
+broker of this module's own behind a delaying proxy, real chDB.
+
+Each case sends marked pixels throughout, injects its fault, lets the pipeline recover, and
+records sent (answered 200) against stored (distinct markers after dedup). The promise for
+all four is the same: nothing answered is lost and nothing is counted twice.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import signal
+import time
+import uuid
+from collections.abc import AsyncIterator, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import pytest
+from aiokafka.admin import AIOKafkaAdminClient
+
+from tests import kafka_broker
+from tests.clickhouse_front import ClickHouseFront
+from tests.faults.conftest import (
+    Load,
+    Proc,
+    Procs,
+    Query,
+    Verdict,
+    base_url,
+    create_topics,
+    http_get,
+    metric_sum,
+    raw_rows,
+    scrape,
+    store_port_query,
+    wait_stored,
+)
+from tests.faults.proxy import DelayProxy
+from tests.faults.report import record
+
+pytestmark = [pytest.mark.slow, pytest.mark.timeout(150)]
+
+PROMISE = "zero loss, no double count"
+RATE_PER_S = 150.0  # pixels per second of every case: a few thousand per case
+OUTAGE_S = 10.0  # how long the broker stays down / ClickHouse keeps failing
+CATCH_UP_TIMEOUT_S = 60.0
+SETTLE_S = 1.0  # after everything is stored: time for a late repeat to show
+KAFKA_TIMEOUT_MS = 1500  # the collector's produce timeout: a verdict on a dead broker soon
+
+
+@dataclass
+class ProxiedBroker:
+    """A broker of this module's own that advertises a DelayProxy's port, so every client's
+    traffic (collector and consumer) passes the proxy; it can be stopped and started again."""
+
+    dir: Path
+    proxy: DelayProxy
+    port: int
+    controller_port: int
+    running: Any = None
+
+    @property
+    def bootstrap(self) -> str:
+        return f"127.0.0.1:{self.proxy.port}"
+
+    def start(self) -> None:
+        if self.running is None:
+            kafka = kafka_broker.load_kafka_script()
+            self.running = kafka.start_broker(
+                self.dir, self.port, self.controller_port, advertised_port=self.proxy.port
+            )
+
+    def stop(self) -> None:
+        if self.running is not None:
+            self.running.stop()
+            self.running = None
+
+
+@pytest.fixture(scope="module")
+def broker(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ProxiedBroker]:
+    port, controller_port = kafka_broker.free_ports(2)
+    proxy = DelayProxy(port).start()
+    own = ProxiedBroker(tmp_path_factory.mktemp("faults-kafka"), proxy, port, controller_port)
+    try:
+        own.start()
+        yield own
+    finally:
+        own.stop()
+        proxy.stop()
+
+
+@dataclass
+class Pipeline:
+    """One case's collector and consumer on a fresh topic, and the marker prefix of its load."""
+
+    prefix: str
+    topic: str
+    collector: Proc
+    consumer: Proc
+    query: Query
+
+    @property
+    def base(self) -> str:
+        return base_url(self.collector)
+
+    def collector_metrics(self) -> dict[str, float]:
+        return scrape(self.base)
+
+    def consumer_metrics(self) -> dict[str, float]:
+        return scrape(base_url(self.consumer))
+
+
+def kafka_settings(bootstrap: str, topic: str) -> dict[str, str | int]:
+    """The Kafka settings collector and consumer share: one topic, its DLQ, one group."""
+    return {
+        "kafka_bootstrap": bootstrap,
+        "kafka_topic": topic,
+        "kafka_dlq_topic": topic + ".dlq",
+        "kafka_group": "group-" + topic,
+    }
+
+
+def consumer_settings(bootstrap: str, topic: str) -> dict[str, str | int]:
+    """Consumer settings of every case: short batches and retries, so a case ends soon."""
+    return {**kafka_settings(bootstrap, topic), "batch_max_age_ms": 500, "retry_max_ms": 2000}
+
+
+async def start_pipeline(
+    procs: Procs, tmp_path: Path, broker: ProxiedBroker, case: str, **consumer: str | int
+) -> Pipeline:
+    """A fresh topic, `beacon serve` with the Kafka sink and `beacon consume` on it."""
+    await asyncio.to_thread(broker.start)  # a case that failed half-way may have left it down
+    topic = f"faults.{case}.{uuid.uuid4().hex[:8]}"
+    await create_topics(broker.bootstrap, topic)
+    collector = await asyncio.to_thread(
+        procs.collector,
+        tmp_path / "collector",
+        sink="kafka",
+        kafka_timeout_ms=KAFKA_TIMEOUT_MS,
+        spool_segment_max_age_ms=200,
+        flush_interval_ms=200,
+        **kafka_settings(broker.bootstrap, topic),
+    )
+    settings = {**consumer_settings(broker.bootstrap, topic), **consumer}
+    consumer_proc = await asyncio.to_thread(procs.consumer, tmp_path / "consumer", settings)
+    port = int(consumer_proc.env["BEACON_STORE_PORT"])
+    prefix = f"{case}-{uuid.uuid4().hex[:6]}"
+    return Pipeline(prefix, topic, collector, consumer_proc, store_port_query(port))
+
+
+async def wait_ready(base: str, want: int, timeout_s: float) -> float:
+    """Poll the collector's /readyz until it answers `want`; seconds waited."""
+    started = time.monotonic()
+    while await asyncio.to_thread(_status, base + "/readyz") != want:
+        assert time.monotonic() - started < timeout_s, f"/readyz never answered {want}"
+        await asyncio.sleep(0.1)
+    return time.monotonic() - started
+
+
+def _status(url: str) -> int:
+    return http_get(url, 2.0)[0]
+
+
+async def stop_both(pipe: Pipeline, consumer: Proc | None = None) -> None:
+    """SIGTERM collector and consumer (off the loop: a front in this process must answer the
+    consumer's last insert); both must exit cleanly."""
+    assert await asyncio.to_thread(pipe.collector.terminate) == 0
+    assert await asyncio.to_thread((consumer or pipe.consumer).terminate) == 0
+
+
+async def finish(pipeline: Pipeline, load: Load, query: Query | None = None) -> Verdict:
+    """Stop the load, wait for every answered marker to be stored, then count once more a
+    moment later: a late replay that stored a marker twice would show by then."""
+    await load.stop()
+    query = query or pipeline.query
+    result, _ = await wait_stored(query, pipeline.prefix, load.answered, CATCH_UP_TIMEOUT_S)
+    if result.lost:
+        return result
+    await asyncio.sleep(SETTLE_S)
+    final, _ = await wait_stored(query, pipeline.prefix, load.answered, 0)
+    return final
+
+
+def check(result: Verdict, load: Load) -> None:
+    """The promise of every case: enough load, nothing lost, nothing counted twice."""
+    assert result.sent > 1000, f"too little load to mean anything: {result}, {load.failures}"
+    assert not result.lost, f"{result.sent - result.stored} answered events lost: {result}"
+    assert not result.doubles, f"markers stored under two event ids: {result}"
+
+
+# -- Kafka stopped and started again under load --------------------------------------------
+
+
+async def test_kafka_broker_restart_under_load(
+    procs: Procs, tmp_path: Path, broker: ProxiedBroker
+) -> None:
+    pipe = await start_pipeline(procs, tmp_path, broker, "kafka_restart")
+    load = Load(pipe.base, pipe.prefix, RATE_PER_S).start()
+    await asyncio.sleep(4)
+
+    down_at = time.monotonic()
+    await asyncio.to_thread(broker.stop)
+    not_ready_s = await wait_ready(pipe.base, 503, 30)
+    await asyncio.sleep(max(0.0, OUTAGE_S - (time.monotonic() - down_at)))
+    during = pipe.collector_metrics()
+    restart_at = time.monotonic()
+    await asyncio.to_thread(broker.start)  # same data dir, same ports
+    up_at = time.monotonic()
+    ready_again_s = await wait_ready(pipe.base, 200, 60)
+    await asyncio.sleep(4)
+
+    result = await finish(pipe, load)
+    stored_at = time.monotonic()
+    after = pipe.collector_metrics()
+    duplicates = raw_rows(pipe.query, pipe.prefix) - result.stored
+    await stop_both(pipe)
+    record(
+        "kafka_broker_restart",
+        sent=result.sent,
+        stored=result.stored,
+        loss_window_s=None,
+        promise=PROMISE,
+        broker_down_s=round(restart_at - down_at, 1),
+        outage_s=round(up_at - down_at, 1),
+        readyz_503_after_s=round(not_ready_s, 1),
+        readyz_200_after_restart_s=round(ready_again_s, 1),
+        all_stored_after_restart_s=round(stored_at - up_at, 1),
+        spilled_during_outage=int(metric_sum(during, "beacon_kafka_spilled_events_total")),
+        replayed=int(metric_sum(after, "beacon_kafka_replayed_events_total")),
+        repeats_awaiting_merge=duplicates,
+        client_errors=sum(load.failures.values()),
+    )
+    check(result, load)
+    assert metric_sum(during, "beacon_kafka_spilled_events_total") > 0, "nothing spilled"
+    assert metric_sum(after, "beacon_kafka_replayed_events_total") > 0, "nothing replayed"
+
+
+# -- Kafka slowed by a delaying proxy between it and every client ---------------------------
+
+SLOW_PHASES_MS_S = ((200.0, 8.0), (1000.0, 6.0))  # (delay each way, how long)
+
+
+async def test_kafka_slowed_by_a_delaying_proxy(
+    procs: Procs, tmp_path: Path, broker: ProxiedBroker
+) -> None:
+    pipe = await start_pipeline(procs, tmp_path, broker, "kafka_slow")
+    load = Load(pipe.base, pipe.prefix, RATE_PER_S).start()
+    await asyncio.sleep(3)
+    forwarded_before = broker.proxy.forwarded_bytes
+    slow_at = time.monotonic()
+    try:
+        for delay_ms, duration_s in SLOW_PHASES_MS_S:
+            broker.proxy.delay_ms = delay_ms
+            await asyncio.sleep(duration_s)
+    finally:
+        broker.proxy.delay_ms = 0.0
+    fast_at = time.monotonic()
+    slowed = pipe.collector_metrics()
+    await asyncio.sleep(3)
+
+    result = await finish(pipe, load)
+    stored_at = time.monotonic()
+    after = pipe.collector_metrics()
+    duplicates = raw_rows(pipe.query, pipe.prefix) - result.stored
+    await stop_both(pipe)
+    spilled = {
+        reason: int(after.get(f'beacon_kafka_spilled_events_total{{reason="{reason}"}}', 0))
+        for reason in ("kafka_down", "timeout", "queue_full")
+    }
+    record(
+        "kafka_slow_proxy",
+        sent=result.sent,
+        stored=result.stored,
+        loss_window_s=None,
+        promise=PROMISE,
+        slow_s=round(fast_at - slow_at, 1),
+        delays_ms="/".join(f"{d:.0f}" for d, _ in SLOW_PHASES_MS_S),
+        all_stored_after_slow_s=round(stored_at - fast_at, 1),
+        spilled_while_slow=int(metric_sum(slowed, "beacon_kafka_spilled_events_total")),
+        **{f"spilled_{reason}": n for reason, n in spilled.items()},
+        replayed=int(metric_sum(after, "beacon_kafka_replayed_events_total")),
+        repeats_awaiting_merge=duplicates,
+        client_errors=sum(load.failures.values()),
+    )
+    check(result, load)
+    assert broker.proxy.forwarded_bytes > forwarded_before, "no Kafka traffic through the proxy"
+
+
+# -- a consumer SIGKILLed while a batch is on its way ----------------------------------------
+
+MAX_KILLS = 4
+WANT_MID_BATCH_KILLS = 2
+INFLIGHT_PREFIX = "beacon-inflight:"
+
+
+Mark = tuple[int, str]  # (partition, commit metadata)
+
+
+async def inflight_marks(admin: AIOKafkaAdminClient, group: str) -> set[Mark]:
+    """The group's commits whose metadata says a batch is between its mark and its commit."""
+    got = await admin.list_consumer_group_offsets(group)
+    return {(tp.partition, meta.metadata) for tp, meta in got.items()
+            if meta.metadata.startswith(INFLIGHT_PREFIX)}  # fmt: skip
+
+
+async def kill_mid_batch(
+    admin: AIOKafkaAdminClient, group: str, proc: Proc, stale: set[Mark]
+) -> set[Mark]:
+    """SIGKILL `proc` as soon as it marks a batch in flight (its insert is under way), not
+    counting `stale` marks a killed predecessor left; returns the marks left after the kill."""
+    deadline = time.monotonic() + 30
+    while not (await inflight_marks(admin, group)) - stale:
+        assert time.monotonic() < deadline, f"no batch in flight:\n{proc.log_tail()}"
+        await asyncio.sleep(0.005)
+    assert proc.popen is not None
+    os.kill(proc.popen.pid, signal.SIGKILL)
+    await asyncio.to_thread(proc.popen.wait)
+    return await inflight_marks(admin, group)
+
+
+async def test_consumer_sigkilled_mid_batch(
+    procs: Procs, tmp_path: Path, broker: ProxiedBroker
+) -> None:
+    # Bigger batches (1 s of load, and the backlog after each restart) make longer inserts.
+    pipe = await start_pipeline(procs, tmp_path, broker, "consumer_kill", batch_max_age_ms=1000)
+    group = pipe.consumer.env["BEACON_KAFKA_GROUP"]
+    load = Load(pipe.base, pipe.prefix, RATE_PER_S).start()
+    admin = AIOKafkaAdminClient(bootstrap_servers=broker.bootstrap)
+    await admin.start()
+    kills, mid_batch, replayed_batches = 0, 0, 0.0
+    stale: set[Mark] = set()
+    consumer = pipe.consumer
+    try:
+        await asyncio.sleep(2)
+        first_kill_at = time.monotonic()
+        while kills < MAX_KILLS and mid_batch < WANT_MID_BATCH_KILLS:
+            replayed_batches += metric_sum(
+                consumer_metrics(consumer), "beacon_consumer_replayed_batches_total"
+            )
+            left = await kill_mid_batch(admin, group, consumer, stale)
+            # A new mark still there: the batch was stored or not, but never committed.
+            mid_batch += bool(left - stale)
+            stale = left
+            kills += 1
+            # The same data dir and query port: the store survives the process.
+            settings = {**consumer_settings(broker.bootstrap, pipe.topic), "batch_max_age_ms": 1000}
+            consumer = await asyncio.to_thread(
+                procs.consumer,
+                tmp_path / "consumer",
+                settings,
+                int(consumer.env["BEACON_STORE_PORT"]),
+            )
+        last_kill_at = time.monotonic()
+        await asyncio.sleep(2)
+        result = await finish(pipe, load)
+        stored_at = time.monotonic()
+    finally:
+        await admin.close()
+    replayed_batches += metric_sum(
+        consumer_metrics(consumer), "beacon_consumer_replayed_batches_total"
+    )
+    duplicates = raw_rows(pipe.query, pipe.prefix) - result.stored
+    await stop_both(pipe, consumer)
+    record(
+        "consumer_sigkill_mid_batch",
+        sent=result.sent,
+        stored=result.stored,
+        loss_window_s=None,
+        promise=PROMISE,
+        kills=kills,
+        kills_mid_batch=mid_batch,
+        kills_span_s=round(last_kill_at - first_kill_at, 1),
+        all_stored_after_last_restart_s=round(stored_at - last_kill_at, 1),
+        replayed_batches=int(replayed_batches),
+        repeats_awaiting_merge=duplicates,
+        client_errors=sum(load.failures.values()),
+    )
+    check(result, load)
+    assert mid_batch >= 1, f"no kill landed between mark and commit in {kills} tries"
+    # The next owner replays a marked range with its token: a batch that had landed is
+    # dropped by ClickHouse itself, so no repeat reaches the table at all.
+    assert duplicates == 0, f"{duplicates} repeated rows stored despite the insert tokens"
+
+
+def consumer_metrics(proc: Proc) -> dict[str, float]:
+    """One scrape of a consumer's /metrics (on its query port)."""
+    return scrape(base_url(proc))
+
+
+# -- ClickHouse failing for a while ----------------------------------------------------------
+
+# (what ClickHouse does, how long): answers 503 to everything (down behind a load balancer),
+# then stores each insert but its answer is lost (the connection resets before the reply).
+CLICKHOUSE_PHASES_S = (("refuses", 6.0), ("loses_acks", 6.0))
+
+
+@pytest.fixture
+async def front(tmp_path: Path) -> AsyncIterator[tuple[ClickHouseFront, DelayProxy]]:
+    """ClickHouse's HTTP interface on chDB in this process, behind a proxy that can lose its
+    answers; clients use the proxy's port."""
+    async with ClickHouseFront(tmp_path / "front") as running:
+        proxy = DelayProxy(int(running.url.rstrip("/").rsplit(":", 1)[1])).start()
+        try:
+            yield running, proxy
+        finally:
+            await asyncio.to_thread(proxy.stop)
+
+
+async def watch_consumer(pipe: Pipeline, duration_s: float, seen: dict[str, float]) -> None:
+    """Scrape the consumer for duration_s, keeping the highest paused-partition count and lag."""
+    started = time.monotonic()
+    while time.monotonic() - started < duration_s:
+        now = await asyncio.to_thread(pipe.consumer_metrics)
+        for name in ("beacon_consumer_paused_partitions", "beacon_consumer_lag_records"):
+            seen[name] = max(seen.get(name, 0.0), metric_sum(now, name))
+        await asyncio.sleep(0.5)
+
+
+async def test_clickhouse_failing_then_back(
+    procs: Procs,
+    tmp_path: Path,
+    broker: ProxiedBroker,
+    front: tuple[ClickHouseFront, DelayProxy],
+) -> None:
+    server, proxy = front
+    url = f"http://127.0.0.1:{proxy.port}/"
+    pipe = await start_pipeline(procs, tmp_path, broker, "clickhouse_down", clickhouse_url=url)
+
+    def query(sql: str) -> str:
+        return server.run(sql, "TabSeparated")
+
+    load = Load(pipe.base, pipe.prefix, RATE_PER_S).start()
+    await asyncio.sleep(3)
+    seen: dict[str, float] = {}
+    down_at = time.monotonic()
+    try:
+        for fault, duration_s in CLICKHOUSE_PHASES_S:
+            server.fail_all = fault == "refuses"
+            proxy.drop_replies = fault == "loses_acks"
+            await watch_consumer(pipe, duration_s, seen)
+    finally:
+        server.fail_all = proxy.drop_replies = False
+    during = await asyncio.to_thread(pipe.consumer_metrics)
+    up_at = time.monotonic()
+    await asyncio.sleep(3)
+
+    result = await finish(pipe, load, query)
+    stored_at = time.monotonic()
+    duplicates = raw_rows(query, pipe.prefix) - result.stored
+    await stop_both(pipe)
+    retries = during.get('beacon_consumer_retries_total{step="insert"}', 0)
+    record(
+        "clickhouse_failing",
+        sent=result.sent,
+        stored=result.stored,
+        loss_window_s=None,
+        promise=PROMISE,
+        outage_s=round(up_at - down_at, 1),
+        phases="/".join(f"{f} {d:.0f}s" for f, d in CLICKHOUSE_PHASES_S),
+        all_stored_after_back_s=round(stored_at - up_at, 1),
+        insert_retries=int(retries),
+        acks_lost=proxy.dropped_replies,
+        paused_partitions_max=int(seen.get("beacon_consumer_paused_partitions", 0)),
+        lag_records_max=int(seen.get("beacon_consumer_lag_records", 0)),
+        repeats_awaiting_merge=duplicates,
+        client_errors=sum(load.failures.values()),
+    )
+    check(result, load)
+    assert retries > 0 and seen["beacon_consumer_paused_partitions"] > 0, "no failure met"
+    assert proxy.dropped_replies > 0, "no insert lost its answer"
+    # The retry of an insert that did land carries the same token: ClickHouse drops it, so
+    # not even a repeat awaiting merge reaches the table.
+    assert duplicates == 0, f"{duplicates} repeated rows stored despite the insert tokens"

@@ -1,0 +1,210 @@
+"""Security controls of a real `beacon serve` process: slow clients, size limits, bodies the
+parser or the decoder refuses, secrets kept out of repr and logs, log lines safe from input."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import gzip
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import orjson
+import pytest
+
+from collector.settings import Settings
+from consumers.settings import ConsumerSettings
+from loadtest.fuzz import collector, scrape
+
+pytestmark = pytest.mark.slow
+
+SECRET = "visitor-secret-0123456789abcdef"
+SIGNING_SECRET = "signing-secret-0123456789abcdef"
+HEADER_TIMEOUT_MS = 400
+ENV = {
+    "BEACON_HEADER_TIMEOUT_MS": str(HEADER_TIMEOUT_MS),
+    "BEACON_BODY_TIMEOUT_MS": "400",
+    "BEACON_SECRET": SECRET,
+    "BEACON_SIGNING_KEYS": f"k1:{SIGNING_SECRET}",
+    "BEACON_LOG_LEVEL": "DEBUG",
+}
+
+
+@pytest.fixture(scope="module")
+def served(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[int, Path]]:
+    """(port, log file) of one collector shared by this module's tests."""
+    data_dir = tmp_path_factory.mktemp("security")
+    with collector(data_dir, ENV) as (_, base):
+        yield int(base.rsplit(":", 1)[1]), data_dir / "collector.log"
+
+
+def counter(port: int, sample: str) -> float:
+    return scrape(f"http://127.0.0.1:{port}").get(sample, 0.0)
+
+
+def bad_requests(port: int) -> float:
+    samples = scrape(f"http://127.0.0.1:{port}")
+    return sum(v for k, v in samples.items() if k.startswith("beacon_bad_requests_total"))
+
+
+async def exchange(port: int, raw: bytes) -> tuple[int, dict[str, str], bytes]:
+    """Send `raw`, read one whole response (status, headers, body) until the server closes."""
+    reader, writer = await asyncio.open_connection("127.0.0.1", port)
+    writer.write(raw)
+    data = await asyncio.wait_for(reader.read(-1), 10)
+    writer.close()
+    head, _, body = data.partition(b"\r\n\r\n")
+    lines = head.decode("latin-1").split("\r\n")
+    headers = dict(line.split(": ", 1) for line in lines[1:])
+    return int(lines[0].split()[1]), headers, body
+
+
+async def held_open_s(port: int, trickle: bytes, interval_s: float, limit_s: float) -> float:
+    """Trickle `trickle` one byte per interval; seconds until the server closed (or limit)."""
+    started = time.monotonic()
+    reader, writer = await asyncio.open_connection("127.0.0.1", port)
+    with contextlib.suppress(ConnectionError):
+        for byte in trickle:
+            writer.write(bytes([byte]))
+            await writer.drain()
+            with contextlib.suppress(TimeoutError):
+                if await asyncio.wait_for(reader.read(1), interval_s) == b"":
+                    break
+            if time.monotonic() - started > limit_s:
+                break
+    writer.close()
+    return time.monotonic() - started
+
+
+async def test_a_trickled_request_head_is_cut_and_counted(served):
+    port, _ = served
+    sample = 'beacon_connections_timed_out_total{phase="header"}'
+    before = counter(port, sample)
+    # One header byte every 100 ms, for ever: without a deadline it holds the connection
+    # for the keep-alive timeout (aiohttp's default: an hour).
+    head = b"GET /p.gif HTTP/1.1\r\nHost: t\r\nX-Slow: " + b"s" * 1000
+    held_s = await held_open_s(port, head, 0.1, limit_s=10)
+    # At most two periods, plus slack for a loaded machine; unguarded it would be 75 s.
+    assert held_s < 2 * HEADER_TIMEOUT_MS / 1000 + 1.5
+    assert counter(port, sample) == before + 1
+
+
+async def test_a_head_that_stops_half_way_is_cut_and_counted(served):
+    port, _ = served
+    sample = 'beacon_connections_timed_out_total{phase="header"}'
+    before = counter(port, sample)
+    started = time.monotonic()
+    reader, writer = await asyncio.open_connection("127.0.0.1", port)
+    writer.write(b"GET /p.gif HTTP/1.1\r\nHost: t\r\n")  # no blank line: the head never ends
+    assert await asyncio.wait_for(reader.read(), 10) == b""  # closed, without an answer
+    writer.close()
+    assert time.monotonic() - started < 2 * HEADER_TIMEOUT_MS / 1000 + 1.5
+    assert counter(port, sample) == before + 1
+
+
+async def test_idle_keep_alive_and_slow_but_finished_heads_are_served(served):
+    port, _ = served
+    reader, writer = await asyncio.open_connection("127.0.0.1", port)
+    request = b"GET /p.gif?e=open&s=ka HTTP/1.1\r\nHost: t\r\n\r\n"
+    for _ in range(3):
+        writer.write(request[:10])  # a head split across a period boundary
+        await asyncio.sleep(HEADER_TIMEOUT_MS / 1000 * 0.6)
+        writer.write(request[10:])
+        status_line = await asyncio.wait_for(reader.readuntil(b"\r\n"), 5)
+        assert status_line.startswith(b"HTTP/1.1 200")
+        await reader.readuntil(b"\r\n\r\n")
+        await reader.readexactly(43)
+        await asyncio.sleep(HEADER_TIMEOUT_MS / 1000 * 3)  # idle: left to the keep-alive timeout
+    writer.close()
+
+
+async def test_a_trickled_body_gets_408_and_is_counted(served):
+    port, _ = served
+    sample = 'beacon_connections_timed_out_total{phase="body"}'
+    before = counter(port, sample)
+    raw = b'POST /e HTTP/1.1\r\nHost: t\r\nContent-Length: 100\r\n\r\n{"e": "send"'
+    started = time.monotonic()
+    status, headers, body = await exchange(port, raw)
+    assert (status, orjson.loads(body)) == (408, {"error": "body_timeout"})
+    assert headers["Connection"] == "close"
+    assert time.monotonic() - started < 5  # the deadline, then at most 2 s of draining
+    assert counter(port, sample) == before + 1
+
+
+async def test_a_broken_chunked_body_is_a_400_not_a_500(served):
+    port, _ = served
+    raw = b"POST /e HTTP/1.1\r\nHost: t\r\nTransfer-Encoding: chunked\r\n\r\nzz\r\n{}\r\n0\r\n\r\n"
+    before = bad_requests(port)
+    status, _, _ = await exchange(port, raw)
+    assert status == 400
+    # The parser refuses it, or the body reader does when the chunk arrives later: counted.
+    assert bad_requests(port) == before + 1
+
+
+async def test_a_broken_gzip_body_is_a_400_and_a_bomb_a_413(served):
+    port, _ = served
+    before = counter(port, 'beacon_bad_requests_total{reason="malformed_body"}')
+    bad = b"\x1f\x8b\x08\x00garbage-not-deflate"
+    head = (
+        "POST /e HTTP/1.1\r\nHost: t\r\nContent-Encoding: gzip\r\nConnection: close\r\n"
+        "Content-Length: {}\r\n\r\n"
+    )
+    status, _, body = await exchange(port, head.format(len(bad)).encode() + bad)
+    assert (status, orjson.loads(body)) == (400, {"error": "malformed_body"})
+    assert counter(port, 'beacon_bad_requests_total{reason="malformed_body"}') == before + 1
+    # 64 MiB of JSON whitespace in ~64 KiB: the 64 KiB body limit counts decompressed bytes.
+    bomb = gzip.compress(b"[" + b" " * (64 << 20) + b"]", compresslevel=9)
+    status, _, body = await exchange(port, head.format(len(bomb)).encode() + bomb)
+    assert (status, orjson.loads(body)["error"]) == (413, "body_too_large")
+
+
+@pytest.mark.parametrize(
+    ("raw", "reason"),
+    [
+        (b"GET /p.gif?u=" + b"a" * 8200 + b" HTTP/1.1\r\nHost: t\r\n\r\n", "line_too_long"),
+        (b"GET /p.gif HTTP/1.1\r\nReferer: " + b"r" * 8200 + b"\r\n\r\n", "line_too_long"),
+        (b"GET /p.gif HTTP/1.1\r\n" + b"X-A: 1\r\n" * 129 + b"\r\n", "bad_http_message"),
+        (b"GET /p.gif HTTP/1.1\r\nX-A: 1\rX-Injected: 1\r\n\r\n", "bad_http_message"),
+    ],
+    ids=["request_line", "header_line", "header_count", "bare_cr"],
+)
+async def test_heads_over_the_limits_get_400_and_are_counted(served, raw, reason):
+    port, _ = served
+    sample = f'beacon_bad_requests_total{{reason="{reason}"}}'
+    before = counter(port, sample)
+    status, headers, _ = await exchange(port, raw)
+    assert status == 400
+    assert "X-Injected" not in headers
+    assert counter(port, sample) == before + 1
+
+
+def test_settings_repr_shows_no_secret():
+    settings = Settings(secret=SECRET, signing_keys=f"k1:{SIGNING_SECRET}")
+    text = repr(settings) + str(settings)
+    assert SECRET not in text and SIGNING_SECRET not in text
+    assert "header_timeout_ms=10000" in text  # the rest is still there
+
+
+def test_consumer_settings_repr_shows_no_secret():
+    settings = ConsumerSettings(clickhouse_password=SECRET, dashboard_token=SIGNING_SECRET)
+    text = repr(settings) + str(settings)
+    assert SECRET not in text and SIGNING_SECRET not in text
+    assert "clickhouse_user='default'" in text
+
+
+async def test_logs_hold_no_secret_and_no_line_from_input(served):
+    port, log = served
+    # Input that tries to start a log line of its own, in the request line and a header.
+    injected = (
+        b"GET /p.gif?r=x%0D%0AFORGED-LOG-LINE HTTP/1.1\r\nHost: t\r\nConnection: close\r\n\r\n"
+    )
+    assert (await exchange(port, injected))[0] == 200
+    await exchange(port, b"GET /x\r\nFORGED-LOG-LINE \x00\r\n\r\n")
+    await exchange(port, b"\x16\x03\x01FORGED-LOG-LINE\r\n\r\n")
+    await asyncio.sleep(0.2)
+    text = log.read_text(errors="replace")
+    assert "collector listening" in text  # the log is the one the process writes
+    assert SECRET not in text and SIGNING_SECRET not in text
+    assert all(not line.startswith("FORGED") for line in text.splitlines())
+    assert "Traceback" not in text  # refused requests are counted, not logged with a traceback
