@@ -5,6 +5,7 @@ from __future__ import annotations
 from collections.abc import AsyncIterator
 
 from aiohttp import web
+from aiohttp.typedefs import Handler
 
 from collector.buffer import EventBuffer
 from collector.handlers import MAX_BODY_BYTES, Collector
@@ -23,6 +24,23 @@ from collector.snippet import SnippetHandler
 from collector.wal import make_wal
 
 COLLECTOR = web.AppKey("collector", Collector)
+
+
+def unrouted(metrics: CollectorMetrics) -> Handler:
+    """aiohttp's own 404 or 405 (with Allow), counted in beacon_requests{endpoint="unrouted"}."""
+
+    async def answer(request: web.Request) -> web.StreamResponse:
+        allowed: set[str] = set()
+        for resource in request.app.router.resources():
+            if resource is not request.match_info.route.resource:  # this catch-all
+                allowed |= (await resource.resolve(request))[1]
+        if allowed:
+            metrics.requests.labels("unrouted", "405").inc()
+            raise web.HTTPMethodNotAllowed(request.method, allowed)
+        metrics.requests.labels("unrouted", "404").inc()
+        raise web.HTTPNotFound()
+
+    return answer
 
 
 def create_app(settings: Settings, sink: Sink, metrics: CollectorMetrics) -> web.Application:
@@ -64,6 +82,8 @@ def create_app(settings: Settings, sink: Sink, metrics: CollectorMetrics) -> web
     app.router.add_get("/readyz", collector.readyz)
     app.router.add_get("/metrics", collector.metrics_page)
     app.router.add_get("/robots.txt", collector.robots)
+    # Last, so it only sees what no route above took: unknown paths and methods, counted.
+    app.router.add_route("*", "/{tail:.*}", unrouted(metrics))
 
     async def run_buffer(app: web.Application) -> AsyncIterator[None]:
         buffer.start()

@@ -9,7 +9,7 @@ from typing import Any
 
 import orjson
 
-from collector.event import SCHEMA_VERSION, uuid7
+from collector.event import SCHEMA_VERSION, build_event, uuid7
 from consumers.enrich import Enricher
 from consumers.schema import EVENTS, migrate
 from consumers.writers.chdb import ChdbWriter
@@ -18,6 +18,29 @@ BROWSER = (
     "Mozilla/5.0 (Windows NT 10.0; Win64; x64) AppleWebKit/537.36 (KHTML, like Gecko) "
     "Chrome/120.0.6099.109 Safari/537.36"
 )
+
+TEST_UA = "Mozilla/5.0 (X11; Linux x86_64) Test/1.0"
+START_MS = 1_767_225_600_123  # 2026-01-01T00:00:00.123Z: a fixed, non-round millisecond
+
+
+def mail_opens(count: int, start: int = 0) -> list[dict[str, Any]]:
+    """Email opens as the collector builds them, each with its own millisecond and props."""
+    return [
+        build_event(
+            {"e": "open", "s": "shop", "c": f"spring-{i % 3}", "r": f"rcpt-{i}"},
+            {"n": str(i), "color": "red"},
+            page_url=f"https://shop.example/p/{i}?utm_source=mail&email=x@y.z",
+            user_agent=TEST_UA,
+            ip="203.0.113.0",
+            visitor_id=i + 1,
+            dnt=i % 2 == 0,
+            transport="pixel",
+            received_ms=START_MS + i * 37,
+            keep_query=frozenset(),
+            notes=[],
+        )
+        for i in range(start, start + count)
+    ]
 
 
 def hour_ago_ms() -> int:

@@ -18,7 +18,6 @@ import orjson
 import pytest
 from prometheus_client import CollectorRegistry
 
-from collector.event import build_event
 from collector.metrics import CollectorMetrics
 from collector.sinks.spool import SpoolSink, closed_segments
 from consumers.enrich import Enricher
@@ -28,35 +27,14 @@ from consumers.schema import EVENTS, migrate
 from consumers.settings import ConsumerSettings
 from consumers.sources.spool import SpoolSource, token_for
 from consumers.writers.chdb import ChdbWriter
+from tests.chdb_events import mail_opens
 from tests.helpers import free_port, metric_value
 
 REPO = Path(__file__).resolve().parents[1]
-UA = "Mozilla/5.0 (X11; Linux x86_64) Test/1.0"
-START_MS = 1_767_225_600_123  # 2026-01-01T00:00:00.123Z: a fixed, non-round millisecond
 WAIT_S = 90.0  # generous: the machine is small and shared
 
 
 # -- events and the spool ---------------------------------------------------------------------
-
-
-def make_events(count: int) -> list[dict[str, Any]]:
-    """Events as the collector builds them, each with its own millisecond and props."""
-    return [
-        build_event(
-            {"e": "open", "s": "shop", "c": f"spring-{i % 3}", "r": f"rcpt-{i}"},
-            {"n": str(i), "color": "red"},
-            page_url=f"https://shop.example/p/{i}?utm_source=mail&email=x@y.z",
-            user_agent=UA,
-            ip="203.0.113.0",
-            visitor_id=i + 1,
-            dnt=i % 2 == 0,
-            transport="pixel",
-            received_ms=START_MS + i * 37,
-            keep_query=frozenset(),
-            notes=[],
-        )
-        for i in range(count)
-    ]
 
 
 async def spool_events(spool_dir: Path, lines: list[bytes], segment_max_bytes: int) -> int:
@@ -129,7 +107,7 @@ def new_pipeline(config: ConsumerSettings, writer: ChdbWriter) -> SpoolPipeline:
 
 
 async def test_pipeline_moves_every_event_into_the_store(config, store):
-    events = make_events(250)
+    events = mail_opens(250)
     assert await spool_events(config.spool_dir, encode(events), 16 * 1024) >= 3
     pipeline = new_pipeline(config, store)
     await run_until_stored(pipeline, store, len(events))
@@ -159,7 +137,7 @@ async def test_pipeline_moves_every_event_into_the_store(config, store):
 
 
 async def test_replay_after_a_crash_between_insert_and_commit_stores_nothing_twice(config, store):
-    events = make_events(120)
+    events = mail_opens(120)
     await spool_events(config.spool_dir, encode(events), 8 * 1024)
 
     # A consumer that inserts its batch and dies before committing it.
@@ -186,7 +164,7 @@ async def test_replay_after_a_crash_between_insert_and_commit_stores_nothing_twi
 
 
 async def test_malformed_lines_are_counted_and_skipped(config, store):
-    good = encode(make_events(30))
+    good = encode(mail_opens(30))
     bad = [b'{"event_id": "0190', b"not json at all", b"\xff\xfe"]
     lines = good[:10] + bad[:2] + good[10:25] + bad[2:] + good[25:]
     await spool_events(config.spool_dir, lines, 1024)
@@ -274,7 +252,7 @@ def tail(log: Path) -> str:
 def test_consumer_killed_mid_way_loses_nothing_and_doubles_nothing(tmp_path, processes):
     total = 5000
     config = ConsumerSettings(data_dir=tmp_path)
-    segments = asyncio.run(spool_events(config.spool_dir, encode(make_events(total)), 256 << 10))
+    segments = asyncio.run(spool_events(config.spool_dir, encode(mail_opens(total)), 256 << 10))
     assert segments >= 5
     subprocess.run(
         [sys.executable, "-c", PREPARE_STORE, str(config.store_dir)],

@@ -408,14 +408,14 @@ def requests_seen(port: int) -> float:
 
 @pytest.mark.slow
 def test_load_balancer_prefers_ready_collectors_and_falls_back_to_live_ones(tmp_path: Path) -> None:
-    """One ready collector, one whose Kafka is unreachable (alive, never ready)."""
+    """One ready collector, one whose spool is full and nothing drains it (alive, never ready)."""
     ready_port, stuck_port, lb_port = free_port(), free_port(), free_port()
-    dead_kafka = f"127.0.0.1:{free_port()}"
+    spool = tmp_path / f"data-{stuck_port}" / "spool"
+    spool.mkdir(parents=True)
+    (spool / "1700000000000-1-000001.ndjson").write_bytes(b'{"event_id": "x"}\n' * 256)
     procs = [
         collector_process(tmp_path, ready_port, "--sink", "memory"),
-        collector_process(
-            tmp_path, stuck_port, "--sink", "kafka", "--set", f"kafka_bootstrap={dead_kafka}"
-        ),
+        collector_process(tmp_path, stuck_port, "--sink", "spool", "--set", "spool_max_bytes=4096"),
     ]
     # Both up before HAProxy starts, so no health check sees a port that does not listen yet.
     wait_until(lambda: get(f"http://127.0.0.1:{ready_port}/readyz")[0] == 200)
@@ -446,8 +446,8 @@ def test_load_balancer_prefers_ready_collectors_and_falls_back_to_live_ones(tmp_
         assert requests_seen(ready_port) - before_ready == 40
         assert requests_seen(stuck_port) == before_stuck
         assert get(f"http://127.0.0.1:{lb_port}/metrics")[0] == 404
-        # The ready one goes away: the live pool (the Kafka-less collector) takes the pixels,
-        # which land in its spool instead of failing.
+        # The ready one goes away: the live pool (the full one) takes the pixels, which are
+        # answered all the same (their events dropped and counted there) instead of failing.
         procs[0].terminate()
         procs[0].wait(30)
         wait_until(lambda: get(pixel)[0] == 200 and requests_seen(stuck_port) > before_stuck)

@@ -22,7 +22,6 @@ from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, ConsumerRecord, TopicPa
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 from prometheus_client import CollectorRegistry
 
-from collector.event import build_event
 from consumers.dlq import REASON, SOURCE_OFFSET, SOURCE_PARTITION, SOURCE_TOPIC, DeadLetters
 from consumers.kafka_batches import PartitionBuffer, inflight_metadata, parse_inflight
 from consumers.kafka_pipeline import KafkaPipeline
@@ -32,32 +31,11 @@ from consumers.settings import ConsumerSettings
 from consumers.sources.kafka import KafkaSource
 from consumers.writers import StoreError
 from consumers.writers.chdb import ChdbWriter
+from tests.chdb_events import mail_opens
 from tests.helpers import free_port, metric_value
 
-UA = "Mozilla/5.0 (X11; Linux x86_64) Test/1.0"
-START_MS = 1_767_225_600_123  # 2026-01-01T00:00:00.123Z
 WAIT_S = 90.0  # generous: the machine is small and shared
 PARTITIONS = 3  # the kafka_topic fixture's
-
-
-def make_events(count: int, start: int = 0) -> list[dict[str, Any]]:
-    """Wire events as the collector builds them."""
-    return [
-        build_event(
-            {"e": "open", "s": "shop", "c": f"spring-{i % 3}", "r": f"rcpt-{i}"},
-            {"n": str(i)},
-            page_url=f"https://shop.example/p/{i}?utm_source=mail&email=x@y.z",
-            user_agent=UA,
-            ip="203.0.113.0",
-            visitor_id=i + 1,
-            dnt=i % 2 == 0,
-            transport="pixel",
-            received_ms=START_MS + i * 37,
-            keep_query=frozenset(),
-            notes=[],
-        )
-        for i in range(start, start + count)
-    ]
 
 
 async def produce(bootstrap: str, topic: str, values: list[bytes]) -> None:
@@ -226,7 +204,7 @@ def test_fresh_batches_are_cut_by_rows_then_by_age() -> None:
 async def test_every_event_is_stored_once_and_offsets_are_committed(
     settings: ConsumerSettings, store: ChdbWriter, consumers: list[Consumer]
 ) -> None:
-    events = make_events(900)
+    events = mail_opens(900)
     await produce(settings.kafka_bootstrap, settings.kafka_topic, [orjson.dumps(e) for e in events])
     consumer = Consumer(settings, store)
     consumers.append(consumer)
@@ -306,7 +284,7 @@ async def test_the_bench_topic_holds_every_event_and_the_pipeline_stores_them_al
 
     total = 12_000
     topic = f"{settings.kafka_topic}.bench"
-    values = [orjson.dumps(e) for e in make_events(total)]
+    values = [orjson.dumps(e) for e in mail_opens(total)]
     await fill_topic(settings.kafka_bootstrap, topic, PARTITIONS, values)
     consumer = AIOKafkaConsumer(bootstrap_servers=settings.kafka_bootstrap)
     await consumer.start()
@@ -332,7 +310,7 @@ async def test_the_bench_topic_holds_every_event_and_the_pipeline_stores_them_al
 async def test_a_failing_store_pauses_keeps_the_member_and_loses_nothing(
     settings: ConsumerSettings, store: ChdbWriter, consumers: list[Consumer]
 ) -> None:
-    events = make_events(600)
+    events = mail_opens(600)
     await produce(settings.kafka_bootstrap, settings.kafka_topic, [orjson.dumps(e) for e in events])
     writer = FailingWriter(store, fail_s=8.0)
     # A member that stops calling getmany() for 3 s leaves the group: the outage is longer,
@@ -395,7 +373,7 @@ async def test_a_batch_stored_but_not_committed_is_replayed_with_its_offsets(
     # Batches far larger than what arrives: every cut is an age cut, which a re-read would
     # not reproduce (more records are there by then) without the recorded range.
     settings = replace(settings, batch_max_rows=10_000, kafka_max_records=10_000)
-    first, second = make_events(90), make_events(90, start=90)
+    first, second = mail_opens(90), mail_opens(90, start=90)
     await produce(settings.kafka_bootstrap, settings.kafka_topic, [orjson.dumps(e) for e in first])
     dying = Consumer(settings, CrashAfterInsert(store))
     with pytest.raises(Crash):
@@ -443,7 +421,7 @@ async def test_undecodable_records_go_to_the_dlq_and_the_rest_is_stored(
     settings: ConsumerSettings, store: ChdbWriter, consumers: list[Consumer]
 ) -> None:
     await create_topic(settings.kafka_bootstrap, settings.kafka_dlq_topic)
-    good = [orjson.dumps(e) for e in make_events(60)]
+    good = [orjson.dumps(e) for e in mail_opens(60)]
     bad = [b"{not json", b'{"no_event_id": 1}']
     # partition 0 gets "{not json" at offset 10, partition 1 the second one at offset 10
     values = good[:30] + bad + good[30:]
@@ -478,7 +456,7 @@ async def test_a_field_its_column_cannot_take_sends_only_that_record_to_the_dlq(
     settings: ConsumerSettings, store: ChdbWriter, consumers: list[Consumer]
 ) -> None:
     await create_topic(settings.kafka_bootstrap, settings.kafka_dlq_topic)
-    events = make_events(40)
+    events = mail_opens(40)
     # Valid JSON events that pass decoding; a number where a string column is, and a visitor
     # id below UInt64, would each fail the whole insert if they reached ClickHouse.
     unfit = [{**events[0], "site": 5}, {**events[1], "visitor_id": -1}]
@@ -509,7 +487,7 @@ async def test_a_field_its_column_cannot_take_sends_only_that_record_to_the_dlq(
 async def test_two_members_share_the_partitions_and_store_each_event_once(
     settings: ConsumerSettings, store: ChdbWriter, consumers: list[Consumer]
 ) -> None:
-    first, second = make_events(1500), make_events(1500, start=1500)
+    first, second = mail_opens(1500), mail_opens(1500, start=1500)
     await produce(settings.kafka_bootstrap, settings.kafka_topic, [orjson.dumps(e) for e in first])
     a = Consumer(settings, store)
     consumers.append(a)
@@ -638,7 +616,7 @@ async def test_sigkilled_consumer_stores_every_event_once(
     await prepare_store_without_merges(settings)
     await create_topic(settings.kafka_bootstrap, settings.kafka_dlq_topic)
     total, chunks = 6000, 30
-    events = [orjson.dumps(e) for e in make_events(total)]
+    events = [orjson.dumps(e) for e in mail_opens(total)]
 
     async def produce_slowly() -> None:
         """Records keep arriving through the kills, so batches are cut by age as well."""

@@ -214,3 +214,16 @@ async def test_buffer_full_drops_are_counted(make_client, metrics):
         assert (await client.get("/p.gif?s=a")).status == 200
     assert len(await stored(client, sink)) == 2
     assert metric_value(metrics, "beacon_events_dropped_total", reason="buffer_full") == 3
+
+
+async def test_unknown_paths_and_methods_are_answered_as_before_and_counted(make_client, metrics):
+    client = await make_client()
+    missing = await client.get("/wp-login.php")
+    assert missing.status == 404 and await missing.text() == "404: Not Found"
+    wrong = await client.post("/p.gif")
+    assert wrong.status == 405 and set(wrong.headers["Allow"].split(",")) == {"GET", "HEAD"}
+    assert (await client.delete("/e")).status == 405
+    assert (await client.get("/p.gif")).status == 200  # the routes before it still answer
+    unrouted = {"name": "beacon_requests_total", "endpoint": "unrouted"}
+    assert metric_value(metrics, **unrouted, outcome="404") == 1
+    assert metric_value(metrics, **unrouted, outcome="405") == 2

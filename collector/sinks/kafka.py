@@ -94,8 +94,21 @@ class KafkaSink:
             await self.spool.flush()
 
     def healthy(self) -> bool:
-        spool_ok = self.spool.healthy() if self.through_spool else True
-        return self.link.up and not self._closing and spool_ok
+        """Events can be taken without loss: by Kafka, or else by the spool (replayed later).
+
+        Kafka being down does not make a collector unready: with every collector unready a
+        load balancer would have nowhere to send the pixels the spools could hold. Its state
+        is `beacon_kafka_up` (and the BeaconKafkaUnreachable alert).
+        """
+        if self._closing:
+            return False
+        if self.through_spool:  # write-ahead mode: every event goes through the spool first
+            return self.spool.healthy()
+        return self.link.up or self.spool.healthy()
+
+    def connected(self) -> bool:
+        """The producer reaches the broker."""
+        return self.link.up
 
     async def close(self) -> None:
         """Produce what is queued (or spool it), wait for every ack or its timeout, stop the

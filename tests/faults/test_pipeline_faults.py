@@ -152,11 +152,11 @@ async def start_pipeline(
     return Pipeline(prefix, topic, collector, consumer_proc, store_port_query(port))
 
 
-async def wait_ready(base: str, want: int, timeout_s: float) -> float:
-    """Poll the collector's /readyz until it answers `want`; seconds waited."""
+async def wait_kafka_up(pipe: Pipeline, want: int, timeout_s: float) -> float:
+    """Poll the collector's `beacon_kafka_up` until it is `want`; seconds waited."""
     started = time.monotonic()
-    while await asyncio.to_thread(_status, base + "/readyz") != want:
-        assert time.monotonic() - started < timeout_s, f"/readyz never answered {want}"
+    while metric_sum(pipe.collector_metrics(), "beacon_kafka_up") != want:
+        assert time.monotonic() - started < timeout_s, f"beacon_kafka_up never became {want}"
         await asyncio.sleep(0.1)
     return time.monotonic() - started
 
@@ -204,13 +204,15 @@ async def test_kafka_broker_restart_under_load(
 
     down_at = time.monotonic()
     await asyncio.to_thread(broker.stop)
-    not_ready_s = await wait_ready(pipe.base, 503, 30)
+    noticed_s = await wait_kafka_up(pipe, 0, 30)
+    # Still ready: the spool takes the events, so a load balancer keeps sending them here.
+    ready_during = await asyncio.to_thread(_status, pipe.base + "/readyz")
     await asyncio.sleep(max(0.0, OUTAGE_S - (time.monotonic() - down_at)))
     during = pipe.collector_metrics()
     restart_at = time.monotonic()
     await asyncio.to_thread(broker.start)  # same data dir, same ports
     up_at = time.monotonic()
-    ready_again_s = await wait_ready(pipe.base, 200, 60)
+    reconnected_s = await wait_kafka_up(pipe, 1, 60)
     await asyncio.sleep(4)
 
     result = await finish(pipe, load)
@@ -226,8 +228,9 @@ async def test_kafka_broker_restart_under_load(
         promise=PROMISE,
         broker_down_s=round(restart_at - down_at, 1),
         outage_s=round(up_at - down_at, 1),
-        readyz_503_after_s=round(not_ready_s, 1),
-        readyz_200_after_restart_s=round(ready_again_s, 1),
+        kafka_down_noticed_after_s=round(noticed_s, 1),
+        readyz_during_outage=ready_during,
+        kafka_up_after_restart_s=round(reconnected_s, 1),
         all_stored_after_restart_s=round(stored_at - up_at, 1),
         spilled_during_outage=int(metric_sum(during, "beacon_kafka_spilled_events_total")),
         replayed=int(metric_sum(after, "beacon_kafka_replayed_events_total")),
@@ -235,6 +238,7 @@ async def test_kafka_broker_restart_under_load(
         client_errors=sum(load.failures.values()),
     )
     check(result, load)
+    assert ready_during == 200, "a collector that can spool must stay ready"
     assert metric_sum(during, "beacon_kafka_spilled_events_total") > 0, "nothing spilled"
     assert metric_sum(after, "beacon_kafka_replayed_events_total") > 0, "nothing replayed"
 
