@@ -11,7 +11,7 @@ On a rebalance the in-memory state of revoked partitions is dropped, not flushed
 inside the callback would hold up the whole group for as long as ClickHouse is slow or down,
 while dropping costs only a re-read. Whoever owns the partition next starts at the committed
 offset and replays a recorded in-flight range with its token, so a batch that did land (or is
-still landing from here) is not stored twice.
+still landing from here) is not stored twice; consumers/replay_check.py checks the ids after.
 """
 
 from __future__ import annotations
@@ -28,6 +28,7 @@ from consumers.dlq import DeadLetters
 from consumers.enrich import Enricher
 from consumers.kafka_batches import PartitionBuffer, inflight_metadata
 from consumers.metrics import ConsumerMetrics
+from consumers.replay_check import insert_replay
 from consumers.schema import EVENTS
 from consumers.settings import ConsumerSettings
 from consumers.sources.kafka import KafkaSource, Offsets, Partitions
@@ -212,7 +213,10 @@ class KafkaPipeline:
                 return True
             started = time.perf_counter()
             try:
-                await self.writer.insert(EVENTS, batch.rows, batch.token)
+                if batch.replay:
+                    await insert_replay(self.writer, batch.rows, batch.token)
+                else:
+                    await self.writer.insert(EVENTS, batch.rows, batch.token)
             except StoreError as exc:
                 self.metrics.inserts.labels("error").inc()
                 self._fail(part, "insert", exc)

@@ -9,6 +9,7 @@ import time
 
 from consumers.enrich import BadRow, Enricher
 from consumers.metrics import ConsumerMetrics
+from consumers.replay_check import insert_replay
 from consumers.schema import EVENTS
 from consumers.settings import ConsumerSettings
 from consumers.sources.spool import Range, SpoolSource, token_for
@@ -54,7 +55,7 @@ class SpoolPipeline:
             rows = self.source.read_ranges(self.source.pending)
             self.metrics.replayed_batches.inc()
             log.info("replaying a pending batch of %d rows", len(rows))
-            if not await self._insert(rows, self.source.pending, stop):
+            if not await self._insert(rows, self.source.pending, stop, replay=True):
                 return
         rows = []
         ranges: list[Range] = []
@@ -85,8 +86,13 @@ class SpoolPipeline:
         self.metrics.rows_rejected.labels(reason).inc()
         log.warning("spool row rejected (%s) in %s", reason, ranges[0].segment)
 
-    async def _insert(self, lines: list[bytes], ranges: list[Range], stop: asyncio.Event) -> bool:
-        """Insert one batch, retrying with backoff; False if told to stop before it landed."""
+    async def _insert(
+        self, lines: list[bytes], ranges: list[Range], stop: asyncio.Event, replay: bool = False
+    ) -> bool:
+        """Insert one batch, retrying with backoff; False if told to stop before it landed.
+
+        A `replay` (the checkpoint's pending batch) checks the ids after (replay_check.py).
+        """
         await asyncio.to_thread(self.source.begin, ranges)  # an fsync: not on the loop
         events = []
         for line in lines:
@@ -103,7 +109,10 @@ class SpoolPipeline:
         while good:
             started = time.perf_counter()
             try:
-                await self.writer.insert(EVENTS, rows, token)
+                if replay:
+                    await insert_replay(self.writer, rows, token)
+                else:
+                    await self.writer.insert(EVENTS, rows, token)
             except StoreError as exc:
                 self.metrics.inserts.labels("error").inc()
                 log.warning("insert failed, retrying in %.1fs: %s", delay_s, str(exc)[:300])

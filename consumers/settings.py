@@ -50,6 +50,12 @@ class ConsumerSettings:
     kafka_dlq_topic: str = setting("beacon.events.dlq", "where undecodable records go")
     kafka_group: str = setting("beacon-consumers", "consumer group id")
     kafka_max_records: int = setting(5000, "records per getmany() at most", min=1)
+    kafka_session_timeout_ms: int = setting(
+        10_000,
+        "a member that stops heartbeating (killed, frozen) keeps its partitions this long; "
+        "the broker accepts 6000 to 300000 by default",
+        min=1,
+    )
     clickhouse_url: str = setting("", "ClickHouse HTTP URL; empty: the embedded store (chDB)")
     clickhouse_user: str = setting("default", "ClickHouse user")
     clickhouse_password: str = setting("", "ClickHouse password", secret=True)

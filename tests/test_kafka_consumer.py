@@ -23,6 +23,7 @@ from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 from prometheus_client import CollectorRegistry
 
 from consumers.dlq import REASON, SOURCE_OFFSET, SOURCE_PARTITION, SOURCE_TOPIC, DeadLetters
+from consumers.enrich import Enricher
 from consumers.kafka_batches import PartitionBuffer, inflight_metadata, parse_inflight
 from consumers.kafka_pipeline import KafkaPipeline
 from consumers.metrics import ConsumerMetrics
@@ -31,6 +32,7 @@ from consumers.settings import ConsumerSettings
 from consumers.sources.kafka import KafkaSource
 from consumers.writers import StoreError
 from consumers.writers.chdb import ChdbWriter
+from consumers.writers.event_rows import EventRows
 from tests.chdb_events import mail_opens
 from tests.helpers import free_port, metric_value
 
@@ -401,6 +403,50 @@ async def test_a_batch_stored_but_not_committed_is_replayed_with_its_offsets(
         settings.kafka_bootstrap, settings.kafka_group, settings.kafka_topic
     )
     assert committed == {p: (ends[p], "") for p in range(PARTITIONS)}
+
+
+class CrashKeepingOnlyTheToken:
+    """An embedded store killed in the middle of an insert: its dedup token recorded, the
+    batch's rows not (here: another row is stored under the token, then the process dies)."""
+
+    def __init__(self, writer: ChdbWriter, stray: dict[str, Any]) -> None:
+        self.writer = writer
+        self.stray = stray
+
+    async def insert(self, table: str, rows: Any, token: str) -> None:
+        await self.writer.insert(table, EventRows.build([dict(self.stray)])[0], token)
+        raise Crash(token)
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self.writer, name)
+
+
+async def test_a_replay_trusts_the_stored_ids_not_the_recorded_token(
+    settings: ConsumerSettings, store: ChdbWriter, consumers: list[Consumer]
+) -> None:
+    settings = replace(settings, batch_max_rows=10_000, kafka_max_records=10_000)
+    events = mail_opens(90)
+    [stray] = mail_opens(1, start=1000)
+    await produce(settings.kafka_bootstrap, settings.kafka_topic, [orjson.dumps(e) for e in events])
+    enricher = Enricher()
+    dying = Consumer(
+        settings, CrashKeepingOnlyTheToken(store, enricher.enrich(orjson.dumps(stray)))
+    )
+    with pytest.raises(Crash):
+        await asyncio.wait_for(dying.task, WAIT_S)
+    assert await count(store, "uniqExact(event_id)") == 1  # the tokens are taken, no batch row
+
+    consumer = Consumer(settings, store)
+    consumers.append(consumer)
+
+    async def stored() -> bool:
+        return await count(store, "uniqExact(event_id)") >= 91
+
+    await wait_for(stored, "every event stored despite its token", consumer.task)
+    await consumer.close()
+    ids = await store.query(f"SELECT DISTINCT toString(event_id) FROM {EVENTS}", "TSV")
+    assert set(ids.split()) == {e["event_id"] for e in events} | {stray["event_id"]}
+    assert consumer.value("beacon_consumer_replayed_batches_total") >= 1
 
 
 async def read_topic(bootstrap: str, topic: str, expected: int) -> list[ConsumerRecord]:

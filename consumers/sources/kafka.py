@@ -64,7 +64,12 @@ class KafkaSource:
             # is not called for max_poll_interval_ms (aiokafka's default, 5 minutes). The
             # pipeline polls at least every poll_interval_ms plus one insert attempt, and never
             # sleeps on a retry: it pauses the partition and keeps polling.
-            **consumer_options,
+            **{
+                "session_timeout_ms": settings.kafka_session_timeout_ms,
+                # Three heartbeats a session, as Kafka's own defaults (3 s of 10 s).
+                "heartbeat_interval_ms": max(100, settings.kafka_session_timeout_ms // 3),
+                **consumer_options,
+            },
         )
         self.admin = AIOKafkaAdminClient(
             bootstrap_servers=settings.kafka_bootstrap, client_id="beacon-consumer-admin"

@@ -126,7 +126,13 @@ def kafka_settings(bootstrap: str, topic: str) -> dict[str, str | int]:
 
 def consumer_settings(bootstrap: str, topic: str) -> dict[str, str | int]:
     """Consumer settings of every case: short batches and retries, so a case ends soon."""
-    return {**kafka_settings(bootstrap, topic), "batch_max_age_ms": 500, "retry_max_ms": 2000}
+    return {
+        **kafka_settings(bootstrap, topic),
+        "batch_max_age_ms": 500,
+        "retry_max_ms": 2000,
+        # A killed member's partitions go to the next one after this (the broker's minimum).
+        "kafka_session_timeout_ms": 6000,
+    }
 
 
 async def start_pipeline(
