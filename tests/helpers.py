@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import socket
+from urllib.parse import parse_qsl, urlencode, urlsplit
 
 from prometheus_client import CollectorRegistry
 
@@ -18,3 +19,18 @@ def metric_value(metrics: object, name: str, **labels: str) -> float:
     registry: CollectorRegistry = metrics.registry  # type: ignore[attr-defined]
     value = registry.get_sample_value(name, labels)
     return 0.0 if value is None else value
+
+
+def reference_split(url: str, keep_query: frozenset[str]) -> tuple[str, str, str]:
+    """A page URL split by the standard library alone: what event.split_url must agree with."""
+    try:
+        parts = urlsplit(url)
+        host = (parts.hostname or "").lower()
+    except ValueError:
+        return "", "", ""
+    kept = [
+        (k, v)
+        for k, v in parse_qsl(parts.query, keep_blank_values=True)
+        if k.startswith("utm_") or k in keep_query
+    ]
+    return host, parts.path, urlencode(kept) if kept else ""

@@ -5,12 +5,12 @@ from __future__ import annotations
 import ipaddress
 import re
 import uuid
-from urllib.parse import parse_qsl, urlencode, urlsplit
 
 import pytest
 
 from collector import event as ev
 from collector.privacy import anonymise_ip, ipv4_text, normalise_ip
+from tests.helpers import reference_split
 
 IP_CORPUS = [
     "0.0.0.0",
@@ -136,21 +136,6 @@ URL_CORPUS = [
     "https://example.com/\x7f",
     "https://example.com/%0d%0a?utm_source=%0d",
 ]
-
-
-def reference_split(url: str, keep_query: frozenset[str]) -> tuple[str, str, str]:
-    """The `urlsplit`-only implementation the fast path replaced."""
-    try:
-        parts = urlsplit(url)
-        host = (parts.hostname or "").lower()
-    except ValueError:
-        return "", "", ""
-    kept = [
-        (k, v)
-        for k, v in parse_qsl(parts.query, keep_blank_values=True)
-        if k.startswith("utm_") or k in keep_query
-    ]
-    return host, parts.path, urlencode(kept) if kept else ""
 
 
 def test_split_url_equals_urlsplit() -> None:

@@ -4,7 +4,7 @@ redirect destination check, over generated input (hypothesis)."""
 from __future__ import annotations
 
 import ipaddress
-from urllib.parse import parse_qsl, urlencode, urlsplit
+from urllib.parse import urlsplit
 
 import orjson
 from hypothesis import HealthCheck, assume, given, settings
@@ -23,6 +23,7 @@ from collector.sanitize import (
     serialise,
 )
 from collector.signing import SIGNED_KEYS, Keyring, sign, verify
+from tests.helpers import reference_split
 
 FAST = settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 KEYRING = Keyring(
@@ -142,21 +143,6 @@ def test_an_event_row_is_json_within_its_limits_and_without_controls(f, props, u
     assert not any(CONTROL_RE.search(s) for s in strings)
 
 
-def split_url_reference(url: str, keep: frozenset[str]) -> tuple[str, str, str]:
-    """The page URL split by the standard library alone: what split_url must agree with."""
-    try:
-        parts = urlsplit(url)
-        host = (parts.hostname or "").lower()
-    except ValueError:
-        return "", "", ""
-    kept = [
-        (k, v)
-        for k, v in parse_qsl(parts.query, keep_blank_values=True)
-        if k.startswith("utm_") or k in keep
-    ]
-    return host, parts.path, urlencode(kept) if kept else ""
-
-
 url_parts = st.text(alphabet="/?#&=:@.[]%+ aAzZ09\t\r\n\x00é", max_size=30)
 page_url = st.builds(
     "".join,
@@ -174,7 +160,7 @@ page_url = st.builds(
 @given(page_url | st.text(max_size=40))
 def test_split_url_agrees_with_the_standard_library(url):
     keep = frozenset({"id"})
-    assert ev.split_url(url, keep) == split_url_reference(url, keep)
+    assert ev.split_url(url, keep) == reference_split(url, keep)
 
 
 # aiohttp decodes header bytes as UTF-8 with surrogateescape: bytes that are not UTF-8 arrive
