@@ -256,15 +256,19 @@ async def test_every_event_is_stored_once_and_offsets_are_committed(
 
 
 class FailingWriter:
-    """The real chDB writer behind an edge that fails every insert for `fail_s` seconds."""
+    """The real chDB writer behind an edge that fails every insert until `heal()`: the test
+    ends the outage itself, so a retry cannot land between the outage's end and its checks."""
 
-    def __init__(self, writer: ChdbWriter, fail_s: float) -> None:
+    def __init__(self, writer: ChdbWriter) -> None:
         self.writer = writer
-        self.fail_until = time.monotonic() + fail_s
+        self.failing = True
         self.failures = 0
 
+    def heal(self) -> None:
+        self.failing = False
+
     async def insert(self, table: str, rows: bytes, token: str) -> None:
-        if time.monotonic() < self.fail_until:
+        if self.failing:
             self.failures += 1
             raise StoreError("Code: 210. DB::NetException: Connection refused (test)")
         await self.writer.insert(table, rows, token)
@@ -314,7 +318,8 @@ async def test_a_failing_store_pauses_keeps_the_member_and_loses_nothing(
 ) -> None:
     events = mail_opens(600)
     await produce(settings.kafka_bootstrap, settings.kafka_topic, [orjson.dumps(e) for e in events])
-    writer = FailingWriter(store, fail_s=8.0)
+    writer = FailingWriter(store)
+    outage_ends = time.monotonic() + 8.0
     # A member that stops calling getmany() for 3 s leaves the group: the outage is longer,
     # so it stays only because the loop keeps polling while it backs off.
     consumer = Consumer(settings, writer, max_poll_interval_ms=3000)
@@ -328,10 +333,11 @@ async def test_a_failing_store_pauses_keeps_the_member_and_loses_nothing(
             consumer.value("beacon_consumer_lag_records", topic=settings.kafka_topic,
                            partition=str(p)) for p in range(PARTITIONS)))  # fmt: skip
         paused_seen = max(paused_seen, consumer.value("beacon_consumer_paused_partitions"))
-        return time.monotonic() >= writer.fail_until
+        return time.monotonic() >= outage_ends
 
     await wait_for(lagging, "the outage to end", consumer.task)
     assert await count(store) == 0
+    writer.heal()
     assert lag_seen == len(events)  # nothing committed while nothing is stored
     assert paused_seen == PARTITIONS
     assert consumer.value("beacon_consumer_retries_total", step="insert") >= PARTITIONS * 3
