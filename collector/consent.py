@@ -12,12 +12,15 @@ from __future__ import annotations
 
 import os
 import re
-from typing import Any
+from typing import TYPE_CHECKING, Any
 from urllib.parse import parse_qsl, urlencode, urlsplit
 
 from aiohttp import web
 
 from collector.privacy import VisitorHasher
+
+if TYPE_CHECKING:
+    from collector.handlers import RequestView
 
 GRANTED = "granted"
 NOT_REQUIRED = "not_required"
@@ -143,7 +146,7 @@ class VisitorIds:
 
     def pick(
         self,
-        request: web.Request,
+        request: RequestView,
         site: str,
         full_ip: str,
         user_agent: str,

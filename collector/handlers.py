@@ -4,11 +4,11 @@ from __future__ import annotations
 
 import time
 from collections.abc import Mapping
-from typing import Any
+from typing import Any, Protocol
 
 import orjson
 from aiohttp import web
-from multidict import CIMultiDict
+from multidict import CIMultiDict, CIMultiDictProxy, MultiMapping
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from prometheus_client.metrics import MetricWrapperBase
 
@@ -42,6 +42,21 @@ def is_prefetch(headers: Mapping[str, str]) -> bool:
     """Browsers mark speculative loads; nobody has seen the page or the mail yet."""
     purpose = headers.get("Sec-Purpose") or headers.get("Purpose") or ""
     return "prefetch" in purpose
+
+
+class RequestView(Protocol):
+    """What the event path reads of a request: aiohttp's web.Request, or the fast path's."""
+
+    @property
+    def method(self) -> str: ...
+    @property
+    def headers(self) -> CIMultiDictProxy[str]: ...
+    @property
+    def query(self) -> MultiMapping[str]: ...
+    @property
+    def remote(self) -> str | None: ...
+    @property
+    def cookies(self) -> Mapping[str, str]: ...
 
 
 class Children(dict[Any, Any]):
@@ -100,7 +115,7 @@ class Collector:
 
     # -- shared steps ----------------------------------------------------------------------
 
-    def client_ip(self, request: web.Request) -> str:
+    def client_ip(self, request: RequestView) -> str:
         header = self.settings.forwarded_header
         if header:
             # The proxy we trust appends the address it saw last; anything left of it is the
@@ -114,7 +129,7 @@ class Collector:
 
     def record(
         self,
-        request: web.Request,
+        request: RequestView,
         fields: Mapping[str, str],
         props: dict[str, str],
         page_url: str,
@@ -191,23 +206,32 @@ class Collector:
     # -- endpoints -------------------------------------------------------------------------
 
     async def pixel(self, request: web.Request) -> web.Response:
-        """GET/HEAD /p.gif: always the pixel; the event only when the request is a real view."""
+        """GET/HEAD /p.gif: always the pixel; the event only when the request is a real view.
+
+        Connections that start with pixels are answered by collector/fastpath.py instead,
+        through the same pixel_outcome and pixel_done."""
         started = time.perf_counter()
         issued: list[int] = []
-        if request.method == "HEAD":
-            outcome = "head"
-        elif is_prefetch(request.headers):
-            outcome = "prefetch"
-        else:
-            outcome = self._pixel_event(request, issued)
+        outcome = self.pixel_outcome(request, issued)
         response = web.Response(body=GIF_BYTES, headers=PIXEL_HEADERS)
         if issued:
             self.visitor_ids.with_cookie(response, issued)
-        self.requests["pixel", outcome].inc()
-        self.hot_path_seconds["pixel"].observe(time.perf_counter() - started)
+        self.pixel_done(outcome, started)
         return response
 
-    def _pixel_event(self, request: web.Request, issued: list[int]) -> str:
+    def pixel_outcome(self, request: RequestView, issued: list[int] | None) -> str:
+        """The pixel's event, recorded when the request is a real view; the outcome label."""
+        if request.method == "HEAD":
+            return "head"
+        if is_prefetch(request.headers):
+            return "prefetch"
+        return self._pixel_event(request, issued)
+
+    def pixel_done(self, outcome: str, started: float) -> None:
+        self.requests["pixel", outcome].inc()
+        self.hot_path_seconds["pixel"].observe(time.perf_counter() - started)
+
+    def _pixel_event(self, request: RequestView, issued: list[int] | None) -> str:
         verified = self.gate.check("/p.gif", request.query.items(), "pixel")
         if verified is None:
             return "unverified"

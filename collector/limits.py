@@ -13,7 +13,7 @@ import asyncio
 import logging
 import re
 from collections.abc import Awaitable, Callable
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from aiohttp import web
 from aiohttp.http_exceptions import HttpProcessingError
@@ -23,6 +23,9 @@ from aiohttp.web_protocol import RequestHandler, RequestPayloadError
 from collector.handlers import json_error
 from collector.metrics import CollectorMetrics
 from collector.settings import Settings
+
+if TYPE_CHECKING:
+    from collector.fastpath import FastPaths
 
 # aiohttp's own defaults, set here so they are visible and documented (docs/security.md):
 # the request line (a pixel URL with its page URL and properties fits well within it), each
@@ -154,7 +157,8 @@ class HeadDeadline(asyncio.Protocol):
 
 
 class GuardedSite(web.TCPSite):
-    """web.TCPSite whose connections get a HeadDeadline (none when header_timeout_s is 0)."""
+    """web.TCPSite whose connections get a HeadDeadline (none when header_timeout_s is 0),
+    behind the pixel fast path when one is given (collector/fastpath.py)."""
 
     def __init__(
         self,
@@ -165,10 +169,12 @@ class GuardedSite(web.TCPSite):
         header_timeout_s: float,
         metrics: CollectorMetrics,
         reuse_port: bool = False,
+        fast_paths: FastPaths | None = None,
     ) -> None:
         super().__init__(runner, host, port, reuse_port=reuse_port)
         self._header_timeout_s = header_timeout_s
         self._metrics = metrics
+        self._fast_paths = fast_paths
 
     async def start(self) -> None:
         # web.TCPSite.start, with the protocol factory wrapped.
@@ -180,8 +186,11 @@ class GuardedSite(web.TCPSite):
         def guarded() -> asyncio.Protocol:
             return HeadDeadline(server(), period_s, metrics)
 
+        factory: Callable[[], asyncio.Protocol] = guarded if period_s > 0 else server
+        if self._fast_paths is not None:
+            factory = self._fast_paths.factory(factory)
         self._server = await asyncio.get_running_loop().create_server(
-            guarded if period_s > 0 else server,
+            factory,
             self._host,
             self._port,
             backlog=self._backlog,
@@ -189,6 +198,13 @@ class GuardedSite(web.TCPSite):
             reuse_port=self._reuse_port,
         )
         self._bound_port = self._server.sockets[0].getsockname()[1]
+
+    async def stop(self) -> None:
+        await super().stop()  # no new connections
+        if self._fast_paths is not None:
+            # Nothing is in progress on them (each pixel is answered as it is read), and the
+            # buffer closes after this: no event may arrive on them then.
+            self._fast_paths.close_all()
 
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]

@@ -180,6 +180,13 @@ class CollectorMetrics:
             ["phase"],
             registry=registry,
         )
+        self.fast_path_handoffs = Counter(
+            "beacon_fast_path_handoffs",
+            "Connections the pixel fast path handed to aiohttp, by what it met: another"
+            " request, or a request head split across reads.",
+            ["reason"],
+            registry=registry,
+        )
         self.rate_limited = Counter(
             "beacon_rate_limited",
             "Requests over the per-IP rate limit (pixels: served, not recorded), by endpoint.",

@@ -13,6 +13,7 @@ from aiohttp import web
 from prometheus_client import CollectorRegistry
 
 from collector.app import COLLECTOR, create_app
+from collector.fastpath import fast_paths
 from collector.limits import GuardedSite, handler_options
 from collector.metrics import CollectorMetrics
 from collector.settings import Settings
@@ -86,6 +87,7 @@ async def serve(settings: Settings, multiprocess_dir: Path | None = None) -> Non
         reuse_port=True,
         header_timeout_s=settings.header_timeout_ms / 1000,
         metrics=metrics,
+        fast_paths=fast_paths(settings, app[COLLECTOR], metrics),
     )
     await site.start()
     metrics.workers.set(1)

@@ -134,6 +134,11 @@ class Settings:
         0.0, "requests per second per client IP (token bucket); 0: no rate limit", min=0
     )
     rate_limit_burst: int = setting(20, "requests a client IP may send at once", min=1)
+    pixel_fast_path: bool = setting(
+        True,
+        "answer pixel-only connections below aiohttp's web layer (off with the visitor cookie"
+        " or the rate limit)",
+    )
 
     def __post_init__(self) -> None:
         if self.sink == "kafka" and not self.kafka_bootstrap:

@@ -1,10 +1,11 @@
-"""The seven servers the benchmark compares, each started as its own process on one CPU.
+"""The eight servers the benchmark compares, each started as its own process on one CPU.
 
 Every one answers GET /p.gif with the same 43-byte GIF and the same no-cache headers:
 nginx's empty_gif (the ceiling), a bare aiohttp + uvloop handler (the framework floor Beacon's
 hot path is measured against), FastAPI on uvicorn (the usual Python choice), and Beacon's
-collector with the in-memory sink, the disk spool, the Kafka sink, and the Kafka sink with
-the write-ahead log (BEACON_DURABILITY=wal).
+collector with the in-memory sink, the disk spool, the Kafka sink, the Kafka sink with the
+write-ahead log (BEACON_DURABILITY=wal), and the Kafka sink with every pixel through
+aiohttp's web layer (BEACON_PIXEL_FAST_PATH=0: what the fast path is worth).
 """
 
 from __future__ import annotations
@@ -120,7 +121,7 @@ def fastapi(ctx: Context) -> tuple[list[str], dict[str, str]]:
     return argv, python_env()
 
 
-def beacon(sink: str, durability: str = "memory") -> Command:
+def beacon(sink: str, durability: str = "memory", fast_path: bool = True) -> Command:
     def command(ctx: Context) -> tuple[list[str], dict[str, str]]:
         # One process, as pinned to one core: `--workers 1` serves in-process, no master.
         argv = [sys.executable, "-m", "collector", "serve", "--workers", "1", "--sink", sink]
@@ -134,6 +135,7 @@ def beacon(sink: str, durability: str = "memory") -> Command:
             BEACON_KAFKA_BOOTSTRAP=ctx.kafka_bootstrap if sink == "kafka" else "",
             # wal: every event is appended to a local write-ahead file before its answer.
             BEACON_DURABILITY=durability,
+            BEACON_PIXEL_FAST_PATH="1" if fast_path else "0",
         )
         return argv, env
 
@@ -153,6 +155,14 @@ SERVERS = {
             "beacon-kafka-wal",
             "Beacon, Kafka sink + WAL",
             beacon("kafka", "wal"),
+            "/readyz",
+            True,
+            True,
+        ),
+        Server(
+            "beacon-kafka-aiohttp",
+            "Beacon, Kafka sink, no fast path",
+            beacon("kafka", fast_path=False),
             "/readyz",
             True,
             True,

@@ -1,0 +1,263 @@
+"""The pixel answered below aiohttp's web layer, aiohttp serving everything else.
+
+Under load aiohttp's own work (a Request, routing, a handler coroutine, a Response serialised
+header by header) was about 60% of the collector's CPU (docs/performance.md), while a pixel
+request is a GET with a query and a few headers, always answered with the same 43 bytes. Each
+connection starts with `PixelFastPath`: it answers complete `GET /p.gif` heads itself,
+through the same `Collector.pixel_outcome` as the aiohttp route. At the first bytes that are
+anything else (another path or method, HTTP/1.0, a body, a head split across reads, a header
+it does not accept) it hands the connection, those bytes first, to aiohttp's protocol for
+good. What it accepts is a strict subset of what aiohttp's parser accepts, and it builds the
+same header and query objects from it, so both paths record the same event; the only
+difference a client sees is that the fast answer carries no Server header.
+
+Off (BEACON_PIXEL_FAST_PATH=0, or with the visitor cookie or the rate limit, which live in
+aiohttp's request and middleware) every connection goes to aiohttp at once.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import re
+import time
+from collections.abc import Callable
+from email.utils import formatdate
+from typing import Any, cast
+
+from multidict import CIMultiDict, CIMultiDictProxy, MultiDictProxy
+from yarl import URL
+
+from collector.handlers import Collector
+from collector.limits import MAX_FIELD_BYTES, MAX_HEADERS, MAX_LINE_BYTES
+from collector.metrics import CollectorMetrics
+from collector.pixel import GIF_BYTES, PIXEL_HEADERS
+from collector.settings import Settings
+
+PATH = "/p.gif"
+_LINE_LIMIT = min(MAX_LINE_BYTES, MAX_FIELD_BYTES)
+# A head the fast path answers, matched in one pass: the request line with its query, then
+# header lines of a token name and a value of printable ASCII, tab and bytes >= 0x80. No
+# fragment, no other version, no bare CR or LF, no obs-fold, no NUL or other controls: those,
+# and every other request, are aiohttp's to answer or refuse.
+_HEAD_RE = re.compile(
+    rb"GET /p\.gif(?:\?([!\"$-~]*))? HTTP/1\.1"
+    rb"((?:\r\n[!#$%&'*+\-.^_`|~0-9A-Za-z]+:[^\x00-\x08\x0a-\x1f\x7f]*)*)"
+)
+# In the lowercased header block: a body, a protocol switch, a continuation or a connection
+# other than keep-alive, each aiohttp's business.
+_HANDED_OVER_RE = re.compile(
+    rb"\r\n(?:(?:content-length|transfer-encoding|upgrade|expect):"
+    rb"|connection:[ \t]*+(?!keep-alive[ \t]*(?:\r\n|\Z)))"
+)
+_NAME_RE = re.compile(rb"\r\n([^:]+):")
+# Name and value, the value without the whitespace around it (llhttp drops it too).
+_FIELD_RE = re.compile(r"\r\n([^:]+):[ \t]*+((?:[^\r]*[^\r \t])?)")
+_RESPONSE_HEAD = (
+    "HTTP/1.1 200 OK\r\n"
+    + "".join(f"{name}: {value}\r\n" for name, value in PIXEL_HEADERS.items())
+    + f"Content-Length: {len(GIF_BYTES)}\r\n"
+).encode()
+
+
+class PixelRequest:
+    """What `Collector.pixel_outcome` reads of a request, as aiohttp's Request presents it."""
+
+    __slots__ = ("_query", "_query_string", "headers", "remote")
+    method = "GET"
+
+    def __init__(self, query_string: str, headers: CIMultiDictProxy[str], remote: str) -> None:
+        self._query_string = query_string
+        self._query: MultiDictProxy[str] | None = None
+        self.headers = headers
+        self.remote = remote
+
+    @property
+    def query(self) -> MultiDictProxy[str]:
+        if self._query is None:
+            # The same yarl call aiohttp's parser makes, so the same pairs (+, %, blanks).
+            url = URL.build(path=PATH, query_string=self._query_string, encoded=True)
+            self._query = url.query
+        return self._query
+
+    @property
+    def cookies(self) -> dict[str, str]:
+        raise RuntimeError("the visitor cookie is served by aiohttp: the fast path is off")
+
+
+def parse_head(head: bytes) -> PixelRequest | str:
+    """A pixel request from one complete head (without its blank line), or why not.
+
+    Every check is one pass in C: a pixel's head is parsed in a few microseconds."""
+    match = _HEAD_RE.fullmatch(head)
+    if match is None:
+        return "other_request"
+    if len(head) >= _LINE_LIMIT and max(map(len, head.split(b"\r\n"))) >= _LINE_LIMIT:
+        return "other_request"  # aiohttp's parser answers 400
+    query, block = match.groups(b"")
+    lower = block.lower()
+    if _HANDED_OVER_RE.search(lower):
+        return "other_request"
+    names = _NAME_RE.findall(lower)
+    distinct = set(names)
+    if len(names) > MAX_HEADERS or len(distinct) != len(names) or b"host" not in distinct:
+        return "other_request"  # aiohttp refuses repeats of some (Host) and a missing Host
+    fields = _FIELD_RE.findall(block.decode("utf-8", "surrogateescape"))
+    return PixelRequest(query.decode("ascii"), CIMultiDictProxy(CIMultiDict(fields)), "")
+
+
+class DateHeader:
+    """The Date header line, formatted once a second."""
+
+    __slots__ = ("_line", "_second")
+
+    def __init__(self) -> None:
+        self._second = -1
+        self._line = b""
+
+    def __call__(self) -> bytes:
+        now = int(time.time())
+        if now != self._second:
+            self._second = now
+            self._line = f"Date: {formatdate(now, usegmt=True)}\r\n\r\n".encode()
+        return self._line
+
+
+def fast_paths(
+    settings: Settings, collector: Collector, metrics: CollectorMetrics
+) -> FastPaths | None:
+    """The fast path for a site, or None when it is off or a setting needs aiohttp's request."""
+    if not settings.pixel_fast_path or settings.visitor_cookie or settings.rate_limit_per_s:
+        return None
+    return FastPaths(collector, metrics, settings.keepalive_timeout_ms / 1000)
+
+
+class FastPaths:
+    """The open fast-path connections of one site, closed together when it stops."""
+
+    def __init__(
+        self, collector: Collector, metrics: CollectorMetrics, idle_timeout_s: float
+    ) -> None:
+        self.collector = collector
+        self.metrics = metrics
+        self.idle_timeout_s = idle_timeout_s
+        self.date = DateHeader()
+        self.open: set[PixelFastPath] = set()
+        self.handed_over = {
+            reason: metrics.fast_path_handoffs.labels(reason)
+            for reason in ("other_request", "split_head")
+        }
+
+    def factory(self, inner: Callable[[], asyncio.Protocol]) -> Callable[[], asyncio.Protocol]:
+        """A protocol factory for the listening socket: the fast path in front of `inner`."""
+        return lambda: PixelFastPath(self, inner)
+
+    def close_all(self) -> None:
+        for connection in list(self.open):
+            connection.close()
+
+
+class PixelFastPath(asyncio.Protocol):
+    """One connection: pixels answered here until the first other request, then aiohttp's."""
+
+    __slots__ = ("_active", "_make_inner", "_paths", "_paused", "_remote", "_timer", "_transport")
+
+    def __init__(self, paths: FastPaths, make_inner: Callable[[], asyncio.Protocol]) -> None:
+        self._paths = paths
+        self._make_inner = make_inner
+        self._transport: asyncio.Transport | None = None
+        self._timer: asyncio.TimerHandle | None = None
+        self._active = False
+        self._paused = False
+        self._remote = ""
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self._transport = cast(asyncio.Transport, transport)  # uvloop's is not a subclass
+        peer: Any = transport.get_extra_info("peername")
+        self._remote = peer[0] if isinstance(peer, tuple) else ""  # as aiohttp's request.remote
+        self._paths.open.add(self)
+        self._arm()
+
+    def data_received(self, data: bytes) -> None:
+        assert self._transport is not None
+        self._active = True
+        paths = self._paths
+        collector = paths.collector
+        answers: list[bytes] = []
+        start = 0
+        reason = ""
+        while start < len(data):
+            end = data.find(b"\r\n\r\n", start)
+            if end < 0:
+                reason = "split_head"
+                break
+            parsed = parse_head(data[start:end])
+            if isinstance(parsed, str):
+                reason = parsed
+                break
+            started = time.perf_counter()
+            parsed.remote = self._remote
+            outcome = collector.pixel_outcome(parsed, None)
+            answers.append(_RESPONSE_HEAD)
+            answers.append(paths.date())
+            answers.append(GIF_BYTES)
+            collector.pixel_done(outcome, started)
+            start = end + 4
+        if answers:
+            self._transport.write(b"".join(answers))
+        if reason:
+            paths.handed_over[reason].inc()
+            self._hand_over(data[start:])
+
+    def _hand_over(self, rest: bytes) -> None:
+        """aiohttp's protocol takes the connection from `rest` on; this one steps out."""
+        assert self._transport is not None
+        self._disarm()
+        inner = self._make_inner()
+        inner.connection_made(self._transport)
+        self._transport.set_protocol(inner)
+        if self._paused:  # aiohttp waits for resume_writing itself and never paused reading
+            self._transport.resume_reading()
+            inner.pause_writing()
+        inner.data_received(rest)
+
+    def eof_received(self) -> bool:
+        return False  # close: nothing is in progress here
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self._disarm()
+
+    def pause_writing(self) -> None:
+        # A client that sends pixels faster than it reads the answers waits for itself.
+        assert self._transport is not None
+        self._paused = True
+        self._transport.pause_reading()
+
+    def resume_writing(self) -> None:
+        assert self._transport is not None
+        self._paused = False
+        self._transport.resume_reading()
+
+    def close(self) -> None:
+        if self._transport is not None:
+            self._transport.close()
+        self._disarm()
+
+    def _arm(self) -> None:
+        loop = asyncio.get_running_loop()
+        self._timer = loop.call_later(self._paths.idle_timeout_s, self._check_idle)
+
+    def _disarm(self) -> None:
+        self._paths.open.discard(self)
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
+
+    def _check_idle(self) -> None:
+        """Closes a connection that sent nothing for a whole period, as aiohttp's keep-alive
+        timeout does (here after one to two periods)."""
+        if not self._active:
+            self._timer = None
+            self.close()
+            return
+        self._active = False
+        self._arm()
