@@ -76,6 +76,7 @@ class EventBuffer:
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self._stop.wait(), self.linger_s)
             self.metrics.buffer_events.set(len(self._events))
+            self.metrics.fold()
             try:
                 if self.wal is not None:
                     await self.wal.tick()
@@ -99,3 +100,4 @@ class EventBuffer:
         await self._drain_once()
         await self.sink.flush()
         await self.sink.close()
+        self.metrics.fold()  # the last requests' counts

@@ -18,6 +18,7 @@ aiohttp's request and middleware) every connection goes to aiohttp at once.
 from __future__ import annotations
 
 import asyncio
+import logging
 import re
 import time
 from collections.abc import Callable
@@ -32,6 +33,8 @@ from collector.limits import MAX_FIELD_BYTES, MAX_HEADERS, MAX_LINE_BYTES
 from collector.metrics import CollectorMetrics
 from collector.pixel import GIF_BYTES, PIXEL_HEADERS
 from collector.settings import Settings
+
+log = logging.getLogger("beacon.collector")
 
 PATH = "/p.gif"
 _LINE_LIMIT = min(MAX_LINE_BYTES, MAX_FIELD_BYTES)
@@ -196,7 +199,11 @@ class PixelFastPath(asyncio.Protocol):
                 break
             started = time.perf_counter()
             parsed.remote = self._remote
-            outcome = collector.pixel_outcome(parsed, None)
+            try:
+                outcome = collector.pixel_outcome(parsed, None)
+            except Exception:  # a bug: aiohttp would answer 500, a pixel gets its GIF anyway
+                log.exception("pixel event failed")
+                outcome = "error"
             answers.append(_RESPONSE_HEAD)
             answers.append(paths.date())
             answers.append(GIF_BYTES)

@@ -10,7 +10,6 @@ import orjson
 from aiohttp import web
 from multidict import CIMultiDict, CIMultiDictProxy, MultiMapping
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
-from prometheus_client.metrics import MetricWrapperBase
 
 from collector import event as ev
 from collector.buffer import EventBuffer
@@ -31,6 +30,7 @@ from collector.privacy import VisitorHasher, anonymise_ip, dnt_decision, normali
 from collector.sanitize import serialise
 from collector.settings import Settings
 from collector.signing import Keyring, SignatureGate
+from collector.tallies import CounterTally, HistogramTally, Tallies
 
 MAX_BODY_BYTES = 64 * 1024
 MAX_BATCH_EVENTS = 100
@@ -57,21 +57,6 @@ class RequestView(Protocol):
     def remote(self) -> str | None: ...
     @property
     def cookies(self) -> Mapping[str, str]: ...
-
-
-class Children(dict[Any, Any]):
-    """A labelled metric's children by label value (a tuple for several labels), each bound
-    on first use: `.labels()` costs ~1 us a call, a dict hit ~0.05 us."""
-
-    def __init__(self, metric: MetricWrapperBase) -> None:
-        super().__init__()
-        self.metric = metric
-
-    def __missing__(self, key: Any) -> Any:
-        child = self[key] = (
-            self.metric.labels(*key) if type(key) is tuple else self.metric.labels(key)
-        )
-        return child
 
 
 def json_error(status: int, reason: str, **extra: Any) -> web.Response:
@@ -108,10 +93,13 @@ class Collector:
         self.visitor_ids = VisitorIds(hasher, cookie)
         self.draining = False
         self.new_event_id = ev.Uuid7Source()
-        self.requests = Children(metrics.requests)  # by (endpoint, outcome)
-        self.hot_path_seconds = Children(metrics.hot_path_seconds)  # by endpoint
-        self.accepted = Children(metrics.events_accepted)  # by transport
-        self.fixed = Children(metrics.input_fixed)  # by reason
+        # Tallied on the hot path, added to the series on the buffer tick (collector/tallies.py).
+        self.requests = Tallies(metrics.requests, CounterTally)  # by (endpoint, outcome)
+        self.hot_path_seconds = Tallies(metrics.hot_path_seconds, HistogramTally)  # by endpoint
+        self.accepted = Tallies(metrics.events_accepted, CounterTally)  # by transport
+        self.fixed = Tallies(metrics.input_fixed, CounterTally)  # by reason
+        tallies = (self.requests, self.hot_path_seconds, self.accepted, self.fixed)
+        metrics.folds += [t.fold for t in tallies]
 
     # -- shared steps ----------------------------------------------------------------------
 
@@ -321,6 +309,7 @@ class Collector:
         return web.Response(text="ready\n")
 
     async def metrics_page(self, request: web.Request) -> web.Response:
+        self.metrics.fold()
         self.metrics.buffer_events.set(len(self.buffer))
         body = generate_latest(self.metrics.exposition)
         return web.Response(body=body, headers={"Content-Type": CONTENT_TYPE_LATEST})

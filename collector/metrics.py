@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from pathlib import Path
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, multiprocess
@@ -20,6 +21,8 @@ class CollectorMetrics:
 
     def __init__(self, registry: CollectorRegistry, multiprocess_dir: Path | None = None) -> None:
         self.registry = registry
+        # Tallies of the hot path's series (collector/tallies.py), added in by fold().
+        self.folds: list[Callable[[], None]] = []
         # What /metrics shows: this process's series, or with several workers (PROMETHEUS_
         # MULTIPROC_DIR set before prometheus_client was imported) the sum over all of them.
         # Gauges say how to combine in `multiprocess_mode`; it is ignored in one process.
@@ -193,3 +196,8 @@ class CollectorMetrics:
             ["endpoint"],
             registry=registry,
         )
+
+    def fold(self) -> None:
+        """Add what the hot path tallied into the series (each buffer tick, each /metrics)."""
+        for fold in self.folds:
+            fold()

@@ -18,10 +18,15 @@ import pytest
 from aiohttp.base_protocol import BaseProtocol
 from aiohttp.http_parser import HttpRequestParser
 
-from collector.fastpath import PixelRequest, parse_head
+from collector.app import COLLECTOR, create_app
+from collector.fastpath import FastPaths, PixelFastPath, PixelRequest, parse_head
+from collector.metrics import CollectorMetrics
+from collector.pixel import GIF_BYTES
+from collector.settings import Settings
+from collector.sinks.memory import MemorySink
 from collector.sinks.spool import closed_segments
 from loadtest.fuzz import collector, scrape, send_raw
-from tests.helpers import free_port
+from tests.helpers import free_port, metric_value
 
 pytestmark = pytest.mark.slow
 
@@ -339,3 +344,36 @@ async def test_parse_head_reads_what_aiohttp_reads(head: bytes) -> None:
 )
 def test_parse_head_refuses_what_is_not_a_plain_pixel(head: bytes) -> None:
     assert parse_head(head) == "other_request"
+
+
+class Transport:
+    """The edge this test is not about: what the connection wrote."""
+
+    def __init__(self) -> None:
+        self.written = b""
+
+    def get_extra_info(self, name: str) -> Any:
+        return ("203.0.113.7", 40000) if name == "peername" else None
+
+    def write(self, data: bytes) -> None:
+        self.written += data
+
+
+async def test_a_failing_event_still_gets_its_pixel_and_is_counted(
+    settings: Settings, metrics: CollectorMetrics, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    collector_ = create_app(settings, MemorySink(), metrics)[COLLECTOR]
+
+    def broken(*_: Any) -> str:
+        raise KeyError("a bug")
+
+    monkeypatch.setattr(collector_, "pixel_outcome", broken)
+    connection = PixelFastPath(FastPaths(collector_, metrics, 60.0), asyncio.Protocol)
+    transport = Transport()
+    connection.connection_made(transport)  # type: ignore[arg-type]
+    connection.data_received(pixel("s=bug", UA) * 2)
+    connection.connection_lost(None)
+    assert transport.written.count(b"HTTP/1.1 200 OK\r\n") == 2
+    assert transport.written.endswith(GIF_BYTES)
+    errors = metric_value(metrics, "beacon_requests_total", endpoint="pixel", outcome="error")
+    assert errors == 2
