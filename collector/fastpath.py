@@ -5,8 +5,9 @@ header by header) was about 60% of the collector's CPU (docs/performance.md), wh
 request is a GET with a query and a few headers, always answered with the same 43 bytes. Each
 connection starts with `PixelFastPath`: it answers complete `GET /p.gif` heads itself,
 through the same `Collector.pixel_outcome` as the aiohttp route. At the first bytes that are
-anything else (another path or method, HTTP/1.0, a body, a head split across reads, a header
-it does not accept) it hands the connection, those bytes first, to aiohttp's protocol for
+anything else (another path or method, HTTP/1.0, a body, a header it does not accept, a pixel
+head split across reads whose rest does not come within BEACON_HEADER_TIMEOUT_MS) it hands
+the connection, those bytes first, to aiohttp's protocol for
 good. What it accepts is a strict subset of what aiohttp's parser accepts, and it builds the
 same header and query objects from it, so both paths record the same event; the only
 difference a client sees is that the fast answer carries no Server header.
@@ -37,6 +38,10 @@ from collector.settings import Settings
 log = logging.getLogger("beacon.collector")
 
 PATH = "/p.gif"
+_PIXEL_START = b"GET /p.gif"
+# A pixel head split across reads (a long page URL, a small MSS) waits for its rest up to this
+# size and BEACON_HEADER_TIMEOUT_MS; beyond either, aiohttp and its own deadline take it.
+_SPLIT_HEAD_MAX_BYTES = 16 * 1024
 _LINE_LIMIT = min(MAX_LINE_BYTES, MAX_FIELD_BYTES)
 # A head the fast path answers, matched in one pass: the request line with its query, then
 # header lines of a token name and a value of printable ASCII, tab and bytes >= 0x80. No
@@ -131,18 +136,28 @@ def fast_paths(
     """The fast path for a site, or None when it is off or a setting needs aiohttp's request."""
     if not settings.pixel_fast_path or settings.visitor_cookie or settings.rate_limit_per_s:
         return None
-    return FastPaths(collector, metrics, settings.keepalive_timeout_ms / 1000)
+    return FastPaths(
+        collector,
+        metrics,
+        idle_timeout_s=settings.keepalive_timeout_ms / 1000,
+        head_timeout_s=settings.header_timeout_ms / 1000,
+    )
 
 
 class FastPaths:
     """The open fast-path connections of one site, closed together when it stops."""
 
     def __init__(
-        self, collector: Collector, metrics: CollectorMetrics, idle_timeout_s: float
+        self,
+        collector: Collector,
+        metrics: CollectorMetrics,
+        idle_timeout_s: float,
+        head_timeout_s: float = 0.0,
     ) -> None:
         self.collector = collector
         self.metrics = metrics
         self.idle_timeout_s = idle_timeout_s
+        self.head_timeout_s = head_timeout_s  # 0: a split head goes to aiohttp at once
         self.date = DateHeader()
         self.open: set[PixelFastPath] = set()
         self.handed_over = {
@@ -162,7 +177,10 @@ class FastPaths:
 class PixelFastPath(asyncio.Protocol):
     """One connection: pixels answered here until the first other request, then aiohttp's."""
 
-    __slots__ = ("_active", "_make_inner", "_paths", "_paused", "_remote", "_timer", "_transport")
+    __slots__ = (
+        "_active", "_head", "_head_timer", "_make_inner", "_paths", "_paused", "_remote",
+        "_timer", "_transport",
+    )  # fmt: skip
 
     def __init__(self, paths: FastPaths, make_inner: Callable[[], asyncio.Protocol]) -> None:
         self._paths = paths
@@ -172,6 +190,8 @@ class PixelFastPath(asyncio.Protocol):
         self._active = False
         self._paused = False
         self._remote = ""
+        self._head = b""  # the start of a pixel head whose rest has not arrived yet
+        self._head_timer: asyncio.TimerHandle | None = None
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self._transport = cast(asyncio.Transport, transport)  # uvloop's is not a subclass
@@ -183,6 +203,9 @@ class PixelFastPath(asyncio.Protocol):
     def data_received(self, data: bytes) -> None:
         assert self._transport is not None
         self._active = True
+        if self._head:  # its deadline keeps running until the head completes
+            data = self._head + data
+            self._head = b""
         paths = self._paths
         collector = paths.collector
         answers: list[bytes] = []
@@ -191,8 +214,10 @@ class PixelFastPath(asyncio.Protocol):
         while start < len(data):
             end = data.find(b"\r\n\r\n", start)
             if end < 0:
-                reason = "split_head"
+                reason = self._wait_for_rest(data[start:])
                 break
+            if self._head_timer is not None:  # a split head completed
+                self._stop_head_timer()
             parsed = parse_head(data[start:end])
             if isinstance(parsed, str):
                 reason = parsed
@@ -211,9 +236,37 @@ class PixelFastPath(asyncio.Protocol):
             start = end + 4
         if answers:
             self._transport.write(b"".join(answers))
+        if not self._head:
+            self._stop_head_timer()
         if reason:
             paths.handed_over[reason].inc()
             self._hand_over(data[start:])
+
+    def _wait_for_rest(self, head: bytes) -> str:
+        """Keeps the start of a pixel head for the next read; or why it goes to aiohttp."""
+        if not (head.startswith(_PIXEL_START) or _PIXEL_START.startswith(head)):
+            return "other_request"
+        timeout_s = self._paths.head_timeout_s
+        if not timeout_s or len(head) > _SPLIT_HEAD_MAX_BYTES:
+            return "split_head"
+        self._head = head
+        if self._head_timer is None:  # from its first part: more parts do not extend it
+            loop = asyncio.get_running_loop()
+            self._head_timer = loop.call_later(timeout_s, self._head_expired)
+        return ""
+
+    def _head_expired(self) -> None:
+        """A split pixel head that did not complete in time: aiohttp's slow-client deadline
+        takes it from here (collector/limits.py)."""
+        self._head_timer = None
+        head, self._head = self._head, b""
+        self._paths.handed_over["split_head"].inc()
+        self._hand_over(head)
+
+    def _stop_head_timer(self) -> None:
+        if self._head_timer is not None:
+            self._head_timer.cancel()
+            self._head_timer = None
 
     def _hand_over(self, rest: bytes) -> None:
         """aiohttp's protocol takes the connection from `rest` on; this one steps out."""
@@ -255,6 +308,7 @@ class PixelFastPath(asyncio.Protocol):
 
     def _disarm(self) -> None:
         self._paths.open.discard(self)
+        self._stop_head_timer()
         if self._timer is not None:
             self._timer.cancel()
             self._timer = None

@@ -186,7 +186,7 @@ class CollectorMetrics:
         self.fast_path_handoffs = Counter(
             "beacon_fast_path_handoffs",
             "Connections the pixel fast path handed to aiohttp, by what it met: another"
-            " request, or a request head split across reads.",
+            " request, or a pixel head whose rest did not come within the header deadline.",
             ["reason"],
             registry=registry,
         )

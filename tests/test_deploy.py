@@ -4,6 +4,7 @@ for the ClickHouse DDL and the dashboards' SQL. Nothing here needs a Docker engi
 
 from __future__ import annotations
 
+import asyncio
 import json
 import re
 import shutil
@@ -17,6 +18,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+import aiohttp
 import pytest
 import yaml
 from packaging.requirements import Requirement
@@ -353,7 +355,7 @@ def haproxy_config(tmp_path: Path, port: int, servers: list[int]) -> Path:
     text = text.replace("bind :8404", f"bind 127.0.0.1:{free_port()}")
     static = "".join(f"    server c{p} 127.0.0.1:{p}\n" for p in servers)
     text, n = re.subn(r"    server-template collector .*\n", static, text)
-    assert n == 2
+    assert n == 4  # ready and live, for pixels and for the rest
     text = text.replace(
         "log stdout format raw local0 notice", "log stderr format raw local0 warning"
     )
@@ -446,6 +448,10 @@ def test_load_balancer_prefers_ready_collectors_and_falls_back_to_live_ones(tmp_
         assert requests_seen(ready_port) - before_ready == 40
         assert requests_seen(stuck_port) == before_stuck
         assert get(f"http://127.0.0.1:{lb_port}/metrics")[0] == 404
+        # Through HAProxy (server connections kept alive, pixels on backends of their own),
+        # pixels on a client connection that also posted an event reach the collector's fast
+        # path (no Server header).
+        assert asyncio.run(servers_after_a_post(f"http://127.0.0.1:{lb_port}")) == {None}
         # The ready one goes away: the live pool (the full one) takes the pixels, which are
         # answered all the same (their events dropped and counted there) instead of failing.
         procs[0].terminate()
@@ -459,6 +465,19 @@ def test_load_balancer_prefers_ready_collectors_and_falls_back_to_live_ones(tmp_
             if proc.poll() is None:
                 proc.terminate()
                 proc.wait(30)
+
+
+async def servers_after_a_post(base: str) -> set[str | None]:
+    """Server headers of pixels sent after a POST /e on one keep-alive client connection."""
+    async with aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=1)) as http:
+        async with http.post(f"{base}/e", json={"e": "custom", "s": "lb"}) as response:
+            assert response.status == 204
+        seen = set()
+        for _ in range(10):
+            async with http.get(f"{base}/p.gif?e=open&s=lb") as response:
+                assert response.status == 200
+                seen.add(response.headers.get("Server"))
+        return seen
 
 
 def wait_until(condition: Any, timeout_s: float = 30) -> None:

@@ -148,7 +148,9 @@ async def test_fast_answers_and_events_equal_aiohttps(tmp_path: Path) -> None:
     assert events[0] == events[1]
 
 
-async def test_other_requests_and_split_heads_go_to_aiohttp(tmp_path: Path) -> None:
+async def test_other_requests_go_to_aiohttp_and_split_heads_wait_for_their_rest(
+    tmp_path: Path,
+) -> None:
     post = b'{"e": "custom", "s": "handoff", "r": "posted"}'
     pipeline = [
         pixel("s=handoff&r=first", UA),
@@ -172,15 +174,31 @@ async def test_other_requests_and_split_heads_go_to_aiohttp(tmp_path: Path) -> N
         writer.write(split[30:])
         rejoined = await read_answer(reader)
         writer.close()
-        assert handoffs(base, before) == (1, 1)
+        assert handoffs(base, before) == (1, 0)  # this scrape's own
     assert (first[0], first[2]) == (200, after[2]) and "server" not in names(first)
     assert posted[0] == 204 and "server" in names(posted)
     assert after[0] == 200 and "server" in names(after)
-    assert rejoined[0] == 200 and "server" in names(rejoined)
+    assert rejoined[0] == 200 and "server" not in names(rejoined)
     recorded = [(e["recipient"], e["transport"]) for e in spooled(tmp_path)]
     assert recorded == [
         ("first", "pixel"), ("posted", "beacon"), ("after", "pixel"), ("split", "pixel")
     ]  # fmt: skip
+
+
+async def test_a_split_head_whose_rest_never_comes_meets_aiohttps_deadline(
+    tmp_path: Path,
+) -> None:
+    env = {**ENV, "BEACON_HEADER_TIMEOUT_MS": "300"}
+    with collector(tmp_path, env) as (_, base):
+        before = scrape(base)
+        reader, writer = await asyncio.open_connection("127.0.0.1", port_of(base))
+        writer.write(pixel("s=stalled", UA)[:40])  # and nothing more
+        assert await asyncio.wait_for(reader.read(), 10) == b""  # closed, no answer
+        writer.close()
+        assert handoffs(base, before) == (1, 1)  # this scrape's own, and the stalled head
+        timed_out = 'beacon_connections_timed_out_total{phase="header"}'
+        assert scrape(base).get(timed_out, 0) - before.get(timed_out, 0) == 1
+    assert spooled(tmp_path) == []
 
 
 @pytest.fixture(scope="module")
