@@ -42,6 +42,7 @@ _PIXEL_START = b"GET /p.gif"
 # A pixel head split across reads (a long page URL, a small MSS) waits for its rest up to this
 # size and BEACON_HEADER_TIMEOUT_MS; beyond either, aiohttp and its own deadline take it.
 _SPLIT_HEAD_MAX_BYTES = 16 * 1024
+_PROBES = (b"GET /healthz ", b"GET /readyz ", b"GET /metrics ")
 _LINE_LIMIT = min(MAX_LINE_BYTES, MAX_FIELD_BYTES)
 # A head the fast path answers, matched in one pass: the request line with its query, then
 # header lines of a token name and a value of printable ASCII, tab and bytes >= 0x80. No
@@ -162,7 +163,7 @@ class FastPaths:
         self.open: set[PixelFastPath] = set()
         self.handed_over = {
             reason: metrics.fast_path_handoffs.labels(reason)
-            for reason in ("other_request", "split_head")
+            for reason in ("other_request", "probe", "split_head")
         }
 
     def factory(self, inner: Callable[[], asyncio.Protocol]) -> Callable[[], asyncio.Protocol]:
@@ -220,7 +221,8 @@ class PixelFastPath(asyncio.Protocol):
                 self._stop_head_timer()
             parsed = parse_head(data[start:end])
             if isinstance(parsed, str):
-                reason = parsed
+                probe = data.startswith(_PROBES, start)  # health checks and scrapes, apart
+                reason = "probe" if probe else parsed
                 break
             started = time.perf_counter()
             parsed.remote = self._remote

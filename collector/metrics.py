@@ -186,7 +186,8 @@ class CollectorMetrics:
         self.fast_path_handoffs = Counter(
             "beacon_fast_path_handoffs",
             "Connections the pixel fast path handed to aiohttp, by what it met: another"
-            " request, or a pixel head whose rest did not come within the header deadline.",
+            " request, a health check or scrape (probe), or a pixel head whose rest did not come"
+            " within the header deadline.",
             ["reason"],
             registry=registry,
         )

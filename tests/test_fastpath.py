@@ -15,68 +15,19 @@ from typing import Any
 
 import orjson
 import pytest
-from aiohttp.base_protocol import BaseProtocol
-from aiohttp.http_parser import HttpRequestParser
 
-from collector.app import COLLECTOR, create_app
-from collector.fastpath import FastPaths, PixelFastPath, PixelRequest, parse_head
-from collector.metrics import CollectorMetrics
-from collector.pixel import GIF_BYTES
-from collector.settings import Settings
-from collector.sinks.memory import MemorySink
 from collector.sinks.spool import closed_segments
 from loadtest.fuzz import collector, scrape, send_raw
-from tests.helpers import free_port, metric_value
+from tests.fastpath_corpus import CORPUS, UA, pixel
+from tests.helpers import free_port
 
 pytestmark = pytest.mark.slow
 
 ENV = {"BEACON_SECRET": "visitor-secret-0123456789abcdef"}  # same visitor ids in every process
 OTHER = 'beacon_fast_path_handoffs_total{reason="other_request"}'
 SPLIT = 'beacon_fast_path_handoffs_total{reason="split_head"}'
-UA = b"User-Agent: Mozilla/5.0 (X11; Linux x86_64) Firefox/128.0"
+PROBE = 'beacon_fast_path_handoffs_total{reason="probe"}'
 Answer = tuple[int, list[tuple[str, str]], bytes]
-
-
-def pixel(query: str, *fields: bytes) -> bytes:
-    target = f"/p.gif?{query}" if query else "/p.gif"
-    return b"\r\n".join([f"GET {target} HTTP/1.1".encode(), b"Host: beacon.test", *fields]) + (
-        b"\r\n\r\n"
-    )
-
-
-PAGE = "https%3A%2F%2Fshop.test%2Fitem%3Futm_source%3Dnews%26utm_medium%3Demail%26id%3D7%26x%3D"
-CORPUS = [
-    pixel("e=open&s=news&c=spring&m=m1&r=alice", b"User-Agent: Mozilla/5.0 (GoogleImageProxy)"),
-    pixel(f"s=shop&u={PAGE}&ref=https%3A%2F%2Fsearch.test%2F%3Fq%3Dshoes", UA),
-    pixel("s=a%2Bb&c=x%2By&r=%2B", UA),
-    pixel("s=bad%zz&c=%&m=%e9%28&r=%C3%A9", UA),
-    pixel("s=plus&c=spring+sale&p.note=a+b+c", UA),
-    pixel("s=blank&c=&m=&r=", UA),
-    pixel("s=one&s=two&c=a&c=b&p.k=1&p.k=2", UA),
-    pixel("e=custom&s=props&p.plan=pro&p.n=3&p.=empty&p.long=" + "v" * 600, UA),
-    pixel("s=long&u=https%3A%2F%2Flong.test%2F" + "a" * 3000, UA),
-    pixel("s=ua", b"User-Agent: Bot\xff\xfe/1.0"),
-    pixel("s=referer", UA, b"Referer: https://r.test/\xff\xfe?utm_source=x&q=1"),
-    pixel("s=dnt", UA, b"DNT: 1"),
-    pixel("s=gpc", UA, b"Sec-GPC: 1"),
-    pixel("s=prefetch", UA, b"Sec-Purpose: prefetch"),
-    pixel("s=purpose", UA, b"Purpose: prefetch"),
-    pixel("s=case", b"user-AGENT: Odd/1.0", b"rEFERER: https://case.test/a?utm_campaign=c"),
-    pixel("s=spaces", b"User-Agent: \t  Spaced UA/2  \t", b"Referer:https://tight.test/"),
-    pixel("s=keepalive", UA, b"Connection: keep-alive"),
-    pixel("e=nonsense&s=unknown", UA),
-    pixel("s=granted&consent=1", UA),
-    pixel("s=denied&consent=0", UA),
-    pixel("s=odd-consent&consent=maybe", UA),
-    pixel("e=conversion&s=shop&v=12.50&cur=eur&o=A1&bcid=not-a-uuid", UA),
-    pixel("e=conversion&s=shop&v=abc", UA),
-    pixel("", UA),
-    pixel("e=engagement&s=eng&p.depth=75&u=https://eng.test/%C3%A9t%C3%A9", UA),
-    pixel("e=click&s=ads&ad=ad1;x=1&r=semi", UA),
-    pixel("s=" + "x" * 300, UA),
-    pixel("s=headers", UA, b"Accept: image/*", b"X-Forwarded-For: 203.0.113.9", b"X-Empty:"),
-    pixel("s=chars&p.q=a|b{c}\"d<e>\\^`'!$*", UA),
-]
 
 
 async def read_answer(reader: asyncio.StreamReader) -> Answer:
@@ -110,7 +61,7 @@ def spooled(data_dir: Path) -> list[dict[str, Any]]:
 
 
 def handoffs(base: str, before: dict[str, float]) -> tuple[float, float]:
-    """(other_request, split_head) handoffs since `before`, this scrape's own request included."""
+    """(other_request, split_head) handoffs since `before`; scrapes count as `probe`."""
     now = scrape(base)
     return now.get(OTHER, 0) - before.get(OTHER, 0), now.get(SPLIT, 0) - before.get(SPLIT, 0)
 
@@ -131,7 +82,7 @@ async def test_fast_answers_and_events_equal_aiohttps(tmp_path: Path) -> None:
     # Otherwise the comparison below would be aiohttp's against itself.
     assert all("server" not in names(a) for a in fast)
     assert all("server" in names(a) for a in slow)
-    assert fast_handoffs == (1, 0)  # the scrape's own request: none on the corpus' connection
+    assert fast_handoffs == (0, 0)  # none on the corpus' connection
     assert slow_handoffs == (0, 0)
     skip = {"date", "server"}
     for f, s in zip(fast, slow, strict=True):
@@ -166,7 +117,8 @@ async def test_other_requests_go_to_aiohttp_and_split_heads_wait_for_their_rest(
         writer.write(b"".join(pipeline))  # one write: the fast path meets all three at once
         first, posted, after = [await read_answer(reader) for _ in range(3)]
         writer.close()
-        assert handoffs(base, before) == (2, 0)  # the POST's, and this scrape's own
+        assert handoffs(base, before) == (1, 0)  # the POST's
+        assert scrape(base)[PROBE] - before[PROBE] == 2  # that scrape and this one
         before = scrape(base)
         reader, writer = await asyncio.open_connection("127.0.0.1", port_of(base))
         writer.write(split[:30])
@@ -174,7 +126,7 @@ async def test_other_requests_go_to_aiohttp_and_split_heads_wait_for_their_rest(
         writer.write(split[30:])
         rejoined = await read_answer(reader)
         writer.close()
-        assert handoffs(base, before) == (1, 0)  # this scrape's own
+        assert handoffs(base, before) == (0, 0)
     assert (first[0], first[2]) == (200, after[2]) and "server" not in names(first)
     assert posted[0] == 204 and "server" in names(posted)
     assert after[0] == 200 and "server" in names(after)
@@ -195,7 +147,7 @@ async def test_a_split_head_whose_rest_never_comes_meets_aiohttps_deadline(
         writer.write(pixel("s=stalled", UA)[:40])  # and nothing more
         assert await asyncio.wait_for(reader.read(), 10) == b""  # closed, no answer
         writer.close()
-        assert handoffs(base, before) == (1, 1)  # this scrape's own, and the stalled head
+        assert handoffs(base, before) == (0, 1)  # the stalled head
         timed_out = 'beacon_connections_timed_out_total{phase="header"}'
         assert scrape(base).get(timed_out, 0) - before.get(timed_out, 0) == 1
     assert spooled(tmp_path) == []
@@ -299,99 +251,3 @@ async def test_off_every_pixel_is_aiohttps(tmp_path: Path, off: dict[str, str]) 
         answers = await one_connection(port_of(base), [pixel("s=off", UA)] * 3)
         assert handoffs(base, before) == (0, 0)
     assert all(a[0] == 200 and "server" in names(a) for a in answers)
-
-
-def aiohttp_parse(head: bytes) -> tuple[list[tuple[str, str]], list[tuple[str, str]]] | str:
-    """(headers with lowercased names, query pairs) as the server's parser reads `head`."""
-    loop = asyncio.get_running_loop()
-    parser = HttpRequestParser(
-        BaseProtocol(loop),
-        loop,
-        2**16,
-        max_line_size=8190,
-        max_field_size=8190,
-        max_headers=128,
-    )
-    try:
-        message = parser.feed_data(head + b"\r\n\r\n")[0][0][0]
-    except Exception as exc:
-        return type(exc).__name__
-    return [(k.lower(), v) for k, v in message.headers.items()], list(message.url.query.items())
-
-
-HEAD = b"GET /p.gif?a=1 HTTP/1.1\r\nHost: x"
-EDGES = [
-    HEAD + b"".join(b"\r\nX-%d: 1" % i for i in range(127)),  # as many headers as aiohttp takes
-    b"GET /p.gif?" + b"a" * 8169 + b" HTTP/1.1\r\nHost: x",  # a request line of 8189 bytes
-    HEAD + b"\r\nX: " + b"v" * 8186,  # a header line of 8189 bytes
-    HEAD + b"\r\nX:\t \t\r\nConnection:keep-alive",
-    HEAD + b"\r\nConnection: Keep-Alive \t\r\nX: \x80\xc3\xa9 z",
-    b'GET /p.gif?a="<>\\^`{|}&b=%2e%2E/.. HTTP/1.1\r\nHost:',
-    b"GET /p.gif? HTTP/1.1\r\nHost: x",
-    HEAD + b"\r\nUpgrade-Insecure-Requests: 1\r\nExpect-CT: x",  # not Upgrade, not Expect
-]
-
-
-@pytest.mark.parametrize("head", [r[:-4] for r in CORPUS] + EDGES)
-async def test_parse_head_reads_what_aiohttp_reads(head: bytes) -> None:
-    parsed = parse_head(head)
-    assert isinstance(parsed, PixelRequest)
-    # aiohttp's parser spells some header names its own way; headers are compared by value.
-    mine = [(k.lower(), v) for k, v in parsed.headers.items()], list(parsed.query.items())
-    assert mine == aiohttp_parse(head)
-
-
-@pytest.mark.parametrize(
-    "head",
-    [
-        b"GET /p.gifs HTTP/1.1\r\nHost: x",
-        b"GET /p.gif?a=1#frag HTTP/1.1\r\nHost: x",
-        b"GET /p.gif HTTP/1.0\r\nHost: x",
-        b"get /p.gif HTTP/1.1\r\nHost: x",
-        b"GET /p.gif HTTP/1.1\r\nHost: x\r\nhost: y",
-        b"GET /p.gif HTTP/1.1\r\nUser-Agent: t",  # no Host: aiohttp answers 400
-        b"GET /p.gif HTTP/1.1\r\nHost: x\r\nContent-Length: 0",
-        b"GET /p.gif HTTP/1.1\r\nHost: x\r\nConnection: close",
-        b"GET /p.gif HTTP/1.1\r\nHost: x\r\nX: a\x00b",
-        b"GET /p.gif HTTP/1.1\r\nHost: x\r\nX: a\rb",
-        b"GET /p.gif HTTP/1.1\r\nHost: x\r\nX : y",
-        b"GET /p.gif HTTP/1.1\r\nHost: x\r\n folded",
-        b"GET /p.gif?" + b"a" * 8200 + b" HTTP/1.1\r\nHost: x",
-        HEAD + b"".join(b"\r\nX-%d: 1" % i for i in range(128)),
-    ],
-)
-def test_parse_head_refuses_what_is_not_a_plain_pixel(head: bytes) -> None:
-    assert parse_head(head) == "other_request"
-
-
-class Transport:
-    """The edge this test is not about: what the connection wrote."""
-
-    def __init__(self) -> None:
-        self.written = b""
-
-    def get_extra_info(self, name: str) -> Any:
-        return ("203.0.113.7", 40000) if name == "peername" else None
-
-    def write(self, data: bytes) -> None:
-        self.written += data
-
-
-async def test_a_failing_event_still_gets_its_pixel_and_is_counted(
-    settings: Settings, metrics: CollectorMetrics, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    collector_ = create_app(settings, MemorySink(), metrics)[COLLECTOR]
-
-    def broken(*_: Any) -> str:
-        raise KeyError("a bug")
-
-    monkeypatch.setattr(collector_, "pixel_outcome", broken)
-    connection = PixelFastPath(FastPaths(collector_, metrics, 60.0), asyncio.Protocol)
-    transport = Transport()
-    connection.connection_made(transport)  # type: ignore[arg-type]
-    connection.data_received(pixel("s=bug", UA) * 2)
-    connection.connection_lost(None)
-    assert transport.written.count(b"HTTP/1.1 200 OK\r\n") == 2
-    assert transport.written.endswith(GIF_BYTES)
-    errors = metric_value(metrics, "beacon_requests_total", endpoint="pixel", outcome="error")
-    assert errors == 2
