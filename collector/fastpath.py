@@ -7,10 +7,10 @@ connection starts with `PixelFastPath`: it answers complete `GET /p.gif` heads i
 through the same `Collector.pixel_outcome` as the aiohttp route. At the first bytes that are
 anything else (another path or method, HTTP/1.0, a body, a header it does not accept, a pixel
 head split across reads whose rest does not come within BEACON_HEADER_TIMEOUT_MS) it hands
-the connection, those bytes first, to aiohttp's protocol for
-good. What it accepts is a strict subset of what aiohttp's parser accepts, and it builds the
-same header and query objects from it, so both paths record the same event; the only
-difference a client sees is that the fast answer carries no Server header.
+the connection, those bytes first, to aiohttp's protocol for good. What it accepts is a strict
+subset of what aiohttp's parser accepts, and it builds the same header and query objects from
+it, so both paths record the same event; the only difference a client sees is that the fast
+answer carries no Server header.
 
 Off (BEACON_PIXEL_FAST_PATH=0, or with the visitor cookie or the rate limit, which live in
 aiohttp's request and middleware) every connection goes to aiohttp at once.
@@ -156,7 +156,6 @@ class FastPaths:
         head_timeout_s: float = 0.0,
     ) -> None:
         self.collector = collector
-        self.metrics = metrics
         self.idle_timeout_s = idle_timeout_s
         self.head_timeout_s = head_timeout_s  # 0: a split head goes to aiohttp at once
         self.date = DateHeader()
@@ -238,8 +237,6 @@ class PixelFastPath(asyncio.Protocol):
             start = end + 4
         if answers:
             self._transport.write(b"".join(answers))
-        if not self._head:
-            self._stop_head_timer()
         if reason:
             paths.handed_over[reason].inc()
             self._hand_over(data[start:])
