@@ -469,26 +469,46 @@ async def read_topic(bootstrap: str, topic: str, expected: int) -> list[Consumer
     return got
 
 
-async def test_undecodable_records_go_to_the_dlq_and_the_rest_is_stored(
-    settings: ConsumerSettings, store: ChdbWriter, consumers: list[Consumer]
-) -> None:
+async def through_to_the_dlq(
+    settings: ConsumerSettings,
+    store: ChdbWriter,
+    consumers: list[Consumer],
+    values: list[bytes],
+    good: int,
+    bad: int,
+) -> tuple[Consumer, list[ConsumerRecord]]:
+    """`values` through a pipeline until `good` rows are stored and `bad` records are in the
+    DLQ: each good row stored once, and the group committed past all of them (the bad too).
+    Returns the closed consumer (for its metrics) and the DLQ records."""
     await create_topic(settings.kafka_bootstrap, settings.kafka_dlq_topic)
-    good = [orjson.dumps(e) for e in mail_opens(60)]
-    bad = [b"{not json", b'{"no_event_id": 1}']
-    # partition 0 gets "{not json" at offset 10, partition 1 the second one at offset 10
-    values = good[:30] + bad + good[30:]
     await produce(settings.kafka_bootstrap, settings.kafka_topic, values)
     consumer = Consumer(settings, store)
     consumers.append(consumer)
 
     async def stored() -> bool:
-        return await count(store) >= len(good)
+        return await count(store) >= good
 
     await wait_for(stored, "the good events stored", consumer.task)
-    dead = await read_topic(settings.kafka_bootstrap, settings.kafka_dlq_topic, len(bad))
+    dead = await read_topic(settings.kafka_bootstrap, settings.kafka_dlq_topic, bad)
     await consumer.close()
+    assert await count(store) == await count(store, "uniqExact(event_id)") == good
+    committed, ends = await group_offsets(
+        settings.kafka_bootstrap, settings.kafka_group, settings.kafka_topic
+    )
+    assert {p: c[0] for p, c in committed.items()} == ends
+    return consumer, dead
 
-    assert await count(store) == await count(store, "uniqExact(event_id)") == len(good)
+
+async def test_undecodable_records_go_to_the_dlq_and_the_rest_is_stored(
+    settings: ConsumerSettings, store: ChdbWriter, consumers: list[Consumer]
+) -> None:
+    good = [orjson.dumps(e) for e in mail_opens(60)]
+    bad = [b"{not json", b'{"no_event_id": 1}']
+    # partition 0 gets "{not json" at offset 10, partition 1 the second one at offset 10
+    values = good[:30] + bad + good[30:]
+    consumer, dead = await through_to_the_dlq(
+        settings, store, consumers, values, len(good), len(bad)
+    )
     assert sorted(r.value for r in dead) == sorted(bad)
     headers = {r.value: dict(r.headers) for r in dead}
     assert headers[b"{not json"][REASON] == b"malformed_json"
@@ -498,41 +518,24 @@ async def test_undecodable_records_go_to_the_dlq_and_the_rest_is_stored(
     assert headers[b'{"no_event_id": 1}'][REASON] == b"not_an_event"
     assert consumer.value("beacon_consumer_dlq_records_total", reason="malformed_json") == 1
     assert consumer.value("beacon_consumer_rows_rejected_total", reason="not_an_event") == 1
-    committed, ends = await group_offsets(
-        settings.kafka_bootstrap, settings.kafka_group, settings.kafka_topic
-    )
-    assert {p: c[0] for p, c in committed.items()} == ends  # past the bad records too
 
 
 async def test_a_field_its_column_cannot_take_sends_only_that_record_to_the_dlq(
     settings: ConsumerSettings, store: ChdbWriter, consumers: list[Consumer]
 ) -> None:
-    await create_topic(settings.kafka_bootstrap, settings.kafka_dlq_topic)
     events = mail_opens(40)
     # Valid JSON events that pass decoding; a number where a string column is, and a visitor
     # id below UInt64, would each fail the whole insert if they reached ClickHouse.
     unfit = [{**events[0], "site": 5}, {**events[1], "visitor_id": -1}]
     good = [orjson.dumps(e) for e in events[2:]]
     bad = [orjson.dumps(e) for e in unfit]
-    await produce(settings.kafka_bootstrap, settings.kafka_topic, good[:20] + bad + good[20:])
-    consumer = Consumer(settings, store)
-    consumers.append(consumer)
-
-    async def stored() -> bool:
-        return await count(store) >= len(good)
-
-    await wait_for(stored, "the good events stored", consumer.task)
-    dead = await read_topic(settings.kafka_bootstrap, settings.kafka_dlq_topic, len(bad))
-    await consumer.close()
-
-    assert await count(store) == await count(store, "uniqExact(event_id)") == len(good)
+    values = good[:20] + bad + good[20:]
+    consumer, dead = await through_to_the_dlq(
+        settings, store, consumers, values, len(good), len(bad)
+    )
     assert sorted(r.value for r in dead) == sorted(bad)
     assert {dict(r.headers)[REASON] for r in dead} == {b"bad_field_type"}
     assert consumer.value("beacon_consumer_dlq_records_total", reason="bad_field_type") == 2
-    committed, ends = await group_offsets(
-        settings.kafka_bootstrap, settings.kafka_group, settings.kafka_topic
-    )
-    assert {p: c[0] for p, c in committed.items()} == ends
 
 
 @pytest.mark.timeout(180)
