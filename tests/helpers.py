@@ -3,9 +3,12 @@
 from __future__ import annotations
 
 import socket
+from pathlib import Path
 from urllib.parse import parse_qsl, urlencode, urlsplit
 
 from prometheus_client import CollectorRegistry
+
+from collector.sinks.spool import CLOSED_SUFFIX, OPEN_SUFFIX
 
 
 def free_port() -> int:
@@ -38,3 +41,13 @@ def reference_split(url: str, keep_query: frozenset[str]) -> tuple[str, str, str
         if k.startswith("utm_") or k in keep_query
     ]
     return host, parts.path, urlencode(kept) if kept else ""
+
+
+def segments_of(spool_dir: Path, pid: int) -> list[str]:
+    """Names of the open and closed spool segments process `pid` wrote
+    (`<created_ms>-<pid>-<tag>.ndjson[.open]`)."""
+    return sorted(
+        path.name
+        for path in spool_dir.glob("*.ndjson*")
+        if path.name.endswith((CLOSED_SUFFIX, OPEN_SUFFIX)) and int(path.name.split("-")[1]) == pid
+    )

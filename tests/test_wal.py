@@ -1,8 +1,6 @@
 """BEACON_DURABILITY=wal through real HTTP: the event is on disk before its answer, a SIGKILLed
-`beacon serve` loses no answered event (replayed to a real Kafka at restart), a full spool
-refuses events with a count.
-
-The process and Kafka helpers here are shared with tests/faults/test_collector_faults.py.
+`beacon serve` loses no answered event (its open segment closed and replayed to a real Kafka at
+restart), a full spool refuses events with a count.
 """
 
 from __future__ import annotations
@@ -28,7 +26,7 @@ from collector.app import create_app
 from collector.metrics import CollectorMetrics
 from collector.settings import Settings
 from collector.sinks.spool import CLOSED_SUFFIX, OPEN_SUFFIX, SpoolSink, closed_segments
-from tests.helpers import free_port, metric_value
+from tests.helpers import free_port, metric_value, segments_of
 
 # -- shared helpers: a real `beacon serve`, markers read back from Kafka and the spool --------
 
@@ -40,7 +38,7 @@ def serve(data_dir: Path, port: int, **env: str) -> Iterator[subprocess.Popen[by
         **os.environ,
         "BEACON_DATA_DIR": str(data_dir),
         "BEACON_PORT": str(port),
-        "BEACON_SECRET": "fault-secret",
+        "BEACON_SECRET": "wal-test-secret-0123456789",  # 16 characters at least
         **{f"BEACON_{key.upper()}": value for key, value in env.items()},
     }
     proc = subprocess.Popen(
@@ -310,7 +308,17 @@ async def test_sigkilled_wal_collector_loses_no_answered_event(
                     answered.add(marker)
         proc.send_signal(signal.SIGKILL)  # right after the last answer: no time to flush
         assert proc.wait(10) == -signal.SIGKILL
-    assert list((tmp_path / "spool").glob("*" + OPEN_SUFFIX))  # what the kill left open
+    spool_dir = tmp_path / "spool"
+    left_open = [name for name in segments_of(spool_dir, proc.pid) if name.endswith(OPEN_SUFFIX)]
+    assert left_open  # what the kill left open
     with serve(tmp_path, port, **env):  # recovers the open segment and replays it
+        # Closed at start, before the process is ready.
+        assert not [n for n in segments_of(spool_dir, proc.pid) if n.endswith(OPEN_SUFFIX)]
         rows = await read_topic(kafka_bootstrap, kafka_topic, answered)
-    assert distinct_markers(rows + spool_rows(tmp_path / "spool")) == answered
+        # Each replayed segment is deleted once Kafka acknowledged it.
+        deadline = time.monotonic() + 20
+        while segments_of(spool_dir, proc.pid):
+            assert time.monotonic() < deadline, f"not replayed: {segments_of(spool_dir, proc.pid)}"
+            await asyncio.sleep(0.1)
+    # Kafka alone, not the disk: an event still in a segment has not been replayed.
+    assert distinct_markers(rows) == answered
