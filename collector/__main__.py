@@ -163,10 +163,11 @@ def main(argv: Sequence[str] | None = None, environ: Mapping[str, str] | None = 
         env.update(overrides(args))
         settings = Settings.from_env(env)
         consumer = ConsumerSettings.from_env(env)
+        # Also what a command finds wrong as it starts (the kept visitor-id secret).
+        return COMMANDS[args.command](args, env, settings, consumer)
     except SettingsError as exc:
         print(f"beacon: {exc}", file=sys.stderr)
         return 2
-    return COMMANDS[args.command](args, env, settings, consumer)
 
 
 def cmd_serve(args, env, settings: Settings, consumer: ConsumerSettings) -> int:  # type: ignore[no-untyped-def]

@@ -13,10 +13,12 @@ from aiohttp import web
 from prometheus_client import CollectorRegistry
 
 from collector.app import COLLECTOR, create_app
+from collector.config import SettingsError
 from collector.fastpath import fast_paths
 from collector.limits import GuardedSite, handler_options
 from collector.metrics import CollectorMetrics
 from collector.settings import Settings
+from collector.signing import MIN_SECRET_CHARS
 from collector.sinks import Sink
 from collector.sinks.kafka import KafkaSink
 from collector.sinks.memory import MemorySink
@@ -38,6 +40,12 @@ def resolve_secret(settings: Settings) -> Settings:
         fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
     except FileExistsError:
         secret = path.read_text().strip()
+        # Empty when a start died between making the file and writing it: never hash with it.
+        if len(secret) < MIN_SECRET_CHARS:
+            raise SettingsError(
+                f"{path}: visitor-id secret shorter than {MIN_SECRET_CHARS} chars; "
+                "remove the file to make a new one (visitor ids then change)"
+            ) from None
     else:
         secret = os.urandom(32).hex()
         with os.fdopen(fd, "w") as f:

@@ -59,7 +59,7 @@ class Settings:
     secret: str = dataclasses.field(
         default="",
         repr=False,
-        metadata={"help": "visitor-id key material; default: a random one kept in data_dir"},
+        metadata={"help": "visitor-id key, 16 chars or more; default: a random one in data_dir"},
     )
     buffer_max_events: int = setting(
         100_000, "events held in memory before new ones are dropped", min=1
@@ -161,8 +161,14 @@ class Settings:
             )
         # Imported here: collector.redirect imports the handlers, which import this module.
         from collector.redirect import check_destination
-        from collector.signing import load_keyring
+        from collector.signing import MIN_SECRET_CHARS, load_keyring
 
+        # A short secret makes guessable visitor ids. Empty is unset: collector/server.py then
+        # makes a random one and keeps it in data_dir.
+        if self.secret and len(self.secret) < MIN_SECRET_CHARS:
+            raise SettingsError(
+                f"{PREFIX}SECRET: shorter than {MIN_SECRET_CHARS} chars (unset: a random one)"
+            )
         keyring = load_keyring(self.signing_keys, self.signing_key_file)  # raises SettingsError
         if self.signature_policy == "drop" and not keyring:
             raise SettingsError(

@@ -6,7 +6,8 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
-from collector.config import from_mapping, setting
+from collector.config import SettingsError, from_mapping, setting
+from collector.signing import MIN_SECRET_CHARS
 
 PREFIX = "BEACON_"
 
@@ -39,7 +40,7 @@ class ConsumerSettings:
 
     dashboard_token: str = setting(
         "",
-        "token for the dashboard page (a long random string); empty: no dashboard",
+        "token for the dashboard page (a long random string, 16 chars or more); empty: off",
         secret=True,
     )
     dashboard_host: str = setting("127.0.0.1", "`beacon dashboard`: address to listen on")
@@ -59,6 +60,13 @@ class ConsumerSettings:
     clickhouse_url: str = setting("", "ClickHouse HTTP URL; empty: the embedded store (chDB)")
     clickhouse_user: str = setting("default", "ClickHouse user")
     clickhouse_password: str = setting("", "ClickHouse password", secret=True)
+
+    def __post_init__(self) -> None:
+        # The token is all that guards the dashboard's figures: a short one can be guessed.
+        if self.dashboard_token and len(self.dashboard_token) < MIN_SECRET_CHARS:
+            raise SettingsError(
+                f"{PREFIX}DASHBOARD_TOKEN: shorter than {MIN_SECRET_CHARS} chars (empty: off)"
+            )
 
     @classmethod
     def from_env(cls, env: Mapping[str, str]) -> ConsumerSettings:

@@ -80,7 +80,7 @@ def main() -> None:
     multiproc = os.environ.get("PROMETHEUS_MULTIPROC_DIR")
     settings = Settings(
         data_dir=Path(tempfile.gettempdir()),
-        secret="hotpath",
+        secret="hotpath-bench-secret",
         sink="memory",
         buffer_max_events=n * (repeats + 1),
     )

@@ -22,7 +22,7 @@ from tests import kafka_broker
 
 @pytest.fixture
 def settings(tmp_path: Path) -> Settings:
-    return Settings(data_dir=tmp_path, secret="test-secret", linger_ms=5, sink="memory")
+    return Settings(data_dir=tmp_path, secret="test-secret-01234", linger_ms=5, sink="memory")
 
 
 @pytest.fixture

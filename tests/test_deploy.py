@@ -369,7 +369,11 @@ def test_haproxy_config_is_valid() -> None:
 
 
 def collector_process(tmp_path: Path, port: int, *extra: str) -> subprocess.Popen[bytes]:
-    env = {"PATH": "/usr/bin:/bin", "BEACON_SECRET": "lb-test", "BEACON_LOG_LEVEL": "WARNING"}
+    env = {
+        "PATH": "/usr/bin:/bin",
+        "BEACON_SECRET": "lb-test-secret-01",
+        "BEACON_LOG_LEVEL": "WARNING",
+    }
     cmd = [
         sys.executable,
         "-m",
@@ -632,7 +636,7 @@ def test_serve_and_consume_run_without_chdb(tmp_path: Path) -> None:
     port = free_port()
     env = {
         "PATH": "/usr/bin:/bin",
-        "BEACON_SECRET": "x",
+        "BEACON_SECRET": "no-chdb-secret-0123",
         "BEACON_KAFKA_BOOTSTRAP": f"127.0.0.1:{free_port()}",
     }
     serve_cmd = without_chdb(

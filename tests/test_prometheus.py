@@ -140,7 +140,7 @@ class Prometheus:
 def collector_port(tmp_path: Path) -> Iterator[int]:
     port = free_port()
     log = tmp_path / "collector.log"
-    env = {**os.environ, "BEACON_SECRET": "prometheus-test", "BEACON_LOG_LEVEL": "WARNING"}
+    env = {**os.environ, "BEACON_SECRET": "prometheus-test-secret", "BEACON_LOG_LEVEL": "WARNING"}
     cmd = [sys.executable, "-m", "collector", "serve", "--workers", "1", "--port", str(port)]
     with open(log, "ab") as out:
         proc = subprocess.Popen(

@@ -10,6 +10,7 @@ import pytest
 
 from collector.__main__ import overrides, parser
 from collector.config import SettingsError
+from collector.server import resolve_secret
 from collector.settings import Settings
 from consumers.settings import ConsumerSettings
 
@@ -31,11 +32,23 @@ def test_defaults_and_env() -> None:
         ({"BEACON_PORT": "eighty"}, "BEACON_PORT: expected an integer"),
         ({"BEACON_IP_MODE": "half"}, "BEACON_IP_MODE: expected one of truncate, full, drop"),
         ({"BEACON_LINGER_MS": "0"}, "BEACON_LINGER_MS: must be >= 1"),
+        ({"BEACON_SECRET": "fifteen-chars-x"}, "BEACON_SECRET: shorter than 16 chars"),
     ],
 )
 def test_bad_values_name_the_variable(env: dict[str, str], needle: str) -> None:
     with pytest.raises(SettingsError, match=needle):
         Settings.from_env(env)
+
+
+def test_a_short_visitor_secret_is_refused_and_an_unset_one_is_made(tmp_path: Path) -> None:
+    with pytest.raises(SettingsError) as refused:
+        Settings.from_env({"BEACON_SECRET": "s3cret"})
+    assert "s3cret" not in str(refused.value)  # errors may be logged: they name, never quote
+    assert Settings.from_env({"BEACON_SECRET": "sixteen-chars-xx"}).secret == "sixteen-chars-xx"
+    unset = Settings.from_env({"BEACON_DATA_DIR": str(tmp_path)})
+    made = resolve_secret(unset)
+    assert len(made.secret) == 64
+    assert resolve_secret(unset).secret == made.secret  # kept in data_dir, read back
 
 
 def test_flags_override_env() -> None:
@@ -55,3 +68,21 @@ def test_bad_setting_fails_at_start(tmp_path: Path) -> None:
     )
     assert proc.returncode == 2
     assert "BEACON_SPOOL_MAX_BYTES: expected an integer" in proc.stderr
+
+
+def test_a_short_dashboard_token_is_refused() -> None:
+    with pytest.raises(SettingsError, match="BEACON_DASHBOARD_TOKEN: shorter than 16 chars"):
+        ConsumerSettings.from_env({"BEACON_DASHBOARD_TOKEN": "guessable"})
+    assert ConsumerSettings.from_env({}).dashboard_token == ""  # empty: no dashboard
+
+
+def test_a_kept_secret_cut_short_stops_the_start(tmp_path: Path) -> None:
+    (tmp_path / "secret").write_text("")  # a start that died between making and writing it
+    proc = subprocess.run(
+        [sys.executable, "-m", "collector", "serve", "--workers", "1", "--port", "0",
+         "--data-dir", str(tmp_path)],
+        capture_output=True, text=True, timeout=60,
+    )  # fmt: skip
+    assert proc.returncode == 2
+    assert "visitor-id secret shorter than 16 chars" in proc.stderr
+    assert "Traceback" not in proc.stderr

@@ -129,7 +129,7 @@ def beacon(sink: str, durability: str = "memory", fast_path: bool = True) -> Com
             BEACON_HOST="127.0.0.1",
             BEACON_PORT=str(ctx.port),
             BEACON_DATA_DIR=str(ctx.workdir / "data"),
-            BEACON_SECRET="bench-secret",
+            BEACON_SECRET="bench-secret-0123",
             BEACON_DRAIN_MS="0",
             BEACON_LOG_LEVEL="WARNING",
             BEACON_KAFKA_BOOTSTRAP=ctx.kafka_bootstrap if sink == "kafka" else "",
