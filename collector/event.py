@@ -37,7 +37,7 @@ MAX_USER_AGENT_CHARS = 512
 # The value column is Decimal(18, 4): 14 integer digits, 4 fractional ones.
 MAX_VALUE = Decimal("1e14")
 VALUE_EXPONENT_MIN = -4
-CURRENCY_RE = re.compile(r"^[A-Z]{3}$")
+CURRENCY_RE = re.compile(r"[A-Za-z]{3}")  # ISO 4217, any case; ASCII only (fullmatch)
 # What urlencode (quote_plus) leaves as it is.
 UNRESERVED_RE = re.compile(r"[A-Za-z0-9_.~-]*")
 # Click ids are UUIDv7 strings made here; anything else would only ever fail to join.
@@ -202,7 +202,8 @@ def conversion_fields(fields: Mapping[str, str], notes: list[str]) -> dict[str, 
         out["value"] = format(abs(value), "f")
     currency = fields.get("cur", "")
     if currency:
-        if not CURRENCY_RE.match(currency.upper()):
+        # Checked before upper-casing: str.upper() makes "SSA" of "\u00dfa".
+        if not CURRENCY_RE.fullmatch(currency):
             raise Rejected("bad_currency")
         out["currency"] = currency.upper()
     order_id = fields.get("o", "")

@@ -42,6 +42,9 @@ _PIXEL_START = b"GET /p.gif"
 # A pixel head split across reads (a long page URL, a small MSS) waits for its rest up to this
 # size and BEACON_HEADER_TIMEOUT_MS; beyond either, aiohttp and its own deadline take it.
 _SPLIT_HEAD_MAX_BYTES = 16 * 1024
+# What no pixel head here holds (a line feed without its CR, NUL): such a start goes to aiohttp
+# at once, whose parser answers it, instead of waiting for a blank line that may never come.
+_NEVER_IN_HEAD_RE = re.compile(rb"(?<!\r)\n|\x00")
 _PROBES = (b"GET /healthz ", b"GET /readyz ", b"GET /metrics ")
 _LINE_LIMIT = min(MAX_LINE_BYTES, MAX_FIELD_BYTES)
 # A head the fast path answers, matched in one pass: the request line with its query, then
@@ -244,6 +247,8 @@ class PixelFastPath(asyncio.Protocol):
     def _wait_for_rest(self, head: bytes) -> str:
         """Keeps the start of a pixel head for the next read; or why it goes to aiohttp."""
         if not (head.startswith(_PIXEL_START) or _PIXEL_START.startswith(head)):
+            return "other_request"
+        if _NEVER_IN_HEAD_RE.search(head):
             return "other_request"
         timeout_s = self._paths.head_timeout_s
         if not timeout_s or len(head) > _SPLIT_HEAD_MAX_BYTES:

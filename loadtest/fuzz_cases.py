@@ -1,7 +1,8 @@
 """Malformed requests for the HTTP fuzz run (loadtest/fuzz.py): raw bytes and client calls.
 
-Every case carries MARKER in what it sends, so a response header that repeats any input is
-found by looking for it. Cases are drawn from a seeded generator: a run can be repeated.
+Every case carries MARKER in what it sends (in its query or a header; binary noise among its
+bytes), so a response header that repeats any input is found by looking for it; only a random
+mutation may break it. Cases are drawn from a seeded generator: a run can be repeated.
 """
 
 from __future__ import annotations
@@ -16,6 +17,13 @@ import orjson
 MARKER = "zqfuzzmark"
 INJECTED_HEADER = "x-zqinjected"
 VALID = b"GET /p.gif?e=open&s=fuzz&r=" + MARKER.encode() + b" HTTP/1.1\r\nHost: t\r\n"
+MARKED = f"X-M: {MARKER}\r\n"  # a header line that carries the marker
+# Heads the slow clients trickle: a pixel's, which the fast path holds for one header period
+# before aiohttp's deadline takes it, and another's, which aiohttp takes at its first byte.
+SLOW_HEADS = {
+    "pixel": VALID + b"X-Slow: ",
+    "other": b"POST /e HTTP/1.1\r\nHost: t\r\n" + MARKED.encode() + b"X-Slow: ",
+}
 
 
 @dataclass(slots=True)
@@ -62,12 +70,14 @@ def crlf_injections() -> list[bytes]:
 
 def post(body: bytes, extra: str = "", length: int | None = None) -> bytes:
     size = len(body) if length is None else length
-    head = f"POST /e HTTP/1.1\r\nHost: t\r\nContent-Length: {size}\r\n{extra}Connection: close\r\n"
+    head = f"POST /e HTTP/1.1\r\nHost: t\r\nContent-Length: {size}\r\n{extra}{MARKED}"
+    head += "Connection: close\r\n"
     return head.encode() + b"\r\n" + body
 
 
 def chunked(chunks: list[bytes], extra: str = "") -> bytes:
-    head = f"POST /e HTTP/1.1\r\nHost: t\r\nTransfer-Encoding: chunked\r\n{extra}Connection: close"
+    head = f"POST /e HTTP/1.1\r\nHost: t\r\nTransfer-Encoding: chunked\r\n{extra}{MARKED}"
+    head += "Connection: close"
     body = b"".join(b"%x\r\n%s\r\n" % (len(c), c) for c in chunks) + b"0\r\n\r\n"
     return head.encode() + b"\r\n\r\n" + body
 
@@ -76,7 +86,10 @@ def gzip_bomb(decompressed_bytes: int) -> bytes:
     return gzip.compress(b"[" + b" " * decompressed_bytes + b"]", compresslevel=9)
 
 
-def raw_case(rng: random.Random, bomb: bytes, non_utf8: bool = True) -> Case:  # noqa: C901
+GZIP_BOMB = gzip_bomb(20 << 20)  # 20 MiB of JSON whitespace in ~20 KiB
+
+
+def raw_case(rng: random.Random, non_utf8: bool = True) -> Case:  # noqa: C901
     """A request written byte by byte: what a client library would refuse to send.
 
     `non_utf8`: mutations may put bytes that are not UTF-8 into header values (a Referer or
@@ -107,12 +120,12 @@ def raw_case(rng: random.Random, bomb: bytes, non_utf8: bool = True) -> Case:  #
     if kind == 5:  # not HTTP at all: binary noise, a TLS hello, a bad method or version
         raw = rng.choice(
             [
-                junk_bytes(rng, rng.randint(1, 600)) + b"\r\n\r\n",
-                b"\x16\x03\x01\x02\x00\x01\x00\x01\xfc\x03\x03" + junk_bytes(rng, 64),
-                b"G\x00T /p.gif HTTP/1.1\r\n" + close,
-                b"GET /p.gif HTTP/9.9\r\n" + close,
+                junk_bytes(rng, rng.randint(1, 600)) + b"\r\n" + MARKED.encode() + b"\r\n",
+                b"\x16\x03\x01\x02\x00\x01\x00\x01\xfc\x03\x03" + junk_bytes(rng, 64) + mark,
+                b"G\x00T /p.gif?r=" + mark + b" HTTP/1.1\r\n" + close,
+                b"GET /p.gif?r=" + mark + b" HTTP/9.9\r\n" + close,
                 b"GET /p.gif?" + mark + b"\r\n\r\n",
-                b"GET  /p.gif  HTTP/1.1\r\n" + close,
+                b"GET  /p.gif?r=" + mark + b"  HTTP/1.1\r\n" + close,
                 b"\r\n\r\n\r\n" + VALID + close,
             ]
         )
@@ -153,7 +166,7 @@ def raw_case(rng: random.Random, bomb: bytes, non_utf8: bool = True) -> Case:  #
     if kind == 9:  # compressed bodies: a bomb, a broken stream, an unknown coding
         raw = rng.choice(
             [
-                post(bomb, "Content-Encoding: gzip\r\nContent-Type: application/json\r\n"),
+                post(GZIP_BOMB, "Content-Encoding: gzip\r\nContent-Type: application/json\r\n"),
                 post(b"\x1f\x8b\x08\x00" + junk_bytes(rng, 40), "Content-Encoding: gzip\r\n"),
                 post(zlib.compress(b"{}")[:-3], "Content-Encoding: deflate\r\n"),
                 post(b"{}", "Content-Encoding: br\r\n"),

@@ -16,8 +16,9 @@ from typing import Any
 import orjson
 import pytest
 
+from collector.pixel import GIF_BYTES
 from collector.sinks.spool import closed_segments
-from loadtest.fuzz import collector, scrape, send_raw
+from loadtest.fuzz import collector, scrape, send_raw, total
 from tests.fastpath_corpus import CORPUS, UA, pixel
 from tests.helpers import free_port
 
@@ -27,6 +28,7 @@ ENV = {"BEACON_SECRET": "visitor-secret-0123456789abcdef"}  # same visitor ids i
 OTHER = 'beacon_fast_path_handoffs_total{reason="other_request"}'
 SPLIT = 'beacon_fast_path_handoffs_total{reason="split_head"}'
 PROBE = 'beacon_fast_path_handoffs_total{reason="probe"}'
+REFUSED = "beacon_bad_requests_total"
 Answer = tuple[int, list[tuple[str, str]], bytes]
 
 
@@ -153,6 +155,27 @@ async def test_a_split_head_whose_rest_never_comes_meets_aiohttps_deadline(
     assert spooled(tmp_path) == []
 
 
+@pytest.mark.parametrize(
+    "junk",
+    [b"\x16\x03\x01\x00\xffjunk\r\n\r\n", pixel("s=nul", b"X: a\x00b")],
+    ids=["bytes", "pixel-with-nul"],
+)
+async def test_a_pixel_and_junk_in_one_write_get_two_answers(tmp_path: Path, junk: bytes) -> None:
+    """HTTP/1.1 pipelining: the fast path answers the pixel, and aiohttp refuses what follows
+    (aiohttp alone refuses the whole read, the pixel with it)."""
+    with collector(tmp_path, ENV) as (_, base):
+        before = scrape(base)
+        reader, writer = await asyncio.open_connection("127.0.0.1", port_of(base))
+        writer.write(pixel("s=piped&r=first", UA) + junk)
+        first, second = await read_answer(reader), await read_answer(reader)
+        assert await asyncio.wait_for(reader.read(), 10) == b""  # closed after the 400
+        writer.close()
+        assert total(scrape(base), REFUSED) - total(before, REFUSED) == 1
+    assert (first[0], first[2]) == (200, GIF_BYTES) and "server" not in names(first)
+    assert second[0] == 400 and "server" in names(second)
+    assert [(e["site"], e["recipient"]) for e in spooled(tmp_path)] == [("piped", "first")]
+
+
 @pytest.fixture(scope="module")
 def served(tmp_path_factory: pytest.TempPathFactory) -> Iterator[int]:
     """Port of one default collector with a short keep-alive timeout, shared below."""
@@ -175,7 +198,8 @@ def served(tmp_path_factory: pytest.TempPathFactory) -> Iterator[int]:
 async def test_requests_the_fast_path_refuses_get_aiohttps_answer(
     served: int, raw: bytes, status: int
 ) -> None:
-    answer, headers, _ = await send_raw(served, raw)
+    answers, _ = await send_raw(served, raw)
+    answer, headers = answers[0]
     assert answer == status and "server" in {name.lower() for name, _ in headers}
 
 

@@ -8,7 +8,7 @@ from typing import Any
 
 import pytest
 from aiohttp.base_protocol import BaseProtocol
-from aiohttp.http_parser import HttpRequestParser
+from aiohttp.http_parser import HttpRequestParser, RawRequestMessage
 
 from collector.app import COLLECTOR, create_app
 from collector.fastpath import FastPaths, PixelFastPath, PixelRequest, parse_head
@@ -20,8 +20,8 @@ from tests.fastpath_corpus import CORPUS, UA, pixel
 from tests.helpers import metric_value
 
 
-def aiohttp_parse(head: bytes) -> tuple[list[tuple[str, str]], list[tuple[str, str]]] | str:
-    """(headers with lowercased names, query pairs) as the server's parser reads `head`."""
+def aiohttp_message(head: bytes) -> RawRequestMessage:
+    """`head` (without its blank line) as the server's parser reads it; raises as it does."""
     loop = asyncio.get_running_loop()
     parser = HttpRequestParser(
         BaseProtocol(loop),
@@ -31,8 +31,13 @@ def aiohttp_parse(head: bytes) -> tuple[list[tuple[str, str]], list[tuple[str, s
         max_field_size=8190,
         max_headers=128,
     )
+    return parser.feed_data(head + b"\r\n\r\n")[0][0][0]
+
+
+def aiohttp_parse(head: bytes) -> tuple[list[tuple[str, str]], list[tuple[str, str]]] | str:
+    """(headers with lowercased names, query pairs) as the server's parser reads `head`."""
     try:
-        message = parser.feed_data(head + b"\r\n\r\n")[0][0][0]
+        message = aiohttp_message(head)
     except Exception as exc:
         return type(exc).__name__
     return [(k.lower(), v) for k, v in message.headers.items()], list(message.url.query.items())

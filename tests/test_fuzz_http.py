@@ -3,11 +3,23 @@
 from __future__ import annotations
 
 import asyncio
+from collections import Counter
 from pathlib import Path
+from typing import Any
 
 import pytest
 
-from loadtest.fuzz import FUZZ_ENV, collector, fuzz, print_report
+from loadtest.fuzz import (
+    COUNTED,
+    FUZZ_ENV,
+    HEADER_CUTS,
+    Report,
+    check,
+    collector,
+    fuzz,
+    print_report,
+    reflected,
+)
 
 pytestmark = pytest.mark.slow
 
@@ -16,8 +28,8 @@ REQUESTS = 20_000
 
 @pytest.mark.timeout(300)
 def test_twenty_thousand_malformed_requests(tmp_path: Path) -> None:
-    with collector(tmp_path, FUZZ_ENV) as (pid, base):
-        report = asyncio.run(fuzz(pid, base, REQUESTS, concurrency=64, seed=7))
+    with collector(tmp_path, FUZZ_ENV) as (proc, base):
+        report = asyncio.run(fuzz(proc, base, REQUESTS, concurrency=64, seed=7))
     print_report(report)  # the figures docs/security.md quotes (pytest -s shows them)
     assert report.requests == REQUESTS
     assert report.problems == []
@@ -39,3 +51,30 @@ def test_header_bytes_that_are_not_utf8_still_get_the_pixel(tmp_path: Path) -> N
     with collector(tmp_path) as (_, base):
         status_line = asyncio.run(send(int(base.rsplit(":", 1)[1])))
     assert status_line.startswith(b"HTTP/1.1 200")
+
+
+def problems(**changes: Any) -> list[str]:
+    """check()'s problems with a clean run's report, changed as given."""
+    report = Report(
+        statuses=Counter({"200": 5, "400": 3, "closed": 1}),
+        slow_held_s={"pixel": [1.52], "other": [1.01]},
+        counted={**dict.fromkeys(COUNTED, 0.0), "beacon_bad_requests_total": 3, HEADER_CUTS: 3},
+    )
+    for name, value in changes.items():
+        setattr(report, name, value)
+    check(report)
+    return report.problems
+
+
+def test_each_check_fails_on_what_it_guards() -> None:
+    assert problems() == []
+    assert problems(alive=False) == ["the collector died"]
+    assert problems(statuses=Counter({"200": 5, "400": 4, "closed": 1})) != []  # uncounted
+    assert problems(statuses=Counter({"200": 5, "400": 3, "closed": 2})) != []  # uncounted cut
+    assert problems(statuses=Counter({"200": 5, "400": 3, "closed": 1, "no_answer": 1})) != []
+    assert problems(statuses=Counter({"400": 3, "closed": 1, "502": 1})) != []
+    assert problems(slow_held_s={"pixel": [2.1], "other": [1.0, 1.0]}) != []  # three periods
+    assert problems(slow_held_s={"pixel": [1.5, 1.5], "other": [1.6]}) != []  # two periods
+    assert problems(rss_after=60 << 20) != []
+    assert reflected([("X-Zqinjected", "1")]) and reflected([("Location", "/a?ZQFUZZMARK")])
+    assert not reflected([("Content-Type", "image/gif")])

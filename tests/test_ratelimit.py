@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+from dataclasses import replace
+
+from collector import ratelimit
 from collector.pixel import GIF_BYTES
-from collector.ratelimit import TokenBuckets
+from collector.ratelimit import MAX_CLIENTS, TokenBuckets, rate_limit_middlewares
 from collector.sinks.memory import MemorySink
 from tests.helpers import metric_value
 
@@ -90,3 +93,28 @@ def test_token_buckets_keep_at_most_max_keys():
     assert len(buckets) == 100
     assert buckets.take("10.0.39.15") > 0  # among the most recent: still limited
     assert buckets.take("10.0.0.0") == 0.0  # long forgotten: a fresh bucket
+
+
+def test_the_least_recently_seen_key_is_forgotten_not_the_oldest():
+    buckets = TokenBuckets(rate_per_s=1.0, burst=1, max_keys=3, clock=lambda: 0.0)
+    for key in ("a", "b", "c"):
+        assert buckets.take(key) == 0.0  # each spends its only token
+    assert buckets.take("a") > 0  # seen again: now the most recent
+    buckets.take("d")  # a fourth key: one of the three goes
+    assert buckets.take("a") > 0  # remembered, so still limited (first in would drop it)
+    assert buckets.take("b") == 0.0  # forgotten: a fresh bucket
+
+
+def test_the_limiter_remembers_50_000_clients(settings, metrics, monkeypatch):
+    made: list[TokenBuckets] = []
+
+    class Recorded(TokenBuckets):
+        def __init__(self, *args, **kwargs):
+            super().__init__(*args, **kwargs)
+            made.append(self)
+
+    monkeypatch.setattr(ratelimit, "TokenBuckets", Recorded)
+    on = replace(settings, rate_limit_per_s=1.0)
+    assert len(rate_limit_middlewares(on, lambda request: "203.0.113.1", metrics)) == 1
+    assert MAX_CLIENTS == 50_000  # docs/security.md: ~10 MB at most
+    assert [buckets.max_keys for buckets in made] == [MAX_CLIENTS]
