@@ -13,6 +13,8 @@ of this process (user + system, chDB's threads included).
 --insert-only measures chDB alone, on one CPU, for rows already enriched: CPU per row of an
 insert as JSONEachRow and as Arrow columns, alternately, with the rollup views, without them,
 and into a Null table (parsing only): what bounds the pipeline whatever Python costs.
+--read-only measures aiokafka alone: the same consumer polling the filled topic, each record
+decoded by orjson and dropped. The two are the fixed costs any consumer on them pays.
 """
 
 from __future__ import annotations
@@ -120,6 +122,8 @@ async def consume(opts: argparse.Namespace, workdir: Path, bootstrap: str, topic
             "BEACON_BATCH_MAX_ROWS": str(opts.batch_rows),
         }
     )
+    if opts.read_only:
+        return await read_only(opts, settings)
     writer = ChdbWriter(settings.store_dir)
     await migrate(writer, settings.retention_days)
     metrics = ConsumerMetrics(CollectorRegistry())
@@ -171,6 +175,32 @@ async def consume(opts: argparse.Namespace, workdir: Path, bootstrap: str, topic
     await writer.close()
     return {"wall_s": wall_s, "cpu_s": cpu_s, "insert_s": insert_s, "inserts": inserts,
             "stored": stored}  # fmt: skip
+
+
+async def read_only(opts: argparse.Namespace, settings: Any) -> dict:
+    """CPU seconds for aiokafka to fetch and unpack every record, orjson to decode each."""
+    import orjson
+
+    from consumers.sources.kafka import KafkaSource
+
+    source = KafkaSource(settings)
+    await source.start(lambda revoked: None, lambda assigned: None)
+    try:
+        read = 0
+        started = first_cpu = 0.0
+        deadline = time.monotonic() + opts.timeout_s
+        while read < opts.events and time.monotonic() < deadline:
+            polled = await source.poll(100, settings.kafka_max_records)
+            if polled and not started:  # from the first fetch, as the pipeline's figure
+                started, first_cpu = time.perf_counter(), cpu_seconds()
+            for records in polled.values():
+                for record in records:
+                    orjson.loads(record.value)
+                read += len(records)
+        return {"wall_s": time.perf_counter() - started, "cpu_s": cpu_seconds() - first_cpu,
+                "insert_s": 0.0, "inserts": 0, "stored": read}  # fmt: skip
+    finally:
+        await source.stop()
 
 
 def insert_only(opts: argparse.Namespace, workdir: Path) -> None:
@@ -226,6 +256,7 @@ def main() -> int:
     p.add_argument("--other-cpu", type=int, default=1, help="the broker's and producer's CPU")
     p.add_argument("--timeout-s", type=float, default=600)
     p.add_argument("--insert-only", action="store_true", help="chDB's insert cost alone")
+    p.add_argument("--read-only", action="store_true", help="aiokafka's read cost alone")
     p.add_argument("--rounds", type=int, default=3, help="of --insert-only, alternately")
     opts = p.parse_args()
     # SIGTERM unwinds like Ctrl-C, so the broker started below is stopped on the way out.
@@ -265,8 +296,9 @@ def main() -> int:
             broker.stop()
         shutil.rmtree(workdir, ignore_errors=True)
     n = opts.events
-    print(f"source {opts.source}, {n:,} events, batches of {opts.batch_rows:,} rows, one CPU")
-    print(f"  stored in ClickHouse       {result['stored']:>12,}")
+    mode = ", read and decoded only" if opts.read_only else ""
+    print(f"source {opts.source}{mode}, {n:,} events, batches of {opts.batch_rows:,} rows, one CPU")
+    print(f"  {'read' if opts.read_only else 'stored in ClickHouse':<27}{result['stored']:>12,}")
     print(
         f"  events / wall second       {n / result['wall_s']:>12,.0f}   ({result['wall_s']:.2f} s)"
     )
