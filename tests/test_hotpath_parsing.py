@@ -7,6 +7,8 @@ import re
 import uuid
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from collector import event as ev
 from collector.privacy import anonymise_ip, ipv4_text, normalise_ip
@@ -53,6 +55,32 @@ IP_CORPUS = [
     "fe80::1%eth0",
     "2001:db8::g",
     "1.2.3.4/24",
+    # IPv6 forms the C parser and printer must read and write as ipaddress does
+    "::1.2.3.4",  # IPv4-compatible: the C printer writes a dotted tail
+    "::ffff:0:0",
+    "::ffff:1.2.3.04",
+    "::ffff:01.2.3.4",
+    "1:2:3:4:5:6:1.2.3.4",
+    "1:0:0:2:0:0:0:3",  # two zero runs: the longer one is compressed
+    "1:0:0:2:0:0:3:4",  # two as long: the first one
+    "1:0:2:3:4:5:6:7",  # one zero group is not compressed
+    "0:0:0:0:0:0:0:1",
+    "2001:0DB8:0000:0000:0000:0000:0000:0001",
+    "2001:db8:abcd:12::",
+    "0:0:1::",
+    "::0:1:2:3",
+    "2001:db8::00001",
+    "2001:db8:::1",
+    ":2001:db8::1",
+    "2001:db8::1:",
+    "1:2:3:4:5:6:7:8:9",
+    "1:2:3:4:5:6:7::",
+    "::1:2:3:4:5:6:7",
+    "2001:db8::1\x00",
+    "2001:db8::1 ",
+    "[2001:db8::1]",
+    "fe80::1%",
+    "٢001:db8::1",
 ]
 
 
@@ -97,6 +125,37 @@ def test_normalise_ip_equals_ipaddress() -> None:
         assert normalise_ip(ip) == reference_normalise(ip), ip
         canonical_v4 = reference_normalise(ip) == ip != "" and "." in ip and ":" not in ip
         assert ipv4_text(ip) == canonical_v4, ip
+
+
+def ipv6_text(value: int, form: int) -> str:
+    addr = ipaddress.IPv6Address(value)
+    if form == 0:
+        return addr.compressed
+    if form == 1:
+        return addr.exploded.upper()
+    if form == 2:  # each group without its leading zeros, nothing compressed
+        return ":".join(f"{int(g, 16):x}" for g in addr.exploded.split(":"))
+    return addr.exploded[:30] + str(ipaddress.IPv4Address(value & 0xFFFF_FFFF))  # dotted tail
+
+
+# Groups drawn so that zero runs, the mapped and compatible prefixes and small values are
+# common, not one in 2**128.
+group = st.sampled_from([0, 0, 0, 1, 0xFFFF, 0xDB8, 0x2001]) | st.integers(0, 0xFFFF)
+ipv6_value = st.lists(group, min_size=8, max_size=8).map(
+    lambda gs: int.from_bytes(b"".join(g.to_bytes(2, "big") for g in gs), "big")
+)
+mutation = st.tuples(st.integers(0, 45), st.sampled_from(["", ":", "0", "f", ".", "%", "::"]))
+
+
+@settings(max_examples=400, deadline=None)
+@given(ipv6_value, st.integers(0, 3), st.lists(mutation, max_size=2))
+def test_ipv6_fast_forms_equal_ipaddress(value: int, form: int, mutations: list) -> None:
+    text = ipv6_text(value, form)
+    for at, insert in mutations:  # also near misses: the two parsers must refuse alike
+        text = text[:at] + insert + text[at + 1 :]
+    assert normalise_ip(text) == reference_normalise(text), text
+    for mode in ("truncate", "full"):
+        assert anonymise_ip(text, mode) == reference_anonymise(text, mode), (text, mode)
 
 
 URL_CORPUS = [
