@@ -7,7 +7,7 @@ import ipaddress
 from urllib.parse import urlsplit
 
 import orjson
-from hypothesis import HealthCheck, assume, given, settings
+from hypothesis import HealthCheck, assume, example, given, settings
 from hypothesis import strategies as st
 from yarl import URL
 
@@ -170,11 +170,14 @@ header_text = st.binary(max_size=60).map(lambda b: b.decode("utf-8", "surrogatee
 
 @settings(max_examples=60, deadline=None)
 @given(header_text, header_text)
+@example(user_agent="", referer="?\udc80")  # the bad byte is in the query, which is not kept
 def test_header_text_as_aiohttp_decodes_it_still_makes_json(user_agent, referer):
     row = build({}, [], referer, user_agent, "")
+    # What the row keeps (a page URL loses its query): a surrogate cut away is not stored.
+    kept = "".join(v for v in row.values() if isinstance(v, str))
+    invalid = any(0xD800 <= ord(c) <= 0xDFFF for c in kept)
     notes: list[str] = []
     stored = orjson.loads(serialise(row, notes))
-    invalid = any(0xD800 <= ord(c) <= 0xDFFF for c in user_agent + referer)
     assert ("invalid_utf8" in notes) == invalid
     assert stored["user_agent"] == clean(SURROGATE_RE.sub("\ufffd", user_agent))
 
