@@ -12,7 +12,7 @@ from collector.handlers import MAX_BODY_BYTES, Collector
 from collector.limits import body_guard
 from collector.metrics import CollectorMetrics
 from collector.privacy import VisitorHasher
-from collector.ratelimit import rate_limit_middlewares
+from collector.ratelimit import rate_limit_buckets, rate_limit_middlewares
 from collector.redirect import PATH as CLICK_PATH
 from collector.redirect import ClickRedirect
 from collector.settings import Settings
@@ -65,12 +65,13 @@ def create_app(settings: Settings, sink: Sink, metrics: CollectorMetrics) -> web
     gate = SignatureGate(keyring, settings.signature_policy, metrics)
     hasher = VisitorHasher(settings.secret.encode())
     collector = Collector(settings, buffer, metrics, hasher, gate)
+    collector.rate_buckets = rate_limit_buckets(settings)  # None when off: no middleware
     clicks = ClickRedirect(collector, keyring)
 
     # aiohttp enforces this while reading the body, also for chunked uploads without a length.
     app = web.Application(
         client_max_size=MAX_BODY_BYTES,
-        middlewares=rate_limit_middlewares(settings, collector.client_ip, metrics),  # [] when off
+        middlewares=rate_limit_middlewares(collector.rate_buckets, collector.client_ip, metrics),
     )
     app[COLLECTOR] = collector
     app.router.add_get("/p.gif", collector.pixel)  # add_get answers HEAD too

@@ -12,8 +12,9 @@ subset of what aiohttp's parser accepts, and it builds the same header and query
 it, so both paths record the same event; the only difference a client sees is that the fast
 answer carries no Server header.
 
-Off (BEACON_PIXEL_FAST_PATH=0, or with the visitor cookie or the rate limit, which live in
-aiohttp's request and middleware) every connection goes to aiohttp at once.
+The rate limit applies here as in the middleware, from the same buckets. Off
+(BEACON_PIXEL_FAST_PATH=0, or with the visitor cookie, which needs aiohttp's request and
+response) every connection goes to aiohttp at once.
 """
 
 from __future__ import annotations
@@ -138,7 +139,7 @@ def fast_paths(
     settings: Settings, collector: Collector, metrics: CollectorMetrics
 ) -> FastPaths | None:
     """The fast path for a site, or None when it is off or a setting needs aiohttp's request."""
-    if not settings.pixel_fast_path or settings.visitor_cookie or settings.rate_limit_per_s:
+    if not settings.pixel_fast_path or settings.visitor_cookie:
         return None
     return FastPaths(
         collector,
@@ -167,6 +168,7 @@ class FastPaths:
             reason: metrics.fast_path_handoffs.labels(reason)
             for reason in ("other_request", "probe", "split_head")
         }
+        self.rate_limited = metrics.rate_limited.labels("pixel")
 
     def factory(self, inner: Callable[[], asyncio.Protocol]) -> Callable[[], asyncio.Protocol]:
         """A protocol factory for the listening socket: the fast path in front of `inner`."""
@@ -228,8 +230,13 @@ class PixelFastPath(asyncio.Protocol):
                 break
             started = time.perf_counter()
             parsed.remote = self._remote
+            buckets = collector.rate_buckets
             try:
-                outcome = collector.pixel_outcome(parsed, None)
+                if buckets is not None and buckets.take(collector.client_ip(parsed)):
+                    paths.rate_limited.inc()  # the GIF all the same, nothing recorded
+                    outcome = "rate_limited"
+                else:
+                    outcome = collector.pixel_outcome(parsed, None)
             except Exception:  # a bug: aiohttp would answer 500, a pixel gets its GIF anyway
                 log.exception("pixel event failed")
                 outcome = "error"

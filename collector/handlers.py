@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Mapping
-from typing import Any, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 
 import orjson
 from aiohttp import web
@@ -31,6 +31,9 @@ from collector.sanitize import serialise
 from collector.settings import Settings
 from collector.signing import Keyring, SignatureGate
 from collector.tallies import CounterTally, HistogramTally, Tallies
+
+if TYPE_CHECKING:  # collector.ratelimit imports this module
+    from collector.ratelimit import TokenBuckets
 
 MAX_BODY_BYTES = 64 * 1024
 MAX_BATCH_EVENTS = 100
@@ -93,6 +96,9 @@ class Collector:
         self.visitor_ids = VisitorIds(hasher, cookie)
         self.draining = False
         self.new_event_id = ev.Uuid7Source()
+        # The per-client rate limit's buckets (collector/ratelimit.py), set by create_app when
+        # the limit is on: the pixel fast path takes from them as the middleware does.
+        self.rate_buckets: TokenBuckets | None = None
         # Tallied on the hot path, added to the series on the buffer tick (collector/tallies.py).
         self.requests = Tallies(metrics.requests, CounterTally)  # by (endpoint, outcome)
         self.hot_path_seconds = Tallies(metrics.hot_path_seconds, HistogramTally)  # by endpoint

@@ -71,13 +71,22 @@ class TokenBuckets:
         return (1.0 - bucket[0]) / self.rate_per_s
 
 
-def rate_limit_middlewares(
-    settings: Settings, client_ip: Callable[[web.Request], str], metrics: CollectorMetrics
-) -> list[Middleware]:
-    """The rate-limit middleware when BEACON_RATE_LIMIT_PER_S is set, else none (no cost)."""
+def rate_limit_buckets(settings: Settings) -> TokenBuckets | None:
+    """The buckets when BEACON_RATE_LIMIT_PER_S is set, else None. One set per process: the
+    middleware and the pixel fast path (collector/fastpath.py) take from the same buckets."""
     if not settings.rate_limit_per_s:
+        return None
+    return TokenBuckets(settings.rate_limit_per_s, settings.rate_limit_burst)
+
+
+def rate_limit_middlewares(
+    buckets: TokenBuckets | None,
+    client_ip: Callable[[web.Request], str],
+    metrics: CollectorMetrics,
+) -> list[Middleware]:
+    """The rate-limit middleware over `buckets`, or none when the limit is off (no cost)."""
+    if buckets is None:
         return []
-    buckets = TokenBuckets(settings.rate_limit_per_s, settings.rate_limit_burst)
 
     @web.middleware
     async def rate_limit(request: web.Request, handler: Handler) -> web.StreamResponse:

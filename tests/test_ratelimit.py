@@ -4,9 +4,13 @@ from __future__ import annotations
 
 from dataclasses import replace
 
-from collector import ratelimit
 from collector.pixel import GIF_BYTES
-from collector.ratelimit import MAX_CLIENTS, TokenBuckets, rate_limit_middlewares
+from collector.ratelimit import (
+    MAX_CLIENTS,
+    TokenBuckets,
+    rate_limit_buckets,
+    rate_limit_middlewares,
+)
 from collector.sinks.memory import MemorySink
 from tests.helpers import metric_value
 
@@ -105,16 +109,10 @@ def test_the_least_recently_seen_key_is_forgotten_not_the_oldest():
     assert buckets.take("b") == 0.0  # forgotten: a fresh bucket
 
 
-def test_the_limiter_remembers_50_000_clients(settings, metrics, monkeypatch):
-    made: list[TokenBuckets] = []
-
-    class Recorded(TokenBuckets):
-        def __init__(self, *args, **kwargs):
-            super().__init__(*args, **kwargs)
-            made.append(self)
-
-    monkeypatch.setattr(ratelimit, "TokenBuckets", Recorded)
-    on = replace(settings, rate_limit_per_s=1.0)
-    assert len(rate_limit_middlewares(on, lambda request: "203.0.113.1", metrics)) == 1
+def test_the_limiter_remembers_50_000_clients(settings, metrics):
+    assert rate_limit_buckets(settings) is None  # off by default
+    buckets = rate_limit_buckets(replace(settings, rate_limit_per_s=1.0))
+    assert buckets is not None
     assert MAX_CLIENTS == 50_000  # docs/security.md: ~10 MB at most
-    assert [buckets.max_keys for buckets in made] == [MAX_CLIENTS]
+    assert buckets.max_keys == MAX_CLIENTS
+    assert len(rate_limit_middlewares(buckets, lambda request: "203.0.113.1", metrics)) == 1
