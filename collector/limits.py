@@ -76,6 +76,34 @@ class ParserErrorLog(logging.LoggerAdapter):  # type: ignore[type-arg]
             super().debug(msg, *args, **kwargs)
 
 
+class OwnWords(RequestHandler):
+    """aiohttp's protocol, its parser's refusals answered with their reason label only.
+
+    aiohttp's own 400 body quotes the refused bytes back (`Invalid method encountered:
+    b'<html>...'`): a client learns nothing more from them than from the label, and no
+    request text is echoed into an answer.
+    """
+
+    __slots__ = ()
+
+    def handle_error(
+        self,
+        request: Any,
+        status: int = 500,
+        exc: BaseException | None = None,
+        message: str | None = None,
+    ) -> web.StreamResponse:
+        if isinstance(exc, HttpProcessingError):
+            message = f"{status} {reason_of(exc)}\n"
+        return super().handle_error(request, status, exc, message)
+
+
+def own_words(server: web.Server) -> Callable[[], RequestHandler]:
+    """A protocol factory like `server` itself, making OwnWords protocols. Reads the server's
+    private `_loop` and `_kwargs` (what web.Server.__call__ passes on)."""
+    return lambda: OwnWords(server, loop=server._loop, **server._kwargs)
+
+
 def handler_options(settings: Settings, metrics: CollectorMetrics) -> dict[str, Any]:
     """aiohttp RequestHandler options for web.AppRunner."""
     return {
@@ -183,10 +211,12 @@ class GuardedSite(web.TCPSite):
         assert server is not None
         period_s, metrics = self._header_timeout_s, self._metrics
 
-        def guarded() -> asyncio.Protocol:
-            return HeadDeadline(server(), period_s, metrics)
+        inner = own_words(server)
 
-        factory: Callable[[], asyncio.Protocol] = guarded if period_s > 0 else server
+        def guarded() -> asyncio.Protocol:
+            return HeadDeadline(inner(), period_s, metrics)
+
+        factory: Callable[[], asyncio.Protocol] = guarded if period_s > 0 else inner
         if self._fast_paths is not None:
             factory = self._fast_paths.factory(factory)
         self._server = await asyncio.get_running_loop().create_server(

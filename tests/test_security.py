@@ -207,16 +207,19 @@ async def test_a_broken_gzip_body_is_a_400_and_a_bomb_a_413(served):
         (b"GET /p.gif HTTP/1.1\r\nX-A: 1\rX-Injected: 1\r\n\r\n", "bad_http_message"),
         (b"GET /p.gif HTTP/1.1\r\nX-A: 1\nX-Injected: 1\r\n\r\n", "bad_http_message"),
         (b"GET /p.gif HTTP/1.1\r\nX-A: 1\x00X-Injected: 1\r\n\r\n", "bad_http_message"),
+        (b"<script>X-Injected</script> / HTTP/1.1\r\nHost: t\r\n\r\n", "bad_http_method"),
     ],
-    ids=["request_line", "header_line", "header_count", "bare_cr", "bare_lf", "nul"],
+    ids=["request_line", "header_line", "header_count", "bare_cr", "bare_lf", "nul", "method"],
 )
 async def test_heads_over_the_limits_get_400_and_are_counted(served, raw, reason):
     port, _ = served
     sample = f'beacon_bad_requests_total{{reason="{reason}"}}'
     before = counter(port, sample)
-    status, headers, _ = await exchange(port, raw)
+    status, headers, body = await exchange(port, raw)
     assert status == 400
     assert "X-Injected" not in headers
+    # The reason label, not aiohttp's own text, which quotes the refused bytes back.
+    assert body == f"400 {reason}\n".encode()
     assert counter(port, sample) == before + 1
 
 
