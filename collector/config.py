@@ -12,8 +12,17 @@ from typing import Any, TypeVar
 T = TypeVar("T")
 
 
+MIN_SECRET_CHARS = 16  # a short secret is a guessable one: refuse it at start
+
+
 class SettingsError(ValueError):
     """A setting is missing or malformed; the message names the variable."""
+
+
+def refuse_short_secret(name: str, value: str, when_empty: str) -> None:
+    """A SettingsError naming `name`, never quoting `value`, when it is set but too short."""
+    if value and len(value) < MIN_SECRET_CHARS:
+        raise SettingsError(f"{name}: shorter than {MIN_SECRET_CHARS} chars ({when_empty})")
 
 
 def setting(default: Any, help: str, *, secret: bool = False, **meta: Any) -> Any:

@@ -13,12 +13,11 @@ from aiohttp import web
 from prometheus_client import CollectorRegistry
 
 from collector.app import COLLECTOR, create_app
-from collector.config import SettingsError
+from collector.config import MIN_SECRET_CHARS, SettingsError
 from collector.fastpath import fast_paths
 from collector.limits import GuardedSite, handler_options
 from collector.metrics import CollectorMetrics
 from collector.settings import Settings
-from collector.signing import MIN_SECRET_CHARS
 from collector.sinks import Sink
 from collector.sinks.kafka import KafkaSink
 from collector.sinks.memory import MemorySink

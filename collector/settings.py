@@ -7,7 +7,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
-from collector.config import SettingsError, from_mapping, setting
+from collector.config import SettingsError, from_mapping, refuse_short_secret, setting
 
 PREFIX = "BEACON_"
 
@@ -160,14 +160,11 @@ class Settings:
             )
         # Imported here: collector.redirect imports the handlers, which import this module.
         from collector.redirect import check_destination
-        from collector.signing import MIN_SECRET_CHARS, load_keyring
+        from collector.signing import load_keyring
 
         # A short secret makes guessable visitor ids. Empty is unset: collector/server.py then
         # makes a random one and keeps it in data_dir.
-        if self.secret and len(self.secret) < MIN_SECRET_CHARS:
-            raise SettingsError(
-                f"{PREFIX}SECRET: shorter than {MIN_SECRET_CHARS} chars (unset: a random one)"
-            )
+        refuse_short_secret(f"{PREFIX}SECRET", self.secret, "unset: a random one")
         keyring = load_keyring(self.signing_keys, self.signing_key_file)  # raises SettingsError
         if self.signature_policy == "drop" and not keyring:
             raise SettingsError(

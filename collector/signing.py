@@ -23,7 +23,7 @@ from typing import TYPE_CHECKING
 from urllib.parse import quote
 
 from collector import event as ev
-from collector.config import SettingsError
+from collector.config import MIN_SECRET_CHARS, SettingsError
 
 if TYPE_CHECKING:
     from collector.metrics import CollectorMetrics
@@ -32,7 +32,6 @@ SIG_PARAM = "sig"
 MAC_BYTES = 16
 KEY_ID_RE = re.compile(r"^[A-Za-z0-9_-]{1,32}$")
 MAC_RE = re.compile(r"^[A-Za-z0-9_-]{22}$")
-MIN_SECRET_CHARS = 16  # a short secret is a guessable one: refuse it at start
 DOMAIN = b"beacon-url-v1"  # versions the canonical form
 
 # Parameters the click redirect takes besides the event keys: the destination.

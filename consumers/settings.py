@@ -6,8 +6,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
-from collector.config import SettingsError, from_mapping, setting
-from collector.signing import MIN_SECRET_CHARS
+from collector.config import from_mapping, refuse_short_secret, setting
 
 PREFIX = "BEACON_"
 
@@ -63,10 +62,7 @@ class ConsumerSettings:
 
     def __post_init__(self) -> None:
         # The token is all that guards the dashboard's figures: a short one can be guessed.
-        if self.dashboard_token and len(self.dashboard_token) < MIN_SECRET_CHARS:
-            raise SettingsError(
-                f"{PREFIX}DASHBOARD_TOKEN: shorter than {MIN_SECRET_CHARS} chars (empty: off)"
-            )
+        refuse_short_secret(f"{PREFIX}DASHBOARD_TOKEN", self.dashboard_token, "empty: off")
 
     @classmethod
     def from_env(cls, env: Mapping[str, str]) -> ConsumerSettings:
