@@ -60,7 +60,9 @@ def uses_kafka(settings: Settings) -> bool:
 def make_sink(settings: Settings, metrics: CollectorMetrics) -> Sink:
     """The configured sink; a Kafka sink is started, so call this inside the running loop."""
     if settings.sink == "memory":
-        return MemorySink()
+        # Keeps the newest events only: a server's memory stays bounded under any load.
+        discarded = metrics.events_dropped.labels("memory_sink_discarded")
+        return MemorySink(settings.buffer_max_events, discarded.inc)
     # The Kafka sink spills into the same spool the embedded setup uses as its only sink.
     spool = SpoolSink(
         settings.spool_dir,

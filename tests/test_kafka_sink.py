@@ -21,6 +21,7 @@ from collector.metrics import CollectorMetrics
 from collector.server import make_sink
 from collector.settings import Settings, SettingsError
 from collector.sinks.kafka import KafkaSink
+from collector.sinks.replay import read_events
 from collector.sinks.spool import SpoolSink
 from tests.helpers import free_port, metric_value
 
@@ -272,6 +273,7 @@ async def test_missing_topic_spools_until_kafka_init_then_replays(
         spool_segment_max_age_ms=100,
     )
     sink = kafka_sink(late, metrics)
+    sink.replayer.chunk_bytes = 256  # the ~1 KB segment goes in parts, each acked in turn
     await wait_for(lambda: "missing or leaderless" in caplog.text, 10, "a warning naming it")
     events = [orjson.dumps({"event_id": str(i)}) for i in range(50)]
     await sink.send(events)
@@ -285,3 +287,17 @@ async def test_missing_topic_spools_until_kafka_init_then_replays(
     await sink.close()
     assert sorted(r.value for r in await read_topic(kafka_bootstrap, name)) == sorted(events)
     assert metric_value(metrics, "beacon_kafka_replayed_events_total") == 50
+
+
+def test_replay_reads_a_segment_in_parts_and_never_cuts_an_event(tmp_path) -> None:
+    events = [b'{"n":%d,"pad":"%s"}' % (i, b"x" * (i % 7)) for i in range(100)]
+    torn = b'{"n":100,"pa'  # a crash cut the last write short: it is read as it is
+    path = tmp_path / "segment"
+    path.write_bytes(b"".join(e + b"\n" for e in events) + torn)
+    parts = []
+    with open(path, "rb") as f:
+        while part := read_events(f, 50):
+            parts.append(part)
+    assert len(parts) > 10
+    assert [e for part in parts for e in part] == [*events, torn]
+    assert all(sum(map(len, part)) < 50 + 30 for part in parts)  # ~50 bytes, one event more

@@ -1,7 +1,8 @@
 """Spool replay: send closed spool segments to Kafka, oldest first, once Kafka answers again.
 
-A segment is deleted only after Kafka acknowledged every batch of it. A segment that fails
-part-way stays and is sent whole again later: duplicates are fine (consumers drop them by
+A segment is read and sent a part at a time (REPLAY_CHUNK_BYTES), and deleted only after
+Kafka acknowledged every batch of it. A segment that fails part-way stays and is sent whole
+again later: duplicates are fine (consumers drop them by
 event_id), loss is not. Several collector processes may share one spool directory, so a
 segment is replayed under an exclusive flock, and one already unlinked is skipped.
 """
@@ -26,10 +27,13 @@ log = logging.getLogger("beacon.kafka.replay")
 # How often the replay looks for closed segments while Kafka is up (the spool closes a segment
 # after spool_segment_max_age_ms, so looking much more often would find nothing new).
 REPLAY_POLL_INTERVAL_S = 0.5
+# A segment (up to BEACON_SPOOL_SEGMENT_MAX_BYTES, 16 MiB) is read and sent this much at a
+# time, each part acknowledged before the next is read: replay holds about this much.
+REPLAY_CHUNK_BYTES = 1 << 20
 
 
-def open_locked(path: Path) -> tuple[BinaryIO, list[bytes]] | None:
-    """The segment, open and flocked, and its events; None if gone or another process has it."""
+def open_locked(path: Path) -> BinaryIO | None:
+    """The segment, open and flocked; None if gone or another process has it."""
     try:
         f = open(path, "rb")
     except FileNotFoundError:
@@ -38,13 +42,22 @@ def open_locked(path: Path) -> tuple[BinaryIO, list[bytes]] | None:
         fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
         if os.fstat(f.fileno()).st_nlink == 0:  # replayed and deleted while we waited
             raise BlockingIOError
-        return f, [line for line in f.read().split(b"\n") if line]
+        return f
     except BlockingIOError:
         f.close()
         return None
     except BaseException:
         f.close()
         raise
+
+
+def read_events(f: BinaryIO, max_bytes: int) -> list[bytes]:
+    """The next events of an open segment, about `max_bytes` of them, never one cut in two;
+    [] at its end."""
+    data = f.read(max_bytes)
+    if data and not data.endswith(b"\n"):
+        data += f.readline()  # the rest of the last event
+    return [line for line in data.split(b"\n") if line]
 
 
 class SpoolReplayer:
@@ -61,6 +74,7 @@ class SpoolReplayer:
         self.directory = directory
         self.metrics = metrics
         self.after_delete = after_delete  # lets the spool recount its bytes (its size bound)
+        self.chunk_bytes = REPLAY_CHUNK_BYTES
         self._wake = asyncio.Event()
         self._stop = asyncio.Event()
         self._task: asyncio.Task[None] | None = None
@@ -112,22 +126,24 @@ class SpoolReplayer:
 
     async def _replay(self, path: Path) -> bool:
         """Send one segment; True if it is done (sent and deleted, or not ours to send)."""
-        opened = await asyncio.to_thread(open_locked, path)
-        if opened is None:
+        f = await asyncio.to_thread(open_locked, path)
+        if f is None:
             return True
-        f, events = opened
+        replayed = 0
         try:
-            sent, rest = await self.link.produce(events)
-            outcomes = await asyncio.gather(*(self.link.wait_ack(batch) for batch in sent))
-            if rest or any(outcome != "acked" for outcome in outcomes):
-                log.warning("replay of %s incomplete; it stays and is sent again", path.name)
-                return False
+            while events := await asyncio.to_thread(read_events, f, self.chunk_bytes):
+                sent, rest = await self.link.produce(events)
+                outcomes = await asyncio.gather(*(self.link.wait_ack(batch) for batch in sent))
+                if rest or any(outcome != "acked" for outcome in outcomes):
+                    log.warning("replay of %s incomplete; it stays and is sent again", path.name)
+                    return False
+                replayed += len(events)
             # Still under our flock, so no other process re-sends it. No directory fsync: a
             # power loss that undoes the unlink costs a duplicate replay, not an event.
             await asyncio.to_thread(path.unlink)
         finally:
             f.close()
-        self.metrics.kafka_replayed.inc(len(events))
-        log.info("replayed %d events from %s", len(events), path.name)
+        self.metrics.kafka_replayed.inc(replayed)
+        log.info("replayed %d events from %s", replayed, path.name)
         await self.after_delete()
         return True

@@ -55,6 +55,17 @@ def hot_path_buckets(base: str, endpoint: str = "pixel") -> dict[float, float]:
     return buckets
 
 
+def share_within(
+    before: dict[float, float], after: dict[float, float], bound_s: float
+) -> float | None:
+    """The share of what was observed between two scrapes that took at most `bound_s`, read
+    at a bucket bound (no interpolation: `bound_s` must be one)."""
+    total = after.get(math.inf, 0.0) - before.get(math.inf, 0.0)
+    if bound_s not in after or total <= 0:
+        return None
+    return (after[bound_s] - before.get(bound_s, 0.0)) / total
+
+
 def quantile_us(before: dict[float, float], after: dict[float, float], q: float) -> float | None:
     """The q-quantile of what was observed between two scrapes, interpolated within its
     bucket as Prometheus' histogram_quantile() does; in microseconds."""

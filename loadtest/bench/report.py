@@ -40,6 +40,7 @@ def summarise(runs: list[dict[str, Any]]) -> dict[str, dict[str, Any]]:
         if SERVERS[name].beacon:
             row["hot_path_p50_us"] = median([r.get("hot_path_p50_us") for r in mine])
             row["hot_path_p99_us"] = median([r.get("hot_path_p99_us") for r in mine])
+            row["hot_path_within_50us"] = median([r.get("hot_path_within_50us") for r in mine])
         for base in BASELINES:
             ratios = [
                 runs_of[name]["rps"] / runs_of[base]["rps"]
@@ -55,17 +56,22 @@ def _fmt(value: float | None, spec: str) -> str:
     return "-" if value is None else format(value, spec)
 
 
+def _percent(share: float | None) -> str:
+    return "-" if share is None else f"{share * 100:.1f}%"
+
+
 def markdown(summary: dict[str, dict[str, Any]]) -> str:
     head = (
         "| server | req/s | x nginx | x bare aiohttp | x FastAPI | p50 ms | p99 ms "
-        "| handler p99 µs | RSS MB |\n"
-        "|---|---:|---:|---:|---:|---:|---:|---:|---:|\n"
+        "| handler p99 µs | handler ≤ 50 µs | RSS MB |\n"
+        "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|\n"
     )
     lines = [
         f"| {row['label']} | {_fmt(row['rps'], ',.0f')} | {_fmt(row['x_nginx'], '.2f')} "
         f"| {_fmt(row['x_aiohttp'], '.2f')} | {_fmt(row['x_fastapi'], '.2f')} "
         f"| {_fmt(row['p50_ms'], '.2f')} | {_fmt(row['p99_ms'], '.2f')} "
-        f"| {_fmt(row.get('hot_path_p99_us'), '.0f')} | {_fmt(row['rss_mb'], '.0f')} |"
+        f"| {_fmt(row.get('hot_path_p99_us'), '.0f')} "
+        f"| {_percent(row.get('hot_path_within_50us'))} | {_fmt(row['rss_mb'], '.0f')} |"
         for row in summary.values()
     ]
     return head + "\n".join(lines) + "\n"
