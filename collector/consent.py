@@ -176,3 +176,8 @@ class VisitorIds:
         if issued and self.cookie is not None:
             response.headers["Set-Cookie"] = self.cookie.header(issued[0])
         return response
+
+    def set_cookie_line(self, issued: list[int]) -> bytes:
+        """The same Set-Cookie as a header line, for the pixel fast path's prebuilt answer."""
+        assert self.cookie is not None  # ids are only issued in cookie mode
+        return f"Set-Cookie: {self.cookie.header(issued[0])}\r\n".encode()

@@ -12,9 +12,9 @@ subset of what aiohttp's parser accepts, and it builds the same header and query
 it, so both paths record the same event; the only difference a client sees is that the fast
 answer carries no Server header.
 
-The rate limit applies here as in the middleware, from the same buckets. Off
-(BEACON_PIXEL_FAST_PATH=0, or with the visitor cookie, which needs aiohttp's request and
-response) every connection goes to aiohttp at once.
+The rate limit applies here as in the middleware, from the same buckets, and the visitor
+cookie is read with aiohttp's own Cookie parser and set with the same Set-Cookie line. Off
+(BEACON_PIXEL_FAST_PATH=0) every connection goes to aiohttp at once.
 """
 
 from __future__ import annotations
@@ -27,6 +27,9 @@ from collections.abc import Callable
 from email.utils import formatdate
 from typing import Any, cast
 
+# aiohttp's own Cookie header parser, the one its Request.cookies calls (not public API; tests
+# compare both paths' answers and events in cookie mode).
+from aiohttp._cookie_helpers import parse_cookie_header
 from multidict import CIMultiDict, CIMultiDictProxy, MultiDictProxy
 from yarl import URL
 
@@ -65,11 +68,13 @@ _HANDED_OVER_RE = re.compile(
 _NAME_RE = re.compile(rb"\r\n([^:]+):")
 # Name and value, the value without the whitespace around it (llhttp drops it too).
 _FIELD_RE = re.compile(r"\r\n([^:]+):[ \t]*+((?:[^\r]*[^\r \t])?)")
-_RESPONSE_HEAD = (
-    "HTTP/1.1 200 OK\r\n"
-    + "".join(f"{name}: {value}\r\n" for name, value in PIXEL_HEADERS.items())
-    + f"Content-Length: {len(GIF_BYTES)}\r\n"
+# The answer's head up to the Date line; a Set-Cookie goes before Content-Length, as aiohttp
+# orders them.
+_HEAD_START = (
+    "HTTP/1.1 200 OK\r\n" + "".join(f"{name}: {value}\r\n" for name, value in PIXEL_HEADERS.items())
 ).encode()
+_LENGTH_LINE = f"Content-Length: {len(GIF_BYTES)}\r\n".encode()
+_RESPONSE_HEAD = _HEAD_START + _LENGTH_LINE
 
 
 class PixelRequest:
@@ -94,7 +99,9 @@ class PixelRequest:
 
     @property
     def cookies(self) -> dict[str, str]:
-        raise RuntimeError("the visitor cookie is served by aiohttp: the fast path is off")
+        # As aiohttp's Request.cookies: the first Cookie header, the same parser.
+        parsed = parse_cookie_header(self.headers.get("Cookie", ""))
+        return {name: morsel.value for name, morsel in parsed}
 
 
 def parse_head(head: bytes) -> PixelRequest | str:
@@ -138,8 +145,8 @@ class DateHeader:
 def fast_paths(
     settings: Settings, collector: Collector, metrics: CollectorMetrics
 ) -> FastPaths | None:
-    """The fast path for a site, or None when it is off or a setting needs aiohttp's request."""
-    if not settings.pixel_fast_path or settings.visitor_cookie:
+    """The fast path for a site, or None when it is off."""
+    if not settings.pixel_fast_path:
         return None
     return FastPaths(
         collector,
@@ -231,16 +238,21 @@ class PixelFastPath(asyncio.Protocol):
             started = time.perf_counter()
             parsed.remote = self._remote
             buckets = collector.rate_buckets
+            issued: list[int] = []  # a new visitor cookie id (cookie mode, consented)
             try:
                 if buckets is not None and buckets.take(collector.client_ip(parsed)):
                     paths.rate_limited.inc()  # the GIF all the same, nothing recorded
                     outcome = "rate_limited"
                 else:
-                    outcome = collector.pixel_outcome(parsed, None)
+                    outcome = collector.pixel_outcome(parsed, issued)
             except Exception:  # a bug: aiohttp would answer 500, a pixel gets its GIF anyway
                 log.exception("pixel event failed")
                 outcome = "error"
-            answers.append(_RESPONSE_HEAD)
+            if issued:
+                cookie = collector.visitor_ids.set_cookie_line(issued)
+                answers += (_HEAD_START, cookie, _LENGTH_LINE)
+            else:
+                answers.append(_RESPONSE_HEAD)
             answers.append(paths.date())
             answers.append(GIF_BYTES)
             collector.pixel_done(outcome, started)

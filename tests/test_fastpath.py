@@ -7,6 +7,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import os
+import re
 import signal
 import sys
 from collections.abc import Iterator
@@ -72,33 +73,93 @@ def port_of(base: str) -> int:
     return int(base.rsplit(":", 1)[1])
 
 
-async def test_fast_answers_and_events_equal_aiohttps(tmp_path: Path) -> None:
-    results = []
-    for name, env in (("fast", ENV), ("aiohttp", {**ENV, "BEACON_PIXEL_FAST_PATH": "0"})):
-        (tmp_path / name).mkdir()
-        with collector(tmp_path / name, env) as (_, base):
+Run = tuple[list[Answer], tuple[float, float], list[dict[str, Any]]]
+
+
+async def both_paths(tmp_path: Path, env: dict[str, str], requests: list[bytes]) -> list[Run]:
+    """`requests` over one connection to a collector with the fast path and to one without:
+    for each, the answers, the handoffs and the events it stored."""
+    runs = []
+    for name, extra in (("fast", {}), ("aiohttp", {"BEACON_PIXEL_FAST_PATH": "0"})):
+        directory = tmp_path / name
+        directory.mkdir()
+        with collector(directory, {**env, **extra}) as (_, base):
             before = scrape(base)
-            answers = await one_connection(port_of(base), CORPUS)
-            results.append((answers, handoffs(base, before)))
-    (fast, fast_handoffs), (slow, slow_handoffs) = results
-    # Otherwise the comparison below would be aiohttp's against itself.
+            answers = await one_connection(port_of(base), requests)
+            moved = handoffs(base, before)
+        runs.append((answers, moved, spooled(directory)))
+    (fast, fast_handoffs, _), (slow, slow_handoffs, _) = runs
+    # Otherwise a comparison would be aiohttp's against itself.
     assert all("server" not in names(a) for a in fast)
     assert all("server" in names(a) for a in slow)
-    assert fast_handoffs == (0, 0)  # none on the corpus' connection
-    assert slow_handoffs == (0, 0)
+    assert fast_handoffs == slow_handoffs == (0, 0)  # none on these connections
+    return runs
+
+
+def comparable(answer: Answer) -> tuple[int, list[tuple[str, str]], bytes]:
     skip = {"date", "server"}
+    return answer[0], [h for h in answer[1] if h[0].lower() not in skip], answer[2]
+
+
+async def test_fast_answers_and_events_equal_aiohttps(tmp_path: Path) -> None:
+    (fast, _, fast_events), (slow, _, slow_events) = await both_paths(tmp_path, ENV, CORPUS)
     for f, s in zip(fast, slow, strict=True):
-        assert f[0] == s[0] == 200 and f[2] == s[2]
-        assert [h for h in f[1] if h[0].lower() not in skip] == [
-            h for h in s[1] if h[0].lower() not in skip
-        ]
+        assert f[0] == s[0] == 200 and f[2] == s[2] == GIF_BYTES
+        assert comparable(f) == comparable(s)
     made = ("event_id", "received_at")  # differ between any two processes
     events = [
-        [{k: v for k, v in e.items() if k not in made} for e in spooled(tmp_path / name)]
-        for name in ("fast", "aiohttp")
+        [{k: v for k, v in e.items() if k not in made} for e in x]
+        for x in (fast_events, slow_events)
     ]
     assert len(events[0]) > 20  # most of the corpus is recorded: the comparison means something
     assert events[0] == events[1]
+
+
+COOKIE = "beacon_vid"
+COOKIE_CORPUS = [
+    pixel("s=new&consent=1&r=a", UA),  # consented, no cookie: one is set
+    pixel("s=known&consent=1&r=b", UA, f"Cookie: {COOKIE}=12345".encode()),
+    pixel("s=quoted&consent=1&r=c", UA, f'Cookie: x=1; {COOKIE}="777"; y=2'.encode()),
+    pixel("s=forged&consent=1&r=d", UA, f"Cookie: {COOKIE}=x1".encode()),  # noted, replaced
+    pixel("s=huge&consent=1&r=e", UA, f"Cookie: {COOKIE}=18446744073709551616".encode()),
+    pixel("s=twice&consent=1&r=f", UA, f"Cookie: {COOKIE}=5; {COOKIE}=6".encode()),
+    pixel("s=odd-names&consent=1&r=g", UA, f"Cookie: we{{ird}}=1; {COOKIE}=77".encode()),
+    pixel("s=no-consent&r=h", UA, f"Cookie: {COOKIE}=999".encode()),  # the daily hash
+    pixel("s=refused&consent=0&r=i", UA, f"Cookie: {COOKIE}=999".encode()),
+    pixel("s=dnt&consent=1&r=j", UA, b"DNT: 1"),
+]
+
+
+async def test_cookie_mode_fast_answers_and_events_equal_aiohttps(tmp_path: Path) -> None:
+    env = {**ENV, "BEACON_VISITOR_COOKIE": "1"}
+    runs = await both_paths(tmp_path, env, COOKIE_CORPUS)
+    new_id = re.compile(rf"^{COOKIE}=(\d+);")
+    seen = []
+    for answers, _, events in runs:
+        # New ids are random: each answer's own, and the event it belongs to carries it.
+        issued = {
+            int(m.group(1))
+            for _, headers, _ in answers
+            for name, value in headers
+            if name == "Set-Cookie" and (m := new_id.match(value))
+        }
+        assert len(issued) == 3  # new, forged and huge; with DNT there is no visitor id
+        masked = [
+            {
+                k: ("issued" if k == "visitor_id" and v in issued else v)
+                for k, v in e.items()
+                if k not in ("event_id", "received_at")
+            }
+            for e in events
+        ]
+        headers = [
+            [(n, new_id.sub(f"{COOKIE}=N;", v)) for n, v in comparable(a)[1]] for a in answers
+        ]
+        seen.append((headers, masked))
+    assert seen[0] == seen[1]
+    by_recipient = {e["recipient"]: e["visitor_id"] for e in seen[0][1]}
+    assert by_recipient["b"] == 12345 and by_recipient["c"] == 777 and by_recipient["g"] == 77
+    assert by_recipient["a"] == by_recipient["d"] == "issued"
 
 
 async def test_other_requests_go_to_aiohttp_and_split_heads_wait_for_their_rest(
@@ -260,16 +321,8 @@ async def test_sigterm_closes_fast_connections_and_keeps_their_events(tmp_path: 
     assert sorted(e["recipient"] for e in spooled(tmp_path)) == sorted(answered)
 
 
-@pytest.mark.parametrize(
-    "off",
-    [
-        {"BEACON_PIXEL_FAST_PATH": "0"},
-        {"BEACON_VISITOR_COOKIE": "1"},
-    ],
-    ids=["off", "visitor-cookie"],
-)
-async def test_off_every_pixel_is_aiohttps(tmp_path: Path, off: dict[str, str]) -> None:
-    with collector(tmp_path, {**ENV, **off}) as (_, base):
+async def test_off_every_pixel_is_aiohttps(tmp_path: Path) -> None:
+    with collector(tmp_path, {**ENV, "BEACON_PIXEL_FAST_PATH": "0"}) as (_, base):
         before = scrape(base)
         answers = await one_connection(port_of(base), [pixel("s=off", UA)] * 3)
         assert handoffs(base, before) == (0, 0)

@@ -2,9 +2,9 @@
 
 A segment is read and sent a part at a time (REPLAY_CHUNK_BYTES), and deleted only after
 Kafka acknowledged every batch of it. A segment that fails part-way stays and is sent whole
-again later: duplicates are fine (consumers drop them by
-event_id), loss is not. Several collector processes may share one spool directory, so a
-segment is replayed under an exclusive flock, and one already unlinked is skipped.
+again later: duplicates are fine (consumers drop them by event_id), loss is not. Several
+collector processes may share one spool directory, so a segment is replayed under an
+exclusive flock, and one already unlinked is skipped.
 """
 
 from __future__ import annotations
