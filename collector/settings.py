@@ -136,7 +136,7 @@ class Settings:
     rate_limit_burst: int = setting(20, "requests a client IP may send at once", min=1)
     pixel_fast_path: bool = setting(
         True,
-        "answer pixel-only connections below aiohttp's web layer (off with the visitor cookie)",
+        "answer pixel-only connections below aiohttp's web layer (the visitor cookie included)",
     )
 
     def __post_init__(self) -> None:
