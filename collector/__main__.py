@@ -146,7 +146,8 @@ def banner(settings: Settings, consumer: ConsumerSettings) -> str:
   pixel    {base}/p.gif?e=open&s=demo&c=welcome&r=alice
   events   curl -H 'Content-Type: application/json' -d '{{"e":"click","s":"demo"}}' {base}/e
   report   beacon report --data-dir {settings.data_dir}
-  query    curl --data 'SELECT event_type, count() FROM beacon.events GROUP BY 1' {store}/query
+  query    curl -H 'Content-Type: application/json' {store}/query \\
+             -d '{{"sql": "SELECT event_type, count() FROM beacon.events GROUP BY 1"}}'
   metrics  {base}/metrics  {store}/metrics
   {dashboard}
 Stop with Ctrl-C."""

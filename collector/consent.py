@@ -17,6 +17,7 @@ from urllib.parse import parse_qsl, urlencode, urlsplit
 
 from aiohttp import web
 
+from collector.ascii_int import parse_uint
 from collector.privacy import VisitorHasher
 
 if TYPE_CHECKING:
@@ -120,10 +121,12 @@ class VisitorCookie:
         raw = cookies.get(self.name)
         if raw is None:
             return 0
-        if raw.isdigit() and len(raw) <= 20 and 0 < int(raw) <= UINT64_MAX:
-            return int(raw)
-        notes.append("bad_visitor_cookie")
-        return 0
+        # Only the form `header` writes: ASCII digits, no leading zero, 1 to 2**64 - 1.
+        visitor_id = parse_uint(raw, UINT64_MAX, min_value=1, canonical=True)
+        if visitor_id is None:
+            notes.append("bad_visitor_cookie")  # then as if there were no cookie
+            return 0
+        return visitor_id
 
     @staticmethod
     def new_id() -> int:

@@ -6,7 +6,7 @@ import os
 import re
 import time
 from collections.abc import Iterable, Mapping
-from decimal import Decimal, InvalidOperation
+from decimal import Decimal
 from typing import Any
 from urllib.parse import parse_qsl, urlencode, urlsplit
 
@@ -38,6 +38,11 @@ MAX_USER_AGENT_CHARS = 512
 MAX_VALUE = Decimal("1e14")
 VALUE_EXPONENT_MIN = -4
 CURRENCY_RE = re.compile(r"[A-Za-z]{3}")  # ISO 4217, any case; ASCII only (fullmatch)
+# A conversion value: ASCII digits with an optional point and decimals, nothing else (fullmatch).
+# Decimal() alone also takes spaces, underscores ("1_000"), signs, exponents and the digits of
+# every script ("١٢"); none of them is how a price is written in a URL or JSON.
+VALUE_RE = re.compile(r"[0-9]+(?:\.[0-9]+)?")
+MAX_VALUE_TEXT_CHARS = 64  # far more than the column's 18 digits, with leading zeros
 # What urlencode (quote_plus) leaves as it is.
 UNRESERVED_RE = re.compile(r"[A-Za-z0-9_.~-]*")
 # Click ids are UUIDv7 strings made here; anything else would only ever fail to join.
@@ -189,17 +194,16 @@ def conversion_fields(fields: Mapping[str, str], notes: list[str]) -> dict[str, 
     out: dict[str, str] = {}
     raw_value = fields.get("v", "")
     if raw_value:
-        try:
-            value = Decimal(raw_value.strip())
-        except InvalidOperation:
-            raise Rejected("bad_value") from None
+        if len(raw_value) > MAX_VALUE_TEXT_CHARS or not VALUE_RE.fullmatch(raw_value):
+            raise Rejected("bad_value")
+        value = Decimal(raw_value)
         exponent = value.as_tuple().exponent
         if not value.is_finite() or not 0 <= value < MAX_VALUE:
             raise Rejected("bad_value")
         if isinstance(exponent, int) and exponent < VALUE_EXPONENT_MIN:
             raise Rejected("bad_value")  # more decimals than the column keeps: not rounded
-        # A plain decimal string on the wire keeps it exact ("1E+2" -> "100", "-0" -> "0").
-        out["value"] = format(abs(value), "f")
+        # A plain decimal string on the wire, without leading zeros ("007.50" -> "7.50").
+        out["value"] = format(value, "f")
     currency = fields.get("cur", "")
     if currency:
         # Checked before upper-casing: str.upper() makes "SSA" of "\u00dfa".
@@ -236,9 +240,11 @@ def build_event(
     verified: bool = False,
     event_id: str = "",
 ) -> dict[str, Any]:
-    """The event row; raises Rejected for input that must not be stored.
+    """The event row; raises Rejected for input that must not be stored (what it refuses
+    depends on `fields` alone: see check_fields).
 
-    `event_id` is made here unless given (the click redirect needs it first: it is the click id).
+    `event_id` is made here unless given (the collector makes its own, to the hour for rows
+    kept without consent).
     """
     event_type = fields.get("e") or "pageview"
     if event_type not in EVENT_TYPES:
@@ -283,3 +289,25 @@ def build_event(
     if transport == "redirect":
         event["click_id"] = event["event_id"]  # the id appended to the landing URL
     return event
+
+
+def check_fields(fields: Mapping[str, str]) -> None:
+    """Raise Rejected when build_event would refuse `fields`.
+
+    By building a throwaway row, so the two cannot disagree: for POST /e, whose events are
+    checked all before any is stored.
+    """
+    build_event(
+        fields,
+        {},
+        page_url="",
+        user_agent="",
+        ip="",
+        visitor_id=0,
+        dnt=False,
+        transport="beacon",
+        received_ms=0,
+        keep_query=frozenset(),
+        notes=[],
+        event_id="check",
+    )

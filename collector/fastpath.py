@@ -15,6 +15,10 @@ answer carries no Server header.
 The rate limit applies here as in the middleware, from the same buckets, and the visitor
 cookie is read with aiohttp's own Cookie parser and set with the same Set-Cookie line. Off
 (BEACON_PIXEL_FAST_PATH=0) every connection goes to aiohttp at once.
+
+A head split across reads is kept by `SplitHead` (collector/splithead.py), at a cost linear in
+its length however it is cut; each connection holds a place under the worker's connection cap
+(collector/conncap.py), which aiohttp's side takes over at a hand-over.
 """
 
 from __future__ import annotations
@@ -25,7 +29,7 @@ import re
 import time
 from collections.abc import Callable
 from email.utils import formatdate
-from typing import Any, cast
+from typing import TYPE_CHECKING, Any, cast
 
 # aiohttp's own Cookie header parser, the one its Request.cookies calls (not public API; tests
 # compare both paths' answers and events in cookie mode).
@@ -38,17 +42,14 @@ from collector.limits import MAX_FIELD_BYTES, MAX_HEADERS, MAX_LINE_BYTES
 from collector.metrics import CollectorMetrics
 from collector.pixel import GIF_BYTES, PIXEL_HEADERS
 from collector.settings import Settings
+from collector.splithead import COMPLETE, WAITING, SplitHead, first_part_verdict
+
+if TYPE_CHECKING:
+    from collector.conncap import ConnectionCap
 
 log = logging.getLogger("beacon.collector")
 
 PATH = "/p.gif"
-_PIXEL_START = b"GET /p.gif"
-# A pixel head split across reads (a long page URL, a small MSS) waits for its rest up to this
-# size and BEACON_HEADER_TIMEOUT_MS; beyond either, aiohttp and its own deadline take it.
-_SPLIT_HEAD_MAX_BYTES = 16 * 1024
-# What no pixel head here holds (a line feed without its CR, NUL): such a start goes to aiohttp
-# at once, whose parser answers it, instead of waiting for a blank line that may never come.
-_NEVER_IN_HEAD_RE = re.compile(rb"(?<!\r)\n|\x00")
 _PROBES = (b"GET /healthz ", b"GET /readyz ", b"GET /metrics ")
 _LINE_LIMIT = min(MAX_LINE_BYTES, MAX_FIELD_BYTES)
 # A head the fast path answers, matched in one pass: the request line with its query, then
@@ -143,7 +144,10 @@ class DateHeader:
 
 
 def fast_paths(
-    settings: Settings, collector: Collector, metrics: CollectorMetrics
+    settings: Settings,
+    collector: Collector,
+    metrics: CollectorMetrics,
+    cap: ConnectionCap | None = None,
 ) -> FastPaths | None:
     """The fast path for a site, or None when it is off."""
     if not settings.pixel_fast_path:
@@ -153,6 +157,7 @@ def fast_paths(
         metrics,
         idle_timeout_s=settings.keepalive_timeout_ms / 1000,
         head_timeout_s=settings.header_timeout_ms / 1000,
+        cap=cap,
     )
 
 
@@ -165,8 +170,10 @@ class FastPaths:
         metrics: CollectorMetrics,
         idle_timeout_s: float,
         head_timeout_s: float = 0.0,
+        cap: ConnectionCap | None = None,
     ) -> None:
         self.collector = collector
+        self.cap = cap  # None: no cap (in-process tests of the protocol)
         self.idle_timeout_s = idle_timeout_s
         self.head_timeout_s = head_timeout_s  # 0: a split head goes to aiohttp at once
         self.date = DateHeader()
@@ -190,7 +197,7 @@ class PixelFastPath(asyncio.Protocol):
     """One connection: pixels answered here until the first other request, then aiohttp's."""
 
     __slots__ = (
-        "_active", "_head", "_head_timer", "_make_inner", "_paths", "_paused", "_remote",
+        "_active", "_head_timer", "_make_inner", "_paths", "_paused", "_remote", "_split",
         "_timer", "_transport",
     )  # fmt: skip
 
@@ -202,22 +209,37 @@ class PixelFastPath(asyncio.Protocol):
         self._active = False
         self._paused = False
         self._remote = ""
-        self._head = b""  # the start of a pixel head whose rest has not arrived yet
+        self._split: SplitHead | None = None  # a pixel head whose rest has not arrived yet
         self._head_timer: asyncio.TimerHandle | None = None
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self._transport = cast(asyncio.Transport, transport)  # uvloop's is not a subclass
         peer: Any = transport.get_extra_info("peername")
         self._remote = peer[0] if isinstance(peer, tuple) else ""  # as aiohttp's request.remote
+        cap = self._paths.cap
+        if cap is not None and not cap.admit(self, transport):
+            return  # closed at once: over the connection cap, no idle connection to close
         self._paths.open.add(self)
         self._arm()
+
+    def idle(self) -> bool:
+        """Nothing in progress: every pixel read so far is answered and sent (for the
+        connection cap; a close waits for unsent answers, which a client may never read)."""
+        transport = self._transport
+        return self._split is None and (transport is None or not transport.get_write_buffer_size())
+
+    def quiet(self) -> bool:
+        """Nothing received since the idle timer's last check (for the connection cap)."""
+        return not self._active
 
     def data_received(self, data: bytes) -> None:
         assert self._transport is not None
         self._active = True
-        if self._head:  # its deadline keeps running until the head completes
-            data = self._head + data
-            self._head = b""
+        if self._split is not None:  # its deadline keeps running until the head completes
+            whole = self._rest_of_head(self._split, data)
+            if whole is None:
+                return
+            data = whole
         paths = self._paths
         collector = paths.collector
         answers: list[bytes] = []
@@ -263,16 +285,29 @@ class PixelFastPath(asyncio.Protocol):
             paths.handed_over[reason].inc()
             self._hand_over(data[start:])
 
+    def _rest_of_head(self, split: SplitHead, data: bytes) -> bytes | None:
+        """The bytes to answer from once a split head completed; None while it waits for
+        more, or when the connection went to aiohttp."""
+        verdict = split.add(data)
+        if verdict == WAITING:
+            return None
+        self._split = None
+        data = split.join()
+        if verdict == COMPLETE:
+            return data
+        self._paths.handed_over[verdict].inc()
+        self._hand_over(data)
+        return None
+
     def _wait_for_rest(self, head: bytes) -> str:
         """Keeps the start of a pixel head for the next read; or why it goes to aiohttp."""
-        if not (head.startswith(_PIXEL_START) or _PIXEL_START.startswith(head)):
-            return "other_request"
-        if _NEVER_IN_HEAD_RE.search(head):
-            return "other_request"
+        reason = first_part_verdict(head)
+        if reason != WAITING:
+            return reason
         timeout_s = self._paths.head_timeout_s
-        if not timeout_s or len(head) > _SPLIT_HEAD_MAX_BYTES:
+        if not timeout_s:
             return "split_head"
-        self._head = head
+        self._split = SplitHead(head)
         if self._head_timer is None:  # from its first part: more parts do not extend it
             loop = asyncio.get_running_loop()
             self._head_timer = loop.call_later(timeout_s, self._head_expired)
@@ -282,9 +317,9 @@ class PixelFastPath(asyncio.Protocol):
         """A split pixel head that did not complete in time: aiohttp's slow-client deadline
         takes it from here (collector/limits.py)."""
         self._head_timer = None
-        head, self._head = self._head, b""
+        split, self._split = self._split, None
         self._paths.handed_over["split_head"].inc()
-        self._hand_over(head)
+        self._hand_over(b"" if split is None else split.join())
 
     def _stop_head_timer(self) -> None:
         if self._head_timer is not None:
@@ -331,6 +366,8 @@ class PixelFastPath(asyncio.Protocol):
 
     def _disarm(self) -> None:
         self._paths.open.discard(self)
+        if self._paths.cap is not None:  # handed over: aiohttp's side takes the place
+            self._paths.cap.release(self)
         self._stop_head_timer()
         if self._timer is not None:
             self._timer.cancel()

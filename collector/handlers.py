@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Mapping
-from typing import TYPE_CHECKING, Any, Protocol
+from typing import TYPE_CHECKING, Any, NamedTuple, Protocol
 
 import orjson
 from aiohttp import web
@@ -39,6 +39,9 @@ MAX_BODY_BYTES = 64 * 1024
 MAX_BATCH_EVENTS = 100
 JSON_TYPES = frozenset({"application/json", "text/plain"})
 JSON_ERROR_HEADERS = CIMultiDict({**CORS_HEADERS, "Content-Type": "application/json"})
+# The client address of an aiohttp request once resolved: the rate limit asks for it first and
+# the event after it, and a bad forwarded header is counted once.
+CLIENT_IP = web.RequestKey("client_ip", str)
 
 
 def is_prefetch(headers: Mapping[str, str]) -> bool:
@@ -65,6 +68,16 @@ class RequestView(Protocol):
 def json_error(status: int, reason: str, **extra: Any) -> web.Response:
     body = orjson.dumps({"error": reason, **extra})
     return web.Response(status=status, body=body, headers=JSON_ERROR_HEADERS)
+
+
+class Prepared(NamedTuple):
+    """One event, built and checked but not yet buffered: what `Collector.commit` takes."""
+
+    outcome: str  # "" to store it; else why not ("dnt", "no_consent"), counted at commit
+    blob: bytes
+    transport: str
+    notes: list[str]
+    click_id: str  # the click id the row keeps ("" for other events and aggregate rows)
 
 
 class Collector:
@@ -96,6 +109,10 @@ class Collector:
         self.visitor_ids = VisitorIds(hasher, cookie)
         self.draining = False
         self.new_event_id = ev.Uuid7Source()
+        # The fast path's request view takes no state: its last address, for the one request
+        # the fast path asks twice about (rate limit, then event) in one synchronous call.
+        self._last_view: RequestView | None = None
+        self._last_view_ip = ""
         # The per-client rate limit's buckets (collector/ratelimit.py), set by create_app when
         # the limit is on: the pixel fast path takes from them as the middleware does.
         self.rate_buckets: TokenBuckets | None = None
@@ -110,15 +127,34 @@ class Collector:
     # -- shared steps ----------------------------------------------------------------------
 
     def client_ip(self, request: RequestView) -> str:
-        header = self.settings.forwarded_header
-        if header:
-            # The proxy we trust appends the address it saw last; anything left of it is the
-            # client's own claim and can be forged.
-            value = request.headers.get(header, "").rsplit(",", 1)[-1].strip()
-            address = normalise_ip(value)
+        """The client's address: the socket peer, or the trusted proxy's word for it."""
+        if not self.settings.forwarded_header:
+            return request.remote or ""
+        if isinstance(request, web.Request):
+            known = request.get(CLIENT_IP)
+            if known is None:
+                known = request[CLIENT_IP] = self._forwarded_ip(request)
+            return known
+        if request is not self._last_view:
+            self._last_view, self._last_view_ip = request, self._forwarded_ip(request)
+        return self._last_view_ip
+
+    def _forwarded_ip(self, request: RequestView) -> str:
+        """The address the trusted proxies saw, counted when the header does not give one.
+
+        Proxies append to the header, and a header sent twice is one list (RFC 9110 5.3): a
+        client may send a line of its own before the proxy's. So every line, in order, and
+        the address `forwarded_trusted_hops` from the right: anything left of it is the
+        client's own claim.
+        """
+        lines = request.headers.getall(self.settings.forwarded_header, ())
+        hops = ",".join(lines).split(",")
+        trusted = self.settings.forwarded_trusted_hops
+        if lines and len(hops) >= trusted:
+            address = normalise_ip(hops[-trusted].strip())
             if address:
                 return address
-            self.fixed["bad_forwarded_header"].inc()
+        self.fixed["bad_forwarded_header"].inc()
         return request.remote or ""
 
     def record(
@@ -130,10 +166,26 @@ class Collector:
         transport: str,
         notes: list[str],
         verified: bool = False,
-        event_id: str = "",
         issued: list[int] | None = None,
     ) -> str:
-        """Build one event and buffer it; returns the outcome label. Raises ev.Rejected.
+        """Build one event and buffer it; returns the outcome label. Raises ev.Rejected."""
+        prepared = self.prepare(
+            request, fields, props, page_url, transport, notes, verified, issued
+        )
+        return self.commit(prepared)
+
+    def prepare(
+        self,
+        request: RequestView,
+        fields: Mapping[str, str],
+        props: dict[str, str],
+        page_url: str,
+        transport: str,
+        notes: list[str],
+        verified: bool = False,
+        issued: list[int] | None = None,
+    ) -> Prepared:
+        """Build and check one event, buffering and counting nothing. Raises ev.Rejected.
 
         `issued`, from endpoints that can set a cookie, receives a new cookie visitor id
         (cookie mode, consented event, no cookie yet): the endpoint sends it in Set-Cookie.
@@ -146,16 +198,15 @@ class Collector:
             decision = dnt_decision(self.settings.dnt_policy, event_type)
             if decision == "drop":
                 if event_type in ev.EVENT_TYPES:
-                    self.metrics.events_dropped.labels("dnt").inc()
-                    return "dnt"
+                    return Prepared("dnt", b"", transport, notes, "")
             anonymous = decision == "anonymous"
         basis = self.consent.basis(fields.get("consent", ""), fields.get("s", ""), notes)
         if basis == DROP and event_type in ev.EVENT_TYPES:
-            self.metrics.events_dropped.labels("no_consent").inc()
-            return "no_consent"
+            return Prepared("no_consent", b"", transport, notes, "")
         aggregate = basis == MISSING  # kept as a count, without identifiers
         received_ms = ev.now_ms()
         if aggregate:
+            # The event id's time bits too (a UUIDv7 holds its millisecond): to the hour.
             received_ms -= received_ms % MS_PER_HOUR
         full_ip = self.client_ip(request)
         user_agent = headers.get("User-Agent", "")
@@ -184,16 +235,23 @@ class Collector:
             keep_query=self.keep_query,
             notes=notes,
             verified=verified,
-            event_id=event_id or self.new_event_id(received_ms),
+            event_id=self.new_event_id(received_ms),
         )
         row["consent"] = basis
         if aggregate:
             strip_identifiers(row)
         blob = serialise(row, notes)
-        if not self.buffer.offer(blob):
+        return Prepared("", blob, transport, notes, row.get("click_id", ""))
+
+    def commit(self, prepared: Prepared) -> str:
+        """Buffer a prepared event (or count why it is not stored); the outcome label."""
+        if prepared.outcome:
+            self.metrics.events_dropped.labels(prepared.outcome).inc()
+            return prepared.outcome
+        if not self.buffer.offer(prepared.blob):
             return "buffer_full"
-        self.accepted[transport].inc()
-        for note in notes:
+        self.accepted[prepared.transport].inc()
+        for note in prepared.notes:
             self.fixed[note].inc()
         return "recorded"
 
@@ -282,19 +340,20 @@ class Collector:
             except ev.Rejected as exc:
                 self.metrics.events_dropped.labels(exc.reason).inc(len(items))
                 return json_error(400, exc.reason, index=index)
-        outcomes = []
+        # All or nothing: every event is built and checked before any is buffered, so a
+        # client that fixes its request and sends it again makes no duplicates.
+        prepared = []
         issued: list[int] = []
         for index, (fields, props) in enumerate(parsed):
             page_url = fields.get("u") or request.headers.get("Referer") or ""
             try:
-                outcomes.append(
-                    self.record(request, fields, props, page_url, "beacon", [], issued=issued)
+                prepared.append(
+                    self.prepare(request, fields, props, page_url, "beacon", [], issued=issued)
                 )
-            except ev.Rejected as exc:
-                # Validation above makes this rare (an id too long): report what was kept.
-                self.metrics.events_dropped.labels(exc.reason).inc()
-                error = json_error(400, exc.reason, index=index, recorded=index)
-                return self.visitor_ids.with_cookie(error, issued)  # the events kept carry its id
+            except ev.Rejected as exc:  # parse_json_event checks the same: a backstop
+                self.metrics.events_dropped.labels(exc.reason).inc(len(items))
+                return json_error(400, exc.reason, index=index)
+        outcomes = [self.commit(event) for event in prepared]
         if "buffer_full" in outcomes:
             # The client can retry a POST; tell it so instead of losing the event quietly.
             busy = json_error(503, "busy", recorded=outcomes.count("recorded"))
@@ -310,6 +369,11 @@ class Collector:
     async def readyz(self, request: web.Request) -> web.Response:
         if self.draining:
             return web.Response(status=503, text="draining\n")
+        # With a write-ahead log every event goes there first: ready only if it can write.
+        wal = self.buffer.wal
+        reason = None if wal is None else wal.unready_reason()
+        if reason is not None:
+            return web.Response(status=503, text=f"write-ahead log unavailable: {reason}\n")
         if not self.buffer.sink.healthy():
             return web.Response(status=503, text="sink unhealthy\n")
         return web.Response(text="ready\n")

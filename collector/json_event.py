@@ -12,7 +12,8 @@ PROP_SCALARS = (str, int, float, bool)
 
 
 def parse_json_event(item: Any) -> tuple[dict[str, str], dict[str, str]]:
-    """Validate one POSTed event: known string fields and a flat `p` object of scalars."""
+    """Validate one POSTed event: known string fields and a flat `p` object of scalars, and
+    everything else recording it could refuse, so a batch is refused before any is stored."""
     if not isinstance(item, dict):
         raise ev.Rejected("event_not_object")
     fields: dict[str, str] = {}
@@ -37,7 +38,8 @@ def parse_json_event(item: Any) -> tuple[dict[str, str], dict[str, str]]:
         else:
             raise ev.Rejected("unknown_field")
     if fields.get("e", "pageview") not in ev.EVENT_TYPES:
-        raise ev.Rejected("bad_event_type")
+        raise ev.Rejected("bad_event_type")  # "" too: a JSON client names a type or none
+    ev.check_fields(fields)  # ids, value, currency: what recording it would refuse
     return fields, props
 
 

@@ -5,6 +5,8 @@ aiohttp closes an idle keep-alive connection, but a client that trickles a reque
 byte a second, "slowloris") or a body holds its connection for as long as the keep-alive
 timeout, an hour by default: a few thousand such clients exhaust the file descriptors. Here a
 head must complete within `header_timeout_ms` and a POST /e body within `body_timeout_ms`.
+Idle connections are bounded by the connection cap (collector/conncap.py), which the
+connection's protocol here tells whether it is idle.
 """
 
 from __future__ import annotations
@@ -13,7 +15,7 @@ import asyncio
 import logging
 import re
 from collections.abc import Awaitable, Callable
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, cast
 
 from aiohttp import web
 from aiohttp.http_exceptions import HttpProcessingError
@@ -25,6 +27,7 @@ from collector.metrics import CollectorMetrics
 from collector.settings import Settings
 
 if TYPE_CHECKING:
+    from collector.conncap import ConnectionCap
     from collector.fastpath import FastPaths
 
 # aiohttp's own defaults, set here so they are visible and documented (docs/security.md):
@@ -116,39 +119,56 @@ def handler_options(settings: Settings, metrics: CollectorMetrics) -> dict[str, 
     }
 
 
-class HeadDeadline(asyncio.Protocol):
-    """Wraps aiohttp's protocol: closes a connection whose request head stalls.
+class GuardedConnection(asyncio.Protocol):
+    """Wraps aiohttp's protocol: a place under the connection cap, and a deadline on heads.
 
-    A timer per connection fires every `period_s`. A connection that received bytes in one
-    period without completing a request head, and completed none by the next check, with no
-    request in progress (a body being read is the body deadline's business), is closed: a
-    started head lasts at most two periods, trickled or gone silent. A connection that sent
-    nothing since its last request is idle, left to the keep-alive timeout. The hot path
-    pays one attribute store per read.
+    The cap (collector/conncap.py) asks whether the connection is idle: aiohttp waits for the
+    next request and no bytes of one have come. With a `period_s`, a timer per connection fires
+    every `period_s`. A connection that received bytes in one period without completing a
+    request head, and completed none by the next check, with no request in progress (a body
+    being read is the body deadline's business), is closed: a started head lasts at most two
+    periods, trickled or gone silent. A connection that sent nothing since its last request is
+    idle, left to the keep-alive timeout. The hot path pays a few attribute reads per read.
     """
 
     __slots__ = (
-        "_active", "_inner", "_metrics", "_period_s", "_seen", "_stalled", "_timer", "_transport",
+        "_active", "_cap", "_inner", "_metrics", "_partial", "_period_s", "_seen", "_stalled",
+        "_timer", "_transport",
     )  # fmt: skip
 
-    def __init__(self, inner: RequestHandler, period_s: float, metrics: CollectorMetrics) -> None:
+    def __init__(
+        self,
+        inner: RequestHandler,
+        period_s: float,
+        metrics: CollectorMetrics,
+        cap: ConnectionCap | None = None,
+    ) -> None:
         self._inner = inner
-        self._period_s = period_s
+        self._period_s = period_s  # 0: no head deadline
         self._metrics = metrics
+        self._cap = cap
         self._timer: asyncio.TimerHandle | None = None
         self._active = False
         self._stalled = False
+        self._partial = False  # bytes of a request head came, the head did not complete yet
         self._seen = 0
         self._transport: asyncio.BaseTransport | None = None
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self._transport = transport
+        if self._cap is not None and not self._cap.admit(self, transport):
+            return  # closed at once: over the connection cap, no idle connection to close
         self._inner.connection_made(transport)
-        self._timer = asyncio.get_running_loop().call_later(self._period_s, self._check)
+        if self._period_s > 0:
+            self._timer = asyncio.get_running_loop().call_later(self._period_s, self._check)
 
     def data_received(self, data: bytes) -> None:
         self._active = True
-        self._inner.data_received(data)
+        inner = self._inner
+        count = inner._request_count
+        inner.data_received(data)
+        # Bytes that completed no head while no request is handled: the start of a head.
+        self._partial = inner._request_count == count and inner._current_request is None
 
     def eof_received(self) -> None:
         self._inner.eof_received()
@@ -157,6 +177,8 @@ class HeadDeadline(asyncio.Protocol):
         if self._timer is not None:
             self._timer.cancel()
             self._timer = None
+        if self._cap is not None:
+            self._cap.release(self)
         self._inner.connection_lost(exc)
 
     def pause_writing(self) -> None:
@@ -164,6 +186,24 @@ class HeadDeadline(asyncio.Protocol):
 
     def resume_writing(self) -> None:
         self._inner.resume_writing()
+
+    def idle(self) -> bool:
+        """aiohttp waits for a request, none has started and every answer is sent (for the
+        connection cap; a close waits for unsent bytes, which a client may never read)."""
+        # aiohttp's own keep-alive close tests the same private waiter for its idle state.
+        waiter = self._inner._waiter
+        if self._partial or waiter is None or waiter.done():
+            return False
+        transport = cast(asyncio.Transport, self._transport)  # uvloop's is not a subclass
+        return transport is None or not transport.get_write_buffer_size()
+
+    def quiet(self) -> bool:
+        """Nothing received in this period (for the connection cap)."""
+        return not self._active
+
+    def close(self) -> None:
+        if self._transport is not None:
+            self._transport.close()
 
     def _check(self) -> None:
         # aiohttp counts parsed request heads per connection and holds the request being
@@ -185,8 +225,9 @@ class HeadDeadline(asyncio.Protocol):
 
 
 class GuardedSite(web.TCPSite):
-    """web.TCPSite whose connections get a HeadDeadline (none when header_timeout_s is 0),
-    behind the pixel fast path when one is given (collector/fastpath.py)."""
+    """web.TCPSite whose connections are GuardedConnections (plain aiohttp ones when there is
+    neither a head deadline nor a cap), behind the pixel fast path when one is given
+    (collector/fastpath.py)."""
 
     def __init__(
         self,
@@ -198,25 +239,28 @@ class GuardedSite(web.TCPSite):
         metrics: CollectorMetrics,
         reuse_port: bool = False,
         fast_paths: FastPaths | None = None,
+        cap: ConnectionCap | None = None,
     ) -> None:
         super().__init__(runner, host, port, reuse_port=reuse_port)
         self._header_timeout_s = header_timeout_s
         self._metrics = metrics
         self._fast_paths = fast_paths
+        self._cap = cap
 
     async def start(self) -> None:
         # web.TCPSite.start, with the protocol factory wrapped.
         await web.BaseSite.start(self)  # registers the site with its runner
         server = self._runner.server
         assert server is not None
-        period_s, metrics = self._header_timeout_s, self._metrics
+        period_s, metrics, cap = self._header_timeout_s, self._metrics, self._cap
 
         inner = own_words(server)
 
         def guarded() -> asyncio.Protocol:
-            return HeadDeadline(inner(), period_s, metrics)
+            return GuardedConnection(inner(), period_s, metrics, cap)
 
-        factory: Callable[[], asyncio.Protocol] = guarded if period_s > 0 else inner
+        wrapped = period_s > 0 or cap is not None
+        factory: Callable[[], asyncio.Protocol] = guarded if wrapped else inner
         if self._fast_paths is not None:
             factory = self._fast_paths.factory(factory)
         self._server = await asyncio.get_running_loop().create_server(
@@ -235,6 +279,8 @@ class GuardedSite(web.TCPSite):
             # Nothing is in progress on them (each pixel is answered as it is read), and the
             # buffer closes after this: no event may arrive on them then.
             self._fast_paths.close_all()
+        if self._cap is not None:
+            self._cap.close()
 
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]

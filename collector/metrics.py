@@ -186,6 +186,26 @@ class CollectorMetrics:
             ["phase"],
             registry=registry,
         )
+        self.connections_capped = Counter(
+            "beacon_connections_capped",
+            "Connections closed by the per-worker connection cap (BEACON_MAX_CONNECTIONS): an"
+            " idle one closed to make room for a new one (closed_idle), or a new one closed at"
+            " once because none was idle (refused).",
+            ["action"],
+            registry=registry,
+        )
+        self.connections_open = Gauge(
+            "beacon_connections_open",
+            "Client connections open (summed over live workers).",
+            multiprocess_mode="livesum",
+            registry=registry,
+        )
+        self.connections_max = Gauge(
+            "beacon_connections_max",
+            "The connection cap (summed over live workers): at it, idle connections make room.",
+            multiprocess_mode="livesum",
+            registry=registry,
+        )
         self.fast_path_handoffs = Counter(
             "beacon_fast_path_handoffs",
             "Connections the pixel fast path handed to aiohttp, by what it met: another"

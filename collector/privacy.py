@@ -56,9 +56,19 @@ def normalise_ip(text: str) -> str:
     if packed is not None:
         return socket.inet_ntop(socket.AF_INET6, packed)
     try:
-        return str(ipaddress.ip_address(text))
+        return str(unscoped(ipaddress.ip_address(text)))
     except ValueError:
         return ""
+
+
+def unscoped(
+    addr: ipaddress.IPv4Address | ipaddress.IPv6Address,
+) -> ipaddress.IPv4Address | ipaddress.IPv6Address:
+    """`addr` without an IPv6 zone id ("fe80::1%eth0" -> "fe80::1"): the name of an interface
+    of the host it was seen on, meaningless anywhere else, and free text from a header."""
+    if isinstance(addr, ipaddress.IPv6Address) and addr.scope_id is not None:
+        return ipaddress.IPv6Address(int(addr))
+    return addr
 
 
 def anonymise_ip(ip: str, mode: str) -> str:
@@ -72,7 +82,7 @@ def anonymise_ip(ip: str, mode: str) -> str:
         kept = packed if mode == "full" else packed[:6] + bytes(10)  # the /48
         return socket.inet_ntop(socket.AF_INET6, kept)
     try:
-        addr = ipaddress.ip_address(ip)
+        addr = unscoped(ipaddress.ip_address(ip))
     except ValueError:
         return ""
     if isinstance(addr, ipaddress.IPv6Address) and addr.ipv4_mapped is not None:

@@ -4,11 +4,15 @@ Over the limit, a pixel still gets its GIF (a broken image helps nobody, and the
 act on an error) but the event is not recorded; POST /e gets a 429 with Retry-After, which
 sendBeacon and fetch callers can honour. Both are counted in beacon_rate_limited_total.
 Click redirects are not limited: a reader following a link must arrive.
+
+An IPv4 client has one address; an IPv6 one is usually given a whole /64 (RFC 6177), so
+IPv6 addresses share a bucket per network of BEACON_RATE_LIMIT_IPV6_PREFIX bits.
 """
 
 from __future__ import annotations
 
 import math
+import socket
 import time
 from collections import OrderedDict
 from collections.abc import Callable
@@ -19,6 +23,7 @@ from aiohttp.typedefs import Handler, Middleware
 from collector.handlers import json_error
 from collector.metrics import CollectorMetrics
 from collector.pixel import GIF_BYTES, PIXEL_HEADERS
+from collector.privacy import COMPAT_PREFIX, MAPPED_PREFIX
 from collector.settings import Settings
 
 # One bucket is ~200 bytes: 50k client IPs in memory is ~10 MB. Beyond it the least recently
@@ -26,6 +31,26 @@ from collector.settings import Settings
 MAX_CLIENTS = 50_000
 # The endpoints that record events, by path.
 LIMITED = {"/p.gif": "pixel", "/e": "events"}
+IPV6_BITS = 128
+
+
+def bucket_key(ip: str, ipv6_prefix_bits: int) -> str:
+    """The bucket of a client address: an IPv4 address itself, an IPv6 one its network.
+
+    IPv4 written as IPv6 (::ffff:a.b.c.d from a dual-stack socket) stays one address: a /64
+    of those would be every IPv4 client at once. Text that is no IPv6 address is its own key.
+    """
+    if ":" not in ip:
+        return ip
+    try:
+        packed = socket.inet_pton(socket.AF_INET6, ip.partition("%")[0])  # without a zone id
+    except (OSError, ValueError):
+        return ip
+    if packed[:12] in (MAPPED_PREFIX, COMPAT_PREFIX):
+        return socket.inet_ntop(socket.AF_INET, packed[12:])
+    host_bits = IPV6_BITS - ipv6_prefix_bits
+    network = int.from_bytes(packed, "big") >> host_bits << host_bits
+    return f"{network:032x}/{ipv6_prefix_bits}"
 
 
 class TokenBuckets:
@@ -35,7 +60,7 @@ class TokenBuckets:
     the number of clients.
     """
 
-    __slots__ = ("_buckets", "_clock", "burst", "max_keys", "rate_per_s")
+    __slots__ = ("_buckets", "_clock", "burst", "ipv6_prefix_bits", "max_keys", "rate_per_s")
 
     def __init__(
         self,
@@ -43,10 +68,12 @@ class TokenBuckets:
         burst: int,
         max_keys: int = MAX_CLIENTS,
         clock: Callable[[], float] = time.monotonic,
+        ipv6_prefix_bits: int = IPV6_BITS,
     ) -> None:
         self.rate_per_s = rate_per_s
         self.burst = float(burst)
         self.max_keys = max_keys
+        self.ipv6_prefix_bits = ipv6_prefix_bits
         self._clock = clock
         self._buckets: OrderedDict[str, list[float]] = OrderedDict()  # key -> [tokens, at_s]
 
@@ -54,7 +81,9 @@ class TokenBuckets:
         return len(self._buckets)
 
     def take(self, key: str) -> float:
-        """0.0 when `key` may go ahead (a token is spent); else seconds until it may."""
+        """0.0 when `key` (a client address) may go ahead (a token is spent); else seconds
+        until it may."""
+        key = bucket_key(key, self.ipv6_prefix_bits)
         now_s = self._clock()
         bucket = self._buckets.get(key)
         if bucket is None:
@@ -76,7 +105,11 @@ def rate_limit_buckets(settings: Settings) -> TokenBuckets | None:
     middleware and the pixel fast path (collector/fastpath.py) take from the same buckets."""
     if not settings.rate_limit_per_s:
         return None
-    return TokenBuckets(settings.rate_limit_per_s, settings.rate_limit_burst)
+    return TokenBuckets(
+        settings.rate_limit_per_s,
+        settings.rate_limit_burst,
+        ipv6_prefix_bits=settings.rate_limit_ipv6_prefix,
+    )
 
 
 def rate_limit_middlewares(

@@ -123,10 +123,11 @@ class ClickRedirect:
         # neither is a click.
         if request.method == "HEAD" or is_prefetch(request.headers):
             return "head" if request.method == "HEAD" else "prefetch", self._redirect(destination)
-        event_id = ev.uuid7(ev.now_ms())
-        outcome = self._record(request, destination, event_id)
-        if outcome == "recorded":
-            destination = with_click_id(destination, event_id)
+        outcome, click_id = self._record(request, destination)
+        if outcome == "recorded" and click_id:
+            # Not for a row kept without consent (aggregate): it keeps no click id, and the
+            # id's time bits would tell the landing page the very millisecond of the click.
+            destination = with_click_id(destination, click_id)
         return outcome, self._redirect(destination)
 
     def _refusal(self, request: web.Request) -> str:
@@ -138,21 +139,24 @@ class ClickRedirect:
             return signature
         return check_destination(request.query.get("d", ""))
 
-    def _record(self, request: web.Request, destination: str, event_id: str) -> str:
+    def _record(self, request: web.Request, destination: str) -> tuple[str, str]:
+        """The click's outcome label, and the click id its row keeps ("" when none)."""
         fields = {k: v for k, v in request.query.items() if k in ev.KNOWN_KEYS}
         fields["e"] = "click"  # whatever `e` said: this endpoint records clicks only
         notes: list[str] = []
         props = ev.clean_props(
             ((k[2:], v) for k, v in request.query.items() if k.startswith("p.")), notes
         )
+        collector = self.collector
         try:
-            return self.collector.record(
-                request, fields, props, destination, "redirect", notes, True, event_id
+            prepared = collector.prepare(
+                request, fields, props, destination, "redirect", notes, verified=True
             )
         except ev.Rejected as exc:
             # Signed but unstorable (an id over its limit): still take the reader there.
             self.metrics.events_dropped.labels(exc.reason).inc()
-            return "rejected"
+            return "rejected", ""
+        return collector.commit(prepared), prepared.click_id
 
     @staticmethod
     def _redirect(location: str) -> web.Response:

@@ -4,6 +4,10 @@ and so no header or log line built from one.
 A percent-encoded CR/LF (`r=alice%0D%0A`) is how header and log injection starts (CWE-93,
 CWE-117); NUL and other controls break tools that read the rows. They are removed, not
 replaced, so an id sent with a stray newline still matches the id without it.
+
+Unicode bidirectional overrides and isolates go the same way: in a dashboard, a report or a
+terminal they reorder the text around them, so a stored id or URL could read as another
+(CVE-2021-42574, "Trojan Source").
 """
 
 from __future__ import annotations
@@ -14,9 +18,13 @@ from typing import Any
 import orjson
 
 # C0 controls, DEL, C1 controls, and the Unicode line and paragraph separators, which JSON
-# readers, JavaScript and some log viewers take for line breaks.
-CONTROL_RE = re.compile("[\x00-\x1f\x7f-\x9f\u2028\u2029]")
+# readers, JavaScript and some log viewers take for line breaks; and the bidi embeddings,
+# overrides (U+202A-E) and isolates (U+2066-9). Each is "not printable" to str.isprintable.
+BIDI_CHARS = "\u202a-\u202e\u2066-\u2069"
+CONTROL_RE = re.compile(f"[\x00-\x1f\x7f-\x9f\u2028\u2029{BIDI_CHARS}]")
+BIDI_RE = re.compile(f"[{BIDI_CHARS}]")
 NOTE = "control_chars"
+BIDI_NOTE = "bidi_chars"  # counted apart: a reordering attempt, rarely an accident
 # aiohttp decodes header bytes that are not UTF-8 with surrogateescape: they reach a row as
 # lone surrogates, which no JSON encoder takes. Each becomes U+FFFD, as a browser shows it.
 SURROGATE_RE = re.compile("[\ud800-\udfff]")
@@ -39,32 +47,42 @@ def may_hold_controls(blob: bytes) -> bool:
 
 
 def scrub_event(row: dict[str, Any], notes: list[str]) -> bool:
-    """Remove control characters from every string of an event row in place; note it once.
+    """Remove control characters from every string of an event row in place; note it once
+    (and bidi controls once more, under their own note).
 
     Returns True when something was removed. `str.isprintable` is a C loop that is false for
     every control character (and for some harmless ones, like a no-break space): the regex
     runs only for those rare strings.
     """
-    fixed = False
+    removed: list[str] = []  # what was taken out, for the notes
     for key, value in row.items():
         if type(value) is str and not value.isprintable():
-            cleaned = CONTROL_RE.sub("", value)
+            cleaned = _strip(value, removed)
             if cleaned != value:
                 row[key] = cleaned
-                fixed = True
     props = row.get("props")
     if props and not all(k.isprintable() and v.isprintable() for k, v in props.items()):
         cleaned_props = {}
         for key, value in props.items():
-            new_key = CONTROL_RE.sub("", key)
+            new_key = _strip(key, removed)
             if new_key:  # a key made only of controls is dropped with its value
-                cleaned_props[new_key] = CONTROL_RE.sub("", value)
+                cleaned_props[new_key] = _strip(value, removed)
         if cleaned_props != props:
             row["props"] = cleaned_props
-            fixed = True
-    if fixed:
+    if not removed:
+        return False
+    found = "".join(removed)
+    if BIDI_RE.search(found):
+        notes.append(BIDI_NOTE)
+    if BIDI_RE.sub("", found):  # any other: C0, C1, DEL, line separators
         notes.append(NOTE)
-    return fixed
+    return True
+
+
+def _strip(text: str, removed: list[str]) -> str:
+    """`text` without control characters; those removed are added to `removed`."""
+    removed += CONTROL_RE.findall(text)
+    return CONTROL_RE.sub("", text)
 
 
 def serialise(row: dict[str, Any], notes: list[str]) -> bytes:

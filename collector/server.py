@@ -14,6 +14,7 @@ from prometheus_client import CollectorRegistry
 
 from collector.app import COLLECTOR, create_app
 from collector.config import MIN_SECRET_CHARS, SettingsError
+from collector.conncap import ConnectionCap, default_max_connections
 from collector.fastpath import fast_paths
 from collector.limits import GuardedSite, handler_options
 from collector.metrics import CollectorMetrics
@@ -83,12 +84,17 @@ async def serve(settings: Settings, multiprocess_dir: Path | None = None) -> Non
     meet there; /metrics then shows their sum.
     """
     settings = resolve_secret(settings)
+    # A file past RLIMIT_FSIZE fails its write with EFBIG, counted as a spool or WAL error like a
+    # full disk, instead of SIGXFSZ killing the worker with every event it holds (PostgreSQL
+    # ignores it too).
+    signal.signal(signal.SIGXFSZ, signal.SIG_IGN)
     metrics = CollectorMetrics(CollectorRegistry(), multiprocess_dir)
     app = create_app(settings, make_sink(settings, metrics), metrics)
     runner = web.AppRunner(
         app, access_log=None, handle_signals=False, **handler_options(settings, metrics)
     )
     await runner.setup()
+    cap = ConnectionCap(settings.max_connections or default_max_connections(), metrics)
     site = GuardedSite(
         runner,
         settings.host,
@@ -96,13 +102,18 @@ async def serve(settings: Settings, multiprocess_dir: Path | None = None) -> Non
         reuse_port=True,
         header_timeout_s=settings.header_timeout_ms / 1000,
         metrics=metrics,
-        fast_paths=fast_paths(settings, app[COLLECTOR], metrics),
+        fast_paths=fast_paths(settings, app[COLLECTOR], metrics, cap),
+        cap=cap,
     )
     await site.start()
     metrics.workers.set(1)
     metrics.worker_starts.inc()
     log.info(
-        "collector listening on http://%s:%d (pid %d)", settings.host, settings.port, os.getpid()
+        "collector listening on http://%s:%d (pid %d, at most %d connections)",
+        settings.host,
+        settings.port,
+        os.getpid(),
+        cap.max_connections,
     )
 
     stop = asyncio.Event()

@@ -54,6 +54,11 @@ class Settings:
         "Lax", "SameSite of the visitor cookie", choices=("Lax", "Strict", "None")
     )
     forwarded_header: str = setting("", "trusted proxy header with the client IP (X-Forwarded-For)")
+    forwarded_trusted_hops: int = setting(
+        1,
+        "proxies in front that append to that header: the client is this many from the right",
+        min=1,
+    )
     url_query_keep: tuple[str, ...] = setting((), "page URL query keys kept besides utm_*")
     # Key material: kept out of repr, so out of logs and tracebacks.
     secret: str = dataclasses.field(
@@ -130,10 +135,21 @@ class Settings:
     keepalive_timeout_ms: int = setting(
         75_000, "an idle keep-alive connection is closed after this", min=1
     )
+    max_connections: int = setting(
+        0,
+        "open connections per worker; at the cap an idle one is closed to make room, else the"
+        " new one; 0: the open-files limit less 128",
+        min=0,
+    )
     rate_limit_per_s: float = setting(
         0.0, "requests per second per client IP (token bucket); 0: no rate limit", min=0
     )
     rate_limit_burst: int = setting(20, "requests a client IP may send at once", min=1)
+    rate_limit_ipv6_prefix: int = setting(
+        64,
+        "IPv6 clients share a bucket per network of this prefix length (IPv4: per address)",
+        min=1,
+    )
     pixel_fast_path: bool = setting(
         True,
         "answer pixel-only connections below aiohttp's web layer (the visitor cookie included)",
@@ -142,6 +158,10 @@ class Settings:
     def __post_init__(self) -> None:
         if self.sink == "kafka" and not self.kafka_bootstrap:
             raise SettingsError(f"{PREFIX}SINK=kafka needs {PREFIX}KAFKA_BOOTSTRAP")
+        if self.rate_limit_ipv6_prefix > 128:
+            raise SettingsError(
+                f"{PREFIX}RATE_LIMIT_IPV6_PREFIX: 1 to 128, got {self.rate_limit_ipv6_prefix}"
+            )
         if self.durability == "wal" and self.sink == "memory":
             # The write-ahead log is the spool: a memory sink has none to write ahead to.
             raise SettingsError(

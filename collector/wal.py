@@ -9,6 +9,10 @@ closed segments and deletes them after the acks, or the embedded consumer reads 
 a killed process left `.open` are closed by `recover_orphans` at the next start and replayed.
 
 Bounded by `spool_max_bytes`: an event that does not fit is refused and counted (`spool_full`).
+An event that cannot be written (a full disk, a file past RLIMIT_FSIZE, a volume gone) is counted
+(`spool_error`), and readiness fails (`unready_reason`) until the log can write again: the pump
+tries a write beside the segments each `flush_interval_ms`, as no event comes while it is not
+ready.
 """
 
 from __future__ import annotations
@@ -24,6 +28,7 @@ from pathlib import Path
 from collector.metrics import CollectorMetrics
 from collector.settings import Settings
 from collector.sinks.spool import (
+    can_write,
     close_path,
     fsync_dir,
     open_segment,
@@ -64,6 +69,7 @@ class WriteAheadLog:
         # Closed segments whose fd still waits for its fsync and close (done off the loop).
         self._retired: list[int] = []
         self.error: str | None = None
+        self._failures = 0  # failed appends: a probe's answer is stale after one
         directory.mkdir(parents=True, exist_ok=True)
         recover_orphans(directory)
         self._scanned_bytes, _ = spool_size(directory)
@@ -87,6 +93,7 @@ class WriteAheadLog:
         except OSError as exc:
             self._undo_partial_write()
             self.error = exc.strerror or str(exc)
+            self._failures += 1
             self.metrics.events_dropped.labels("spool_error").inc()
             return False
         self.error = None
@@ -98,7 +105,15 @@ class WriteAheadLog:
         return True
 
     def healthy(self) -> bool:
-        return self.error is None and self._scanned_bytes + self._appended_bytes < self.max_bytes
+        return self.unready_reason() is None
+
+    def unready_reason(self) -> str | None:
+        """Why events cannot be written ahead now (the last write error, or a full spool)."""
+        if self.error is not None:
+            return self.error
+        if self._scanned_bytes + self._appended_bytes >= self.max_bytes:
+            return "spool full"
+        return None
 
     async def tick(self) -> None:
         """Close the segment once it is old enough, then finish closed segments off the loop."""
@@ -119,9 +134,19 @@ class WriteAheadLog:
             await asyncio.to_thread(os.fsync, fd)
 
     async def rescan(self) -> None:
-        """Recount the spool directory (replay and consumers free space in it)."""
+        """Recount the spool directory (replay and consumers free space in it); after a write
+        error, find out whether the log can write again."""
         counted = self._appended_bytes
-        total, count = await asyncio.to_thread(spool_size, self.directory)
+        try:
+            total, count = await asyncio.to_thread(spool_size, self.directory)
+        except OSError as exc:  # the directory is gone or unreadable: nothing can be written
+            self.error = exc.strerror or str(exc)
+            return
+        if self.error is not None:
+            failures = self._failures
+            reason = await asyncio.to_thread(can_write, self.directory, "wal")
+            if failures == self._failures:
+                self.error = reason
         self._scanned_bytes = total
         self._appended_bytes -= counted  # appends during the scan may count twice: errs safe
         self.metrics.spool_bytes.set(total)
@@ -168,8 +193,12 @@ class WriteAheadLog:
         if self._fd >= 0:
             try:
                 os.ftruncate(self._fd, self._segment_bytes)
-            except OSError:
-                log.exception("cannot cut a torn WAL write; recovery will cut it")
+            except OSError as exc:
+                # Never closed torn: left `.open` and unlocked, the next start's recovery cuts
+                # it (readers never take an `.open` segment); the next event opens a new one.
+                log.error("cannot cut a torn WAL write (%s); recovery will cut it", exc)
+                fd, self._fd, self._path = self._fd, -1, None
+                self._retired.append(fd)
 
 
 def make_wal(

@@ -15,6 +15,7 @@ from pathlib import Path
 
 import orjson
 
+from collector.ascii_int import parse_uint
 from collector.sanitize import CONTROL_RE
 from consumers.schema import EVENTS
 from consumers.writers import Writer
@@ -51,9 +52,10 @@ def condition(field: str, value: str) -> str:
         raise RequestError("control_chars")  # never stored (collector/sanitize.py): no match
     if column == "visitor_id":
         # A visitor id is a UInt64: the cookie's value, or a number read from a report.
-        if not value.isdigit() or not 0 < int(value) <= UINT64_MAX:
+        visitor_id = parse_uint(value, UINT64_MAX, min_value=1)
+        if visitor_id is None:
             raise RequestError("bad_visitor_id")
-        return f"{column} = {int(value)}"
+        return f"{column} = {visitor_id}"
     return f"{column} = {sql_string(value)}"
 
 

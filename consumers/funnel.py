@@ -36,7 +36,8 @@ Key = tuple[str, ...]
 
 
 def rows(query: Query, sql: str) -> list[dict[str, Any]]:
-    sql += "\nSETTINGS output_format_json_quote_64bit_integers = 0"
+    # Counts arrive as JSON numbers: every reader sets output_format_json_quote_64bit_integers
+    # to 0 (consumers/readers.py READ_FORMAT_SETTINGS).
     return [orjson.loads(line) for line in query(sql).splitlines() if line.strip()]
 
 

@@ -15,33 +15,44 @@ import re
 from pathlib import Path
 
 import orjson
+import yarl
 from aiohttp import web
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, generate_latest
 
-from consumers import erasure
+from consumers import erasure, read_guard
 from consumers.dashboard.app import add_dashboard
+from consumers.readers import Busy, Reader
 from consumers.writers import StoreError, Writer
 
-READ_ONLY_RE = re.compile(r"^\s*(SELECT|WITH|SHOW|DESCRIBE|DESC|EXPLAIN|EXISTS)\b", re.IGNORECASE)
 FORMAT_RE = re.compile(r"^[A-Za-z]{1,40}$")
 MAX_SQL_BYTES = 256 * 1024
+QUERY_KEYS = frozenset({"sql", "format"})
+QUERY_SHAPE = "expected {sql, format} strings"
+# ClickHouse error codes a read can end with (src/Common/ErrorCodes.cpp).
+CODE_RE = re.compile(r"Code: (\d+)")
+TIMEOUT_EXCEEDED, TOO_MANY_ROWS_OR_BYTES, READONLY = "159", "396", "164"
 
 log = logging.getLogger("beacon.query_server")
 
 WRITER = web.AppKey("writer", Writer)
+READER = web.AppKey("reader", Reader)
 REGISTRY = web.AppKey("registry", CollectorRegistry)
 AUDIT_PATH = web.AppKey("audit_path", Path)
 ERASE_REQUESTS = web.AppKey("erase_requests", Counter)
 QUERY_REQUESTS = web.AppKey("query_requests", Counter)
 LOCAL_HOSTS = frozenset({"127.0.0.1", "localhost", "[::1]"})
+LOCAL_ORIGIN_HOSTS = frozenset({"127.0.0.1", "localhost", "::1"})
 ERASE_KEYS = frozenset({"field", "value", "by"})
 
 
 async def query(request: web.Request) -> web.Response:
-    """POST /query?format=F with one read-only statement as the body."""
-    outcome, response = await _query(request)
-    request.app[QUERY_REQUESTS].labels(outcome).inc()
-    return response
+    """POST /query {"sql": "<one SELECT>", "format": "<ClickHouse output format>"}."""
+    outcome = "client_gone"  # what a handler cancelled because its client left is counted as
+    try:
+        outcome, response = await _query(request)
+        return response
+    finally:
+        request.app[QUERY_REQUESTS].labels(outcome).inc()
 
 
 async def _query(request: web.Request) -> tuple[str, web.Response]:
@@ -49,20 +60,63 @@ async def _query(request: web.Request) -> tuple[str, web.Response]:
     # neighbour on the network when the port listens wider, must not get in.
     if not is_local(request):
         return "not_local", web.json_response({"error": "loopback_only"}, status=403)
-    fmt = request.query.get("format", "JSONEachRow")
+    # A page the operator has open may post here from its own origin: refuse any request a
+    # browser marks as sent by another site. JSON only: a cross-site page cannot send it
+    # without a CORS preflight, which this port never grants.
+    if is_cross_site(request):
+        return "cross_origin", web.json_response({"error": "cross_origin"}, status=403)
+    if request.content_type != "application/json":
+        return "bad_request", web.json_response({"error": "unsupported_media_type"}, status=415)
+    try:
+        body = orjson.loads(await request.read())
+    except orjson.JSONDecodeError:
+        return "bad_request", web.json_response({"error": "malformed_json"}, status=400)
+    if not isinstance(body, dict) or not set(body) <= QUERY_KEYS:
+        return "bad_request", web.json_response({"error": QUERY_SHAPE}, status=400)
+    sql, fmt = body.get("sql"), body.get("format", "JSONEachRow")
+    if not isinstance(sql, str) or not isinstance(fmt, str):
+        return "bad_request", web.json_response({"error": QUERY_SHAPE}, status=400)
     if not FORMAT_RE.match(fmt):
         return "bad_request", web.json_response({"error": "bad_format"}, status=400)
-    sql = (await request.read()).decode("utf-8", "replace")
-    if ";" in sql.rstrip().rstrip(";") or not READ_ONLY_RE.match(sql):
-        return "not_read_only", web.json_response(
-            {"error": "read_only", "detail": "one SELECT-like statement"}, status=403
-        )
     try:
-        out = await request.app[WRITER].query(sql, fmt)
+        out = await request.app[READER].query(sql, fmt)
+    except Busy as exc:
+        answer = {"error": "busy", "detail": str(exc)}
+        return "busy", web.json_response(answer, status=503, headers={"Retry-After": "1"})
+    except read_guard.Refused as exc:
+        answer = {"error": "read_only", "detail": f"one SELECT of beacon tables ({exc.reason})"}
+        return "not_read_only", web.json_response(answer, status=403)
     except StoreError as exc:
-        answer = {"error": "query_failed", "detail": str(exc)[:2000]}
-        return "failed", web.json_response(answer, status=400)
+        outcome, status = store_failure(str(exc))
+        answer = {"error": f"query_{outcome}", "detail": str(exc)[:2000]}
+        return outcome, web.json_response(answer, status=status)
     return "ok", web.Response(text=out, content_type="text/plain")
+
+
+def store_failure(message: str) -> tuple[str, int]:
+    """The outcome label and status of a read ClickHouse refused or stopped."""
+    code = CODE_RE.search(message)
+    if code and code[1] == TIMEOUT_EXCEEDED:
+        return "timeout", 504
+    if code and code[1] == TOO_MANY_ROWS_OR_BYTES:
+        return "too_large", 413
+    if code and code[1] == READONLY:
+        return "not_read_only", 403
+    return "failed", 400
+
+
+def is_cross_site(request: web.Request) -> bool:
+    """A request a browser sent for another site's page (Origin, or Fetch Metadata)."""
+    if request.headers.get("Sec-Fetch-Site", "same-origin") not in ("same-origin", "none"):
+        return True
+    origin = request.headers.get("Origin")
+    if origin is None:
+        return False  # curl, `beacon report`: no browser, no page
+    try:
+        host = yarl.URL(origin).host
+    except ValueError:
+        return True
+    return host not in LOCAL_ORIGIN_HOSTS
 
 
 def is_local(request: web.Request) -> bool:
@@ -134,6 +188,7 @@ async def healthz(request: web.Request) -> web.Response:
 
 def create_query_app(
     writer: Writer,
+    reader: Reader,
     registry: CollectorRegistry,
     audit_path: Path | None = None,
     dashboard_token: str = "",
@@ -142,10 +197,12 @@ def create_query_app(
     `dashboard_token`, the dashboard page (consumers/dashboard/)."""
     app = web.Application(client_max_size=MAX_SQL_BYTES)
     app[WRITER] = writer
+    app[READER] = reader
     app[REGISTRY] = registry
     app[QUERY_REQUESTS] = Counter(
         "beacon_store_queries",
-        "POST /query requests by outcome (ok, not_local, not_read_only, bad_request, failed).",
+        "POST /query requests by outcome (ok, not_local, cross_origin, not_read_only, "
+        "bad_request, busy, timeout, too_large, failed, client_gone).",
         ["outcome"],
         registry=registry,
     )
@@ -162,5 +219,5 @@ def create_query_app(
         app.router.add_post("/erase", erase)
     app.router.add_get("/metrics", metrics)
     app.router.add_get("/healthz", healthz)
-    add_dashboard(app, writer, dashboard_token)
+    add_dashboard(app, reader, dashboard_token)
     return app

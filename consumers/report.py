@@ -20,8 +20,12 @@ from consumers.report_window import Filters, Window, sql_string
 from consumers.settings import ConsumerSettings
 from consumers.writers import StoreError
 
+JSON = {"Content-Type": "application/json"}
 COLUMNS = ("day", "site", "campaign", "event_type", "events", "visitors", "recipients")
 FORMATS = ("table", "json", "csv")
+# What starts a formula in Excel, LibreOffice and Google Sheets:
+# https://owasp.org/www-community/attacks/CSV_Injection
+FORMULA_STARTS = ("=", "+", "-", "@", "\t", "\r")
 
 __all__ = ["sql_string"]
 
@@ -35,11 +39,11 @@ def run_query(settings: ConsumerSettings, sql: str, fmt: str = "JSONEachRow") ->
     with none running, open that store here."""
     if settings.clickhouse_url:
         return asyncio.run(query_server(settings, sql, fmt))
-    url = f"{settings.store_url}/query?format={fmt}"
+    body = orjson.dumps({"sql": sql, "format": fmt})
+    request = urllib.request.Request(f"{settings.store_url}/query", data=body, headers=JSON)
     try:
-        with urllib.request.urlopen(
-            urllib.request.Request(url, data=sql.encode()), timeout=30
-        ) as r:
+        # The store stops a read at its own limit; this one only covers a port that hangs.
+        with urllib.request.urlopen(request, timeout=settings.store_query_timeout_s + 30) as r:
             return r.read().decode()
     except urllib.error.HTTPError as exc:
         raise StoreError(exc.read().decode(errors="replace")) from None
@@ -58,13 +62,14 @@ def run_query(settings: ConsumerSettings, sql: str, fmt: str = "JSONEachRow") ->
 
 async def query_server(settings: ConsumerSettings, sql: str, fmt: str) -> str:
     """One query over HTTP, through the consumers' own writer (same auth, errors, timeouts)."""
+    from consumers.readers import READ_FORMAT_SETTINGS
     from consumers.writers.http import HttpWriter
 
     writer = HttpWriter(
         settings.clickhouse_url, settings.clickhouse_user, settings.clickhouse_password
     )
     try:
-        return await writer.query(sql, fmt)
+        return await writer.query(sql, fmt, READ_FORMAT_SETTINGS)
     finally:
         await writer.close()
 
@@ -91,12 +96,19 @@ def cell(value: Any) -> str:
 
 
 def csv_cell(value: Any) -> str:
-    """A figure for a spreadsheet: numbers as numbers, revenue as `12.50 EUR; 3.00 USD`."""
+    """A figure for a spreadsheet: numbers as numbers, revenue as `12.50 EUR; 3.00 USD`, and
+    no text a spreadsheet would run as a formula."""
     if value is None:
         return ""
+    if isinstance(value, int | float):
+        return str(value)
     if isinstance(value, dict):
-        return "; ".join(f"{v} {k}".strip() for k, v in value.items())
-    return str(value)
+        text = "; ".join(f"{v} {k}".strip() for k, v in value.items())
+    else:
+        text = str(value)
+    # Campaign, page and site names come from anyone who can load a pixel: a leading quote
+    # makes a cell that starts like a formula plain text (OWASP, CSV Injection).
+    return "'" + text if text.startswith(FORMULA_STARTS) else text
 
 
 def format_table(rows: Sequence[dict], columns: Sequence[str] = COLUMNS) -> str:
@@ -128,7 +140,8 @@ def render(rows: Sequence[dict[str, Any]], columns: Sequence[str], fmt: str) -> 
     if fmt == "csv":
         out = io.StringIO()
         header = list(rows[0]) if rows else list(columns)
-        writer = csv.writer(out, lineterminator="\n")
+        # RFC 4180's CRLF: a cell holding either character is then quoted, not split.
+        writer = csv.writer(out, lineterminator="\r\n")
         writer.writerow(header)
         for row in rows:
             writer.writerow([csv_cell(row.get(c)) for c in header])

@@ -16,10 +16,12 @@ from prometheus_client import CollectorRegistry
 
 from consumers.metrics import ConsumerMetrics
 from consumers.query_server import create_query_app
+from consumers.readers import ChdbReader, HttpReader, Reader
 from consumers.rollup_settle import Settler, settle_loop
 from consumers.schema import migrate
 from consumers.settings import ConsumerSettings
 from consumers.writers import Writer
+from consumers.writers.http import HttpWriter
 
 log = logging.getLogger("beacon.consumer")
 
@@ -27,14 +29,19 @@ log = logging.getLogger("beacon.consumer")
 def open_writer(settings: ConsumerSettings) -> Writer:
     """The ClickHouse server at `clickhouse_url`, or the embedded store in `store_dir`."""
     if settings.clickhouse_url:
-        from consumers.writers.http import HttpWriter  # only the distributed setup needs it
-
         return HttpWriter(
             settings.clickhouse_url, settings.clickhouse_user, settings.clickhouse_password
         )
     from consumers.writers.chdb import ChdbWriter
 
     return ChdbWriter(settings.store_dir)
+
+
+def open_reader(settings: ConsumerSettings, writer: Writer) -> Reader:
+    """A read-only way into the same store, apart from the writer (consumers/readers.py)."""
+    if isinstance(writer, HttpWriter):
+        return HttpReader(writer, settings.read_limits)
+    return ChdbReader(settings.store_dir, settings.read_limits)
 
 
 async def run_pipeline(
@@ -66,6 +73,7 @@ async def run_pipeline(
 async def consume(settings: ConsumerSettings) -> None:
     """Consume until SIGTERM/SIGINT, then store what is already read and exit."""
     writer = open_writer(settings)
+    reader = open_reader(settings, writer)
     try:
         applied = await migrate(writer, settings.retention_days)
         if applied:
@@ -73,10 +81,14 @@ async def consume(settings: ConsumerSettings) -> None:
         registry = CollectorRegistry()
         metrics = ConsumerMetrics(registry)
         # The query port answers `beacon report` for the embedded store, and /metrics always.
+        # handler_cancellation: a read whose client has gone is stopped, not run to its end.
         runner = web.AppRunner(
-            create_query_app(writer, registry, settings.audit_path, settings.dashboard_token),
+            create_query_app(
+                writer, reader, registry, settings.audit_path, settings.dashboard_token
+            ),
             access_log=None,
             handle_signals=False,
+            handler_cancellation=True,
         )
         await runner.setup()
         try:
@@ -98,5 +110,6 @@ async def consume(settings: ConsumerSettings) -> None:
         finally:
             await runner.cleanup()
     finally:
+        await reader.close()
         await writer.close()
     log.info("consumer stopped")

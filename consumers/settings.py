@@ -7,6 +7,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from collector.config import from_mapping, refuse_short_secret, setting
+from consumers.readers import ReadLimits
 
 PREFIX = "BEACON_"
 
@@ -29,6 +30,15 @@ class ConsumerSettings:
     store_host: str = setting("127.0.0.1", "address of the store's local query port")
     store_port: int = setting(
         8124, "port where the process owning the store answers queries", min=0
+    )
+    store_query_timeout_s: int = setting(
+        30, "a read through the store port (or the dashboard) is stopped after this", min=1
+    )
+    store_query_max_result_bytes: int = setting(
+        64 * 1024 * 1024, "a read through the store port may answer this much at most", min=1
+    )
+    store_query_concurrency: int = setting(
+        4, "reads the embedded store runs at once; one more is answered 503 busy", min=1
     )
     retention_days: int = setting(
         395, "events older than this are deleted by TTL; 0 keeps them", min=0
@@ -91,6 +101,15 @@ class ConsumerSettings:
         if ":" in host and not host.startswith("["):
             host = f"[{host}]"
         return f"http://{host}:{self.store_port}"
+
+    @property
+    def read_limits(self) -> ReadLimits:
+        """The limits of every read through the store port and the dashboard."""
+        return ReadLimits(
+            self.store_query_timeout_s,
+            self.store_query_max_result_bytes,
+            self.store_query_concurrency,
+        )
 
     @property
     def checkpoint_path(self) -> Path:

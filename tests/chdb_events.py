@@ -11,6 +11,7 @@ import orjson
 
 from collector.event import SCHEMA_VERSION, build_event, uuid7
 from consumers.enrich import Enricher
+from consumers.readers import ChdbReader, ReadLimits
 from consumers.schema import EVENTS, migrate
 from consumers.writers.chdb import ChdbWriter
 
@@ -19,6 +20,7 @@ BROWSER = (
     "Chrome/120.0.6099.109 Safari/537.36"
 )
 
+READ_LIMITS = ReadLimits(timeout_s=30, max_result_bytes=64 * 1024 * 1024)
 TEST_UA = "Mozilla/5.0 (X11; Linux x86_64) Test/1.0"
 START_MS = 1_767_225_600_123  # 2026-01-01T00:00:00.123Z: a fixed, non-round millisecond
 
@@ -68,6 +70,13 @@ class Store:
         self.writer = ChdbWriter(path)
         asyncio.run(migrate(self.writer, retention_days=0))
         self.enricher = Enricher()
+        self._reader: ChdbReader | None = None
+
+    def reader(self) -> ChdbReader:
+        """The read-only side of this store, as the store port reads it."""
+        if self._reader is None:
+            self._reader = ChdbReader(self.writer.path, READ_LIMITS)
+        return self._reader
 
     def add(self, events: list[dict[str, Any]]) -> None:
         body = b"".join(self.enricher.to_row(orjson.dumps(e)) + b"\n" for e in events)
@@ -83,4 +92,6 @@ class Store:
         return [orjson.loads(line) for line in self.query(sql).splitlines() if line.strip()]
 
     def close(self) -> None:
+        if self._reader is not None:
+            self._reader._close()
         self.writer._close()

@@ -23,6 +23,7 @@ from aiohttp.test_utils import TestServer
 HTTP_PARAMS = frozenset(("query", "default_format", "wait_end_of_query"))
 SETTING_NAME_RE = re.compile(r"^[a-z_][a-z0-9_]{0,99}$")
 NUMBER_RE = re.compile(r"^-?\d+(\.\d+)?$")
+PLAIN_VALUE_RE = re.compile(r"^[A-Za-z0-9_.]{1,64}$")  # fits a connection string unquoted
 # Where a setting clause goes in an INSERT: before FORMAT (ClickHouse's INSERT grammar).
 INSERT_FORMAT_RE = re.compile(
     r"^(?P<insert>\s*INSERT\s+INTO\s+[\w.]+(?:\s*\([^)]*\))?)\s+(?P<format>FORMAT\s+\w+)\s*$",
@@ -60,7 +61,7 @@ def with_settings(head: str, settings: dict[str, str]) -> str:
         return head
     match = INSERT_FORMAT_RE.match(head)
     if not match or not all(SETTING_NAME_RE.match(k) for k in settings):
-        # The writer sends settings on INSERT only; more is beyond what this front needs.
+        # Settings of other statements go to a session of their own (ClickHouseFront._reads).
         raise FrontError(400, 115, f"front: URL settings only on INSERT ... FORMAT: {head!r}")
     clause = ", ".join(f"{k} = {literal(v)}" for k, v in settings.items())
     return f"{match['insert']} SETTINGS {clause} {match['format']}"
@@ -76,6 +77,9 @@ class ClickHouseFront:
         self.seen: list[Seen] = []
         self._lock = threading.Lock()
         self._session: Any = None
+        # Sessions opened with a read's URL settings, as a server applies them to that query
+        # alone; one per distinct set of settings, closed with the front.
+        self._reads: dict[str, Any] = {}
         self._server: TestServer | None = None
 
     @property
@@ -98,6 +102,8 @@ class ClickHouseFront:
         if self._server is not None:
             await self._server.close()
         with self._lock:
+            for read in self._reads.values():
+                read.close()
             self._session.close()
 
     def run(self, sql: str, fmt: str = "TabSeparated") -> str:
@@ -117,9 +123,15 @@ class ClickHouseFront:
             self._authenticate(request)
             params = dict(request.query)
             fmt = params.pop("default_format", "TabSeparated")
-            head = with_settings(params.pop("query", ""), self._settings(params))
-            sql = f"{head}\n{body}" if head and body else head or body
-            out = await asyncio.to_thread(self._execute, sql, fmt)
+            head, settings = params.pop("query", ""), self._settings(params)
+            # Query parameters: {name:Type} placeholders, sent as param_<name> in the URL.
+            values = {k[6:]: settings.pop(k) for k in list(settings) if k.startswith("param_")}
+            if (settings or values) and not head:  # a statement in the body, settings in the URL
+                out = await asyncio.to_thread(self._read, body, fmt, settings, values)
+            else:
+                head = with_settings(head, settings)
+                sql = f"{head}\n{body}" if head and body else head or body
+                out = await asyncio.to_thread(self._execute, sql, fmt)
         except FrontError as exc:
             headers = {"X-ClickHouse-Exception-Code": str(exc.code)} if exc.code else {}
             return web.Response(status=exc.status, text=exc.message + "\n", headers=headers)
@@ -152,5 +164,30 @@ class ClickHouseFront:
         try:
             return self.run(sql, fmt)
         except Exception as exc:  # chDB's error types carry ClickHouse's "Code: N. ..." text
-            code = CODE_RE.search(str(exc))
-            raise FrontError(500, int(code.group(1)) if code else 1002, str(exc)) from None
+            raise failure(exc) from None
+
+    def _read(self, sql: str, fmt: str, settings: dict[str, str], values: dict[str, str]) -> str:
+        """`sql` in a session opened with `settings` (chDB takes them as connection
+        parameters), beside the main one: a slow read holds up no insert, as on a server."""
+        from chdb import session
+
+        if not all(
+            SETTING_NAME_RE.match(k) and PLAIN_VALUE_RE.match(v) for k, v in settings.items()
+        ):
+            raise FrontError(400, 115, f"front: settings it cannot pass on: {settings!r}")
+        key = "&".join(f"{k}={v}" for k, v in sorted(settings.items()))
+        with self._lock:
+            if key not in self._reads:
+                self._reads[key] = session.Session(f"{self.data_dir}?{key}")
+            read = self._reads[key]
+        try:
+            result = read.query(sql, fmt, params=values or None)
+        except Exception as exc:  # chDB's error types carry ClickHouse's "Code: N. ..." text
+            raise failure(exc) from None
+        return result.data() if hasattr(result, "data") else str(result)
+
+
+def failure(exc: Exception) -> FrontError:
+    """ClickHouse's answer to a failed statement: 500 and the exception code in a header."""
+    code = CODE_RE.search(str(exc))
+    return FrontError(500, int(code.group(1)) if code else 1002, str(exc))

@@ -3,12 +3,38 @@
 from __future__ import annotations
 
 import socket
+import urllib.request
 from pathlib import Path
+from typing import Any
 from urllib.parse import parse_qsl, urlencode, urlsplit
 
+import orjson
 from prometheus_client import CollectorRegistry
 
 from collector.sinks.spool import CLOSED_SUFFIX, OPEN_SUFFIX
+
+
+def store_port_query(port: int, sql: str, fmt: str = "TSV", timeout_s: float = 60) -> str:
+    """One read through a consumer's store port, sent as `beacon report` sends it."""
+    body = orjson.dumps({"sql": sql, "format": fmt})
+    request = urllib.request.Request(
+        f"http://127.0.0.1:{port}/query", data=body, headers={"Content-Type": "application/json"}
+    )
+    with urllib.request.urlopen(request, timeout=timeout_s) as r:
+        return str(r.read().decode())
+
+
+class Transport:
+    """The edge a fast-path test is not about: what the connection wrote."""
+
+    def __init__(self) -> None:
+        self.written = b""
+
+    def get_extra_info(self, name: str) -> Any:
+        return ("203.0.113.7", 40000) if name == "peername" else None
+
+    def write(self, data: bytes) -> None:
+        self.written += data
 
 
 def free_port() -> int:

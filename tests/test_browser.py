@@ -38,8 +38,7 @@ def beacon(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Beacon]:
 def rows(beacon: Beacon, site: str) -> list[dict]:
     text = beacon.query(
         "SELECT event_type, url_path, url_query, referrer, props, visitor_id, consent, "
-        f"transport, user_agent FROM beacon.events WHERE site = '{site}' ORDER BY received_at "
-        "SETTINGS output_format_json_quote_64bit_integers = 0",
+        f"transport, user_agent FROM beacon.events WHERE site = '{site}' ORDER BY received_at",
         "JSONEachRow",
     )
     return [orjson.loads(line) for line in text.splitlines()]

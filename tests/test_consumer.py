@@ -28,7 +28,7 @@ from consumers.settings import ConsumerSettings
 from consumers.sources.spool import SpoolSource, token_for
 from consumers.writers.chdb import ChdbWriter
 from tests.chdb_events import mail_opens
-from tests.helpers import free_port, metric_value
+from tests.helpers import free_port, metric_value, store_port_query
 
 REPO = Path(__file__).resolve().parents[1]
 WAIT_S = 90.0  # generous: the machine is small and shared
@@ -221,12 +221,8 @@ def processes() -> Iterator[list[subprocess.Popen[bytes]]]:
 
 def store_query(port: int, sql: str) -> str | None:
     """Ask the consumer's query port; None while nothing listens there."""
-    request = urllib.request.Request(
-        f"http://127.0.0.1:{port}/query?format=TSV", data=sql.encode(), method="POST"
-    )
     try:
-        with urllib.request.urlopen(request, timeout=10) as resp:
-            return resp.read().decode()
+        return store_port_query(port, sql)
     except urllib.error.HTTPError:
         raise  # the store answered with an error: that is a failure, not "not up yet"
     except (urllib.error.URLError, ConnectionError, TimeoutError):

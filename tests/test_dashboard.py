@@ -7,6 +7,7 @@ import re
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 
+import orjson
 import pytest
 from aiohttp.test_utils import TestClient, TestServer
 from prometheus_client import CollectorRegistry
@@ -40,7 +41,7 @@ def store(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Store]:
 
 @pytest.fixture
 async def client(store: Store) -> AsyncIterator[TestClient]:
-    c = TestClient(TestServer(create_dashboard_app(store.writer, TOKEN), host="127.0.0.1"))
+    c = TestClient(TestServer(create_dashboard_app(store.reader(), TOKEN), host="127.0.0.1"))
     await c.start_server()
     yield c
     await c.close()
@@ -106,12 +107,16 @@ def test_sessions_expire_and_cannot_be_forged() -> None:
 
 async def test_the_store_port_serves_it_only_with_a_token(store: Store) -> None:
     for token, status in (("", 404), (TOKEN, 401)):
-        app = create_query_app(store.writer, CollectorRegistry(), dashboard_token=token)
+        app = create_query_app(
+            store.writer, store.reader(), CollectorRegistry(), dashboard_token=token
+        )
         c = TestClient(TestServer(app, host="127.0.0.1"))
         await c.start_server()
         try:
             assert (await c.get("/dashboard")).status == status
-            assert (await c.post("/query", data="SELECT 1")).status == 200
+            sql = orjson.dumps({"sql": "SELECT 1"})
+            headers = {"Content-Type": "application/json"}
+            assert (await c.post("/query", data=sql, headers=headers)).status == 200
         finally:
             await c.close()
 

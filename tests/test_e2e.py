@@ -16,7 +16,7 @@ import aiohttp
 import orjson
 import pytest
 
-from tests.helpers import free_port
+from tests.helpers import free_port, store_port_query
 
 pytestmark = pytest.mark.slow
 
@@ -68,13 +68,7 @@ class Beacon:
             return r.status == 200
 
     def query(self, sql: str, fmt: str = "TSV") -> str:
-        import urllib.request
-
-        url = f"http://127.0.0.1:{self.store_port}/query?format={fmt}"
-        with urllib.request.urlopen(
-            urllib.request.Request(url, data=sql.encode()), timeout=10
-        ) as r:
-            return r.read().decode()
+        return store_port_query(self.store_port, sql, fmt)
 
     def stop(self) -> int:
         assert self.proc is not None
@@ -210,3 +204,44 @@ async def test_sigterm_loses_no_accepted_event(beacon: Beacon) -> None:
     report = beacon.report("--format", "json", "--site", "load")  # opens the store directly now
     assert report.returncode == 0, report.stderr
     assert sum(r["events"] for r in orjson.loads(report.stdout)) == sent
+
+
+async def test_a_long_read_through_the_store_port_holds_up_no_event(beacon: Beacon) -> None:
+    """A read that would run for minutes: pixels sent while it runs are stored, and when its
+    client leaves the store stops it and says so; then SIGTERM stops Beacon cleanly."""
+    async with aiohttp.ClientSession() as http:
+        for i in range(40):
+            async with http.get(f"{beacon.base}/p.gif?s=before&u=/p{i}") as r:
+                assert r.status == 200
+        assert await wait_for_rows(beacon, 40) == 40
+        # 40 branches of 2 s (sleepEachRow caps a block at 3 s): about a minute, idle, read
+        # only from Beacon's own table.
+        branch = "SELECT sleepEachRow(0.05) AS s FROM beacon.events"
+        sql = f"SELECT sum(s) FROM ({' UNION ALL '.join([branch] * 40)})"
+        body = orjson.dumps({"sql": sql, "format": "TSV"})
+        url = f"http://127.0.0.1:{beacon.store_port}/query"
+        headers = {"Content-Type": "application/json"}
+        reading = asyncio.create_task(http.post(url, data=body, headers=headers))
+        for i in range(60):
+            async with http.get(f"{beacon.base}/p.gif?s=during&u=/p{i}") as r:
+                assert r.status == 200
+        assert await wait_for_rows(beacon, 100) == 100
+        if reading.done():
+            answer = reading.result()
+            raise AssertionError(f"the read ended first: {answer.status} {await answer.text()}")
+        reading.cancel()
+
+        async def gone() -> float:
+            async with http.get(f"http://127.0.0.1:{beacon.store_port}/metrics") as r:
+                text = await r.text()
+            line = 'beacon_store_queries_total{outcome="client_gone"} '
+            found = [ln for ln in text.splitlines() if ln.startswith(line)]
+            return float(found[0].split()[-1]) if found else 0.0
+
+        deadline = time.monotonic() + 60
+        stopped = await gone()
+        while stopped < 1 and time.monotonic() < deadline:
+            await asyncio.sleep(0.2)
+            stopped = await gone()
+        assert stopped == 1
+    assert await asyncio.to_thread(beacon.stop) == 0

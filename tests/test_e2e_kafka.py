@@ -56,8 +56,7 @@ async def test_pixels_through_kafka_land_once_with_every_field(kafka_beacon: Bea
 
     row = orjson.loads(
         b.query(
-            "SELECT * EXCEPT (inserted_at) FROM beacon.events WHERE campaign = 'x-mas' "
-            "SETTINGS output_format_json_quote_64bit_integers = 0",
+            "SELECT * EXCEPT (inserted_at) FROM beacon.events WHERE campaign = 'x-mas'",
             "JSONEachRow",
         )
     )

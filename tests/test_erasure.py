@@ -20,6 +20,8 @@ from consumers.writers.http import HttpWriter
 from tests.chdb_events import Store, hour_ago_ms, wire
 from tests.clickhouse_front import ClickHouseFront
 
+JSON = {"Content-Type": "application/json"}
+
 
 def people(at_ms: int) -> list[dict]:
     """alice: 2 events (the first also stored twice: see `insert`); bob: 1; a visitor; a site."""
@@ -46,7 +48,7 @@ def store(tmp_path: Path) -> Iterator[Store]:
     for batch in batches():
         s.add(batch)
     yield s
-    s.writer._close()
+    s.close()
 
 
 def count(store: Store, where: str = "1") -> int:
@@ -106,7 +108,7 @@ def test_audit_lines_are_json_appended_and_private(tmp_path: Path) -> None:
 async def port(store: Store, tmp_path: Path):  # type: ignore[no-untyped-def]
     """The store port's app on loopback, over the fixture's store."""
     registry = CollectorRegistry()
-    app = create_query_app(store.writer, registry, tmp_path / "audit.log")  # type: ignore[arg-type]
+    app = create_query_app(store.writer, store.reader(), registry, tmp_path / "audit.log")  # type: ignore[arg-type]
     client = TestClient(TestServer(app, host="127.0.0.1"))
     await client.start_server()
     yield client, registry
@@ -152,21 +154,24 @@ async def test_store_port_refuses_bad_or_foreign_requests(
     assert count(store) == 7  # nothing erased
 
 
-async def test_query_port_stays_read_only(port) -> None:
+async def test_query_port_stays_read_only(port, store: Store) -> None:
     client, _ = port
-    resp = await client.post("/query", data=b"DELETE FROM beacon.events WHERE 1")
+    sql = orjson.dumps({"sql": "DELETE FROM beacon.events WHERE 1"})
+    resp = await client.post("/query", data=sql, headers=JSON)
     assert resp.status == 403
     assert (await resp.json())["error"] == "read_only"
+    assert count(store) == 7
 
 
 async def test_query_port_refuses_a_foreign_host_name(port) -> None:
     """DNS rebinding: a loopback peer that names another host reads nothing."""
     client, _ = port
-    sql = b"SELECT count() FROM beacon.events"
-    refused = await client.post("/query", data=sql, headers={"Host": "evil.example:80"})
+    sql = orjson.dumps({"sql": "SELECT count() FROM beacon.events"})
+    foreign = {**JSON, "Host": "evil.example:80"}
+    refused = await client.post("/query", data=sql, headers=foreign)
     assert refused.status == 403
     assert (await refused.json())["error"] == "loopback_only"
-    assert (await client.post("/query", data=sql)).status == 200
+    assert (await client.post("/query", data=sql, headers=JSON)).status == 200
     page = await (await client.get("/metrics")).text()
     assert 'beacon_store_queries_total{outcome="not_local"} 1.0' in page
     assert 'beacon_store_queries_total{outcome="ok"} 1.0' in page
@@ -193,7 +198,12 @@ async def test_erase_against_a_clickhouse_server(tmp_path: Path) -> None:
 async def test_no_erasure_without_a_writable_audit_log(store: Store, tmp_path: Path) -> None:
     blocked = tmp_path / "not-a-dir"
     blocked.write_text("a file where the log's directory should be")
-    app = create_query_app(store.writer, CollectorRegistry(), blocked / "audit.log")  # type: ignore[arg-type]
+    app = create_query_app(
+        store.writer,  # type: ignore[arg-type]
+        store.reader(),
+        CollectorRegistry(),
+        blocked / "audit.log",
+    )
     client = TestClient(TestServer(app, host="127.0.0.1"))
     await client.start_server()
     try:

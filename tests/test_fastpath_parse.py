@@ -17,7 +17,7 @@ from collector.pixel import GIF_BYTES
 from collector.settings import Settings
 from collector.sinks.memory import MemorySink
 from tests.fastpath_corpus import CORPUS, UA, pixel
-from tests.helpers import metric_value
+from tests.helpers import Transport, metric_value
 
 
 def aiohttp_message(head: bytes) -> RawRequestMessage:
@@ -86,19 +86,6 @@ async def test_parse_head_reads_what_aiohttp_reads(head: bytes) -> None:
 )
 def test_parse_head_refuses_what_is_not_a_plain_pixel(head: bytes) -> None:
     assert parse_head(head) == "other_request"
-
-
-class Transport:
-    """The edge this test is not about: what the connection wrote."""
-
-    def __init__(self) -> None:
-        self.written = b""
-
-    def get_extra_info(self, name: str) -> Any:
-        return ("203.0.113.7", 40000) if name == "peername" else None
-
-    def write(self, data: bytes) -> None:
-        self.written += data
 
 
 async def test_a_failing_event_still_gets_its_pixel_and_is_counted(

@@ -10,7 +10,9 @@ import orjson
 import pytest
 
 from collector.event import build_event
+from consumers import read_guard
 from consumers.enrich import Enricher
+from consumers.readers import HttpReader, ReadLimits
 from consumers.report import fetch_report, run_query
 from consumers.schema import EVENTS, migrate
 from consumers.settings import ConsumerSettings
@@ -219,3 +221,18 @@ async def test_report_asks_clickhouse_over_http_when_a_url_is_set(front, store, 
     wrong = ConsumerSettings(data_dir=tmp_path, clickhouse_url=front.url)
     with pytest.raises(StoreError, match="516"):
         await asyncio.to_thread(run_query, wrong, "SELECT 1")
+
+
+async def test_a_clickhouse_server_gets_the_same_guard_and_profile(tmp_path: Path) -> None:
+    async with ClickHouseFront(tmp_path / "ch") as front:
+        writer = HttpWriter(front.url)
+        await migrate(writer, retention_days=0)
+        reader = HttpReader(writer, ReadLimits(timeout_s=30, max_result_bytes=1_000_000))
+        try:
+            assert await reader.query(f"SELECT count() AS n FROM {EVENTS}") == '{"n":0}\n'
+            with pytest.raises(read_guard.Refused, match="table_function"):
+                await reader.query("SELECT * FROM file('/etc/hostname', 'LineAsString')")
+            read_only = [s for s in front.seen if s.params.get("readonly") == "1"]
+            assert len(read_only) == 5  # per read: the reprint, its parse, the read itself
+        finally:
+            await writer.close()

@@ -258,6 +258,7 @@ def test_the_migration_backfills_what_was_stored_before(tmp_path: Path) -> None:
     from consumers.writers.chdb import ChdbWriter
 
     store.writer = ChdbWriter(tmp_path / "clickhouse")
+    store._reader = None
     store.enricher = Enricher()
     # A store at version 4: the events table, no rollups yet.
     for version, _, sql in MIGRATIONS[:4]:

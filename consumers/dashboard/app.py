@@ -20,10 +20,12 @@ from html import escape
 import orjson
 from aiohttp import web
 
+from collector.ascii_int import parse_uint
 from consumers.dashboard.data import dashboard_data
 from consumers.dashboard.page import dashboard_page, login_page
+from consumers.readers import Reader
 from consumers.report_window import Filters, Window
-from consumers.writers import StoreError, Writer
+from consumers.writers import StoreError
 
 log = logging.getLogger("beacon.dashboard")
 
@@ -36,6 +38,8 @@ QUERY_TIMEOUT_S = 60
 CONCURRENT_PAGES = 2
 MAX_DAYS = 400
 MAX_ID_CHARS = 256
+# The largest expiry a session cookie may name: the year 5138, far beyond any real one.
+MAX_EXPIRES_S = 10**11 - 1
 HEADERS = {
     "Cache-Control": "no-store",
     "Content-Security-Policy": "default-src 'none'; style-src 'unsafe-inline'; "
@@ -56,7 +60,9 @@ class Auth:
 
     def token_ok(self, given: str) -> bool:
         # Digests of equal length: compare_digest would leak the token's length otherwise.
-        return hmac.compare_digest(hashlib.sha256(given.encode()).digest(), self.digest)
+        # surrogatepass: a header that is not UTF-8 reaches here with lone surrogates.
+        given_bytes = given.encode("utf-8", "surrogatepass")
+        return hmac.compare_digest(hashlib.sha256(given_bytes).digest(), self.digest)
 
     def _mac(self, expires: int) -> str:
         return hmac.new(self.key, f"dashboard-session:{expires}".encode(), "sha256").hexdigest()
@@ -66,10 +72,13 @@ class Auth:
         return f"{expires}.{self._mac(expires)}"
 
     def session_ok(self, value: str) -> bool:
-        expires, _, mac = value.partition(".")
-        if not expires.isdigit() or int(expires) < self.clock():
+        text, _, mac = value.partition(".")
+        # Only the form new_session writes is read; anything else is refused, never raised
+        # (compare_digest raises TypeError on a non-ASCII str).
+        expires = parse_uint(text, MAX_EXPIRES_S, canonical=True)
+        if expires is None or expires < self.clock() or not mac.isascii():
             return False
-        return hmac.compare_digest(mac, self._mac(int(expires)))
+        return hmac.compare_digest(mac, self._mac(expires))
 
     def allowed(self, request: web.Request) -> bool:
         scheme, _, given = request.headers.get("Authorization", "").partition(" ")
@@ -79,7 +88,7 @@ class Auth:
 
 
 AUTH = web.AppKey("dashboard_auth", Auth)
-DASHBOARD_WRITER = web.AppKey("dashboard_writer", Writer)
+DASHBOARD_READER = web.AppKey("dashboard_reader", Reader)
 SLOTS = web.AppKey("dashboard_slots", asyncio.Semaphore)
 
 
@@ -89,8 +98,8 @@ def html(text: str, status: int = 200) -> web.Response:
 
 def parse(request: web.Request) -> tuple[int, str, Filters]:
     """days, group and filters from the query string; raises ValueError."""
-    days = int(request.query.get("days", "7"))
-    if not 1 <= days <= MAX_DAYS:
+    days = parse_uint(request.query.get("days", "7"), MAX_DAYS, min_value=1)
+    if days is None:
         raise ValueError(f"days: 1 to {MAX_DAYS}")
     group = request.query.get("group") or ("hour" if days <= 2 else "day")
     if group not in ("hour", "day"):
@@ -102,11 +111,11 @@ def parse(request: web.Request) -> tuple[int, str, Filters]:
 
 
 async def numbers(request: web.Request, days: int, group: str, filters: Filters) -> dict:
-    """The dashboard's data, computed in a thread that asks the writer on this loop."""
-    writer, loop = request.app[DASHBOARD_WRITER], asyncio.get_running_loop()
+    """The dashboard's data, computed in a thread that asks the reader on this loop."""
+    reader, loop = request.app[DASHBOARD_READER], asyncio.get_running_loop()
 
     def query(sql: str) -> str:
-        future = asyncio.run_coroutine_threadsafe(writer.query(sql, "JSONEachRow"), loop)
+        future = asyncio.run_coroutine_threadsafe(reader.query(sql, "JSONEachRow"), loop)
         return future.result(QUERY_TIMEOUT_S)
 
     window = Window.last_days(days, dt.datetime.now(dt.UTC))
@@ -171,13 +180,13 @@ async def disabled(request: web.Request) -> web.Response:
     return web.Response(status=404, text="no dashboard: set BEACON_DASHBOARD_TOKEN\n")
 
 
-def add_dashboard(app: web.Application, writer: Writer, token: str) -> None:
-    """The dashboard routes on `app`, reading through `writer`; without a token, a 404."""
+def add_dashboard(app: web.Application, reader: Reader, token: str) -> None:
+    """The dashboard routes on `app`, reading through `reader`; without a token, a 404."""
     if not token:
         app.router.add_route("*", "/dashboard", disabled)
         return
     app[AUTH] = Auth(token)
-    app[DASHBOARD_WRITER] = writer
+    app[DASHBOARD_READER] = reader
     app[SLOTS] = asyncio.Semaphore(CONCURRENT_PAGES)
     app.router.add_get("/dashboard", page)
     app.router.add_get("/dashboard/data.json", data_json)

@@ -15,8 +15,8 @@ import sys
 from aiohttp import web
 
 from consumers.dashboard.app import add_dashboard
+from consumers.readers import HttpReader, Reader
 from consumers.settings import ConsumerSettings
-from consumers.writers import Writer
 
 log = logging.getLogger("beacon.dashboard")
 
@@ -30,9 +30,9 @@ async def healthz(request: web.Request) -> web.Response:
     return web.Response(text="ok\n")
 
 
-def create_dashboard_app(writer: Writer, token: str) -> web.Application:
+def create_dashboard_app(reader: Reader, token: str) -> web.Application:
     app = web.Application(client_max_size=64 * 1024)
-    add_dashboard(app, writer, token)
+    add_dashboard(app, reader, token)
     app.router.add_get("/healthz", healthz)
     return app
 
@@ -43,7 +43,8 @@ async def serve(settings: ConsumerSettings, host: str, port: int) -> None:
     writer = HttpWriter(
         settings.clickhouse_url, settings.clickhouse_user, settings.clickhouse_password
     )
-    runner = web.AppRunner(create_dashboard_app(writer, settings.dashboard_token),
+    reader = HttpReader(writer, settings.read_limits)
+    runner = web.AppRunner(create_dashboard_app(reader, settings.dashboard_token),
                            access_log=None, handle_signals=False)  # fmt: skip
     await runner.setup()
     try:

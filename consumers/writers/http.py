@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import gzip
+from collections.abc import Mapping
 
 import aiohttp
 
@@ -91,10 +92,14 @@ class HttpWriter:
     async def execute(self, sql: str) -> None:
         await self._post({}, sql.encode())
 
-    async def query(self, sql: str, fmt: str = "JSONEachRow") -> str:
+    async def query(
+        self, sql: str, fmt: str = "JSONEachRow", settings: Mapping[str, str] | None = None
+    ) -> str:
+        """`sql`'s output in `fmt`; `settings` go with it as URL parameters."""
         # wait_end_of_query: an error after the first rows would otherwise arrive inside a
         # 200 answer, and a truncated result would pass for a whole one.
-        return await self._post({"default_format": fmt, "wait_end_of_query": "1"}, sql.encode())
+        params = {**(settings or {}), "default_format": fmt, "wait_end_of_query": "1"}
+        return await self._post(params, sql.encode())
 
     async def close(self) -> None:
         if self._session is not None:

@@ -26,6 +26,7 @@ import pytest
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 from prometheus_client.parser import text_string_to_metric_families
 
+from tests import helpers
 from tests.faults.report import RESULTS
 from tests.helpers import free_port
 
@@ -233,10 +234,7 @@ def store_port_query(port: int) -> Query:
     """A Query through a consumer's loopback query port (read-only SQL)."""
 
     def query(sql: str) -> str:
-        url = f"http://127.0.0.1:{port}/query?format=TSV"
-        request = urllib.request.Request(url, data=sql.encode())
-        with urllib.request.urlopen(request, timeout=30) as r:
-            return str(r.read().decode())
+        return helpers.store_port_query(port, sql)
 
     return query
 
