@@ -1,4 +1,4 @@
-"""Throwaway real Kafka broker for integration tests (helpers only, no tests here).
+"""Throwaway real Kafka broker, or cluster, for integration tests (helpers only, no tests here).
 
 A session fixture in conftest.py can wrap it:
 
@@ -17,6 +17,7 @@ import sys
 from collections.abc import Iterator
 from pathlib import Path
 from types import ModuleType
+from typing import Any
 
 # deploy/ is not a package (and must not become one just for tests): load the script by path.
 KAFKA_SCRIPT = Path(__file__).resolve().parents[1] / "deploy" / "kafka" / "kafka.py"
@@ -51,5 +52,20 @@ def broker(tmp_dir: Path | str, ready_timeout_s: float = 120.0) -> Iterator[str]
     )
     try:
         yield running.bootstrap
+    finally:
+        running.stop()
+
+
+@contextlib.contextmanager
+def cluster(tmp_dir: Path | str, nodes: int = 3, ready_timeout_s: float = 180.0) -> Iterator[Any]:
+    """Start a KRaft cluster of `nodes` brokers (each also a controller) with their data in
+    tmp_dir/node-<id> on free ports; yield the running Cluster (its `bootstrap` lists every
+    node; its `brokers` can be killed one by one); stop every node left at the end."""
+    kafka = load_kafka_script()
+    ports = free_ports(2 * nodes)
+    pairs = list(zip(ports[::2], ports[1::2], strict=True))
+    running = kafka.start_cluster(Path(tmp_dir), pairs, ready_timeout_s=ready_timeout_s)
+    try:
+        yield running
     finally:
         running.stop()

@@ -184,21 +184,31 @@ def metric_sum(metrics: dict[str, float], name: str) -> float:
 
 
 class Load:
-    """Marked pixel requests at about `rate_per_s` from `concurrency` keep-alive clients."""
+    """Marked pixel requests at about `rate_per_s` from `concurrency` keep-alive clients, until
+    stop(), `max_requests` requests or `max_s` seconds, whichever comes first."""
 
     def __init__(
-        self, base: str, prefix: str, rate_per_s: float = 150.0, concurrency: int = 6
+        self,
+        base: str,
+        prefix: str,
+        rate_per_s: float = 150.0,
+        concurrency: int = 6,
+        max_requests: int = 100_000,
+        max_s: float = 600.0,
     ) -> None:
         self.base, self.prefix = base, prefix
         self.answered: set[str] = set()  # markers answered 200: the events the case sent
         self.failures: Counter[str] = Counter()  # other answers and errors, by kind
+        self.requests = 0  # sent so far; the next marker's number
         self._interval_s = concurrency / rate_per_s
         self._concurrency = concurrency
-        self._next = 0
+        self._max_requests, self._max_s = max_requests, max_s
+        self._deadline = 0.0
         self._stop = asyncio.Event()
         self._tasks: list[asyncio.Task[None]] = []
 
     def start(self) -> Load:
+        self._deadline = time.monotonic() + self._max_s
         self._tasks = [asyncio.create_task(self._client()) for _ in range(self._concurrency)]
         return self
 
@@ -207,13 +217,20 @@ class Load:
         self._stop.set()
         await asyncio.gather(*self._tasks)
 
+    def _more(self) -> bool:
+        return (
+            not self._stop.is_set()
+            and self.requests < self._max_requests
+            and time.monotonic() < self._deadline
+        )
+
     async def _client(self) -> None:
         timeout = aiohttp.ClientTimeout(total=10)
         async with aiohttp.ClientSession(timeout=timeout) as http:
-            while not self._stop.is_set():
+            while self._more():
                 started = time.monotonic()
-                marker = f"{self.prefix}-{self._next}"
-                self._next += 1
+                marker = f"{self.prefix}-{self.requests}"
+                self.requests += 1
                 params = {"e": "impression", "s": "faults", "c": self.prefix, "p.n": marker}
                 try:
                     async with http.get(f"{self.base}/p.gif", params=params) as r:
