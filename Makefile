@@ -3,6 +3,8 @@ PYTHON ?= python3
 VENV   ?= .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
+# Every folder of Python the linters read.
+CODE   := beacon collector consumers analytics contract tests loadtest deploy
 
 .PHONY: install deps run test faults fuzz lint clean kafka-fetch kafka-up kafka-down up down bench bench-consumer bench-reports loadtest
 
@@ -37,8 +39,8 @@ fuzz: $(STAMP)
 	$(BIN)/python -m loadtest.fuzz --requests $(FUZZ_REQUESTS)
 
 lint: $(STAMP)
-	$(BIN)/ruff check collector consumers tests loadtest
-	$(BIN)/ruff format --check collector consumers tests loadtest
+	$(BIN)/ruff check $(CODE)
+	$(BIN)/ruff format --check $(CODE)
 	$(BIN)/mypy
 
 # Benchmarks and load tests: the `bench` extra (FastAPI, uvicorn, matplotlib, locust, py-spy).

@@ -12,16 +12,25 @@ from __future__ import annotations
 
 import os
 import re
-from typing import TYPE_CHECKING, Any
+from collections.abc import MutableMapping
+from typing import TYPE_CHECKING, Any, Protocol, TypeVar
 from urllib.parse import parse_qsl, urlencode, urlsplit
 
-from aiohttp import web
-
-from collector.ascii_int import parse_uint
 from collector.privacy import VisitorHasher
+from contract.numbers import parse_uint
 
 if TYPE_CHECKING:
-    from collector.handlers import RequestView
+    from collector.request_view import RequestView
+
+
+class HasHeaders(Protocol):
+    """An answer whose headers can be set: aiohttp's web.Response, kept out of this module."""
+
+    @property
+    def headers(self) -> MutableMapping[str, str]: ...
+
+
+R = TypeVar("R", bound=HasHeaders)
 
 GRANTED = "granted"
 NOT_REQUIRED = "not_required"
@@ -174,7 +183,7 @@ class VisitorIds:
                 return issued[0]
         return self.hasher.visitor_id(site, full_ip, user_agent, received_ms)
 
-    def with_cookie(self, response: web.Response, issued: list[int]) -> web.Response:
+    def with_cookie(self, response: R, issued: list[int]) -> R:
         """`response` with the Set-Cookie of a visitor id made for it, if one was."""
         if issued and self.cookie is not None:
             response.headers["Set-Cookie"] = self.cookie.header(issued[0])

@@ -10,9 +10,8 @@ from decimal import Decimal
 from typing import Any
 from urllib.parse import parse_qsl, urlencode, urlsplit
 
-# 2: `verified` on every event; click_id, order_id, value, currency when the event has them;
-# `consent` on every event (collector/consent.py).
-SCHEMA_VERSION = 2
+from contract.event import SCHEMA_VERSION
+
 # engagement: scroll depth and engaged time of a page view, sent by the snippet (t.js).
 EVENT_TYPES = frozenset(
     {"pageview", "open", "impression", "click", "conversion", "custom", "send", "engagement"}

@@ -38,7 +38,7 @@ from multidict import CIMultiDict, CIMultiDictProxy, MultiDictProxy
 from yarl import URL
 
 from collector.handlers import Collector
-from collector.limits import MAX_FIELD_BYTES, MAX_HEADERS, MAX_LINE_BYTES
+from collector.head_limits import MAX_FIELD_BYTES, MAX_HEADERS, MAX_LINE_BYTES
 from collector.metrics import CollectorMetrics
 from collector.pixel import GIF_BYTES, PIXEL_HEADERS
 from collector.settings import Settings

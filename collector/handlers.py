@@ -4,11 +4,10 @@ from __future__ import annotations
 
 import time
 from collections.abc import Mapping
-from typing import TYPE_CHECKING, Any, NamedTuple, Protocol
+from typing import TYPE_CHECKING, NamedTuple
 
 import orjson
 from aiohttp import web
-from multidict import CIMultiDict, CIMultiDictProxy, MultiMapping
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
 from collector import event as ev
@@ -23,10 +22,12 @@ from collector.consent import (
     VisitorIds,
     strip_identifiers,
 )
+from collector.errors import json_error
 from collector.json_event import parse_json_event
 from collector.metrics import CollectorMetrics
 from collector.pixel import CORS_HEADERS, GIF_BYTES, PIXEL_HEADERS, ROBOTS_TXT
 from collector.privacy import VisitorHasher, anonymise_ip, dnt_decision, normalise_ip, opted_out
+from collector.request_view import RequestView, is_prefetch
 from collector.sanitize import serialise
 from collector.settings import Settings
 from collector.signing import Keyring, SignatureGate
@@ -38,36 +39,9 @@ if TYPE_CHECKING:  # collector.ratelimit imports this module
 MAX_BODY_BYTES = 64 * 1024
 MAX_BATCH_EVENTS = 100
 JSON_TYPES = frozenset({"application/json", "text/plain"})
-JSON_ERROR_HEADERS = CIMultiDict({**CORS_HEADERS, "Content-Type": "application/json"})
 # The client address of an aiohttp request once resolved: the rate limit asks for it first and
 # the event after it, and a bad forwarded header is counted once.
 CLIENT_IP = web.RequestKey("client_ip", str)
-
-
-def is_prefetch(headers: Mapping[str, str]) -> bool:
-    """Browsers mark speculative loads; nobody has seen the page or the mail yet."""
-    purpose = headers.get("Sec-Purpose") or headers.get("Purpose") or ""
-    return "prefetch" in purpose
-
-
-class RequestView(Protocol):
-    """What the event path reads of a request: aiohttp's web.Request, or the fast path's."""
-
-    @property
-    def method(self) -> str: ...
-    @property
-    def headers(self) -> CIMultiDictProxy[str]: ...
-    @property
-    def query(self) -> MultiMapping[str]: ...
-    @property
-    def remote(self) -> str | None: ...
-    @property
-    def cookies(self) -> Mapping[str, str]: ...
-
-
-def json_error(status: int, reason: str, **extra: Any) -> web.Response:
-    body = orjson.dumps({"error": reason, **extra})
-    return web.Response(status=status, body=body, headers=JSON_ERROR_HEADERS)
 
 
 class Prepared(NamedTuple):

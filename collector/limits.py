@@ -22,7 +22,8 @@ from aiohttp.http_exceptions import HttpProcessingError
 from aiohttp.log import server_logger
 from aiohttp.web_protocol import RequestHandler, RequestPayloadError
 
-from collector.handlers import json_error
+from collector.errors import json_error
+from collector.head_limits import MAX_FIELD_BYTES, MAX_HEADERS, MAX_LINE_BYTES
 from collector.metrics import CollectorMetrics
 from collector.settings import Settings
 
@@ -30,12 +31,6 @@ if TYPE_CHECKING:
     from collector.conncap import ConnectionCap
     from collector.fastpath import FastPaths
 
-# aiohttp's own defaults, set here so they are visible and documented (docs/security.md):
-# the request line (a pixel URL with its page URL and properties fits well within it), each
-# header line, and the number of header lines. Beyond them the parser answers 400.
-MAX_LINE_BYTES = 8190
-MAX_FIELD_BYTES = 8190
-MAX_HEADERS = 128
 # After a response, how long a body nobody reads (a GET with a body) is drained before close.
 LINGERING_S = 2.0
 

@@ -20,7 +20,7 @@ from collections.abc import Callable
 from aiohttp import web
 from aiohttp.typedefs import Handler, Middleware
 
-from collector.handlers import json_error
+from collector.errors import json_error
 from collector.metrics import CollectorMetrics
 from collector.pixel import GIF_BYTES, PIXEL_HEADERS
 from collector.privacy import COMPAT_PREFIX, MAPPED_PREFIX

@@ -7,33 +7,19 @@ so a leaked key still cannot send a reader to `javascript:` or through a parser 
 
 from __future__ import annotations
 
-import re
 import time
-from urllib.parse import urlsplit
 
 from aiohttp import web
 from multidict import CIMultiDict, CIMultiDictProxy
 
 from collector import event as ev
-from collector.handlers import Collector, is_prefetch
+from collector.destinations import check_destination
+from collector.handlers import Collector
+from collector.request_view import is_prefetch
 from collector.signing import VALID, Keyring, verify
 
 PATH = "/c"
 CLICK_ID_PARAM = "bcid"
-MAX_DESTINATION_CHARS = 2000
-
-# The destination as a browser will read it: scheme, "//", then the authority. Anything that
-# browsers repair or reinterpret (backslashes, tabs, CR/LF, missing slashes, spaces, non-ASCII
-# look-alikes such as U+3002 or U+FF0F) is refused rather than normalised, since any normalisation
-# here that differs from the browser's is exactly what the known bypasses exploit.
-PORT_SUFFIX_RE = re.compile(r"^:\d*$")
-SCHEME_RE = re.compile(r"^https?://", re.IGNORECASE)
-PRINTABLE_ASCII_RE = re.compile(r"^[\x21-\x7e]+$")
-HOST_RE = re.compile(
-    r"^(?:[A-Za-z0-9](?:[A-Za-z0-9-]{0,61}[A-Za-z0-9])?\.)*"  # labels, RFC 1123
-    r"[A-Za-z0-9](?:[A-Za-z0-9-]{0,61}[A-Za-z0-9])?\.?$"
-    r"|^\[[0-9A-Fa-f:.]+\]$"  # an IPv6 literal
-)
 
 # Every response here: nothing cached (each click is an event), and the tracking URL with its
 # ids and signature is not sent on to the destination as a Referer.
@@ -47,40 +33,6 @@ REFUSED_PAGE = (
 REFUSED_HEADERS = CIMultiDictProxy(
     CIMultiDict({**COMMON_HEADERS, "Content-Type": "text/html; charset=utf-8"})
 )
-
-
-def check_destination(url: str) -> str:
-    """ "" when `url` is a safe absolute http(s) destination, else the reason it is not."""
-    if not url:
-        return "no_destination"
-    if len(url) > MAX_DESTINATION_CHARS:
-        return "destination_too_long"
-    if not PRINTABLE_ASCII_RE.match(url):
-        return "bad_character"  # CR/LF, tabs, spaces, NUL, unicode look-alikes
-    if "\\" in url:
-        return "backslash"  # browsers read "\" as "/": https:\\evil, https://good\@evil
-    if not SCHEME_RE.match(url):
-        return "bad_scheme"  # javascript:, data:, //evil, /\evil, https:evil
-    try:
-        parts = urlsplit(url)
-        parts.port  # noqa: B018 -- raises ValueError on a bad port
-    except ValueError:
-        return "bad_url"
-    if "@" in parts.netloc:
-        return "userinfo"  # https://good.example@evil.example
-    if not HOST_RE.match(host_of(parts.netloc)):
-        return "bad_host"  # empty, percent-encoded or otherwise not a plain host name
-    return ""
-
-
-def host_of(netloc: str) -> str:
-    """The host part of an authority without userinfo: drop the port, keep IPv6 brackets."""
-    if netloc.startswith("["):
-        host, _, rest = netloc.partition("]")
-        if rest and not PORT_SUFFIX_RE.match(rest):
-            return ""  # "[::1]=": urlsplit takes no port from it, browsers refuse the URL
-        return host + "]"
-    return netloc.partition(":")[0]
 
 
 def with_click_id(url: str, click_id: str) -> str:

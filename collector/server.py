@@ -13,7 +13,6 @@ from aiohttp import web
 from prometheus_client import CollectorRegistry
 
 from collector.app import COLLECTOR, create_app
-from collector.config import MIN_SECRET_CHARS, SettingsError
 from collector.conncap import ConnectionCap, default_max_connections
 from collector.fastpath import fast_paths
 from collector.limits import GuardedSite, handler_options
@@ -23,6 +22,7 @@ from collector.sinks import Sink
 from collector.sinks.kafka import KafkaSink
 from collector.sinks.memory import MemorySink
 from collector.sinks.spool import SpoolSink
+from contract.config import MIN_SECRET_CHARS, SettingsError
 
 log = logging.getLogger("beacon.collector")
 

@@ -7,7 +7,10 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
-from collector.config import SettingsError, from_mapping, refuse_short_secret, setting
+from collector.consent import COOKIE_DOMAIN_RE, COOKIE_NAME_RE
+from collector.destinations import check_destination
+from collector.signing import load_keyring
+from contract.config import SettingsError, from_mapping, refuse_short_secret, setting
 
 PREFIX = "BEACON_"
 
@@ -167,8 +170,6 @@ class Settings:
             raise SettingsError(
                 f"{PREFIX}DURABILITY=wal needs a spool: {PREFIX}SINK=memory has none"
             )
-        from collector.consent import COOKIE_DOMAIN_RE, COOKIE_NAME_RE
-
         # Both go into a Set-Cookie header as they are.
         if not COOKIE_NAME_RE.match(self.cookie_name):
             raise SettingsError(
@@ -178,10 +179,6 @@ class Settings:
             raise SettingsError(
                 f"{PREFIX}COOKIE_DOMAIN: a host name like example.com, got {self.cookie_domain!r}"
             )
-        # Imported here: collector.redirect imports the handlers, which import this module.
-        from collector.redirect import check_destination
-        from collector.signing import load_keyring
-
         # A short secret makes guessable visitor ids. Empty is unset: collector/server.py then
         # makes a random one and keeps it in data_dir.
         refuse_short_secret(f"{PREFIX}SECRET", self.secret, "unset: a random one")

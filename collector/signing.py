@@ -23,7 +23,7 @@ from typing import TYPE_CHECKING
 from urllib.parse import quote
 
 from collector import event as ev
-from collector.config import MIN_SECRET_CHARS, SettingsError
+from contract.config import MIN_SECRET_CHARS, SettingsError
 
 if TYPE_CHECKING:
     from collector.metrics import CollectorMetrics

@@ -164,8 +164,8 @@ def supervise(env: Mapping[str, str], banner: str, serve_args: Sequence[str] = (
     child_env = dict(env)
     child_env.setdefault("PYTHONUNBUFFERED", "1")
     # The consumer first: it opens the store and migrates before events arrive.
-    consumer = Child("consumer", [sys.executable, "-m", "collector", "consume"], child_env)
-    serve = [sys.executable, "-m", "collector", "serve", *serve_args]
+    consumer = Child("consumer", [sys.executable, "-m", "beacon", "consume"], child_env)
+    serve = [sys.executable, "-m", "beacon", "serve", *serve_args]
     collector = Child("collector", serve, child_env)
     # The collector stops first: it flushes into the spool, then the consumer drains it.
     supervisor = Supervisor([consumer, collector], stop_order=[[collector], [consumer]])

@@ -103,7 +103,7 @@ def run_workers(settings: Settings, env: Mapping[str, str], workers: int) -> int
         MULTIPROC_ENV: str(directory),
         "PYTHONUNBUFFERED": "1",
     }
-    argv = [sys.executable, "-m", "collector", "serve", "--workers", "1"]
+    argv = [sys.executable, "-m", "beacon", "serve", "--workers", "1"]
     children = [Child(f"worker {i}", argv, worker_env) for i in range(workers)]
 
     def mark_dead(child: Child) -> None:

@@ -7,9 +7,9 @@ from typing import Any
 
 import orjson
 
-from collector.event import SCHEMA_VERSION
-from consumers.machine_opens import classify_open
+from analytics.machine_opens import classify_open
 from consumers.useragent import UserAgentParser
+from contract.event import SCHEMA_VERSION
 
 # What collector.event writes into the Decimal(18, 4) column: digits, at most 4 decimals.
 VALUE_RE = re.compile(r"^\d{1,14}(?:\.\d{1,4})?$")
@@ -65,14 +65,14 @@ class Enricher:
         event = decode(line)
         user_agent = event.get("user_agent", "")
         ua = self.user_agents(user_agent)
-        # Column names of schema migration 2 (consumers/schema.py).
+        # Column names of schema migration 2 (analytics/schema.py).
         event["browser"] = ua.browser
         event["browser_version"] = ua.browser_version
         event["os"] = ua.os
         event["device_type"] = ua.device_type
         event["is_bot"] = ua.is_bot
         if event.get("event_type") == "open":
-            # Column names of schema migration 3; the rules are in consumers/machine_opens.py.
+            # Column names of schema migration 3; the rules are in analytics/machine_opens.py.
             kind = classify_open(user_agent, str(event.get("ip", "")), ua.is_bot)
             event["machine_open"] = kind.machine_open
             event["machine_reason"] = kind.machine_reason

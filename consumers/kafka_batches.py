@@ -28,7 +28,7 @@ from dataclasses import dataclass, field
 from aiokafka import ConsumerRecord, TopicPartition
 
 from consumers.enrich import BadRow, Enricher
-from consumers.writers.event_rows import EventRows
+from consumers.event_rows import EventRows
 
 TOKEN_TOPIC_MAX_CHARS = 120  # leaves room for partition and offsets in TOKEN_RE's 200
 INFLIGHT_RE = re.compile(r"^beacon-inflight:(\d+)-(\d+)$")

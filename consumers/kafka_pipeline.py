@@ -24,15 +24,15 @@ import time
 from aiokafka import TopicPartition
 from aiokafka.errors import KafkaError
 
+from analytics.schema import EVENTS
+from analytics.store import StoreError, Writer
 from consumers.dlq import DeadLetters
 from consumers.enrich import Enricher
 from consumers.kafka_batches import PartitionBuffer, inflight_metadata
 from consumers.metrics import ConsumerMetrics
 from consumers.replay_check import insert_replay
-from consumers.schema import EVENTS
 from consumers.settings import ConsumerSettings
 from consumers.sources.kafka import KafkaSource, Offsets, Partitions
-from consumers.writers import StoreError, Writer
 
 log = logging.getLogger("beacon.consumer")
 

@@ -7,14 +7,14 @@ import contextlib
 import logging
 import time
 
+from analytics.schema import EVENTS
+from analytics.store import StoreError, Writer
 from consumers.enrich import BadRow, Enricher
+from consumers.event_rows import EventRows
 from consumers.metrics import ConsumerMetrics
 from consumers.replay_check import insert_replay
-from consumers.schema import EVENTS
 from consumers.settings import ConsumerSettings
 from consumers.sources.spool import Range, SpoolSource, token_for
-from consumers.writers import StoreError, Writer
-from consumers.writers.event_rows import EventRows
 
 log = logging.getLogger("beacon.consumer")
 

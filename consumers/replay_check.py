@@ -12,9 +12,9 @@ from __future__ import annotations
 
 import uuid
 
-from consumers.schema import EVENTS
-from consumers.writers import Writer
-from consumers.writers.event_rows import EventRows
+from analytics.schema import EVENTS
+from analytics.store import Writer
+from consumers.event_rows import EventRows
 
 # Event ids per lookup: ~80 KB of SQL, under ClickHouse's default max_query_size (256 KiB).
 IDS_PER_LOOKUP = 2000

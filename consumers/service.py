@@ -14,34 +14,15 @@ import signal
 from aiohttp import web
 from prometheus_client import CollectorRegistry
 
+from analytics.connect import open_reader, open_writer
+from analytics.query_server import create_query_app
+from analytics.rollup_settle import Settler, settle_loop
+from analytics.migrations import migrate
+from analytics.store import Writer
 from consumers.metrics import ConsumerMetrics
-from consumers.query_server import create_query_app
-from consumers.readers import ChdbReader, HttpReader, Reader
-from consumers.rollup_settle import Settler, settle_loop
-from consumers.schema import migrate
 from consumers.settings import ConsumerSettings
-from consumers.writers import Writer
-from consumers.writers.http import HttpWriter
 
 log = logging.getLogger("beacon.consumer")
-
-
-def open_writer(settings: ConsumerSettings) -> Writer:
-    """The ClickHouse server at `clickhouse_url`, or the embedded store in `store_dir`."""
-    if settings.clickhouse_url:
-        return HttpWriter(
-            settings.clickhouse_url, settings.clickhouse_user, settings.clickhouse_password
-        )
-    from consumers.writers.chdb import ChdbWriter
-
-    return ChdbWriter(settings.store_dir)
-
-
-def open_reader(settings: ConsumerSettings, writer: Writer) -> Reader:
-    """A read-only way into the same store, apart from the writer (consumers/readers.py)."""
-    if isinstance(writer, HttpWriter):
-        return HttpReader(writer, settings.read_limits)
-    return ChdbReader(settings.store_dir, settings.read_limits)
 
 
 async def run_pipeline(
@@ -98,7 +79,7 @@ async def consume(settings: ConsumerSettings) -> None:
             loop = asyncio.get_running_loop()
             for sig in (signal.SIGTERM, signal.SIGINT):
                 loop.add_signal_handler(sig, stop.set)
-            # Ended days of the rollups become sums (consumers/rollup_settle.py).
+            # Ended days of the rollups become sums (analytics/rollup_settle.py).
             settling = asyncio.create_task(settle_loop(Settler(writer), stop))
             try:
                 await run_pipeline(settings, writer, metrics, stop)

@@ -1,4 +1,5 @@
-"""Consumer settings: one frozen dataclass, built from BEACON_* variables."""
+"""Consumer settings: the store's (analytics/settings.py) and the ingest path's, one frozen
+dataclass built from BEACON_* variables."""
 
 from __future__ import annotations
 
@@ -6,54 +7,20 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
-from collector.config import from_mapping, refuse_short_secret, setting
-from consumers.readers import ReadLimits
-
-PREFIX = "BEACON_"
-
-
-# A listen address is not an address to call.
-WILDCARD_HOSTS = frozenset({"", "0.0.0.0", "::", "[::]"})
+from analytics.settings import PREFIX, StoreSettings
+from contract.config import from_mapping, setting
 
 
 @dataclass(frozen=True, slots=True)
-class ConsumerSettings:
+class ConsumerSettings(StoreSettings):
     """Everything a consumer process needs; read once in __main__."""
 
-    data_dir: Path = setting(Path("data"), "where the spool and the embedded store live")
     batch_max_rows: int = setting(10_000, "rows per ClickHouse insert at most", min=1)
     batch_max_age_ms: int = setting(
         1000, "a batch is inserted when its first row is this old", min=1
     )
     poll_interval_ms: int = setting(100, "how often an idle consumer looks for new segments", min=1)
     retry_max_ms: int = setting(30_000, "longest wait between retries of a failed insert", min=1)
-    store_host: str = setting("127.0.0.1", "address of the store's local query port")
-    store_port: int = setting(
-        8124, "port where the process owning the store answers queries", min=0
-    )
-    store_query_timeout_s: int = setting(
-        30, "a read through the store port (or the dashboard) is stopped after this", min=1
-    )
-    store_query_max_result_bytes: int = setting(
-        64 * 1024 * 1024, "a read through the store port may answer this much at most", min=1
-    )
-    store_query_concurrency: int = setting(
-        4, "reads the embedded store runs at once; one more is answered 503 busy", min=1
-    )
-    retention_days: int = setting(
-        395, "events older than this are deleted by TTL; 0 keeps them", min=0
-    )
-    audit_log: Path | None = setting(
-        None, "where `beacon erase` and `beacon export` append their audit lines"
-    )
-
-    dashboard_token: str = setting(
-        "",
-        "token for the dashboard page (a long random string, 16 chars or more); empty: off",
-        secret=True,
-    )
-    dashboard_host: str = setting("127.0.0.1", "`beacon dashboard`: address to listen on")
-    dashboard_port: int = setting(8125, "`beacon dashboard`: port to listen on", min=0)
 
     kafka_bootstrap: str = setting("", "Kafka bootstrap servers; empty: read the local spool")
     kafka_topic: str = setting("beacon.events", "topic to consume")
@@ -66,13 +33,6 @@ class ConsumerSettings:
         "the broker accepts 6000 to 300000 by default",
         min=1,
     )
-    clickhouse_url: str = setting("", "ClickHouse HTTP URL; empty: the embedded store (chDB)")
-    clickhouse_user: str = setting("default", "ClickHouse user")
-    clickhouse_password: str = setting("", "ClickHouse password", secret=True)
-
-    def __post_init__(self) -> None:
-        # The token is all that guards the dashboard's figures: a short one can be guessed.
-        refuse_short_secret(f"{PREFIX}DASHBOARD_TOKEN", self.dashboard_token, "empty: off")
 
     @classmethod
     def from_env(cls, env: Mapping[str, str]) -> ConsumerSettings:
@@ -81,35 +41,6 @@ class ConsumerSettings:
     @property
     def spool_dir(self) -> Path:
         return self.data_dir / "spool"
-
-    @property
-    def store_dir(self) -> Path:
-        return self.data_dir / "clickhouse"
-
-    @property
-    def audit_path(self) -> Path:
-        """The audit log: `audit_log`, or audit.log in the data directory."""
-        if self.audit_log is None or self.audit_log == Path(""):  # unset, or set to ""
-            return self.data_dir / "audit.log"
-        return self.audit_log
-
-    @property
-    def store_url(self) -> str:
-        """Where local clients call the store port: a listen-anywhere address answers on
-        loopback, and the port serves loopback callers only (consumers/query_server.py)."""
-        host = "127.0.0.1" if self.store_host in WILDCARD_HOSTS else self.store_host
-        if ":" in host and not host.startswith("["):
-            host = f"[{host}]"
-        return f"http://{host}:{self.store_port}"
-
-    @property
-    def read_limits(self) -> ReadLimits:
-        """The limits of every read through the store port and the dashboard."""
-        return ReadLimits(
-            self.store_query_timeout_s,
-            self.store_query_max_result_bytes,
-            self.store_query_concurrency,
-        )
 
     @property
     def checkpoint_path(self) -> Path:

@@ -28,7 +28,7 @@ BOT_TOKENS = (
 )
 # Image proxies of mail providers fetch when a person opens the mail: a real open, never a bot
 # (DESIGN.md), whatever ua-parser says. Their UA's OS part is fixed and fake, so it is dropped.
-# Yahoo's proxy (consumers/machine_opens.py IMAGE_PROXIES) is a "Spider" to ua-parser.
+# Yahoo's proxy (analytics/machine_opens.py IMAGE_PROXIES) is a "Spider" to ua-parser.
 MAIL_PROXY_TOKENS = ("GoogleImageProxy", "YahooMailProxy")
 
 BOT_RE = re.compile("|".join(map(re.escape, BOT_TOKENS)), re.IGNORECASE)

@@ -107,10 +107,10 @@ def fill_spool(spool_dir: Path, lines: list[bytes], segment_rows: int = 20_000) 
 async def consume(opts: argparse.Namespace, workdir: Path, bootstrap: str, topic: str) -> dict:
     from prometheus_client import CollectorRegistry
 
+    from analytics.migrations import migrate
+    from analytics.store.chdb import ChdbWriter
     from consumers.metrics import ConsumerMetrics
-    from consumers.schema import migrate
     from consumers.settings import ConsumerSettings
-    from consumers.writers.chdb import ChdbWriter
 
     settings = ConsumerSettings.from_env(
         {
@@ -204,10 +204,10 @@ async def read_only(opts: argparse.Namespace, settings: Any) -> dict:
 
 
 def insert_only(opts: argparse.Namespace, workdir: Path) -> None:
+    from analytics.migrations import migrate
+    from analytics.store.chdb import ChdbWriter
     from consumers.enrich import Enricher
-    from consumers.schema import migrate
-    from consumers.writers.chdb import ChdbWriter
-    from consumers.writers.event_rows import EventRows
+    from consumers.event_rows import EventRows
 
     writer = ChdbWriter(workdir / "store")
     asyncio.run(migrate(writer, 0))

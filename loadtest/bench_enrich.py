@@ -19,8 +19,8 @@ import orjson
 
 from collector.event import build_event
 from consumers.enrich import Enricher, decode
+from consumers.event_rows import EventRows
 from consumers.useragent import UserAgentParser, best_resolver
-from consumers.writers.event_rows import EventRows
 
 TEMPLATES = (
     "Mozilla/5.0 (Windows NT 10.0; Win64; x64) AppleWebKit/537.36 (KHTML, like Gecko) "

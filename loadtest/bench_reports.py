@@ -22,13 +22,14 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from consumers.campaign_report import campaign_report
-from consumers.report_window import Window
-from consumers.rollup_settle import Settler
-from consumers.rollups import ROLLUPS
-from consumers.schema import EVENTS, migrate
-from consumers.views import Request, view_rows
-from consumers.writers.chdb import ChdbWriter
+from analytics.campaign_report import campaign_report
+from analytics.report_window import Window
+from analytics.rollup_settle import Settler
+from analytics.rollups import ROLLUPS
+from analytics.schema import EVENTS
+from analytics.migrations import migrate
+from analytics.store.chdb import ChdbWriter
+from analytics.views import Request, view_rows
 
 
 def at_sql(n: str) -> str:

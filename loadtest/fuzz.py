@@ -77,7 +77,7 @@ def collector(data_dir: Path, env: dict[str, str] | None = None) -> Iterator[tup
         env["BEACON_PORT"] = str(port)
     log = open(data_dir / "collector.log", "wb")  # closed below, after the process
     proc = subprocess.Popen(
-        [sys.executable, "-m", "collector", "serve", "--workers", "1"], env=env, stderr=log
+        [sys.executable, "-m", "beacon", "serve", "--workers", "1"], env=env, stderr=log
     )
     base = f"http://127.0.0.1:{port}"
     try:

@@ -60,7 +60,7 @@ class LocalBeacon:
             "BEACON_STORE_PORT": str(store_port),
             "BEACON_LOG_LEVEL": "WARNING",
         }
-        cmd = [sys.executable, "-m", "collector", "run"]
+        cmd = [sys.executable, "-m", "beacon", "run"]
         with open(self.log_path, "ab") as log:
             self.proc = subprocess.Popen(cmd, env=self.env, stdout=log, stderr=log, cwd=REPO)
         deadline = time.monotonic() + 60
@@ -87,7 +87,7 @@ class LocalBeacon:
 
     def report(self) -> str:
         done = subprocess.run(
-            [sys.executable, "-m", "collector", "report", "--days", "1"],
+            [sys.executable, "-m", "beacon", "report", "--days", "1"],
             env=self.env, cwd=REPO, capture_output=True, text=True, timeout=120, check=False,
         )  # fmt: skip
         return done.stdout + done.stderr

@@ -9,11 +9,12 @@ from typing import Any
 
 import orjson
 
+from analytics.migrations import migrate
+from analytics.schema import EVENTS
+from analytics.store.chdb import ChdbWriter
+from analytics.store.readers import ChdbReader, ReadLimits
 from collector.event import SCHEMA_VERSION, build_event, uuid7
 from consumers.enrich import Enricher
-from consumers.readers import ChdbReader, ReadLimits
-from consumers.schema import EVENTS, migrate
-from consumers.writers.chdb import ChdbWriter
 
 BROWSER = (
     "Mozilla/5.0 (Windows NT 10.0; Win64; x64) AppleWebKit/537.36 (KHTML, like Gecko) "

@@ -11,7 +11,7 @@ from urllib.parse import parse_qsl, urlencode, urlsplit
 import orjson
 from prometheus_client import CollectorRegistry
 
-from collector.sinks.spool import CLOSED_SUFFIX, OPEN_SUFFIX
+from contract.segments import CLOSED_SUFFIX, OPEN_SUFFIX
 
 
 def store_port_query(port: int, sql: str, fmt: str = "TSV", timeout_s: float = 60) -> str:

@@ -8,9 +8,9 @@ from urllib.parse import parse_qsl, urlsplit
 import orjson
 import pytest
 
-from collector.__main__ import main
+from analytics.campaign_report import attribution_sql, campaign_report, format_campaign, money
+from beacon.__main__ import main
 from collector.signing import Keyring, verify
-from consumers.campaign_report import attribution_sql, campaign_report, format_campaign, money
 from tests.chdb_events import Store, hour_ago_ms, wire
 
 CLICK_A = "0193a1b2-c3d4-7e5f-8a9b-00000000000a"

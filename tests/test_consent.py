@@ -5,10 +5,10 @@ from __future__ import annotations
 import orjson
 import pytest
 
-from collector.config import SettingsError
 from collector.consent import MS_PER_HOUR, ConsentPolicy
 from collector.settings import Settings
 from collector.sinks.memory import MemorySink
+from contract.config import SettingsError
 from tests.helpers import metric_value
 
 UA = "Mozilla/5.0 (X11; Linux x86_64) Test/1.0"

@@ -18,15 +18,17 @@ import orjson
 import pytest
 from prometheus_client import CollectorRegistry
 
+from analytics.migrations import migrate
+from analytics.schema import EVENTS
+from analytics.store.chdb import ChdbWriter
 from collector.metrics import CollectorMetrics
-from collector.sinks.spool import SpoolSink, closed_segments
+from collector.sinks.spool import SpoolSink
 from consumers.enrich import Enricher
 from consumers.metrics import ConsumerMetrics
 from consumers.pipeline import SpoolPipeline, merge
-from consumers.schema import EVENTS, migrate
 from consumers.settings import ConsumerSettings
 from consumers.sources.spool import SpoolSource, token_for
-from consumers.writers.chdb import ChdbWriter
+from contract.segments import closed_segments
 from tests.chdb_events import mail_opens
 from tests.helpers import free_port, metric_value, store_port_query
 
@@ -191,9 +193,10 @@ async def test_malformed_lines_are_counted_and_skipped(config, store):
 PREPARE_STORE = """
 import asyncio, sys
 from pathlib import Path
-from consumers.schema import EVENTS, migrate
+from analytics.schema import EVENTS
+from analytics.migrations import migrate
 from consumers.settings import ConsumerSettings
-from consumers.writers.chdb import ChdbWriter
+from analytics.store.chdb import ChdbWriter
 
 async def main():
     writer = ChdbWriter(Path(sys.argv[1]))
@@ -270,7 +273,7 @@ def test_consumer_killed_mid_way_loses_nothing_and_doubles_nothing(tmp_path, pro
     def start() -> subprocess.Popen[bytes]:
         with open(log, "ab") as out:
             proc = subprocess.Popen(
-                [sys.executable, "-m", "collector", "consume"],
+                [sys.executable, "-m", "beacon", "consume"],
                 cwd=REPO,
                 env=env,
                 stdout=out,

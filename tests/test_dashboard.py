@@ -12,11 +12,11 @@ import pytest
 from aiohttp.test_utils import TestClient, TestServer
 from prometheus_client import CollectorRegistry
 
-from consumers.dashboard.app import COOKIE, SESSION_S, Auth
-from consumers.dashboard.service import create_dashboard_app
-from consumers.query_server import create_query_app
-from consumers.report_window import Window
-from consumers.views import Request, view_rows
+from analytics.dashboard.app import COOKIE, SESSION_S, Auth
+from analytics.dashboard.service import create_dashboard_app
+from analytics.query_server import create_query_app
+from analytics.report_window import Window
+from analytics.views import Request, view_rows
 from tests.chdb_events import Store, hour_ago_ms, wire
 
 TOKEN = "a-long-random-dashboard-token-42"
@@ -122,7 +122,7 @@ async def test_the_store_port_serves_it_only_with_a_token(store: Store) -> None:
 
 
 def test_the_dashboard_page_is_not_a_script_host(tmp_path: Path) -> None:
-    from consumers.dashboard.page import dashboard_page, login_page
+    from analytics.dashboard.page import dashboard_page, login_page
 
     data = {
         "window": {"start": "s", "end": "e", "group": "hour"},

@@ -309,7 +309,7 @@ def test_compose_file_validates_against_the_compose_spec(tmp_path: Path) -> None
 
 def known_variables() -> set[str]:
     fields = {*Settings.__dataclass_fields__, *ConsumerSettings.__dataclass_fields__}
-    # BEACON_LOG_LEVEL is read by collector/__main__.py itself, before any settings exist.
+    # BEACON_LOG_LEVEL is read by beacon/__main__.py itself, before any settings exist.
     return {f"BEACON_{name.upper()}" for name in fields} | {"BEACON_LOG_LEVEL"}
 
 
@@ -626,8 +626,7 @@ def test_requirements_lock_pins_pyproject_dependencies() -> None:
 def without_chdb(*args: str) -> list[str]:
     """`beacon ARGS` in a process where importing chdb fails, as in the image."""
     code = (
-        "import sys; sys.modules['chdb'] = None; "
-        "from collector.__main__ import main; sys.exit(main())"
+        "import sys; sys.modules['chdb'] = None; from beacon.__main__ import main; sys.exit(main())"
     )
     return [sys.executable, "-c", code, *args]
 

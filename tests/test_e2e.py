@@ -47,7 +47,7 @@ class Beacon:
         }
 
     def start(self) -> None:
-        cmd = [sys.executable, "-m", "collector", "run"]
+        cmd = [sys.executable, "-m", "beacon", "run"]
         with open(self.log_path, "ab") as log:  # the child keeps its own copy of the descriptor
             self.proc = subprocess.Popen(cmd, env=self.env(), stdout=log, stderr=log)
         deadline = time.monotonic() + 60
@@ -77,7 +77,7 @@ class Beacon:
 
     def report(self, *args: str) -> subprocess.CompletedProcess[str]:
         return subprocess.run(
-            [sys.executable, "-m", "collector", "report", *args],
+            [sys.executable, "-m", "beacon", "report", *args],
             env=self.env(),
             capture_output=True,
             text=True,

@@ -11,12 +11,13 @@ import pytest
 from aiohttp.test_utils import TestClient, TestServer
 from prometheus_client import CollectorRegistry
 
-from consumers import erasure
-from consumers.query_server import create_query_app
-from consumers.schema import EVENTS, migrate
+from analytics import erasure
+from analytics.migrations import migrate
+from analytics.query_server import create_query_app
+from analytics.schema import EVENTS
+from analytics.store.http import HttpWriter
+from analytics.subject_cli import run_erase
 from consumers.settings import ConsumerSettings
-from consumers.subject_cli import run_erase
-from consumers.writers.http import HttpWriter
 from tests.chdb_events import Store, hour_ago_ms, wire
 from tests.clickhouse_front import ClickHouseFront
 

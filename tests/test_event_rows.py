@@ -10,10 +10,10 @@ from typing import Any
 import orjson
 import pytest
 
-from consumers.machine_opens import in_apple_network
-from consumers.schema import EVENTS
-from consumers.writers.event_rows import BAD_FIELD_TYPE, COLUMN_NAMES, EventRows
-from consumers.writers.http import HttpWriter
+from analytics.machine_opens import in_apple_network
+from analytics.schema import EVENTS
+from analytics.store.http import HttpWriter
+from consumers.event_rows import BAD_FIELD_TYPE, COLUMN_NAMES, EventRows
 from tests.chdb_events import Store, hour_ago_ms, wire
 from tests.clickhouse_front import ClickHouseFront
 
@@ -123,8 +123,8 @@ def test_ndjson_is_what_to_row_writes(store: Store) -> None:
 
 
 async def test_the_http_writer_sends_event_rows_as_json_each_row(tmp_path: Path) -> None:
+    from analytics.migrations import migrate
     from consumers.enrich import Enricher
-    from consumers.schema import migrate
 
     async with ClickHouseFront(tmp_path / "clickhouse") as front:
         writer = HttpWriter(front.url)
@@ -143,7 +143,7 @@ async def test_the_http_writer_sends_event_rows_as_json_each_row(tmp_path: Path)
 
 
 async def test_the_chdb_writer_reports_a_refused_insert_as_a_store_error(store: Store) -> None:
-    from consumers.writers import StoreError
+    from analytics.store import StoreError
 
     rows, _ = EventRows.build([dict(e, event_id="not-a-uuid") for e in mixed_events()[:1]])
     with pytest.raises(StoreError, match="UUID"):

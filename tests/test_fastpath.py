@@ -18,7 +18,7 @@ import orjson
 import pytest
 
 from collector.pixel import GIF_BYTES
-from collector.sinks.spool import closed_segments
+from contract.segments import closed_segments
 from loadtest.fuzz import collector, scrape, send_raw, total
 from tests.fastpath_corpus import CORPUS, UA, pixel
 from tests.helpers import free_port
@@ -291,7 +291,7 @@ async def test_sigterm_closes_fast_connections_and_keeps_their_events(tmp_path: 
     port = free_port()
     env = {**os.environ, **ENV, "BEACON_DATA_DIR": str(tmp_path), "BEACON_PORT": str(port)}
     env["BEACON_DRAIN_MS"] = "100"
-    serve = [sys.executable, "-m", "collector", "serve", "--workers", "1"]
+    serve = [sys.executable, "-m", "beacon", "serve", "--workers", "1"]
     proc = await asyncio.create_subprocess_exec(*serve, env=env)
     try:
         connections = []

@@ -18,17 +18,17 @@ from hypothesis import strategies as st
 from multidict import CIMultiDict
 from prometheus_client import CollectorRegistry
 
-from collector.ascii_int import parse_uint
-from collector.config import SettingsError
+from analytics.dashboard.app import COOKIE as DASHBOARD_COOKIE
+from analytics.dashboard.service import create_dashboard_app
+from analytics.query_server import create_query_app
 from collector.consent import MS_PER_HOUR, UINT64_MAX
 from collector.pixel import GIF_BYTES
 from collector.settings import Settings
 from collector.signing import Keyring, sign
 from collector.sinks.memory import MemorySink
 from collector.urls import click_url
-from consumers.dashboard.app import COOKIE as DASHBOARD_COOKIE
-from consumers.dashboard.service import create_dashboard_app
-from consumers.query_server import create_query_app
+from contract.config import SettingsError
+from contract.numbers import parse_uint
 from loadtest.fuzz import collector, scrape
 from tests.chdb_events import Store
 from tests.fastpath_corpus import UA, pixel

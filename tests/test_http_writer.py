@@ -9,15 +9,17 @@ from pathlib import Path
 import orjson
 import pytest
 
+from analytics.migrations import migrate
+from analytics.report import run_query
+from analytics.report_window import Filters, Window
+from analytics.schema import EVENTS
+from analytics.store import StoreError, read_guard
+from analytics.store.http import HttpWriter
+from analytics.store.readers import HttpReader, ReadLimits
+from analytics.views import Request, view_rows
 from collector.event import build_event
-from consumers import read_guard
 from consumers.enrich import Enricher
-from consumers.readers import HttpReader, ReadLimits
-from consumers.report import fetch_report, run_query
-from consumers.schema import EVENTS, migrate
 from consumers.settings import ConsumerSettings
-from consumers.writers import StoreError
-from consumers.writers.http import HttpWriter
 from tests.clickhouse_front import ClickHouseFront
 from tests.helpers import free_port
 
@@ -215,7 +217,8 @@ async def test_report_asks_clickhouse_over_http_when_a_url_is_set(front, store, 
         clickhouse_password=PASSWORD,
     )
     # The report is a synchronous CLI path with its own event loop: run it off this one.
-    report = await asyncio.to_thread(fetch_report, settings, 1, "shop", None)
+    request = Request("events", Window.last_days(1), Filters("shop", None), "day")
+    report = await asyncio.to_thread(view_rows, lambda sql: run_query(settings, sql), request)
     assert [(r["campaign"], r["events"], r["recipients"]) for r in report] == [("spring", 4, 4)]
     assert await asyncio.to_thread(run_query, settings, "SELECT 1 AS x", "TSV") == "1\n"
     wrong = ConsumerSettings(data_dir=tmp_path, clickhouse_url=front.url)

@@ -21,17 +21,18 @@ from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, ConsumerRecord, TopicPa
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 from prometheus_client import CollectorRegistry
 
+from analytics.migrations import migrate
+from analytics.schema import EVENTS
+from analytics.store import StoreError
+from analytics.store.chdb import ChdbWriter
 from consumers.dlq import REASON, SOURCE_OFFSET, SOURCE_PARTITION, SOURCE_TOPIC, DeadLetters
 from consumers.enrich import Enricher
+from consumers.event_rows import EventRows
 from consumers.kafka_batches import PartitionBuffer, inflight_metadata, parse_inflight
 from consumers.kafka_pipeline import KafkaPipeline
 from consumers.metrics import ConsumerMetrics
-from consumers.schema import EVENTS, migrate
 from consumers.settings import ConsumerSettings
 from consumers.sources.kafka import KafkaSource
-from consumers.writers import StoreError
-from consumers.writers.chdb import ChdbWriter
-from consumers.writers.event_rows import EventRows
 from tests.chdb_events import mail_opens
 from tests.helpers import free_port, metric_value, store_port_query
 
@@ -600,7 +601,7 @@ class ConsumerProcess:
     def start(self) -> None:
         with open(self.log_path, "ab") as log:
             self.proc = subprocess.Popen(
-                [sys.executable, "-m", "collector", "consume"],
+                [sys.executable, "-m", "beacon", "consume"],
                 env=self.env(),
                 stdout=log,
                 stderr=log,
@@ -734,8 +735,8 @@ async def test_sigkilled_consumer_stores_every_event_once(
 
 
 async def test_the_service_picks_the_clickhouse_server_when_a_url_is_set(tmp_path: Path) -> None:
-    from consumers.service import open_writer
-    from consumers.writers.http import HttpWriter
+    from analytics.connect import open_writer
+    from analytics.store.http import HttpWriter
 
     url = "http://127.0.0.1:1/"  # never reached: constructing a writer connects nothing
     writer = open_writer(ConsumerSettings(data_dir=tmp_path, clickhouse_url=url))

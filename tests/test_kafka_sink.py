@@ -15,7 +15,7 @@ from aiokafka import AIOKafkaConsumer
 from aiokafka.admin import AIOKafkaAdminClient
 from aiokafka.structs import ConsumerRecord
 
-from collector.__main__ import main
+from beacon.__main__ import main
 from collector.kafka_admin import init_topics
 from collector.metrics import CollectorMetrics
 from collector.server import make_sink

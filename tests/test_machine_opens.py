@@ -7,8 +7,7 @@ from collections.abc import Iterator
 import orjson
 import pytest
 
-from consumers.enrich import Enricher
-from consumers.machine_opens import (
+from analytics.machine_opens import (
     HUMAN,
     OpenClass,
     classify_open,
@@ -17,7 +16,8 @@ from consumers.machine_opens import (
     rule_image_proxy,
     scanner_bursts_sql,
 )
-from consumers.schema import EVENTS
+from analytics.schema import EVENTS
+from consumers.enrich import Enricher
 from consumers.useragent import UserAgentParser
 from tests.chdb_events import Store, hour_ago_ms, wire
 
@@ -157,7 +157,7 @@ def test_rule_scanner_burst_long_after_sending_is_a_person(store):
 
 def test_rule_scanner_flags_the_burst_not_the_recipient(store):
     """A scanned recipient who later opens and clicks for real keeps those as human."""
-    from consumers.campaign_report import event_filter, funnel_sql
+    from analytics.campaign_report import event_filter, funnel_sql
 
     t = hour_ago_ms()
     store.add(

@@ -12,8 +12,8 @@ import aiohttp
 import orjson
 import pytest
 
-from consumers.schema import DATABASE
-from consumers.writers.chdb import ChdbWriter
+from analytics.schema import DATABASE
+from analytics.store.chdb import ChdbWriter
 from tests.test_e2e import Beacon, wait_for_rows
 
 pytestmark = pytest.mark.slow
@@ -31,7 +31,7 @@ def beacon(tmp_path: Path) -> Iterator[Beacon]:
 
 def beacon_cli(b: Beacon, *args: str) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
-        [sys.executable, "-m", "collector", *args],
+        [sys.executable, "-m", "beacon", *args],
         env=b.env(),
         capture_output=True,
         text=True,
@@ -118,7 +118,7 @@ def test_changing_the_retention_setting_updates_the_table(tmp_path: Path) -> Non
 
     def migrate(*args: str) -> None:
         done = subprocess.run(
-            [sys.executable, "-m", "collector", "migrate", *args],
+            [sys.executable, "-m", "beacon", "migrate", *args],
             env=env,
             capture_output=True,
             text=True,

@@ -141,7 +141,7 @@ def collector_port(tmp_path: Path) -> Iterator[int]:
     port = free_port()
     log = tmp_path / "collector.log"
     env = {**os.environ, "BEACON_SECRET": "prometheus-test-secret", "BEACON_LOG_LEVEL": "WARNING"}
-    cmd = [sys.executable, "-m", "collector", "serve", "--workers", "1", "--port", str(port)]
+    cmd = [sys.executable, "-m", "beacon", "serve", "--workers", "1", "--port", str(port)]
     with open(log, "ab") as out:
         proc = subprocess.Popen(
             [*cmd, "--sink", "memory", "--data-dir", str(tmp_path / "data")],

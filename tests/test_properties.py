@@ -12,8 +12,9 @@ from hypothesis import strategies as st
 from yarl import URL
 
 from collector import event as ev
+from collector.destinations import HOST_RE, check_destination, host_of
 from collector.privacy import anonymise_ip
-from collector.redirect import HOST_RE, check_destination, host_of, with_click_id
+from collector.redirect import with_click_id
 from collector.sanitize import (
     CONTROL_RE,
     SURROGATE_RE,

@@ -23,7 +23,7 @@ from collector import event as ev
 from collector.app import COLLECTOR, create_app
 from collector.fastpath import PixelRequest, parse_head
 from collector.handlers import Collector
-from collector.limits import MAX_LINE_BYTES
+from collector.head_limits import MAX_LINE_BYTES
 from collector.metrics import CollectorMetrics
 from collector.sanitize import CONTROL_RE
 from collector.settings import Settings

@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import pytest
 
-from collector.redirect import check_destination, with_click_id
+from collector.destinations import check_destination
+from collector.redirect import with_click_id
 from collector.signing import Keyring, sign
 from collector.sinks.memory import MemorySink
 from collector.urls import click_url

@@ -16,15 +16,16 @@ from typing import Any
 import orjson
 import pytest
 
-from consumers import erasure, raw_query, scanner_query
-from consumers.campaign_report import campaign_report
-from consumers.funnel import FUNNEL_TYPES
-from consumers.machine_opens import scanner_bursts_sql
-from consumers.report_window import GROUPS, Filters, Window
-from consumers.rollup_settle import Settler
-from consumers.rollups import EVENTS_HOURLY, ROLLUPS, SETTLING
-from consumers.schema import EVENTS, MIGRATIONS, migrate
-from consumers.views import VIEWS, Request, view_rows
+from analytics import erasure, raw_query, scanner_query
+from analytics.campaign_report import campaign_report
+from analytics.funnel import FUNNEL_TYPES
+from analytics.machine_opens import scanner_bursts_sql
+from analytics.migrations import MIGRATIONS, migrate
+from analytics.report_window import GROUPS, Filters, Window
+from analytics.rollup_settle import Settler
+from analytics.rollups import EVENTS_HOURLY, ROLLUPS, SETTLING
+from analytics.schema import EVENTS
+from analytics.views import VIEWS, Request, view_rows
 from tests.chdb_events import Store, wire
 
 DAY_MS = 86_400_000
@@ -254,8 +255,8 @@ def test_unique_states_keep_hashes_not_ids(store: Store) -> None:
 
 def test_the_migration_backfills_what_was_stored_before(tmp_path: Path) -> None:
     store = Store.__new__(Store)
+    from analytics.store.chdb import ChdbWriter
     from consumers.enrich import Enricher
-    from consumers.writers.chdb import ChdbWriter
 
     store.writer = ChdbWriter(tmp_path / "clickhouse")
     store._reader = None

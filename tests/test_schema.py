@@ -6,8 +6,9 @@ from pathlib import Path
 
 import pytest
 
-from consumers.schema import DATABASE, EVENTS, EVENTS_V1, apply_retention, migrate
-from consumers.writers.chdb import ChdbWriter
+from analytics.migrations import apply_retention, migrate
+from analytics.schema import DATABASE, EVENTS, EVENTS_V1
+from analytics.store.chdb import ChdbWriter
 
 UA_COLUMNS = {
     "browser": "LowCardinality(String)",

@@ -14,7 +14,7 @@ from pathlib import Path
 import orjson
 import pytest
 
-from collector.sinks.spool import OPEN_SUFFIX, closed_segments
+from contract.segments import OPEN_SUFFIX, closed_segments
 from tests.helpers import free_port
 
 pytestmark = pytest.mark.slow
@@ -40,7 +40,7 @@ def test_sigterm_drains_then_flushes_everything_to_the_spool(tmp_path: Path) -> 
         "BEACON_LINGER_MS": "50",
         "BEACON_SPOOL_SEGMENT_MAX_BYTES": "4096",
     }
-    proc = subprocess.Popen([sys.executable, "-m", "collector", "serve"], env=env)
+    proc = subprocess.Popen([sys.executable, "-m", "beacon", "serve"], env=env)
     try:
         deadline = time.monotonic() + 30
         while time.monotonic() < deadline:

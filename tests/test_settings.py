@@ -8,11 +8,11 @@ from pathlib import Path
 
 import pytest
 
-from collector.__main__ import overrides, parser
-from collector.config import SettingsError
+from beacon.__main__ import overrides, parser
 from collector.server import resolve_secret
 from collector.settings import Settings
 from consumers.settings import ConsumerSettings
+from contract.config import SettingsError
 
 
 def test_defaults_and_env() -> None:
@@ -60,7 +60,7 @@ def test_flags_override_env() -> None:
 
 def test_bad_setting_fails_at_start(tmp_path: Path) -> None:
     proc = subprocess.run(
-        [sys.executable, "-m", "collector", "serve", "--data-dir", str(tmp_path)],
+        [sys.executable, "-m", "beacon", "serve", "--data-dir", str(tmp_path)],
         env={"BEACON_SPOOL_MAX_BYTES": "lots", "PATH": "/usr/bin:/bin"},
         capture_output=True,
         text=True,
@@ -79,7 +79,7 @@ def test_a_short_dashboard_token_is_refused() -> None:
 def test_a_kept_secret_cut_short_stops_the_start(tmp_path: Path) -> None:
     (tmp_path / "secret").write_text("")  # a start that died between making and writing it
     proc = subprocess.run(
-        [sys.executable, "-m", "collector", "serve", "--workers", "1", "--port", "0",
+        [sys.executable, "-m", "beacon", "serve", "--workers", "1", "--port", "0",
          "--data-dir", str(tmp_path)],
         capture_output=True, text=True, timeout=60,
     )  # fmt: skip

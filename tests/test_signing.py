@@ -6,7 +6,6 @@ from pathlib import Path
 
 import pytest
 
-from collector.config import SettingsError
 from collector.settings import Settings
 from collector.signing import (
     MAC_BYTES,
@@ -17,6 +16,7 @@ from collector.signing import (
     sign,
     verify,
 )
+from contract.config import SettingsError
 
 OLD = ("k2025", b"old-secret-0123456789abcdef")
 NEW = ("k2026", b"new-secret-0123456789abcdef")

@@ -9,7 +9,7 @@ from collections import Counter
 import orjson
 import pytest
 
-from collector.__main__ import main
+from beacon.__main__ import main
 from collector.simulate.plan import Config, plan
 from collector.sinks.memory import MemorySink
 

@@ -11,16 +11,10 @@ import orjson
 import pytest
 
 from collector.metrics import CollectorMetrics
-from collector.sinks.spool import (
-    CLOSED_SUFFIX,
-    NEW_SUFFIX,
-    OPEN_SUFFIX,
-    SpoolSink,
-    closed_segments,
-    spool_size,
-)
+from collector.sinks.spool import NEW_SUFFIX, SpoolSink, spool_size
 from collector.wal import WriteAheadLog
 from consumers.sources.spool import Range, SpoolSource, token_for
+from contract.segments import CLOSED_SUFFIX, OPEN_SUFFIX, closed_segments
 from tests.helpers import metric_value
 
 BIG = 1 << 30  # a limit no test reaches

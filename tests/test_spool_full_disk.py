@@ -16,7 +16,7 @@ from pathlib import Path
 
 import orjson
 
-from collector.sinks.spool import OPEN_SUFFIX, closed_segments
+from contract.segments import OPEN_SUFFIX, closed_segments
 
 LIMIT_BYTES = 10_000
 BATCHES = 10

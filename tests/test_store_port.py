@@ -16,11 +16,11 @@ import pytest
 from aiohttp.test_utils import TestClient, TestServer
 from prometheus_client import CollectorRegistry
 
-from consumers import read_guard
-from consumers.query_server import create_query_app
-from consumers.readers import ChdbReader, ReadLimits
-from consumers.report import csv_cell, render
-from consumers.schema import EVENTS
+from analytics.query_server import create_query_app
+from analytics.report import csv_cell, render
+from analytics.schema import EVENTS
+from analytics.store import read_guard
+from analytics.store.readers import ChdbReader, ReadLimits
 from tests.chdb_events import Store, hour_ago_ms, wire
 
 JSON = {"Content-Type": "application/json"}

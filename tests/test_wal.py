@@ -25,7 +25,8 @@ from aiokafka import AIOKafkaConsumer
 from collector.app import create_app
 from collector.metrics import CollectorMetrics
 from collector.settings import Settings
-from collector.sinks.spool import CLOSED_SUFFIX, OPEN_SUFFIX, SpoolSink, closed_segments
+from collector.sinks.spool import SpoolSink
+from contract.segments import CLOSED_SUFFIX, OPEN_SUFFIX, closed_segments
 from tests.helpers import free_port, metric_value, segments_of
 
 # -- shared helpers: a real `beacon serve`, markers read back from Kafka and the spool --------
@@ -42,7 +43,7 @@ def serve(data_dir: Path, port: int, **env: str) -> Iterator[subprocess.Popen[by
         **{f"BEACON_{key.upper()}": value for key, value in env.items()},
     }
     proc = subprocess.Popen(
-        [sys.executable, "-m", "collector", "serve", "--workers", "1"], env=full_env
+        [sys.executable, "-m", "beacon", "serve", "--workers", "1"], env=full_env
     )
     try:
         wait_ready(f"http://127.0.0.1:{port}", proc)

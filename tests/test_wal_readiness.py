@@ -15,7 +15,7 @@ from pathlib import Path
 import orjson
 import pytest
 
-from collector.sinks.spool import closed_segments
+from contract.segments import closed_segments
 from loadtest.fuzz import collector, scrape
 
 pytestmark = pytest.mark.slow

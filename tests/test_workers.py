@@ -18,8 +18,8 @@ import pytest
 from prometheus_client.mmap_dict import MmapedDict, mmap_key
 from prometheus_client.parser import text_string_to_metric_families
 
-from collector.sinks.spool import OPEN_SUFFIX, closed_segments
 from collector.supervisor import MIN_UPTIME_S, RESTART_DELAY_S, Child
+from contract.segments import OPEN_SUFFIX, closed_segments
 from tests.helpers import free_port
 
 pytestmark = pytest.mark.slow
@@ -98,7 +98,7 @@ class Workers:
             "BEACON_DRAIN_MS": "300",
             **env,
         }
-        cmd = [sys.executable, "-m", "collector", "serve", "--workers", str(workers)]
+        cmd = [sys.executable, "-m", "beacon", "serve", "--workers", str(workers)]
         with open(self.log_path, "ab") as log:
             self.proc = subprocess.Popen(cmd, env=self.env, stdout=log, stderr=log)
         self.workers = workers
@@ -275,7 +275,7 @@ def test_a_port_someone_listens_on_is_refused(tmp_path: Path) -> None:
         port = other.getsockname()[1]
         env = {**os.environ, "BEACON_DATA_DIR": str(tmp_path), "BEACON_PORT": str(port)}
         done = subprocess.run(
-            [sys.executable, "-m", "collector", "serve", "--workers", "2"],
+            [sys.executable, "-m", "beacon", "serve", "--workers", "2"],
             env=env, capture_output=True, text=True, timeout=30,
         )  # fmt: skip
     assert done.returncode == 1

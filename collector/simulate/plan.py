@@ -18,7 +18,7 @@ BROWSER = (
     "Mozilla/5.0 (Windows NT 10.0; Win64; x64) AppleWebKit/537.36 (KHTML, like Gecko) "
     "Chrome/124.0.0.0 Safari/537.36"
 )
-APPLE_MPP = "Mozilla/5.0"  # Apple Mail Privacy Protection's prefetch (consumers/machine_opens.py)
+APPLE_MPP = "Mozilla/5.0"  # Apple Mail Privacy Protection's prefetch (analytics/machine_opens.py)
 GMAIL = "Mozilla/5.0 (Windows NT 5.1; rv:11.0) Gecko Firefox/11.0 (via ggpht.com GoogleImageProxy)"
 BOT = "curl/8.5.0"
 SHOP = "sim-shop"

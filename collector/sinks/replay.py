@@ -20,7 +20,7 @@ from typing import BinaryIO
 
 from collector.metrics import CollectorMetrics
 from collector.sinks.kafka_link import KafkaLink
-from collector.sinks.spool import closed_segments
+from contract.segments import closed_segments
 
 log = logging.getLogger("beacon.kafka.replay")
 

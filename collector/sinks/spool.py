@@ -20,9 +20,8 @@ import time
 from pathlib import Path
 
 from collector.metrics import CollectorMetrics
+from contract.segments import CLOSED_SUFFIX, OPEN_SUFFIX
 
-CLOSED_SUFFIX = ".ndjson"
-OPEN_SUFFIX = ".ndjson.open"
 NEW_SUFFIX = ".ndjson.new"
 STALE_NEW_S = 60.0
 # Readiness fails this close to the byte bound, before single events start to be refused.
@@ -85,15 +84,6 @@ def can_write(directory: Path, tag: str) -> str | None:
     except OSError as exc:
         return exc.strerror or str(exc)
     return None
-
-
-def closed_segments(directory: Path) -> list[Path]:
-    """Closed segments, oldest first (names start with the creation time in ms)."""
-    try:
-        names = sorted(n for n in os.listdir(directory) if n.endswith(CLOSED_SUFFIX))
-    except FileNotFoundError:
-        return []
-    return [directory / n for n in names]
 
 
 def fsync_dir(directory: Path) -> None:

@@ -15,7 +15,7 @@ from pathlib import Path
 
 import orjson
 
-from collector.sinks.spool import closed_segments
+from contract.segments import closed_segments
 
 
 @dataclass(frozen=True, slots=True)

@@ -5,7 +5,7 @@
     python deploy/clickhouse/schema_sql.py load FILE.sql [--cluster] [--plain]
     python deploy/clickhouse/schema_sql.py queries < queries.json
 
-single-node: the schema `beacon consume` migrates to (consumers/schema.py), as one file for a
+single-node: the schema `beacon consume` migrates to (analytics/schema.py), as one file for a
 ClickHouse server's first start (docker-entrypoint-initdb.d) or a DBA.
 cluster: the same tables for a sharded, replicated cluster: each MergeTree table becomes
 `<name>_local` (Replicated*MergeTree, ON CLUSTER) behind a Distributed `<name>`.
@@ -35,10 +35,10 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(ROOT))
 
-from consumers.rollups import CLUSTER_SHARDING_KEYS, VIEWS, cluster_views  # noqa: E402
-from consumers.schema import DATABASE, migrate  # noqa: E402
+from analytics.rollups import CLUSTER_SHARDING_KEYS, VIEWS, cluster_views  # noqa: E402
+from analytics.schema import DATABASE, migrate  # noqa: E402
+from analytics.store import StoreError  # noqa: E402
 from consumers.settings import ConsumerSettings  # noqa: E402
-from consumers.writers import StoreError  # noqa: E402
 
 CLUSTER_CONFIG = """<clickhouse>
   <tcp_port>9000</tcp_port>
@@ -60,7 +60,7 @@ SHARDING_KEYS = {"events": "cityHash64(event_id)", **CLUSTER_SHARDING_KEYS}
 ENGINE_RE = re.compile(r"^ENGINE = (\w*)MergeTree(?:\((.*)\))?$", re.MULTILINE)
 CLUSTER_HEADER = """\
 -- Beacon schema for a ClickHouse cluster: every table of the single-node schema
--- (single-node.sql, consumers/schema.py) as <name>_local, ReplicatedReplacingMergeTree on each
+-- (single-node.sql, analytics/schema.py) as <name>_local, ReplicatedReplacingMergeTree on each
 -- shard, behind a Distributed <name> that consumers insert into and reports read.
 -- Made by
 --   python deploy/clickhouse/schema_sql.py cluster > deploy/clickhouse/cluster.sql
@@ -161,7 +161,7 @@ def single_node(writer: ConnWriter) -> str:
     found, versions = migrated(writer, retention_days)
     out = [
         "-- Beacon schema for a single ClickHouse server: what `beacon consume` migrates to",
-        f"-- (consumers/schema.py), with the default retention of {retention_days} days. Made by",
+        f"-- (analytics/schema.py), with the default retention of {retention_days} days. Made by",
         "--   python deploy/clickhouse/schema_sql.py single-node \\",
         "--     > deploy/clickhouse/single-node.sql",
         "-- and checked against the migrations by tests/test_deploy.py. Safe to run twice.",
@@ -169,7 +169,7 @@ def single_node(writer: ConnWriter) -> str:
         f"CREATE DATABASE IF NOT EXISTS {DATABASE};",
         "",
     ]
-    # Tables first, then the rollups' materialized views that fill them (consumers/rollups.py).
+    # Tables first, then the rollups' materialized views that fill them (analytics/rollups.py).
     rest = sorted(set(found) - {"schema_migrations", "events"}, key=lambda n: (n in VIEWS, n))
     for name in ("schema_migrations", "events", *rest):
         create = str(found[name]["create"]).replace("CREATE TABLE", "CREATE TABLE IF NOT EXISTS", 1)

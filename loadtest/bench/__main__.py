@@ -110,7 +110,7 @@ def start_kafka(workdir: Path):  # type: ignore[no-untyped-def]
     broker = kafka.start_broker(workdir / "kafka", free_port(), free_port())
     env = python_env(BEACON_KAFKA_BOOTSTRAP=broker.bootstrap)
     subprocess.run(
-        [sys.executable, "-m", "collector", "kafka", "init"],
+        [sys.executable, "-m", "beacon", "kafka", "init"],
         env=env,
         cwd=REPO,
         check=True,

@@ -124,7 +124,7 @@ def fastapi(ctx: Context) -> tuple[list[str], dict[str, str]]:
 def beacon(sink: str, durability: str = "memory", fast_path: bool = True) -> Command:
     def command(ctx: Context) -> tuple[list[str], dict[str, str]]:
         # One process, as pinned to one core: `--workers 1` serves in-process, no master.
-        argv = [sys.executable, "-m", "collector", "serve", "--workers", "1", "--sink", sink]
+        argv = [sys.executable, "-m", "beacon", "serve", "--workers", "1", "--sink", sink]
         env = python_env(
             BEACON_HOST="127.0.0.1",
             BEACON_PORT=str(ctx.port),

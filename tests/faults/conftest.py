@@ -74,7 +74,7 @@ class Proc:
         """Start it and wait for `health_url` (if any) to answer 200."""
         with open(self.log_path, "ab") as log:  # the child keeps its own descriptor
             self.popen = subprocess.Popen(
-                [sys.executable, "-m", "collector", *self.args],
+                [sys.executable, "-m", "beacon", *self.args],
                 env=self.env,
                 stdout=log,
                 stderr=log,

@@ -21,7 +21,7 @@ import orjson
 import pytest
 from aiokafka import AIOKafkaConsumer
 
-from collector.sinks.spool import CLOSED_SUFFIX, OPEN_SUFFIX, closed_segments
+from contract.segments import CLOSED_SUFFIX, OPEN_SUFFIX, closed_segments
 from tests.faults.conftest import (
     Proc,
     Procs,

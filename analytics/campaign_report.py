@@ -1,0 +1,196 @@
+"""`beacon report --campaign`: the funnel of one campaign, and last-click attribution.
+
+Definitions (README "Campaign report"):
+- sent: `--sent N`, else distinct (message, recipient) of `send` events; unknown without both.
+- opens / clicks: events; machine ones are flagged by analytics/machine_opens.py (per row in
+  the consumer, the scanner rule here at query time); unique ones count people: a
+  (message, recipient), else a visitor id, else the event itself.
+- unique clicks count people with a click that is not a machine's.
+- conversions: one per order id (a repeated order id counts once: its first pixel, one that
+  carries a click id preferred), one per event without an order id. A conversion belongs to
+  the campaign and ad of the click whose id it carries (last click: the landing page keeps
+  the newest click id), else to the campaign and ad of its own pixel.
+"""
+
+from __future__ import annotations
+
+import argparse
+from collections.abc import Sequence
+from decimal import Decimal
+from typing import Any
+
+import orjson
+
+from analytics import raw_query
+from analytics.funnel import (
+    Query,
+    conversions,
+    conversions_sql,
+    funnel_counts,
+    memo,
+    plan_for,
+    rows,
+)
+from analytics.report import run_query
+from analytics.report_window import Filters, Window
+from analytics.settings import StoreSettings
+
+CENTS = Decimal("0.01")
+
+__all__ = ["Query", "rows"]
+
+
+def event_filter(days: int, site: str | None, campaign: str | None, verified_only: bool) -> str:
+    """The raw-events condition of a report over the last `days` (whole hours)."""
+    return raw_query.where_sql(Window.last_days(days), Filters(site, campaign, None, verified_only))
+
+
+def funnel_sql(where: str, by_ad: bool = False) -> str:
+    """Opens, clicks, sends and impressions of the raw events matching `where`, one row (or one
+    per ad)."""
+    return raw_query.funnel_sql(where, ("ad",) if by_ad else ())
+
+
+def attribution_sql(days: int, site: str | None, campaign: str | None, verified_only: bool) -> str:
+    """Conversions and revenue by (campaign, ad, currency) from raw events, last-click
+    attributed, each order id counted once."""
+    orders = raw_query.orders_sql(Window.last_days(days), Filters(site, None, None, verified_only))
+    return conversions_sql(orders, Filters(campaign=campaign), ("campaign", "ad"), None)
+
+
+def money(text: str) -> str:
+    """A revenue sum as text: at least cents, never rounded."""
+    value = Decimal(text)
+    return str(value.quantize(CENTS) if value == value.quantize(CENTS) else value.normalize())
+
+
+def ratio(part: int, whole: int | None) -> float | None:
+    return round(part / whole, 4) if whole else None
+
+
+def revenue_by_currency(conversions: Sequence[dict[str, Any]]) -> dict[str, str]:
+    totals: dict[str, Decimal] = {}
+    for row in conversions:
+        totals[row["currency"]] = totals.get(row["currency"], Decimal(0)) + Decimal(row["revenue"])
+    # Conversions without a value or currency add nothing worth a line.
+    return {
+        currency: money(str(total))
+        for currency, total in sorted(totals.items())
+        if currency or total
+    }
+
+
+def funnel(
+    counts: dict[str, Any], conversions: Sequence[dict[str, Any]], sent: int | None
+) -> dict[str, Any]:
+    """The report's figures from the funnel counts and the attributed conversions."""
+    sent = sent if sent is not None else (counts["sent_events"] or None)
+    human_clicks = counts["clicks"] - counts["machine_clicks"]
+    converted = sum(row["conversions"] for row in conversions)
+    if sent:  # email: people who clicked, of messages sent
+        ctr = ratio(counts["unique_clicks"], sent)
+    else:  # ads: clicks per impression
+        ctr = ratio(human_clicks, counts["impressions"])
+    return {
+        "sent": sent,
+        "impressions": counts["impressions"],
+        "opens": counts["opens"],
+        "unique_opens": counts["unique_opens"],
+        "human_opens": counts["opens"] - counts["machine_opens"],
+        "machine_opens": counts["machine_opens"],
+        "unique_human_opens": counts["unique_human_opens"],
+        "proxied_opens": counts["proxied_opens"],
+        "clicks": counts["clicks"],
+        "machine_clicks": counts["machine_clicks"],
+        "unique_clicks": counts["unique_clicks"],
+        "ctr": ctr,
+        "click_to_open_rate": ratio(counts["unique_clicks"], counts["unique_opens"]),
+        "conversions": converted,
+        "conversion_rate": ratio(converted, counts["unique_clicks"]),
+        "revenue": revenue_by_currency(conversions),
+    }
+
+
+def campaign_report(
+    query: Query,
+    campaign: str,
+    days: int = 7,
+    site: str | None = None,
+    sent: int | None = None,
+    verified_only: bool = False,
+    source: str = "rollup",
+    window: Window | None = None,
+) -> dict[str, Any]:
+    """The campaign's funnel, and the same figures per ad when it has ads."""
+    window = window or Window.last_days(days)
+    filters = Filters(site, campaign, None, verified_only)
+    query = memo(query)
+    plan = plan_for(query, window, source)
+    [total] = funnel_counts(query, window, filters, (), None, source, plan).values()
+    by_ad = (query, window, filters, ("ad",), None, source, plan)
+    per_ad = {ad: counts for (ad,), counts in funnel_counts(*by_ad).items()}
+    converted = {ad: found for (ad,), found in conversions(*by_ad).items()}
+    everything = [row for found in converted.values() for row in found]
+    report = {"campaign": campaign, **funnel(total, everything, sent)}
+    ads = sorted(set(per_ad) | set(converted))
+    if any(ads):
+        empty = dict.fromkeys(total, 0)
+        report["by_ad"] = [
+            {"ad": ad, **funnel(per_ad.get(ad, empty), converted.get(ad, []), sent)} for ad in ads
+        ]
+    return report
+
+
+def format_campaign(report: dict[str, Any]) -> str:
+    def show(value: Any) -> str:
+        if value is None:
+            return "-"
+        if isinstance(value, dict):
+            return ", ".join(f"{v} {k}".strip() for k, v in value.items()) or "0"
+        if isinstance(value, float):
+            return f"{value:.2%}"
+        return str(value)
+
+    lines = [f"campaign {report['campaign']}"]
+    keys = [k for k in report if k not in ("campaign", "by_ad")]
+    lines += [f"  {k:<20} {show(report[k]):>14}" for k in keys]
+    for ad in report.get("by_ad", []):
+        lines.append(f"\nad {ad['ad'] or '(none)'}")
+        lines += [
+            f"  {k:<20} {show(ad[k]):>14}"
+            for k in ("impressions", "clicks", "unique_clicks", "ctr", "conversions", "revenue")
+        ]
+    return "\n".join(lines) + "\n"
+
+
+def report_command(settings: StoreSettings, args: argparse.Namespace, window: Window) -> str:
+    """What `beacon report --campaign X` or `--attribution` prints."""
+
+    def query(sql: str) -> str:
+        return run_query(settings, sql)
+
+    if args.attribution:
+        filters = Filters(args.site, args.campaign, None, args.verified)
+        found = [
+            row
+            for per_key in conversions(query, window, filters, source=args.source).values()
+            for row in per_key
+        ]
+        if args.format == "json":
+            return orjson.dumps(found, option=orjson.OPT_INDENT_2).decode() + "\n"
+        if not found:
+            return "no conversions in this range\n"
+        header = f"{'campaign':<20} {'ad':<16} {'conversions':>11} {'attributed':>10}  revenue"
+        body = [
+            f"{r['campaign'] or '-':<20} {r['ad'] or '-':<16} {r['conversions']:>11} "
+            f"{r['attributed']:>10}  {money(r['revenue'])} {r['currency']}".rstrip()
+            for r in found
+        ]
+        return "\n".join([header, *body]) + "\n"
+    report = campaign_report(
+        query, args.campaign, site=args.site, sent=args.sent, verified_only=args.verified,
+        source=args.source, window=window,
+    )  # fmt: skip
+    if args.format == "json":
+        return orjson.dumps(report, option=orjson.OPT_INDENT_2).decode() + "\n"
+    return format_campaign(report)

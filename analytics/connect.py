@@ -1,0 +1,27 @@
+"""The store a process opens: a ClickHouse server over HTTP when a URL is set, else the embedded
+chDB store in the data directory; and the read-only way into the same store."""
+
+from __future__ import annotations
+
+from analytics.settings import StoreSettings
+from analytics.store import Writer
+from analytics.store.http import HttpWriter
+from analytics.store.readers import ChdbReader, HttpReader, Reader
+
+
+def open_writer(settings: StoreSettings) -> Writer:
+    """The ClickHouse server at `clickhouse_url`, or the embedded store in `store_dir`."""
+    if settings.clickhouse_url:
+        return HttpWriter(
+            settings.clickhouse_url, settings.clickhouse_user, settings.clickhouse_password
+        )
+    from analytics.store.chdb import ChdbWriter  # chDB is a heavy import: only its owner pays
+
+    return ChdbWriter(settings.store_dir)
+
+
+def open_reader(settings: StoreSettings, writer: Writer) -> Reader:
+    """A read-only way into the same store, apart from the writer (analytics/store/readers.py)."""
+    if isinstance(writer, HttpWriter):
+        return HttpReader(writer, settings.read_limits)
+    return ChdbReader(settings.store_dir, settings.read_limits)

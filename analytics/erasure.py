@@ -1,0 +1,140 @@
+"""Data subject requests: erase or export one person's (or one site's) events, audited.
+
+The statement is built here from a field name out of a fixed table and a quoted literal:
+no SQL ever comes from whoever asks. Erasure is ClickHouse's lightweight DELETE, which hides
+the rows at once and drops them from disk at the next merges of their parts:
+https://clickhouse.com/docs/sql-reference/statements/delete
+"""
+
+from __future__ import annotations
+
+import getpass
+import os
+import time
+from pathlib import Path
+
+import orjson
+
+from analytics.schema import EVENTS
+from analytics.store import Writer
+from contract.numbers import parse_uint
+from contract.text import CONTROL_RE
+
+# What a request may name -> the column it matches.
+FIELDS = {"recipient": "recipient", "visitor": "visitor_id", "site": "site"}
+MAX_VALUE_CHARS = 256  # the collector's id limit (collector/event.py MAX_ID_CHARS)
+UINT64_MAX = 2**64 - 1
+
+
+class RequestError(ValueError):
+    """The request cannot be run; `reason` is a short label for the caller."""
+
+    def __init__(self, reason: str) -> None:
+        super().__init__(reason)
+        self.reason = reason
+
+
+def sql_string(value: str) -> str:
+    """A ClickHouse string literal (backslash and quote escaped)."""
+    return "'" + value.replace("\\", "\\\\").replace("'", "\\'") + "'"
+
+
+def condition(field: str, value: str) -> str:
+    """`column = literal` for a request; raises RequestError for anything else."""
+    column = FIELDS.get(field)
+    if column is None:
+        raise RequestError("unknown_field")
+    if not isinstance(value, str) or not value:
+        raise RequestError("empty_value")
+    if len(value) > MAX_VALUE_CHARS:
+        raise RequestError("value_too_long")
+    if CONTROL_RE.search(value):
+        raise RequestError("control_chars")  # never stored (collector/sanitize.py): no match
+    if column == "visitor_id":
+        # A visitor id is a UInt64: the cookie's value, or a number read from a report.
+        visitor_id = parse_uint(value, UINT64_MAX, min_value=1)
+        if visitor_id is None:
+            raise RequestError("bad_visitor_id")
+        return f"{column} = {visitor_id}"
+    return f"{column} = {sql_string(value)}"
+
+
+async def count_rows(writer: Writer, where: str) -> int:
+    text = await writer.query(f"SELECT count() FROM {EVENTS} WHERE {where}", "TSV")
+    return int(text.strip() or 0)
+
+
+async def erase(writer: Writer, field: str, value: str) -> int:
+    """Delete every row where `field` is `value`; returns how many rows that was.
+
+    Counted before the DELETE (without FINAL: every stored copy is a row removed). The
+    DELETE waits for its mutation (lightweight_deletes_sync defaults to 2), so the rows are
+    gone from every query once this returns.
+    """
+    where = condition(field, value)
+    rows = await count_rows(writer, where)
+    if rows:
+        days = await writer.query(
+            f"SELECT DISTINCT toDate(received_at) FROM {EVENTS} WHERE {where}", "TSV"
+        )
+        await writer.execute(f"DELETE FROM {EVENTS} WHERE {where}")
+        # The rollups of those days still count the rows (and hold their hashes): recompute
+        # them from what is left (analytics/rollup_settle.py).
+        from analytics.rollup_settle import rebuild_after_erasure
+
+        await rebuild_after_erasure(writer, days.split())
+    return rows
+
+
+def export_sql(field: str, value: str) -> str:
+    """Every stored event of one person, oldest first, with every column."""
+    # FINAL: a row replayed twice into the table is one event to the person asking.
+    return f"SELECT * FROM {EVENTS} FINAL WHERE {condition(field, value)} ORDER BY received_at"
+
+
+def actor() -> str:
+    """Who runs this: the OS user, for the audit line."""
+    try:
+        return getpass.getuser()
+    except (KeyError, OSError):  # no user name for this uid (a container)
+        return f"uid:{os.getuid()}"
+
+
+def open_audit(path: Path) -> int:
+    """The audit log opened for appending (created 0600: it names people by their ids)."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    return os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o600)
+
+
+def check_audit(path: Path) -> None:
+    """Raise OSError unless the audit log can be written: checked before erasing, so no
+    erasure goes unrecorded for want of a writable log."""
+    os.close(open_audit(path))
+
+
+def audit(
+    path: Path, action: str, field: str, value: str, rows: int, via: str, by: str
+) -> dict[str, object]:
+    """Append one JSON line to the audit log and return it.
+
+    The line holds the id asked for and nothing else personal: it is the record that the
+    request was carried out (GDPR art. 5(2), accountability), not a copy of the data.
+    One write to a file opened O_APPEND, then fsync: lines from several processes never mix,
+    and a line that was written survives a crash.
+    """
+    line = {
+        "at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+        "action": action,
+        "field": field,
+        "value": value,
+        "rows": rows,
+        "via": via,
+        "by": CONTROL_RE.sub("", by)[:MAX_VALUE_CHARS],
+    }
+    fd = open_audit(path)
+    try:
+        os.write(fd, orjson.dumps(line) + b"\n")
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+    return line

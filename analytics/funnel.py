@@ -1,0 +1,143 @@
+"""Campaign and ad counts from either source, grouped by any of campaign, ad, site, period.
+
+`rollup` (the default) reads the rollups (analytics/rollup_query.py) and adds what only raw
+events can tell: the scanner rule's machine opens and clicks. `raw` reads everything from
+`events FINAL` (analytics/raw_query.py). Both give the same numbers; the tests check it.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from typing import Any
+
+import orjson
+
+from analytics import raw_query, rollup_query, scanner_query
+from analytics.report_window import Filters, Window, bucket, sql_string
+
+# Runs one query and returns its JSONEachRow text: the store's query port, ClickHouse over
+# HTTP, or a test's own chDB session.
+Query = Callable[[str], str]
+SOURCES = ("rollup", "raw")
+FUNNEL_TYPES = "event_type IN ('send', 'open', 'click', 'impression')"
+COUNTS = (
+    "sent_events",
+    "impressions",
+    "opens",
+    "machine_opens",
+    "proxied_opens",
+    "unique_opens",
+    "unique_human_opens",
+    "clicks",
+    "machine_clicks",
+    "unique_clicks",
+)
+Key = tuple[str, ...]
+
+
+def rows(query: Query, sql: str) -> list[dict[str, Any]]:
+    # Counts arrive as JSON numbers: every reader sets output_format_json_quote_64bit_integers
+    # to 0 (analytics/store/readers.py READ_FORMAT_SETTINGS).
+    return [orjson.loads(line) for line in query(sql).splitlines() if line.strip()]
+
+
+def memo(query: Query) -> Query:
+    """`query` answering a repeated statement from memory: one report asks some twice (the
+    scanner rule's steps for the total and per ad)."""
+    answers: dict[str, str] = {}
+
+    def remembered(sql: str) -> str:
+        if sql not in answers:
+            answers[sql] = query(sql)
+        return answers[sql]
+
+    return remembered
+
+
+def plan_for(query: Query, window: Window, source: str) -> rollup_query.Plan:
+    """Where the report's rows come from: raw events only, or rollups but for the days they
+    cannot answer (one small query over the rollups' flags)."""
+    if source == "raw":
+        return rollup_query.RAW
+    return rollup_query.plan_from(rows(query, rollup_query.plan_sql(window)))
+
+
+def names(keys: Sequence[str], group: str | None) -> list[str]:
+    return ([group] if group else []) + list(keys)
+
+
+def key_of(row: dict[str, Any], key_names: Sequence[str]) -> Key:
+    return tuple(str(row[k]) for k in key_names)
+
+
+def funnel_counts(
+    query: Query,
+    window: Window,
+    filters: Filters,
+    keys: tuple[str, ...] = (),
+    group: str | None = None,
+    source: str = "rollup",
+    plan: rollup_query.Plan | None = None,
+) -> dict[Key, dict[str, int]]:
+    """COUNTS by (period, *keys), every machine-open rule applied. `plan`: plan_for's answer,
+    when the caller has it already."""
+    where = f"{raw_query.where_sql(window, filters)} AND {FUNNEL_TYPES}"
+    key_names = names(keys, group)
+    if source == "raw":
+        found = rows(query, raw_query.funnel_sql(where, keys, group))
+        return {key_of(r, key_names): {c: r[c] for c in COUNTS} for r in found}
+    # The rollup's flags are the consumer's per-row rules; the scanner rule needs each
+    # recipient's clicks in time order, which only raw events have (it reads clicks only).
+    plan = plan or plan_for(query, window, source)
+    found = rows(query, rollup_query.funnel_sql(window, filters, keys, group, plan, FUNNEL_TYPES))
+    counts = {key_of(r, key_names): {c: r[c] for c in COUNTS} for r in found}
+    for fix in scanner_query.correction(lambda sql: rows(query, sql), where, keys, group):
+        row = counts.get(key_of(fix, key_names))
+        if row is None:  # a burst's events are in the rollup too; nothing to correct
+            continue
+        row["machine_opens"] += fix["machine_opens"]
+        row["machine_clicks"] += fix["machine_clicks"]
+        row["unique_human_opens"] -= fix["unique_human_opens"]
+        row["unique_clicks"] -= fix["unique_clicks"]
+    return counts
+
+
+def conversions_sql(orders: str, filters: Filters, keys: Sequence[str], group: str | None) -> str:
+    """Conversions, attributed ones and revenue by key and currency, from one-row-per-order
+    SQL (raw_query.orders_sql or rollup_query.orders_sql)."""
+    select = [f"{bucket(group, 'hour')} AS {group}"] if group else []
+    select += list(keys)
+    where = [
+        f"{name} = {sql_string(value)}"
+        for name, value in (("campaign", filters.campaign), ("ad", filters.ad))
+        if value is not None
+    ]
+    by = ", ".join([*names(keys, group), "currency"])
+    return f"""
+SELECT {", ".join([*select, "currency"])}, count() AS conversions,
+       countIf(attributed) AS attributed, toString(sum(value)) AS revenue
+FROM ({orders})
+WHERE {" AND ".join(where) or "1"}
+GROUP BY {by}
+ORDER BY {by}"""
+
+
+def conversions(
+    query: Query,
+    window: Window,
+    filters: Filters,
+    keys: tuple[str, ...] = ("campaign", "ad"),
+    group: str | None = None,
+    source: str = "rollup",
+    plan: rollup_query.Plan | None = None,
+) -> dict[Key, list[dict[str, Any]]]:
+    """Per key: one row per currency with conversions, attributed, revenue (exact text)."""
+    if source == "raw":
+        orders = raw_query.orders_sql(window, filters)
+    else:
+        plan = plan or plan_for(query, window, source)
+        orders = rollup_query.orders_sql(window, filters, plan)
+    out: dict[Key, list[dict[str, Any]]] = {}
+    for row in rows(query, conversions_sql(orders, filters, keys, group)):
+        out.setdefault(key_of(row, names(keys, group)), []).append(row)
+    return out

@@ -1,0 +1,223 @@
+"""The store owner's local query port: chDB allows one process per data directory, so
+`beacon report` and friends ask the process that has it open.
+
+Runs read-only statements only, for loopback clients that name a loopback host (the port may
+listen wider so Prometheus can scrape /metrics); the one write is POST /erase, a data subject
+request that names a field and a value, never SQL (analytics/erasure.py).
+GET /dashboard is the read-only dashboard, behind its token (analytics/dashboard/).
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import logging
+import re
+from pathlib import Path
+
+import orjson
+import yarl
+from aiohttp import web
+from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, generate_latest
+
+from analytics import erasure
+from analytics.dashboard.app import add_dashboard
+from analytics.store import StoreError, Writer, read_guard
+from analytics.store.readers import Busy, Reader
+
+FORMAT_RE = re.compile(r"^[A-Za-z]{1,40}$")
+MAX_SQL_BYTES = 256 * 1024
+QUERY_KEYS = frozenset({"sql", "format"})
+QUERY_SHAPE = "expected {sql, format} strings"
+# ClickHouse error codes a read can end with (src/Common/ErrorCodes.cpp).
+CODE_RE = re.compile(r"Code: (\d+)")
+TIMEOUT_EXCEEDED, TOO_MANY_ROWS_OR_BYTES, READONLY = "159", "396", "164"
+
+log = logging.getLogger("beacon.query_server")
+
+WRITER = web.AppKey("writer", Writer)
+READER = web.AppKey("reader", Reader)
+REGISTRY = web.AppKey("registry", CollectorRegistry)
+AUDIT_PATH = web.AppKey("audit_path", Path)
+ERASE_REQUESTS = web.AppKey("erase_requests", Counter)
+QUERY_REQUESTS = web.AppKey("query_requests", Counter)
+LOCAL_HOSTS = frozenset({"127.0.0.1", "localhost", "[::1]"})
+LOCAL_ORIGIN_HOSTS = frozenset({"127.0.0.1", "localhost", "::1"})
+ERASE_KEYS = frozenset({"field", "value", "by"})
+
+
+async def query(request: web.Request) -> web.Response:
+    """POST /query {"sql": "<one SELECT>", "format": "<ClickHouse output format>"}."""
+    outcome = "client_gone"  # what a handler cancelled because its client left is counted as
+    try:
+        outcome, response = await _query(request)
+        return response
+    finally:
+        request.app[QUERY_REQUESTS].labels(outcome).inc()
+
+
+async def _query(request: web.Request) -> tuple[str, web.Response]:
+    # Every event is readable here: a page the browser loads from a rebound name, or a
+    # neighbour on the network when the port listens wider, must not get in.
+    if not is_local(request):
+        return "not_local", web.json_response({"error": "loopback_only"}, status=403)
+    # A page the operator has open may post here from its own origin: refuse any request a
+    # browser marks as sent by another site. JSON only: a cross-site page cannot send it
+    # without a CORS preflight, which this port never grants.
+    if is_cross_site(request):
+        return "cross_origin", web.json_response({"error": "cross_origin"}, status=403)
+    if request.content_type != "application/json":
+        return "bad_request", web.json_response({"error": "unsupported_media_type"}, status=415)
+    try:
+        body = orjson.loads(await request.read())
+    except orjson.JSONDecodeError:
+        return "bad_request", web.json_response({"error": "malformed_json"}, status=400)
+    if not isinstance(body, dict) or not set(body) <= QUERY_KEYS:
+        return "bad_request", web.json_response({"error": QUERY_SHAPE}, status=400)
+    sql, fmt = body.get("sql"), body.get("format", "JSONEachRow")
+    if not isinstance(sql, str) or not isinstance(fmt, str):
+        return "bad_request", web.json_response({"error": QUERY_SHAPE}, status=400)
+    if not FORMAT_RE.match(fmt):
+        return "bad_request", web.json_response({"error": "bad_format"}, status=400)
+    try:
+        out = await request.app[READER].query(sql, fmt)
+    except Busy as exc:
+        answer = {"error": "busy", "detail": str(exc)}
+        return "busy", web.json_response(answer, status=503, headers={"Retry-After": "1"})
+    except read_guard.Refused as exc:
+        answer = {"error": "read_only", "detail": f"one SELECT of beacon tables ({exc.reason})"}
+        return "not_read_only", web.json_response(answer, status=403)
+    except StoreError as exc:
+        outcome, status = store_failure(str(exc))
+        answer = {"error": f"query_{outcome}", "detail": str(exc)[:2000]}
+        return outcome, web.json_response(answer, status=status)
+    return "ok", web.Response(text=out, content_type="text/plain")
+
+
+def store_failure(message: str) -> tuple[str, int]:
+    """The outcome label and status of a read ClickHouse refused or stopped."""
+    code = CODE_RE.search(message)
+    if code and code[1] == TIMEOUT_EXCEEDED:
+        return "timeout", 504
+    if code and code[1] == TOO_MANY_ROWS_OR_BYTES:
+        return "too_large", 413
+    if code and code[1] == READONLY:
+        return "not_read_only", 403
+    return "failed", 400
+
+
+def is_cross_site(request: web.Request) -> bool:
+    """A request a browser sent for another site's page (Origin, or Fetch Metadata)."""
+    if request.headers.get("Sec-Fetch-Site", "same-origin") not in ("same-origin", "none"):
+        return True
+    origin = request.headers.get("Origin")
+    if origin is None:
+        return False  # curl, `beacon report`: no browser, no page
+    try:
+        host = yarl.URL(origin).host
+    except ValueError:
+        return True
+    return host not in LOCAL_ORIGIN_HOSTS
+
+
+def is_local(request: web.Request) -> bool:
+    """A loopback peer that also named a loopback host.
+
+    The Host check stops DNS rebinding: a web page whose own name now resolves to 127.0.0.1
+    reaches this port as a loopback peer, but with its own name in Host.
+    """
+    try:
+        peer = ipaddress.ip_address(request.remote or "")
+    except ValueError:
+        return False
+    return peer.is_loopback and request.host.rsplit(":", 1)[0].lower() in LOCAL_HOSTS
+
+
+async def erase(request: web.Request) -> web.Response:
+    """POST /erase {"field": "recipient"|"visitor"|"site", "value": "...", "by": "..."}."""
+    outcome, status, answer = await _erase(request)
+    request.app[ERASE_REQUESTS].labels(outcome).inc()
+    return web.json_response(answer, status=status)
+
+
+async def _erase(request: web.Request) -> tuple[str, int, dict[str, object]]:
+    if not is_local(request):
+        return "not_local", 403, {"error": "loopback_only"}
+    # JSON only: a cross-site form or sendBeacon cannot send it without a CORS preflight,
+    # which this port never grants.
+    if request.content_type != "application/json":
+        return "bad_request", 415, {"error": "unsupported_media_type"}
+    try:
+        body = orjson.loads(await request.read())
+    except orjson.JSONDecodeError:
+        return "bad_request", 400, {"error": "malformed_json"}
+    if (
+        not isinstance(body, dict)
+        or not set(body) <= ERASE_KEYS
+        or not all(isinstance(v, str) for v in body.values())
+    ):
+        return "bad_request", 400, {"error": "expected {field, value, by} strings"}
+    field, value = body.get("field", ""), body.get("value", "")
+    audit_path = request.app[AUDIT_PATH]
+    try:
+        erasure.condition(field, value)
+        erasure.check_audit(audit_path)
+        rows = await erasure.erase(request.app[WRITER], field, value)
+    except erasure.RequestError as exc:
+        return "bad_request", 400, {"error": exc.reason}
+    except OSError as exc:
+        return "audit_failed", 503, {"error": "audit_log_not_writable", "detail": str(exc)}
+    except StoreError as exc:
+        return "store_failed", 503, {"error": "store_failed", "detail": str(exc)[:2000]}
+    by = body.get("by") or "store-port client"
+    try:
+        erasure.audit(audit_path, "erase", field, value, rows, "store_port", by)
+    except OSError as exc:  # erased, but not recorded: say so, loudly
+        log.error("erased %d rows but could not write the audit log: %s", rows, exc)
+        return "audit_failed", 503, {"error": "audit_failed", "rows": rows, "detail": str(exc)}
+    return "erased", 200, {"rows": rows}
+
+
+async def metrics(request: web.Request) -> web.Response:
+    body = generate_latest(request.app[REGISTRY])
+    return web.Response(body=body, headers={"Content-Type": CONTENT_TYPE_LATEST})
+
+
+async def healthz(request: web.Request) -> web.Response:
+    return web.Response(text="ok\n")
+
+
+def create_query_app(
+    writer: Writer,
+    reader: Reader,
+    registry: CollectorRegistry,
+    audit_path: Path | None = None,
+    dashboard_token: str = "",
+) -> web.Application:
+    """The query port; with `audit_path`, also POST /erase (each erasure audited there); with
+    `dashboard_token`, the dashboard page (analytics/dashboard/)."""
+    app = web.Application(client_max_size=MAX_SQL_BYTES)
+    app[WRITER] = writer
+    app[READER] = reader
+    app[REGISTRY] = registry
+    app[QUERY_REQUESTS] = Counter(
+        "beacon_store_queries",
+        "POST /query requests by outcome (ok, not_local, cross_origin, not_read_only, "
+        "bad_request, busy, timeout, too_large, failed, client_gone).",
+        ["outcome"],
+        registry=registry,
+    )
+    app.router.add_post("/query", query)
+    if audit_path is not None:
+        app[AUDIT_PATH] = audit_path
+        app[ERASE_REQUESTS] = Counter(
+            "beacon_erase_requests",
+            "POST /erase requests by outcome (erased, bad_request, not_local, store_failed, "
+            "audit_failed).",
+            ["outcome"],
+            registry=registry,
+        )
+        app.router.add_post("/erase", erase)
+    app.router.add_get("/metrics", metrics)
+    app.router.add_get("/healthz", healthz)
+    add_dashboard(app, reader, dashboard_token)
+    return app

@@ -1,0 +1,128 @@
+"""Report queries straight from `beacon.events FINAL`, written apart from the rollup ones.
+
+`beacon report --source raw` answers from these, and the tests hold them against the rollup
+path: two ways to the same numbers. The scanner rule (analytics/machine_opens.py) needs the
+clicks of each recipient in time order, which no rollup keeps, so the rollup path takes its
+share from here too (`scanner_sql`).
+"""
+
+from __future__ import annotations
+
+from analytics.machine_opens import SCANNER_WINDOW_MS, scanner_bursts_sql
+from analytics.report_window import DAY, Filters, Window, bucket
+from analytics.rollup_query import ATTRIBUTION_LOOKBACK_DAYS, EVENT_COLUMNS
+from analytics.rollups import RANK, person
+from analytics.schema import EVENTS
+
+# An open or click of a recipient within the scanner window of their burst.
+IN_BURST = (
+    "(b.recipient != '' AND abs(toUnixTimestamp64Milli(e.received_at) - "
+    f"toUnixTimestamp64Milli(b.burst_at)) <= {SCANNER_WINDOW_MS})"
+)
+# What the consumer flagged per row: machine opens, and clicks from bot user agents.
+FLAGGED = "(e.machine_open = 1 OR (e.event_type = 'click' AND e.is_bot = 1))"
+
+
+def where_sql(window: Window, filters: Filters) -> str:
+    return f"{window.sql('received_at')} AND {filters.sql(EVENT_COLUMNS)}"
+
+
+def inner_keys(keys: tuple[str, ...], group: str | None) -> str:
+    """The grouping keys as columns of an inner SELECT over `e` (beacon.events)."""
+    cols = [f"e.{k} AS {k}" for k in keys]
+    if group:
+        cols.insert(0, f"{bucket(group, 'e.received_at')} AS {group}")
+    return "".join(c + ", " for c in cols)
+
+
+def group_by(keys: tuple[str, ...], group: str | None) -> str:
+    names = ([group] if group else []) + list(keys)
+    return f"GROUP BY {', '.join(names)} ORDER BY {', '.join(names)}" if names else ""
+
+
+def funnel_sql(where: str, keys: tuple[str, ...] = (), group: str | None = None) -> str:
+    """The funnel counts of the events matching `where`, every machine rule applied."""
+    names = "".join(k + ", " for k in ([group] if group else []) + list(keys))
+    return f"""
+WITH bursts AS ({scanner_bursts_sql(EVENTS, where)})
+SELECT {names}
+    uniqExactIf(person, event_type = 'send') AS sent_events,
+    countIf(event_type = 'impression') AS impressions,
+    countIf(event_type = 'open') AS opens,
+    countIf(event_type = 'open' AND machine) AS machine_opens,
+    countIf(event_type = 'open' AND mail_proxy != '') AS proxied_opens,
+    uniqExactIf(person, event_type = 'open') AS unique_opens,
+    uniqExactIf(person, event_type = 'open' AND NOT machine) AS unique_human_opens,
+    countIf(event_type = 'click') AS clicks,
+    countIf(event_type = 'click' AND machine) AS machine_clicks,
+    uniqExactIf(person, event_type = 'click' AND NOT machine) AS unique_clicks
+FROM (
+    SELECT {inner_keys(keys, group)}e.event_type AS event_type, e.mail_proxy AS mail_proxy,
+           {person("e.")} AS person,
+           ({FLAGGED} OR {IN_BURST}) AS machine
+    FROM {EVENTS} AS e FINAL
+    LEFT JOIN bursts AS b ON e.message = b.message AND e.recipient = b.recipient
+    WHERE {where}
+)
+{group_by(keys, group)}
+"""
+
+
+def scanner_sql(where: str, keys: tuple[str, ...] = (), group: str | None = None) -> str:
+    """What the scanner rule changes in counts made from the per-row flags alone: opens and
+    clicks it makes machine ones, and people left with no human open or click."""
+    names = "".join(k + ", " for k in ([group] if group else []) + list(keys))
+    unflagged = f"NOT {FLAGGED}"
+    return f"""
+WITH bursts AS ({scanner_bursts_sql(EVENTS, where)})
+SELECT {names}
+    sum(burst_opens) AS machine_opens, sum(burst_clicks) AS machine_clicks,
+    countIf(burst_opens > 0 AND human_opens = 0) AS unique_human_opens,
+    countIf(burst_clicks > 0 AND human_clicks = 0) AS unique_clicks
+FROM (
+    SELECT {names}person,
+        countIf(event_type = 'open' AND in_burst) AS burst_opens,
+        countIf(event_type = 'open' AND NOT in_burst) AS human_opens,
+        countIf(event_type = 'click' AND in_burst) AS burst_clicks,
+        countIf(event_type = 'click' AND NOT in_burst) AS human_clicks
+    FROM (
+        SELECT {inner_keys(keys, group)}e.event_type AS event_type,
+               concat(e.message, char(0), e.recipient) AS person, {IN_BURST} AS in_burst
+        FROM {EVENTS} AS e FINAL
+        INNER JOIN bursts AS b ON e.message = b.message AND e.recipient = b.recipient
+        WHERE {where} AND e.event_type IN ('open', 'click') AND {unflagged}
+    )
+    GROUP BY {names}person
+)
+{group_by(keys, group)}
+"""
+
+
+def orders_sql(window: Window, filters: Filters) -> str:
+    """One row per order (its first pixel, preferring one with a click id), attributed to
+    the campaign and ad of that click when it is known, else to the pixel's own."""
+    where = f"{window.sql('received_at')} AND {filters.sql(frozenset({'site', 'verified'}))}"
+    clicks = Window(window.start - ATTRIBUTION_LOOKBACK_DAYS * DAY, window.end)
+    return f"""
+SELECT o.site AS site, o.hour AS hour, k.click_id != '' AS attributed,
+       if(attributed, k.campaign, o.campaign) AS campaign, if(attributed, k.ad, o.ad) AS ad,
+       o.value AS value, o.currency AS currency
+FROM (
+    SELECT site, order_key,
+           argMin(click_id, rank) AS click_id, argMin(campaign, rank) AS campaign,
+           argMin(ad, rank) AS ad, argMin(value, rank) AS value,
+           argMin(currency, rank) AS currency, argMin(toStartOfHour(received_at), rank) AS hour
+    FROM (
+        SELECT site, if(order_id != '', order_id, toString(event_id)) AS order_key, click_id,
+               campaign, ad, value, currency, received_at, {RANK} AS rank
+        FROM {EVENTS} FINAL
+        WHERE event_type = 'conversion' AND {where}
+    )
+    GROUP BY site, order_key
+) AS o
+LEFT JOIN (
+    SELECT click_id, any(campaign) AS campaign, any(ad) AS ad
+    FROM {EVENTS} FINAL
+    WHERE event_type = 'click' AND click_id != '' AND {clicks.sql("received_at")}
+    GROUP BY click_id
+) AS k ON o.click_id = k.click_id"""

@@ -1,0 +1,190 @@
+"""Settling: a day of every rollup recomputed from `events FINAL`, swapped in at once.
+
+Why (analytics/rollups.py): live rows count events with sets of event ids, which stay exact
+when an event arrives twice but cost O(events) to read. A day that has ended is settled: its
+rows are recomputed from `events FINAL` as plain sums and replace the day's partition. The
+same recomputation serves erasure (a deleted person leaves no count and no hash behind) and
+the backfill of events stored before the rollups existed.
+
+Inserts go on while a day is settled. Rows are split by `inserted_at` at a cut taken before
+the recomputation: older rows go into the settled sums, newer ones (and those inserted
+while the partition was swapped) are added back as live rows, whose event ids merge with
+whatever a view wrote for them. While a day is being settled, and whenever a settled day
+also holds live rows (an event that came late), reports read that day from raw events
+(analytics/rollup_query.py), so no report ever sees a half-settled day.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import datetime as dt
+import logging
+import os
+import time
+from collections.abc import Callable, Iterable
+
+from analytics.rollups import ROLLUPS, SETTLING, Rollup
+from analytics.schema import DATABASE, EVENTS
+from analytics.store import StoreError, Writer
+
+log = logging.getLogger("beacon.rollups")
+
+# A day is settled this long after it ends: the retries and replays of its last events are
+# in by then (a late one only sends that day to raw events until the next pass).
+SETTLE_AFTER_S = 3600
+# An insert that began this long before the cut may commit after it: its rows count as new.
+INSERT_MARGIN_S = 60
+PASS_INTERVAL_S = 60.0
+
+
+def day_literal(day: dt.date) -> str:
+    return f"toDate('{day.isoformat()}')"
+
+
+class Settler:
+    """Settles and rebuilds days of the rollups through one writer; one pass at a time."""
+
+    def __init__(
+        self,
+        writer: Writer,
+        clock: Callable[[], float] = time.time,
+        insert_margin_s: int = INSERT_MARGIN_S,
+        suffix: str = "",
+    ) -> None:
+        """`suffix`: "_local" on a shard of a cluster, where the tables the views fill are
+        `<name>_local` (deploy/clickhouse/cluster.sql)."""
+        self.writer = writer
+        self.suffix = suffix
+        self.events = EVENTS + suffix
+        self.settling = SETTLING + suffix
+        self.clock = clock
+        self.insert_margin_s = insert_margin_s
+        self.lock = asyncio.Lock()
+        self._last_mark_us = 0
+
+    async def _rows(self, sql: str) -> list[str]:
+        return (await self.writer.query(sql, "TSV")).split()
+
+    def closed(self, day: dt.date) -> bool:
+        """Whether `day` ended SETTLE_AFTER_S ago (then its rows are settled, else live)."""
+        end = dt.datetime.combine(day + dt.timedelta(days=1), dt.time(), dt.UTC).timestamp()
+        return self.clock() >= end + SETTLE_AFTER_S
+
+    async def due_days(self) -> list[dt.date]:
+        """Ended days with live rows, and days whose settling did not finish."""
+        live = " UNION DISTINCT ".join(
+            f"SELECT DISTINCT toDate(period) AS day FROM {r.table}{self.suffix} WHERE live = 1"
+            for r in ROLLUPS
+            if r.counted
+        )
+        days = await self._rows(
+            f"SELECT day FROM ({live} UNION DISTINCT "
+            f"SELECT day FROM {self.settling} FINAL WHERE done = 0) ORDER BY day"
+        )
+        return [d for d in map(dt.date.fromisoformat, days) if self.closed(d)]
+
+    async def settle_due(self) -> list[dt.date]:
+        """One pass: settle every due day; returns them."""
+        days = await self.due_days()
+        await self.rebuild(days)
+        return days
+
+    async def rebuild(self, days: Iterable[dt.date]) -> None:
+        """Recompute every rollup for `days` from the events stored now."""
+        async with self.lock:
+            for day in days:
+                started = time.perf_counter()
+                await self._rebuild_day(day)
+                log.info(
+                    "rollups of %s %s in %.1fs",
+                    day,
+                    "settled" if self.closed(day) else "rebuilt",
+                    time.perf_counter() - started,
+                )
+
+    async def backfill(self) -> list[dt.date]:
+        """Rollups for every day already in beacon.events (schema migration 5)."""
+        text = await self._rows(
+            f"SELECT DISTINCT toDate(received_at) AS day FROM {self.events} ORDER BY day"
+        )
+        days = [dt.date.fromisoformat(d) for d in text]
+        await self.rebuild(days)
+        return days
+
+    async def _mark(self, day: dt.date, done: int) -> None:
+        # The version column orders the marks of this process even within one millisecond.
+        now_us = max(int(self.clock() * 1e6), self._last_mark_us + 1)
+        self._last_mark_us = now_us
+        await self.writer.execute(
+            f"INSERT INTO {self.settling} (day, done, at) VALUES "
+            f"({day_literal(day)}, {done}, fromUnixTimestamp64Micro({now_us}, 'UTC'))"
+        )
+
+    async def _rebuild_day(self, day: dt.date) -> None:
+        await self._mark(day, 0)  # from here on, reports read this day from raw events
+        [cut] = await self._rows(f"SELECT toUnixTimestamp(now()) - {int(self.insert_margin_s)}")
+        cut = f"toDateTime({int(cut)}, 'UTC')"
+        settled = self.closed(day)
+        in_day = f"toDate(received_at) = {day_literal(day)}"
+        for rollup in ROLLUPS:
+            await self._swap(rollup, day, f"{in_day} AND inserted_at < {cut}", settled)
+            # Rows inserted after the cut, or while the partition was swapped: live again.
+            live = rollup.select(source=self.events, where=f"{in_day} AND inserted_at >= {cut}")
+            await self.writer.execute(f"INSERT INTO {rollup.table}{self.suffix} {live}")
+        await self._mark(day, 1)
+
+    async def _swap(self, rollup: Rollup, day: dt.date, where: str, settled: bool) -> None:
+        """Replace the day's partition of `rollup` with rows recomputed from `where`."""
+        # One staging table per settle: two consumers settling the same day never share one.
+        stage = f"{DATABASE}.{rollup.name}_stage_{os.getpid()}_{int(self.clock() * 1000)}"
+        await self.writer.execute(f"DROP TABLE IF EXISTS {stage}")
+        await self.writer.execute(rollup.create_table(stage))
+        try:
+            recomputed = rollup.select(settled=settled, final=True, source=self.events, where=where)
+            await self.writer.execute(f"INSERT INTO {stage} {recomputed}")
+            partition = f"PARTITION tuple({day_literal(day)})"
+            [rows] = await self._rows(f"SELECT count() FROM {stage}")
+            if int(rows):
+                await self.writer.execute(
+                    f"ALTER TABLE {rollup.table}{self.suffix} REPLACE {partition} FROM {stage}"
+                )
+            else:  # ClickHouse 26 refuses to replace with nothing: dropping says the same
+                await self.writer.execute(
+                    f"ALTER TABLE {rollup.table}{self.suffix} DROP {partition}"
+                )
+        finally:
+            await self.writer.execute(f"DROP TABLE IF EXISTS {stage}")
+
+
+async def settle_loop(settler: Settler, stop: asyncio.Event) -> None:
+    """Settle due days every PASS_INTERVAL_S until `stop` is set (every consumer runs it;
+    two settling one day at once only do the work twice)."""
+    while not stop.is_set():
+        try:
+            if not await settles_here(settler.writer):
+                log.info("rollups are Distributed tables: each shard settles its own")
+                return
+            await settler.settle_due()
+        except StoreError as exc:  # the store is down or busy: the next pass tries again
+            log.warning("settling rollups failed: %s", str(exc)[:300])
+        try:
+            await asyncio.wait_for(stop.wait(), PASS_INTERVAL_S)
+        except TimeoutError:
+            pass
+
+
+async def settles_here(writer: Writer) -> bool:
+    """False when the rollups are Distributed tables (a cluster): there each shard settles
+    its own `_local` tables (docs/operations.md)."""
+    engines = await writer.query(
+        f"SELECT engine FROM system.tables WHERE database = '{DATABASE}' "
+        f"AND name = '{ROLLUPS[0].name}'",
+        "TSV",
+    )
+    return engines.strip().endswith("MergeTree")
+
+
+async def rebuild_after_erasure(writer: Writer, days: Iterable[str]) -> None:
+    """Recompute the rollups of the days an erasure touched (ISO dates), where they settle."""
+    if await settles_here(writer):
+        await Settler(writer).rebuild(map(dt.date.fromisoformat, days))

@@ -1,0 +1,72 @@
+"""The embedded writer: ClickHouse in this process through chDB, at a local data directory."""
+
+from __future__ import annotations
+
+import asyncio
+import threading
+from pathlib import Path
+
+from analytics.store import TOKEN_RE, Rows, StoreError
+
+
+class ChdbWriter:
+    """One chDB session; chDB has no async API, so every call runs in a thread, one at a time.
+
+    chDB lets one process open a data directory: open it in the process that owns the store
+    and let others ask that process (analytics/query_server.py).
+    """
+
+    def __init__(self, path: Path) -> None:
+        from chdb import session  # imported here: a heavy import only the store owner pays
+
+        path.mkdir(parents=True, exist_ok=True)
+        self._session = session.Session(str(path))
+        self._lock = threading.Lock()
+        self.path = path
+
+    def _run(self, sql: str, fmt: str = "TSV") -> str:
+        with self._lock:
+            try:
+                result = self._session.query(sql, fmt)
+            except Exception as exc:  # chDB raises its own error types for ClickHouse errors
+                raise StoreError(str(exc)) from exc
+        return result.data() if hasattr(result, "data") else str(result)
+
+    def _insert(self, head: str, fmt: str, rows: bytes | Rows) -> None:
+        """Stream the rows into the INSERT `head`: no SQL text to build around the data, and a
+        binary format can travel."""
+        with self._lock:
+            try:
+                body = rows if isinstance(rows, bytes) else rows.arrow_stream()
+                with self._session.send_insert(head, fmt) as inserter:
+                    inserter.append(body)
+                    inserter.finish()
+            except Exception as exc:  # chDB raises its own error types for ClickHouse errors
+                raise StoreError(str(exc)) from exc
+
+    async def insert(self, table: str, rows: bytes | Rows, token: str) -> None:
+        if not TOKEN_RE.match(token):
+            raise ValueError(f"bad dedup token {token!r}")
+        settings = f"SETTINGS async_insert = 0, insert_deduplication_token = '{token}'"
+        if isinstance(rows, bytes):
+            head = f"INSERT INTO {table} {settings}, input_format_skip_unknown_fields = 1"
+            await asyncio.to_thread(self._insert, head, "JSONEachRow", rows)
+        else:
+            head = f"INSERT INTO {table} ({', '.join(rows.columns)}) {settings}"
+            await asyncio.to_thread(self._insert, head, "ArrowStream", rows)
+
+    async def execute(self, sql: str) -> None:
+        await asyncio.to_thread(self._run, sql)
+
+    async def query(self, sql: str, fmt: str = "JSONEachRow") -> str:
+        return await asyncio.to_thread(self._run, sql, fmt)
+
+    def query_sync(self, sql: str, fmt: str = "JSONEachRow") -> str:
+        return self._run(sql, fmt)
+
+    async def close(self) -> None:
+        await asyncio.to_thread(self._close)
+
+    def _close(self) -> None:
+        with self._lock:
+            self._session.close()

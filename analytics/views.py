@@ -1,0 +1,122 @@
+"""The views of `beacon report --view` and the dashboard: rows of figures, from either source.
+
+events     events, visitors and recipients by period, site, campaign, event type
+campaign   the email and ad funnel per campaign (analytics/campaign_report.py defines it)
+ad         the same per campaign and ad
+site       page views, unique visitors, events, conversions and revenue per site
+pages      the most viewed pages, with visitors and scroll depth reached
+referrers  where page views came from (the referrer's host)
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+from analytics import rollup_query
+from analytics.campaign_report import funnel, revenue_by_currency
+from analytics.funnel import COUNTS, Query, conversions, funnel_counts, names, plan_for, rows
+from analytics.report_window import Filters, Window
+
+NO_FILTERS = Filters()
+VIEWS = ("events", "campaign", "ad", "site", "pages", "referrers")
+# What the terminal table shows of each view (JSON and CSV carry every figure).
+TABLE_COLUMNS = {
+    "events": ("site", "campaign", "event_type", "events", "visitors", "recipients"),
+    "campaign": (
+        "campaign", "sent", "opens", "unique_opens", "machine_opens", "unique_clicks", "ctr",
+        "click_to_open_rate", "conversions", "revenue",
+    ),
+    "ad": (
+        "campaign", "ad", "impressions", "clicks", "machine_clicks", "unique_clicks", "ctr",
+        "conversions", "revenue",
+    ),
+    "site": ("site", "pageviews", "unique_visitors", "events", "conversions", "revenue"),
+    "pages": (
+        "site", "url_host", "url_path", "pageviews", "unique_visitors", "scroll_25", "scroll_50",
+        "scroll_75", "scroll_100",
+    ),
+    "referrers": ("site", "referrer_host", "pageviews", "unique_visitors"),
+}  # fmt: skip
+
+
+@dataclass(frozen=True)
+class Request:
+    """One report: which view, over which window, of which events, grouped how."""
+
+    view: str
+    window: Window
+    filters: Filters = NO_FILTERS
+    group: str | None = None  # hour or day: one row per period too
+    source: str = "rollup"  # or raw: beacon.events only
+    sent: int | None = None  # messages sent, when the sender knows better than send events
+    limit: int = 20  # pages and referrers: the top ones
+
+    def columns(self) -> tuple[str, ...]:
+        return ((self.group,) if self.group else ()) + TABLE_COLUMNS[self.view]
+
+
+def view_rows(query: Query, request: Request) -> list[dict[str, Any]]:
+    """The rows of `request.view`, ordered by their keys (pages, referrers: most viewed)."""
+    window, filters = request.window, request.filters
+    if request.view == "campaign":
+        return funnel_rows(query, request, ("campaign",))
+    if request.view == "ad":
+        return [r for r in funnel_rows(query, request, ("campaign", "ad")) if r["ad"]]
+    if request.view == "site":
+        return site_rows(query, request)
+    plan = plan_for(query, window, request.source)
+    if request.view == "events":
+        return rows(query, rollup_query.events_sql(window, filters, request.group or "day", plan))
+    if request.view == "pages":
+        return rows(query, rollup_query.pages_sql(window, filters, request.limit, plan))
+    if request.view == "referrers":
+        return rows(query, rollup_query.referrers_sql(window, filters, request.limit, plan))
+    raise ValueError(f"unknown view {request.view!r}; one of {', '.join(VIEWS)}")
+
+
+def funnel_rows(query: Query, request: Request, keys: tuple[str, ...]) -> list[dict[str, Any]]:
+    """Funnel figures per key: every machine rule, attributed conversions, rates."""
+    args = (query, request.window, request.filters, keys, request.group, request.source)
+    plan = plan_for(query, request.window, request.source)
+    counts = funnel_counts(*args, plan)
+    converted = conversions(*args, plan)
+    zero = dict.fromkeys(COUNTS, 0)
+    sent = request.sent if request.filters.campaign is not None else None
+    out = []
+    for key in sorted(set(counts) | set(converted)):
+        found = counts.get(key, zero)
+        if not any(found.values()) and key not in converted:
+            continue
+        out.append(
+            {**dict(zip(names(keys, request.group), key, strict=True)),
+             **funnel(found, converted.get(key, []), sent)}
+        )  # fmt: skip
+    return out
+
+
+def site_rows(query: Query, request: Request) -> list[dict[str, Any]]:
+    """Traffic per site, with the conversions whose pixel is on that site."""
+    window, filters = request.window, request.filters
+    plan = plan_for(query, window, request.source)
+    sql = rollup_query.site_sql(window, filters, request.group, plan)
+    found = rows(query, sql)
+    key_names = names(("site",), request.group)
+    site_filters = Filters(site=filters.site, verified_only=filters.verified_only)
+    converted = conversions(
+        query, window, site_filters, ("site",), request.group, request.source, plan
+    )
+    by_key = {tuple(str(r[k]) for k in key_names): r for r in found}
+    for key in converted:
+        by_key.setdefault(
+            key, {**dict(zip(key_names, key, strict=True)), "pageviews": 0, "unique_visitors": 0,
+                  "events": 0}
+        )  # fmt: skip
+    out = []
+    for key in sorted(by_key):
+        per_currency = converted.get(key, [])
+        row = by_key[key]
+        row["conversions"] = sum(c["conversions"] for c in per_currency)
+        row["revenue"] = revenue_by_currency(per_currency)
+        out.append(row)
+    return out

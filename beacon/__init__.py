@@ -1,0 +1,1 @@
+"""`beacon`: the command line; it dispatches to each part's commands."""

@@ -1,0 +1,303 @@
+"""The `beacon` command: serve, consume, run, migrate, report, kafka init, simulate, dashboard.
+
+The one place that reads os.environ: flags become BEACON_* overrides, and each process builds
+its frozen settings from the result.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import logging
+import os
+import sys
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+
+from collector.settings import Settings
+from consumers.settings import ConsumerSettings
+from contract.config import SettingsError
+
+# Flags shared by the subcommands, and the variable each one overrides.
+FLAGS = {
+    "data_dir": ("--data-dir", "BEACON_DATA_DIR", "directory for spool, store and secret"),
+    "host": ("--host", "BEACON_HOST", "collector listen address"),
+    "port": ("--port", "BEACON_PORT", "collector port"),
+    "sink": ("--sink", "BEACON_SINK", "auto, kafka, spool or memory"),
+    "store_port": ("--store-port", "BEACON_STORE_PORT", "the store's local query port"),
+    "kafka_bootstrap": ("--kafka-bootstrap", "BEACON_KAFKA_BOOTSTRAP", "Kafka host:port,..."),
+}
+SUBCOMMAND_FLAGS = {
+    "serve": ("data_dir", "host", "port", "sink"),
+    "consume": ("data_dir", "store_port"),
+    "run": ("data_dir", "host", "port", "store_port"),
+    "migrate": ("data_dir",),
+    "report": ("data_dir", "store_port"),
+    "kafka": ("kafka_bootstrap",),
+    "url": (),
+    "erase": ("data_dir", "store_port"),
+    "export": ("data_dir", "store_port"),
+    "simulate": (),
+    "dashboard": ("data_dir", "store_port"),
+    "settle": ("data_dir",),
+}
+SET_HELP = "any setting, by its variable name without BEACON_ (e.g. --set ip_mode=drop)"
+
+
+def parser() -> argparse.ArgumentParser:
+    top = argparse.ArgumentParser(prog="beacon", description="Beacon tracking-pixel collector")
+    subs = top.add_subparsers(dest="command", required=True)
+    helps = {
+        "serve": "run the collector (pixel, events, health, metrics)",
+        "consume": "move spooled events into the embedded ClickHouse store",
+        "run": "collector + consumer + embedded ClickHouse, supervised (the default setup)",
+        "migrate": "create or update the ClickHouse schema",
+        "report": "counts by day, campaign and event type; --view: campaigns, ads, sites, pages",
+        "kafka": "Kafka administration (kafka init: create the topics)",
+        "url": "signed tracking URLs and HTML snippets (open, click, impression, conversion)",
+        "erase": "delete one person's (or one site's) events, with an audit line",
+        "export": "one person's events as JSON, with an audit line",
+        "simulate": "send a known, seeded mix of traffic to a collector; print the truth",
+        "dashboard": "the read-only dashboard page, served from a ClickHouse server",
+        "settle": "settle or rebuild days of the rollups (the consumer does it by itself)",
+    }
+    for name, flag_names in SUBCOMMAND_FLAGS.items():
+        sub = subs.add_parser(name, help=helps[name], description=helps[name])
+        if name == "url":  # `beacon url KIND [options]`: one parser per kind of link
+            from collector.urls import add_url_kinds
+
+            for kind in add_url_kinds(sub):
+                kind.add_argument("--set", action="append", default=[], metavar="NAME=VALUE",
+                                  help=SET_HELP)  # fmt: skip
+            continue
+        if name == "kafka":  # `beacon kafka init [flags]`: the flags belong to the action
+            actions = sub.add_subparsers(dest="kafka_command", required=True)
+            text = "create the event and dead-letter topics (existing ones are left as they are)"
+            sub = actions.add_parser("init", help=text, description=text)
+        for key in flag_names:
+            flag, var, text = FLAGS[key]
+            sub.add_argument(flag, dest=key, help=f"{text} (env {var})")
+        sub.add_argument(
+            "--set", action="append", default=[], metavar="NAME=VALUE",
+            help=SET_HELP,
+        )  # fmt: skip
+        if name in ("serve", "run"):
+            sub.add_argument(
+                "--workers", type=worker_count, metavar="N",
+                help="collector processes on the port (SO_REUSEPORT); default: one per CPU",
+            )  # fmt: skip
+        if name == "report":  # views, windows, formats: analytics/report_cli.py
+            from analytics.report_cli import add_arguments as add_report_arguments
+
+            add_report_arguments(sub)
+        if name == "simulate":  # collector/simulate/
+            from collector.simulate.cli import add_arguments as add_simulate_arguments
+
+            add_simulate_arguments(sub)
+        if name == "dashboard":  # analytics/dashboard/
+            from analytics.dashboard.service import add_arguments as add_dashboard_arguments
+
+            add_dashboard_arguments(sub)
+        if name == "settle":  # analytics/rollup_cli.py
+            from analytics.rollup_cli import add_arguments as add_settle_arguments
+
+            add_settle_arguments(sub)
+        if name in ("erase", "export"):  # data subject requests (analytics/subject_cli.py)
+            from analytics.subject_cli import add_arguments
+
+            add_arguments(sub, name)
+    return top
+
+
+def worker_count(text: str) -> int:
+    try:
+        count = int(text)
+    except ValueError:
+        count = 0
+    if count < 1:
+        raise argparse.ArgumentTypeError(f"expected a whole number >= 1, got {text!r}")
+    return count
+
+
+def overrides(args: argparse.Namespace) -> dict[str, str]:
+    """BEACON_* values from the command line."""
+    out: dict[str, str] = {}
+    for key, (_, var, _) in FLAGS.items():
+        value = getattr(args, key, None)
+        if value is not None:
+            out[var] = str(value)
+    for item in args.set:
+        name, sep, value = item.partition("=")
+        if not sep:
+            raise SettingsError(f"--set {item!r}: expected NAME=VALUE")
+        out["BEACON_" + name.strip().upper()] = value
+    return out
+
+
+def banner(settings: Settings, consumer: ConsumerSettings) -> str:
+    base = f"http://{settings.host}:{settings.port}"
+    store = f"http://{consumer.store_host}:{consumer.store_port}"
+    dashboard = (
+        f"dashboard {store}/dashboard"
+        if consumer.dashboard_token
+        else "dashboard set BEACON_DASHBOARD_TOKEN for one at /dashboard on the store port"
+    )
+    return f"""Beacon is running: collector, consumer, embedded ClickHouse in {settings.data_dir}/
+  pixel    {base}/p.gif?e=open&s=demo&c=welcome&r=alice
+  events   curl -H 'Content-Type: application/json' -d '{{"e":"click","s":"demo"}}' {base}/e
+  report   beacon report --data-dir {settings.data_dir}
+  query    curl -H 'Content-Type: application/json' {store}/query \\
+             -d '{{"sql": "SELECT event_type, count() FROM beacon.events GROUP BY 1"}}'
+  metrics  {base}/metrics  {store}/metrics
+  {dashboard}
+Stop with Ctrl-C."""
+
+
+def main(argv: Sequence[str] | None = None, environ: Mapping[str, str] | None = None) -> int:
+    args = parser().parse_args(argv)
+    env = dict(os.environ if environ is None else environ)
+    logging.basicConfig(
+        level=env.get("BEACON_LOG_LEVEL", "INFO").upper(),
+        format="%(asctime)s %(levelname)s %(name)s %(message)s",
+    )
+    try:
+        env.update(overrides(args))
+        settings = Settings.from_env(env)
+        consumer = ConsumerSettings.from_env(env)
+        # Also what a command finds wrong as it starts (the kept visitor-id secret).
+        return COMMANDS[args.command](args, env, settings, consumer)
+    except SettingsError as exc:
+        print(f"beacon: {exc}", file=sys.stderr)
+        return 2
+
+
+def cmd_serve(args, env, settings: Settings, consumer: ConsumerSettings) -> int:  # type: ignore[no-untyped-def]
+    from collector.workers import MULTIPROC_ENV, default_workers, run_workers
+
+    workers = args.workers or default_workers()
+    if workers > 1:
+        return run_workers(settings, env, workers)
+    import uvloop
+
+    from collector.server import serve
+
+    # Set by run_workers for its workers (or by whoever runs this one process that way).
+    multiprocess_dir = Path(env[MULTIPROC_ENV]) if env.get(MULTIPROC_ENV) else None
+    uvloop.run(serve(settings, multiprocess_dir))
+    return 0
+
+
+def cmd_consume(args, env, settings: Settings, consumer: ConsumerSettings) -> int:  # type: ignore[no-untyped-def]
+    import uvloop
+
+    from consumers.service import consume
+
+    uvloop.run(consume(consumer))
+    return 0
+
+
+def cmd_run(args, env, settings: Settings, consumer: ConsumerSettings) -> int:  # type: ignore[no-untyped-def]
+    from collector.supervisor import supervise
+
+    serve_args = ["--workers", str(args.workers)] if args.workers else []
+    return supervise(env, banner(settings, consumer), serve_args)
+
+
+def cmd_migrate(args, env, settings: Settings, consumer: ConsumerSettings) -> int:  # type: ignore[no-untyped-def]
+    from analytics.migrations import migrate
+    from analytics.store.chdb import ChdbWriter
+
+    async def go() -> list[int]:
+        writer = ChdbWriter(consumer.store_dir)
+        try:
+            return await migrate(writer, consumer.retention_days)
+        finally:
+            await writer.close()
+
+    applied = asyncio.run(go())
+    print(f"applied migrations: {applied}" if applied else "schema is up to date")
+    return 0
+
+
+def cmd_report(args, env, settings: Settings, consumer: ConsumerSettings) -> int:  # type: ignore[no-untyped-def]
+    from analytics.report_cli import report_command
+
+    return report_command(consumer, args)
+
+
+def cmd_kafka(args, env, settings: Settings, consumer: ConsumerSettings) -> int:  # type: ignore[no-untyped-def]
+    from collector.kafka_admin import KafkaInitError, init_topics
+
+    # The only action so far is `init` (argparse requires one).
+    try:
+        topics = asyncio.run(init_topics(settings))
+    except KafkaInitError as exc:
+        print(f"beacon kafka init: {exc}", file=sys.stderr)
+        return 1
+    for topic in topics:
+        print(topic.describe())
+    return 0
+
+
+def cmd_url(args, env, settings: Settings, consumer: ConsumerSettings) -> int:  # type: ignore[no-untyped-def]
+    from collector.signing import load_keyring
+    from collector.urls import build, render
+
+    keyring = load_keyring(settings.signing_keys, settings.signing_key_file)
+    try:
+        result = build(args, settings.base_url, keyring)
+    except ValueError as exc:
+        print(f"beacon url {args.url_kind}: {exc}", file=sys.stderr)
+        return 2
+    sys.stdout.write(render(result, args.format))
+    return 0
+
+
+def cmd_erase(args, env, settings: Settings, consumer: ConsumerSettings) -> int:  # type: ignore[no-untyped-def]
+    from analytics.subject_cli import erase_command
+
+    return erase_command(consumer, args)
+
+
+def cmd_export(args, env, settings: Settings, consumer: ConsumerSettings) -> int:  # type: ignore[no-untyped-def]
+    from analytics.subject_cli import export_command
+
+    return export_command(consumer, args)
+
+
+def cmd_simulate(args, env, settings: Settings, consumer: ConsumerSettings) -> int:  # type: ignore[no-untyped-def]
+    from collector.simulate.cli import simulate_command
+
+    return simulate_command(settings, args)
+
+
+def cmd_dashboard(args, env, settings: Settings, consumer: ConsumerSettings) -> int:  # type: ignore[no-untyped-def]
+    from analytics.dashboard.service import dashboard_command
+
+    return dashboard_command(consumer, args)
+
+
+def cmd_settle(args, env, settings: Settings, consumer: ConsumerSettings) -> int:  # type: ignore[no-untyped-def]
+    from analytics.rollup_cli import settle_command
+
+    return settle_command(consumer, args)
+
+
+COMMANDS = {
+    "serve": cmd_serve,
+    "consume": cmd_consume,
+    "run": cmd_run,
+    "migrate": cmd_migrate,
+    "report": cmd_report,
+    "kafka": cmd_kafka,
+    "url": cmd_url,
+    "erase": cmd_erase,
+    "export": cmd_export,
+    "simulate": cmd_simulate,
+    "dashboard": cmd_dashboard,
+    "settle": cmd_settle,
+}
+
+
+if __name__ == "__main__":
+    sys.exit(main())
