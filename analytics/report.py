@@ -57,7 +57,7 @@ def run_query(settings: StoreSettings, sql: str, fmt: str = "JSONEachRow") -> st
     try:
         return writer.query_sync(sql, fmt)
     finally:
-        writer._close()
+        writer.close_sync()
 
 
 async def query_server(settings: StoreSettings, sql: str, fmt: str) -> str:

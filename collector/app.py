@@ -8,12 +8,12 @@ from aiohttp import web
 from aiohttp.typedefs import Handler
 
 from collector.buffer import EventBuffer
+from collector.destinations import CLICK_PATH
 from collector.handlers import MAX_BODY_BYTES, Collector
 from collector.limits import body_guard
 from collector.metrics import CollectorMetrics
 from collector.privacy import VisitorHasher
 from collector.ratelimit import rate_limit_buckets, rate_limit_middlewares
-from collector.redirect import PATH as CLICK_PATH
 from collector.redirect import ClickRedirect
 from collector.settings import Settings
 from collector.signing import SignatureGate, load_keyring

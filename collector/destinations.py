@@ -6,6 +6,7 @@ from __future__ import annotations
 import re
 from urllib.parse import urlsplit
 
+CLICK_PATH = "/c"  # the click redirect, whose signature covers this path
 MAX_DESTINATION_CHARS = 2000
 
 # The destination as a browser will read it: scheme, "//", then the authority. Anything that

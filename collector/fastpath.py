@@ -33,10 +33,10 @@ from typing import TYPE_CHECKING, Any, cast
 
 # aiohttp's own Cookie header parser, the one its Request.cookies calls (not public API; tests
 # compare both paths' answers and events in cookie mode).
-from aiohttp._cookie_helpers import parse_cookie_header
 from multidict import CIMultiDict, CIMultiDictProxy, MultiDictProxy
 from yarl import URL
 
+from collector.aiohttp_compat import parse_cookie_header
 from collector.handlers import Collector
 from collector.head_limits import MAX_FIELD_BYTES, MAX_HEADERS, MAX_LINE_BYTES
 from collector.metrics import CollectorMetrics

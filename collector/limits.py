@@ -22,6 +22,7 @@ from aiohttp.http_exceptions import HttpProcessingError
 from aiohttp.log import server_logger
 from aiohttp.web_protocol import RequestHandler, RequestPayloadError
 
+from collector import aiohttp_compat as compat
 from collector.errors import json_error
 from collector.head_limits import MAX_FIELD_BYTES, MAX_HEADERS, MAX_LINE_BYTES
 from collector.metrics import CollectorMetrics
@@ -97,9 +98,8 @@ class OwnWords(RequestHandler):
 
 
 def own_words(server: web.Server) -> Callable[[], RequestHandler]:
-    """A protocol factory like `server` itself, making OwnWords protocols. Reads the server's
-    private `_loop` and `_kwargs` (what web.Server.__call__ passes on)."""
-    return lambda: OwnWords(server, loop=server._loop, **server._kwargs)
+    """A protocol factory like `server` itself, making OwnWords protocols."""
+    return compat.protocol_factory(server, OwnWords)
 
 
 def handler_options(settings: Settings, metrics: CollectorMetrics) -> dict[str, Any]:
@@ -160,10 +160,12 @@ class GuardedConnection(asyncio.Protocol):
     def data_received(self, data: bytes) -> None:
         self._active = True
         inner = self._inner
-        count = inner._request_count
+        count = compat.requests_seen(inner)
         inner.data_received(data)
         # Bytes that completed no head while no request is handled: the start of a head.
-        self._partial = inner._request_count == count and inner._current_request is None
+        self._partial = compat.requests_seen(inner) == count and not compat.request_in_progress(
+            inner
+        )
 
     def eof_received(self) -> None:
         self._inner.eof_received()
@@ -185,9 +187,7 @@ class GuardedConnection(asyncio.Protocol):
     def idle(self) -> bool:
         """aiohttp waits for a request, none has started and every answer is sent (for the
         connection cap; a close waits for unsent bytes, which a client may never read)."""
-        # aiohttp's own keep-alive close tests the same private waiter for its idle state.
-        waiter = self._inner._waiter
-        if self._partial or waiter is None or waiter.done():
+        if self._partial or not compat.waiting_for_request(self._inner):
             return False
         transport = cast(asyncio.Transport, self._transport)  # uvloop's is not a subclass
         return transport is None or not transport.get_write_buffer_size()
@@ -203,8 +203,8 @@ class GuardedConnection(asyncio.Protocol):
     def _check(self) -> None:
         # aiohttp counts parsed request heads per connection and holds the request being
         # handled; neither is public, so tests/test_security.py guards this behaviour.
-        count = self._inner._request_count
-        if count != self._seen or self._inner._current_request is not None:
+        count = compat.requests_seen(self._inner)
+        if count != self._seen or compat.request_in_progress(self._inner):
             self._stalled = False
         elif self._active or self._stalled:
             if self._stalled:
@@ -243,8 +243,6 @@ class GuardedSite(web.TCPSite):
         self._cap = cap
 
     async def start(self) -> None:
-        # web.TCPSite.start, with the protocol factory wrapped.
-        await web.BaseSite.start(self)  # registers the site with its runner
         server = self._runner.server
         assert server is not None
         period_s, metrics, cap = self._header_timeout_s, self._metrics, self._cap
@@ -258,15 +256,7 @@ class GuardedSite(web.TCPSite):
         factory: Callable[[], asyncio.Protocol] = guarded if wrapped else inner
         if self._fast_paths is not None:
             factory = self._fast_paths.factory(factory)
-        self._server = await asyncio.get_running_loop().create_server(
-            factory,
-            self._host,
-            self._port,
-            backlog=self._backlog,
-            reuse_address=self._reuse_address,
-            reuse_port=self._reuse_port,
-        )
-        self._bound_port = self._server.sockets[0].getsockname()[1]
+        await compat.serve_site(self, factory)  # web.TCPSite.start, the factory wrapped
 
     async def stop(self) -> None:
         await super().stop()  # no new connections

@@ -13,12 +13,12 @@ from aiohttp import web
 from multidict import CIMultiDict, CIMultiDictProxy
 
 from collector import event as ev
+from collector.destinations import CLICK_PATH as PATH
 from collector.destinations import check_destination
 from collector.handlers import Collector
 from collector.request_view import is_prefetch
 from collector.signing import VALID, Keyring, verify
 
-PATH = "/c"
 CLICK_ID_PARAM = "bcid"
 
 # Every response here: nothing cached (each click is an event), and the tracking URL with its

@@ -9,9 +9,11 @@ import os
 import signal
 from pathlib import Path
 
+import aiohttp
 from aiohttp import web
 from prometheus_client import CollectorRegistry
 
+from collector import aiohttp_compat as compat
 from collector.app import COLLECTOR, create_app
 from collector.conncap import ConnectionCap, default_max_connections
 from collector.fastpath import fast_paths
@@ -83,6 +85,12 @@ async def serve(settings: Settings, multiprocess_dir: Path | None = None) -> Non
     `multiprocess_dir`: this is one of several workers (collector/workers.py) whose metrics
     meet there; /metrics then shows their sum.
     """
+    if not compat.tested_release():
+        log.warning(
+            "aiohttp %s is not a release collector/aiohttp_compat.py was read from (%s)",
+            aiohttp.__version__,
+            ", ".join(compat.KNOWN),
+        )
     settings = resolve_secret(settings)
     # A file past RLIMIT_FSIZE fails its write with EFBIG, counted as a spool or WAL error like a
     # full disk, instead of SIGXFSZ killing the worker with every event it holds (PostgreSQL

@@ -16,6 +16,8 @@ from typing import Any
 
 from prometheus_client.metrics import MetricWrapperBase
 
+from collector.aiohttp_compat import histogram_state
+
 
 class CounterTally:
     """Increments of one counter child."""
@@ -41,11 +43,11 @@ class HistogramTally:
     Folding adds to the child's per-bucket values and sum, which `observe()` updates one at a
     time; they are not public (tests/test_tallies.py compares the two ways)."""
 
-    __slots__ = ("bounds", "child", "counts", "total")
+    __slots__ = ("bounds", "buckets", "counts", "sum", "total")
 
     def __init__(self, child: Any) -> None:
-        self.child = child
-        self.bounds: list[float] = list(child._upper_bounds)  # the last one is +Inf
+        # The last bound is +Inf; buckets and sum are the child's own counters.
+        self.bounds, self.buckets, self.sum = histogram_state(child)
         self.counts = [0] * len(self.bounds)
         self.total = 0.0
 
@@ -59,10 +61,10 @@ class HistogramTally:
             return
         counts, self.counts = self.counts, [0] * len(self.bounds)
         total, self.total = self.total, 0.0
-        for bucket, n in zip(self.child._buckets, counts, strict=True):
+        for bucket, n in zip(self.buckets, counts, strict=True):
             if n:
                 bucket.inc(n)
-        self.child._sum.inc(total)
+        self.sum.inc(total)
 
 
 class Tallies(dict[Any, Any]):

@@ -14,8 +14,7 @@ from urllib.parse import quote, urlencode, urlsplit, urlunsplit
 import orjson
 
 from collector import event as ev
-from collector.destinations import check_destination
-from collector.redirect import PATH as CLICK_PATH
+from collector.destinations import CLICK_PATH, check_destination
 from collector.signing import SIG_PARAM, Keyring, sign
 
 PIXEL_PATH = "/p.gif"

@@ -15,9 +15,9 @@ from aiohttp import web
 from prometheus_client import CollectorRegistry
 
 from analytics.connect import open_reader, open_writer
+from analytics.migrations import migrate
 from analytics.query_server import create_query_app
 from analytics.rollup_settle import Settler, settle_loop
-from analytics.migrations import migrate
 from analytics.store import Writer
 from consumers.metrics import ConsumerMetrics
 from consumers.settings import ConsumerSettings

@@ -23,11 +23,11 @@ from pathlib import Path
 from typing import Any
 
 from analytics.campaign_report import campaign_report
+from analytics.migrations import migrate
 from analytics.report_window import Window
 from analytics.rollup_settle import Settler
 from analytics.rollups import ROLLUPS
 from analytics.schema import EVENTS
-from analytics.migrations import migrate
 from analytics.store.chdb import ChdbWriter
 from analytics.views import Request, view_rows
 

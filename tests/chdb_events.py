@@ -94,5 +94,5 @@ class Store:
 
     def close(self) -> None:
         if self._reader is not None:
-            self._reader._close()
-        self.writer._close()
+            self._reader.close_sync()
+        self.writer.close_sync()

@@ -377,7 +377,7 @@ def collector_process(tmp_path: Path, port: int, *extra: str) -> subprocess.Pope
     cmd = [
         sys.executable,
         "-m",
-        "collector",
+        "beacon",
         "serve",
         "--workers",
         "1",

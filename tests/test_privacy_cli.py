@@ -107,7 +107,7 @@ def ttl_days(data_dir: Path) -> str:
             "TSVRaw",
         )
     finally:
-        writer._close()
+        writer.close_sync()
     _, ttl, rest = create.partition(" TTL ")
     return ttl.split(" SETTINGS")[0] + rest.split(" SETTINGS")[0] if ttl else ""
 

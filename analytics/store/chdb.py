@@ -65,8 +65,9 @@ class ChdbWriter:
         return self._run(sql, fmt)
 
     async def close(self) -> None:
-        await asyncio.to_thread(self._close)
+        await asyncio.to_thread(self.close_sync)
 
-    def _close(self) -> None:
+    def close_sync(self) -> None:
+        """close() for a caller without an event loop (the report's own store)."""
         with self._lock:
             self._session.close()

@@ -103,9 +103,9 @@ class ChdbReader:
             raise
 
     async def close(self) -> None:
-        await asyncio.to_thread(self._close)
+        await asyncio.to_thread(self.close_sync)
 
-    def _close(self) -> None:
+    def close_sync(self) -> None:
         self._threads.shutdown(wait=False, cancel_futures=True)
         with self._control_lock:
             for reader in self._sessions:

@@ -35,8 +35,9 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(ROOT))
 
+from analytics.migrations import migrate  # noqa: E402
 from analytics.rollups import CLUSTER_SHARDING_KEYS, VIEWS, cluster_views  # noqa: E402
-from analytics.schema import DATABASE, migrate  # noqa: E402
+from analytics.schema import DATABASE  # noqa: E402
 from analytics.store import StoreError  # noqa: E402
 from consumers.settings import ConsumerSettings  # noqa: E402
 
