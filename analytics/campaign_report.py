@@ -21,41 +21,12 @@ from typing import Any
 
 import orjson
 
-from analytics import raw_query
-from analytics.funnel import (
-    Query,
-    conversions,
-    conversions_sql,
-    funnel_counts,
-    memo,
-    plan_for,
-    rows,
-)
-from analytics.report import run_query
+from analytics.funnel import Query, conversions, funnel_counts, memo, plan_for
+from analytics.report import cell, run_query
 from analytics.report_window import Filters, Window
 from analytics.settings import StoreSettings
 
 CENTS = Decimal("0.01")
-
-__all__ = ["Query", "rows"]
-
-
-def event_filter(days: int, site: str | None, campaign: str | None, verified_only: bool) -> str:
-    """The raw-events condition of a report over the last `days` (whole hours)."""
-    return raw_query.where_sql(Window.last_days(days), Filters(site, campaign, None, verified_only))
-
-
-def funnel_sql(where: str, by_ad: bool = False) -> str:
-    """Opens, clicks, sends and impressions of the raw events matching `where`, one row (or one
-    per ad)."""
-    return raw_query.funnel_sql(where, ("ad",) if by_ad else ())
-
-
-def attribution_sql(days: int, site: str | None, campaign: str | None, verified_only: bool) -> str:
-    """Conversions and revenue by (campaign, ad, currency) from raw events, last-click
-    attributed, each order id counted once."""
-    orders = raw_query.orders_sql(Window.last_days(days), Filters(site, None, None, verified_only))
-    return conversions_sql(orders, Filters(campaign=campaign), ("campaign", "ad"), None)
 
 
 def money(text: str) -> str:
@@ -142,28 +113,20 @@ def campaign_report(
 
 
 def format_campaign(report: dict[str, Any]) -> str:
-    def show(value: Any) -> str:
-        if value is None:
-            return "-"
-        if isinstance(value, dict):
-            return ", ".join(f"{v} {k}".strip() for k, v in value.items()) or "0"
-        if isinstance(value, float):
-            return f"{value:.2%}"
-        return str(value)
-
+    """The report as `beacon report --campaign` prints it: a figure a line, then each ad's."""
     lines = [f"campaign {report['campaign']}"]
     keys = [k for k in report if k not in ("campaign", "by_ad")]
-    lines += [f"  {k:<20} {show(report[k]):>14}" for k in keys]
+    lines += [f"  {k:<20} {cell(report[k]):>14}" for k in keys]
     for ad in report.get("by_ad", []):
         lines.append(f"\nad {ad['ad'] or '(none)'}")
         lines += [
-            f"  {k:<20} {show(ad[k]):>14}"
+            f"  {k:<20} {cell(ad[k]):>14}"
             for k in ("impressions", "clicks", "unique_clicks", "ctr", "conversions", "revenue")
         ]
     return "\n".join(lines) + "\n"
 
 
-def report_command(settings: StoreSettings, args: argparse.Namespace, window: Window) -> str:
+def campaign_text(settings: StoreSettings, args: argparse.Namespace, window: Window) -> str:
     """What `beacon report --campaign X` or `--attribution` prints."""
 
     def query(sql: str) -> str:

@@ -15,6 +15,7 @@ from pathlib import Path
 
 import orjson
 
+from analytics.report_window import sql_string
 from analytics.schema import EVENTS
 from analytics.store import Writer
 from contract.numbers import parse_uint
@@ -32,11 +33,6 @@ class RequestError(ValueError):
     def __init__(self, reason: str) -> None:
         super().__init__(reason)
         self.reason = reason
-
-
-def sql_string(value: str) -> str:
-    """A ClickHouse string literal (backslash and quote escaped)."""
-    return "'" + value.replace("\\", "\\\\").replace("'", "\\'") + "'"
 
 
 def condition(field: str, value: str) -> str:

@@ -103,40 +103,51 @@ SCANNER_MIN_LINKS = 2  # one link clicked fast is something a person does
 SCANNER_MAX_AFTER_SEND_S = 900  # when a send time is known, the burst starts within this
 
 
-def scanner_bursts_sql(events: str, where: str) -> str:
-    """(message, recipient, burst_at) of every recipient whose clicks cover all the links of
-    the message within SCANNER_WINDOW_MS, starting at burst_at.
+LINK = "cityHash64(url_host, url_path, url_query)"  # a destination: one link of a message
 
-    `events` is the table (read with FINAL) and `where` a filter on it (campaign, time).
-    The links of a message are the distinct destinations anyone clicked in it; a machine
-    event is then an open or click of that recipient within SCANNER_WINDOW_MS of burst_at.
+
+def scanner_candidates_sql(events: str, where: str) -> str:
+    """(message, recipient, t, t_ms) of every click that starts a window of SCANNER_WINDOW_MS
+    in which its recipient clicked every link of the message (at least SCANNER_MIN_LINKS).
+
+    `events` is what to read: the events table with FINAL, or without it where a replayed
+    click changes nothing (it repeats a time and a link); `where` a filter on it (campaign,
+    time). The links of a message are the distinct destinations anyone clicked in it.
     """
-    link = "cityHash64(url_host, url_path, url_query)"
     return f"""
-SELECT w.message AS message, w.recipient AS recipient, min(w.t) AS burst_at
-FROM (
+SELECT message, recipient, t, toUnixTimestamp64Milli(t) AS t_ms FROM (
     SELECT message, recipient, received_at AS t,
-           uniqExact({link}) OVER (
+           uniqExact({LINK}) OVER (
                PARTITION BY message, recipient ORDER BY toUnixTimestamp64Milli(received_at)
                RANGE BETWEEN CURRENT ROW AND {SCANNER_WINDOW_MS} FOLLOWING
-           ) AS covered
-    FROM {events} FINAL
-    WHERE event_type = 'click' AND recipient != '' AND ({where})
-) AS w
-INNER JOIN (
-    SELECT message, uniqExact({link}) AS links
-    FROM {events} FINAL
+           ) AS covered,
+           uniqExact({LINK}) OVER (PARTITION BY message) AS links
+    FROM {events}
     WHERE event_type = 'click' AND ({where})
-    GROUP BY message
-) AS m ON w.message = m.message
+)
+WHERE recipient != '' AND links >= {SCANNER_MIN_LINKS} AND covered = links"""
+
+
+def scanner_bursts_sql(events: str, where: str) -> str:
+    """(message, recipient, burst_at): the first candidate click of each recipient, unless a
+    send to them is known and the click is not within SCANNER_MAX_AFTER_SEND_S after it.
+
+    `events` and `where` as in scanner_candidates_sql; send times are read only for the
+    recipients with a candidate. A machine event is then an open or click of that recipient
+    within SCANNER_WINDOW_MS of burst_at.
+    """
+    candidates = scanner_candidates_sql(events, where)
+    people = f"SELECT message, recipient FROM ({candidates})"
+    return f"""
+SELECT c.message AS message, c.recipient AS recipient, min(c.t) AS burst_at
+FROM ({candidates}) AS c
 LEFT JOIN (
     SELECT message, recipient, min(received_at) AS sent_at
-    FROM {events} FINAL
+    FROM {events}
     WHERE event_type = 'send' AND ({where})
+      AND (message, recipient) IN ({people})
     GROUP BY message, recipient
-) AS s ON w.message = s.message AND w.recipient = s.recipient
-WHERE m.links >= {SCANNER_MIN_LINKS} AND w.covered = m.links
-  AND (s.sent_at = toDateTime64(0, 3, 'UTC')
-       OR dateDiff('second', s.sent_at, w.t) BETWEEN 0 AND {SCANNER_MAX_AFTER_SEND_S})
-GROUP BY w.message, w.recipient
-"""
+) AS s ON c.message = s.message AND c.recipient = s.recipient
+WHERE s.sent_at = toDateTime64(0, 3, 'UTC')
+   OR dateDiff('second', s.sent_at, c.t) BETWEEN 0 AND {SCANNER_MAX_AFTER_SEND_S}
+GROUP BY c.message, c.recipient"""

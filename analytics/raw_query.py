@@ -1,9 +1,9 @@
 """Report queries straight from `beacon.events FINAL`, written apart from the rollup ones.
 
 `beacon report --source raw` answers from these, and the tests hold them against the rollup
-path: two ways to the same numbers. The scanner rule (analytics/machine_opens.py) needs the
-clicks of each recipient in time order, which no rollup keeps, so the rollup path takes its
-share from here too (`scanner_sql`).
+path: two ways to the same numbers. Both take the scanner rule's bursts from
+analytics/machine_opens.py (`scanner_bursts_sql`), these with FINAL; the rollup path's share
+of the rule is in analytics/scanner_query.py.
 """
 
 from __future__ import annotations
@@ -43,8 +43,9 @@ def group_by(keys: tuple[str, ...], group: str | None) -> str:
 def funnel_sql(where: str, keys: tuple[str, ...] = (), group: str | None = None) -> str:
     """The funnel counts of the events matching `where`, every machine rule applied."""
     names = "".join(k + ", " for k in ([group] if group else []) + list(keys))
+    bursts = scanner_bursts_sql(f"{EVENTS} FINAL", where)
     return f"""
-WITH bursts AS ({scanner_bursts_sql(EVENTS, where)})
+WITH bursts AS ({bursts})
 SELECT {names}
     uniqExactIf(person, event_type = 'send') AS sent_events,
     countIf(event_type = 'impression') AS impressions,
@@ -63,36 +64,6 @@ FROM (
     FROM {EVENTS} AS e FINAL
     LEFT JOIN bursts AS b ON e.message = b.message AND e.recipient = b.recipient
     WHERE {where}
-)
-{group_by(keys, group)}
-"""
-
-
-def scanner_sql(where: str, keys: tuple[str, ...] = (), group: str | None = None) -> str:
-    """What the scanner rule changes in counts made from the per-row flags alone: opens and
-    clicks it makes machine ones, and people left with no human open or click."""
-    names = "".join(k + ", " for k in ([group] if group else []) + list(keys))
-    unflagged = f"NOT {FLAGGED}"
-    return f"""
-WITH bursts AS ({scanner_bursts_sql(EVENTS, where)})
-SELECT {names}
-    sum(burst_opens) AS machine_opens, sum(burst_clicks) AS machine_clicks,
-    countIf(burst_opens > 0 AND human_opens = 0) AS unique_human_opens,
-    countIf(burst_clicks > 0 AND human_clicks = 0) AS unique_clicks
-FROM (
-    SELECT {names}person,
-        countIf(event_type = 'open' AND in_burst) AS burst_opens,
-        countIf(event_type = 'open' AND NOT in_burst) AS human_opens,
-        countIf(event_type = 'click' AND in_burst) AS burst_clicks,
-        countIf(event_type = 'click' AND NOT in_burst) AS human_clicks
-    FROM (
-        SELECT {inner_keys(keys, group)}e.event_type AS event_type,
-               concat(e.message, char(0), e.recipient) AS person, {IN_BURST} AS in_burst
-        FROM {EVENTS} AS e FINAL
-        INNER JOIN bursts AS b ON e.message = b.message AND e.recipient = b.recipient
-        WHERE {where} AND e.event_type IN ('open', 'click') AND {unflagged}
-    )
-    GROUP BY {names}person
 )
 {group_by(keys, group)}
 """

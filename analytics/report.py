@@ -16,7 +16,6 @@ from typing import Any
 
 import orjson
 
-from analytics.report_window import sql_string
 from analytics.settings import StoreSettings
 from analytics.store import StoreError
 
@@ -26,8 +25,6 @@ FORMATS = ("table", "json", "csv")
 # What starts a formula in Excel, LibreOffice and Google Sheets:
 # https://owasp.org/www-community/attacks/CSV_Injection
 FORMULA_STARTS = ("=", "+", "-", "@", "\t", "\r")
-
-__all__ = ["sql_string"]
 
 
 class StoreUnavailable(Exception):
@@ -75,7 +72,7 @@ async def query_server(settings: StoreSettings, sql: str, fmt: str) -> str:
 
 
 def cell(value: Any) -> str:
-    """A figure as a table or CSV shows it."""
+    """A figure as a terminal table shows it (the views' and the campaign report's)."""
     if value is None or value == "":
         return "-"
     if isinstance(value, dict):  # revenue per currency

@@ -54,12 +54,12 @@ def report_text(settings: StoreSettings, args: argparse.Namespace) -> str:
     """What `beacon report` prints for `args`; raises ValueError for a bad window."""
     window = window_of(args)
     if args.view is None and (args.attribution or (args.campaign is not None and not args.by_day)):
-        from analytics.campaign_report import report_command
+        from analytics.campaign_report import campaign_text
 
         if args.format == "csv":
             raise ValueError("--campaign and --attribution print a table or JSON; for CSV use "
                              "--view campaign or --view ad")  # fmt: skip
-        return report_command(settings, args, window)
+        return campaign_text(settings, args, window)
     filters = Filters(args.site, args.campaign, args.ad, args.verified)
     group = args.group or ("day" if args.view in (None, "events") else None)
     request = Request(

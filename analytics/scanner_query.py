@@ -2,17 +2,13 @@
 
 The rule (analytics/machine_opens.py) needs each recipient's clicks in time order, which no
 rollup keeps, so this reads raw events; only clicks, then the opens and clicks of the people
-whose clicks formed a burst. It finds the same bursts as `scanner_bursts_sql`, cheaper:
+whose clicks formed a burst. It reads the rule's SQL (`scanner_candidates_sql`,
+`scanner_bursts_sql`) without FINAL: a replayed click repeats a time and a link, which
+changes no burst; the counts that a replay would change count event ids instead. It runs in
+steps: the candidate clicks first (usually none, or a few thousand), then the send times
+and the opens and clicks of just those people, named in the statement.
 
-- without FINAL: a replayed click repeats a time and a link, which changes no burst; the
-  counts that a replay would change count event ids instead;
-- the links of a message and each recipient's window in one pass over the clicks;
-- send times looked up only for recipients with a burst.
-
-- in steps: the candidate clicks first (usually none, or a few thousand), then the send
-  times and the opens and clicks of just those people, named in the statement.
-
-The raw path (analytics/raw_query.py) keeps `scanner_bursts_sql` itself; the tests hold both
+The raw path (analytics/raw_query.py) reads the same bursts with FINAL; the tests hold both
 paths to the same numbers.
 """
 
@@ -23,53 +19,18 @@ from typing import Any
 
 from analytics.machine_opens import (
     SCANNER_MAX_AFTER_SEND_S,
-    SCANNER_MIN_LINKS,
     SCANNER_WINDOW_MS,
+    scanner_bursts_sql,
+    scanner_candidates_sql,
 )
 from analytics.raw_query import FLAGGED, IN_BURST, group_by, inner_keys
 from analytics.report_window import sql_string
 from analytics.schema import EVENTS
 
-LINK = "cityHash64(url_host, url_path, url_query)"
 # Beyond this many people with a candidate burst, one statement with subqueries instead of
 # their names in SQL (the store port takes statements up to 256 KiB).
 MAX_LISTED_PEOPLE = 2000
 Fetch = Callable[[str], list[dict[str, Any]]]
-
-
-def candidates_sql(where: str) -> str:
-    """Clicks that start a window covering every link of their message."""
-    return f"""
-SELECT message, recipient, t, toUnixTimestamp64Milli(t) AS t_ms FROM (
-    SELECT message, recipient, received_at AS t,
-           uniqExact({LINK}) OVER (
-               PARTITION BY message, recipient ORDER BY toUnixTimestamp64Milli(received_at)
-               RANGE BETWEEN CURRENT ROW AND {SCANNER_WINDOW_MS} FOLLOWING
-           ) AS covered,
-           uniqExact({LINK}) OVER (PARTITION BY message) AS links
-    FROM {EVENTS}
-    WHERE event_type = 'click' AND ({where})
-)
-WHERE recipient != '' AND links >= {SCANNER_MIN_LINKS} AND covered = links"""
-
-
-def bursts_sql(where: str) -> str:
-    """(message, recipient, burst_at), as analytics.machine_opens.scanner_bursts_sql."""
-    candidates = candidates_sql(where)
-    people = f"SELECT message, recipient FROM ({candidates})"
-    return f"""
-SELECT c.message AS message, c.recipient AS recipient, min(c.t) AS burst_at
-FROM ({candidates}) AS c
-LEFT JOIN (
-    SELECT message, recipient, min(received_at) AS sent_at
-    FROM {EVENTS}
-    WHERE event_type = 'send' AND ({where})
-      AND (message, recipient) IN ({people})
-    GROUP BY message, recipient
-) AS s ON c.message = s.message AND c.recipient = s.recipient
-WHERE s.sent_at = toDateTime64(0, 3, 'UTC')
-   OR dateDiff('second', s.sent_at, c.t) BETWEEN 0 AND {SCANNER_MAX_AFTER_SEND_S}
-GROUP BY c.message, c.recipient"""
 
 
 def seconds_between(start_ms: int, end_ms: int) -> int:
@@ -81,7 +42,7 @@ def correction(fetch: Fetch, where: str, keys: tuple[str, ...], group: str | Non
     """correction_sql's rows, in steps: the candidate clicks; the send times of those people;
     their opens and clicks, counted here. Each step reads little; the people are named in
     the statement (as tuples for IN, which ClickHouse turns into a set)."""
-    found = fetch(candidates_sql(where))
+    found = fetch(scanner_candidates_sql(EVENTS, where))
     people = {(r["message"], r["recipient"]) for r in found}
     if not people:
         return []
@@ -148,7 +109,7 @@ def correction_sql(where: str, keys: tuple[str, ...] = (), group: str | None = N
     already), and people it leaves without a human open or click; one statement."""
     names = "".join(k + ", " for k in ([group] if group else []) + list(keys))
     return f"""
-WITH bursts AS ({bursts_sql(where)})
+WITH bursts AS ({scanner_bursts_sql(EVENTS, where)})
 SELECT {names}
     sum(burst_opens) AS machine_opens, sum(burst_clicks) AS machine_clicks,
     countIf(burst_opens > 0 AND human_opens = 0) AS unique_human_opens,

@@ -8,9 +8,9 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from analytics.store.readers import ReadLimits
+from contract import common
+from contract.common import PREFIX
 from contract.config import from_mapping, refuse_short_secret, setting
-
-PREFIX = "BEACON_"
 
 # A listen address is not an address to call.
 WILDCARD_HOSTS = frozenset({"", "0.0.0.0", "::", "[::]"})
@@ -20,7 +20,7 @@ WILDCARD_HOSTS = frozenset({"", "0.0.0.0", "::", "[::]"})
 class StoreSettings:
     """Everything a process that writes or reads the store needs; read once in __main__."""
 
-    data_dir: Path = setting(Path("data"), "where the spool and the embedded store live")
+    data_dir: Path = setting(common.DATA_DIR, common.DATA_DIR_HELP)
     store_host: str = setting("127.0.0.1", "address of the store's local query port")
     store_port: int = setting(
         8124, "port where the process owning the store answers queries", min=0

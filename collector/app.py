@@ -21,7 +21,7 @@ from collector.sinks import Sink
 from collector.sinks.kafka import KafkaSink
 from collector.snippet import PATH as SNIPPET_PATH
 from collector.snippet import SnippetHandler
-from collector.wal import make_wal
+from collector.spool.wal import make_wal
 
 COLLECTOR = web.AppKey("collector", Collector)
 
@@ -71,7 +71,7 @@ def create_app(settings: Settings, sink: Sink, metrics: CollectorMetrics) -> web
     # aiohttp enforces this while reading the body, also for chunked uploads without a length.
     app = web.Application(
         client_max_size=MAX_BODY_BYTES,
-        middlewares=rate_limit_middlewares(collector.rate_buckets, collector.client_ip, metrics),
+        middlewares=rate_limit_middlewares(collector),
     )
     app[COLLECTOR] = collector
     app.router.add_get("/p.gif", collector.pixel)  # add_get answers HEAD too

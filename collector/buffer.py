@@ -2,8 +2,8 @@
 
 Handlers only append bytes to a list; one pump task swaps the list out every `linger_ms`
 and hands it to the sink, so no request ever waits on disk or network. With a write-ahead log
-(BEACON_DURABILITY=wal, collector/wal.py) the event goes to the spool file instead, before the
-answer, and the pump only ages, fsyncs and recounts the log; the sink gets it from the spool.
+(BEACON_DURABILITY=wal, collector/spool/wal.py) the event goes to the spool file instead, before
+the answer, and the pump only ages, fsyncs and recounts the log; the sink gets it from the spool.
 """
 
 from __future__ import annotations
@@ -15,7 +15,7 @@ import time
 
 from collector.metrics import CollectorMetrics
 from collector.sinks import Sink
-from collector.wal import WriteAheadLog
+from collector.spool.wal import WriteAheadLog
 
 log = logging.getLogger("beacon.buffer")
 

@@ -166,22 +166,23 @@ class VisitorIds:
         consented: bool,
         notes: list[str],
         issued: list[int] | None,
-    ) -> int:
-        """The id for one event; a new cookie id goes into `issued` for the response.
+    ) -> tuple[int, bool]:
+        """The id for one event, and whether it is the new cookie id in `issued` (made for
+        this request, to be sent in its Set-Cookie if the event is stored).
 
         Without `issued` (an endpoint that sets no cookie) there is no point in a new id
         nobody keeps: the daily hash it is.
         """
         if self.cookie is not None and consented:
             if issued:  # an earlier event of this request made one
-                return issued[0]
+                return issued[0], True
             visitor_id = self.cookie.read(request.cookies, notes)
             if visitor_id:
-                return visitor_id
+                return visitor_id, False
             if issued is not None:
                 issued.append(self.cookie.new_id())
-                return issued[0]
-        return self.hasher.visitor_id(site, full_ip, user_agent, received_ms)
+                return issued[0], True
+        return self.hasher.visitor_id(site, full_ip, user_agent, received_ms), False
 
     def with_cookie(self, response: R, issued: list[int]) -> R:
         """`response` with the Set-Cookie of a visitor id made for it, if one was."""

@@ -10,7 +10,7 @@ from decimal import Decimal
 from typing import Any
 from urllib.parse import parse_qsl, urlencode, urlsplit
 
-from contract.event import SCHEMA_VERSION
+from contract.event import SCHEMA_VERSION, Rejected
 
 # engagement: scroll depth and engaged time of a page view, sent by the snippet (t.js).
 EVENT_TYPES = frozenset(
@@ -46,14 +46,6 @@ MAX_VALUE_TEXT_CHARS = 64  # far more than the column's 18 digits, with leading 
 UNRESERVED_RE = re.compile(r"[A-Za-z0-9_.~-]*")
 # Click ids are UUIDv7 strings made here; anything else would only ever fail to join.
 CLICK_ID_RE = re.compile(r"^[0-9a-f]{8}-[0-9a-f]{4}-7[0-9a-f]{3}-[0-9a-f]{4}-[0-9a-f]{12}$")
-
-
-class Rejected(Exception):
-    """The input cannot become an event; `reason` is a short label for counters and clients."""
-
-    def __init__(self, reason: str) -> None:
-        super().__init__(reason)
-        self.reason = reason
 
 
 def uuid7(now_ms: int) -> str:

@@ -182,7 +182,6 @@ class FastPaths:
             reason: metrics.fast_path_handoffs.labels(reason)
             for reason in ("other_request", "probe", "split_head")
         }
-        self.rate_limited = metrics.rate_limited.labels("pixel")
 
     def factory(self, inner: Callable[[], asyncio.Protocol]) -> Callable[[], asyncio.Protocol]:
         """A protocol factory for the listening socket: the fast path in front of `inner`."""
@@ -259,12 +258,10 @@ class PixelFastPath(asyncio.Protocol):
                 break
             started = time.perf_counter()
             parsed.remote = self._remote
-            buckets = collector.rate_buckets
             issued: list[int] = []  # a new visitor cookie id (cookie mode, consented)
             try:
-                if buckets is not None and buckets.take(collector.client_ip(parsed)):
-                    paths.rate_limited.inc()  # the GIF all the same, nothing recorded
-                    outcome = "rate_limited"
+                if collector.over_limit("pixel", parsed):
+                    outcome = "rate_limited"  # the GIF all the same, nothing recorded
                 else:
                     outcome = collector.pixel_outcome(parsed, issued)
             except Exception:  # a bug: aiohttp would answer 500, a pixel gets its GIF anyway

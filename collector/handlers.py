@@ -52,6 +52,7 @@ class Prepared(NamedTuple):
     transport: str
     notes: list[str]
     click_id: str  # the click id the row keeps ("" for other events and aggregate rows)
+    new_visitor: bool = False  # it carries the visitor cookie id made for this request
 
 
 class Collector:
@@ -95,7 +96,8 @@ class Collector:
         self.hot_path_seconds = Tallies(metrics.hot_path_seconds, HistogramTally)  # by endpoint
         self.accepted = Tallies(metrics.events_accepted, CounterTally)  # by transport
         self.fixed = Tallies(metrics.input_fixed, CounterTally)  # by reason
-        tallies = (self.requests, self.hot_path_seconds, self.accepted, self.fixed)
+        self.limited = Tallies(metrics.rate_limited, CounterTally)  # by endpoint
+        tallies = (self.requests, self.hot_path_seconds, self.accepted, self.fixed, self.limited)
         metrics.folds += [t.fold for t in tallies]
 
     # -- shared steps ----------------------------------------------------------------------
@@ -112,6 +114,17 @@ class Collector:
         if request is not self._last_view:
             self._last_view, self._last_view_ip = request, self._forwarded_ip(request)
         return self._last_view_ip
+
+    def over_limit(self, endpoint: str, request: RequestView) -> float:
+        """0.0 when the client may go ahead (no rate limit, or a token spent); else the seconds
+        until it may, counted once here for the middleware and the pixel fast path alike."""
+        buckets = self.rate_buckets
+        if buckets is None:
+            return 0.0
+        wait_s = buckets.take(self.client_ip(request))
+        if wait_s:
+            self.limited[endpoint].inc()
+        return wait_s
 
     def _forwarded_ip(self, request: RequestView) -> str:
         """The address the trusted proxies saw, counted when the header does not give one.
@@ -131,23 +144,6 @@ class Collector:
         self.fixed["bad_forwarded_header"].inc()
         return request.remote or ""
 
-    def record(
-        self,
-        request: RequestView,
-        fields: Mapping[str, str],
-        props: dict[str, str],
-        page_url: str,
-        transport: str,
-        notes: list[str],
-        verified: bool = False,
-        issued: list[int] | None = None,
-    ) -> str:
-        """Build one event and buffer it; returns the outcome label. Raises ev.Rejected."""
-        prepared = self.prepare(
-            request, fields, props, page_url, transport, notes, verified, issued
-        )
-        return self.commit(prepared)
-
     def prepare(
         self,
         request: RequestView,
@@ -162,7 +158,8 @@ class Collector:
         """Build and check one event, buffering and counting nothing. Raises ev.Rejected.
 
         `issued`, from endpoints that can set a cookie, receives a new cookie visitor id
-        (cookie mode, consented event, no cookie yet): the endpoint sends it in Set-Cookie.
+        (cookie mode, consented event, no cookie yet): the endpoint sends it in Set-Cookie if
+        an event that carries it (`new_visitor`) is stored.
         """
         headers = request.headers
         event_type = fields.get("e") or "pageview"
@@ -185,8 +182,9 @@ class Collector:
         full_ip = self.client_ip(request)
         user_agent = headers.get("User-Agent", "")
         visitor_id = 0
+        new_visitor = False
         if not (anonymous or aggregate):
-            visitor_id = self.visitor_ids.pick(
+            visitor_id, new_visitor = self.visitor_ids.pick(
                 request,
                 fields.get("s", ""),
                 full_ip,
@@ -215,7 +213,7 @@ class Collector:
         if aggregate:
             strip_identifiers(row)
         blob = serialise(row, notes)
-        return Prepared("", blob, transport, notes, row.get("click_id", ""))
+        return Prepared("", blob, transport, notes, row.get("click_id", ""), new_visitor)
 
     def commit(self, prepared: Prepared) -> str:
         """Buffer a prepared event (or count why it is not stored); the outcome label."""
@@ -272,21 +270,28 @@ class Collector:
         props = ev.clean_props(raw_props, notes) if raw_props else {}
         page_url = fields.get("u") or request.headers.get("Referer") or ""
         try:
-            return self.record(
-                request, fields, props, page_url, "pixel", notes, verified, issued=issued
+            prepared = self.prepare(
+                request, fields, props, page_url, "pixel", notes, verified, issued
             )
         except ev.Rejected as exc:
             self.metrics.events_dropped.labels(exc.reason).inc()
-            return "rejected"
+            outcome = "rejected"
+        else:
+            outcome = self.commit(prepared)
+        if issued and outcome != "recorded":
+            issued.clear()  # no visitor cookie for an event that is not stored
+        return outcome
 
     async def events(self, request: web.Request) -> web.Response:
         """POST /e: one JSON event or an array of them; 204, or 4xx with a short reason."""
         started = time.perf_counter()
         response = await self._events(request)
-        outcome = "recorded" if response.status == 204 else str(response.status)
+        self.events_done("recorded" if response.status == 204 else str(response.status), started)
+        return response
+
+    def events_done(self, outcome: str, started: float) -> None:
         self.requests["events", outcome].inc()
         self.hot_path_seconds["events"].observe(time.perf_counter() - started)
-        return response
 
     async def _events(self, request: web.Request) -> web.Response:
         # sendBeacon sends text/plain for strings and no type at all for an untyped Blob.
@@ -327,7 +332,14 @@ class Collector:
             except ev.Rejected as exc:  # parse_json_event checks the same: a backstop
                 self.metrics.events_dropped.labels(exc.reason).inc(len(items))
                 return json_error(400, exc.reason, index=index)
+        return self._commit_batch(prepared, issued)
+
+    def _commit_batch(self, prepared: list[Prepared], issued: list[int]) -> web.Response:
+        """Buffer a checked batch: 204, or 503 when the buffer was full for some of it."""
         outcomes = [self.commit(event) for event in prepared]
+        stored = zip(prepared, outcomes, strict=True)
+        if not any(event.new_visitor and outcome == "recorded" for event, outcome in stored):
+            issued.clear()  # no visitor cookie unless a stored event carries it
         if "buffer_full" in outcomes:
             # The client can retry a POST; tell it so instead of losing the event quietly.
             busy = json_error(503, "busy", recorded=outcomes.count("recorded"))

@@ -2,8 +2,10 @@
 
 Over the limit, a pixel still gets its GIF (a broken image helps nobody, and the client cannot
 act on an error) but the event is not recorded; POST /e gets a 429 with Retry-After, which
-sendBeacon and fetch callers can honour. Both are counted in beacon_rate_limited_total.
-Click redirects are not limited: a reader following a link must arrive.
+sendBeacon and fetch callers can honour. Both are counted in beacon_rate_limited_total, and
+counted and timed as requests like any other answer, by the collector (collector/handlers.py)
+for this middleware and the pixel fast path alike. Click redirects are not limited: a reader
+following a link must arrive.
 
 An IPv4 client has one address; an IPv6 one is usually given a whole /64 (RFC 6177), so
 IPv6 addresses share a bucket per network of BEACON_RATE_LIMIT_IPV6_PREFIX bits.
@@ -16,12 +18,12 @@ import socket
 import time
 from collections import OrderedDict
 from collections.abc import Callable
+from typing import Protocol
 
 from aiohttp import web
 from aiohttp.typedefs import Handler, Middleware
 
 from collector.errors import json_error
-from collector.metrics import CollectorMetrics
 from collector.pixel import GIF_BYTES, PIXEL_HEADERS
 from collector.privacy import COMPAT_PREFIX, MAPPED_PREFIX
 from collector.settings import Settings
@@ -112,13 +114,22 @@ def rate_limit_buckets(settings: Settings) -> TokenBuckets | None:
     )
 
 
-def rate_limit_middlewares(
-    buckets: TokenBuckets | None,
-    client_ip: Callable[[web.Request], str],
-    metrics: CollectorMetrics,
-) -> list[Middleware]:
-    """The rate-limit middleware over `buckets`, or none when the limit is off (no cost)."""
-    if buckets is None:
+class Limiter(Protocol):
+    """What the middleware asks of the collector (collector/handlers.py's Collector)."""
+
+    rate_buckets: TokenBuckets | None
+
+    def over_limit(self, endpoint: str, request: web.Request) -> float: ...
+
+    def pixel_done(self, outcome: str, started: float) -> None: ...
+
+    def events_done(self, outcome: str, started: float) -> None: ...
+
+
+def rate_limit_middlewares(limiter: Limiter) -> list[Middleware]:
+    """The rate-limit middleware over the limiter's buckets, or none when the limit is off (no
+    cost)."""
+    if limiter.rate_buckets is None:
         return []
 
     @web.middleware
@@ -126,17 +137,17 @@ def rate_limit_middlewares(
         endpoint = LIMITED.get(request.path)
         if endpoint is None:
             return await handler(request)
-        wait_s = buckets.take(client_ip(request))
+        started = time.perf_counter()
+        wait_s = limiter.over_limit(endpoint, request)
         if not wait_s:
             return await handler(request)
-        metrics.rate_limited.labels(endpoint).inc()
         if endpoint == "pixel":
-            metrics.requests.labels("pixel", "rate_limited").inc()
+            limiter.pixel_done("rate_limited", started)
             return web.Response(body=GIF_BYTES, headers=PIXEL_HEADERS)
-        metrics.requests.labels("events", "429").inc()
         retry_after_s = math.ceil(wait_s)
         response = json_error(429, "rate_limited", retry_after_s=retry_after_s)
         response.headers["Retry-After"] = str(retry_after_s)
+        limiter.events_done("429", started)
         return response
 
     return [rate_limit]

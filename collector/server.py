@@ -24,6 +24,7 @@ from collector.sinks import Sink
 from collector.sinks.kafka import KafkaSink
 from collector.sinks.memory import MemorySink
 from collector.sinks.spool import SpoolSink
+from collector.spool.writer import spool_limits
 from contract.config import MIN_SECRET_CHARS, SettingsError
 
 log = logging.getLogger("beacon.collector")
@@ -67,13 +68,7 @@ def make_sink(settings: Settings, metrics: CollectorMetrics) -> Sink:
         discarded = metrics.events_dropped.labels("memory_sink_discarded")
         return MemorySink(settings.buffer_max_events, discarded.inc)
     # The Kafka sink spills into the same spool the embedded setup uses as its only sink.
-    spool = SpoolSink(
-        settings.spool_dir,
-        metrics,
-        segment_max_bytes=settings.spool_segment_max_bytes,
-        segment_max_age_ms=settings.spool_segment_max_age_ms,
-        max_bytes=settings.spool_max_bytes,
-    )
+    spool = SpoolSink(settings.spool_dir, metrics, **spool_limits(settings))
     if uses_kafka(settings):
         return KafkaSink(settings, metrics, spool).start()
     return spool

@@ -10,9 +10,9 @@ from pathlib import Path
 from collector.consent import COOKIE_DOMAIN_RE, COOKIE_NAME_RE
 from collector.destinations import check_destination
 from collector.signing import load_keyring
+from contract import common
+from contract.common import PREFIX
 from contract.config import SettingsError, from_mapping, refuse_short_secret, setting
-
-PREFIX = "BEACON_"
 
 
 @dataclass(frozen=True, slots=True)
@@ -21,7 +21,7 @@ class Settings:
 
     host: str = setting("127.0.0.1", "address to listen on")
     port: int = setting(8080, "port to listen on", min=0)
-    data_dir: Path = setting(Path("data"), "where the spool, the store and the secret live")
+    data_dir: Path = setting(common.DATA_DIR, common.DATA_DIR_HELP)
     sink: str = setting(
         "auto",
         "where events go; auto: kafka when a bootstrap is set, else spool",
@@ -89,8 +89,8 @@ class Settings:
     )
 
     kafka_bootstrap: str = setting("", "Kafka bootstrap servers (host:port,...); empty: no Kafka")
-    kafka_topic: str = setting("beacon.events", "topic events are produced to")
-    kafka_dlq_topic: str = setting("beacon.events.dlq", "topic for records consumers cannot decode")
+    kafka_topic: str = setting(common.EVENTS_TOPIC, common.EVENTS_TOPIC_HELP)
+    kafka_dlq_topic: str = setting(common.DLQ_TOPIC, common.DLQ_TOPIC_HELP)
     kafka_partitions: int = setting(
         6, "partitions of the topics `beacon kafka init` creates", min=1
     )
@@ -200,7 +200,7 @@ class Settings:
 
     @property
     def spool_dir(self) -> Path:
-        return self.data_dir / "spool"
+        return common.spool_dir(self.data_dir)
 
     @property
     def base_url(self) -> str:

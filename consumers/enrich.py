@@ -9,44 +9,36 @@ import orjson
 
 from analytics.machine_opens import classify_open
 from consumers.useragent import UserAgentParser
-from contract.event import SCHEMA_VERSION
+from contract.event import SCHEMA_VERSION, Rejected
 
 # What collector.event writes into the Decimal(18, 4) column: digits, at most 4 decimals.
 VALUE_RE = re.compile(r"^\d{1,14}(?:\.\d{1,4})?$")
 UUID_RE = re.compile(r"^[0-9a-fA-F]{8}-(?:[0-9a-fA-F]{4}-){3}[0-9a-fA-F]{12}$")
 
 
-class BadRow(Exception):
-    """A line that cannot become a row; `reason` labels the counter (and the DLQ header)."""
-
-    def __init__(self, reason: str) -> None:
-        super().__init__(reason)
-        self.reason = reason
-
-
 def decode(line: bytes) -> dict[str, Any]:
-    """Parse and check one wire event; raises BadRow."""
+    """Parse and check one wire event; raises Rejected."""
     try:
         event = orjson.loads(line)
     except orjson.JSONDecodeError:
-        raise BadRow("malformed_json") from None
+        raise Rejected("malformed_json") from None
     if not isinstance(event, dict) or "event_id" not in event:
-        raise BadRow("not_an_event")
+        raise Rejected("not_an_event")
     event_id = event["event_id"]
     if not (isinstance(event_id, str) and UUID_RE.match(event_id)):
-        raise BadRow("bad_event_id")  # the UUID column would refuse the whole insert
+        raise Rejected("bad_event_id")  # the UUID column would refuse the whole insert
     # Older versions only lack fields; their columns read the defaults.
     if event.get("schema_version", 0) > SCHEMA_VERSION:
-        raise BadRow("unknown_schema_version")
+        raise Rejected("unknown_schema_version")
     if not isinstance(event.get("received_at"), int):
-        raise BadRow("bad_received_at")
+        raise Rejected("bad_received_at")
     if not isinstance(event.get("user_agent", ""), str):
-        raise BadRow("bad_user_agent")
+        raise Rejected("bad_user_agent")
     # ClickHouse refusing one value would fail the whole insert: check it here, per row.
     if "value" in event and not (
         isinstance(event["value"], str) and VALUE_RE.match(event["value"])
     ):
-        raise BadRow("bad_value")
+        raise Rejected("bad_value")
     return event
 
 

@@ -52,7 +52,8 @@ class ConsumerMetrics:
             "Batches inserted again after a restart (deduplicated by token).",
             registry=registry,
         )
-        # Kafka source (zero when the consumer reads the spool).
+        # lag_records, dlq_records and paused_partitions are the Kafka source's (zero when the
+        # consumer reads the spool); retries and batches count for either source.
         self.lag_records = Gauge(
             "beacon_consumer_lag_records",
             "Records in a partition not yet committed: end offset - committed offset.",

@@ -1,131 +1,166 @@
-"""The consume loop: read, batch by rows and age, enrich, insert with a dedup token, commit."""
+"""The consume loop: read, cut batches, enrich, insert with a dedup token, acknowledge.
+
+One loop for every source (consumers/sources/protocol.py: the spool, a Kafka group). Each batch
+goes through steps that each happen once:
+  enrich -> rejects to the feed (Kafka: the DLQ, acked; spool: the log)
+  -> record the batch as in flight (Kafka: commit metadata, see sources/kafka_batches.py;
+     spool: the checkpoint) -> insert with the feed's token
+  -> commit (Kafka: last + 1; spool: the checkpoint past it).
+A failed step holds the batch (Kafka pauses its partition; the spool reads no further) and is
+retried with capped exponential backoff; the loop keeps reading meanwhile, so a Kafka member
+stays in its group and the other partitions keep moving. Nothing is committed past a record
+that is not stored or rejected.
+
+On stop, everything buffered (for the spool: everything spooled) is cut into batches and each
+step is tried once more, pass after pass while batches get committed; a batch that still fails
+stays recorded, and the next start replays it with its token, so a batch that did land is not
+stored twice; consumers/replay_check.py checks the ids after.
+"""
 
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 import time
+from collections.abc import Awaitable, Callable
 
 from analytics.schema import EVENTS
 from analytics.store import StoreError, Writer
-from consumers.enrich import BadRow, Enricher
-from consumers.event_rows import EventRows
+from consumers.enrich import Enricher
 from consumers.metrics import ConsumerMetrics
 from consumers.replay_check import insert_replay
 from consumers.settings import ConsumerSettings
-from consumers.sources.spool import Range, SpoolSource, token_for
+from consumers.sources.protocol import Batch, Feed
 
 log = logging.getLogger("beacon.consumer")
 
 
-def merge(ranges: list[Range]) -> list[Range]:
-    """Join ranges that continue each other in the same segment."""
-    merged: list[Range] = []
-    for r in ranges:
-        if merged and merged[-1].segment == r.segment and merged[-1].end == r.start:
-            merged[-1] = Range(r.segment, merged[-1].start, r.end)
-        else:
-            merged.append(r)
-    return merged
-
-
-class SpoolPipeline:
-    """Moves spooled events into ClickHouse, exactly once in effect."""
+class Pipeline:
+    """Moves events from a feed into ClickHouse, exactly once in effect."""
 
     def __init__(
-        self,
-        source: SpoolSource,
-        writer: Writer,
-        metrics: ConsumerMetrics,
-        settings: ConsumerSettings,
+        self, feed: Feed, writer: Writer, metrics: ConsumerMetrics, settings: ConsumerSettings
     ) -> None:
-        self.source = source
+        self.feed = feed
         self.writer = writer
         self.metrics = metrics
-        self.max_rows = settings.batch_max_rows
-        self.max_age_s = settings.batch_max_age_ms / 1000
-        self.poll_s = settings.poll_interval_ms / 1000
         self.retry_max_s = settings.retry_max_ms / 1000
         self.enricher = Enricher()
 
     async def run(self, stop: asyncio.Event) -> None:
-        """Consume until `stop` is set, then insert everything already spooled and return."""
-        if self.source.pending:
-            rows = self.source.read_ranges(self.source.pending)
-            self.metrics.replayed_batches.inc()
-            log.info("replaying a pending batch of %d rows", len(rows))
-            if not await self._insert(rows, self.source.pending, stop, replay=True):
-                return
-        rows = []
-        ranges: list[Range] = []
-        first_at = 0.0
-        while True:
-            stopping = stop.is_set()
-            new, new_ranges = await asyncio.to_thread(self.source.read, self.max_rows - len(rows))
-            self.metrics.rows_read.inc(len(new))
-            if new:
-                if not rows:
-                    first_at = time.monotonic()
-                rows.extend(new)
-                ranges.extend(new_ranges)
-            due = len(rows) >= self.max_rows or time.monotonic() - first_at >= self.max_age_s
-            if rows and (due or (stopping and not new)):
-                if not await self._insert(rows, merge(ranges), stop):
-                    return  # stopping while the store fails: the checkpoint keeps the batch
-                rows, ranges = [], []
-                continue
-            self.metrics.backlog_segments.set(self.source.backlog_segments())
-            if stopping and not new:
-                return
-            if not new:
-                with contextlib.suppress(TimeoutError):
-                    await asyncio.wait_for(stop.wait(), self.poll_s)
+        """Consume until `stop` is set, store what is buffered, release the source, return."""
+        await self.feed.start()
+        try:
+            while not stop.is_set():
+                read = await self._read(final=False)
+                committed = await self._flush(final=False)
+                self.feed.after_pass()
+                if not read and not committed:
+                    await self.feed.idle(stop)
+            while True:
+                await self._read(final=True)
+                if not await self._flush(final=True):
+                    break  # everything is stored, or the store fails: then leave it
+        finally:
+            await self.feed.stop()
 
-    def reject(self, reason: str, ranges: list[Range]) -> None:
-        self.metrics.rows_rejected.labels(reason).inc()
-        log.warning("spool row rejected (%s) in %s", reason, ranges[0].segment)
+    async def _read(self, final: bool) -> int:
+        read = await self.feed.read(final)
+        self.metrics.rows_read.inc(read)
+        return read
 
-    async def _insert(
-        self, lines: list[bytes], ranges: list[Range], stop: asyncio.Event, replay: bool = False
-    ) -> bool:
-        """Insert one batch, retrying with backoff; False if told to stop before it landed.
+    async def _flush(self, final: bool) -> bool:
+        """Move every due batch one attempt further; True if any got committed."""
+        now = time.monotonic()
+        due = [b for b in self.feed.batches(now, final) if final or now >= b.retry_at]
+        for batch in due:
+            self._prepare(batch)
+        due = await self._reject(due)
+        due = await self._mark(due)
+        due = await self._insert(due)
+        return await self._commit(due)
 
-        A `replay` (the checkpoint's pending batch) checks the ids after (replay_check.py).
-        """
-        await asyncio.to_thread(self.source.begin, ranges)  # an fsync: not on the loop
-        events = []
-        for line in lines:
-            try:
-                events.append(self.enricher.enrich(line))
-            except BadRow as exc:
-                self.reject(exc.reason, ranges)
-        rows, unfit = EventRows.build(events)
-        for _, reason in unfit:
-            self.reject(reason, ranges)
-        good = len(rows)
-        token = token_for(ranges)
-        delay_s = 0.1
-        while good:
+    # -- the steps of a batch ---------------------------------------------------------------
+
+    def _prepare(self, batch: Batch) -> None:
+        if not batch.prepared:
+            batch.prepare(self.enricher)
+            for _, reason in batch.rejects:
+                self.metrics.rows_rejected.labels(reason).inc()
+
+    async def _reject(self, batches: list[Batch]) -> list[Batch]:
+        ok = []
+        for batch in batches:
+            if not batch.rejects_taken:
+                try:
+                    await self.feed.reject(batch)
+                except self.feed.errors as exc:
+                    self._fail(batch, "dlq", exc)
+                    continue
+                batch.rejects_taken = True
+            ok.append(batch)
+        return ok
+
+    async def _mark(self, batches: list[Batch]) -> list[Batch]:
+        batches = [b for b in batches if self.feed.owns(b)]
+        todo = [b for b in batches if not b.marked]
+        if todo and not await self._all("mark", todo, self.feed.mark):
+            return [b for b in batches if b.marked]
+        for batch in todo:
+            batch.marked = True
+        return batches
+
+    async def _insert(self, batches: list[Batch]) -> list[Batch]:
+        async def one(batch: Batch) -> bool:
+            if batch.stored or batch.rows is None or batch.good == 0:
+                return True
             started = time.perf_counter()
             try:
-                if replay:
-                    await insert_replay(self.writer, rows, token)
+                if batch.replay:
+                    await insert_replay(self.writer, batch.rows, batch.token)
                 else:
-                    await self.writer.insert(EVENTS, rows, token)
+                    await self.writer.insert(EVENTS, batch.rows, batch.token)
             except StoreError as exc:
                 self.metrics.inserts.labels("error").inc()
-                log.warning("insert failed, retrying in %.1fs: %s", delay_s, str(exc)[:300])
-                if stop.is_set():
-                    return False
-                with contextlib.suppress(TimeoutError):
-                    await asyncio.wait_for(stop.wait(), delay_s)
-                delay_s = min(delay_s * 2, self.retry_max_s)
-                continue
+                self._fail(batch, "insert", exc)
+                return False
             self.metrics.insert_seconds.observe(time.perf_counter() - started)
             self.metrics.inserts.labels("ok").inc()
-            self.metrics.rows_inserted.inc(good)
-            self.metrics.batch_rows.observe(good)
-            break
-        await asyncio.to_thread(self.source.commit, ranges)
+            self.metrics.rows_inserted.inc(batch.good)
+            self.metrics.batch_rows.observe(batch.good)
+            batch.stored = True
+            return True
+
+        # Concurrent across batches: an HTTP writer overlaps them, chDB takes them in turn.
+        results = await asyncio.gather(*(one(b) for b in batches))
+        return [b for b, ok in zip(batches, results, strict=True) if ok]
+
+    async def _commit(self, batches: list[Batch]) -> bool:
+        batches = [b for b in batches if self.feed.owns(b)]
+        if not batches or not await self._all("commit", batches, self.feed.commit):
+            return False
+        for batch in batches:
+            self.metrics.batches.labels("stored" if batch.good else "rejected").inc()
         return True
+
+    async def _all(
+        self, step: str, batches: list[Batch], call: Callable[[list[Batch]], Awaitable[None]]
+    ) -> bool:
+        """One call of the feed for several batches (one Kafka commit); all fail together."""
+        try:
+            await call(batches)
+        except self.feed.errors as exc:
+            for batch in batches:
+                self._fail(batch, step, exc)
+            return False
+        return True
+
+    def _fail(self, batch: Batch, step: str, exc: Exception) -> None:
+        if not self.feed.owns(batch):
+            return  # revoked meanwhile: the next owner reads it again
+        delay_s = batch.failed(time.monotonic(), self.retry_max_s)
+        self.feed.hold(batch)
+        self.metrics.retries.labels(step).inc()
+        self.metrics.batches.labels("failed").inc()
+        log.warning("%s: %s failed, paused for %.1fs: %s", batch.label, step, delay_s,
+                    str(exc)[:300])  # fmt: skip

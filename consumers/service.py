@@ -20,7 +20,9 @@ from analytics.query_server import create_query_app
 from analytics.rollup_settle import Settler, settle_loop
 from analytics.store import Writer
 from consumers.metrics import ConsumerMetrics
+from consumers.pipeline import Pipeline
 from consumers.settings import ConsumerSettings
+from consumers.sources.protocol import Feed
 
 log = logging.getLogger("beacon.consumer")
 
@@ -31,8 +33,8 @@ async def run_pipeline(
     """Consume from Kafka or from the spool until `stop` is set."""
     if settings.kafka_bootstrap:
         from consumers.dlq import DeadLetters
-        from consumers.kafka_pipeline import KafkaPipeline
         from consumers.sources.kafka import KafkaSource
+        from consumers.sources.kafka_feed import KafkaFeed
 
         log.info(
             "consuming %s as group %s from %s",
@@ -42,13 +44,14 @@ async def run_pipeline(
         )
         source = KafkaSource(settings)
         dead_letters = DeadLetters(settings.kafka_bootstrap, settings.kafka_dlq_topic)
-        await KafkaPipeline(source, writer, dead_letters, metrics, settings).run(stop)
+        feed: Feed = KafkaFeed(source, dead_letters, metrics, settings)
     else:
-        from consumers.pipeline import SpoolPipeline
         from consumers.sources.spool import SpoolSource
+        from consumers.sources.spool_feed import SpoolFeed
 
         spool = SpoolSource(settings.spool_dir, settings.checkpoint_path)
-        await SpoolPipeline(spool, writer, metrics, settings).run(stop)
+        feed = SpoolFeed(spool, metrics, settings)
+    await Pipeline(feed, writer, metrics, settings).run(stop)
 
 
 async def consume(settings: ConsumerSettings) -> None:

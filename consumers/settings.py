@@ -8,6 +8,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from analytics.settings import PREFIX, StoreSettings
+from contract import common
 from contract.config import from_mapping, setting
 
 
@@ -23,8 +24,8 @@ class ConsumerSettings(StoreSettings):
     retry_max_ms: int = setting(30_000, "longest wait between retries of a failed insert", min=1)
 
     kafka_bootstrap: str = setting("", "Kafka bootstrap servers; empty: read the local spool")
-    kafka_topic: str = setting("beacon.events", "topic to consume")
-    kafka_dlq_topic: str = setting("beacon.events.dlq", "where undecodable records go")
+    kafka_topic: str = setting(common.EVENTS_TOPIC, common.EVENTS_TOPIC_HELP)
+    kafka_dlq_topic: str = setting(common.DLQ_TOPIC, common.DLQ_TOPIC_HELP)
     kafka_group: str = setting("beacon-consumers", "consumer group id")
     kafka_max_records: int = setting(5000, "records per getmany() at most", min=1)
     kafka_session_timeout_ms: int = setting(
@@ -40,7 +41,7 @@ class ConsumerSettings(StoreSettings):
 
     @property
     def spool_dir(self) -> Path:
-        return self.data_dir / "spool"
+        return common.spool_dir(self.data_dir)
 
     @property
     def checkpoint_path(self) -> Path:

@@ -4,7 +4,7 @@
     python -m loadtest.bench_consumer --insert-only [--events 60000]
 
 Fills a fresh topic (or spool) with realistic events first (bench_enrich's user-agent mix),
-then runs the real pipeline of `beacon consume` (KafkaPipeline or SpoolPipeline, Enricher,
+then runs the real pipeline of `beacon consume` (Pipeline over a Kafka or spool feed, Enricher,
 ChdbWriter) in this process, pinned to one CPU with chDB's threads, until every event is in
 ClickHouse. The broker and the producer run on the other CPU. Reports events per wall second
 between the first read and the last insert (on one CPU: per core), and events per CPU second
@@ -110,6 +110,7 @@ async def consume(opts: argparse.Namespace, workdir: Path, bootstrap: str, topic
     from analytics.migrations import migrate
     from analytics.store.chdb import ChdbWriter
     from consumers.metrics import ConsumerMetrics
+    from consumers.pipeline import Pipeline
     from consumers.settings import ConsumerSettings
 
     settings = ConsumerSettings.from_env(
@@ -130,20 +131,19 @@ async def consume(opts: argparse.Namespace, workdir: Path, bootstrap: str, topic
     stop = asyncio.Event()
     if opts.source == "kafka":
         from consumers.dlq import DeadLetters
-        from consumers.kafka_pipeline import KafkaPipeline
         from consumers.sources.kafka import KafkaSource
+        from consumers.sources.kafka_feed import KafkaFeed
 
         dead_letters = DeadLetters(bootstrap, settings.kafka_dlq_topic)
-        pipeline: Any = KafkaPipeline(
-            KafkaSource(settings), writer, dead_letters, metrics, settings
-        )
+        feed: Any = KafkaFeed(KafkaSource(settings), dead_letters, metrics, settings)
     else:
-        from consumers.pipeline import SpoolPipeline
         from consumers.sources.spool import SpoolSource
+        from consumers.sources.spool_feed import SpoolFeed
 
         fill_spool(settings.spool_dir, opts.lines)
         source = SpoolSource(settings.spool_dir, settings.checkpoint_path)
-        pipeline = SpoolPipeline(source, writer, metrics, settings)
+        feed = SpoolFeed(source, metrics, settings)
+    pipeline = Pipeline(feed, writer, metrics, settings)
 
     def value(metric: Any) -> float:
         return float(metrics.registry.get_sample_value(metric) or 0.0)

@@ -8,7 +8,9 @@ from urllib.parse import parse_qsl, urlsplit
 import orjson
 import pytest
 
-from analytics.campaign_report import attribution_sql, campaign_report, format_campaign, money
+from analytics.campaign_report import campaign_report, format_campaign, money
+from analytics.funnel import SOURCES, conversions
+from analytics.report_window import Filters, Window
 from beacon.__main__ import main
 from collector.signing import Keyring, verify
 from tests.chdb_events import Store, hour_ago_ms, wire
@@ -97,8 +99,10 @@ def store(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Store]:
     s.close()
 
 
-def test_attribution_by_click_id_counts_each_order_once(store):
-    found = store.rows(attribution_sql(1, None, None, False))
+@pytest.mark.parametrize("source", SOURCES)
+def test_attribution_by_click_id_counts_each_order_once(store, source):
+    per_key = conversions(store.query, Window.last_days(1), Filters(), source=source)
+    found = [row for rows in per_key.values() for row in rows]
     got = {
         (r["campaign"], r["ad"], r["currency"]): (r["conversions"], money(r["revenue"]))
         for r in found

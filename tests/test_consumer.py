@@ -25,9 +25,10 @@ from collector.metrics import CollectorMetrics
 from collector.sinks.spool import SpoolSink
 from consumers.enrich import Enricher
 from consumers.metrics import ConsumerMetrics
-from consumers.pipeline import SpoolPipeline, merge
+from consumers.pipeline import Pipeline
 from consumers.settings import ConsumerSettings
 from consumers.sources.spool import SpoolSource, token_for
+from consumers.sources.spool_feed import SpoolFeed, merge
 from contract.segments import closed_segments
 from tests.chdb_events import mail_opens
 from tests.helpers import free_port, metric_value, store_port_query
@@ -88,7 +89,7 @@ async def count(writer: ChdbWriter, expr: str = "count()") -> int:
     return int(await writer.query(f"SELECT {expr} FROM {EVENTS}", "TSV"))
 
 
-async def run_until_stored(pipeline: SpoolPipeline, writer: ChdbWriter, rows: int) -> None:
+async def run_until_stored(pipeline: Pipeline, writer: ChdbWriter, rows: int) -> None:
     """Run the consume loop until `rows` rows are in, then stop it (it drains) and wait."""
     stop = asyncio.Event()
     task = asyncio.create_task(pipeline.run(stop))
@@ -103,9 +104,10 @@ async def run_until_stored(pipeline: SpoolPipeline, writer: ChdbWriter, rows: in
     await asyncio.wait_for(task, WAIT_S)
 
 
-def new_pipeline(config: ConsumerSettings, writer: ChdbWriter) -> SpoolPipeline:
+def new_pipeline(config: ConsumerSettings, writer: ChdbWriter) -> Pipeline:
     source = SpoolSource(config.spool_dir, config.checkpoint_path)
-    return SpoolPipeline(source, writer, ConsumerMetrics(CollectorRegistry()), config)
+    metrics = ConsumerMetrics(CollectorRegistry())
+    return Pipeline(SpoolFeed(source, metrics, config), writer, metrics, config)
 
 
 async def test_pipeline_moves_every_event_into_the_store(config, store):
@@ -154,7 +156,7 @@ async def test_replay_after_a_crash_between_insert_and_commit_stores_nothing_twi
     assert await count(store) == 50
 
     pipeline = new_pipeline(config, store)
-    assert pipeline.source.pending == ranges
+    assert pipeline.feed.source.pending == ranges
     await run_until_stored(pipeline, store, len(events))
 
     assert metric_value(pipeline.metrics, "beacon_consumer_replayed_batches_total") == 1

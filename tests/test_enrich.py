@@ -5,8 +5,9 @@ from __future__ import annotations
 import orjson
 import pytest
 
-from consumers.enrich import BadRow, Enricher
+from consumers.enrich import Enricher
 from consumers.useragent import UserAgentInfo, UserAgentParser
+from contract.event import Rejected
 
 # Real user agents as browsers, mail clients and tools send them.
 CHROME_WIN = (
@@ -156,7 +157,7 @@ def test_an_event_without_user_agent_is_enriched_as_unknown(enricher):
         (wire_event(event_id=7), "bad_event_id"),
     ],
 )
-def test_bad_lines_raise_bad_row_with_a_reason(enricher, line, reason):
-    with pytest.raises(BadRow) as caught:
+def test_bad_lines_are_rejected_with_a_reason(enricher, line, reason):
+    with pytest.raises(Rejected) as caught:
         enricher.to_row(line)
     assert caught.value.reason == reason

@@ -21,8 +21,8 @@ from collector.metrics import CollectorMetrics
 from collector.server import make_sink
 from collector.settings import Settings, SettingsError
 from collector.sinks.kafka import KafkaSink
-from collector.sinks.replay import read_events
 from collector.sinks.spool import SpoolSink
+from collector.spool.replay import read_events
 from tests.helpers import free_port, metric_value
 
 pytestmark = pytest.mark.slow

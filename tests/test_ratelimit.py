@@ -5,12 +5,7 @@ from __future__ import annotations
 from dataclasses import replace
 
 from collector.pixel import GIF_BYTES
-from collector.ratelimit import (
-    MAX_CLIENTS,
-    TokenBuckets,
-    rate_limit_buckets,
-    rate_limit_middlewares,
-)
+from collector.ratelimit import MAX_CLIENTS, TokenBuckets, rate_limit_buckets
 from collector.sinks.memory import MemorySink
 from tests.helpers import metric_value
 
@@ -20,6 +15,8 @@ async def test_off_by_default_adds_no_middleware(make_client):
     assert list(client.server.app.middlewares) == []
     for _ in range(50):
         assert (await client.get("/p.gif?e=open&s=a")).status == 200
+    limited = await make_client(rate_limit_per_s=1.0)
+    assert len(limited.server.app.middlewares) == 1
 
 
 async def test_pixels_over_the_limit_get_the_gif_but_are_not_recorded(make_client, metrics):
@@ -53,6 +50,26 @@ async def test_events_over_the_limit_get_429_with_retry_after(make_client, metri
     await client.close()
     assert [e["recipient"] for e in sink.events()] == ["r0", "r1"]
     assert metric_value(metrics, "beacon_rate_limited_total", endpoint="events") == 1
+
+
+async def test_limited_requests_are_counted_once_and_timed_like_the_others(make_client, metrics):
+    """Through aiohttp (the fast path does the same: tests/test_fastpath.py) a limited request
+    is one request, one beacon_rate_limited_total and one beacon_hot_path_seconds sample."""
+    client = await make_client(rate_limit_per_s=0.01, rate_limit_burst=2)
+    for i in range(5):  # 2 tokens: 3 pixels over the limit
+        assert (await client.get(f"/p.gif?e=open&s=a&r=r{i}")).status == 200
+    for i in range(3):  # the same client's bucket: every POST over the limit
+        assert (await client.post("/e", json={"e": "send", "r": f"r{i}"})).status == 429
+
+    def sample(name: str, **labels: str) -> float:
+        return metric_value(metrics, name, **labels)
+
+    assert sample("beacon_rate_limited_total", endpoint="pixel") == 3
+    assert sample("beacon_requests_total", endpoint="pixel", outcome="rate_limited") == 3
+    assert sample("beacon_hot_path_seconds_count", endpoint="pixel") == 5
+    assert sample("beacon_rate_limited_total", endpoint="events") == 3
+    assert sample("beacon_requests_total", endpoint="events", outcome="429") == 3
+    assert sample("beacon_hot_path_seconds_count", endpoint="events") == 3
 
 
 async def test_buckets_are_per_client_ip_from_the_trusted_header(make_client, metrics):
@@ -109,10 +126,9 @@ def test_the_least_recently_seen_key_is_forgotten_not_the_oldest():
     assert buckets.take("b") == 0.0  # forgotten: a fresh bucket
 
 
-def test_the_limiter_remembers_50_000_clients(settings, metrics):
+def test_the_limiter_remembers_50_000_clients(settings):
     assert rate_limit_buckets(settings) is None  # off by default
     buckets = rate_limit_buckets(replace(settings, rate_limit_per_s=1.0))
     assert buckets is not None
     assert MAX_CLIENTS == 50_000  # docs/security.md: ~10 MB at most
     assert buckets.max_keys == MAX_CLIENTS
-    assert len(rate_limit_middlewares(buckets, lambda request: "203.0.113.1", metrics)) == 1

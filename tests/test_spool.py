@@ -5,14 +5,16 @@ from __future__ import annotations
 import asyncio
 import fcntl
 import os
+import re
 from pathlib import Path
 
 import orjson
 import pytest
 
 from collector.metrics import CollectorMetrics
-from collector.sinks.spool import NEW_SUFFIX, SpoolSink, spool_size
-from collector.wal import WriteAheadLog
+from collector.sinks.spool import SpoolSink
+from collector.spool.segments import NEW_SUFFIX, spool_size
+from collector.spool.wal import WriteAheadLog
 from consumers.sources.spool import Range, SpoolSource, token_for
 from contract.segments import CLOSED_SUFFIX, OPEN_SUFFIX, closed_segments
 from tests.helpers import metric_value
@@ -197,6 +199,24 @@ async def test_write_ahead_log_and_sink_share_a_directory_the_consumer_reads(
     await sink.close()
     rows, _ = SpoolSource(spool_dir, checkpoint).read(100)
     assert sorted(rows) == lines(0, 7)
+
+
+async def test_the_sink_and_the_log_write_one_segment_format(tmp_path, metrics):
+    """Both go through one segment writer: the same bytes, the same names but their tag."""
+    events = [b'{"n":1,"s":"a"}', b'{"n":2,"s":"\xc3\xa9"}']
+    expected = b'{"n":1,"s":"a"}\n{"n":2,"s":"\xc3\xa9"}\n'  # NDJSON: one event a line
+    sink = make_sink(tmp_path / "sink", metrics)
+    await sink.send(events)
+    await sink.close()
+    limits = {"segment_max_bytes": BIG, "segment_max_age_ms": 3_600_000, "max_bytes": BIG}
+    wal = WriteAheadLog(tmp_path / "wal", metrics, **limits)
+    assert all(wal.append(event) for event in events)
+    await wal.close()
+    [from_sink] = closed_segments(tmp_path / "sink")
+    [from_wal] = closed_segments(tmp_path / "wal")
+    assert from_sink.read_bytes() == from_wal.read_bytes() == expected
+    name = rf"\d{{13}}-{os.getpid():07d}-%s000001{re.escape(CLOSED_SUFFIX)}"
+    assert re.fullmatch(name % "", from_sink.name) and re.fullmatch(name % "w", from_wal.name)
 
 
 # -- SpoolSource ------------------------------------------------------------------------------

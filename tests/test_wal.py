@@ -244,7 +244,7 @@ import asyncio, json, resource, signal, sys
 from pathlib import Path
 from prometheus_client import CollectorRegistry
 from collector.metrics import CollectorMetrics
-from collector.wal import WriteAheadLog
+from collector.spool.wal import WriteAheadLog
 
 signal.signal(signal.SIGXFSZ, signal.SIG_IGN)
 metrics = CollectorMetrics(CollectorRegistry())

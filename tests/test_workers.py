@@ -241,7 +241,7 @@ def test_one_metrics_page_shows_the_sum_over_all_workers(serve, tmp_path: Path) 
 
 def test_sigterm_stops_every_worker_and_loses_no_accepted_event(serve) -> None:  # type: ignore[no-untyped-def]
     # A long linger keeps events in the workers' buffers until the shutdown flushes them.
-    w = serve(BEACON_LINGER_MS="2000", BEACON_DRAIN_MS="1000")
+    w = serve(BEACON_LINGER_MS="2000", BEACON_DRAIN_MS="3000")
     pids = w.wait_workers()
     environ = Path(f"/proc/{min(pids)}/environ").read_bytes().split(b"\0")
     metrics_dir = Path(next(v for v in environ if v.startswith(b"PROMETHEUS_MULTIPROC_DIR=")
@@ -255,15 +255,31 @@ def test_sigterm_stops_every_worker_and_loses_no_accepted_event(serve) -> None: 
     assert get(f"{w.base}/e", batch)[0] == 204
     expected |= {f"b{i}" for i in range(50)}
     w.proc.send_signal(signal.SIGTERM)
-    # Every worker drains: not ready, still recording what reaches it.
-    wait_for(lambda: get(w.base + "/readyz")[0] == 503, 5, "readiness to fail")
-    for i in range(20):
-        assert get(f"{w.base}/p.gif?e=open&s=stop&r=d{i}")[0] == 200
-        expected.add(f"d{i}")
+    # Every worker drains: not ready, still recording what reaches it. Pixels go on until
+    # nothing listens; each answered one is kept, and some were answered after /readyz said
+    # 503 (that order is the claim, not a count within the drain).
+    attempted, answered_not_ready = set(expected), 0
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline:
+        recipient = f"d{len(attempted)}"
+        try:
+            ready = get(w.base + "/readyz")[0]
+            attempted.add(recipient)
+            status = get(f"{w.base}/p.gif?e=open&s=stop&r={recipient}")[0]
+        except OSError:
+            break  # no longer listening: the drain is over
+        assert status == 200
+        expected.add(recipient)
+        answered_not_ready += ready == 503
+        time.sleep(0.02)
+    print(f"{answered_not_ready} pixels answered while not ready")
+    assert answered_not_ready > 0, "no pixel answered after readiness went 503"
     assert w.proc.wait(60) == 0, w.log()
     assert not any(alive(pid) for pid in pids)
     recipients = [e["recipient"] for e in spooled(w.data_dir)]
-    assert len(recipients) == len(expected) and set(recipients) == expected
+    assert len(recipients) == len(set(recipients))  # none twice
+    # Every answered event is kept; the last pixel sent may have landed unanswered.
+    assert expected <= set(recipients) <= attempted
     assert writers(w.data_dir) == pids  # both workers took events, and both flushed them
     assert not metrics_dir.exists()  # the run's own temporary directory is removed
 

@@ -18,9 +18,12 @@ BROWSER = (
     "Mozilla/5.0 (Windows NT 10.0; Win64; x64) AppleWebKit/537.36 (KHTML, like Gecko) "
     "Chrome/124.0.0.0 Safari/537.36"
 )
-APPLE_MPP = "Mozilla/5.0"  # Apple Mail Privacy Protection's prefetch (analytics/machine_opens.py)
+# Apple Mail Privacy Protection's prefetch sends a bare "Mozilla/5.0" (SocketLabs,
+# "Identifying Apple MPP opens"): what Apple sends, whatever Beacon's rules make of it.
+APPLE_MPP = "Mozilla/5.0"
 GMAIL = "Mozilla/5.0 (Windows NT 5.1; rv:11.0) Gecko Firefox/11.0 (via ggpht.com GoogleImageProxy)"
 BOT = "curl/8.5.0"
+READER_AGENTS = {"apple_mpp": APPLE_MPP, "gmail": GMAIL, "person": BROWSER}
 SHOP = "sim-shop"
 NEWS = "sim-news"
 WEB_SITES = (("sim-blog", "blog.sim.example"), ("sim-docs", "docs.sim.example"))
@@ -109,45 +112,47 @@ class Planner:
             roll = self.rng.random()
             shares = (c.scanner_share, c.mpp_share, c.bot_share, c.gmail_share)
             edges = [sum(shares[: k + 1]) for k in range(len(shares))]
+            # Who this recipient is, chosen here: the truth records that choice per request.
             if i == 0 or roll < edges[0]:
                 self.scanner(person, links)
             elif roll < edges[1]:
-                self.reader(person, links, APPLE_MPP, machine_open=True, proxied=True)
+                self.reader(person, links, "apple_mpp")
             elif roll < edges[2]:
                 self.scripts.append([Step("pixel", {"kind": "open", **person}, BOT)])
-                self.truth.open(person, machine=True)
+                self.truth.open(person, "bot")
             elif roll < edges[3]:
-                self.reader(person, links, GMAIL, machine_open=False, proxied=True)
+                self.reader(person, links, "gmail")
             else:
-                self.reader(person, links, BROWSER, machine_open=False, proxied=False)
+                self.reader(person, links, "person")
 
     def scanner(self, person: dict[str, str], links: list[str]) -> None:
         """The open and every link of the message at once, right after delivery."""
         steps = [Step("pixel", {"kind": "open", **person})]
         steps += [Step("click", {"dest": link, **person}) for link in links]
         self.scripts.append(steps)
-        self.truth.open(person, machine=True)
+        self.truth.open(person, "scanner")
         for _ in links:
-            self.truth.click(person, machine=True)
+            self.truth.click(person, "scanner")
 
-    def reader(
-        self, person: dict[str, str], links: list[str], ua: str, machine_open: bool, proxied: bool
-    ) -> None:
-        """Someone who may open (through a proxy or Apple's prefetch), click, and buy."""
+    def reader(self, person: dict[str, str], links: list[str], opener: str) -> None:
+        """Someone who may open (as `opener`: themselves, through Gmail's proxy, or Apple's
+        prefetch on their behalf), click, and buy."""
         c = self.config
-        if not machine_open and self.rng.random() >= c.open_rate:
+        ua = READER_AGENTS[opener]
+        prefetch = opener == "apple_mpp"  # Apple fetches every message on arrival, read or not
+        if not prefetch and self.rng.random() >= c.open_rate:
             return
         steps = [Step("pixel", {"kind": "open", **person}, ua)]
-        self.truth.open(person, machine=machine_open, proxied=proxied)
-        if not machine_open and self.rng.random() < c.reopen_rate:
+        self.truth.open(person, opener)
+        if not prefetch and self.rng.random() < c.reopen_rate:
             steps.append(Step("pixel", {"kind": "open", **person}, ua))
-            self.truth.open(person, machine=False, proxied=proxied)
+            self.truth.open(person, opener)
         if self.rng.random() < c.click_rate:
             # People click some links, never every one: that is what a scanner does.
             chosen = self.rng.sample(links, self.rng.randint(1, len(links) - 1))
             for link in chosen:
                 steps.append(Step("click", {"dest": link, **person}))
-                self.truth.click(person, machine=False)
+                self.truth.click(person, "person")
             if self.rng.random() < c.conversion_rate:
                 steps += self.order(person["campaign"], "", f"o-{person['recipient']}")
         self.scripts.append(steps)
@@ -174,12 +179,12 @@ class Planner:
             for i in range(max(1, round(c.impressions * c.ad_ctr))):
                 ua = f"{BROWSER} sim-ad/{c.seed}-{n}-{k}-{i}"  # one visitor per clicker
                 steps = [Step("click", {"dest": dest, **ids}, ua)]
-                self.truth.click({**ids, "visitor": ua}, machine=False)
+                self.truth.click({**ids, "visitor": ua}, "person")
                 if self.rng.random() < c.conversion_rate:
                     steps += self.order(campaign, ids["ad"], f"o-ad-{c.seed}-{n}-{k}-{i}")
                 self.scripts.append(steps)
             self.scripts.append([Step("click", {"dest": dest, **ids}, BOT)])  # a link checker
-            self.truth.click({**ids, "visitor": BOT}, machine=True)
+            self.truth.click({**ids, "visitor": BOT}, "bot")
 
     def web_site(self, site: str, host: str) -> None:
         c = self.config

@@ -12,6 +12,13 @@ from typing import Any
 from urllib.parse import urlsplit
 
 SCROLL_MARKS = (25, 50, 75, 100)
+# Who made an open or a click: the plan's own choice, recorded when it makes the request.
+# Which of them are machines and which come through a mail provider's proxy follows from who
+# they are, never from the rules that classify stored events (analytics/machine_opens.py),
+# so a rule that misses or wrongly flags one makes a report disagree with this truth.
+MACHINES = frozenset({"scanner", "apple_mpp", "bot"})  # nobody read the mail or the ad
+PROXIED = frozenset({"apple_mpp", "gmail"})  # fetched by Apple's or Google's proxy
+ACTORS = MACHINES | PROXIED | {"person"}
 
 
 def ratio(part: int, whole: int | None) -> float | None:
@@ -57,6 +64,12 @@ class Funnel:
         }
 
 
+def is_machine(actor: str) -> bool:
+    if actor not in ACTORS:
+        raise ValueError(f"unknown actor {actor!r}")
+    return actor in MACHINES
+
+
 def person_key(person: dict[str, str]) -> str:
     return person.get("visitor") or f"{person['message']}\0{person['recipient']}"
 
@@ -84,8 +97,10 @@ class Truth:
         self.campaigns[campaign].sent.update(f"{message}\0{r}" for r in recipients)
         self.events[site, campaign, "send"] += len(recipients)
 
-    def open(self, person: dict[str, str], machine: bool, proxied: bool = False) -> None:
+    def open(self, person: dict[str, str], actor: str) -> None:
+        """An open the plan sent as `actor` (one of ACTORS)."""
         key = person_key(person)
+        machine, proxied = is_machine(actor), actor in PROXIED
         for f in self.funnels(person):
             f.n["opens"] += 1
             f.n["machine_opens"] += machine
@@ -95,7 +110,9 @@ class Truth:
                 f.human_openers.add(key)
         self.events[person["site"], person["campaign"], "open"] += 1
 
-    def click(self, person: dict[str, str], machine: bool) -> None:
+    def click(self, person: dict[str, str], actor: str) -> None:
+        """A click the plan sent as `actor` (one of ACTORS)."""
+        machine = is_machine(actor)
         for f in self.funnels(person):
             f.n["clicks"] += 1
             f.n["machine_clicks"] += machine

@@ -18,8 +18,8 @@ import logging
 from collector.metrics import CollectorMetrics
 from collector.settings import Settings
 from collector.sinks.kafka_link import KafkaLink, Sent
-from collector.sinks.replay import SpoolReplayer
 from collector.sinks.spool import SpoolSink
+from collector.spool.replay import SpoolReplayer
 
 log = logging.getLogger("beacon.kafka")
 

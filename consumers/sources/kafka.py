@@ -15,8 +15,8 @@ from aiokafka import AIOKafkaConsumer, ConsumerRebalanceListener, ConsumerRecord
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 from aiokafka.errors import KafkaTimeoutError, TopicAlreadyExistsError
 
-from consumers.kafka_batches import parse_inflight
 from consumers.settings import ConsumerSettings
+from consumers.sources.kafka_batches import parse_inflight
 
 log = logging.getLogger("beacon.consumer")
 

@@ -233,7 +233,9 @@ async def test_kafka_broker_restart_under_load(
         down_at = time.monotonic()
         await asyncio.to_thread(broker.stop)
         noticed_s = await wait_kafka_up(pipe, 0, 30)
+        sampled_when_noticed = len(readyz)
         await asyncio.sleep(max(0.0, OUTAGE_S - (time.monotonic() - down_at)))
+        sampled_while_down = len(readyz) - sampled_when_noticed
         during = pipe.collector_metrics()
         restart_at = time.monotonic()
         await asyncio.to_thread(broker.start)  # same data dir, same ports
@@ -261,6 +263,7 @@ async def test_kafka_broker_restart_under_load(
         outage_s=round(up_at - down_at, 1),
         kafka_down_noticed_after_s=round(noticed_s, 1),
         readyz_samples=len(readyz),
+        readyz_samples_while_down=sampled_while_down,
         readyz_not_200=len(not_ready),
         readyz_sampled_s=round(sampled_s, 1),
         readyz_slowest_s=round(max(s for _, s in readyz), 2) if readyz else -1.0,
@@ -273,8 +276,9 @@ async def test_kafka_broker_restart_under_load(
         exit_codes="{}/{}".format(*exits),
     )
     check(result, load, exits)
-    # At least one sample a second over the outage: the claim "throughout" was looked at.
-    assert len(readyz) >= sampled_s, f"{len(readyz)} /readyz samples in {sampled_s:.1f} s"
+    # The claim "throughout" was looked at: /readyz was asked after the collector knew Kafka
+    # was down and before the broker came back (how many a second is the record's figure).
+    assert sampled_while_down > 0, f"no /readyz sample while Kafka was down: {len(readyz)} in all"
     assert not not_ready, f"a collector that can spool must stay ready: {not_ready[:10]}"
     assert metric_sum(during, "beacon_kafka_spilled_events_total") > 0, "nothing spilled"
     assert metric_sum(after, "beacon_kafka_replayed_events_total") > 0, "nothing replayed"

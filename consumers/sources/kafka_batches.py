@@ -23,12 +23,10 @@ from __future__ import annotations
 
 import hashlib
 import re
-from dataclasses import dataclass, field
 
 from aiokafka import ConsumerRecord, TopicPartition
 
-from consumers.enrich import BadRow, Enricher
-from consumers.event_rows import EventRows
+from consumers.sources.protocol import Batch
 
 TOKEN_TOPIC_MAX_CHARS = 120  # leaves room for partition and offsets in TOKEN_RE's 200
 INFLIGHT_RE = re.compile(r"^beacon-inflight:(\d+)-(\d+)$")
@@ -45,44 +43,14 @@ def parse_inflight(metadata: str | None) -> tuple[int, int] | None:
     return (int(match.group(1)), int(match.group(2))) if match else None
 
 
-@dataclass
-class Batch:
-    """Records [first, last] of one partition, and how far their way to ClickHouse got.
+class PartitionBatch(Batch):
+    """Records [first, last] of one partition, under the token that names them."""
 
-    Each step is done once: a retry after a failure starts at the first step not done.
-    """
-
-    tp: TopicPartition
-    records: list[ConsumerRecord]
-    replay: bool = False  # formed again from a recorded in-flight range
-    rows: EventRows | None = None  # the enriched good records
-    good: int = 0
-    rejects: list[tuple[ConsumerRecord, str]] = field(default_factory=list)
-    prepared: bool = False
-    dead_lettered: bool = False
-    marked: bool = False  # the in-flight range is committed as metadata
-    stored: bool = False  # ClickHouse acknowledged the insert
-
-    def prepare(self, enricher: Enricher) -> None:
-        """Enrich every record once: good ones into `rows`, the others into `rejects`."""
-        events = []
-        kept = []
-        for record in self.records:
-            try:
-                events.append(enricher.enrich(record.value or b""))
-            except BadRow as exc:
-                self.rejects.append((record, exc.reason))
-                continue
-            kept.append(record)
-        self.rows, unfit = EventRows.build(events)
-        if unfit:
-            self.rejects += [(kept[i], reason) for i, reason in unfit]
-            self.rejects.sort(key=lambda reject: reject[0].offset)
-        self.good = len(self.rows)
-        self.prepared = True
-        # A replay was marked by the reader before us; a batch without rows needs no token.
-        self.marked = self.replay or self.good == 0
-        self.dead_lettered = not self.rejects
+    def __init__(self, tp: TopicPartition, records: list[ConsumerRecord], replay: bool = False):
+        self.tp = tp
+        self.records = records
+        token = token_for(tp, records[0].offset, records[-1].offset)
+        super().__init__([r.value or b"" for r in records], token, replay)
 
     @property
     def first(self) -> int:
@@ -93,13 +61,18 @@ class Batch:
         return self.records[-1].offset
 
     @property
-    def token(self) -> str:
-        # Topic names are [A-Za-z0-9._-]: the token needs no quoting (writers.TOKEN_RE), but
-        # may be up to 249 characters: a long one is shortened to a hash of it.
-        topic = self.tp.topic
-        if len(topic) > TOKEN_TOPIC_MAX_CHARS:
-            topic = hashlib.sha256(topic.encode()).hexdigest()[:32]
-        return f"{topic}-{self.tp.partition}-{self.first}-{self.last}"
+    def label(self) -> str:
+        return f"{self.tp} {self.first}-{self.last}"
+
+
+def token_for(tp: TopicPartition, first: int, last: int) -> str:
+    """The insert dedup token of records [first, last] of a partition."""
+    # Topic names are [A-Za-z0-9._-]: the token needs no quoting (writers.TOKEN_RE), but
+    # may be up to 249 characters: a long one is shortened to a hash of it.
+    topic = tp.topic
+    if len(topic) > TOKEN_TOPIC_MAX_CHARS:
+        topic = hashlib.sha256(topic.encode()).hexdigest()[:32]
+    return f"{topic}-{tp.partition}-{first}-{last}"
 
 
 class PartitionBuffer:
@@ -112,12 +85,10 @@ class PartitionBuffer:
         self.records: list[ConsumerRecord] = []
         self.first_read_at = 0.0  # monotonic time the oldest buffered record was read
         self.next_offset = committed  # after the last record read
-        self.batch: Batch | None = None
-        self.failures = 0
-        self.retry_at = 0.0
+        self.batch: PartitionBatch | None = None
 
     @property
-    def flight(self) -> Batch:
+    def flight(self) -> PartitionBatch:
         """The batch on its way (for callers that know there is one)."""
         assert self.batch is not None
         return self.batch
@@ -132,7 +103,7 @@ class PartitionBuffer:
 
     def cut(
         self, now: float, max_rows: int, max_age_s: float, highwater: int | None, final: bool
-    ) -> Batch | None:
+    ) -> PartitionBatch | None:
         """Start the next batch when one is due; None while one is in flight or none is due.
 
         `final` (shutting down) cuts a fresh batch whatever its age, but never a partial replay:
@@ -150,7 +121,7 @@ class PartitionBuffer:
             return None
         return self._take(max_rows, replay=False, now=now)
 
-    def _cut_replay(self, highwater: int | None, now: float) -> Batch | None:
+    def _cut_replay(self, highwater: int | None, now: float) -> PartitionBatch | None:
         assert self.inflight is not None
         last = self.inflight[1]
         caught_up = highwater is not None and self.next_offset >= highwater
@@ -165,8 +136,8 @@ class PartitionBuffer:
         # ends early): a batch of its own, with its own in-flight mark.
         return self._take(count, replay=read_through, now=now)
 
-    def _take(self, count: int, replay: bool, now: float) -> Batch:
-        self.batch = Batch(self.tp, self.records[:count], replay=replay)
+    def _take(self, count: int, replay: bool, now: float) -> PartitionBatch:
+        self.batch = PartitionBatch(self.tp, self.records[:count], replay=replay)
         self.records = self.records[count:]
         # The rest waits its own age from now: it was not due on its own.
         self.first_read_at = now
@@ -177,12 +148,3 @@ class PartitionBuffer:
         assert self.batch is not None
         self.committed = self.batch.last + 1
         self.batch = None
-        self.failures = 0
-        self.retry_at = 0.0
-
-    def failed(self, now: float, retry_max_s: float) -> float:
-        """Back off after a failed step; returns the delay in seconds."""
-        self.failures += 1
-        delay_s = min(0.1 * 2 ** (self.failures - 1), retry_max_s)
-        self.retry_at = now + delay_s
-        return delay_s

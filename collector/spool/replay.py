@@ -4,7 +4,8 @@ A segment is read and sent a part at a time (REPLAY_CHUNK_BYTES), and deleted on
 Kafka acknowledged every batch of it. A segment that fails part-way stays and is sent whole
 again later: duplicates are fine (consumers drop them by event_id), loss is not. Several
 collector processes may share one spool directory, so a segment is replayed under an
-exclusive flock, and one already unlinked is skipped.
+exclusive flock, and one already unlinked is skipped. Where the events go is the Kafka
+sink's producer link (collector/sinks/kafka_link.py), seen here through `Producer`.
 """
 
 from __future__ import annotations
@@ -16,10 +17,9 @@ import logging
 import os
 from collections.abc import Awaitable, Callable
 from pathlib import Path
-from typing import BinaryIO
+from typing import Any, BinaryIO, Protocol
 
 from collector.metrics import CollectorMetrics
-from collector.sinks.kafka_link import KafkaLink
 from contract.segments import closed_segments
 
 log = logging.getLogger("beacon.kafka.replay")
@@ -30,6 +30,19 @@ REPLAY_POLL_INTERVAL_S = 0.5
 # A segment (up to BEACON_SPOOL_SEGMENT_MAX_BYTES, 16 MiB) is read and sent this much at a
 # time, each part acknowledged before the next is read: replay holds about this much.
 REPLAY_CHUNK_BYTES = 1 << 20
+
+
+class Producer(Protocol):
+    """What replay needs of the Kafka sink's link: whether Kafka is up, a wake-up when it comes
+    up, record batches produced and their acks awaited ("acked" or why not)."""
+
+    up: bool
+
+    def notify_on_up(self, event: asyncio.Event) -> None: ...
+
+    async def produce(self, events: list[bytes]) -> tuple[list[Any], list[bytes]]: ...
+
+    async def wait_ack(self, sent: Any) -> str: ...
 
 
 def open_locked(path: Path) -> BinaryIO | None:
@@ -65,7 +78,7 @@ class SpoolReplayer:
 
     def __init__(
         self,
-        link: KafkaLink,
+        link: Producer,
         directory: Path,
         metrics: CollectorMetrics,
         after_delete: Callable[[], Awaitable[None]],

@@ -1,0 +1,124 @@
+"""The write-ahead log (BEACON_DURABILITY=wal): each event is in a spool file before its answer.
+
+The spool is the log. `append` writes the event and its newline to this process's open spool
+segment with one `os.write` on the event loop: the bytes are in the OS page cache when the
+handler answers, so a killed process loses none of them (a machine crash can lose what the OS
+has not written back yet; the pump fsyncs every `flush_interval_ms`). The pump closes aged
+segments; from there everything is the spool's usual path: the Kafka sink's replayer ships
+closed segments and deletes them after the acks, or the embedded consumer reads them. Segments
+a killed process left `.open` are closed by `recover_orphans` at the next start and replayed.
+
+Bounded by `spool_max_bytes`: an event that does not fit is refused and counted (`spool_full`).
+An event that cannot be written (a full disk, a file past RLIMIT_FSIZE, a volume gone) is counted
+(`spool_error`), and readiness fails (`unready_reason`) until the log can write again: the pump
+tries a write beside the segments each `flush_interval_ms`, as no event comes while it is not
+ready.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+from collections.abc import Callable
+from pathlib import Path
+from typing import Unpack
+
+from collector.metrics import CollectorMetrics
+from collector.settings import Settings
+from collector.spool.writer import Limits, SegmentWriter, spool_limits
+
+
+class WriteAheadLog:
+    """Synchronous appends into spool segments; file work beyond `os.write` runs in a thread."""
+
+    def __init__(
+        self,
+        directory: Path,
+        metrics: CollectorMetrics,
+        on_segment_closed: Callable[[], None] | None = None,
+        **limits: Unpack[Limits],
+    ) -> None:
+        self.directory = directory
+        self.metrics = metrics
+        self.on_segment_closed = on_segment_closed  # e.g. wake the Kafka replay: less latency
+        # Own segment names ("w" + sequence): a spool sink may write beside it, in this process.
+        self.segments = SegmentWriter(directory, metrics, label="WAL", tag="w", **limits)
+
+    def append(self, event: bytes) -> bool:
+        """Write one event ahead of its answer; False (and counted) when it cannot be."""
+        data = event + b"\n"
+        segments = self.segments
+        if segments.used_bytes + len(data) > segments.max_bytes:
+            self.metrics.events_dropped.labels("spool_full").inc()
+            return False
+        try:
+            segments.write(data)
+        except OSError:
+            self.metrics.events_dropped.labels("spool_error").inc()
+            return False
+        self.metrics.wal_events.inc()
+        if segments.full():
+            self._close_segment()
+        return True
+
+    def healthy(self) -> bool:
+        return self.unready_reason() is None
+
+    def unready_reason(self) -> str | None:
+        """Why events cannot be written ahead now (the last write error, or a full spool)."""
+        segments = self.segments
+        if segments.error is not None:
+            return segments.error
+        if segments.used_bytes >= segments.max_bytes:
+            return "spool full"
+        return None
+
+    async def tick(self) -> None:
+        """Close the segment once it is old enough, then finish closed segments off the loop."""
+        if self.segments.aged():
+            self._close_segment()
+        retired = self.segments.retired()
+        if retired:
+            await asyncio.to_thread(self.segments.finish, retired)
+            await self.rescan()
+
+    async def sync(self) -> None:
+        """fsync the open segment: bounds what a machine crash (not a process kill) can take."""
+        fd = self.segments.fd
+        if fd >= 0:
+            # The fd stays open meanwhile: a segment closed by `append` only retires its fd,
+            # and only this pump (tick, close) closes retired fds.
+            await asyncio.to_thread(os.fsync, fd)
+
+    async def rescan(self) -> None:
+        """Recount the spool directory (replay and consumers free space in it); after a write
+        error, find out whether the log can write again."""
+        await self.segments.rescan()
+
+    async def close(self) -> None:
+        """Close the open segment, fsync everything and make the renames durable."""
+        if self.segments.fd >= 0:
+            self._close_segment()
+        await asyncio.to_thread(self.segments.finish, self.segments.retired())
+
+    def _close_segment(self) -> None:
+        """Rename the segment to its closed name now (readers may take it), retire its fd."""
+        segments = self.segments
+        try:
+            segments.seal()
+        except OSError as exc:  # the events are still in the `.open` file: recovered later
+            assert segments.path is not None
+            segments.log.error("closing WAL segment %s failed: %s", segments.path.name, exc)
+            segments.abandon()
+        self.metrics.wal_segments.inc()
+        if self.on_segment_closed is not None:
+            self.on_segment_closed()
+
+
+def make_wal(
+    settings: Settings, metrics: CollectorMetrics, on_segment_closed: Callable[[], None] | None
+) -> WriteAheadLog | None:
+    """The write-ahead log BEACON_DURABILITY=wal asks for, in the spool directory; else None."""
+    if settings.durability != "wal":
+        return None
+    return WriteAheadLog(settings.spool_dir, metrics, on_segment_closed, **spool_limits(settings))

@@ -1,0 +1,212 @@
+"""One writer's segments in a spool directory, shared by the spool sink and the write-ahead log.
+
+The writer keeps the open segment (opened at the first write, whole lines only, closed by a
+rename), the spool's size against its byte bound (the directory's size at the last scan plus
+what this writer appended since), and whether it can write: the last write error, cleared by
+the next write that succeeds, or by the probe once a block can be written beside the segments
+again (no event may come while readiness fails).
+
+Not thread-safe: one call at a time. The spool sink calls it from a worker thread; the
+write-ahead log writes on the event loop and leaves the fsync and close of a closed segment's
+fd (`finish`) to a thread.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import fcntl
+import logging
+import os
+import time
+from pathlib import Path
+from typing import TypedDict, Unpack
+
+from collector.metrics import CollectorMetrics
+from collector.settings import Settings
+from collector.spool.segments import (
+    ShortWrite,
+    append_lines,
+    can_write,
+    close_path,
+    fsync_dir,
+    open_segment,
+    recover_orphans,
+    spool_size,
+)
+
+
+class Limits(TypedDict):
+    """A writer's bounds: its segments closed at a size or an age, the directory's bytes."""
+
+    segment_max_bytes: int
+    segment_max_age_ms: int
+    max_bytes: int
+
+
+def spool_limits(settings: Settings) -> Limits:
+    """The bounds BEACON_SPOOL_SEGMENT_MAX_BYTES, _SEGMENT_MAX_AGE_MS and _MAX_BYTES set."""
+    return Limits(
+        segment_max_bytes=settings.spool_segment_max_bytes,
+        segment_max_age_ms=settings.spool_segment_max_age_ms,
+        max_bytes=settings.spool_max_bytes,
+    )
+
+
+class SegmentWriter:
+    """Appends whole lines to this writer's open segment in `directory`, bounded by `max_bytes`
+    for the whole directory; publishes the spool's size (beacon_spool_bytes, _segments)."""
+
+    def __init__(
+        self,
+        directory: Path,
+        metrics: CollectorMetrics,
+        *,
+        label: str,
+        tag: str,
+        **limits: Unpack[Limits],
+    ) -> None:
+        self.directory = directory
+        self.metrics = metrics
+        self.label = label  # in log lines and probe names: "spool", "WAL"
+        self.tag = tag  # before the sequence number in segment names: one per writer
+        self.log = logging.getLogger(f"beacon.{label.lower()}")
+        self.segment_max_bytes = limits["segment_max_bytes"]
+        self.segment_max_age_ms = limits["segment_max_age_ms"]
+        self.max_bytes = limits["max_bytes"]
+        self.fd = -1
+        self.path: Path | None = None
+        self.opened_ms = 0
+        self.segment_bytes = 0
+        self._seq = 0
+        # The bound: the directory's size at the last scan plus what this writer wrote since.
+        self.scanned_bytes = 0
+        self.appended_bytes = 0
+        # Closed or abandoned segments whose fd still waits for its fsync and close.
+        self._retired: list[int] = []
+        self.error: str | None = None
+        self.failures = 0  # failed writes: a probe's answer is stale after one
+        directory.mkdir(parents=True, exist_ok=True)
+        recover_orphans(directory)
+        self._publish(*spool_size(directory))
+
+    # -- the bound -----------------------------------------------------------------------------
+
+    @property
+    def used_bytes(self) -> int:
+        """The spool's size as far as this writer knows."""
+        return self.scanned_bytes + self.appended_bytes
+
+    def full(self) -> bool:
+        """The open segment has reached its size: close it."""
+        return self.segment_bytes >= self.segment_max_bytes
+
+    def aged(self) -> bool:
+        """The open segment has reached its age: close it."""
+        age_ms = time.time_ns() // 1_000_000 - self.opened_ms
+        return self.fd >= 0 and age_ms >= self.segment_max_age_ms
+
+    # -- file work (blocking) ------------------------------------------------------------------
+
+    def write(self, data: bytes) -> None:
+        """Append `data` (whole lines) to the open segment, opening one first if none is.
+
+        Raises OSError, recorded as the writer's error. A ShortWrite's whole lines stay and are
+        counted; its torn rest is cut off, or, when that fails too, the segment is abandoned
+        (never closed torn). Unbuffered: in the OS now, so a crash of this process loses
+        nothing written.
+        """
+        try:
+            if self.fd < 0:
+                self._seq += 1
+                self.fd, self.path, self.opened_ms = open_segment(
+                    self.directory, f"{self.tag}{self._seq:06d}"
+                )
+                self.segment_bytes = 0
+            append_lines(self.fd, data, self.segment_bytes)
+        except OSError as exc:
+            self.failed(exc)
+            if isinstance(exc, ShortWrite):
+                if exc.cut:
+                    self.segment_bytes += exc.kept_bytes
+                    self.appended_bytes += exc.kept_bytes
+                else:
+                    self.log.error(
+                        "cannot cut a torn %s write (%s); recovery will cut it", self.label, exc
+                    )
+                    self.abandon()
+            raise
+        self.error = None
+        self.segment_bytes += len(data)
+        self.appended_bytes += len(data)
+
+    def sync(self) -> None:
+        """fsync the open segment."""
+        if self.fd >= 0:
+            os.fsync(self.fd)
+
+    def seal(self) -> None:
+        """Give the open segment its closed name now (readers may take it) and retire its fd
+        for `finish`. Raises OSError when the rename fails: the segment stays open."""
+        assert self.path is not None
+        self.path.rename(close_path(self.path))
+        fd = self.fd
+        self._retire()
+        # Unlocked after the rename: replay takes closed segments under their flock.
+        fcntl.flock(fd, fcntl.LOCK_UN)
+
+    def abandon(self) -> None:
+        """Stop writing to the open segment and leave it `.open`: the next start's recovery
+        closes it, cut back to its last whole line (readers never take an `.open` segment).
+        The next write opens a new one."""
+        self._retire()
+
+    def retired(self) -> list[int]:
+        """The fds of sealed and abandoned segments, handed over for `finish`."""
+        fds, self._retired = self._retired, []
+        return fds
+
+    def finish(self, fds: list[int]) -> None:
+        """fsync and close retired fds (closing releases the flock), then make the renames
+        durable."""
+        for fd in fds:
+            try:
+                os.fsync(fd)
+            except OSError as exc:  # the page cache still holds it: only a machine crash loses it
+                self.log.error("fsync of a closed %s segment failed: %s", self.label, exc)
+            finally:
+                os.close(fd)
+        if fds:
+            fsync_dir(self.directory)
+
+    # -- state ---------------------------------------------------------------------------------
+
+    def failed(self, exc: OSError) -> None:
+        """Remember why the writer cannot write: readiness fails until it can again."""
+        self.error = exc.strerror or str(exc)
+        self.failures += 1
+
+    async def rescan(self) -> None:
+        """Recount the spool directory (replay and consumers free space in it); after a write
+        error, find out whether a block can be written now."""
+        counted = self.appended_bytes
+        try:
+            total, count = await asyncio.to_thread(spool_size, self.directory)
+        except OSError as exc:  # the directory is gone or unreadable: nothing can be written
+            self.failed(exc)
+            return
+        if self.error is not None:
+            failures = self.failures
+            reason = await asyncio.to_thread(can_write, self.directory, self.label.lower())
+            if failures == self.failures:  # no write failed meanwhile
+                self.error = reason
+        self.appended_bytes -= counted  # writes during the scan may count twice: errs safe
+        self._publish(total, count)
+
+    def _publish(self, total: int, count: int) -> None:
+        self.scanned_bytes = total
+        self.metrics.spool_bytes.set(total)
+        self.metrics.spool_segments.set(count)
+
+    def _retire(self) -> None:
+        self._retired.append(self.fd)
+        self.fd, self.path = -1, None

@@ -1,0 +1,225 @@
+"""A Kafka consumer group as a feed of batches: one batch per partition on its way at a time.
+
+Rejects go to the dead-letter topic (acked) before anything is committed past them; a batch
+is recorded as in flight by committing its range as metadata (kafka_batches) and acknowledged
+by committing last + 1. A batch that waits for a retry pauses its partition, while the loop
+keeps calling getmany(), so the member stays in the group and the other partitions keep moving.
+
+On a rebalance the in-memory state of revoked partitions is dropped, not flushed: flushing
+inside the callback would hold up the whole group for as long as ClickHouse is slow or down,
+while dropping costs only a re-read. Whoever owns the partition next starts at the committed
+offset and replays a recorded in-flight range with its token, so a batch that did land (or is
+still landing from here) is not stored twice; consumers/replay_check.py checks the ids after.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+
+from aiokafka import TopicPartition
+from aiokafka.errors import KafkaError
+
+from consumers.dlq import DeadLetters
+from consumers.metrics import ConsumerMetrics
+from consumers.settings import ConsumerSettings
+from consumers.sources.kafka import KafkaSource, Offsets, Partitions
+from consumers.sources.kafka_batches import PartitionBatch, PartitionBuffer, inflight_metadata
+from consumers.sources.protocol import Batch
+
+log = logging.getLogger("beacon.consumer")
+
+LAG_INTERVAL_S = 1.0  # how often the lag gauge asks the broker for end offsets
+
+
+class KafkaFeed:
+    """Batches of the partitions this group member owns."""
+
+    errors: tuple[type[Exception], ...] = (KafkaError,)
+
+    def __init__(
+        self,
+        source: KafkaSource,
+        dead_letters: DeadLetters,
+        metrics: ConsumerMetrics,
+        settings: ConsumerSettings,
+    ) -> None:
+        self.source = source
+        self.dead_letters = dead_letters
+        self.metrics = metrics
+        self.max_rows = settings.batch_max_rows
+        self.max_age_s = settings.batch_max_age_ms / 1000
+        self.poll_ms = settings.poll_interval_ms
+        self.max_records = settings.kafka_max_records
+        self.parts: dict[TopicPartition, PartitionBuffer] = {}
+        # Assigned, paused until their committed offset and in-flight range are read.
+        self.unadopted: Partitions = set()
+        self.assignments = 0  # bumped on every assignment: a stale adoption is discarded
+        self._lag: asyncio.Task[None] | None = None
+
+    # -- rebalance callbacks (aiokafka's coordinator task calls these) ----------------------
+
+    def _revoked(self, tps: Partitions) -> None:
+        for tp in tps:
+            part = self.parts.pop(tp, None)
+            if part is not None and part.batch is not None:
+                self.metrics.batches.labels("revoked").inc()
+            with contextlib.suppress(KeyError):
+                self.metrics.lag_records.remove(tp.topic, str(tp.partition))
+        self.unadopted -= tps
+        if tps:
+            log.info("partitions revoked, uncommitted records left to the next owner: %s", tps)
+
+    def _assigned(self, tps: Partitions) -> None:
+        self.assignments += 1
+        new = tps - self.parts.keys()
+        self.source.pause(*new)
+        self.unadopted |= new
+
+    # -- the feed ---------------------------------------------------------------------------
+
+    async def start(self) -> None:
+        await self.source.start(self._revoked, self._assigned)
+        try:
+            await self.source.ensure_topic(self.dead_letters.topic)
+            await self.dead_letters.start()
+        except BaseException:
+            await self.source.stop()
+            raise
+        self._lag = asyncio.create_task(self._watch_lag())
+
+    async def stop(self) -> None:
+        """Leave the group (its partitions go to the others at once)."""
+        try:
+            if self._lag is not None:
+                self._lag.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await self._lag
+            await self.dead_letters.stop()
+        finally:
+            await self.source.stop()
+
+    async def read(self, final: bool) -> int:
+        if final:
+            return 0  # stopping: store what is buffered, fetch no more
+        polled = await self.source.poll(self.poll_ms, self.max_records)
+        if self.unadopted:
+            await self._adopt()
+        now = time.monotonic()
+        taken = 0
+        for tp, records in polled.items():
+            part = self.parts.get(tp)
+            if part is None:
+                # Fetched in the moment between assignment and our pause: read it again later.
+                self.source.rewind(tp, records[0].offset)
+                continue
+            if records[0].offset < part.next_offset:
+                # Never take an offset twice: the batch boundaries (and tokens) depend on it.
+                log.warning("%s: skipping records before offset %d", tp, part.next_offset)
+                records = [r for r in records if r.offset >= part.next_offset]
+            part.add(records, now)
+            taken += len(records)
+        return taken
+
+    async def idle(self, stop: asyncio.Event) -> None:
+        pass  # getmany() has waited up to poll_interval_ms already
+
+    async def _adopt(self) -> None:
+        """Read committed offsets and in-flight ranges of new partitions, then fetch them."""
+        tps = self.unadopted & self.source.assignment()
+        self.unadopted = set(tps)  # the others were revoked meanwhile
+        if not tps:
+            return
+        assignments = self.assignments
+        try:
+            state = await self.source.committed(tps)
+            fresh = [tp for tp, (offset, _) in state.items() if offset is None]
+            beginning = await self.source.beginning(fresh) if fresh else {}
+        except KafkaError as exc:
+            log.warning("reading committed offsets failed, will retry: %s", exc)
+            return  # they stay paused
+        if assignments != self.assignments:
+            return  # reassigned meanwhile: read again
+        adopted = tps & self.unadopted  # not revoked meanwhile
+        for tp in adopted:
+            offset, inflight = state[tp]
+            committed = beginning.get(tp, 0) if offset is None else offset
+            self.parts[tp] = PartitionBuffer(tp, committed, inflight)
+            if inflight is not None:
+                self.metrics.replayed_batches.inc()
+                log.info("%s: replaying in-flight offsets %d-%d", tp, *inflight)
+        self.unadopted -= adopted
+        self.source.resume(*adopted)
+
+    def batches(self, now: float, final: bool) -> list[Batch]:
+        out: list[Batch] = []
+        for part in self.parts.values():
+            highwater = self.source.highwater(part.tp)
+            part.cut(now, self.max_rows, self.max_age_s, highwater, final)
+            if part.batch is not None:
+                out.append(part.batch)
+        return out
+
+    def owns(self, batch: Batch) -> bool:
+        """The batch's partition is still ours. One revoked while its batch was on the way
+        is the next owner's to commit: aiokafka refuses partitions not assigned and the broker
+        an old generation, and this keeps a stale batch from committing under a new
+        assignment."""
+        assert isinstance(batch, PartitionBatch)
+        part = self.parts.get(batch.tp)
+        return part is not None and part.batch is batch
+
+    async def reject(self, batch: Batch) -> None:
+        assert isinstance(batch, PartitionBatch)
+        rejects = [(batch.records[i], reason) for i, reason in batch.rejects]
+        await self.dead_letters.send(rejects)
+        for record, reason in rejects:
+            self.metrics.dlq_records.labels(reason).inc()
+            log.warning("%s offset %d dead-lettered: %s", batch.tp, record.offset, reason)
+
+    async def mark(self, batches: list[Batch]) -> None:
+        offsets: Offsets = {}
+        for batch in batches:
+            assert isinstance(batch, PartitionBatch)
+            offsets[batch.tp] = (batch.first, inflight_metadata(batch.first, batch.last))
+        await self.source.commit(offsets)
+
+    async def commit(self, batches: list[Batch]) -> None:
+        parts = []
+        for batch in batches:
+            assert isinstance(batch, PartitionBatch)
+            parts.append(self.parts[batch.tp])
+        await self.source.commit({p.tp: (p.flight.last + 1, "") for p in parts})
+        for part in parts:
+            part.done()
+            if self.parts.get(part.tp) is part:  # not a new owner's partition, paused to adopt
+                self.source.resume(part.tp)
+
+    def hold(self, batch: Batch) -> None:
+        assert isinstance(batch, PartitionBatch)
+        self.source.pause(batch.tp)
+
+    def after_pass(self) -> None:
+        self.metrics.paused_partitions.set(len(self.source.paused()))
+
+    async def _watch_lag(self) -> None:
+        """Lag per partition from the broker's end offsets: a paused partition is not fetched,
+        so the highwater seen by the fetcher would stand still while the backlog grows."""
+        while True:
+            await asyncio.sleep(LAG_INTERVAL_S)
+            parts = dict(self.parts)
+            if not parts:
+                continue
+            try:
+                ends = await self.source.end(parts)
+            except KafkaError as exc:
+                log.debug("end offsets unavailable: %s", exc)
+                continue
+            for tp, part in parts.items():
+                current = self.parts.get(tp)
+                if tp not in ends or current is None or current is not part:
+                    continue  # revoked meanwhile
+                lag = max(0, ends[tp] - current.committed)
+                self.metrics.lag_records.labels(tp.topic, str(tp.partition)).set(lag)

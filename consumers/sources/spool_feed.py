@@ -1,0 +1,123 @@
+"""The spool as a feed of batches: one batch at a time, recorded in the checkpoint.
+
+Lines are read after the cursor and cut into a batch by rows or age; its token names its
+byte ranges (sources/spool.py), and the checkpoint records those ranges before the insert, so
+the batch a crash interrupted is read again from exactly the same bytes and replayed first.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+
+from consumers.metrics import ConsumerMetrics
+from consumers.settings import ConsumerSettings
+from consumers.sources.protocol import Batch
+from consumers.sources.spool import Range, SpoolSource, token_for
+
+log = logging.getLogger("beacon.consumer")
+
+
+def merge(ranges: list[Range]) -> list[Range]:
+    """Join ranges that continue each other in the same segment."""
+    merged: list[Range] = []
+    for r in ranges:
+        if merged and merged[-1].segment == r.segment and merged[-1].end == r.start:
+            merged[-1] = Range(r.segment, merged[-1].start, r.end)
+        else:
+            merged.append(r)
+    return merged
+
+
+class SpoolBatch(Batch):
+    """Lines of these byte ranges, under the token of the ranges."""
+
+    def __init__(self, lines: list[bytes], ranges: list[Range], replay: bool) -> None:
+        super().__init__(lines, token_for(ranges), replay)
+        self.ranges = ranges
+
+    @property
+    def label(self) -> str:
+        first, last = self.ranges[0], self.ranges[-1]
+        return f"spool {first.segment}:{first.start}-{last.segment}:{last.end}"
+
+
+class SpoolFeed:
+    """Closed spool segments in order; nothing is read past a batch on its way."""
+
+    errors: tuple[type[Exception], ...] = ()  # a failing checkpoint write stops the consumer
+
+    def __init__(
+        self, source: SpoolSource, metrics: ConsumerMetrics, settings: ConsumerSettings
+    ) -> None:
+        self.source = source
+        self.metrics = metrics
+        self.max_rows = settings.batch_max_rows
+        self.max_age_s = settings.batch_max_age_ms / 1000
+        self.poll_s = settings.poll_interval_ms / 1000
+        self.lines: list[bytes] = []
+        self.ranges: list[Range] = []
+        self.first_read_at = 0.0
+        self.batch: SpoolBatch | None = None
+
+    async def start(self) -> None:
+        """The checkpoint's pending batch, if any, goes first, under its old token."""
+        pending = list(self.source.pending)
+        if pending:
+            lines = await asyncio.to_thread(self.source.read_ranges, pending)
+            self.batch = SpoolBatch(lines, pending, replay=True)
+            self.metrics.replayed_batches.inc()
+            log.info("replaying a pending batch of %d rows", len(lines))
+
+    async def stop(self) -> None:
+        pass  # the checkpoint is written at every step
+
+    async def read(self, final: bool) -> int:
+        if self.batch is not None:
+            return 0
+        new, ranges = await asyncio.to_thread(self.source.read, self.max_rows - len(self.lines))
+        if new:
+            if not self.lines:
+                self.first_read_at = time.monotonic()
+            self.lines.extend(new)
+            self.ranges.extend(ranges)
+        return len(new)
+
+    async def idle(self, stop: asyncio.Event) -> None:
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(stop.wait(), self.poll_s)
+
+    def batches(self, now: float, final: bool) -> list[Batch]:
+        if self.batch is None and self.lines:
+            due = len(self.lines) >= self.max_rows or now - self.first_read_at >= self.max_age_s
+            if due or final:
+                self.batch = SpoolBatch(self.lines, merge(self.ranges), replay=False)
+                self.lines, self.ranges = [], []
+        return [] if self.batch is None else [self.batch]
+
+    def owns(self, batch: Batch) -> bool:
+        return True
+
+    async def reject(self, batch: Batch) -> None:
+        assert isinstance(batch, SpoolBatch)
+        for _, reason in batch.rejects:
+            log.warning("spool row rejected (%s) in %s", reason, batch.ranges[0].segment)
+
+    async def mark(self, batches: list[Batch]) -> None:
+        for batch in batches:
+            assert isinstance(batch, SpoolBatch)
+            await asyncio.to_thread(self.source.begin, batch.ranges)  # an fsync: not on the loop
+
+    async def commit(self, batches: list[Batch]) -> None:
+        for batch in batches:
+            assert isinstance(batch, SpoolBatch)
+            await asyncio.to_thread(self.source.commit, batch.ranges)
+            self.batch = None
+
+    def hold(self, batch: Batch) -> None:
+        pass  # nothing is read while a batch is on its way
+
+    def after_pass(self) -> None:
+        self.metrics.backlog_segments.set(self.source.backlog_segments())
