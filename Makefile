@@ -6,8 +6,8 @@ STAMP  := $(VENV)/.installed
 # Every folder of Python the linters read.
 CODE   := beacon collector consumers analytics contract tests loadtest deploy
 
-# test-latest: the newest releases of the dependencies, above the pins (collector/aiohttp_compat.py)
-.PHONY: test-latest install deps run test faults fuzz lint clean kafka-fetch kafka-up kafka-down up down bench bench-consumer bench-reports loadtest
+# test-unit: the unit tier; test-latest: the newest releases of the dependencies, above the pins
+.PHONY: test-unit test-latest install deps run test faults fuzz lint clean kafka-fetch kafka-up kafka-down up down bench bench-consumer bench-reports loadtest
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -27,11 +27,16 @@ run: $(STAMP)
 test: $(STAMP)
 	$(BIN)/pytest --ignore=tests/faults
 
+# tests/unit alone: in-process, no Kafka, chDB or subprocess; a few seconds.
+test-unit: $(STAMP)
+	$(BIN)/pytest tests/unit
+
 # The newest release of every dependency, above the pins, in a scratch environment: the tests
 # that guard the private names collector/aiohttp_compat.py reads. Green: the pins may move.
 LATEST_VENV ?= .venv-latest
-GUARDS := tests/test_security.py tests/test_connection_cap.py tests/test_fastpath.py \
-	tests/test_fastpath_parse.py tests/test_tallies.py tests/test_hostile_input.py
+GUARDS := tests/integration/test_security.py tests/integration/test_connection_cap.py \
+	tests/integration/test_fastpath.py tests/integration/test_hostile_input.py \
+	tests/unit/test_fastpath_parse.py tests/unit/test_tallies.py
 test-latest:
 	rm -rf $(LATEST_VENV)
 	$(PYTHON) -m venv $(LATEST_VENV)

@@ -18,7 +18,7 @@ from typing import NamedTuple
 # through Apple's proxies, whether or not anyone reads it: SocketLabs, "Identifying Apple MPP
 # opens" (help.socketlabs.com/docs/identifying-apple-mpp-opens-in-notification-api-events).
 # Those fetches carry a bare "Mozilla/5.0" (no platform, no engine), which no mail client or
-# browser sends; tests/test_enrich.py keeps it as the MPP fixture.
+# browser sends; tests/unit/test_enrich.py keeps it as the MPP fixture.
 APPLE_MPP_USER_AGENT = "Mozilla/5.0"
 # Apple's own address block, 17.0.0.0/8 (ARIN; also the range Apple documents for Applebot,
 # support.apple.com/HT204683, as alaz/legitbot checks it). ESP write-ups on MPP name it as the

@@ -2,9 +2,9 @@
 
 They are not public API: a minor release may rename them, as 3.13 did `_cookie_helpers`. The
 dependency is pinned below the next minor (pyproject.toml); `make test-latest` runs the tests
-that guard these names (tests/test_security.py, test_connection_cap.py, test_fastpath.py,
-test_tallies.py) against the newest releases before the pin is moved. KNOWN names the
-releases these were read from.
+that guard these names (tests/integration/test_security.py, test_connection_cap.py,
+test_fastpath.py, tests/unit/test_tallies.py) against the newest releases before the pin is
+moved. KNOWN names the releases these were read from.
 """
 
 from __future__ import annotations

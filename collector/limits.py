@@ -202,7 +202,7 @@ class GuardedConnection(asyncio.Protocol):
 
     def _check(self) -> None:
         # aiohttp counts parsed request heads per connection and holds the request being
-        # handled; neither is public, so tests/test_security.py guards this behaviour.
+        # handled; neither is public, so tests/integration/test_security.py guards this behaviour.
         count = compat.requests_seen(self._inner)
         if count != self._seen or compat.request_in_progress(self._inner):
             self._stalled = False

@@ -37,7 +37,7 @@ def ipv6_packed(text: str) -> bytes | None:
     would print it as `ipaddress` does; else None (then `ipaddress` decides).
 
     `inet_pton`/`inet_ntop` take ~0.7 us where `ipaddress` takes ~8 us to normalise and ~27 us
-    to truncate; tests/test_hotpath_parsing.py holds them to `ipaddress`'s answers.
+    to truncate; tests/unit/test_hotpath_parsing.py holds them to `ipaddress`'s answers.
     """
     try:
         packed = socket.inet_pton(socket.AF_INET6, text)

@@ -41,7 +41,7 @@ class HistogramTally:
     """Observations of one histogram child, counted per bucket.
 
     Folding adds to the child's per-bucket values and sum, which `observe()` updates one at a
-    time; they are not public (tests/test_tallies.py compares the two ways)."""
+    time; they are not public (tests/unit/test_tallies.py compares the two ways)."""
 
     __slots__ = ("bounds", "buckets", "counts", "sum", "total")
 

@@ -20,7 +20,7 @@ UINT8 = pa.uint8()
 # Every column of beacon.events (analytics/schema.py) that an event or the consumer fills;
 # inserted_at is left to its DEFAULT. ClickHouse casts each to the column's type (String to
 # UUID or LowCardinality) and reads a null as the column's default, which is what a field
-# missing from an older wire version needs. tests/test_event_rows.py checks this list
+# missing from an older wire version needs. tests/integration/test_event_rows.py checks this list
 # against the migrated table.
 COLUMNS: tuple[tuple[str, pa.DataType], ...] = (
     ("schema_version", UINT8),

@@ -7,8 +7,8 @@ loadtest/fuzz_cases.py over raw sockets and an HTTP client, with a few slow clie
 request heads meanwhile, and prints: requests, counts per status and category (every answer
 on a connection, and each connection closed unanswered), RSS before and after, how long slow
 clients held a connection, and what the Prometheus counters saw. The checks
-(`Report.problems`) are what tests/test_fuzz_http.py asserts: no 5xx, the process alive, RSS
-growth bounded, no input in any response header, every 400 and every unanswered close
+(`Report.problems`) are what tests/integration/test_fuzz_http.py asserts: no 5xx, the process
+alive, RSS growth bounded, no input in any response header, every 400 and every unanswered close
 counted, slow heads cut within their bound.
 """
 

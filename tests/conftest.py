@@ -17,7 +17,7 @@ from collector.app import create_app
 from collector.metrics import CollectorMetrics
 from collector.settings import Settings
 from collector.sinks.memory import MemorySink
-from tests import kafka_broker
+from tests.support import kafka_broker
 
 
 @pytest.fixture
@@ -65,6 +65,18 @@ async def kafka_topic(kafka_bootstrap: str) -> str:
     finally:
         await admin.close()
     return name
+
+
+KINDS = ("unit", "integration", "e2e", "faults")  # the folders, one kind of test each
+TESTS = Path(__file__).parent
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    """Each test is marked by its folder: `pytest -m unit` runs the tier without servers."""
+    for item in items:
+        kind = item.path.relative_to(TESTS).parts[0]
+        if kind in KINDS:
+            item.add_marker(kind)
 
 
 def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:

@@ -1,10 +1,11 @@
 -- Beacon schema for a ClickHouse cluster: every table of the single-node schema
--- (single-node.sql, consumers/schema.py) as <name>_local, ReplicatedReplacingMergeTree on each
+-- (single-node.sql, analytics/schema.py) as <name>_local, ReplicatedReplacingMergeTree on each
 -- shard, behind a Distributed <name> that consumers insert into and reports read.
 -- Made by
 --   python deploy/clickhouse/schema_sql.py cluster > deploy/clickhouse/cluster.sql
--- and checked by tests/test_deploy.py. Needs the macros {cluster}, {shard} and {replica} on
--- every server ({replica} unique in the whole cluster) and Keeper. Run it once, on any node:
+-- and checked by tests/integration/test_deploy.py. Needs the macros {cluster}, {shard} and
+-- {replica} on every server ({replica} unique in the whole cluster) and Keeper. Run it once,
+-- on any node:
 --   clickhouse-client --multiquery < deploy/clickhouse/cluster.sql
 --
 -- Consumers in front of a cluster must run with BEACON_RETENTION_DAYS=0: the TTL lives on the

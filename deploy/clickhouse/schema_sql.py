@@ -65,8 +65,9 @@ CLUSTER_HEADER = """\
 -- shard, behind a Distributed <name> that consumers insert into and reports read.
 -- Made by
 --   python deploy/clickhouse/schema_sql.py cluster > deploy/clickhouse/cluster.sql
--- and checked by tests/test_deploy.py. Needs the macros {cluster}, {shard} and {replica} on
--- every server ({replica} unique in the whole cluster) and Keeper. Run it once, on any node:
+-- and checked by tests/integration/test_deploy.py. Needs the macros {cluster}, {shard} and
+-- {replica} on every server ({replica} unique in the whole cluster) and Keeper. Run it once,
+-- on any node:
 --   clickhouse-client --multiquery < deploy/clickhouse/cluster.sql
 --
 -- Consumers in front of a cluster must run with BEACON_RETENTION_DAYS=0: the TTL lives on the
@@ -165,7 +166,8 @@ def single_node(writer: ConnWriter) -> str:
         f"-- (analytics/schema.py), with the default retention of {retention_days} days. Made by",
         "--   python deploy/clickhouse/schema_sql.py single-node \\",
         "--     > deploy/clickhouse/single-node.sql",
-        "-- and checked against the migrations by tests/test_deploy.py. Safe to run twice.",
+        "-- and checked against the migrations by tests/integration/test_deploy.py.",
+        "-- Safe to run twice.",
         "",
         f"CREATE DATABASE IF NOT EXISTS {DATABASE};",
         "",

@@ -1,8 +1,9 @@
 -- Beacon schema for a single ClickHouse server: what `beacon consume` migrates to
--- (consumers/schema.py), with the default retention of 395 days. Made by
+-- (analytics/schema.py), with the default retention of 395 days. Made by
 --   python deploy/clickhouse/schema_sql.py single-node \
 --     > deploy/clickhouse/single-node.sql
--- and checked against the migrations by tests/test_deploy.py. Safe to run twice.
+-- and checked against the migrations by tests/integration/test_deploy.py.
+-- Safe to run twice.
 
 CREATE DATABASE IF NOT EXISTS beacon;
 

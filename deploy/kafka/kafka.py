@@ -10,7 +10,7 @@ file, with Java 17. Standard library only, so CI and tests can run it before any
     python3 deploy/kafka/kafka.py down [--dir DIR]
 
 `up` prints only the bootstrap address(es) on stdout (`BOOTSTRAP=$(... up)` works); progress
-and errors go to stderr. Tests import this file by path (tests/kafka_broker.py) and call
+and errors go to stderr. Tests import this file by path (tests/support/kafka_broker.py) and call
 start_broker() / stop_broker(), or start_cluster() for several nodes, each a KRaft voter, in
 DIR/node-<id>.
 """

@@ -26,9 +26,9 @@ import pytest
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 from prometheus_client.parser import text_string_to_metric_families
 
-from tests import helpers
 from tests.faults.report import RESULTS
-from tests.helpers import free_port
+from tests.support import helpers
+from tests.support.helpers import free_port
 
 START_TIMEOUT_S = 60.0
 STOP_TIMEOUT_S = 30.0

@@ -30,7 +30,6 @@ from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 from aiokafka.admin.config_resource import ConfigResource, ConfigResourceType
 from aiokafka.errors import KafkaError
 
-from tests import kafka_broker
 from tests.faults.conftest import (
     Load,
     Proc,
@@ -45,9 +44,10 @@ from tests.faults.conftest import (
     wait_stored,
 )
 from tests.faults.report import record
+from tests.support import kafka_broker
 
 # Starting three brokers on a loaded machine can take minutes, and so can the catch-up.
-pytestmark = [pytest.mark.slow, pytest.mark.timeout(900)]
+pytestmark = [pytest.mark.timeout(900)]
 
 PROMISE = "zero loss, no double count, no restart needed"
 NODES = 3

@@ -32,9 +32,7 @@ from tests.faults.conftest import (
     scrape,
 )
 from tests.faults.report import record
-from tests.helpers import segments_of
-
-pytestmark = pytest.mark.slow
+from tests.support.helpers import segments_of
 
 LOAD_S = 1.5  # load before the fault
 MAX_REQUESTS = 8000  # per case, whatever the machine's speed

@@ -23,8 +23,6 @@ from typing import Any
 import pytest
 from aiokafka.admin import AIOKafkaAdminClient
 
-from tests import kafka_broker
-from tests.clickhouse_front import ClickHouseFront
 from tests.faults.conftest import (
     Load,
     Proc,
@@ -42,8 +40,10 @@ from tests.faults.conftest import (
 )
 from tests.faults.proxy import DelayProxy
 from tests.faults.report import record
+from tests.support import kafka_broker
+from tests.support.clickhouse_front import ClickHouseFront
 
-pytestmark = [pytest.mark.slow, pytest.mark.timeout(150)]
+pytestmark = [pytest.mark.timeout(150)]
 
 PROMISE = "zero loss, no double count"
 RATE_PER_S = 150.0  # pixels per second of every case: a few thousand per case

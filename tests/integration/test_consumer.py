@@ -1,0 +1,325 @@
+"""The spool consumer against real chDB: in-process pipeline runs and a crash-tested process."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import signal
+import subprocess
+import sys
+import time
+import urllib.error
+import urllib.request
+from collections.abc import AsyncIterator, Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import orjson
+import pytest
+from prometheus_client import CollectorRegistry
+
+from analytics.migrations import migrate
+from analytics.schema import EVENTS
+from analytics.store.chdb import ChdbWriter
+from collector.metrics import CollectorMetrics
+from collector.sinks.spool import SpoolSink
+from consumers.enrich import Enricher
+from consumers.metrics import ConsumerMetrics
+from consumers.pipeline import Pipeline
+from consumers.settings import ConsumerSettings
+from consumers.sources.spool import SpoolSource, token_for
+from consumers.sources.spool_feed import SpoolFeed, merge
+from contract.segments import closed_segments
+from tests.support.chdb_events import mail_opens
+from tests.support.helpers import free_port, metric_value, store_port_query
+
+REPO = Path(__file__).resolve().parents[2]
+WAIT_S = 90.0  # generous: the machine is small and shared
+
+
+# -- events and the spool ---------------------------------------------------------------------
+
+
+async def spool_events(spool_dir: Path, lines: list[bytes], segment_max_bytes: int) -> int:
+    """Write lines the way the collector does (batches of 50); returns the closed segments."""
+    sink = SpoolSink(
+        spool_dir,
+        CollectorMetrics(CollectorRegistry()),
+        segment_max_bytes=segment_max_bytes,
+        segment_max_age_ms=3_600_000,
+        max_bytes=1 << 30,
+    )
+    for i in range(0, len(lines), 50):
+        await sink.send(lines[i : i + 50])
+    await sink.close()
+    return len(closed_segments(spool_dir))
+
+
+def encode(events: list[dict[str, Any]]) -> list[bytes]:
+    return [orjson.dumps(e) for e in events]
+
+
+def pending_in_checkpoint(config: ConsumerSettings) -> list:
+    return orjson.loads(config.checkpoint_path.read_bytes())["pending"]
+
+
+# -- the in-process store and pipeline ---------------------------------------------------------
+
+
+@pytest.fixture
+def config(tmp_path: Path) -> ConsumerSettings:
+    """Small batches so every test inserts several; a short poll so idle waits are short."""
+    return ConsumerSettings(
+        data_dir=tmp_path, batch_max_rows=40, batch_max_age_ms=50, poll_interval_ms=10
+    )
+
+
+@pytest.fixture
+async def store(config: ConsumerSettings) -> AsyncIterator[ChdbWriter]:
+    writer = ChdbWriter(config.store_dir)
+    await migrate(writer, config.retention_days)
+    # ReplacingMergeTree merges would hide a doubled insert from count(); without merges
+    # only the insert dedup token can keep count() at N.
+    await writer.execute(f"SYSTEM STOP MERGES {EVENTS}")
+    yield writer
+    await writer.close()
+
+
+async def count(writer: ChdbWriter, expr: str = "count()") -> int:
+    return int(await writer.query(f"SELECT {expr} FROM {EVENTS}", "TSV"))
+
+
+async def run_until_stored(pipeline: Pipeline, writer: ChdbWriter, rows: int) -> None:
+    """Run the consume loop until `rows` rows are in, then stop it (it drains) and wait."""
+    stop = asyncio.Event()
+    task = asyncio.create_task(pipeline.run(stop))
+    deadline = time.monotonic() + WAIT_S
+    while await count(writer) < rows:
+        if task.done():
+            task.result()  # raises what broke the loop
+            pytest.fail("the pipeline returned before the rows were in")
+        assert time.monotonic() < deadline, f"only {await count(writer)} of {rows} rows in"
+        await asyncio.sleep(0.02)
+    stop.set()
+    await asyncio.wait_for(task, WAIT_S)
+
+
+def new_pipeline(config: ConsumerSettings, writer: ChdbWriter) -> Pipeline:
+    source = SpoolSource(config.spool_dir, config.checkpoint_path)
+    metrics = ConsumerMetrics(CollectorRegistry())
+    return Pipeline(SpoolFeed(source, metrics, config), writer, metrics, config)
+
+
+async def test_pipeline_moves_every_event_into_the_store(config, store):
+    events = mail_opens(250)
+    assert await spool_events(config.spool_dir, encode(events), 16 * 1024) >= 3
+    pipeline = new_pipeline(config, store)
+    await run_until_stored(pipeline, store, len(events))
+
+    assert await count(store) == len(events)
+    answer = await store.query(
+        "SELECT toString(event_id) AS event_id, toUnixTimestamp64Milli(received_at) AS ms, "
+        "event_type, site, campaign, recipient, url_host, url_query, props, visitor_id, dnt "
+        f"FROM {EVENTS}"
+    )
+    stored = [orjson.loads(line) for line in answer.splitlines()]
+    by_id = {row["event_id"]: row for row in stored}
+    assert by_id.keys() == {event["event_id"] for event in events}
+    for event in events:
+        row = by_id[event["event_id"]]
+        assert int(row["ms"]) == event["received_at"]  # to the millisecond
+        assert row["props"] == event["props"]
+        assert int(row["visitor_id"]) == event["visitor_id"]
+        for name in ("event_type", "site", "campaign", "recipient", "url_host", "url_query", "dnt"):
+            assert row[name] == event[name], name
+
+    metrics = pipeline.metrics
+    assert metric_value(metrics, "beacon_consumer_rows_inserted_total") == len(events)
+    assert metric_value(metrics, "beacon_consumer_inserts_total", outcome="ok") >= 250 / 40
+    assert closed_segments(config.spool_dir) == []  # inserted segments are freed
+    assert pending_in_checkpoint(config) == []
+
+
+async def test_replay_after_a_crash_between_insert_and_commit_stores_nothing_twice(config, store):
+    events = mail_opens(120)
+    await spool_events(config.spool_dir, encode(events), 8 * 1024)
+
+    # A consumer that inserts its batch and dies before committing it.
+    crashed = SpoolSource(config.spool_dir, config.checkpoint_path)
+    lines, ranges = crashed.read(50)
+    ranges = merge(ranges)
+    crashed.begin(ranges)
+    enricher = Enricher()
+    body = b"".join(enricher.to_row(line) + b"\n" for line in lines)
+    await store.insert(EVENTS, body, token_for(ranges))
+    del crashed
+    assert await count(store) == 50
+
+    pipeline = new_pipeline(config, store)
+    assert pipeline.feed.source.pending == ranges
+    await run_until_stored(pipeline, store, len(events))
+
+    assert metric_value(pipeline.metrics, "beacon_consumer_replayed_batches_total") == 1
+    # No FINAL and no merges: the replayed batch was dropped by its token, not merged away.
+    assert await count(store) == len(events)
+    assert await count(store, "uniqExact(event_id)") == len(events)
+    assert pending_in_checkpoint(config) == []
+    assert closed_segments(config.spool_dir) == []
+
+
+async def test_malformed_lines_are_counted_and_skipped(config, store):
+    good = encode(mail_opens(30))
+    bad = [b'{"event_id": "0190', b"not json at all", b"\xff\xfe"]
+    lines = good[:10] + bad[:2] + good[10:25] + bad[2:] + good[25:]
+    await spool_events(config.spool_dir, lines, 1024)
+
+    pipeline = new_pipeline(config, store)
+    await run_until_stored(pipeline, store, len(good))
+
+    assert await count(store) == len(good)
+    metrics = pipeline.metrics
+    assert (
+        metric_value(metrics, "beacon_consumer_rows_rejected_total", reason="malformed_json") == 3
+    )
+    assert metric_value(metrics, "beacon_consumer_rows_inserted_total") == len(good)
+    # A rejected line does not hold the spool back: its segment is done and deleted.
+    assert closed_segments(config.spool_dir) == []
+    assert pending_in_checkpoint(config) == []
+
+
+# -- the consumer process, killed and restarted ------------------------------------------------
+
+# Run in a child so no chDB session stays open in the test process: create the schema as the
+# consumer would, then turn merges off for good (`SYSTEM STOP MERGES` does not outlive the
+# process). Merges of the ReplacingMergeTree would otherwise hide a doubled insert.
+PREPARE_STORE = """
+import asyncio, sys
+from pathlib import Path
+from analytics.schema import EVENTS
+from analytics.migrations import migrate
+from consumers.settings import ConsumerSettings
+from analytics.store.chdb import ChdbWriter
+
+async def main():
+    writer = ChdbWriter(Path(sys.argv[1]))
+    await migrate(writer, ConsumerSettings().retention_days)
+    await writer.execute(
+        f"ALTER TABLE {EVENTS} MODIFY SETTING max_bytes_to_merge_at_max_space_in_pool = 1, "
+        "max_bytes_to_merge_at_min_space_in_pool = 1"
+    )
+    await writer.close()
+
+asyncio.run(main())
+"""
+
+
+@pytest.fixture
+def processes() -> Iterator[list[subprocess.Popen[bytes]]]:
+    """Every child a test starts; killed in teardown whatever happened in the test."""
+    started: list[subprocess.Popen[bytes]] = []
+    yield started
+    for proc in started:
+        if proc.poll() is None:
+            proc.kill()
+        proc.wait(30)
+
+
+def store_query(port: int, sql: str) -> str | None:
+    """Ask the consumer's query port; None while nothing listens there."""
+    try:
+        return store_port_query(port, sql)
+    except urllib.error.HTTPError:
+        raise  # the store answered with an error: that is a failure, not "not up yet"
+    except (urllib.error.URLError, ConnectionError, TimeoutError):
+        return None
+
+
+def wait_for(what: str, check: Callable[[], bool], proc: subprocess.Popen[bytes], log: Path):
+    deadline = time.monotonic() + WAIT_S
+    while not check():
+        if proc.poll() is not None:
+            pytest.fail(f"consumer exited ({proc.returncode}) waiting for {what}:\n{tail(log)}")
+        if time.monotonic() > deadline:
+            pytest.fail(f"timed out waiting for {what}:\n{tail(log)}")
+        time.sleep(0.01)
+
+
+def tail(log: Path) -> str:
+    return log.read_text(errors="replace")[-3000:]
+
+
+@pytest.mark.timeout(600)
+def test_consumer_killed_mid_way_loses_nothing_and_doubles_nothing(tmp_path, processes):
+    total = 5000
+    config = ConsumerSettings(data_dir=tmp_path)
+    segments = asyncio.run(spool_events(config.spool_dir, encode(mail_opens(total)), 256 << 10))
+    assert segments >= 5
+    subprocess.run(
+        [sys.executable, "-c", PREPARE_STORE, str(config.store_dir)],
+        cwd=REPO,
+        check=True,
+        timeout=WAIT_S,
+    )
+    port = free_port()
+    env = {
+        **os.environ,
+        "BEACON_DATA_DIR": str(tmp_path),
+        "BEACON_STORE_PORT": str(port),
+        "BEACON_BATCH_MAX_ROWS": "20",  # many small inserts: many places to be killed in
+        "BEACON_BATCH_MAX_AGE_MS": "50",
+        "BEACON_LOG_LEVEL": "WARNING",
+    }
+    log = tmp_path / "consumer.log"
+
+    def start() -> subprocess.Popen[bytes]:
+        with open(log, "ab") as out:
+            proc = subprocess.Popen(
+                [sys.executable, "-m", "beacon", "consume"],
+                cwd=REPO,
+                env=env,
+                stdout=out,
+                stderr=subprocess.STDOUT,
+            )
+        processes.append(proc)
+        return proc
+
+    def stored(expr: str = "count()") -> int:
+        answer = store_query(port, f"SELECT {expr} FROM beacon.events")
+        return -1 if answer is None else int(answer)
+
+    def wait_for_rows(proc: subprocess.Popen[bytes], at_least: int) -> int:
+        """Poll the store until it holds `at_least` rows; returns the count it saw."""
+        seen = [-1]
+
+        def enough() -> bool:
+            seen[0] = stored()
+            return seen[0] >= at_least
+
+        wait_for(f"{at_least} rows", enough, proc, log)
+        return seen[0]
+
+    inserted = 0
+    for pause_s in (0.002, 0.007, 0.013):
+        proc = start()
+        # Kill it once this life has inserted a good share, long before the end. The pause
+        # moves the kill off the moment the count query returns (when the consumer mostly sits
+        # between batches) into an insert, so the restart usually has a batch to replay.
+        inserted = wait_for_rows(proc, inserted + total // 8)
+        time.sleep(pause_s)
+        proc.send_signal(signal.SIGKILL)
+        proc.wait(WAIT_S)
+        assert inserted < total  # some, not all: the kill landed mid-way
+
+    proc = start()
+
+    def drained() -> bool:
+        # Everything inserted and committed: no segment left, no batch in flight.
+        return not closed_segments(config.spool_dir) and pending_in_checkpoint(config) == []
+
+    wait_for("the spool to drain", drained, proc, log)
+    # No FINAL and no merges: a batch inserted twice would show here.
+    assert stored("count()") == total
+    assert stored("uniqExact(event_id)") == total
+
+    proc.send_signal(signal.SIGTERM)
+    assert proc.wait(WAIT_S) == 0, tail(log)

@@ -1,0 +1,217 @@
+"""Erasure and export on real chDB: the SQL, the store port's POST /erase, ClickHouse over HTTP."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Iterator
+from pathlib import Path
+
+import orjson
+import pytest
+from aiohttp.test_utils import TestClient, TestServer
+from prometheus_client import CollectorRegistry
+
+from analytics import erasure
+from analytics.migrations import migrate
+from analytics.query_server import create_query_app
+from analytics.schema import EVENTS
+from analytics.store.http import HttpWriter
+from analytics.subject_cli import run_erase
+from consumers.settings import ConsumerSettings
+from tests.support.chdb_events import Store, hour_ago_ms, wire
+from tests.support.clickhouse_front import ClickHouseFront
+
+JSON = {"Content-Type": "application/json"}
+
+
+def people(at_ms: int) -> list[dict]:
+    """alice: 2 events (the first also stored twice: see `insert`); bob: 1; a visitor; a site."""
+    return [
+        wire("open", at_ms, site="mail", recipient="alice"),
+        wire("click", at_ms + 1, site="mail", recipient="alice"),
+        wire("open", at_ms + 2, site="mail", recipient="bob"),
+        wire("pageview", at_ms + 3, site="blog", visitor_id=12345678901234567890),
+        wire("pageview", at_ms + 4, site="gone", recipient="carol"),
+        wire("open", at_ms + 5, site="mail", recipient="o'brien\\"),
+    ]
+
+
+def batches() -> list[list[dict]]:
+    """Two inserts, the second repeating alice's first event, as a replay with another token
+    does (one insert would fold the copies: ReplacingMergeTree merges within an insert)."""
+    events = people(hour_ago_ms())
+    return [events, events[:1]]
+
+
+@pytest.fixture
+def store(tmp_path: Path) -> Iterator[Store]:
+    s = Store(tmp_path / "clickhouse")
+    for batch in batches():
+        s.add(batch)
+    yield s
+    s.close()
+
+
+def count(store: Store, where: str = "1") -> int:
+    return int(store.writer.query_sync(f"SELECT count() FROM {EVENTS} WHERE {where}", "TSV"))
+
+
+def test_condition_quotes_values_and_refuses_anything_else() -> None:
+    assert erasure.condition("recipient", "o'brien\\") == "recipient = 'o\\'brien\\\\'"
+    assert erasure.condition("visitor", "42") == "visitor_id = 42"
+    assert erasure.condition("site", "blog") == "site = 'blog'"
+    for field, value, reason in [
+        ("email", "a@b.c", "unknown_field"),
+        ("recipient", "", "empty_value"),
+        ("recipient", "x" * 257, "value_too_long"),
+        ("recipient", "bob\n", "control_chars"),
+        ("visitor", "12ab", "bad_visitor_id"),
+        ("visitor", "0", "bad_visitor_id"),
+        ("visitor", str(2**64), "bad_visitor_id"),
+    ]:
+        with pytest.raises(erasure.RequestError) as caught:
+            erasure.condition(field, value)
+        assert caught.value.reason == reason
+
+
+async def test_erase_removes_exactly_the_rows_asked_for(store: Store) -> None:
+    writer = store.writer
+    assert await erasure.erase(writer, "recipient", "x' OR 1=1 OR '") == 0  # just a value
+    assert count(store) == 7
+    assert await erasure.erase(writer, "recipient", "alice") == 3  # every stored copy
+    assert count(store, "recipient = 'alice'") == 0
+    assert await erasure.erase(writer, "recipient", "o'brien\\") == 1
+    assert await erasure.erase(writer, "visitor", "12345678901234567890") == 1
+    assert await erasure.erase(writer, "site", "gone") == 1
+    assert await erasure.erase(writer, "recipient", "alice") == 0  # again: nothing left
+    left = store.rows(f"SELECT recipient, site FROM {EVENTS} FINAL")
+    assert left == [{"recipient": "bob", "site": "mail"}]
+
+
+async def test_export_sql_finds_one_persons_events(store: Store) -> None:
+    rows = store.rows(erasure.export_sql("recipient", "alice"))
+    assert [r["event_type"] for r in rows] == ["open", "click"]  # the replayed copy once
+    assert {r["recipient"] for r in rows} == {"alice"} and "user_agent" in rows[0]
+
+
+def test_audit_lines_are_json_appended_and_private(tmp_path: Path) -> None:
+    path = tmp_path / "logs" / "audit.log"
+    erasure.audit(path, "erase", "recipient", "alice", 3, "direct", "ops\nfake line")
+    erasure.audit(path, "export", "recipient", "bob", 1, "store", "ops")
+    first, second = (orjson.loads(line) for line in path.read_bytes().splitlines())
+    assert first["action"] == "erase" and first["value"] == "alice" and first["rows"] == 3
+    assert first["by"] == "opsfake line" and first["at"].endswith("Z")
+    assert second["action"] == "export"
+    assert path.stat().st_mode & 0o777 == 0o600
+
+
+@pytest.fixture
+async def port(store: Store, tmp_path: Path):  # type: ignore[no-untyped-def]
+    """The store port's app on loopback, over the fixture's store."""
+    registry = CollectorRegistry()
+    app = create_query_app(store.writer, store.reader(), registry, tmp_path / "audit.log")  # type: ignore[arg-type]
+    client = TestClient(TestServer(app, host="127.0.0.1"))
+    await client.start_server()
+    yield client, registry
+    await client.close()
+
+
+async def test_store_port_erases_and_audits(port, store: Store, tmp_path: Path) -> None:
+    client, registry = port
+    body = orjson.dumps({"field": "recipient", "value": "alice", "by": "dpo"})
+    resp = await client.post("/erase", data=body, headers={"Content-Type": "application/json"})
+    assert resp.status == 200 and await resp.json() == {"rows": 3}
+    assert count(store, "recipient = 'alice'") == 0
+    [line] = (tmp_path / "audit.log").read_bytes().splitlines()
+    audit = orjson.loads(line)
+    assert (audit["field"], audit["value"], audit["rows"]) == ("recipient", "alice", 3)
+    assert (audit["via"], audit["by"]) == ("store_port", "dpo")
+    value = registry.get_sample_value("beacon_erase_requests_total", {"outcome": "erased"})
+    assert value == 1
+
+
+@pytest.mark.parametrize(
+    ("data", "headers", "status", "error"),
+    [
+        (b'{"field":"email","value":"a"}', {}, 400, "unknown_field"),
+        (b'{"field":"recipient","value":"bob","sql":"DROP"}', {}, 400, None),
+        (b'{"field":"recipient","value":["bob"]}', {}, 400, None),
+        (b"[1]", {}, 400, None),
+        (b"{oops", {}, 400, "malformed_json"),
+        (b'{"field":"recipient","value":"bob"}', {"Content-Type": "text/plain"}, 415, None),
+        (b'{"field":"recipient","value":"bob"}', {"Host": "rebound.example:8124"}, 403, None),
+    ],
+)
+async def test_store_port_refuses_bad_or_foreign_requests(
+    port, store: Store, data: bytes, headers: dict[str, str], status: int, error: str | None
+) -> None:
+    client, _ = port
+    resp = await client.post(
+        "/erase", data=data, headers={"Content-Type": "application/json", **headers}
+    )
+    assert resp.status == status
+    if error:
+        assert (await resp.json())["error"] == error
+    assert count(store) == 7  # nothing erased
+
+
+async def test_query_port_stays_read_only(port, store: Store) -> None:
+    client, _ = port
+    sql = orjson.dumps({"sql": "DELETE FROM beacon.events WHERE 1"})
+    resp = await client.post("/query", data=sql, headers=JSON)
+    assert resp.status == 403
+    assert (await resp.json())["error"] == "read_only"
+    assert count(store) == 7
+
+
+async def test_query_port_refuses_a_foreign_host_name(port) -> None:
+    """DNS rebinding: a loopback peer that names another host reads nothing."""
+    client, _ = port
+    sql = orjson.dumps({"sql": "SELECT count() FROM beacon.events"})
+    foreign = {**JSON, "Host": "evil.example:80"}
+    refused = await client.post("/query", data=sql, headers=foreign)
+    assert refused.status == 403
+    assert (await refused.json())["error"] == "loopback_only"
+    assert (await client.post("/query", data=sql, headers=JSON)).status == 200
+    page = await (await client.get("/metrics")).text()
+    assert 'beacon_store_queries_total{outcome="not_local"} 1.0' in page
+    assert 'beacon_store_queries_total{outcome="ok"} 1.0' in page
+
+
+async def test_erase_against_a_clickhouse_server(tmp_path: Path) -> None:
+    async with ClickHouseFront(tmp_path / "ch") as front:
+        writer = HttpWriter(front.url)
+        await migrate(writer, retention_days=0)
+        await writer.close()
+        for batch in batches():
+            lines = b"\n".join(
+                orjson.dumps({**e, "received_at": e["received_at"] / 1000}) for e in batch
+            )
+            front.run(f"INSERT INTO {EVENTS} FORMAT JSONEachRow\n{lines.decode()}")
+        settings = ConsumerSettings(data_dir=tmp_path / "data", clickhouse_url=front.url)
+        rows, via = await asyncio.to_thread(run_erase, settings, "recipient", "alice")
+        assert (rows, via) == (3, "clickhouse")
+        assert front.run(f"SELECT count() FROM {EVENTS} WHERE recipient = 'alice'") == "0\n"
+        [line] = settings.audit_path.read_bytes().splitlines()
+        assert orjson.loads(line)["via"] == "clickhouse"
+
+
+async def test_no_erasure_without_a_writable_audit_log(store: Store, tmp_path: Path) -> None:
+    blocked = tmp_path / "not-a-dir"
+    blocked.write_text("a file where the log's directory should be")
+    app = create_query_app(
+        store.writer,  # type: ignore[arg-type]
+        store.reader(),
+        CollectorRegistry(),
+        blocked / "audit.log",
+    )
+    client = TestClient(TestServer(app, host="127.0.0.1"))
+    await client.start_server()
+    try:
+        body = orjson.dumps({"field": "recipient", "value": "alice"})
+        resp = await client.post("/erase", data=body, headers={"Content-Type": "application/json"})
+        assert resp.status == 503
+        assert (await resp.json())["error"] == "audit_log_not_writable"
+    finally:
+        await client.close()
+    assert count(store, "recipient = 'alice'") == 3  # nothing erased unrecorded

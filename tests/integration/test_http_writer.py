@@ -1,0 +1,242 @@
+"""The HTTP writer against a ClickHouse HTTP front on chDB (tests/support/clickhouse_front.py)."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from pathlib import Path
+
+import orjson
+import pytest
+
+from analytics.migrations import migrate
+from analytics.report import run_query
+from analytics.report_window import Filters, Window
+from analytics.schema import EVENTS
+from analytics.store import StoreError, read_guard
+from analytics.store.http import HttpWriter
+from analytics.store.readers import HttpReader, ReadLimits
+from analytics.views import Request, view_rows
+from collector.event import build_event
+from consumers.enrich import Enricher
+from consumers.settings import ConsumerSettings
+from tests.support.clickhouse_front import ClickHouseFront
+from tests.support.helpers import free_port
+
+PASSWORD = "s3cret"
+UA = (
+    "Mozilla/5.0 (iPhone; CPU iPhone OS 17_1_2 like Mac OS X) AppleWebKit/605.1.15 "
+    "(KHTML, like Gecko) Version/17.1.2 Mobile/15E148 Safari/604.1"
+)
+
+
+@pytest.fixture
+async def front(tmp_path: Path):  # type: ignore[no-untyped-def]
+    async with ClickHouseFront(tmp_path / "clickhouse", user="beacon", password=PASSWORD) as f:
+        yield f
+
+
+@pytest.fixture
+async def writer(front: ClickHouseFront):  # type: ignore[no-untyped-def]
+    writer = HttpWriter(front.url, user="beacon", password=PASSWORD)
+    yield writer
+    await writer.close()
+
+
+@pytest.fixture
+async def store(front: ClickHouseFront, writer: HttpWriter) -> HttpWriter:
+    """Migrated through HTTP; merges stopped so only the insert token can keep count() exact."""
+    await migrate(writer, retention_days=395)
+    front.run(f"SYSTEM STOP MERGES {EVENTS}")
+    return writer
+
+
+def rows(count: int, campaign: str = "spring", received_ms: int | None = None) -> bytes:
+    """Enriched rows, as the pipeline hands them to a writer."""
+    now_ms = received_ms or int(time.time() * 1000)
+    enricher = Enricher(ua_cache_max_entries=10)
+    lines = [
+        enricher.to_row(
+            orjson.dumps(
+                build_event(
+                    {"e": "open", "s": "shop", "c": campaign, "r": f"rcpt-{i}"},
+                    {"n": str(i)},
+                    page_url="https://shop.example/p",
+                    user_agent=UA,
+                    ip="203.0.113.0",
+                    visitor_id=i + 1,
+                    dnt=False,
+                    transport="pixel",
+                    received_ms=now_ms + i,
+                    keep_query=frozenset(),
+                    notes=[],
+                )
+            )
+        )
+        for i in range(count)
+    ]
+    return b"\n".join(lines) + b"\n"
+
+
+async def count(front: ClickHouseFront, where: str = "1") -> int:
+    return int(front.run(f"SELECT count() FROM {EVENTS} WHERE {where}"))
+
+
+async def test_migrations_run_through_http_and_record_once(front, writer):
+    assert await migrate(writer, retention_days=395) == [1, 2, 3, 4, 5]
+    assert await migrate(writer, retention_days=395) == []
+    versions = front.run("SELECT version FROM beacon.schema_migrations ORDER BY version")
+    assert versions == "1\n2\n3\n4\n5\n"
+
+
+async def test_an_insert_repeated_with_its_token_is_stored_once(front, store):
+    batch = rows(25)
+    await store.insert(EVENTS, batch, "spool:seg-1:0-25")
+    await store.insert(EVENTS, batch, "spool:seg-1:0-25")  # a retry after a lost answer
+    assert await count(front) == 25
+    # The token, not the block's hash, decides: other bytes under the same token are dropped.
+    await store.insert(EVENTS, rows(25), "spool:seg-1:0-25")
+    assert await count(front) == 25
+    await store.insert(EVENTS, rows(5, campaign="fall"), "spool:seg-1:25-30")
+    assert await count(front) == 30
+    stored = front.run(
+        f"SELECT browser, browser_version, os, device_type, is_bot FROM {EVENTS} LIMIT 1"
+    )
+    assert stored == "Mobile Safari\t17.1\tiOS\tmobile\t0\n"
+
+
+async def test_fields_without_a_column_do_not_fail_an_insert(front, store):
+    row = orjson.loads(rows(1))
+    row["added_by_a_newer_collector"] = "x"
+    await store.insert(EVENTS, orjson.dumps(row) + b"\n", "t-unknown-field")
+    assert await count(front) == 1
+
+
+async def test_the_insert_carries_its_settings_and_a_gzip_body(front, store):
+    await store.insert(EVENTS, rows(200), "t-gzip")
+    seen = front.seen[-1]
+    assert seen.params["insert_deduplication_token"] == "t-gzip"
+    assert seen.params["async_insert"] == "0"
+    assert seen.params["input_format_skip_unknown_fields"] == "1"
+    assert seen.content_encoding == "gzip"
+    assert seen.wire_bytes * 4 < seen.body_bytes  # the front gunzipped it: really compressed
+
+
+async def test_queries_answer_in_the_format_asked(store):
+    await store.insert(EVENTS, rows(3), "t-formats")
+    sql = f"SELECT campaign, count() AS n FROM {EVENTS} GROUP BY campaign"
+    assert await store.query(sql, "TSV") == "spring\t3\n"
+    assert await store.query(sql, "CSV") == '"spring",3\n'
+    assert orjson.loads(await store.query(sql)) == {"campaign": "spring", "n": 3}
+    assert orjson.loads(await store.query(sql, "JSON"))["data"] == [{"campaign": "spring", "n": 3}]
+
+
+@pytest.mark.parametrize(
+    ("sql", "code", "words"),
+    [
+        ("SELEC 1", "62", "Syntax error"),
+        ("SELECT * FROM beacon.nowhere", "60", "UNKNOWN_TABLE"),
+    ],
+)
+async def test_clickhouse_errors_surface_with_code_and_message(store, sql, code, words):
+    with pytest.raises(StoreError) as caught:
+        await store.query(sql)
+    message = str(caught.value)
+    assert f"HTTP 500, code {code}:" in message and words in message
+
+
+async def test_a_row_clickhouse_cannot_parse_fails_the_insert_with_its_message(store):
+    with pytest.raises(StoreError, match=r"HTTP 500, code 376: .*Cannot parse uuid"):
+        await store.insert(EVENTS, b'{"event_id": "not-a-uuid"}\n', "t-bad")
+
+
+async def test_wrong_credentials_are_a_store_error(front):
+    writer = HttpWriter(front.url, user="beacon", password="wrong")
+    try:
+        with pytest.raises(StoreError, match=r"HTTP 403, code 516:.*Authentication failed"):
+            await writer.execute("SELECT 1")
+    finally:
+        await writer.close()
+
+
+async def test_a_failing_server_is_a_store_error_until_it_recovers(front, store):
+    front.fail_all = True
+    with pytest.raises(StoreError, match="HTTP 503"):
+        await store.insert(EVENTS, rows(2), "t-outage")
+    front.fail_all = False
+    await store.insert(EVENTS, rows(2), "t-outage")  # the pipeline's retry, same token
+    assert await count(front) == 2
+
+
+async def test_an_unreachable_server_is_a_store_error():
+    writer = HttpWriter(f"http://127.0.0.1:{free_port()}/")
+    try:
+        with pytest.raises(StoreError, match="unreachable"):
+            await writer.execute("SELECT 1")
+    finally:
+        await writer.close()
+
+
+async def test_a_server_that_never_answers_times_out_as_a_store_error():
+    release, released = asyncio.Event(), asyncio.Event()
+
+    async def hang(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        await release.wait()  # take the connection, never answer
+        writer.close()
+        released.set()
+
+    server = await asyncio.start_server(hang, "127.0.0.1", 0)
+    port = server.sockets[0].getsockname()[1]
+    writer = HttpWriter(f"http://127.0.0.1:{port}/", timeout_s=0.3)
+    started = time.monotonic()
+    try:
+        # Without its own timeout the call would hang: this wait's TimeoutError is no StoreError.
+        with pytest.raises(StoreError, match="unreachable"):
+            await asyncio.wait_for(writer.execute("SELECT 1"), 60)
+        print(f"gave up after {time.monotonic() - started:.2f} s (timeout_s=0.3)")
+    finally:
+        await writer.close()
+        release.set()
+        await asyncio.wait_for(released.wait(), 5)
+        server.close()
+        await server.wait_closed()
+
+
+async def test_a_bad_token_is_refused_before_anything_is_sent(front, store):
+    sent = len(front.seen)
+    with pytest.raises(ValueError):
+        await store.insert(EVENTS, rows(1), "no spaces or 'quotes'")
+    assert len(front.seen) == sent
+
+
+async def test_report_asks_clickhouse_over_http_when_a_url_is_set(front, store, tmp_path):
+    await store.insert(EVENTS, rows(4, campaign="spring"), "t-report")
+    settings = ConsumerSettings(
+        data_dir=tmp_path / "no-store-here",
+        clickhouse_url=front.url,
+        clickhouse_user="beacon",
+        clickhouse_password=PASSWORD,
+    )
+    # The report is a synchronous CLI path with its own event loop: run it off this one.
+    request = Request("events", Window.last_days(1), Filters("shop", None), "day")
+    report = await asyncio.to_thread(view_rows, lambda sql: run_query(settings, sql), request)
+    assert [(r["campaign"], r["events"], r["recipients"]) for r in report] == [("spring", 4, 4)]
+    assert await asyncio.to_thread(run_query, settings, "SELECT 1 AS x", "TSV") == "1\n"
+    wrong = ConsumerSettings(data_dir=tmp_path, clickhouse_url=front.url)
+    with pytest.raises(StoreError, match="516"):
+        await asyncio.to_thread(run_query, wrong, "SELECT 1")
+
+
+async def test_a_clickhouse_server_gets_the_same_guard_and_profile(tmp_path: Path) -> None:
+    async with ClickHouseFront(tmp_path / "ch") as front:
+        writer = HttpWriter(front.url)
+        await migrate(writer, retention_days=0)
+        reader = HttpReader(writer, ReadLimits(timeout_s=30, max_result_bytes=1_000_000))
+        try:
+            assert await reader.query(f"SELECT count() AS n FROM {EVENTS}") == '{"n":0}\n'
+            with pytest.raises(read_guard.Refused, match="table_function"):
+                await reader.query("SELECT * FROM file('/etc/hostname', 'LineAsString')")
+            read_only = [s for s in front.seen if s.params.get("readonly") == "1"]
+            assert len(read_only) == 5  # per read: the reprint, its parse, the read itself
+        finally:
+            await writer.close()

@@ -1,0 +1,754 @@
+"""The Kafka consumer against a real broker and real chDB: exactly once in effect, through
+store failures, bad records, a second member and SIGKILLs of the consumer process."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import signal
+import subprocess
+import sys
+import time
+import uuid
+from collections.abc import Awaitable, Callable, Iterator
+from dataclasses import replace
+from pathlib import Path
+from typing import Any
+
+import orjson
+import pytest
+from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, ConsumerRecord, TopicPartition
+from aiokafka.admin import AIOKafkaAdminClient, NewTopic
+from prometheus_client import CollectorRegistry
+
+from analytics.migrations import migrate
+from analytics.schema import EVENTS
+from analytics.store import StoreError
+from analytics.store.chdb import ChdbWriter
+from consumers.dlq import REASON, SOURCE_OFFSET, SOURCE_PARTITION, SOURCE_TOPIC, DeadLetters
+from consumers.enrich import Enricher
+from consumers.event_rows import EventRows
+from consumers.metrics import ConsumerMetrics
+from consumers.pipeline import Pipeline
+from consumers.settings import ConsumerSettings
+from consumers.sources.kafka import KafkaSource
+from consumers.sources.kafka_batches import PartitionBuffer, inflight_metadata, parse_inflight
+from consumers.sources.kafka_feed import KafkaFeed
+from tests.support.chdb_events import mail_opens
+from tests.support.helpers import free_port, metric_value, store_port_query
+
+WAIT_S = 90.0  # generous: the machine is small and shared
+PARTITIONS = 3  # the kafka_topic fixture's
+
+
+async def produce(bootstrap: str, topic: str, values: list[bytes]) -> None:
+    """Round-robin over the partitions, every record acknowledged."""
+    producer = AIOKafkaProducer(bootstrap_servers=bootstrap, acks="all", linger_ms=5)
+    await producer.start()
+    try:
+        waits = [
+            await producer.send(topic, value, partition=i % PARTITIONS)
+            for i, value in enumerate(values)
+        ]
+        await asyncio.gather(*waits)
+    finally:
+        await producer.stop()
+
+
+async def create_topic(bootstrap: str, name: str, partitions: int = 1) -> None:
+    admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap)
+    await admin.start()
+    try:
+        await admin.create_topics([NewTopic(name, partitions, 1)])
+    finally:
+        await admin.close()
+
+
+async def group_offsets(bootstrap: str, group: str, topic: str) -> tuple[dict, dict]:
+    """({partition: (committed offset, metadata)}, {partition: end offset})."""
+    admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap)
+    consumer = AIOKafkaConsumer(bootstrap_servers=bootstrap)
+    await admin.start()
+    await consumer.start()
+    try:
+        tps = [TopicPartition(topic, p) for p in range(PARTITIONS)]
+        got = await admin.list_consumer_group_offsets(group, partitions=tps)
+        ends = await consumer.end_offsets(tps)
+    finally:
+        await consumer.stop()
+        await admin.close()
+    committed = {tp.partition: (m.offset, m.metadata) for tp, m in got.items()}
+    return committed, {tp.partition: end for tp, end in ends.items()}
+
+
+async def wait_for(check: Callable[[], Awaitable[bool]], what: str, *tasks: Any) -> None:
+    deadline = time.monotonic() + WAIT_S
+    while not await check():
+        for task in tasks:
+            if task.done():
+                task.result()  # raises what broke the loop
+                pytest.fail(f"a pipeline returned before {what}")
+        assert time.monotonic() < deadline, f"timed out waiting for {what}"
+        await asyncio.sleep(0.05)
+
+
+async def count(writer: ChdbWriter, expr: str = "count()", final: bool = False) -> int:
+    table = f"{EVENTS} FINAL" if final else EVENTS
+    return int(await writer.query(f"SELECT {expr} FROM {table}", "TSV"))
+
+
+# -- fixtures ----------------------------------------------------------------------------------
+
+
+@pytest.fixture
+def settings(tmp_path: Path, kafka_bootstrap: str, kafka_topic: str) -> ConsumerSettings:
+    """Small batches and short waits, so every test cuts many batches by rows and by age."""
+    return ConsumerSettings(
+        data_dir=tmp_path,
+        batch_max_rows=40,
+        batch_max_age_ms=100,
+        poll_interval_ms=20,
+        retry_max_ms=400,
+        kafka_bootstrap=kafka_bootstrap,
+        kafka_topic=kafka_topic,
+        kafka_dlq_topic=f"{kafka_topic}.dlq",
+        kafka_group=f"group-{uuid.uuid4().hex[:8]}",
+        kafka_max_records=100,
+    )
+
+
+@pytest.fixture
+async def store(settings: ConsumerSettings) -> Any:
+    writer = ChdbWriter(settings.store_dir)
+    await migrate(writer, 0)
+    # ReplacingMergeTree merges would hide a doubled insert from count(); without merges
+    # only the insert dedup token keeps count() at N.
+    await writer.execute(f"SYSTEM STOP MERGES {EVENTS}")
+    yield writer
+    await writer.close()
+
+
+class Consumer:
+    """One in-process group member: a pipeline task over a Kafka feed, with its own metrics."""
+
+    def __init__(self, settings: ConsumerSettings, writer: Any, **consumer_options: Any):
+        self.metrics = ConsumerMetrics(CollectorRegistry())
+        source = KafkaSource(settings, **consumer_options)
+        dlq = DeadLetters(settings.kafka_bootstrap, settings.kafka_dlq_topic)
+        self.feed = KafkaFeed(source, dlq, self.metrics, settings)
+        self.pipeline = Pipeline(self.feed, writer, self.metrics, settings)
+        self.stop = asyncio.Event()
+        self.task = asyncio.create_task(self.pipeline.run(self.stop))
+
+    def value(self, name: str, **labels: str) -> float:
+        return metric_value(self.metrics, name, **labels)
+
+    async def close(self) -> None:
+        self.stop.set()
+        await asyncio.wait_for(self.task, WAIT_S)
+
+
+@pytest.fixture
+async def consumers() -> Any:
+    started: list[Consumer] = []
+    yield started
+    for c in started:
+        c.stop.set()
+    await asyncio.gather(*(c.task for c in started), return_exceptions=True)
+
+
+# -- batch boundaries (no broker) --------------------------------------------------------------
+
+
+def records(tp: TopicPartition, offsets: range) -> list[ConsumerRecord]:
+    return [
+        ConsumerRecord(tp.topic, tp.partition, o, 0, 0, None, b"{}", None, 0, 2, ())
+        for o in offsets
+    ]
+
+
+def test_inflight_metadata_round_trips() -> None:
+    assert parse_inflight(inflight_metadata(12, 345)) == (12, 345)
+    assert parse_inflight("") is None
+    assert parse_inflight(None) is None
+    assert parse_inflight("something else") is None
+
+
+def test_a_recorded_range_is_replayed_exactly_whatever_the_row_limit() -> None:
+    tp = TopicPartition("t", 0)
+    part = PartitionBuffer(tp, committed=100, inflight=(100, 104))
+    part.add(records(tp, range(100, 103)), now=0.0)
+    # Not read through yet: no batch, even past its age and row limit.
+    assert part.cut(now=9.0, max_rows=2, max_age_s=1.0, highwater=None, final=False) is None
+    part.add(records(tp, range(103, 110)), now=9.0)
+    batch = part.cut(now=9.0, max_rows=2, max_age_s=1.0, highwater=None, final=False)
+    assert batch is not None and batch.replay
+    assert (batch.first, batch.last, batch.token) == (100, 104, "t-0-100-104")
+    part.done()
+    fresh = part.cut(now=9.0, max_rows=2, max_age_s=1.0, highwater=None, final=False)
+    assert fresh is not None and not fresh.replay and (fresh.first, fresh.last) == (105, 106)
+
+
+def test_fresh_batches_are_cut_by_rows_then_by_age() -> None:
+    tp = TopicPartition("t", 1)
+    part = PartitionBuffer(tp, committed=0, inflight=None)
+    part.add(records(tp, range(5)), now=0.0)
+    batch = part.cut(now=0.0, max_rows=3, max_age_s=1.0, highwater=None, final=False)
+    assert batch is not None and (batch.first, batch.last) == (0, 2)
+    part.done()
+    assert part.cut(now=0.5, max_rows=3, max_age_s=1.0, highwater=None, final=False) is None
+    batch = part.cut(now=1.0, max_rows=3, max_age_s=1.0, highwater=None, final=False)
+    assert batch is not None and (batch.first, batch.last) == (3, 4)
+    assert part.committed == 3
+
+
+# -- the pipeline in process -------------------------------------------------------------------
+
+
+async def test_every_event_is_stored_once_and_offsets_are_committed(
+    settings: ConsumerSettings, store: ChdbWriter, consumers: list[Consumer]
+) -> None:
+    events = mail_opens(900)
+    await produce(settings.kafka_bootstrap, settings.kafka_topic, [orjson.dumps(e) for e in events])
+    consumer = Consumer(settings, store)
+    consumers.append(consumer)
+
+    async def stored() -> bool:
+        return await count(store) >= len(events)
+
+    await wait_for(stored, "every event stored", consumer.task)
+
+    async def caught_up() -> bool:
+        """Every partition's lag gauge is set, and 0."""
+        registry = consumer.metrics.registry
+        lags = [
+            registry.get_sample_value(
+                "beacon_consumer_lag_records", {"topic": settings.kafka_topic, "partition": str(p)}
+            )
+            for p in range(PARTITIONS)
+        ]
+        return lags == [0.0] * PARTITIONS
+
+    await wait_for(caught_up, "the lag to be 0", consumer.task)
+    await consumer.close()
+
+    assert await count(store) == len(events)
+    assert await count(store, "uniqExact(event_id)") == len(events)
+    rows = await store.query(
+        f"SELECT toString(event_id) AS event_id, toUnixTimestamp64Milli(received_at) AS ms, "
+        f"event_type, site, campaign, recipient, url_host, url_path, url_query, props, "
+        f"visitor_id, dnt, transport FROM {EVENTS}"
+    )
+    got = {r["event_id"]: r for r in map(orjson.loads, rows.splitlines())}
+    for e in events:
+        row = got[e["event_id"]]
+        assert row["ms"] == e["received_at"]
+        for key in ("event_type", "site", "campaign", "recipient", "url_host", "url_path",
+                    "url_query", "props", "visitor_id", "dnt", "transport"):  # fmt: skip
+            assert row[key] == e[key], key
+    committed, ends = await group_offsets(
+        settings.kafka_bootstrap, settings.kafka_group, settings.kafka_topic
+    )
+    assert committed == {p: (ends[p], "") for p in range(PARTITIONS)}
+    assert sum(ends.values()) == len(events)
+    assert consumer.value("beacon_consumer_rows_inserted_total") == len(events)
+    assert consumer.value("beacon_consumer_rows_read_total") == len(events)
+    # 900 rows in batches of at most 40: many inserts, each with its own token.
+    assert consumer.value("beacon_consumer_inserts_total", outcome="ok") >= 900 / 40
+
+
+class FailingWriter:
+    """The real chDB writer behind an edge that fails every insert until `heal()`: the test
+    ends the outage itself, so a retry cannot land between the outage's end and its checks."""
+
+    def __init__(self, writer: ChdbWriter) -> None:
+        self.writer = writer
+        self.failing = True
+        self.failures = 0
+
+    def heal(self) -> None:
+        self.failing = False
+
+    async def insert(self, table: str, rows: bytes, token: str) -> None:
+        if self.failing:
+            self.failures += 1
+            raise StoreError("Code: 210. DB::NetException: Connection refused (test)")
+        await self.writer.insert(table, rows, token)
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self.writer, name)
+
+
+@pytest.mark.timeout(120)
+async def test_the_bench_topic_holds_every_event_and_the_pipeline_stores_them_all(
+    settings: ConsumerSettings, store: ChdbWriter, consumers: list[Consumer]
+) -> None:
+    """Regression: loadtest/bench_consumer.py "stalled" after a first batch. Its producer
+    ignored BatchBuilder.append() returning None on a full batch, so each 2000-event send kept
+    only what fit in 16 KiB and the topic held ~2% of the events; the pipeline had
+    stored all of them and was idle. A larger volume (tens of record batches per partition)
+    through the bench's own filler, then the pipeline in small batches, every event stored."""
+    from loadtest.bench_consumer import fill_topic
+
+    total = 12_000
+    topic = f"{settings.kafka_topic}.bench"
+    values = [orjson.dumps(e) for e in mail_opens(total)]
+    await fill_topic(settings.kafka_bootstrap, topic, PARTITIONS, values)
+    consumer = AIOKafkaConsumer(bootstrap_servers=settings.kafka_bootstrap)
+    await consumer.start()
+    try:
+        tps = [TopicPartition(topic, p) for p in range(PARTITIONS)]
+        ends = await consumer.end_offsets(tps)
+    finally:
+        await consumer.stop()
+    assert sum(ends.values()) == total, ends  # was 211: what fit in 16 KiB batches
+
+    member = Consumer(replace(settings, kafka_topic=topic, batch_max_rows=500), store)
+    consumers.append(member)
+
+    async def stored() -> bool:
+        return member.value("beacon_consumer_rows_inserted_total") >= total
+
+    await wait_for(stored, "every bench event stored", member.task)
+    await member.close()
+    assert await count(store) == await count(store, "uniqExact(event_id)") == total
+
+
+@pytest.mark.timeout(180)
+async def test_a_failing_store_pauses_keeps_the_member_and_loses_nothing(
+    settings: ConsumerSettings, store: ChdbWriter, consumers: list[Consumer]
+) -> None:
+    events = mail_opens(600)
+    await produce(settings.kafka_bootstrap, settings.kafka_topic, [orjson.dumps(e) for e in events])
+    writer = FailingWriter(store)
+    # The outage's least length: a member that stops calling getmany() for 3 s leaves the
+    # group, so it stays only because the loop keeps polling while it backs off. It lasts
+    # until that much time has passed and what it must cause was seen, however long that takes.
+    outage_ends = time.monotonic() + 8.0
+    consumer = Consumer(settings, writer, max_poll_interval_ms=3000)
+    consumers.append(consumer)
+    lag_seen = 0.0
+    paused_seen = 0.0
+
+    async def lagging() -> bool:
+        nonlocal lag_seen, paused_seen
+        lag_seen = max(lag_seen, sum(
+            consumer.value("beacon_consumer_lag_records", topic=settings.kafka_topic,
+                           partition=str(p)) for p in range(PARTITIONS)))  # fmt: skip
+        paused_seen = max(paused_seen, consumer.value("beacon_consumer_paused_partitions"))
+        return (
+            time.monotonic() >= outage_ends
+            and lag_seen == len(events)  # nothing committed while nothing is stored
+            and paused_seen == PARTITIONS
+            and consumer.value("beacon_consumer_retries_total", step="insert") >= PARTITIONS * 3
+        )
+
+    what = "every event lagging, every partition paused, three retries a partition"
+    await wait_for(lagging, what, consumer.task)
+    assert await count(store) == 0
+    writer.heal()
+    retries = consumer.value("beacon_consumer_retries_total", step="insert")
+    print(f"insert retries during the outage: {retries:.0f}")
+
+    async def stored() -> bool:
+        return await count(store) >= len(events)
+
+    await wait_for(stored, "the backlog to drain", consumer.task)
+    assert consumer.feed.assignments == 1  # never rebalanced: the member stayed
+    await consumer.close()
+    assert await count(store) == await count(store, "uniqExact(event_id)") == len(events)
+    committed, ends = await group_offsets(
+        settings.kafka_bootstrap, settings.kafka_group, settings.kafka_topic
+    )
+    assert {p: c[0] for p, c in committed.items()} == ends
+    assert consumer.value("beacon_consumer_paused_partitions") == 0
+
+
+class Crash(Exception):
+    """Stands for the process dying: nothing in the pipeline catches it."""
+
+
+class CrashAfterInsert:
+    """The real chDB writer, and a death right after ClickHouse acknowledged an insert: the
+    worst moment, the batch stored and its offsets not committed."""
+
+    def __init__(self, writer: ChdbWriter) -> None:
+        self.writer = writer
+
+    async def insert(self, table: str, rows: bytes, token: str) -> None:
+        await self.writer.insert(table, rows, token)
+        raise Crash(token)
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self.writer, name)
+
+
+async def test_a_batch_stored_but_not_committed_is_replayed_with_its_offsets(
+    settings: ConsumerSettings, store: ChdbWriter, consumers: list[Consumer]
+) -> None:
+    # Batches far larger than what arrives: every cut is an age cut, which a re-read would
+    # not reproduce (more records are there by then) without the recorded range.
+    settings = replace(settings, batch_max_rows=10_000, kafka_max_records=10_000)
+    first, second = mail_opens(90), mail_opens(90, start=90)
+    await produce(settings.kafka_bootstrap, settings.kafka_topic, [orjson.dumps(e) for e in first])
+    dying = Consumer(settings, CrashAfterInsert(store))
+    with pytest.raises(Crash):
+        await asyncio.wait_for(dying.task, WAIT_S)
+    stored_before = await count(store)
+    assert stored_before > 0
+    committed, _ = await group_offsets(
+        settings.kafka_bootstrap, settings.kafka_group, settings.kafka_topic
+    )
+    in_flight = [parse_inflight(metadata) for _, metadata in committed.values()]
+    assert (0, 29) in in_flight  # 30 records per partition, all in one batch
+    await produce(settings.kafka_bootstrap, settings.kafka_topic, [orjson.dumps(e) for e in second])
+
+    consumer = Consumer(settings, store)
+    consumers.append(consumer)
+
+    async def stored() -> bool:
+        return await count(store) >= 180
+
+    await wait_for(stored, "every event stored", consumer.task)
+    await consumer.close()
+    assert await count(store) == await count(store, "uniqExact(event_id)") == 180
+    assert consumer.value("beacon_consumer_replayed_batches_total") >= 1
+    committed, ends = await group_offsets(
+        settings.kafka_bootstrap, settings.kafka_group, settings.kafka_topic
+    )
+    assert committed == {p: (ends[p], "") for p in range(PARTITIONS)}
+
+
+class CrashKeepingOnlyTheToken:
+    """An embedded store killed in the middle of an insert: its dedup token recorded, the
+    batch's rows not (here: another row is stored under the token, then the process dies)."""
+
+    def __init__(self, writer: ChdbWriter, stray: dict[str, Any]) -> None:
+        self.writer = writer
+        self.stray = stray
+
+    async def insert(self, table: str, rows: Any, token: str) -> None:
+        await self.writer.insert(table, EventRows.build([dict(self.stray)])[0], token)
+        raise Crash(token)
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self.writer, name)
+
+
+async def test_a_replay_trusts_the_stored_ids_not_the_recorded_token(
+    settings: ConsumerSettings, store: ChdbWriter, consumers: list[Consumer]
+) -> None:
+    settings = replace(settings, batch_max_rows=10_000, kafka_max_records=10_000)
+    events = mail_opens(90)
+    [stray] = mail_opens(1, start=1000)
+    await produce(settings.kafka_bootstrap, settings.kafka_topic, [orjson.dumps(e) for e in events])
+    enricher = Enricher()
+    dying = Consumer(
+        settings, CrashKeepingOnlyTheToken(store, enricher.enrich(orjson.dumps(stray)))
+    )
+    with pytest.raises(Crash):
+        await asyncio.wait_for(dying.task, WAIT_S)
+    assert await count(store, "uniqExact(event_id)") == 1  # the tokens are taken, no batch row
+
+    consumer = Consumer(settings, store)
+    consumers.append(consumer)
+
+    async def stored() -> bool:
+        return await count(store, "uniqExact(event_id)") >= 91
+
+    await wait_for(stored, "every event stored despite its token", consumer.task)
+    await consumer.close()
+    ids = await store.query(f"SELECT DISTINCT toString(event_id) FROM {EVENTS}", "TSV")
+    assert set(ids.split()) == {e["event_id"] for e in events} | {stray["event_id"]}
+    assert consumer.value("beacon_consumer_replayed_batches_total") >= 1
+
+
+async def read_topic(bootstrap: str, topic: str, expected: int) -> list[ConsumerRecord]:
+    consumer = AIOKafkaConsumer(topic, bootstrap_servers=bootstrap, auto_offset_reset="earliest")
+    await consumer.start()
+    got: list[ConsumerRecord] = []
+    try:
+        deadline = time.monotonic() + WAIT_S
+        while len(got) < expected and time.monotonic() < deadline:
+            for batch in (await consumer.getmany(timeout_ms=200)).values():
+                got.extend(batch)
+    finally:
+        await consumer.stop()
+    return got
+
+
+async def through_to_the_dlq(
+    settings: ConsumerSettings,
+    store: ChdbWriter,
+    consumers: list[Consumer],
+    values: list[bytes],
+    good: int,
+    bad: int,
+) -> tuple[Consumer, list[ConsumerRecord]]:
+    """`values` through a pipeline until `good` rows are stored and `bad` records are in the
+    DLQ: each good row stored once, and the group committed past all of them (the bad too).
+    Returns the closed consumer (for its metrics) and the DLQ records."""
+    await create_topic(settings.kafka_bootstrap, settings.kafka_dlq_topic)
+    await produce(settings.kafka_bootstrap, settings.kafka_topic, values)
+    consumer = Consumer(settings, store)
+    consumers.append(consumer)
+
+    async def stored() -> bool:
+        return await count(store) >= good
+
+    await wait_for(stored, "the good events stored", consumer.task)
+    dead = await read_topic(settings.kafka_bootstrap, settings.kafka_dlq_topic, bad)
+    await consumer.close()
+    assert await count(store) == await count(store, "uniqExact(event_id)") == good
+    committed, ends = await group_offsets(
+        settings.kafka_bootstrap, settings.kafka_group, settings.kafka_topic
+    )
+    assert {p: c[0] for p, c in committed.items()} == ends
+    return consumer, dead
+
+
+async def test_undecodable_records_go_to_the_dlq_and_the_rest_is_stored(
+    settings: ConsumerSettings, store: ChdbWriter, consumers: list[Consumer]
+) -> None:
+    good = [orjson.dumps(e) for e in mail_opens(60)]
+    bad = [b"{not json", b'{"no_event_id": 1}']
+    # partition 0 gets "{not json" at offset 10, partition 1 the second one at offset 10
+    values = good[:30] + bad + good[30:]
+    consumer, dead = await through_to_the_dlq(
+        settings, store, consumers, values, len(good), len(bad)
+    )
+    assert sorted(r.value for r in dead) == sorted(bad)
+    headers = {r.value: dict(r.headers) for r in dead}
+    assert headers[b"{not json"][REASON] == b"malformed_json"
+    assert headers[b"{not json"][SOURCE_TOPIC] == settings.kafka_topic.encode()
+    assert headers[b"{not json"][SOURCE_PARTITION] == b"0"
+    assert headers[b"{not json"][SOURCE_OFFSET] == b"10"
+    assert headers[b'{"no_event_id": 1}'][REASON] == b"not_an_event"
+    assert consumer.value("beacon_consumer_dlq_records_total", reason="malformed_json") == 1
+    assert consumer.value("beacon_consumer_rows_rejected_total", reason="not_an_event") == 1
+
+
+async def test_a_field_its_column_cannot_take_sends_only_that_record_to_the_dlq(
+    settings: ConsumerSettings, store: ChdbWriter, consumers: list[Consumer]
+) -> None:
+    events = mail_opens(40)
+    # Valid JSON events that pass decoding; a number where a string column is, and a visitor
+    # id below UInt64, would each fail the whole insert if they reached ClickHouse.
+    unfit = [{**events[0], "site": 5}, {**events[1], "visitor_id": -1}]
+    good = [orjson.dumps(e) for e in events[2:]]
+    bad = [orjson.dumps(e) for e in unfit]
+    values = good[:20] + bad + good[20:]
+    consumer, dead = await through_to_the_dlq(
+        settings, store, consumers, values, len(good), len(bad)
+    )
+    assert sorted(r.value for r in dead) == sorted(bad)
+    assert {dict(r.headers)[REASON] for r in dead} == {b"bad_field_type"}
+    assert consumer.value("beacon_consumer_dlq_records_total", reason="bad_field_type") == 2
+
+
+@pytest.mark.timeout(180)
+async def test_two_members_share_the_partitions_and_store_each_event_once(
+    settings: ConsumerSettings, store: ChdbWriter, consumers: list[Consumer]
+) -> None:
+    first, second = mail_opens(1500), mail_opens(1500, start=1500)
+    await produce(settings.kafka_bootstrap, settings.kafka_topic, [orjson.dumps(e) for e in first])
+    a = Consumer(settings, store)
+    consumers.append(a)
+
+    async def some_stored() -> bool:
+        return await count(store) >= 300
+
+    await wait_for(some_stored, "the first member to store some", a.task)
+    b = Consumer(settings, store)  # joins mid-stream: a rebalance with batches on the way
+    consumers.append(b)
+
+    async def shared() -> bool:
+        return bool(a.feed.parts) and bool(b.feed.parts)
+
+    await wait_for(shared, "both members to own partitions", a.task, b.task)
+    await produce(settings.kafka_bootstrap, settings.kafka_topic, [orjson.dumps(e) for e in second])
+
+    async def all_stored() -> bool:
+        return await count(store) >= 3000
+
+    await wait_for(all_stored, "every event stored", a.task, b.task)
+    await asyncio.sleep(1.0)  # a late double would show by now
+    for member in (a, b):
+        assert member.value("beacon_consumer_rows_inserted_total") > 0  # both took part
+    await asyncio.gather(a.close(), b.close())
+    assert await count(store) == await count(store, "uniqExact(event_id)") == 3000
+
+
+# -- the consumer process, killed -------------------------------------------------------------
+
+
+class ConsumerProcess:
+    """`beacon consume` on Kafka with its own data directory and store port."""
+
+    def __init__(self, settings: ConsumerSettings) -> None:
+        self.settings = settings
+        self.store_port = free_port()
+        self.log_path = settings.data_dir / "consume.log"
+        self.proc: subprocess.Popen[bytes] | None = None
+
+    def env(self) -> dict[str, str]:
+        s = self.settings
+        return {
+            **os.environ,
+            "BEACON_DATA_DIR": str(s.data_dir),
+            "BEACON_STORE_PORT": str(self.store_port),
+            "BEACON_KAFKA_BOOTSTRAP": s.kafka_bootstrap,
+            "BEACON_KAFKA_TOPIC": s.kafka_topic,
+            "BEACON_KAFKA_DLQ_TOPIC": s.kafka_dlq_topic,
+            "BEACON_KAFKA_GROUP": s.kafka_group,
+            "BEACON_BATCH_MAX_ROWS": "50",
+            "BEACON_BATCH_MAX_AGE_MS": "100",
+            "BEACON_KAFKA_MAX_RECORDS": "200",
+        }
+
+    def start(self) -> None:
+        with open(self.log_path, "ab") as log:
+            self.proc = subprocess.Popen(
+                [sys.executable, "-m", "beacon", "consume"],
+                env=self.env(),
+                stdout=log,
+                stderr=log,
+            )
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline:
+            assert self.proc.poll() is None, self.log_path.read_text()
+            try:
+                if self.query("SELECT 1").strip() == "1":
+                    return
+            except OSError:
+                pass
+            time.sleep(0.1)
+        raise AssertionError("beacon consume did not come up:\n" + self.log_path.read_text())
+
+    def query(self, sql: str) -> str:
+        return store_port_query(self.store_port, sql)
+
+    def kill(self) -> None:
+        assert self.proc is not None
+        self.proc.send_signal(signal.SIGKILL)
+        self.proc.wait(30)
+
+
+@pytest.fixture
+def process(settings: ConsumerSettings) -> Iterator[ConsumerProcess]:
+    p = ConsumerProcess(settings)
+    yield p
+    if p.proc is not None and p.proc.poll() is None:
+        p.proc.kill()
+        p.proc.wait()
+
+
+async def prepare_store_without_merges(settings: ConsumerSettings) -> None:
+    """Create the schema and keep parts from merging (the setting survives restarts, unlike
+    SYSTEM STOP MERGES), so count() shows every row ever inserted, doubles included."""
+    writer = ChdbWriter(settings.store_dir)
+    try:
+        await migrate(writer, settings.retention_days)
+        await writer.execute(
+            f"ALTER TABLE {EVENTS} MODIFY SETTING max_bytes_to_merge_at_max_space_in_pool = 1"
+        )
+    finally:
+        await writer.close()
+
+
+async def wait_for_inflight(settings: ConsumerSettings, timeout_s: float) -> bool:
+    """True as soon as some partition's committed metadata records a batch in flight."""
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        committed, _ = await group_offsets(
+            settings.kafka_bootstrap, settings.kafka_group, settings.kafka_topic
+        )
+        if any(parse_inflight(metadata) for _, metadata in committed.values()):
+            return True
+    return False
+
+
+@pytest.mark.timeout(300)
+async def test_sigkilled_consumer_stores_every_event_once(
+    settings: ConsumerSettings, process: ConsumerProcess
+) -> None:
+    await prepare_store_without_merges(settings)
+    await create_topic(settings.kafka_bootstrap, settings.kafka_dlq_topic)
+    total, chunks = 6000, 30
+    events = [orjson.dumps(e) for e in mail_opens(total)]
+
+    async def produce_slowly() -> None:
+        """Records keep arriving through the kills, so batches are cut by age as well."""
+        step = total // chunks
+        for i in range(0, total, step):
+            await produce(settings.kafka_bootstrap, settings.kafka_topic, events[i : i + step])
+            await asyncio.sleep(0.3)
+
+    def stored() -> int:
+        return int(process.query(f"SELECT count() FROM {EVENTS}"))
+
+    producing = asyncio.create_task(produce_slowly())
+    await asyncio.to_thread(process.start)
+    kills = kills_in_flight = 0
+    for threshold in (total // 8, total // 3, total // 2):
+        deadline = time.monotonic() + WAIT_S
+        while await asyncio.to_thread(stored) < threshold:
+            assert time.monotonic() < deadline, process.log_path.read_text()[-3000:]
+            await asyncio.sleep(0.05)
+        # Kill while a batch is in flight (its range is committed as metadata) when we can
+        # catch one in a second: that is the case the recorded range is for.
+        in_flight = await wait_for_inflight(settings, 1.0)
+        process.kill()
+        kills += 1
+        kills_in_flight += in_flight
+        await asyncio.to_thread(process.start)
+    await producing
+
+    deadline = time.monotonic() + 2 * WAIT_S
+    while await asyncio.to_thread(stored) < total:
+        assert time.monotonic() < deadline, process.log_path.read_text()[-3000:]
+        await asyncio.sleep(0.2)
+    committed, ends = await group_offsets(
+        settings.kafka_bootstrap, settings.kafka_group, settings.kafka_topic
+    )
+    while {p: c[0] for p, c in committed.items()} != ends:
+        assert time.monotonic() < deadline, (committed, ends)
+        await asyncio.sleep(0.2)
+        committed, ends = await group_offsets(
+            settings.kafka_bootstrap, settings.kafka_group, settings.kafka_topic
+        )
+
+    raw, unique, final = map(int, process.query(
+        f"SELECT count(), uniqExact(event_id), (SELECT count() FROM {EVENTS} FINAL) "
+        f"FROM {EVENTS}"
+    ).split())  # fmt: skip
+    parts = int(process.query(f"SELECT uniqExact(_part) FROM {EVENTS}"))  # the active ones
+    log_text = process.log_path.read_text()
+    replays = log_text.count("replaying in-flight offsets")
+    print(
+        f"\nsent {total}, kills {kills} ({kills_in_flight} with a batch in flight), "
+        f"stored raw {raw}, unique {unique}, FINAL {final}, active parts {parts}, "
+        f"in-flight ranges replayed {replays}"
+    )
+    assert unique == final == total
+    assert raw == total, f"{raw - total} raw duplicates"
+    assert replays >= 1  # the kills did hit batches in flight, and their repeats were dropped
+    assert process.proc is not None
+    process.proc.send_signal(signal.SIGTERM)
+    assert await asyncio.to_thread(process.proc.wait, 60) == 0
+
+
+# -- the service's choices ---------------------------------------------------------------------
+
+
+async def test_the_service_picks_the_clickhouse_server_when_a_url_is_set(tmp_path: Path) -> None:
+    from analytics.connect import open_writer
+    from analytics.store.http import HttpWriter
+
+    url = "http://127.0.0.1:1/"  # never reached: constructing a writer connects nothing
+    writer = open_writer(ConsumerSettings(data_dir=tmp_path, clickhouse_url=url))
+    try:
+        assert isinstance(writer, HttpWriter)
+        assert not (tmp_path / "clickhouse").exists()  # no embedded store opened
+    finally:
+        await writer.close()

@@ -1,0 +1,215 @@
+"""KafkaSink and `beacon kafka init` against the session's real Kafka broker."""
+
+from __future__ import annotations
+
+import asyncio
+import uuid
+from dataclasses import replace
+
+import orjson
+import pytest
+from aiokafka.admin import AIOKafkaAdminClient
+
+from beacon.__main__ import main
+from collector.kafka_admin import init_topics
+from collector.server import make_sink
+from collector.settings import SettingsError
+from collector.sinks.kafka import KafkaSink
+from collector.sinks.spool import SpoolSink
+from collector.spool.replay import read_events
+from tests.support.helpers import free_port, metric_value
+from tests.support.kafka_sink import (
+    EVENT_FIELDS,
+    UA,
+    RecordingSink,
+    fire_pixels,
+    kafka_sink,
+    read_topic,
+    spooled_events,
+    wait_for,
+)
+
+
+async def test_pixels_land_in_the_topic_intact_and_spread(
+    make_client, settings, metrics, kafka_bootstrap, kafka_topic
+):
+    kafka = {
+        "kafka_bootstrap": kafka_bootstrap,
+        "kafka_topic": kafka_topic,
+        "kafka_batch_max_bytes": 4096,  # a few events per batch: many batches, all partitions
+    }
+    sink = RecordingSink(kafka_sink(replace(settings, **kafka), metrics))
+    client = await make_client(sink=sink, **kafka)
+    await wait_for(sink.connected, 30, "the sink to reach Kafka")
+    assert (await client.get("/readyz")).status == 200
+
+    count = 0
+    for _ in range(6):  # waves, so several buffer drains and pump rounds take part
+        await fire_pixels(client, count, 50)
+        count += 50
+        await asyncio.sleep(0.03)
+    await client.close()  # the SIGTERM path: buffer flushed to the sink, sink closed
+
+    records = await read_topic(kafka_bootstrap, kafka_topic)
+    assert len(records) == count == len(sink.events)
+    assert sorted(r.value for r in records) == sorted(sink.events)  # byte for byte
+    assert {r.partition for r in records} == {0, 1, 2}
+    by_recipient = {}
+    for record in records:
+        event = orjson.loads(record.value)
+        assert set(event) == EVENT_FIELDS
+        by_recipient[event["recipient"]] = event
+    assert len(by_recipient) == count
+    event = by_recipient["r-7"]
+    assert event["event_type"] == "open" and event["site"] == "shop"
+    assert event["campaign"] == "spring" and event["message"] == "m-7" and event["ad"] == "ad-1"
+    assert (event["url_host"], event["url_path"]) == ("shop.example", "/p/7")
+    assert event["url_query"] == "utm_source=mail"
+    assert event["props"] == {"n": "7"} and event["user_agent"] == UA
+    assert event["ip"] == "127.0.0.0" and event["transport"] == "pixel"
+    assert uuid.UUID(event["event_id"]).version == 7
+    assert len({r.value for r in records}) == count
+
+    assert metric_value(metrics, "beacon_kafka_events_total", outcome="acked") == count
+    assert metric_value(metrics, "beacon_kafka_replayed_events_total") == 0
+    assert metric_value(metrics, "beacon_kafka_produce_seconds_count") > 1
+    assert metric_value(metrics, "beacon_kafka_batch_records_sum") == count
+    for reason in ("kafka_down", "timeout", "queue_full"):
+        assert metric_value(metrics, "beacon_kafka_spilled_events_total", reason=reason) == 0
+    assert metric_value(metrics, "beacon_kafka_queue_bytes") == 0
+
+
+async def test_close_with_kafka_unreachable_spools_everything(make_client, settings, metrics):
+    # Nothing listens on this port: producer.start() fails and keeps being retried meanwhile.
+    kafka = {"kafka_bootstrap": f"127.0.0.1:{free_port()}"}
+    sink = RecordingSink(kafka_sink(replace(settings, **kafka), metrics))
+    client = await make_client(sink=sink, **kafka)
+    await fire_pixels(client, 0, 120)
+    # Ready all the same: the spool takes the events until Kafka answers.
+    assert not sink.connected()
+    assert (await client.get("/readyz")).status == 200
+    assert (await client.get("/healthz")).status == 200
+    await client.close()
+
+    assert len(sink.events) == 120
+    assert spooled_events(settings.spool_dir) == sink.events  # all of them, in order
+    assert metric_value(metrics, "beacon_kafka_spilled_events_total", reason="kafka_down") == 120
+    assert metric_value(metrics, "beacon_kafka_up") == 0
+    assert not any(p.name.endswith(".open") for p in settings.spool_dir.iterdir())
+
+
+async def test_queue_over_its_bound_spills_to_the_spool(
+    settings, metrics, kafka_bootstrap, kafka_topic
+):
+    bounded = replace(
+        settings,
+        kafka_bootstrap=kafka_bootstrap,
+        kafka_topic=kafka_topic,
+        kafka_buffer_max_bytes=1 << 16,
+    )
+    sink = kafka_sink(bounded, metrics)
+    await wait_for(sink.connected, 30, "the sink to reach Kafka")
+    events = [orjson.dumps({"event_id": str(i), "pad": "x" * 1000}) for i in range(200)]
+    await sink.send(events)  # ~200 KB at once against a 64 KiB bound
+    await sink.close()
+
+    spilled = metric_value(metrics, "beacon_kafka_spilled_events_total", reason="queue_full")
+    acked = metric_value(metrics, "beacon_kafka_events_total", outcome="acked")
+    assert spilled > 0 and acked > 0 and spilled + acked == len(events)
+    in_topic = [r.value for r in await read_topic(kafka_bootstrap, kafka_topic)]
+    # The queue takes a prefix, the spool the rest: together exactly the events, in order.
+    assert in_topic and sorted(in_topic) == sorted(events[: len(in_topic)])
+    assert spooled_events(settings.spool_dir) == events[len(in_topic) :]
+
+
+def test_kafka_init_creates_both_topics_and_is_idempotent(kafka_bootstrap, capsys):
+    name = f"init.{uuid.uuid4().hex[:8]}"
+    env = {
+        "BEACON_KAFKA_TOPIC": name,
+        "BEACON_KAFKA_DLQ_TOPIC": name + ".dlq",
+        "BEACON_KAFKA_PARTITIONS": "4",
+    }
+    argv = ["kafka", "init", "--kafka-bootstrap", kafka_bootstrap]
+    assert main(argv, env) == 0
+    out = capsys.readouterr().out
+    assert f"{name}: created (4 partitions)" in out
+    assert f"{name}.dlq: created (4 partitions)" in out
+
+    assert main(argv, env) == 0  # again: nothing to do, and it says so
+    out = capsys.readouterr().out
+    assert f"{name}: exists (4 partitions)" in out
+    assert f"{name}.dlq: exists (4 partitions)" in out
+
+    async def describe() -> dict[str, int]:
+        admin = AIOKafkaAdminClient(bootstrap_servers=kafka_bootstrap)
+        await admin.start()
+        try:
+            topics = await admin.describe_topics([name, name + ".dlq"])
+        finally:
+            await admin.close()
+        return {t["topic"]: len(t["partitions"]) for t in topics}
+
+    assert asyncio.run(describe()) == {name: 4, name + ".dlq": 4}
+
+
+def test_kafka_init_says_when_the_broker_is_unreachable(capsys):
+    argv = ["kafka", "init", "--kafka-bootstrap", f"127.0.0.1:{free_port()}"]
+    assert main(argv, {}) == 1
+    err = capsys.readouterr().err
+    assert "cannot reach Kafka at 127.0.0.1:" in err
+    assert main(["kafka", "init"], {}) == 1
+    assert "BEACON_KAFKA_BOOTSTRAP is empty" in capsys.readouterr().err
+
+
+async def test_make_sink_picks_kafka_when_a_bootstrap_is_set(settings, metrics):
+    unreachable = f"127.0.0.1:{free_port()}"
+    assert isinstance(make_sink(replace(settings, sink="auto"), metrics), SpoolSink)
+    with pytest.raises(SettingsError, match="BEACON_KAFKA_BOOTSTRAP"):
+        make_sink(replace(settings, sink="kafka"), metrics)
+    for choice in ("auto", "kafka"):
+        sink = make_sink(replace(settings, sink=choice, kafka_bootstrap=unreachable), metrics)
+        assert isinstance(sink, KafkaSink)
+        await sink.close()
+
+
+async def test_missing_topic_spools_until_kafka_init_then_replays(
+    settings, metrics, kafka_bootstrap, caplog
+):
+    name = f"late.{uuid.uuid4().hex[:8]}"
+    late = replace(
+        settings,
+        kafka_bootstrap=kafka_bootstrap,
+        kafka_topic=name,
+        kafka_dlq_topic=name + ".dlq",
+        kafka_partitions=2,
+        spool_segment_max_age_ms=100,
+    )
+    sink = kafka_sink(late, metrics)
+    sink.replayer.chunk_bytes = 256  # the ~1 KB segment goes in parts, each acked in turn
+    await wait_for(lambda: "missing or leaderless" in caplog.text, 10, "a warning naming it")
+    events = [orjson.dumps({"event_id": str(i)}) for i in range(50)]
+    await sink.send(events)
+    assert not sink.connected()
+    await asyncio.sleep(0.15)
+    await sink.flush()  # the buffer does this every flush interval: the segment closes
+
+    await init_topics(late)
+    await wait_for(sink.connected, 30, "the sink to see the topic")
+    await wait_for(lambda: not any(late.spool_dir.iterdir()), 30, "replay to empty the spool")
+    await sink.close()
+    assert sorted(r.value for r in await read_topic(kafka_bootstrap, name)) == sorted(events)
+    assert metric_value(metrics, "beacon_kafka_replayed_events_total") == 50
+
+
+def test_replay_reads_a_segment_in_parts_and_never_cuts_an_event(tmp_path) -> None:
+    events = [b'{"n":%d,"pad":"%s"}' % (i, b"x" * (i % 7)) for i in range(100)]
+    torn = b'{"n":100,"pa'  # a crash cut the last write short: it is read as it is
+    path = tmp_path / "segment"
+    path.write_bytes(b"".join(e + b"\n" for e in events) + torn)
+    parts = []
+    with open(path, "rb") as f:
+        while part := read_events(f, 50):
+            parts.append(part)
+    assert len(parts) > 10
+    assert [e for part in parts for e in part] == [*events, torn]
+    assert all(sum(map(len, part)) < 50 + 30 for part in parts)  # ~50 bytes, one event more

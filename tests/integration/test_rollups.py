@@ -1,0 +1,304 @@
+"""Rollups on real chDB: the views and settled days give the numbers raw events give.
+
+Every view is asked twice, from the rollups and from `events FINAL`, and the answers must be
+equal; then replays, late events, settling, erasure and the migration backfill must keep it so.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import datetime as dt
+import random
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import orjson
+import pytest
+
+from analytics import erasure, raw_query, scanner_query
+from analytics.campaign_report import campaign_report
+from analytics.funnel import FUNNEL_TYPES
+from analytics.machine_opens import scanner_bursts_sql
+from analytics.migrations import MIGRATIONS, migrate
+from analytics.report_window import GROUPS, Filters, Window
+from analytics.rollup_settle import Settler
+from analytics.rollups import EVENTS_HOURLY, ROLLUPS, SETTLING
+from analytics.schema import EVENTS
+from analytics.views import VIEWS, Request, view_rows
+from tests.support.chdb_events import Store, wire
+
+DAY_MS = 86_400_000
+LINKS = ("/new", "/sale", "/faq")
+MPP = "Mozilla/5.0"
+BOT = "curl/8.5.0"
+
+
+def day_start_ms(days_ago: int) -> int:
+    today = dt.datetime.now(dt.UTC).replace(hour=0, minute=0, second=0, microsecond=0)
+    return int((today - dt.timedelta(days=days_ago)).timestamp() * 1000)
+
+
+def traffic(seed: int, days_ago: int) -> list[dict[str, Any]]:
+    """A day of mixed traffic, a few hours into the day `days_ago` days back."""
+    rng = random.Random(seed)
+    # Today's start just after midnight: inside the current hour's window whatever the time.
+    t0 = day_start_ms(days_ago) + (3_600_000 * (1 + days_ago) if days_ago else 60_000)
+    email = {"site": "shop", "campaign": f"mail-{seed % 2}", "message": f"m{seed}"}
+    events = []
+    for i in range(40):
+        r = f"r{i}"
+        at = t0 + i * 10_000
+        events.append(wire("send", at, recipient=r, verified=0, **email))
+        if i % 4 == 0:
+            ua = MPP if i % 8 == 0 else BOT
+            events.append(wire("open", at + 500, recipient=r, user_agent=ua, **email))
+        elif i % 3:
+            events.append(wire("open", at + 5_000, recipient=r, verified=1, **email))
+            if rng.random() < 0.6:
+                link = rng.choice(LINKS[:2])  # people click some of the links, not all
+                events.append(
+                    wire("click", at + 8_000, recipient=r, url_host="shop.example",
+                         url_path=link, verified=1, **email)
+                )  # fmt: skip
+    for i in range(3):  # link scanners: the open and every link within a second
+        r, at = f"scan{i}", t0 + 500_000 + i * 60_000
+        events.append(wire("send", at - 20_000, recipient=r, **email))
+        events.append(wire("open", at, recipient=r, **email))
+        shop = {"url_host": "shop.example", "recipient": r, **email}
+        events += [wire("click", at + 100 + n, url_path=u, **shop) for n, u in enumerate(LINKS)]
+    ad = {"site": "news", "campaign": f"fall-{seed % 2}"}
+    for i in range(60):
+        events.append(wire("impression", t0 + i * 1000, ad=f"banner-{i % 2}", **ad))
+    for i in range(6):
+        click = wire("click", t0 + 70_000 + i, ad=f"banner-{i % 2}", visitor_id=100 + i, **ad)
+        click["click_id"] = click["event_id"]
+        events.append(click)
+        order = {"order_id": f"o-{seed}-{i}", "value": "19.90", "currency": "EUR"}
+        conversion = wire("conversion", t0 + 90_000 + i, site="shop", click_id=click["event_id"],
+                          **order)  # fmt: skip
+        events.append(conversion)
+        if i < 2:  # the thank-you page reloaded: the same order again
+            events.append(wire("conversion", t0 + 95_000 + i, site="shop", **order))
+    for i in range(80):
+        visitor = 1000 * (days_ago + 1) + rng.randrange(25)
+        page = {"site": "blog", "url_host": "blog.example", "url_path": f"/p{rng.randrange(6)}"}
+        ref = rng.choice(["", "https://search.example/q", "https://news.example/a"])
+        at = t0 + 200_000 + i * 1000
+        events.append(wire("pageview", at, visitor_id=visitor, referrer=ref, **page))
+        scroll = {"scroll_pct": str(rng.randrange(101))}
+        events.append(wire("engagement", at + 500, visitor_id=visitor, props=scroll, **page))
+    return events
+
+
+def compare(store: Store, window: Window, thorough: bool = False) -> dict[str, Any]:
+    """Every view from both sources (`thorough`: every grouping and some filters too); they
+    must be equal. Returns the rollup ones."""
+    out = {}
+    some_filters = (Filters(), Filters(verified_only=True), Filters(site="shop"))
+    for view in VIEWS:
+        for group in (None, *GROUPS) if thorough else (None, "hour"):
+            for filters in some_filters if thorough else (Filters(),):
+                request = Request(view, window, filters, group)
+                rolled = view_rows(store.query, request)
+                raw = view_rows(store.query, Request(view, window, filters, group, "raw"))
+                assert rolled == raw, (view, group, filters)
+                out[view, group, filters] = rolled
+    for campaign in ("mail-0", "mail-1", "fall-0", "fall-1"):
+        rolled = campaign_report(store.query, campaign, window=window)
+        assert rolled == campaign_report(store.query, campaign, window=window, source="raw")
+    return out
+
+
+@pytest.fixture
+def store(tmp_path: Path) -> Iterator[Store]:
+    s = Store(tmp_path / "clickhouse")
+    yield s
+    s.close()
+
+
+def window_days(days: int) -> Window:
+    return Window.last_days(days)
+
+
+def run(coro: Any) -> Any:
+    return asyncio.run(coro)
+
+
+def settler_of(store: Store) -> Settler:
+    """A settler that thinks it is noon (so yesterday has ended, whatever the time), and that
+    may settle every row stored so far: nothing inserts while these tests settle."""
+    noon = day_start_ms(0) / 1000 + 12 * 3600
+    return Settler(store.writer, clock=lambda: noon, insert_margin_s=-5)
+
+
+def test_every_view_is_the_same_from_rollups_and_raw_events(store: Store) -> None:
+    for days_ago in (2, 1, 0):
+        store.add(traffic(days_ago, days_ago))
+    found = compare(store, window_days(4), thorough=True)
+    campaigns = {r["campaign"]: r for r in found["campaign", None, Filters()]}
+    # mail-0 on two days, each: 5 Apple MPP + 5 bot opens, and 3 scanners (an open, 3 clicks).
+    assert campaigns["mail-0"]["machine_opens"] == 2 * (5 + 5 + 3)
+    assert campaigns["mail-0"]["machine_clicks"] == 2 * 3 * 3
+    # The shop's orders reach the ad campaign by click id; a reloaded order counts once.
+    assert campaigns["fall-0"]["conversions"] == 2 * 6
+    ads = {(r["campaign"], r["ad"]): r for r in found["ad", None, Filters()]}
+    assert ads["fall-0", "banner-0"]["conversions"] == 2 * 3
+    assert ads["fall-0", "banner-0"]["revenue"] == {"EUR": f"{2 * 3 * 19.90:.2f}"}
+    pages = found["pages", None, Filters()]
+    assert sum(p["pageviews"] for p in pages) == 3 * 80
+    # A window over part of a day: the daily rollups read the ends from raw events.
+    start = dt.datetime.now(dt.UTC) - dt.timedelta(days=1, hours=5)
+    compare(store, Window.parse(start.strftime("%Y-%m-%dT%H"), None))
+
+
+def test_a_replayed_event_counts_once_in_the_rollups(store: Store) -> None:
+    # What a view with a plain count() would say, to show why the rollups keep event ids.
+    store.writer.query_sync(
+        "CREATE TABLE beacon.naive (n SimpleAggregateFunction(sum, UInt64)) "
+        "ENGINE = AggregatingMergeTree ORDER BY tuple()",
+        "TSV",
+    )
+    store.writer.query_sync(
+        f"CREATE MATERIALIZED VIEW beacon.naive_mv TO beacon.naive AS SELECT count() AS n "
+        f"FROM {EVENTS}",
+        "TSV",
+    )
+    events = traffic(0, 0)
+    store.add(events)
+    replayed = "\n".join(store.enricher.to_row(orjson.dumps(e)).decode() for e in events[:50])
+    # A retry with the same insert token (deduplicated), then a replay with another token.
+    for token in ("t-1", "t-1", "t-2"):
+        store.writer.query_sync(
+            f"INSERT INTO {EVENTS} SETTINGS async_insert = 0, insert_deduplication_token = "
+            f"'{token}' FORMAT JSONEachRow\n{replayed}",
+            "TSV",
+        )
+    [counts] = store.rows(
+        f"SELECT (SELECT count() FROM {EVENTS}) AS stored, "
+        f"(SELECT count() FROM {EVENTS} FINAL) AS final, (SELECT sum(n) FROM beacon.naive) AS naive"
+    )
+    # The retried block was dropped from the table, yet the view saw it (ClickHouse 26.9, a
+    # target without a dedup window); the replay is in the table twice, FINAL hides it.
+    assert counts == {"stored": len(events) + 100, "final": len(events),
+                      "naive": len(events) + 150}  # fmt: skip
+    found = compare(store, window_days(1))
+    opens = sum(r["opens"] for r in found["campaign", None, Filters()])
+    assert opens == sum(e["event_type"] == "open" for e in events)
+
+
+def test_settled_days_hold_sums_and_stay_exact_after_late_events(store: Store) -> None:
+    for days_ago in (2, 1, 0):
+        store.add(traffic(days_ago, days_ago))
+    settler = settler_of(store)
+    settled = run(settler.settle_due())
+    today = dt.datetime.now(dt.UTC).date()
+    assert settled == [today - dt.timedelta(days=2), today - dt.timedelta(days=1)]
+    assert run(settler.due_days()) == []
+    flags = store.rows(
+        f"SELECT toString(toDate(period)) AS day, max(live) AS live, max(settled) AS settled "
+        f"FROM {EVENTS_HOURLY.table} GROUP BY day ORDER BY day"
+    )
+    assert [(f["live"], f["settled"]) for f in flags] == [(0, 1), (0, 1), (1, 0)]
+    compare(store, window_days(4))
+    # A late duplicate of a settled event and a late new one: the day reads raw until the
+    # next pass settles it again.
+    late = traffic(2, 2)[:30]
+    store.add([*late, wire("open", late[0]["received_at"] + 1, site="shop", campaign="mail-0")])
+    assert run(settler.due_days()) == [today - dt.timedelta(days=2)]
+    compare(store, window_days(4))
+    run(settler.settle_due())
+    assert run(settler.due_days()) == []
+    compare(store, window_days(4))
+
+
+def test_a_day_being_settled_is_read_from_raw_events(store: Store) -> None:
+    store.add(traffic(1, 1))
+    yesterday = dt.datetime.now(dt.UTC).date() - dt.timedelta(days=1)
+    # As if a settle stopped after emptying the partition: the mark says not done.
+    store.writer.query_sync(f"INSERT INTO {SETTLING} (day, done) VALUES ('{yesterday}', 0)", "TSV")
+    for rollup in ROLLUPS:
+        store.writer.query_sync(f"ALTER TABLE {rollup.table} DROP PARTITION '{yesterday}'", "TSV")
+    compare(store, window_days(3))
+    settler = settler_of(store)
+    assert run(settler.due_days()) == [yesterday]  # and the next pass finishes it
+    run(settler.settle_due())
+    compare(store, window_days(3))
+
+
+def test_erasure_rebuilds_the_rollups_without_the_person(store: Store) -> None:
+    store.add(traffic(1, 1) + traffic(0, 0))
+    run(settler_of(store).settle_due())
+    before = view_rows(store.query, Request("campaign", window_days(3)))
+    assert run(erasure.erase(store.writer, "recipient", "r1")) > 0
+    after = compare(store, window_days(3))["campaign", None, Filters()]
+    assert sum(r["opens"] for r in after) < sum(r["opens"] for r in before)
+    # mail-1 went to 43 people on one day; r1's hash left its sets with the rows: adding it
+    # back makes one more.
+    [found] = store.rows(
+        f"SELECT uniqExactMergeIf(state, kept) AS kept, uniqExactMerge(state) AS with_r1 FROM "
+        f"(SELECT recipients AS state, 1 AS kept FROM {EVENTS_HOURLY.table} "
+        f"WHERE campaign = 'mail-1' UNION ALL SELECT uniqExactState('r1'), 0)"
+    )
+    assert found == {"kept": 42, "with_r1": 43}
+
+
+def test_unique_states_keep_hashes_not_ids(store: Store) -> None:
+    store.add([wire("open", day_start_ms(0), recipient="alice@example.org", message="m",
+                    campaign="c", visitor_id=424242)])  # fmt: skip
+    states = store.query(
+        f"SELECT hex(people), hex(recipients), hex(visitors) FROM {EVENTS_HOURLY.table}"
+    )
+    assert b"alice".hex().upper() not in states
+    assert (424242).to_bytes(8, "little").hex().upper() not in states
+
+
+def test_the_migration_backfills_what_was_stored_before(tmp_path: Path) -> None:
+    store = Store.__new__(Store)
+    from analytics.store.chdb import ChdbWriter
+    from consumers.enrich import Enricher
+
+    store.writer = ChdbWriter(tmp_path / "clickhouse")
+    store._reader = None
+    store.enricher = Enricher()
+    # A store at version 4: the events table, no rollups yet.
+    for version, _, sql in MIGRATIONS[:4]:
+        if version == 1:
+            run(store.writer.execute("CREATE DATABASE IF NOT EXISTS beacon"))
+        assert isinstance(sql, str)
+        run(store.writer.execute(sql))
+    store.add(traffic(1, 1) + traffic(0, 0))
+    assert run(migrate(store.writer, retention_days=0))[-1] == 5
+    compare(store, window_days(3))
+    # Rows inserted a moment ago stay live; once settled, yesterday holds sums, today ids.
+    yesterday = dt.datetime.now(dt.UTC).date() - dt.timedelta(days=1)
+    assert run(settler_of(store).settle_due()) == [yesterday]
+    flags = store.rows(
+        f"SELECT toDate(period) = today() AS today, max(live) AS live, max(settled) AS settled "
+        f"FROM {EVENTS_HOURLY.table} GROUP BY today ORDER BY today"
+    )
+    assert flags == [{"today": 0, "live": 0, "settled": 1}, {"today": 1, "live": 1, "settled": 0}]
+    compare(store, window_days(3))
+    store.close()
+
+
+def test_the_scanner_steps_find_what_the_reference_rule_finds(store: Store) -> None:
+    store.add(traffic(1, 1) + traffic(0, 0))
+    where = f"{raw_query.where_sql(window_days(3), Filters())} AND {FUNNEL_TYPES}"
+
+    def bursts(sql: str) -> list[tuple[str, str, str]]:
+        return sorted((r["message"], r["recipient"], r["burst_at"]) for r in store.rows(sql))
+
+    # The raw path reads the rule with FINAL, the rollup path's correction without it.
+    reference = bursts(scanner_bursts_sql(f"{EVENTS} FINAL", where))
+    assert len(reference) == 6 and reference == bursts(scanner_bursts_sql(EVENTS, where))
+    for keys, group in (((), None), (("campaign", "ad"), "hour")):
+        in_steps = scanner_query.correction(store.rows, where, keys, group)
+        assert in_steps == store.rows(scanner_query.correction_sql(where, keys, group))
+    # The send-time rule in Python counts seconds as ClickHouse's dateDiff does.
+    for start, end in ((900, 1100), (1100, 900), (0, 999), (500, 900_400), (1999, 1), (1, 901_999)):
+        [row] = store.rows(
+            f"SELECT dateDiff('second', fromUnixTimestamp64Milli({start}, 'UTC'), "
+            f"fromUnixTimestamp64Milli({end}, 'UTC')) AS s"
+        )
+        assert row["s"] == scanner_query.seconds_between(start, end)

@@ -1,0 +1,324 @@
+"""BEACON_DURABILITY=wal through real HTTP: the event is on disk before its answer, a SIGKILLed
+`beacon serve` loses no answered event (its open segment closed and replayed to a real Kafka at
+restart), a full spool refuses events with a count.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import replace
+from pathlib import Path
+
+import aiohttp
+import orjson
+import pytest
+from aiohttp.test_utils import TestClient, TestServer
+from aiokafka import AIOKafkaConsumer
+
+from collector.app import create_app
+from collector.metrics import CollectorMetrics
+from collector.settings import Settings
+from collector.sinks.spool import SpoolSink
+from contract.segments import CLOSED_SUFFIX, OPEN_SUFFIX, closed_segments
+from tests.support.helpers import free_port, metric_value, segments_of
+
+# -- shared helpers: a real `beacon serve`, markers read back from Kafka and the spool --------
+
+
+@contextmanager
+def serve(data_dir: Path, port: int, **env: str) -> Iterator[subprocess.Popen[bytes]]:
+    """`beacon serve` (one process) on loopback until ready; killed on exit if still alive."""
+    full_env = {
+        **os.environ,
+        "BEACON_DATA_DIR": str(data_dir),
+        "BEACON_PORT": str(port),
+        "BEACON_SECRET": "wal-test-secret-0123456789",  # 16 characters at least
+        **{f"BEACON_{key.upper()}": value for key, value in env.items()},
+    }
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "beacon", "serve", "--workers", "1"], env=full_env
+    )
+    try:
+        wait_ready(f"http://127.0.0.1:{port}", proc)
+        yield proc
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+        proc.wait(30)
+
+
+def wait_ready(base: str, proc: subprocess.Popen[bytes], timeout_s: float = 30) -> None:
+    import urllib.error
+    import urllib.request
+
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        assert proc.poll() is None, "beacon serve exited at start"
+        try:
+            with urllib.request.urlopen(base + "/readyz", timeout=2) as r:
+                if r.status == 200:
+                    return
+        except (OSError, urllib.error.HTTPError):
+            pass
+        time.sleep(0.05)
+    raise AssertionError("beacon serve never became ready")
+
+
+def pixel_url(base: str, marker: int) -> str:
+    return f"{base}/p.gif?e=open&s=wal&p.n={marker}"
+
+
+def marker_of(row: dict[str, object]) -> int:
+    props = row["props"]
+    assert isinstance(props, dict)
+    return int(props["n"])
+
+
+async def read_topic(
+    bootstrap: str, topic: str, expect: set[int], timeout_s: float = 45
+) -> list[dict[str, object]]:
+    """Every record of `topic`, read until all `expect` markers are in (or the timeout)."""
+    consumer = AIOKafkaConsumer(
+        topic, bootstrap_servers=bootstrap, auto_offset_reset="earliest", group_id=None
+    )
+    await consumer.start()
+    rows: list[dict[str, object]] = []
+    seen: set[int] = set()
+    try:
+        deadline = time.monotonic() + timeout_s
+        while time.monotonic() < deadline:
+            batches = await consumer.getmany(timeout_ms=500)
+            for records in batches.values():
+                for record in records:
+                    assert record.value is not None
+                    row = orjson.loads(record.value)
+                    rows.append(row)
+                    seen.add(marker_of(row))
+            if expect <= seen and not batches:
+                break
+    finally:
+        await consumer.stop()
+    return rows
+
+
+def spool_rows(spool_dir: Path) -> list[dict[str, object]]:
+    """Events still in spool segments, closed or open (whole lines only)."""
+    rows: list[dict[str, object]] = []
+    if spool_dir.exists():
+        for path in sorted(spool_dir.iterdir()):
+            if path.name.endswith((CLOSED_SUFFIX, OPEN_SUFFIX)):
+                rows.extend(orjson.loads(line) for line in path.read_bytes().splitlines() if line)
+    return rows
+
+
+def distinct_markers(rows: list[dict[str, object]]) -> set[int]:
+    """The markers stored; fails if one marker came with two event ids (a double count)."""
+    ids: dict[int, set[object]] = {}
+    for row in rows:
+        ids.setdefault(marker_of(row), set()).add(row["event_id"])
+    doubled = {m: i for m, i in ids.items() if len(i) > 1}
+    assert not doubled, f"markers stored under several event ids: {list(doubled.items())[:5]}"
+    return set(ids)
+
+
+# -- in-process collector on loopback ----------------------------------------------------------
+
+
+@pytest.fixture
+async def spool_client(settings: Settings, metrics: CollectorMetrics):  # type: ignore[no-untyped-def]
+    """`await spool_client(**overrides)`: a real collector on loopback over a spool sink."""
+    clients: list[TestClient] = []
+
+    async def make(max_bytes: int = 1 << 30, **overrides):  # type: ignore[no-untyped-def]
+        config = replace(settings, sink="spool", spool_max_bytes=max_bytes, **overrides)
+        sink = SpoolSink(
+            config.spool_dir,
+            metrics,
+            segment_max_bytes=config.spool_segment_max_bytes,
+            segment_max_age_ms=config.spool_segment_max_age_ms,
+            max_bytes=max_bytes,
+        )
+        client = TestClient(TestServer(create_app(config, sink, metrics), host="127.0.0.1"))
+        await client.start_server()
+        clients.append(client)
+        return client
+
+    yield make
+    for client in clients:
+        await client.close()
+
+
+def on_disk(spool_dir: Path) -> set[int]:
+    return {marker_of(row) for row in spool_rows(spool_dir)}
+
+
+async def test_wal_event_is_on_disk_before_the_answer(spool_client, settings, metrics):
+    # A linger of a minute: without the log, nothing would reach the disk during this test.
+    client = await spool_client(
+        durability="wal", linger_ms=60_000, spool_segment_max_age_ms=3_600_000
+    )
+    for marker in range(20):
+        response = await client.get(f"/p.gif?e=open&s=wal&p.n={marker}")
+        assert response.status == 200
+        assert on_disk(settings.spool_dir) == set(range(marker + 1))
+    response = await client.post("/e", json=[{"e": "click", "p": {"n": "20"}}])
+    assert response.status == 204
+    assert 20 in on_disk(settings.spool_dir)
+    assert metric_value(metrics, "beacon_wal_events_total") == 21
+    [segment] = settings.spool_dir.glob("*" + OPEN_SUFFIX)  # still open: readers wait for it
+    assert closed_segments(settings.spool_dir) == []
+    assert segment.read_bytes().endswith(b"\n")
+
+
+async def test_memory_durability_answers_before_the_disk(spool_client, settings, metrics):
+    """The contrast that shows the test above can fail: the default keeps events in memory."""
+    client = await spool_client(linger_ms=60_000)
+    response = await client.get("/p.gif?e=open&s=wal&p.n=1")
+    assert response.status == 200
+    assert on_disk(settings.spool_dir) == set()
+
+
+async def test_wal_segments_age_into_closed_segments(spool_client, settings, metrics):
+    client = await spool_client(durability="wal", linger_ms=10, spool_segment_max_age_ms=100)
+    for marker in range(5):
+        assert (await client.get(f"/p.gif?e=open&s=wal&p.n={marker}")).status == 200
+    deadline = time.monotonic() + 5
+    while not closed_segments(settings.spool_dir):
+        assert time.monotonic() < deadline, "the aged segment was never closed"
+        await asyncio.sleep(0.02)
+    rows = [
+        orjson.loads(x)
+        for p in closed_segments(settings.spool_dir)
+        for x in p.read_bytes().splitlines()
+    ]
+    assert {marker_of(r) for r in rows} == set(range(5))
+    assert metric_value(metrics, "beacon_wal_segments_total") >= 1
+
+
+async def test_wal_spool_full_is_counted_and_recovers(spool_client, settings, metrics):
+    client = await spool_client(
+        max_bytes=4096,
+        durability="wal",
+        linger_ms=10,
+        flush_interval_ms=50,
+        spool_segment_max_age_ms=50,
+    )
+    statuses = [(await client.get(f"/p.gif?e=open&s=wal&p.n={i}")).status for i in range(40)]
+    assert statuses == [200] * 40  # the pixel is answered whatever happens to its event
+    dropped = metric_value(metrics, "beacon_events_dropped_total", reason="spool_full")
+    kept = on_disk(settings.spool_dir)
+    assert dropped > 0 and len(kept) + dropped == 40
+    busy = await client.post("/e", json={"e": "click", "p": {"n": "100"}})
+    assert busy.status == 503  # a POST client can retry later
+    assert (await busy.json())["error"] == "busy"
+
+    # A consumer takes the closed segments away: the log takes events again.
+    deadline = time.monotonic() + 5
+    while not closed_segments(settings.spool_dir):
+        assert time.monotonic() < deadline
+        await asyncio.sleep(0.02)
+    await asyncio.sleep(0.1)  # let the open segment age out too
+    for path in closed_segments(settings.spool_dir):
+        path.unlink()
+    deadline = time.monotonic() + 5
+    while True:
+        response = await client.post("/e", json={"e": "click", "p": {"n": "101"}})
+        if response.status == 204:
+            break
+        assert time.monotonic() < deadline, "the log never took events again"
+        await asyncio.sleep(0.05)
+    assert 101 in on_disk(settings.spool_dir)
+
+
+# A process whose files may not pass 4 KiB: a write that crosses it is cut short, the next one
+# fails (EFBIG), as a full disk would. SIGXFSZ is ignored so the failure comes back as errors.
+TORN_WRITE_SCRIPT = """
+import asyncio, json, resource, signal, sys
+from pathlib import Path
+from prometheus_client import CollectorRegistry
+from collector.metrics import CollectorMetrics
+from collector.spool.wal import WriteAheadLog
+
+signal.signal(signal.SIGXFSZ, signal.SIG_IGN)
+metrics = CollectorMetrics(CollectorRegistry())
+wal = WriteAheadLog(Path(sys.argv[1]), metrics, segment_max_bytes=1 << 30,
+                    segment_max_age_ms=3_600_000, max_bytes=1 << 30)
+resource.setrlimit(resource.RLIMIT_FSIZE, (4096, resource.RLIM_INFINITY))
+answers = [wal.append(b'{"n":%d,"pad":"%s"}' % (i, b"x" * 300)) for i in range(30)]
+asyncio.run(wal.close())
+errors = metrics.registry.get_sample_value("beacon_events_dropped_total", {"reason": "spool_error"})
+print(json.dumps({"answers": answers, "errors": errors, "healthy": wal.healthy()}))
+"""
+
+
+def test_wal_torn_write_is_cut_back_and_counted(tmp_path: Path):
+    spool_dir = tmp_path / "spool"
+    run = subprocess.run(
+        [sys.executable, "-c", TORN_WRITE_SCRIPT, str(spool_dir)],
+        capture_output=True,
+        check=True,
+        timeout=60,
+    )
+    result = orjson.loads(run.stdout)
+    accepted = result["answers"].count(True)
+    assert 0 < accepted < 30 and result["answers"] == [True] * accepted + [False] * (30 - accepted)
+    assert result["errors"] == 30 - accepted and not result["healthy"]
+    [segment] = closed_segments(spool_dir)
+    data = segment.read_bytes()
+    assert data.endswith(b"\n")  # the torn tail was cut: whole events only
+    assert [orjson.loads(line)["n"] for line in data.splitlines()] == list(range(accepted))
+
+
+def test_wal_needs_a_spool():
+    from collector.settings import SettingsError
+
+    with pytest.raises(SettingsError, match="BEACON_DURABILITY=wal"):
+        Settings.from_env({"BEACON_DURABILITY": "wal", "BEACON_SINK": "memory"})
+    with pytest.raises(SettingsError, match="BEACON_DURABILITY"):
+        Settings.from_env({"BEACON_DURABILITY": "fsync"})
+
+
+# -- a real process, SIGKILLed ------------------------------------------------------------------
+
+
+async def test_sigkilled_wal_collector_loses_no_answered_event(
+    tmp_path: Path, kafka_bootstrap: str, kafka_topic: str
+):
+    port = free_port()
+    base = f"http://127.0.0.1:{port}"
+    env = {
+        "kafka_bootstrap": kafka_bootstrap,
+        "kafka_topic": kafka_topic,
+        "durability": "wal",
+        "spool_segment_max_age_ms": "200",
+    }
+    answered: set[int] = set()
+    with serve(tmp_path, port, **env) as proc:
+        async with aiohttp.ClientSession() as http:
+            for marker in range(400):
+                async with http.get(pixel_url(base, marker)) as response:
+                    assert response.status == 200
+                    answered.add(marker)
+        proc.send_signal(signal.SIGKILL)  # right after the last answer: no time to flush
+        assert proc.wait(10) == -signal.SIGKILL
+    spool_dir = tmp_path / "spool"
+    left_open = [name for name in segments_of(spool_dir, proc.pid) if name.endswith(OPEN_SUFFIX)]
+    assert left_open  # what the kill left open
+    with serve(tmp_path, port, **env):  # recovers the open segment and replays it
+        # Closed at start, before the process is ready.
+        assert not [n for n in segments_of(spool_dir, proc.pid) if n.endswith(OPEN_SUFFIX)]
+        rows = await read_topic(kafka_bootstrap, kafka_topic, answered)
+        # Each replayed segment is deleted once Kafka acknowledged it.
+        deadline = time.monotonic() + 20
+        while segments_of(spool_dir, proc.pid):
+            assert time.monotonic() < deadline, f"not replayed: {segments_of(spool_dir, proc.pid)}"
+            await asyncio.sleep(0.1)
+    # Kafka alone, not the disk: an event still in a segment has not been replayed.
+    assert distinct_markers(rows) == answered

@@ -1,0 +1,199 @@
+"""Test-only: enough of ClickHouse's HTTP interface, in front of chDB, to test the HTTP writer.
+
+No ClickHouse server can be installed here (DESIGN.md); chDB runs the same SQL and engine.
+The front does what the server does with a request (query parameter + body, gzip body,
+settings in the URL, user/key headers, 500 + X-ClickHouse-Exception-Code on errors) and
+nothing else. chDB opens one data directory per process: one front at a time, closed after.
+
+One rewrite, and why: chDB's session takes no per-query settings beside the SQL, so the URL
+settings of an INSERT (async_insert, insert_deduplication_token, ...) become the SETTINGS
+clause ClickHouse's INSERT grammar has for them (`with_settings`). A statement in the body with
+settings in the URL runs unchanged in a session opened with those settings (`_read`), as a
+server applies them to that query alone; query parameters (`param_<name>`) pass as chDB's.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import gzip
+import re
+import threading
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from aiohttp import web
+from aiohttp.test_utils import TestServer
+
+# Parameters of the HTTP interface itself; every other parameter is a setting.
+HTTP_PARAMS = frozenset(("query", "default_format", "wait_end_of_query"))
+SETTING_NAME_RE = re.compile(r"^[a-z_][a-z0-9_]{0,99}$")
+NUMBER_RE = re.compile(r"^-?\d+(\.\d+)?$")
+PLAIN_VALUE_RE = re.compile(r"^[A-Za-z0-9_.]{1,64}$")  # fits a connection string unquoted
+# Where a setting clause goes in an INSERT: before FORMAT (ClickHouse's INSERT grammar).
+INSERT_FORMAT_RE = re.compile(
+    r"^(?P<insert>\s*INSERT\s+INTO\s+[\w.]+(?:\s*\([^)]*\))?)\s+(?P<format>FORMAT\s+\w+)\s*$",
+    re.IGNORECASE,
+)
+CODE_RE = re.compile(r"Code: (\d+)")
+AUTH_FAILED = 516  # ClickHouse's AUTHENTICATION_FAILED
+
+
+@dataclass(frozen=True, slots=True)
+class Seen:
+    """One request as it arrived, for assertions about the wire."""
+
+    params: dict[str, str]
+    content_encoding: str
+    wire_bytes: int  # body as sent
+    body_bytes: int  # body after gunzip
+
+
+class FrontError(Exception):
+    def __init__(self, status: int, code: int, message: str) -> None:
+        super().__init__(message)
+        self.status, self.code, self.message = status, code, message
+
+
+def literal(value: str) -> str:
+    if NUMBER_RE.match(value):
+        return value
+    return "'" + value.replace("\\", "\\\\").replace("'", "\\'") + "'"
+
+
+def with_settings(head: str, settings: dict[str, str]) -> str:
+    """The `query` parameter with the URL settings written into it as a SETTINGS clause."""
+    if not settings:
+        return head
+    match = INSERT_FORMAT_RE.match(head)
+    if not match or not all(SETTING_NAME_RE.match(k) for k in settings):
+        # Settings of other statements go to a session of their own (ClickHouseFront._reads).
+        raise FrontError(400, 115, f"front: URL settings only on INSERT ... FORMAT: {head!r}")
+    clause = ", ".join(f"{k} = {literal(v)}" for k, v in settings.items())
+    return f"{match['insert']} SETTINGS {clause} {match['format']}"
+
+
+class ClickHouseFront:
+    """`async with ClickHouseFront(path) as front:` then point an HttpWriter at `front.url`."""
+
+    def __init__(self, data_dir: Path, user: str = "default", password: str = "") -> None:
+        self.data_dir = data_dir
+        self.user, self.password = user, password
+        self.fail_all = False  # True: every request gets 503, as from a server that is down
+        self.seen: list[Seen] = []
+        self._lock = threading.Lock()
+        self._session: Any = None
+        # Sessions opened with a read's URL settings, as a server applies them to that query
+        # alone; one per distinct set of settings, closed with the front.
+        self._reads: dict[str, Any] = {}
+        self._server: TestServer | None = None
+
+    @property
+    def url(self) -> str:
+        assert self._server is not None, "front not started"
+        return str(self._server.make_url("/"))
+
+    async def __aenter__(self) -> ClickHouseFront:
+        from chdb import session
+
+        self._session = session.Session(str(self.data_dir))
+        app = web.Application(client_max_size=64 * 1024 * 1024)
+        app.router.add_post("/", self._handle)
+        # auto_decompress off: the front gunzips itself, so it sees what was really sent.
+        self._server = TestServer(app, host="127.0.0.1")
+        await self._server.start_server(auto_decompress=False)
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        if self._server is not None:
+            await self._server.close()
+        with self._lock:
+            for read in self._reads.values():
+                read.close()
+            self._session.close()
+
+    def run(self, sql: str, fmt: str = "TabSeparated") -> str:
+        """Execute on chDB directly (test set-up and checks, bypassing HTTP)."""
+        with self._lock:
+            result = self._session.query(sql, fmt)
+        return result.data() if hasattr(result, "data") else str(result)
+
+    async def _handle(self, request: web.Request) -> web.Response:
+        raw = await request.read()
+        encoding = request.headers.get("Content-Encoding", "")
+        try:
+            body = self._decode(raw, encoding)
+            self.seen.append(Seen(dict(request.query), encoding, len(raw), len(body)))
+            if self.fail_all:
+                raise FrontError(503, 0, "front: failing on purpose")
+            self._authenticate(request)
+            params = dict(request.query)
+            fmt = params.pop("default_format", "TabSeparated")
+            head, settings = params.pop("query", ""), self._settings(params)
+            # Query parameters: {name:Type} placeholders, sent as param_<name> in the URL.
+            values = {k[6:]: settings.pop(k) for k in list(settings) if k.startswith("param_")}
+            if (settings or values) and not head:  # a statement in the body, settings in the URL
+                out = await asyncio.to_thread(self._read, body, fmt, settings, values)
+            else:
+                head = with_settings(head, settings)
+                sql = f"{head}\n{body}" if head and body else head or body
+                out = await asyncio.to_thread(self._execute, sql, fmt)
+        except FrontError as exc:
+            headers = {"X-ClickHouse-Exception-Code": str(exc.code)} if exc.code else {}
+            return web.Response(status=exc.status, text=exc.message + "\n", headers=headers)
+        return web.Response(text=out)
+
+    @staticmethod
+    def _decode(raw: bytes, encoding: str) -> str:
+        if encoding not in ("", "gzip"):
+            raise FrontError(400, 0, f"front: Content-Encoding {encoding} not supported")
+        try:
+            return (gzip.decompress(raw) if encoding == "gzip" else raw).decode()
+        except (OSError, EOFError, UnicodeDecodeError) as exc:
+            raise FrontError(400, 0, f"front: unreadable body: {exc}") from None
+
+    def _authenticate(self, request: web.Request) -> None:
+        user = request.headers.get("X-ClickHouse-User", "default")
+        key = request.headers.get("X-ClickHouse-Key", "")
+        if (user, key) != (self.user, self.password):
+            message = (
+                f"Code: {AUTH_FAILED}. DB::Exception: {user}: Authentication failed: password "
+                "is incorrect, or there is no user with such name. (AUTHENTICATION_FAILED)"
+            )
+            raise FrontError(403, AUTH_FAILED, message)
+
+    @staticmethod
+    def _settings(params: dict[str, str]) -> dict[str, str]:
+        return {k: v for k, v in params.items() if k not in HTTP_PARAMS}
+
+    def _execute(self, sql: str, fmt: str) -> str:
+        try:
+            return self.run(sql, fmt)
+        except Exception as exc:  # chDB's error types carry ClickHouse's "Code: N. ..." text
+            raise failure(exc) from None
+
+    def _read(self, sql: str, fmt: str, settings: dict[str, str], values: dict[str, str]) -> str:
+        """`sql` in a session opened with `settings` (chDB takes them as connection
+        parameters), beside the main one: a slow read holds up no insert, as on a server."""
+        from chdb import session
+
+        if not all(
+            SETTING_NAME_RE.match(k) and PLAIN_VALUE_RE.match(v) for k, v in settings.items()
+        ):
+            raise FrontError(400, 115, f"front: settings it cannot pass on: {settings!r}")
+        key = "&".join(f"{k}={v}" for k, v in sorted(settings.items()))
+        with self._lock:
+            if key not in self._reads:
+                self._reads[key] = session.Session(f"{self.data_dir}?{key}")
+            read = self._reads[key]
+        try:
+            result = read.query(sql, fmt, params=values or None)
+        except Exception as exc:  # chDB's error types carry ClickHouse's "Code: N. ..." text
+            raise failure(exc) from None
+        return result.data() if hasattr(result, "data") else str(result)
+
+
+def failure(exc: Exception) -> FrontError:
+    """ClickHouse's answer to a failed statement: 500 and the exception code in a header."""
+    code = CODE_RE.search(str(exc))
+    return FrontError(500, int(code.group(1)) if code else 1002, str(exc))

@@ -1,0 +1,137 @@
+"""POST /e (JSON events, sendBeacon) and its CORS preflight, through a real server."""
+
+from __future__ import annotations
+
+import orjson
+
+from collector.sinks.memory import MemorySink
+from tests.support.helpers import metric_value
+
+
+async def stored(client, sink: MemorySink) -> list[dict]:
+    await client.close()  # flushes the buffer into the sink
+    return sink.events()
+
+
+async def post(client, body, content_type="application/json"):  # type: ignore[no-untyped-def]
+    data = body if isinstance(body, bytes) else orjson.dumps(body)
+    return await client.post("/e", data=data, headers={"Content-Type": content_type})
+
+
+async def test_one_event_json(make_client):
+    sink = MemorySink()
+    client = await make_client(sink)
+    event = {"e": "click", "s": "shop", "c": "spring", "p": {"plan": "pro", "qty": 3, "ok": True}}
+    resp = await post(client, event)
+    assert resp.status == 204
+    assert resp.headers["Access-Control-Allow-Origin"] == "*"
+    assert "Access-Control-Allow-Credentials" not in resp.headers
+    [row] = await stored(client, sink)
+    assert (row["event_type"], row["site"], row["campaign"]) == ("click", "shop", "spring")
+    assert row["props"] == {"plan": "pro", "qty": "3", "ok": "true"}
+    assert row["transport"] == "beacon"
+
+
+async def test_send_beacon_text_plain_array(make_client):
+    sink = MemorySink()
+    client = await make_client(sink)
+    batch = [{"e": "pageview", "s": "blog", "u": f"https://blog.example/{i}"} for i in range(100)]
+    resp = await post(client, batch, "text/plain;charset=UTF-8")
+    assert resp.status == 204
+    rows = await stored(client, sink)
+    assert [r["url_path"] for r in rows] == [f"/{i}" for i in range(100)]
+    assert len({r["event_id"] for r in rows}) == 100
+
+
+async def test_bad_bodies_get_400_with_reason_and_store_nothing(make_client, metrics):
+    sink = MemorySink()
+    client = await make_client(sink)
+    cases = [
+        (b"{not json", "malformed_json"),
+        (b"[]", "empty_batch"),
+        (orjson.dumps([{"e": "pageview"}] * 101), "too_many_events"),
+        (b'"a string"', "event_not_object"),
+        (b'{"e": "nope"}', "bad_event_type"),
+        (b'{"e": "click", "x": 1}', "unknown_field"),
+        (b'{"s": 5}', "s_not_string"),
+        (b'{"p": [1]}', "props_not_object"),
+        (b'{"p": {"a": {"b": 1}}}', "prop_value_not_scalar"),
+        (orjson.dumps({"p": {f"k{i}": "v" for i in range(31)}}), "too_many_props"),
+        (orjson.dumps({"p": {"k": "v" * 513}}), "prop_value_too_long"),
+        (orjson.dumps([{"e": "click"}, {"e": "bad"}]), "bad_event_type"),
+    ]
+    for body, reason in cases:
+        resp = await post(client, body)
+        assert resp.status == 400, (body[:40], resp.status)
+        doc = await resp.json()
+        assert doc["error"] == reason, (body[:40], doc)
+        assert resp.headers["Access-Control-Allow-Origin"] == "*"
+    assert await stored(client, sink) == []
+    assert metric_value(metrics, "beacon_requests_total", endpoint="events", outcome="400") == len(
+        cases
+    )
+
+
+async def test_body_limit_413(make_client):
+    sink = MemorySink()
+    client = await make_client(sink)
+    big = orjson.dumps({"e": "custom", "p": {"k": "v" * 500}}) + b" " * (64 * 1024)
+    resp = await post(client, big)
+    assert resp.status == 413
+    assert (await resp.json())["error"] == "body_too_large"
+
+    async def chunks():  # no Content-Length: the limit must hold while reading too
+        for _ in range(80):
+            yield b" " * 1024
+
+    resp = await client.post("/e", data=chunks(), headers={"Content-Type": "application/json"})
+    assert resp.status == 413
+    assert await stored(client, sink) == []
+
+
+async def test_unsupported_media_type(make_client):
+    client = await make_client()
+    resp = await client.post(
+        "/e", data=b"e=click", headers={"Content-Type": "application/x-www-form-urlencoded"}
+    )
+    assert resp.status == 415
+    assert (await resp.json())["error"] == "unsupported_media_type"
+
+
+async def test_preflight(make_client):
+    client = await make_client()
+    resp = await client.options(
+        "/e",
+        headers={
+            "Origin": "https://site.example",
+            "Access-Control-Request-Method": "POST",
+            "Access-Control-Request-Headers": "content-type",
+        },
+    )
+    assert resp.status == 204
+    assert resp.headers["Access-Control-Allow-Origin"] == "*"
+    assert "POST" in resp.headers["Access-Control-Allow-Methods"]
+    assert "Content-Type" in resp.headers["Access-Control-Allow-Headers"]
+
+
+async def test_dnt_passive_dropped_click_kept_anonymous(make_client):
+    sink = MemorySink()
+    client = await make_client(sink)
+    resp = await client.post(
+        "/e",
+        data=orjson.dumps([{"e": "pageview", "s": "a"}, {"e": "click", "s": "a"}]),
+        headers={"Content-Type": "application/json", "Sec-GPC": "1"},
+    )
+    assert resp.status == 204
+    [row] = await stored(client, sink)
+    assert row["event_type"] == "click" and row["visitor_id"] == 0 and row["ip"] == ""
+
+
+async def test_full_buffer_answers_503_so_the_client_can_retry(make_client, metrics):
+    sink = MemorySink()
+    client = await make_client(sink, buffer_max_events=1, linger_ms=60_000)
+    resp = await post(client, [{"e": "click"}, {"e": "click"}])
+    assert resp.status == 503
+    assert (await resp.json()) == {"error": "busy", "recorded": 1}
+    assert len(await stored(client, sink)) == 1
+    assert metric_value(metrics, "beacon_events_dropped_total", reason="buffer_full") == 1

@@ -1,0 +1,349 @@
+"""The disk spool on real files: SpoolSink writes and rotates segments, SpoolSource reads them."""
+
+from __future__ import annotations
+
+import asyncio
+import fcntl
+import os
+import re
+from pathlib import Path
+
+import orjson
+import pytest
+
+from collector.metrics import CollectorMetrics
+from collector.sinks.spool import SpoolSink
+from collector.spool.segments import NEW_SUFFIX, spool_size
+from collector.spool.wal import WriteAheadLog
+from consumers.sources.spool import Range, SpoolSource, token_for
+from contract.segments import CLOSED_SUFFIX, OPEN_SUFFIX, closed_segments
+from tests.support.helpers import metric_value
+
+BIG = 1 << 30  # a limit no test reaches
+
+
+@pytest.fixture
+def spool_dir(tmp_path: Path) -> Path:
+    return tmp_path / "spool"
+
+
+@pytest.fixture
+def checkpoint(tmp_path: Path) -> Path:
+    return tmp_path / "spool.checkpoint.json"
+
+
+def make_sink(directory: Path, metrics: CollectorMetrics, **limits: int) -> SpoolSink:
+    """A sink whose limits are out of the way unless the test sets them."""
+    kwargs = {"segment_max_bytes": BIG, "segment_max_age_ms": 3_600_000, "max_bytes": BIG}
+    return SpoolSink(directory, metrics, **(kwargs | limits))
+
+
+def lines(first: int, count: int) -> list[bytes]:
+    """Distinct events of equal length (10 bytes with the newline), easy to tell apart."""
+    return [b'{"n":%03d}' % i for i in range(first, first + count)]
+
+
+def as_file(events: list[bytes]) -> bytes:
+    return b"".join(e + b"\n" for e in events)
+
+
+def files(directory: Path, suffix: str) -> list[Path]:
+    return sorted(p for p in directory.iterdir() if p.name.endswith(suffix))
+
+
+def write_segment(directory: Path, name: str, events: list[bytes]) -> Path:
+    """A closed segment as a writer leaves it."""
+    directory.mkdir(parents=True, exist_ok=True)
+    path = directory / name
+    path.write_bytes(as_file(events))
+    return path
+
+
+# -- SpoolSink -------------------------------------------------------------------------------
+
+
+async def test_send_writes_open_segment_and_age_rotates_it(spool_dir, metrics):
+    sink = make_sink(spool_dir, metrics, segment_max_age_ms=200)
+    events = lines(0, 5)
+    await sink.send(events)
+    # Readers only see closed segments: until rotation the events sit in a `.open` file.
+    [open_path] = files(spool_dir, OPEN_SUFFIX)
+    assert closed_segments(spool_dir) == []
+    assert open_path.read_bytes() == as_file(events)  # already handed to the OS
+
+    await asyncio.sleep(0.25)  # older than segment_max_age_ms
+    await sink.flush()
+    assert files(spool_dir, OPEN_SUFFIX) == []
+    [closed] = closed_segments(spool_dir)
+    assert closed.name == open_path.name.removesuffix(".open")
+    assert closed.read_bytes() == as_file(events)  # exactly the events, one per line
+    assert metric_value(metrics, "beacon_sink_events_total", outcome="spooled") == 5
+    assert metric_value(metrics, "beacon_spool_bytes") == 50
+    assert metric_value(metrics, "beacon_spool_segments") == 1
+    await sink.close()
+
+
+async def test_flush_keeps_a_young_segment_open_and_close_rotates_it(spool_dir, metrics):
+    sink = make_sink(spool_dir, metrics)  # an hour: never old enough in this test
+    await sink.send(lines(0, 3))
+    await sink.flush()
+    assert len(files(spool_dir, OPEN_SUFFIX)) == 1
+    await sink.close()  # shutdown closes whatever is open, so the consumer sees it
+    assert files(spool_dir, OPEN_SUFFIX) == []
+    [closed] = closed_segments(spool_dir)
+    assert closed.read_bytes() == as_file(lines(0, 3))
+    with pytest.raises(RuntimeError):
+        await sink.send(lines(3, 1))
+
+
+async def test_size_rotation_gives_ordered_closed_segments(spool_dir, metrics):
+    sink = make_sink(spool_dir, metrics, segment_max_bytes=40)
+    events = lines(0, 10)
+    for event in events:  # one send per event: rotation after the write that reaches 40 bytes
+        await sink.send([event])
+    assert len(closed_segments(spool_dir)) == 2  # 4 + 4 events; the last 2 are still open
+    await sink.close()
+
+    segments = closed_segments(spool_dir)
+    assert [p.read_bytes() for p in segments] == [
+        as_file(events[0:4]),
+        as_file(events[4:8]),
+        as_file(events[8:10]),
+    ]
+
+
+async def test_spool_full_drops_counts_and_recovers_after_consumer(spool_dir, checkpoint, metrics):
+    # Room for exactly 10 events of 10 bytes; segments rotate at 30 bytes.
+    sink = make_sink(spool_dir, metrics, max_bytes=100, segment_max_bytes=30)
+    await sink.send(lines(0, 8))
+    assert sink.healthy()
+    await sink.send(lines(8, 4))  # 2 fit, 2 do not
+    assert metric_value(metrics, "beacon_events_dropped_total", reason="spool_full") == 2
+    assert not sink.healthy()  # full: readiness must say so
+    await sink.send(lines(12, 1))
+    assert metric_value(metrics, "beacon_events_dropped_total", reason="spool_full") == 3
+    assert metric_value(metrics, "beacon_sink_events_total", outcome="spooled") == 10
+
+    # The consumer reads and commits the closed segment (8 events) and deletes it.
+    source = SpoolSource(spool_dir, checkpoint)
+    rows, ranges = source.read(100)
+    assert rows == lines(0, 8)
+    source.commit(ranges)
+    assert closed_segments(spool_dir) == []
+
+    await sink.flush()  # the rescan sees the space the consumer freed
+    assert sink.healthy()
+    await sink.send(lines(20, 8))
+    assert metric_value(metrics, "beacon_events_dropped_total", reason="spool_full") == 3
+    await sink.close()
+    rows, _ = source.read(100)
+    assert rows == lines(8, 2) + lines(20, 8)  # what was kept, in order, nothing else
+
+
+async def test_orphan_from_dead_writer_is_closed_at_its_last_whole_line(spool_dir, metrics):
+    spool_dir.mkdir()
+    torn = spool_dir / ("0000000000001-0000001-000001" + OPEN_SUFFIX)
+    torn.write_bytes(as_file(lines(0, 2)) + b'{"n":00')  # the writer died mid-line
+    only_torn = spool_dir / ("0000000000002-0000001-000002" + OPEN_SUFFIX)
+    only_torn.write_bytes(b'{"n":')  # not one whole line: nothing to keep
+
+    sink = make_sink(spool_dir, metrics)
+    assert files(spool_dir, OPEN_SUFFIX) == []
+    [closed] = closed_segments(spool_dir)
+    assert closed.name == "0000000000001-0000001-000001" + CLOSED_SUFFIX
+    assert closed.read_bytes() == as_file(lines(0, 2))
+    await sink.close()
+
+
+async def test_open_segment_locked_by_a_live_writer_is_left_alone(spool_dir, metrics):
+    spool_dir.mkdir()
+    path = spool_dir / ("0000000000001-0000001-000001" + OPEN_SUFFIX)
+    content = as_file(lines(0, 2)) + b'{"n":00'  # mid-write: the tail is not torn, just early
+    path.write_bytes(content)
+    with open(path, "r+b") as live:
+        fcntl.flock(live, fcntl.LOCK_EX | fcntl.LOCK_NB)  # what a live SpoolSink holds
+        sink = make_sink(spool_dir, metrics)
+        assert path.read_bytes() == content
+        assert closed_segments(spool_dir) == []
+        await sink.close()
+
+
+async def test_second_sink_does_not_touch_the_first_sinks_open_segment(spool_dir, metrics):
+    first = make_sink(spool_dir, metrics)
+    await first.send(lines(0, 3))
+    [open_path] = files(spool_dir, OPEN_SUFFIX)
+
+    second = make_sink(spool_dir, metrics)  # a restarted sibling worker runs orphan recovery
+    assert files(spool_dir, OPEN_SUFFIX) == [open_path]
+    await first.send(lines(3, 2))  # the first writer carries on in the same file
+    await first.close()
+    await second.close()
+    [closed] = closed_segments(spool_dir)
+    assert closed.read_bytes() == as_file(lines(0, 5))
+
+
+async def test_write_ahead_log_and_sink_share_a_directory_the_consumer_reads(
+    spool_dir, checkpoint, metrics
+):
+    """BEACON_DURABILITY=wal writes into the same spool as the sink, from the same process."""
+    sink = make_sink(spool_dir, metrics)
+    await sink.send(lines(0, 3))
+    wal = WriteAheadLog(
+        spool_dir, metrics, segment_max_bytes=BIG, segment_max_age_ms=3_600_000, max_bytes=BIG
+    )  # its start-up recovery leaves the sink's open segment alone: the sink holds its lock
+    assert all(wal.append(event) for event in lines(3, 4))
+    opened = files(spool_dir, OPEN_SUFFIX)
+    assert len(opened) == 2 and len({p.name.split("-")[2] for p in opened}) == 2  # own names
+    assert spool_size(spool_dir) == (len(as_file(lines(0, 7))), 2)
+    await wal.close()
+    await sink.close()
+    rows, _ = SpoolSource(spool_dir, checkpoint).read(100)
+    assert sorted(rows) == lines(0, 7)
+
+
+async def test_the_sink_and_the_log_write_one_segment_format(tmp_path, metrics):
+    """Both go through one segment writer: the same bytes, the same names but their tag."""
+    events = [b'{"n":1,"s":"a"}', b'{"n":2,"s":"\xc3\xa9"}']
+    expected = b'{"n":1,"s":"a"}\n{"n":2,"s":"\xc3\xa9"}\n'  # NDJSON: one event a line
+    sink = make_sink(tmp_path / "sink", metrics)
+    await sink.send(events)
+    await sink.close()
+    limits = {"segment_max_bytes": BIG, "segment_max_age_ms": 3_600_000, "max_bytes": BIG}
+    wal = WriteAheadLog(tmp_path / "wal", metrics, **limits)
+    assert all(wal.append(event) for event in events)
+    await wal.close()
+    [from_sink] = closed_segments(tmp_path / "sink")
+    [from_wal] = closed_segments(tmp_path / "wal")
+    assert from_sink.read_bytes() == from_wal.read_bytes() == expected
+    name = rf"\d{{13}}-{os.getpid():07d}-%s000001{re.escape(CLOSED_SUFFIX)}"
+    assert re.fullmatch(name % "", from_sink.name) and re.fullmatch(name % "w", from_wal.name)
+
+
+# -- SpoolSource ------------------------------------------------------------------------------
+
+
+def three_segments(directory: Path) -> None:
+    write_segment(directory, "0000000000001-0000001-000001.ndjson", lines(0, 3))
+    write_segment(directory, "0000000000002-0000001-000002.ndjson", lines(3, 4))
+    write_segment(directory, "0000000000003-0000001-000003.ndjson", lines(7, 2))
+
+
+def test_read_respects_max_rows_across_segments(spool_dir, checkpoint):
+    three_segments(spool_dir)
+    source = SpoolSource(spool_dir, checkpoint)
+    rows, ranges = source.read(5)
+    assert rows == lines(0, 5)
+    assert ranges == [
+        Range("0000000000001-0000001-000001.ndjson", 0, 30),
+        Range("0000000000002-0000001-000002.ndjson", 0, 20),
+    ]
+    rows, ranges = source.read(5)
+    assert rows == lines(5, 4)
+    assert ranges == [
+        Range("0000000000002-0000001-000002.ndjson", 20, 40),
+        Range("0000000000003-0000001-000003.ndjson", 0, 20),
+    ]
+    assert source.read(5) == ([], [])
+
+
+def test_commit_deletes_finished_segments_and_a_new_source_continues(spool_dir, checkpoint):
+    three_segments(spool_dir)
+    source = SpoolSource(spool_dir, checkpoint)
+    _, ranges = source.read(5)
+    source.commit(ranges)
+    # The first segment is done and gone; the second is half read and stays.
+    assert [p.name for p in closed_segments(spool_dir)] == [
+        "0000000000002-0000001-000002.ndjson",
+        "0000000000003-0000001-000003.ndjson",
+    ]
+    # Saved before the delete: a finished segment may linger in it, and is forgotten on load.
+    state = orjson.loads(checkpoint.read_bytes())
+    assert state["offsets"]["0000000000002-0000001-000002.ndjson"] == 20
+    assert state["pending"] == []
+
+    # A restart (rows read after the commit but not committed are read again).
+    source.read(5)
+    restarted = SpoolSource(spool_dir, checkpoint)
+    rows, ranges = restarted.read(100)
+    assert rows == lines(5, 4)
+    restarted.commit(ranges)
+    assert closed_segments(spool_dir) == []
+    assert orjson.loads(checkpoint.read_bytes())["pending"] == []
+    assert SpoolSource(spool_dir, checkpoint).offsets == {}
+
+
+def test_pending_batch_survives_a_restart_and_replays_exactly(spool_dir, checkpoint):
+    three_segments(spool_dir)
+    source = SpoolSource(spool_dir, checkpoint)
+    rows, ranges = source.read(5)
+    source.begin(ranges)  # then the process dies before commit
+    del source
+
+    restarted = SpoolSource(spool_dir, checkpoint)
+    assert restarted.pending == ranges
+    assert restarted.read_ranges(restarted.pending) == rows == lines(0, 5)
+    # Segments in the pending batch are kept until it is committed.
+    assert len(closed_segments(spool_dir)) == 3
+    # New reads start after the pending batch, so the replay is not read twice.
+    rest, _ = restarted.read(100)
+    assert rest == lines(5, 4)
+
+
+def test_token_is_stable_for_the_same_ranges_and_differs_otherwise(spool_dir, checkpoint):
+    three_segments(spool_dir)
+    _, ranges = SpoolSource(spool_dir, checkpoint).read(5)
+    # The same position read by another process (after a crash) gives the same token.
+    _, again = SpoolSource(spool_dir, checkpoint).read(5)
+    assert token_for(again) == token_for(ranges)
+    assert token_for([Range(r.segment, r.start, r.end) for r in ranges]) == token_for(ranges)
+
+    others = [
+        ranges[:1],
+        [*ranges[:1], Range(ranges[1].segment, 0, 10)],
+        [Range("0000000000009-0000001-000001.ndjson", 0, 30), ranges[1]],
+    ]
+    tokens = {token_for(ranges), *(token_for(o) for o in others)}
+    assert len(tokens) == 4
+
+
+async def test_segment_closed_late_with_an_older_name_is_still_read(spool_dir, checkpoint, metrics):
+    slow = make_sink(spool_dir, metrics)  # e.g. a worker with little traffic
+    await slow.send(lines(0, 2))
+    await asyncio.sleep(0.01)  # the busy writer's segment gets a later creation time
+    busy = make_sink(spool_dir, metrics)
+    await busy.send(lines(10, 3))
+    await busy.close()
+
+    source = SpoolSource(spool_dir, checkpoint)
+    rows, ranges = source.read(100)
+    assert rows == lines(10, 3)
+    source.commit(ranges)
+    consumed = ranges[0].segment
+
+    await slow.close()
+    [late] = closed_segments(spool_dir)
+    assert late.name < consumed  # sorts before what was already consumed
+    rows, _ = source.read(100)
+    assert rows == lines(0, 2)
+
+
+async def test_not_ready_before_the_last_event_no_longer_fits(spool_dir, metrics):
+    # Room left for less than the headroom: readiness fails while events still fit, so a load
+    # balancer moves traffic away before anything is refused.
+    sink = make_sink(spool_dir, metrics, max_bytes=64 * 1024)
+    await sink.send([b"x" * 1000] * 62)
+    assert not sink.healthy()
+    assert metric_value(metrics, "beacon_events_dropped_total", reason="spool_full") == 0
+    await sink.close()
+
+
+async def test_stale_new_file_of_a_writer_that_died_at_creation_is_removed(spool_dir, metrics):
+    spool_dir.mkdir(parents=True, exist_ok=True)
+    stale = spool_dir / f"0000000000001-0000001-000001{NEW_SUFFIX}"
+    stale.write_bytes(b"")
+    os.utime(stale, (1, 1))
+    fresh = spool_dir / f"0000000000002-0000001-000001{NEW_SUFFIX}"
+    fresh.write_bytes(b"")  # maybe a live writer between create and rename: left alone
+    sink = make_sink(spool_dir, metrics)
+    assert not stale.exists() and fresh.exists()
+    await sink.close()
