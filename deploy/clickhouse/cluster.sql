@@ -2,7 +2,7 @@
 -- (single-node.sql, analytics/schema.py) as <name>_local, ReplicatedReplacingMergeTree on each
 -- shard, behind a Distributed <name> that consumers insert into and reports read.
 -- Made by
---   python deploy/clickhouse/schema_sql.py cluster > deploy/clickhouse/cluster.sql
+--   python -m analytics.ddl cluster > deploy/clickhouse/cluster.sql
 -- and checked by tests/integration/test_deploy.py. Needs the macros {cluster}, {shard} and
 -- {replica} on every server ({replica} unique in the whole cluster) and Keeper. Run it once,
 -- on any node:

@@ -1,6 +1,6 @@
 -- Beacon schema for a single ClickHouse server: what `beacon consume` migrates to
 -- (analytics/schema.py), with the default retention of 395 days. Made by
---   python deploy/clickhouse/schema_sql.py single-node \
+--   python -m analytics.ddl single-node \
 --     > deploy/clickhouse/single-node.sql
 -- and checked against the migrations by tests/integration/test_deploy.py.
 -- Safe to run twice.

@@ -188,7 +188,7 @@ def test_alerts_and_dashboards_use_only_exported_metrics() -> None:
 
 
 def schema_sql(*args: str | Path, stdin: str | None = None) -> Any:
-    done = run(sys.executable, DEPLOY / "clickhouse" / "schema_sql.py", *args, input=stdin)
+    done = run(sys.executable, "-m", "analytics.ddl", *args, input=stdin)
     return done.stdout if args[0] in ("single-node", "cluster") else json.loads(done.stdout)
 
 
@@ -215,7 +215,7 @@ def test_single_node_ddl_is_what_the_migrations_make(tmp_path: Path) -> None:
     fresh.write_text(schema_sql("single-node"))
     want = schema_sql("load", fresh)["tables"]
     shipped = schema_sql("load", DEPLOY / "clickhouse" / "single-node.sql")
-    hint = "regenerate: python deploy/clickhouse/schema_sql.py single-node > " + str(
+    hint = "regenerate: python -m analytics.ddl single-node > " + str(
         DEPLOY / "clickhouse" / "single-node.sql"
     )
     assert shipped["tables"] == want, hint
@@ -225,9 +225,7 @@ def test_single_node_ddl_is_what_the_migrations_make(tmp_path: Path) -> None:
 
 def test_cluster_ddl_matches_the_single_node_schema(tmp_path: Path) -> None:
     single = schema_sql("load", DEPLOY / "clickhouse" / "single-node.sql")["tables"]
-    hint = (
-        "regenerate: python deploy/clickhouse/schema_sql.py cluster > deploy/clickhouse/cluster.sql"
-    )
+    hint = "regenerate: python -m analytics.ddl cluster > deploy/clickhouse/cluster.sql"
     fresh = tmp_path / "cluster.sql"
     fresh.write_text(schema_sql("cluster"))
     assert (

@@ -1,9 +1,9 @@
-"""The ClickHouse DDL files beside this script, made and checked with the embedded engine (chDB).
+"""The ClickHouse DDL files in deploy/clickhouse/, made and checked with the embedded engine (chDB).
 
-    python deploy/clickhouse/schema_sql.py single-node > deploy/clickhouse/single-node.sql
-    python deploy/clickhouse/schema_sql.py cluster > deploy/clickhouse/cluster.sql
-    python deploy/clickhouse/schema_sql.py load FILE.sql [--cluster] [--plain]
-    python deploy/clickhouse/schema_sql.py queries < queries.json
+    python -m analytics.ddl single-node > deploy/clickhouse/single-node.sql
+    python -m analytics.ddl cluster > deploy/clickhouse/cluster.sql
+    python -m analytics.ddl load FILE.sql [--cluster] [--plain]
+    python -m analytics.ddl queries < queries.json
 
 single-node: the schema `beacon consume` migrates to (analytics/schema.py), as one file for a
 ClickHouse server's first start (docker-entrypoint-initdb.d) or a DBA.
@@ -32,14 +32,11 @@ import sys
 import tempfile
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parents[2]
-sys.path.insert(0, str(ROOT))
-
-from analytics.migrations import migrate  # noqa: E402
-from analytics.rollups import CLUSTER_SHARDING_KEYS, VIEWS, cluster_views  # noqa: E402
-from analytics.schema import DATABASE  # noqa: E402
-from analytics.store import StoreError  # noqa: E402
-from consumers.settings import ConsumerSettings  # noqa: E402
+from analytics.migrations import migrate
+from analytics.rollups import CLUSTER_SHARDING_KEYS, VIEWS, cluster_views
+from analytics.schema import DATABASE
+from analytics.settings import StoreSettings
+from analytics.store import Rows, StoreError
 
 CLUSTER_CONFIG = """<clickhouse>
   <tcp_port>9000</tcp_port>
@@ -64,7 +61,7 @@ CLUSTER_HEADER = """\
 -- (single-node.sql, analytics/schema.py) as <name>_local, ReplicatedReplacingMergeTree on each
 -- shard, behind a Distributed <name> that consumers insert into and reports read.
 -- Made by
---   python deploy/clickhouse/schema_sql.py cluster > deploy/clickhouse/cluster.sql
+--   python -m analytics.ddl cluster > deploy/clickhouse/cluster.sql
 -- and checked by tests/integration/test_deploy.py. Needs the macros {cluster}, {shard} and
 -- {replica} on every server ({replica} unique in the whole cluster) and Keeper. Run it once,
 -- on any node:
@@ -92,8 +89,9 @@ class ConnWriter:
         except Exception as exc:  # chDB raises its own types for ClickHouse errors
             raise StoreError(str(exc)) from exc
 
-    async def insert(self, table: str, rows: bytes, token: str) -> None:
-        self.run(f"INSERT INTO {table} FORMAT JSONEachRow\n{rows.decode()}")
+    async def insert(self, table: str, rows: bytes | Rows, token: str) -> None:
+        body = rows if isinstance(rows, bytes) else rows.ndjson()
+        self.run(f"INSERT INTO {table} FORMAT JSONEachRow\n{body.decode()}")
 
     async def execute(self, sql: str) -> None:
         self.run(sql)
@@ -159,12 +157,12 @@ def migrated(writer: ConnWriter, retention_days: int) -> tuple[dict[str, dict[st
 
 
 def single_node(writer: ConnWriter) -> str:
-    retention_days = ConsumerSettings().retention_days
+    retention_days = StoreSettings().retention_days
     found, versions = migrated(writer, retention_days)
     out = [
         "-- Beacon schema for a single ClickHouse server: what `beacon consume` migrates to",
         f"-- (analytics/schema.py), with the default retention of {retention_days} days. Made by",
-        "--   python deploy/clickhouse/schema_sql.py single-node \\",
+        "--   python -m analytics.ddl single-node \\",
         "--     > deploy/clickhouse/single-node.sql",
         "-- and checked against the migrations by tests/integration/test_deploy.py.",
         "-- Safe to run twice.",
@@ -203,7 +201,7 @@ def replicated_engine(create: str, table: str) -> str:
 
 
 def cluster(writer: ConnWriter) -> str:
-    found, versions = migrated(writer, ConsumerSettings().retention_days)
+    found, versions = migrated(writer, StoreSettings().retention_days)
     on_cluster = "ON CLUSTER '{cluster}'"
     out = [CLUSTER_HEADER, f"CREATE DATABASE IF NOT EXISTS {DATABASE} {on_cluster};", ""]
     # One migrations table for the whole cluster (no {shard} in its path): any node answers.
@@ -223,7 +221,7 @@ def cluster(writer: ConnWriter) -> str:
             # they shard, and a view attaches to the _local table on each shard.
             raise SystemExit(
                 f"{DATABASE}.{name} ({table['engine']}): not yet known to the cluster DDL; "
-                "extend SHARDING_KEYS and cluster() in deploy/clickhouse/schema_sql.py"
+                "extend SHARDING_KEYS and cluster() in analytics/ddl.py"
             )
         local = f"{DATABASE}.{name}_local"
         create = str(table["create"]).replace(
@@ -272,7 +270,7 @@ def load(writer: ConnWriter, path: Path, plain: bool) -> dict[str, object]:
         # What a consumer does at start against this schema; with the retention it would run
         # with: 0 in front of a cluster (the TTL is on the _local tables), else the default.
         cluster = any("ENGINE = Distributed" in statement for statement in todo)
-        retention_days = 0 if cluster else ConsumerSettings().retention_days
+        retention_days = 0 if cluster else StoreSettings().retention_days
         result["migrations_applied"] = asyncio.run(migrate(writer, retention_days))
         result["changed_by_consumer_start"] = tables(writer) != loaded
     return result
@@ -314,7 +312,7 @@ def main() -> None:
         else:
             text = json.dumps(queries(writer, json.load(sys.stdin)), indent=2)
     except (StoreError, SystemExit) as exc:
-        print(f"schema_sql.py {args.command}: {exc}", file=sys.stderr)
+        print(f"analytics.ddl {args.command}: {exc}", file=sys.stderr)
         sys.stderr.flush()
         shutil.rmtree(workdir, ignore_errors=True)
         os._exit(1)
