@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import asyncio
+import struct
 import time
 from collections.abc import Mapping
 from typing import TYPE_CHECKING, NamedTuple
@@ -38,6 +40,8 @@ if TYPE_CHECKING:  # collector.ratelimit imports this module
 
 MAX_BODY_BYTES = 64 * 1024
 MAX_BATCH_EVENTS = 100
+METRICS_READ_TRIES = 5  # a worker's metrics file is empty for an instant after it is made
+METRICS_RETRY_S = 0.02
 JSON_TYPES = frozenset({"application/json", "text/plain"})
 # The client address of an aiohttp request once resolved: the rate limit asks for it first and
 # the event after it, and a bad forwarded header is counted once.
@@ -367,8 +371,17 @@ class Collector:
     async def metrics_page(self, request: web.Request) -> web.Response:
         self.metrics.fold()
         self.metrics.buffer_events.set(len(self.buffer))
-        body = generate_latest(self.metrics.exposition)
-        return web.Response(body=body, headers={"Content-Type": CONTENT_TYPE_LATEST})
+        for _ in range(METRICS_READ_TRIES):
+            try:
+                body = generate_latest(self.metrics.exposition)
+            except (struct.error, ValueError):
+                # With several workers, another one's metrics file may have just been created
+                # and be empty yet: prometheus_client reads it as it is. It fills at once.
+                await asyncio.sleep(METRICS_RETRY_S)
+                continue
+            return web.Response(body=body, headers={"Content-Type": CONTENT_TYPE_LATEST})
+        self.requests["metrics", "unreadable"].inc()
+        return web.Response(status=503, text="metrics files are being written: try again\n")
 
     async def robots(self, request: web.Request) -> web.Response:
         return web.Response(body=ROBOTS_TXT, content_type="text/plain")
