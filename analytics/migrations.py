@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import asyncio
 import re
 from collections.abc import Awaitable, Callable
 
 from analytics.rollup_settle import Settler, settles_here
 from analytics.rollups import ROLLUPS, migration_statements
 from analytics.schema import DATABASE, EVENTS_V1, EVENTS_V2, EVENTS_V3, EVENTS_V4
+from analytics.settings import StoreSettings
 from analytics.store import Writer
 
 
@@ -94,3 +96,19 @@ async def apply_ttl(
     else:
         ttl = f"{column} + INTERVAL {retention_days} DAY"
         await writer.execute(f"ALTER TABLE {DATABASE}.{table} MODIFY TTL {ttl}")
+
+
+def migrate_command(settings: StoreSettings) -> int:
+    """`beacon migrate`: the embedded store's schema brought up to date."""
+    from analytics.store.chdb import ChdbWriter  # chDB is a heavy import: only its owner pays
+
+    async def go() -> list[int]:
+        writer = ChdbWriter(settings.store_dir)
+        try:
+            return await migrate(writer, settings.retention_days)
+        finally:
+            await writer.close()
+
+    applied = asyncio.run(go())
+    print(f"applied migrations: {applied}" if applied else "schema is up to date")
+    return 0

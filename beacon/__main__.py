@@ -1,4 +1,5 @@
 """The `beacon` command: serve, consume, run, migrate, report, kafka init, simulate, dashboard.
+It parses the command line and dispatches to each part's commands.
 
 The one place that reads os.environ: flags become BEACON_* overrides, and each process builds
 its frozen settings from the result.
@@ -7,12 +8,10 @@ its frozen settings from the result.
 from __future__ import annotations
 
 import argparse
-import asyncio
 import logging
 import os
 import sys
 from collections.abc import Mapping, Sequence
-from pathlib import Path
 
 from collector.settings import Settings
 from consumers.settings import ConsumerSettings
@@ -172,19 +171,9 @@ def main(argv: Sequence[str] | None = None, environ: Mapping[str, str] | None = 
 
 
 def cmd_serve(args, env, settings: Settings, consumer: ConsumerSettings) -> int:  # type: ignore[no-untyped-def]
-    from collector.workers import MULTIPROC_ENV, default_workers, run_workers
+    from collector.commands import serve_command
 
-    workers = args.workers or default_workers()
-    if workers > 1:
-        return run_workers(settings, env, workers)
-    import uvloop
-
-    from collector.server import serve
-
-    # Set by run_workers for its workers (or by whoever runs this one process that way).
-    multiprocess_dir = Path(env[MULTIPROC_ENV]) if env.get(MULTIPROC_ENV) else None
-    uvloop.run(serve(settings, multiprocess_dir))
-    return 0
+    return serve_command(settings, env, args.workers)
 
 
 def cmd_consume(args, env, settings: Settings, consumer: ConsumerSettings) -> int:  # type: ignore[no-untyped-def]
@@ -204,19 +193,9 @@ def cmd_run(args, env, settings: Settings, consumer: ConsumerSettings) -> int:  
 
 
 def cmd_migrate(args, env, settings: Settings, consumer: ConsumerSettings) -> int:  # type: ignore[no-untyped-def]
-    from analytics.migrations import migrate
-    from analytics.store.chdb import ChdbWriter
+    from analytics.migrations import migrate_command
 
-    async def go() -> list[int]:
-        writer = ChdbWriter(consumer.store_dir)
-        try:
-            return await migrate(writer, consumer.retention_days)
-        finally:
-            await writer.close()
-
-    applied = asyncio.run(go())
-    print(f"applied migrations: {applied}" if applied else "schema is up to date")
-    return 0
+    return migrate_command(consumer)
 
 
 def cmd_report(args, env, settings: Settings, consumer: ConsumerSettings) -> int:  # type: ignore[no-untyped-def]
@@ -226,31 +205,15 @@ def cmd_report(args, env, settings: Settings, consumer: ConsumerSettings) -> int
 
 
 def cmd_kafka(args, env, settings: Settings, consumer: ConsumerSettings) -> int:  # type: ignore[no-untyped-def]
-    from collector.kafka_admin import KafkaInitError, init_topics
+    from collector.commands import kafka_init_command
 
-    # The only action so far is `init` (argparse requires one).
-    try:
-        topics = asyncio.run(init_topics(settings))
-    except KafkaInitError as exc:
-        print(f"beacon kafka init: {exc}", file=sys.stderr)
-        return 1
-    for topic in topics:
-        print(topic.describe())
-    return 0
+    return kafka_init_command(settings)  # `init`, the only action so far (argparse requires one)
 
 
 def cmd_url(args, env, settings: Settings, consumer: ConsumerSettings) -> int:  # type: ignore[no-untyped-def]
-    from collector.signing import load_keyring
-    from collector.urls import build, render
+    from collector.commands import url_command
 
-    keyring = load_keyring(settings.signing_keys, settings.signing_key_file)
-    try:
-        result = build(args, settings.base_url, keyring)
-    except ValueError as exc:
-        print(f"beacon url {args.url_kind}: {exc}", file=sys.stderr)
-        return 2
-    sys.stdout.write(render(result, args.format))
-    return 0
+    return url_command(settings, args)
 
 
 def cmd_erase(args, env, settings: Settings, consumer: ConsumerSettings) -> int:  # type: ignore[no-untyped-def]

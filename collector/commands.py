@@ -1,0 +1,58 @@
+"""The collector's commands: `beacon serve`, `beacon kafka init`, `beacon url` (beacon/ only
+parses the command line and calls these)."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import sys
+from collections.abc import Mapping
+from pathlib import Path
+
+from collector.settings import Settings
+
+
+def serve_command(settings: Settings, env: Mapping[str, str], workers: int | None) -> int:
+    """One collector process, or `workers` of them on one port."""
+    from collector.workers import MULTIPROC_ENV, default_workers, run_workers
+
+    count = workers or default_workers()
+    if count > 1:
+        return run_workers(settings, dict(env), count)
+    import uvloop
+
+    from collector.server import serve
+
+    # Set by run_workers for its workers (or by whoever runs this one process that way).
+    multiprocess_dir = Path(env[MULTIPROC_ENV]) if env.get(MULTIPROC_ENV) else None
+    uvloop.run(serve(settings, multiprocess_dir))
+    return 0
+
+
+def kafka_init_command(settings: Settings) -> int:
+    """Create the events and dead-letter topics; say what they are."""
+    from collector.kafka_admin import KafkaInitError, init_topics
+
+    try:
+        topics = asyncio.run(init_topics(settings))
+    except KafkaInitError as exc:
+        print(f"beacon kafka init: {exc}", file=sys.stderr)
+        return 1
+    for topic in topics:
+        print(topic.describe())
+    return 0
+
+
+def url_command(settings: Settings, args: argparse.Namespace) -> int:
+    """A pixel or click URL (signed when keys are set), as a URL or an HTML tag."""
+    from collector.signing import load_keyring
+    from collector.urls import build, render
+
+    keyring = load_keyring(settings.signing_keys, settings.signing_key_file)
+    try:
+        result = build(args, settings.base_url, keyring)
+    except ValueError as exc:
+        print(f"beacon url {args.url_kind}: {exc}", file=sys.stderr)
+        return 2
+    sys.stdout.write(render(result, args.format))
+    return 0
