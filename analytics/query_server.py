@@ -41,7 +41,7 @@ AUDIT_PATH = web.AppKey("audit_path", Path)
 ERASE_REQUESTS = web.AppKey("erase_requests", Counter)
 QUERY_REQUESTS = web.AppKey("query_requests", Counter)
 LOCAL_HOSTS = frozenset({"127.0.0.1", "localhost", "[::1]"})
-LOCAL_ORIGIN_HOSTS = frozenset({"127.0.0.1", "localhost", "::1"})
+LOCAL_ORIGIN_HOSTS = frozenset(h.strip("[]") for h in LOCAL_HOSTS)  # as yarl reads a host
 ERASE_KEYS = frozenset({"field", "value", "by"})
 
 

@@ -22,15 +22,11 @@ WAIT_S = 30
 @pytest.fixture(scope="module")
 def beacon(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Beacon]:
     """One collector for the module: cookie mode on, consent required for the site `shop`."""
-    b = Beacon(
+    with Beacon(
         tmp_path_factory.mktemp("browser") / "data",
         {"BEACON_VISITOR_COOKIE": "1", "BEACON_CONSENT_REQUIRED": "shop"},
-    )
-    b.start()
-    yield b
-    if b.proc is not None and b.proc.poll() is None:
-        b.proc.kill()
-        b.proc.wait()
+    ) as b:
+        yield b
 
 
 def rows(beacon: Beacon, site: str) -> list[dict]:

@@ -16,12 +16,8 @@ from tests.support.beacon_run import Beacon, send_mix, wait_for_rows
 
 @pytest.fixture
 def beacon(tmp_path: Path) -> Iterator[Beacon]:
-    b = Beacon(tmp_path / "data")
-    b.start()
-    yield b
-    if b.proc is not None and b.proc.poll() is None:
-        b.proc.kill()
-        b.proc.wait()
+    with Beacon(tmp_path / "data") as b:
+        yield b
 
 
 async def test_beacon_run_stores_exactly_the_mix(beacon: Beacon) -> None:

@@ -18,7 +18,7 @@ from tests.support.beacon_run import Beacon, send_mix, wait_for_rows
 
 @pytest.fixture
 def kafka_beacon(tmp_path: Path, kafka_bootstrap: str, kafka_topic: str) -> Iterator[Beacon]:
-    b = Beacon(
+    with Beacon(
         tmp_path / "data",
         {
             "BEACON_KAFKA_BOOTSTRAP": kafka_bootstrap,
@@ -26,12 +26,8 @@ def kafka_beacon(tmp_path: Path, kafka_bootstrap: str, kafka_topic: str) -> Iter
             "BEACON_KAFKA_DLQ_TOPIC": kafka_topic + ".dlq",
             "BEACON_KAFKA_GROUP": "group-" + kafka_topic,
         },
-    )
-    b.start()
-    yield b
-    if b.proc is not None and b.proc.poll() is None:
-        b.proc.kill()
-        b.proc.wait()
+    ) as b:
+        yield b
 
 
 async def test_pixels_through_kafka_land_once_with_every_field(kafka_beacon: Beacon) -> None:

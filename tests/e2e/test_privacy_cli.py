@@ -19,12 +19,8 @@ from tests.support.beacon_run import Beacon, wait_for_rows
 
 @pytest.fixture
 def beacon(tmp_path: Path) -> Iterator[Beacon]:
-    b = Beacon(tmp_path / "data")
-    b.start()
-    yield b
-    if b.proc is not None and b.proc.poll() is None:
-        b.proc.kill()
-        b.proc.wait()
+    with Beacon(tmp_path / "data") as b:
+        yield b
 
 
 def beacon_cli(b: Beacon, *args: str) -> subprocess.CompletedProcess[str]:

@@ -20,12 +20,8 @@ from tests.support.simulation import AnalyticsBeacon, run_simulation
 
 @pytest.fixture
 def beacon(tmp_path: Path) -> Iterator[AnalyticsBeacon]:
-    b = AnalyticsBeacon(tmp_path / "data")
-    b.start()
-    yield b
-    if b.proc is not None and b.proc.poll() is None:
-        b.proc.kill()
-        b.proc.wait()
+    with AnalyticsBeacon(tmp_path / "data") as b:
+        yield b
 
 
 def report(beacon: Beacon, *args: str) -> Any:

@@ -43,12 +43,8 @@ class SignedBeacon(Beacon):
 
 @pytest.fixture
 def beacon(tmp_path: Path) -> Iterator[SignedBeacon]:
-    b = SignedBeacon(tmp_path / "data")
-    b.start()
-    yield b
-    if b.proc is not None and b.proc.poll() is None:
-        b.proc.kill()
-        b.proc.wait()
+    with SignedBeacon(tmp_path / "data") as b:
+        yield b
 
 
 async def gather(jobs: Iterable[Awaitable[object]], width: int = 16) -> None:

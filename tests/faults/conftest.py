@@ -180,6 +180,16 @@ def metric_sum(metrics: dict[str, float], name: str) -> float:
     return sum(v for k, v in metrics.items() if k == name or k.startswith(name + "{"))
 
 
+def kafka_settings(bootstrap: str, topic: str) -> dict[str, str | int]:
+    """The Kafka settings collector and consumer share: one topic, its DLQ, one group."""
+    return {
+        "kafka_bootstrap": bootstrap,
+        "kafka_topic": topic,
+        "kafka_dlq_topic": topic + ".dlq",
+        "kafka_group": "group-" + topic,
+    }
+
+
 # -- load -----------------------------------------------------------------------------------
 
 

@@ -37,6 +37,7 @@ from tests.faults.conftest import (
     Query,
     base_url,
     http_get,
+    kafka_settings,
     metric_sum,
     raw_rows,
     scrape,
@@ -309,16 +310,6 @@ def labelled(metrics: dict[str, float], name: str) -> str:
     return ",".join(f"{label}={value:.0f}" for label, value in pairs if value) or "0"
 
 
-def settings_of(bootstrap: str, topic: str) -> dict[str, str | int]:
-    """The Kafka settings collector and consumer share: one topic, its DLQ, one group."""
-    return {
-        "kafka_bootstrap": bootstrap,
-        "kafka_topic": topic,
-        "kafka_dlq_topic": topic + ".dlq",
-        "kafka_group": "group-" + topic,
-    }
-
-
 async def wait_metric(proc: Proc, name: str, at_least: float) -> None:
     """Poll `proc`'s /metrics until the sum of `name` reaches at_least."""
     deadline = time.monotonic() + START_TIMEOUT_S
@@ -342,7 +333,7 @@ async def test_kafka_broker_lost_for_good(
 ) -> None:
     topic = f"faults.broker_lost.{uuid.uuid4().hex[:8]}"
     await create_topics(cluster.bootstrap, topic)
-    shared = settings_of(cluster.bootstrap, topic)
+    shared = kafka_settings(cluster.bootstrap, topic)
     collector = await asyncio.to_thread(
         procs.collector, tmp_path / "collector", sink="kafka", **shared
     )

@@ -32,6 +32,7 @@ from tests.faults.conftest import (
     base_url,
     create_topics,
     http_get,
+    kafka_settings,
     metric_sum,
     raw_rows,
     scrape,
@@ -115,16 +116,6 @@ class Pipeline:
 
     def consumer_metrics(self) -> dict[str, float]:
         return scrape(base_url(self.consumer))
-
-
-def kafka_settings(bootstrap: str, topic: str) -> dict[str, str | int]:
-    """The Kafka settings collector and consumer share: one topic, its DLQ, one group."""
-    return {
-        "kafka_bootstrap": bootstrap,
-        "kafka_topic": topic,
-        "kafka_dlq_topic": topic + ".dlq",
-        "kafka_group": "group-" + topic,
-    }
 
 
 def consumer_settings(bootstrap: str, topic: str) -> dict[str, str | int]:

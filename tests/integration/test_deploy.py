@@ -27,13 +27,12 @@ from collector.metrics import CollectorMetrics
 from collector.settings import Settings
 from consumers.metrics import ConsumerMetrics
 from consumers.settings import ConsumerSettings
-from tests.support.dashboards import dashboard_promql, panels
+from tests.support.dashboards import DASHBOARDS, dashboard_promql, panels
 from tests.support.helpers import free_port
 
 ROOT = Path(__file__).resolve().parents[2]
 DEPLOY = ROOT / "deploy"
 PROM = DEPLOY / "prometheus"
-DASHBOARDS = sorted((DEPLOY / "grafana" / "dashboards").glob("*.json"))
 K8S = DEPLOY / "k8s"
 BIN = Path(sys.executable).parent  # the venv's console scripts (check-jsonschema, hadolint, ...)
 

@@ -11,6 +11,7 @@ import sys
 import time
 from collections import Counter
 from pathlib import Path
+from typing import Self
 
 import aiohttp
 import orjson
@@ -66,6 +67,16 @@ class Beacon:
 
     def query(self, sql: str, fmt: str = "TSV") -> str:
         return store_port_query(self.store_port, sql, fmt)
+
+    def __enter__(self) -> Self:
+        self.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        """Whatever a test left running is killed (a test that stops it checks its exit)."""
+        if self.proc is not None and self.proc.poll() is None:
+            self.proc.kill()
+            self.proc.wait()
 
     def stop(self) -> int:
         assert self.proc is not None
