@@ -7,7 +7,7 @@ STAMP  := $(VENV)/.installed
 CODE   := beacon collector consumers analytics contract tests loadtest deploy
 
 # test-unit: the unit tier; test-latest: the newest releases of the dependencies, above the pins
-.PHONY: test-unit test-latest install deps run test faults fuzz lint clean kafka-fetch kafka-up kafka-down up down bench bench-consumer bench-reports loadtest
+.PHONY: test-unit test-latest install deps run test faults fuzz lint clean kafka-fetch kafka-up kafka-down up down bench bench-consumer bench-e2e bench-reports loadtest
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -78,9 +78,18 @@ DURATION ?= 10
 bench: deps $(BENCH_STAMP)
 	$(BIN)/python -m loadtest.bench --rounds $(ROUNDS) --duration-s $(DURATION)
 
-# Events per second per core from Kafka through enrichment into chDB.
+# Events per CPU second from Kafka into chDB on one core, beside chDB's own storage limit;
+# then the consumer's CPU alone with the HTTP writer (ClickHouse on the other core).
+TODAY := $(shell date -u +%F)
 bench-consumer: deps $(BENCH_STAMP)
-	$(BIN)/python -m loadtest.bench_consumer
+	$(BIN)/python -m loadtest.bench_consumer --json loadtest/results/$(TODAY)-consumer.json
+	$(BIN)/python -m loadtest.bench_consumer --server \
+		--json loadtest/results/$(TODAY)-consumer-server.json
+
+# The whole box: `beacon run` under wrk until every answered pixel is a row, against the
+# collector alone, then in Kafka mode. Writes loadtest/results/<date>-e2e.json.
+bench-e2e: deps $(BENCH_STAMP)
+	$(BIN)/python -m loadtest.bench_e2e --kafka
 
 # Report queries over EVENTS generated events (10 million), from the rollups and from raw events.
 EVENTS ?= 10000000

@@ -13,7 +13,10 @@ def open_writer(settings: StoreSettings) -> Writer:
     """The ClickHouse server at `clickhouse_url`, or the embedded store in `store_dir`."""
     if settings.clickhouse_url:
         return HttpWriter(
-            settings.clickhouse_url, settings.clickhouse_user, settings.clickhouse_password
+            settings.clickhouse_url,
+            settings.clickhouse_user,
+            settings.clickhouse_password,
+            compress=settings.clickhouse_compression == "gzip",
         )
     from analytics.store.chdb import ChdbWriter  # chDB is a heavy import: only its owner pays
 

@@ -30,13 +30,14 @@ import re
 import shutil
 import sys
 import tempfile
+from collections.abc import Sequence
 from pathlib import Path
 
 from analytics.migrations import migrate
 from analytics.rollups import CLUSTER_SHARDING_KEYS, VIEWS, cluster_views
 from analytics.schema import DATABASE
 from analytics.settings import StoreSettings
-from analytics.store import Rows, StoreError
+from analytics.store import StoreError, insert_select
 
 CLUSTER_CONFIG = """<clickhouse>
   <tcp_port>9000</tcp_port>
@@ -89,9 +90,16 @@ class ConnWriter:
         except Exception as exc:  # chDB raises its own types for ClickHouse errors
             raise StoreError(str(exc)) from exc
 
-    async def insert(self, table: str, rows: bytes | Rows, token: str) -> None:
-        body = rows if isinstance(rows, bytes) else rows.ndjson()
-        self.run(f"INSERT INTO {table} FORMAT JSONEachRow\n{body.decode()}")
+    async def insert(self, table: str, rows: bytes, token: str) -> None:
+        self.run(f"INSERT INTO {table} FORMAT JSONEachRow\n{rows.decode()}")
+
+    async def insert_from(
+        self, table: str, columns: Sequence[str], select: str, token: str
+    ) -> None:
+        self.run(insert_select(table, columns, select, token))
+
+    async def load(self, table: str, body: Sequence[bytes], fmt: str) -> None:
+        self.run(f"INSERT INTO {table} FORMAT {fmt}\n{b''.join(body).decode()}")
 
     async def execute(self, sql: str) -> None:
         self.run(sql)

@@ -96,7 +96,7 @@ class CollectorMetrics:
         )
         self.kafka_batch_records = Histogram(
             "beacon_kafka_batch_records",
-            "Records per record batch produced to Kafka (live and replayed).",
+            "Events per record batch produced to Kafka (live and replayed).",
             buckets=BATCH_RECORDS_BUCKETS,
             registry=registry,
         )

@@ -100,6 +100,12 @@ class Settings:
     )
     kafka_linger_ms: int = setting(5, "producer linger before a batch is sent", min=0)
     kafka_batch_max_bytes: int = setting(1 << 20, "bytes per producer record batch", min=1024)
+    kafka_record_max_bytes: int = setting(
+        64 * 1024,
+        "events per Kafka record: an NDJSON chunk of up to this many bytes (an event larger "
+        "goes alone; 1: one event per record)",
+        min=1,
+    )
     kafka_timeout_ms: int = setting(
         5000, "a batch not acknowledged in this time goes to the spool", min=100
     )

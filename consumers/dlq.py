@@ -1,4 +1,5 @@
-"""The dead-letter topic: records that cannot become rows, kept as they came, with why."""
+"""The dead-letter topic: lines that cannot become rows, each alone in a record as it came,
+with why and where from (a record of several lines loses only its bad ones)."""
 
 from __future__ import annotations
 
@@ -12,9 +13,10 @@ REASON = "beacon.reason"
 SOURCE_TOPIC = "beacon.source.topic"
 SOURCE_PARTITION = "beacon.source.partition"
 SOURCE_OFFSET = "beacon.source.offset"
+SOURCE_LINE = "beacon.source.line"  # the line's number in its record, from 0
 
 
-def headers_for(record: ConsumerRecord, reason: str) -> list[tuple[str, bytes]]:
+def headers_for(record: ConsumerRecord, line: int, reason: str) -> list[tuple[str, bytes]]:
     """The record's own headers, then ours."""
     return [
         *record.headers,
@@ -22,6 +24,7 @@ def headers_for(record: ConsumerRecord, reason: str) -> list[tuple[str, bytes]]:
         (SOURCE_TOPIC, record.topic.encode()),
         (SOURCE_PARTITION, str(record.partition).encode()),
         (SOURCE_OFFSET, str(record.offset).encode()),
+        (SOURCE_LINE, str(line).encode()),
     ]
 
 
@@ -47,16 +50,17 @@ class DeadLetters:
     async def start(self) -> None:
         await self._producer.start()
 
-    async def send(self, rejects: Sequence[tuple[ConsumerRecord, str]]) -> None:
-        """Produce every reject and wait for all acknowledgements; raises KafkaError."""
+    async def send(self, rejects: Sequence[tuple[ConsumerRecord, int, bytes, str]]) -> None:
+        """Produce every (record, line number, line, reason) and wait for all acknowledgements;
+        raises KafkaError."""
         waits = [
             await self._producer.send(
                 self.topic,
-                value=record.value,
+                value=value,
                 key=record.key,
-                headers=headers_for(record, reason),
+                headers=headers_for(record, line, reason),
             )
-            for record, reason in rejects
+            for record, line, value, reason in rejects
         ]
         await asyncio.gather(*waits)
 

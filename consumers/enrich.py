@@ -71,6 +71,14 @@ class Enricher:
             event["mail_proxy"] = kind.mail_proxy
         return event
 
+    def agent_row(self, user_agent: str, ip: str) -> list[str | int]:
+        """What the consumer adds for a user agent, as consumers/ingest.py AGENT_COLUMNS: the
+        UA's columns and what the machine-open rules say of an open with it from `ip`."""
+        ua = self.user_agents(user_agent)
+        kind = classify_open(user_agent, ip, ua.is_bot)
+        return [user_agent, ip, ua.browser, ua.browser_version, ua.os, ua.device_type,
+                ua.is_bot, kind.machine_open, kind.machine_reason, kind.mail_proxy]  # fmt: skip
+
     def to_row(self, line: bytes) -> bytes:
         """Wire event -> one JSONEachRow line (without its newline)."""
         return orjson.dumps(json_row(self.enrich(line)))

@@ -2,10 +2,10 @@
 
 One loop for every source (consumers/sources/protocol.py: the spool, a Kafka group). Each batch
 goes through steps that each happen once:
-  enrich -> rejects to the feed (Kafka: the DLQ, acked; spool: the log)
-  -> record the batch as in flight (Kafka: commit metadata, see sources/kafka_batches.py;
-     spool: the checkpoint) -> insert with the feed's token
-  -> commit (Kafka: last + 1; spool: the checkpoint past it).
+  record the batch as in flight (Kafka: commit metadata, see sources/kafka_batches.py;
+  spool: the checkpoint) -> store it with the feed's token (consumers/ingest.py: ClickHouse
+  parses, checks and enriches the lines) -> its rejects to the feed (Kafka: the DLQ, acked;
+  spool: the log) -> commit (Kafka: last + 1; spool: the checkpoint past it).
 A failed step holds the batch (Kafka pauses its partition; the spool reads no further) and is
 retried with capped exponential backoff; the loop keeps reading meanwhile, so a Kafka member
 stays in its group and the other partitions keep moving. Nothing is committed past a record
@@ -14,7 +14,8 @@ that is not stored or rejected.
 On stop, everything buffered (for the spool: everything spooled) is cut into batches and each
 step is tried once more, pass after pass while batches get committed; a batch that still fails
 stays recorded, and the next start replays it with its token, so a batch that did land is not
-stored twice; consumers/replay_check.py checks the ids after.
+stored twice (and its rejects are dead-lettered again: the DLQ is at-least-once); the ingest
+checks a replay's ids after.
 """
 
 from __future__ import annotations
@@ -24,11 +25,9 @@ import logging
 import time
 from collections.abc import Awaitable, Callable
 
-from analytics.schema import EVENTS
 from analytics.store import StoreError, Writer
-from consumers.enrich import Enricher
+from consumers.ingest import Ingest
 from consumers.metrics import ConsumerMetrics
-from consumers.replay_check import insert_replay
 from consumers.settings import ConsumerSettings
 from consumers.sources.protocol import Batch, Feed
 
@@ -45,7 +44,7 @@ class Pipeline:
         self.writer = writer
         self.metrics = metrics
         self.retry_max_s = settings.retry_max_ms / 1000
-        self.enricher = Enricher()
+        self.ingest = Ingest(writer)
 
     async def run(self, stop: asyncio.Event) -> None:
         """Consume until `stop` is set, store what is buffered, release the source, return."""
@@ -73,25 +72,17 @@ class Pipeline:
         """Move every due batch one attempt further; True if any got committed."""
         now = time.monotonic()
         due = [b for b in self.feed.batches(now, final) if final or now >= b.retry_at]
-        for batch in due:
-            self._prepare(batch)
-        due = await self._reject(due)
         due = await self._mark(due)
         due = await self._insert(due)
+        due = await self._reject(due)
         return await self._commit(due)
 
     # -- the steps of a batch ---------------------------------------------------------------
 
-    def _prepare(self, batch: Batch) -> None:
-        if not batch.prepared:
-            batch.prepare(self.enricher)
-            for _, reason in batch.rejects:
-                self.metrics.rows_rejected.labels(reason).inc()
-
     async def _reject(self, batches: list[Batch]) -> list[Batch]:
         ok = []
         for batch in batches:
-            if not batch.rejects_taken:
+            if not batch.rejects_taken and self.feed.owns(batch):
                 try:
                     await self.feed.reject(batch)
                 except self.feed.errors as exc:
@@ -111,29 +102,33 @@ class Pipeline:
         return batches
 
     async def _insert(self, batches: list[Batch]) -> list[Batch]:
-        async def one(batch: Batch) -> bool:
-            if batch.stored or batch.rows is None or batch.good == 0:
-                return True
-            started = time.perf_counter()
-            try:
-                if batch.replay:
-                    await insert_replay(self.writer, batch.rows, batch.token)
-                else:
-                    await self.writer.insert(EVENTS, batch.rows, batch.token)
-            except StoreError as exc:
-                self.metrics.inserts.labels("error").inc()
-                self._fail(batch, "insert", exc)
-                return False
-            self.metrics.insert_seconds.observe(time.perf_counter() - started)
-            self.metrics.inserts.labels("ok").inc()
-            self.metrics.rows_inserted.inc(batch.good)
-            self.metrics.batch_rows.observe(batch.good)
-            batch.stored = True
-            return True
+        ok = []
+        # One at a time: the ingest's temporary tables hold one batch (chDB takes one
+        # statement at a time anyway; a server parses on its own cores).
+        for batch in batches:
+            if not batch.stored and not await self._store(batch):
+                continue
+            ok.append(batch)
+        return ok
 
-        # Concurrent across batches: an HTTP writer overlaps them, chDB takes them in turn.
-        results = await asyncio.gather(*(one(b) for b in batches))
-        return [b for b, ok in zip(batches, results, strict=True) if ok]
+    async def _store(self, batch: Batch) -> bool:
+        started = time.perf_counter()
+        try:
+            stored = await self.ingest.store(batch.pieces, batch.token, batch.replay)
+        except StoreError as exc:
+            self.metrics.inserts.labels("error").inc()
+            self._fail(batch, "insert", exc)
+            return False
+        self.metrics.insert_seconds.observe(time.perf_counter() - started)
+        self.metrics.inserts.labels("ok").inc()
+        self.metrics.rows_inserted.inc(stored.rows + stored.refilled)
+        self.metrics.batch_rows.observe(stored.rows)
+        for _, reason in stored.rejects:
+            self.metrics.rows_rejected.labels(reason).inc()
+        batch.good, batch.rejects = stored.rows, stored.rejects
+        batch.rejects_taken = not stored.rejects
+        batch.stored = True
+        return True
 
     async def _commit(self, batches: list[Batch]) -> bool:
         batches = [b for b in batches if self.feed.owns(b)]

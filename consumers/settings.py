@@ -16,7 +16,17 @@ from contract.config import from_mapping, setting
 class ConsumerSettings(StoreSettings):
     """Everything a consumer process needs; read once in __main__."""
 
-    batch_max_rows: int = setting(10_000, "rows per ClickHouse insert at most", min=1)
+    batch_max_rows: int = setting(
+        100_000,
+        "rows (lines) per ClickHouse insert: a batch is cut at the record that reaches it",
+        min=1,
+    )
+    batch_max_bytes: int = setting(
+        64 * 1024 * 1024,
+        "bytes of wire events per ClickHouse insert: a batch is cut at the record that reaches "
+        "it (the consumer holds about four times this at its peak)",
+        min=1,
+    )
     batch_max_age_ms: int = setting(
         1000, "a batch is inserted when its first row is this old", min=1
     )

@@ -1,30 +1,35 @@
-"""Consumer throughput: events per second per core, Kafka -> enrichment -> chDB.
+"""Consumer throughput: events per CPU second, Kafka (or the spool) -> ClickHouse, one core.
 
-    python -m loadtest.bench_consumer [--events 300000] [--source kafka|spool] [--cpu 0]
-    python -m loadtest.bench_consumer --insert-only [--events 60000]
+    python -m loadtest.bench_consumer [--events 600000] [--source kafka|spool]
+        [--record-max-bytes 65536] [--batch-rows N] [--server]
 
-Fills a fresh topic (or spool) with realistic events first (bench_enrich's user-agent mix),
-then runs the real pipeline of `beacon consume` (Pipeline over a Kafka or spool feed, Enricher,
-ChdbWriter) in this process, pinned to one CPU with chDB's threads, until every event is in
-ClickHouse. The broker and the producer run on the other CPU. Reports events per wall second
-between the first read and the last insert (on one CPU: per core), and events per CPU second
-of this process (user + system, chDB's threads included).
+Fills a fresh topic with realistic events (bench_enrich's user-agent mix) the way the
+collector produces them (NDJSON chunks of up to --record-max-bytes per record, lz4, acks=all;
+1 gives the one-event records of older collectors), then runs the real pipeline of `beacon
+consume` (Pipeline, Ingest, a Kafka or spool feed) in a child process pinned to one CPU,
+until every event is in ClickHouse. Prints events per wall second and per CPU second of that
+process (chDB's threads included) and its peak RSS.
 
---insert-only measures chDB alone, on one CPU, for rows already enriched: CPU per row of an
-insert as JSONEachRow and as Arrow columns, alternately, with the rollup views, without them,
-and into a Null table (parsing only): what bounds the pipeline whatever Python costs.
---read-only measures aiokafka alone: the same consumer polling the filled topic, each record
-decoded by orjson and dropped. The two are the fixed costs any consumer on them pays.
+The storage limit, in the same run: chDB alone, on the same CPU, inserting the rows the
+pipeline stored (read back in ClickHouse's Native format, which needs no parsing) into a fresh
+store with the same schema, views and insert settings, in inserts of the pipeline's average
+size. The pipeline's ratio to it is what the consumer costs on top of storage.
+
+--server: the HTTP writer instead of chDB, against a ClickHouse end (a chDB process behind
+ClickHouse's HTTP interface, tests/support/clickhouse_front.py) on the other CPU, not counted:
+the consumer's own CPU per event, with ClickHouse parsing and storing.
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
+import json
 import os
 import resource
 import shutil
 import signal
+import subprocess
 import sys
 import tempfile
 import time
@@ -41,8 +46,29 @@ def cpu_seconds() -> float:
     return usage.ru_utime + usage.ru_stime
 
 
-async def fill_topic(bootstrap: str, topic: str, partitions: int, lines: list[bytes]) -> None:
-    """Create the topic and produce the events as the collector does (batches, lz4, acks=all)."""
+def peak_rss_mb() -> float:
+    """This process's peak RSS (VmHWM: getrusage's ru_maxrss survives exec, so a child would
+    report its parent's peak)."""
+    with open("/proc/self/status") as f:
+        return next(int(line.split()[1]) for line in f if line.startswith("VmHWM:")) / 1024
+
+
+def chunks(lines: list[bytes], record_max_bytes: int) -> list[bytes]:
+    """Record values as the collector makes them (collector/sinks/kafka_link.py)."""
+    out: list[bytes] = []
+    start = 0
+    while start < len(lines):
+        end, size = start + 1, len(lines[start])
+        while end < len(lines) and size + len(lines[end]) + (end - start) <= record_max_bytes:
+            size += len(lines[end])
+            end += 1
+        out.append(b"\n".join(lines[start:end]))
+        start = end
+    return out
+
+
+async def fill_topic(bootstrap: str, topic: str, partitions: int, values: list[bytes]) -> None:
+    """Create the topic and produce the values in record batches (lz4, acks=all)."""
     from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
     from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 
@@ -63,19 +89,19 @@ async def fill_topic(bootstrap: str, topic: str, partitions: int, lines: list[by
     try:
         acks: list[asyncio.Future[Any]] = []
         start = 0
-        while start < len(lines):
+        while start < len(values):
             batch = producer.create_batch()
             end = start
             # append() returns None once the batch is full (max_batch_size): that record and
             # the rest go in the next batch. Ignoring it dropped all but the first ~16 KiB of
             # every batch, so the topic held a fraction of the events and the bench waited
             # for rows that were never produced (it looked like a consumer stall).
-            while end < len(lines) and end - start < 2000:
-                if batch.append(key=None, value=lines[end], timestamp=None) is None:
+            while end < len(values) and end - start < 2000:
+                if batch.append(key=None, value=values[end], timestamp=None) is None:
                     break
                 end += 1
             if end == start:
-                raise ValueError(f"event {start} is larger than a batch ({BATCH_MAX_BYTES} B)")
+                raise ValueError(f"record {start} is larger than a batch ({BATCH_MAX_BYTES} B)")
             batch.close()
             partition = len(acks) % partitions
             acks.append(await producer.send_batch(batch, topic, partition=partition))
@@ -83,7 +109,7 @@ async def fill_topic(bootstrap: str, topic: str, partitions: int, lines: list[by
         await asyncio.gather(*acks)
     finally:
         await producer.stop()
-    # Every event must be in the topic, or the consumer side waits for rows that never come.
+    # Every record must be in the topic, or the consumer side waits for rows that never come.
     consumer = AIOKafkaConsumer(bootstrap_servers=bootstrap)
     await consumer.start()
     try:
@@ -91,8 +117,8 @@ async def fill_topic(bootstrap: str, topic: str, partitions: int, lines: list[by
         stored = sum((await consumer.end_offsets(tps)).values())
     finally:
         await consumer.stop()
-    if stored != len(lines):
-        raise RuntimeError(f"the topic holds {stored:,} records, {len(lines):,} produced")
+    if stored != len(values):
+        raise RuntimeError(f"the topic holds {stored:,} records, {len(values):,} produced")
 
 
 def fill_spool(spool_dir: Path, lines: list[bytes], segment_rows: int = 20_000) -> None:
@@ -104,28 +130,37 @@ def fill_spool(spool_dir: Path, lines: list[bytes], segment_rows: int = 20_000) 
         (spool_dir / name).write_bytes(b"\n".join(lines[start : start + segment_rows]) + b"\n")
 
 
-async def consume(opts: argparse.Namespace, workdir: Path, bootstrap: str, topic: str) -> dict:
+# -- the child processes ------------------------------------------------------------------------
+
+
+async def consume(opts: argparse.Namespace) -> dict[str, Any]:
+    """The pipeline until `opts.events` rows are stored; figures of this process."""
     from prometheus_client import CollectorRegistry
 
     from analytics.migrations import migrate
-    from analytics.store.chdb import ChdbWriter
     from consumers.metrics import ConsumerMetrics
     from consumers.pipeline import Pipeline
     from consumers.settings import ConsumerSettings
 
-    settings = ConsumerSettings.from_env(
-        {
-            "BEACON_DATA_DIR": str(workdir / "consumer"),
-            "BEACON_KAFKA_BOOTSTRAP": bootstrap,
-            "BEACON_KAFKA_TOPIC": topic,
-            "BEACON_KAFKA_GROUP": f"bench-{uuid.uuid4().hex[:8]}",
-            "BEACON_KAFKA_DLQ_TOPIC": f"{topic}.dlq",
-            "BEACON_BATCH_MAX_ROWS": str(opts.batch_rows),
-        }
-    )
-    if opts.read_only:
-        return await read_only(opts, settings)
-    writer = ChdbWriter(settings.store_dir)
+    workdir = Path(opts.workdir)
+    env = {
+        "BEACON_DATA_DIR": str(workdir / "consumer"),
+        "BEACON_KAFKA_BOOTSTRAP": opts.bootstrap,
+        "BEACON_KAFKA_TOPIC": opts.topic,
+        "BEACON_KAFKA_GROUP": f"bench-{uuid.uuid4().hex[:8]}",
+        "BEACON_KAFKA_DLQ_TOPIC": f"{opts.topic}.dlq",
+    }
+    if opts.batch_rows:
+        env["BEACON_BATCH_MAX_ROWS"] = str(opts.batch_rows)
+    settings = ConsumerSettings.from_env(env)
+    if opts.server:
+        from analytics.store.http import HttpWriter
+
+        writer: Any = HttpWriter(opts.server, timeout_s=600, compress=False)  # loopback
+    else:
+        from analytics.store.chdb import ChdbWriter
+
+        writer = ChdbWriter(settings.store_dir)
     await migrate(writer, settings.retention_days)
     metrics = ConsumerMetrics(CollectorRegistry())
     stop = asyncio.Event()
@@ -134,18 +169,17 @@ async def consume(opts: argparse.Namespace, workdir: Path, bootstrap: str, topic
         from consumers.sources.kafka import KafkaSource
         from consumers.sources.kafka_feed import KafkaFeed
 
-        dead_letters = DeadLetters(bootstrap, settings.kafka_dlq_topic)
+        dead_letters = DeadLetters(opts.bootstrap, settings.kafka_dlq_topic)
         feed: Any = KafkaFeed(KafkaSource(settings), dead_letters, metrics, settings)
     else:
         from consumers.sources.spool import SpoolSource
         from consumers.sources.spool_feed import SpoolFeed
 
-        fill_spool(settings.spool_dir, opts.lines)
-        source = SpoolSource(settings.spool_dir, settings.checkpoint_path)
-        feed = SpoolFeed(source, metrics, settings)
+        feed = SpoolFeed(SpoolSource(settings.spool_dir, settings.checkpoint_path), metrics,
+                         settings)  # fmt: skip
     pipeline = Pipeline(feed, writer, metrics, settings)
 
-    def value(metric: Any) -> float:
+    def value(metric: str) -> float:
         return float(metrics.registry.get_sample_value(metric) or 0.0)
 
     task = asyncio.create_task(pipeline.run(stop))
@@ -167,145 +201,189 @@ async def consume(opts: argparse.Namespace, workdir: Path, bootstrap: str, topic
         await asyncio.sleep(0.01)
     wall_s = time.perf_counter() - first_read_at
     cpu_s = cpu_seconds() - first_cpu
-    insert_s = value("beacon_consumer_insert_seconds_sum")
     inserts = value("beacon_consumer_insert_seconds_count")
     stop.set()
     await task
     stored = int((await writer.query("SELECT count() FROM beacon.events", "TSV")).strip())
     await writer.close()
-    return {"wall_s": wall_s, "cpu_s": cpu_s, "insert_s": insert_s, "inserts": inserts,
-            "stored": stored}  # fmt: skip
+    return {"wall_s": wall_s, "cpu_s": cpu_s, "inserts": inserts, "stored": stored,
+            "insert_s": value("beacon_consumer_insert_seconds_sum"),
+            "peak_rss_mb": peak_rss_mb()}  # fmt: skip
 
 
-async def read_only(opts: argparse.Namespace, settings: Any) -> dict:
-    """CPU seconds for aiokafka to fetch and unpack every record, orjson to decode each."""
-    import orjson
+def storage_limit(opts: argparse.Namespace) -> dict[str, Any]:
+    """CPU per row for chDB to store the pipeline's rows again, from memory, in Native."""
+    from chdb import session
 
-    from consumers.sources.kafka import KafkaSource
-
-    source = KafkaSource(settings)
-    await source.start(lambda revoked: None, lambda assigned: None)
-    try:
-        read = 0
-        started = first_cpu = 0.0
-        deadline = time.monotonic() + opts.timeout_s
-        while read < opts.events and time.monotonic() < deadline:
-            polled = await source.poll(100, settings.kafka_max_records)
-            if polled and not started:  # from the first fetch, as the pipeline's figure
-                started, first_cpu = time.perf_counter(), cpu_seconds()
-            for records in polled.values():
-                for record in records:
-                    orjson.loads(record.value)
-                read += len(records)
-        return {"wall_s": time.perf_counter() - started, "cpu_s": cpu_seconds() - first_cpu,
-                "insert_s": 0.0, "inserts": 0, "stored": read}  # fmt: skip
-    finally:
-        await source.stop()
-
-
-def insert_only(opts: argparse.Namespace, workdir: Path) -> None:
     from analytics.migrations import migrate
+    from analytics.store import INSERT_SETTINGS
     from analytics.store.chdb import ChdbWriter
-    from consumers.enrich import Enricher
-    from consumers.event_rows import EventRows
+    from consumers.ingest import EVENT_COLUMNS
 
-    writer = ChdbWriter(workdir / "store")
+    source = session.Session(str(Path(opts.workdir) / "consumer" / "clickhouse"))
+    columns = ", ".join(EVENT_COLUMNS)
+    batches = []
+    for at in range(0, opts.events, opts.batch_rows):
+        sql = (f"SELECT {columns} FROM beacon.events ORDER BY event_id "
+               f"LIMIT {opts.batch_rows} OFFSET {at}")  # fmt: skip
+        batches.append(source.query(sql, "Native").bytes())
+    source.close()
+    writer = ChdbWriter(Path(opts.workdir) / "limit")
     asyncio.run(migrate(writer, 0))
-    enricher = Enricher()
-    parts = [opts.lines[i : i + opts.batch_rows] for i in range(0, opts.events, opts.batch_rows)]
-    bodies = [b"".join(enricher.to_row(x) + b"\n" for x in part) for part in parts]
-    columns = [EventRows.build([enricher.enrich(x) for x in part])[0] for part in parts]
-    tokens = iter(range(1 << 62))
+    settings = ", ".join(f"{k} = {v}" for k, v in INSERT_SETTINGS.items())
+    started = cpu_seconds()
+    for i, body in enumerate(batches):
+        head = (f"INSERT INTO beacon.events ({columns}) SETTINGS {settings}, "
+                f"insert_deduplication_token = 'limit-{i}'")  # fmt: skip
+        writer._insert(head, "Native", body)
+    cpu_s = cpu_seconds() - started
+    stored = int(writer.query_sync("SELECT count() FROM beacon.events", "TSV").strip())
+    writer.close_sync()
+    return {"cpu_s": cpu_s, "stored": stored, "inserts": len(batches)}
 
-    def cpu_us_per_row(table: str, batches: list[Any]) -> float:
-        started = cpu_seconds()
-        for batch in batches:
-            asyncio.run(writer.insert(table, batch, f"bench-{next(tokens)}"))
-        return (cpu_seconds() - started) / opts.events * 1e6
 
-    views = writer.query_sync(
-        "SELECT name FROM system.tables WHERE database = 'beacon' AND engine = 'MaterializedView'",
-        "TSV",
-    ).split()
-    print(f"chDB alone, {opts.events:,} enriched rows in inserts of {opts.batch_rows:,}, "
-          "CPU us per row (process: chDB's threads included), JSONEachRow | Arrow:")  # fmt: skip
-    for stage in ("views", "no_views", "null"):
-        if stage == "no_views":
-            for view in views:  # dropped after the runs with them
-                writer.query_sync(f"DROP VIEW beacon.{view}", "TSV")
-        if stage == "null":
-            writer.query_sync("CREATE TABLE beacon.events_null AS beacon.events ENGINE = Null")
-        # ChdbWriter's own inserts, token and all; a Null table only parses what it gets.
-        table = "beacon.events_null" if stage == "null" else "beacon.events"
-        for _ in range(opts.rounds):
-            json_us = cpu_us_per_row(table, bodies)
-            arrow_us = cpu_us_per_row(table, columns)
-            print(f"  {stage:<10} {json_us:7.2f} | {arrow_us:7.2f}", flush=True)
-    asyncio.run(writer.close())
+def child(opts: argparse.Namespace) -> int:
+    os.sched_setaffinity(0, {opts.cpu})  # before chDB starts a thread: they inherit it
+    result = storage_limit(opts) if opts.storage_limit else asyncio.run(consume(opts))
+    print(json.dumps(result), flush=True)
+    return 0
+
+
+def run_child(opts: argparse.Namespace, *extra: str) -> dict[str, Any]:
+    args = [sys.executable, "-m", "loadtest.bench_consumer", "--child", "--workdir", opts.workdir,
+            "--events", str(opts.events), "--cpu", str(opts.cpu), "--source", opts.source,
+            "--bootstrap", opts.bootstrap, "--topic", opts.topic,
+            "--timeout-s", str(opts.timeout_s), *extra]  # fmt: skip
+    out = subprocess.run(args, cwd=REPO, check=True, stdout=subprocess.PIPE, text=True).stdout
+    return dict(json.loads(out.strip().splitlines()[-1]))
+
+
+# -- the parent ---------------------------------------------------------------------------------
 
 
 def main() -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--events", type=int, default=300_000)
+    p.add_argument("--events", type=int, default=600_000)
     p.add_argument("--distinct-uas", type=int, default=3000)
     p.add_argument("--source", choices=("kafka", "spool"), default="kafka")
     p.add_argument("--partitions", type=int, default=6)
-    p.add_argument("--batch-rows", type=int, default=10_000, help="BEACON_BATCH_MAX_ROWS")
+    p.add_argument("--record-max-bytes", type=int, default=64 * 1024,
+                   help="the producer's BEACON_KAFKA_RECORD_MAX_BYTES; 1: one event")  # fmt: skip
+    p.add_argument("--batch-rows", type=int, default=0, help="BEACON_BATCH_MAX_ROWS (default: its)")
     p.add_argument("--bootstrap", default="", help="an existing broker; default: start one")
+    p.add_argument("--server", action="store_true", help="the HTTP writer, ClickHouse apart")
     p.add_argument("--cpu", type=int, default=0, help="the consumer's CPU")
     p.add_argument("--other-cpu", type=int, default=1, help="the broker's and producer's CPU")
     p.add_argument("--timeout-s", type=float, default=600)
-    p.add_argument("--insert-only", action="store_true", help="chDB's insert cost alone")
-    p.add_argument("--read-only", action="store_true", help="aiokafka's read cost alone")
-    p.add_argument("--rounds", type=int, default=3, help="of --insert-only, alternately")
+    p.add_argument("--json", default="", help="also write the figures to this file")
+    # The child processes' own arguments.
+    p.add_argument("--child", action="store_true", help=argparse.SUPPRESS)
+    p.add_argument("--storage-limit", action="store_true", help=argparse.SUPPRESS)
+    p.add_argument("--workdir", default="", help=argparse.SUPPRESS)
+    p.add_argument("--topic", default="", help=argparse.SUPPRESS)
+    p.add_argument("--server-url", dest="server_url", default="", help=argparse.SUPPRESS)
     opts = p.parse_args()
+    if opts.child:
+        opts.server = opts.server_url
+        return child(opts)
     # SIGTERM unwinds like Ctrl-C, so the broker started below is stopped on the way out.
     signal.signal(signal.SIGTERM, lambda signum, frame: sys.exit(128 + signum))
-    # Before anything starts a thread: threads inherit the affinity of the thread making them.
     os.sched_setaffinity(0, {opts.other_cpu})
     from loadtest.bench.__main__ import load_kafka_script
-    from loadtest.bench.system import pinned
     from loadtest.bench_enrich import wire_lines
 
     print(f"generating {opts.events:,} events ({opts.distinct_uas:,} distinct UAs)", flush=True)
-    opts.lines = wire_lines(opts.events, opts.distinct_uas)
-    workdir = Path(tempfile.mkdtemp(prefix="beacon-bench-consumer-"))
-    if opts.insert_only:
-        try:
-            with pinned(opts.cpu):
-                insert_only(opts, workdir)
-        finally:
-            shutil.rmtree(workdir, ignore_errors=True)
-        return 0
-    broker = None
-    topic = f"bench.{uuid.uuid4().hex[:8]}"
+    lines = wire_lines(opts.events, opts.distinct_uas)
+    opts.workdir = tempfile.mkdtemp(prefix="beacon-bench-consumer-")
+    opts.topic = f"bench.{uuid.uuid4().hex[:8]}"
+    broker = front = None
     try:
-        bootstrap = opts.bootstrap
         if opts.source == "kafka":
-            if not bootstrap:
+            if not opts.bootstrap:
                 kafka = load_kafka_script()
                 ports = [_free_port(), _free_port()]
-                broker = kafka.start_broker(workdir / "kafka", *ports, partitions=opts.partitions)
-                bootstrap = broker.bootstrap
-            print(f"producing to {topic} on {bootstrap}", flush=True)
-            asyncio.run(fill_topic(bootstrap, topic, opts.partitions, opts.lines))
-        with pinned(opts.cpu):
-            result = asyncio.run(consume(opts, workdir, bootstrap, topic))
+                broker = kafka.start_broker(Path(opts.workdir) / "kafka", *ports,
+                                            partitions=opts.partitions)  # fmt: skip
+                opts.bootstrap = broker.bootstrap
+            values = chunks(lines, opts.record_max_bytes)
+            print(f"producing {len(values):,} records to {opts.topic} on {opts.bootstrap}",
+                  flush=True)  # fmt: skip
+            asyncio.run(fill_topic(opts.bootstrap, opts.topic, opts.partitions, values))
+        else:
+            fill_spool(Path(opts.workdir) / "consumer" / "spool", lines)
+        del lines
+        extra = ["--batch-rows", str(opts.batch_rows)] if opts.batch_rows else []
+        if opts.server:
+            front = start_front(Path(opts.workdir) / "server", opts.other_cpu)
+            extra += ["--server-url", front[1]]
+        result = run_child(opts, *extra)
+        print(f"pipeline: {json.dumps(result)}", flush=True)
+        limit = None
+        if not opts.server:
+            opts.batch_rows = max(1, round(result["stored"] / max(1.0, result["inserts"])))
+            limit = run_child(opts, "--storage-limit", "--batch-rows", str(opts.batch_rows))
     finally:
+        if front is not None:
+            front[0].terminate()
+            front[0].wait(30)
         if broker is not None:
             broker.stop()
-        shutil.rmtree(workdir, ignore_errors=True)
+        shutil.rmtree(opts.workdir, ignore_errors=True)
+    report(opts, result, limit)
+    return 0 if result["stored"] == opts.events else 1
+
+
+def report(opts: argparse.Namespace, result: dict[str, Any], limit: dict[str, Any] | None) -> None:
     n = opts.events
-    mode = ", read and decoded only" if opts.read_only else ""
-    print(f"source {opts.source}{mode}, {n:,} events, batches of {opts.batch_rows:,} rows, one CPU")
-    print(f"  {'read' if opts.read_only else 'stored in ClickHouse':<27}{result['stored']:>12,}")
+    where = "the HTTP writer, ClickHouse on the other CPU" if opts.server else "embedded chDB"
+    form = "one event" if opts.record_max_bytes == 1 else f"<= {opts.record_max_bytes:,} B"
+    print(f"source {opts.source} (records of {form}), {where}, {n:,} events, one CPU")
+    print(f"  stored in ClickHouse       {result['stored']:>12,}")
     print(
         f"  events / wall second       {n / result['wall_s']:>12,.0f}   ({result['wall_s']:.2f} s)"
     )
-    print(f"  events / CPU second        {n / result['cpu_s']:>12,.0f}   ({result['cpu_s']:.2f} s)")
+    per_cpu = n / result["cpu_s"]
+    print(f"  events / CPU second        {per_cpu:>12,.0f}   ({result['cpu_s']:.2f} s)")
     print(f"  inserts                    {result['inserts']:>12,.0f}   "
-          f"({result['insert_s']:.2f} s in ClickHouse inserts)")  # fmt: skip
-    return 0 if result["stored"] == n else 1
+          f"({result['insert_s']:.2f} s in the ingest's statements)")  # fmt: skip
+    print(f"  consumer peak RSS          {result['peak_rss_mb']:>12,.0f} MB")
+    figures = {"events": n, "source": opts.source, "record_max_bytes": opts.record_max_bytes,
+               "server": bool(opts.server), "pipeline": result,
+               "events_per_cpu_s": per_cpu}  # fmt: skip
+    if limit is not None:
+        limit_per_cpu = limit["stored"] / limit["cpu_s"]
+        print(f"  storage limit, events / CPU second {limit_per_cpu:>10,.0f}   (chDB alone, "
+              f"{limit['inserts']} inserts of {opts.batch_rows:,} rows from memory)")  # fmt: skip
+        print(f"  pipeline / storage limit   {per_cpu / limit_per_cpu:>12.2f}x")
+        figures |= {"storage_limit": limit, "storage_limit_per_cpu_s": limit_per_cpu,
+                    "ratio_to_storage_limit": per_cpu / limit_per_cpu}  # fmt: skip
+    if opts.json:
+        Path(opts.json).write_text(json.dumps(figures, indent=2) + "\n")
+
+
+def start_front(data_dir: Path, cpu: int) -> tuple[subprocess.Popen[str], str]:
+    """A ClickHouse HTTP end on chDB in its own process, pinned to `cpu`; (process, url)."""
+    port = _free_port()
+    code = (
+        "import asyncio, os, sys\n"
+        f"os.sched_setaffinity(0, {{{cpu}}})\n"
+        "from pathlib import Path\n"
+        "from tests.support.clickhouse_front import serve\n"
+        f"asyncio.run(serve(Path({str(data_dir)!r}), {port}))\n"
+    )
+    process = subprocess.Popen([sys.executable, "-c", code], cwd=REPO, text=True)
+    url = f"http://127.0.0.1:{port}/"
+    deadline = time.monotonic() + 60
+    import urllib.request
+
+    while time.monotonic() < deadline:
+        try:
+            with urllib.request.urlopen(url + "ping", timeout=1):
+                return process, url
+        except OSError:
+            time.sleep(0.2)
+    process.terminate()
+    raise RuntimeError("the ClickHouse HTTP end did not start")
 
 
 def _free_port() -> int:

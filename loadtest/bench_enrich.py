@@ -19,7 +19,6 @@ import orjson
 
 from collector.event import build_event
 from consumers.enrich import Enricher, decode
-from consumers.event_rows import EventRows
 from consumers.useragent import UserAgentParser, best_resolver
 
 TEMPLATES = (
@@ -91,14 +90,6 @@ def build_bodies(parts: list[list[bytes]], to_row: Callable[[bytes], bytes]) -> 
     return time.perf_counter() - started
 
 
-def build_columns(parts: list[list[bytes]], enricher: Enricher) -> float:
-    """Arrow columns batch by batch (EventRows, what the pipeline inserts); returns seconds."""
-    started = time.perf_counter()
-    for part in parts:
-        EventRows.build([enricher.enrich(line) for line in part])
-    return time.perf_counter() - started
-
-
 def rate(label: str, parts: list[list[bytes]], to_row: Callable[[bytes], bytes], runs: int) -> None:
     """Best of `runs` passes (the machine is shared; the best pass is the least disturbed)."""
     rows = sum(map(len, parts))
@@ -149,13 +140,6 @@ def main() -> None:
     print(f"    UA parses in that pass: {cold.user_agents.parses:,} (one per distinct UA)")
     rate(f"UA LRU of {opts.batch_rows:,}, warm", parts, cold.to_row, 3)
     rate("no cache (LRU of 1: every row parsed)", parts, enricher(1).to_row, 1)
-    print("the same rows, JSONEachRow (to_row) and Arrow columns (EventRows) alternately:")
-    for _ in range(3):
-        rate("JSONEachRow: to_row", parts, cold.to_row, 1)
-        took_s = build_columns(parts, cold)
-        rows = sum(map(len, parts))
-        print(f"  {'Arrow: enrich + EventRows.build':<46} {rows / took_s:>9,.0f} rows/s  "
-              f"{took_s / rows * 1e6:6.2f} us/row")  # fmt: skip
 
     from ua_parser import CachingResolver, Domain
     from ua_parser.caching import Lru

@@ -3,31 +3,47 @@
 from __future__ import annotations
 
 import re
+from collections.abc import Sequence
 from typing import Protocol
 
 # Tokens go into SQL text: keep them to characters that need no quoting.
 TOKEN_RE = re.compile(r"^[A-Za-z0-9:._-]{1,200}$")
 
 
+# Since 26.2 async_insert defaults to 1; batches are big already and a token must apply to
+# exactly its insert (DESIGN.md). optimize_on_insert = 0: a ReplacingMergeTree would merge each
+# block by its sort key on the way in, over half an insert's cost (docs/performance.md
+# "Consumer"); a duplicate inside one batch is collapsed by merges and FINAL like any other.
+INSERT_SETTINGS = {"async_insert": "0", "optimize_on_insert": "0"}
+
+
+def insert_select(table: str, columns: Sequence[str], select: str, token: str) -> str:
+    """The statement of Writer.insert_from."""
+    if not TOKEN_RE.match(token):
+        raise ValueError(f"bad dedup token {token!r}")
+    settings = ", ".join(f"{k} = {v}" for k, v in INSERT_SETTINGS.items())
+    return (
+        f"INSERT INTO {table} ({', '.join(columns)}) {select} "
+        f"SETTINGS {settings}, insert_deduplication_token = '{token}'"
+    )
+
+
 class StoreError(Exception):
     """ClickHouse refused or failed a statement; the message is ClickHouse's."""
 
 
-class Rows(Protocol):
-    """A batch of rows as columns (consumers/event_rows.py builds them): Arrow for chDB,
-    JSONEachRow for a server."""
-
-    columns: tuple[str, ...]  # the columns it fills, in order
-
-    def __len__(self) -> int: ...
-    def arrow_stream(self) -> bytes: ...
-    def ndjson(self) -> bytes: ...
-
-
 class Writer(Protocol):
-    async def insert(self, table: str, rows: bytes | Rows, token: str) -> None:
-        """Insert enriched `rows` (or NDJSON, JSONEachRow); a repeated `token` is deduplicated
-        by ClickHouse."""
+    async def insert(self, table: str, rows: bytes, token: str) -> None:
+        """Insert rows in JSONEachRow; a repeated `token` is deduplicated by ClickHouse."""
+
+    async def insert_from(
+        self, table: str, columns: Sequence[str], select: str, token: str
+    ) -> None:
+        """INSERT INTO `table` (`columns`) `select`, under the dedup `token`."""
+
+    async def load(self, table: str, body: Sequence[bytes], fmt: str) -> None:
+        """Stream `body` (its pieces in order, not joined first), in the input format `fmt`,
+        into `table` as it is (no token)."""
 
     async def execute(self, sql: str) -> None:
         """Run a statement that returns nothing (DDL, ALTER)."""

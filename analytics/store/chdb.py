@@ -4,9 +4,10 @@ from __future__ import annotations
 
 import asyncio
 import threading
+from collections.abc import Sequence
 from pathlib import Path
 
-from analytics.store import TOKEN_RE, Rows, StoreError
+from analytics.store import INSERT_SETTINGS, TOKEN_RE, StoreError, insert_select
 
 
 class ChdbWriter:
@@ -32,28 +33,35 @@ class ChdbWriter:
                 raise StoreError(str(exc)) from exc
         return result.data() if hasattr(result, "data") else str(result)
 
-    def _insert(self, head: str, fmt: str, rows: bytes | Rows) -> None:
-        """Stream the rows into the INSERT `head`: no SQL text to build around the data, and a
-        binary format can travel."""
+    def _insert(self, head: str, fmt: str, body: bytes | Sequence[bytes]) -> None:
+        """Stream `body` (or its pieces) into the INSERT `head`: no SQL text to build around the
+        data, and a binary format can travel."""
         with self._lock:
             try:
-                body = rows if isinstance(rows, bytes) else rows.arrow_stream()
                 with self._session.send_insert(head, fmt) as inserter:
-                    inserter.append(body)
+                    for piece in [body] if isinstance(body, bytes) else body:
+                        inserter.append(piece)
                     inserter.finish()
             except Exception as exc:  # chDB raises its own error types for ClickHouse errors
                 raise StoreError(str(exc)) from exc
 
-    async def insert(self, table: str, rows: bytes | Rows, token: str) -> None:
+    async def insert(self, table: str, rows: bytes, token: str) -> None:
         if not TOKEN_RE.match(token):
             raise ValueError(f"bad dedup token {token!r}")
-        settings = f"SETTINGS async_insert = 0, insert_deduplication_token = '{token}'"
-        if isinstance(rows, bytes):
-            head = f"INSERT INTO {table} {settings}, input_format_skip_unknown_fields = 1"
-            await asyncio.to_thread(self._insert, head, "JSONEachRow", rows)
-        else:
-            head = f"INSERT INTO {table} ({', '.join(rows.columns)}) {settings}"
-            await asyncio.to_thread(self._insert, head, "ArrowStream", rows)
+        settings = ", ".join(f"{k} = {v}" for k, v in INSERT_SETTINGS.items())
+        head = (
+            f"INSERT INTO {table} SETTINGS {settings}, insert_deduplication_token = '{token}', "
+            "input_format_skip_unknown_fields = 1"
+        )
+        await asyncio.to_thread(self._insert, head, "JSONEachRow", rows)
+
+    async def insert_from(
+        self, table: str, columns: Sequence[str], select: str, token: str
+    ) -> None:
+        await asyncio.to_thread(self._run, insert_select(table, columns, select, token))
+
+    async def load(self, table: str, body: Sequence[bytes], fmt: str) -> None:
+        await asyncio.to_thread(self._insert, f"INSERT INTO {table}", fmt, body)
 
     async def execute(self, sql: str) -> None:
         await asyncio.to_thread(self._run, sql)

@@ -11,11 +11,12 @@ from __future__ import annotations
 
 import asyncio
 import gzip
-from collections.abc import Mapping
+import uuid
+from collections.abc import AsyncIterator, Mapping, Sequence
 
 import aiohttp
 
-from analytics.store import TOKEN_RE, Rows, StoreError
+from analytics.store import INSERT_SETTINGS, TOKEN_RE, StoreError, insert_select
 
 # ClickHouse sends this header with every error answer; the body is the exception text.
 EXCEPTION_CODE_HEADER = "X-ClickHouse-Exception-Code"
@@ -32,8 +33,22 @@ async def gzipped(body: bytes) -> bytes:
     return await asyncio.to_thread(gzip.compress, body, GZIP_LEVEL)
 
 
+# A session keeps the ingest's temporary tables (consumers/ingest.py) between its statements;
+# one idle longer than this is dropped by the server, and the next batch makes them again.
+SESSION_TIMEOUT_S = 600
+
+
+async def each(pieces: Sequence[bytes]) -> AsyncIterator[bytes]:
+    for piece in pieces:
+        yield piece
+
+
 class HttpWriter:
-    """Writer (analytics/store/__init__.py) over ClickHouse's HTTP interface, with aiohttp."""
+    """Writer (analytics/store/__init__.py) over ClickHouse's HTTP interface, with aiohttp.
+
+    Every statement runs in one server session of its own, one at a time (a session takes one
+    query at a time): temporary tables live as long as the session.
+    """
 
     def __init__(
         self,
@@ -42,15 +57,20 @@ class HttpWriter:
         password: str = "",
         timeout_s: float = 60.0,
         connect_timeout_s: float = 5.0,
+        compress: bool = True,
     ) -> None:
         self.url = url
-        self._headers = {
-            "X-ClickHouse-User": user,
-            "X-ClickHouse-Key": password,
-            "Content-Encoding": "gzip",
-        }
+        self.compress = compress
+        self._headers = {"X-ClickHouse-User": user, "X-ClickHouse-Key": password}
+        if compress:
+            self._headers["Content-Encoding"] = "gzip"
         self._timeout = aiohttp.ClientTimeout(total=timeout_s, sock_connect=connect_timeout_s)
         self._session: aiohttp.ClientSession | None = None
+        self._server_session = {
+            "session_id": f"beacon-{uuid.uuid4().hex}",
+            "session_timeout": str(SESSION_TIMEOUT_S),
+        }
+        self._one_at_a_time = asyncio.Lock()
 
     def _client(self) -> aiohttp.ClientSession:
         # Made on first use: a ClientSession belongs to the running event loop.
@@ -58,11 +78,22 @@ class HttpWriter:
             self._session = aiohttp.ClientSession(timeout=self._timeout, headers=self._headers)
         return self._session
 
-    async def _post(self, params: dict[str, str], body: bytes) -> str:
-        """One statement; any failure to get a 200 answer is a StoreError (the caller retries)."""
-        data = await gzipped(body)
+    async def _post(self, params: dict[str, str], body: bytes | Sequence[bytes]) -> str:
+        """One statement; any failure to get a 200 answer is a StoreError (the caller retries).
+        A body in pieces goes uncompressed as they are (chunked), never joined in memory."""
+        data: bytes | AsyncIterator[bytes]
+        if isinstance(body, bytes):
+            data = await gzipped(body) if self.compress else body
+        elif self.compress:
+            data = await gzipped(b"".join(body))
+        else:
+            data = each(body)
+        params = {**params, **self._server_session}
         try:
-            async with self._client().post(self.url, params=params, data=data) as response:
+            async with (
+                self._one_at_a_time,
+                self._client().post(self.url, params=params, data=data) as response,
+            ):
                 text = await response.text(errors="replace")
                 if response.status != 200:
                     code = response.headers.get(EXCEPTION_CODE_HEADER, "-")
@@ -72,21 +103,25 @@ class HttpWriter:
         except (aiohttp.ClientError, TimeoutError, OSError) as exc:
             raise StoreError(f"ClickHouse at {self.url} unreachable: {exc!r}") from exc
 
-    async def insert(self, table: str, rows: bytes | Rows, token: str) -> None:
+    async def insert(self, table: str, rows: bytes, token: str) -> None:
         if not TOKEN_RE.match(token):
             raise ValueError(f"bad dedup token {token!r}")
         params = {
             "query": f"INSERT INTO {table} FORMAT JSONEachRow",
-            # Since 26.2 async_insert defaults to 1; our batches are already big and the
-            # token must apply to exactly this batch (DESIGN.md).
-            "async_insert": "0",
+            **INSERT_SETTINGS,
             "insert_deduplication_token": token,
             # Wire fields without a column (added by newer collectors) must not fail a batch.
             "input_format_skip_unknown_fields": "1",
         }
-        # JSONEachRow either way: a server parses it on its own cores, not the consumer's.
-        body = rows if isinstance(rows, bytes) else rows.ndjson()
-        await self._post(params, body)
+        await self._post(params, rows)
+
+    async def insert_from(
+        self, table: str, columns: Sequence[str], select: str, token: str
+    ) -> None:
+        await self._post({}, insert_select(table, columns, select, token).encode())
+
+    async def load(self, table: str, body: Sequence[bytes], fmt: str) -> None:
+        await self._post({"query": f"INSERT INTO {table} FORMAT {fmt}"}, body)
 
     async def execute(self, sql: str) -> None:
         await self._post({}, sql.encode())

@@ -1,9 +1,11 @@
 """The collector's one Kafka producer: (re)connected in the background, with "is Kafka up" as state.
 
 Shared by the live path (KafkaSink's pump) and the spool replay. Events are handed to aiokafka as
-whole record batches (`create_batch` / `send_batch`, ~2 us per event against ~12 us for `send`),
-one partition after another like Kafka's sticky partitioner: a batch is filled for one
-partition, then the next batch goes to the next partition.
+whole record batches (`create_batch` / `send_batch`, ~2 us per record against ~12 us for
+`send`), one partition after another like Kafka's sticky partitioner: a batch is filled for one
+partition, then the next batch goes to the next partition. A record holds an NDJSON chunk of
+events up to `kafka_record_max_bytes` (README "Event format"), as Snowplow's collector packs
+them: a consumer pays its per-record cost once per chunk, and so does this producer.
 """
 
 from __future__ import annotations
@@ -52,6 +54,7 @@ class KafkaLink:
         self.metrics = metrics
         self.topic = settings.kafka_topic
         self.timeout_s = settings.kafka_timeout_ms / 1000
+        self.record_max_bytes = settings.kafka_record_max_bytes
         self.producer: AIOKafkaProducer | None = None
         self.partitions: list[int] = []
         self.up = False
@@ -102,10 +105,12 @@ class KafkaLink:
             end, size_bytes = start, 0
             # A batch takes at least one record, so an event larger than a batch still goes.
             while end < len(events):
-                if batch.append(key=None, value=events[end], timestamp=None) is None:
+                chunk_end, chunk_bytes = self._chunk(events, end)
+                value = events[end] if chunk_end == end + 1 else b"\n".join(events[end:chunk_end])
+                if batch.append(key=None, value=value, timestamp=None) is None:
                     break
-                size_bytes += len(events[end])
-                end += 1
+                size_bytes += chunk_bytes
+                end = chunk_end
             batch.close()  # a closed batch is sent at once, not lingered over by aiokafka
             partition = self.partitions[self._cursor % len(self.partitions)]
             self._cursor += 1
@@ -122,6 +127,14 @@ class KafkaLink:
             self.metrics.kafka_batch_records.observe(end - start)
             start = end
         return sent, events[start:]
+
+    def _chunk(self, events: list[bytes], start: int) -> tuple[int, int]:
+        """End of the chunk of events from `start` (at least one) and its events' bytes."""
+        end, size, room = start + 1, len(events[start]), self.record_max_bytes
+        while end < len(events) and size + len(events[end]) + (end - start) <= room:
+            size += len(events[end])
+            end += 1
+        return end, size
 
     async def wait_ack(self, sent: Sent) -> str:
         """Wait for one batch's ack until timeout_s after it was sent: acked, failed or timeout.

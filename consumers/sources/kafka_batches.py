@@ -4,8 +4,9 @@ The insert dedup token names the batch's offsets (`topic-partition-first-last`),
 that may already be in ClickHouse must be formed again from exactly the same offsets after a
 crash or a rebalance, or the repeat gets a new token and is stored twice.
 
-Fresh batches are cut by rows (`batch_max_rows`) or by age (`batch_max_age_ms`). A row cut is
-reproducible from the committed offset; an age cut is not: it depends on how fast records
+Fresh batches are cut by rows (`batch_max_rows`: lines, a record may hold several), by bytes
+(`batch_max_bytes`) or by age (`batch_max_age_ms`), always at a record's end. A row or byte cut
+is reproducible from the committed offset; an age cut is not: it depends on how fast records
 arrived. So, as in ClickHouse Kafka Connect's exactly-once design (per-partition state of the
 offset range in flight), the range is written down before the insert, and the next reader of
 the partition replays it as it was. The state rides in the Kafka offset commit itself:
@@ -26,7 +27,7 @@ import re
 
 from aiokafka import ConsumerRecord, TopicPartition
 
-from consumers.sources.protocol import Batch
+from consumers.sources.protocol import Batch, join_lines
 
 TOKEN_TOPIC_MAX_CHARS = 120  # leaves room for partition and offsets in TOKEN_RE's 200
 INFLIGHT_RE = re.compile(r"^beacon-inflight:(\d+)-(\d+)$")
@@ -44,13 +45,28 @@ def parse_inflight(metadata: str | None) -> tuple[int, int] | None:
 
 
 class PartitionBatch(Batch):
-    """Records [first, last] of one partition, under the token that names them."""
+    """Records [first, last] of one partition, under the token that names them. A record holds
+    one event or an NDJSON chunk of several (README "Event format"): the batch's lines are
+    theirs in order."""
 
     def __init__(self, tp: TopicPartition, records: list[ConsumerRecord], replay: bool = False):
         self.tp = tp
         self.records = records
         token = token_for(tp, records[0].offset, records[-1].offset)
-        super().__init__([r.value or b"" for r in records], token, replay)
+        super().__init__(join_lines([r.value or b"" for r in records]), token, replay)
+
+    def rejected_lines(self) -> list[tuple[ConsumerRecord, int, bytes, str]]:
+        """(record, line number in the record, the line, reason) of every reject."""
+        wanted = dict(self.rejects)
+        out = []
+        number = 0  # of the batch's line
+        for record in self.records:
+            lines = (record.value or b"").rstrip(b"\n").split(b"\n")
+            for at, line in enumerate(lines):
+                if number + at in wanted:
+                    out.append((record, at, line, wanted[number + at]))
+            number += len(lines)
+        return out
 
     @property
     def first(self) -> int:
@@ -83,6 +99,8 @@ class PartitionBuffer:
         self.committed = committed  # the next offset to store: lag is counted from here
         self.inflight = inflight  # a range to replay exactly, from the commit metadata
         self.records: list[ConsumerRecord] = []
+        self.sizes: list[tuple[int, int]] = []  # (lines, bytes) of each buffered record
+        self.rows = self.bytes = 0  # their sums
         self.first_read_at = 0.0  # monotonic time the oldest buffered record was read
         self.next_offset = committed  # after the last record read
         self.batch: PartitionBatch | None = None
@@ -99,10 +117,22 @@ class PartitionBuffer:
         if not self.records:
             self.first_read_at = now
         self.records.extend(records)
+        for record in records:
+            value = (record.value or b"").rstrip(b"\n")
+            lines = value.count(b"\n") + 1
+            self.sizes.append((lines, len(value)))
+            self.rows += lines
+            self.bytes += len(value)
         self.next_offset = records[-1].offset + 1
 
     def cut(
-        self, now: float, max_rows: int, max_age_s: float, highwater: int | None, final: bool
+        self,
+        now: float,
+        max_rows: int,
+        max_bytes: int,
+        max_age_s: float,
+        highwater: int | None,
+        final: bool,
     ) -> PartitionBatch | None:
         """Start the next batch when one is due; None while one is in flight or none is due.
 
@@ -117,9 +147,22 @@ class PartitionBuffer:
                 return batch
         if not self.records:
             return None
-        if len(self.records) < max_rows and now - self.first_read_at < max_age_s and not final:
+        full = self._full(max_rows, max_bytes)
+        if full is None and now - self.first_read_at < max_age_s and not final:
             return None
-        return self._take(max_rows, replay=False, now=now)
+        return self._take(full or len(self.records), replay=False, now=now)
+
+    def _full(self, max_rows: int, max_bytes: int) -> int | None:
+        """Records in the first batch that reaches `max_rows` lines or `max_bytes`, if any."""
+        if self.rows < max_rows and self.bytes < max_bytes:
+            return None
+        rows = size = 0
+        for count, (lines, length) in enumerate(self.sizes, 1):
+            rows += lines
+            size += length
+            if rows >= max_rows or size >= max_bytes:
+                return count
+        return None
 
     def _cut_replay(self, highwater: int | None, now: float) -> PartitionBatch | None:
         assert self.inflight is not None
@@ -139,6 +182,9 @@ class PartitionBuffer:
     def _take(self, count: int, replay: bool, now: float) -> PartitionBatch:
         self.batch = PartitionBatch(self.tp, self.records[:count], replay=replay)
         self.records = self.records[count:]
+        taken, self.sizes = self.sizes[:count], self.sizes[count:]
+        self.rows -= sum(lines for lines, _ in taken)
+        self.bytes -= sum(length for _, length in taken)
         # The rest waits its own age from now: it was not due on its own.
         self.first_read_at = now
         return self.batch

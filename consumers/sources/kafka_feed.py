@@ -9,7 +9,7 @@ On a rebalance the in-memory state of revoked partitions is dropped, not flushed
 inside the callback would hold up the whole group for as long as ClickHouse is slow or down,
 while dropping costs only a re-read. Whoever owns the partition next starts at the committed
 offset and replays a recorded in-flight range with its token, so a batch that did land (or is
-still landing from here) is not stored twice; consumers/replay_check.py checks the ids after.
+still landing from here) is not stored twice; consumers/ingest.py checks a replay's ids after.
 """
 
 from __future__ import annotations
@@ -50,6 +50,7 @@ class KafkaFeed:
         self.dead_letters = dead_letters
         self.metrics = metrics
         self.max_rows = settings.batch_max_rows
+        self.max_bytes = settings.batch_max_bytes
         self.max_age_s = settings.batch_max_age_ms / 1000
         self.poll_ms = settings.poll_interval_ms
         self.max_records = settings.kafka_max_records
@@ -57,6 +58,7 @@ class KafkaFeed:
         # Assigned, paused until their committed offset and in-flight range are read.
         self.unadopted: Partitions = set()
         self.assignments = 0  # bumped on every assignment: a stale adoption is discarded
+        self.skipped = False  # the last read fetched nothing: the buffers were full
         self._lag: asyncio.Task[None] | None = None
 
     # -- rebalance callbacks (aiokafka's coordinator task calls these) ----------------------
@@ -104,6 +106,18 @@ class KafkaFeed:
     async def read(self, final: bool) -> int:
         if final:
             return 0  # stopping: store what is buffered, fetch no more
+        if self.unadopted:
+            await self._adopt()
+        # A batch's worth is waiting already: fetch no more until it is on its way, so the
+        # buffers hold about two batches whatever the backlog (the member stays in its group:
+        # aiokafka heartbeats apart, and the loop polls again within a batch's insert).
+        # A replay must read its recorded range through, however large it was cut.
+        parts = self.parts.values()
+        self.skipped = sum(p.bytes for p in parts) >= self.max_bytes and not any(
+            p.inflight is not None for p in parts
+        )
+        if self.skipped:
+            return 0
         polled = await self.source.poll(self.poll_ms, self.max_records)
         if self.unadopted:
             await self._adopt()
@@ -124,7 +138,10 @@ class KafkaFeed:
         return taken
 
     async def idle(self, stop: asyncio.Event) -> None:
-        pass  # getmany() has waited up to poll_interval_ms already
+        if self.skipped:  # nothing fetched and nothing stored: a batch waits for its retry
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(stop.wait(), self.poll_ms / 1000)
+        # else getmany() has waited up to poll_interval_ms already
 
     async def _adopt(self) -> None:
         """Read committed offsets and in-flight ranges of new partitions, then fetch them."""
@@ -157,7 +174,7 @@ class KafkaFeed:
         out: list[Batch] = []
         for part in self.parts.values():
             highwater = self.source.highwater(part.tp)
-            part.cut(now, self.max_rows, self.max_age_s, highwater, final)
+            part.cut(now, self.max_rows, self.max_bytes, self.max_age_s, highwater, final)
             if part.batch is not None:
                 out.append(part.batch)
         return out
@@ -173,11 +190,12 @@ class KafkaFeed:
 
     async def reject(self, batch: Batch) -> None:
         assert isinstance(batch, PartitionBatch)
-        rejects = [(batch.records[i], reason) for i, reason in batch.rejects]
+        rejects = batch.rejected_lines()
         await self.dead_letters.send(rejects)
-        for record, reason in rejects:
+        for record, line, _, reason in rejects:
             self.metrics.dlq_records.labels(reason).inc()
-            log.warning("%s offset %d dead-lettered: %s", batch.tp, record.offset, reason)
+            log.warning("%s offset %d line %d dead-lettered: %s", batch.tp, record.offset, line,
+                        reason)  # fmt: skip
 
     async def mark(self, batches: list[Batch]) -> None:
         offsets: Offsets = {}

@@ -11,28 +11,23 @@ from __future__ import annotations
 import asyncio
 from typing import Protocol
 
-from consumers.enrich import Enricher
-from consumers.event_rows import EventRows
-from contract.event import Rejected
-
 
 class Batch:
-    """Lines bound for ClickHouse under one dedup token, and how far their way got.
+    """Wire lines bound for ClickHouse under one dedup token, and how far their way got.
 
-    Each step is done once: a retry after a failure starts at the first step not done.
+    `pieces` is the lines joined by newlines, in pieces (consumers/ingest.py numbers the lines
+    from 0). Each step is done once: a retry after a failure starts at the first step not done.
     """
 
-    def __init__(self, lines: list[bytes], token: str, replay: bool) -> None:
-        self.lines = lines
+    def __init__(self, pieces: list[bytes], token: str, replay: bool) -> None:
+        self.pieces = pieces
         self.token = token
         self.replay = replay  # formed again from a recorded range: the ids are checked after
-        self.rows: EventRows | None = None  # the enriched good lines
-        self.good = 0
-        self.rejects: list[tuple[int, str]] = []  # (index in lines, reason), in line order
-        self.prepared = False
+        self.good = 0  # lines stored
+        self.rejects: list[tuple[int, str]] = []  # (line number, reason), in line order
+        self.marked = replay  # recorded as in flight (a replay: by the run before)
+        self.stored = False  # ClickHouse acknowledged the insert; good and rejects are known
         self.rejects_taken = False  # the feed has taken the rejects (DLQ, log)
-        self.marked = False  # the batch is recorded as in flight
-        self.stored = False  # ClickHouse acknowledged the insert
         self.failures = 0
         self.retry_at = 0.0  # monotonic time the next attempt is due
 
@@ -41,33 +36,37 @@ class Batch:
         """Where the batch came from, for the log."""
         return self.token
 
-    def prepare(self, enricher: Enricher) -> None:
-        """Enrich every line once: good ones into `rows`, the others into `rejects`."""
-        events = []
-        kept = []
-        for i, line in enumerate(self.lines):
-            try:
-                events.append(enricher.enrich(line))
-            except Rejected as exc:
-                self.rejects.append((i, exc.reason))
-                continue
-            kept.append(i)
-        self.rows, unfit = EventRows.build(events)
-        if unfit:
-            self.rejects += [(kept[i], reason) for i, reason in unfit]
-            self.rejects.sort()
-        self.good = len(self.rows)
-        self.prepared = True
-        # A replay was recorded by the reader before us; a batch without rows needs no token.
-        self.marked = self.replay or self.good == 0
-        self.rejects_taken = not self.rejects
-
     def failed(self, now: float, retry_max_s: float) -> float:
         """Back off after a failed step; returns the delay in seconds."""
         self.failures += 1
         delay_s = min(0.1 * 2 ** (self.failures - 1), retry_max_s)
         self.retry_at = now + delay_s
         return delay_s
+
+
+# Values are joined into pieces of about this size: large values (the collector's NDJSON
+# chunks) travel as they are, small ones (one event a record, spool lines) a piece at a time.
+PIECE_BYTES = 64 * 1024
+
+
+def join_lines(values: list[bytes]) -> list[bytes]:
+    """Record values (one event each, or NDJSON chunks) as the pieces of one body of lines,
+    without copying a large value: their concatenation is the values joined by newlines (a
+    value's own trailing newline would read as an empty line, so it is dropped)."""
+    pieces: list[bytes] = []
+    run: list[bytes] = []
+    size = 0
+    for value in values:
+        run.append(value.rstrip(b"\n"))  # the same object when there is nothing to drop
+        size += len(value)
+        if size >= PIECE_BYTES:
+            pieces += [b"\n".join(run) if len(run) > 1 else run[0], b"\n"]
+            run, size = [], 0
+    if run:
+        pieces.append(b"\n".join(run))
+    elif pieces:
+        pieces.pop()  # no newline after the last line
+    return pieces
 
 
 class Feed(Protocol):
@@ -95,7 +94,7 @@ class Feed(Protocol):
         """False once the batch is no longer this feed's to record or commit (revoked)."""
 
     async def reject(self, batch: Batch) -> None:
-        """Take the batch's rejects (dead-letter them, or log them)."""
+        """Take the batch's rejects (dead-letter them, or log them), after its insert."""
 
     async def mark(self, batches: list[Batch]) -> None:
         """Record the batches as in flight, before their insert."""

@@ -14,7 +14,7 @@ import time
 
 from consumers.metrics import ConsumerMetrics
 from consumers.settings import ConsumerSettings
-from consumers.sources.protocol import Batch
+from consumers.sources.protocol import Batch, join_lines
 from consumers.sources.spool import Range, SpoolSource, token_for
 
 log = logging.getLogger("beacon.consumer")
@@ -35,7 +35,7 @@ class SpoolBatch(Batch):
     """Lines of these byte ranges, under the token of the ranges."""
 
     def __init__(self, lines: list[bytes], ranges: list[Range], replay: bool) -> None:
-        super().__init__(lines, token_for(ranges), replay)
+        super().__init__(join_lines(lines), token_for(ranges), replay)
         self.ranges = ranges
 
     @property
@@ -102,8 +102,8 @@ class SpoolFeed:
 
     async def reject(self, batch: Batch) -> None:
         assert isinstance(batch, SpoolBatch)
-        for _, reason in batch.rejects:
-            log.warning("spool row rejected (%s) in %s", reason, batch.ranges[0].segment)
+        for line, reason in batch.rejects:
+            log.warning("spool line %d of %s rejected: %s", line, batch.label, reason)
 
     async def mark(self, batches: list[Batch]) -> None:
         for batch in batches:

@@ -25,9 +25,15 @@ from analytics.migrations import migrate
 from analytics.schema import EVENTS
 from analytics.store import StoreError
 from analytics.store.chdb import ChdbWriter
-from consumers.dlq import REASON, SOURCE_OFFSET, SOURCE_PARTITION, SOURCE_TOPIC, DeadLetters
+from consumers.dlq import (
+    REASON,
+    SOURCE_LINE,
+    SOURCE_OFFSET,
+    SOURCE_PARTITION,
+    SOURCE_TOPIC,
+    DeadLetters,
+)
 from consumers.enrich import Enricher
-from consumers.event_rows import EventRows
 from consumers.metrics import ConsumerMetrics
 from consumers.pipeline import Pipeline
 from consumers.settings import ConsumerSettings
@@ -160,11 +166,27 @@ async def consumers() -> Any:
 # -- batch boundaries (no broker) --------------------------------------------------------------
 
 
-def records(tp: TopicPartition, offsets: range) -> list[ConsumerRecord]:
+def records(tp: TopicPartition, offsets: range, value: bytes = b"{}") -> list[ConsumerRecord]:
     return [
-        ConsumerRecord(tp.topic, tp.partition, o, 0, 0, None, b"{}", None, 0, 2, ())
+        ConsumerRecord(tp.topic, tp.partition, o, 0, 0, None, value, None, 0, 2, ())
         for o in offsets
     ]
+
+
+def test_chunked_records_are_cut_by_their_lines_and_bytes_at_a_record_end() -> None:
+    tp = TopicPartition("t", 2)
+    part = PartitionBuffer(tp, committed=0, inflight=None)
+    part.add(records(tp, range(4), b"{}\n{}\n{}\n"), now=0.0)  # 3 lines each, the last ended
+    cut = {"max_age_s": 1.0, "highwater": None, "final": False}
+    batch = part.cut(now=0.0, max_rows=5, max_bytes=1 << 30, **cut)
+    assert batch is not None and (batch.first, batch.last) == (0, 1)  # 6 lines: past 5
+    assert b"".join(batch.pieces) == b"{}\n{}\n{}\n{}\n{}\n{}"  # no empty line between records
+    part.done()
+    batch = part.cut(now=0.0, max_rows=100, max_bytes=8, **cut)  # 8 bytes a record
+    assert batch is not None and (batch.first, batch.last) == (2, 2)
+    part.done()
+    assert part.cut(now=0.5, max_rows=100, max_bytes=1 << 30, **cut) is None
+    assert (part.rows, part.bytes) == (3, 8)
 
 
 def test_inflight_metadata_round_trips() -> None:
@@ -179,13 +201,20 @@ def test_a_recorded_range_is_replayed_exactly_whatever_the_row_limit() -> None:
     part = PartitionBuffer(tp, committed=100, inflight=(100, 104))
     part.add(records(tp, range(100, 103)), now=0.0)
     # Not read through yet: no batch, even past its age and row limit.
-    assert part.cut(now=9.0, max_rows=2, max_age_s=1.0, highwater=None, final=False) is None
+    assert (
+        part.cut(now=9.0, max_rows=2, max_bytes=1 << 30, max_age_s=1.0, highwater=None, final=False)
+        is None
+    )
     part.add(records(tp, range(103, 110)), now=9.0)
-    batch = part.cut(now=9.0, max_rows=2, max_age_s=1.0, highwater=None, final=False)
+    batch = part.cut(
+        now=9.0, max_rows=2, max_bytes=1 << 30, max_age_s=1.0, highwater=None, final=False
+    )
     assert batch is not None and batch.replay
     assert (batch.first, batch.last, batch.token) == (100, 104, "t-0-100-104")
     part.done()
-    fresh = part.cut(now=9.0, max_rows=2, max_age_s=1.0, highwater=None, final=False)
+    fresh = part.cut(
+        now=9.0, max_rows=2, max_bytes=1 << 30, max_age_s=1.0, highwater=None, final=False
+    )
     assert fresh is not None and not fresh.replay and (fresh.first, fresh.last) == (105, 106)
 
 
@@ -193,11 +222,18 @@ def test_fresh_batches_are_cut_by_rows_then_by_age() -> None:
     tp = TopicPartition("t", 1)
     part = PartitionBuffer(tp, committed=0, inflight=None)
     part.add(records(tp, range(5)), now=0.0)
-    batch = part.cut(now=0.0, max_rows=3, max_age_s=1.0, highwater=None, final=False)
+    batch = part.cut(
+        now=0.0, max_rows=3, max_bytes=1 << 30, max_age_s=1.0, highwater=None, final=False
+    )
     assert batch is not None and (batch.first, batch.last) == (0, 2)
     part.done()
-    assert part.cut(now=0.5, max_rows=3, max_age_s=1.0, highwater=None, final=False) is None
-    batch = part.cut(now=1.0, max_rows=3, max_age_s=1.0, highwater=None, final=False)
+    assert (
+        part.cut(now=0.5, max_rows=3, max_bytes=1 << 30, max_age_s=1.0, highwater=None, final=False)
+        is None
+    )
+    batch = part.cut(
+        now=1.0, max_rows=3, max_bytes=1 << 30, max_age_s=1.0, highwater=None, final=False
+    )
     assert batch is not None and (batch.first, batch.last) == (3, 4)
     assert part.committed == 3
 
@@ -269,11 +305,11 @@ class FailingWriter:
     def heal(self) -> None:
         self.failing = False
 
-    async def insert(self, table: str, rows: bytes, token: str) -> None:
+    async def insert_from(self, table: str, columns: Any, select: str, token: str) -> None:
         if self.failing:
             self.failures += 1
             raise StoreError("Code: 210. DB::NetException: Connection refused (test)")
-        await self.writer.insert(table, rows, token)
+        await self.writer.insert_from(table, columns, select, token)
 
     def __getattr__(self, name: str) -> Any:
         return getattr(self.writer, name)
@@ -375,8 +411,8 @@ class CrashAfterInsert:
     def __init__(self, writer: ChdbWriter) -> None:
         self.writer = writer
 
-    async def insert(self, table: str, rows: bytes, token: str) -> None:
-        await self.writer.insert(table, rows, token)
+    async def insert_from(self, table: str, columns: Any, select: str, token: str) -> None:
+        await self.writer.insert_from(table, columns, select, token)
         raise Crash(token)
 
     def __getattr__(self, name: str) -> Any:
@@ -423,12 +459,12 @@ class CrashKeepingOnlyTheToken:
     """An embedded store killed in the middle of an insert: its dedup token recorded, the
     batch's rows not (here: another row is stored under the token, then the process dies)."""
 
-    def __init__(self, writer: ChdbWriter, stray: dict[str, Any]) -> None:
+    def __init__(self, writer: ChdbWriter, stray: bytes) -> None:
         self.writer = writer
         self.stray = stray
 
-    async def insert(self, table: str, rows: Any, token: str) -> None:
-        await self.writer.insert(table, EventRows.build([dict(self.stray)])[0], token)
+    async def insert_from(self, table: str, columns: Any, select: str, token: str) -> None:
+        await self.writer.insert(table, self.stray, token)
         raise Crash(token)
 
     def __getattr__(self, name: str) -> Any:
@@ -442,9 +478,8 @@ async def test_a_replay_trusts_the_stored_ids_not_the_recorded_token(
     events = mail_opens(90)
     [stray] = mail_opens(1, start=1000)
     await produce(settings.kafka_bootstrap, settings.kafka_topic, [orjson.dumps(e) for e in events])
-    enricher = Enricher()
     dying = Consumer(
-        settings, CrashKeepingOnlyTheToken(store, enricher.enrich(orjson.dumps(stray)))
+        settings, CrashKeepingOnlyTheToken(store, Enricher().to_row(orjson.dumps(stray)))
     )
     with pytest.raises(Crash):
         await asyncio.wait_for(dying.task, WAIT_S)
@@ -528,13 +563,34 @@ async def test_undecodable_records_go_to_the_dlq_and_the_rest_is_stored(
     assert consumer.value("beacon_consumer_rows_rejected_total", reason="not_an_event") == 1
 
 
+async def test_a_bad_line_of_a_chunk_goes_alone_to_the_dlq_and_its_neighbours_are_stored(
+    settings: ConsumerSettings, store: ChdbWriter, consumers: list[Consumer]
+) -> None:
+    """Records as the collector packs them (NDJSON chunks) beside one-event records."""
+    good = [orjson.dumps(e) for e in mail_opens(90)]
+    chunk = b"\n".join([*good[:20], b"{not json", *good[20:40]])  # the bad one is line 20
+    values = [chunk, b"\n".join(good[40:60]) + b"\n", *good[60:]]
+    consumer, dead = await through_to_the_dlq(settings, store, consumers, values, len(good), 1)
+    [record] = dead
+    headers = dict(record.headers)
+    assert record.value == b"{not json"
+    assert (headers[REASON], headers[SOURCE_OFFSET], headers[SOURCE_LINE]) == (
+        b"malformed_json",
+        b"0",
+        b"20",
+    )
+    assert consumer.value("beacon_consumer_rows_inserted_total") == len(good)
+
+
 async def test_a_field_its_column_cannot_take_sends_only_that_record_to_the_dlq(
     settings: ConsumerSettings, store: ChdbWriter, consumers: list[Consumer]
 ) -> None:
-    events = mail_opens(40)
-    # Valid JSON events that pass decoding; a number where a string column is, and a visitor
-    # id below UInt64, would each fail the whole insert if they reached ClickHouse.
-    unfit = [{**events[0], "site": 5}, {**events[1], "visitor_id": -1}]
+    events = mail_opens(41)
+    # Valid JSON events; a visitor id below UInt64 and a flag above UInt8 cannot be stored
+    # as they are. A number where a string column is can: it is stored as its text, as
+    # ClickHouse's JSONEachRow reads it.
+    unfit = [{**events[0], "visitor_id": -1}, {**events[1], "dnt": 300}]
+    events[40]["site"] = 5
     good = [orjson.dumps(e) for e in events[2:]]
     bad = [orjson.dumps(e) for e in unfit]
     values = good[:20] + bad + good[20:]
@@ -544,6 +600,7 @@ async def test_a_field_its_column_cannot_take_sends_only_that_record_to_the_dlq(
     assert sorted(r.value for r in dead) == sorted(bad)
     assert {dict(r.headers)[REASON] for r in dead} == {b"bad_field_type"}
     assert consumer.value("beacon_consumer_dlq_records_total", reason="bad_field_type") == 2
+    assert await count(store, "countIf(site = '5')") == 1
 
 
 @pytest.mark.timeout(180)

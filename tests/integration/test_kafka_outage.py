@@ -19,6 +19,7 @@ from tests.support import kafka_broker
 from tests.support.helpers import metric_value
 from tests.support.kafka_sink import (
     RecordingSink,
+    events_in,
     fire_pixels,
     kafka_sink,
     read_topic,
@@ -173,7 +174,7 @@ async def test_outage_spills_to_disk_and_replays_without_loss(
 
     records = await read_topic(own_settings.kafka_bootstrap, own_settings.kafka_topic)
     accepted = event_ids(sink.events)
-    stored = event_ids([r.value for r in records])
+    stored = event_ids(events_in(records))
     assert load.statuses and set(load.statuses) == {200}
     assert len(accepted) == len(set(accepted)) == len(load.statuses)
     assert metric_value(metrics, "beacon_events_accepted_total", transport="pixel") == len(accepted)
@@ -234,6 +235,6 @@ async def test_start_while_kafka_is_down_then_replay(
     await client.close()
 
     records = await read_topic(own_settings.kafka_bootstrap, own_settings.kafka_topic)
-    assert set(event_ids([r.value for r in records])) == set(event_ids(sink.events))
+    assert set(event_ids(events_in(records))) == set(event_ids(sink.events))
     assert len(sink.events) == 100
     assert metric_value(metrics, "beacon_kafka_replayed_events_total") > 0

@@ -22,6 +22,7 @@ from tests.support.kafka_sink import (
     EVENT_FIELDS,
     UA,
     RecordingSink,
+    events_in,
     fire_pixels,
     kafka_sink,
     read_topic,
@@ -37,6 +38,7 @@ async def test_pixels_land_in_the_topic_intact_and_spread(
         "kafka_bootstrap": kafka_bootstrap,
         "kafka_topic": kafka_topic,
         "kafka_batch_max_bytes": 4096,  # a few events per batch: many batches, all partitions
+        "kafka_record_max_bytes": 1024,  # a few events per record
     }
     sink = RecordingSink(kafka_sink(replace(settings, **kafka), metrics))
     client = await make_client(sink=sink, **kafka)
@@ -51,12 +53,16 @@ async def test_pixels_land_in_the_topic_intact_and_spread(
     await client.close()  # the SIGTERM path: buffer flushed to the sink, sink closed
 
     records = await read_topic(kafka_bootstrap, kafka_topic)
-    assert len(records) == count == len(sink.events)
-    assert sorted(r.value for r in records) == sorted(sink.events)  # byte for byte
+    events = events_in(records)
+    assert len(events) == count == len(sink.events)
+    assert sorted(events) == sorted(sink.events)  # byte for byte
     assert {r.partition for r in records} == {0, 1, 2}
+    # NDJSON chunks: several events a record, none over the bound unless alone
+    assert len(records) < count
+    assert all(len(r.value) <= 1024 or b"\n" not in r.value for r in records)
     by_recipient = {}
-    for record in records:
-        event = orjson.loads(record.value)
+    for line in events:
+        event = orjson.loads(line)
         assert set(event) == EVENT_FIELDS
         by_recipient[event["recipient"]] = event
     assert len(by_recipient) == count
@@ -68,7 +74,7 @@ async def test_pixels_land_in_the_topic_intact_and_spread(
     assert event["props"] == {"n": "7"} and event["user_agent"] == UA
     assert event["ip"] == "127.0.0.0" and event["transport"] == "pixel"
     assert uuid.UUID(event["event_id"]).version == 7
-    assert len({r.value for r in records}) == count
+    assert len(set(events)) == count
 
     assert metric_value(metrics, "beacon_kafka_events_total", outcome="acked") == count
     assert metric_value(metrics, "beacon_kafka_replayed_events_total") == 0
@@ -116,7 +122,7 @@ async def test_queue_over_its_bound_spills_to_the_spool(
     spilled = metric_value(metrics, "beacon_kafka_spilled_events_total", reason="queue_full")
     acked = metric_value(metrics, "beacon_kafka_events_total", outcome="acked")
     assert spilled > 0 and acked > 0 and spilled + acked == len(events)
-    in_topic = [r.value for r in await read_topic(kafka_bootstrap, kafka_topic)]
+    in_topic = events_in(await read_topic(kafka_bootstrap, kafka_topic))
     # The queue takes a prefix, the spool the rest: together exactly the events, in order.
     assert in_topic and sorted(in_topic) == sorted(events[: len(in_topic)])
     assert spooled_events(settings.spool_dir) == events[len(in_topic) :]
@@ -197,7 +203,7 @@ async def test_missing_topic_spools_until_kafka_init_then_replays(
     await wait_for(sink.connected, 30, "the sink to see the topic")
     await wait_for(lambda: not any(late.spool_dir.iterdir()), 30, "replay to empty the spool")
     await sink.close()
-    assert sorted(r.value for r in await read_topic(kafka_bootstrap, name)) == sorted(events)
+    assert sorted(events_in(await read_topic(kafka_bootstrap, name))) == sorted(events)
     assert metric_value(metrics, "beacon_kafka_replayed_events_total") == 50
 
 

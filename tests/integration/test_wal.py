@@ -98,9 +98,10 @@ async def read_topic(
             for records in batches.values():
                 for record in records:
                     assert record.value is not None
-                    row = orjson.loads(record.value)
-                    rows.append(row)
-                    seen.add(marker_of(row))
+                    for line in record.value.split(b"\n"):  # an NDJSON chunk a record
+                        row = orjson.loads(line)
+                        rows.append(row)
+                        seen.add(marker_of(row))
             if expect <= seen and not batches:
                 break
     finally:

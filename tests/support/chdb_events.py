@@ -67,9 +67,10 @@ def wire(event_type: str, at_ms: int, **fields: Any) -> dict[str, Any]:
 class Store:
     """One chDB session for a test module: events in, JSONEachRow text out."""
 
-    def __init__(self, path: Path) -> None:
+    def __init__(self, path: Path, migrated: bool = False) -> None:
         self.writer = ChdbWriter(path)
-        asyncio.run(migrate(self.writer, retention_days=0))
+        if not migrated:
+            asyncio.run(migrate(self.writer, retention_days=0))
         self.enricher = Enricher()
         self._reader: ChdbReader | None = None
 

@@ -26,7 +26,11 @@ from aiohttp import web
 from aiohttp.test_utils import TestServer
 
 # Parameters of the HTTP interface itself; every other parameter is a setting.
-HTTP_PARAMS = frozenset(("query", "default_format", "wait_end_of_query"))
+# Not settings. One chDB session serves every client: a session_id's temporary tables live in
+# it (consumers/ingest.py names its own apart).
+HTTP_PARAMS = frozenset(
+    ("query", "default_format", "wait_end_of_query", "session_id", "session_timeout")
+)
 SETTING_NAME_RE = re.compile(r"^[a-z_][a-z0-9_]{0,99}$")
 NUMBER_RE = re.compile(r"^-?\d+(\.\d+)?$")
 PLAIN_VALUE_RE = re.compile(r"^[A-Za-z0-9_.]{1,64}$")  # fits a connection string unquoted
@@ -97,10 +101,8 @@ class ClickHouseFront:
         from chdb import session
 
         self._session = session.Session(str(self.data_dir))
-        app = web.Application(client_max_size=64 * 1024 * 1024)
-        app.router.add_post("/", self._handle)
         # auto_decompress off: the front gunzips itself, so it sees what was really sent.
-        self._server = TestServer(app, host="127.0.0.1")
+        self._server = TestServer(self.app(), host="127.0.0.1")
         await self._server.start_server(auto_decompress=False)
         return self
 
@@ -111,6 +113,16 @@ class ClickHouseFront:
             for read in self._reads.values():
                 read.close()
             self._session.close()
+
+    def app(self) -> web.Application:
+        app = web.Application(client_max_size=1024 * 1024 * 1024)
+        app.router.add_post("/", self._handle)
+        app.router.add_get("/ping", self._ping)
+        return app
+
+    @staticmethod
+    async def _ping(request: web.Request) -> web.Response:
+        return web.Response(text="Ok.\n")
 
     def run(self, sql: str, fmt: str = "TabSeparated") -> str:
         """Execute on chDB directly (test set-up and checks, bypassing HTTP)."""
@@ -197,3 +209,15 @@ def failure(exc: Exception) -> FrontError:
     """ClickHouse's answer to a failed statement: 500 and the exception code in a header."""
     code = CODE_RE.search(str(exc))
     return FrontError(500, int(code.group(1)) if code else 1002, str(exc))
+
+
+async def serve(data_dir: Path, port: int) -> None:
+    """A front on `port` until the process is stopped (loadtest/bench_consumer.py --server)."""
+    from chdb import session
+
+    front = ClickHouseFront(data_dir)
+    front._session = session.Session(str(data_dir))
+    runner = web.AppRunner(front.app(), auto_decompress=False)
+    await runner.setup()
+    await web.TCPSite(runner, "127.0.0.1", port).start()
+    await asyncio.Event().wait()

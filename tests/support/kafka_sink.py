@@ -87,6 +87,11 @@ async def read_topic(bootstrap: str, topic: str, timeout_s: float = 60) -> list[
         await consumer.stop()
 
 
+def events_in(records: list[ConsumerRecord]) -> list[bytes]:
+    """The events of records (one each, or an NDJSON chunk each: README "Event format")."""
+    return [line for r in records for line in (r.value or b"").split(b"\n")]
+
+
 def spooled_events(spool_dir: Path) -> list[bytes]:
     """Events in the spool's segments, oldest segment first."""
     events: list[bytes] = []

@@ -1,0 +1,270 @@
+"""A batch into beacon.events, parsed, checked and enriched by ClickHouse; Python parses each
+distinct user agent once.
+
+Parsing JSON in Python costs more than storing the row (~4 us an event with orjson, and as much
+again to build columns), so the consumer hands ClickHouse the raw lines and moves bytes:
+
+  1. the lines go as they are into a temporary table (LineAsString: no parse, ~0.2 us a line);
+  2. one INSERT ... SELECT parses each line once (JSONExtract into a typed tuple, simdjson) into
+     a staging table, with the line's number and its reject reason ('' for a good line);
+  3. the distinct (user agent, Apple address) pairs of the good lines come back: Python
+     enriches each once (consumers/enrich.py, the rules of analytics/machine_opens.py) and
+     sends them as a small table;
+  4. one INSERT ... SELECT joins the two into beacon.events under the batch's dedup token;
+  5. the rejects (line number, reason) come back for the dead-letter topic.
+
+Everything runs in ClickHouse: in chDB on the consumer's own core, or on a server, where the
+consumer only moves bytes (analytics/store/http.py keeps the temporary tables in one session).
+A replay checks its event ids after the insert and stores what is missing under a fresh token
+(see `store`). docs/performance.md "Consumer" has the cost of each step.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import uuid
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import orjson
+
+from analytics.schema import EVENTS
+from analytics.store import TOKEN_RE, StoreError, Writer
+from consumers.enrich import Enricher
+from contract.event import SCHEMA_VERSION
+
+# The wire fields (README "Event format") as JSONExtract reads them. It converts what it can
+# (a number into a String field as its text, a numeric string into a number, as ClickHouse's
+# JSONEachRow does) and reads a missing field as NULL or the default. Nullable marks what is
+# checked: a number that does not fit its column (a negative visitor id, a flag of 300) is
+# NULL, and the line is refused as bad_field_type rather than stored with a 0.
+NUMBERS = ("schema_version", "visitor_id", "dnt", "verified")
+WIRE_FIELDS: tuple[tuple[str, str], ...] = (
+    ("schema_version", "Nullable(Int64)"),
+    ("event_id", "Nullable(String)"),
+    ("received_at", "Nullable(Int64)"),  # ms since the epoch
+    ("event_type", "String"),
+    ("site", "String"),
+    ("campaign", "String"),
+    ("message", "String"),
+    ("recipient", "String"),
+    ("ad", "String"),
+    ("url_host", "String"),
+    ("url_path", "String"),
+    ("url_query", "String"),
+    ("referrer", "String"),
+    ("props", "Map(String, String)"),
+    ("user_agent", "String"),
+    ("ip", "String"),
+    ("visitor_id", "Nullable(UInt64)"),
+    ("dnt", "Nullable(UInt8)"),
+    ("consent", "String"),
+    ("transport", "String"),
+    ("verified", "Nullable(UInt8)"),
+    ("click_id", "String"),
+    ("order_id", "String"),
+    ("value", "Nullable(String)"),
+    ("currency", "String"),
+)
+# Each column of beacon.events the staging table keeps, and its expression over the parsed
+# tuple `w`. The checked fields are read again only on a good line.
+STAGED: tuple[tuple[str, str, str], ...] = (
+    ("schema_version", "UInt8", "toUInt8(ifNull(w.schema_version, 0))"),
+    ("event_id", "UUID", "toUUIDOrZero(ifNull(w.event_id, ''))"),
+    ("received_at", "DateTime64(3, 'UTC')", "fromUnixTimestamp64Milli(ifNull(w.received_at, 0))"),
+    *(
+        (name, "String", f"w.{name}")
+        for name in (
+            "event_type",
+            "site",
+            "campaign",
+            "message",
+            "recipient",
+            "ad",
+            "url_host",
+            "url_path",
+            "url_query",
+            "referrer",
+            "user_agent",
+            "ip",
+            "consent",
+            "transport",
+            "click_id",
+            "order_id",
+            "currency",
+        )
+    ),
+    ("props", "Map(String, String)", "w.props"),
+    ("visitor_id", "UInt64", "ifNull(w.visitor_id, 0)"),
+    ("dnt", "UInt8", "ifNull(w.dnt, 0)"),
+    ("verified", "UInt8", "ifNull(w.verified, 0)"),
+    # What collector.event writes into the Decimal(18, 4) column: ASCII digits, <= 4 decimals.
+    ("value", "Decimal(18, 4)", "toDecimal64OrZero(ifNull(w.value, ''), 4)"),
+    # The address an Apple-network rule needs (analytics/machine_opens.py), else '': the key
+    # of the enrichment join stays one row per user agent for everyone else.
+    ("agent_ip", "String", "if(startsWith(w.ip, '17.'), w.ip, '')"),
+)
+UUID_RE = "^[0-9a-fA-F]{8}-([0-9a-fA-F]{4}-){3}[0-9a-fA-F]{12}$"
+VALUE_RE = "^[0-9]{1,14}([.][0-9]{1,4})?$"
+OBJECT_RE = "^[ \\t\\r]*[{]"  # an array would be read into the tuple by position
+VERSION_OK = f"ifNull(w.schema_version, 0) <= {SCHEMA_VERSION}"
+VALUE_OK = f"(w.value IS NULL OR match(w.value, '{VALUE_RE}'))"
+# JSONType reads the line again: only for the rare line where the number came out NULL.
+NUMBERS_OK = " AND ".join(f"(w.{f} IS NOT NULL OR JSONType(line, '{f}') = 'Null')" for f in NUMBERS)
+GOOD = (
+    f"match(line, '{OBJECT_RE}') AND w.event_id IS NOT NULL AND match(w.event_id, '{UUID_RE}')"
+    f" AND w.received_at IS NOT NULL AND {VERSION_OK} AND {VALUE_OK} AND {NUMBERS_OK}"
+)
+# Why a line is refused, in the order consumers/enrich.decode checks; evaluated past GOOD only
+# for the lines that are not (short-circuit), so a good line is parsed once.
+REASON = f"""multiIf(
+    {GOOD}, '',
+    NOT isValidJSON(line), 'malformed_json',
+    NOT match(line, '{OBJECT_RE}') OR NOT JSONHas(line, 'event_id'), 'not_an_event',
+    NOT match(ifNull(w.event_id, ''), '{UUID_RE}'), 'bad_event_id',
+    NOT {VERSION_OK}, 'unknown_schema_version',
+    w.received_at IS NULL, 'bad_received_at',
+    NOT {VALUE_OK}, 'bad_value',
+    'bad_field_type')"""
+# What the consumer adds per user agent (consumers/enrich.py Enricher.agent_row), joined on
+# (user_agent, agent_ip).
+AGENT_COLUMNS: tuple[tuple[str, str], ...] = (
+    ("user_agent", "String"),
+    ("agent_ip", "String"),
+    ("browser", "String"),
+    ("browser_version", "String"),
+    ("os", "String"),
+    ("device_type", "String"),
+    ("is_bot", "UInt8"),
+    ("machine_open", "UInt8"),
+    ("machine_reason", "String"),
+    ("mail_proxy", "String"),
+)
+# Machine-open columns are for opens only (analytics/machine_opens.py); other events read 0/''.
+OPEN_ONLY = {"machine_open": "0", "machine_reason": "''", "mail_proxy": "''"}
+# The columns of beacon.events an insert fills, in order; inserted_at keeps its DEFAULT.
+EVENT_COLUMNS: tuple[str, ...] = tuple(c for c, _, _ in STAGED if c != "agent_ip") + tuple(
+    c for c, _ in AGENT_COLUMNS[2:]
+)
+
+
+def _columns(pairs: tuple[tuple[str, str], ...] | list[tuple[str, str]]) -> str:
+    return ", ".join(f"{name} {kind}" for name, kind in pairs)
+
+
+@dataclass
+class Stored:
+    """What came of a batch: good lines stored, and (line number, reason) of the others."""
+
+    rows: int
+    rejects: list[tuple[int, str]]
+    refilled: int = 0  # rows of a replay that were missing and went in under a fresh token
+
+
+class Ingest:
+    """Stores batches of raw wire lines, one at a time (they share the temporary tables)."""
+
+    def __init__(self, writer: Writer, enricher: Enricher | None = None) -> None:
+        self.writer = writer
+        self.enricher = enricher or Enricher()
+        suffix = uuid.uuid4().hex[:12]  # several consumers may share a server (and a session)
+        self.lines = f"beacon_lines_{suffix}"
+        self.stage = f"beacon_stage_{suffix}"
+        self.agents = f"beacon_agents_{suffix}"
+        self._lock = asyncio.Lock()
+
+    async def store(self, body: Sequence[bytes], token: str, replay: bool = False) -> Stored:
+        """Store the lines of `body` (the pieces of lines joined by newlines: join_lines) under
+        `token`. A replay then checks its event ids: an embedded store killed mid-insert can
+        keep a token and lose its rows, so what the table lacks goes in under a fresh token.
+        Raises StoreError."""
+        if not TOKEN_RE.match(token):
+            raise ValueError(f"bad dedup token {token!r}")
+        async with self._lock:
+            try:
+                await self._stage(body)
+                good, rejects = await self._count()
+                if good:
+                    await self._load_agents()
+                    await self._insert(token, "")
+                refilled = await self._refill(token) if replay and good else 0
+                return Stored(good, rejects, refilled)
+            finally:
+                await self._clear()
+
+    async def _stage(self, body: Sequence[bytes]) -> None:
+        w = self.writer
+        parsed = f"Tuple({_columns(WIRE_FIELDS)})"
+        staged = [("n", "UInt32"), ("reason", "LowCardinality(String)")]
+        staged += [(c, t) for c, t, _ in STAGED]
+        for table, columns in (
+            (self.lines, "line String"),
+            (self.stage, _columns(staged)),
+            (self.agents, _columns(AGENT_COLUMNS)),
+        ):
+            await w.execute(
+                f"CREATE TEMPORARY TABLE IF NOT EXISTS {table} ({columns}) ENGINE = Memory"
+            )
+        await w.load(self.lines, body, "LineAsString")
+        exprs = ", ".join(f"{expr} AS {name}" for name, _, expr in STAGED)
+        # One thread: rows come back in the order they were loaded, so n is the line number.
+        await w.execute(
+            f"INSERT INTO {self.stage} SELECT n, reason, {exprs} FROM ("
+            f"SELECT rowNumberInAllBlocks() AS n, line, "
+            f"JSONExtract(line, '{parsed.replace(chr(39), chr(39) * 2)}') AS w, {REASON} AS reason"
+            f" FROM {self.lines}) SETTINGS max_threads = 1, "
+            "short_circuit_function_evaluation = 'force_enable'"
+        )
+
+    async def _count(self) -> tuple[int, list[tuple[int, str]]]:
+        sql = (
+            f"SELECT n, reason FROM {self.stage} WHERE reason != '' ORDER BY n "
+            f"UNION ALL SELECT toUInt32(count()), 'good' FROM {self.stage} WHERE reason = ''"
+        )
+        rows = [
+            orjson.loads(x)
+            for x in (await self.writer.query(sql, "JSONCompactEachRow")).splitlines()
+        ]
+        good = next(n for n, reason in rows if reason == "good")
+        return good, [(n, reason) for n, reason in rows if reason != "good"]
+
+    async def _load_agents(self) -> None:
+        sql = f"SELECT DISTINCT user_agent, agent_ip FROM {self.stage} WHERE reason = ''"
+        out = await self.writer.query(sql, "JSONCompactEachRow")
+        rows = [self.enricher.agent_row(*orjson.loads(x)) for x in out.splitlines()]
+        agents = b"\n".join(map(orjson.dumps, rows))
+        await self.writer.load(self.agents, [agents], "JSONCompactEachRow")
+
+    async def _insert(self, token: str, where: str) -> None:
+        staged = [f"s.{c}" for c, _, _ in STAGED if c != "agent_ip"]
+        added = [
+            f"if(s.event_type = 'open', a.{c}, {OPEN_ONLY[c]})" if c in OPEN_ONLY else f"a.{c}"
+            for c, _ in AGENT_COLUMNS[2:]
+        ]
+        select = (
+            f"SELECT {', '.join(staged + added)} FROM {self.stage} AS s "
+            f"ANY LEFT JOIN {self.agents} AS a "
+            "ON s.user_agent = a.user_agent AND s.agent_ip = a.agent_ip "
+            f"WHERE s.reason = ''{where}"
+        )
+        await self.writer.insert_from(EVENTS, EVENT_COLUMNS, select, token)
+
+    async def _refill(self, token: str) -> int:
+        stored = (
+            f"s.event_id IN (SELECT event_id FROM {EVENTS} "
+            f"WHERE event_id IN (SELECT event_id FROM {self.stage}))"
+        )
+        out = await self.writer.query(
+            f"SELECT count() FROM {self.stage} AS s WHERE s.reason = '' AND NOT {stored}", "TSV"
+        )
+        missing = int(out.strip() or 0)
+        if missing:
+            await self._insert(f"{token[:187]}:{uuid.uuid4().hex[:12]}", f" AND NOT {stored}")
+        return missing
+
+    async def _clear(self) -> None:
+        """Free the batch's memory; a store that cannot is failing the batch already."""
+        with contextlib.suppress(StoreError):
+            for table in (self.lines, self.stage, self.agents):
+                await self.writer.execute(f"TRUNCATE TABLE IF EXISTS {table}")

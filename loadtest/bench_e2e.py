@@ -1,0 +1,212 @@
+"""The whole box: how many pixels a second `beacon run` answers and stores, against its collector
+alone, in one run.
+
+    python -m loadtest.bench_e2e [--duration-s 30] [--connections 64] [--kafka]
+
+1. `beacon serve` with the memory sink (nothing behind it), default workers: wrk at full speed
+   for --duration-s. Its answered rate is what the collector alone does on this box.
+2. `beacon run` with its defaults (collector + consumer + embedded ClickHouse, the spool between
+   them): the same wrk, then wait until every answered pixel is a row (read through the store
+   port). Prints answered, stored, drain seconds, peak spool bytes and the sustained rate:
+   stored / (load + drain).
+3. --kafka: the same `beacon run` against the project's local broker (the collector's Kafka
+   sink, a Kafka consumer group); printed, no goal: the broker shares the two cores.
+
+wrk, Beacon and the broker share the machine's cores, as they would on one box; nothing is
+pinned. Results go to loadtest/results/<date>-e2e.json.
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+import urllib.request
+from pathlib import Path
+from typing import Any
+
+from loadtest.bench.__main__ import free_port, start_kafka
+from loadtest.bench.measure import run_wrk
+from loadtest.bench.servers import http_status, python_env
+from loadtest.bench.system import ensure_tools
+
+REPO = Path(__file__).resolve().parents[1]
+RESULTS = REPO / "loadtest" / "results"
+READY_TIMEOUT_S = 120
+DRAIN_STALL_S = 120  # no new row for this long: give up waiting
+
+
+class Beacon:
+    """`beacon serve` or `beacon run` in a process group of its own."""
+
+    def __init__(self, command: list[str], workdir: Path, **env: str) -> None:
+        self.port = free_port()
+        self.store_port = free_port()
+        self.data_dir = workdir / "data"
+        self.env = python_env(
+            BEACON_HOST="127.0.0.1",
+            BEACON_PORT=str(self.port),
+            BEACON_STORE_PORT=str(self.store_port),
+            BEACON_DATA_DIR=str(self.data_dir),
+            BEACON_SECRET="bench-secret-0123",
+            BEACON_LOG_LEVEL="WARNING",
+            **env,
+        )
+        self.log = open(workdir / "beacon.log", "ab")
+        self.proc = subprocess.Popen(
+            [sys.executable, "-m", "beacon", *command], env=self.env, cwd=REPO,
+            stdin=subprocess.DEVNULL, stdout=self.log, stderr=self.log, start_new_session=True,
+        )  # fmt: skip
+        self.base = f"http://127.0.0.1:{self.port}"
+
+    def wait_ready(self, store: bool) -> None:
+        deadline = time.monotonic() + READY_TIMEOUT_S
+        while time.monotonic() < deadline:
+            if self.proc.poll() is not None:
+                raise RuntimeError(f"beacon exited with {self.proc.returncode}")
+            try:
+                if http_status(self.base + "/readyz") == 200 and (not store or self.stored() >= 0):
+                    return
+            except OSError:
+                pass
+            time.sleep(0.2)
+        raise RuntimeError("beacon did not get ready")
+
+    def stored(self) -> int:
+        """Rows in beacon.events, through the store port."""
+        body = json.dumps({"sql": "SELECT count() FROM beacon.events", "format": "TSV"})
+        request = urllib.request.Request(
+            f"http://127.0.0.1:{self.store_port}/query", body.encode(),
+            {"Content-Type": "application/json"},
+        )  # fmt: skip
+        with urllib.request.urlopen(request, timeout=30) as response:
+            return int(response.read().decode().strip())
+
+    def spool_bytes(self) -> int:
+        spool = self.data_dir / "spool"
+        try:
+            return sum(p.stat().st_size for p in spool.iterdir() if p.is_file())
+        except OSError:
+            return 0
+
+    def stop(self) -> None:
+        if self.proc.poll() is None:
+            os.killpg(self.proc.pid, signal.SIGTERM)
+            try:
+                self.proc.wait(120)
+            except subprocess.TimeoutExpired:
+                os.killpg(self.proc.pid, signal.SIGKILL)
+                self.proc.wait()
+        self.log.close()
+
+
+def load(beacon: Beacon, opts: argparse.Namespace) -> dict[str, Any]:
+    result = run_wrk(beacon.base, opts.connections, opts.duration_s, cpu=None)
+    result["answered"] = result["requests"] - result["errors"]["status"]
+    return result
+
+
+def collector_alone(opts: argparse.Namespace, workdir: Path) -> dict[str, Any]:
+    beacon = Beacon(["serve", "--sink", "memory"], workdir)
+    try:
+        beacon.wait_ready(store=False)
+        result = load(beacon, opts)
+    finally:
+        beacon.stop()
+    return {"answered": result["answered"], "rps": result["answered"] / opts.duration_s}
+
+
+def whole_box(opts: argparse.Namespace, workdir: Path, **env: str) -> dict[str, Any]:
+    beacon = Beacon(["run"], workdir, **env)
+    peak = [0]
+    sampling = threading.Event()
+
+    def sample() -> None:
+        while not sampling.wait(0.25):
+            peak[0] = max(peak[0], beacon.spool_bytes())
+
+    sampler = threading.Thread(target=sample, daemon=True)
+    try:
+        beacon.wait_ready(store=True)
+        sampler.start()
+        result = load(beacon, opts)
+        answered = result["answered"]
+        load_ended = time.monotonic()
+        stored, last_change, drain_s = beacon.stored(), time.monotonic(), None
+        while time.monotonic() - last_change < DRAIN_STALL_S:
+            now_stored = beacon.stored()
+            if now_stored != stored:
+                stored, last_change = now_stored, time.monotonic()
+            if stored >= answered:
+                drain_s = time.monotonic() - load_ended
+                break
+            time.sleep(0.25)
+    finally:
+        sampling.set()
+        beacon.stop()
+    sustained = stored / (opts.duration_s + drain_s) if drain_s is not None else None
+    return {"answered": answered, "stored": stored, "drain_s": drain_s,
+            "answered_rps": answered / opts.duration_s, "sustained_rps": sustained,
+            "peak_spool_bytes": peak[0]}  # fmt: skip
+
+
+def show(name: str, box: dict[str, Any], alone: dict[str, Any]) -> None:
+    drain = "never (stalled)" if box["drain_s"] is None else f"{box['drain_s']:.1f} s"
+    print(f"{name}:")
+    spool_mib = box["peak_spool_bytes"] / 2**20
+    print(f"  answered {box['answered']:,} ({box['answered_rps']:,.0f}/s), stored "
+          f"{box['stored']:,}, drained in {drain}, peak spool {spool_mib:,.1f} MiB")  # fmt: skip
+    if box["sustained_rps"] is not None:
+        ratio = box["sustained_rps"] / alone["rps"]
+        box["ratio_to_collector_alone"] = ratio
+        print(
+            f"  sustained {box['sustained_rps']:,.0f} events/s = {ratio:.2f}x the collector alone"
+        )
+
+
+def main() -> int:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--duration-s", type=int, default=30)
+    p.add_argument("--connections", type=int, default=64)
+    p.add_argument("--kafka", action="store_true", help="also in Kafka mode (local broker)")
+    opts = p.parse_args()
+    signal.signal(signal.SIGTERM, lambda signum, frame: sys.exit(128 + signum))
+    ensure_tools()
+    workdir = Path(tempfile.mkdtemp(prefix="beacon-bench-e2e-"))
+    broker = None
+    document: dict[str, Any] = {"when": datetime.datetime.now(datetime.UTC).isoformat(),
+                                "cpus": os.cpu_count(), "duration_s": opts.duration_s,
+                                "connections": opts.connections}  # fmt: skip
+    try:
+        alone = collector_alone(opts, workdir / "alone")
+        print(f"collector alone (beacon serve, memory sink): {alone['rps']:,.0f} pixels/s")
+        document["collector_alone"] = alone
+        document["embedded"] = whole_box(opts, workdir / "embedded")
+        show("beacon run, embedded (spool -> chDB)", document["embedded"], alone)
+        if opts.kafka:
+            broker = start_kafka(workdir)
+            document["kafka"] = whole_box(
+                opts, workdir / "kafka", BEACON_KAFKA_BOOTSTRAP=broker.bootstrap
+            )
+            show("beacon run, Kafka mode (local broker)", document["kafka"], alone)
+    finally:
+        if broker is not None:
+            broker.stop()
+        shutil.rmtree(workdir, ignore_errors=True)
+    RESULTS.mkdir(exist_ok=True)
+    out = RESULTS / f"{datetime.date.today().isoformat()}-e2e.json"
+    out.write_text(json.dumps(document, indent=2) + "\n")
+    print(f"wrote {out.relative_to(REPO)}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
