@@ -22,9 +22,9 @@ class ConsumerSettings(StoreSettings):
         min=1,
     )
     batch_max_bytes: int = setting(
-        64 * 1024 * 1024,
+        32 * 1024 * 1024,
         "bytes of wire events per ClickHouse insert: a batch is cut at the record that reaches "
-        "it (the consumer holds about four times this at its peak)",
+        "it; a Kafka consumer buffers about this much a partition it owns",
         min=1,
     )
     batch_max_age_ms: int = setting(

@@ -50,6 +50,7 @@ class Beacon:
     def __init__(self, command: list[str], workdir: Path, **env: str) -> None:
         self.port = free_port()
         self.store_port = free_port()
+        workdir.mkdir(parents=True, exist_ok=True)
         self.data_dir = workdir / "data"
         self.env = python_env(
             BEACON_HOST="127.0.0.1",

@@ -108,12 +108,13 @@ class KafkaFeed:
             return 0  # stopping: store what is buffered, fetch no more
         if self.unadopted:
             await self._adopt()
-        # A batch's worth is waiting already: fetch no more until it is on its way, so the
-        # buffers hold about two batches whatever the backlog (the member stays in its group:
-        # aiokafka heartbeats apart, and the loop polls again within a batch's insert).
-        # A replay must read its recorded range through, however large it was cut.
+        # A batch's worth is waiting for every partition: fetch no more until one is on its
+        # way, so the buffers hold about a batch a partition whatever the backlog, and a
+        # backlog still makes full batches (the member stays in its group: aiokafka
+        # heartbeats apart, and the loop polls again within an insert). A replay must read
+        # its recorded range through, however large it was cut.
         parts = self.parts.values()
-        self.skipped = sum(p.bytes for p in parts) >= self.max_bytes and not any(
+        self.skipped = sum(p.bytes for p in parts) >= self.max_bytes * len(parts) and not any(
             p.inflight is not None for p in parts
         )
         if self.skipped:

@@ -33,6 +33,14 @@ def token_for(ranges: list[Range]) -> str:
     return "spool-" + hashlib.sha256(text.encode()).hexdigest()[:32]
 
 
+def after_line(data: bytes, count: int) -> int:
+    """The offset just past the `count`-th newline of `data`."""
+    at = 0
+    for _ in range(count):
+        at = data.index(b"\n", at) + 1
+    return at
+
+
 class SpoolSource:
     """A cursor over closed segments; `commit` makes progress durable and frees space.
 
@@ -57,36 +65,42 @@ class SpoolSource:
 
     # -- reading ---------------------------------------------------------------------------
 
-    def read(self, max_rows: int) -> tuple[list[bytes], list[Range]]:
-        """Up to `max_rows` lines after the read cursor, and the ranges they came from."""
-        rows: list[bytes] = []
+    def read(self, max_rows: int) -> tuple[list[bytes], int, list[Range]]:
+        """Up to `max_rows` lines after the read cursor, as chunks of whole lines (joined by
+        newlines, as the segments hold them: nothing split apart and joined again), their line
+        count, and the ranges they came from."""
+        chunks: list[bytes] = []
         ranges: list[Range] = []
+        rows = 0
         for path in closed_segments(self.directory):
             name = path.name
             start = self._read.get(name, 0)
             with open(path, "rb") as f:
                 f.seek(start)
                 data = f.read()
-            if not data:
+            count = data.count(b"\n")  # closed segments end with a newline
+            if not count:
                 continue
-            lines = data.split(b"\n")[:-1]  # closed segments end with a newline
-            take = lines[: max_rows - len(rows)]
-            end = start + sum(len(line) + 1 for line in take)
-            rows.extend(take)
-            ranges.append(Range(name, start, end))
-            self._read[name] = end
-            if len(rows) >= max_rows:
+            end = len(data)
+            if rows + count > max_rows:
+                count = max_rows - rows
+                end = after_line(data, count)
+            chunks.append(data[: end - 1])
+            rows += count
+            ranges.append(Range(name, start, start + end))
+            self._read[name] = start + end
+            if rows >= max_rows:
                 break
-        return rows, ranges
+        return chunks, rows, ranges
 
     def read_ranges(self, ranges: list[Range]) -> list[bytes]:
-        """The lines of exactly these ranges (to replay a pending batch)."""
-        rows: list[bytes] = []
+        """Exactly these ranges, as chunks of lines (to replay a pending batch)."""
+        chunks: list[bytes] = []
         for r in ranges:
             with open(self.directory / r.segment, "rb") as f:
                 f.seek(r.start)
-                rows.extend(f.read(r.end - r.start).split(b"\n")[:-1])
-        return rows
+                chunks.append(f.read(r.end - r.start)[:-1])
+        return chunks
 
     def backlog_segments(self) -> int:
         return len(closed_segments(self.directory))

@@ -1,6 +1,7 @@
 """The spool as a feed of batches: one batch at a time, recorded in the checkpoint.
 
-Lines are read after the cursor and cut into a batch by rows or age; its token names its
+Lines are read after the cursor, in chunks as the segments hold them, and cut into a batch by
+rows or age; its token names its
 byte ranges (sources/spool.py), and the checkpoint records those ranges before the insert, so
 the batch a crash interrupted is read again from exactly the same bytes and replayed first.
 """
@@ -34,8 +35,8 @@ def merge(ranges: list[Range]) -> list[Range]:
 class SpoolBatch(Batch):
     """Lines of these byte ranges, under the token of the ranges."""
 
-    def __init__(self, lines: list[bytes], ranges: list[Range], replay: bool) -> None:
-        super().__init__(join_lines(lines), token_for(ranges), replay)
+    def __init__(self, chunks: list[bytes], ranges: list[Range], replay: bool) -> None:
+        super().__init__(join_lines(chunks), token_for(ranges), replay)
         self.ranges = ranges
 
     @property
@@ -57,7 +58,8 @@ class SpoolFeed:
         self.max_rows = settings.batch_max_rows
         self.max_age_s = settings.batch_max_age_ms / 1000
         self.poll_s = settings.poll_interval_ms / 1000
-        self.lines: list[bytes] = []
+        self.chunks: list[bytes] = []
+        self.rows = 0  # lines in chunks
         self.ranges: list[Range] = []
         self.first_read_at = 0.0
         self.batch: SpoolBatch | None = None
@@ -66,10 +68,12 @@ class SpoolFeed:
         """The checkpoint's pending batch, if any, goes first, under its old token."""
         pending = list(self.source.pending)
         if pending:
-            lines = await asyncio.to_thread(self.source.read_ranges, pending)
-            self.batch = SpoolBatch(lines, pending, replay=True)
+            chunks = await asyncio.to_thread(self.source.read_ranges, pending)
+            self.batch = SpoolBatch(chunks, pending, replay=True)
             self.metrics.replayed_batches.inc()
-            log.info("replaying a pending batch of %d rows", len(lines))
+            log.info(
+                "replaying a pending batch of %d rows", sum(c.count(b"\n") + 1 for c in chunks)
+            )
 
     async def stop(self) -> None:
         pass  # the checkpoint is written at every step
@@ -77,24 +81,25 @@ class SpoolFeed:
     async def read(self, final: bool) -> int:
         if self.batch is not None:
             return 0
-        new, ranges = await asyncio.to_thread(self.source.read, self.max_rows - len(self.lines))
-        if new:
-            if not self.lines:
+        new, rows, ranges = await asyncio.to_thread(self.source.read, self.max_rows - self.rows)
+        if rows:
+            if not self.rows:
                 self.first_read_at = time.monotonic()
-            self.lines.extend(new)
+            self.chunks.extend(new)
+            self.rows += rows
             self.ranges.extend(ranges)
-        return len(new)
+        return rows
 
     async def idle(self, stop: asyncio.Event) -> None:
         with contextlib.suppress(TimeoutError):
             await asyncio.wait_for(stop.wait(), self.poll_s)
 
     def batches(self, now: float, final: bool) -> list[Batch]:
-        if self.batch is None and self.lines:
-            due = len(self.lines) >= self.max_rows or now - self.first_read_at >= self.max_age_s
+        if self.batch is None and self.rows:
+            due = self.rows >= self.max_rows or now - self.first_read_at >= self.max_age_s
             if due or final:
-                self.batch = SpoolBatch(self.lines, merge(self.ranges), replay=False)
-                self.lines, self.ranges = [], []
+                self.batch = SpoolBatch(self.chunks, merge(self.ranges), replay=False)
+                self.chunks, self.rows, self.ranges = [], 0, []
         return [] if self.batch is None else [self.batch]
 
     def owns(self, batch: Batch) -> bool:
