@@ -177,6 +177,9 @@ def main() -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--duration-s", type=int, default=30)
     p.add_argument("--connections", type=int, default=64)
+    p.add_argument(
+        "--rounds", type=int, default=2, help="collector alone and beacon run, alternately"
+    )
     p.add_argument("--kafka", action="store_true", help="also in Kafka mode (local broker)")
     opts = p.parse_args()
     signal.signal(signal.SIGTERM, lambda signum, frame: sys.exit(128 + signum))
@@ -187,16 +190,27 @@ def main() -> int:
                                 "cpus": os.cpu_count(), "duration_s": opts.duration_s,
                                 "connections": opts.connections}  # fmt: skip
     try:
-        alone = collector_alone(opts, workdir / "alone")
-        print(f"collector alone (beacon serve, memory sink): {alone['rps']:,.0f} pixels/s")
-        document["collector_alone"] = alone
-        document["embedded"] = whole_box(opts, workdir / "embedded")
-        show("beacon run, embedded (spool -> chDB)", document["embedded"], alone)
+        rounds = []
+        for n in range(opts.rounds):  # alternately: drift on the shared machine falls on both
+            alone = collector_alone(opts, workdir / f"alone-{n}")
+            print(f"round {n + 1}: collector alone (beacon serve, memory sink): "
+                  f"{alone['rps']:,.0f} pixels/s")  # fmt: skip
+            box = whole_box(opts, workdir / f"embedded-{n}")
+            show(f"round {n + 1}: beacon run, embedded (spool -> chDB)", box, alone)
+            rounds.append({"collector_alone": alone, "embedded": box})
+        document["rounds"] = rounds
+        ratios = sorted(r["embedded"].get("ratio_to_collector_alone", 0.0) for r in rounds)
+        document["median_ratio"] = (
+            ratios[len(ratios) // 2]
+            if len(ratios) % 2
+            else (sum(ratios[len(ratios) // 2 - 1 : len(ratios) // 2 + 1]) / 2)
+        )
+        print(f"sustained / collector alone, median over {opts.rounds} rounds: "
+              f"{document['median_ratio']:.2f}x")  # fmt: skip
         if opts.kafka:
             broker = start_kafka(workdir)
-            document["kafka"] = whole_box(
-                opts, workdir / "kafka", BEACON_KAFKA_BOOTSTRAP=broker.bootstrap
-            )
+            kafka_env = {"BEACON_KAFKA_BOOTSTRAP": broker.bootstrap}
+            document["kafka"] = whole_box(opts, workdir / "kafka", **kafka_env)
             show("beacon run, Kafka mode (local broker)", document["kafka"], alone)
     finally:
         if broker is not None:
