@@ -1,4 +1,8 @@
-"""Turn wire events into ClickHouse rows: the consumer's own additions happen here."""
+"""What the consumer adds to an event: the user agent's columns and the machine-open rules, once
+per distinct (user agent, address) pair (`Enricher.agent_row`, used by consumers/ingest.py).
+
+`decode` and `to_row` make the same row from one wire line in Python: the reference that
+tests/integration/test_ingest.py holds the ingest's SQL to, column by column."""
 
 from __future__ import annotations
 
@@ -12,7 +16,7 @@ from consumers.useragent import UserAgentParser
 from contract.event import SCHEMA_VERSION, Rejected
 
 # What collector.event writes into the Decimal(18, 4) column: digits, at most 4 decimals.
-VALUE_RE = re.compile(r"^\d{1,14}(?:\.\d{1,4})?$")
+VALUE_RE = re.compile(r"^[0-9]{1,14}(?:\.[0-9]{1,4})?$")  # ASCII digits, as consumers/ingest.py
 UUID_RE = re.compile(r"^[0-9a-fA-F]{8}-(?:[0-9a-fA-F]{4}-){3}[0-9a-fA-F]{12}$")
 
 

@@ -13,7 +13,7 @@ class ConsumerMetrics:
     def __init__(self, registry: CollectorRegistry) -> None:
         self.registry = registry
         self.rows_read = Counter(
-            "beacon_consumer_rows_read", "Rows read from the source.", registry=registry
+            "beacon_consumer_rows_read", "Kafka records (or spool lines) read.", registry=registry
         )
         self.rows_inserted = Counter(
             "beacon_consumer_rows_inserted", "Rows inserted into ClickHouse.", registry=registry

@@ -13,7 +13,7 @@ DATA_DIR_HELP = "where the spool, the store and the secret live"
 EVENTS_TOPIC = "beacon.events"
 EVENTS_TOPIC_HELP = "the events topic"
 DLQ_TOPIC = "beacon.events.dlq"
-DLQ_TOPIC_HELP = "where undecodable records go"
+DLQ_TOPIC_HELP = "where lines that cannot be stored go, each alone"
 
 
 def spool_dir(data_dir: Path) -> Path:

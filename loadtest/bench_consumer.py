@@ -359,6 +359,14 @@ def report(opts: argparse.Namespace, result: dict[str, Any], limit: dict[str, An
                     "ratio_to_storage_limit": per_cpu / limit_per_cpu}  # fmt: skip
     if opts.json:
         Path(opts.json).write_text(json.dumps(figures, indent=2) + "\n")
+        from loadtest.bench.report import bars
+
+        rows = [(f"pipeline ({where})", per_cpu, f"{per_cpu:,.0f}")]
+        if limit is not None:
+            rows.append(("chDB storing the same rows", figures["storage_limit_per_cpu_s"],
+                         f"{figures['storage_limit_per_cpu_s']:,.0f}"))  # fmt: skip
+        title = f"make bench-consumer: {n:,} events from {opts.source}, one CPU"
+        bars(Path(opts.json).with_suffix(".png"), title, "events per CPU second", rows)
 
 
 def start_front(data_dir: Path, cpu: int) -> tuple[subprocess.Popen[str], str]:

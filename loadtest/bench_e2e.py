@@ -219,6 +219,20 @@ def main() -> int:
     RESULTS.mkdir(exist_ok=True)
     out = RESULTS / f"{datetime.date.today().isoformat()}-e2e.json"
     out.write_text(json.dumps(document, indent=2) + "\n")
+    from loadtest.bench.report import bars
+
+    rows = []
+    for n, r in enumerate(document["rounds"], 1):
+        box = r["embedded"]
+        rows.append((f"round {n}: collector alone", r["collector_alone"]["rps"], "answered/s"))
+        rows.append((f"round {n}: beacon run", box["answered_rps"], "answered/s"))
+        if box["sustained_rps"] is not None:
+            ratio = box["ratio_to_collector_alone"]
+            rows.append((f"round {n}: beacon run, stored", box["sustained_rps"], f"{ratio:.2f}x"))
+    if "kafka" in document and document["kafka"]["sustained_rps"] is not None:
+        rows.append(("Kafka mode, stored", document["kafka"]["sustained_rps"], "sustained/s"))
+    title = f"make bench-e2e: {opts.duration_s} s of wrk, then the drain; 2 cores shared"
+    bars(out.with_suffix(".png"), title, "pixels (events) per second", rows)
     print(f"wrote {out.relative_to(REPO)}")
     return 0
 

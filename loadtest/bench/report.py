@@ -115,3 +115,26 @@ def chart(summary: dict[str, dict[str, Any]], path: Path, title: str) -> None:
     fig.tight_layout()
     fig.savefig(path, dpi=110)
     plt.close(fig)
+
+
+def bars(path: Path, title: str, xlabel: str, rows: list[tuple[str, float, str]]) -> None:
+    """One horizontal bar per (label, value, note): the chart of the consumer and end-to-end
+    benches (loadtest/bench_consumer.py, loadtest/bench_e2e.py)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(9, 0.5 * len(rows) + 1.4))
+    y = list(range(len(rows)))[::-1]
+    values = [value for _, value, _ in rows]
+    ax.barh(y, values, color="#1f77b4")
+    ax.set_yticks(y, [label for label, _, _ in rows])
+    ax.set_xlabel(xlabel)
+    for yi, (_, value, note) in zip(y, rows, strict=True):
+        ax.text(value, yi, f" {note}", va="center", fontsize=8)
+    ax.set_xlim(0, max([*values, 1.0]) * 1.35)
+    fig.suptitle(title, fontsize=10)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)

@@ -142,7 +142,8 @@ async def wait_segments_gone(spool_dir: Path, pid: int, timeout_s: float) -> lis
 async def topic_records(
     bootstrap: str, topic: str, want: set[str], case: str, quiet_s: float
 ) -> list[tuple[bytes, int]]:
-    """(value, timestamp_ms) of the records of `topic` until every `want` marker is in, or
+    """(event, timestamp_ms) of the events of `topic` (a record holds one, or an NDJSON chunk
+    of several: each line with its record's timestamp) until every `want` marker is in, or
     nothing new came for quiet_s."""
     consumer = AIOKafkaConsumer(
         topic, bootstrap_servers=bootstrap, auto_offset_reset="earliest", group_id=None
@@ -154,7 +155,13 @@ async def topic_records(
     try:
         while time.monotonic() - last_new < quiet_s:
             batches = await consumer.getmany(timeout_ms=300)
-            fresh = [(r.value, r.timestamp) for rs in batches.values() for r in rs if r.value]
+            fresh = [
+                (line, r.timestamp)
+                for rs in batches.values()
+                for r in rs
+                if r.value
+                for line in r.value.split(b"\n")
+            ]
             if fresh:
                 last_new = time.monotonic()
                 lines.extend(fresh)

@@ -419,14 +419,21 @@ class CrashAfterInsert:
         return getattr(self.writer, name)
 
 
+def packed(events: list[dict[str, Any]], per_record: int) -> list[bytes]:
+    """Record values as the collector makes them: NDJSON chunks of `per_record` events."""
+    lines = [orjson.dumps(e) for e in events]
+    return [b"\n".join(lines[i : i + per_record]) for i in range(0, len(lines), per_record)]
+
+
+@pytest.mark.parametrize("per_record", [1, 3], ids=["one-event-records", "ndjson-chunks"])
 async def test_a_batch_stored_but_not_committed_is_replayed_with_its_offsets(
-    settings: ConsumerSettings, store: ChdbWriter, consumers: list[Consumer]
+    settings: ConsumerSettings, store: ChdbWriter, consumers: list[Consumer], per_record: int
 ) -> None:
     # Batches far larger than what arrives: every cut is an age cut, which a re-read would
     # not reproduce (more records are there by then) without the recorded range.
     settings = replace(settings, batch_max_rows=10_000, kafka_max_records=10_000)
     first, second = mail_opens(90), mail_opens(90, start=90)
-    await produce(settings.kafka_bootstrap, settings.kafka_topic, [orjson.dumps(e) for e in first])
+    await produce(settings.kafka_bootstrap, settings.kafka_topic, packed(first, per_record))
     dying = Consumer(settings, CrashAfterInsert(store))
     with pytest.raises(Crash):
         await asyncio.wait_for(dying.task, WAIT_S)
@@ -436,8 +443,9 @@ async def test_a_batch_stored_but_not_committed_is_replayed_with_its_offsets(
         settings.kafka_bootstrap, settings.kafka_group, settings.kafka_topic
     )
     in_flight = [parse_inflight(metadata) for _, metadata in committed.values()]
-    assert (0, 29) in in_flight  # 30 records per partition, all in one batch
-    await produce(settings.kafka_bootstrap, settings.kafka_topic, [orjson.dumps(e) for e in second])
+    last = 90 // per_record // PARTITIONS - 1  # every record of a partition in one batch
+    assert (0, last) in in_flight
+    await produce(settings.kafka_bootstrap, settings.kafka_topic, packed(second, per_record))
 
     consumer = Consumer(settings, store)
     consumers.append(consumer)
