@@ -44,9 +44,10 @@ class Batch:
         return delay_s
 
 
-# Values are joined into pieces of about this size: large values (the collector's NDJSON
-# chunks) travel as they are, small ones (one event a record, spool lines) a piece at a time.
+# Small values (one event a record) are joined into pieces of about PIECE_BYTES; a value of
+# LARGE_BYTES or more (the collector's NDJSON chunks, spool segments) travels as it is.
 PIECE_BYTES = 64 * 1024
+LARGE_BYTES = 16 * 1024
 
 
 def join_lines(values: list[bytes]) -> list[bytes]:
@@ -57,10 +58,17 @@ def join_lines(values: list[bytes]) -> list[bytes]:
     run: list[bytes] = []
     size = 0
     for value in values:
-        run.append(value.rstrip(b"\n"))  # the same object when there is nothing to drop
+        value = value.rstrip(b"\n")  # the same object when there is nothing to drop
+        if len(value) >= LARGE_BYTES:
+            if run:
+                pieces += [b"\n".join(run), b"\n"]
+                run, size = [], 0
+            pieces += [value, b"\n"]
+            continue
+        run.append(value)
         size += len(value)
         if size >= PIECE_BYTES:
-            pieces += [b"\n".join(run) if len(run) > 1 else run[0], b"\n"]
+            pieces += [b"\n".join(run), b"\n"]
             run, size = [], 0
     if run:
         pieces.append(b"\n".join(run))

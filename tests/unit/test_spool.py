@@ -15,6 +15,7 @@ from collector.metrics import CollectorMetrics
 from collector.sinks.spool import SpoolSink
 from collector.spool.segments import NEW_SUFFIX, spool_size
 from collector.spool.wal import WriteAheadLog
+from consumers.sources.protocol import LARGE_BYTES, join_lines
 from consumers.sources.spool import Range, SpoolSource, token_for
 from contract.segments import CLOSED_SUFFIX, OPEN_SUFFIX, closed_segments
 from tests.support.helpers import metric_value
@@ -356,3 +357,12 @@ async def test_stale_new_file_of_a_writer_that_died_at_creation_is_removed(spool
     sink = make_sink(spool_dir, metrics)
     assert not stale.exists() and fresh.exists()
     await sink.close()
+
+
+def test_join_lines_keeps_large_values_whole_and_joins_small_ones() -> None:
+    large = b"x" * LARGE_BYTES
+    values = [b"a", b"b\n", large, b"c", large + b"\n", b"d"]
+    pieces = join_lines(values)
+    assert b"".join(pieces) == b"a\nb\n" + large + b"\nc\n" + large + b"\nd"
+    assert sum(piece is large for piece in pieces) == 1  # not copied (the other had a newline)
+    assert join_lines([]) == [] and b"".join(join_lines([large])) == large
