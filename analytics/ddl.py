@@ -154,6 +154,19 @@ def tables(writer: ConnWriter) -> dict[str, dict[str, object]]:
     return found
 
 
+def recorded(versions: str) -> list[str]:
+    """Statements that record the migrations (JSON lines) this schema already has, so consumers
+    apply none of them again; each is skipped where already recorded."""
+    out = ["-- The migrations this schema already has, so consumers apply none of them again."]
+    for line in versions.splitlines():
+        version, name = json.loads(line)
+        out.append(
+            f"INSERT INTO {DATABASE}.schema_migrations (version, name) SELECT {version}, "
+            f"'{name}' WHERE {version} NOT IN (SELECT version FROM {DATABASE}.schema_migrations);"
+        )
+    return out
+
+
 def migrated(writer: ConnWriter, retention_days: int) -> tuple[dict[str, dict[str, object]], str]:
     """Run the consumer's migrations; the tables and the recorded versions (JSON lines)."""
     asyncio.run(migrate(writer, retention_days))
@@ -186,14 +199,7 @@ def single_node(writer: ConnWriter) -> str:
             "CREATE MATERIALIZED VIEW", "CREATE MATERIALIZED VIEW IF NOT EXISTS", 1
         )
         out += [create + ";", ""]
-    out.append("-- The migrations this schema already has, so consumers apply none of them again.")
-    for line in versions.splitlines():
-        version, name = json.loads(line)
-        out.append(
-            f"INSERT INTO {DATABASE}.schema_migrations (version, name) SELECT {version}, "
-            f"'{name}' WHERE {version} NOT IN (SELECT version FROM {DATABASE}.schema_migrations);"
-        )
-    return "\n".join(out) + "\n"
+    return "\n".join(out + recorded(versions)) + "\n"
 
 
 def replicated_engine(create: str, table: str) -> str:
@@ -248,14 +254,7 @@ def cluster(writer: ConnWriter) -> str:
         ]
     # The rollups' views, on each shard from events_local into <rollup>_local.
     out += [view + ";\n" for view in cluster_views(on_cluster)]
-    out.append("-- The migrations this schema already has, so consumers apply none of them again.")
-    for line in versions.splitlines():
-        version, vname = json.loads(line)
-        out.append(
-            f"INSERT INTO {DATABASE}.schema_migrations (version, name) SELECT {version}, "
-            f"'{vname}' WHERE {version} NOT IN (SELECT version FROM {DATABASE}.schema_migrations);"
-        )
-    return "\n".join(out) + "\n"
+    return "\n".join(out + recorded(versions)) + "\n"
 
 
 def load(writer: ConnWriter, path: Path, plain: bool) -> dict[str, object]:

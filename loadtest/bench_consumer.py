@@ -216,7 +216,7 @@ def storage_limit(opts: argparse.Namespace) -> dict[str, Any]:
     from chdb import session
 
     from analytics.migrations import migrate
-    from analytics.store import INSERT_SETTINGS
+    from analytics.store import insert_settings
     from analytics.store.chdb import ChdbWriter
     from consumers.ingest import EVENT_COLUMNS
 
@@ -230,11 +230,9 @@ def storage_limit(opts: argparse.Namespace) -> dict[str, Any]:
     source.close()
     writer = ChdbWriter(Path(opts.workdir) / "limit")
     asyncio.run(migrate(writer, 0))
-    settings = ", ".join(f"{k} = {v}" for k, v in INSERT_SETTINGS.items())
     started = cpu_seconds()
     for i, body in enumerate(batches):
-        head = (f"INSERT INTO beacon.events ({columns}) SETTINGS {settings}, "
-                f"insert_deduplication_token = 'limit-{i}'")  # fmt: skip
+        head = f"INSERT INTO beacon.events ({columns}) {insert_settings(f'limit-{i}')}"
         writer._insert(head, "Native", body)
     cpu_s = cpu_seconds() - started
     stored = int(writer.query_sync("SELECT count() FROM beacon.events", "TSV").strip())

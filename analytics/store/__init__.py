@@ -17,15 +17,17 @@ TOKEN_RE = re.compile(r"^[A-Za-z0-9:._-]{1,200}$")
 INSERT_SETTINGS = {"async_insert": "0", "optimize_on_insert": "0"}
 
 
-def insert_select(table: str, columns: Sequence[str], select: str, token: str) -> str:
-    """The statement of Writer.insert_from."""
+def insert_settings(token: str) -> str:
+    """The SETTINGS clause of an insert under the dedup `token` (INSERT_SETTINGS with it)."""
     if not TOKEN_RE.match(token):
         raise ValueError(f"bad dedup token {token!r}")
     settings = ", ".join(f"{k} = {v}" for k, v in INSERT_SETTINGS.items())
-    return (
-        f"INSERT INTO {table} ({', '.join(columns)}) {select} "
-        f"SETTINGS {settings}, insert_deduplication_token = '{token}'"
-    )
+    return f"SETTINGS {settings}, insert_deduplication_token = '{token}'"
+
+
+def insert_select(table: str, columns: Sequence[str], select: str, token: str) -> str:
+    """The statement of Writer.insert_from."""
+    return f"INSERT INTO {table} ({', '.join(columns)}) {select} {insert_settings(token)}"
 
 
 class StoreError(Exception):

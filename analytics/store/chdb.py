@@ -7,7 +7,7 @@ import threading
 from collections.abc import Sequence
 from pathlib import Path
 
-from analytics.store import INSERT_SETTINGS, TOKEN_RE, StoreError, insert_select
+from analytics.store import StoreError, insert_select, insert_settings
 
 
 class ChdbWriter:
@@ -46,13 +46,7 @@ class ChdbWriter:
                 raise StoreError(str(exc)) from exc
 
     async def insert(self, table: str, rows: bytes, token: str) -> None:
-        if not TOKEN_RE.match(token):
-            raise ValueError(f"bad dedup token {token!r}")
-        settings = ", ".join(f"{k} = {v}" for k, v in INSERT_SETTINGS.items())
-        head = (
-            f"INSERT INTO {table} SETTINGS {settings}, insert_deduplication_token = '{token}', "
-            "input_format_skip_unknown_fields = 1"
-        )
+        head = f"INSERT INTO {table} {insert_settings(token)}, input_format_skip_unknown_fields = 1"
         await asyncio.to_thread(self._insert, head, "JSONEachRow", rows)
 
     async def insert_from(

@@ -27,7 +27,7 @@ import re
 
 from aiokafka import ConsumerRecord, TopicPartition
 
-from consumers.sources.protocol import Batch, join_lines
+from consumers.sources.protocol import Batch, join_lines, lines_of
 
 TOKEN_TOPIC_MAX_CHARS = 120  # leaves room for partition and offsets in TOKEN_RE's 200
 INFLIGHT_RE = re.compile(r"^beacon-inflight:(\d+)-(\d+)$")
@@ -53,7 +53,7 @@ class PartitionBatch(Batch):
         self.tp = tp
         self.records = records
         token = token_for(tp, records[0].offset, records[-1].offset)
-        super().__init__(join_lines([r.value or b"" for r in records]), token, replay)
+        super().__init__(join_lines([r.value for r in records]), token, replay)
 
     def rejected_lines(self) -> list[tuple[ConsumerRecord, int, bytes, str]]:
         """(record, line number in the record, the line, reason) of every reject."""
@@ -61,7 +61,7 @@ class PartitionBatch(Batch):
         out = []
         number = 0  # of the batch's line
         for record in self.records:
-            lines = (record.value or b"").rstrip(b"\n").split(b"\n")
+            lines = lines_of(record.value).split(b"\n")
             for at, line in enumerate(lines):
                 if number + at in wanted:
                     out.append((record, at, line, wanted[number + at]))
@@ -118,7 +118,7 @@ class PartitionBuffer:
             self.first_read_at = now
         self.records.extend(records)
         for record in records:
-            value = (record.value or b"").rstrip(b"\n")
+            value = lines_of(record.value)
             lines = value.count(b"\n") + 1
             self.sizes.append((lines, len(value)))
             self.rows += lines

@@ -9,6 +9,7 @@ a rebalance means. The spool feed (sources/spool_feed.py) and the Kafka feed
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Sequence
 from typing import Protocol
 
 
@@ -50,15 +51,21 @@ PIECE_BYTES = 64 * 1024
 LARGE_BYTES = 16 * 1024
 
 
-def join_lines(values: list[bytes]) -> list[bytes]:
+def lines_of(value: bytes | None) -> bytes:
+    """A record value's lines as the batch numbers them: a value's own trailing newline would
+    read as an empty line, so it is dropped (the same object when there is none)."""
+    return (value or b"").rstrip(b"\n")
+
+
+def join_lines(values: Sequence[bytes | None]) -> list[bytes]:
     """Record values (one event each, or NDJSON chunks) as the pieces of one body of lines,
-    without copying a large value: their concatenation is the values joined by newlines (a
-    value's own trailing newline would read as an empty line, so it is dropped)."""
+    without copying a large value: their concatenation is their `lines_of` joined by
+    newlines."""
     pieces: list[bytes] = []
     run: list[bytes] = []
     size = 0
     for value in values:
-        value = value.rstrip(b"\n")  # the same object when there is nothing to drop
+        value = lines_of(value)
         if len(value) >= LARGE_BYTES:
             if run:
                 pieces += [b"\n".join(run), b"\n"]

@@ -105,12 +105,9 @@ def chart(summary: dict[str, dict[str, Any]], path: Path, title: str) -> None:
             note += f"  ({row['x_aiohttp']:.2f}x aiohttp)"
         left.text((row["x_nginx"] or 0) + 0.01, yi, note, va="center", fontsize=8)
     left.set_xlim(0, max([*ratios, 1.0]) * 1.45)
-    right.barh(y, p99, color=colors)
+    notes = [f"{value:.2f}" for value in p99]
+    labelled_bars(right, y, p99, notes, "p99 latency, ms (wrk, keep-alive)", 1.25, colors)
     right.set_yticks(y, [""] * len(names))
-    right.set_xlabel("p99 latency, ms (wrk, keep-alive)")
-    for yi, value in zip(y, p99, strict=True):
-        right.text(value, yi, f" {value:.2f}", va="center", fontsize=8)
-    right.set_xlim(0, max([*p99, 1.0]) * 1.25)
     fig.suptitle(title, fontsize=10)
     fig.tight_layout()
     fig.savefig(path, dpi=110)
@@ -128,13 +125,20 @@ def bars(path: Path, title: str, xlabel: str, rows: list[tuple[str, float, str]]
     fig, ax = plt.subplots(figsize=(9, 0.5 * len(rows) + 1.4))
     y = list(range(len(rows)))[::-1]
     values = [value for _, value, _ in rows]
-    ax.barh(y, values, color="#1f77b4")
+    labelled_bars(ax, y, values, [note for _, _, note in rows], xlabel, 1.35, "#1f77b4")
     ax.set_yticks(y, [label for label, _, _ in rows])
-    ax.set_xlabel(xlabel)
-    for yi, (_, value, note) in zip(y, rows, strict=True):
-        ax.text(value, yi, f" {note}", va="center", fontsize=8)
-    ax.set_xlim(0, max([*values, 1.0]) * 1.35)
     fig.suptitle(title, fontsize=10)
     fig.tight_layout()
     fig.savefig(path, dpi=110)
     plt.close(fig)
+
+
+def labelled_bars(  # type: ignore[no-untyped-def]
+    ax, y: list[int], values: list[float], notes: list[str], xlabel: str, room: float, color
+) -> None:
+    """Horizontal bars at `y`, each with its note after it; `room`: x range over the largest."""
+    ax.barh(y, values, color=color)
+    ax.set_xlabel(xlabel)
+    for yi, value, note in zip(y, values, notes, strict=True):
+        ax.text(value, yi, f" {note}", va="center", fontsize=8)
+    ax.set_xlim(0, max([*values, 1.0]) * room)
