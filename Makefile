@@ -2,29 +2,37 @@
 PYTHON ?= python3
 VENV   ?= .venv
 BIN    := $(VENV)/bin
-STAMP  := $(VENV)/.installed
+# What .venv holds: the runtime dependencies alone (make run), or with the dev extra (test, lint).
+RUN_STAMP := $(VENV)/.installed-run
+STAMP     := $(VENV)/.installed-dev
 # Every folder of Python the linters read.
 CODE   := beacon collector consumers analytics contract tests loadtest deploy
 
 # test-unit: the unit tier; test-latest: the newest releases of the dependencies, above the pins
-.PHONY: test-unit test-latest install deps run test faults fuzz lint clean kafka-fetch kafka-up kafka-down up down bench bench-consumer bench-e2e bench-reports loadtest
+.PHONY: test-unit test-latest install install-run deps run test faults fuzz lint clean kafka-fetch kafka-up kafka-down up down bench bench-consumer bench-e2e bench-reports loadtest
 
-$(STAMP): pyproject.toml
+$(RUN_STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install --quiet --upgrade pip
+	$(BIN)/pip install --quiet -e .
+	touch $(RUN_STAMP)
+
+$(STAMP): $(RUN_STAMP)
 	$(BIN)/pip install --quiet -e '.[dev]'
 	touch $(STAMP)
 
+install-run: $(RUN_STAMP)
 install: $(STAMP)
 
-# System packages for the real servers the tests start (Java for Kafka, ...): root + apt.
+# The system tools the tests run (Java and Maven for Kafka, chromium, Prometheus, HAProxy,
+# kustomize): installs what is missing as root; otherwise names it and stops.
 deps:
 	bash deploy/install-deps.sh
 
-run: $(STAMP)
+run: $(RUN_STAMP)
 	$(BIN)/beacon run
 
-test: $(STAMP)
+test: deps $(STAMP)
 	$(BIN)/pytest --ignore=tests/faults
 
 # tests/unit alone: in-process, no Kafka, chDB or subprocess; a few seconds.
@@ -49,7 +57,7 @@ test-latest:
 
 # The fault suite (tests/faults): real Kafka, collectors and consumers killed, stopped and
 # slowed under load; prints sent vs stored per case (docs/reliability.md quotes the figures).
-faults: $(STAMP)
+faults: deps $(STAMP)
 	rm -f data/faults/results.jsonl
 	$(BIN)/pytest tests/faults -s -p no:cacheprovider
 

@@ -1,6 +1,6 @@
 """`beacon report --campaign`: the funnel of one campaign, and last-click attribution.
 
-Definitions (README "Campaign report"):
+Definitions (docs/reports.md "Campaign report"):
 - sent: `--sent N`, else distinct (message, recipient) of `send` events; unknown without both.
 - opens / clicks: events; machine ones are flagged by analytics/machine_opens.py (per row in
   the consumer, the scanner rule here at query time); unique ones count people: a

@@ -18,6 +18,7 @@ import orjson
 
 from analytics.settings import StoreSettings
 from analytics.store import StoreError
+from contract import owner
 
 JSON = {"Content-Type": "application/json"}
 COLUMNS = ("day", "site", "campaign", "event_type", "events", "visitors", "recipients")
@@ -31,13 +32,39 @@ class StoreUnavailable(Exception):
     """Neither the store's query port nor its data directory could be reached."""
 
 
-def run_query(settings: StoreSettings, sql: str, fmt: str = "JSONEachRow") -> str:
-    """Ask ClickHouse when a URL is set; else the process that owns the embedded store, and
-    with none running, open that store here."""
+def run_query(
+    settings: StoreSettings, sql: str, fmt: str = "JSONEachRow", command: str = "beacon report"
+) -> str:
+    """Ask ClickHouse when a URL is set; else the process that owns the data directory's
+    embedded store, through its store port; and with none, open that store here."""
     if settings.clickhouse_url:
         return asyncio.run(query_server(settings, sql, fmt))
+    found = owner.owner(settings.data_dir, owner.CONSUMER)
+    if found is not None:
+        return ask_owner(settings, found, sql, fmt)
+    if not settings.store_dir.exists():
+        raise StoreUnavailable(f"no store at {settings.store_dir}: run `beacon run` first")
+    from analytics.store.chdb import ChdbWriter
+
+    with owner.holding(settings.data_dir, owner.CONSUMER, command):
+        writer = ChdbWriter(settings.store_dir)
+        try:
+            return writer.query_sync(sql, fmt)
+        finally:
+            writer.close_sync()
+
+
+def owner_url(settings: StoreSettings, found: owner.Owner) -> str:
+    """The store port of the process holding the data directory's store, or why there is none."""
+    if not found.store_url:
+        raise StoreUnavailable(f"{settings.data_dir}/ is in use by {found}: try again after it")
+    return found.store_url
+
+
+def ask_owner(settings: StoreSettings, found: owner.Owner, sql: str, fmt: str) -> str:
+    url = owner_url(settings, found)
     body = orjson.dumps({"sql": sql, "format": fmt})
-    request = urllib.request.Request(f"{settings.store_url}/query", data=body, headers=JSON)
+    request = urllib.request.Request(f"{url}/query", data=body, headers=JSON)
     try:
         # The store stops a read at its own limit; this one only covers a port that hangs.
         with urllib.request.urlopen(request, timeout=settings.store_query_timeout_s + 30) as r:
@@ -45,16 +72,14 @@ def run_query(settings: StoreSettings, sql: str, fmt: str = "JSONEachRow") -> st
     except urllib.error.HTTPError as exc:
         raise StoreError(exc.read().decode(errors="replace")) from None
     except (urllib.error.URLError, ConnectionError):
-        pass  # nobody serves the store: it is ours to open
-    if not settings.store_dir.exists():
-        raise StoreUnavailable(f"no store at {settings.store_dir}: run `beacon run` first")
-    from analytics.store.chdb import ChdbWriter
+        raise not_answering(settings, found, url) from None
 
-    writer = ChdbWriter(settings.store_dir)
-    try:
-        return writer.query_sync(sql, fmt)
-    finally:
-        writer.close_sync()
+
+def not_answering(settings: StoreSettings, found: owner.Owner, url: str) -> StoreUnavailable:
+    return StoreUnavailable(
+        f"{settings.data_dir}/ is in use by {found}, whose store port {url} does not answer "
+        "(still starting?): try again in a moment"
+    )
 
 
 async def query_server(settings: StoreSettings, sql: str, fmt: str) -> str:

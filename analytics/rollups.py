@@ -1,6 +1,6 @@
 """Rollup tables: hourly aggregates of beacon.events, filled by materialized views.
 
-Exactness (README "Reports and dashboard"): a materialized view sees every inserted block,
+Exactness (docs/reports.md "Rollups"): a materialized view sees every inserted block,
 also one that beacon.events later deduplicates (an event replayed with a new insert token
 lands twice in the table, where FINAL hides it, and twice in a view's sums). So a rollup row
 is one of two kinds, told apart by its `live` and `settled` flags:

@@ -6,7 +6,7 @@ from __future__ import annotations
 DATABASE = "beacon"
 EVENTS = f"{DATABASE}.events"
 
-# Field names are the wire format's (README "Event format"); the consumer converts
+# Field names are the wire format's (docs/tracking.md "Event format"); the consumer converts
 # `received_at` from ms to seconds because ClickHouse reads DateTime64 text as seconds.
 EVENTS_V1 = f"""
 CREATE TABLE IF NOT EXISTS {EVENTS}

@@ -1,8 +1,8 @@
 """`beacon erase` and `beacon export`: run a data subject request where the data is.
 
 Like `beacon report` (analytics/report.py): a ClickHouse server when a URL is set; else the
-process that owns the embedded store, through its loopback port (chDB lets one process open
-a data directory); and with none running, the store opened here.
+process that owns the data directory's embedded store, through its loopback port (chDB lets
+one process open a data directory); and with none running, the store opened here.
 """
 
 from __future__ import annotations
@@ -18,9 +18,10 @@ import urllib.request
 import orjson
 
 from analytics import erasure
-from analytics.report import StoreUnavailable, run_query
+from analytics.report import StoreUnavailable, not_answering, owner_url, run_query
 from analytics.settings import StoreSettings
 from analytics.store import StoreError, Writer
+from contract import owner
 
 
 def add_arguments(sub: argparse.ArgumentParser, action: str) -> None:
@@ -50,12 +51,14 @@ async def _erase_with(writer: Writer, field: str, value: str) -> int:
         await writer.close()
 
 
-def _erase_at_store_port(settings: StoreSettings, field: str, value: str) -> int | None:
-    """Rows erased by the process owning the store (it writes the audit line); None if no
-    process answers."""
+def _erase_at_store_port(
+    settings: StoreSettings, found: owner.Owner, field: str, value: str
+) -> int:
+    """Rows erased by the process owning the store (it writes the audit line)."""
+    url = owner_url(settings, found)
     body = orjson.dumps({"field": field, "value": value, "by": erasure.actor()})
     request = urllib.request.Request(
-        f"{settings.store_url}/erase",
+        f"{url}/erase",
         data=body,
         headers={"Content-Type": "application/json"},
     )
@@ -70,7 +73,7 @@ def _erase_at_store_port(settings: StoreSettings, field: str, value: str) -> int
             reason = text
         raise StoreError(f"the store refused the erasure ({exc.code}): {reason}") from None
     except (urllib.error.URLError, ConnectionError):
-        return None  # nobody serves the store: it is ours to open
+        raise not_answering(settings, found, url) from None
 
 
 def run_erase(settings: StoreSettings, field: str, value: str) -> tuple[int, str]:
@@ -81,17 +84,21 @@ def run_erase(settings: StoreSettings, field: str, value: str) -> tuple[int, str
         writer: Writer = HttpWriter(
             settings.clickhouse_url, settings.clickhouse_user, settings.clickhouse_password
         )
-        via = "clickhouse"
-    else:
-        rows = _erase_at_store_port(settings, field, value)
-        if rows is not None:
-            return rows, "store_port"
-        if not settings.store_dir.exists():
-            raise StoreUnavailable(f"no store at {settings.store_dir}: nothing to erase")
-        from analytics.store.chdb import ChdbWriter
+        return _erase_here(settings, writer, field, value, "clickhouse")
+    found = owner.owner(settings.data_dir, owner.CONSUMER)
+    if found is not None:
+        return _erase_at_store_port(settings, found, field, value), "store_port"
+    if not settings.store_dir.exists():
+        raise StoreUnavailable(f"no store at {settings.store_dir}: nothing to erase")
+    from analytics.store.chdb import ChdbWriter
 
-        writer = ChdbWriter(settings.store_dir)
-        via = "direct"
+    with owner.holding(settings.data_dir, owner.CONSUMER, "beacon erase"):
+        return _erase_here(settings, ChdbWriter(settings.store_dir), field, value, "direct")
+
+
+def _erase_here(
+    settings: StoreSettings, writer: Writer, field: str, value: str, via: str
+) -> tuple[int, str]:
     try:
         erasure.check_audit(settings.audit_path)  # no erasure without its record
     except OSError:
@@ -125,7 +132,7 @@ def export_command(settings: StoreSettings, args: argparse.Namespace) -> int:
     try:
         sql = erasure.export_sql(field, value)
         erasure.check_audit(settings.audit_path)  # no export without its record
-        text = run_query(settings, sql, "JSONEachRow")
+        text = run_query(settings, sql, "JSONEachRow", "beacon export")
     except erasure.RequestError as exc:
         print(f"beacon export: {exc.reason}", file=sys.stderr)
         return 2

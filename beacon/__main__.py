@@ -8,13 +8,20 @@ its frozen settings from the result.
 from __future__ import annotations
 
 import argparse
+import dataclasses
+import difflib
 import logging
 import os
+import re
+import shlex
+import shutil
 import sys
 from collections.abc import Mapping, Sequence
+from importlib import metadata
 
 from collector.settings import Settings
 from consumers.settings import ConsumerSettings
+from contract import owner
 from contract.config import SettingsError
 
 # Flags shared by the subcommands, and the variable each one overrides.
@@ -33,7 +40,7 @@ SUBCOMMAND_FLAGS = {
     "migrate": ("data_dir",),
     "report": ("data_dir", "store_port"),
     "kafka": ("kafka_bootstrap",),
-    "url": (),
+    "url": ("data_dir",),
     "erase": ("data_dir", "store_port"),
     "export": ("data_dir", "store_port"),
     "simulate": (),
@@ -41,10 +48,31 @@ SUBCOMMAND_FLAGS = {
     "settle": ("data_dir",),
 }
 SET_HELP = "any setting, by its variable name without BEACON_ (e.g. --set ip_mode=drop)"
+# Read by this module itself, not by a settings class.
+OWN_SETTINGS = ("log_level",)
+SETTING_NAMES = frozenset(
+    [f.name for cls in (Settings, ConsumerSettings) for f in dataclasses.fields(cls)]
+    + list(OWN_SETTINGS)
+)
+
+# What to do when the data directory is someone else's, by command (contract/owner.py).
+IN_USE_ADVICE = {
+    "migrate": "it migrated the store as it started; stop it first to migrate by hand",
+    "settle": "its consumer settles the rollups by itself; stop it first to settle by hand",
+}
+IN_USE_DEFAULT = "stop it first (kill -TERM {pid}), or give this one a --data-dir of its own"
+
+
+def version() -> str:
+    try:
+        return metadata.version("beacon")
+    except metadata.PackageNotFoundError:  # run from a tree that was never installed
+        return "unknown"
 
 
 def parser() -> argparse.ArgumentParser:
     top = argparse.ArgumentParser(prog="beacon", description="Beacon tracking-pixel collector")
+    top.add_argument("--version", action="version", version=f"beacon {version()}")
     subs = top.add_subparsers(dest="command", required=True)
     helps = {
         "serve": "run the collector (pixel, events, health, metrics)",
@@ -62,10 +90,16 @@ def parser() -> argparse.ArgumentParser:
     }
     for name, flag_names in SUBCOMMAND_FLAGS.items():
         sub = subs.add_parser(name, help=helps[name], description=helps[name])
+        # A bad flag is reported with the usage of the (sub)command it was given to.
+        sub.set_defaults(usage_parser=sub)
         if name == "url":  # `beacon url KIND [options]`: one parser per kind of link
             from collector.urls import add_url_kinds
 
             for kind in add_url_kinds(sub):
+                kind.set_defaults(usage_parser=kind)
+                flag, var, text = FLAGS["data_dir"]
+                kind.add_argument(flag, dest="data_dir", help=f"{text}: its kept signing key "
+                                  f"(env {var})")  # fmt: skip
                 kind.add_argument("--set", action="append", default=[], metavar="NAME=VALUE",
                                   help=SET_HELP)  # fmt: skip
             continue
@@ -73,6 +107,7 @@ def parser() -> argparse.ArgumentParser:
             actions = sub.add_subparsers(dest="kafka_command", required=True)
             text = "create the event and dead-letter topics (existing ones are left as they are)"
             sub = actions.add_parser("init", help=text, description=text)
+            sub.set_defaults(usage_parser=sub)
         for key in flag_names:
             flag, var, text = FLAGS[key]
             sub.add_argument(flag, dest=key, help=f"{text} (env {var})")
@@ -118,22 +153,68 @@ def worker_count(text: str) -> int:
     return count
 
 
-def overrides(args: argparse.Namespace) -> dict[str, str]:
-    """BEACON_* values from the command line."""
-    out: dict[str, str] = {}
-    for key, (_, var, _) in FLAGS.items():
+def overrides(args: argparse.Namespace) -> dict[str, tuple[str, str]]:
+    """BEACON_* values from the command line: {variable: (value, the flag as typed)}."""
+    out: dict[str, tuple[str, str]] = {}
+    for key, (flag, var, _) in FLAGS.items():
         value = getattr(args, key, None)
         if value is not None:
-            out[var] = str(value)
+            out[var] = (str(value), flag)
     for item in args.set:
         name, sep, value = item.partition("=")
+        name = name.strip().lower()
         if not sep:
             raise SettingsError(f"--set {item!r}: expected NAME=VALUE")
-        out["BEACON_" + name.strip().upper()] = value
+        if name not in SETTING_NAMES:
+            near = difflib.get_close_matches(name, SETTING_NAMES, n=1)
+            hint = f" (did you mean {near[0]}?)" if near else ""
+            raise SettingsError(
+                f"--set {name}: no such setting{hint}; the settings are: "
+                + ", ".join(sorted(SETTING_NAMES))
+            )
+        out["BEACON_" + name.upper()] = (value, f"--set {name}")
     return out
 
 
-def banner(settings: Settings, consumer: ConsumerSettings) -> str:
+def as_typed(message: str, typed: Mapping[str, tuple[str, str]]) -> str:
+    """An error about a variable that came from a flag names the flag the user typed."""
+    return re.sub(
+        r"\bBEACON_[A-Z0-9_]+\b",
+        lambda m: typed[m.group()][1] if m.group() in typed else m.group(),
+        message,
+    )
+
+
+def command_path(argv0: str) -> str:
+    """How to call this command again from here: `beacon` when it is on the PATH, else its
+    path (relative to the working directory when under it), or `python -m beacon`."""
+
+    def shown(path: str) -> str:
+        relative = os.path.relpath(path)
+        return relative if not relative.startswith("..") else os.path.abspath(path)
+
+    if os.path.basename(argv0) == "__main__.py":
+        return f"{shlex.quote(shown(sys.executable))} -m beacon"
+    found = shutil.which("beacon")
+    if found and os.path.realpath(found) == os.path.realpath(argv0):
+        return "beacon"
+    return shlex.quote(shown(argv0))
+
+
+def signing_line(settings: Settings) -> str:
+    """Which key signs and checks links, and where it comes from."""
+    from collector.kept import SIGNING_KEY_FILE
+    from collector.signing import load_keyring
+
+    kid = load_keyring(settings.signing_keys, settings.signing_key_file).signing_kid
+    path = settings.signing_key_file
+    if path is not None and path == settings.data_dir / SIGNING_KEY_FILE:
+        return f"key {kid}, kept in {path} (`url --data-dir {settings.data_dir}` signs with it)"
+    source = f"BEACON_SIGNING_KEY_FILE {path}" if path else "BEACON_SIGNING_KEYS"
+    return f"key {kid}, from {source}"
+
+
+def banner(settings: Settings, consumer: ConsumerSettings, beacon: str = "beacon") -> str:
     base = f"http://{settings.host}:{settings.port}"
     store = f"http://{consumer.store_host}:{consumer.store_port}"
     dashboard = (
@@ -144,7 +225,9 @@ def banner(settings: Settings, consumer: ConsumerSettings) -> str:
     return f"""Beacon is running: collector, consumer, embedded ClickHouse in {settings.data_dir}/
   pixel    {base}/p.gif?e=open&s=demo&c=welcome&r=alice
   events   curl -H 'Content-Type: application/json' -d '{{"e":"click","s":"demo"}}' {base}/e
-  report   beacon report --data-dir {settings.data_dir}
+  report   {beacon} report --data-dir {settings.data_dir}
+  links    {beacon} url click --data-dir {settings.data_dir} --dest https://example.com/
+  signing  {signing_line(settings)}
   query    curl -H 'Content-Type: application/json' {store}/query \\
              -d '{{"sql": "SELECT event_type, count() FROM beacon.events GROUP BY 1"}}'
   metrics  {base}/metrics  {store}/metrics
@@ -153,21 +236,54 @@ Stop with Ctrl-C."""
 
 
 def main(argv: Sequence[str] | None = None, environ: Mapping[str, str] | None = None) -> int:
-    args = parser().parse_args(argv)
+    args, unknown = parser().parse_known_args(argv)
+    if unknown:  # the usage of the command they were given to, not the top-level one
+        args.usage_parser.error(f"unrecognized arguments: {' '.join(unknown)}")
     env = dict(os.environ if environ is None else environ)
     logging.basicConfig(
         level=env.get("BEACON_LOG_LEVEL", "INFO").upper(),
         format="%(asctime)s %(levelname)s %(name)s %(message)s",
     )
+    typed: dict[str, tuple[str, str]] = {}
     try:
-        env.update(overrides(args))
+        typed = overrides(args)
+        env.update({var: value for var, (value, _) in typed.items()})
         settings = Settings.from_env(env)
         consumer = ConsumerSettings.from_env(env)
+        claims = claim_data_dir(args.command, settings, consumer, env)
+        env[owner.CLAIMS_ENV] = owner.claimed_env(claims)  # children work under them
         # Also what a command finds wrong as it starts (the kept visitor-id secret).
         return COMMANDS[args.command](args, env, settings, consumer)
     except SettingsError as exc:
-        print(f"beacon: {exc}", file=sys.stderr)
+        print(f"beacon: {as_typed(str(exc), typed)}", file=sys.stderr)
         return 2
+    except owner.InUse as exc:
+        advice = IN_USE_ADVICE.get(args.command, IN_USE_DEFAULT).format(pid=exc.owner.pid)
+        print(f"beacon {args.command}: {exc}; {advice}", file=sys.stderr)
+        return 1
+
+
+def claim_data_dir(
+    command: str, settings: Settings, consumer: ConsumerSettings, env: Mapping[str, str]
+) -> dict[str, owner.Claim]:
+    """The roles of the data directory this command takes (contract/owner.py): the collector
+    when it writes the spool, the consumer when it reads the spool or opens the embedded store.
+    Children of `beacon run` and of `serve --workers` find theirs passed down."""
+    roles = []
+    if command in ("serve", "run") and settings.sink != "memory":
+        roles.append((settings.data_dir, owner.COLLECTOR))
+    if command in ("consume", "run", "migrate", "settle") and not (
+        consumer.kafka_bootstrap and consumer.clickhouse_url and command in ("consume", "run")
+    ):
+        roles.append((consumer.data_dir, owner.CONSUMER))
+    if command in ("migrate", "settle") and consumer.clickhouse_url:
+        roles = []  # they work on the ClickHouse server, not on this directory
+    passed = owner.inherited(env.get(owner.CLAIMS_ENV, ""))
+    store_url = consumer.store_url if command in ("consume", "run") else ""
+    return {
+        role: owner.claim(data_dir, role, f"beacon {command}", passed, store_url)
+        for data_dir, role in roles
+    }
 
 
 def cmd_serve(args, env, settings: Settings, consumer: ConsumerSettings) -> int:  # type: ignore[no-untyped-def]
@@ -186,10 +302,13 @@ def cmd_consume(args, env, settings: Settings, consumer: ConsumerSettings) -> in
 
 
 def cmd_run(args, env, settings: Settings, consumer: ConsumerSettings) -> int:  # type: ignore[no-untyped-def]
+    from collector.kept import resolve_kept
     from collector.supervisor import supervise
 
     serve_args = ["--workers", str(args.workers)] if args.workers else []
-    return supervise(env, banner(settings, consumer), serve_args)
+    # Made before the children start, so the banner can name the key they will use.
+    text = banner(resolve_kept(settings), consumer, command_path(sys.argv[0]))
+    return supervise(env, text, serve_args)
 
 
 def cmd_migrate(args, env, settings: Settings, consumer: ConsumerSettings) -> int:  # type: ignore[no-untyped-def]

@@ -44,10 +44,13 @@ def kafka_init_command(settings: Settings) -> int:
 
 
 def url_command(settings: Settings, args: argparse.Namespace) -> int:
-    """A pixel or click URL (signed when keys are set), as a URL or an HTML tag."""
+    """A pixel or click URL, signed with the configured keys or the data directory's kept
+    key (the one a collector on that directory checks), as a URL or an HTML tag."""
+    from collector.kept import resolve_signing_keys
     from collector.signing import load_keyring
     from collector.urls import build, render
 
+    settings = resolve_signing_keys(settings)
     keyring = load_keyring(settings.signing_keys, settings.signing_key_file)
     try:
         result = build(args, settings.base_url, keyring)

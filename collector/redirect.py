@@ -7,6 +7,7 @@ so a leaked key still cannot send a reader to `javascript:` or through a parser 
 
 from __future__ import annotations
 
+import logging
 import time
 
 from aiohttp import web
@@ -16,10 +17,25 @@ from collector import event as ev
 from collector.destinations import CLICK_PATH as PATH
 from collector.destinations import check_destination
 from collector.handlers import Collector
+from collector.loglimit import LimitedLog
 from collector.request_view import is_prefetch
 from collector.signing import VALID, Keyring, verify
 
 CLICK_ID_PARAM = "bcid"
+
+log = logging.getLogger("beacon.collector")
+
+# Why a link was refused, for whoever reads the log: the counter says how often, this says what
+# to do. The ids and the destination stay out of the log (they may name a person).
+REFUSAL_HINTS = {
+    "signing_disabled": "this collector has no signing key",
+    "unsigned": "the link carries no signature",
+    "unknown_key": "signed with a key id this collector does not have (BEACON_SIGNING_KEYS, "
+    "BEACON_SIGNING_KEY_FILE, or the data directory's kept signing-keys file)",
+    "bad_signature": "the link was changed after signing, or signed with another secret",
+    "malformed": "the signature is cut off or mangled (a wrapped or truncated link)",
+    "duplicate_param": "a signed parameter appears twice",
+}
 
 # Every response here: nothing cached (each click is an event), and the tracking URL with its
 # ids and signature is not sent on to the destination as a Referer.
@@ -52,6 +68,7 @@ class ClickRedirect:
         self.keyring = keyring
         self.metrics = collector.metrics
         self.fallback_url = collector.settings.click_fallback_url
+        self.refusals = LimitedLog(log)
 
     async def click(self, request: web.Request) -> web.Response:
         started = time.perf_counter()
@@ -64,6 +81,11 @@ class ClickRedirect:
         reason = self._refusal(request)
         if reason:
             self.metrics.click_refused.labels(reason).inc()
+            hint = REFUSAL_HINTS.get(reason, "the destination is not a plain http(s) URL")
+            self.refusals.warning(
+                reason, "click link refused (%s): %s; key ids here: %s",
+                reason, hint, ", ".join(self.keyring.kids) or "none",
+            )  # fmt: skip
             if self.fallback_url:
                 self.metrics.click_redirects.labels("fallback").inc()
                 return "refused", self._redirect(self.fallback_url)

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import dataclasses
 import logging
 import os
 import signal
@@ -17,43 +16,18 @@ from collector import aiohttp_compat as compat
 from collector.app import COLLECTOR, create_app
 from collector.conncap import ConnectionCap, default_max_connections
 from collector.fastpath import fast_paths
+from collector.kept import resolve_kept
 from collector.limits import GuardedSite, handler_options
 from collector.metrics import CollectorMetrics
 from collector.settings import Settings
+from collector.signing import load_keyring
 from collector.sinks import Sink
 from collector.sinks.kafka import KafkaSink
 from collector.sinks.memory import MemorySink
 from collector.sinks.spool import SpoolSink
 from collector.spool.writer import spool_limits
-from contract.config import MIN_SECRET_CHARS, SettingsError
 
 log = logging.getLogger("beacon.collector")
-
-
-def resolve_secret(settings: Settings) -> Settings:
-    """Settings with a visitor-id secret: the configured one, or one kept in data_dir/secret.
-
-    Kept on disk so visitor ids survive restarts and agree across worker processes.
-    """
-    if settings.secret:
-        return settings
-    path = settings.data_dir / "secret"
-    settings.data_dir.mkdir(parents=True, exist_ok=True)
-    try:
-        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-    except FileExistsError:
-        secret = path.read_text().strip()
-        # Empty when a start died between making the file and writing it: never hash with it.
-        if len(secret) < MIN_SECRET_CHARS:
-            raise SettingsError(
-                f"{path}: visitor-id secret shorter than {MIN_SECRET_CHARS} chars; "
-                "remove the file to make a new one (visitor ids then change)"
-            ) from None
-    else:
-        secret = os.urandom(32).hex()
-        with os.fdopen(fd, "w") as f:
-            f.write(secret + "\n")
-    return dataclasses.replace(settings, secret=secret)
 
 
 def uses_kafka(settings: Settings) -> bool:
@@ -86,7 +60,7 @@ async def serve(settings: Settings, multiprocess_dir: Path | None = None) -> Non
             aiohttp.__version__,
             ", ".join(compat.KNOWN),
         )
-    settings = resolve_secret(settings)
+    settings = resolve_kept(settings)
     # A file past RLIMIT_FSIZE fails its write with EFBIG, counted as a spool or WAL error like a
     # full disk, instead of SIGXFSZ killing the worker with every event it holds (PostgreSQL
     # ignores it too).
@@ -118,6 +92,9 @@ async def serve(settings: Settings, multiprocess_dir: Path | None = None) -> Non
         os.getpid(),
         cap.max_connections,
     )
+    keyring = load_keyring(settings.signing_keys, settings.signing_key_file)
+    log.info("signing key %s; links signed with key ids %s are accepted", keyring.signing_kid,
+             ", ".join(keyring.kids))  # fmt: skip
 
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()

@@ -20,6 +20,8 @@ import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 
+from contract.owner import CLAIMS_ENV, inherited
+
 log = logging.getLogger("beacon.supervisor")
 
 RESTART_DELAY_S = 0.5  # first restart; doubled for each exit in a row within MIN_UPTIME_S
@@ -54,9 +56,14 @@ class Child:
 
     def start(self) -> None:
         # A session of its own: a Ctrl-C or a signal to our process group reaches only the
-        # supervisor, which then stops the children in the order that loses nothing.
+        # supervisor, which then stops the children in the order that loses nothing. The data
+        # directory's claims go along (contract/owner.py): the child works under them.
         self.proc = subprocess.Popen(
-            self.argv, env=self.env, start_new_session=True, preexec_fn=_die_with_parent
+            self.argv,
+            env=self.env,
+            start_new_session=True,
+            preexec_fn=_die_with_parent,
+            pass_fds=tuple(inherited(self.env.get(CLAIMS_ENV, "")).values()),
         )
         self.started_at = time.monotonic()
         self.restart_at = None

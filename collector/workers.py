@@ -23,7 +23,7 @@ from pathlib import Path
 
 from prometheus_client import multiprocess
 
-from collector.server import resolve_secret
+from collector.kept import resolve_kept
 from collector.settings import Settings
 from collector.supervisor import Child, Supervisor
 
@@ -88,8 +88,8 @@ def metrics_dir(env: Mapping[str, str]) -> tuple[Path, bool]:
 
 def run_workers(settings: Settings, env: Mapping[str, str], workers: int) -> int:
     """Serve with `workers` processes until SIGTERM/SIGINT; 0 when all stopped cleanly."""
-    # Made once here: workers starting together would race to create the secret file.
-    resolve_secret(settings)
+    # Made once here: workers starting together would race to create the kept files.
+    resolve_kept(settings)
     try:
         holder = reserve_port(settings.host, settings.port)
     except PortInUse as exc:

@@ -34,8 +34,8 @@ from analytics.store import TOKEN_RE, StoreError, Writer
 from consumers.enrich import Enricher
 from contract.event import SCHEMA_VERSION
 
-# The wire fields (README "Event format") as JSONExtract reads them. It converts what it can
-# (a number into a String field as its text, a numeric string into a number, as ClickHouse's
+# The wire fields (docs/tracking.md "Event format") as JSONExtract reads them. It converts what
+# it can (a number into a String field as its text, a numeric string into a number, as ClickHouse's
 # JSONEachRow does) and reads a missing field as NULL or the default. Nullable marks what is
 # checked: a number that does not fit its column (a negative visitor id, a flag of 300) is
 # NULL, and the line is refused as bad_field_type rather than stored with a 0.

@@ -1,5 +1,5 @@
-"""The event on the wire: its schema version (docs/events.md, README "Event format"), and
-what refusing one looks like on either side."""
+"""The event on the wire: its schema version (docs/tracking.md "Event format"), and what
+refusing one looks like on either side."""
 
 # 2: `verified` on every event; click_id, order_id, value, currency when the event has them;
 # `consent` on every event (collector/consent.py).

@@ -2,7 +2,8 @@
 
 Each person or visitor is one script of requests sent in order (a click before the
 conversion that names it); scripts run side by side. The truth is counted from the plan as it
-is made, with the README's definitions, not from anything the collector answers.
+is made, with the definitions of docs/reports.md ("Campaign report"), not from anything the
+collector answers.
 """
 
 from __future__ import annotations

@@ -1,7 +1,7 @@
 """The ground truth of a simulation, counted as the plan is made, in the shape reports print.
 
-The definitions are the README's ("Campaign report"), written out again here on purpose: a
-report that gets one wrong disagrees with this.
+The definitions are docs/reports.md's ("Campaign report"), written out again here on purpose:
+a report that gets one wrong disagrees with this.
 """
 
 from __future__ import annotations

@@ -4,8 +4,8 @@ Shared by the live path (KafkaSink's pump) and the spool replay. Events are hand
 whole record batches (`create_batch` / `send_batch`, ~2 us per record against ~12 us for
 `send`), one partition after another like Kafka's sticky partitioner: a batch is filled for one
 partition, then the next batch goes to the next partition. A record holds an NDJSON chunk of
-events up to `kafka_record_max_bytes` (README "Event format"), as Snowplow's collector packs
-them: a consumer pays its per-record cost once per chunk, and so does this producer.
+events up to `kafka_record_max_bytes` (docs/tracking.md "Event format"), as Snowplow's
+collector packs them: a consumer pays its per-record cost once per chunk, and so does this producer.
 """
 
 from __future__ import annotations

@@ -46,8 +46,8 @@ def parse_inflight(metadata: str | None) -> tuple[int, int] | None:
 
 class PartitionBatch(Batch):
     """Records [first, last] of one partition, under the token that names them. A record holds
-    one event or an NDJSON chunk of several (README "Event format"): the batch's lines are
-    theirs in order."""
+    one event or an NDJSON chunk of several (docs/tracking.md "Event format"): the batch's lines
+    are theirs in order."""
 
     def __init__(self, tp: TopicPartition, records: list[ConsumerRecord], replay: bool = False):
         self.tp = tp

@@ -195,14 +195,12 @@ def test_beacon_url_click_normalises_and_refuses_bad_destinations(capsys):
         assert code == 2 and "beacon url click" in err
 
 
-def test_beacon_url_needs_a_key_unless_unsigned(capsys):
-    code, _, err = run_cli(
-        capsys, "url", "impression", "--ad", "a1", env={"BEACON_SIGNING_KEYS": ""}
-    )
-    assert code == 2 and "BEACON_SIGNING_KEYS" in err
-    code, out, _ = run_cli(
-        capsys, "url", "impression", "--ad", "a1", "--unsigned", env={"BEACON_SIGNING_KEYS": ""}
-    )
+def test_beacon_url_without_keys_signs_with_the_data_directorys_kept_key(capsys, tmp_path):
+    no_keys = {"BEACON_SIGNING_KEYS": "", "BEACON_DATA_DIR": str(tmp_path)}
+    code, out, _ = run_cli(capsys, "url", "impression", "--ad", "a1", env=no_keys)
+    kept = (tmp_path / "signing-keys").read_text().split(":")[0]  # what a collector there checks
+    assert code == 0 and f"&sig={kept}." in out
+    code, out, _ = run_cli(capsys, "url", "impression", "--ad", "a1", "--unsigned", env=no_keys)
     assert code == 0 and "sig=" not in out and "e=impression&ad=a1" in out
     code, out, _ = run_cli(
         capsys, "url", "conversion", "--value", "49.90", "--currency", "EUR", "--order", "o-1"

@@ -1,5 +1,5 @@
 """The deploy/ files, checked by the tools that exist here: promtool, check-jsonschema with the
-compose-spec schema, kustomize (kubectl) and kubernetes-validate, hadolint, HAProxy, and chDB
+compose-spec schema, kustomize and kubernetes-validate, hadolint, HAProxy, and chDB
 for the ClickHouse DDL and the dashboards' SQL. Nothing here needs a Docker engine."""
 
 from __future__ import annotations
@@ -35,11 +35,13 @@ DEPLOY = ROOT / "deploy"
 PROM = DEPLOY / "prometheus"
 K8S = DEPLOY / "k8s"
 BIN = Path(sys.executable).parent  # the venv's console scripts (check-jsonschema, hadolint, ...)
+SBIN = "/usr/local/sbin:/usr/sbin:/sbin"  # haproxy's home, which a user's PATH may lack
 
 
 def tool(name: str) -> str:
     """A command from the venv (dev extra) or the system (`make deps`); absent is a failure."""
-    path = BIN / name if (BIN / name).exists() else shutil.which(name)
+    venv = BIN / name
+    path = venv if venv.exists() else shutil.which(name) or shutil.which(name, path=SBIN)
     assert path, f"{name} is not installed: `make install` (dev extra) or `make deps`"
     return str(path)
 
@@ -468,7 +470,7 @@ def wait_until(condition: Any, timeout_s: float = 30) -> None:
 
 
 def kustomize(path: Path) -> list[dict[str, Any]]:
-    out = run(tool("kubectl"), "kustomize", path).stdout
+    out = run(tool("kustomize"), "build", path).stdout  # the version `make deps` pins
     return [doc for doc in yaml.safe_load_all(out) if doc]
 
 

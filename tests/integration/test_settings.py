@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 
 from beacon.__main__ import overrides, parser
-from collector.server import resolve_secret
+from collector.kept import resolve_secret
 from collector.settings import Settings
 from consumers.settings import ConsumerSettings
 from contract.config import SettingsError
@@ -53,7 +53,7 @@ def test_a_short_visitor_secret_is_refused_and_an_unset_one_is_made(tmp_path: Pa
 
 def test_flags_override_env() -> None:
     args = parser().parse_args(["serve", "--port", "9100", "--set", "ip_mode=full"])
-    env = {"BEACON_PORT": "9000", **overrides(args)}
+    env = {"BEACON_PORT": "9000", **{var: value for var, (value, _) in overrides(args).items()}}
     s = Settings.from_env(env)
     assert (s.port, s.ip_mode) == (9100, "full")
 

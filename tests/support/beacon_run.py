@@ -30,6 +30,7 @@ class Beacon:
         self.base = f"http://127.0.0.1:{self.port}"
         self.log_path = data_dir.parent / f"beacon-run-{self.port}.log"
         self.proc: subprocess.Popen[bytes] | None = None
+        self.command = [sys.executable, "-m", "beacon", "run"]
 
     def env(self) -> dict[str, str]:
         return {
@@ -45,9 +46,8 @@ class Beacon:
         }
 
     def start(self) -> None:
-        cmd = [sys.executable, "-m", "beacon", "run"]
         with open(self.log_path, "ab") as log:  # the child keeps its own copy of the descriptor
-            self.proc = subprocess.Popen(cmd, env=self.env(), stdout=log, stderr=log)
+            self.proc = subprocess.Popen(self.command, env=self.env(), stdout=log, stderr=log)
         deadline = time.monotonic() + 60
         while time.monotonic() < deadline:
             assert self.proc.poll() is None, self.log_path.read_text()

@@ -88,7 +88,7 @@ async def read_topic(bootstrap: str, topic: str, timeout_s: float = 60) -> list[
 
 
 def events_in(records: list[ConsumerRecord]) -> list[bytes]:
-    """The events of records (one each, or an NDJSON chunk each: README "Event format")."""
+    """Events of records (one each, or an NDJSON chunk each: docs/tracking.md "Event format")."""
     return [line for r in records for line in (r.value or b"").split(b"\n")]
 
 

@@ -174,7 +174,8 @@ def query_fields(query: list[tuple[str, str]]) -> tuple[dict[str, str], dict[str
 
 
 def expected_conversion(fields: dict[str, str], refused: set[str]) -> dict[str, Any]:
-    """Value, currency, order and click id as README describes them; refusals into `refused`."""
+    """Value, currency, order and click id as docs/tracking.md describes them; refusals into
+    `refused`."""
     row: dict[str, Any] = {}
     if fields.get("v"):
         try:
@@ -199,7 +200,7 @@ def expected_conversion(fields: dict[str, str], refused: set[str]) -> dict[str, 
 
 
 def expected_row(query: list[tuple[str, str]]) -> dict[str, Any] | set[str]:
-    """What the event must hold, as docs and README describe it, or the reasons to refuse it."""
+    """What the event must hold, as docs/tracking.md describes it, or the reasons to refuse it."""
     fields, props = query_fields(query)
     refused: set[str] = set()
     row: dict[str, Any] = {"event_type": fields.get("e") or "pageview"}

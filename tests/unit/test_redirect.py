@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+import logging
+
 import pytest
 
 from collector.destinations import check_destination
+from collector.loglimit import LimitedLog
 from collector.redirect import with_click_id
-from collector.signing import Keyring, sign
+from collector.signing import Keyring, parse_keys, sign
 from collector.sinks.memory import MemorySink
 from collector.urls import click_url
 from tests.support.helpers import metric_value
@@ -151,6 +154,36 @@ async def test_unsigned_and_signing_disabled(make_client, metrics):
     resp = await no_keys.get("/c", params=signed_params(GOOD), allow_redirects=False)
     assert resp.status == 400
     assert metric_value(metrics, "beacon_click_refused_total", reason="signing_disabled") == 1
+
+
+async def test_a_refused_click_is_logged_with_its_reason_once_a_minute(make_client, caplog):
+    client = await make_client(signing_keys=KEYS)
+    with caplog.at_level(logging.WARNING, logger="beacon.collector"):
+        for _ in range(3):
+            resp = await client.get("/c", params={"d": GOOD}, allow_redirects=False)
+            assert resp.status == 400
+    lines = [r.getMessage() for r in caplog.records if "click link refused" in r.getMessage()]
+    # The first refusal of a cause is a line at once; the next two wait for the minute.
+    assert lines == [
+        "click link refused (unsigned): the link carries no signature; key ids here: "
+        + ", ".join(kid for kid, _ in parse_keys(KEYS, "keys"))
+    ]
+
+
+def test_limited_log_says_how_many_lines_it_held_back(caplog):
+    now = [0.0]
+    limited = LimitedLog(logging.getLogger("beacon.test"), interval_s=60, clock=lambda: now[0])
+    with caplog.at_level(logging.WARNING, logger="beacon.test"):
+        for at in (0, 1, 2, 30, 61, 62, 200):
+            now[0] = at
+            limited.warning("a", "cause a")
+        limited.warning("b", "cause b")
+    assert [r.getMessage() for r in caplog.records] == [
+        "cause a",
+        "cause a (and 3 more like it since the last line)",
+        "cause a (and 1 more like it since the last line)",
+        "cause b",
+    ]
 
 
 async def test_a_refused_link_goes_to_the_configured_fallback(make_client, metrics):

@@ -7,8 +7,8 @@ the MAC (HMAC-SHA256, first 16 bytes, unpadded base64url) or of the `kid.tag` fo
 here. The literals were computed once with Python's hmac, hashlib and base64 over canonical
 forms written out by hand (`beacon-url-v1`, the path, then the signed pairs sorted by key,
 each key and value percent-encoded as UTF-8 with only A-Z a-z 0-9 `-._~` left as is, joined
-with `&`, the three parts with newlines), never with Beacon's own signing code. The README's
-examples are vectors too.
+with `&`, the three parts with newlines), never with Beacon's own signing code. The examples
+in docs/tracking.md ("Email and ad tracking") are vectors too.
 """
 
 from __future__ import annotations
@@ -22,14 +22,15 @@ from collector.sinks.memory import MemorySink
 from collector.urls import click_url, pixel_url
 
 BASE = "https://t.example.com"
-README_KEY = ("k2026", b"change-me-to-a-long-random-secret")  # README, "Email and ad tracking"
+# docs/tracking.md, "Email and ad tracking"
+README_KEY = ("k2026", b"change-me-to-a-long-random-secret")
 OLD_KEY = ("k2025", b"vector-key-2025-0123456789abcdef")
 NEW_KEY = ("k2026", b"vector-key-2026-0123456789abcdef")
 KEYS_SETTING = "k2025:vector-key-2025-0123456789abcdef,k2026:vector-key-2026-0123456789abcdef"
 OPEN_IDS = {"site": "shop", "campaign": "spring-sale", "message": "m-1042", "recipient": "u-77"}
 OPEN_CANONICAL = b"beacon-url-v1\n/p.gif\nc=spring-sale&e=open&m=m-1042&r=u-77&s=shop"
 
-# The README's open pixel, link and ad impression, as printed there (HTML entities undone).
+# docs/tracking.md's open pixel, link and ad impression, as printed there (HTML entities undone).
 README_OPEN = (
     "https://t.example.com/p.gif?e=open&s=shop&c=spring-sale&m=m-1042&r=u-77"
     "&sig=k2026.jBQoULtXX98Irb-REam8xQ"
@@ -102,7 +103,7 @@ def test_the_readme_urls_are_made_and_verified():
     assert impression == README_IMPRESSION
     for url in (README_OPEN, README_CLICK, README_IMPRESSION):
         assert verify(keyring, *path_and_pairs(url)) == "valid", url
-    # An ad server's cache buster is not signed (README: `&cb=[timestamp]`).
+    # An ad server's cache buster is not signed (docs/tracking.md: `&cb=[timestamp]`).
     assert verify(keyring, *path_and_pairs(README_IMPRESSION + "&cb=1732838400123")) == "valid"
 
 

@@ -1,0 +1,97 @@
+"""contract/owner.py: one owner per role of a data directory, gone with its process however it
+ends, shared with the children it passes its claim to."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from contract import owner
+
+HOLDER = """
+import sys, time
+from pathlib import Path
+from contract import owner
+owner.claim(Path(sys.argv[1]), owner.CONSUMER, "holder", store_url="http://127.0.0.1:1")
+print("held", flush=True)
+time.sleep(120)
+"""
+
+
+def hold_in_child(data_dir: Path) -> subprocess.Popen[str]:
+    child = subprocess.Popen(
+        [sys.executable, "-c", HOLDER, str(data_dir)], stdout=subprocess.PIPE, text=True
+    )
+    assert child.stdout is not None and child.stdout.readline().strip() == "held"
+    return child
+
+
+def end(child: subprocess.Popen[str]) -> None:
+    child.kill()
+    child.wait()
+    assert child.stdout is not None
+    child.stdout.close()
+
+
+def wait_for(condition: object, what: str) -> None:
+    deadline = time.monotonic() + 30
+    while not condition():  # type: ignore[operator]
+        assert time.monotonic() < deadline, what
+        time.sleep(0.05)
+
+
+def test_a_role_has_one_owner_and_says_who(tmp_path: Path) -> None:
+    assert owner.owner(tmp_path, owner.CONSUMER) is None
+    child = hold_in_child(tmp_path)
+    try:
+        found = owner.owner(tmp_path, owner.CONSUMER)
+        assert found is not None
+        assert (found.pid, found.command, found.store_url) == (
+            child.pid, "holder", "http://127.0.0.1:1"
+        )  # fmt: skip
+        with pytest.raises(owner.InUse) as refused:
+            owner.claim(tmp_path, owner.CONSUMER, "second")
+        assert str(refused.value).startswith(f"{tmp_path}/ is in use by holder (pid {child.pid}")
+        # Another role of the same directory is free.
+        collector = owner.claim(tmp_path, owner.COLLECTOR, "collector")
+        owner.release(collector)
+    finally:
+        end(child)
+
+
+def test_a_killed_owner_leaves_no_lock_behind(tmp_path: Path) -> None:
+    child = hold_in_child(tmp_path)
+    end(child)  # SIGKILL: nothing of it runs to let go
+    assert owner.lock_path(tmp_path, owner.CONSUMER).exists()  # the file stays, the lock not
+    wait_for(lambda: owner.owner(tmp_path, owner.CONSUMER) is None, "the lock to go")
+    with owner.holding(tmp_path, owner.CONSUMER, "after") as held:
+        assert owner.owner(tmp_path, owner.CONSUMER) is not None
+        assert held.role == owner.CONSUMER
+
+
+def test_a_child_works_under_the_claim_passed_to_it(tmp_path: Path) -> None:
+    held = owner.claim(tmp_path, owner.CONSUMER, "parent")
+    env = {**os.environ, owner.CLAIMS_ENV: owner.claimed_env({owner.CONSUMER: held})}
+    script = (
+        "import os, sys; from pathlib import Path; from contract import owner; "
+        "owner.claim(Path(sys.argv[1]), owner.CONSUMER, 'child', "
+        "owner.inherited(os.environ[owner.CLAIMS_ENV])); print('ok')"
+    )
+    passed = subprocess.run(
+        [sys.executable, "-c", script, str(tmp_path)],
+        env=env, pass_fds=(held.fd,), capture_output=True, text=True, timeout=60,
+    )  # fmt: skip
+    assert passed.stdout.strip() == "ok", passed.stderr
+    # Without the descriptor the same variable proves nothing: the child is refused.
+    alone = subprocess.run(
+        [sys.executable, "-c", script, str(tmp_path)],
+        env=env, capture_output=True, text=True, timeout=60,
+    )  # fmt: skip
+    assert "InUse" in alone.stderr
+    owner.release(held)
+    assert owner.owner(tmp_path, owner.CONSUMER) is None
