@@ -63,6 +63,9 @@ IN_USE_ADVICE = {
 IN_USE_DEFAULT = "stop it first (kill -TERM {pid}), or give this one a --data-dir of its own"
 
 
+NO_KEY = "click links are refused; with Kafka every collector needs BEACON_SIGNING_KEYS set alike"
+
+
 def version() -> str:
     try:
         return metadata.version("beacon")
@@ -206,7 +209,10 @@ def signing_line(settings: Settings) -> str:
     from collector.kept import SIGNING_KEY_FILE
     from collector.signing import load_keyring
 
-    kid = load_keyring(settings.signing_keys, settings.signing_key_file).signing_kid
+    keyring = load_keyring(settings.signing_keys, settings.signing_key_file)
+    if not keyring:
+        return f"no key: {NO_KEY}"
+    kid = keyring.signing_kid
     path = settings.signing_key_file
     if path is not None and path == settings.data_dir / SIGNING_KEY_FILE:
         return f"key {kid}, kept in {path} (`url --data-dir {settings.data_dir}` signs with it)"

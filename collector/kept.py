@@ -53,8 +53,10 @@ def resolve_signing_keys(settings: Settings) -> Settings:
     """Settings with a signing key: the configured ones, or the key kept in data_dir.
 
     Without one every click link is refused, so the collector and `beacon url` on the same
-    data directory share a kept key unless keys are set (BEACON_SIGNING_KEYS or _FILE)."""
-    if settings.signing_keys or settings.signing_key_file is not None:
+    data directory share a kept key unless keys are set (BEACON_SIGNING_KEYS or _FILE). Not
+    with Kafka: there collectors are many, each with a data directory of its own, and a key
+    kept by each would refuse the others' links; they need keys set alike."""
+    if settings.signing_keys or settings.signing_key_file is not None or settings.uses_kafka:
         return settings
     path = settings.data_dir / SIGNING_KEY_FILE
     kid = time.strftime("k%Y%m%d", time.gmtime())

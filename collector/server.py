@@ -30,11 +30,6 @@ from collector.spool.writer import spool_limits
 log = logging.getLogger("beacon.collector")
 
 
-def uses_kafka(settings: Settings) -> bool:
-    """kafka, or auto with a bootstrap address; auto without one is the embedded spool setup."""
-    return settings.sink == "kafka" or (settings.sink == "auto" and bool(settings.kafka_bootstrap))
-
-
 def make_sink(settings: Settings, metrics: CollectorMetrics) -> Sink:
     """The configured sink; a Kafka sink is started, so call this inside the running loop."""
     if settings.sink == "memory":
@@ -43,7 +38,7 @@ def make_sink(settings: Settings, metrics: CollectorMetrics) -> Sink:
         return MemorySink(settings.buffer_max_events, discarded.inc)
     # The Kafka sink spills into the same spool the embedded setup uses as its only sink.
     spool = SpoolSink(settings.spool_dir, metrics, **spool_limits(settings))
-    if uses_kafka(settings):
+    if settings.uses_kafka:
         return KafkaSink(settings, metrics, spool).start()
     return spool
 
@@ -93,8 +88,12 @@ async def serve(settings: Settings, multiprocess_dir: Path | None = None) -> Non
         cap.max_connections,
     )
     keyring = load_keyring(settings.signing_keys, settings.signing_key_file)
-    log.info("signing key %s; links signed with key ids %s are accepted", keyring.signing_kid,
-             ", ".join(keyring.kids))  # fmt: skip
+    if keyring:
+        log.info("signing key %s; links signed with key ids %s are accepted",
+                 keyring.signing_kid, ", ".join(keyring.kids))  # fmt: skip
+    else:  # only with Kafka (collector/kept.py): collectors there need keys set alike
+        log.warning("no signing key: click links are refused and pixels recorded unverified; "
+                    "set BEACON_SIGNING_KEYS alike on every collector")  # fmt: skip
 
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()

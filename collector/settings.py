@@ -209,6 +209,11 @@ class Settings:
         return common.spool_dir(self.data_dir)
 
     @property
+    def uses_kafka(self) -> bool:
+        """kafka, or auto with a bootstrap address; auto without one is the embedded spool setup."""
+        return self.sink == "kafka" or (self.sink == "auto" and bool(self.kafka_bootstrap))
+
+    @property
     def base_url(self) -> str:
         """Where tracking links point: the public URL, or this collector's own address."""
         return (self.public_url or f"http://{self.host}:{self.port}").rstrip("/")

@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 
 from beacon.__main__ import overrides, parser
-from collector.kept import resolve_secret
+from collector.kept import resolve_secret, resolve_signing_keys
 from collector.settings import Settings
 from consumers.settings import ConsumerSettings
 from contract.config import SettingsError
@@ -86,3 +86,22 @@ def test_a_kept_secret_cut_short_stops_the_start(tmp_path: Path) -> None:
     assert proc.returncode == 2
     assert "visitor-id secret shorter than 16 chars" in proc.stderr
     assert "Traceback" not in proc.stderr
+
+
+def test_a_signing_key_is_kept_for_one_machine_but_not_with_kafka(tmp_path: Path) -> None:
+    embedded = resolve_signing_keys(Settings.from_env({"BEACON_DATA_DIR": str(tmp_path)}))
+    assert embedded.signing_key_file == tmp_path / "signing-keys"
+    again = resolve_signing_keys(Settings.from_env({"BEACON_DATA_DIR": str(tmp_path)}))
+    assert again.signing_key_file == embedded.signing_key_file
+    assert (tmp_path / "signing-keys").stat().st_mode & 0o777 == 0o600
+    # With Kafka, collectors are many: each keeping its own key would refuse the others' links.
+    elsewhere = tmp_path / "kafka"
+    kafka = Settings.from_env(
+        {"BEACON_DATA_DIR": str(elsewhere), "BEACON_KAFKA_BOOTSTRAP": "127.0.0.1:9"}
+    )
+    assert resolve_signing_keys(kafka) == kafka and not elsewhere.exists()
+    # Keys that are set are used as they are.
+    mine = Settings.from_env(
+        {"BEACON_DATA_DIR": str(elsewhere), "BEACON_SIGNING_KEYS": "k9:0123456789abcdef0123"}
+    )
+    assert resolve_signing_keys(mine) == mine
