@@ -215,7 +215,7 @@ def signing_line(settings: Settings) -> str:
     kid = keyring.signing_kid
     path = settings.signing_key_file
     if path is not None and path == settings.data_dir / SIGNING_KEY_FILE:
-        return f"key {kid}, kept in {path} (`url --data-dir {settings.data_dir}` signs with it)"
+        return f"key {kid}, kept in {path}: `beacon url` on this data directory signs with it"
     source = f"BEACON_SIGNING_KEY_FILE {path}" if path else "BEACON_SIGNING_KEYS"
     return f"key {kid}, from {source}"
 
