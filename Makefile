@@ -104,15 +104,26 @@ EVENTS ?= 10000000
 bench-reports: $(STAMP)
 	$(BIN)/python -m loadtest.bench_reports --events $(EVENTS)
 
-# Locust headless for RUN_TIME against a local `beacon run`, or HOST=http://...; reports in
-# data/loadtest/.
+# Will it hold? Locust headless against a local `beacon run` (or HOST=http://127.0.0.1:...),
+# then sent vs stored per event type. MODE=mix: USERS with think times for RUN_TIME (60s);
+# MODE=capacity: no think time, the offered rate stepped up (START_RPS, STEP_RPS every STEP_S)
+# until a step crosses its bounds, RUN_TIME at most (10m). PROCESSES=N: locust workers.
+# HOST off loopback needs ALLOW_REMOTE=1. Reports (HTML, CSV, summary JSON) in data/loadtest/.
+MODE       ?= mix
 USERS      ?= 300
 SPAWN_RATE ?= 50
-RUN_TIME   ?= 60s
+RUN_TIME   ?=
+PROCESSES  ?= 0
+START_RPS  ?=
+STEP_RPS   ?=
+STEP_S     ?=
 HOST       ?=
 loadtest: $(BENCH_STAMP)
-	$(BIN)/python -m loadtest.locust_run --users $(USERS) --spawn-rate $(SPAWN_RATE) \
-		--run-time $(RUN_TIME) $(if $(HOST),--host $(HOST))
+	$(BIN)/python -m loadtest.locust_run --mode $(MODE) --users $(USERS) \
+		--spawn-rate $(SPAWN_RATE) --processes $(PROCESSES) $(if $(RUN_TIME),--run-time $(RUN_TIME)) \
+		$(if $(START_RPS),--start-rps $(START_RPS)) $(if $(STEP_RPS),--step-rps $(STEP_RPS)) \
+		$(if $(STEP_S),--step-s $(STEP_S)) $(if $(HOST),--host $(HOST)) \
+		$(if $(ALLOW_REMOTE),--allow-remote)
 
 # A real single-node Kafka (KRaft) from the Maven Central jars, on loopback; Java 17 + Maven.
 KAFKA_DIR ?= data/kafka
