@@ -17,6 +17,7 @@ def open_writer(settings: StoreSettings) -> Writer:
             settings.clickhouse_user,
             settings.clickhouse_password,
             compress=settings.clickhouse_compression == "gzip",
+            cluster=settings.cluster,
         )
     from analytics.store.chdb import ChdbWriter  # chDB is a heavy import: only its owner pays
 

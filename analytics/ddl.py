@@ -8,13 +8,15 @@
 single-node: the schema `beacon consume` migrates to (analytics/schema.py), as one file for a
 ClickHouse server's first start (docker-entrypoint-initdb.d) or a DBA.
 cluster: the same tables for a sharded, replicated cluster: each MergeTree table becomes
-`<name>_local` (Replicated*MergeTree, ON CLUSTER) behind a Distributed `<name>`.
+`<name>_local` (Replicated*MergeTree, ON CLUSTER) behind a Distributed `<name>`: the statements
+cluster mode's migrations run (analytics/cluster_ddl.py), with the `{cluster}` macro.
 load: runs FILE.sql in a throwaway chDB with a one-node cluster `beacon` (macros cluster, shard,
-replica; an in-memory Keeper for Replicated* engines) and prints the tables as JSON. ON CLUSTER
-clauses are dropped (clickhouse-local runs no distributed DDL). INSERTs into Replicated* tables
-are only parsed (a replica of the in-memory Keeper stays read-only); with --plain, Replicated*
-engines become their plain twins, so they run, and so does the consumer's start-up migration
-on top, which must change nothing.
+replica; an in-memory Keeper for Replicated* engines) and prints the tables as JSON. Every
+statement is parsed whole by ClickHouse's parser; ON CLUSTER clauses are dropped to run it
+(clickhouse-local runs no distributed DDL). ALTERs and INSERTs of Replicated* tables are only
+parsed (a replica of the in-memory Keeper stays read-only); with --plain, Replicated* engines
+become their plain twins, so everything runs, and so does the consumer's start-up migration on
+top (in cluster mode for a cluster's file), which must change nothing.
 queries: runs each SQL of a JSON list against the migrated schema; prints the errors as JSON.
 
 Each command runs in its own process: chDB holds one engine per process.
@@ -33,11 +35,12 @@ import tempfile
 from collections.abc import Sequence
 from pathlib import Path
 
-from analytics.migrations import migrate
-from analytics.rollups import CLUSTER_SHARDING_KEYS, VIEWS, cluster_views
+from analytics.cluster_ddl import cluster_statements, on_cluster, schema_migrations
+from analytics.migrations import MIGRATIONS, RETAINED, migrate, ttl_statement
+from analytics.rollups import VIEWS
 from analytics.schema import DATABASE
 from analytics.settings import StoreSettings
-from analytics.store import StoreError, insert_select
+from analytics.store import Cluster, StoreError, insert_select, insert_settings
 
 CLUSTER_CONFIG = """<clickhouse>
   <tcp_port>9000</tcp_port>
@@ -51,52 +54,72 @@ CLUSTER_CONFIG = """<clickhouse>
 ON_CLUSTER_RE = re.compile(r"\s+ON\s+CLUSTER\s+('[^']*'|`[^`]*`|\w+)", re.IGNORECASE)
 # ReplicatedFooMergeTree('/path', 'replica'[, more]) -> FooMergeTree([more])
 REPLICATED_RE = re.compile(r"\bReplicated(\w*MergeTree)\s*\(\s*'[^']*'\s*,\s*'[^']*'\s*,?\s*")
+ONE_NODE = Cluster("beacon")  # the cluster of CLUSTER_CONFIG
 
-
-# How each sharded table spreads over shards. A replayed event must land on the shard that has
-# its first copy, or ReplacingMergeTree cannot merge the two: shard by the dedup key.
-SHARDING_KEYS = {"events": "cityHash64(event_id)", **CLUSTER_SHARDING_KEYS}
-ENGINE_RE = re.compile(r"^ENGINE = (\w*)MergeTree(?:\((.*)\))?$", re.MULTILINE)
 CLUSTER_HEADER = """\
 -- Beacon schema for a ClickHouse cluster: every table of the single-node schema
 -- (single-node.sql, analytics/schema.py) as <name>_local, ReplicatedReplacingMergeTree on each
--- shard, behind a Distributed <name> that consumers insert into and reports read.
--- Made by
+-- shard, behind a Distributed <name> that consumers insert into and reports read. Made by
 --   python -m analytics.ddl cluster > deploy/clickhouse/cluster.sql
--- and checked by tests/integration/test_deploy.py. Needs the macros {cluster}, {shard} and
--- {replica} on every server ({replica} unique in the whole cluster) and Keeper. Run it once,
--- on any node:
+-- from the statements that `beacon migrate` and the consumers run in cluster mode
+-- (BEACON_CLICKHOUSE_CLUSTER=<name>: ON CLUSTER '<name>', analytics/cluster_ddl.py), and
+-- checked by tests/integration/test_deploy.py. Needs the macros {cluster}, {shard} and
+-- {replica} on every server ({replica} unique in the whole cluster) and Keeper. Either let
+-- `beacon migrate` (or the first consumer) create it, or run this file once, on any node:
 --   clickhouse-client --multiquery < deploy/clickhouse/cluster.sql
---
--- Consumers in front of a cluster must run with BEACON_RETENTION_DAYS=0: the TTL lives on the
--- _local tables here (a Distributed table has none), and a new migration in a later release is
--- applied here (ON CLUSTER) before consumers of that release start; see docs/operations.md.
--- Consumers insert with a dedup token; a Distributed table passes it on to the shard, where the
--- Replicated engine deduplicates by it (replicated_deduplication_window). Set
--- distributed_foreground_insert = 1 in the consumers' ClickHouse profile so an insert is
--- acknowledged only once it is on its shards.
+-- Consumers in cluster mode then find every migration recorded and change nothing but the
+-- TTL, when BEACON_RETENTION_DAYS differs. They insert into the Distributed tables with
+-- distributed_foreground_insert = 1, insert_quorum and a dedup token on each insert, and
+-- settle the rollups on each shard; see docs/operations.md "ClickHouse".
 """
 
 
 class ConnWriter:
-    """The consumers' Writer protocol over a chDB connection (synchronous underneath)."""
+    """The consumers' Writer protocol over a chDB connection (synchronous underneath).
 
-    def __init__(self, conn) -> None:  # type: ignore[no-untyped-def]
+    With a `cluster` (ONE_NODE, the cluster of CLUSTER_CONFIG) it runs cluster mode: a
+    statement with ON CLUSTER is parsed whole by ClickHouse's parser (EXPLAIN AST), then run
+    without the clause (chDB runs no distributed DDL) and, with `plain`, on the plain twins of
+    Replicated* engines (a replica of the in-memory Keeper stays read-only). Every shard of the
+    cluster is this one node.
+    """
+
+    def __init__(self, conn, cluster: Cluster | None = None, plain: bool = False) -> None:  # type: ignore[no-untyped-def]
         self.conn = conn
+        self.cluster = cluster
+        self.plain = plain
+        self.parsed: list[str] = []  # the ON CLUSTER statements parsed whole, in order
+
+    def parse(self, sql: str) -> None:
+        """Have ClickHouse's parser read `sql` whole (it raises StoreError when it cannot)."""
+        self._query(f"EXPLAIN AST {sql}", "TSV")
 
     def run(self, sql: str, fmt: str = "TSV") -> str:
+        if self.cluster is not None and ON_CLUSTER_RE.search(sql):
+            self.parse(sql)
+            self.parsed.append(sql)
+            sql = ON_CLUSTER_RE.sub("", sql)
+        if self.plain:
+            sql = plain_twin(sql)
+        return self._query(sql, fmt)
+
+    def _query(self, sql: str, fmt: str) -> str:
         try:
             return self.conn.query(sql, fmt).data()
         except Exception as exc:  # chDB raises its own types for ClickHouse errors
             raise StoreError(str(exc)) from exc
 
+    def on_host(self, host: str) -> ConnWriter:
+        return self  # one node: every shard's replica is this one
+
     async def insert(self, table: str, rows: bytes, token: str) -> None:
-        self.run(f"INSERT INTO {table} FORMAT JSONEachRow\n{rows.decode()}")
+        clause = insert_settings(token, self.cluster)
+        self.run(f"INSERT INTO {table} {clause} FORMAT JSONEachRow\n{rows.decode()}")
 
     async def insert_from(
         self, table: str, columns: Sequence[str], select: str, token: str
     ) -> None:
-        self.run(insert_select(table, columns, select, token))
+        self.run(insert_select(table, columns, select, token, self.cluster))
 
     async def load(self, table: str, body: Sequence[bytes], fmt: str) -> None:
         self.run(f"INSERT INTO {table} FORMAT {fmt}\n{b''.join(body).decode()}")
@@ -109,6 +132,12 @@ class ConnWriter:
 
     async def close(self) -> None:
         return None
+
+
+def plain_twin(sql: str) -> str:
+    """`sql` with Replicated* engines made plain, with the plain engines' dedup window."""
+    sql = REPLICATED_RE.sub(r"\1(", sql)
+    return sql.replace(" replicated_deduplication_window", " non_replicated_deduplication_window")
 
 
 def connect(workdir: Path, cluster: bool):  # type: ignore[no-untyped-def]
@@ -154,12 +183,11 @@ def tables(writer: ConnWriter) -> dict[str, dict[str, object]]:
     return found
 
 
-def recorded(versions: str) -> list[str]:
-    """Statements that record the migrations (JSON lines) this schema already has, so consumers
-    apply none of them again; each is skipped where already recorded."""
+def recorded(versions: Sequence[tuple[int, str]]) -> list[str]:
+    """Statements that record the migrations (version, name) this schema already has, so
+    consumers apply none of them again; each is skipped where already recorded."""
     out = ["-- The migrations this schema already has, so consumers apply none of them again."]
-    for line in versions.splitlines():
-        version, name = json.loads(line)
+    for version, name in versions:
         out.append(
             f"INSERT INTO {DATABASE}.schema_migrations (version, name) SELECT {version}, "
             f"'{name}' WHERE {version} NOT IN (SELECT version FROM {DATABASE}.schema_migrations);"
@@ -199,85 +227,48 @@ def single_node(writer: ConnWriter) -> str:
             "CREATE MATERIALIZED VIEW", "CREATE MATERIALIZED VIEW IF NOT EXISTS", 1
         )
         out += [create + ";", ""]
-    return "\n".join(out + recorded(versions)) + "\n"
+    rows = [(int(v), str(n)) for v, n in map(json.loads, versions.splitlines())]
+    return "\n".join(out + recorded(rows)) + "\n"
 
 
-def replicated_engine(create: str, table: str) -> str:
-    """The CREATE statement with its *MergeTree engine turned into the Replicated one."""
-    match = ENGINE_RE.search(create)
-    if match is None:
-        raise SystemExit(f"{table}: no MergeTree-family engine in {create!r}")
-    kind, args = match.group(1), match.group(2)
-    path = f"'/clickhouse/tables/{{shard}}/{DATABASE}/{table}', '{{replica}}'"
-    engine = f"ENGINE = Replicated{kind}MergeTree({path}{', ' + args if args else ''})"
-    create = create[: match.start()] + engine + create[match.end() :]
-    return create.replace("non_replicated_deduplication_window", "replicated_deduplication_window")
-
-
-def cluster(writer: ConnWriter) -> str:
-    found, versions = migrated(writer, StoreSettings().retention_days)
-    on_cluster = "ON CLUSTER '{cluster}'"
-    out = [CLUSTER_HEADER, f"CREATE DATABASE IF NOT EXISTS {DATABASE} {on_cluster};", ""]
-    # One migrations table for the whole cluster (no {shard} in its path): any node answers.
-    out += [
-        f"CREATE TABLE IF NOT EXISTS {DATABASE}.schema_migrations {on_cluster}",
-        "(version UInt32, name String, applied_at DateTime DEFAULT now())",
-        f"ENGINE = ReplicatedMergeTree('/clickhouse/tables/{DATABASE}/schema_migrations', "
-        "'{replica}')",
-        "ORDER BY version;",
-        "",
-    ]
-    for name, table in found.items():
-        if name == "schema_migrations" or name in VIEWS:  # the views follow the tables
-            continue
-        if name not in SHARDING_KEYS or not str(table["engine"]).endswith("MergeTree"):
-            # New kinds of objects (a rollup view, another table) need a decision here: how
-            # they shard, and a view attaches to the _local table on each shard.
-            raise SystemExit(
-                f"{DATABASE}.{name} ({table['engine']}): not yet known to the cluster DDL; "
-                "extend SHARDING_KEYS and cluster() in analytics/ddl.py"
-            )
-        local = f"{DATABASE}.{name}_local"
-        create = str(table["create"]).replace(
-            f"CREATE TABLE {DATABASE}.{name}\n",
-            f"CREATE TABLE IF NOT EXISTS {local} {on_cluster}\n",
-            1,
-        )
-        if local not in create:
-            raise SystemExit(f"unexpected SHOW CREATE TABLE output: {create[:200]!r}")
-        out += [replicated_engine(create, f"{name}_local") + ";", ""]
-        out += [
-            f"CREATE TABLE IF NOT EXISTS {DATABASE}.{name} {on_cluster} AS {local}",
-            f"ENGINE = Distributed('{{cluster}}', {DATABASE}, {name}_local, "
-            f"{SHARDING_KEYS[name]});",
-            "",
-        ]
-    # The rollups' views, on each shard from events_local into <rollup>_local.
-    out += [view + ";\n" for view in cluster_views(on_cluster)]
-    return "\n".join(out + recorded(versions)) + "\n"
+def cluster() -> str:
+    """deploy/clickhouse/cluster.sql: cluster mode's migrations with the `{cluster}` macro, the
+    default retention's TTL on each shard's tables, and the versions recorded."""
+    name = "{cluster}"
+    out = [CLUSTER_HEADER, f"CREATE DATABASE IF NOT EXISTS {DATABASE} {on_cluster(name)};", ""]
+    out += [schema_migrations(name) + ";", ""]
+    for version, title, sqls, _ in MIGRATIONS:
+        out.append(f"-- Migration {version}: {title}.")
+        out += [f"{statement};\n" for sql in sqls for statement in cluster_statements(sql, name)]
+    days = StoreSettings().retention_days
+    out.append(f"-- The retention of each shard's rows (BEACON_RETENTION_DAYS, {days} days).")
+    for table, column in RETAINED:
+        out.append(ttl_statement(f"{table}_local", column, days, f" {on_cluster(name)}") + ";")
+    out.append("")
+    return "\n".join(out + recorded([(v, title) for v, title, _, _ in MIGRATIONS])) + "\n"
 
 
 def load(writer: ConnWriter, path: Path, plain: bool) -> dict[str, object]:
     sql = path.read_text()
-    if plain:
-        sql = REPLICATED_RE.sub(r"\1(", sql)
-    todo = statements(ON_CLUSTER_RE.sub("", sql))
-    # A Replicated* replica of the in-memory Keeper never turns writable: parse INSERTs only.
-    writable = not any("ENGINE = Replicated" in statement for statement in todo)
+    is_cluster = "ENGINE = Distributed" in sql
+    writer.cluster, writer.plain = (ONE_NODE if is_cluster else None), plain
+    # A Replicated* replica of the in-memory Keeper never turns writable: it takes no ALTER or
+    # INSERT, so only the CREATE TABLEs run (views need the columns the ALTERs add): the rest
+    # is parsed only.
+    writable = plain or "ENGINE = Replicated" not in sql
     skipped = []
-    for statement in todo:
-        if not writable and statement.upper().startswith("INSERT"):
-            writer.run(f"EXPLAIN AST {statement}")
+    for statement in statements(sql):
+        if not writable and not statement.upper().startswith(("CREATE TABLE", "CREATE DATABASE")):
+            writer.parse(statement)
             skipped.append(statement)
             continue
         writer.run(statement)
     loaded = tables(writer)
     result: dict[str, object] = {"tables": loaded, "parsed_only": skipped}
     if writable:
-        # What a consumer does at start against this schema; with the retention it would run
-        # with: 0 in front of a cluster (the TTL is on the _local tables), else the default.
-        cluster = any("ENGINE = Distributed" in statement for statement in todo)
-        retention_days = 0 if cluster else StoreSettings().retention_days
+        # What a consumer does at start against this schema, with the default retention: in
+        # cluster mode in front of a cluster's schema.
+        retention_days = StoreSettings().retention_days
         result["migrations_applied"] = asyncio.run(migrate(writer, retention_days))
         result["changed_by_consumer_start"] = tables(writer) != loaded
     return result
@@ -305,6 +296,9 @@ def main() -> None:
     load_cmd.add_argument("--plain", action="store_true", help="Replicated* engines made plain")
     sub.add_parser("queries", help="run a JSON list of SQL from stdin, print errors as JSON")
     args = parser.parse_args()
+    if args.command == "cluster":  # text only: no store needed
+        sys.stdout.write(cluster())
+        return
     workdir = Path(tempfile.mkdtemp(prefix="beacon-schema-"))
     # Never closed: closing a chDB connection with a replicated table on the in-memory Keeper
     # hangs, so the process ends with os._exit once the answer is out.
@@ -312,8 +306,6 @@ def main() -> None:
     try:
         if args.command == "single-node":
             text = single_node(writer)
-        elif args.command == "cluster":
-            text = cluster(writer)
         elif args.command == "load":
             text = json.dumps(load(writer, args.file, args.plain), indent=2)
         else:

@@ -15,9 +15,11 @@ from pathlib import Path
 
 import orjson
 
+from analytics.cluster import check_mode
 from analytics.report_window import sql_string
+from analytics.rollup_settle import rebuild_after_erasure
 from analytics.schema import EVENTS
-from analytics.store import Writer
+from analytics.store import Cluster, Writer
 from contract.numbers import parse_uint
 from contract.text import CONTROL_RE
 
@@ -65,21 +67,35 @@ async def erase(writer: Writer, field: str, value: str) -> int:
 
     Counted before the DELETE (without FINAL: every stored copy is a row removed). The
     DELETE waits for its mutation (lightweight_deletes_sync defaults to 2), so the rows are
-    gone from every query once this returns.
+    gone from every query once this returns. On a cluster (cluster mode, analytics/cluster.py)
+    a Distributed table refuses DELETE: see delete_statement.
     """
     where = condition(field, value)
+    cluster = await check_mode(writer)
     rows = await count_rows(writer, where)
     if rows:
         days = await writer.query(
             f"SELECT DISTINCT toDate(received_at) FROM {EVENTS} WHERE {where}", "TSV"
         )
-        await writer.execute(f"DELETE FROM {EVENTS} WHERE {where}")
+        await writer.execute(delete_statement(where, cluster))
         # The rollups of those days still count the rows (and hold their hashes): recompute
-        # them from what is left (analytics/rollup_settle.py).
-        from analytics.rollup_settle import rebuild_after_erasure
-
+        # them from what is left, on each shard of a cluster (analytics/rollup_settle.py).
         await rebuild_after_erasure(writer, days.split())
     return rows
+
+
+def delete_statement(where: str, cluster: Cluster | None) -> str:
+    """The DELETE of the rows `where` holds: lightweight on one server; on a cluster, a
+    mutation of events_local ON CLUSTER, which ClickHouse runs once per shard (on one replica,
+    and the replicas follow: a lightweight DELETE ON CLUSTER would run on every replica), and
+    waits for every replica of each shard (mutations_sync = 2):
+    https://clickhouse.com/docs/sql-reference/statements/alter/delete
+    """
+    if cluster is None:
+        return f"DELETE FROM {EVENTS} WHERE {where}"
+    return (
+        f"ALTER TABLE {EVENTS}_local {cluster.on} DELETE WHERE {where} SETTINGS mutations_sync = 2"
+    )
 
 
 def export_sql(field: str, value: str) -> str:

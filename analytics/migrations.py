@@ -4,33 +4,40 @@ from __future__ import annotations
 
 import asyncio
 import re
+import sys
 from collections.abc import Awaitable, Callable
 
+from analytics.cluster import check_mode, on_each_shard
+from analytics.cluster_ddl import cluster_statements, schema_migrations
 from analytics.rollup_settle import Settler, settles_here
 from analytics.rollups import ROLLUPS, migration_statements
 from analytics.schema import DATABASE, EVENTS_V1, EVENTS_V2, EVENTS_V3, EVENTS_V4
 from analytics.settings import StoreSettings
-from analytics.store import Writer
+from analytics.store import Cluster, StoreError, Writer, cluster_of
 
 
-async def rollups_v5(writer: Writer) -> None:
-    """Rollup tables and their materialized views (analytics/rollups.py), then the rollups of
-    the events already stored. Safe to rerun: IF NOT EXISTS, and the backfill replaces whole
-    days (analytics/rollup_settle.py)."""
-    for sql in migration_statements():
-        await writer.execute(sql)
-    if await settles_here(writer):
+async def backfill_rollups(writer: Writer) -> None:
+    """The rollups of the events stored before them (schema migration 5): every day rebuilt,
+    on each shard of a cluster. Safe to rerun: a rebuild replaces whole days
+    (analytics/rollup_settle.py)."""
+    cluster = cluster_of(writer)
+    if cluster is not None:
+        await on_each_shard(writer, cluster, lambda w: Settler(w, suffix="_local").backfill())
+    elif await settles_here(writer):
         await Settler(writer).backfill()
 
 
-# A migration is one statement, or a coroutine for one that needs more than SQL.
-Migration = str | Callable[[Writer], Awaitable[None]]
-MIGRATIONS: tuple[tuple[int, str, Migration], ...] = (
-    (1, "create events", EVENTS_V1),
-    (2, "user agent columns", EVENTS_V2),
-    (3, "signed urls, conversions, machine opens", EVENTS_V3),
-    (4, "consent basis", EVENTS_V4),
-    (5, "rollups", rollups_v5),
+# A migration: its single-node statements (the cluster's are made from them,
+# analytics/cluster_ddl.py), and what has to follow them beyond SQL.
+Migration = tuple[int, str, tuple[str, ...], Callable[[Writer], Awaitable[None]] | None]
+MIGRATIONS: tuple[Migration, ...] = (
+    (1, "create events", (EVENTS_V1,), None),
+    (2, "user agent columns", (EVENTS_V2,), None),
+    (3, "signed urls, conversions, machine opens", (EVENTS_V3,), None),
+    (4, "consent basis", (EVENTS_V4,), None),
+    # Rollup tables and their materialized views (analytics/rollups.py), then the rollups of
+    # the events already stored. IF NOT EXISTS everywhere: safe to rerun.
+    (5, "rollups", tuple(migration_statements()), backfill_rollups),
 )
 
 SCHEMA_MIGRATIONS = f"""
@@ -40,25 +47,39 @@ ENGINE = MergeTree ORDER BY version
 """
 
 
+def statements(sql: str, cluster: Cluster | None) -> list[str]:
+    """What runs for one single-node statement: itself, or its cluster form."""
+    return [sql] if cluster is None else cluster_statements(sql, cluster.name)
+
+
 async def migrate(writer: Writer, retention_days: int) -> list[int]:
-    """Apply the migrations not yet recorded, then the retention TTL; returns versions applied."""
-    await writer.execute(f"CREATE DATABASE IF NOT EXISTS {DATABASE}")
-    await writer.execute(SCHEMA_MIGRATIONS)
+    """Apply the migrations not yet recorded, then the retention TTL; returns versions applied.
+
+    In cluster mode (the writer's Cluster) every statement runs ON CLUSTER on the _local tables
+    and their Distributed ones; a server whose schema is not the mode's is refused (ModeError).
+    """
+    cluster = await check_mode(writer)
+    on = f" {cluster.on}" if cluster else ""
+    await writer.execute(f"CREATE DATABASE IF NOT EXISTS {DATABASE}{on}")
+    await writer.execute(schema_migrations(cluster.name) if cluster else SCHEMA_MIGRATIONS)
     done_text = await writer.query(f"SELECT version FROM {DATABASE}.schema_migrations", "TSV")
     done = {int(v) for v in done_text.split()}
     applied = []
-    for version, name, sql in MIGRATIONS:
+    for version, name, sqls, after in MIGRATIONS:
         if version in done:
             continue
-        if isinstance(sql, str):
-            await writer.execute(sql)
-        else:
-            await sql(writer)
+        for sql in sqls:
+            for statement in statements(sql, cluster):
+                await writer.execute(statement)
+        if after is not None:
+            await after(writer)
+        # Recorded once ON CLUSTER succeeded on every server (it raises otherwise): one row in
+        # a table every node replicates.
         await writer.execute(
             f"INSERT INTO {DATABASE}.schema_migrations (version, name) VALUES ({version}, '{name}')"
         )
         applied.append(version)
-    await apply_retention(writer, retention_days)
+    await apply_retention(writer, retention_days, cluster)
     return applied
 
 
@@ -68,47 +89,53 @@ async def migrate(writer: Writer, retention_days: int) -> list[int]:
 TTL_DAYS_RE = re.compile(r"\bTTL .*?(?:INTERVAL (\d+) DAY|toIntervalDay\((\d+)\))")
 
 
-async def apply_retention(writer: Writer, retention_days: int) -> None:
-    """Set the TTL of the events and the rollups to `retention_days` (0 removes it); a no-op
-    for a table already so. The rollups keep what the events keep: they hold hashes of ids."""
-    await apply_ttl(writer, "events", "toDateTime(received_at)", retention_days)
-    for rollup in ROLLUPS:
-        # Not there (yet), or Distributed in front of a cluster (no TTL there): left alone.
-        await apply_ttl(writer, rollup.name, "period", retention_days, "AND engine LIKE '%Tree'")
+RETAINED = (("events", "toDateTime(received_at)"), *((r.name, "period") for r in ROLLUPS))
 
 
-async def apply_ttl(
-    writer: Writer, table: str, column: str, retention_days: int, only: str = ""
+async def apply_retention(
+    writer: Writer, retention_days: int, cluster: Cluster | None = None
 ) -> None:
-    create = await writer.query(
-        f"SELECT create_table_query FROM system.tables "
-        f"WHERE database = '{DATABASE}' AND name = '{table}' {only}",
-        "TSVRaw",
-    )
-    if only and not create.strip():
-        return
-    current = TTL_DAYS_RE.search(create)
-    current_days = int(current.group(1) or current.group(2)) if current else 0
-    if current_days == retention_days:
-        return
+    """Set the TTL of the events and the rollups to `retention_days` (0 removes it); a no-op
+    for a table already so. The rollups keep what the events keep: they hold hashes of ids.
+    On a cluster, the _local tables ON CLUSTER (a Distributed table keeps no rows)."""
+    suffix, on = ("_local", f" {cluster.on}") if cluster else ("", "")
+    for table, column in RETAINED:
+        create = await writer.query(
+            "SELECT create_table_query FROM system.tables "
+            f"WHERE database = '{DATABASE}' AND name = '{table}{suffix}' AND engine LIKE '%Tree'",
+            "TSVRaw",
+        )
+        if not create.strip():
+            continue  # not there (yet)
+        current = TTL_DAYS_RE.search(create)
+        current_days = int(current.group(1) or current.group(2)) if current else 0
+        if current_days != retention_days:
+            await writer.execute(ttl_statement(f"{table}{suffix}", column, retention_days, on))
+
+
+def ttl_statement(table: str, column: str, retention_days: int, on: str = "") -> str:
+    """The ALTER that sets `table`'s TTL to `retention_days` (0: none)."""
     if retention_days == 0:
-        await writer.execute(f"ALTER TABLE {DATABASE}.{table} REMOVE TTL")
-    else:
-        ttl = f"{column} + INTERVAL {retention_days} DAY"
-        await writer.execute(f"ALTER TABLE {DATABASE}.{table} MODIFY TTL {ttl}")
+        return f"ALTER TABLE {DATABASE}.{table}{on} REMOVE TTL"
+    return f"ALTER TABLE {DATABASE}.{table}{on} MODIFY TTL {column} + INTERVAL {retention_days} DAY"
 
 
 def migrate_command(settings: StoreSettings) -> int:
-    """`beacon migrate`: the embedded store's schema brought up to date."""
-    from analytics.store.chdb import ChdbWriter  # chDB is a heavy import: only its owner pays
+    """`beacon migrate`: the schema brought up to date: the embedded store's, or the ClickHouse
+    server's at BEACON_CLICKHOUSE_URL (a cluster's ON CLUSTER with BEACON_CLICKHOUSE_CLUSTER)."""
+    from analytics.connect import open_writer
 
     async def go() -> list[int]:
-        writer = ChdbWriter(settings.store_dir)
+        writer = open_writer(settings)
         try:
             return await migrate(writer, settings.retention_days)
         finally:
             await writer.close()
 
-    applied = asyncio.run(go())
+    try:
+        applied = asyncio.run(go())
+    except StoreError as exc:
+        print(f"beacon migrate: {str(exc)[:1000]}", file=sys.stderr)
+        return 1
     print(f"applied migrations: {applied}" if applied else "schema is up to date")
     return 0

@@ -43,6 +43,11 @@ QUERY_REQUESTS = web.AppKey("query_requests", Counter)
 LOCAL_HOSTS = frozenset({"127.0.0.1", "localhost", "[::1]"})
 LOCAL_ORIGIN_HOSTS = frozenset(h.strip("[]") for h in LOCAL_HOSTS)  # as yarl reads a host
 ERASE_KEYS = frozenset({"field", "value", "by"})
+# The outcome labels of beacon_store_queries_total and beacon_erase_requests_total, each made at
+# 0 with the counter (tests/unit/test_metric_labels.py checks the handlers give no other).
+QUERY_OUTCOMES = ("ok", "not_local", "cross_origin", "bad_request", "busy", "not_read_only",
+                  "timeout", "too_large", "failed", "client_gone")  # fmt: skip
+ERASE_OUTCOMES = ("erased", "bad_request", "not_local", "store_failed", "audit_failed")
 
 
 async def query(request: web.Request) -> web.Response:
@@ -206,6 +211,8 @@ def create_query_app(
         ["outcome"],
         registry=registry,
     )
+    for outcome in QUERY_OUTCOMES:
+        app[QUERY_REQUESTS].labels(outcome)
     app.router.add_post("/query", query)
     if audit_path is not None:
         app[AUDIT_PATH] = audit_path
@@ -216,6 +223,8 @@ def create_query_app(
             ["outcome"],
             registry=registry,
         )
+        for outcome in ERASE_OUTCOMES:
+            app[ERASE_REQUESTS].labels(outcome)
         app.router.add_post("/erase", erase)
     app.router.add_get("/metrics", metrics)
     app.router.add_get("/healthz", healthz)

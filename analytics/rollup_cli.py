@@ -1,8 +1,10 @@
 """`beacon settle`: settle or rebuild days of the rollups by hand.
 
-The consumer that owns the store settles ended days by itself (analytics/rollup_settle.py);
-this is for a ClickHouse server's shards in a cluster (`--local`, run against each shard),
-for rebuilding after a manual change to beacon.events, and for a store nobody runs.
+The consumer that owns the store settles ended days by itself (analytics/rollup_settle.py), and
+so do consumers in cluster mode, shard by shard; this is for rebuilding after a manual change
+to beacon.events, for a store nobody runs, and for a cluster's shards from a job of its own:
+with BEACON_CLICKHOUSE_CLUSTER it works on one replica of every shard, with `--local` on the
+`<name>_local` tables of the server at BEACON_CLICKHOUSE_URL only.
 """
 
 from __future__ import annotations
@@ -12,10 +14,11 @@ import asyncio
 import datetime as dt
 import sys
 
+from analytics.cluster import check_mode, on_each_shard
 from analytics.connect import open_writer
 from analytics.rollup_settle import Settler
 from analytics.settings import StoreSettings
-from analytics.store import StoreError
+from analytics.store import StoreError, Writer
 
 
 def add_arguments(sub: argparse.ArgumentParser) -> None:
@@ -24,19 +27,32 @@ def add_arguments(sub: argparse.ArgumentParser) -> None:
     which.add_argument("--day", action="append", type=dt.date.fromisoformat, default=[],
                        metavar="YYYY-MM-DD", help="rebuild this day (repeatable)")  # fmt: skip
     sub.add_argument("--local", action="store_true",
-                     help="a shard of a cluster: settle its <name>_local tables")  # fmt: skip
+                     help="one shard of a cluster: this server's <name>_local tables")  # fmt: skip
+
+
+async def run(settler: Settler, args: argparse.Namespace) -> list[dt.date]:
+    if args.all:
+        return await settler.backfill()
+    if args.day:
+        await settler.rebuild(args.day)
+        return list(args.day)
+    return await settler.settle_due()
 
 
 async def settle(settings: StoreSettings, args: argparse.Namespace) -> list[dt.date]:
     writer = open_writer(settings)
     try:
-        settler = Settler(writer, suffix="_local" if args.local else "")
-        if args.all:
-            return await settler.backfill()
-        if args.day:
-            await settler.rebuild(args.day)
-            return list(args.day)
-        return await settler.settle_due()
+        if args.local:
+            return await run(Settler(writer, suffix="_local"), args)
+        cluster = await check_mode(writer)
+        if cluster is None:
+            return await run(Settler(writer), args)
+
+        async def shard(replica: Writer) -> list[dt.date]:
+            return await run(Settler(replica, suffix="_local"), args)
+
+        done = await on_each_shard(writer, cluster, shard)
+        return sorted({day for days in done for day in days})
     finally:
         await writer.close()
 

@@ -21,11 +21,13 @@ import datetime as dt
 import logging
 import os
 import time
+import uuid
 from collections.abc import Callable, Iterable
 
+from analytics.cluster import on_each_shard
 from analytics.rollups import ROLLUPS, SETTLING, Rollup
 from analytics.schema import DATABASE, EVENTS
-from analytics.store import StoreError, Writer
+from analytics.store import StoreError, Writer, cluster_of
 
 log = logging.getLogger("beacon.rollups")
 
@@ -135,8 +137,9 @@ class Settler:
 
     async def _swap(self, rollup: Rollup, day: dt.date, where: str, settled: bool) -> None:
         """Replace the day's partition of `rollup` with rows recomputed from `where`."""
-        # One staging table per settle: two consumers settling the same day never share one.
-        stage = f"{DATABASE}.{rollup.name}_stage_{os.getpid()}_{int(self.clock() * 1000)}"
+        # One staging table per settle: two consumers settling the same day never share one
+        # (in containers every consumer may be pid 1: a random part keeps them apart).
+        stage = f"{DATABASE}.{rollup.name}_stage_{os.getpid()}_{uuid.uuid4().hex[:12]}"
         await self.writer.execute(f"DROP TABLE IF EXISTS {stage}")
         await self.writer.execute(rollup.create_table(stage))
         try:
@@ -158,13 +161,10 @@ class Settler:
 
 async def settle_loop(settler: Settler, stop: asyncio.Event) -> None:
     """Settle due days every PASS_INTERVAL_S until `stop` is set (every consumer runs it;
-    two settling one day at once only do the work twice)."""
+    two settling one day at once only do the work twice). On a cluster, each shard's."""
     while not stop.is_set():
         try:
-            if not await settles_here(settler.writer):
-                log.info("rollups are Distributed tables: each shard settles its own")
-                return
-            await settler.settle_due()
+            await settle_all(settler)
         except StoreError as exc:  # the store is down or busy: the next pass tries again
             log.warning("settling rollups failed: %s", str(exc)[:300])
         try:
@@ -173,9 +173,22 @@ async def settle_loop(settler: Settler, stop: asyncio.Event) -> None:
             pass
 
 
+async def settle_all(settler: Settler) -> list[dt.date]:
+    """One pass of `settler`, or on a cluster (the writer's Cluster) of each shard's
+    `<name>_local` tables; the days settled (on any shard)."""
+    cluster = cluster_of(settler.writer)
+    if cluster is None:
+        return await settler.settle_due() if await settles_here(settler.writer) else []
+    clock, margin = settler.clock, settler.insert_margin_s
+    done = await on_each_shard(
+        settler.writer, cluster, lambda w: Settler(w, clock, margin, "_local").settle_due()
+    )
+    return sorted({day for days in done for day in days})
+
+
 async def settles_here(writer: Writer) -> bool:
-    """False when the rollups are Distributed tables (a cluster): there each shard settles
-    its own `_local` tables (docs/operations.md)."""
+    """Whether the rollups here are tables (not a cluster's Distributed ones, which only
+    cluster mode settles, shard by shard)."""
     engines = await writer.query(
         f"SELECT engine FROM system.tables WHERE database = '{DATABASE}' "
         f"AND name = '{ROLLUPS[0].name}'",
@@ -185,6 +198,11 @@ async def settles_here(writer: Writer) -> bool:
 
 
 async def rebuild_after_erasure(writer: Writer, days: Iterable[str]) -> None:
-    """Recompute the rollups of the days an erasure touched (ISO dates), where they settle."""
-    if await settles_here(writer):
-        await Settler(writer).rebuild(map(dt.date.fromisoformat, days))
+    """Recompute the rollups of the days an erasure touched (ISO dates): here, or on each
+    shard of a cluster (its `<name>_local` tables)."""
+    dates = [dt.date.fromisoformat(d) for d in days]
+    cluster = cluster_of(writer)
+    if cluster is not None:
+        await on_each_shard(writer, cluster, lambda w: Settler(w, suffix="_local").rebuild(dates))
+    elif await settles_here(writer):
+        await Settler(writer).rebuild(dates)

@@ -242,20 +242,11 @@ def migration_statements() -> list[str]:
     return out
 
 
-# -- a cluster (deploy/clickhouse/cluster.sql) -----------------------------------------------
+# -- a cluster (deploy/clickhouse/cluster.sql, analytics/cluster_ddl.py) -------------------
 
 # Each rollup is <name>_local on every shard, filled by a view on that shard's events_local
-# (an insert lands on one shard, and so do its rollup rows), behind a Distributed <name> that
-# reports read; uniqExact states merge across shards. Nothing inserts into the Distributed
-# tables, so any sharding key does.
+# (each insert's slice for a shard lands there, and so do its rollup rows), behind a
+# Distributed <name> that reports read; uniqExact states merge across shards. Nothing inserts
+# into the Distributed tables, so any sharding key does.
 CLUSTER_SHARDING_KEYS = {r.name: "rand()" for r in ROLLUPS} | {SETTLING.split(".")[1]: "rand()"}
 VIEWS = frozenset(r.view.split(".")[1] for r in ROLLUPS)
-
-
-def cluster_views(on_cluster: str) -> list[str]:
-    """The views of a cluster, on each shard: events_local into <rollup>_local."""
-    return [
-        f"CREATE MATERIALIZED VIEW IF NOT EXISTS {r.view} {on_cluster} TO {r.table}_local\n"
-        f"AS {r.select(source=EVENTS + '_local')}"
-        for r in ROLLUPS
-    ]

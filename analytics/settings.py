@@ -7,10 +7,17 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
+from analytics.store import CLUSTER_NAME_RE, QUORUM_RE, Cluster
 from analytics.store.readers import ReadLimits
 from contract import common
 from contract.common import PREFIX
-from contract.config import from_mapping, refuse_short_secret, setting
+from contract.config import (
+    SettingsError,
+    from_mapping,
+    is_placeholder,
+    refuse_short_secret,
+    setting,
+)
 
 # A listen address is not an address to call.
 WILDCARD_HOSTS = frozenset({"", "0.0.0.0", "::", "[::]"})
@@ -58,14 +65,50 @@ class StoreSettings:
         "none (a fast or local link: the consumer then only moves bytes)",
         choices=("gzip", "none"),
     )
+    clickhouse_cluster: str = setting(
+        "",
+        "the ClickHouse cluster's name in remote_servers (deploy/clickhouse/cluster.sql); empty: "
+        "a single server",
+    )
+    clickhouse_insert_quorum: str = setting(
+        "auto",
+        "with a cluster: replicas of each shard an insert waits for (auto: a majority; 0 or 1: "
+        "the one written to)",
+    )
 
     def __post_init__(self) -> None:
         # The token is all that guards the dashboard's figures: a short one can be guessed.
         refuse_short_secret(f"{PREFIX}DASHBOARD_TOKEN", self.dashboard_token, "empty: off")
+        if is_placeholder(self.clickhouse_password):  # "" is no password: allowed
+            raise SettingsError(
+                f"{PREFIX}CLICKHOUSE_PASSWORD: a placeholder value; set the real one"
+            )
+        if self.clickhouse_cluster and not self.clickhouse_url:
+            raise SettingsError(
+                f"{PREFIX}CLICKHOUSE_CLUSTER: a cluster is reached through a server: set "
+                f"{PREFIX}CLICKHOUSE_URL too"
+            )
+        if self.clickhouse_cluster and not CLUSTER_NAME_RE.match(self.clickhouse_cluster):
+            raise SettingsError(
+                f"{PREFIX}CLICKHOUSE_CLUSTER: letters, digits, _ and - only (the name in "
+                f"remote_servers), got {self.clickhouse_cluster!r}"
+            )
+        if not QUORUM_RE.match(self.clickhouse_insert_quorum):
+            raise SettingsError(
+                f"{PREFIX}CLICKHOUSE_INSERT_QUORUM: auto or a number of replicas, got "
+                f"{self.clickhouse_insert_quorum!r}"
+            )
 
     @classmethod
     def from_env(cls, env: Mapping[str, str]) -> StoreSettings:
         return from_mapping(cls, env, PREFIX)
+
+    @property
+    def cluster(self) -> Cluster | None:
+        """The cluster the store is, or None for one server (or the embedded store)."""
+        if not self.clickhouse_cluster:
+            return None
+        return Cluster(self.clickhouse_cluster, self.clickhouse_insert_quorum)
 
     @property
     def store_dir(self) -> Path:

@@ -82,7 +82,10 @@ def run_erase(settings: StoreSettings, field: str, value: str) -> tuple[int, str
         from analytics.store.http import HttpWriter
 
         writer: Writer = HttpWriter(
-            settings.clickhouse_url, settings.clickhouse_user, settings.clickhouse_password
+            settings.clickhouse_url,
+            settings.clickhouse_user,
+            settings.clickhouse_password,
+            cluster=settings.cluster,  # a cluster erases on each shard (analytics/erasure.py)
         )
         return _erase_here(settings, writer, field, value, "clickhouse")
     found = owner.owner(settings.data_dir, owner.CONSUMER)

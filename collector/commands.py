@@ -30,7 +30,10 @@ def serve_command(settings: Settings, env: Mapping[str, str], workers: int | Non
 
 
 def kafka_init_command(settings: Settings) -> int:
-    """Create the events and dead-letter topics; say what they are."""
+    """Create the events and dead-letter topics; say what they are, and warn where an existing
+    one is weaker than the settings. Warnings leave the exit status 0: the topics exist and
+    work, and a deployment's init step (compose, k8s init container) should not block on
+    what only an operator can change."""
     from collector.kafka_admin import KafkaInitError, init_topics
 
     try:
@@ -40,6 +43,15 @@ def kafka_init_command(settings: Settings) -> int:
         return 1
     for topic in topics:
         print(topic.describe())
+    warnings = [line for topic in topics for line in topic.warnings]
+    for line in warnings:
+        print(f"beacon kafka init: warning: {line}", file=sys.stderr)
+    if warnings:
+        print(
+            f"beacon kafka init: {len(warnings)} warning{'s' if len(warnings) > 1 else ''}; "
+            "existing topics are never changed here (exit status 0)",
+            file=sys.stderr,
+        )
     return 0
 
 

@@ -23,6 +23,11 @@ HOST_RE = re.compile(
 )
 
 
+# Every reason check_destination gives: the labels of beacon_click_refused_total.
+REFUSALS = ("no_destination", "destination_too_long", "bad_character", "backslash", "bad_scheme",
+            "bad_url", "userinfo", "bad_host")  # fmt: skip
+
+
 def check_destination(url: str) -> str:
     """ "" when `url` is a safe absolute http(s) destination, else the reason it is not."""
     if not url:

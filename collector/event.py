@@ -47,6 +47,14 @@ UNRESERVED_RE = re.compile(r"[A-Za-z0-9_.~-]*")
 # Click ids are UUIDv7 strings made here; anything else would only ever fail to join.
 CLICK_ID_RE = re.compile(r"^[0-9a-f]{8}-[0-9a-f]{4}-7[0-9a-f]{3}-[0-9a-f]{4}-[0-9a-f]{12}$")
 
+# Every reason this module refuses an event with, and every note of what it cut: the labels of
+# beacon_events_dropped_total and beacon_input_fixed_total, made at 0 by collector/metrics.py.
+TOO_LONG = {name: f"{name}_too_long" for _, name in ID_FIELDS}
+REJECT_REASONS = ("bad_event_type", "bad_value", "bad_currency", "order_id_too_long",
+                  *TOO_LONG.values())  # fmt: skip
+PROP_NOTES = ("prop_key_invalid", "prop_value_too_long", "too_many_props")
+NOTES = (*PROP_NOTES, "url_truncated", "user_agent_truncated", "bad_click_id")
+
 
 def uuid7(now_ms: int) -> str:
     """A UUIDv7 (RFC 9562): 48-bit Unix ms, version, variant, 74 random bits."""
@@ -262,7 +270,7 @@ def build_event(
     for short, name in ID_FIELDS:
         value = fields.get(short, "")
         if len(value) > MAX_ID_CHARS:
-            raise Rejected(f"{name}_too_long")
+            raise Rejected(TOO_LONG[name])
         event[name] = value
     event["url_host"] = host
     event["url_path"] = path

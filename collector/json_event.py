@@ -9,6 +9,11 @@ import orjson
 from collector import event as ev
 
 PROP_SCALARS = (str, int, float, bool)
+# Every reason a POSTed event is refused with here (besides collector/event.py's, which
+# check_fields raises, and the prop notes, raised as reasons): beacon_events_dropped_total.
+NOT_STRING = {key: f"{key}_not_string" for key in sorted(ev.KNOWN_KEYS)}
+REJECT_REASONS = ("event_not_object", "props_not_object", "prop_value_not_scalar",
+                  "unknown_field", *ev.PROP_NOTES, *NOT_STRING.values())  # fmt: skip
 
 
 def parse_json_event(item: Any) -> tuple[dict[str, str], dict[str, str]]:
@@ -51,4 +56,4 @@ def field_text(key: str, value: Any) -> str:
         return str(value)  # a conversion value may come as a JSON number
     if key == "consent" and isinstance(value, bool):
         return "1" if value else "0"
-    raise ev.Rejected(f"{key}_not_string")
+    raise ev.Rejected(NOT_STRING[key])

@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import re
 from collections.abc import Awaitable, Callable
 from typing import TYPE_CHECKING, Any, cast
 
@@ -25,7 +24,7 @@ from aiohttp.web_protocol import RequestHandler, RequestPayloadError
 from collector import aiohttp_compat as compat
 from collector.errors import json_error
 from collector.head_limits import MAX_FIELD_BYTES, MAX_HEADERS, MAX_LINE_BYTES
-from collector.metrics import CollectorMetrics
+from collector.metrics import CollectorMetrics, reason_of
 from collector.settings import Settings
 
 if TYPE_CHECKING:
@@ -34,13 +33,6 @@ if TYPE_CHECKING:
 
 # After a response, how long a body nobody reads (a GET with a body) is drained before close.
 LINGERING_S = 2.0
-
-_CAMEL_RE = re.compile(r"(?<=[a-z])(?=[A-Z])|(?<=[A-Z])(?=[A-Z][a-z])")
-
-
-def reason_of(exc: BaseException) -> str:
-    """A bounded label from the parser's exception class: LineTooLong -> line_too_long."""
-    return _CAMEL_RE.sub("_", type(exc).__name__).lower()
 
 
 class ParserErrorLog(logging.LoggerAdapter):  # type: ignore[type-arg]

@@ -2,10 +2,18 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable
+import re
+from collections.abc import Callable, Iterable
+from itertools import product
 from pathlib import Path
 
+from aiohttp.http_exceptions import HttpProcessingError
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, multiprocess
+
+from collector import event as ev
+from collector import json_event, signing
+from collector.destinations import REFUSALS
+from collector.sanitize import BIDI_NOTE, NOTE, SURROGATE_NOTE
 
 # The hot path is answered from memory: its budget is tens of microseconds, so the buckets are too,
 # and close together around the 50 us p99 budget: histogram_quantile() interpolates inside a
@@ -17,6 +25,64 @@ HOT_PATH_BUCKETS_S = (
 # A produce round trip on loopback is ~1 ms; past the 5 s default timeout a batch is spilled.
 PRODUCE_BUCKETS_S = (1e-3, 2e-3, 5e-3, 10e-3, 25e-3, 50e-3, 100e-3, 250e-3, 500e-3, 1, 2.5, 5, 10)
 BATCH_RECORDS_BUCKETS = (1, 10, 50, 100, 500, 1000, 2000, 5000, 10_000, 50_000)
+
+_CAMEL_RE = re.compile(r"(?<=[a-z])(?=[A-Z])|(?<=[A-Z])(?=[A-Z][a-z])")
+
+
+def class_label(cls: type) -> str:
+    """A bounded label from an exception class: LineTooLong -> line_too_long."""
+    return _CAMEL_RE.sub("_", cls.__name__).lower()
+
+
+def reason_of(exc: BaseException) -> str:
+    """The label of the HTTP parser's exception (collector/limits.py counts them)."""
+    return class_label(type(exc))
+
+
+def _subclasses(cls: type[BaseException]) -> Iterable[type[BaseException]]:
+    yield cls
+    for sub in cls.__subclasses__():
+        yield from _subclasses(sub)
+
+
+# -- every label value the code can emit, per labelled counter --------------------------------
+# Each child is made at 0 with the metrics: a child made at its first increment appears at 1 (or
+# at a whole burst), and rate() and increase() never see that step, so an alert on a rare event
+# would miss it. Dynamic sets are kept beside the code that makes them (collector/event.py,
+# json_event.py, signing.py, destinations.py); tests/unit/test_metric_labels.py checks that every
+# label the code emits is in here.
+PIXEL_OUTCOMES = ("recorded", "rejected", "unverified", "head", "prefetch", "dnt", "no_consent",
+                  "buffer_full", "rate_limited", "error")  # fmt: skip
+EVENTS_OUTCOMES = ("recorded", "400", "413", "415", "429", "503")  # POST /e: 204 or the status
+CLICK_OUTCOMES = ("recorded", "rejected", "refused", "head", "prefetch", "dnt", "no_consent",
+                  "buffer_full")  # fmt: skip
+REQUEST_OUTCOMES: dict[str, tuple[str, ...]] = {
+    "pixel": PIXEL_OUTCOMES,
+    "events": EVENTS_OUTCOMES,
+    "click": CLICK_OUTCOMES,
+    "snippet": ("served", "not_modified"),
+    "unrouted": ("404", "405"),
+    "metrics": ("unreadable",),
+}
+TRANSPORTS = ("pixel", "beacon", "redirect")
+# Accepted events lost on their way to the sink: the reasons deploy/prometheus/alerts.yml pages on.
+LOSS_REASONS = ("buffer_full", "spool_full", "spool_error", "sink_error")
+DROP_REASONS = tuple(dict.fromkeys((
+    *LOSS_REASONS,
+    "memory_sink_discarded",  # the memory sink of tests and benchmarks lets its oldest go
+    "dnt", "no_consent",  # privacy choices (collector/handlers.py)
+    signing.UNSIGNED, signing.BAD_SIGNATURE,  # pixels under BEACON_SIGNATURE_POLICY=drop
+    *ev.REJECT_REASONS, *json_event.REJECT_REASONS,  # input that cannot become an event
+)))  # fmt: skip
+FIX_REASONS = (*ev.NOTES, "bad_consent", "bad_visitor_cookie", NOTE, BIDI_NOTE, SURROGATE_NOTE,
+               "bad_forwarded_header")  # fmt: skip
+SIGNED_ENDPOINTS = ("pixel", "click")
+CLICK_REFUSALS = ("signing_disabled", *(o for o in signing.OUTCOMES if o != signing.VALID),
+                  *REFUSALS)  # fmt: skip
+# What aiohttp's HTTP parser raises (collector/limits.py counts each by its class), and a body
+# that breaks while it is read.
+PARSER_ERRORS = tuple(sorted({class_label(c) for c in _subclasses(HttpProcessingError)}))
+BAD_REQUEST_REASONS = ("malformed_body", *PARSER_ERRORS)
 
 
 class CollectorMetrics:
@@ -85,6 +151,12 @@ class CollectorMetrics:
         self.spool_segments = Gauge(
             "beacon_spool_segments",
             "Spool segment files on disk.",
+            multiprocess_mode="livemax",
+            registry=registry,
+        )
+        self.spool_max_bytes = Gauge(
+            "beacon_spool_max_bytes",
+            "The spool's bound (BEACON_SPOOL_MAX_BYTES): past it, events are dropped.",
             multiprocess_mode="livemax",
             registry=registry,
         )
@@ -220,6 +292,31 @@ class CollectorMetrics:
             ["endpoint"],
             registry=registry,
         )
+
+        self._zero()
+
+    def _zero(self) -> None:
+        """Make every child the code can emit, at 0 (the label values above)."""
+        labelled: tuple[tuple[Counter, Iterable[tuple[str, ...] | str]], ...] = (
+            (self.requests, ((e, o) for e, outcomes in REQUEST_OUTCOMES.items() for o in outcomes)),
+            (self.events_accepted, TRANSPORTS),
+            (self.events_dropped, DROP_REASONS),
+            (self.input_fixed, FIX_REASONS),
+            (self.sink_events, ("spooled",)),
+            (self.kafka_events, ("acked", "failed", "timeout")),
+            (self.kafka_spilled, ("kafka_down", "queue_full", "timeout")),
+            (self.signature_checks, product(SIGNED_ENDPOINTS, signing.OUTCOMES)),
+            (self.click_redirects, ("redirected", "fallback", "refused")),
+            (self.click_refused, CLICK_REFUSALS),
+            (self.bad_requests, BAD_REQUEST_REASONS),
+            (self.connections_timed_out, ("header", "body")),
+            (self.connections_capped, ("closed_idle", "refused")),
+            (self.fast_path_handoffs, ("other_request", "probe", "split_head")),
+            (self.rate_limited, ("pixel", "events")),
+        )
+        for counter, values in labelled:
+            for value in values:
+                counter.labels(*(value if isinstance(value, tuple) else (value,)))
 
     def fold(self) -> None:
         """Add what the hot path tallied into the series (each buffer tick, each /metrics)."""

@@ -14,6 +14,8 @@ from contract import common
 from contract.common import PREFIX
 from contract.config import SettingsError, from_mapping, refuse_short_secret, setting
 
+DAY_MS = 24 * 60 * 60 * 1000
+
 
 @dataclass(frozen=True, slots=True)
 class Settings:
@@ -94,7 +96,18 @@ class Settings:
     kafka_partitions: int = setting(
         6, "partitions of the topics `beacon kafka init` creates", min=1
     )
-    kafka_replication: int = setting(1, "replication factor of those topics", min=1)
+    kafka_replication: int = setting(3, "replication factor of those topics (one broker: 1)", min=1)
+    kafka_min_insync_replicas: int = setting(
+        2,
+        "min.insync.replicas of those topics: copies an acks=all write needs (one broker: 1)",
+        min=1,
+    )
+    kafka_retention_ms: int = setting(
+        3 * DAY_MS, "retention.ms of the events topic (3 days); -1: forever", min=-1
+    )
+    kafka_dlq_retention_ms: int = setting(
+        14 * DAY_MS, "retention.ms of the dead-letter topic (14 days); -1: forever", min=-1
+    )
     kafka_compression: str = setting(
         "lz4", "producer compression", choices=("none", "gzip", "lz4", "zstd")
     )
@@ -167,6 +180,15 @@ class Settings:
     def __post_init__(self) -> None:
         if self.sink == "kafka" and not self.kafka_bootstrap:
             raise SettingsError(f"{PREFIX}SINK=kafka needs {PREFIX}KAFKA_BOOTSTRAP")
+        if self.kafka_min_insync_replicas > self.kafka_replication:
+            raise SettingsError(
+                f"{PREFIX}KAFKA_MIN_INSYNC_REPLICAS={self.kafka_min_insync_replicas} is more than "
+                f"{PREFIX}KAFKA_REPLICATION={self.kafka_replication}: a write cannot wait for "
+                "more copies than there are (one broker: set both to 1)"
+            )
+        for name in ("kafka_retention_ms", "kafka_dlq_retention_ms"):
+            if getattr(self, name) == 0:  # Kafka would delete every segment as it closes
+                raise SettingsError(f"{PREFIX}{name.upper()}: -1 (forever) or a positive number")
         if self.rate_limit_ipv6_prefix > 128:
             raise SettingsError(
                 f"{PREFIX}RATE_LIMIT_IPV6_PREFIX: 1 to 128, got {self.rate_limit_ipv6_prefix}"

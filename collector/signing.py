@@ -19,14 +19,14 @@ import hmac
 import re
 from collections.abc import Iterable, Mapping
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Protocol
 from urllib.parse import quote
 
 from collector import event as ev
-from contract.config import MIN_SECRET_CHARS, SettingsError
+from contract.config import MIN_SECRET_CHARS, SettingsError, is_placeholder
 
 if TYPE_CHECKING:
-    from collector.metrics import CollectorMetrics
+    from prometheus_client import Counter
 
 SIG_PARAM = "sig"
 MAC_BYTES = 16
@@ -38,9 +38,15 @@ DOMAIN = b"beacon-url-v1"  # versions the canonical form
 CLICK_KEYS = frozenset({"d"})
 SIGNED_KEYS = ev.KNOWN_KEYS | CLICK_KEYS
 
-# Outcomes of a check, also the `outcome` label of beacon_signature_checks_total.
+# Outcomes of a check, also the `outcome` label of beacon_signature_checks_total (and, but for
+# VALID, the `reason` of beacon_click_refused_total), each made at 0 by collector/metrics.py.
 VALID = "valid"
 UNSIGNED = "unsigned"
+DUPLICATE_PARAM = "duplicate_param"
+MALFORMED = "malformed"
+UNKNOWN_KEY = "unknown_key"
+BAD_SIGNATURE = "bad_signature"
+OUTCOMES = (VALID, UNSIGNED, DUPLICATE_PARAM, MALFORMED, UNKNOWN_KEY, BAD_SIGNATURE)
 
 
 class Keyring:
@@ -92,6 +98,11 @@ def parse_keys(text: str, variable: str) -> list[tuple[str, bytes]]:
         if len(secret) < MIN_SECRET_CHARS:
             raise SettingsError(
                 f"{variable}: the secret of key {kid!r} is shorter than {MIN_SECRET_CHARS} chars"
+            )
+        if is_placeholder(secret):  # copied from an example: a public key, however long
+            raise SettingsError(
+                f"{variable}: the secret of key {kid!r} is a placeholder; set a random one, "
+                "e.g. `openssl rand -hex 32`"
             )
         keys.append((kid, secret.encode()))
     return keys
@@ -147,23 +158,32 @@ def verify(keyring: Keyring, path: str, pairs: Iterable[tuple[str, str]]) -> str
         elif is_signed_key(key):
             # A repeated key would let a reader and the signer disagree on which one counts.
             if key in seen:
-                return "duplicate_param"
+                return DUPLICATE_PARAM
             seen.add(key)
             signed.append((key, value))
     if not signatures:
         return UNSIGNED
     if len(signatures) > 1:
-        return "duplicate_param"
+        return DUPLICATE_PARAM
     kid, dot, tag = signatures[0].partition(".")
     if not dot or not KEY_ID_RE.match(kid) or not MAC_RE.match(tag):
-        return "malformed"
+        return MALFORMED
     secret = keyring.get(kid)
     if secret is None:
-        return "unknown_key"
+        return UNKNOWN_KEY
     # compare_digest: the time taken does not tell an attacker how many characters matched.
     if not hmac.compare_digest(mac(secret, canonical(path, signed)), tag):
-        return "bad_signature"
+        return BAD_SIGNATURE
     return VALID
+
+
+class GateMetrics(Protocol):
+    """The counters a SignatureGate adds to (collector/metrics.py's CollectorMetrics; named
+    structurally: that module makes these counters' children from OUTCOMES, so it imports
+    this one)."""
+
+    signature_checks: Counter
+    events_dropped: Counter
 
 
 class SignatureGate:
@@ -173,7 +193,7 @@ class SignatureGate:
     refuse the drop policy without keys).
     """
 
-    def __init__(self, keyring: Keyring, policy: str, metrics: CollectorMetrics) -> None:
+    def __init__(self, keyring: Keyring, policy: str, metrics: GateMetrics) -> None:
         self.keyring = keyring
         self.drop = policy == "drop"
         self.metrics = metrics
@@ -187,7 +207,7 @@ class SignatureGate:
         if outcome == VALID:
             return True
         if self.drop:
-            reason = "unsigned" if outcome == UNSIGNED else "bad_signature"
+            reason = UNSIGNED if outcome == UNSIGNED else BAD_SIGNATURE
             self.metrics.events_dropped.labels(reason).inc()
             return None
         return False

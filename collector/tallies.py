@@ -69,7 +69,8 @@ class HistogramTally:
 
 class Tallies(dict[Any, Any]):
     """The tallies of one labelled metric by label value (a tuple for several labels), each
-    made on first use, so a series still appears only once something was counted in it."""
+    made on first use over the metric's child (collector/metrics.py makes every child of a
+    counter at 0, so the series is there before anything is counted in it)."""
 
     def __init__(self, metric: MetricWrapperBase, make: type[CounterTally | HistogramTally]):
         super().__init__()

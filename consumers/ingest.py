@@ -116,17 +116,27 @@ GOOD = (
     f"match(line, '{OBJECT_RE}') AND w.event_id IS NOT NULL AND match(w.event_id, '{UUID_RE}')"
     f" AND w.received_at IS NOT NULL AND {VERSION_OK} AND {VALUE_OK} AND {NUMBERS_OK}"
 )
-# Why a line is refused, in the order consumers/enrich.decode checks; evaluated past GOOD only
-# for the lines that are not (short-circuit), so a good line is parsed once.
-REASON = f"""multiIf(
-    {GOOD}, '',
-    NOT isValidJSON(line), 'malformed_json',
-    NOT match(line, '{OBJECT_RE}') OR NOT JSONHas(line, 'event_id'), 'not_an_event',
-    NOT match(ifNull(w.event_id, ''), '{UUID_RE}'), 'bad_event_id',
-    NOT {VERSION_OK}, 'unknown_schema_version',
-    w.received_at IS NULL, 'bad_received_at',
-    NOT {VALUE_OK}, 'bad_value',
-    'bad_field_type')"""
+# Why a line is refused, in the order consumers/enrich.decode checks: the first condition that
+# holds names it, and a line none names has a number that does not fit its column.
+REFUSALS: tuple[tuple[str, str], ...] = (
+    ("malformed_json", "NOT isValidJSON(line)"),
+    ("not_an_event", f"NOT match(line, '{OBJECT_RE}') OR NOT JSONHas(line, 'event_id')"),
+    ("bad_event_id", f"NOT match(ifNull(w.event_id, ''), '{UUID_RE}')"),
+    ("unknown_schema_version", f"NOT {VERSION_OK}"),
+    ("bad_received_at", "w.received_at IS NULL"),
+    ("bad_value", f"NOT {VALUE_OK}"),
+)
+OTHER_REFUSAL = "bad_field_type"
+# Every reason a line can be refused with: the `reason` label of the consumer's rejected-row and
+# dead-letter counters (consumers/metrics.py makes each at 0) and the DLQ header.
+REJECT_REASONS: tuple[str, ...] = (*(reason for reason, _ in REFUSALS), OTHER_REFUSAL)
+# Evaluated past GOOD only for the lines that are not (short-circuit), so a good line is parsed
+# once.
+REASON = "multiIf(\n    {}, '',\n{}    '{}')".format(
+    GOOD,
+    "".join(f"    {condition}, '{reason}',\n" for reason, condition in REFUSALS),
+    OTHER_REFUSAL,
+)
 # What the consumer adds per user agent (consumers/enrich.py Enricher.agent_row), joined on
 # (user_agent, agent_ip).
 AGENT_COLUMNS: tuple[tuple[str, str], ...] = (
@@ -160,6 +170,7 @@ class Stored:
     rows: int
     rejects: list[tuple[int, str]]
     refilled: int = 0  # rows of a replay that were missing and went in under a fresh token
+    newest_ms: int = 0  # received_at of the newest good line with an exact time; 0: none
 
 
 class Ingest:
@@ -184,12 +195,12 @@ class Ingest:
         async with self._lock:
             try:
                 await self._stage(body)
-                good, rejects = await self._count()
+                good, rejects, newest_ms = await self._count()
                 if good:
                     await self._load_agents()
                     await self._insert(token, "")
                 refilled = await self._refill(token) if replay and good else 0
-                return Stored(good, rejects, refilled)
+                return Stored(good, rejects, refilled, newest_ms)
             finally:
                 await self._clear()
 
@@ -217,17 +228,23 @@ class Ingest:
             "short_circuit_function_evaluation = 'force_enable'"
         )
 
-    async def _count(self) -> tuple[int, list[tuple[int, str]]]:
+    async def _count(self) -> tuple[int, list[tuple[int, str]], int]:
+        """Good lines, the (line number, reason) of the others, and the received_at (ms) of the
+        newest good line, in the one scan: the consumer's lag in seconds is measured from it.
+        Rows kept without consent have their time cut to the hour (collector/consent.py): they
+        say nothing of how fresh the data is, so they are left out of it."""
         sql = (
-            f"SELECT n, reason FROM {self.stage} WHERE reason != '' ORDER BY n "
-            f"UNION ALL SELECT toUInt32(count()), 'good' FROM {self.stage} WHERE reason = ''"
+            f"SELECT n, reason, toInt64(0) FROM {self.stage} WHERE reason != '' ORDER BY n "
+            f"UNION ALL SELECT toUInt32(count()), 'good', "
+            f"toInt64(maxIf(toUnixTimestamp64Milli(received_at), consent != 'missing')) "
+            f"FROM {self.stage} WHERE reason = ''"
         )
         rows = [
             orjson.loads(x)
             for x in (await self.writer.query(sql, "JSONCompactEachRow")).splitlines()
         ]
-        good = next(n for n, reason in rows if reason == "good")
-        return good, [(n, reason) for n, reason in rows if reason != "good"]
+        good, newest_ms = next((n, int(ms)) for n, reason, ms in rows if reason == "good")
+        return good, [(n, reason) for n, reason, _ in rows if reason != "good"], newest_ms
 
     async def _load_agents(self) -> None:
         sql = f"SELECT DISTINCT user_agent, agent_ip FROM {self.stage} WHERE reason = ''"
@@ -251,9 +268,11 @@ class Ingest:
         await self.writer.insert_from(EVENTS, EVENT_COLUMNS, select, token)
 
     async def _refill(self, token: str) -> int:
+        # GLOBAL: through a Distributed `events` the shards cannot see this session's
+        # temporary table, so the initiator sends them its ids (on one node it is a plain IN).
         stored = (
             f"s.event_id IN (SELECT event_id FROM {EVENTS} "
-            f"WHERE event_id IN (SELECT event_id FROM {self.stage}))"
+            f"WHERE event_id GLOBAL IN (SELECT event_id FROM {self.stage}))"
         )
         out = await self.writer.query(
             f"SELECT count() FROM {self.stage} AS s WHERE s.reason = '' AND NOT {stored}", "TSV"

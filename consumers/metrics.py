@@ -4,7 +4,16 @@ from __future__ import annotations
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 
+from consumers.ingest import REJECT_REASONS
+
 INSERT_BUCKETS_S = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)
+# The label values consumers/pipeline.py and consumers/sources/ emit (tests/unit/
+# test_metric_labels.py holds the code to these).
+INSERT_OUTCOMES = ("ok", "error")
+RETRY_STEPS = ("dlq", "mark", "insert", "commit")
+BATCH_OUTCOMES = ("stored", "rejected", "failed", "revoked")
+# The lag gauges' topic label in spool mode, which has no topic nor partitions.
+SPOOL_TOPIC = "spool"
 
 
 class ConsumerMetrics:
@@ -83,3 +92,31 @@ class ConsumerMetrics:
             ["outcome"],
             registry=registry,
         )
+        # How far behind the stored data is, in time: from the events' own received_at (the
+        # collector's clock), per partition of the Kafka source or for the spool
+        # (topic="spool", partition="").
+        self.newest_event_timestamp = Gauge(
+            "beacon_consumer_newest_event_timestamp_seconds",
+            "received_at (Unix time) of the newest event stored from a partition; rows kept"
+            " without consent (their time cut to the hour) are left out.",
+            ["topic", "partition"],
+            registry=registry,
+        )
+        self.lag_seconds = Gauge(
+            "beacon_consumer_lag_seconds",
+            "Age of the newest event stored from a partition while records of it wait to be"
+            " stored (Kafka: lag_records > 0; spool: closed segments left); 0 when none waits.",
+            ["topic", "partition"],
+            registry=registry,
+        )
+        # Every label value at 0 from the start: a counter child made at its first increment
+        # shows up at 1, and rate() or increase() never see that first one.
+        for counter, values in (
+            (self.rows_rejected, REJECT_REASONS),
+            (self.dlq_records, REJECT_REASONS),
+            (self.inserts, INSERT_OUTCOMES),
+            (self.retries, RETRY_STEPS),
+            (self.batches, BATCH_OUTCOMES),
+        ):
+            for value in values:
+                counter.labels(value)

@@ -126,6 +126,7 @@ class Pipeline:
         for _, reason in stored.rejects:
             self.metrics.rows_rejected.labels(reason).inc()
         batch.good, batch.rejects = stored.rows, stored.rejects
+        batch.newest_ms = stored.newest_ms
         batch.rejects_taken = not stored.rejects
         batch.stored = True
         return True

@@ -13,14 +13,31 @@ T = TypeVar("T")
 
 
 MIN_SECRET_CHARS = 16  # a short secret is a guessable one: refuse it at start
+# A value copied from an example is a public one, however long: "change-me-to-64-hex-chars" in
+# a deploy that nobody edited. The rule: lower-cased, with every character but a-z and 0-9
+# dropped, the value contains one of these words; or it is one character repeated ("xxxx...").
+# Random hex never holds one (g, h, l, m, n, p, r aren't hex digits), nor in practice base64.
+PLACEHOLDER_WORDS = ("changeme", "replace", "placeholder", "example")
 
 
 class SettingsError(ValueError):
     """A setting is missing or malformed; the message names the variable."""
 
 
+def is_placeholder(value: str) -> bool:
+    """Whether `value` is a placeholder by the rule above (PLACEHOLDER_WORDS)."""
+    folded = "".join(c for c in value.lower() if c.isascii() and c.isalnum())
+    return len(set(value)) == 1 or any(word in folded for word in PLACEHOLDER_WORDS)
+
+
 def refuse_short_secret(name: str, value: str, when_empty: str) -> None:
-    """A SettingsError naming `name`, never quoting `value`, when it is set but too short."""
+    """A SettingsError naming `name`, never quoting `value`, when it is set but too short or
+    a placeholder (is_placeholder)."""
+    if value and is_placeholder(value):
+        raise SettingsError(
+            f"{name}: a placeholder value (it contains one of {', '.join(PLACEHOLDER_WORDS)}, "
+            "or repeats one character); set a random one, e.g. `openssl rand -hex 32`"
+        )
     if value and len(value) < MIN_SECRET_CHARS:
         raise SettingsError(f"{name}: shorter than {MIN_SECRET_CHARS} chars ({when_empty})")
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import re
 from collections.abc import Sequence
+from dataclasses import dataclass
 from typing import Protocol
 
 # Tokens go into SQL text: keep them to characters that need no quoting.
@@ -15,19 +16,66 @@ TOKEN_RE = re.compile(r"^[A-Za-z0-9:._-]{1,200}$")
 # block by its sort key on the way in, over half an insert's cost (docs/performance.md
 # "Consumer"); a duplicate inside one batch is collapsed by merges and FINAL like any other.
 INSERT_SETTINGS = {"async_insert": "0", "optimize_on_insert": "0"}
+# Into a Distributed table (a cluster, docs/operations.md "ClickHouse"): acknowledged only once
+# every shard has its slice (the default writes it to the initiator's disk and sends it later,
+# lost with that disk), deduplicated by the token on each shard (a profile may turn it off),
+# and on a quorum of each shard's replicas (`insert_quorum`: "auto" is a majority).
+CLUSTER_INSERT_SETTINGS = {"distributed_foreground_insert": "1", "insert_deduplicate": "1"}
+CLUSTER_NAME_RE = re.compile(r"^[A-Za-z0-9_-]{1,64}$")  # cluster names have no dots
+QUORUM_RE = re.compile(r"^(auto|[0-9]{1,2})$")
 
 
-def insert_settings(token: str) -> str:
-    """The SETTINGS clause of an insert under the dedup `token` (INSERT_SETTINGS with it)."""
+@dataclass(frozen=True, slots=True)
+class Cluster:
+    """A ClickHouse cluster a writer works on: its name in `remote_servers` and the quorum of
+    replicas an insert waits for on each shard."""
+
+    name: str
+    insert_quorum: str = "auto"
+
+    def __post_init__(self) -> None:
+        if not CLUSTER_NAME_RE.match(self.name):
+            raise ValueError(f"bad cluster name {self.name!r}")
+        if not QUORUM_RE.match(self.insert_quorum):
+            raise ValueError(f"bad insert quorum {self.insert_quorum!r}")
+
+    @property
+    def on(self) -> str:
+        """The ON CLUSTER clause of a statement run on every server of the cluster."""
+        return f"ON CLUSTER '{self.name}'"
+
+
+def insert_params(token: str, cluster: Cluster | None = None) -> dict[str, str]:
+    """The settings of an insert under the dedup `token`, into a cluster's Distributed table
+    when `cluster` is given: the one place they are chosen (INSERT_SETTINGS and
+    CLUSTER_INSERT_SETTINGS)."""
     if not TOKEN_RE.match(token):
         raise ValueError(f"bad dedup token {token!r}")
-    settings = ", ".join(f"{k} = {v}" for k, v in INSERT_SETTINGS.items())
-    return f"SETTINGS {settings}, insert_deduplication_token = '{token}'"
+    settings = dict(INSERT_SETTINGS)
+    if cluster is not None:
+        settings |= CLUSTER_INSERT_SETTINGS | {"insert_quorum": cluster.insert_quorum}
+    return settings | {"insert_deduplication_token": token}
 
 
-def insert_select(table: str, columns: Sequence[str], select: str, token: str) -> str:
+def insert_settings(token: str, cluster: Cluster | None = None) -> str:
+    """The SETTINGS clause of an insert under the dedup `token` (insert_params)."""
+    # Values are numbers, names or tokens (TOKEN_RE): none needs escaping inside quotes.
+    params = insert_params(token, cluster).items()
+    return "SETTINGS " + ", ".join(f"{k} = {v if v.isdigit() else repr(v)}" for k, v in params)
+
+
+def insert_select(
+    table: str, columns: Sequence[str], select: str, token: str, cluster: Cluster | None = None
+) -> str:
     """The statement of Writer.insert_from."""
-    return f"INSERT INTO {table} ({', '.join(columns)}) {select} {insert_settings(token)}"
+    clause = insert_settings(token, cluster)
+    return f"INSERT INTO {table} ({', '.join(columns)}) {select} {clause}"
+
+
+def cluster_of(writer: object) -> Cluster | None:
+    """The cluster `writer` works on (its `cluster` attribute), None for a single server."""
+    cluster = getattr(writer, "cluster", None)
+    return cluster if isinstance(cluster, Cluster) else None
 
 
 class StoreError(Exception):
@@ -54,3 +102,10 @@ class Writer(Protocol):
         """Run a query and return its output in `fmt`."""
 
     async def close(self) -> None: ...
+
+
+class ShardReach(Protocol):
+    """A writer that can open another on one server of its cluster (a shard's replica, by its
+    host name in `remote_servers`), for the work done shard by shard (analytics/cluster.py)."""
+
+    def on_host(self, host: str) -> Writer: ...

@@ -13,10 +13,11 @@ import asyncio
 import gzip
 import uuid
 from collections.abc import AsyncIterator, Mapping, Sequence
+from urllib.parse import urlsplit, urlunsplit
 
 import aiohttp
 
-from analytics.store import INSERT_SETTINGS, TOKEN_RE, StoreError, insert_select
+from analytics.store import Cluster, StoreError, insert_params, insert_select
 
 # ClickHouse sends this header with every error answer; the body is the exception text.
 EXCEPTION_CODE_HEADER = "X-ClickHouse-Exception-Code"
@@ -58,9 +59,13 @@ class HttpWriter:
         timeout_s: float = 60.0,
         connect_timeout_s: float = 5.0,
         compress: bool = True,
+        cluster: Cluster | None = None,
     ) -> None:
+        """`cluster`: inserts go to a cluster's Distributed tables, with its settings."""
         self.url = url
         self.compress = compress
+        self.cluster = cluster
+        self._args = (user, password, timeout_s, connect_timeout_s, compress, cluster)
         self._headers = {"X-ClickHouse-User": user, "X-ClickHouse-Key": password}
         if compress:
             self._headers["Content-Encoding"] = "gzip"
@@ -103,13 +108,18 @@ class HttpWriter:
         except (aiohttp.ClientError, TimeoutError, OSError) as exc:
             raise StoreError(f"ClickHouse at {self.url} unreachable: {exc!r}") from exc
 
+    def on_host(self, host: str) -> HttpWriter:
+        """A writer like this one for the server `host` (a shard's replica in the cluster's
+        `remote_servers`), on the same scheme and port."""
+        parts = urlsplit(self.url)
+        port = f":{parts.port}" if parts.port else ""
+        netloc = f"[{host}]{port}" if ":" in host else f"{host}{port}"
+        return HttpWriter(urlunsplit(parts._replace(netloc=netloc)), *self._args)
+
     async def insert(self, table: str, rows: bytes, token: str) -> None:
-        if not TOKEN_RE.match(token):
-            raise ValueError(f"bad dedup token {token!r}")
         params = {
             "query": f"INSERT INTO {table} FORMAT JSONEachRow",
-            **INSERT_SETTINGS,
-            "insert_deduplication_token": token,
+            **insert_params(token, self.cluster),
             # Wire fields without a column (added by newer collectors) must not fail a batch.
             "input_format_skip_unknown_fields": "1",
         }
@@ -118,7 +128,8 @@ class HttpWriter:
     async def insert_from(
         self, table: str, columns: Sequence[str], select: str, token: str
     ) -> None:
-        await self._post({}, insert_select(table, columns, select, token).encode())
+        statement = insert_select(table, columns, select, token, self.cluster)
+        await self._post({}, statement.encode())
 
     async def load(self, table: str, body: Sequence[bytes], fmt: str) -> None:
         await self._post({"query": f"INSERT INTO {table} FORMAT {fmt}"}, body)

@@ -54,7 +54,8 @@ def spool_limits(settings: Settings) -> Limits:
 
 class SegmentWriter:
     """Appends whole lines to this writer's open segment in `directory`, bounded by `max_bytes`
-    for the whole directory; publishes the spool's size (beacon_spool_bytes, _segments)."""
+    for the whole directory; publishes the spool's size and bound (beacon_spool_bytes,
+    _segments, _max_bytes)."""
 
     def __init__(
         self,
@@ -73,6 +74,7 @@ class SegmentWriter:
         self.segment_max_bytes = limits["segment_max_bytes"]
         self.segment_max_age_ms = limits["segment_max_age_ms"]
         self.max_bytes = limits["max_bytes"]
+        metrics.spool_max_bytes.set(self.max_bytes)  # the spool alert's line
         self.fd = -1
         self.path: Path | None = None
         self.opened_ms = 0

@@ -60,6 +60,10 @@ class KafkaFeed:
         self.assignments = 0  # bumped on every assignment: a stale adoption is discarded
         self.skipped = False  # the last read fetched nothing: the buffers were full
         self._lag: asyncio.Task[None] | None = None
+        # Per partition: the last lag in records read from the broker, and the received_at
+        # (ms) of the newest event stored from it since it was assigned here.
+        self.lag_records: dict[TopicPartition, int] = {}
+        self.newest_ms: dict[TopicPartition, int] = {}
 
     # -- rebalance callbacks (aiokafka's coordinator task calls these) ----------------------
 
@@ -68,8 +72,15 @@ class KafkaFeed:
             part = self.parts.pop(tp, None)
             if part is not None and part.batch is not None:
                 self.metrics.batches.labels("revoked").inc()
-            with contextlib.suppress(KeyError):
-                self.metrics.lag_records.remove(tp.topic, str(tp.partition))
+            self.lag_records.pop(tp, None)
+            self.newest_ms.pop(tp, None)
+            for gauge in (
+                self.metrics.lag_records,
+                self.metrics.lag_seconds,
+                self.metrics.newest_event_timestamp,
+            ):
+                with contextlib.suppress(KeyError):
+                    gauge.remove(tp.topic, str(tp.partition))
         self.unadopted -= tps
         if tps:
             log.info("partitions revoked, uncommitted records left to the next owner: %s", tps)
@@ -211,6 +222,13 @@ class KafkaFeed:
             assert isinstance(batch, PartitionBatch)
             parts.append(self.parts[batch.tp])
         await self.source.commit({p.tp: (p.flight.last + 1, "") for p in parts})
+        for batch in batches:
+            assert isinstance(batch, PartitionBatch)
+            tp = batch.tp
+            if self.owns(batch) and batch.newest_ms > self.newest_ms.get(tp, 0):
+                self.newest_ms[tp] = batch.newest_ms
+                gauge = self.metrics.newest_event_timestamp
+                gauge.labels(tp.topic, str(tp.partition)).set(batch.newest_ms / 1000)
         for part in parts:
             part.done()
             if self.parts.get(part.tp) is part:  # not a new owner's partition, paused to adopt
@@ -235,10 +253,27 @@ class KafkaFeed:
                 ends = await self.source.end(parts)
             except KafkaError as exc:
                 log.debug("end offsets unavailable: %s", exc)
-                continue
+                ends = {}  # the lag in seconds still counts on from the last lag known
+            now_s = time.time()
             for tp, part in parts.items():
                 current = self.parts.get(tp)
-                if tp not in ends or current is None or current is not part:
+                if current is None or current is not part:
                     continue  # revoked meanwhile
-                lag = max(0, ends[tp] - current.committed)
-                self.metrics.lag_records.labels(tp.topic, str(tp.partition)).set(lag)
+                if tp in ends:
+                    lag = self.lag_records[tp] = max(0, ends[tp] - current.committed)
+                    self.metrics.lag_records.labels(tp.topic, str(tp.partition)).set(lag)
+                self._show_lag_seconds(tp, now_s)
+
+    def _show_lag_seconds(self, tp: TopicPartition, now_s: float) -> None:
+        """How old the newest event stored from `tp` is while records of it wait; 0 when none
+        waits. Unknown (not shown) while records wait and none was stored here yet."""
+        lag = self.lag_records.get(tp)
+        newest_ms = self.newest_ms.get(tp)
+        if lag is None:
+            return  # no end offset read yet
+        if lag and newest_ms is None:
+            with contextlib.suppress(KeyError):
+                self.metrics.lag_seconds.remove(tp.topic, str(tp.partition))
+            return
+        lag_s = max(0.0, now_s - newest_ms / 1000) if lag and newest_ms else 0.0
+        self.metrics.lag_seconds.labels(tp.topic, str(tp.partition)).set(lag_s)

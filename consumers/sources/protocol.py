@@ -29,6 +29,7 @@ class Batch:
         self.marked = replay  # recorded as in flight (a replay: by the run before)
         self.stored = False  # ClickHouse acknowledged the insert; good and rejects are known
         self.rejects_taken = False  # the feed has taken the rejects (DLQ, log)
+        self.newest_ms = 0  # received_at of its newest stored event (consumers/ingest.py)
         self.failures = 0
         self.retry_at = 0.0  # monotonic time the next attempt is due
 

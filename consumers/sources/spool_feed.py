@@ -13,7 +13,7 @@ import contextlib
 import logging
 import time
 
-from consumers.metrics import ConsumerMetrics
+from consumers.metrics import SPOOL_TOPIC, ConsumerMetrics
 from consumers.settings import ConsumerSettings
 from consumers.sources.protocol import Batch, join_lines
 from consumers.sources.spool import Range, SpoolSource, token_for
@@ -63,6 +63,7 @@ class SpoolFeed:
         self.ranges: list[Range] = []
         self.first_read_at = 0.0
         self.batch: SpoolBatch | None = None
+        self.newest_ms = 0  # received_at of the newest event stored since the start
 
     async def start(self) -> None:
         """The checkpoint's pending batch, if any, goes first, under its old token."""
@@ -120,9 +121,23 @@ class SpoolFeed:
             assert isinstance(batch, SpoolBatch)
             await asyncio.to_thread(self.source.commit, batch.ranges)
             self.batch = None
+            if batch.newest_ms > self.newest_ms:
+                self.newest_ms = batch.newest_ms
+                gauge = self.metrics.newest_event_timestamp
+                gauge.labels(SPOOL_TOPIC, "").set(batch.newest_ms / 1000)
 
     def hold(self, batch: Batch) -> None:
         pass  # nothing is read while a batch is on its way
 
     def after_pass(self) -> None:
-        self.metrics.backlog_segments.set(self.source.backlog_segments())
+        backlog = self.source.backlog_segments()
+        self.metrics.backlog_segments.set(backlog)
+        # The lag in seconds, as the Kafka feed's: how old the newest stored event is while
+        # closed segments wait, 0 when none does; unknown (not shown) while segments wait and
+        # nothing was stored yet.
+        if backlog and not self.newest_ms:
+            with contextlib.suppress(KeyError):
+                self.metrics.lag_seconds.remove(SPOOL_TOPIC, "")
+            return
+        lag_s = max(0.0, time.time() - self.newest_ms / 1000) if backlog else 0.0
+        self.metrics.lag_seconds.labels(SPOOL_TOPIC, "").set(lag_s)

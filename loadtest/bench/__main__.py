@@ -108,7 +108,12 @@ def start_kafka(workdir: Path):  # type: ignore[no-untyped-def]
     """A real broker (the project's script) and the event topics (`beacon kafka init`)."""
     kafka = load_kafka_script()
     broker = kafka.start_broker(workdir / "kafka", free_port(), free_port())
-    env = python_env(BEACON_KAFKA_BOOTSTRAP=broker.bootstrap)
+    env = python_env(
+        BEACON_KAFKA_BOOTSTRAP=broker.bootstrap,
+        # One broker: one copy, and acks=all waits for that one (the defaults want 3 and 2).
+        BEACON_KAFKA_REPLICATION="1",
+        BEACON_KAFKA_MIN_INSYNC_REPLICAS="1",
+    )
     subprocess.run(
         [sys.executable, "-m", "beacon", "kafka", "init"],
         env=env,

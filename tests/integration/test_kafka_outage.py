@@ -74,6 +74,8 @@ async def own_settings(settings: Settings, own_broker: OwnBroker) -> Settings:
         kafka_topic=name,
         kafka_dlq_topic=name + ".dlq",
         kafka_partitions=3,
+        kafka_replication=1,  # a single broker
+        kafka_min_insync_replicas=1,
         # Short enough that the test does not wait long for a verdict on a dead broker.
         kafka_timeout_ms=1500,
         # Segments close quickly, so replay has something to take soon after Kafka is back.

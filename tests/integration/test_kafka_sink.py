@@ -134,17 +134,20 @@ def test_kafka_init_creates_both_topics_and_is_idempotent(kafka_bootstrap, capsy
         "BEACON_KAFKA_TOPIC": name,
         "BEACON_KAFKA_DLQ_TOPIC": name + ".dlq",
         "BEACON_KAFKA_PARTITIONS": "4",
+        # One broker: one copy of each partition, and an acks=all write waits for that one.
+        "BEACON_KAFKA_REPLICATION": "1",
+        "BEACON_KAFKA_MIN_INSYNC_REPLICAS": "1",
     }
     argv = ["kafka", "init", "--kafka-bootstrap", kafka_bootstrap]
     assert main(argv, env) == 0
     out = capsys.readouterr().out
-    assert f"{name}: created (4 partitions)" in out
-    assert f"{name}.dlq: created (4 partitions)" in out
+    assert f"{name}: created (4 partitions, 1 replica, " in out
+    assert f"{name}.dlq: created (4 partitions, 1 replica, " in out
 
     assert main(argv, env) == 0  # again: nothing to do, and it says so
     out = capsys.readouterr().out
-    assert f"{name}: exists (4 partitions)" in out
-    assert f"{name}.dlq: exists (4 partitions)" in out
+    assert f"{name}: exists (4 partitions, 1 replica, " in out
+    assert f"{name}.dlq: exists (4 partitions, 1 replica, " in out
 
     async def describe() -> dict[str, int]:
         admin = AIOKafkaAdminClient(bootstrap_servers=kafka_bootstrap)
@@ -188,6 +191,8 @@ async def test_missing_topic_spools_until_kafka_init_then_replays(
         kafka_topic=name,
         kafka_dlq_topic=name + ".dlq",
         kafka_partitions=2,
+        kafka_replication=1,  # the session's single broker
+        kafka_min_insync_replicas=1,
         spool_segment_max_age_ms=100,
     )
     sink = kafka_sink(late, metrics)

@@ -262,11 +262,11 @@ def test_the_migration_backfills_what_was_stored_before(tmp_path: Path) -> None:
     store._reader = None
     store.enricher = Enricher()
     # A store at version 4: the events table, no rollups yet.
-    for version, _, sql in MIGRATIONS[:4]:
+    for version, _, sqls, _ in MIGRATIONS[:4]:
         if version == 1:
             run(store.writer.execute("CREATE DATABASE IF NOT EXISTS beacon"))
-        assert isinstance(sql, str)
-        run(store.writer.execute(sql))
+        for sql in sqls:
+            run(store.writer.execute(sql))
     store.add(traffic(1, 1) + traffic(0, 0))
     assert run(migrate(store.writer, retention_days=0))[-1] == 5
     compare(store, window_days(3))

@@ -51,6 +51,7 @@ class Seen:
     content_encoding: str
     wire_bytes: int  # body as sent
     body_bytes: int  # body after gunzip
+    statement: str = ""  # the query parameter, else the body (then a statement, not rows)
 
 
 class FrontError(Exception):
@@ -135,7 +136,8 @@ class ClickHouseFront:
         encoding = request.headers.get("Content-Encoding", "")
         try:
             body = self._decode(raw, encoding)
-            self.seen.append(Seen(dict(request.query), encoding, len(raw), len(body)))
+            statement = request.query.get("query") or body
+            self.seen.append(Seen(dict(request.query), encoding, len(raw), len(body), statement))
             if self.fail_all:
                 raise FrontError(503, 0, "front: failing on purpose")
             self._authenticate(request)

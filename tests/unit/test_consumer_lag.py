@@ -1,0 +1,154 @@
+"""The consumer's lag in seconds (beacon_consumer_lag_seconds) and the time of the newest event it
+stored (beacon_consumer_newest_event_timestamp_seconds), per Kafka partition and for the spool:
+the age of the newest stored event while records wait, 0 once none does. The Kafka broker is
+faked at the source's edge; the spool is real files."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import Iterable
+from pathlib import Path
+
+import orjson
+from aiokafka import ConsumerRecord, TopicPartition
+from prometheus_client import CollectorRegistry
+
+from collector.metrics import CollectorMetrics
+from collector.sinks.spool import SpoolSink
+from consumers.metrics import SPOOL_TOPIC, ConsumerMetrics
+from consumers.settings import ConsumerSettings
+from consumers.sources import kafka_feed
+from consumers.sources.kafka_batches import PartitionBatch, PartitionBuffer
+from consumers.sources.kafka_feed import KafkaFeed
+from consumers.sources.spool import SpoolSource
+from consumers.sources.spool_feed import SpoolFeed
+
+TP = TopicPartition("beacon.events", 3)
+LABELS = {"topic": "beacon.events", "partition": "3"}
+SPOOL = {"topic": SPOOL_TOPIC, "partition": ""}
+TEN_MINUTES_MS = 600_000
+
+
+def gauge(metrics: ConsumerMetrics, name: str, labels: dict[str, str]) -> float | None:
+    return metrics.registry.get_sample_value(name, labels)
+
+
+async def eventually(condition, timeout_s: float = 10.0) -> None:  # type: ignore[no-untyped-def]
+    deadline = time.monotonic() + timeout_s
+    while not condition():
+        assert time.monotonic() < deadline, "condition not met in time"
+        await asyncio.sleep(0.02)
+
+
+class Broker:
+    """The KafkaSource calls the feed makes here, answered from memory."""
+
+    def __init__(self) -> None:
+        self.ends: dict[TopicPartition, int] = {}
+        self.commits: list[dict[TopicPartition, tuple[int, str]]] = []
+
+    async def end(self, tps: Iterable[TopicPartition]) -> dict[TopicPartition, int]:
+        return {tp: self.ends[tp] for tp in tps}
+
+    async def commit(self, offsets: dict[TopicPartition, tuple[int, str]]) -> None:
+        self.commits.append(offsets)
+
+    def resume(self, *tps: TopicPartition) -> None:
+        pass
+
+
+def record(offset: int) -> ConsumerRecord:
+    return ConsumerRecord(TP.topic, TP.partition, offset, 0, 0, None, b"{}", None, 0, 2, ())
+
+
+async def test_kafka_lag_in_seconds_counts_from_the_newest_stored_event(
+    tmp_path: Path, monkeypatch
+) -> None:
+    monkeypatch.setattr(kafka_feed, "LAG_INTERVAL_S", 0.01)
+    metrics = ConsumerMetrics(CollectorRegistry())
+    broker = Broker()
+    feed = KafkaFeed(broker, None, metrics, ConsumerSettings(data_dir=tmp_path))  # type: ignore[arg-type]
+    part = feed.parts[TP] = PartitionBuffer(TP, committed=0, inflight=None)
+    broker.ends[TP] = 0
+    watch = asyncio.create_task(feed._watch_lag())
+    try:
+        await eventually(lambda: gauge(metrics, "beacon_consumer_lag_seconds", LABELS) == 0)
+        # Records wait, none stored yet here: how old they are is not known (not shown).
+        part.add([record(0), record(1), record(2)], time.monotonic())
+        broker.ends[TP] = 3
+        await eventually(lambda: gauge(metrics, "beacon_consumer_lag_records", LABELS) == 3)
+        assert gauge(metrics, "beacon_consumer_lag_seconds", LABELS) is None
+        # A batch is stored and committed; its newest event was received ten minutes ago.
+        batch = part.cut(time.monotonic(), 100, 1 << 20, 0.0, None, final=True)
+        assert isinstance(batch, PartitionBatch)
+        newest_ms = time.time_ns() // 1_000_000 - TEN_MINUTES_MS
+        batch.newest_ms = newest_ms
+        await feed.commit([batch])
+        assert broker.commits == [{TP: (3, "")}]
+        timestamp = gauge(metrics, "beacon_consumer_newest_event_timestamp_seconds", LABELS)
+        assert timestamp == newest_ms / 1000
+        # Caught up: nothing waits, the lag is 0 however old the newest event.
+        await eventually(lambda: gauge(metrics, "beacon_consumer_lag_seconds", LABELS) == 0)
+        # 40 more records arrive and are not stored: ten minutes behind, and counting.
+        broker.ends[TP] = 43
+        await eventually(lambda: (gauge(metrics, "beacon_consumer_lag_seconds", LABELS) or 0) > 0)
+        lag_s = gauge(metrics, "beacon_consumer_lag_seconds", LABELS)
+        assert lag_s is not None and 600 <= lag_s < 660
+        # Revoked: the partition's series go with it.
+        feed._revoked({TP})
+        for name in ("lag_records", "lag_seconds", "newest_event_timestamp_seconds"):
+            assert gauge(metrics, f"beacon_consumer_{name}", LABELS) is None, name
+    finally:
+        watch.cancel()
+
+
+async def test_a_batch_older_than_the_newest_stored_leaves_the_time_alone(tmp_path: Path) -> None:
+    metrics = ConsumerMetrics(CollectorRegistry())
+    feed = KafkaFeed(Broker(), None, metrics, ConsumerSettings(data_dir=tmp_path))  # type: ignore[arg-type]
+    part = feed.parts[TP] = PartitionBuffer(TP, committed=0, inflight=None)
+    for offset, newest_ms in ((0, 2_000_000), (1, 1_000_000), (2, 0)):  # 0: no exact time
+        part.add([record(offset)], time.monotonic())
+        batch = part.cut(time.monotonic(), 100, 1 << 20, 0.0, None, final=True)
+        assert isinstance(batch, PartitionBatch)
+        batch.newest_ms = newest_ms
+        await feed.commit([batch])
+    assert gauge(metrics, "beacon_consumer_newest_event_timestamp_seconds", LABELS) == 2000
+
+
+async def spool_segment(spool_dir: Path, received_ms: int) -> None:
+    """One closed spool segment of two events, as the collector writes it."""
+    sink = SpoolSink(
+        spool_dir,
+        CollectorMetrics(CollectorRegistry()),
+        segment_max_bytes=1 << 20,
+        segment_max_age_ms=3_600_000,
+        max_bytes=1 << 30,
+    )
+    await sink.send([orjson.dumps({"received_at": received_ms + i}) for i in range(2)])
+    await sink.close()
+
+
+async def test_spool_lag_in_seconds_while_closed_segments_wait(tmp_path: Path) -> None:
+    settings = ConsumerSettings(data_dir=tmp_path, batch_max_rows=100, batch_max_age_ms=0)
+    metrics = ConsumerMetrics(CollectorRegistry())
+    feed = SpoolFeed(SpoolSource(settings.spool_dir, settings.checkpoint_path), metrics, settings)
+    feed.after_pass()
+    assert gauge(metrics, "beacon_consumer_lag_seconds", SPOOL) == 0  # nothing waits
+    received_ms = time.time_ns() // 1_000_000 - TEN_MINUTES_MS
+    await spool_segment(settings.spool_dir, received_ms)
+    feed.after_pass()
+    assert gauge(metrics, "beacon_consumer_lag_seconds", SPOOL) is None  # none stored yet
+    assert await feed.read(final=False) == 2
+    (batch,) = feed.batches(time.monotonic(), final=False)
+    await feed.mark([batch])
+    batch.newest_ms = received_ms + 1  # what the ingest found in it
+    await feed.commit([batch])
+    timestamp = gauge(metrics, "beacon_consumer_newest_event_timestamp_seconds", SPOOL)
+    assert timestamp == (received_ms + 1) / 1000
+    feed.after_pass()
+    assert gauge(metrics, "beacon_consumer_lag_seconds", SPOOL) == 0  # the segment is gone
+    await spool_segment(settings.spool_dir, received_ms + 5)  # a new one waits
+    feed.after_pass()
+    lag_s = gauge(metrics, "beacon_consumer_lag_seconds", SPOOL)
+    assert lag_s is not None and 600 <= lag_s < 660
