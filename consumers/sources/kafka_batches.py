@@ -5,7 +5,10 @@ that may already be in ClickHouse must be formed again from exactly the same off
 crash or a rebalance, or the repeat gets a new token and is stored twice.
 
 Fresh batches are cut by rows (`batch_max_rows`: lines, a record may hold several), by bytes
-(`batch_max_bytes`) or by age (`batch_max_age_ms`), always at a record's end. A row or byte cut
+(`batch_max_bytes`) or by age (`batch_max_age_ms`), always at a record's end. Not by age while
+records of the partition wait on the broker (up to BACKLOG_AGES ages): a consumer catching up
+(after an outage, a restart, a rebalance) then inserts in its largest batches, where the store
+pays least per row, and waits for nothing that is not already there. A row or byte cut
 is reproducible from the committed offset; an age cut is not: it depends on how fast records
 arrived. So, as in ClickHouse Kafka Connect's exactly-once design (per-partition state of the
 offset range in flight), the range is written down before the insert, and the next reader of
@@ -31,6 +34,9 @@ from consumers.sources.protocol import Batch, join_lines, lines_of
 
 TOKEN_TOPIC_MAX_CHARS = 120  # leaves room for partition and offsets in TOKEN_RE's 200
 INFLIGHT_RE = re.compile(r"^beacon-inflight:(\d+)-(\d+)$")
+# The longest a waiting backlog holds back an age cut, in batch ages: a high watermark that
+# stopped moving (a partition not fetched for a while) cannot hold a batch for good.
+BACKLOG_AGES = 10
 
 
 def inflight_metadata(first: int, last: int) -> str:
@@ -148,8 +154,11 @@ class PartitionBuffer:
         if not self.records:
             return None
         full = self._full(max_rows, max_bytes)
-        if full is None and now - self.first_read_at < max_age_s and not final:
-            return None
+        if full is None and not final:
+            age_s = now - self.first_read_at
+            behind = highwater is not None and highwater > self.next_offset
+            if age_s < max_age_s or (behind and age_s < max_age_s * BACKLOG_AGES):
+                return None
         return self._take(full or len(self.records), replay=False, now=now)
 
     def _full(self, max_rows: int, max_bytes: int) -> int | None:

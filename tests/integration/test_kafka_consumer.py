@@ -38,7 +38,12 @@ from consumers.metrics import ConsumerMetrics
 from consumers.pipeline import Pipeline
 from consumers.settings import ConsumerSettings
 from consumers.sources.kafka import KafkaSource
-from consumers.sources.kafka_batches import PartitionBuffer, inflight_metadata, parse_inflight
+from consumers.sources.kafka_batches import (
+    BACKLOG_AGES,
+    PartitionBuffer,
+    inflight_metadata,
+    parse_inflight,
+)
 from consumers.sources.kafka_feed import KafkaFeed
 from tests.support.chdb_events import mail_opens
 from tests.support.helpers import free_port, metric_value, store_port_query
@@ -236,6 +241,27 @@ def test_fresh_batches_are_cut_by_rows_then_by_age() -> None:
     )
     assert batch is not None and (batch.first, batch.last) == (3, 4)
     assert part.committed == 3
+
+
+def test_no_age_cut_while_records_wait_on_the_broker() -> None:
+    """Catching up, a partition's batch is cut full, not by age; caught up, the age cut is
+    back; and a high watermark that stops moving holds a batch for BACKLOG_AGES ages at most."""
+    tp = TopicPartition("t", 3)
+    part = PartitionBuffer(tp, committed=0, inflight=None)
+    part.add(records(tp, range(4), b"{}\n{}"), now=0.0)  # 2 lines a record: 8 read
+    cut = {"max_rows": 20, "max_bytes": 1 << 30, "max_age_s": 1.0, "final": False}
+    assert part.cut(now=5.0, highwater=10, **cut) is None  # 6 records wait: read them first
+    part.add(records(tp, range(4, 14), b"{}\n{}"), now=5.0)
+    full = part.cut(now=5.0, highwater=100, **cut)
+    assert full is not None and (full.first, full.last) == (0, 9)  # 20 lines: cut by rows
+    part.done()
+    caught_up = part.cut(now=6.0, highwater=14, **cut)  # nothing waits: due by age
+    assert caught_up is not None and (caught_up.first, caught_up.last) == (10, 13)
+    part.done()
+    part.add(records(tp, range(14, 15)), now=6.0)
+    assert part.cut(now=6.0 + BACKLOG_AGES - 0.5, highwater=100, **cut) is None
+    stale = part.cut(now=6.0 + BACKLOG_AGES, highwater=100, **cut)
+    assert stale is not None and (stale.first, stale.last) == (14, 14)
 
 
 # -- the pipeline in process -------------------------------------------------------------------
