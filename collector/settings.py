@@ -14,7 +14,7 @@ from contract import common
 from contract.common import PREFIX
 from contract.config import SettingsError, from_mapping, refuse_short_secret, setting
 
-DAY_MS = 24 * 60 * 60 * 1000
+DAY_MS = common.DAY_MS
 
 
 @dataclass(frozen=True, slots=True)
@@ -106,7 +106,9 @@ class Settings:
         3 * DAY_MS, "retention.ms of the events topic (3 days); -1: forever", min=-1
     )
     kafka_dlq_retention_ms: int = setting(
-        14 * DAY_MS, "retention.ms of the dead-letter topic (14 days); -1: forever", min=-1
+        common.DLQ_RETENTION_MS,
+        "retention.ms of the dead-letter topic (14 days); -1: forever",
+        min=-1,
     )
     kafka_compression: str = setting(
         "lz4", "producer compression", choices=("none", "gzip", "lz4", "zstd")

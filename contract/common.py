@@ -14,6 +14,10 @@ EVENTS_TOPIC = "beacon.events"
 EVENTS_TOPIC_HELP = "the events topic"
 DLQ_TOPIC = "beacon.events.dlq"
 DLQ_TOPIC_HELP = "where lines that cannot be stored go, each alone"
+DAY_MS = 24 * 3600 * 1000
+# How long the dead-letter topic keeps a record: it is read by people, days later. The default
+# of `beacon kafka init` and of a consumer that finds the topic missing.
+DLQ_RETENTION_MS = 14 * DAY_MS
 
 
 def spool_dir(data_dir: Path) -> Path:

@@ -17,6 +17,7 @@ from aiokafka.errors import KafkaTimeoutError, TopicAlreadyExistsError
 
 from consumers.settings import ConsumerSettings
 from consumers.sources.kafka_batches import parse_inflight
+from contract import common
 
 log = logging.getLogger("beacon.consumer")
 
@@ -24,9 +25,11 @@ Partitions = set[TopicPartition]
 Offsets = dict[TopicPartition, tuple[int, str]]  # (offset, metadata) to commit
 
 # The dead-letter topic when the consumer has to create it: rejects are rare, but kept as
-# safely as events (3 replicas where the cluster has them).
+# safely as events, as `beacon kafka init` would make it (3 replicas where the cluster has
+# them, an acks=all write on 2, kept 14 days).
 DLQ_PARTITIONS = 1
 DLQ_REPLICATION = 3
+DLQ_MIN_INSYNC_REPLICAS = 2
 COMMIT_TIMEOUT_S = 30.0
 
 
@@ -88,7 +91,12 @@ class KafkaSource:
             return
         brokers = len((await self.admin.describe_cluster())["brokers"])
         try:
-            topic = NewTopic(name, DLQ_PARTITIONS, min(DLQ_REPLICATION, brokers))
+            replication = min(DLQ_REPLICATION, brokers)
+            configs = {
+                "min.insync.replicas": str(min(DLQ_MIN_INSYNC_REPLICAS, replication)),
+                "retention.ms": str(common.DLQ_RETENTION_MS),
+            }
+            topic = NewTopic(name, DLQ_PARTITIONS, replication, topic_configs=configs)
             await self.admin.create_topics([topic])
             log.info("created topic %s", name)
         except TopicAlreadyExistsError:

@@ -261,3 +261,31 @@ def test_the_refusal_suggests_settings_that_fit(brokers):
         2: "For 2 brokers: --set kafka_replication=2 --set kafka_min_insync_replicas=1",
     }
     assert wanted[brokers] in line
+
+
+def test_a_consumer_that_finds_no_dead_letter_topic_makes_it_as_kafka_init_would(kafka_bootstrap):
+    from consumers.settings import ConsumerSettings
+    from consumers.sources.kafka import KafkaSource
+    from contract.common import DLQ_RETENTION_MS
+
+    name = f"made-by-consumer-{uuid.uuid4().hex[:8]}.dlq"
+    settings = ConsumerSettings.from_env({"BEACON_KAFKA_BOOTSTRAP": kafka_bootstrap})
+
+    async def make() -> None:
+        source = KafkaSource(settings)
+        await source.admin.start()
+        try:
+            await source.ensure_topic(name)
+            await source.ensure_topic(name)  # there already: left as it is
+        finally:
+            await source.admin.close()
+            await source.consumer.stop()  # made with the source, never started here
+
+    asyncio.run(make())
+    dlq = asyncio.run(describe(kafka_bootstrap, name))
+    # One broker: one copy, and min.insync.replicas no more than the copies.
+    assert dlq["configs"] == {
+        "min.insync.replicas": ("1", TOPIC_CONFIG),
+        "retention.ms": (str(DLQ_RETENTION_MS), TOPIC_CONFIG),
+    }
+    assert dlq["replicas"] == {1}
