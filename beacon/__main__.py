@@ -13,12 +13,12 @@ import difflib
 import logging
 import os
 import re
-import shlex
-import shutil
 import sys
 from collections.abc import Mapping, Sequence
 from importlib import metadata
 
+from beacon.banner import banner, command_path
+from beacon.claims import IN_USE_ADVICE, IN_USE_DEFAULT, claim_data_dir
 from collector.settings import Settings
 from consumers.settings import ConsumerSettings
 from contract import owner
@@ -54,16 +54,6 @@ SETTING_NAMES = frozenset(
     [f.name for cls in (Settings, ConsumerSettings) for f in dataclasses.fields(cls)]
     + list(OWN_SETTINGS)
 )
-
-# What to do when the data directory is someone else's, by command (contract/owner.py).
-IN_USE_ADVICE = {
-    "migrate": "it migrated the store as it started; stop it first to migrate by hand",
-    "settle": "its consumer settles the rollups by itself; stop it first to settle by hand",
-}
-IN_USE_DEFAULT = "stop it first (kill -TERM {pid}), or give this one a --data-dir of its own"
-
-
-NO_KEY = "click links are refused; with Kafka every collector needs BEACON_SIGNING_KEYS set alike"
 
 
 def version() -> str:
@@ -188,59 +178,6 @@ def as_typed(message: str, typed: Mapping[str, tuple[str, str]]) -> str:
     )
 
 
-def command_path(argv0: str) -> str:
-    """How to call this command again from here: `beacon` when it is on the PATH, else its
-    path (relative to the working directory when under it), or `python -m beacon`."""
-
-    def shown(path: str) -> str:
-        relative = os.path.relpath(path)
-        return relative if not relative.startswith("..") else os.path.abspath(path)
-
-    if os.path.basename(argv0) == "__main__.py":
-        return f"{shlex.quote(shown(sys.executable))} -m beacon"
-    found = shutil.which("beacon")
-    if found and os.path.realpath(found) == os.path.realpath(argv0):
-        return "beacon"
-    return shlex.quote(shown(argv0))
-
-
-def signing_line(settings: Settings) -> str:
-    """Which key signs and checks links, and where it comes from."""
-    from collector.kept import SIGNING_KEY_FILE
-    from collector.signing import load_keyring
-
-    keyring = load_keyring(settings.signing_keys, settings.signing_key_file)
-    if not keyring:
-        return f"no key: {NO_KEY}"
-    kid = keyring.signing_kid
-    path = settings.signing_key_file
-    if path is not None and path == settings.data_dir / SIGNING_KEY_FILE:
-        return f"key {kid}, kept in {path}: `beacon url` on this data directory signs with it"
-    source = f"BEACON_SIGNING_KEY_FILE {path}" if path else "BEACON_SIGNING_KEYS"
-    return f"key {kid}, from {source}"
-
-
-def banner(settings: Settings, consumer: ConsumerSettings, beacon: str = "beacon") -> str:
-    base = f"http://{settings.host}:{settings.port}"
-    store = f"http://{consumer.store_host}:{consumer.store_port}"
-    dashboard = (
-        f"dashboard {store}/dashboard"
-        if consumer.dashboard_token
-        else "dashboard set BEACON_DASHBOARD_TOKEN for one at /dashboard on the store port"
-    )
-    return f"""Beacon is running: collector, consumer, embedded ClickHouse in {settings.data_dir}/
-  pixel    {base}/p.gif?e=open&s=demo&c=welcome&r=alice
-  events   curl -H 'Content-Type: application/json' -d '{{"e":"click","s":"demo"}}' {base}/e
-  report   {beacon} report --data-dir {settings.data_dir}
-  links    {beacon} url click --data-dir {settings.data_dir} --dest https://example.com/
-  signing  {signing_line(settings)}
-  query    curl -H 'Content-Type: application/json' {store}/query \\
-             -d '{{"sql": "SELECT event_type, count() FROM beacon.events GROUP BY 1"}}'
-  metrics  {base}/metrics  {store}/metrics
-  {dashboard}
-Stop with Ctrl-C."""
-
-
 def main(argv: Sequence[str] | None = None, environ: Mapping[str, str] | None = None) -> int:
     args, unknown = parser().parse_known_args(argv)
     if unknown:  # the usage of the command they were given to, not the top-level one
@@ -267,29 +204,6 @@ def main(argv: Sequence[str] | None = None, environ: Mapping[str, str] | None = 
         advice = IN_USE_ADVICE.get(args.command, IN_USE_DEFAULT).format(pid=exc.owner.pid)
         print(f"beacon {args.command}: {exc}; {advice}", file=sys.stderr)
         return 1
-
-
-def claim_data_dir(
-    command: str, settings: Settings, consumer: ConsumerSettings, env: Mapping[str, str]
-) -> dict[str, owner.Claim]:
-    """The roles of the data directory this command takes (contract/owner.py): the collector
-    when it writes the spool, the consumer when it reads the spool or opens the embedded store.
-    Children of `beacon run` and of `serve --workers` find theirs passed down."""
-    roles = []
-    if command in ("serve", "run") and settings.sink != "memory":
-        roles.append((settings.data_dir, owner.COLLECTOR))
-    if command in ("consume", "run", "migrate", "settle") and not (
-        consumer.kafka_bootstrap and consumer.clickhouse_url and command in ("consume", "run")
-    ):
-        roles.append((consumer.data_dir, owner.CONSUMER))
-    if command in ("migrate", "settle") and consumer.clickhouse_url:
-        roles = []  # they work on the ClickHouse server, not on this directory
-    passed = owner.inherited(env.get(owner.CLAIMS_ENV, ""))
-    store_url = consumer.store_url if command in ("consume", "run") else ""
-    return {
-        role: owner.claim(data_dir, role, f"beacon {command}", passed, store_url)
-        for data_dir, role in roles
-    }
 
 
 def cmd_serve(args, env, settings: Settings, consumer: ConsumerSettings) -> int:  # type: ignore[no-untyped-def]

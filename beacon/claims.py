@@ -1,0 +1,40 @@
+"""Which roles of the data directory a command takes (contract/owner.py), and what a command
+refused one is told to do."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+
+from collector.settings import Settings
+from consumers.settings import ConsumerSettings
+from contract import owner
+
+# What to do when the data directory is someone else's, by command (contract/owner.py).
+IN_USE_ADVICE = {
+    "migrate": "it migrated the store as it started; stop it first to migrate by hand",
+    "settle": "its consumer settles the rollups by itself; stop it first to settle by hand",
+}
+IN_USE_DEFAULT = "stop it first (kill -TERM {pid}), or give this one a --data-dir of its own"
+
+
+def claim_data_dir(
+    command: str, settings: Settings, consumer: ConsumerSettings, env: Mapping[str, str]
+) -> dict[str, owner.Claim]:
+    """The roles of the data directory this command takes (contract/owner.py): the collector
+    when it writes the spool, the consumer when it reads the spool or opens the embedded store.
+    Children of `beacon run` and of `serve --workers` find theirs passed down."""
+    roles = []
+    if command in ("serve", "run") and settings.sink != "memory":
+        roles.append((settings.data_dir, owner.COLLECTOR))
+    if command in ("consume", "run", "migrate", "settle") and not (
+        consumer.kafka_bootstrap and consumer.clickhouse_url and command in ("consume", "run")
+    ):
+        roles.append((consumer.data_dir, owner.CONSUMER))
+    if command in ("migrate", "settle") and consumer.clickhouse_url:
+        roles = []  # they work on the ClickHouse server, not on this directory
+    passed = owner.inherited(env.get(owner.CLAIMS_ENV, ""))
+    store_url = consumer.store_url if command in ("consume", "run") else ""
+    return {
+        role: owner.claim(data_dir, role, f"beacon {command}", passed, store_url)
+        for data_dir, role in roles
+    }
