@@ -23,6 +23,7 @@ from collector.settings import Settings
 from consumers.settings import ConsumerSettings
 from contract import owner
 from contract.config import SettingsError
+from contract.logs import ThrottledLibraries
 
 # Flags shared by the subcommands, and the variable each one overrides.
 FLAGS = {
@@ -187,6 +188,8 @@ def main(argv: Sequence[str] | None = None, environ: Mapping[str, str] | None = 
         level=env.get("BEACON_LOG_LEVEL", "INFO").upper(),
         format="%(asctime)s %(levelname)s %(name)s %(message)s",
     )
+    for handler in logging.getLogger().handlers:  # aiokafka logs every retry of every node
+        handler.addFilter(ThrottledLibraries(("aiokafka",)))
     typed: dict[str, tuple[str, str]] = {}
     try:
         typed = overrides(args)

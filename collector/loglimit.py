@@ -1,11 +1,13 @@
-"""A log line per cause at most once an interval: a refused request is worth a line to whoever
-runs the collector, but a flood of them must not become a flood of lines."""
+"""A log line per cause at most once an interval (contract/logs.py): a refused request is worth
+a line to whoever runs the collector, but a flood of them must not become a flood of lines."""
 
 from __future__ import annotations
 
 import logging
 import time
 from collections.abc import Callable
+
+from contract.logs import MORE, Throttle
 
 
 class LimitedLog:
@@ -19,19 +21,13 @@ class LimitedLog:
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
         self.logger = logger
-        self.interval_s = interval_s
-        self.clock = clock
-        self._next_at: dict[str, float] = {}
-        self._held: dict[str, int] = {}
+        self.throttle = Throttle(interval_s, clock)
 
     def warning(self, cause: str, message: str, *args: object) -> None:
-        now = self.clock()
-        if now < self._next_at.get(cause, 0.0):
-            self._held[cause] = self._held.get(cause, 0) + 1
+        held = self.throttle.passes(cause)
+        if held is None:
             return
-        self._next_at[cause] = now + self.interval_s
-        held = self._held.pop(cause, 0)
         if held:
-            message += " (and %d more like it since the last line)"
+            message += MORE.replace("{}", "%d")
             args = (*args, held)
         self.logger.warning(message, *args)

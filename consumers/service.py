@@ -22,9 +22,10 @@ from analytics.store import Writer
 from consumers.metrics import ConsumerMetrics
 from consumers.pipeline import Pipeline
 from consumers.settings import ConsumerSettings
-from consumers.sources.protocol import Feed
 
 log = logging.getLogger("beacon.consumer")
+
+RESTART_DELAY_S = 0.5  # the first wait for an unreachable Kafka, doubled up to retry_max_ms
 
 
 async def run_pipeline(
@@ -32,26 +33,50 @@ async def run_pipeline(
 ) -> None:
     """Consume from Kafka or from the spool until `stop` is set."""
     if settings.kafka_bootstrap:
-        from consumers.dlq import DeadLetters
-        from consumers.sources.kafka import KafkaSource
-        from consumers.sources.kafka_feed import KafkaFeed
+        await run_kafka_pipeline(settings, writer, metrics, stop)
+        return
+    from consumers.sources.spool import SpoolSource
+    from consumers.sources.spool_feed import SpoolFeed
 
-        log.info(
-            "consuming %s as group %s from %s",
-            settings.kafka_topic,
-            settings.kafka_group,
-            settings.kafka_bootstrap,
-        )
+    spool = SpoolSource(settings.spool_dir, settings.checkpoint_path)
+    await Pipeline(SpoolFeed(spool, metrics, settings), writer, metrics, settings).run(stop)
+
+
+async def run_kafka_pipeline(
+    settings: ConsumerSettings, writer: Writer, metrics: ConsumerMetrics, stop: asyncio.Event
+) -> None:
+    """The Kafka pipeline, started again while the brokers cannot be reached: a consumer that
+    starts before Kafka (a cluster coming up, an outage) waits for it with one line a try,
+    instead of ending in a traceback. A new start is a new member: it replays what its
+    partitions have in flight, as after a restart."""
+    from aiokafka.errors import KafkaConnectionError
+
+    from consumers.dlq import DeadLetters
+    from consumers.sources.kafka import KafkaSource
+    from consumers.sources.kafka_feed import KafkaFeed
+
+    log.info(
+        "consuming %s as group %s from %s",
+        settings.kafka_topic,
+        settings.kafka_group,
+        settings.kafka_bootstrap,
+    )
+    delay_s = RESTART_DELAY_S
+    while not stop.is_set():
         source = KafkaSource(settings)
         dead_letters = DeadLetters(settings.kafka_bootstrap, settings.kafka_dlq_topic)
-        feed: Feed = KafkaFeed(source, dead_letters, metrics, settings)
-    else:
-        from consumers.sources.spool import SpoolSource
-        from consumers.sources.spool_feed import SpoolFeed
-
-        spool = SpoolSource(settings.spool_dir, settings.checkpoint_path)
-        feed = SpoolFeed(spool, metrics, settings)
-    await Pipeline(feed, writer, metrics, settings).run(stop)
+        feed = KafkaFeed(source, dead_letters, metrics, settings)
+        try:
+            await Pipeline(feed, writer, metrics, settings).run(stop)
+            return
+        except KafkaConnectionError as exc:
+            log.warning(
+                "Kafka at %s cannot be reached (%s); trying again in %.1f s",
+                settings.kafka_bootstrap, exc, delay_s,
+            )  # fmt: skip
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(stop.wait(), delay_s)
+        delay_s = min(delay_s * 2, settings.retry_max_ms / 1000)
 
 
 async def consume(settings: ConsumerSettings) -> None:

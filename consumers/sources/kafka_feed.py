@@ -94,12 +94,16 @@ class KafkaFeed:
     # -- the feed ---------------------------------------------------------------------------
 
     async def start(self) -> None:
-        await self.source.start(self._revoked, self._assigned)
+        """Join the group; raises KafkaError (the broker unreachable) with nothing left open."""
         try:
+            await self.source.start(self._revoked, self._assigned)
             await self.source.ensure_topic(self.dead_letters.topic)
             await self.dead_letters.start()
         except BaseException:
-            await self.source.stop()
+            try:
+                await self.dead_letters.stop()
+            finally:
+                await self.source.stop()
             raise
         self._lag = asyncio.create_task(self._watch_lag())
 
