@@ -7,24 +7,20 @@ import re
 import sys
 from collections.abc import Awaitable, Callable
 
-from analytics.cluster import check_mode, on_each_shard
+from analytics.cluster import check_mode
 from analytics.cluster_ddl import cluster_statements, schema_migrations
-from analytics.rollup_settle import Settler, settles_here
+from analytics.rollup_settle import Settler, on_rollups
 from analytics.rollups import ROLLUPS, migration_statements
 from analytics.schema import DATABASE, EVENTS_V1, EVENTS_V2, EVENTS_V3, EVENTS_V4
 from analytics.settings import StoreSettings
-from analytics.store import Cluster, StoreError, Writer, cluster_of
+from analytics.store import Cluster, StoreError, Writer
 
 
 async def backfill_rollups(writer: Writer) -> None:
     """The rollups of the events stored before them (schema migration 5): every day rebuilt,
     on each shard of a cluster. Safe to rerun: a rebuild replaces whole days
     (analytics/rollup_settle.py)."""
-    cluster = cluster_of(writer)
-    if cluster is not None:
-        await on_each_shard(writer, cluster, lambda w: Settler(w, suffix="_local").backfill())
-    elif await settles_here(writer):
-        await Settler(writer).backfill()
+    await on_rollups(writer, Settler.backfill)
 
 
 # A migration: its single-node statements (the cluster's are made from them,

@@ -14,11 +14,11 @@ import asyncio
 import datetime as dt
 import sys
 
-from analytics.cluster import check_mode, on_each_shard
+from analytics.cluster import check_mode
 from analytics.connect import open_writer
-from analytics.rollup_settle import Settler
+from analytics.rollup_settle import Settler, on_rollups
 from analytics.settings import StoreSettings
-from analytics.store import StoreError, Writer
+from analytics.store import StoreError
 
 
 def add_arguments(sub: argparse.ArgumentParser) -> None:
@@ -44,15 +44,9 @@ async def settle(settings: StoreSettings, args: argparse.Namespace) -> list[dt.d
     try:
         if args.local:
             return await run(Settler(writer, suffix="_local"), args)
-        cluster = await check_mode(writer)
-        if cluster is None:
+        if await check_mode(writer) is None:
             return await run(Settler(writer), args)
-
-        async def shard(replica: Writer) -> list[dt.date]:
-            return await run(Settler(replica, suffix="_local"), args)
-
-        done = await on_each_shard(writer, cluster, shard)
-        return sorted({day for days in done for day in days})
+        return await on_rollups(writer, lambda settler: run(settler, args))  # each shard
     finally:
         await writer.close()
 

@@ -22,7 +22,7 @@ import logging
 import os
 import time
 import uuid
-from collections.abc import Callable, Iterable
+from collections.abc import Awaitable, Callable, Iterable
 
 from analytics.cluster import on_each_shard
 from analytics.rollups import ROLLUPS, SETTLING, Rollup
@@ -176,14 +176,15 @@ async def settle_loop(settler: Settler, stop: asyncio.Event) -> None:
 async def settle_all(settler: Settler) -> list[dt.date]:
     """One pass of `settler`, or on a cluster (the writer's Cluster) of each shard's
     `<name>_local` tables; the days settled (on any shard)."""
-    cluster = cluster_of(settler.writer)
-    if cluster is None:
-        return await settler.settle_due() if await settles_here(settler.writer) else []
-    clock, margin = settler.clock, settler.insert_margin_s
-    done = await on_each_shard(
-        settler.writer, cluster, lambda w: Settler(w, clock, margin, "_local").settle_due()
-    )
-    return sorted({day for days in done for day in days})
+
+    def on(writer: Writer, suffix: str) -> Settler:  # a shard's: same clock and margin
+        return (
+            settler
+            if not suffix
+            else Settler(writer, settler.clock, settler.insert_margin_s, suffix)
+        )
+
+    return await on_rollups(settler.writer, Settler.settle_due, on)
 
 
 async def settles_here(writer: Writer) -> bool:
@@ -197,12 +198,26 @@ async def settles_here(writer: Writer) -> bool:
     return engines.strip().endswith("MergeTree")
 
 
+async def on_rollups(
+    writer: Writer,
+    work: Callable[[Settler], Awaitable[Iterable[dt.date] | None]],
+    settler: Callable[[Writer, str], Settler] = lambda w, suffix: Settler(w, suffix=suffix),
+) -> list[dt.date]:
+    """`work` on the rollups where they are kept: this server's tables, or in cluster mode (the
+    writer's Cluster) each shard's `<name>_local` tables, on one replica of each; the days it
+    returned, from all. A cluster's Distributed rollups outside cluster mode: nothing runs."""
+    cluster = cluster_of(writer)
+    if cluster is not None:
+        done = await on_each_shard(writer, cluster, lambda w: work(settler(w, "_local")))
+    elif await settles_here(writer):
+        done = [await work(settler(writer, ""))]
+    else:
+        return []
+    return sorted({day for days in done for day in days or ()})
+
+
 async def rebuild_after_erasure(writer: Writer, days: Iterable[str]) -> None:
     """Recompute the rollups of the days an erasure touched (ISO dates): here, or on each
     shard of a cluster (its `<name>_local` tables)."""
     dates = [dt.date.fromisoformat(d) for d in days]
-    cluster = cluster_of(writer)
-    if cluster is not None:
-        await on_each_shard(writer, cluster, lambda w: Settler(w, suffix="_local").rebuild(dates))
-    elif await settles_here(writer):
-        await Settler(writer).rebuild(dates)
+    await on_rollups(writer, lambda settler: settler.rebuild(dates))

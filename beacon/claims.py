@@ -23,15 +23,15 @@ def claim_data_dir(
     """The roles of the data directory this command takes (contract/owner.py): the collector
     when it writes the spool, the consumer when it reads the spool or opens the embedded store.
     Children of `beacon run` and of `serve --workers` find theirs passed down."""
+    embedded_store = not consumer.clickhouse_url
+    reads_spool = not consumer.kafka_bootstrap
     roles = []
     if command in ("serve", "run") and settings.sink != "memory":
         roles.append((settings.data_dir, owner.COLLECTOR))
-    if command in ("consume", "run", "migrate", "settle") and not (
-        consumer.kafka_bootstrap and consumer.clickhouse_url and command in ("consume", "run")
+    if (command in ("consume", "run") and (reads_spool or embedded_store)) or (
+        command in ("migrate", "settle") and embedded_store
     ):
         roles.append((consumer.data_dir, owner.CONSUMER))
-    if command in ("migrate", "settle") and consumer.clickhouse_url:
-        roles = []  # they work on the ClickHouse server, not on this directory
     passed = owner.inherited(env.get(owner.CLAIMS_ENV, ""))
     store_url = consumer.store_url if command in ("consume", "run") else ""
     return {

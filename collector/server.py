@@ -20,7 +20,6 @@ from collector.kept import resolve_kept
 from collector.limits import GuardedSite, handler_options
 from collector.metrics import CollectorMetrics
 from collector.settings import Settings
-from collector.signing import load_keyring
 from collector.sinks import Sink
 from collector.sinks.kafka import KafkaSink
 from collector.sinks.memory import MemorySink
@@ -87,7 +86,7 @@ async def serve(settings: Settings, multiprocess_dir: Path | None = None) -> Non
         os.getpid(),
         cap.max_connections,
     )
-    keyring = load_keyring(settings.signing_keys, settings.signing_key_file)
+    keyring = app[COLLECTOR].gate.keyring  # the one the app checks links with
     if keyring:
         log.info("signing key %s; links signed with key ids %s are accepted",
                  keyring.signing_kid, ", ".join(keyring.kids))  # fmt: skip
