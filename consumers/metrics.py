@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import contextlib
+
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 
 from consumers.ingest import REJECT_REASONS
@@ -120,3 +122,18 @@ class ConsumerMetrics:
         ):
             for value in values:
                 counter.labels(value)
+
+    def stored_newest(self, source: tuple[str, str], newest_ms: int) -> None:
+        """The newest event stored from `source` (topic, partition) has received_at `newest_ms`."""
+        self.newest_event_timestamp.labels(*source).set(newest_ms / 1000)
+
+    def show_lag_seconds(
+        self, source: tuple[str, str], waiting: bool, newest_ms: int, now_s: float
+    ) -> None:
+        """How old the newest event stored from `source` is while records of it wait; 0 when
+        none waits; not shown while records wait and none was stored yet (`newest_ms` 0)."""
+        if waiting and not newest_ms:
+            with contextlib.suppress(KeyError):
+                self.lag_seconds.remove(*source)
+            return
+        self.lag_seconds.labels(*source).set(max(0.0, now_s - newest_ms / 1000) if waiting else 0.0)

@@ -231,8 +231,7 @@ class KafkaFeed:
             tp = batch.tp
             if self.owns(batch) and batch.newest_ms > self.newest_ms.get(tp, 0):
                 self.newest_ms[tp] = batch.newest_ms
-                gauge = self.metrics.newest_event_timestamp
-                gauge.labels(tp.topic, str(tp.partition)).set(batch.newest_ms / 1000)
+                self.metrics.stored_newest((tp.topic, str(tp.partition)), batch.newest_ms)
         for part in parts:
             part.done()
             if self.parts.get(part.tp) is part:  # not a new owner's partition, paused to adopt
@@ -266,18 +265,10 @@ class KafkaFeed:
                 if tp in ends:
                     lag = self.lag_records[tp] = max(0, ends[tp] - current.committed)
                     self.metrics.lag_records.labels(tp.topic, str(tp.partition)).set(lag)
-                self._show_lag_seconds(tp, now_s)
-
-    def _show_lag_seconds(self, tp: TopicPartition, now_s: float) -> None:
-        """How old the newest event stored from `tp` is while records of it wait; 0 when none
-        waits. Unknown (not shown) while records wait and none was stored here yet."""
-        lag = self.lag_records.get(tp)
-        newest_ms = self.newest_ms.get(tp)
-        if lag is None:
-            return  # no end offset read yet
-        if lag and newest_ms is None:
-            with contextlib.suppress(KeyError):
-                self.metrics.lag_seconds.remove(tp.topic, str(tp.partition))
-            return
-        lag_s = max(0.0, now_s - newest_ms / 1000) if lag and newest_ms else 0.0
-        self.metrics.lag_seconds.labels(tp.topic, str(tp.partition)).set(lag_s)
+                if tp in self.lag_records:  # unknown until an end offset was read
+                    self.metrics.show_lag_seconds(
+                        (tp.topic, str(tp.partition)),
+                        self.lag_records[tp] > 0,
+                        self.newest_ms.get(tp, 0),
+                        now_s,
+                    )

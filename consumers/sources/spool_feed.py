@@ -123,8 +123,7 @@ class SpoolFeed:
             self.batch = None
             if batch.newest_ms > self.newest_ms:
                 self.newest_ms = batch.newest_ms
-                gauge = self.metrics.newest_event_timestamp
-                gauge.labels(SPOOL_TOPIC, "").set(batch.newest_ms / 1000)
+                self.metrics.stored_newest((SPOOL_TOPIC, ""), batch.newest_ms)
 
     def hold(self, batch: Batch) -> None:
         pass  # nothing is read while a batch is on its way
@@ -132,12 +131,5 @@ class SpoolFeed:
     def after_pass(self) -> None:
         backlog = self.source.backlog_segments()
         self.metrics.backlog_segments.set(backlog)
-        # The lag in seconds, as the Kafka feed's: how old the newest stored event is while
-        # closed segments wait, 0 when none does; unknown (not shown) while segments wait and
-        # nothing was stored yet.
-        if backlog and not self.newest_ms:
-            with contextlib.suppress(KeyError):
-                self.metrics.lag_seconds.remove(SPOOL_TOPIC, "")
-            return
-        lag_s = max(0.0, time.time() - self.newest_ms / 1000) if backlog else 0.0
-        self.metrics.lag_seconds.labels(SPOOL_TOPIC, "").set(lag_s)
+        # The lag in seconds, as the Kafka feed's: closed segments are what waits.
+        self.metrics.show_lag_seconds((SPOOL_TOPIC, ""), backlog > 0, self.newest_ms, time.time())
