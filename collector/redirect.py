@@ -14,6 +14,7 @@ from aiohttp import web
 from multidict import CIMultiDict, CIMultiDictProxy
 
 from collector import event as ev
+from collector import signing
 from collector.destinations import CLICK_PATH as PATH
 from collector.destinations import check_destination
 from collector.handlers import Collector
@@ -29,12 +30,12 @@ log = logging.getLogger("beacon.collector")
 # to do. The ids and the destination stay out of the log (they may name a person).
 REFUSAL_HINTS = {
     "signing_disabled": "this collector has no signing key",
-    "unsigned": "the link carries no signature",
-    "unknown_key": "signed with a key id this collector does not have (BEACON_SIGNING_KEYS, "
+    signing.UNSIGNED: "the link carries no signature",
+    signing.UNKNOWN_KEY: "signed with a key id this collector does not have (BEACON_SIGNING_KEYS, "
     "BEACON_SIGNING_KEY_FILE, or the data directory's kept signing-keys file)",
-    "bad_signature": "the link was changed after signing, or signed with another secret",
-    "malformed": "the signature is cut off or mangled (a wrapped or truncated link)",
-    "duplicate_param": "a signed parameter appears twice",
+    signing.BAD_SIGNATURE: "the link was changed after signing, or signed with another secret",
+    signing.MALFORMED: "the signature is cut off or mangled (a wrapped or truncated link)",
+    signing.DUPLICATE_PARAM: "a signed parameter appears twice",
 }
 
 # Every response here: nothing cached (each click is an event), and the tracking URL with its
