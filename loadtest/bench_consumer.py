@@ -37,6 +37,8 @@ import uuid
 from pathlib import Path
 from typing import Any
 
+from loadtest.bench.system import free_port
+
 REPO = Path(__file__).resolve().parents[1]
 BATCH_MAX_BYTES = 1 << 20  # per producer record batch, as the collector's default
 
@@ -299,7 +301,7 @@ def main() -> int:
         if opts.source == "kafka":
             if not opts.bootstrap:
                 kafka = load_kafka_script()
-                ports = [_free_port(), _free_port()]
+                ports = [free_port(), free_port()]
                 broker = kafka.start_broker(Path(opts.workdir) / "kafka", *ports,
                                             partitions=opts.partitions)  # fmt: skip
                 opts.bootstrap = broker.bootstrap
@@ -369,7 +371,7 @@ def report(opts: argparse.Namespace, result: dict[str, Any], limit: dict[str, An
 
 def start_front(data_dir: Path, cpu: int) -> tuple[subprocess.Popen[str], str]:
     """A ClickHouse HTTP end on chDB in its own process, pinned to `cpu`; (process, url)."""
-    port = _free_port()
+    port = free_port()
     code = (
         "import asyncio, os, sys\n"
         f"os.sched_setaffinity(0, {{{cpu}}})\n"
@@ -390,14 +392,6 @@ def start_front(data_dir: Path, cpu: int) -> tuple[subprocess.Popen[str], str]:
             time.sleep(0.2)
     process.terminate()
     raise RuntimeError("the ClickHouse HTTP end did not start")
-
-
-def _free_port() -> int:
-    import socket
-
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 if __name__ == "__main__":

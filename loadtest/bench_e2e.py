@@ -29,14 +29,14 @@ import sys
 import tempfile
 import threading
 import time
-import urllib.request
 from pathlib import Path
 from typing import Any
 
-from loadtest.bench.__main__ import free_port, start_kafka
+from loadtest.bench.__main__ import start_kafka
 from loadtest.bench.measure import run_wrk
 from loadtest.bench.servers import http_status, python_env
-from loadtest.bench.system import ensure_tools
+from loadtest.bench.system import ensure_tools, free_port
+from loadtest.reconcile import store_query
 
 REPO = Path(__file__).resolve().parents[1]
 RESULTS = REPO / "loadtest" / "results"
@@ -83,13 +83,8 @@ class Beacon:
 
     def stored(self) -> int:
         """Rows in beacon.events, through the store port."""
-        body = json.dumps({"sql": "SELECT count() FROM beacon.events", "format": "TSV"})
-        request = urllib.request.Request(
-            f"http://127.0.0.1:{self.store_port}/query", body.encode(),
-            {"Content-Type": "application/json"},
-        )  # fmt: skip
-        with urllib.request.urlopen(request, timeout=30) as response:
-            return int(response.read().decode().strip())
+        sql = "SELECT count() FROM beacon.events"
+        return int(store_query(f"http://127.0.0.1:{self.store_port}", sql, 30).strip())
 
     def spool_bytes(self) -> int:
         spool = self.data_dir / "spool"

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import secrets
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -13,15 +12,11 @@ import urllib.request
 from collections.abc import Mapping
 from pathlib import Path
 
+from loadtest.bench.system import free_port
+
 REPO = Path(__file__).resolve().parents[1]
 READY_DEADLINE_S = 90
 STOP_GRACE_S = 120  # SIGTERM flushes the buffer and inserts what is left: give it time
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 def new_signing_keys() -> str:

@@ -17,7 +17,6 @@ import os
 import platform
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 import tempfile
@@ -38,16 +37,17 @@ from loadtest.bench.measure import (
     share_within,
 )
 from loadtest.bench.servers import REPO, SERVERS, Context, Running, python_env
-from loadtest.bench.system import NGINX, ensure_tools, memory_mb, pinned, tool_version
+from loadtest.bench.system import (
+    NGINX,
+    ensure_tools,
+    free_port,
+    memory_mb,
+    pinned,
+    tool_version,
+)
 
 RESULTS = REPO / "loadtest" / "results"
 KAFKA_SCRIPT = REPO / "deploy" / "kafka" / "kafka.py"
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 def load_kafka_script() -> ModuleType:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import contextlib
 import os
 import shutil
+import socket
 import subprocess
 import sys
 from collections.abc import Callable, Iterator
@@ -107,3 +108,10 @@ def memory_mb(pid: int) -> dict[str, float]:
                 name = "rss_mb" if key == "VmRSS" else "peak_rss_mb"
                 totals[name] += int(value.split()[0]) / 1024
     return {k: round(v, 1) for k, v in totals.items()}
+
+
+def free_port() -> int:
+    """A loopback port free now (the benches and the load test start servers on them)."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
