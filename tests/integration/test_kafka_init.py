@@ -9,6 +9,7 @@ import asyncio
 import os
 import subprocess
 import sys
+import time
 import uuid
 from pathlib import Path
 from typing import Any
@@ -17,6 +18,7 @@ import pytest
 from aiokafka import AIOKafkaProducer
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 from aiokafka.admin.config_resource import ConfigResource, ConfigResourceType
+from aiokafka.errors import UnknownTopicOrPartitionError
 
 from beacon.__main__ import main
 from collector.settings import Settings
@@ -25,6 +27,8 @@ ROOT = Path(__file__).resolve().parents[2]
 SINGLE = ["--set", "kafka_replication=1", "--set", "kafka_min_insync_replicas=1"]
 TOPIC_CONFIG = 1  # DescribeConfigs config_source: set on the topic itself (DYNAMIC_TOPIC_CONFIG)
 WANTED = ("min.insync.replicas", "retention.ms")
+UNKNOWN_TOPIC = UnknownTopicOrPartitionError.errno  # a topic the asked broker does not know yet
+WAIT_S = 60
 
 
 def fresh(prefix: str) -> list[str]:
@@ -44,15 +48,22 @@ async def admin_client(bootstrap: str) -> AIOKafkaAdminClient:
 
 
 async def describe(bootstrap: str, name: str) -> dict[str, Any]:
-    """{partitions, replicas, configs: {name: (value, source)}} of a topic, as Kafka says."""
+    """{partitions, replicas, configs: {name: (value, source)}} of a topic, as Kafka says; a
+    topic just created is asked for again until the broker knows it (up to WAIT_S)."""
     admin = await admin_client(bootstrap)
+    deadline = time.monotonic() + WAIT_S
     try:
-        (topic,) = await admin.describe_topics([name])
-        resource = ConfigResource(ConfigResourceType.TOPIC, name, dict.fromkeys(WANTED))
-        (response,) = await admin.describe_configs([resource])
+        while True:
+            (topic,) = await admin.describe_topics([name])
+            resource = ConfigResource(ConfigResourceType.TOPIC, name, dict.fromkeys(WANTED))
+            (response,) = await admin.describe_configs([resource])
+            (result,) = response.resources
+            unknown = topic["error_code"] == UNKNOWN_TOPIC or result[0] == UNKNOWN_TOPIC
+            if not unknown or time.monotonic() > deadline:
+                break
+            await asyncio.sleep(0.1)
     finally:
         await admin.close()
-    (result,) = response.resources
     assert result[0] == 0, result
     return {
         "partitions": len(topic["partitions"]),
