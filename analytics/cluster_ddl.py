@@ -16,10 +16,16 @@ import re
 
 from analytics.rollups import CLUSTER_SHARDING_KEYS
 from analytics.schema import DATABASE
+from analytics.visits import VISITS, VISITS_SETTLED
 
 # How each sharded table spreads over shards. A replayed event must land on the shard that has
 # its first copy, or ReplacingMergeTree cannot merge the two: shard by the dedup key.
-SHARDING_KEYS = {"events": "cityHash64(event_id)", **CLUSTER_SHARDING_KEYS}
+# Visits are computed when reading on a cluster (analytics/visits.py): their tables stay empty.
+SHARDING_KEYS = {
+    "events": "cityHash64(event_id)",
+    **CLUSTER_SHARDING_KEYS,
+    **{t.split(".")[1]: "rand()" for t in (VISITS, VISITS_SETTLED)},
+}
 # A cluster-wide Keeper path (no {shard}): every replica of every shard holds the same
 # migrations, so any node a Service picks answers which ones ran (docs/operations.md).
 MIGRATIONS_PATH = f"/clickhouse/tables/{DATABASE}/schema_migrations"

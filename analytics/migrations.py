@@ -11,9 +11,11 @@ from analytics.cluster import check_mode
 from analytics.cluster_ddl import cluster_statements, schema_migrations
 from analytics.rollup_settle import Settler, on_rollups
 from analytics.rollups import ROLLUPS, migration_statements
-from analytics.schema import DATABASE, EVENTS_V1, EVENTS_V2, EVENTS_V3, EVENTS_V4
+from analytics.schema import DATABASE, EVENTS_V1, EVENTS_V2, EVENTS_V3, EVENTS_V4, EVENTS_V5
 from analytics.settings import StoreSettings
 from analytics.store import Cluster, StoreError, Writer
+from analytics.visits import VISITS
+from analytics.visits import migration_statements as visits_statements
 
 
 async def backfill_rollups(writer: Writer) -> None:
@@ -34,6 +36,10 @@ MIGRATIONS: tuple[Migration, ...] = (
     # Rollup tables and their materialized views (analytics/rollups.py), then the rollups of
     # the events already stored. IF NOT EXISTS everywhere: safe to rerun.
     (5, "rollups", tuple(migration_statements()), backfill_rollups),
+    (6, "country", (EVENTS_V5,), None),
+    # The visits of settled days (analytics/visits.py); the consumer's next settling pass
+    # makes them for the days settled before, as it does when the visit gap changes.
+    (7, "visits", tuple(visits_statements()), None),
 )
 
 SCHEMA_MIGRATIONS = f"""
@@ -85,7 +91,11 @@ async def migrate(writer: Writer, retention_days: int) -> list[int]:
 TTL_DAYS_RE = re.compile(r"\bTTL .*?(?:INTERVAL (\d+) DAY|toIntervalDay\((\d+)\))")
 
 
-RETAINED = (("events", "toDateTime(received_at)"), *((r.name, "period") for r in ROLLUPS))
+RETAINED = (
+    ("events", "toDateTime(received_at)"),
+    *((r.name, "period") for r in ROLLUPS),
+    (VISITS.split(".")[1], "period"),
+)
 
 
 async def apply_retention(

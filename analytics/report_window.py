@@ -81,6 +81,9 @@ class Filters:
     campaign: str | None = None
     ad: str | None = None
     verified_only: bool = False
+    # Web filters, (key, value) over a visit's columns (analytics/web.py WEB_KEYS): only the
+    # web figures read them.
+    web: tuple[tuple[str, str], ...] = ()
 
     def sql(self, columns: frozenset[str] = ID_COLUMNS) -> str:
         """Conditions over the named columns that a table has ("1" for none)."""

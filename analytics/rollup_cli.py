@@ -42,10 +42,11 @@ async def run(settler: Settler, args: argparse.Namespace) -> list[dt.date]:
 async def settle(settings: StoreSettings, args: argparse.Namespace) -> list[dt.date]:
     writer = open_writer(settings)
     try:
+        gap_s = settings.visit_gap_s
         if args.local:
-            return await run(Settler(writer, suffix="_local"), args)
+            return await run(Settler(writer, suffix="_local", visit_gap_s=gap_s), args)
         if await check_mode(writer) is None:
-            return await run(Settler(writer), args)
+            return await run(Settler(writer, visit_gap_s=gap_s), args)
         return await on_rollups(writer, lambda settler: run(settler, args))  # each shard
     finally:
         await writer.close()

@@ -24,8 +24,9 @@ import time
 import uuid
 from collections.abc import Awaitable, Callable, Iterable
 
+from analytics import visits
 from analytics.cluster import on_each_shard
-from analytics.rollups import ROLLUPS, SETTLING, Rollup
+from analytics.rollups import EVENTS_HOURLY, ROLLUPS, SETTLING, Rollup
 from analytics.schema import DATABASE, EVENTS
 from analytics.store import StoreError, Writer, cluster_of
 
@@ -52,10 +53,13 @@ class Settler:
         clock: Callable[[], float] = time.time,
         insert_margin_s: int = INSERT_MARGIN_S,
         suffix: str = "",
+        visit_gap_s: int = visits.DEFAULT_VISIT_GAP_S,
     ) -> None:
         """`suffix`: "_local" on a shard of a cluster, where the tables the views fill are
-        `<name>_local` (deploy/clickhouse/cluster.sql)."""
+        `<name>_local` (deploy/clickhouse/cluster.sql); no shard holds whole visits, so
+        visits are settled on a single server only (analytics/visits.py)."""
         self.writer = writer
+        self.visit_gap_s = visit_gap_s
         self.suffix = suffix
         self.events = EVENTS + suffix
         self.settling = SETTLING + suffix
@@ -79,10 +83,14 @@ class Settler:
             for r in ROLLUPS
             if r.counted
         )
-        days = await self._rows(
-            f"SELECT day FROM ({live} UNION DISTINCT "
-            f"SELECT day FROM {self.settling} FINAL WHERE done = 0) ORDER BY day"
-        )
+        unsettled = f"SELECT day FROM {self.settling} FINAL WHERE done = 0"
+        if not self.suffix:  # settled days without their visits at this gap (a new gap too)
+            unsettled += (
+                f" UNION DISTINCT SELECT DISTINCT toDate(period) AS day FROM "
+                f"{EVENTS_HOURLY.table} WHERE settled = 1 AND toDate(period) NOT IN (SELECT day "
+                f"FROM {visits.VISITS_SETTLED} FINAL WHERE visit_gap_s = {int(self.visit_gap_s)})"
+            )
+        days = await self._rows(f"SELECT day FROM ({live} UNION DISTINCT {unsettled}) ORDER BY day")
         return [d for d in map(dt.date.fromisoformat, days) if self.closed(d)]
 
     async def settle_due(self) -> list[dt.date]:
@@ -133,7 +141,35 @@ class Settler:
             # Rows inserted after the cut, or while the partition was swapped: live again.
             live = rollup.select(source=self.events, where=f"{in_day} AND inserted_at >= {cut}")
             await self.writer.execute(f"INSERT INTO {rollup.table}{self.suffix} {live}")
+        if not self.suffix:
+            await self._visits(day, settled)
         await self._mark(day, 1)
+
+    async def _visits(self, day: dt.date, settled: bool) -> None:
+        """The day's visits from all its events (a visit needs them all; an event inserted
+        after the cut leaves a live rollup row, which sends reports to raw events for the day
+        until the next pass), and the gap they were cut with: 0, none, for an open day."""
+        stage = f"{visits.VISITS}_stage_{os.getpid()}_{uuid.uuid4().hex[:12]}"
+        partition = f"PARTITION tuple({day_literal(day)})"
+        gap_s = self.visit_gap_s if settled else 0
+        if not settled:
+            await self.writer.execute(f"ALTER TABLE {visits.VISITS} DROP {partition}")
+        else:
+            await self.writer.execute(f"DROP TABLE IF EXISTS {stage}")
+            await self.writer.execute(visits.create_table(stage))
+            try:
+                where = f"toDate(received_at) = {day_literal(day)}"
+                made = visits.select(where, gap_s, self.events)
+                await self.writer.execute(f"INSERT INTO {stage} {made}")
+                [rows] = await self._rows(f"SELECT count() FROM {stage}")
+                verb = f"REPLACE {partition} FROM {stage}" if int(rows) else f"DROP {partition}"
+                await self.writer.execute(f"ALTER TABLE {visits.VISITS} {verb}")
+            finally:
+                await self.writer.execute(f"DROP TABLE IF EXISTS {stage}")
+        await self.writer.execute(
+            f"INSERT INTO {visits.VISITS_SETTLED} (day, visit_gap_s) "
+            f"VALUES ({day_literal(day)}, {gap_s})"
+        )
 
     async def _swap(self, rollup: Rollup, day: dt.date, where: str, settled: bool) -> None:
         """Replace the day's partition of `rollup` with rows recomputed from `where`."""
@@ -181,7 +217,9 @@ async def settle_all(settler: Settler) -> list[dt.date]:
         return (
             settler
             if not suffix
-            else Settler(writer, settler.clock, settler.insert_margin_s, suffix)
+            else Settler(
+                writer, settler.clock, settler.insert_margin_s, suffix, settler.visit_gap_s
+            )
         )
 
     return await on_rollups(settler.writer, Settler.settle_due, on)

@@ -75,3 +75,10 @@ EVENTS_V4 = f"""
 ALTER TABLE {EVENTS}
     ADD COLUMN IF NOT EXISTS consent LowCardinality(String) AFTER dnt
 """
+
+# The visitor's country (ISO 3166-1 alpha-2, "" unknown), looked up by the collector from the
+# full address before it is truncated (collector/geo.py).
+EVENTS_V5 = f"""
+ALTER TABLE {EVENTS}
+    ADD COLUMN IF NOT EXISTS country LowCardinality(String) AFTER ip
+"""

@@ -23,6 +23,20 @@ from contract.config import (
 WILDCARD_HOSTS = frozenset({"", "0.0.0.0", "::", "[::]"})
 
 
+def site_hosts_of(text: str) -> dict[str, tuple[str, ...]]:
+    """BEACON_SITE_HOSTS (`site=host,host;site2=host`) as a mapping; raises SettingsError."""
+    out: dict[str, tuple[str, ...]] = {}
+    for part in filter(None, (p.strip() for p in text.split(";"))):
+        site, sep, hosts = part.partition("=")
+        names = tuple(h.strip().lower() for h in hosts.split(",") if h.strip())
+        if not sep or not site.strip() or not names:
+            raise SettingsError(
+                f"{PREFIX}SITE_HOSTS: expected site=host,host;site2=host, got {part!r}"
+            )
+        out[site.strip()] = names
+    return out
+
+
 @dataclass(frozen=True, slots=True)
 class StoreSettings:
     """Everything a process that writes or reads the store needs; read once in __main__."""
@@ -46,6 +60,24 @@ class StoreSettings:
     )
     audit_log: Path | None = setting(
         None, "where `beacon erase` and `beacon export` append their audit lines"
+    )
+
+    visit_gap_s: int = setting(
+        1800,
+        "a visitor's events this far apart or more are two visits (settled days keep the gap "
+        "they were settled with; reports read other days from raw events)",
+        min=1,
+        max=86400,
+    )
+    goals: tuple[str, ...] = setting(
+        (),
+        "goals, comma-separated: a custom event's name, or a page path starting with /; "
+        "empty: every custom event is a goal",
+    )
+    site_hosts: str = setting(
+        "",
+        "each site's own hosts, whose referrers are not sources: site=host,host;site2=host "
+        "(a page's own host always counts)",
     )
 
     dashboard_token: str = setting(
@@ -83,6 +115,7 @@ class StoreSettings:
             raise SettingsError(
                 f"{PREFIX}CLICKHOUSE_PASSWORD: a placeholder value; set the real one"
             )
+        site_hosts_of(self.site_hosts)  # refused at start, not when a report is asked
         if self.clickhouse_cluster and not self.clickhouse_url:
             raise SettingsError(
                 f"{PREFIX}CLICKHOUSE_CLUSTER: a cluster is reached through a server: set "

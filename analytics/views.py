@@ -6,20 +6,36 @@ ad         the same per campaign and ad
 site       page views, unique visitors, events, conversions and revenue per site
 pages      the most viewed pages, with visitors and scroll depth reached
 referrers  where page views came from (the referrer's host)
+visits     visitors, visits, page views, views per visit, bounce rate, visit duration per site
+sources    the same per source group, referrer host and UTM source, medium and campaign
+countries  the same per country
+devices    the same per device type, browser and operating system
+goals      per goal, source and UTM campaign: visitors, converted visitors, conversion rate
+realtime   visitors and page views per site in the last five minutes (raw events)
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 from analytics import rollup_query
 from analytics.campaign_report import funnel, revenue_by_currency
 from analytics.funnel import COUNTS, Query, conversions, funnel_counts, names, plan_for, rows
 from analytics.report_window import Filters, Window
+from analytics.web import FIGURES, GOAL_FIGURES, WebConfig, goal_rows, realtime_rows, visit_rows
 
 NO_FILTERS = Filters()
-VIEWS = ("events", "campaign", "ad", "site", "pages", "referrers")
+VIEWS = ("events", "campaign", "ad", "site", "pages", "referrers", "visits", "sources",
+         "countries", "devices", "goals", "realtime")  # fmt: skip
+# The web views: the keys of their rows (analytics/web.py).
+VISIT_KEYS = {
+    "visits": ("site",),
+    "sources": ("site", "source", "referrer_host", "utm_source", "utm_medium", "utm_campaign"),
+    "countries": ("site", "country"),
+    "devices": ("site", "device_type", "browser", "os"),
+}
+GOAL_KEYS = ("site", "source", "utm_campaign")
 # What the terminal table shows of each view (JSON and CSV carry every figure).
 TABLE_COLUMNS = {
     "events": ("site", "campaign", "event_type", "events", "visitors", "recipients"),
@@ -37,6 +53,9 @@ TABLE_COLUMNS = {
         "scroll_75", "scroll_100",
     ),
     "referrers": ("site", "referrer_host", "pageviews", "unique_visitors"),
+    **{view: keys + FIGURES for view, keys in VISIT_KEYS.items()},
+    "goals": ("site", "goal", "source", "utm_campaign", *GOAL_FIGURES),
+    "realtime": ("site", "visitors", "pageviews"),
 }  # fmt: skip
 
 
@@ -50,7 +69,8 @@ class Request:
     group: str | None = None  # hour or day: one row per period too
     source: str = "rollup"  # or raw: beacon.events only
     sent: int | None = None  # messages sent, when the sender knows better than send events
-    limit: int = 20  # pages and referrers: the top ones
+    limit: int = 20  # pages, referrers and the web views: the top ones
+    web: WebConfig = field(default_factory=WebConfig)
 
     def columns(self) -> tuple[str, ...]:
         return ((self.group,) if self.group else ()) + TABLE_COLUMNS[self.view]
@@ -65,6 +85,12 @@ def view_rows(query: Query, request: Request) -> list[dict[str, Any]]:
         return [r for r in funnel_rows(query, request, ("campaign", "ad")) if r["ad"]]
     if request.view == "site":
         return site_rows(query, request)
+    if request.view in VISIT_KEYS:
+        return visit_rows(query, request, VISIT_KEYS[request.view])
+    if request.view == "goals":
+        return goal_rows(query, request, GOAL_KEYS)
+    if request.view == "realtime":
+        return realtime_rows(query, request)
     plan = plan_for(query, window, request.source)
     if request.view == "events":
         return rows(query, rollup_query.events_sql(window, filters, request.group or "day", plan))

@@ -108,7 +108,9 @@ async def consume(settings: ConsumerSettings) -> None:
             for sig in (signal.SIGTERM, signal.SIGINT):
                 loop.add_signal_handler(sig, stop.set)
             # Ended days of the rollups become sums (analytics/rollup_settle.py).
-            settling = asyncio.create_task(settle_loop(Settler(writer), stop))
+            settling = asyncio.create_task(
+                settle_loop(Settler(writer, visit_gap_s=settings.visit_gap_s), stop)
+            )
             try:
                 await run_pipeline(settings, writer, metrics, stop)
             finally:

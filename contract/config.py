@@ -43,7 +43,7 @@ def refuse_short_secret(name: str, value: str, when_empty: str) -> None:
 
 
 def setting(default: Any, help: str, *, secret: bool = False, **meta: Any) -> Any:
-    """A dataclass field with its help text and checks (`choices`, `min`) as metadata;
+    """A dataclass field with its help text and checks (`choices`, `min`, `max`) as metadata;
     `secret` keeps the value out of repr, so out of logs and tracebacks."""
     return dataclasses.field(default=default, repr=not secret, metadata={"help": help, **meta})
 
@@ -76,7 +76,7 @@ def _convert(name: str, raw: str, kind: Any) -> Any:
 def from_mapping(cls: type[T], env: Mapping[str, str], prefix: str) -> T:
     """Read every field of `cls` from `env[prefix + FIELD_NAME]`, falling back to its default.
 
-    Field metadata may carry `choices` (allowed strings) and `min` (lowest number);
+    Field metadata may carry `choices` (allowed strings), `min` and `max` (bounds);
     a violation raises SettingsError naming the variable.
     """
     hints = typing.get_type_hints(cls)
@@ -95,6 +95,9 @@ def from_mapping(cls: type[T], env: Mapping[str, str], prefix: str) -> T:
         low = field.metadata.get("min")
         if low is not None and value < low:
             raise SettingsError(f"{name}: must be >= {low}, got {value!r}")
+        high = field.metadata.get("max")
+        if high is not None and value > high:
+            raise SettingsError(f"{name}: must be <= {high}, got {value!r}")
         values[field.name] = value
     return cls(**values)
 
