@@ -1,4 +1,5 @@
-"""The dashboard's routes, behind a token: GET /dashboard, /dashboard/data.json, sign in/out.
+"""The dashboard's routes, behind a token: GET /dashboard, /dashboard/data.json,
+/dashboard/realtime.json and the page's script /dashboard/realtime.js; sign in and out.
 
 The token (BEACON_DASHBOARD_TOKEN) comes as `Authorization: Bearer <token>`, or once through
 the sign-in form, which sets a session cookie: an expiry and an HMAC of it keyed with the
@@ -21,10 +22,16 @@ import orjson
 from aiohttp import web
 
 from analytics.dashboard.data import dashboard_data
-from analytics.dashboard.page import dashboard_page, login_page
-from analytics.report_window import Filters, Window
+from analytics.dashboard.filters import Selection, parse_selection
+from analytics.dashboard.page import dashboard_page
+from analytics.dashboard.script import REALTIME_JS
+from analytics.dashboard.style import login_page
+from analytics.dashboard.web_figures import realtime_figures
+from analytics.funnel import Query
+from analytics.report_window import Window
 from analytics.store import StoreError
 from analytics.store.readers import Reader
+from analytics.web import WebConfig
 from contract.numbers import parse_uint
 
 log = logging.getLogger("beacon.dashboard")
@@ -36,17 +43,24 @@ QUERY_TIMEOUT_S = 60
 # Pages computed at once. Each holds a worker thread while its queries run on the loop (and,
 # for chDB, on more worker threads): without a bound, enough of them would take every thread.
 CONCURRENT_PAGES = 2
-MAX_DAYS = 400
-MAX_ID_CHARS = 256
 # The largest expiry a session cookie may name: the year 5138, far beyond any real one.
 MAX_EXPIRES_S = 10**11 - 1
+CSP = (
+    "default-src 'none'; style-src 'unsafe-inline'; form-action 'self'; "
+    "frame-ancestors 'none'; base-uri 'none'"
+)
 HEADERS = {
     "Cache-Control": "no-store",
-    "Content-Security-Policy": "default-src 'none'; style-src 'unsafe-inline'; "
-    "form-action 'self'; frame-ancestors 'none'; base-uri 'none'",
+    "Content-Security-Policy": CSP,
     "Referrer-Policy": "no-referrer",
     "X-Content-Type-Options": "nosniff",
     "X-Frame-Options": "DENY",
+}
+# The dashboard page alone may run its one same-origin script (no inline script, nothing
+# from elsewhere), and that script may fetch from this origin: the realtime tile's refresh.
+PAGE_HEADERS = {
+    **HEADERS,
+    "Content-Security-Policy": f"{CSP}; script-src 'self'; connect-src 'self'",
 }
 
 
@@ -90,65 +104,93 @@ class Auth:
 AUTH = web.AppKey("dashboard_auth", Auth)
 DASHBOARD_READER = web.AppKey("dashboard_reader", Reader)
 SLOTS = web.AppKey("dashboard_slots", asyncio.Semaphore)
+WEB = web.AppKey("dashboard_web", WebConfig)
 
 
-def html(text: str, status: int = 200) -> web.Response:
-    return web.Response(text=text, status=status, content_type="text/html", headers=HEADERS)
+def html(text: str, status: int = 200, headers: dict[str, str] = HEADERS) -> web.Response:
+    return web.Response(text=text, status=status, content_type="text/html", headers=headers)
 
 
-def parse(request: web.Request) -> tuple[int, str, Filters]:
-    """days, group and filters from the query string; raises ValueError."""
-    days = parse_uint(request.query.get("days", "7"), MAX_DAYS, min_value=1)
-    if days is None:
-        raise ValueError(f"days: 1 to {MAX_DAYS}")
-    group = request.query.get("group") or ("hour" if days <= 2 else "day")
-    if group not in ("hour", "day"):
-        raise ValueError("group: hour or day")
-    ids = {k: request.query.get(k) or None for k in ("site", "campaign")}
-    if any(v is not None and len(v) > MAX_ID_CHARS for v in ids.values()):
-        raise ValueError("site, campaign: too long")
-    return days, group, Filters(ids["site"], ids["campaign"])
+def json_response(body: object, status: int = 200) -> web.Response:
+    return web.Response(
+        body=orjson.dumps(body), status=status, content_type="application/json", headers=HEADERS
+    )
 
 
-async def numbers(request: web.Request, days: int, group: str, filters: Filters) -> dict:
-    """The dashboard's data, computed in a thread that asks the reader on this loop."""
+def parse(request: web.Request) -> Selection:
+    """The range, grouping and filters of the query string; raises ValueError."""
+    return parse_selection(request.query, [name for name, _ in request.query.items()])
+
+
+def reader_query(request: web.Request) -> Query:
+    """A query function for a worker thread, asking the reader on this loop."""
     reader, loop = request.app[DASHBOARD_READER], asyncio.get_running_loop()
 
     def query(sql: str) -> str:
         future = asyncio.run_coroutine_threadsafe(reader.query(sql, "JSONEachRow"), loop)
         return future.result(QUERY_TIMEOUT_S)
 
-    window = Window.last_days(days, dt.datetime.now(dt.UTC))
+    return query
+
+
+async def numbers(request: web.Request, selection: Selection) -> dict:
+    """The dashboard's data, computed in a thread that asks the reader on this loop."""
+    window = Window.last_days(selection.days, dt.datetime.now(dt.UTC))
+    args = (window, selection.group, selection.filters(), request.app[WEB])
     async with request.app[SLOTS]:
-        return await asyncio.to_thread(dashboard_data, query, window, group, filters)
+        return await asyncio.to_thread(dashboard_data, reader_query(request), *args)
 
 
 async def page(request: web.Request) -> web.Response:
     if not request.app[AUTH].allowed(request):
         return html(login_page(), 401)
     try:
-        days, group, filters = parse(request)
+        selection = parse(request)
     except ValueError as exc:
         return html(f"<p>Bad request: {escape(str(exc))}</p>", 400)
     try:
-        data = await numbers(request, days, group, filters)
+        data = await numbers(request, selection)
     except StoreError as exc:
         log.warning("dashboard query failed: %r", str(exc)[:300])  # %r: no forged log lines
         return html("<p>The store did not answer; try again in a moment.</p>", 503)
-    return html(dashboard_page(data, days))
+    return html(dashboard_page(data, selection), headers=PAGE_HEADERS)
 
 
 async def data_json(request: web.Request) -> web.Response:
     if not request.app[AUTH].allowed(request):
-        return web.json_response({"error": "unauthorized"}, status=401, headers=HEADERS)
+        return json_response({"error": "unauthorized"}, 401)
     try:
-        days, group, filters = parse(request)
-        data = await numbers(request, days, group, filters)
+        data = await numbers(request, parse(request))
     except ValueError as exc:
-        return web.json_response({"error": str(exc)}, status=400, headers=HEADERS)
+        return json_response({"error": str(exc)}, 400)
     except StoreError as exc:
-        return web.json_response({"error": "store", "detail": str(exc)[:500]}, status=503)
-    return web.Response(body=orjson.dumps(data), content_type="application/json", headers=HEADERS)
+        return json_response({"error": "store", "detail": str(exc)[:500]}, 503)
+    return json_response(data)
+
+
+async def realtime_json(request: web.Request) -> web.Response:
+    """Visitors and page views of the last 5 minutes, for the page's realtime tile."""
+    if not request.app[AUTH].allowed(request):
+        return json_response({"error": "unauthorized"}, 401)
+    try:
+        filters = parse(request).filters()
+    except ValueError as exc:
+        return json_response({"error": str(exc)}, 400)
+    at = dt.datetime.now(dt.UTC)
+    try:
+        async with request.app[SLOTS]:
+            found = await asyncio.to_thread(
+                realtime_figures, reader_query(request), filters, request.app[WEB]
+            )
+    except StoreError as exc:
+        return json_response({"error": "store", "detail": str(exc)[:500]}, 503)
+    return json_response({**found, "at": at.strftime("%Y-%m-%dT%H:%M:%SZ")})
+
+
+async def realtime_js(request: web.Request) -> web.Response:
+    if not request.app[AUTH].allowed(request):
+        return web.Response(status=401, text="unauthorized\n", headers=HEADERS)
+    return web.Response(text=REALTIME_JS, content_type="text/javascript", headers=HEADERS)
 
 
 async def login(request: web.Request) -> web.Response:
@@ -180,15 +222,21 @@ async def disabled(request: web.Request) -> web.Response:
     return web.Response(status=404, text="no dashboard: set BEACON_DASHBOARD_TOKEN\n")
 
 
-def add_dashboard(app: web.Application, reader: Reader, token: str) -> None:
-    """The dashboard routes on `app`, reading through `reader`; without a token, a 404."""
+def add_dashboard(
+    app: web.Application, reader: Reader, token: str, web_config: WebConfig | None = None
+) -> None:
+    """The dashboard routes on `app`, reading through `reader`, visits made as `web_config`
+    says; without a token, a 404."""
     if not token:
         app.router.add_route("*", "/dashboard", disabled)
         return
     app[AUTH] = Auth(token)
     app[DASHBOARD_READER] = reader
     app[SLOTS] = asyncio.Semaphore(CONCURRENT_PAGES)
+    app[WEB] = web_config or WebConfig()
     app.router.add_get("/dashboard", page)
     app.router.add_get("/dashboard/data.json", data_json)
+    app.router.add_get("/dashboard/realtime.json", realtime_json)
+    app.router.add_get("/dashboard/realtime.js", realtime_js)
     app.router.add_post("/dashboard/login", login)
     app.router.add_post("/dashboard/logout", logout)

@@ -7,12 +7,14 @@ from decimal import Decimal
 from typing import Any
 
 from analytics.campaign_report import money
+from analytics.dashboard.web_figures import web_data
 from analytics.funnel import Query, conversions, funnel_counts, memo
 from analytics.report_window import DAY, HOUR, Filters, Window
 from analytics.views import Request, view_rows
+from analytics.web import WebConfig
 
-TOP_ROWS = 10
 CAMPAIGN_ROWS = 15
+AD_ROWS = 15
 
 
 def buckets(window: Window, group: str) -> list[str]:
@@ -26,10 +28,33 @@ def buckets(window: Window, group: str) -> list[str]:
     return out
 
 
-def dashboard_data(query: Query, window: Window, group: str, filters: Filters) -> dict[str, Any]:
-    """Series per period, the campaign table, sites, top pages and referrers, totals."""
+def mail_filters(filters: Filters) -> Filters:
+    """What the email and ad figures are filtered by: the event ids (a visit's source,
+    country or page says nothing of an open)."""
+    return Filters(filters.site, filters.campaign, filters.ad, filters.verified_only)
+
+
+def dashboard_data(
+    query: Query, window: Window, group: str, filters: Filters, web: WebConfig
+) -> dict[str, Any]:
+    """The page's numbers: sites for the picker, the web figures, the email and ad ones."""
     labels = buckets(window, group)
     query = memo(query)
+    return {
+        "window": {"start": iso(window.start), "end": iso(window.end), "group": group},
+        "labels": labels,
+        "visit_gap_s": web.visit_gap_s,
+        # Every site of the range, whatever is chosen: the picker offers the others too.
+        "sites": view_rows(query, Request("site", window)),
+        "web": web_data(query, window, group, filters, web, labels),
+        **mail_data(query, window, group, mail_filters(filters), labels),
+    }
+
+
+def mail_data(
+    query: Query, window: Window, group: str, filters: Filters, labels: list[str]
+) -> dict[str, Any]:
+    """Opens, clicks (human and machine) and conversions per period, campaigns and ads."""
     per_period = funnel_counts(query, window, filters, (), group)
     orders = conversions(query, window, filters, (), group)
 
@@ -46,10 +71,7 @@ def dashboard_data(query: Query, window: Window, group: str, filters: Filters) -
                 revenue[row["currency"]] = revenue.get(row["currency"], Decimal(0)) + Decimal(
                     row["revenue"]
                 )
-    sites = view_rows(query, Request("site", window, filters))
     return {
-        "window": {"start": iso(window.start), "end": iso(window.end), "group": group},
-        "labels": labels,
         "series": {
             "opens": opens,
             "human_opens": [o - m for o, m in zip(opens, machine, strict=True)],
@@ -64,13 +86,9 @@ def dashboard_data(query: Query, window: Window, group: str, filters: Filters) -
             "human_clicks": sum(clicks) - sum(machine_clicks),
             "conversions": sum(converted),
             "revenue": {c: money(str(v)) for c, v in sorted(revenue.items())},
-            "pageviews": sum(s["pageviews"] for s in sites),
-            "unique_visitors": sum(s["unique_visitors"] for s in sites),
         },
         "campaigns": busiest(view_rows(query, Request("campaign", window, filters))),
-        "sites": sites,
-        "pages": view_rows(query, Request("pages", window, filters, limit=TOP_ROWS)),
-        "referrers": view_rows(query, Request("referrers", window, filters, limit=TOP_ROWS)),
+        "ads": busiest_ads(view_rows(query, Request("ad", window, filters))),
     }
 
 
@@ -78,6 +96,12 @@ def busiest(campaigns: list[dict[str, Any]]) -> list[dict[str, Any]]:
     """The campaigns most people saw first, at most CAMPAIGN_ROWS of them."""
     ranked = sorted(campaigns, key=lambda c: (-c["unique_opens"], -c["impressions"], c["campaign"]))
     return ranked[:CAMPAIGN_ROWS]
+
+
+def busiest_ads(ads: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """The ads shown most, at most AD_ROWS of them."""
+    ranked = sorted(ads, key=lambda a: (-a["impressions"], -a["clicks"], a["campaign"], a["ad"]))
+    return ranked[:AD_ROWS]
 
 
 def iso(at: dt.datetime) -> str:

@@ -1,177 +1,201 @@
-"""The dashboard and login pages as HTML: one inline stylesheet, no script."""
+"""The dashboard page as HTML: one inline stylesheet and one same-origin script (the realtime
+tile's refresh); filtering is plain links."""
 
 from __future__ import annotations
 
 from html import escape
 from typing import Any
 
+from analytics.dashboard.filters import FILTER_KEYS, ID_KEYS, LABELS, Selection
+from analytics.dashboard.style import document
 from analytics.dashboard.svg import line_chart, stacked_bars
+from analytics.dashboard.tables import Column, key_text, money_html, number, table
+from analytics.dashboard.web_figures import PAGE_TABLES
+from analytics.web import WEB_KEYS
+from contract.geo import ATTRIBUTION
 
-BLUE, GREEN, AMBER, GREY = "#3b6fe0", "#14a37f", "#e29a1b", "#c3cad6"
+BLUE, GREEN, AMBER, GREY, PURPLE = "#3b6fe0", "#14a37f", "#e29a1b", "#c3cad6", "#7a5af8"
 RANGES = (("24 hours", 1), ("7 days", 7), ("30 days", 30))
-
-STYLE = """
-*{box-sizing:border-box}
-body{margin:0;font:14px/1.45 system-ui,-apple-system,"Segoe UI",Roboto,sans-serif;
-  color:#1c2333;background:#f4f6fa}
-header{display:flex;align-items:center;gap:24px;padding:14px 28px;background:#fff;
-  border-bottom:1px solid #e3e7ee}
-header h1{font-size:18px;margin:0;letter-spacing:.02em}
-header nav{display:flex;gap:6px;margin-left:auto}
-header nav a{padding:5px 11px;border-radius:6px;color:#445;text-decoration:none}
-header nav a.on{background:#1c2333;color:#fff}
-header form{margin:0}
-button{font:inherit;border:1px solid #cfd5df;background:#fff;border-radius:6px;padding:5px 11px}
-main{padding:22px 28px;display:grid;gap:18px;grid-template-columns:1fr 1fr;max-width:1500px}
-.kpis{grid-column:1/-1;display:grid;grid-template-columns:repeat(6,1fr);gap:14px}
-.kpi,.card{background:#fff;border:1px solid #e3e7ee;border-radius:10px}
-.kpi{padding:14px 16px}
-.kpi .label{color:#667085;font-size:12px;text-transform:uppercase;letter-spacing:.05em}
-.kpi .value{font-size:26px;font-weight:600;margin-top:2px;white-space:nowrap}
-.kpi .value small{font-size:14px;font-weight:500;color:#667085}
-.kpi .note{color:#667085;font-size:12px}
-.card{padding:16px 18px}
-.card h2{font-size:14px;margin:0 0 10px;color:#344}
-.wide{grid-column:1/-1}
-.chart{width:100%;height:auto;font-size:11px;fill:#6b7485}
-table{width:100%;border-collapse:collapse}
-th,td{padding:6px 8px;text-align:right;white-space:nowrap}
-th{font-size:12px;color:#667085;font-weight:500;border-bottom:1px solid #e3e7ee}
-td{border-bottom:1px solid #f0f2f6;font-variant-numeric:tabular-nums}
-th:first-child,td:first-child{text-align:left}
-td.bar{background:linear-gradient(90deg,#e8effd var(--w),transparent var(--w))}
-.empty{color:#8a94a6;padding:8px 0}
-footer{padding:0 28px 24px;color:#8a94a6;font-size:12px}
-.login{max-width:360px;margin:12vh auto;background:#fff;border:1px solid #e3e7ee;
-  border-radius:10px;padding:26px}
-.login input{width:100%;font:inherit;padding:8px 10px;margin:10px 0 14px;border:1px solid #cfd5df;
-  border-radius:6px}
-.error{color:#b42318}
-"""
+WIDE_CHART_PX = 1200
+REALTIME_JS = "/dashboard/realtime.js"
+REALTIME_JSON = "/dashboard/realtime.json"
+VISITS = [Column("visitors", "Visitors"), Column("visits", "Visits"),
+          Column("bounce_rate", "Bounce", "pct")]  # fmt: skip
+VIEWS = [Column("visitors", "Visitors"), Column("pageviews", "Views")]
+# The web tables: (data name, heading, columns), in the order of the page.
+WEB_TABLES = (
+    ("sources", "Sources", VISITS),
+    ("referrers", "Referrers", VISITS),
+    ("utm_source", "UTM sources", VISITS),
+    ("utm_medium", "UTM mediums", VISITS),
+    ("utm_campaign", "UTM campaigns", VISITS),
+    ("countries", "Countries", VISITS),
+    ("pages", "Top pages", VIEWS),
+    ("entry_pages", "Entry pages", VISITS),
+    ("exit_pages", "Exit pages", [Column("visitors", "Visitors"), Column("visits", "Visits")]),
+    ("devices", "Devices", VISITS),
+    ("browsers", "Browsers", VISITS),
+    ("os", "Operating systems", VISITS),
+)
+WEB_KEYS_OF = {
+    "sources": "source", "referrers": "referrer_host", "utm_source": "utm_source",
+    "utm_medium": "utm_medium", "utm_campaign": "utm_campaign", "countries": "country",
+    "pages": "page", "entry_pages": "entry_page", "exit_pages": "exit_page",
+    "devices": "device_type", "browsers": "browser", "os": "os",
+}  # fmt: skip
 
 
-def amount(text: str) -> str:
-    """An exact decimal with thousands separators: 2273.94 -> 2,273.94."""
-    whole, dot, fraction = text.partition(".")
-    return f"{int(whole):,}{dot}{fraction}"
-
-
-def number(value: Any) -> str:
-    if value is None:
-        return "-"
-    if isinstance(value, float):
-        return f"{value:.2%}"
-    if isinstance(value, dict):  # revenue per currency
-        return ", ".join(f"{amount(v)} {escape(k)}".strip() for k, v in value.items()) or "0"
-    return f"{value:,}" if isinstance(value, int) else escape(str(value))
-
-
-def money_html(revenue: dict[str, str]) -> str:
-    """Revenue for a tile: the amounts large, the currencies small."""
-    parts = [f"{amount(v)} <small>{escape(k)}</small>" for k, v in revenue.items()]
-    return "<br>".join(parts) or "0"
-
-
-def document(title: str, body: str) -> str:
+def kpi(key: str, label: str, value: str, note: str = "", extra: str = "") -> str:
     return (
-        '<!doctype html><html lang="en"><head><meta charset="utf-8">'
-        '<meta name="viewport" content="width=device-width,initial-scale=1">'
-        f"<title>{escape(title)}</title><style>{STYLE}</style></head><body>{body}</body></html>"
+        f'<div class="kpi{" live" if key == "realtime" else ""}" data-kpi="{key}"{extra}>'
+        f'<div class="label">{label}</div><div class="value">{value}</div>'
+        f'<div class="note">{note}</div></div>'
     )
 
 
-def login_page(error: str = "") -> str:
-    message = f'<p class="error" role="alert">{escape(error)}</p>' if error else ""
-    return document(
-        "Beacon dashboard: sign in",
-        '<form class="login" method="post" action="/dashboard/login"><h1>Beacon</h1>'
-        f"{message}<label for=token>Dashboard token</label>"
-        "<input id=token name=token type=password autocomplete=current-password required autofocus>"
-        "<button type=submit>Sign in</button></form>",
-    )
+def header(data: dict[str, Any], selection: Selection) -> str:
+    """The title, the site picker, the range and grouping, and sign out."""
+    w, site = data["window"], selection.site
+    items = [f'<li><a href="{escape(selection.href(drop=FILTER_KEYS))}"'
+             f'{" class=on" if site is None else ""}>All sites</a></li>']  # fmt: skip
+    for row in data["sites"]:
+        name = str(row["site"])
+        if not name:
+            continue
+        href = Selection(selection.days, selection.group_given, (("site", name),)).href()
+        on = " class=on" if name == site else ""
+        views = number(row["pageviews"])
+        items.append(f'<li><a href="{escape(href)}"{on} data-site="{escape(name)}">'
+                     f"{escape(name)}<small>{views} views</small></a></li>")  # fmt: skip
+    picker = (f'<details class="picker"><summary>{escape(site or "All sites")}</summary>'
+              f"<ul>{''.join(items)}</ul></details>")  # fmt: skip
+    ranges = "".join(
+        f'<a href="{escape(selection.href(days=n))}"{" class=on" if n == selection.days else ""}>'
+        f"{name}</a>" for name, n in RANGES
+    )  # fmt: skip
+    groups = "".join(
+        f'<a href="{escape(selection.href(group=g))}"{" class=on" if g == selection.group else ""}>'
+        f"by {g}</a>" for g in ("hour", "day")
+    )  # fmt: skip
+    return (f'<header><h1>Beacon</h1>{picker}<nav aria-label="Range">{ranges}</nav>'
+            f'<nav aria-label="Grouping">{groups}</nav><span class="range">'
+            f'{escape(w["start"])} to {escape(w["end"])} UTC</span><div class="end">'
+            '<form method="post" action="/dashboard/logout"><button>Sign out</button></form>'
+            "</div></header>")  # fmt: skip
 
 
-def kpi(key: str, label: str, value: str, note: str = "") -> str:
-    return (
-        f'<div class="kpi" data-kpi="{key}"><div class="label">{label}</div>'
-        f'<div class="value">{value}</div><div class="note">{note}</div></div>'
-    )
+def filter_bar(selection: Selection) -> str:
+    """Every filter in force, each with a way to clear it, and one to clear them all."""
+    active = selection.active()
+    if not active:
+        return ('<nav class="filters" aria-label="Filters"><span class="hint">No filters: '
+                "click a row of any table to filter the whole page.</span></nav>")  # fmt: skip
+    chips = "".join(
+        f'<span class="chip" data-filter="{k}">{LABELS[k]} <b title="{escape(v)}">'
+        f"{escape(key_text(k, v))}</b>"
+        f'<a href="{escape(selection.href(drop=(k,)))}" aria-label="Clear {LABELS[k]}" '
+        f'title="Clear">&times;</a></span>' for k, v in active
+    )  # fmt: skip
+    clear = f'<a class="clear" href="{escape(selection.without_filters())}">Clear all</a>'
+    return f'<nav class="filters" aria-label="Filters">Filtered by {chips}{clear}</nav>'
 
 
-def table(
-    rows: list[dict[str, Any]],
-    columns: list[tuple[str, str]],
-    key: str,
-    bar: str,
-    blank: str = "(none)",
-) -> str:
-    """A table of `columns` (field, heading); the `bar` field shades its cell by share;
-    `blank` stands for an empty id."""
-    if not rows:
-        return '<p class="empty">nothing in this range</p>'
-    top = max((r.get(bar) or 0 for r in rows), default=0) or 1
-    head = "".join(f"<th>{escape(h)}</th>" for _, h in columns)
-    body = []
-    for row in rows:
-        cells = []
-        for field, _ in columns:
-            share = f' class="bar" style="--w:{100 * (row.get(field) or 0) / top:.0f}%"' if (
-                field == bar) else ""  # fmt: skip
-            text = number(row.get(field)) if row.get(field) != "" else blank
-            cells.append(f'<td data-field="{field}"{share}>{text}</td>')
-        body.append(f'<tr data-{key}="{escape(str(row.get(key, "")))}">{"".join(cells)}</tr>')
-    return f"<table><thead><tr>{head}</tr></thead><tbody>{''.join(body)}</tbody></table>"
+def ignored_note(selection: Selection, applies: tuple[str, ...]) -> str:
+    """Which active filters a section's figures do not follow."""
+    left = [LABELS[k] for k, _ in selection.active() if k not in applies]
+    if not left:
+        return ""
+    return f"<small>not filtered by {escape(', '.join(left))}</small>"
 
 
-def dashboard_page(data: dict[str, Any], days: int) -> str:
-    t, s, labels = data["totals"], data["series"], data["labels"]
-    short = [label[5:] for label in labels]  # without the year
-    nav = "".join(
-        f'<a href="?days={n}"{" class=on" if n == days else ""}>{name}</a>' for name, n in RANGES
-    )
-    revenue = money_html(t["revenue"])
-    kpis = "".join([
+def card(name: str, heading: str, body: str) -> str:
+    return f'<section class="card" data-table="{name}"><h3>{heading}</h3>{body}</section>'
+
+
+def web_section(data: dict[str, Any], selection: Selection) -> str:
+    web, labels = data["web"], data["labels"]
+    t, live = web["totals"], web["realtime"]
+    realtime_url = REALTIME_JSON + selection.href()
+    tiles = "".join([
+        kpi("visitors", "Unique visitors", number(t["visitors"])),
+        kpi("visits", "Visits", number(t["visits"])),
+        kpi("pageviews", "Page views", number(t["pageviews"])),
+        kpi("views_per_visit", "Views per visit", number(t["views_per_visit"], "ratio")),
+        kpi("bounce_rate", "Bounce rate", number(t["bounce_rate"], "pct")),
+        kpi("visit_duration", "Visit duration", number(t["visit_duration_s"], "duration")),
+        kpi("realtime", "Realtime", number(live["visitors"]), "in the last 5 minutes",
+            f' data-realtime-url="{escape(realtime_url)}"'),
+    ])  # fmt: skip
+    s, group = web["series"], data["window"]["group"]
+    chart = line_chart("Visitors and page views", labels, [
+        ("visitors", BLUE, s["visitors"]), ("page views", PURPLE, s["pageviews"]),
+    ], WIDE_CHART_PX, area=True)  # fmt: skip
+    cards = []
+    for name, heading, columns in WEB_TABLES:
+        keys: tuple[str, ...] = (WEB_KEYS_OF[name],)
+        if name in PAGE_TABLES and selection.site is None:
+            keys += ("site",)
+        body = table(web["tables"][name], keys, columns, selection, columns[0].field)
+        cards.append(card(name, heading, body))
+    goals = table(web["goals"], ("goal",), [
+        Column("visitors", "Visitors"), Column("converted", "Converted"),
+        Column("conversions", "Conversions"), Column("conversion_rate", "Rate", "pct"),
+    ], selection, "converted")  # fmt: skip
+    cards.append(card("goals", "Goals", goals))
+    note = ignored_note(selection, ("site", *WEB_KEYS))
+    return (f"<h2>Web{note}</h2>"
+            f'<section class="kpis">{tiles}</section>'
+            f'<section class="card wide"><h3>Visitors and page views per {group}</h3>{chart}'
+            f"</section>{''.join(cards)}")  # fmt: skip
+
+
+def mail_section(data: dict[str, Any], selection: Selection) -> str:
+    t, s, labels, group = data["totals"], data["series"], data["labels"], data["window"]["group"]
+    tiles = "".join([
         kpi("opens", "Opens", number(t["opens"]), f"{number(t['machine_opens'])} by machines"),
         kpi("clicks", "Clicks", number(t["human_clicks"]), f"{number(t['clicks'])} in all"),
         kpi("conversions", "Conversions", number(t["conversions"])),
-        kpi("revenue", "Revenue", revenue),
-        kpi("pageviews", "Page views", number(t["pageviews"])),
-        kpi("visitors", "Visitors", number(t["unique_visitors"]), "unique, per site"),
+        kpi("revenue", "Revenue", money_html(t["revenue"])),
     ])  # fmt: skip
-    trend = line_chart("Opens, clicks and conversions", short, [
+    trend = line_chart("Opens, clicks and conversions", labels, [
         ("human opens", BLUE, s["human_opens"]), ("human clicks", GREEN, s["human_clicks"]),
         ("conversions", AMBER, s["conversions"]),
     ])  # fmt: skip
-    machines = stacked_bars("Human and machine opens", short, [
+    machines = stacked_bars("Human and machine opens", labels, [
         ("human", BLUE, s["human_opens"]), ("machine", GREY, s["machine_opens"]),
     ])  # fmt: skip
-    campaigns = table(data["campaigns"], [
-        ("campaign", "Campaign"), ("sent", "Sent"), ("unique_opens", "Opened"),
-        ("machine_opens", "Machine opens"), ("unique_clicks", "Clicked"), ("ctr", "CTR"),
-        ("click_to_open_rate", "Click-to-open"), ("conversions", "Conversions"),
-        ("revenue", "Revenue"),
-    ], "campaign", "unique_opens")  # fmt: skip
-    pages = table(data["pages"], [
-        ("url_path", "Page"), ("url_host", "Host"), ("pageviews", "Views"),
-        ("unique_visitors", "Visitors"), ("scroll_75", "Read to 75%"),
-    ], "url_path", "pageviews")  # fmt: skip
-    referrers = table(data["referrers"], [
-        ("referrer_host", "Referrer"), ("site", "Site"), ("pageviews", "Views"),
-        ("unique_visitors", "Visitors"),
-    ], "referrer_host", "pageviews", "(direct)")  # fmt: skip
-    w = data["window"]
-    body = f"""
-<header><h1>Beacon</h1><span>{escape(w["start"])} to {escape(w["end"])} UTC</span>
-<nav>{nav}</nav><form method="post" action="/dashboard/logout"><button>Sign out</button></form>
-</header>
-<main>
-<section class="kpis">{kpis}</section>
-<section class="card"><h2>Opens, clicks and conversions per {w["group"]}</h2>{trend}</section>
-<section class="card"><h2>Human and machine opens per {w["group"]}</h2>{machines}</section>
-<section class="card wide"><h2>Campaigns</h2>{campaigns}</section>
-<section class="card"><h2>Top pages</h2>{pages}</section>
-<section class="card"><h2>Top referrers</h2>{referrers}</section>
-</main>
-<footer>Read-only. From the rollups, and raw events where a rollup cannot answer; machine opens
-include Apple Mail Privacy Protection, bots and link scanners.</footer>"""
-    return document("Beacon dashboard", body)
+    campaigns = table(data["campaigns"], ("campaign",), [
+        Column("sent", "Sent"), Column("unique_opens", "Opened"),
+        Column("machine_opens", "Machine opens"), Column("unique_clicks", "Clicked"),
+        Column("ctr", "CTR", "rate"), Column("click_to_open_rate", "Click-to-open", "rate"),
+        Column("conversions", "Conversions"), Column("revenue", "Revenue"),
+    ], selection, "unique_opens")  # fmt: skip
+    ads = table(data["ads"], ("campaign", "ad"), [
+        Column("impressions", "Impressions"), Column("clicks", "Clicks"),
+        Column("machine_clicks", "Machine clicks"), Column("ctr", "CTR", "rate"),
+        Column("conversions", "Conversions"), Column("revenue", "Revenue"),
+    ], selection, "impressions")  # fmt: skip
+    note = ignored_note(selection, ID_KEYS)
+    return (f"<h2>Email and ads{note}</h2>"
+            f'<section class="kpis mail">{tiles}</section>'
+            f'<section class="card half"><h3>Opens, clicks and conversions per {group}</h3>'
+            f'{trend}</section><section class="card half"><h3>Human and machine opens per '
+            f"{group}</h3>{machines}</section>"
+            f'<section class="card wide" data-table="campaigns"><h3>Campaigns</h3>{campaigns}'
+            f'</section><section class="card wide" data-table="ads"><h3>Ads</h3>{ads}'
+            "</section>")  # fmt: skip
+
+
+def gap(seconds: int) -> str:
+    return f"{seconds // 60} minutes" if seconds % 60 == 0 else f"{seconds} seconds"
+
+
+def dashboard_page(data: dict[str, Any], selection: Selection) -> str:
+    body = (f"{header(data, selection)}{filter_bar(selection)}<main>"
+            f"{web_section(data, selection)}{mail_section(data, selection)}</main>"
+            "<footer><p>Read-only. From the rollups, and raw events where a rollup cannot "
+            f"answer. A visit ends after {gap(data['visit_gap_s'])} without an event, and at "
+            "midnight UTC (the cookieless visitor id changes then). Machine opens include "
+            "Apple Mail Privacy Protection, bots and link scanners.</p>"
+            f"<p>{escape(ATTRIBUTION)}</p></footer>")  # fmt: skip
+    return document("Beacon dashboard", body, REALTIME_JS)

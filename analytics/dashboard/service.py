@@ -17,6 +17,7 @@ from aiohttp import web
 from analytics.dashboard.app import add_dashboard
 from analytics.settings import StoreSettings
 from analytics.store.readers import HttpReader, Reader
+from analytics.web import WebConfig
 
 log = logging.getLogger("beacon.dashboard")
 
@@ -30,9 +31,11 @@ async def healthz(request: web.Request) -> web.Response:
     return web.Response(text="ok\n")
 
 
-def create_dashboard_app(reader: Reader, token: str) -> web.Application:
+def create_dashboard_app(
+    reader: Reader, token: str, web_config: WebConfig | None = None
+) -> web.Application:
     app = web.Application(client_max_size=64 * 1024)
-    add_dashboard(app, reader, token)
+    add_dashboard(app, reader, token, web_config)
     app.router.add_get("/healthz", healthz)
     return app
 
@@ -44,8 +47,8 @@ async def serve(settings: StoreSettings, host: str, port: int) -> None:
         settings.clickhouse_url, settings.clickhouse_user, settings.clickhouse_password
     )
     reader = HttpReader(writer, settings.read_limits)
-    runner = web.AppRunner(create_dashboard_app(reader, settings.dashboard_token),
-                           access_log=None, handle_signals=False)  # fmt: skip
+    app = create_dashboard_app(reader, settings.dashboard_token, WebConfig.from_settings(settings))
+    runner = web.AppRunner(app, access_log=None, handle_signals=False)
     await runner.setup()
     try:
         await web.TCPSite(runner, host, port).start()

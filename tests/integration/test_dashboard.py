@@ -1,11 +1,14 @@
 """The dashboard routes on a real loopback server over chDB: the token, the session cookie,
-read-only answers, and numbers equal to the report views'."""
+read-only answers, every section from stored events, filters by link, and numbers equal to
+the report views' and to plain queries."""
 
 from __future__ import annotations
 
 import re
+import time
 from collections.abc import AsyncIterator, Iterator
-from pathlib import Path
+from html import unescape
+from typing import Any
 
 import orjson
 import pytest
@@ -15,36 +18,142 @@ from prometheus_client import CollectorRegistry
 from analytics.dashboard.app import COOKIE, SESSION_S, Auth
 from analytics.dashboard.service import create_dashboard_app
 from analytics.query_server import create_query_app
-from analytics.report_window import Window
+from analytics.report_window import Filters, Window
 from analytics.views import Request, view_rows
-from tests.support.chdb_events import Store, hour_ago_ms, wire
+from analytics.web import WebConfig, goal_rows, realtime_rows, visit_rows
+from contract.geo import ATTRIBUTION
+from tests.support.chdb_events import Store, wire
 
 TOKEN = "a-long-random-dashboard-token-42"
+BEARER = {"Authorization": f"Bearer {TOKEN}"}
+GOALS = WebConfig(goals=("signup", "/thanks"))
+MINUTE_MS = 60_000
+DAY_MS = 86_400_000
+IPHONE = (
+    "Mozilla/5.0 (iPhone; CPU iPhone OS 17_4 like Mac OS X) AppleWebKit/605.1.15 "
+    "(KHTML, like Gecko) Version/17.4 Mobile/15E148 Safari/604.1"
+)
+SECTIONS = (
+    "sources", "referrers", "utm_source", "utm_medium", "utm_campaign", "countries", "pages",
+    "entry_pages", "exit_pages", "devices", "browsers", "os", "goals", "campaigns", "ads",
+)  # fmt: skip
+WEB_TILES = ("visitors", "visits", "pageviews", "views_per_visit", "bounce_rate",
+             "visit_duration", "realtime")  # fmt: skip
+
+
+def anchor_ms() -> int:
+    """An hour ago, moved back when the visits after it would run past midnight UTC."""
+    at = time.time_ns() // 1_000_000 - 3_600_000
+    return at - 30 * MINUTE_MS if at % DAY_MS > DAY_MS - 20 * MINUTE_MS else at
+
+
+def view(at: int, visitor: int, path: str, site: str = "blog", **more: Any) -> dict[str, Any]:
+    return wire("pageview", at, site=site, url_host=f"{site}.example", url_path=path,
+                visitor_id=visitor, **more)  # fmt: skip
+
+
+def web_traffic(t: int, now: int) -> list[dict[str, Any]]:
+    """Five visits of five people on two sites; one of them a minute ago."""
+    de, fr = {"country": "DE"}, {"country": "FR"}
+    return [
+        # 11: from a search, two pages, 10 s engaged, signs up.
+        view(t, 11, "/a", referrer="https://www.google.com/search", **de),
+        wire("engagement", t + 1000, site="blog", url_host="blog.example", url_path="/a",
+             visitor_id=11, props={"engaged_ms": "4000"}, **de),
+        view(t + MINUTE_MS, 11, "/b", referrer="https://blog.example/a", **de),
+        wire("engagement", t + MINUTE_MS + 1000, site="blog", url_host="blog.example",
+             url_path="/b", visitor_id=11, props={"engaged_ms": "6000"}, **de),
+        wire("custom", t + MINUTE_MS + 2000, site="blog", url_host="blog.example",
+             url_path="/b", visitor_id=11, props={"event": "signup"}, **de),
+        # 22: a newsletter link to /thanks from webmail, 2 s engaged: a bounce.
+        view(t + 2 * MINUTE_MS, 22, "/thanks", referrer="https://mail.google.com/",
+             url_query="utm_source=newsletter&utm_medium=email&utm_campaign=fall", **fr),
+        wire("engagement", t + 2 * MINUTE_MS + 500, site="blog", url_host="blog.example",
+             url_path="/thanks", visitor_id=22, props={"engaged_ms": "2000"}, **fr),
+        # 44 on a phone, from t.co, two pages ten minutes apart; no country.
+        view(t + 3 * MINUTE_MS, 44, "/a", referrer="https://t.co/xyz", user_agent=IPHONE),
+        view(t + 13 * MINUTE_MS, 44, "/c", referrer="https://blog.example/a",
+             user_agent=IPHONE),
+        # 88 on the shop, from Germany, direct.
+        view(t + 4 * MINUTE_MS, 88, "/", site="shop", **de),
+        # 77, a minute ago: the realtime visitor.
+        view(now - MINUTE_MS, 77, "/a", country="US"),
+    ]  # fmt: skip
+
+
+def hostile(t: int) -> list[dict[str, Any]]:
+    """Names that are markup, days before the others (outside a day's figures)."""
+    markup = "<img src=x onerror=alert(1)>"
+    return [
+        view(t, 5, "/" + markup, site="<b>site</b>", referrer=f"https://x.example/{markup}",
+             url_query="utm_source=%3Cscript%3Ex%3C%2Fscript%3E"),
+        wire("custom", t + 1, site="<b>site</b>", url_host="x", url_path="/", visitor_id=5,
+             props={"event": "<script>y</script>"}),
+        wire("open", t, site="s", campaign="<script>x</script>", recipient="r"),
+    ]  # fmt: skip
+
+
+def mail_and_ads(t: int) -> list[dict[str, Any]]:
+    mail = {"site": "shop", "campaign": "spring", "message": "m1"}
+    ad = {"site": "news", "campaign": "fall-ads"}
+    return (
+        [wire("send", t, recipient=f"r{i}", **mail) for i in range(10)]
+        + [wire("open", t + 1000 + i, recipient=f"r{i}", **mail) for i in range(6)]
+        + [wire("open", t + 2000, recipient="r9", user_agent="Mozilla/5.0", **mail)]
+        + [wire("click", t + 3000 + i, recipient=f"r{i}", **mail) for i in range(3)]
+        + [wire("impression", t + i, ad="banner-1" if i < 30 else "banner-2", **ad)
+           for i in range(50)]
+        + [wire("click", t + 5000, ad="banner-1", click_id="0193a1b2-c3d4-7e5f-8a9b-00000000000a",
+                visitor_id=1, **ad)]
+    )  # fmt: skip
 
 
 @pytest.fixture(scope="module")
 def store(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Store]:
     s = Store(tmp_path_factory.mktemp("dashboard") / "clickhouse")
-    t = hour_ago_ms()
-    mail = {"site": "shop", "campaign": "spring", "message": "m1"}
-    s.add(
-        [wire("send", t, recipient=f"r{i}", **mail) for i in range(10)]
-        + [wire("open", t + 1000 + i, recipient=f"r{i}", **mail) for i in range(6)]
-        + [wire("open", t + 2000, recipient="r9", user_agent="Mozilla/5.0", **mail)]
-        + [wire("click", t + 3000 + i, recipient=f"r{i}", **mail) for i in range(3)]
-        + [wire("pageview", t + 4000 + i, site="blog", url_host="blog.example",
-                url_path=f"/p{i % 2}", visitor_id=7 + i % 3) for i in range(5)]
-    )  # fmt: skip
+    t, now = anchor_ms(), time.time_ns() // 1_000_000
+    s.add(mail_and_ads(t) + web_traffic(t, now) + hostile(t - 3 * DAY_MS))
     yield s
     s.close()
 
 
 @pytest.fixture
 async def client(store: Store) -> AsyncIterator[TestClient]:
-    c = TestClient(TestServer(create_dashboard_app(store.reader(), TOKEN), host="127.0.0.1"))
+    app = create_dashboard_app(store.reader(), TOKEN, GOALS)
+    c = TestClient(TestServer(app, host="127.0.0.1"))
     await c.start_server()
     yield c
     await c.close()
+
+
+async def page_of(client: TestClient, query: str) -> str:
+    r = await client.get(f"/dashboard{query}", headers=BEARER)
+    assert r.status == 200, await r.text()
+    return await r.text()
+
+
+async def data_of(client: TestClient, query: str) -> dict[str, Any]:
+    r = await client.get(f"/dashboard/data.json{query}", headers=BEARER)
+    assert r.status == 200, await r.text()
+    return await r.json()
+
+
+def tile(page: str, name: str) -> str:
+    found = re.search(f'data-kpi="{name}"[^>]*>.*?<div class="value">(.*?)</div>', page)
+    assert found, name
+    return found.group(1)
+
+
+def row_link(page: str, attribute: str, value: str) -> str:
+    """The link of the table row whose key `attribute` is `value`."""
+    found = re.search(f'<tr class="pick"[^>]* {attribute}="{re.escape(value)}"[^>]*>'
+                      '<td[^>]*><a href="([^"]+)"', page)  # fmt: skip
+    assert found, (attribute, value)
+    return unescape(found.group(1))
+
+
+def asked(**filters: Any) -> Request:
+    return Request("visits", Window.last_days(1), Filters(**filters), web=GOALS)
 
 
 async def test_without_the_token_there_is_only_the_sign_in_form(client: TestClient) -> None:
@@ -58,23 +167,131 @@ async def test_without_the_token_there_is_only_the_sign_in_form(client: TestClie
     assert (await client.get(f"/dashboard?token={TOKEN}")).status == 401
     bad = await client.get("/dashboard", headers={"Authorization": "Bearer nope"})
     assert bad.status == 401
-    assert (await client.get("/dashboard/data.json")).status == 401
+    for path in ("data.json", "realtime.json", "realtime.js"):
+        assert (await client.get(f"/dashboard/{path}")).status == 401, path
+        assert (await client.get(f"/dashboard/{path}", headers=bad_bearer())).status == 401
 
 
-async def test_a_bearer_token_opens_the_page_and_the_data(client: TestClient, store: Store):
-    headers = {"Authorization": f"Bearer {TOKEN}"}
-    r = await client.get("/dashboard?days=1", headers=headers)
+def bad_bearer() -> dict[str, str]:
+    return {"Authorization": f"Bearer {TOKEN}x"}
+
+
+async def test_every_section_shows_the_stored_events(client: TestClient, store: Store) -> None:
+    r = await client.get("/dashboard?days=1", headers=BEARER)
     page = await r.text()
-    assert r.status == 200 and page.count("<svg") == 2
-    assert 'data-campaign="spring"' in page
-    data = await (await client.get("/dashboard/data.json?days=1", headers=headers)).json()
+    assert r.status == 200 and page.count("<svg") == 3
+    csp = r.headers["Content-Security-Policy"]
+    assert "default-src 'none'" in csp and "script-src 'self'" in csp
+    assert "unsafe-inline" not in csp.split("script-src")[1]  # styles only
+    for name in SECTIONS:
+        section = re.search(f'data-table="{name}"><h3>[^<]*</h3>(.*?)</section>', page)
+        assert section and "<tbody><tr" in section.group(1), name
+    for name in WEB_TILES:
+        assert tile(page, name) not in ("", "-"), name
+    assert 'data-campaign="spring"' in page and 'data-ad="banner-1"' in page
+    assert 'data-site="blog"' in page and 'data-site="shop"' in page  # the site picker
+    assert unescape(page).count(ATTRIBUTION) == 1
+    assert "No filters" in page
+    # Days as the tiles show them, the ratios of them worked out here.
+    assert [tile(page, k) for k in ("visitors", "visits", "pageviews", "views_per_visit",
+                                    "bounce_rate", "visit_duration", "realtime")] == [
+        "5", "5", "7", "1.40", "60.0%", "2m 02s", "1"]  # fmt: skip
+
+
+async def test_the_figures_are_the_views_figures(client: TestClient, store: Store) -> None:
+    data = await data_of(client, "?days=1")
+    web = data["web"]
+    [total] = visit_rows(store.query, asked(), ())
+    assert web["totals"] == {k: total[k] for k in web["totals"]}
+    assert web["totals"] == {"visitors": 5, "visits": 5, "pageviews": 7, "views_per_visit": 1.4,
+                             "bounce_rate": 0.6, "visit_duration_s": 122.4}  # fmt: skip
+    countries = {r["country"]: r["visitors"] for r in web["tables"]["countries"]}
+    assert countries == {"DE": 2, "FR": 1, "US": 1, "": 1}
+    sources = {r["source"]: r["visits"] for r in web["tables"]["sources"]}
+    assert sources == {"search": 1, "email": 1, "social": 1, "direct": 2}
+    assert web["tables"]["pages"] == visit_rows(store.query, asked(), ("site", "page"))[:10]
+    assert {r["goal"]: r["converted"] for r in web["goals"]} == {"signup": 1, "/thanks": 1}
+    assert web["goals"] == goal_rows(store.query, asked(), ())
+    assert sum(web["series"]["pageviews"]) == 7 and len(data["labels"]) == 24
+    assert web["realtime"] == {"visitors": 1, "pageviews": 1}
     campaigns = view_rows(store.query, Request("campaign", Window.last_days(1)))
-    assert data["campaigns"] == campaigns
+    assert data["campaigns"] == sorted(campaigns, key=lambda c: -c["unique_opens"])
     assert data["totals"]["opens"] == 7 and data["totals"]["machine_opens"] == 1
-    assert data["totals"]["pageviews"] == 5 and data["totals"]["unique_visitors"] == 3
-    assert len(data["labels"]) == 24 and sum(data["series"]["machine_opens"]) == 1
-    for bad in ("days=0", "days=x", "group=week", "site=" + "x" * 300):
-        assert (await client.get(f"/dashboard?{bad}", headers=headers)).status == 400
+    assert {a["ad"]: a["impressions"] for a in data["ads"]} == {"banner-1": 30, "banner-2": 20}
+
+
+async def test_a_row_filters_the_whole_page(client: TestClient, store: Store) -> None:
+    page = await page_of(client, "?days=1")
+    href = row_link(page, "data-country", "DE")
+    assert href == "?days=1&country=DE"
+    filtered = await page_of(client, href)
+    assert re.search(r'data-filter="country">Country <b[^>]*>DE</b>', filtered)
+    assert "Clear all" in filtered and 'href="?days=1"' in filtered  # clears it
+    # The figures follow: two German visitors, one per site, as a plain count says too.
+    assert tile(filtered, "visitors") == "2" != tile(page, "visitors")
+    germans = store.rows(
+        "SELECT uniqExact(visitor_id) AS n, countIf(event_type = 'pageview') AS views "
+        "FROM beacon.events WHERE country = 'DE' AND is_bot = 0 AND visitor_id != 0"
+    )
+    assert germans == [{"n": 2, "views": 3}]
+    [de] = visit_rows(store.query, asked(web=(("country", "DE"),)), ())
+    assert (de["visitors"], de["pageviews"]) == (2, 3)
+    assert tile(filtered, "pageviews") == "3"
+    assert {r["device_type"] for r in (await data_of(client, href))["web"]["tables"]["devices"]
+            } == {"desktop"}  # fmt: skip
+    # A second filter from a row of the filtered page adds to the first.
+    both = row_link(filtered, "data-source", "search")
+    assert both == "?days=1&source=search&country=DE"
+    two = await page_of(client, both)
+    assert tile(two, "visitors") == "1" and two.count('class="chip"') == 2
+    # Email figures do not follow web filters, and say so.
+    assert "not filtered by Source, Country" in two
+
+
+async def test_pages_of_all_sites_filter_by_site_and_page(client: TestClient) -> None:
+    page = await page_of(client, "?days=1")
+    href = row_link(page, "data-page", "/thanks")
+    assert href == "?days=1&site=blog&page=%2Fthanks"
+    data = await data_of(client, href)
+    assert data["web"]["totals"]["visitors"] == 1
+    assert [r["goal"] for r in data["web"]["goals"]] == ["/thanks"]
+
+
+async def test_bad_filters_are_refused_with_a_reason(client: TestClient) -> None:
+    for bad, reason in (
+        ("days=0", "days"), ("days=x", "days"), ("group=week", "group"),
+        ("site=" + "x" * 300, "site"), ("colour=red", "unknown parameter"),
+        ("country=Germany", "country"), ("country=DE&country=FR", "twice"),
+        ("device_type=phone", "device_type"), ("source=adverts", "source"),
+        ("page=thanks", "page"), ("browser=%00", "browser"), ("goal=" + "g" * 300, "goal"),
+    ):  # fmt: skip
+        r = await client.get(f"/dashboard?{bad}", headers=BEARER)
+        assert r.status == 400 and reason in await r.text(), bad
+        for path in ("data.json", "realtime.json"):
+            j = await client.get(f"/dashboard/{path}?{bad}", headers=BEARER)
+            assert j.status == 400 and reason in (await j.json())["error"], (path, bad)
+
+
+async def test_the_realtime_tile_refreshes_from_its_own_endpoint(
+    client: TestClient, store: Store
+) -> None:
+    page = await page_of(client, "?days=1&site=blog")
+    assert '<script src="/dashboard/realtime.js" defer></script>' in page
+    assert page.count("<script") == 1  # no inline script: the CSP would refuse one
+    url = unescape(re.search(r'data-realtime-url="([^"]+)"', page).group(1))  # type: ignore[union-attr]
+    assert url == "/dashboard/realtime.json?days=1&site=blog"
+    r = await client.get(url, headers=BEARER)
+    found = await r.json()
+    assert r.status == 200 and r.headers["Cache-Control"] == "no-store"
+    assert (found["visitors"], found["pageviews"]) == (1, 1)
+    rows = realtime_rows(store.query, Request("realtime", Window.last_days(1),
+                                              Filters(site="blog")))  # fmt: skip
+    assert rows == [{"site": "blog", "visitors": 1, "pageviews": 1}]
+    quiet = await (await client.get(url.replace("blog", "shop"), headers=BEARER)).json()
+    assert quiet["visitors"] == 0
+    script = await client.get("/dashboard/realtime.js", headers=BEARER)
+    assert script.status == 200 and script.content_type == "text/javascript"
+    assert "/dashboard/realtime" not in await script.text()  # the URL comes from the page
 
 
 async def test_signing_in_sets_a_session_cookie_that_is_not_the_token(client: TestClient):
@@ -87,6 +304,7 @@ async def test_signing_in_sets_a_session_cookie_that_is_not_the_token(client: Te
     value = re.search(f"{COOKIE}=([^;]+)", cookie)
     assert value and TOKEN not in value.group(1)
     assert (await client.get("/dashboard?days=1")).status == 200  # the client keeps the cookie
+    assert (await client.get("/dashboard/realtime.json")).status == 200
     out = await client.post("/dashboard/logout", allow_redirects=False)
     assert out.status == 303
     assert (await client.get("/dashboard")).status == 401
@@ -121,19 +339,10 @@ async def test_the_store_port_serves_it_only_with_a_token(store: Store) -> None:
             await c.close()
 
 
-def test_the_dashboard_page_is_not_a_script_host(tmp_path: Path) -> None:
-    from analytics.dashboard.page import dashboard_page, login_page
-
-    data = {
-        "window": {"start": "s", "end": "e", "group": "hour"},
-        "labels": ["2026-01-01 00:00"],
-        "series": {k: [1] for k in ("human_opens", "machine_opens", "human_clicks",
-                                    "conversions")},
-        "totals": {"opens": 1, "machine_opens": 0, "clicks": 1, "human_clicks": 1,
-                   "conversions": 0, "revenue": {}, "pageviews": 1, "unique_visitors": 1},
-        "campaigns": [{"campaign": "<script>x</script>", "sent": 1}],
-        "pages": [{"url_path": "/<img src=x onerror=y>", "pageviews": 1}],
-        "referrers": [],
-    }  # fmt: skip
-    html = dashboard_page(data, 1) + login_page("<b>")
-    assert "<script" not in html and "<img" not in html and "<b>" not in html
+async def test_stored_names_are_text_not_markup(client: TestClient) -> None:
+    page = await page_of(client, "?days=7")
+    href = row_link(page, "data-utm-source", "&lt;script&gt;x&lt;/script&gt;")
+    filtered = await page_of(client, href)
+    for html in (page, filtered):
+        assert html.count("<script") == 1 and "<img" not in html and "<b>" not in html
+        assert "&lt;script&gt;" in html and "&lt;img" in html
