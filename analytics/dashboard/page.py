@@ -116,6 +116,11 @@ def web_section(data: dict[str, Any], selection: Selection) -> str:
     web, labels = data["web"], data["labels"]
     t, live = web["totals"], web["realtime"]
     realtime_url = REALTIME_JSON + selection.href()
+    # Realtime visitors are counted from raw events, by site alone: no visit, no source.
+    left = ", ".join(LABELS[k] for k, _ in selection.web)
+    live_note = "last 5 minutes<span data-at></span>" + (
+        f"; not filtered by {escape(left)}" if left else ""
+    )
     tiles = "".join([
         kpi("visitors", "Unique visitors", number(t["visitors"])),
         kpi("visits", "Visits", number(t["visits"])),
@@ -123,7 +128,7 @@ def web_section(data: dict[str, Any], selection: Selection) -> str:
         kpi("views_per_visit", "Views per visit", number(t["views_per_visit"], "ratio")),
         kpi("bounce_rate", "Bounce rate", number(t["bounce_rate"], "pct")),
         kpi("visit_duration", "Visit duration", number(t["visit_duration_s"], "duration")),
-        kpi("realtime", "Realtime", number(live["visitors"]), "in the last 5 minutes",
+        kpi("realtime", "Realtime", number(live["visitors"]), live_note,
             f' data-realtime-url="{escape(realtime_url)}"'),
     ])  # fmt: skip
     s, group = web["series"], data["window"]["group"]

@@ -12,10 +12,10 @@ REALTIME_JS = f"""\
   var tile = document.querySelector("[data-realtime-url]");
   if (!tile || !window.fetch) return;
   var value = tile.querySelector(".value");
-  var note = tile.querySelector(".note");
+  var at = tile.querySelector("[data-at]");
   function show(data) {{
     value.textContent = Number(data.visitors).toLocaleString("en-US");
-    note.textContent = "in the last 5 minutes, at " + data.at.slice(11, 16) + " UTC";
+    if (at) at.textContent = " to " + data.at.slice(11, 16) + " UTC";
     tile.setAttribute("data-updated", data.at);
   }}
   function poll() {{

@@ -1,21 +1,20 @@
 """The web half of the dashboard: visits, their sources, pages, places and devices, goals,
-and realtime visitors, all from analytics/web.py (the `beacon report` views' own queries)."""
+and realtime visitors, from analytics/web.py (the `beacon report` views' own queries; the
+tables of one key each in one scan of the visits, visit_tables.py)."""
 
 from __future__ import annotations
 
-from collections.abc import Callable
-from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
+from analytics.dashboard.visit_tables import grouped_rows
 from analytics.funnel import Query
 from analytics.report_window import Filters, Window
 from analytics.views import Request
-from analytics.web import WebConfig, goal_rows, realtime_rows, visit_rows
+from analytics.web import FIGURES, WebConfig, goal_rows, realtime_rows, visit_rows
 
 TOP_ROWS = 10
-FIGURES = ("visitors", "visits", "pageviews", "views_per_visit", "bounce_rate", "visit_duration_s")
 # The tables: name -> the keys of their rows. Pages are a site's own: without a site chosen,
-# the site is a key too.
+# the site is a key too (last: the tables list it after the page).
 TABLES = {
     "sources": ("source",),
     "referrers": ("referrer_host",),
@@ -31,8 +30,7 @@ TABLES = {
     "os": ("os",),
 }
 PAGE_TABLES = ("pages", "entry_pages", "exit_pages")
-# Queries of one page in flight at once: the store runs each on its own threads too.
-PARALLEL_QUERIES = 3
+TOTALS = "totals"
 
 
 def web_filters(filters: Filters) -> Filters:
@@ -43,15 +41,12 @@ def web_filters(filters: Filters) -> Filters:
 
 def table_keys(name: str, filters: Filters) -> tuple[str, ...]:
     keys = TABLES[name]
-    return keys if name not in PAGE_TABLES or filters.site is not None else ("site", *keys)
+    return keys if name not in PAGE_TABLES or filters.site is not None else (*keys, "site")
 
 
-def figures(row: dict[str, Any] | None) -> dict[str, Any]:
-    """The figures of a row, zeros (and None for the ratios) when there were no visits."""
-    if row is None:
-        return {"visitors": 0, "visits": 0, "pageviews": 0, "views_per_visit": None,
-                "bounce_rate": None, "visit_duration_s": None}  # fmt: skip
-    return {name: row[name] for name in FIGURES}
+def no_visits() -> dict[str, Any]:
+    return {"visitors": 0, "visits": 0, "pageviews": 0, "views_per_visit": None,
+            "bounce_rate": None, "visit_duration_s": None}  # fmt: skip
 
 
 def web_data(
@@ -59,32 +54,24 @@ def web_data(
 ) -> dict[str, Any]:
     """Tiles, the visitors and page views series, the tables, goals and realtime visitors."""
     filters = web_filters(filters)
-
-    def ask(keys: tuple[str, ...], group_by: str | None = None) -> list[dict[str, Any]]:
-        request = Request("visits", window, filters, group=group_by, limit=TOP_ROWS, web=web)
-        return visit_rows(query, request, keys)
-
-    jobs: dict[str, Callable[[], Any]] = {
-        "totals": lambda: ask(()),
-        "series": lambda: ask((), group),
-        "goals": lambda: goal_rows(query, Request("goals", window, filters, web=web), ()),
-        "realtime": lambda: realtime_figures(query, filters, web),
-    }
-    for name in TABLES:
-        jobs[name] = lambda name=name: ask(table_keys(name, filters))  # type: ignore[misc]
-    with ThreadPoolExecutor(PARALLEL_QUERIES, thread_name_prefix="dashboard") as pool:
-        futures = {name: pool.submit(job) for name, job in jobs.items()}
-        found = {name: future.result() for name, future in futures.items()}
-    per_period = {row[group]: row for row in found["series"]}
+    asked = Request("visits", window, filters, limit=TOP_ROWS, web=web)
+    names = [name for name in TABLES if name != "pages"]
+    key_sets = [(), *(table_keys(name, filters) for name in names)]
+    totals, *tables = grouped_rows(query, asked, key_sets)
+    found = dict(zip(names, tables, strict=True))
+    # A visit views many pages: a row per page it viewed, a query of its own.
+    found["pages"] = visit_rows(query, asked, table_keys("pages", filters))
+    series = visit_rows(query, Request("visits", window, filters, group=group, web=web), ())
+    per_period = {row[group]: row for row in series}
     return {
-        "totals": figures(found["totals"][0] if found["totals"] else None),
-        "realtime": found["realtime"],
+        TOTALS: {name: (totals[0] if totals else no_visits())[name] for name in FIGURES},
+        "realtime": realtime_figures(query, filters, web),
         "series": {
             name: [per_period.get(label, {}).get(name, 0) for label in labels]
             for name in ("visitors", "pageviews")
         },
         "tables": {name: found[name] for name in TABLES},
-        "goals": found["goals"][:TOP_ROWS],
+        "goals": goal_rows(query, Request("goals", window, filters, web=web), ())[:TOP_ROWS],
     }
 
 

@@ -4,6 +4,7 @@ the report views' and to plain queries."""
 
 from __future__ import annotations
 
+import datetime as dt
 import re
 import time
 from collections.abc import AsyncIterator, Iterator
@@ -17,10 +18,13 @@ from prometheus_client import CollectorRegistry
 
 from analytics.dashboard.app import COOKIE, SESSION_S, Auth
 from analytics.dashboard.service import create_dashboard_app
+from analytics.dashboard.visit_tables import grouped_rows
+from analytics.dashboard.web_figures import TABLES, table_keys
 from analytics.query_server import create_query_app
 from analytics.report_window import Filters, Window
+from analytics.rollup_settle import Settler
 from analytics.views import Request, view_rows
-from analytics.web import WebConfig, goal_rows, realtime_rows, visit_rows
+from analytics.web import WebConfig, goal_rows, realtime_rows, stored_days, visit_rows
 from contract.geo import ATTRIBUTION
 from tests.support.chdb_events import Store, wire
 
@@ -112,7 +116,9 @@ def mail_and_ads(t: int) -> list[dict[str, Any]]:
 def store(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Store]:
     s = Store(tmp_path_factory.mktemp("dashboard") / "clickhouse")
     t, now = anchor_ms(), time.time_ns() // 1_000_000
-    s.add(mail_and_ads(t) + web_traffic(t, now) + hostile(t - 3 * DAY_MS))
+    # The same visits a day earlier, for a day whose visits are settled (outside `days=1`).
+    earlier = web_traffic(t - DAY_MS, now - DAY_MS)
+    s.add(mail_and_ads(t) + web_traffic(t, now) + earlier + hostile(t - 3 * DAY_MS))
     yield s
     s.close()
 
@@ -209,7 +215,7 @@ async def test_the_figures_are_the_views_figures(client: TestClient, store: Stor
     assert countries == {"DE": 2, "FR": 1, "US": 1, "": 1}
     sources = {r["source"]: r["visits"] for r in web["tables"]["sources"]}
     assert sources == {"search": 1, "email": 1, "social": 1, "direct": 2}
-    assert web["tables"]["pages"] == visit_rows(store.query, asked(), ("site", "page"))[:10]
+    assert web["tables"]["pages"] == visit_rows(store.query, asked(), ("page", "site"))[:10]
     assert {r["goal"]: r["converted"] for r in web["goals"]} == {"signup": 1, "/thanks": 1}
     assert web["goals"] == goal_rows(store.query, asked(), ())
     assert sum(web["series"]["pageviews"]) == 7 and len(data["labels"]) == 24
@@ -218,6 +224,25 @@ async def test_the_figures_are_the_views_figures(client: TestClient, store: Stor
     assert data["campaigns"] == sorted(campaigns, key=lambda c: -c["unique_opens"])
     assert data["totals"]["opens"] == 7 and data["totals"]["machine_opens"] == 1
     assert {a["ad"]: a["impressions"] for a in data["ads"]} == {"banner-1": 30, "banner-2": 20}
+
+
+@pytest.mark.parametrize("source", ["rollup", "raw"])
+async def test_one_scan_gives_each_table_the_rows_of_its_own_query(
+    store: Store, source: str
+) -> None:
+    noon = dt.datetime.now(dt.UTC).replace(hour=12, minute=0, second=0).timestamp()
+    await Settler(store.writer, clock=lambda: noon, insert_margin_s=-5).settle_due()
+    for filters in (Filters(), Filters(site="blog"), Filters(web=(("country", "DE"),)),
+                    Filters(web=(("goal", "signup"), ("source", "search")))):  # fmt: skip
+        week = Request("visits", Window.last_days(7), filters, source=source, limit=3, web=GOALS)
+        if source == "rollup":
+            assert len(stored_days(store.query, week)) >= 2  # settled days, and today raw
+        key_sets = [(), *(table_keys(name, filters) for name in TABLES if name != "pages")]
+        one_scan = grouped_rows(store.query, week, key_sets)
+        assert one_scan == [visit_rows(store.query, week, keys) for keys in key_sets]
+        assert one_scan[0]
+        if filters == Filters():
+            assert any(len(rows) == 3 for rows in one_scan)  # cut at the limit
 
 
 async def test_a_row_filters_the_whole_page(client: TestClient, store: Store) -> None:
@@ -231,7 +256,8 @@ async def test_a_row_filters_the_whole_page(client: TestClient, store: Store) ->
     assert tile(filtered, "visitors") == "2" != tile(page, "visitors")
     germans = store.rows(
         "SELECT uniqExact(visitor_id) AS n, countIf(event_type = 'pageview') AS views "
-        "FROM beacon.events WHERE country = 'DE' AND is_bot = 0 AND visitor_id != 0"
+        "FROM beacon.events WHERE country = 'DE' AND is_bot = 0 AND visitor_id != 0 AND "
+        + Window.last_days(1).sql("received_at")
     )
     assert germans == [{"n": 2, "views": 3}]
     [de] = visit_rows(store.query, asked(web=(("country", "DE"),)), ())
@@ -264,6 +290,8 @@ async def test_bad_filters_are_refused_with_a_reason(client: TestClient) -> None
         ("country=Germany", "country"), ("country=DE&country=FR", "twice"),
         ("device_type=phone", "device_type"), ("source=adverts", "source"),
         ("page=thanks", "page"), ("browser=%00", "browser"), ("goal=" + "g" * 300, "goal"),
+        ("%FF=1", "unknown parameter"), ("=x", "unknown parameter"), ("country=%FF", "country"),
+        ("page=/%0A", "control"), ("os=" + "%C3%A9" * 257, "256"),
     ):  # fmt: skip
         r = await client.get(f"/dashboard?{bad}", headers=BEARER)
         assert r.status == 400 and reason in await r.text(), bad
