@@ -22,7 +22,10 @@ async def backfill_rollups(writer: Writer) -> None:
     """The rollups of the events stored before them (schema migration 5): every day rebuilt,
     on each shard of a cluster. Safe to rerun: a rebuild replaces whole days
     (analytics/rollup_settle.py)."""
-    await on_rollups(writer, Settler.backfill)
+    # The visits come with migration 7: the consumer's settling makes them afterwards.
+    await on_rollups(
+        writer, Settler.backfill, lambda w, suffix: Settler(w, suffix=suffix, with_visits=False)
+    )
 
 
 # A migration: its single-node statements (the cluster's are made from them,

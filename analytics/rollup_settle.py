@@ -54,12 +54,15 @@ class Settler:
         insert_margin_s: int = INSERT_MARGIN_S,
         suffix: str = "",
         visit_gap_s: int = visits.DEFAULT_VISIT_GAP_S,
+        with_visits: bool = True,
     ) -> None:
         """`suffix`: "_local" on a shard of a cluster, where the tables the views fill are
         `<name>_local` (deploy/clickhouse/cluster.sql); no shard holds whole visits, so
-        visits are settled on a single server only (analytics/visits.py)."""
+        visits are settled on a single server only (analytics/visits.py). `with_visits`:
+        False before the schema has them (the backfill of migration 5)."""
         self.writer = writer
         self.visit_gap_s = visit_gap_s
+        self.with_visits = with_visits and not suffix
         self.suffix = suffix
         self.events = EVENTS + suffix
         self.settling = SETTLING + suffix
@@ -84,7 +87,7 @@ class Settler:
             if r.counted
         )
         unsettled = f"SELECT day FROM {self.settling} FINAL WHERE done = 0"
-        if not self.suffix:  # settled days without their visits at this gap (a new gap too)
+        if self.with_visits:  # settled days without their visits at this gap (a new gap too)
             unsettled += (
                 f" UNION DISTINCT SELECT DISTINCT toDate(period) AS day FROM "
                 f"{EVENTS_HOURLY.table} WHERE settled = 1 AND toDate(period) NOT IN (SELECT day "
@@ -141,7 +144,7 @@ class Settler:
             # Rows inserted after the cut, or while the partition was swapped: live again.
             live = rollup.select(source=self.events, where=f"{in_day} AND inserted_at >= {cut}")
             await self.writer.execute(f"INSERT INTO {rollup.table}{self.suffix} {live}")
-        if not self.suffix:
+        if self.with_visits:
             await self._visits(day, settled)
         await self._mark(day, 1)
 

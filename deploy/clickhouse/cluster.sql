@@ -235,6 +235,52 @@ FROM beacon.events_local
 WHERE event_type = 'click' AND click_id != ''
 GROUP BY period, click_id;
 
+-- Migration 6: country.
+ALTER TABLE beacon.events_local ON CLUSTER '{cluster}'
+    ADD COLUMN IF NOT EXISTS country LowCardinality(String) AFTER ip;
+
+ALTER TABLE beacon.events ON CLUSTER '{cluster}'
+    ADD COLUMN IF NOT EXISTS country LowCardinality(String) AFTER ip;
+
+-- Migration 7: visits.
+CREATE TABLE IF NOT EXISTS beacon.rollup_visits_local ON CLUSTER '{cluster}'
+(
+    period DateTime('UTC'),
+    site LowCardinality(String),
+    visitor_id UInt64,
+    start DateTime64(3, 'UTC'),
+    pageviews UInt32,
+    bounce UInt8,
+    duration_ms UInt64,
+    entry_page String,
+    exit_page String,
+    pages Array(String),
+    custom_events Array(String),
+    referrer_host String,
+    landing_host String,
+    utm_source String,
+    utm_medium String,
+    utm_campaign String,
+    country LowCardinality(String),
+    device_type LowCardinality(String),
+    browser LowCardinality(String),
+    os LowCardinality(String)
+)
+ENGINE = ReplicatedMergeTree('/clickhouse/tables/{shard}/beacon/rollup_visits_local', '{replica}')
+PARTITION BY toDate(period)
+ORDER BY (site, period, visitor_id, start);
+
+CREATE TABLE IF NOT EXISTS beacon.rollup_visits ON CLUSTER '{cluster}' AS beacon.rollup_visits_local
+ENGINE = Distributed('{cluster}', beacon, rollup_visits_local, rand());
+
+CREATE TABLE IF NOT EXISTS beacon.visits_settled_local ON CLUSTER '{cluster}'
+(day Date, visit_gap_s UInt32, at DateTime64(6, 'UTC') DEFAULT now64(6))
+ENGINE = ReplicatedReplacingMergeTree('/clickhouse/tables/{shard}/beacon/visits_settled_local', '{replica}', at)
+ORDER BY day;
+
+CREATE TABLE IF NOT EXISTS beacon.visits_settled ON CLUSTER '{cluster}' AS beacon.visits_settled_local
+ENGINE = Distributed('{cluster}', beacon, visits_settled_local, rand());
+
 -- The retention of each shard's rows (BEACON_RETENTION_DAYS, 395 days).
 ALTER TABLE beacon.events_local ON CLUSTER '{cluster}' MODIFY TTL toDateTime(received_at) + INTERVAL 395 DAY;
 ALTER TABLE beacon.rollup_events_hourly_local ON CLUSTER '{cluster}' MODIFY TTL period + INTERVAL 395 DAY;
@@ -242,6 +288,7 @@ ALTER TABLE beacon.rollup_pages_daily_local ON CLUSTER '{cluster}' MODIFY TTL pe
 ALTER TABLE beacon.rollup_referrers_daily_local ON CLUSTER '{cluster}' MODIFY TTL period + INTERVAL 395 DAY;
 ALTER TABLE beacon.rollup_orders_local ON CLUSTER '{cluster}' MODIFY TTL period + INTERVAL 395 DAY;
 ALTER TABLE beacon.rollup_clicks_local ON CLUSTER '{cluster}' MODIFY TTL period + INTERVAL 395 DAY;
+ALTER TABLE beacon.rollup_visits_local ON CLUSTER '{cluster}' MODIFY TTL period + INTERVAL 395 DAY;
 
 -- The migrations this schema already has, so consumers apply none of them again.
 INSERT INTO beacon.schema_migrations (version, name) SELECT 1, 'create events' WHERE 1 NOT IN (SELECT version FROM beacon.schema_migrations);
@@ -249,3 +296,5 @@ INSERT INTO beacon.schema_migrations (version, name) SELECT 2, 'user agent colum
 INSERT INTO beacon.schema_migrations (version, name) SELECT 3, 'signed urls, conversions, machine opens' WHERE 3 NOT IN (SELECT version FROM beacon.schema_migrations);
 INSERT INTO beacon.schema_migrations (version, name) SELECT 4, 'consent basis' WHERE 4 NOT IN (SELECT version FROM beacon.schema_migrations);
 INSERT INTO beacon.schema_migrations (version, name) SELECT 5, 'rollups' WHERE 5 NOT IN (SELECT version FROM beacon.schema_migrations);
+INSERT INTO beacon.schema_migrations (version, name) SELECT 6, 'country' WHERE 6 NOT IN (SELECT version FROM beacon.schema_migrations);
+INSERT INTO beacon.schema_migrations (version, name) SELECT 7, 'visits' WHERE 7 NOT IN (SELECT version FROM beacon.schema_migrations);

@@ -43,6 +43,7 @@ CREATE TABLE IF NOT EXISTS beacon.events
     `machine_reason` LowCardinality(String),
     `mail_proxy` LowCardinality(String),
     `ip` String,
+    `country` LowCardinality(String),
     `visitor_id` UInt64,
     `dnt` UInt8,
     `consent` LowCardinality(String),
@@ -181,6 +182,45 @@ CREATE TABLE IF NOT EXISTS beacon.rollup_settling
 (
     `day` Date,
     `done` UInt8,
+    `at` DateTime64(6, 'UTC') DEFAULT now64(6)
+)
+ENGINE = ReplacingMergeTree(at)
+ORDER BY day
+SETTINGS index_granularity = 8192;
+
+CREATE TABLE IF NOT EXISTS beacon.rollup_visits
+(
+    `period` DateTime('UTC'),
+    `site` LowCardinality(String),
+    `visitor_id` UInt64,
+    `start` DateTime64(3, 'UTC'),
+    `pageviews` UInt32,
+    `bounce` UInt8,
+    `duration_ms` UInt64,
+    `entry_page` String,
+    `exit_page` String,
+    `pages` Array(String),
+    `custom_events` Array(String),
+    `referrer_host` String,
+    `landing_host` String,
+    `utm_source` String,
+    `utm_medium` String,
+    `utm_campaign` String,
+    `country` LowCardinality(String),
+    `device_type` LowCardinality(String),
+    `browser` LowCardinality(String),
+    `os` LowCardinality(String)
+)
+ENGINE = MergeTree
+PARTITION BY toDate(period)
+ORDER BY (site, period, visitor_id, start)
+TTL period + toIntervalDay(395)
+SETTINGS index_granularity = 8192;
+
+CREATE TABLE IF NOT EXISTS beacon.visits_settled
+(
+    `day` Date,
+    `visit_gap_s` UInt32,
     `at` DateTime64(6, 'UTC') DEFAULT now64(6)
 )
 ENGINE = ReplacingMergeTree(at)
@@ -378,3 +418,5 @@ INSERT INTO beacon.schema_migrations (version, name) SELECT 2, 'user agent colum
 INSERT INTO beacon.schema_migrations (version, name) SELECT 3, 'signed urls, conversions, machine opens' WHERE 3 NOT IN (SELECT version FROM beacon.schema_migrations);
 INSERT INTO beacon.schema_migrations (version, name) SELECT 4, 'consent basis' WHERE 4 NOT IN (SELECT version FROM beacon.schema_migrations);
 INSERT INTO beacon.schema_migrations (version, name) SELECT 5, 'rollups' WHERE 5 NOT IN (SELECT version FROM beacon.schema_migrations);
+INSERT INTO beacon.schema_migrations (version, name) SELECT 6, 'country' WHERE 6 NOT IN (SELECT version FROM beacon.schema_migrations);
+INSERT INTO beacon.schema_migrations (version, name) SELECT 7, 'visits' WHERE 7 NOT IN (SELECT version FROM beacon.schema_migrations);

@@ -292,8 +292,8 @@ def known_variables() -> set[str]:
 def test_compose_wiring() -> None:
     spec = compose()
     services = spec["services"]
-    assert {"kafka", "kafka-init", "clickhouse", "collector", "lb", "consumer", "prometheus",
-            "grafana"} <= set(services)  # fmt: skip
+    assert {"kafka", "kafka-init", "clickhouse", "collector", "lb", "consumer", "dashboard",
+            "prometheus", "grafana"} <= set(services)  # fmt: skip
     for name, service in services.items():
         for dependency in service.get("depends_on", []):
             assert dependency in services, (name, dependency)
@@ -305,6 +305,19 @@ def test_compose_wiring() -> None:
             if variable.startswith("BEACON_") and name not in ("clickhouse", "grafana"):
                 assert variable in known_variables(), (name, variable)
     assert services["collector"]["command"] == ["serve", "--workers", "1"]
+    # The dashboard: the same image and restart policy as the other Beacon services, on a
+    # loopback port of the host only, once ClickHouse is up and the consumers have migrated
+    # (run for real in tests/integration/test_deploy_dashboard.py).
+    dashboard = services["dashboard"]
+    assert dashboard["command"] == ["dashboard"]
+    for key in ("image", "build", "restart", "read_only", "security_opt"):
+        assert dashboard[key] == services["consumer"][key], key
+    assert all(port.startswith("127.0.0.1:") for port in dashboard["ports"])
+    assert dashboard["depends_on"] == {"clickhouse": {"condition": "service_healthy"},
+                                       "consumer": {"condition": "service_healthy"}}  # fmt: skip
+    assert dashboard["environment"]["BEACON_DASHBOARD_TOKEN"].startswith(
+        "${BEACON_DASHBOARD_TOKEN:-"
+    )  # set from the environment or deploy/.env, as the other secrets
     pom = (DEPLOY / "kafka" / "pom.xml").read_text()
     version = re.search(r"<kafka.version>(.+)</kafka.version>", pom)
     assert version and services["kafka"]["image"] == f"apache/kafka:{version.group(1)}"
@@ -545,6 +558,26 @@ def test_kubernetes_wiring(path: str) -> None:
     assert consumer["spec"]["template"]["metadata"]["annotations"]["prometheus.io/port"] == str(
         ConsumerSettings().store_port
     )
+    # The dashboard: `beacon dashboard`, its Service and PodDisruptionBudget on its pods, probed
+    # on its port (run for real in tests/integration/test_deploy_dashboard.py).
+    dashboard = docs["Deployment", "beacon-dashboard"]
+    selector = dashboard["spec"]["selector"]["matchLabels"]
+    assert selector.items() <= dashboard["spec"]["template"]["metadata"]["labels"].items()
+    assert docs["Service", "beacon-dashboard"]["spec"]["selector"] == selector
+    assert docs["PodDisruptionBudget", "beacon-dashboard"]["spec"]["selector"]["matchLabels"] == (
+        selector
+    )
+    assert dashboard["spec"]["replicas"] >= 2  # a drain or a rollout leaves one answering
+    (board,) = dashboard["spec"]["template"]["spec"]["containers"]
+    assert board["args"] == ["dashboard"]
+    for probe in ("readinessProbe", "livenessProbe"):
+        assert board[probe]["httpGet"] == {"path": "/healthz", "port": "http"}
+    assert [p["name"] for p in board["ports"]] == ["http"]
+    for item in board["env"]:
+        assert item["name"] in known_variables(), f"{item['name']} is no setting"
+    # Only the dashboard serves the page: the consumers' port would too, given the token.
+    (consumer_container,) = consumer["spec"]["template"]["spec"]["containers"]
+    assert {"name": "BEACON_DASHBOARD_TOKEN", "value": ""} in consumer_container["env"]
 
 
 # -- The image -------------------------------------------------------------------------------------

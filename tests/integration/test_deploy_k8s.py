@@ -91,6 +91,9 @@ async def test_the_ingress_routes_every_public_endpoint_and_nothing_else() -> No
                 routes[path["path"]] = (name, path)
     assert set(routes) == await public_paths() == {"/p.gif", "/e", "/c", "/t.js", "/robots.txt"}
     pods = docs["Deployment", "beacon-collector"]["spec"]["template"]["metadata"]["labels"]
+    # The dashboard is not public: no route reaches it (docs/operations.md, Kubernetes).
+    assert docs["Service", "beacon-dashboard"]
+    assert all(r["backend"]["service"]["name"] != "beacon-dashboard" for _, r in routes.values())
     for path, (_, route) in routes.items():
         assert route["pathType"] == "Exact", path  # "/c" as a Prefix would take "/c/anything"
         backend = route["backend"]["service"]
@@ -111,16 +114,33 @@ async def test_the_ingress_routes_every_public_endpoint_and_nothing_else() -> No
         assert upstream not in ingresses[name]["metadata"].get("annotations", {})
 
 
+def test_nothing_may_connect_to_the_dashboard_in_the_example() -> None:
+    """Its NetworkPolicy selects the dashboard pods alone and allows no ingress:
+    `kubectl port-forward` and the kubelet's probes are not pod traffic and still reach it."""
+    docs = rendered("overlays/example")
+    policies = [doc for (kind, _), doc in docs.items() if kind == "NetworkPolicy"]
+    labels = {name: docs["Deployment", name]["spec"]["template"]["metadata"]["labels"]
+              for name in ("beacon-collector", "beacon-consumer", "beacon-dashboard")}  # fmt: skip
+    selecting = {name: [p["spec"] for p in policies
+                        if p["spec"]["podSelector"]["matchLabels"].items() <= pod.items()]
+                 for name, pod in labels.items()}  # fmt: skip
+    (dashboard,) = selecting["beacon-dashboard"]
+    assert dashboard["policyTypes"] == ["Ingress"] and dashboard["ingress"] == []
+    assert dashboard not in selecting["beacon-collector"] + selecting["beacon-consumer"]
+
+
 # -- The Secret ------------------------------------------------------------------------------------
 
 
 def secret_refs(pod: dict[str, Any]) -> set[str]:
-    return {
-        source["secretRef"]["name"]
-        for container in pod.get("initContainers", []) + pod["containers"]
-        for source in container.get("envFrom", [])
-        if "secretRef" in source
-    }
+    """The Secrets a pod's containers read, whole (envFrom) or by key (env)."""
+    containers = pod.get("initContainers", []) + pod["containers"]
+    whole = {source["secretRef"]["name"] for container in containers
+             for source in container.get("envFrom", []) if "secretRef" in source}  # fmt: skip
+    by_key = {item["valueFrom"]["secretKeyRef"]["name"] for container in containers
+              for item in container.get("env", [])
+              if "secretKeyRef" in item.get("valueFrom", {})}  # fmt: skip
+    return whole | by_key
 
 
 def test_the_base_references_the_secret_and_only_the_overlay_makes_it() -> None:
@@ -128,7 +148,7 @@ def test_the_base_references_the_secret_and_only_the_overlay_makes_it() -> None:
     assert not [key for key in base if key[0] == "Secret"], "base must not make the Secret"
     pods = workload_pods(base)
     for name in ("Deployment/beacon-collector", "Deployment/beacon-consumer",
-                 "CronJob/beacon-settle"):  # fmt: skip
+                 "Deployment/beacon-dashboard", "CronJob/beacon-settle"):  # fmt: skip
         assert secret_refs(pods[name]) == {"beacon-secrets"}, name
     example = rendered("overlays/example")
     secrets = [doc for (kind, _), doc in example.items() if kind == "Secret"]
@@ -136,10 +156,19 @@ def test_the_base_references_the_secret_and_only_the_overlay_makes_it() -> None:
     assert secret["metadata"]["name"].startswith("beacon-secrets")
     for name, pod in workload_pods(example).items():
         assert secret_refs(pod) <= {secret["metadata"]["name"]}, name
+    # Every key a pod reads from it is there (a missing one stops the pod before Beacon starts).
+    keys = set(secret.get("data", {})) | set(secret.get("stringData", {}))
+    for name, pod in workload_pods(example).items():
+        for container in pod["containers"]:
+            for item in container.get("env", []):
+                ref = item.get("valueFrom", {}).get("secretKeyRef")
+                if ref:
+                    assert ref["key"] in keys, (name, ref["key"])
 
 
 def container_env(docs: dict[tuple[str, str], dict[str, Any]], container: dict[str, Any]) -> dict:
-    """What a container's envFrom gives it, as rendered: its ConfigMaps and Secrets."""
+    """What a container's envFrom and env give it, as rendered: its ConfigMaps and Secrets,
+    whole or by key, then its own values (env wins over envFrom, as in a pod)."""
     env: dict[str, str] = {}
     for source in container.get("envFrom", []):
         if "configMapRef" in source:
@@ -148,7 +177,19 @@ def container_env(docs: dict[tuple[str, str], dict[str, Any]], container: dict[s
             secret = docs["Secret", source["secretRef"]["name"]]
             env |= {k: base64.b64decode(v).decode() for k, v in secret.get("data", {}).items()}
             env |= secret.get("stringData", {})
-    return env | {e["name"]: e["value"] for e in container.get("env", [])}
+    for item in container.get("env", []):  # a value, or one key of a Secret or ConfigMap
+        ref = item.get("valueFrom", {})
+        if "secretKeyRef" in ref:
+            secret = docs["Secret", ref["secretKeyRef"]["name"]]
+            key = ref["secretKeyRef"]["key"]
+            data = {k: base64.b64decode(v).decode() for k, v in secret.get("data", {}).items()}
+            env[item["name"]] = (data | secret.get("stringData", {}))[key]
+        elif "configMapKeyRef" in ref:
+            config = docs["ConfigMap", ref["configMapKeyRef"]["name"]]["data"]
+            env[item["name"]] = config[ref["configMapKeyRef"]["key"]]
+        else:
+            env[item["name"]] = item["value"]
+    return env
 
 
 def beacon_on_path(tmp_path: Path) -> Path:
@@ -166,7 +207,8 @@ def test_an_unedited_example_deploy_refuses_to_start(tmp_path: Path) -> None:
     args and environment as rendered: each stops at start naming the placeholder (status 2
     from `beacon`), so a deploy nobody edited fails loudly instead of running on a public key.
     (The consumers' kafka-init container gets no Secret: it makes the topics, then the
-    consumer container stops.)"""
+    consumer container stops. The dashboard gets two keys, not BEACON_SECRET: it names its
+    token; tests/integration/test_deploy_dashboard.py takes its placeholders one by one.)"""
     docs = rendered("overlays/example")
     checked = []
     for name, pod in workload_pods(docs).items():
@@ -175,7 +217,8 @@ def test_an_unedited_example_deploy_refuses_to_start(tmp_path: Path) -> None:
                 continue
             checked.append(f"{name}/{container['name']}")
             env = container_env(docs, container)
-            secret = env["BEACON_SECRET"]
+            variable = "BEACON_SECRET" if "BEACON_SECRET" in env else "BEACON_DASHBOARD_TOKEN"
+            secret = env[variable]
             env |= {"PATH": f"{beacon_on_path(tmp_path)}:/usr/bin:/bin",
                     "BEACON_DATA_DIR": str(tmp_path / "data"), "BEACON_PORT": "0"}  # fmt: skip
             cmd = [*container["command"], *container["args"]] if "command" in container else (
@@ -186,14 +229,45 @@ def test_an_unedited_example_deploy_refuses_to_start(tmp_path: Path) -> None:
             assert done.returncode != 0, (name, done.stderr[-2000:])
             if "command" not in container:  # beacon itself (a shell loop exits 1)
                 assert done.returncode == 2, (name, done.stderr[-2000:])
-            assert "beacon: BEACON_SECRET: a placeholder value" in done.stderr, name
+            assert f"beacon: {variable}: a placeholder value" in done.stderr, name
             assert secret not in done.stderr + done.stdout  # named, never quoted
             assert "Traceback" not in done.stderr, name
     assert set(checked) == {
         "Deployment/beacon-collector/collector",
         "Deployment/beacon-consumer/consumer",
+        "Deployment/beacon-dashboard/dashboard",
         "CronJob/beacon-settle/settle",
     }
+
+
+# -- Every workload --------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("path", ["base", "overlays/example"])
+def test_every_workload_runs_locked_down(path: str) -> None:
+    """Each pod as the image's uid (deploy/Dockerfile), with no service account token; each
+    container on a read-only root filesystem, without privileges, with its resources."""
+    uid = re.search(r"^USER (\d+):(\d+)$", (ROOT / "deploy" / "Dockerfile").read_text(), re.M)
+    assert uid
+    pods = workload_pods(rendered(path))
+    assert set(pods) == {"Deployment/beacon-collector", "Deployment/beacon-consumer",
+                         "Deployment/beacon-dashboard", "CronJob/beacon-settle"}  # fmt: skip
+    for name, pod in pods.items():
+        assert pod["automountServiceAccountToken"] is False, name
+        context = pod["securityContext"]
+        assert context["runAsNonRoot"] is True, name
+        assert (str(context["runAsUser"]), str(context["runAsGroup"])) == uid.groups(), name
+        assert context["seccompProfile"] == {"type": "RuntimeDefault"}, name
+        for container in pod.get("initContainers", []) + pod["containers"]:
+            where = f"{name}/{container['name']}"
+            assert container["securityContext"] == {
+                "allowPrivilegeEscalation": False,
+                "readOnlyRootFilesystem": True,
+                "capabilities": {"drop": ["ALL"]},
+            }, where
+            resources = container["resources"]
+            assert resources["requests"]["cpu"] and resources["requests"]["memory"], where
+            assert resources["limits"]["memory"], where
 
 
 # -- The collector pod -----------------------------------------------------------------------------

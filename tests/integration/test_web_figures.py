@@ -11,6 +11,7 @@ from typing import Any
 
 import pytest
 
+from analytics.report_cli import web_filters
 from analytics.report_window import Filters, Window
 from analytics.rollup_settle import Settler
 from analytics.views import Request, view_rows
@@ -164,8 +165,10 @@ def test_filters_and_breakdowns(store: Store) -> None:
     asked = Request("visits", window(), Filters(web=(("source", "social"),)), web=GOALS)
     [social] = visit_rows(store.query, asked, ("site",))
     assert (social["visitors"], social["pageviews"]) == (1, 2)
-    pages = {r["page"]: (r["visits"], r["pageviews"])
-             for r in visit_rows(store.query, Request("visits", window(), web=GOALS), ("page",))}
+    pages = {
+        r["page"]: (r["visits"], r["pageviews"])
+        for r in visit_rows(store.query, Request("visits", window(), web=GOALS), ("page",))
+    }
     assert pages == {"/a": (3, 3), "/b": (1, 1), "/c": (1, 1), "/thanks": (1, 1)}
     entries = visit_rows(store.query, Request("visits", window(), web=GOALS), ("entry_page",))
     assert {r["entry_page"]: r["visits"] for r in entries} == {"/a": 3, "/thanks": 1}
@@ -175,7 +178,8 @@ def test_filters_and_breakdowns(store: Store) -> None:
     assert visit_rows(store.query, viewed, ())[0]["visitors"] == 1
     per_goal = goal_rows(store.query, Request("goals", window(), web=GOALS), ())
     assert [(r["goal"], r["visitors"], r["converted"]) for r in per_goal] == [
-        ("/thanks", 3, 1), ("signup", 3, 1)
+        ("/thanks", 3, 1),
+        ("signup", 3, 1),
     ]
     # The site's own hosts are no source: a referrer from one of them is direct.
     own = WebConfig(goals=GOALS.goals, site_hosts={"blog": ("t.co",)})
@@ -183,3 +187,22 @@ def test_filters_and_breakdowns(store: Store) -> None:
     assert "social" not in social_now
     with pytest.raises(ValueError, match="unknown filter"):
         visit_rows(store.query, Request("visits", window(), Filters(web=(("x", "y"),))), ())
+
+
+def test_realtime_counts_the_last_five_minutes_from_raw_events(store: Store) -> None:
+    now_ms = int(dt.datetime.now(dt.UTC).timestamp() * 1000)
+    store.add([
+        page(now_ms - 60_000, 71, "/a"), page(now_ms - 50_000, 71, "/b"),
+        page(now_ms - 90_000, 72, "/a"),
+        page(now_ms - 10 * MINUTE_MS, 73, "/a"),  # too long ago
+    ])  # fmt: skip
+    rows = view_rows(store.query, Request("realtime", window()))
+    assert rows == [{"site": "blog", "visitors": 2, "pageviews": 3}]
+    assert view_rows(store.query, Request("realtime", window(), Filters(site="shop"))) == []
+
+
+def test_a_bad_filter_is_refused_by_the_report_command() -> None:
+    assert web_filters(["country=DE", "page=/a=b"]) == (("country", "DE"), ("page", "/a=b"))
+    for bad in ("country", "colour=red"):
+        with pytest.raises(ValueError, match="--filter"):
+            web_filters([bad])

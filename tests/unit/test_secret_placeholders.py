@@ -30,6 +30,7 @@ REAL = [
     secrets.token_urlsafe(32),
     "visitor-secret-0123456789abcdef",
     "laptop-only-visitor-id-secret",  # the compose default (a laptop's, not a placeholder)
+    "laptop-only-dashboard-token",  # the compose dashboard's default, likewise
     "correct horse battery staple",
 ]
 
