@@ -119,7 +119,8 @@ def json_response(body: object, status: int = 200) -> web.Response:
 
 def parse(request: web.Request) -> Selection:
     """The range, grouping and filters of the query string; raises ValueError."""
-    return parse_selection(request.query, [name for name, _ in request.query.items()])
+    names = [name for name, _ in request.query.items()]
+    return parse_selection(request.query, names, request.app[WEB].goals)
 
 
 def reader_query(request: web.Request) -> Query:

@@ -92,8 +92,9 @@ class Selection:
         return self.href(drop=FILTER_KEYS)
 
 
-def checked(key: str, value: str) -> str:
-    """`value` when `key` can hold it; else ValueError saying why."""
+def checked(key: str, value: str, goals: tuple[str, ...] = ()) -> str:
+    """`value` when `key` can hold it (a goal: one of `goals`, when they are listed); else
+    ValueError saying why."""
     if len(value) > MAX_VALUE_CHARS:
         raise ValueError(f"{key}: at most {MAX_VALUE_CHARS} characters")
     if CONTROL_RE.search(value):
@@ -104,12 +105,17 @@ def checked(key: str, value: str) -> str:
         raise ValueError("country: two capital letters (ISO 3166-1), or empty for unknown")
     if key in PATH_KEYS and value and not value.startswith("/"):
         raise ValueError(f"{key}: a path, starting with /")
+    if key == "goal" and goals and value not in goals:
+        raise ValueError(f"goal: one of {', '.join(goals)} (BEACON_GOALS)")
     return value
 
 
-def parse_selection(query: Mapping[str, str], names: Iterable[str]) -> Selection:
+def parse_selection(
+    query: Mapping[str, str], names: Iterable[str], goals: tuple[str, ...] = ()
+) -> Selection:
     """The selection in a query string given as its mapping and every name in it (repeats
-    included); raises ValueError on an unknown or repeated name or a bad value."""
+    included), `goals` the goals listed if any; raises ValueError on an unknown or repeated
+    name or a bad value."""
     seen: set[str] = set()
     for name in names:
         if name not in FILTER_KEYS and name not in OTHER_PARAMS:
@@ -124,5 +130,5 @@ def parse_selection(query: Mapping[str, str], names: Iterable[str]) -> Selection
     if group not in (None, "hour", "day"):
         raise ValueError("group: hour or day")
     ids = tuple((k, checked(k, query[k])) for k in ID_KEYS if query.get(k))
-    web = tuple((k, checked(k, query[k])) for k in WEB_KEYS if k in query)
+    web = tuple((k, checked(k, query[k], goals)) for k in WEB_KEYS if k in query)
     return Selection(days, group, ids, web)
