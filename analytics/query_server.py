@@ -23,6 +23,7 @@ from analytics import erasure
 from analytics.dashboard.app import add_dashboard
 from analytics.store import StoreError, Writer, read_guard
 from analytics.store.readers import Busy, Reader
+from analytics.web import WebConfig
 
 FORMAT_RE = re.compile(r"^[A-Za-z]{1,40}$")
 MAX_SQL_BYTES = 256 * 1024
@@ -197,9 +198,11 @@ def create_query_app(
     registry: CollectorRegistry,
     audit_path: Path | None = None,
     dashboard_token: str = "",
+    web_config: WebConfig | None = None,
 ) -> web.Application:
     """The query port; with `audit_path`, also POST /erase (each erasure audited there); with
-    `dashboard_token`, the dashboard page (analytics/dashboard/)."""
+    `dashboard_token`, the dashboard page (analytics/dashboard/), its visits as `web_config`
+    says."""
     app = web.Application(client_max_size=MAX_SQL_BYTES)
     app[WRITER] = writer
     app[READER] = reader
@@ -228,5 +231,5 @@ def create_query_app(
         app.router.add_post("/erase", erase)
     app.router.add_get("/metrics", metrics)
     app.router.add_get("/healthz", healthz)
-    add_dashboard(app, reader, dashboard_token)
+    add_dashboard(app, reader, dashboard_token, web_config)
     return app

@@ -19,6 +19,7 @@ from analytics.migrations import migrate
 from analytics.query_server import create_query_app
 from analytics.rollup_settle import Settler, settle_loop
 from analytics.store import Writer
+from analytics.web import WebConfig
 from consumers.metrics import ConsumerMetrics
 from consumers.pipeline import Pipeline
 from consumers.settings import ConsumerSettings
@@ -93,7 +94,12 @@ async def consume(settings: ConsumerSettings) -> None:
         # handler_cancellation: a read whose client has gone is stopped, not run to its end.
         runner = web.AppRunner(
             create_query_app(
-                writer, reader, registry, settings.audit_path, settings.dashboard_token
+                writer,
+                reader,
+                registry,
+                settings.audit_path,
+                settings.dashboard_token,
+                WebConfig.from_settings(settings),
             ),
             access_log=None,
             handle_signals=False,
