@@ -80,8 +80,8 @@ def source_sql(referrer: str) -> str:
     return (
         f"multiIf({medium} IN ({among(EMAIL_MEDIUMS)}), 'email', "
         f"{medium} IN ({among(SOCIAL_MEDIUMS)}), 'social', "
+        f"{matches(WEBMAIL_HOSTS)}, 'email', "  # before search: mail.google.com is google.*
         f"{matches(SEARCH_HOSTS)}, 'search', "
         f"{matches(SOCIAL_HOSTS)}, 'social', "
-        f"{matches(WEBMAIL_HOSTS)}, 'email', "
         f"{referrer} = '' AND utm_source = '', 'direct', 'other')"
     )
