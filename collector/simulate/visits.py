@@ -1,8 +1,10 @@
 """The web truth of a simulation: every visit as the plan made it, and the rows of the web
 report views counted from them.
 
-The definitions are /docs/reports.md's web analytics ones (visits, sources, goals, figures),
-written out again here on purpose: a report that gets one wrong disagrees with this. What a
+The definitions are docs/reports.md's ("Web analytics": visits, goals, the figures), written
+out again here on purpose: a report that gets one wrong disagrees with this. Where a visit came
+from (its source group, referrer host, UTM) is written down with each landing in
+collector/simulate/web.py. What a
 visit is made of (its visitor, pages, custom events, engaged time, where it came from, the
 visitor's country and device) is what the plan chose; only when a visit began comes from the
 sender, for the rows by hour or day.
