@@ -1,8 +1,9 @@
 """`beacon simulate`: a known mix of traffic, the same for the same seed, sent to a collector.
 
 Email campaigns (sends, human, proxied, Apple MPP, bot and scanner opens, clicks, orders),
-ad campaigns (impressions, clicks, orders) and web sites (page views with scroll depth,
-referrers) go to a collector over real HTTP; the ground truth comes back in the shape of
+ad campaigns (impressions, clicks, orders) and web sites (visitors from many countries and
+devices, visits of several pages with engagement, sources with UTM, goals; a crawler) go to
+a collector over real HTTP; the ground truth comes back in the shape of
 `beacon report --format json`, so reports can be checked number by number.
 """
 
@@ -16,12 +17,14 @@ import aiohttp
 from collector.signing import Keyring
 from collector.simulate.plan import Config, plan
 from collector.simulate.send import Sender
+from collector.simulate.truth import Truth
 
-__all__ = ["Config", "simulate"]
+__all__ = ["Config", "Truth", "send", "simulate"]
 
 
-async def simulate(base: str, config: Config, keyring: Keyring, width: int = 16) -> dict[str, Any]:
-    """Send the mix for `config` to the collector at `base`; returns the ground truth.
+async def send(base: str, config: Config, keyring: Keyring, width: int = 16) -> tuple[Truth, int]:
+    """Send the mix for `config` to the collector at `base`; returns the ground truth (with
+    when each visit began) and the number of requests.
 
     Signed URLs when `keyring` has a key (the collector's own keys): clicks then go through
     the /c redirect and orders name their click."""
@@ -31,5 +34,12 @@ async def simulate(base: str, config: Config, keyring: Keyring, width: int = 16)
         sender = Sender(http, base, keyring)
         for scripts in phases:
             await sender.run(scripts, width)
-    return {"config": asdict(config), "signed": bool(keyring), "requests": sender.requests,
+    truth.web.started.update(sender.marks)
+    return truth, sender.requests
+
+
+async def simulate(base: str, config: Config, keyring: Keyring, width: int = 16) -> dict[str, Any]:
+    """`send`, with the ground truth as `beacon simulate` prints it."""
+    truth, requests = await send(base, config, keyring, width)
+    return {"config": asdict(config), "signed": bool(keyring), "requests": requests,
             **truth.as_dict()}  # fmt: skip

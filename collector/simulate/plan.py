@@ -1,24 +1,23 @@
 """What the simulator sends, decided up front from a seed, and the numbers it must produce.
 
 Each person or visitor is one script of requests sent in order (a click before the
-conversion that names it); scripts run side by side. The truth is counted from the plan as it
-is made, with the definitions of docs/reports.md ("Campaign report"), not from anything the
-collector answers.
+conversion that names it; a web visitor's visits, apart by pauses); scripts run side by side.
+The truth is counted from the plan as it is made, with the definitions of docs/reports.md
+("Campaign report", "Web analytics"), not from anything the collector answers. Web visitors:
+collector/simulate/web.py.
 """
 
 from __future__ import annotations
 
 import random
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from decimal import Decimal
-from typing import Any
 
+from collector.simulate.steps import BROWSER, Script, Step
 from collector.simulate.truth import Truth
+from collector.simulate.visits import goal_list
+from collector.simulate.web import WebPlanner
 
-BROWSER = (
-    "Mozilla/5.0 (Windows NT 10.0; Win64; x64) AppleWebKit/537.36 (KHTML, like Gecko) "
-    "Chrome/124.0.0.0 Safari/537.36"
-)
 # Apple Mail Privacy Protection's prefetch sends a bare "Mozilla/5.0" (SocketLabs,
 # "Identifying Apple MPP opens"): what Apple sends, whatever Beacon's rules make of it.
 APPLE_MPP = "Mozilla/5.0"
@@ -28,9 +27,6 @@ READER_AGENTS = {"apple_mpp": APPLE_MPP, "gmail": GMAIL, "person": BROWSER}
 SHOP = "sim-shop"
 NEWS = "sim-news"
 WEB_SITES = (("sim-blog", "blog.sim.example"), ("sim-docs", "docs.sim.example"))
-PAGES = ("/", "/post-1", "/post-2", "/post-3", "/pricing", "/about")
-PAGE_WEIGHTS = (8, 5, 4, 3, 2, 1)
-REFERRERS = ("", "https://search.example/?q=beacon", "https://social.example/p/1")
 PRICES = ("9.99", "24.50", "120.00")
 
 
@@ -56,19 +52,15 @@ class Config:
     impressions: int = 150  # per ad
     ad_ctr: float = 0.06
     visitors: int = 40  # per web site
-    max_views: int = 4  # page views per visitor, 1 to this
-
-
-@dataclass
-class Step:
-    """One request. `convert`: a conversion pixel for the click id the last `click` got."""
-
-    kind: str  # pixel, post, click, convert
-    params: dict[str, Any] = field(default_factory=dict)
-    ua: str = BROWSER
-
-
-Script = list[Step]
+    max_views: int = 4  # page views per visit, 1 to this (and a thank-you page after a signup)
+    max_visits: int = 3  # visits per visitor, 1 to this
+    # Of visitors after a visit, those who come back: after a pause of 2 x visit_gap_s + 1 s,
+    # so with the collector's BEACON_VISIT_GAP_S (1800 s unless set) a run takes that long.
+    return_rate: float = 0.0
+    visit_gap_s: float = 1800.0  # the collector's BEACON_VISIT_GAP_S
+    event_rate: float = 0.1  # page views followed by a custom `download` event
+    signup_rate: float = 0.15  # visits that end in a `signup` event and the /thanks page
+    goals: str = ""  # the collector's BEACON_GOALS ("": every custom event is a goal)
 
 
 class Planner:
@@ -81,7 +73,7 @@ class Planner:
         self.config = config
         self.signed = signed
         self.rng = random.Random(config.seed)
-        self.truth = Truth()
+        self.truth = Truth(goal_list(config.goals))
         self.sends: list[Script] = []
         self.scripts: list[Script] = []
 
@@ -91,8 +83,9 @@ class Planner:
             self.email_campaign(n)
         for n in range(self.config.ad_campaigns):
             self.ad_campaign(n)
+        web = WebPlanner(self.config, self.rng, self.truth)
         for site, host in WEB_SITES:
-            self.web_site(site, host)
+            self.scripts += web.site(site, host)
         return [self.sends, self.scripts], self.truth
 
     def email_campaign(self, n: int) -> None:
@@ -186,23 +179,6 @@ class Planner:
                 self.scripts.append(steps)
             self.scripts.append([Step("click", {"dest": dest, **ids}, BOT)])  # a link checker
             self.truth.click({**ids, "visitor": BOT}, "bot")
-
-    def web_site(self, site: str, host: str) -> None:
-        c = self.config
-        for v in range(c.visitors):
-            ua = f"{BROWSER} sim-visitor/{c.seed}-{site}-{v}"
-            referrer = self.rng.choice(REFERRERS)
-            steps: Script = []
-            for _ in range(self.rng.randint(1, c.max_views)):
-                url = f"https://{host}{self.rng.choices(PAGES, PAGE_WEIGHTS)[0]}"
-                scroll = self.rng.randrange(101)
-                view = {"s": site, "u": url, "ref": referrer}
-                steps.append(Step("pixel", {"kind": "", **view}, ua))
-                engagement = {"e": "engagement", "s": site, "u": url, "p": {"scroll_pct": scroll}}
-                steps.append(Step("post", {"events": [engagement]}, ua))
-                self.truth.pageview(site, url, referrer, ua, scroll)
-                referrer = url  # the next page is reached from this one
-            self.scripts.append(steps)
 
 
 def plan(config: Config, signed: bool) -> tuple[list[list[Script]], Truth]:

@@ -11,6 +11,11 @@ from decimal import Decimal
 from typing import Any
 from urllib.parse import urlsplit
 
+from collector.simulate.rounding import money, ratio
+from collector.simulate.visits import WEB_VIEWS, WebTruth
+
+__all__ = ["Truth", "ratio"]
+
 SCROLL_MARKS = (25, 50, 75, 100)
 # Who made an open or a click: the plan's own choice, recorded when it makes the request.
 # Which of them are machines and which come through a mail provider's proxy follows from who
@@ -19,14 +24,6 @@ SCROLL_MARKS = (25, 50, 75, 100)
 MACHINES = frozenset({"scanner", "apple_mpp", "bot"})  # nobody read the mail or the ad
 PROXIED = frozenset({"apple_mpp", "gmail"})  # fetched by Apple's or Google's proxy
 ACTORS = MACHINES | PROXIED | {"person"}
-
-
-def ratio(part: int, whole: int | None) -> float | None:
-    return round(part / whole, 4) if whole else None
-
-
-def money(total: Decimal) -> str:
-    return str(total.quantize(Decimal("0.01")))
 
 
 class Funnel:
@@ -75,7 +72,10 @@ def person_key(person: dict[str, str]) -> str:
 
 
 class Truth:
-    def __init__(self) -> None:
+    """`goals`: the collector's BEACON_GOALS entries (empty: every custom event is a goal)."""
+
+    def __init__(self, goals: tuple[str, ...] = ()) -> None:
+        self.web = WebTruth(goals)
         self.campaigns: dict[str, Funnel] = defaultdict(Funnel)
         self.ads: dict[tuple[str, str], Funnel] = defaultdict(Funnel)
         self.events: Counter[tuple[str, str, str]] = Counter()
@@ -138,28 +138,47 @@ class Truth:
         self.site_revenue[site] += value
         self.events[site, stored_as, "conversion"] += pixels
 
-    def pageview(self, site: str, url: str, referrer: str, visitor: str, scroll_pct: int) -> None:
-        parts = urlsplit(url)
-        page = (site, parts.hostname or "", parts.path or "/")
+    def pageview(self, site: str, url: str, referrer: str, visitor: str) -> None:
+        """A page view, from a person or a crawler: the pages, referrers and site views
+        count them all."""
+        page = self.page(site, url)
         self.pages[page]["pageviews"] += 1
-        for mark in SCROLL_MARKS:
-            self.pages[page][f"scroll_{mark}"] += scroll_pct >= mark
         self.page_visitors[page].add(visitor)
         source = (site, urlsplit(referrer).hostname or "")
         self.referrers[source]["pageviews"] += 1
         self.referrer_visitors[source].add(visitor)
         self.visitors[site].add(visitor)
         self.events[site, "", "pageview"] += 1
+
+    def engagement(self, site: str, url: str, scroll_pct: int) -> None:
+        """An engagement report: the scroll depth its page's readers reached."""
+        page = self.page(site, url)
+        for mark in SCROLL_MARKS:
+            self.pages[page][f"scroll_{mark}"] += scroll_pct >= mark
         self.events[site, "", "engagement"] += 1
+
+    def custom(self, site: str) -> None:
+        self.events[site, "", "custom"] += 1
+
+    @staticmethod
+    def page(site: str, url: str) -> tuple[str, str, str]:
+        parts = urlsplit(url)
+        return site, parts.hostname or "", parts.path or "/"
+
+    def web_rows(self, view: str, group: str | None = None) -> list[dict[str, Any]]:
+        """The rows of a web view (collector/simulate/visits.py): visits, sources,
+        countries, devices, goals, realtime."""
+        return self.web.rows(view, group)
 
     def as_dict(self) -> dict[str, Any]:
         """The truth as `beacon report --format json` rows (the views' keys)."""
         sites = sorted({s for s, _, _ in self.events})
         campaigns = sorted(self.campaigns.items())
         ads = sorted(self.ads.items())
+        scroll = [f"scroll_{mark}" for mark in SCROLL_MARKS]
         pages = [
-            {"site": s, "url_host": h, "url_path": p, **dict(counts),
-             "unique_visitors": len(self.page_visitors[s, h, p])}
+            {"site": s, "url_host": h, "url_path": p, "pageviews": counts["pageviews"],
+             **{k: counts[k] for k in scroll}, "unique_visitors": len(self.page_visitors[s, h, p])}
             for (s, h, p), counts in sorted(self.pages.items())
         ]  # fmt: skip
         referrers = [
@@ -188,4 +207,5 @@ class Truth:
                 {"site": s, "campaign": c, "event_type": t, "events": n}
                 for (s, c, t), n in sorted(self.events.items())
             ],
+            "web": {view: self.web_rows(view) for view in WEB_VIEWS},
         }

@@ -4,18 +4,22 @@ sends it to a real collector on loopback and prints the truth."""
 from __future__ import annotations
 
 import asyncio
-from collections import Counter
+import datetime as dt
+from collections import Counter, defaultdict
 
 import orjson
 import pytest
 
 from beacon.__main__ import main
 from collector.simulate.plan import Config, plan
+from collector.simulate.steps import Script, Step
+from collector.simulate.visits import Visit, WebTruth
+from collector.simulate.web import CRAWLER
 from collector.sinks.memory import MemorySink
 
 KEYS = "k1:simulate-secret-0123456789"
 SMALL = Config(seed=5, campaigns=1, recipients=40, ad_campaigns=1, ads=2, impressions=30,
-               visitors=6)  # fmt: skip
+               visitors=12, return_rate=0.3, visit_gap_s=0.2)  # fmt: skip
 
 
 def test_the_same_seed_gives_the_same_traffic_and_truth() -> None:
@@ -53,10 +57,13 @@ async def test_beacon_simulate_sends_every_event_and_prints_the_truth(
     make_client, capsys, signed: bool
 ) -> None:  # type: ignore[no-untyped-def]
     sink = MemorySink()
-    client = await make_client(sink=sink, signing_keys=KEYS if signed else "")
+    client = await make_client(
+        sink=sink, signing_keys=KEYS if signed else "", forwarded_header="X-Forwarded-For"
+    )
     base = str(client.make_url("")).rstrip("/")
     argv = ["simulate", "--host", base, "--seed", "5", "--campaigns", "1", "--recipients", "40",
-            "--impressions", "30", "--visitors", "6", "--width", "4"]  # fmt: skip
+            "--impressions", "30", "--visitors", "12", "--return-rate", "0.3",
+            "--visit-gap-s", "0.2", "--width", "4"]  # fmt: skip
     env = {"BEACON_SIGNING_KEYS": KEYS if signed else ""}
     assert await asyncio.to_thread(main, argv, env) == 0
     truth = orjson.loads(capsys.readouterr().out)
@@ -72,8 +79,191 @@ async def test_beacon_simulate_sends_every_event_and_prints_the_truth(
                       for e in truth["events"]}  # fmt: skip
     clicks = [e for e in sink.events() if e["event_type"] == "click"]
     assert all(e["transport"] == ("redirect" if signed else "beacon") for e in clicks)
+    # Each web visitor's own address reached the collector: one visitor id each.
+    for row in truth["sites"]:
+        views = [e for e in sink.events()
+                 if e["site"] == row["site"] and e["event_type"] == "pageview"]  # fmt: skip
+        if views:
+            assert len({e["visitor_id"] for e in views}) == row["unique_visitors"]
+    addresses = {e["ip"] for e in sink.events() if e["site"] == "sim-blog"}
+    assert {"10.1.0.0", "2a02:8100::"} <= addresses  # truncated, as stored
 
 
 def test_beacon_simulate_says_what_went_wrong(capsys) -> None:  # type: ignore[no-untyped-def]
     assert main(["simulate", "--host", "http://127.0.0.1:9", "--recipients", "2"], {}) == 1
     assert "beacon simulate:" in capsys.readouterr().err
+
+
+# -- web visits ---------------------------------------------------------------------------
+
+US_DESKTOP = {"country": "US", "device_type": "desktop", "browser": "Chrome", "os": "Windows"}
+DE_PHONE = {"country": "DE", "device_type": "mobile", "browser": "Mobile Safari", "os": "iOS"}
+GOOGLE = {"source": "search", "referrer_host": "google.com", "utm_source": "", "utm_medium": "",
+          "utm_campaign": ""}  # fmt: skip
+DIRECT = {**GOOGLE, "source": "direct", "referrer_host": ""}
+NEWSLETTER = {"source": "email", "referrer_host": "", "utm_source": "newsletter",
+              "utm_medium": "email", "utm_campaign": "fall"}  # fmt: skip
+NOWHERE = {"country": "", "device_type": "tablet", "browser": "Chrome", "os": "Android"}
+
+
+def hand_made(goals: tuple[str, ...] = ()) -> WebTruth:
+    """Four visits by three visitors, whose figures are worked out by hand below."""
+    truth = WebTruth(goals)
+    blog, docs = {"site": "sim-blog"}, {"site": "sim-docs"}
+    a1 = truth.visit(Visit("a", "a1", {**blog, **GOOGLE, **US_DESKTOP}))
+    a1.pages, a1.events, a1.engaged_ms = ["/", "/pricing", "/thanks"], ["signup"], 6000
+    a2 = truth.visit(Visit("a", "a2", {**blog, **DIRECT, **US_DESKTOP}))
+    a2.pages, a2.engaged_ms = ["/post-1"], 1400  # a bounce
+    b1 = truth.visit(Visit("b", "b1", {**blog, **GOOGLE, **DE_PHONE}))
+    b1.pages, b1.events, b1.engaged_ms = ["/"], ["download"], 600  # one page, not a bounce
+    c1 = truth.visit(Visit("c", "c1", {**docs, **NEWSLETTER, **NOWHERE}))
+    c1.pages, c1.engaged_ms = ["/"], 700  # a bounce
+    return truth
+
+
+def test_the_web_truth_of_a_few_visits_worked_out_by_hand() -> None:
+    truth = hand_made(("signup", "/thanks"))
+    assert truth.rows("visits") == [
+        # 5 page views in 3 visits, 1 bounce, (6000 + 1400 + 600) ms / 3
+        {"site": "sim-blog", "visitors": 2, "visits": 3, "pageviews": 5, "views_per_visit": 1.67,
+         "bounce_rate": 0.3333, "visit_duration_s": 2.7},
+        {"site": "sim-docs", "visitors": 1, "visits": 1, "pageviews": 1, "views_per_visit": 1.0,
+         "bounce_rate": 1.0, "visit_duration_s": 0.7},
+    ]  # fmt: skip
+    assert truth.rows("sources") == [
+        {"site": "sim-blog", **GOOGLE, "visitors": 2, "visits": 2, "pageviews": 4,
+         "views_per_visit": 2.0, "bounce_rate": 0.0, "visit_duration_s": 3.3},
+        {"site": "sim-blog", **DIRECT, "visitors": 1, "visits": 1, "pageviews": 1,
+         "views_per_visit": 1.0, "bounce_rate": 1.0, "visit_duration_s": 1.4},
+        {"site": "sim-docs", **NEWSLETTER, "visitors": 1, "visits": 1, "pageviews": 1,
+         "views_per_visit": 1.0, "bounce_rate": 1.0, "visit_duration_s": 0.7},
+    ]  # fmt: skip
+    assert truth.rows("countries") == [
+        {"site": "sim-blog", "country": "US", "visitors": 1, "visits": 2, "pageviews": 4,
+         "views_per_visit": 2.0, "bounce_rate": 0.5, "visit_duration_s": 3.7},
+        {"site": "sim-blog", "country": "DE", "visitors": 1, "visits": 1, "pageviews": 1,
+         "views_per_visit": 1.0, "bounce_rate": 0.0, "visit_duration_s": 0.6},
+        {"site": "sim-docs", "country": "", "visitors": 1, "visits": 1, "pageviews": 1,
+         "views_per_visit": 1.0, "bounce_rate": 1.0, "visit_duration_s": 0.7},
+    ]  # fmt: skip
+    devices = [{k: r[k] for k in ("site", "device_type", "browser", "os", "visits")}
+               for r in truth.rows("devices")]  # fmt: skip
+    assert devices == [
+        {"site": "sim-blog", "device_type": "desktop", "browser": "Chrome", "os": "Windows",
+         "visits": 2},
+        {"site": "sim-blog", "device_type": "mobile", "browser": "Mobile Safari", "os": "iOS",
+         "visits": 1},
+        {"site": "sim-docs", "device_type": "tablet", "browser": "Chrome", "os": "Android",
+         "visits": 1},
+    ]  # fmt: skip
+    # Of the two visitors from Google, one signed up (and saw /thanks); the direct visit and
+    # the newsletter one reached nothing: no rows.
+    searched = {"site": "sim-blog", "source": "search", "utm_campaign": "", "visitors": 2,
+                "converted": 1, "conversions": 1, "conversion_rate": 0.5}  # fmt: skip
+    goals = [{**searched, "goal": "/thanks"}, {**searched, "goal": "signup"}]
+    assert truth.rows("goals") == goals
+    assert list(truth.rows("goals")[0])[:4] == ["site", "goal", "source", "utm_campaign"]
+    # Without BEACON_GOALS every custom event is a goal, and no page is.
+    assert hand_made().rows("goals") == [{**searched, "goal": g} for g in ("download", "signup")]
+    assert truth.rows("realtime") == [
+        {"site": "sim-blog", "visitors": 2, "pageviews": 5},
+        {"site": "sim-docs", "visitors": 1, "pageviews": 1},
+    ]
+
+
+def test_web_rows_by_hour_go_by_when_each_visit_began() -> None:
+    truth = hand_made()
+    with pytest.raises(ValueError, match="not sent"):
+        truth.rows("visits", "hour")
+    at = dt.datetime(2026, 6, 18, 10, 59, 59, tzinfo=dt.UTC).timestamp()
+    truth.started.update({"a1": (at, at + 0.5), "b1": (at - 1800, at - 1800), "a2": (at + 2400,
+                          at + 2400), "c1": (at + 300, at + 300)})  # fmt: skip
+    by_hour = [
+        (r["hour"], r["site"], r["visitors"], r["visits"]) for r in truth.rows("visits", "hour")
+    ]
+    assert by_hour == [
+        ("2026-06-18 10:00", "sim-blog", 2, 2),
+        ("2026-06-18 11:00", "sim-blog", 1, 1),
+        ("2026-06-18 11:00", "sim-docs", 1, 1),
+    ]
+    by_day = truth.rows("visits", "day")
+    assert [(r["day"], r["site"], r["visits"]) for r in by_day] == [
+        ("2026-06-18", "sim-blog", 3), ("2026-06-18", "sim-docs", 1)]  # fmt: skip
+    assert list(truth.rows("goals", "day")[0])[:2] == ["day", "site"]
+    truth.started["a1"] = (at, at + 2)  # sent in one hour, answered in the next: unknown
+    with pytest.raises(ValueError, match="turn of a period"):
+        truth.rows("sources", "hour")
+
+
+def recount(phases: list[list[Script]]) -> tuple[dict[str, dict[str, float]], set[str]]:
+    """The visits figures per site counted again from the requests a plan sends: a script
+    with an address is a visitor (the crawler apart), its pauses split its visits."""
+    visits: dict[str, list[dict[str, int]]] = defaultdict(list)
+    visitors: dict[str, set[tuple[str, str]]] = defaultdict(set)
+    pairs: set[str] = set()
+    for script in phases[1]:
+        if not script[0].ip or script[0].ua == CRAWLER:
+            continue
+        assert len({(s.ip, s.ua) for s in script if s.kind != "pause"}) == 1  # one person
+        site = script[0].params["s"]
+        visitors[site].add((script[0].ip, script[0].ua))
+        pairs.add(f"{site} {script[0].ip} {script[0].ua}")
+        visit = Counter[str]()
+        for step in [*script, Step("pause")]:
+            if step.kind == "pause":
+                visits[site].append(visit)
+                visit = Counter()
+            elif step.kind == "pixel":
+                visit["pageviews"] += 1
+            else:
+                [event] = step.params["events"]
+                visit["custom"] += event["e"] == "custom"
+                visit["engaged_ms"] += event["p"].get("engaged_ms", 0)
+    found = {}
+    for site, runs in visits.items():
+        n, pageviews = len(runs), sum(v["pageviews"] for v in runs)
+        bounces = sum(v["pageviews"] == 1 and not v["custom"] for v in runs)
+        duration_ms = sum(v["engaged_ms"] for v in runs)
+        found[site] = {"site": site, "visitors": len(visitors[site]), "visits": n,
+                       "pageviews": pageviews, "views_per_visit": round(pageviews / n, 2),
+                       "bounce_rate": round(bounces / n, 4),
+                       "visit_duration_s": round(duration_ms / n / 1000, 1)}  # fmt: skip
+    return found, pairs
+
+
+def test_the_web_truth_equals_a_count_of_what_the_plan_sends() -> None:
+    config = Config(seed=21, campaigns=1, recipients=20, visitors=40, return_rate=0.4,
+                    visit_gap_s=3, goals="signup,/thanks")  # fmt: skip
+    phases, truth = plan(config, signed=True)
+    found, pairs = recount(phases)
+    assert truth.web_rows("visits") == sorted(
+        found.values(), key=lambda r: (-r["visits"], r["site"])
+    )
+    assert len(pairs) == 2 * config.visitors  # every visitor a distinct address and agent
+    pauses = [s for script in phases[1] for s in script if s.kind == "pause"]
+    assert pauses and all(s.params["seconds"] > config.visit_gap_s for s in pauses)
+    rows = {v: truth.web_rows(v) for v in ("visits", "sources", "countries", "devices", "goals")}
+    for view in ("sources", "countries", "devices"):  # the same visits, cut another way
+        for site in ("sim-blog", "sim-docs"):
+            mine = [r for r in rows[view] if r["site"] == site]
+            assert sum(r["visits"] for r in mine) == found[site]["visits"]
+            assert sum(r["pageviews"] for r in mine) == found[site]["pageviews"]
+    # Every kind of visitor the definitions tell apart is there.
+    assert {r["country"] for r in rows["countries"]} >= {"US", "DE", "GB", "FR", "JP", ""}
+    assert {r["device_type"] for r in rows["devices"]} == {"desktop", "mobile", "tablet"}
+    assert len({r["browser"] for r in rows["devices"]}) >= 3
+    assert len({r["os"] for r in rows["devices"]}) >= 3
+    assert {r["source"] for r in rows["sources"]} == {
+        "direct",
+        "search",
+        "social",
+        "email",
+        "other",
+    }
+    assert any(r["utm_campaign"] for r in rows["sources"])
+    assert 0 < min(r["bounce_rate"] for r in rows["visits"])
+    assert max(r["bounce_rate"] for r in rows["visits"]) < 1
+    assert any(r["visits"] > r["visitors"] for r in rows["visits"])  # some came back
+    assert {r["goal"] for r in rows["goals"]} == {"signup", "/thanks"}
+    # The crawler's page views count as page views, not in any visit.
+    assert truth.as_dict()["sites"][0]["pageviews"] > truth.web_rows("realtime")[0]["pageviews"]
