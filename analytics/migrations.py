@@ -11,7 +11,7 @@ from analytics.cluster import check_mode
 from analytics.cluster_ddl import cluster_statements, schema_migrations
 from analytics.rollup_settle import Settler, on_rollups
 from analytics.rollups import ROLLUPS, migration_statements
-from analytics.schema import DATABASE, EVENTS_V1, EVENTS_V2, EVENTS_V3, EVENTS_V4
+from analytics.schema import DATABASE, EVENTS_V1, EVENTS_V2, EVENTS_V3, EVENTS_V4, EVENTS_V5
 from analytics.settings import StoreSettings
 from analytics.store import Cluster, StoreError, Writer
 
@@ -34,6 +34,7 @@ MIGRATIONS: tuple[Migration, ...] = (
     # Rollup tables and their materialized views (analytics/rollups.py), then the rollups of
     # the events already stored. IF NOT EXISTS everywhere: safe to rerun.
     (5, "rollups", tuple(migration_statements()), backfill_rollups),
+    (6, "country", (EVENTS_V5,), None),
 )
 
 SCHEMA_MIGRATIONS = f"""

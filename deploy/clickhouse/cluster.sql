@@ -235,6 +235,13 @@ FROM beacon.events_local
 WHERE event_type = 'click' AND click_id != ''
 GROUP BY period, click_id;
 
+-- Migration 6: country.
+ALTER TABLE beacon.events_local ON CLUSTER '{cluster}'
+    ADD COLUMN IF NOT EXISTS country LowCardinality(String) AFTER ip;
+
+ALTER TABLE beacon.events ON CLUSTER '{cluster}'
+    ADD COLUMN IF NOT EXISTS country LowCardinality(String) AFTER ip;
+
 -- The retention of each shard's rows (BEACON_RETENTION_DAYS, 395 days).
 ALTER TABLE beacon.events_local ON CLUSTER '{cluster}' MODIFY TTL toDateTime(received_at) + INTERVAL 395 DAY;
 ALTER TABLE beacon.rollup_events_hourly_local ON CLUSTER '{cluster}' MODIFY TTL period + INTERVAL 395 DAY;
@@ -249,3 +256,4 @@ INSERT INTO beacon.schema_migrations (version, name) SELECT 2, 'user agent colum
 INSERT INTO beacon.schema_migrations (version, name) SELECT 3, 'signed urls, conversions, machine opens' WHERE 3 NOT IN (SELECT version FROM beacon.schema_migrations);
 INSERT INTO beacon.schema_migrations (version, name) SELECT 4, 'consent basis' WHERE 4 NOT IN (SELECT version FROM beacon.schema_migrations);
 INSERT INTO beacon.schema_migrations (version, name) SELECT 5, 'rollups' WHERE 5 NOT IN (SELECT version FROM beacon.schema_migrations);
+INSERT INTO beacon.schema_migrations (version, name) SELECT 6, 'country' WHERE 6 NOT IN (SELECT version FROM beacon.schema_migrations);

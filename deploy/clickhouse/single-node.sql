@@ -43,6 +43,7 @@ CREATE TABLE IF NOT EXISTS beacon.events
     `machine_reason` LowCardinality(String),
     `mail_proxy` LowCardinality(String),
     `ip` String,
+    `country` LowCardinality(String),
     `visitor_id` UInt64,
     `dnt` UInt8,
     `consent` LowCardinality(String),
@@ -378,3 +379,4 @@ INSERT INTO beacon.schema_migrations (version, name) SELECT 2, 'user agent colum
 INSERT INTO beacon.schema_migrations (version, name) SELECT 3, 'signed urls, conversions, machine opens' WHERE 3 NOT IN (SELECT version FROM beacon.schema_migrations);
 INSERT INTO beacon.schema_migrations (version, name) SELECT 4, 'consent basis' WHERE 4 NOT IN (SELECT version FROM beacon.schema_migrations);
 INSERT INTO beacon.schema_migrations (version, name) SELECT 5, 'rollups' WHERE 5 NOT IN (SELECT version FROM beacon.schema_migrations);
+INSERT INTO beacon.schema_migrations (version, name) SELECT 6, 'country' WHERE 6 NOT IN (SELECT version FROM beacon.schema_migrations);
