@@ -271,3 +271,22 @@ def test_the_privacy_page_credits_the_data_and_names_the_pinned_release() -> Non
     assert ATTRIBUTION in privacy
     assert f"version {version}" in privacy
     assert (DEFAULT_DIR / "PACKAGE").read_text().split()[0].endswith(f"@{version}")
+
+
+async def test_rows_kept_without_identifiers_keep_the_country(make_client) -> None:  # type: ignore[no-untyped-def]
+    sink = MemorySink()
+    client = await make_client(
+        sink,
+        consent_required=("shop",),
+        consent_missing="aggregate",
+        forwarded_header="X-Forwarded-For",
+    )
+    headers = {"X-Forwarded-For": "81.2.69.142"}
+    await client.get("/p.gif?s=shop", headers=headers)  # no consent: an aggregate row
+    await client.get("/p.gif?s=blog&e=click", headers={**headers, "DNT": "1"})  # anonymous
+    await client.close()
+    rows = {e["site"]: e for e in sink.events()}
+    assert {site: (e["country"], e["ip"], e["visitor_id"]) for site, e in rows.items()} == {
+        "shop": ("GB", "", 0),
+        "blog": ("GB", "", 0),
+    }
