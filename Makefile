@@ -21,22 +21,28 @@ $(STAMP): $(RUN_STAMP)
 	$(BIN)/pip install --quiet -e '.[dev]'
 	touch $(STAMP)
 
+# The collector's default IP-to-country data (collector/geo.py), pinned by version and sha256
+# in deploy/geo/fetch.sh, fetched with npm into the environment; without npm one line says
+# that countries stay empty and the install goes on. A no-op once the pinned data is there.
+GEO_DIR := $(VENV)/share/beacon/geo
 install-run: $(RUN_STAMP)
-install: $(STAMP)
+	@sh deploy/geo/fetch.sh $(GEO_DIR)
+
+install: install-run $(STAMP)
 
 # The system tools the tests run (Java and Maven for Kafka, chromium, Prometheus, HAProxy,
 # kustomize): installs what is missing as root; otherwise names it and stops.
 deps:
 	bash deploy/install-deps.sh
 
-run: $(RUN_STAMP)
+run: install-run
 	$(BIN)/beacon run
 
-test: deps $(STAMP)
+test: deps install
 	$(BIN)/pytest --ignore=tests/faults
 
 # tests/unit alone: in-process, no Kafka, chDB or subprocess; a few seconds.
-test-unit: $(STAMP)
+test-unit: install
 	$(BIN)/pytest tests/unit
 
 # The newest release of every dependency, above the pins, in a scratch environment: the tests
@@ -57,7 +63,7 @@ test-latest:
 
 # The fault suite (tests/faults): real Kafka, collectors and consumers killed, stopped and
 # slowed under load; prints sent vs stored per case (docs/reliability.md quotes the figures).
-faults: deps $(STAMP)
+faults: deps install
 	rm -f data/faults/results.jsonl
 	$(BIN)/pytest tests/faults -s -p no:cacheprovider
 

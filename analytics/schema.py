@@ -76,8 +76,9 @@ ALTER TABLE {EVENTS}
     ADD COLUMN IF NOT EXISTS consent LowCardinality(String) AFTER dnt
 """
 
-# The visitor's country (ISO 3166-1 alpha-2, "" unknown), looked up by the collector from the
-# full address before it is truncated (collector/geo.py).
+# The client's country, ISO 3166-1 alpha-2 or "" (docs/tracking.md "Event format"): looked up by
+# the collector from the whole address before it is truncated (collector/geo.py). Rows from
+# before read "".
 EVENTS_V5 = f"""
 ALTER TABLE {EVENTS}
     ADD COLUMN IF NOT EXISTS country LowCardinality(String) AFTER ip

@@ -9,6 +9,7 @@ from aiohttp.typedefs import Handler
 
 from collector.buffer import EventBuffer
 from collector.destinations import CLICK_PATH
+from collector.geo import load_countries
 from collector.handlers import MAX_BODY_BYTES, Collector
 from collector.limits import body_guard
 from collector.metrics import CollectorMetrics
@@ -64,7 +65,8 @@ def create_app(settings: Settings, sink: Sink, metrics: CollectorMetrics) -> web
     keyring = load_keyring(settings.signing_keys, settings.signing_key_file)
     gate = SignatureGate(keyring, settings.signature_policy, metrics)
     hasher = VisitorHasher(settings.secret.encode())
-    collector = Collector(settings, buffer, metrics, hasher, gate)
+    countries = load_countries(settings.geo_db)  # read once per process, kept for the next app
+    collector = Collector(settings, buffer, metrics, hasher, gate, countries)
     collector.rate_buckets = rate_limit_buckets(settings)  # None when off: no middleware
     clicks = ClickRedirect(collector, keyring)
 

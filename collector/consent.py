@@ -88,7 +88,7 @@ def strip_identifiers(row: dict[str, Any]) -> None:
     """Reduce an event row to what an aggregate count needs, in place.
 
     Kept: time (to the hour, set by the caller), type, site, campaign, ad, page host and path,
-    utm_* parameters, the referrer's origin, value and currency. Dropped: ids of people,
+    utm_* parameters, the referrer's origin, value and currency, country. Dropped: ids of people,
     user agent, IP, visitor id, props (free-form: anything could be in them), order and click
     ids.
     """

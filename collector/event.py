@@ -238,12 +238,13 @@ def build_event(
     notes: list[str],
     verified: bool = False,
     event_id: str = "",
+    country: str = "",
 ) -> dict[str, Any]:
     """The event row; raises Rejected for input that must not be stored (what it refuses
     depends on `fields` alone: see check_fields).
 
     `event_id` is made here unless given (the collector makes its own, to the hour for rows
-    kept without consent).
+    kept without consent); `country` is the client's (collector/geo.py), "" when unknown.
     """
     event_type = fields.get("e") or "pageview"
     if event_type not in EVENT_TYPES:
@@ -279,6 +280,7 @@ def build_event(
     event["props"] = props
     event["user_agent"] = user_agent
     event["ip"] = ip
+    event["country"] = country
     event["visitor_id"] = visitor_id
     event["dnt"] = int(dnt)
     event["transport"] = transport

@@ -25,6 +25,7 @@ from collector.consent import (
     strip_identifiers,
 )
 from collector.errors import json_error
+from collector.geo import CountryLookup
 from collector.json_event import parse_json_event
 from collector.metrics import CollectorMetrics
 from collector.pixel import CORS_HEADERS, GIF_BYTES, PIXEL_HEADERS, ROBOTS_TXT
@@ -69,8 +70,11 @@ class Collector:
         metrics: CollectorMetrics,
         hasher: VisitorHasher,
         gate: SignatureGate | None = None,
+        countries: CountryLookup | None = None,
     ) -> None:
         self.settings = settings
+        # None: no data, every country is "".
+        self.countries = CountryLookup(None) if countries is None else countries
         self.gate = gate or SignatureGate(Keyring(), settings.signature_policy, metrics)
         self.buffer = buffer
         self.metrics = metrics
@@ -184,6 +188,8 @@ class Collector:
             # The event id's time bits too (a UUIDv7 holds its millisecond): to the hour.
             received_ms -= received_ms % MS_PER_HOUR
         full_ip = self.client_ip(request)
+        # From the whole address, before anonymise_ip truncates or drops it: every IP mode.
+        country = self.countries(full_ip)
         user_agent = headers.get("User-Agent", "")
         visitor_id = 0
         new_visitor = False
@@ -212,6 +218,7 @@ class Collector:
             notes=notes,
             verified=verified,
             event_id=self.new_event_id(received_ms),
+            country=country,
         )
         row["consent"] = basis
         if aggregate:

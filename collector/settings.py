@@ -65,6 +65,11 @@ class Settings:
         min=1,
     )
     url_query_keep: tuple[str, ...] = setting((), "page URL query keys kept besides utm_*")
+    geo_db: str = setting(
+        "",
+        "IP-to-country data: a directory of -num CSV files, or CSV files (comma-separated); "
+        "empty: the installed data; off: no country",
+    )
     # Key material: kept out of repr, so out of logs and tracebacks.
     secret: str = dataclasses.field(
         default="",

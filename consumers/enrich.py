@@ -18,6 +18,13 @@ from contract.event import SCHEMA_VERSION, Rejected
 # What collector.event writes into the Decimal(18, 4) column: digits, at most 4 decimals.
 VALUE_RE = re.compile(r"^[0-9]{1,14}(?:\.[0-9]{1,4})?$")  # ASCII digits, as consumers/ingest.py
 UUID_RE = re.compile(r"^[0-9a-fA-F]{8}-(?:[0-9a-fA-F]{4}-){3}[0-9a-fA-F]{12}$")
+COUNTRY_RE = re.compile(r"[A-Za-z]{2}")  # fullmatch; as consumers/ingest.py COUNTRY_RE
+
+
+def country(value: Any) -> str:
+    """The country column of a wire value: two ASCII letters, upper case; else "" (a bad
+    country loses the country, not the event)."""
+    return value.upper() if isinstance(value, str) and COUNTRY_RE.fullmatch(value) else ""
 
 
 def decode(line: bytes) -> dict[str, Any]:
@@ -59,6 +66,7 @@ class Enricher:
     def enrich(self, line: bytes) -> dict[str, Any]:
         """Wire event -> the row of beacon.events as a dict; `received_at` stays in ms."""
         event = decode(line)
+        event["country"] = country(event.get("country"))
         user_agent = event.get("user_agent", "")
         ua = self.user_agents(user_agent)
         # Column names of schema migration 2 (analytics/schema.py).

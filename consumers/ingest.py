@@ -57,6 +57,7 @@ WIRE_FIELDS: tuple[tuple[str, str], ...] = (
     ("props", "Map(String, String)"),
     ("user_agent", "String"),
     ("ip", "String"),
+    ("country", "String"),
     ("visitor_id", "Nullable(UInt64)"),
     ("dnt", "Nullable(UInt8)"),
     ("consent", "String"),
@@ -67,6 +68,8 @@ WIRE_FIELDS: tuple[tuple[str, str], ...] = (
     ("value", "Nullable(String)"),
     ("currency", "String"),
 )
+# A country as the column keeps it (ASCII letters: re2, as Python's [A-Za-z]).
+COUNTRY_RE = "^[A-Za-z]{2}$"
 # Each column of beacon.events the staging table keeps, and its expression over the parsed
 # tuple `w`. The checked fields are read again only on a good line.
 STAGED: tuple[tuple[str, str, str], ...] = (
@@ -101,6 +104,9 @@ STAGED: tuple[tuple[str, str, str], ...] = (
     ("verified", "UInt8", "ifNull(w.verified, 0)"),
     # What collector.event writes into the Decimal(18, 4) column: ASCII digits, <= 4 decimals.
     ("value", "Decimal(18, 4)", "toDecimal64OrZero(ifNull(w.value, ''), 4)"),
+    # Two ASCII letters, upper case; anything else is stored as "" (unknown), the line kept:
+    # consumers/enrich.py COUNTRY_RE.
+    ("country", "String", f"if(match(w.country, '{COUNTRY_RE}'), upper(w.country), '')"),
     # The address an Apple-network rule needs (analytics/machine_opens.py), else '': the key
     # of the enrichment join stays one row per user agent for everyone else.
     ("agent_ip", "String", "if(startsWith(w.ip, '17.'), w.ip, '')"),

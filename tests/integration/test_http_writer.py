@@ -9,7 +9,7 @@ from pathlib import Path
 import orjson
 import pytest
 
-from analytics.migrations import migrate
+from analytics.migrations import MIGRATIONS, migrate
 from analytics.report import run_query
 from analytics.report_window import Filters, Window
 from analytics.schema import EVENTS
@@ -83,10 +83,12 @@ async def count(front: ClickHouseFront, where: str = "1") -> int:
 
 
 async def test_migrations_run_through_http_and_record_once(front, writer):
-    assert await migrate(writer, retention_days=395) == [1, 2, 3, 4, 5, 6, 7]
+    every = [version for version, _, _, _ in MIGRATIONS]
+    assert every[:6] == [1, 2, 3, 4, 5, 6]
+    assert await migrate(writer, retention_days=395) == every
     assert await migrate(writer, retention_days=395) == []
     versions = front.run("SELECT version FROM beacon.schema_migrations ORDER BY version")
-    assert versions == "1\n2\n3\n4\n5\n6\n7\n"
+    assert versions == "".join(f"{version}\n" for version in every)
 
 
 async def test_an_insert_repeated_with_its_token_is_stored_once(front, store):

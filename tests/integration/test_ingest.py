@@ -29,6 +29,24 @@ ROLLUP = (
 )
 
 
+# A country on the wire and as stored: two ASCII letters, upper-cased; anything else "", the
+# event kept.
+COUNTRIES = (
+    ("c-good", "DE", "DE"),
+    ("c-lower", "de", "DE"),
+    ("c-three", "DEU", ""),
+    ("c-number", 49, ""),
+    ("c-object", {"code": "DE"}, ""),
+    ("c-array", ["DE"], ""),
+    ("c-null", None, ""),
+    ("c-digit", "D1", ""),
+    ("c-non-ascii", "DÉ", ""),
+    ("c-dotted-i", "\u0130T", ""),  # upper-cased by Python alone, and not ASCII
+    ("c-newline", "DE\n", ""),
+    ("c-empty", "", ""),
+)
+
+
 def mixed_events() -> list[dict[str, Any]]:
     """One of each kind of row the columns must carry: every type, missing fields, extras."""
     at = hour_ago_ms()
@@ -57,6 +75,10 @@ def mixed_events() -> list[dict[str, Any]]:
         wire("pageview", at + 9, consent="granted", newer_field={"nested": [1, 2]}),
         wire("pageview", at + 10, user_agent="", campaign=None),
         wire("pageview", at + 12, user_agent='say "hi"\\ \u2028 ü'),
+        *(
+            wire("pageview", at + 13 + i, site=site, country=value)
+            for i, (site, value, _) in enumerate(COUNTRIES)
+        ),
     ]
 
 
@@ -102,6 +124,9 @@ async def test_the_ingest_stores_what_the_python_reference_makes_of_each_line(
     )  # fmt: skip
     click = next(r for r in by_sql if r["event_type"] == "click")
     assert (click["machine_open"], click["machine_reason"]) == (0, "")  # opens only
+    countries = {r["site"]: r["country"] for r in by_sql if r["site"].startswith("c-")}
+    assert countries == {site: stored for site, _, stored in COUNTRIES}
+    assert {r["country"] for r in by_sql if not r["site"].startswith("c-")} == {""}
 
 
 BAD_LINES = [

@@ -268,7 +268,7 @@ def test_the_migration_backfills_what_was_stored_before(tmp_path: Path) -> None:
         for sql in sqls:
             run(store.writer.execute(sql))
     store.add(traffic(1, 1) + traffic(0, 0))
-    assert 5 in run(migrate(store.writer, retention_days=0))
+    assert 5 in run(migrate(store.writer, retention_days=0))  # the rollups and their backfill
     compare(store, window_days(3))
     # Rows inserted a moment ago stay live; once settled, yesterday holds sums, today ids.
     yesterday = dt.datetime.now(dt.UTC).date() - dt.timedelta(days=1)

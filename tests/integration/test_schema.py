@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from analytics.migrations import apply_retention, migrate
+from analytics.migrations import MIGRATIONS, SCHEMA_MIGRATIONS, apply_retention, migrate
 from analytics.schema import DATABASE, EVENTS, EVENTS_V1
 from analytics.store.chdb import ChdbWriter
 
@@ -17,6 +17,8 @@ UA_COLUMNS = {
     "device_type": "LowCardinality(String)",
     "is_bot": "UInt8",
 }
+
+VERSIONS = [version for version, _, _, _ in MIGRATIONS]
 
 
 @pytest.fixture
@@ -53,11 +55,13 @@ async def ttl_clause(writer: ChdbWriter) -> str:
 
 
 async def test_migrating_twice_applies_and_records_each_version_once(writer):
-    assert await migrate(writer, retention_days=395) == [1, 2, 3, 4, 5, 6, 7]
+    assert VERSIONS[:6] == [1, 2, 3, 4, 5, 6]
+    assert await migrate(writer, retention_days=395) == VERSIONS
     assert await migrate(writer, retention_days=395) == []
-    assert await recorded_versions(writer) == [1, 2, 3, 4, 5, 6, 7]
+    assert await recorded_versions(writer) == VERSIONS
     found = await columns(writer)
     assert {name: found[name] for name in UA_COLUMNS} == UA_COLUMNS
+    assert found["country"] == "LowCardinality(String)"
 
 
 async def test_a_version_1_table_gains_the_user_agent_columns_and_keeps_its_rows(writer):
@@ -68,7 +72,7 @@ async def test_a_version_1_table_gains_the_user_agent_columns_and_keeps_its_rows
         "VALUES ('0190b3a4-0000-7000-8000-000000000001', now64(3), 'open', 'curl/8')"
     )
     await migrate(writer, retention_days=395)  # no schema_migrations yet: v1 reruns harmlessly
-    assert await recorded_versions(writer) == [1, 2, 3, 4, 5, 6, 7]
+    assert await recorded_versions(writer) == VERSIONS
     row = await writer.query(f"SELECT user_agent, browser, is_bot FROM {EVENTS}", "TSV")
     assert row == "curl/8\t\t0\n"  # old rows read the new columns' defaults
 
@@ -77,9 +81,27 @@ async def test_a_migration_that_ran_but_was_not_recorded_reruns_safely(writer):
     await migrate(writer, retention_days=0)
     # As after a crash between the ALTER and its record.
     await writer.execute(f"ALTER TABLE {DATABASE}.schema_migrations DELETE WHERE version = 2")
-    assert await recorded_versions(writer) == [1, 3, 4, 5, 6, 7]
+    assert await recorded_versions(writer) == [v for v in VERSIONS if v != 2]
     assert await migrate(writer, retention_days=0) == [2]
-    assert await recorded_versions(writer) == [1, 2, 3, 4, 5, 6, 7]
+    assert await recorded_versions(writer) == VERSIONS
+
+
+async def test_a_version_5_table_gains_the_country_column_and_its_rows_read_empty(writer):
+    await writer.execute(f"CREATE DATABASE {DATABASE}")
+    await writer.execute(SCHEMA_MIGRATIONS)
+    for version, name, sqls, _ in MIGRATIONS[:5]:
+        for sql in sqls:
+            await writer.execute(sql)
+        await writer.execute(
+            f"INSERT INTO {DATABASE}.schema_migrations (version, name) VALUES ({version}, '{name}')"
+        )
+    await writer.execute(
+        f"INSERT INTO {EVENTS} (event_id, received_at, event_type, ip) "
+        "VALUES ('0190b3a4-0000-7000-8000-000000000001', now64(3), 'open', '81.2.69.0')"
+    )
+    assert (await migrate(writer, retention_days=0))[0] == 6
+    row = await writer.query(f"SELECT ip, country FROM {EVENTS}", "TSV")
+    assert row == "81.2.69.0\t\n"
 
 
 class Recording:

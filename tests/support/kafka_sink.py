@@ -21,7 +21,7 @@ UA = "Mozilla/5.0 (X11; Linux x86_64) KafkaTest/1.0"
 EVENT_FIELDS = {
     "schema_version", "event_id", "received_at", "event_type", "site", "campaign", "message",
     "recipient", "ad", "url_host", "url_path", "url_query", "referrer", "props", "user_agent",
-    "ip", "visitor_id", "dnt", "transport", "verified", "consent",
+    "ip", "country", "visitor_id", "dnt", "transport", "verified", "consent",
 }  # fmt: skip
 
 
