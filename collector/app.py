@@ -20,8 +20,7 @@ from collector.settings import Settings
 from collector.signing import SignatureGate, load_keyring
 from collector.sinks import Sink
 from collector.sinks.kafka import KafkaSink
-from collector.snippet import PATH as SNIPPET_PATH
-from collector.snippet import SnippetHandler
+from collector.snippet import SCRIPTS, ScriptHandler
 from collector.spool.wal import make_wal
 
 COLLECTOR = web.AppKey("collector", Collector)
@@ -80,7 +79,8 @@ def create_app(settings: Settings, sink: Sink, metrics: CollectorMetrics) -> web
     app.router.add_post("/e", body_guard(collector.events, settings.body_timeout_ms, metrics))
     app.router.add_route("OPTIONS", "/e", collector.preflight)
     app.router.add_get(CLICK_PATH, clicks.click)  # signed click redirects (HEAD: no event)
-    app.router.add_get(SNIPPET_PATH, SnippetHandler(metrics).script)  # the web snippet, t.js
+    for script in SCRIPTS:  # the web snippet (t.js) and the ad viewability tag (a.js)
+        app.router.add_get(script.path, ScriptHandler(script, metrics).serve)
     app.router.add_get("/healthz", collector.healthz)
     app.router.add_get("/readyz", collector.readyz)
     app.router.add_get("/metrics", collector.metrics_page)

@@ -12,9 +12,20 @@ from urllib.parse import parse_qsl, urlencode, urlsplit
 
 from contract.event import SCHEMA_VERSION, Rejected
 
-# engagement: scroll depth and engaged time of a page view, sent by the snippet (t.js).
+# engagement: scroll depth and engaged time of a page view, sent by the snippet (t.js);
+# viewable: an ad impression that met its MRC viewability rule, sent by the ad tag (a.js).
 EVENT_TYPES = frozenset(
-    {"pageview", "open", "impression", "click", "conversion", "custom", "send", "engagement"}
+    {
+        "pageview",
+        "open",
+        "impression",
+        "click",
+        "conversion",
+        "custom",
+        "send",
+        "engagement",
+        "viewable",
+    }
 )
 
 # Short request parameter -> event field (ClickHouse column).
@@ -50,8 +61,13 @@ CLICK_ID_RE = re.compile(r"^[0-9a-f]{8}-[0-9a-f]{4}-7[0-9a-f]{3}-[0-9a-f]{4}-[0-
 # Every reason this module refuses an event with, and every note of what it cut: the labels of
 # beacon_events_dropped_total and beacon_input_fixed_total, made at 0 by collector/metrics.py.
 TOO_LONG = {name: f"{name}_too_long" for _, name in ID_FIELDS}
-REJECT_REASONS = ("bad_event_type", "bad_value", "bad_currency", "order_id_too_long",
-                  *TOO_LONG.values())  # fmt: skip
+REJECT_REASONS = (
+    "bad_event_type",
+    "bad_value",
+    "bad_currency",
+    "order_id_too_long",
+    *TOO_LONG.values(),
+)
 PROP_NOTES = ("prop_key_invalid", "prop_value_too_long", "too_many_props")
 NOTES = (*PROP_NOTES, "url_truncated", "user_agent_truncated", "bad_click_id")
 

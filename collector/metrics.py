@@ -60,7 +60,8 @@ REQUEST_OUTCOMES: dict[str, tuple[str, ...]] = {
     "pixel": PIXEL_OUTCOMES,
     "events": EVENTS_OUTCOMES,
     "click": CLICK_OUTCOMES,
-    "snippet": ("served", "not_modified"),
+    "snippet": ("served", "not_modified"),  # GET /t.js
+    "ad_tag": ("served", "not_modified"),  # GET /a.js
     "unrouted": ("404", "405"),
     "metrics": ("unreadable",),
 }

@@ -11,7 +11,7 @@ from collections.abc import Mapping
 
 MS_PER_DAY = 86_400_000
 # Events nobody chose to send: dropped for DNT/GPC under the default policy.
-PASSIVE_EVENT_TYPES = frozenset({"pageview", "open", "impression", "engagement"})
+PASSIVE_EVENT_TYPES = frozenset({"pageview", "open", "impression", "engagement", "viewable"})
 IPV4_OCTET = r"(?:25[0-5]|2[0-4][0-9]|1[0-9][0-9]|[1-9]?[0-9])"
 IPV4_RE = re.compile(rf"{IPV4_OCTET}(?:\.{IPV4_OCTET}){{3}}")
 

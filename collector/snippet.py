@@ -1,7 +1,8 @@
-"""GET /t.js: the web analytics snippet, read and compressed once at import.
+"""GET /t.js and GET /a.js: the static scripts, each read and compressed once at import.
 
-The script is the same for every site (its settings are data-* attributes on the script tag),
-so one cacheable response serves everyone: a strong ETag per encoding, revalidated with a 304.
+/t.js is the web analytics snippet, /a.js the ad viewability tag. Each is the same for every
+site (its settings are data-* attributes), so one cacheable response serves everyone: a
+strong ETag per encoding, revalidated with a 304.
 """
 
 from __future__ import annotations
@@ -9,6 +10,7 @@ from __future__ import annotations
 import gzip
 import hashlib
 import re
+from dataclasses import dataclass
 from pathlib import Path
 
 from aiohttp import web
@@ -16,13 +18,12 @@ from multidict import CIMultiDict, CIMultiDictProxy
 
 from collector.metrics import CollectorMetrics
 
-PATH = "/t.js"
-SOURCE_PATH = Path(__file__).with_name("static") / "t.js"
+STATIC_DIR = Path(__file__).with_name("static")
 # An hour in caches; after that a revalidation costs a 304 and no body. Short enough that a
-# fixed snippet reaches every page the same day.
+# fixed script reaches every page the same day.
 MAX_AGE_S = 3600
 # Whole-line comments and indentation only: anything cleverer is a minifier's job, and the
-# source keeps comments on their own lines for this (collector/static/t.js says so).
+# sources keep comments on their own lines for this (collector/static/*.js say so).
 COMMENT_LINE_RE = re.compile(r"^\s*//.*\n", re.MULTILINE)
 INDENT_RE = re.compile(r"^[ \t]+", re.MULTILINE)
 
@@ -51,14 +52,35 @@ def _headers(etag: str, encoding: str | None) -> CIMultiDictProxy[str]:
     return CIMultiDictProxy(headers)
 
 
-SCRIPT_BYTES = strip_source(SOURCE_PATH.read_text(encoding="utf-8"))
-SCRIPT_GZIP = gzip.compress(SCRIPT_BYTES, 9, mtime=0)  # mtime 0: same bytes every start
-_DIGEST = hashlib.sha256(SCRIPT_BYTES).hexdigest()[:20]
-# Strong validators belong to one representation, so the gzip body has its own ETag.
-ETAG = f'"{_DIGEST}"'
-ETAG_GZIP = f'"{_DIGEST}-gz"'
-HEADERS = _headers(ETAG, None)
-HEADERS_GZIP = _headers(ETAG_GZIP, "gzip")
+@dataclass(frozen=True)
+class Script:
+    """One static script as served: its bytes and their gzip, each with its own headers."""
+
+    path: str  # the route
+    endpoint: str  # its label on beacon_requests_total{endpoint}
+    body: bytes
+    gzip_body: bytes
+    headers: CIMultiDictProxy[str]
+    gzip_headers: CIMultiDictProxy[str]
+
+    @classmethod
+    def load(cls, path: str, endpoint: str, source: Path) -> Script:
+        body = strip_source(source.read_text(encoding="utf-8"))
+        digest = hashlib.sha256(body).hexdigest()[:20]
+        # Strong validators belong to one representation, so the gzip body has its own ETag.
+        return cls(
+            path=path,
+            endpoint=endpoint,
+            body=body,
+            gzip_body=gzip.compress(body, 9, mtime=0),  # mtime 0: same bytes every start
+            headers=_headers(f'"{digest}"', None),
+            gzip_headers=_headers(f'"{digest}-gz"', "gzip"),
+        )
+
+
+SNIPPET = Script.load("/t.js", "snippet", STATIC_DIR / "t.js")
+AD_TAG = Script.load("/a.js", "ad_tag", STATIC_DIR / "a.js")
+SCRIPTS = (SNIPPET, AD_TAG)
 
 
 def accepts_gzip(accept_encoding: str) -> bool:
@@ -70,19 +92,21 @@ def accepts_gzip(accept_encoding: str) -> bool:
     return False
 
 
-class SnippetHandler:
-    """Serves the snippet and counts each answer on beacon_requests_total{endpoint="snippet"}."""
+class ScriptHandler:
+    """Serves one script and counts each answer on beacon_requests_total{endpoint}."""
 
-    def __init__(self, metrics: CollectorMetrics) -> None:
+    def __init__(self, script: Script, metrics: CollectorMetrics) -> None:
+        self.script = script
         self.metrics = metrics
 
-    async def script(self, request: web.Request) -> web.Response:
+    async def serve(self, request: web.Request) -> web.Response:
+        script = self.script
         gzipped = accepts_gzip(request.headers.get("Accept-Encoding", ""))
-        headers = HEADERS_GZIP if gzipped else HEADERS
+        headers = script.gzip_headers if gzipped else script.headers
         # Weak comparison, as RFC 9110 13.1.2 asks of If-None-Match: W/"x" matches "x".
         if_none_match = request.headers.get("If-None-Match", "")
         if if_none_match and (if_none_match.strip() == "*" or headers["ETag"] in if_none_match):
-            self.metrics.requests.labels("snippet", "not_modified").inc()
+            self.metrics.requests.labels(script.endpoint, "not_modified").inc()
             return web.Response(status=304, headers=headers)
-        self.metrics.requests.labels("snippet", "served").inc()
-        return web.Response(body=SCRIPT_GZIP if gzipped else SCRIPT_BYTES, headers=headers)
+        self.metrics.requests.labels(script.endpoint, "served").inc()
+        return web.Response(body=script.gzip_body if gzipped else script.body, headers=headers)

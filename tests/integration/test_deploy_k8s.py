@@ -89,7 +89,8 @@ async def test_the_ingress_routes_every_public_endpoint_and_nothing_else() -> No
             for path in rule["http"]["paths"]:
                 assert path["path"] not in routes, path["path"]
                 routes[path["path"]] = (name, path)
-    assert set(routes) == await public_paths() == {"/p.gif", "/e", "/c", "/t.js", "/robots.txt"}
+    public = {"/p.gif", "/e", "/c", "/t.js", "/a.js", "/robots.txt"}
+    assert set(routes) == await public_paths() == public
     pods = docs["Deployment", "beacon-collector"]["spec"]["template"]["metadata"]["labels"]
     # The dashboard is not public: no route reaches it (docs/operations.md, Kubernetes).
     assert docs["Service", "beacon-dashboard"]

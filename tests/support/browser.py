@@ -5,17 +5,19 @@ Playwright drives the system binary (`executable_path`); it never downloads a br
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import json
 import shutil
 import tempfile
+import time
 from collections.abc import AsyncIterator
 from html import escape
 from pathlib import Path
 
 from aiohttp import web
 from aiohttp.test_utils import TestServer
-from playwright.async_api import BrowserContext, async_playwright
+from playwright.async_api import Browser, BrowserContext, async_playwright
 
 # Root in a container has no user namespaces for the sandbox; nothing here may reach out
 # (updates, QUIC probes, sync): the machine has no network beyond loopback.
@@ -122,3 +124,62 @@ async def chromium(*, dnt: bool = False, gpc: bool = False) -> AsyncIterator[Bro
                 yield context
             finally:
                 await context.close()
+
+
+@contextlib.asynccontextmanager
+async def chromium_tabs(*, gpc: bool = False) -> AsyncIterator[Browser]:
+    """A headless Chromium whose tabs hide and show as a person's do.
+
+    Pages that Playwright opens itself are kept visible whatever happens (it turns on focus
+    emulation for each, and that holds document.visibilityState at "visible"), so the browser
+    is started here and attached over the DevTools protocol without Playwright's defaults:
+    a new tab hides the others, `bring_to_front` shows one again. Open pages with
+    `browser.contexts[0].new_page()`; the window (1280 wide) is the viewport.
+    """
+    with tempfile.TemporaryDirectory(prefix="beacon-chromium-") as profile:
+        args = [*CHROMIUM_ARGS, *([GPC_FEATURE] if gpc else [])]
+        # Port 0: Chromium picks a free loopback port and writes it to DevToolsActivePort.
+        process = await asyncio.create_subprocess_exec(
+            chromium_path(),
+            "--headless",
+            *args,
+            "--remote-debugging-port=0",
+            f"--user-data-dir={profile}",
+            "--window-size=1280,800",
+            "about:blank",
+            stdout=asyncio.subprocess.DEVNULL,
+            stderr=asyncio.subprocess.DEVNULL,
+        )
+        try:
+            port = await _devtools_port(Path(profile) / "DevToolsActivePort", process)
+            async with async_playwright() as playwright:
+                browser = await playwright.chromium.connect_over_cdp(
+                    f"http://127.0.0.1:{port}", no_defaults=True, timeout=30_000
+                )
+                browser.contexts[0].set_default_timeout(15_000)
+                try:
+                    yield browser
+                finally:
+                    await browser.close()
+        finally:
+            if process.returncode is None:
+                process.terminate()
+            try:
+                await asyncio.wait_for(process.wait(), 10)
+            except TimeoutError:
+                process.kill()
+                await process.wait()
+
+
+async def _devtools_port(
+    path: Path, process: asyncio.subprocess.Process, wait_s: float = 30
+) -> str:
+    deadline = time.monotonic() + wait_s
+    while time.monotonic() < deadline:
+        if process.returncode is not None:
+            raise RuntimeError(f"chromium exited with status {process.returncode} at start")
+        text = path.read_text() if path.exists() else ""
+        if text.strip():
+            return text.split()[0]
+        await asyncio.sleep(0.05)
+    raise RuntimeError(f"chromium wrote no DevTools port in {wait_s} s")

@@ -127,6 +127,44 @@ async def test_dnt_passive_dropped_click_kept_anonymous(make_client):
     assert row["event_type"] == "click" and row["visitor_id"] == 0 and row["ip"] == ""
 
 
+# Two events as the ad tag (collector/static/a.js) sends them, bytes as JSON.stringify writes them.
+AD_TAG_BODIES = (
+    b'{"e":"impression","u":"https://news.example/a","ad":"banner-3","p":{"imp":"9f3a11c2",'
+    b'"kind":"display","measured":"1"},"s":"news","c":"fall"}',
+    b'{"e":"viewable","u":"https://news.example/a","ad":"banner-3","p":{"imp":"9f3a11c2",'
+    b'"kind":"display","in_view_ms":1016,"max_visible_pct":100},"s":"news","c":"fall"}',
+)
+
+
+async def test_the_ad_tags_impression_and_viewable_events_are_stored(make_client):
+    sink = MemorySink()
+    client = await make_client(sink)
+    for body in AD_TAG_BODIES:
+        assert (await post(client, body, "text/plain;charset=UTF-8")).status == 204
+    impression, viewable = await stored(client, sink)
+    for row in (impression, viewable):
+        assert (row["site"], row["campaign"], row["ad"]) == ("news", "fall", "banner-3")
+        assert (row["url_host"], row["url_path"]) == ("news.example", "/a")
+    assert impression["event_type"] == "impression"
+    assert impression["props"] == {"imp": "9f3a11c2", "kind": "display", "measured": "1"}
+    assert viewable["event_type"] == "viewable"
+    assert viewable["props"] == {
+        "imp": "9f3a11c2", "kind": "display", "in_view_ms": "1016", "max_visible_pct": "100"
+    }  # fmt: skip
+
+
+async def test_viewable_is_passive_under_dnt(make_client, metrics):
+    """Nobody chose to send it: dropped like the impression it belongs to."""
+    sink = MemorySink()
+    client = await make_client(sink)
+    resp = await client.post(
+        "/e", data=AD_TAG_BODIES[1], headers={"Content-Type": "text/plain", "DNT": "1"}
+    )
+    assert resp.status == 204
+    assert await stored(client, sink) == []
+    assert metric_value(metrics, "beacon_events_dropped_total", reason="dnt") == 1
+
+
 async def test_full_buffer_answers_503_so_the_client_can_retry(make_client, metrics):
     sink = MemorySink()
     client = await make_client(sink, buffer_max_events=1, linger_ms=60_000)

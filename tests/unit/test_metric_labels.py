@@ -322,6 +322,9 @@ FLOWS: dict[tuple[str, str, str, str], Callable[[], Values]] = {
         set(LIMITED.values()) | call_args("collector/fastpath.py", "over_limit", 0)
     ),
     ("collector/redirect.py", "click", "requests", "outcome"): click_outcomes,
+    ("collector/snippet.py", "serve", "requests", "script.endpoint"): lambda: {
+        script.endpoint for script in module("collector/snippet.py").SCRIPTS
+    },
     ("collector/redirect.py", "_click", "click_refused", "reason"): click_refusals,
     ("collector/redirect.py", "_refusal", "signature_checks", "signature"): verify_outcomes,
     ("collector/redirect.py", "_record", "events_dropped", "exc.reason"): rejected,
