@@ -25,6 +25,7 @@ from analytics.funnel import Query, conversions, funnel_counts, memo, plan_for
 from analytics.report import cell, run_query
 from analytics.report_window import Filters, Window
 from analytics.settings import StoreSettings
+from analytics.viewability import figures, viewability_counts
 
 CENTS = Decimal("0.01")
 
@@ -101,15 +102,26 @@ def campaign_report(
     by_ad = (query, window, filters, ("ad",), None, source, plan)
     per_ad = {ad: counts for (ad,), counts in funnel_counts(*by_ad).items()}
     converted = {ad: found for (ad,), found in conversions(*by_ad).items()}
+    viewable = {ad: found for (ad,), found in viewability_counts(*by_ad).items()}
     everything = [row for found in converted.values() for row in found]
-    report = {"campaign": campaign, **funnel(total, everything, sent)}
+    seen = next(
+        iter(viewability_counts(query, window, filters, (), None, source, plan).values()), None
+    )
+    report = {"campaign": campaign, **funnel(total, everything, sent), **figures(seen)}
     ads = sorted(set(per_ad) | set(converted))
     if any(ads):
         empty = dict.fromkeys(total, 0)
         report["by_ad"] = [
-            {"ad": ad, **funnel(per_ad.get(ad, empty), converted.get(ad, []), sent)} for ad in ads
-        ]
+            {"ad": ad, **funnel(per_ad.get(ad, empty), converted.get(ad, []), sent),
+             **figures(viewable.get(ad))}
+            for ad in ads
+        ]  # fmt: skip
     return report
+
+
+# What the table shows of each ad of a campaign (JSON carries every figure).
+AD_LINES = ("impressions", "viewable_impressions", "viewability_rate", "clicks", "unique_clicks",
+            "ctr", "conversions", "revenue")  # fmt: skip
 
 
 def format_campaign(report: dict[str, Any]) -> str:
@@ -119,10 +131,7 @@ def format_campaign(report: dict[str, Any]) -> str:
     lines += [f"  {k:<20} {cell(report[k]):>14}" for k in keys]
     for ad in report.get("by_ad", []):
         lines.append(f"\nad {ad['ad'] or '(none)'}")
-        lines += [
-            f"  {k:<20} {cell(ad[k]):>14}"
-            for k in ("impressions", "clicks", "unique_clicks", "ctr", "conversions", "revenue")
-        ]
+        lines += [f"  {k:<20} {cell(ad[k]):>14}" for k in AD_LINES]
     return "\n".join(lines) + "\n"
 
 

@@ -10,7 +10,7 @@ from collections.abc import Awaitable, Callable
 from analytics.cluster import check_mode
 from analytics.cluster_ddl import cluster_statements, schema_migrations
 from analytics.rollup_settle import Settler, on_rollups
-from analytics.rollups import ROLLUPS, migration_statements
+from analytics.rollups import ROLLUPS, ROLLUPS_V5, VIEWABILITY_HOURLY, migration_statements
 from analytics.schema import DATABASE, EVENTS_V1, EVENTS_V2, EVENTS_V3, EVENTS_V4, EVENTS_V5
 from analytics.settings import StoreSettings
 from analytics.store import Cluster, StoreError, Writer
@@ -22,9 +22,11 @@ async def backfill_rollups(writer: Writer) -> None:
     """The rollups of the events stored before them (schema migration 5): every day rebuilt,
     on each shard of a cluster. Safe to rerun: a rebuild replaces whole days
     (analytics/rollup_settle.py)."""
-    # The visits come with migration 7: the consumer's settling makes them afterwards.
+    # The rollups of migration 5 alone: visits (7) and viewability (8) come after.
     await on_rollups(
-        writer, Settler.backfill, lambda w, suffix: Settler(w, suffix=suffix, with_visits=False)
+        writer,
+        Settler.backfill,
+        lambda w, suffix: Settler(w, suffix=suffix, with_visits=False, rollups=ROLLUPS_V5),
     )
 
 
@@ -43,6 +45,8 @@ MIGRATIONS: tuple[Migration, ...] = (
     # The visits of settled days (analytics/visits.py); the consumer's next settling pass
     # makes them for the days settled before, as it does when the visit gap changes.
     (7, "visits", tuple(visits_statements()), None),
+    # No event stored before the /a.js tag carries an impression id: nothing to backfill.
+    (8, "ad viewability", tuple(migration_statements((VIEWABILITY_HOURLY,))[1:]), None),
 )
 
 SCHEMA_MIGRATIONS = f"""

@@ -22,6 +22,7 @@ from analytics.rollups import (
     REFERRERS_DAILY,
     ROLLUPS,
     SETTLING,
+    VIEWABILITY_HOURLY,
     Rollup,
 )
 
@@ -238,3 +239,15 @@ LEFT JOIN (
     SELECT click_id, any(click_campaign) AS campaign, any(click_ad) AS ad
     FROM ({clicks}) GROUP BY click_id
 ) AS k ON o.click_id = k.click_id"""
+
+
+def viewability_sql(
+    window: Window, filters: Filters, keys: tuple[str, ...], group: str | None, plan: Plan
+) -> str:
+    """The /a.js tag's measured and viewable impressions by key (analytics/viewability.py)."""
+    select = [
+        count("event_type = 'impression' AND measured = 1") + " AS measured_impressions",
+        count("event_type = 'viewable'") + " AS viewable_impressions",
+    ]
+    source = rows_sql(VIEWABILITY_HOURLY, window, filters.sql(EVENT_COLUMNS), plan)
+    return grouped(select, source, keys_sql(keys, group))

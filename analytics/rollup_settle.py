@@ -55,12 +55,15 @@ class Settler:
         suffix: str = "",
         visit_gap_s: int = visits.DEFAULT_VISIT_GAP_S,
         with_visits: bool = True,
+        rollups: tuple[Rollup, ...] = ROLLUPS,
     ) -> None:
         """`suffix`: "_local" on a shard of a cluster, where the tables the views fill are
         `<name>_local` (deploy/clickhouse/cluster.sql); no shard holds whole visits, so
         visits are settled on a single server only (analytics/visits.py). `with_visits`:
-        False before the schema has them (the backfill of migration 5)."""
+        False before the schema has them, as `rollups` names those it has (the backfill of
+        migration 5)."""
         self.writer = writer
+        self.rollups = rollups
         self.visit_gap_s = visit_gap_s
         self.with_visits = with_visits and not suffix
         self.suffix = suffix
@@ -83,7 +86,7 @@ class Settler:
         """Ended days with live rows, and days whose settling did not finish."""
         live = " UNION DISTINCT ".join(
             f"SELECT DISTINCT toDate(period) AS day FROM {r.table}{self.suffix} WHERE live = 1"
-            for r in ROLLUPS
+            for r in self.rollups
             if r.counted
         )
         unsettled = f"SELECT day FROM {self.settling} FINAL WHERE done = 0"
@@ -139,7 +142,7 @@ class Settler:
         cut = f"toDateTime({int(cut)}, 'UTC')"
         settled = self.closed(day)
         in_day = f"toDate(received_at) = {day_literal(day)}"
-        for rollup in ROLLUPS:
+        for rollup in self.rollups:
             await self._swap(rollup, day, f"{in_day} AND inserted_at < {cut}", settled)
             # Rows inserted after the cut, or while the partition was swapped: live again.
             live = rollup.select(source=self.events, where=f"{in_day} AND inserted_at >= {cut}")

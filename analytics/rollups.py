@@ -222,7 +222,28 @@ CLICKS = Rollup(
     order_by=("click_id", "period"),
 )
 
-ROLLUPS = (EVENTS_HOURLY, PAGES_DAILY, REFERRERS_DAILY, ORDERS, CLICKS)
+# Ad viewability (docs/tracking.md "Ad viewability"): the /a.js tag's impressions, each with
+# its own `imp` id (`measured`: the browser could observe the slot), and its viewable events,
+# one per impression at most. Ad-server pixels carry no `imp` and stay out.
+VIEWABILITY_HOURLY = Rollup(
+    name="rollup_viewability_hourly",
+    where="event_type IN ('impression', 'viewable') AND props['imp'] != ''",
+    dims=(
+        dim("site"),
+        dim("campaign"),
+        dim("ad"),
+        dim("event_type"),
+        dim("verified", "UInt8"),
+        dim("kind", "LowCardinality(String)", "props['kind']"),
+        dim("measured", "UInt8", "props['measured'] = '1'"),
+    ),
+    states=(),
+    order_by=("site", "campaign", "ad", "period", "event_type"),
+)
+
+# Schema migration 5 made the first five; 8 the viewability rollup.
+ROLLUPS_V5 = (EVENTS_HOURLY, PAGES_DAILY, REFERRERS_DAILY, ORDERS, CLICKS)
+ROLLUPS = (*ROLLUPS_V5, VIEWABILITY_HOURLY)
 
 # Days being settled (analytics/rollup_settle.py): reports read them from raw events until
 # `done`; a settle cut short leaves done = 0, and the next pass finishes it.
@@ -233,12 +254,12 @@ ENGINE = ReplacingMergeTree(at)
 ORDER BY day"""
 
 
-def migration_statements() -> list[str]:
-    """Schema migration 5: the tables, then the views. The backfill of the events already
-    stored is analytics/rollup_settle.py's (settle every day), run by the migration."""
+def migration_statements(rollups: tuple[Rollup, ...] = ROLLUPS_V5) -> list[str]:
+    """Schema migration 5 (and 8): the tables, then the views. The backfill of the events
+    already stored is analytics/rollup_settle.py's (settle every day), run by migration 5."""
     out = [SETTLING_DDL]
-    out += [r.create_table() for r in ROLLUPS]
-    out += [r.create_view() for r in ROLLUPS]
+    out += [r.create_table() for r in rollups]
+    out += [r.create_view() for r in rollups]
     return out
 
 

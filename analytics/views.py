@@ -2,7 +2,7 @@
 
 events     events, visitors and recipients by period, site, campaign, event type
 campaign   the email and ad funnel per campaign (analytics/campaign_report.py defines it)
-ad         the same per campaign and ad
+ad         the same per campaign and ad, with the /a.js tag's viewable impressions
 site       page views, unique visitors, events, conversions and revenue per site
 pages      the most viewed pages, with visitors and scroll depth reached
 referrers  where page views came from (the referrer's host)
@@ -23,6 +23,7 @@ from analytics import rollup_query
 from analytics.campaign_report import funnel, revenue_by_currency
 from analytics.funnel import COUNTS, Query, conversions, funnel_counts, names, plan_for, rows
 from analytics.report_window import Filters, Window
+from analytics.viewability import figures, viewability_counts
 from analytics.web import FIGURES, GOAL_FIGURES, WebConfig, goal_rows, realtime_rows, visit_rows
 
 NO_FILTERS = Filters()
@@ -44,8 +45,8 @@ TABLE_COLUMNS = {
         "click_to_open_rate", "conversions", "revenue",
     ),
     "ad": (
-        "campaign", "ad", "impressions", "clicks", "machine_clicks", "unique_clicks", "ctr",
-        "conversions", "revenue",
+        "campaign", "ad", "impressions", "viewable_impressions", "viewability_rate", "clicks",
+        "machine_clicks", "unique_clicks", "ctr", "conversions", "revenue",
     ),
     "site": ("site", "pageviews", "unique_visitors", "events", "conversions", "revenue"),
     "pages": (
@@ -107,6 +108,7 @@ def funnel_rows(query: Query, request: Request, keys: tuple[str, ...]) -> list[d
     plan = plan_for(query, request.window, request.source)
     counts = funnel_counts(*args, plan)
     converted = conversions(*args, plan)
+    viewable = viewability_counts(*args, plan)
     zero = dict.fromkeys(COUNTS, 0)
     sent = request.sent if request.filters.campaign is not None else None
     out = []
@@ -116,7 +118,7 @@ def funnel_rows(query: Query, request: Request, keys: tuple[str, ...]) -> list[d
             continue
         out.append(
             {**dict(zip(names(keys, request.group), key, strict=True)),
-             **funnel(found, converted.get(key, []), sent)}
+             **funnel(found, converted.get(key, []), sent), **figures(viewable.get(key))}
         )  # fmt: skip
     return out
 

@@ -176,7 +176,9 @@ def mail_section(data: dict[str, Any], selection: Selection) -> str:
         Column("conversions", "Conversions"), Column("revenue", "Revenue"),
     ], selection, "unique_opens")  # fmt: skip
     ads = table(data["ads"], ("campaign", "ad"), [
-        Column("impressions", "Impressions"), Column("clicks", "Clicks"),
+        Column("impressions", "Impressions"),
+        Column("viewable_impressions", "Viewable"),
+        Column("viewability_rate", "Viewability", "rate"), Column("clicks", "Clicks"),
         Column("machine_clicks", "Machine clicks"), Column("ctr", "CTR", "rate"),
         Column("conversions", "Conversions"), Column("revenue", "Revenue"),
     ], selection, "impressions")  # fmt: skip

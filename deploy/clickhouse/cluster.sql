@@ -281,6 +281,35 @@ ORDER BY day;
 CREATE TABLE IF NOT EXISTS beacon.visits_settled ON CLUSTER '{cluster}' AS beacon.visits_settled_local
 ENGINE = Distributed('{cluster}', beacon, visits_settled_local, rand());
 
+-- Migration 8: ad viewability.
+CREATE TABLE IF NOT EXISTS beacon.rollup_viewability_hourly_local ON CLUSTER '{cluster}'
+(
+    period DateTime('UTC'),
+    site LowCardinality(String),
+    campaign LowCardinality(String),
+    ad LowCardinality(String),
+    event_type LowCardinality(String),
+    verified UInt8,
+    kind LowCardinality(String),
+    measured UInt8,
+    events_settled SimpleAggregateFunction(sum, UInt64),
+    events_live AggregateFunction(uniqExact, UUID),
+    live SimpleAggregateFunction(max, UInt8),
+    settled SimpleAggregateFunction(max, UInt8)
+)
+ENGINE = ReplicatedAggregatingMergeTree('/clickhouse/tables/{shard}/beacon/rollup_viewability_hourly_local', '{replica}')
+PARTITION BY toDate(period)
+ORDER BY (site, campaign, ad, period, event_type, verified, kind, measured);
+
+CREATE TABLE IF NOT EXISTS beacon.rollup_viewability_hourly ON CLUSTER '{cluster}' AS beacon.rollup_viewability_hourly_local
+ENGINE = Distributed('{cluster}', beacon, rollup_viewability_hourly_local, rand());
+
+CREATE MATERIALIZED VIEW IF NOT EXISTS beacon.rollup_viewability_hourly_mv ON CLUSTER '{cluster}' TO beacon.rollup_viewability_hourly_local
+AS SELECT toStartOfHour(received_at) AS period, site AS site, campaign AS campaign, ad AS ad, event_type AS event_type, verified AS verified, props['kind'] AS kind, props['measured'] = '1' AS measured, toUInt64(0) AS events_settled, uniqExactState(event_id) AS events_live, toUInt8(1) AS live, toUInt8(0) AS settled
+FROM beacon.events_local
+WHERE event_type IN ('impression', 'viewable') AND props['imp'] != ''
+GROUP BY period, site, campaign, ad, event_type, verified, kind, measured;
+
 -- The retention of each shard's rows (BEACON_RETENTION_DAYS, 395 days).
 ALTER TABLE beacon.events_local ON CLUSTER '{cluster}' MODIFY TTL toDateTime(received_at) + INTERVAL 395 DAY;
 ALTER TABLE beacon.rollup_events_hourly_local ON CLUSTER '{cluster}' MODIFY TTL period + INTERVAL 395 DAY;
@@ -288,6 +317,7 @@ ALTER TABLE beacon.rollup_pages_daily_local ON CLUSTER '{cluster}' MODIFY TTL pe
 ALTER TABLE beacon.rollup_referrers_daily_local ON CLUSTER '{cluster}' MODIFY TTL period + INTERVAL 395 DAY;
 ALTER TABLE beacon.rollup_orders_local ON CLUSTER '{cluster}' MODIFY TTL period + INTERVAL 395 DAY;
 ALTER TABLE beacon.rollup_clicks_local ON CLUSTER '{cluster}' MODIFY TTL period + INTERVAL 395 DAY;
+ALTER TABLE beacon.rollup_viewability_hourly_local ON CLUSTER '{cluster}' MODIFY TTL period + INTERVAL 395 DAY;
 ALTER TABLE beacon.rollup_visits_local ON CLUSTER '{cluster}' MODIFY TTL period + INTERVAL 395 DAY;
 
 -- The migrations this schema already has, so consumers apply none of them again.
@@ -298,3 +328,4 @@ INSERT INTO beacon.schema_migrations (version, name) SELECT 4, 'consent basis' W
 INSERT INTO beacon.schema_migrations (version, name) SELECT 5, 'rollups' WHERE 5 NOT IN (SELECT version FROM beacon.schema_migrations);
 INSERT INTO beacon.schema_migrations (version, name) SELECT 6, 'country' WHERE 6 NOT IN (SELECT version FROM beacon.schema_migrations);
 INSERT INTO beacon.schema_migrations (version, name) SELECT 7, 'visits' WHERE 7 NOT IN (SELECT version FROM beacon.schema_migrations);
+INSERT INTO beacon.schema_migrations (version, name) SELECT 8, 'ad viewability' WHERE 8 NOT IN (SELECT version FROM beacon.schema_migrations);

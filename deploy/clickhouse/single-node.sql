@@ -188,6 +188,27 @@ ENGINE = ReplacingMergeTree(at)
 ORDER BY day
 SETTINGS index_granularity = 8192;
 
+CREATE TABLE IF NOT EXISTS beacon.rollup_viewability_hourly
+(
+    `period` DateTime('UTC'),
+    `site` LowCardinality(String),
+    `campaign` LowCardinality(String),
+    `ad` LowCardinality(String),
+    `event_type` LowCardinality(String),
+    `verified` UInt8,
+    `kind` LowCardinality(String),
+    `measured` UInt8,
+    `events_settled` SimpleAggregateFunction(sum, UInt64),
+    `events_live` AggregateFunction(uniqExact, UUID),
+    `live` SimpleAggregateFunction(max, UInt8),
+    `settled` SimpleAggregateFunction(max, UInt8)
+)
+ENGINE = AggregatingMergeTree
+PARTITION BY toDate(period)
+ORDER BY (site, campaign, ad, period, event_type, verified, kind, measured)
+TTL period + toIntervalDay(395)
+SETTINGS index_granularity = 8192;
+
 CREATE TABLE IF NOT EXISTS beacon.rollup_visits
 (
     `period` DateTime('UTC'),
@@ -412,6 +433,46 @@ GROUP BY
     site,
     referrer_host;
 
+CREATE MATERIALIZED VIEW IF NOT EXISTS beacon.rollup_viewability_hourly_mv TO beacon.rollup_viewability_hourly
+(
+    `period` DateTime('UTC'),
+    `site` LowCardinality(String),
+    `campaign` LowCardinality(String),
+    `ad` LowCardinality(String),
+    `event_type` LowCardinality(String),
+    `verified` UInt8,
+    `kind` String,
+    `measured` UInt8,
+    `events_settled` UInt64,
+    `events_live` AggregateFunction(uniqExact, UUID),
+    `live` UInt8,
+    `settled` UInt8
+)
+AS SELECT
+    toStartOfHour(received_at) AS period,
+    site AS site,
+    campaign AS campaign,
+    ad AS ad,
+    event_type AS event_type,
+    verified AS verified,
+    props['kind'] AS kind,
+    (props['measured']) = '1' AS measured,
+    toUInt64(0) AS events_settled,
+    uniqExactState(event_id) AS events_live,
+    toUInt8(1) AS live,
+    toUInt8(0) AS settled
+FROM beacon.events
+WHERE (event_type IN ('impression', 'viewable')) AND ((props['imp']) != '')
+GROUP BY
+    period,
+    site,
+    campaign,
+    ad,
+    event_type,
+    verified,
+    kind,
+    measured;
+
 -- The migrations this schema already has, so consumers apply none of them again.
 INSERT INTO beacon.schema_migrations (version, name) SELECT 1, 'create events' WHERE 1 NOT IN (SELECT version FROM beacon.schema_migrations);
 INSERT INTO beacon.schema_migrations (version, name) SELECT 2, 'user agent columns' WHERE 2 NOT IN (SELECT version FROM beacon.schema_migrations);
@@ -420,3 +481,4 @@ INSERT INTO beacon.schema_migrations (version, name) SELECT 4, 'consent basis' W
 INSERT INTO beacon.schema_migrations (version, name) SELECT 5, 'rollups' WHERE 5 NOT IN (SELECT version FROM beacon.schema_migrations);
 INSERT INTO beacon.schema_migrations (version, name) SELECT 6, 'country' WHERE 6 NOT IN (SELECT version FROM beacon.schema_migrations);
 INSERT INTO beacon.schema_migrations (version, name) SELECT 7, 'visits' WHERE 7 NOT IN (SELECT version FROM beacon.schema_migrations);
+INSERT INTO beacon.schema_migrations (version, name) SELECT 8, 'ad viewability' WHERE 8 NOT IN (SELECT version FROM beacon.schema_migrations);
