@@ -34,7 +34,8 @@ BLANKS = {
     "page": "(no page view)", "entry_page": "(no page view)", "exit_page": "(no page view)",
     "browser": "(unknown)", "os": "(unknown)", "device_type": "(unknown)",
 }  # fmt: skip
-# The values some keys can take (spec18.md): anything else matches nothing, so it is refused.
+# The values some keys can take (docs/reports.md "Web analytics"): anything else matches
+# nothing, so it is refused.
 CHOICES = {
     "source": ("search", "social", "email", "direct", "other"),
     "device_type": ("desktop", "mobile", "tablet", "bot", "other", ""),
