@@ -1,7 +1,8 @@
 """`beacon simulate`: a known mix of traffic, the same for the same seed, sent to a collector.
 
 Email campaigns (sends, human, proxied, Apple MPP, bot and scanner opens, clicks, orders),
-ad campaigns (impressions, clicks, orders) and web sites (visitors from many countries and
+ad campaigns (impressions, clicks, orders; the /a.js tag's measured, unmeasured and viewable
+impressions) and web sites (visitors from many countries and
 devices, visits of several pages with engagement, sources with UTM, goals; a crawler) go to
 a collector over real HTTP; the ground truth comes back in the shape of
 `beacon report --format json`, so reports can be checked number by number.

@@ -4,7 +4,7 @@ Each person or visitor is one script of requests sent in order (a click before t
 conversion that names it; a web visitor's visits, apart by pauses); scripts run side by side.
 The truth is counted from the plan as it is made, with the definitions of docs/reports.md
 ("Campaign report", "Web analytics"), not from anything the collector answers. Web visitors:
-collector/simulate/web.py.
+collector/simulate/web.py; pages with the ad tag: collector/simulate/ad_tag.py.
 """
 
 from __future__ import annotations
@@ -13,6 +13,7 @@ import random
 from dataclasses import dataclass
 from decimal import Decimal
 
+from collector.simulate.ad_tag import AdTagPlanner
 from collector.simulate.steps import BROWSER, Script, Step
 from collector.simulate.truth import Truth
 from collector.simulate.visits import goal_list
@@ -26,6 +27,7 @@ BOT = "curl/8.5.0"
 READER_AGENTS = {"apple_mpp": APPLE_MPP, "gmail": GMAIL, "person": BROWSER}
 SHOP = "sim-shop"
 NEWS = "sim-news"
+NEWS_HOST = "news.sim.example"
 WEB_SITES = (("sim-blog", "blog.sim.example"), ("sim-docs", "docs.sim.example"))
 PRICES = ("9.99", "24.50", "120.00")
 
@@ -51,6 +53,9 @@ class Config:
     ads: int = 2  # per ad campaign
     impressions: int = 150  # per ad
     ad_ctr: float = 0.06
+    tag_impressions: int = 60  # per ad: pages where the /a.js tag measured the slot
+    unmeasured_share: float = 0.1  # of those, browsers that cannot observe it (measured "0")
+    viewable_rate: float = 0.6  # of the measured ones, those that met their kind's MRC rule
     visitors: int = 40  # per web site
     max_views: int = 4  # page views per visit, 1 to this (and a thank-you page after a signup)
     max_visits: int = 3  # visits per visitor, 1 to this
@@ -86,6 +91,10 @@ class Planner:
         web = WebPlanner(self.config, self.rng, self.truth)
         for site, host in WEB_SITES:
             self.scripts += web.site(site, host)
+        # After the web visitors, so that adding them left every earlier choice of a seed as
+        # it was.
+        for n in range(self.config.ad_campaigns):
+            self.ad_tag(n)
         return [self.sends, self.scripts], self.truth
 
     def email_campaign(self, n: int) -> None:
@@ -179,6 +188,12 @@ class Planner:
                 self.scripts.append(steps)
             self.scripts.append([Step("click", {"dest": dest, **ids}, BOT)])  # a link checker
             self.truth.click({**ids, "visitor": BOT}, "bot")
+
+    def ad_tag(self, n: int) -> None:
+        """The campaign's ads on pages with the /a.js tag, besides the ad server's pixels."""
+        tag = AdTagPlanner(self.config, self.rng, self.truth)
+        for k in range(self.config.ads):
+            self.scripts += tag.ad(NEWS, NEWS_HOST, f"sim-ads-{n}", f"banner-{k}")
 
 
 def plan(config: Config, signed: bool) -> tuple[list[list[Script]], Truth]:

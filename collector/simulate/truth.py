@@ -44,6 +44,9 @@ class Funnel:
         return {
             "sent": sent,
             "impressions": n["impressions"],
+            "measured_impressions": n["measured_impressions"],
+            "viewable_impressions": n["viewable_impressions"],
+            "viewability_rate": ratio(n["viewable_impressions"], n["measured_impressions"]),
             "opens": n["opens"],
             "unique_opens": len(self.openers),
             "human_opens": n["opens"] - n["machine_opens"],
@@ -124,6 +127,20 @@ class Truth:
         for f in (self.campaigns[campaign], self.ads[campaign, ad]):
             f.n["impressions"] += count
         self.events[site, campaign, "impression"] += count
+
+    def tag_impression(self, site: str, campaign: str, ad: str, measured: bool) -> None:
+        """An impression of the /a.js tag: an impression like the ad server's, and a measured
+        one when the browser could observe the slot."""
+        for f in (self.campaigns[campaign], self.ads[campaign, ad]):
+            f.n["impressions"] += 1
+            f.n["measured_impressions"] += measured
+        self.events[site, campaign, "impression"] += 1
+
+    def viewable(self, site: str, campaign: str, ad: str) -> None:
+        """The tag's viewable event of a measured impression."""
+        for f in (self.campaigns[campaign], self.ads[campaign, ad]):
+            f.n["viewable_impressions"] += 1
+        self.events[site, campaign, "viewable"] += 1
 
     def conversion(
         self, campaign: str, ad: str, site: str, value: Decimal, pixels: int, stored_as: str

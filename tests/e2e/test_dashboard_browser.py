@@ -95,7 +95,12 @@ async def test_the_dashboard_shows_the_simulated_numbers(
             assert await cell(page, tr, "unique_clicks") == str(row["unique_clicks"])
             assert await cell(page, tr, "ctr") == f"{row['ctr']:.2%}"
             assert await cell(page, tr, "conversions") == str(row["conversions"])
-        assert await page.locator("[data-table=ads] tbody tr").count() > 0
+        assert await page.locator("[data-table=ads] tbody tr").count() == len(truth["ads"])
+        for ad in truth["ads"]:  # the ad server's and the ad tag's impressions; viewability
+            tr = f'[data-table=ads] tr[data-campaign="{ad["campaign"]}"][data-ad="{ad["ad"]}"]'
+            assert await cell(page, tr, "impressions") == str(ad["impressions"])
+            assert await cell(page, tr, "viewable_impressions") == str(ad["viewable_impressions"])
+            assert await cell(page, tr, "viewability_rate") == f"{ad['viewability_rate']:.2%}"
 
         # The web: every simulated visitor, every page view of a visit (the crawler's are
         # none), all of them in the last minutes.

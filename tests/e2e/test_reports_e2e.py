@@ -59,6 +59,10 @@ def check_views(beacon: Beacon, truth: dict[str, Any], *args: str) -> None:
     for row in truth["campaigns"]:  # the one-campaign funnel of before
         funnel = report(beacon, "--campaign", row["campaign"], *args)
         assert {k: funnel[k] for k in row} == row
+        ads = [{k: v for k, v in a.items() if k != "campaign"} for a in truth["ads"]
+               if a["campaign"] == row["campaign"]]  # fmt: skip
+        if ads:  # and each ad of the campaign, as `--view ad` has it
+            assert [{k: a[k] for k in ads[0]} for a in funnel["by_ad"]] == ads
 
 
 async def test_every_report_number_equals_the_simulated_truth(beacon: AnalyticsBeacon) -> None:

@@ -11,6 +11,7 @@ import orjson
 import pytest
 
 from beacon.__main__ import main
+from collector.simulate.ad_tag import RULES
 from collector.simulate.plan import Config, plan
 from collector.simulate.steps import Script, Step
 from collector.simulate.visits import Visit, WebTruth
@@ -87,11 +88,100 @@ async def test_beacon_simulate_sends_every_event_and_prints_the_truth(
             assert len({e["visitor_id"] for e in views}) == row["unique_visitors"]
     addresses = {e["ip"] for e in sink.events() if e["site"] == "sim-blog"}
     assert {"10.1.0.0", "2a02:8100::"} <= addresses  # truncated, as stored
+    # The tag's events arrived with their properties: as many measured ones as the truth says.
+    tagged = [e for e in sink.events() if e["event_type"] == "impression"]
+    measured = [e for e in tagged if e["props"].get("measured") == "1"]
+    assert len(measured) == sum(a["measured_impressions"] for a in truth["ads"])
 
 
 def test_beacon_simulate_says_what_went_wrong(capsys) -> None:  # type: ignore[no-untyped-def]
     assert main(["simulate", "--host", "http://127.0.0.1:9", "--recipients", "2"], {}) == 1
     assert "beacon simulate:" in capsys.readouterr().err
+
+
+# -- the ad tag's measured impressions ----------------------------------------------------
+
+TAGGED = Config(seed=11, campaigns=0, ad_campaigns=1, ads=2, impressions=10, tag_impressions=8,
+                unmeasured_share=0.25, viewable_rate=0.7, visitors=0)  # fmt: skip
+
+
+def tag_events(phases: list[list[Script]]) -> list[list[dict]]:
+    """The events of each script that POSTs the ad tag's impressions, in order."""
+    found = []
+    for script in phases[1]:
+        sent = [e for s in script if s.kind == "post" for e in s.params["events"]]
+        if sent and sent[0]["e"] == "impression":
+            found.append(sent)
+    return found
+
+
+def test_the_ad_tag_truth_worked_out_by_hand() -> None:
+    _, truth = plan(TAGGED, signed=True)
+    found = truth.as_dict()
+    # Per ad: 10 ad-server pixels and 8 tag impressions; round(8 x 0.25) = 2 of these
+    # unmeasured, 6 measured, round(6 x 0.7) = 4 viewable; 1 person's click of
+    # round(10 x 0.06) = 1 and a link checker's.
+    per_ad = {"impressions": 18, "measured_impressions": 6, "viewable_impressions": 4,
+              "viewability_rate": 0.6667, "clicks": 2, "machine_clicks": 1,
+              "ctr": round(1 / 18, 4)}  # fmt: skip
+    assert [{k: r[k] for k in ("campaign", "ad", *per_ad)} for r in found["ads"]] == [
+        {"campaign": "sim-ads-0", "ad": f"banner-{k}", **per_ad} for k in (0, 1)
+    ]
+    [campaign] = found["campaigns"]
+    assert {k: campaign[k] for k in per_ad} == {
+        "impressions": 36, "measured_impressions": 12, "viewable_impressions": 8,
+        "viewability_rate": 0.6667, "clicks": 4, "machine_clicks": 2, "ctr": 0.0556,
+    }  # fmt: skip
+    events = {(e["site"], e["campaign"], e["event_type"]): e["events"] for e in found["events"]}
+    assert events["sim-news", "sim-ads-0", "impression"] == 36
+    assert events["sim-news", "sim-ads-0", "viewable"] == 8
+    assert found["events_total"] == sum(events.values())
+    # Nothing measured: no rate, as the reports say it.
+    _, none = plan(Config(**{**vars(TAGGED), "unmeasured_share": 1.0}), signed=True)
+    assert {(r["measured_impressions"], r["viewable_impressions"], r["viewability_rate"])
+            for r in none.as_dict()["ads"]} == {(0, 0, None)}  # fmt: skip
+    with pytest.raises(ValueError, match="viewable_rate"):
+        plan(Config(**{**vars(TAGGED), "viewable_rate": 1.5}), signed=True)
+
+
+def test_the_ad_tag_truth_equals_a_count_of_what_the_plan_sends() -> None:
+    config = Config(seed=12, campaigns=0, ad_campaigns=2, ads=3, impressions=5, visitors=0)
+    phases, truth = plan(config, signed=True)
+    counted: dict[tuple[str, str], Counter[str]] = defaultdict(Counter)
+    kinds = set()
+    for session in tag_events(phases):
+        shown, *seen = session
+        ids = {k: shown[k] for k in ("s", "c", "ad", "u")}
+        assert ids["s"] == "sim-news" and ids["u"].startswith("https://news.sim.example/")
+        assert set(shown["p"]) == {"imp", "kind", "measured"}  # as /a.js sends them
+        assert shown["p"]["measured"] in ("0", "1")
+        kinds.add(shown["p"]["kind"])
+        n = counted[shown["c"], shown["ad"]]
+        n["impressions"] += 1
+        n["measured"] += shown["p"]["measured"] == "1"
+        if seen:  # one viewable event at most, of the same slot and impression, once measured
+            [viewable] = seen
+            assert {k: viewable[k] for k in ids} == ids and viewable["e"] == "viewable"
+            assert shown["p"]["measured"] == "1"
+            p = viewable["p"]
+            assert (p["imp"], p["kind"]) == (shown["p"]["imp"], shown["p"]["kind"])
+            pct, ms = RULES[p["kind"]]
+            assert p["in_view_ms"] >= ms and pct <= p["max_visible_pct"] <= 100
+            n["viewable"] += 1
+    assert kinds == {"display", "large", "video"}
+    rows = {(r["campaign"], r["ad"]): r for r in truth.as_dict()["ads"]}
+    assert set(rows) == set(counted) and len(rows) == 6
+    for key, n in counted.items():
+        row = rows[key]
+        assert row["impressions"] == config.impressions + n["impressions"]  # pixels and tag
+        assert row["measured_impressions"] == n["measured"]
+        assert row["viewable_impressions"] == n["viewable"]
+        assert row["viewability_rate"] == round(n["viewable"] / n["measured"], 4)
+    # Some unmeasured, some measured and not viewable, some viewable: every case is there.
+    total = sum(counted.values(), Counter())
+    assert total["impressions"] > total["measured"] > total["viewable"] > 0
+    imps = [s[0]["p"]["imp"] for s in tag_events(phases)]
+    assert len(set(imps)) == len(imps)  # an id per impression
 
 
 # -- web visits ---------------------------------------------------------------------------
