@@ -201,6 +201,10 @@ async def test_a_simulated_campaign_reports_exactly_the_known_numbers(beacon: Si
         "conversions": 30,  # 35 pixels, 5 repeated order ids
         "conversion_rate": round(30 / 110, 4),
         "revenue": {"EUR": "765.00"},
+        # An email campaign has no ad slot for the /a.js tag to measure.
+        "measured_impressions": 0,
+        "viewable_impressions": 0,
+        "viewability_rate": None,
     }
     everything = report(beacon, "--campaign", "spring", "--sent", "1250")
     assert (everything["opens"], everything["unique_opens"], everything["sent"]) == (615, 565, 1250)
