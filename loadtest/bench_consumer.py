@@ -48,11 +48,17 @@ def cpu_seconds() -> float:
     return usage.ru_utime + usage.ru_stime
 
 
-def peak_rss_mb() -> float:
-    """This process's peak RSS (VmHWM: getrusage's ru_maxrss survives exec, so a child would
-    report its parent's peak)."""
+def status_mb(*keys: str) -> dict[str, float]:
+    """Fields of /proc/self/status in MB: VmHWM is this process's peak RSS (getrusage's
+    ru_maxrss survives exec, so a child would report its parent's peak); RssFile is what is
+    mapped from files (chDB's library), RssAnon the process's own memory."""
     with open("/proc/self/status") as f:
-        return next(int(line.split()[1]) for line in f if line.startswith("VmHWM:")) / 1024
+        fields = (line.split(":", 1) for line in f)
+        return {k: int(v.split()[0]) / 1024 for k, v in fields if k in keys}
+
+
+def peak_rss_mb() -> float:
+    return status_mb("VmHWM")["VmHWM"]
 
 
 def chunks(lines: list[bytes], record_max_bytes: int) -> list[bytes]:
@@ -145,7 +151,9 @@ async def consume(opts: argparse.Namespace) -> dict[str, Any]:
     from consumers.settings import ConsumerSettings
 
     workdir = Path(opts.workdir)
-    env = {
+    # BEACON_* of the environment (a setting to try), under the bench's own.
+    env = {k: v for k, v in os.environ.items() if k.startswith("BEACON_")}
+    env |= {
         "BEACON_DATA_DIR": str(workdir / "consumer"),
         "BEACON_KAFKA_BOOTSTRAP": opts.bootstrap,
         "BEACON_KAFKA_TOPIC": opts.topic,
@@ -186,6 +194,8 @@ async def consume(opts: argparse.Namespace) -> dict[str, Any]:
 
     task = asyncio.create_task(pipeline.run(stop))
     first_read_at = first_cpu = 0.0
+    # Sampled every 10 ms: VmHWM does not split file-backed and anonymous memory.
+    peak_anon_mb = peak_file_mb = 0.0
     deadline = time.monotonic() + opts.timeout_s
     while value("beacon_consumer_rows_inserted_total") < opts.events:
         if task.done():
@@ -200,6 +210,9 @@ async def consume(opts: argparse.Namespace) -> dict[str, Any]:
             raise RuntimeError(f"timed out: {inserted:,.0f} of {opts.events:,} rows inserted")
         if not first_read_at and value("beacon_consumer_rows_read_total") > 0:
             first_read_at, first_cpu = time.perf_counter(), cpu_seconds()
+        now_mb = status_mb("RssAnon", "RssFile")
+        peak_anon_mb = max(peak_anon_mb, now_mb["RssAnon"])
+        peak_file_mb = max(peak_file_mb, now_mb["RssFile"])
         await asyncio.sleep(0.01)
     wall_s = time.perf_counter() - first_read_at
     cpu_s = cpu_seconds() - first_cpu
@@ -210,19 +223,19 @@ async def consume(opts: argparse.Namespace) -> dict[str, Any]:
     await writer.close()
     return {"wall_s": wall_s, "cpu_s": cpu_s, "inserts": inserts, "stored": stored,
             "insert_s": value("beacon_consumer_insert_seconds_sum"),
-            "peak_rss_mb": peak_rss_mb()}  # fmt: skip
+            "peak_rss_mb": peak_rss_mb(), "peak_anon_mb": peak_anon_mb,
+            "peak_file_mb": peak_file_mb}  # fmt: skip
 
 
 def storage_limit(opts: argparse.Namespace) -> dict[str, Any]:
     """CPU per row for chDB to store the pipeline's rows again, from memory, in Native."""
-    from chdb import session
-
     from analytics.migrations import migrate
     from analytics.store import insert_settings
-    from analytics.store.chdb import ChdbWriter
+    from analytics.store.chdb import ChdbWriter, open_session
     from consumers.ingest import EVENT_COLUMNS
 
-    source = session.Session(str(Path(opts.workdir) / "consumer" / "clickhouse"))
+    # The embedded store's configuration: the first session of a process sets it for all.
+    source = open_session(Path(opts.workdir) / "consumer" / "clickhouse")
     columns = ", ".join(EVENT_COLUMNS)
     batches = []
     for at in range(0, opts.events, opts.batch_rows):
@@ -346,7 +359,9 @@ def report(opts: argparse.Namespace, result: dict[str, Any], limit: dict[str, An
     print(f"  events / CPU second        {per_cpu:>12,.0f}   ({result['cpu_s']:.2f} s)")
     print(f"  inserts                    {result['inserts']:>12,.0f}   "
           f"({result['insert_s']:.2f} s in the ingest's statements)")  # fmt: skip
-    print(f"  consumer peak RSS          {result['peak_rss_mb']:>12,.0f} MB")
+    print(f"  consumer peak RSS          {result['peak_rss_mb']:>12,.0f} MB   (anonymous "
+          f"{result['peak_anon_mb']:,.0f} MB at most, sampled; mapped from files "
+          f"{result['peak_file_mb']:,.0f} MB)")  # fmt: skip
     figures = {"events": n, "source": opts.source, "record_max_bytes": opts.record_max_bytes,
                "server": bool(opts.server), "pipeline": result,
                "events_per_cpu_s": per_cpu}  # fmt: skip

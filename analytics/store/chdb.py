@@ -3,11 +3,46 @@
 from __future__ import annotations
 
 import asyncio
+import sys
 import threading
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
+from typing import Any
 
 from analytics.store import StoreError, insert_select, insert_settings
+
+# ClickHouse's configuration of the embedded store (chDB's `config-file`), in the store's
+# directory. chDB runs one ClickHouse per process: the first session opened sets it for all.
+#
+# max_compress_block_size: every column stream of a Wide part being written buffers this
+# much, twice (1 MiB by default), and a part of beacon.events has 79 streams (35 columns, with
+# their dictionaries, sizes and sparse indexes), so an insert of 50,000 rows took 159 MiB and a
+# merge of its parts 41 MiB. With 64 KiB: 27.5 and 22 MiB, and the consumer's peak RSS 60-70 MB
+# lower. LZ4 finds its matches within 64 KiB anyway: the table is 2.8% larger, inserts and
+# reads cost the same (docs/performance.md "Memory of the embedded consumer").
+CONFIG = (
+    "<clickhouse><merge_tree>"
+    "<max_compress_block_size>65536</max_compress_block_size>"
+    "</merge_tree></clickhouse>\n"
+)
+CONFIG_NAME = "beacon-chdb.xml"
+
+
+def open_session(path: Path, params: Mapping[str, str] | None = None) -> Any:
+    """A chDB session on the store at `path` (created if missing), with CONFIG and `params`
+    (ClickHouse settings of the session)."""
+    # chDB imports pyarrow, a dependency of its own, for Arrow results Beacon never asks for:
+    # pyarrow and numpy map 40-50 MB into every process that opens the store. Held back unless
+    # something in the process imported it already.
+    sys.modules.setdefault("pyarrow", None)  # type: ignore[arg-type]  # None: "not importable"
+    from chdb import session  # imported here: a heavy import only the store owner pays
+
+    path.mkdir(parents=True, exist_ok=True)
+    config = path / CONFIG_NAME
+    if not config.is_file() or config.read_text() != CONFIG:
+        config.write_text(CONFIG)
+    query = {"config-file": str(config), **(params or {})}
+    return session.Session(f"{path}?{'&'.join(f'{k}={v}' for k, v in query.items())}")
 
 
 class ChdbWriter:
@@ -18,10 +53,7 @@ class ChdbWriter:
     """
 
     def __init__(self, path: Path) -> None:
-        from chdb import session  # imported here: a heavy import only the store owner pays
-
-        path.mkdir(parents=True, exist_ok=True)
-        self._session = session.Session(str(path))
+        self._session = open_session(path)
         self._lock = threading.Lock()
         self.path = path
 

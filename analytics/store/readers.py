@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import Any, Protocol
 
 from analytics.store import StoreError, read_guard
+from analytics.store.chdb import open_session
 from analytics.store.http import HttpWriter
 
 # Every read answers 64-bit integers as JSON numbers, as ClickHouse does since 25.x; a
@@ -62,16 +63,13 @@ class ChdbReader:
     """
 
     def __init__(self, path: Path, limits: ReadLimits) -> None:
-        from chdb import session  # imported here: a heavy import only the store owner pays
-
-        params = "&".join(f"{k}={v}" for k, v in limits.settings().items())
         self._idle: queue.SimpleQueue[Any] = queue.SimpleQueue()  # sessions not reading
-        self._sessions = [session.Session(f"{path}?{params}") for _ in range(limits.concurrency)]
+        self._sessions = [open_session(path, limits.settings()) for _ in range(limits.concurrency)]
         for reader in self._sessions:
             self._idle.put(reader)
         self._threads = ThreadPoolExecutor(limits.concurrency, thread_name_prefix="beacon-read")
         # KILL QUERY is refused in read-only mode: one session that may stop the reads.
-        self._control = session.Session(str(path))
+        self._control = open_session(path)
         self._control_lock = threading.Lock()
 
     def _read(self, reader: Any, sql: str, fmt: str, tag: str) -> str:
