@@ -164,8 +164,10 @@ def test_filters_and_breakdowns(store: Store) -> None:
     asked = Request("visits", window(), Filters(web=(("source", "social"),)), web=GOALS)
     [social] = visit_rows(store.query, asked, ("site",))
     assert (social["visitors"], social["pageviews"]) == (1, 2)
-    pages = {r["page"]: (r["visits"], r["pageviews"])
-             for r in visit_rows(store.query, Request("visits", window(), web=GOALS), ("page",))}
+    pages = {
+        r["page"]: (r["visits"], r["pageviews"])
+        for r in visit_rows(store.query, Request("visits", window(), web=GOALS), ("page",))
+    }
     assert pages == {"/a": (3, 3), "/b": (1, 1), "/c": (1, 1), "/thanks": (1, 1)}
     entries = visit_rows(store.query, Request("visits", window(), web=GOALS), ("entry_page",))
     assert {r["entry_page"]: r["visits"] for r in entries} == {"/a": 3, "/thanks": 1}
@@ -175,7 +177,8 @@ def test_filters_and_breakdowns(store: Store) -> None:
     assert visit_rows(store.query, viewed, ())[0]["visitors"] == 1
     per_goal = goal_rows(store.query, Request("goals", window(), web=GOALS), ())
     assert [(r["goal"], r["visitors"], r["converted"]) for r in per_goal] == [
-        ("/thanks", 3, 1), ("signup", 3, 1)
+        ("/thanks", 3, 1),
+        ("signup", 3, 1),
     ]
     # The site's own hosts are no source: a referrer from one of them is direct.
     own = WebConfig(goals=GOALS.goals, site_hosts={"blog": ("t.co",)})
@@ -183,3 +186,24 @@ def test_filters_and_breakdowns(store: Store) -> None:
     assert "social" not in social_now
     with pytest.raises(ValueError, match="unknown filter"):
         visit_rows(store.query, Request("visits", window(), Filters(web=(("x", "y"),))), ())
+
+
+def test_a_page_viewed_twice_in_a_visit_counts_one_visit_and_two_views(tmp_path: Path) -> None:
+    t0 = yesterday_ms(15)
+    store = Store(tmp_path / "clickhouse")
+    try:
+        store.add([page(t0, 66, "/a"), page(t0 + MINUTE_MS, 66, "/b"),
+                   page(t0 + 2 * MINUTE_MS, 66, "/a")])  # fmt: skip
+        for settled in (False, True):
+            if settled:
+                settle(store)
+            by_page = {}
+            for source in ("rollup", "raw"):
+                asked = Request("visits", window(), web=WebConfig(goals=("/a",)), source=source)
+                found = visit_rows(store.query, asked, ("page",))
+                by_page[source] = {r["page"]: (r["visits"], r["pageviews"]) for r in found}
+                [goal] = goal_rows(store.query, asked, ())
+                assert (goal["goal"], goal["converted"], goal["conversions"]) == ("/a", 1, 1)
+            assert by_page["rollup"] == by_page["raw"] == {"/a": (1, 2), "/b": (1, 1)}
+    finally:
+        store.close()
