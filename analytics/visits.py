@@ -72,37 +72,48 @@ ENGINE = ReplacingMergeTree(at)
 ORDER BY day"""
 
 
-def utm(name: str) -> str:
-    return f"decodeURLFormComponent(extractURLParameter(concat('?', url_query), '{name}'))"
+def utm(name: str, query: str = "url_query") -> str:
+    return f"decodeURLFormComponent(extractURLParameter(concat('?', {query}), '{name}'))"
 
 
-# A visit's first page view decides where it came from and who made it: page views rank
-# first, then time, then id (an engagement report can come in the same millisecond).
-FIRST = "(event_type != 'pageview', received_at, event_id)"
-ORDER = "(received_at, event_id)"
+# Events are numbered in (received_at, event_id) order within their visitor's day (`seq`, from
+# the window that cuts the visits), so a visit's first and last events are found by comparing
+# integers, not (time, UUID) tuples. A visit's first page view decides where it came from and
+# who made it: page views rank first, then that order.
+ORDER = "seq"
+FIRST = "seq + if(event_type = 'pageview', 0, 4294967296)"
+
+
+def first(column: str) -> str:
+    """`column` of a visit's first page view, else of its first event."""
+    return f"argMin({column}, {FIRST})"
+
+
+# The first page view's raw values are picked once; hosts and utm_* are worked out from them
+# per visit, not per event.
 PER_VISIT = f"""
     toStartOfDay(min(received_at)) AS period, site, visitor_id, min(received_at) AS start,
     toUInt32(countIf(event_type = 'pageview')) AS pageviews,
     toUInt8(pageviews = 1 AND countIf(event_type = 'custom') = 0) AS bounce,
-    sumIf(toUInt64OrZero(props['engaged_ms']), event_type = 'engagement') AS engaged_ms,
+    sum(engaged) AS engaged_ms,
     if(engaged_ms > 0, engaged_ms,
        toUInt64(toUnixTimestamp64Milli(max(received_at)) - toUnixTimestamp64Milli(start)))
         AS duration_ms,
     argMinIf(url_path, {ORDER}, event_type = 'pageview') AS entry_page,
     argMaxIf(url_path, {ORDER}, event_type = 'pageview') AS exit_page,
-    arrayMap(x -> x.3, arraySort(groupArrayIf((received_at, event_id, url_path),
-        event_type = 'pageview'))) AS pages,
-    arraySort(groupUniqArrayIf(props['event'], event_type = 'custom' AND props['event'] != ''))
-        AS custom_events,
-    argMin({host_sql("domain(referrer)")}, {FIRST}) AS referrer_host,
-    argMin({host_sql("url_host")}, {FIRST}) AS landing_host,
-    argMin({utm("utm_source")}, {FIRST}) AS utm_source,
-    argMin({utm("utm_medium")}, {FIRST}) AS utm_medium,
-    argMin({utm("utm_campaign")}, {FIRST}) AS utm_campaign,
-    argMin(country, {FIRST}) AS country,
-    argMin(device_type, {FIRST}) AS device_type,
-    argMin(browser, {FIRST}) AS browser,
-    argMin(os, {FIRST}) AS os"""
+    arrayMap(x -> x.2, arraySort(groupArrayIf(({ORDER}, url_path), event_type = 'pageview')))
+        AS pages,
+    arraySort(groupUniqArrayIf(custom_event, custom_event != '')) AS custom_events,
+    {host_sql(f"domain({first('referrer')})")} AS referrer_host,
+    {host_sql(first("url_host"))} AS landing_host,
+    {first("url_query")} AS landing_query,
+    {utm("utm_source", "landing_query")} AS utm_source,
+    {utm("utm_medium", "landing_query")} AS utm_medium,
+    {utm("utm_campaign", "landing_query")} AS utm_campaign,
+    {first("country")} AS country,
+    {first("device_type")} AS device_type,
+    {first("browser")} AS browser,
+    {first("os")} AS os"""
 
 
 def select(where: str, gap_s: int, source: str = EVENTS) -> str:
@@ -110,15 +121,20 @@ def select(where: str, gap_s: int, source: str = EVENTS) -> str:
     whole days (a visit is cut from its day's events): one row each, COLUMNS in order."""
     gap_ms = int(gap_s) * 1000
     window = "PARTITION BY site, visitor_id, day ORDER BY received_at, event_id"
+    # The props a visit needs are taken out before the events are sorted: the map would be
+    # carried through both sorts.
     return f"""
 SELECT {COLUMN_NAMES} FROM (
 SELECT {PER_VISIT}
 FROM (
-    SELECT *, sum(new_visit) OVER ({window} ROWS UNBOUNDED PRECEDING) AS visit
+    SELECT *, sum(new_visit) OVER ({window} ROWS UNBOUNDED PRECEDING) AS visit,
+           row_number() OVER ({window}) AS seq
     FROM (
         SELECT site, visitor_id, toDate(received_at) AS day, received_at, event_id,
-               event_type, url_host, url_path, url_query, referrer, props, country,
+               event_type, url_host, url_path, url_query, referrer, country,
                device_type, browser, os,
+               if(event_type = 'engagement', toUInt64OrZero(props['engaged_ms']), 0) AS engaged,
+               if(event_type = 'custom', props['event'], '') AS custom_event,
                toUnixTimestamp64Milli(received_at) - lagInFrame(
                    toUnixTimestamp64Milli(received_at), 1, toInt64(0)) OVER
                    ({window} ROWS BETWEEN 1 PRECEDING AND CURRENT ROW) > {gap_ms} AS new_visit

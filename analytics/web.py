@@ -123,13 +123,16 @@ def visits_sql(asked: Asked, stored: set[dt.date]) -> str:
 
 
 def reached_sql(goals: tuple[str, ...]) -> str:
-    """The goals a visit reached, as an array: the listed ones, or its custom events."""
+    """The goals a visit reached, as an array: the listed ones (in their order), or its custom
+    events. One has() per goal: a lambda over the list would copy each visit's pages for it."""
     if not goals:
         return "custom_events"
-    listed = "[" + ", ".join(sql_string(g) for g in goals) + "]"
-    return (
-        f"arrayFilter(g -> if(startsWith(g, '/'), has(pages, g), has(custom_events, g)), {listed})"
-    )
+    parts = [
+        f"if(has({'pages' if g.startswith('/') else 'custom_events'}, {sql_string(g)}), "
+        f"[{sql_string(g)}], [])"
+        for g in goals
+    ]
+    return f"arrayConcat({', '.join(parts)})"
 
 
 def derived_sql(asked: Asked, source: str) -> str:
@@ -137,8 +140,10 @@ def derived_sql(asked: Asked, source: str) -> str:
     source group, the goals reached."""
     cfg = asked.web
     plain = [c for c, _ in visits.COLUMNS if c != "referrer_host"]
+    # LowCardinality: the source rules' regular expressions then run once per distinct host
+    # of a block, not once per visit.
     return (
-        f"SELECT {', '.join(plain)}, {referrer_sql(cfg.site_hosts)} AS ref_host, "
+        f"SELECT {', '.join(plain)}, toLowCardinality({referrer_sql(cfg.site_hosts)}) AS ref_host, "
         f"{source_sql('ref_host')} AS source, {reached_sql(cfg.goals)} AS goals\n"
         f"FROM ({source})"
     )
@@ -173,22 +178,25 @@ def visit_rows(query: Query, asked: Asked, keys: tuple[str, ...]) -> list[dict[s
         raise ValueError("goals have figures of their own: goal_rows")
     source = derived_sql(asked, visits_sql(asked, stored_days(query, asked)))
     where = filter_sql(asked.filters)
-    if "page" in keys:  # a row per visit and page it viewed
+    if "page" in keys:
+        # A row per page view; a visit counts once per page, on its first view of it (one
+        # pass: counting a page's views in the visit's pages for each page is quadratic).
         source = (
-            f"SELECT *, countEqual(pages, page) AS page_views FROM (SELECT *, "
-            f"arrayJoin(arrayDistinct(pages)) AS page FROM ({source}) WHERE {where})"
+            f"SELECT *, page, nth FROM ({source}) ARRAY JOIN pages AS page, "
+            f"arrayEnumerateUniq(pages) AS nth WHERE {where}"
         )
-        where, views = "1", "sum(page_views)"
+        where = "1"
+        counts = ["countIf(nth = 1) AS visits", "count() AS pageviews",
+                  "sumIf(bounce, nth = 1) AS bounces",
+                  "sumIf(duration_ms, nth = 1) AS duration_ms"]  # fmt: skip
     else:
-        views = "sum(pageviews)"
+        counts = ["count() AS visits", "sum(pageviews) AS pageviews", "sum(bounce) AS bounces",
+                  "sum(duration_ms) AS duration_ms"]  # fmt: skip
     group = asked.group
     names = ([group] if group else []) + list(keys)
     select = [f"{bucket(group, 'start')} AS {group}"] if group else []
     select += [f"{column_of(k)} AS {k}" for k in keys]
-    select += [
-        "uniqExact(visitor_id) AS visitors", "count() AS visits", f"{views} AS pageviews",
-        "sum(bounce) AS bounces", "sum(duration_ms) AS duration_ms",
-    ]  # fmt: skip
+    select += ["uniqExact(visitor_id) AS visitors", *counts]
     order = ", ".join([*([group] if group else []), "visits DESC", *keys])
     limit = ""
     if keys:
@@ -222,27 +230,29 @@ def goal_rows(query: Query, asked: Asked, keys: tuple[str, ...]) -> list[dict[st
     period = [f"{bucket(group, 'start')} AS {group}"] if group else []
     key_cols = [f"{column_of(k)} AS {k}" for k in keys]
     names = ([group] if group else []) + list(keys)
-    by = f"GROUP BY {', '.join(names)}" if names else ""
-    everyone = rows(query, (
-        f"SELECT {', '.join([*period, *key_cols, 'uniqExact(visitor_id) AS visitors'])}\n"
-        f"FROM ({source}) WHERE {where} {by}"
-    ))  # fmt: skip
-    counts = ["goal", "uniqExact(visitor_id) AS converted", "count() AS conversions"]
-    reached = rows(query, (
+    # One pass over the visits (computing them is the cost): each visit once as itself, for
+    # its group's visitors (reached 0), and once more per goal it reached.
+    counts = ["reached", "goal", "uniqExact(visitor_id) AS visitors", "count() AS visits"]
+    found = rows(query, (
         f"SELECT {', '.join([*period, *key_cols, *counts])}\n"
-        f"FROM (SELECT *, arrayJoin(goals) AS goal FROM ({source}) WHERE {where})\n"
-        f"GROUP BY {', '.join([*names, 'goal'])}"
+        f"FROM (SELECT *, arrayJoin(arrayPushFront(arrayMap(g -> (1, g), goals), (0, ''))) AS r,\n"
+        f"      r.1 AS reached, r.2 AS goal FROM ({source}) WHERE {where})\n"
+        f"GROUP BY {', '.join([*names, 'reached', 'goal'])}"
     ))  # fmt: skip
-    visitors_of = {tuple(str(r[n]) for n in names): r["visitors"] for r in everyone}
+    visitors_of = {
+        tuple(str(r[n]) for n in names): r["visitors"] for r in found if not r["reached"]
+    }
     out = []
-    for r in reached:
+    for r in found:
+        if not r["reached"]:
+            continue
         n = visitors_of.get(tuple(str(r[k]) for k in names), 0)
         lead = ([group] if group else []) + [k for k in keys if k == "site"]
         out.append({
             **{k: r[k] for k in lead}, "goal": r["goal"],
             **{k: r[k] for k in keys if k != "site"}, "visitors": n,
-            "converted": r["converted"], "conversions": r["conversions"],
-            "conversion_rate": ratio(r["converted"], n, 4),
+            "converted": r["visitors"], "conversions": r["visits"],
+            "conversion_rate": ratio(r["visitors"], n, 4),
         })  # fmt: skip
     return sorted(out, key=goal_order(group, keys))
 

@@ -206,3 +206,24 @@ def test_a_bad_filter_is_refused_by_the_report_command() -> None:
     for bad in ("country", "colour=red"):
         with pytest.raises(ValueError, match="--filter"):
             web_filters([bad])
+
+
+def test_a_page_viewed_twice_in_a_visit_counts_one_visit_and_two_views(tmp_path: Path) -> None:
+    t0 = yesterday_ms(15)
+    store = Store(tmp_path / "clickhouse")
+    try:
+        store.add([page(t0, 66, "/a"), page(t0 + MINUTE_MS, 66, "/b"),
+                   page(t0 + 2 * MINUTE_MS, 66, "/a")])  # fmt: skip
+        for settled in (False, True):
+            if settled:
+                settle(store)
+            by_page = {}
+            for source in ("rollup", "raw"):
+                asked = Request("visits", window(), web=WebConfig(goals=("/a",)), source=source)
+                found = visit_rows(store.query, asked, ("page",))
+                by_page[source] = {r["page"]: (r["visits"], r["pageviews"]) for r in found}
+                [goal] = goal_rows(store.query, asked, ())
+                assert (goal["goal"], goal["converted"], goal["conversions"]) == ("/a", 1, 1)
+            assert by_page["rollup"] == by_page["raw"] == {"/a": (1, 2), "/b": (1, 1)}
+    finally:
+        store.close()
