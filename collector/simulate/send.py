@@ -16,6 +16,7 @@ from collector.simulate.steps import Script, Step
 from collector.urls import click_url, pixel_url
 
 PIXEL_BYTES = 43
+PAGE_VIEW_SPACING_S = 0.002
 
 
 class SendError(Exception):
@@ -56,6 +57,12 @@ class Sender:
             if step.ip:
                 headers["X-Forwarded-For"] = step.ip
             if step.kind == "pixel":
+                if not step.params.get("kind"):
+                    # A page view: events keep millisecond times, and ids within one
+                    # millisecond sort at random, so a page view in the same millisecond as
+                    # the one before could be taken for the visit's first. No person clicks
+                    # that fast.
+                    await asyncio.sleep(PAGE_VIEW_SPACING_S)
                 await self.pixel(self.pixel_url(step.params), headers)
             elif step.kind == "post":
                 await self.post(step.params["events"], headers)
