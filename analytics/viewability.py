@@ -9,6 +9,7 @@ from typing import Any
 from analytics import rollup_query
 from analytics.funnel import Key, Query, key_of, names, plan_for, rows
 from analytics.report_window import Filters, Window
+from analytics.web import ratio
 
 COUNTS = ("measured_impressions", "viewable_impressions")
 FIGURES = (*COUNTS, "viewability_rate")
@@ -36,5 +37,4 @@ def figures(counts: dict[str, int] | None) -> dict[str, Any]:
     """The figures of one row: counts and `viewable / measured` (4 places; None unmeasured)."""
     found = counts or NONE
     measured, viewable = found["measured_impressions"], found["viewable_impressions"]
-    rate = round(viewable / measured, 4) if measured else None
-    return {**found, "viewability_rate": rate}
+    return {**found, "viewability_rate": ratio(viewable, measured, 4)}

@@ -17,6 +17,7 @@ from typing import Any, Protocol
 from analytics import visits
 from analytics.funnel import Query, rows
 from analytics.report_window import DAY, Filters, Window, bucket, sql_string, sql_time
+from analytics.rollup_query import day_list
 from analytics.rollups import EVENTS_HOURLY, SETTLING
 from analytics.schema import EVENTS
 from analytics.sources import referrer_sql, source_sql
@@ -75,10 +76,6 @@ def window_days(window: Window) -> list[dt.date]:
         out.append(day)
         day += DAY
     return out
-
-
-def day_list(days: list[dt.date]) -> str:
-    return ", ".join(f"toDate('{d.isoformat()}')" for d in days)
 
 
 def settled_days_sql(window: Window, gap_s: int) -> str:
