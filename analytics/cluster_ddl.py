@@ -37,6 +37,10 @@ VIEW_RE = re.compile(
     rf"AS (.*\nFROM {DATABASE}\.events)\n",
     re.DOTALL,
 )
+# A rollup view's new query (analytics/rollups.py add_dim_statements).
+VIEW_QUERY_RE = re.compile(
+    rf"^ALTER TABLE ({DATABASE}\.\w+_mv)\nMODIFY QUERY (.*\nFROM {DATABASE}\.events)\n", re.DOTALL
+)
 ENGINE_RE = re.compile(r"^ENGINE = (\w*)MergeTree(?:\((.*)\))?$", re.MULTILINE)
 # Clauses of an ALTER a Distributed table takes too (it has no index, TTL or partitions).
 DISTRIBUTED_CLAUSE_RE = re.compile(r"^(ADD|DROP|MODIFY|RENAME|COMMENT) COLUMN\b")
@@ -61,6 +65,10 @@ def cluster_statements(sql: str, cluster: str) -> list[str]:
     sql = "\n".join(ln for ln in sql.strip().splitlines() if not ln.lstrip().startswith("--"))
     if match := CREATE_RE.match(sql):
         return _create(sql, match.group(1), cluster)
+    if match := VIEW_QUERY_RE.match(sql):
+        view, select = match.groups()
+        rest = sql[match.end() :]
+        return [f"ALTER TABLE {view} {on_cluster(cluster)}\nMODIFY QUERY {select}_local\n{rest}"]
     if match := ALTER_RE.match(sql):
         return _alter(sql, match.group(1), cluster)
     if match := VIEW_RE.match(sql):

@@ -10,8 +10,22 @@ from collections.abc import Awaitable, Callable
 from analytics.cluster import check_mode
 from analytics.cluster_ddl import cluster_statements, schema_migrations
 from analytics.rollup_settle import Settler, on_rollups
-from analytics.rollups import ROLLUPS, ROLLUPS_V5, VIEWABILITY_HOURLY, migration_statements
-from analytics.schema import DATABASE, EVENTS_V1, EVENTS_V2, EVENTS_V3, EVENTS_V4, EVENTS_V5
+from analytics.rollups import (
+    IVT_ROLLUPS,
+    ROLLUPS,
+    ROLLUPS_V5,
+    VIEWABILITY_HOURLY_V8,
+    migration_statements,
+)
+from analytics.schema import (
+    DATABASE,
+    EVENTS_V1,
+    EVENTS_V2,
+    EVENTS_V3,
+    EVENTS_V4,
+    EVENTS_V5,
+    EVENTS_V6,
+)
 from analytics.settings import StoreSettings
 from analytics.store import Cluster, StoreError, Writer
 from analytics.visits import VISITS
@@ -46,7 +60,14 @@ MIGRATIONS: tuple[Migration, ...] = (
     # makes them for the days settled before, as it does when the visit gap changes.
     (7, "visits", tuple(visits_statements()), None),
     # No event stored before the /a.js tag carries an impression id: nothing to backfill.
-    (8, "ad viewability", tuple(migration_statements((VIEWABILITY_HOURLY,))[1:]), None),
+    (8, "ad viewability", tuple(migration_statements((VIEWABILITY_HOURLY_V8,))[1:]), None),
+    # Events stored before are not classified: their rows, and their rollup rows, read ''.
+    (
+        9,
+        "invalid traffic",
+        (EVENTS_V6, *(sql for r in IVT_ROLLUPS for sql in r.add_dim_statements("ivt"))),
+        None,
+    ),
 )
 
 SCHEMA_MIGRATIONS = f"""

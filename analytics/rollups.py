@@ -19,7 +19,7 @@ the click map are keyed by order and click, so a replayed row changes nothing th
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 from analytics.schema import DATABASE, EVENTS
 
@@ -77,6 +77,10 @@ class Rollup:
     counted: bool = True  # has an event count (live/settled columns): settle it
     grain: str = "hour"  # the period of a row: hour or day
     order_by: tuple[str, ...] = ()  # sort key first columns; the other dims follow
+    # The sort key before a dimension was added (with_dim): ClickHouse keeps a table's
+    # primary key when ALTER extends its sort key, and a partition moves only between
+    # tables with equal keys (analytics/rollup_settle.py).
+    primary_key: str = ""
 
     @property
     def table(self) -> str:
@@ -92,15 +96,20 @@ class Rollup:
             out += list(LIVE_COLUMNS)
         return out + [(c, t) for c, t, _ in self.states]
 
+    @property
+    def sort_key(self) -> str:
+        """Every grouping column is in the sort key: AggregatingMergeTree merges rows with
+        equal keys, and would keep any one value of a column left out."""
+        keys = list(self.order_by) + [c for c, _, _ in self.dims if c not in self.order_by]
+        return ", ".join(keys if "period" in keys else [*keys, "period"])
+
     def create_table(self, table: str | None = None, engine: str = "AggregatingMergeTree") -> str:
         cols = ",\n    ".join(f"{c} {t}" for c, t in self.columns())
-        # Every grouping column is in the sort key: AggregatingMergeTree merges rows with
-        # equal keys, and would keep any one value of a column left out.
-        keys = list(self.order_by) + [c for c, _, _ in self.dims if c not in self.order_by]
-        order = ", ".join(keys if "period" in keys else [*keys, "period"])
+        primary = f"\nPRIMARY KEY ({self.primary_key})" if self.primary_key else ""
         return (
             f"CREATE TABLE IF NOT EXISTS {table or self.table}\n(\n    {cols}\n)\n"
-            f"ENGINE = {engine}\nPARTITION BY toDate(period)\nORDER BY ({order})"
+            f"ENGINE = {engine}\nPARTITION BY toDate(period){primary}\n"
+            f"ORDER BY ({self.sort_key})"
         )
 
     @property
@@ -131,12 +140,29 @@ class Rollup:
             f"AS {self.select(source=source)}"
         )
 
+    def with_dim(self, name: str, kind: str) -> Rollup:
+        """This rollup grouped by one more column of beacon.events, last in its sort key."""
+        primary = self.primary_key or self.sort_key
+        return replace(self, dims=(*self.dims, dim(name, kind)), primary_key=primary)
+
+    def add_dim_statements(self, name: str) -> list[str]:
+        """What turns the table and view of this rollup without `name` into this one: the
+        column, added last to the sort key, and the view's new query. Safe to rerun (the key
+        then stays as it is), and nothing stored is rewritten: earlier rows read ''."""
+        at = [c for c, _, _ in self.dims].index(name)
+        kind, after = self.dims[at][1], self.dims[at - 1][0]  # in the order of columns()
+        return [
+            f"ALTER TABLE {self.table}\nADD COLUMN IF NOT EXISTS {name} {kind} AFTER {after},\n"
+            f"MODIFY ORDER BY ({self.sort_key})",
+            f"ALTER TABLE {self.view}\nMODIFY QUERY {self.select()}",
+        ]
+
 
 def dim(name: str, kind: str = "LowCardinality(String)", expr: str | None = None) -> tuple:
     return (name, kind, expr or name)
 
 
-EVENTS_HOURLY = Rollup(
+EVENTS_HOURLY_V5 = Rollup(
     name="rollup_events_hourly",
     where="1",
     dims=(
@@ -225,7 +251,7 @@ CLICKS = Rollup(
 # Ad viewability (docs/tracking.md "Ad viewability"): the /a.js tag's impressions, each with
 # its own `imp` id (`measured`: the browser could observe the slot), and its viewable events,
 # one per impression at most. Ad-server pixels carry no `imp` and stay out.
-VIEWABILITY_HOURLY = Rollup(
+VIEWABILITY_HOURLY_V8 = Rollup(
     name="rollup_viewability_hourly",
     where="event_type IN ('impression', 'viewable') AND props['imp'] != ''",
     dims=(
@@ -241,9 +267,17 @@ VIEWABILITY_HOURLY = Rollup(
     order_by=("site", "campaign", "ad", "period", "event_type"),
 )
 
-# Schema migration 5 made the first five; 8 the viewability rollup.
-ROLLUPS_V5 = (EVENTS_HOURLY, PAGES_DAILY, REFERRERS_DAILY, ORDERS, CLICKS)
-ROLLUPS = (*ROLLUPS_V5, VIEWABILITY_HOURLY)
+# Invalid traffic (analytics/ivt.py): the consumer's reason, '' for valid traffic, a
+# dimension of the rollups whose reports leave it out (schema migration 9).
+IVT_DIM = ("ivt", "LowCardinality(String)")
+EVENTS_HOURLY = EVENTS_HOURLY_V5.with_dim(*IVT_DIM)
+VIEWABILITY_HOURLY = VIEWABILITY_HOURLY_V8.with_dim(*IVT_DIM)
+
+# Schema migration 5 made the first five; 8 the viewability rollup; 9 added `ivt` to two.
+# The shapes of 5 and 8 stay as they were: a store migrates through them in order.
+ROLLUPS_V5 = (EVENTS_HOURLY_V5, PAGES_DAILY, REFERRERS_DAILY, ORDERS, CLICKS)
+ROLLUPS = (EVENTS_HOURLY, PAGES_DAILY, REFERRERS_DAILY, ORDERS, CLICKS, VIEWABILITY_HOURLY)
+IVT_ROLLUPS = (EVENTS_HOURLY, VIEWABILITY_HOURLY)
 
 # Days being settled (analytics/rollup_settle.py): reports read them from raw events until
 # `done`; a settle cut short leaves done = 0, and the next pass finishes it.

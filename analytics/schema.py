@@ -83,3 +83,10 @@ EVENTS_V5 = f"""
 ALTER TABLE {EVENTS}
     ADD COLUMN IF NOT EXISTS country LowCardinality(String) AFTER ip
 """
+
+# Invalid traffic (analytics/ivt.py): why the consumer took an event for one, '' when it did
+# not. Rows from before read "" (not classified).
+EVENTS_V6 = f"""
+ALTER TABLE {EVENTS}
+    ADD COLUMN IF NOT EXISTS ivt LowCardinality(String) AFTER mail_proxy
+"""

@@ -310,6 +310,39 @@ FROM beacon.events_local
 WHERE event_type IN ('impression', 'viewable') AND props['imp'] != ''
 GROUP BY period, site, campaign, ad, event_type, verified, kind, measured;
 
+-- Migration 9: invalid traffic.
+ALTER TABLE beacon.events_local ON CLUSTER '{cluster}'
+    ADD COLUMN IF NOT EXISTS ivt LowCardinality(String) AFTER mail_proxy;
+
+ALTER TABLE beacon.events ON CLUSTER '{cluster}'
+    ADD COLUMN IF NOT EXISTS ivt LowCardinality(String) AFTER mail_proxy;
+
+ALTER TABLE beacon.rollup_events_hourly_local ON CLUSTER '{cluster}'
+    ADD COLUMN IF NOT EXISTS ivt LowCardinality(String) AFTER proxied,
+    MODIFY ORDER BY (site, campaign, ad, period, event_type, verified, machine_open, is_bot, proxied, ivt);
+
+ALTER TABLE beacon.rollup_events_hourly ON CLUSTER '{cluster}'
+    ADD COLUMN IF NOT EXISTS ivt LowCardinality(String) AFTER proxied;
+
+ALTER TABLE beacon.rollup_events_hourly_mv ON CLUSTER '{cluster}'
+MODIFY QUERY SELECT toStartOfHour(received_at) AS period, site AS site, campaign AS campaign, ad AS ad, event_type AS event_type, verified AS verified, machine_open AS machine_open, is_bot AS is_bot, mail_proxy != '' AS proxied, ivt AS ivt, toUInt64(0) AS events_settled, uniqExactState(event_id) AS events_live, toUInt8(1) AS live, toUInt8(0) AS settled, uniqExactStateIf(if(recipient != '', concat(message, char(0), recipient), if(visitor_id != 0, concat(char(1), toString(visitor_id)), concat(char(2), toString(event_id)))), event_type IN ('send', 'open', 'click')) AS people, uniqExactStateIf(recipient, recipient != '') AS recipients, uniqExactStateIf(toString(visitor_id), visitor_id != 0) AS visitors
+FROM beacon.events_local
+WHERE 1
+GROUP BY period, site, campaign, ad, event_type, verified, machine_open, is_bot, proxied, ivt;
+
+ALTER TABLE beacon.rollup_viewability_hourly_local ON CLUSTER '{cluster}'
+    ADD COLUMN IF NOT EXISTS ivt LowCardinality(String) AFTER measured,
+    MODIFY ORDER BY (site, campaign, ad, period, event_type, verified, kind, measured, ivt);
+
+ALTER TABLE beacon.rollup_viewability_hourly ON CLUSTER '{cluster}'
+    ADD COLUMN IF NOT EXISTS ivt LowCardinality(String) AFTER measured;
+
+ALTER TABLE beacon.rollup_viewability_hourly_mv ON CLUSTER '{cluster}'
+MODIFY QUERY SELECT toStartOfHour(received_at) AS period, site AS site, campaign AS campaign, ad AS ad, event_type AS event_type, verified AS verified, props['kind'] AS kind, props['measured'] = '1' AS measured, ivt AS ivt, toUInt64(0) AS events_settled, uniqExactState(event_id) AS events_live, toUInt8(1) AS live, toUInt8(0) AS settled
+FROM beacon.events_local
+WHERE event_type IN ('impression', 'viewable') AND props['imp'] != ''
+GROUP BY period, site, campaign, ad, event_type, verified, kind, measured, ivt;
+
 -- The retention of each shard's rows (BEACON_RETENTION_DAYS, 395 days).
 ALTER TABLE beacon.events_local ON CLUSTER '{cluster}' MODIFY TTL toDateTime(received_at) + INTERVAL 395 DAY;
 ALTER TABLE beacon.rollup_events_hourly_local ON CLUSTER '{cluster}' MODIFY TTL period + INTERVAL 395 DAY;
@@ -329,3 +362,4 @@ INSERT INTO beacon.schema_migrations (version, name) SELECT 5, 'rollups' WHERE 5
 INSERT INTO beacon.schema_migrations (version, name) SELECT 6, 'country' WHERE 6 NOT IN (SELECT version FROM beacon.schema_migrations);
 INSERT INTO beacon.schema_migrations (version, name) SELECT 7, 'visits' WHERE 7 NOT IN (SELECT version FROM beacon.schema_migrations);
 INSERT INTO beacon.schema_migrations (version, name) SELECT 8, 'ad viewability' WHERE 8 NOT IN (SELECT version FROM beacon.schema_migrations);
+INSERT INTO beacon.schema_migrations (version, name) SELECT 9, 'invalid traffic' WHERE 9 NOT IN (SELECT version FROM beacon.schema_migrations);

@@ -42,6 +42,7 @@ CREATE TABLE IF NOT EXISTS beacon.events
     `machine_open` UInt8,
     `machine_reason` LowCardinality(String),
     `mail_proxy` LowCardinality(String),
+    `ivt` LowCardinality(String),
     `ip` String,
     `country` LowCardinality(String),
     `visitor_id` UInt64,
@@ -86,6 +87,7 @@ CREATE TABLE IF NOT EXISTS beacon.rollup_events_hourly
     `machine_open` UInt8,
     `is_bot` UInt8,
     `proxied` UInt8,
+    `ivt` LowCardinality(String),
     `events_settled` SimpleAggregateFunction(sum, UInt64),
     `events_live` AggregateFunction(uniqExact, UUID),
     `live` SimpleAggregateFunction(max, UInt8),
@@ -96,7 +98,8 @@ CREATE TABLE IF NOT EXISTS beacon.rollup_events_hourly
 )
 ENGINE = AggregatingMergeTree
 PARTITION BY toDate(period)
-ORDER BY (site, campaign, ad, period, event_type, verified, machine_open, is_bot, proxied)
+PRIMARY KEY (site, campaign, ad, period, event_type, verified, machine_open, is_bot, proxied)
+ORDER BY (site, campaign, ad, period, event_type, verified, machine_open, is_bot, proxied, ivt)
 TTL period + toIntervalDay(395)
 SETTINGS index_granularity = 8192;
 
@@ -198,6 +201,7 @@ CREATE TABLE IF NOT EXISTS beacon.rollup_viewability_hourly
     `verified` UInt8,
     `kind` LowCardinality(String),
     `measured` UInt8,
+    `ivt` LowCardinality(String),
     `events_settled` SimpleAggregateFunction(sum, UInt64),
     `events_live` AggregateFunction(uniqExact, UUID),
     `live` SimpleAggregateFunction(max, UInt8),
@@ -205,7 +209,8 @@ CREATE TABLE IF NOT EXISTS beacon.rollup_viewability_hourly
 )
 ENGINE = AggregatingMergeTree
 PARTITION BY toDate(period)
-ORDER BY (site, campaign, ad, period, event_type, verified, kind, measured)
+PRIMARY KEY (site, campaign, ad, period, event_type, verified, kind, measured)
+ORDER BY (site, campaign, ad, period, event_type, verified, kind, measured, ivt)
 TTL period + toIntervalDay(395)
 SETTINGS index_granularity = 8192;
 
@@ -277,6 +282,7 @@ CREATE MATERIALIZED VIEW IF NOT EXISTS beacon.rollup_events_hourly_mv TO beacon.
     `machine_open` UInt8,
     `is_bot` UInt8,
     `proxied` LowCardinality(UInt8),
+    `ivt` LowCardinality(String),
     `events_settled` UInt64,
     `events_live` AggregateFunction(uniqExact, UUID),
     `live` UInt8,
@@ -295,6 +301,7 @@ AS SELECT
     machine_open AS machine_open,
     is_bot AS is_bot,
     mail_proxy != '' AS proxied,
+    ivt AS ivt,
     toUInt64(0) AS events_settled,
     uniqExactState(event_id) AS events_live,
     toUInt8(1) AS live,
@@ -313,7 +320,8 @@ GROUP BY
     verified,
     machine_open,
     is_bot,
-    proxied;
+    proxied,
+    ivt;
 
 CREATE MATERIALIZED VIEW IF NOT EXISTS beacon.rollup_orders_mv TO beacon.rollup_orders
 (
@@ -443,6 +451,7 @@ CREATE MATERIALIZED VIEW IF NOT EXISTS beacon.rollup_viewability_hourly_mv TO be
     `verified` UInt8,
     `kind` String,
     `measured` UInt8,
+    `ivt` LowCardinality(String),
     `events_settled` UInt64,
     `events_live` AggregateFunction(uniqExact, UUID),
     `live` UInt8,
@@ -457,6 +466,7 @@ AS SELECT
     verified AS verified,
     props['kind'] AS kind,
     (props['measured']) = '1' AS measured,
+    ivt AS ivt,
     toUInt64(0) AS events_settled,
     uniqExactState(event_id) AS events_live,
     toUInt8(1) AS live,
@@ -471,7 +481,8 @@ GROUP BY
     event_type,
     verified,
     kind,
-    measured;
+    measured,
+    ivt;
 
 -- The migrations this schema already has, so consumers apply none of them again.
 INSERT INTO beacon.schema_migrations (version, name) SELECT 1, 'create events' WHERE 1 NOT IN (SELECT version FROM beacon.schema_migrations);
@@ -482,3 +493,4 @@ INSERT INTO beacon.schema_migrations (version, name) SELECT 5, 'rollups' WHERE 5
 INSERT INTO beacon.schema_migrations (version, name) SELECT 6, 'country' WHERE 6 NOT IN (SELECT version FROM beacon.schema_migrations);
 INSERT INTO beacon.schema_migrations (version, name) SELECT 7, 'visits' WHERE 7 NOT IN (SELECT version FROM beacon.schema_migrations);
 INSERT INTO beacon.schema_migrations (version, name) SELECT 8, 'ad viewability' WHERE 8 NOT IN (SELECT version FROM beacon.schema_migrations);
+INSERT INTO beacon.schema_migrations (version, name) SELECT 9, 'invalid traffic' WHERE 9 NOT IN (SELECT version FROM beacon.schema_migrations);
