@@ -22,6 +22,7 @@ from typing import Any
 import orjson
 
 from analytics.funnel import Query, conversions, funnel_counts, memo, plan_for
+from analytics.ivt import DUPLICATE_CLICK_WINDOW_S
 from analytics.report import cell, run_query
 from analytics.report_window import Filters, Window
 from analytics.settings import StoreSettings
@@ -66,6 +67,7 @@ def funnel(
     return {
         "sent": sent,
         "impressions": counts["impressions"],
+        "invalid_impressions": counts["invalid_impressions"],
         "opens": counts["opens"],
         "unique_opens": counts["unique_opens"],
         "human_opens": counts["opens"] - counts["machine_opens"],
@@ -75,6 +77,7 @@ def funnel(
         "clicks": counts["clicks"],
         "machine_clicks": counts["machine_clicks"],
         "unique_clicks": counts["unique_clicks"],
+        "invalid_clicks": counts["invalid_clicks"],
         "ctr": ctr,
         "click_to_open_rate": ratio(counts["unique_clicks"], counts["unique_opens"]),
         "conversions": converted,
@@ -92,10 +95,14 @@ def campaign_report(
     verified_only: bool = False,
     source: str = "rollup",
     window: Window | None = None,
+    include_ivt: bool = False,
+    duplicate_click_window_s: int = DUPLICATE_CLICK_WINDOW_S,
 ) -> dict[str, Any]:
     """The campaign's funnel, and the same figures per ad when it has ads."""
     window = window or Window.last_days(days)
-    filters = Filters(site, campaign, None, verified_only)
+    filters = Filters(
+        site, campaign, None, verified_only, (), include_ivt, duplicate_click_window_s
+    )
     query = memo(query)
     plan = plan_for(query, window, source)
     [total] = funnel_counts(query, window, filters, (), None, source, plan).values()
@@ -120,8 +127,10 @@ def campaign_report(
 
 
 # What the table shows of each ad of a campaign (JSON carries every figure).
-AD_LINES = ("impressions", "viewable_impressions", "viewability_rate", "clicks", "unique_clicks",
-            "ctr", "conversions", "revenue")  # fmt: skip
+AD_LINES = (
+    "impressions", "invalid_impressions", "viewable_impressions", "viewability_rate", "clicks",
+    "unique_clicks", "invalid_clicks", "ctr", "conversions", "revenue",
+)  # fmt: skip
 
 
 def format_campaign(report: dict[str, Any]) -> str:
@@ -142,7 +151,7 @@ def campaign_text(settings: StoreSettings, args: argparse.Namespace, window: Win
         return run_query(settings, sql)
 
     if args.attribution:
-        filters = Filters(args.site, args.campaign, None, args.verified)
+        filters = Filters(args.site, args.campaign, None, args.verified, (), args.include_ivt)
         found = [
             row
             for per_key in conversions(query, window, filters, source=args.source).values()
@@ -161,7 +170,8 @@ def campaign_text(settings: StoreSettings, args: argparse.Namespace, window: Win
         return "\n".join([header, *body]) + "\n"
     report = campaign_report(
         query, args.campaign, site=args.site, sent=args.sent, verified_only=args.verified,
-        source=args.source, window=window,
+        source=args.source, window=window, include_ivt=args.include_ivt,
+        duplicate_click_window_s=settings.duplicate_click_window_s,
     )  # fmt: skip
     if args.format == "json":
         return orjson.dumps(report, option=orjson.OPT_INDENT_2).decode() + "\n"

@@ -8,11 +8,13 @@ events can tell: the scanner rule's machine opens and clicks. `raw` reads everyt
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
+from functools import partial
 from typing import Any
 
 import orjson
 
 from analytics import raw_query, rollup_query, scanner_query
+from analytics.duplicate_clicks import duplicate_clicks_sql
 from analytics.report_window import Filters, Window, bucket, sql_string
 
 # Runs one query and returns its JSONEachRow text: the store's query port, ClickHouse over
@@ -23,6 +25,7 @@ FUNNEL_TYPES = "event_type IN ('send', 'open', 'click', 'impression')"
 COUNTS = (
     "sent_events",
     "impressions",
+    "invalid_impressions",
     "opens",
     "machine_opens",
     "proxied_opens",
@@ -31,6 +34,7 @@ COUNTS = (
     "clicks",
     "machine_clicks",
     "unique_clicks",
+    "invalid_clicks",
 )
 Key = tuple[str, ...]
 
@@ -79,19 +83,21 @@ def funnel_counts(
     source: str = "rollup",
     plan: rollup_query.Plan | None = None,
 ) -> dict[Key, dict[str, int]]:
-    """COUNTS by (period, *keys), every machine-open rule applied. `plan`: plan_for's answer,
-    when the caller has it already."""
+    """COUNTS by (period, *keys), every machine-open and invalid-traffic rule applied.
+    `plan`: plan_for's answer, when the caller has it already."""
     where = f"{raw_query.where_sql(window, filters)} AND {FUNNEL_TYPES}"
     key_names = names(keys, group)
+    valid = filters.valid("e.")
     if source == "raw":
-        found = rows(query, raw_query.funnel_sql(where, keys, group))
-        return {key_of(r, key_names): {c: r[c] for c in COUNTS} for r in found}
+        found = rows(query, raw_query.funnel_sql(where, keys, group, valid))
+        counts = {key_of(r, key_names): {c: r[c] for c in COUNTS} for r in found}
+        return without_duplicates(query, counts, window, filters, keys, group)
     # The rollup's flags are the consumer's per-row rules; the scanner rule needs each
     # recipient's clicks in time order, which only raw events have (it reads clicks only).
     plan = plan or plan_for(query, window, source)
     found = rows(query, rollup_query.funnel_sql(window, filters, keys, group, plan, FUNNEL_TYPES))
     counts = {key_of(r, key_names): {c: r[c] for c in COUNTS} for r in found}
-    for fix in scanner_query.correction(lambda sql: rows(query, sql), where, keys, group):
+    for fix in scanner_query.correction(partial(rows, query), where, keys, group, valid):
         row = counts.get(key_of(fix, key_names))
         if row is None:  # a burst's events are in the rollup too; nothing to correct
             continue
@@ -99,6 +105,30 @@ def funnel_counts(
         row["machine_clicks"] += fix["machine_clicks"]
         row["unique_human_opens"] -= fix["unique_human_opens"]
         row["unique_clicks"] -= fix["unique_clicks"]
+    return without_duplicates(query, counts, window, filters, keys, group)
+
+
+def without_duplicates(
+    query: Query,
+    counts: dict[Key, dict[str, int]],
+    window: Window,
+    filters: Filters,
+    keys: tuple[str, ...],
+    group: str | None,
+) -> dict[Key, dict[str, int]]:
+    """`counts` with the duplicate clicks (analytics/duplicate_clicks.py) counted invalid,
+    and left out of the clicks unless invalid traffic is included. A duplicate's person
+    clicked before: unique clicks stay."""
+    if filters.duplicate_click_window_s <= 0:
+        return counts
+    sql = duplicate_clicks_sql(window, filters, keys, group)
+    for found in rows(query, sql):
+        row = counts.get(key_of(found, names(keys, group)))
+        if row is None:  # every duplicate is a click of the funnel too
+            continue
+        row["invalid_clicks"] += found["duplicate_clicks"]
+        if not filters.include_ivt:
+            row["clicks"] -= found["duplicate_clicks"]
     return counts
 
 

@@ -18,3 +18,6 @@ REASONS = (*STORED_REASONS, DUPLICATE_CLICK)
 # The events reports leave invalid traffic out of. Sends and opens are email's, with rules
 # of their own (analytics/machine_opens.py: a crawler's open is a machine open there).
 FILTERED_TYPES = ("impression", "viewable", "click")
+# BEACON_DUPLICATE_CLICK_WINDOW_S: a click this soon after the same person's click on the same
+# ad is a duplicate (0: none is).
+DUPLICATE_CLICK_WINDOW_S = 30

@@ -40,26 +40,32 @@ def group_by(keys: tuple[str, ...], group: str | None) -> str:
     return f"GROUP BY {', '.join(names)} ORDER BY {', '.join(names)}" if names else ""
 
 
-def funnel_sql(where: str, keys: tuple[str, ...] = (), group: str | None = None) -> str:
-    """The funnel counts of the events matching `where`, every machine rule applied."""
+def funnel_sql(
+    where: str, keys: tuple[str, ...] = (), group: str | None = None, valid: str = "1"
+) -> str:
+    """The funnel counts of the events matching `where`, every machine rule applied;
+    impressions and clicks under `valid` (Filters.valid over `e.`), and the invalid ones
+    apart."""
     names = "".join(k + ", " for k in ([group] if group else []) + list(keys))
     bursts = scanner_bursts_sql(f"{EVENTS} FINAL", where)
     return f"""
 WITH bursts AS ({bursts})
 SELECT {names}
     uniqExactIf(person, event_type = 'send') AS sent_events,
-    countIf(event_type = 'impression') AS impressions,
+    countIf(event_type = 'impression' AND valid) AS impressions,
+    countIf(event_type = 'impression' AND ivt != '') AS invalid_impressions,
     countIf(event_type = 'open') AS opens,
     countIf(event_type = 'open' AND machine) AS machine_opens,
     countIf(event_type = 'open' AND mail_proxy != '') AS proxied_opens,
     uniqExactIf(person, event_type = 'open') AS unique_opens,
     uniqExactIf(person, event_type = 'open' AND NOT machine) AS unique_human_opens,
-    countIf(event_type = 'click') AS clicks,
-    countIf(event_type = 'click' AND machine) AS machine_clicks,
-    uniqExactIf(person, event_type = 'click' AND NOT machine) AS unique_clicks
+    countIf(event_type = 'click' AND valid) AS clicks,
+    countIf(event_type = 'click' AND valid AND machine) AS machine_clicks,
+    uniqExactIf(person, event_type = 'click' AND valid AND NOT machine) AS unique_clicks,
+    countIf(event_type = 'click' AND ivt != '') AS invalid_clicks
 FROM (
     SELECT {inner_keys(keys, group)}e.event_type AS event_type, e.mail_proxy AS mail_proxy,
-           {person("e.")} AS person,
+           {person("e.")} AS person, e.ivt AS ivt, {valid} AS valid,
            ({FLAGGED} OR {IN_BURST}) AS machine
     FROM {EVENTS} AS e FINAL
     LEFT JOIN bursts AS b ON e.message = b.message AND e.recipient = b.recipient

@@ -21,8 +21,8 @@ from analytics.web import WEB_KEYS, WebConfig
 def add_arguments(sub: argparse.ArgumentParser) -> None:
     sub.add_argument(
         "--view", choices=VIEWS,
-        help="events (default), campaign, ad, site, pages, referrers; web: visits, sources, "
-        "countries, devices, goals, realtime: a row per each",
+        help="events (default), campaign, ad, site, pages, referrers, ivt; web: visits, "
+        "sources, countries, devices, goals, realtime: a row per each",
     )  # fmt: skip
     sub.add_argument("--days", type=int, default=7, help="the last N x 24 hours (default 7)")
     sub.add_argument("--from", dest="start", help="start, UTC ISO date or hour (with --to)")
@@ -34,6 +34,9 @@ def add_arguments(sub: argparse.ArgumentParser) -> None:
     sub.add_argument("--by-day", action="store_true", help="with --campaign: daily counts")
     sub.add_argument("--sent", type=int, help="messages sent (else: send events)")
     sub.add_argument("--verified", action="store_true", help="signed events only")
+    sub.add_argument("--include-ivt", action="store_true",
+                     help="count invalid traffic (crawlers, data centers, prefetches, duplicate "
+                     "clicks) in the ad figures too; --view ivt lists it")  # fmt: skip
     sub.add_argument("--filter", action="append", default=[], metavar="KEY=VALUE",
                      help="web views: only visits with this source, country, page, goal... "
                      f"(repeatable; keys: {', '.join(WEB_KEYS)})")  # fmt: skip
@@ -67,7 +70,10 @@ def report_text(settings: StoreSettings, args: argparse.Namespace) -> str:
             raise ValueError("--campaign and --attribution print a table or JSON; for CSV use "
                              "--view campaign or --view ad")  # fmt: skip
         return campaign_text(settings, args, window)
-    filters = Filters(args.site, args.campaign, args.ad, args.verified, web_filters(args.filter))
+    filters = Filters(
+        args.site, args.campaign, args.ad, args.verified, web_filters(args.filter),
+        args.include_ivt, settings.duplicate_click_window_s,
+    )  # fmt: skip
     group = args.group or ("day" if args.view in (None, "events") else None)
     request = Request(
         args.view or "events",

@@ -5,6 +5,8 @@ from __future__ import annotations
 import datetime as dt
 from dataclasses import dataclass
 
+from analytics.ivt import DUPLICATE_CLICK_WINDOW_S
+
 HOUR = dt.timedelta(hours=1)
 DAY = dt.timedelta(days=1)
 GROUPS = ("hour", "day")
@@ -84,6 +86,14 @@ class Filters:
     # Web filters, (key, value) over a visit's columns (analytics/web.py WEB_KEYS): only the
     # web figures read them.
     web: tuple[tuple[str, str], ...] = ()
+    # Invalid traffic (analytics/ivt.py): left out of the ad figures unless included.
+    include_ivt: bool = False
+    duplicate_click_window_s: int = DUPLICATE_CLICK_WINDOW_S
+
+    def valid(self, table: str = "") -> str:
+        """The condition an impression, viewable event or click counts under: valid traffic
+        only ("1" when invalid traffic is included). `table`: "e." in a join."""
+        return "1" if self.include_ivt else f"{table}ivt = ''"
 
     def sql(self, columns: frozenset[str] = ID_COLUMNS) -> str:
         """Conditions over the named columns that a table has ("1" for none)."""

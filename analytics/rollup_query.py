@@ -13,6 +13,7 @@ import datetime as dt
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 
+from analytics.ivt import FILTERED_TYPES
 from analytics.report_window import DAY, Filters, Window, bucket, sql_time
 from analytics.rollups import (
     CLICKS,
@@ -133,17 +134,20 @@ def funnel_sql(
     """Funnel counts by the events' own flags (the scanner rule comes on top: funnel.py)."""
     human_open = "event_type = 'open' AND machine_open = 0"
     human_click = "event_type = 'click' AND machine_open = 0 AND is_bot = 0"
+    valid = filters.valid()
     select = [
         "uniqExactMergeIf(people, event_type = 'send') AS sent_events",
-        count("event_type = 'impression'") + " AS impressions",
+        count(f"event_type = 'impression' AND {valid}") + " AS impressions",
+        count("event_type = 'impression' AND ivt != ''") + " AS invalid_impressions",
         count("event_type = 'open'") + " AS opens",
         count("event_type = 'open' AND machine_open = 1") + " AS machine_opens",
         count("event_type = 'open' AND proxied = 1") + " AS proxied_opens",
         "uniqExactMergeIf(people, event_type = 'open') AS unique_opens",
         f"uniqExactMergeIf(people, {human_open}) AS unique_human_opens",
-        count("event_type = 'click'") + " AS clicks",
-        count(f"event_type = 'click' AND NOT ({human_click})") + " AS machine_clicks",
-        f"uniqExactMergeIf(people, {human_click}) AS unique_clicks",
+        count(f"event_type = 'click' AND {valid}") + " AS clicks",
+        count(f"event_type = 'click' AND {valid} AND NOT ({human_click})") + " AS machine_clicks",
+        f"uniqExactMergeIf(people, {human_click} AND {valid}) AS unique_clicks",
+        count("event_type = 'click' AND ivt != ''") + " AS invalid_clicks",
     ]
     source = rows_sql(EVENTS_HOURLY, window, f"{filters.sql(EVENT_COLUMNS)} AND {where}", plan)
     return grouped(select, source, keys_sql(keys, group))
@@ -245,9 +249,22 @@ def viewability_sql(
     window: Window, filters: Filters, keys: tuple[str, ...], group: str | None, plan: Plan
 ) -> str:
     """The /a.js tag's measured and viewable impressions by key (analytics/viewability.py)."""
+    valid = filters.valid()
     select = [
-        count("event_type = 'impression' AND measured = 1") + " AS measured_impressions",
-        count("event_type = 'viewable'") + " AS viewable_impressions",
+        count(f"event_type = 'impression' AND measured = 1 AND {valid}")
+        + " AS measured_impressions",
+        count(f"event_type = 'viewable' AND {valid}") + " AS viewable_impressions",
     ]
     source = rows_sql(VIEWABILITY_HOURLY, window, filters.sql(EVENT_COLUMNS), plan)
     return grouped(select, source, keys_sql(keys, group))
+
+
+def ivt_sql(window: Window, filters: Filters, group: str | None, plan: Plan) -> str:
+    """The invalid impressions, viewable events and clicks the consumer classified, by
+    campaign, ad, event type and reason (duplicate clicks come from
+    analytics/duplicate_clicks.py)."""
+    types = ", ".join(f"'{t}'" for t in FILTERED_TYPES)
+    where = f"{filters.sql(EVENT_COLUMNS)} AND ivt != '' AND event_type IN ({types})"
+    source = rows_sql(EVENTS_HOURLY, window, where, plan)
+    keys = [*keys_sql(("campaign", "ad", "event_type"), group), "ivt AS reason"]
+    return grouped([count() + " AS events"], source, keys)

@@ -38,16 +38,20 @@ def seconds_between(start_ms: int, end_ms: int) -> int:
     return end_ms // 1000 - start_ms // 1000
 
 
-def correction(fetch: Fetch, where: str, keys: tuple[str, ...], group: str | None) -> list[dict]:
+def correction(
+    fetch: Fetch, where: str, keys: tuple[str, ...], group: str | None, valid: str = "1"
+) -> list[dict]:
     """correction_sql's rows, in steps: the candidate clicks; the send times of those people;
     their opens and clicks, counted here. Each step reads little; the people are named in
-    the statement (as tuples for IN, which ClickHouse turns into a set)."""
+    the statement (as tuples for IN, which ClickHouse turns into a set). Bursts are found
+    among every click; the clicks counted are those under `valid` (Filters.valid over `e.`):
+    a scanner's invalid click is left out like any other."""
     found = fetch(scanner_candidates_sql(EVENTS, where))
     people = {(r["message"], r["recipient"]) for r in found}
     if not people:
         return []
     if len(people) > MAX_LISTED_PEOPLE:
-        return fetch(correction_sql(where, keys, group))
+        return fetch(correction_sql(where, keys, group, valid))
     sent = {(r["message"], r["recipient"]): r["sent_ms"] for r in fetch(sends_sql(where, people))}
     bursts: dict[tuple[str, str], int] = {}
     for row in found:
@@ -58,7 +62,7 @@ def correction(fetch: Fetch, where: str, keys: tuple[str, ...], group: str | Non
     if not bursts:
         return []
     per: dict[tuple, dict[str, Any]] = {}
-    for row in fetch(people_events_sql(where, set(bursts), group)):
+    for row in fetch(people_events_sql(where, set(bursts), group, valid)):
         key = tuple(row[k] for k in ([group] if group else []) + list(keys))
         person = (row["message"], row["recipient"])
         counts = per.setdefault((*key, *person), {"key": key, "burst": set(), "human": set()})
@@ -91,9 +95,11 @@ WHERE event_type = 'send' AND ({where}) AND (message, recipient) IN ({listed(peo
 GROUP BY message, recipient"""
 
 
-def people_events_sql(where: str, people: set[tuple[str, str]], group: str | None) -> str:
-    """The unflagged opens and clicks of `people` (each stored copy: counted by event id),
-    with every key a report may group by: one statement for any grouping."""
+def people_events_sql(
+    where: str, people: set[tuple[str, str]], group: str | None, valid: str = "1"
+) -> str:
+    """The unflagged opens and valid clicks of `people` (each stored copy: counted by event
+    id), with every key a report may group by: one statement for any grouping."""
     return f"""
 SELECT {inner_keys(("site", "campaign", "ad"), group)}e.message AS message,
        e.recipient AS recipient,
@@ -101,10 +107,13 @@ SELECT {inner_keys(("site", "campaign", "ad"), group)}e.message AS message,
        toUnixTimestamp64Milli(e.received_at) AS t_ms
 FROM {EVENTS} AS e
 WHERE {where} AND e.event_type IN ('open', 'click') AND NOT {FLAGGED}
+  AND (e.event_type = 'open' OR {valid})
   AND (e.message, e.recipient) IN ({listed(people)})"""
 
 
-def correction_sql(where: str, keys: tuple[str, ...] = (), group: str | None = None) -> str:
+def correction_sql(
+    where: str, keys: tuple[str, ...] = (), group: str | None = None, valid: str = "1"
+) -> str:
     """By (period, *keys): opens and clicks the rule makes machine ones (not flagged
     already), and people it leaves without a human open or click; one statement."""
     names = "".join(k + ", " for k in ([group] if group else []) + list(keys))
@@ -126,6 +135,7 @@ FROM (
         FROM {EVENTS} AS e
         INNER JOIN bursts AS b ON e.message = b.message AND e.recipient = b.recipient
         WHERE {where} AND e.event_type IN ('open', 'click') AND NOT {FLAGGED}
+          AND (e.event_type = 'open' OR {valid})
     )
     GROUP BY {names}person
 )

@@ -69,6 +69,13 @@ class StoreSettings:
         min=1,
         max=86400,
     )
+    duplicate_click_window_s: int = setting(
+        30,
+        "a click on an ad this soon after the same person's click on it is a duplicate, "
+        "invalid traffic that reports leave out (0: none is)",
+        min=0,
+        max=86400,
+    )
     goals: tuple[str, ...] = setting(
         (),
         "goals, comma-separated: a custom event's name, or a page path starting with /; "

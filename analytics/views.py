@@ -11,24 +11,27 @@ sources    the same per source group, referrer host and UTM source, medium and c
 countries  the same per country
 devices    the same per device type, browser and operating system
 goals      per goal, source and UTM campaign: visitors, converted visitors, conversion rate
+ivt        invalid impressions, viewable events and clicks left out, by campaign, ad, reason
 realtime   visitors and page views per site in the last five minutes (raw events)
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 from analytics import rollup_query
 from analytics.campaign_report import funnel, revenue_by_currency
+from analytics.duplicate_clicks import duplicate_clicks_sql
 from analytics.funnel import COUNTS, Query, conversions, funnel_counts, names, plan_for, rows
+from analytics.ivt import DUPLICATE_CLICK
 from analytics.report_window import Filters, Window
 from analytics.viewability import figures, viewability_counts
 from analytics.web import FIGURES, GOAL_FIGURES, WebConfig, goal_rows, realtime_rows, visit_rows
 
 NO_FILTERS = Filters()
 VIEWS = ("events", "campaign", "ad", "site", "pages", "referrers", "visits", "sources",
-         "countries", "devices", "goals", "realtime")  # fmt: skip
+         "countries", "devices", "goals", "realtime", "ivt")  # fmt: skip
 # The web views: the keys of their rows (analytics/web.py).
 VISIT_KEYS = {
     "visits": ("site",),
@@ -57,6 +60,7 @@ TABLE_COLUMNS = {
     **{view: keys + FIGURES for view, keys in VISIT_KEYS.items()},
     "goals": ("site", "goal", "source", "utm_campaign", *GOAL_FIGURES),
     "realtime": ("site", "visitors", "pageviews"),
+    "ivt": ("campaign", "ad", "event_type", "reason", "events"),
 }  # fmt: skip
 
 
@@ -99,6 +103,8 @@ def view_rows(query: Query, request: Request) -> list[dict[str, Any]]:
         return rows(query, rollup_query.pages_sql(window, filters, request.limit, plan))
     if request.view == "referrers":
         return rows(query, rollup_query.referrers_sql(window, filters, request.limit, plan))
+    if request.view == "ivt":
+        return ivt_rows(query, request, plan)
     raise ValueError(f"unknown view {request.view!r}; one of {', '.join(VIEWS)}")
 
 
@@ -123,6 +129,22 @@ def funnel_rows(query: Query, request: Request, keys: tuple[str, ...]) -> list[d
     return out
 
 
+def ivt_rows(query: Query, request: Request, plan: rollup_query.Plan) -> list[dict[str, Any]]:
+    """What the ad figures leave out as invalid traffic, and why: the consumer's reasons and
+    the duplicate clicks, by campaign, ad and event type (and period)."""
+    window, filters, group = request.window, request.filters, request.group
+    found = rows(query, rollup_query.ivt_sql(window, filters, group, plan))
+    if filters.duplicate_click_window_s > 0:
+        sql = duplicate_clicks_sql(window, filters, ("campaign", "ad"), group)
+        found += [
+            {**{k: r[k] for k in names(("campaign", "ad"), group)}, "event_type": "click",
+             "reason": DUPLICATE_CLICK, "events": r["duplicate_clicks"]}
+            for r in rows(query, sql)
+        ]  # fmt: skip
+    order = [*names(("campaign", "ad", "event_type", "reason"), group)]
+    return sorted(found, key=lambda r: tuple(str(r[k]) for k in order))
+
+
 def site_rows(query: Query, request: Request) -> list[dict[str, Any]]:
     """Traffic per site, with the conversions whose pixel is on that site."""
     window, filters = request.window, request.filters
@@ -130,7 +152,7 @@ def site_rows(query: Query, request: Request) -> list[dict[str, Any]]:
     sql = rollup_query.site_sql(window, filters, request.group, plan)
     found = rows(query, sql)
     key_names = names(("site",), request.group)
-    site_filters = Filters(site=filters.site, verified_only=filters.verified_only)
+    site_filters = replace(filters, campaign=None, ad=None, web=())
     converted = conversions(
         query, window, site_filters, ("site",), request.group, request.source, plan
     )

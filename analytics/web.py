@@ -16,6 +16,7 @@ from typing import Any, Protocol
 
 from analytics import visits
 from analytics.funnel import Query, rows
+from analytics.ivt import DUPLICATE_CLICK_WINDOW_S
 from analytics.report_window import DAY, Filters, Window, bucket, sql_string, sql_time
 from analytics.rollup_query import day_list
 from analytics.rollups import EVENTS_HOURLY, SETTLING
@@ -35,17 +36,24 @@ REALTIME_S = 300
 
 @dataclass(frozen=True)
 class WebConfig:
-    """The report-time settings of web figures (BEACON_VISIT_GAP_S, _GOALS, _SITE_HOSTS)."""
+    """The report-time settings of web figures (BEACON_VISIT_GAP_S, _GOALS, _SITE_HOSTS), and
+    the dashboard's duplicate click window (BEACON_DUPLICATE_CLICK_WINDOW_S)."""
 
     visit_gap_s: int = visits.DEFAULT_VISIT_GAP_S
     goals: tuple[str, ...] = ()  # empty: every custom event is a goal
     site_hosts: Mapping[str, tuple[str, ...]] = field(default_factory=dict)
+    duplicate_click_window_s: int = DUPLICATE_CLICK_WINDOW_S
 
     @classmethod
     def from_settings(cls, settings: Any) -> WebConfig:
         from analytics.settings import site_hosts_of
 
-        return cls(settings.visit_gap_s, settings.goals, site_hosts_of(settings.site_hosts))
+        return cls(
+            settings.visit_gap_s,
+            settings.goals,
+            site_hosts_of(settings.site_hosts),
+            settings.duplicate_click_window_s,
+        )
 
 
 class Asked(Protocol):

@@ -28,10 +28,13 @@ def buckets(window: Window, group: str) -> list[str]:
     return out
 
 
-def mail_filters(filters: Filters) -> Filters:
+def mail_filters(filters: Filters, web: WebConfig) -> Filters:
     """What the email and ad figures are filtered by: the event ids (a visit's source,
-    country or page says nothing of an open)."""
-    return Filters(filters.site, filters.campaign, filters.ad, filters.verified_only)
+    country or page says nothing of an open); invalid traffic left out."""
+    return Filters(
+        filters.site, filters.campaign, filters.ad, filters.verified_only,
+        duplicate_click_window_s=web.duplicate_click_window_s,
+    )  # fmt: skip
 
 
 def dashboard_data(
@@ -47,7 +50,7 @@ def dashboard_data(
         # Every site of the range, whatever is chosen: the picker offers the others too.
         "sites": view_rows(query, Request("site", window)),
         "web": web_data(query, window, group, filters, web, labels),
-        **mail_data(query, window, group, mail_filters(filters), labels),
+        **mail_data(query, window, group, mail_filters(filters, web), labels),
     }
 
 

@@ -45,6 +45,14 @@ WEB_KEYS_OF = {
 }  # fmt: skip
 
 
+# docs/reports.md "Invalid traffic".
+IVT_NOTE = (
+    "Impressions, viewability and clicks leave invalid traffic out: known crawlers, data-center "
+    "addresses, prefetches and duplicate clicks; the invalid columns count it "
+    "(<code>beacon report --view ivt</code> says why)."
+)
+
+
 def kpi(key: str, label: str, value: str, note: str = "", extra: str = "") -> str:
     return (
         f'<div class="kpi{" live" if key == "realtime" else ""}" data-kpi="{key}"{extra}>'
@@ -181,6 +189,8 @@ def mail_section(data: dict[str, Any], selection: Selection) -> str:
         Column("viewability_rate", "Viewability", "rate"), Column("clicks", "Clicks"),
         Column("machine_clicks", "Machine clicks"), Column("ctr", "CTR", "rate"),
         Column("conversions", "Conversions"), Column("revenue", "Revenue"),
+        Column("invalid_impressions", "Invalid impressions"),
+        Column("invalid_clicks", "Invalid clicks"),
     ], selection, "impressions")  # fmt: skip
     note = ignored_note(selection, ID_KEYS)
     return (f"<h2>Email and ads{note}</h2>"
@@ -190,7 +200,7 @@ def mail_section(data: dict[str, Any], selection: Selection) -> str:
             f"{group}</h3>{machines}</section>"
             f'<section class="card wide" data-table="campaigns"><h3>Campaigns</h3>{campaigns}'
             f'</section><section class="card wide" data-table="ads"><h3>Ads</h3>{ads}'
-            "</section>")  # fmt: skip
+            f"<p class=\"note\">{IVT_NOTE}</p></section>")  # fmt: skip
 
 
 def gap(seconds: int) -> str:

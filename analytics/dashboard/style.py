@@ -74,6 +74,7 @@ tr.pick:hover td.key{text-decoration:underline}
 tr.pick td.key a::after{content:"";position:absolute;inset:0}
 td.muted{color:#8a94a6}
 .empty{color:#8a94a6;padding:8px 0;margin:0}
+p.note{color:#667085;font-size:12px;margin:8px 0 0}
 .note-filters{color:#8a94a6;font-size:12px;margin:-6px 0 8px}
 footer{padding:4px 28px 24px;color:#8a94a6;font-size:12px;max-width:1560px}
 footer p{margin:4px 0}
