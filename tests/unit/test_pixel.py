@@ -257,3 +257,15 @@ async def test_unknown_paths_and_methods_are_answered_as_before_and_counted(make
     unrouted = {"name": "beacon_requests_total", "endpoint": "unrouted"}
     assert metric_value(metrics, **unrouted, outcome="404") == 1
     assert metric_value(metrics, **unrouted, outcome="405") == 2
+
+
+async def test_a_client_cannot_set_network_or_purpose_itself(make_client):
+    """They come from the address and the request's headers alone: as parameters they are
+    junk (a pixel ignores them) or an unknown field (POST /e refuses the event)."""
+    sink = MemorySink()
+    client = await make_client(sink)
+    await client.get("/p.gif?s=a&network=data_center&purpose=prefetch")
+    refused = await client.post("/e", json={"s": "a", "purpose": "prefetch"})
+    assert refused.status == 400 and (await refused.json())["error"] == "unknown_field"
+    [event] = await stored(client, sink)
+    assert "network" not in event and "purpose" not in event
