@@ -13,6 +13,7 @@ from collector.geo import load_countries
 from collector.handlers import MAX_BODY_BYTES, Collector
 from collector.limits import body_guard
 from collector.metrics import CollectorMetrics
+from collector.networks import load_networks
 from collector.privacy import VisitorHasher
 from collector.ratelimit import rate_limit_buckets, rate_limit_middlewares
 from collector.redirect import ClickRedirect
@@ -64,8 +65,10 @@ def create_app(settings: Settings, sink: Sink, metrics: CollectorMetrics) -> web
     keyring = load_keyring(settings.signing_keys, settings.signing_key_file)
     gate = SignatureGate(keyring, settings.signature_policy, metrics)
     hasher = VisitorHasher(settings.secret.encode())
-    countries = load_countries(settings.geo_db)  # read once per process, kept for the next app
-    collector = Collector(settings, buffer, metrics, hasher, gate, countries)
+    # Each read once per process, kept for the next app.
+    countries = load_countries(settings.geo_db)
+    networks = load_networks(settings.network_db)
+    collector = Collector(settings, buffer, metrics, hasher, gate, countries, networks)
     collector.rate_buckets = rate_limit_buckets(settings)  # None when off: no middleware
     clicks = ClickRedirect(collector, keyring)
 

@@ -255,12 +255,17 @@ def build_event(
     verified: bool = False,
     event_id: str = "",
     country: str = "",
+    network: str = "",
+    purpose: str = "",
 ) -> dict[str, Any]:
     """The event row; raises Rejected for input that must not be stored (what it refuses
     depends on `fields` alone: see check_fields).
 
     `event_id` is made here unless given (the collector makes its own, to the hour for rows
-    kept without consent); `country` is the client's (collector/geo.py), "" when unknown.
+    kept without consent); `country` is the client's (collector/geo.py), "" when unknown;
+    `network` the class of its address (collector/networks.py) and `purpose` what a
+    speculative request said it is (collector/request_view.py), each on the wire only when
+    not "" (most events have neither, and consumers read a missing one as "").
     """
     event_type = fields.get("e") or "pageview"
     if event_type not in EVENT_TYPES:
@@ -297,6 +302,10 @@ def build_event(
     event["user_agent"] = user_agent
     event["ip"] = ip
     event["country"] = country
+    if network:
+        event["network"] = network
+    if purpose:
+        event["purpose"] = purpose
     event["visitor_id"] = visitor_id
     event["dnt"] = int(dnt)
     event["transport"] = transport

@@ -13,6 +13,7 @@ from aiohttp import web
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
 from collector import event as ev
+from collector.address_table import CachedLookup
 from collector.buffer import EventBuffer
 from collector.consent import (
     DROP,
@@ -25,12 +26,11 @@ from collector.consent import (
     strip_identifiers,
 )
 from collector.errors import json_error
-from collector.geo import CountryLookup
 from collector.json_event import parse_json_event
 from collector.metrics import CollectorMetrics
 from collector.pixel import CORS_HEADERS, GIF_BYTES, PIXEL_HEADERS, ROBOTS_TXT
 from collector.privacy import VisitorHasher, anonymise_ip, dnt_decision, normalise_ip, opted_out
-from collector.request_view import RequestView, is_prefetch
+from collector.request_view import RequestView, purpose
 from collector.sanitize import serialise
 from collector.settings import Settings
 from collector.signing import Keyring, SignatureGate
@@ -58,6 +58,7 @@ class Prepared(NamedTuple):
     notes: list[str]
     click_id: str  # the click id the row keeps ("" for other events and aggregate rows)
     new_visitor: bool = False  # it carries the visitor cookie id made for this request
+    flags: tuple[str, ...] = ()  # its `network` and `purpose`, those not "": counted at commit
 
 
 class Collector:
@@ -70,11 +71,13 @@ class Collector:
         metrics: CollectorMetrics,
         hasher: VisitorHasher,
         gate: SignatureGate | None = None,
-        countries: CountryLookup | None = None,
+        countries: CachedLookup | None = None,
+        networks: CachedLookup | None = None,
     ) -> None:
         self.settings = settings
-        # None: no data, every country is "".
-        self.countries = CountryLookup(None) if countries is None else countries
+        # None: no data, every country and network is "".
+        self.countries = CachedLookup(None) if countries is None else countries
+        self.networks = CachedLookup(None) if networks is None else networks
         self.gate = gate or SignatureGate(Keyring(), settings.signature_policy, metrics)
         self.buffer = buffer
         self.metrics = metrics
@@ -105,7 +108,11 @@ class Collector:
         self.accepted = Tallies(metrics.events_accepted, CounterTally)  # by transport
         self.fixed = Tallies(metrics.input_fixed, CounterTally)  # by reason
         self.limited = Tallies(metrics.rate_limited, CounterTally)  # by endpoint
-        tallies = (self.requests, self.hot_path_seconds, self.accepted, self.fixed, self.limited)
+        self.flagged = Tallies(metrics.events_flagged, CounterTally)  # by flag
+        tallies = (
+            self.requests, self.hot_path_seconds, self.accepted, self.fixed, self.limited,
+            self.flagged,
+        )  # fmt: skip
         metrics.folds += [t.fold for t in tallies]
 
     # -- shared steps ----------------------------------------------------------------------
@@ -190,6 +197,8 @@ class Collector:
         full_ip = self.client_ip(request)
         # From the whole address, before anonymise_ip truncates or drops it: every IP mode.
         country = self.countries(full_ip)
+        network = self.networks(full_ip)
+        speculative = purpose(headers)
         user_agent = headers.get("User-Agent", "")
         visitor_id = 0
         new_visitor = False
@@ -219,12 +228,17 @@ class Collector:
             verified=verified,
             event_id=self.new_event_id(received_ms),
             country=country,
+            network=network,
+            purpose=speculative,
         )
         row["consent"] = basis
         if aggregate:
             strip_identifiers(row)
         blob = serialise(row, notes)
-        return Prepared("", blob, transport, notes, row.get("click_id", ""), new_visitor)
+        flags: tuple[str, ...] = ()
+        if network or speculative:  # few events: no tuple work for the others
+            flags = tuple(filter(None, (network, speculative)))
+        return Prepared("", blob, transport, notes, row.get("click_id", ""), new_visitor, flags)
 
     def commit(self, prepared: Prepared) -> str:
         """Buffer a prepared event (or count why it is not stored); the outcome label."""
@@ -234,6 +248,8 @@ class Collector:
         if not self.buffer.offer(prepared.blob):
             return "buffer_full"
         self.accepted[prepared.transport].inc()
+        for flag in prepared.flags:
+            self.flagged[flag].inc()
         for note in prepared.notes:
             self.fixed[note].inc()
         return "recorded"
@@ -241,7 +257,7 @@ class Collector:
     # -- endpoints -------------------------------------------------------------------------
 
     async def pixel(self, request: web.Request) -> web.Response:
-        """GET/HEAD /p.gif: always the pixel; the event only when the request is a real view.
+        """GET/HEAD /p.gif: always the pixel; the event for a GET (HEAD asks for nothing).
 
         Connections that start with pixels are answered by collector/fastpath.py instead,
         through the same pixel_outcome and pixel_done."""
@@ -255,11 +271,11 @@ class Collector:
         return response
 
     def pixel_outcome(self, request: RequestView, issued: list[int] | None) -> str:
-        """The pixel's event, recorded when the request is a real view; the outcome label."""
+        """The pixel's event, recorded for a GET; the outcome label. A speculative GET
+        (prefetch, prerender, preview) is recorded too, with its `purpose`: reports leave it
+        out of the ad figures as invalid traffic, and count how much they left out."""
         if request.method == "HEAD":
             return "head"
-        if is_prefetch(request.headers):
-            return "prefetch"
         return self._pixel_event(request, issued)
 
     def pixel_done(self, outcome: str, started: float) -> None:

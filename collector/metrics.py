@@ -13,6 +13,8 @@ from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, mult
 from collector import event as ev
 from collector import json_event, signing
 from collector.destinations import REFUSALS
+from collector.networks import NETWORKS
+from collector.request_view import PURPOSES
 from collector.sanitize import BIDI_NOTE, NOTE, SURROGATE_NOTE
 
 # The hot path is answered from memory: its budget is tens of microseconds, so the buckets are too,
@@ -51,10 +53,10 @@ def _subclasses(cls: type[BaseException]) -> Iterable[type[BaseException]]:
 # would miss it. Dynamic sets are kept beside the code that makes them (collector/event.py,
 # json_event.py, signing.py, destinations.py); tests/unit/test_metric_labels.py checks that every
 # label the code emits is in here.
-PIXEL_OUTCOMES = ("recorded", "rejected", "unverified", "head", "prefetch", "dnt", "no_consent",
+PIXEL_OUTCOMES = ("recorded", "rejected", "unverified", "head", "dnt", "no_consent",
                   "buffer_full", "rate_limited", "error")  # fmt: skip
 EVENTS_OUTCOMES = ("recorded", "400", "413", "415", "429", "503")  # POST /e: 204 or the status
-CLICK_OUTCOMES = ("recorded", "rejected", "refused", "head", "prefetch", "dnt", "no_consent",
+CLICK_OUTCOMES = ("recorded", "rejected", "refused", "head", "dnt", "no_consent",
                   "buffer_full")  # fmt: skip
 REQUEST_OUTCOMES: dict[str, tuple[str, ...]] = {
     "pixel": PIXEL_OUTCOMES,
@@ -66,6 +68,8 @@ REQUEST_OUTCOMES: dict[str, tuple[str, ...]] = {
     "metrics": ("unreadable",),
 }
 TRANSPORTS = ("pixel", "beacon", "redirect")
+# An accepted event's invalid-traffic flags: its address's network, its request's purpose.
+FLAGS = (*NETWORKS, *PURPOSES)
 # Accepted events lost on their way to the sink: the reasons deploy/prometheus/alerts.yml pages on.
 LOSS_REASONS = ("buffer_full", "spool_full", "spool_error", "sink_error")
 DROP_REASONS = tuple(dict.fromkeys((
@@ -123,6 +127,14 @@ class CollectorMetrics:
             "beacon_events_dropped",
             "Events not stored, by reason (junk, privacy, full buffer or spool).",
             ["reason"],
+            registry=registry,
+        )
+        self.events_flagged = Counter(
+            "beacon_events_flagged",
+            "Events accepted into the buffer with an invalid-traffic flag, by flag: the"
+            " network of the client's address (data_center, crawler) or the purpose of a"
+            " speculative request (prefetch, prerender, preview); one with both counts in both.",
+            ["flag"],
             registry=registry,
         )
         self.input_fixed = Counter(
@@ -302,6 +314,7 @@ class CollectorMetrics:
             (self.requests, ((e, o) for e, outcomes in REQUEST_OUTCOMES.items() for o in outcomes)),
             (self.events_accepted, TRANSPORTS),
             (self.events_dropped, DROP_REASONS),
+            (self.events_flagged, FLAGS),
             (self.input_fixed, FIX_REASONS),
             (self.sink_events, ("spooled",)),
             (self.kafka_events, ("acked", "failed", "timeout")),

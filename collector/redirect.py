@@ -19,7 +19,6 @@ from collector.destinations import CLICK_PATH as PATH
 from collector.destinations import check_destination
 from collector.handlers import Collector
 from collector.loglimit import LimitedLog
-from collector.request_view import is_prefetch
 from collector.signing import VALID, Keyring, verify
 
 CLICK_ID_PARAM = "bcid"
@@ -94,10 +93,12 @@ class ClickRedirect:
             return "refused", web.Response(status=400, body=REFUSED_PAGE, headers=REFUSED_HEADERS)
         destination = request.query["d"]
         self.metrics.click_redirects.labels("redirected").inc()
-        # Link checkers probe with HEAD and browsers prefetch: both get where the link goes,
-        # neither is a click.
-        if request.method == "HEAD" or is_prefetch(request.headers):
-            return "head" if request.method == "HEAD" else "prefetch", self._redirect(destination)
+        # Link checkers probe with HEAD: they get where the link goes, and it is no click. A
+        # browser's prefetch is recorded with its `purpose` (Collector.prepare) and gets the
+        # click id: when the person follows the link, the browser uses the prefetched answer
+        # and sends nothing more, so this is the only request of that click.
+        if request.method == "HEAD":
+            return "head", self._redirect(destination)
         outcome, click_id = self._record(request, destination)
         if outcome == "recorded" and click_id:
             # Not for a row kept without consent (aggregate): it keeps no click id, and the

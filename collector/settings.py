@@ -70,6 +70,11 @@ class Settings:
         "IP-to-country data: a directory of -num CSV files, or CSV files (comma-separated); "
         "empty: the installed data; off: no country",
     )
+    network_db: str = setting(
+        "",
+        "data-center and crawler address ranges: a file in iporigin's range-table format; "
+        "empty: the installed iporigin package's; off: no network lookup",
+    )
     # Key material: kept out of repr, so out of logs and tracebacks.
     secret: str = dataclasses.field(
         default="",

@@ -1,14 +1,16 @@
-"""What the country lookup (collector/geo.py) costs, in one process.
+"""What the address lookups cost, in one process: the country (collector/geo.py) and the
+network class (collector/networks.py).
 
     python -m loadtest.bench_geo [--requests 10000] [--rounds 5] [--geo-db PATH]
+                                 [--network-db PATH]
 
-Prints the data's load time and the memory it adds, microseconds per lookup (a cache hit, a
-miss for IPv4 and for IPv6, and the IPv6 table as a list of Python ints beside the two arrays
-the collector keeps), and the pixel fast path's cost per request with the lookup off and on,
-run alternately in the same rounds: from one address (cache hits) and from a new address each
-time (every lookup a miss). Figures are the fastest chunk of 1,000 calls in microseconds per
-call (noise on a shared machine only adds time): compare them within one run.
-docs/performance.md "Country lookup" quotes them.
+Prints, for each, the data's load time and the memory it adds and microseconds per lookup (a
+cache hit, a miss for IPv4 and for IPv6; for countries also the IPv6 table as a list of Python
+ints beside the two arrays the collector keeps), then the pixel fast path's cost per request
+with no lookup, the country alone and both, run alternately in the same rounds: from one
+address (cache hits) and from a new address each time (every lookup a miss). Figures are the
+fastest chunk of 1,000 calls in microseconds per call (noise on a shared machine only adds
+time): compare them within one run. docs/performance.md "Address lookups" quotes them.
 """
 
 from __future__ import annotations
@@ -23,6 +25,7 @@ from bisect import bisect_right
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
+from collector.address_table import AddressTable, CachedLookup, release_freed_memory
 from collector.geo_data import data_files
 from loadtest.hotpath import CHUNK, HEADERS
 
@@ -50,8 +53,8 @@ def best_us(calls: Callable[[int, int], None], total: int, rounds: int) -> float
     return best / CHUNK * 1e6
 
 
-def public_addresses(table, count: int, v6: bool, seed: int) -> list[str]:  # type: ignore[no-untyped-def]
-    """`count` distinct addresses that have a country, spread over the table's segments."""
+def public_addresses(table: AddressTable, count: int, v6: bool, seed: int) -> list[str]:
+    """`count` distinct addresses that have a label, spread over the table's segments."""
     import ipaddress
 
     rng = random.Random(seed)
@@ -70,35 +73,44 @@ def public_addresses(table, count: int, v6: bool, seed: int) -> list[str]:  # ty
     return sorted(found, key=lambda _: rng.random())
 
 
+def measured_load(load: Callable[[], CachedLookup]) -> tuple[CachedLookup, float, int]:
+    """`load()`, the seconds it took and the RSS bytes it added (what earlier work freed is
+    handed back first: not this load's to count)."""
+    gc.collect()
+    release_freed_memory()
+    before = rss_bytes()
+    started = time.perf_counter()
+    lookup = load()
+    spent_s = time.perf_counter() - started
+    gc.collect()
+    return lookup, spent_s, rss_bytes() - before
+
+
 def main(argv: Sequence[str] | None = None) -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--requests", type=int, default=10_000, help="per round and case")
     p.add_argument("--rounds", type=int, default=5)
     p.add_argument("--geo-db", default="", help="BEACON_GEO_DB (default: the installed data)")
+    p.add_argument(
+        "--network-db", default="", help="BEACON_NETWORK_DB (default: the iporigin package's)"
+    )
     opts = p.parse_args(argv)
     n, rounds = max(opts.requests, CHUNK), opts.rounds
 
     from collector import geo
 
-    gc.collect()
-    before = rss_bytes()
-    started = time.perf_counter()
-    lookup = geo.load_countries(opts.geo_db)
-    first_s = time.perf_counter() - started
-    gc.collect()
-    added = rss_bytes() - before
+    lookup, first_s, added = measured_load(lambda: geo.load_countries(opts.geo_db))
     table = lookup.table
     if table is None:
         sys.exit("no country data: `make install` (with npm), or --geo-db PATH")
-    arrays = [table.v4_starts, table.v4_codes, table.v6_high, table.v6_low, table.v6_codes]
-    array_bytes = sum(a.itemsize * len(a) for a in arrays)
+    array_bytes = table.array_bytes
     files = data_files([Path(x) for x in opts.geo_db.split(",") if x] or [geo.DEFAULT_DIR])
     again = []
     for _ in range(2):
         began = time.perf_counter()
         geo.CountryTable.from_files(files)
         again.append(time.perf_counter() - began)
-    geo.release_freed_memory()
+    release_freed_memory()
     print(f"country data: {', '.join(str(f) for f in files)}")
     print(f"  {len(table.v4_starts):,} IPv4 + {len(table.v6_high):,} IPv6 segments")
     print(f"  load, first (as a collector starts)      {first_s:7.2f} s"
@@ -109,10 +121,19 @@ def main(argv: Sequence[str] | None = None) -> None:
     v4 = public_addresses(table, n, v6=False, seed=4)
     v6 = public_addresses(table, n, v6=True, seed=6)
     print(f"lookup, us per call (fastest chunk of {CHUNK:,}; {rounds} rounds of {n:,}):")
+    print_lookups(lookup, v4, v6, n, rounds)
+    print_ipv6_as_ints(table, v6, n, rounds)
+    print_networks(opts.network_db, n, rounds)
+    print_pixel_path(opts.geo_db, opts.network_db, v4, n, rounds)
+
+
+def print_lookups(lookup: CachedLookup, v4: list[str], v6: list[str], n: int, rounds: int) -> None:
+    """us per call: a cache hit, and misses (a fresh cache per chunk) for each family."""
+    table = lookup.table
 
     def misses(addresses: list[str]) -> Callable[[int, int], None]:
         def calls(start: int, stop: int) -> None:
-            fresh = geo.CountryLookup(table)  # empty: every address a miss
+            fresh = CachedLookup(table)  # empty: every address a miss
             for ip in addresses[start:stop]:
                 fresh(ip)
 
@@ -120,17 +141,41 @@ def main(argv: Sequence[str] | None = None) -> None:
 
     def hits(start: int, stop: int) -> None:
         for _ in range(start, stop):
-            lookup("81.2.69.142")
+            lookup(v4[0])
 
-    lookup("81.2.69.142")
+    lookup(v4[0])
     for label, calls in (
         ("cache hit", hits),
         ("miss, IPv4 (parse + bisect + cache insert)", misses(v4)),
         ("miss, IPv6 (parse + two bisects + cache insert)", misses(v6)),
     ):
         print(f"  {label:<52} {best_us(calls, n, rounds):7.3f}")
-    print_ipv6_as_ints(table, v6, n, rounds)
-    print_pixel_path(opts.geo_db, v4, n, rounds)
+
+
+def print_networks(network_db: str, n: int, rounds: int) -> None:
+    """The network table: load, memory, lookups (on addresses it flags: in its segments)."""
+    from collector import networks
+
+    lookup, first_s, added = measured_load(lambda: networks.load_networks(network_db))
+    table = lookup.table
+    if table is None:
+        sys.exit("no network data: `make install`, or --network-db PATH")
+    path = Path(network_db) if network_db else networks.bundled_file()
+    again = []
+    for _ in range(2):
+        began = time.perf_counter()
+        networks.read_table(path.read_bytes())
+        again.append(time.perf_counter() - began)
+    print(f"network data: {path}")
+    print(f"  {len(table.v4_starts):,} IPv4 + {len(table.v6_high):,} IPv6 segments")
+    print(f"  load, first (as a collector starts)      {first_s:7.3f} s"
+          f" (again: {', '.join(f'{s:.3f}' for s in again)} s)")  # fmt: skip
+    print(f"  RSS added by the load                    {added / 1e6:7.1f} MB"
+          f" (the arrays: {table.array_bytes / 1e6:.2f} MB)")  # fmt: skip
+    print(f"lookup, us per call (fastest chunk of {CHUNK:,}; {rounds} rounds of {n:,}):")
+    v4 = public_addresses(table, n, v6=False, seed=14)
+    v6 = public_addresses(table, n, v6=True, seed=16)
+    print_lookups(lookup, v4, v6, n, rounds)
 
 
 def print_ipv6_as_ints(table, v6: list[str], n: int, rounds: int) -> None:  # type: ignore[no-untyped-def]
@@ -157,9 +202,9 @@ def print_ipv6_as_ints(table, v6: list[str], n: int, rounds: int) -> None:  # ty
           f"{best_us(as_ints, n, rounds):7.3f}  ({list_bytes / 1e6:.1f} MB)")  # fmt: skip
 
 
-def print_pixel_path(geo_db: str, v4: list[str], n: int, rounds: int) -> None:
+def print_pixel_path(geo_db: str, network_db: str, v4: list[str], n: int, rounds: int) -> None:
     """The fast path's work per pixel (parse the head, build and buffer the event, count it),
-    the lookup off and on, alternately in each round."""
+    with no lookup, the country alone and both, alternately in each round."""
     from prometheus_client import CollectorRegistry
 
     from collector.app import COLLECTOR, create_app
@@ -169,18 +214,19 @@ def print_pixel_path(geo_db: str, v4: list[str], n: int, rounds: int) -> None:
     from collector.sinks.memory import MemorySink
 
     data_dir = Path(tempfile.gettempdir())
+    base = {"data_dir": data_dir, "secret": "geo-bench-secret-0", "sink": "memory",
+            "buffer_max_events": 4 * n}  # fmt: skip
     settings = {
-        "off": Settings(data_dir=data_dir, secret="geo-bench-secret-0", sink="memory",
-                        buffer_max_events=4 * n, geo_db="off"),
-        "on": Settings(data_dir=data_dir, secret="geo-bench-secret-0", sink="memory",
-                       buffer_max_events=4 * n, geo_db=geo_db),
-    }  # fmt: skip
+        "none": Settings(**base, geo_db="off", network_db="off"),
+        "country": Settings(**base, geo_db=geo_db, network_db="off"),
+        "both": Settings(**base, geo_db=geo_db, network_db=network_db),
+    }
     sources = {"one address": [v4[0]] * n, "a new address each time": v4}
     best = {(s, g): float("inf") for s in sources for g in settings}
     for _ in range(rounds):
         for source, addresses in sources.items():
-            for lookup_on, chosen in settings.items():
-                # A fresh app each time: an empty cache and an empty buffer.
+            for lookups, chosen in settings.items():
+                # A fresh app each time: empty caches and an empty buffer.
                 app = create_app(chosen, MemorySink(), CollectorMetrics(CollectorRegistry()))
                 collector = app[COLLECTOR]
                 for start in range(0, n - CHUNK + 1, CHUNK):
@@ -192,13 +238,13 @@ def print_pixel_path(geo_db: str, v4: list[str], n: int, rounds: int) -> None:
                         request.remote = ip
                         collector.pixel_done(collector.pixel_outcome(request, None), began)
                     spent = (time.perf_counter() - began) / CHUNK * 1e6
-                    best[source, lookup_on] = min(best[source, lookup_on], spent)
+                    best[source, lookups] = min(best[source, lookups], spent)
     print("pixel fast path per request, us (parse_head + pixel_outcome + pixel_done),")
-    print("  the lookup off and on alternately in each round:")
-    print(f"  {'':<28} {'off':>7} {'on':>7} {'added':>7}")
+    print("  no lookup, the country alone and both, alternately in each round:")
+    print(f"  {'':<28} {'none':>7} {'country':>8} {'both':>7} {'network added':>14}")
     for source in sources:
-        off, on = best[source, "off"], best[source, "on"]
-        print(f"  {source:<28} {off:7.2f} {on:7.2f} {on - off:+7.2f}")
+        none, country, both = (best[source, k] for k in settings)
+        print(f"  {source:<28} {none:7.2f} {country:8.2f} {both:7.2f} {both - country:+14.2f}")
 
 
 if __name__ == "__main__":

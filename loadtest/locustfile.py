@@ -14,9 +14,10 @@ sends the page view and, when the page is left, its engagement by POST /e. One v
 has no JavaScript: the <noscript> pixel counts the page. About 5 % of visitors and ad slots
 send Global Privacy Control: the snippet then sends nothing, and the collector drops their
 page-view pixels and impressions by design (beacon_events_dropped_total{reason="dnt"}).
-Clicks go through signed /c links (302, not followed); link checkers probe them with HEAD and
-browsers prefetch them, which records nothing. loadtest/traffic.py says what each request
-must store; loadtest/locust_run.py compares that with the store.
+Clicks go through signed /c links (302, not followed); link checkers probe them with HEAD,
+which records nothing, and browsers prefetch them, which records a click flagged with its
+purpose. loadtest/traffic.py says what each request must store; loadtest/locust_run.py
+compares that with the store.
 """
 
 from __future__ import annotations

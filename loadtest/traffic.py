@@ -33,14 +33,14 @@ RUN_PROP = "loadtest"
 # Why a request kind stores other than one event per request: printed beside the counts.
 NOT_AN_EVENT = "the snippet's script, not an event"
 HEAD_NOTE = "HEAD: redirected, nothing recorded"
-PREFETCH_NOTE = "Sec-Purpose: prefetch: redirected, nothing recorded"
+PREFETCH_NOTE = "Sec-Purpose: prefetch: a click, stored flagged with its purpose"
 GPC_DROP_NOTE = "Sec-GPC: the collector drops it (BEACON_DNT_POLICY=passive)"
 BATCH_NOTE = "one request carries an array of 1-3 events"
-# /c requests that must not record a click: method, why, headers.
-PROBES: dict[str, tuple[str, str, dict[str, str]]] = {
-    "": ("GET", "", {}),
-    "head": ("HEAD", HEAD_NOTE, {}),
-    "prefetch": ("GET", PREFETCH_NOTE, {"Sec-Purpose": "prefetch"}),
+# /c requests: method, a note on what it stores, headers, the events it must store.
+PROBES: dict[str, tuple[str, str, dict[str, str], dict[str, int]]] = {
+    "": ("GET", "", {}, {"click": 1}),
+    "head": ("HEAD", HEAD_NOTE, {}, {}),
+    "prefetch": ("GET", PREFETCH_NOTE, {"Sec-Purpose": "prefetch"}, {"click": 1}),
 }
 
 
@@ -171,17 +171,19 @@ class BeaconUser(FastHttpUser):
         headers: Mapping[str, str] | None = None,
     ) -> str:
         """A signed /c link: 302 to the destination, not followed. Returns the click id the
-        landing page gets. `probe` "head" (a link checker) or "prefetch" (a browser's
-        speculation): redirected too, nothing recorded."""
+        landing page gets. `probe` "head" (a link checker: redirected, nothing recorded) or
+        "prefetch" (a browser's speculation: a click recorded with its purpose)."""
+        method, note, probe_headers, sent = PROBES[probe]
         if not RUN.keyring:  # /c needs the collector's key: report the click by pixel
-            if not probe:
+            if sent:
                 query = plain_query({"e": "click", **ids, "u": destination})
-                self.pixel("/p.gif click (no key for /c)", query, "click", headers=headers)
+                self.pixel(
+                    "/p.gif click (no key for /c)", query, "click",
+                    headers={**probe_headers, **(headers or {})},
+                )  # fmt: skip
             return ""
         self.requests_made += 1
         url = click_url("", RUN.keyring, destination, props=run_props(), **ids)
-        method, note, probe_headers = PROBES[probe]
-        sent = {} if probe else {"click": 1}
         with (
             LEDGER.request(f"{method} {label}", sent, note) as entry,
             self.client.request(
@@ -193,9 +195,9 @@ class BeaconUser(FastHttpUser):
             location = str((r.headers or {}).get("Location", ""))
             click_id = dict(parse_qsl(urlsplit(location).query)).get("bcid", "")
             if r.status_code != 302 or not location.startswith(destination):
-                entry.failed({} if probe or r.status_code else None)
+                entry.failed({} if not sent or r.status_code else None)
                 r.failure(f"/c answered {r.status_code} to {location[:100]!r}")
-            elif not probe and not click_id:
+            elif sent and not click_id:
                 # A recorded click always gets its id; without one the collector could not
                 # keep it (its buffer was full).
                 entry.failed({})

@@ -16,12 +16,16 @@ SENT = (
     ("v4", "81.2.69.142", "GB"),
     ("v6", "2a03:2880:f12f:83:face:b00c:0:25de", "IE"),
     ("private", "192.168.1.1", ""),  # the data says AU: no client comes from there
+    # Amazon AWS: its event carries `network` too (tests/unit/test_networks.py), and is stored
+    # like any other.
+    ("cloud", "52.95.110.1", "US"),
 )
 STORED_IP = {
-    "truncate": {"v4": "81.2.69.0", "v6": "2a03:2880:f12f::", "private": "192.168.1.0"},
+    "truncate": {"v4": "81.2.69.0", "v6": "2a03:2880:f12f::", "private": "192.168.1.0",
+                 "cloud": "52.95.110.0"},
     "full": {"v4": "81.2.69.142", "v6": "2a03:2880:f12f:83:face:b00c:0:25de",
-             "private": "192.168.1.1"},
-    "drop": {"v4": "", "v6": "", "private": ""},
+             "private": "192.168.1.1", "cloud": "52.95.110.1"},
+    "drop": {"v4": "", "v6": "", "private": "", "cloud": ""},
 }  # fmt: skip
 
 

@@ -77,6 +77,66 @@ async def test_fast_answers_and_events_equal_aiohttps(tmp_path: Path) -> None:
     assert events[0] == events[1]
 
 
+# Known to iporigin (tests/unit/test_networks.py asserts what `iporigin.classify` says).
+AWS = "52.95.110.1"  # hosting: Amazon AWS
+GOOGLEBOT = "66.249.66.1"  # bot: Googlebot
+HOME = "81.2.69.142"  # unknown: a residential ISP's
+# (site, the request's extra header lines, the `network` and `purpose` it must be recorded with)
+FLAGGED = [
+    ("aws", [b"X-Forwarded-For: " + AWS.encode()], "data_center", None),
+    ("crawler", [b"X-Forwarded-For: 8.8.8.8, " + GOOGLEBOT.encode()], "crawler", None),
+    ("home", [b"X-Forwarded-For: " + HOME.encode()], None, None),
+    ("mapped", [b"X-Forwarded-For: ::ffff:" + AWS.encode()], "data_center", None),
+    ("prefetch", [b"Sec-Purpose: prefetch"], None, "prefetch"),
+    ("prerender", [b"Sec-Purpose: prefetch;prerender"], None, "prerender"),
+    ("preview", [b"X-Purpose: preview"], None, "preview"),
+    ("firefox", [b"X-Moz: prefetch"], None, "prefetch"),
+    (
+        "both",
+        [b"X-Forwarded-For: " + AWS.encode(), b"Purpose: prefetch"],
+        "data_center",
+        "prefetch",
+    ),
+]
+FORWARDED = {**ENV, "BEACON_FORWARDED_HEADER": "X-Forwarded-For"}
+
+
+async def test_network_and_purpose_are_recorded_alike_on_both_paths(tmp_path: Path) -> None:
+    """The whole forwarded address is classified (the client's own claim left of the proxy's
+    is ignored) while the stored one is truncated; speculative pixels are recorded with their
+    purpose."""
+    requests = [pixel(f"s={site}", UA, *lines) for site, lines, _, _ in FLAGGED]
+    runs = await both_paths(tmp_path, FORWARDED, requests)
+    for answers, _, events in runs:
+        assert [a[2] for a in answers] == [GIF_BYTES] * len(FLAGGED)
+        assert [(e["site"], e.get("network"), e.get("purpose")) for e in events] == [
+            (site, network, purpose) for site, _, network, purpose in FLAGGED
+        ]
+        ips = {e["site"]: e["ip"] for e in events}
+        # Stored truncated (an IPv4-mapped address as its IPv4 one), classified whole.
+        assert (ips["aws"], ips["crawler"], ips["mapped"]) == (
+            "52.95.110.0", "66.249.66.0", "52.95.110.0"
+        )  # fmt: skip
+
+
+async def test_head_records_nothing_and_off_flags_no_network(tmp_path: Path) -> None:
+    head = b"HEAD /p.gif?s=head HTTP/1.1\r\nHost: beacon.test\r\nSec-Purpose: prefetch\r\n\r\n"
+    with collector(tmp_path, {**FORWARDED, "BEACON_NETWORK_DB": "off"}) as (_, base):
+        before = scrape(base)
+        [answer] = await one_connection(
+            port_of(base), [pixel("s=off", UA, b"X-Forwarded-For: " + AWS.encode())]
+        )
+        head_answers, _ = await send_raw(port_of(base), head)
+        after = scrape(base)
+    assert answer[0] == 200 and [a[0] for a in head_answers] == [200]
+    [event] = spooled(tmp_path)
+    assert (event["site"], event["ip"], "network" in event) == ("off", "52.95.110.0", False)
+    head_sample = 'beacon_requests_total{endpoint="pixel",outcome="head"}'
+    assert after[head_sample] - before.get(head_sample, 0) == 1
+    flagged = 'beacon_events_flagged_total{flag="data_center"}'
+    assert after[flagged] == before[flagged] == 0
+
+
 COOKIE = "beacon_vid"
 COOKIE_CORPUS = [
     pixel("s=new&consent=1&r=a", UA),  # consented, no cookie: one is set

@@ -133,12 +133,13 @@ async def send_mix(base: str) -> Counter[tuple[str, str, str]]:
         async with http.post(f"{base}/e", data=orjson.dumps(clicks)) as r:
             assert r.status == 204
         expected["click", "mail", "welcome"] += 7
+        for _ in range(3):  # prefetched: stored, flagged with `purpose`
+            await pixel("e=open&s=mail&c=welcome", {"Sec-Purpose": "prefetch"})
+            expected["open", "mail", "welcome"] += 1
         # None of these may be stored.
         for _ in range(4):
             async with http.head(f"{base}/p.gif?e=open&s=mail") as r:
                 assert r.status == 200
-        for _ in range(3):
-            await pixel("e=open&s=mail&c=welcome", {"Sec-Purpose": "prefetch"})
         for _ in range(5):
             await pixel("e=bogus&s=mail")
         for _ in range(6):

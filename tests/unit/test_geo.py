@@ -14,7 +14,8 @@ from pathlib import Path
 import pytest
 
 from collector import geo
-from collector.geo import DEFAULT_DIR, CountryLookup, CountryTable
+from collector.address_table import CachedLookup
+from collector.geo import DEFAULT_DIR, CountryTable
 from collector.geo_data import NOT_GLOBAL_V4, NOT_GLOBAL_V6, data_files
 from collector.sinks.memory import MemorySink
 from contract.geo import ATTRIBUTION
@@ -171,7 +172,7 @@ def test_the_table_answers_as_the_ranges_read_the_slow_way(
 
 
 def test_the_cache_holds_at_most_its_bound_and_answers_alike(table: CountryTable) -> None:
-    lookup = CountryLookup(table, max_entries=8)
+    lookup = CachedLookup(table, max_entries=8)
     addresses = [f"81.2.69.{i}" for i in range(40)] + ["2001:4860:4860::8888", "10.0.0.1"]
     for ip in addresses * 3:
         assert lookup(ip) == table.country(ip)
@@ -183,12 +184,12 @@ def test_a_repeated_address_is_answered_from_the_cache(table: CountryTable) -> N
     asked: list[str] = []
 
     class Counting(CountryTable):
-        def country(self, ip: str) -> str:
+        def find(self, ip: str) -> str:
             asked.append(ip)
-            return super().country(ip)
+            return super().find(ip)
 
     counting = Counting(**{f: getattr(table, f) for f in table.__dataclass_fields__})
-    lookup = CountryLookup(counting, max_entries=4)
+    lookup = CachedLookup(counting, max_entries=4)
     for _ in range(5):
         assert lookup("8.8.8.8") == "US"
     assert asked == ["8.8.8.8"]
@@ -228,19 +229,40 @@ def test_an_unreadable_file_is_one_log_line_too(
     assert len(caplog.records) == 2
 
 
+# Client addresses, the country the pinned data gives them and the network class iporigin's
+# table does (tests/unit/test_networks.py asserts what `iporigin.classify` says of each).
+CLIENTS = [
+    ("81.2.69.142", "GB", None),
+    # BE, its /24 (2.58.197.0, what truncation keeps) DE: looked up before truncation.
+    ("2.58.197.15", "BE", None),
+    ("2a03:2880:f12f:83:face:b00c:0:25de", "IE", "crawler"),  # Meta's crawler
+    ("10.1.2.3", "", None),
+    ("52.95.110.1", "US", "data_center"),  # Amazon AWS
+    ("::ffff:52.95.110.1", "US", "data_center"),  # a dual-stack socket's IPv4 client
+    ("66.249.66.1", "US", "crawler"),  # Googlebot
+]
+
+
 @pytest.mark.parametrize("ip_mode", ["truncate", "full", "drop"])
 async def test_the_collector_looks_up_the_whole_address_in_every_ip_mode(
     make_client, ip_mode: str
 ) -> None:  # type: ignore[no-untyped-def]
+    """Country and network class alike, on the pixel path and POST /e."""
     sink = MemorySink()
     client = await make_client(sink, ip_mode=ip_mode, forwarded_header="X-Forwarded-For")
-    # 2.58.197.15 is BE, its /24 (2.58.197.0, what truncation keeps) DE: the lookup is made
-    # before truncation.
-    for ip in ("81.2.69.142", "2.58.197.15", "2a03:2880:f12f:83:face:b00c:0:25de", "10.1.2.3"):
+    for ip, _, _ in CLIENTS:
         await client.get("/p.gif?s=a", headers={"X-Forwarded-For": ip})
-    await client.post("/e", json={"s": "b"}, headers={"X-Forwarded-For": "2.58.197.15"})
+    for ip in ("2.58.197.15", "52.95.110.1"):
+        await client.post("/e", json={"s": "b"}, headers={"X-Forwarded-For": ip})
     await client.close()
-    assert [e["country"] for e in sink.events()] == ["GB", "BE", "IE", "", "BE"]
+    events = sink.events()
+    assert [(e["country"], e.get("network")) for e in events] == [
+        *((country, network) for _, country, network in CLIENTS),
+        ("BE", None),
+        ("US", "data_center"),
+    ]
+    kept = {"truncate": "52.95.110.0", "full": "52.95.110.1", "drop": ""}[ip_mode]
+    assert events[4]["ip"] == events[5]["ip"] == kept
 
 
 async def test_off_leaves_every_country_empty_and_the_rest_as_it_was(make_client) -> None:  # type: ignore[no-untyped-def]

@@ -233,6 +233,13 @@ def notes() -> Values:
     return set().union(*(call_args(path, "notes.append", 0) for path in collector_files()))
 
 
+def flags() -> Values:
+    """An event's flags: the classes collector/networks.py maps iporigin's kinds to, and what
+    collector/request_view.py's `purpose` returns."""
+    classes = set(module("collector/networks.py").CLASS_OF_KIND.values())
+    return classes | (returned("collector/request_view.py", "purpose") - {""})
+
+
 def prepared_outcomes() -> Values:
     """Why an event Collector.prepare built is not to be stored ("": it is)."""
     return call_args("collector/handlers.py", "Prepared", 0) - {""}
@@ -314,6 +321,7 @@ FLOWS: dict[tuple[str, str, str, str], Callable[[], Values]] = {
         | call_args("collector/redirect.py", "collector.prepare", 4)
     ),
     ("collector/handlers.py", "commit", "input_fixed", "note"): notes,
+    ("collector/handlers.py", "commit", "events_flagged", "flag"): flags,
     ("collector/handlers.py", "_pixel_event", "events_dropped", "exc.reason"): rejected,
     ("collector/handlers.py", "_events", "events_dropped", "exc.reason"): rejected,
     ("collector/handlers.py", "pixel_done", "requests", "outcome"): pixel_outcomes,
@@ -450,7 +458,7 @@ def test_every_label_value_the_code_emits_is_made_at_0(settings: Settings) -> No
         for name, tally in vars(handlers).items()
         if hasattr(tally, "metric") and id(tally.metric) in by_object
     }
-    assert set(tallies) == {"requests", "accepted", "fixed", "limited"}
+    assert set(tallies) == {"requests", "accepted", "fixed", "limited", "flagged"}
     seen_flows = set()
     checked = 0
     for package, counters in packages.items():

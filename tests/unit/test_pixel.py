@@ -65,17 +65,48 @@ async def test_defaults_pageview_and_referer_as_page(make_client):
     assert (event["url_host"], event["url_path"]) == ("blog.example", "/post/1")
 
 
-async def test_head_and_prefetch_serve_pixel_record_nothing(make_client, metrics):
+async def test_head_serves_the_pixel_and_records_nothing(make_client, metrics):
     sink = MemorySink()
     client = await make_client(sink)
-    head = await client.head("/p.gif?e=open&s=a")
+    head = await client.head("/p.gif?e=open&s=a", headers={"Sec-Purpose": "prefetch"})
     assert head.status == 200 and head.headers["Content-Type"] == "image/gif"
-    for header in ({"Purpose": "prefetch"}, {"Sec-Purpose": "prefetch;prerender"}):
-        resp = await client.get("/p.gif?e=open&s=a", headers=header)
-        assert resp.status == 200 and await resp.read() == GIF_BYTES
     assert await stored(client, sink) == []
     assert metric_value(metrics, "beacon_requests_total", endpoint="pixel", outcome="head") == 1
-    assert metric_value(metrics, "beacon_requests_total", endpoint="pixel", outcome="prefetch") == 2
+    assert metric_value(metrics, "beacon_events_flagged_total", flag="prefetch") == 0
+
+
+# Speculative requests as browsers send them, and the `purpose` each is recorded with.
+SPECULATIVE = [
+    ({"Sec-Purpose": "prefetch"}, "prefetch"),  # Chromium's prefetch
+    ({"Sec-Purpose": "prefetch;prerender"}, "prerender"),  # Chromium's prerender
+    ({"Purpose": "prefetch"}, "prefetch"),  # older Chromium
+    ({"Purpose": "Prefetch"}, "prefetch"),
+    ({"X-Moz": "prefetch"}, "prefetch"),  # Firefox
+    ({"X-Purpose": "preview"}, "preview"),  # Safari's previews
+    ({"Purpose": "preview"}, "preview"),
+    ({"X-Purpose": "preview", "Sec-Purpose": "prefetch"}, "prefetch"),
+    ({"Sec-Purpose": "anything else"}, ""),
+    ({"X-Moz": "preview"}, ""),
+    ({}, ""),
+]
+
+
+async def test_speculative_pixels_are_recorded_with_their_purpose(make_client, metrics):
+    sink = MemorySink()
+    client = await make_client(sink)
+    for i, (headers, _) in enumerate(SPECULATIVE):
+        resp = await client.get(f"/p.gif?e=open&s=a&r={i}", headers=headers)
+        assert resp.status == 200 and await resp.read() == GIF_BYTES
+    events = sorted(await stored(client, sink), key=lambda e: int(e["recipient"]))
+    assert [e.get("purpose", "") for e in events] == [p for _, p in SPECULATIVE]
+    assert all("purpose" not in e for e in events if not SPECULATIVE[int(e["recipient"])][1])
+    requests = metric_value(metrics, "beacon_requests_total", endpoint="pixel", outcome="recorded")
+    assert requests == len(SPECULATIVE)
+    flagged = {
+        flag: metric_value(metrics, "beacon_events_flagged_total", flag=flag)
+        for flag in ("prefetch", "prerender", "preview", "data_center", "crawler")
+    }
+    assert flagged == {"prefetch": 5, "prerender": 1, "preview": 2, "data_center": 0, "crawler": 0}
 
 
 async def test_junk_event_type_is_counted_not_stored(make_client, metrics):
@@ -226,3 +257,15 @@ async def test_unknown_paths_and_methods_are_answered_as_before_and_counted(make
     unrouted = {"name": "beacon_requests_total", "endpoint": "unrouted"}
     assert metric_value(metrics, **unrouted, outcome="404") == 1
     assert metric_value(metrics, **unrouted, outcome="405") == 2
+
+
+async def test_a_client_cannot_set_network_or_purpose_itself(make_client):
+    """They come from the address and the request's headers alone: as parameters they are
+    junk (a pixel ignores them) or an unknown field (POST /e refuses the event)."""
+    sink = MemorySink()
+    client = await make_client(sink)
+    await client.get("/p.gif?s=a&network=data_center&purpose=prefetch")
+    refused = await client.post("/e", json={"s": "a", "purpose": "prefetch"})
+    assert refused.status == 400 and (await refused.json())["error"] == "unknown_field"
+    [event] = await stored(client, sink)
+    assert "network" not in event and "purpose" not in event

@@ -196,7 +196,7 @@ async def test_a_refused_link_goes_to_the_configured_fallback(make_client, metri
     assert metric_value(metrics, "beacon_click_redirects_total", outcome="fallback") == 2
 
 
-async def test_head_and_prefetch_redirect_but_record_nothing(clicks, metrics):
+async def test_head_redirects_and_records_nothing_a_prefetch_is_a_flagged_click(clicks, metrics):
     client, sink = clicks
     params = signed_params(GOOD)
     head = await client.head("/c", params=params, allow_redirects=False)
@@ -204,10 +204,17 @@ async def test_head_and_prefetch_redirect_but_record_nothing(clicks, metrics):
     pre = await client.get(
         "/c", params=params, headers={"Sec-Purpose": "prefetch"}, allow_redirects=False
     )
-    assert pre.status == 302 and "bcid=" not in pre.headers["Location"]
+    # A prefetched answer is what the browser shows if the person follows the link: it
+    # carries the click id, for the conversion to name.
+    assert pre.status == 302 and "bcid=" in pre.headers["Location"]
     await client.close()
-    assert sink.events() == []
+    [event] = sink.events()
+    assert (event["event_type"], event["purpose"]) == ("click", "prefetch")
+    assert pre.headers["Location"] == with_click_id(GOOD, event["click_id"])
     assert metric_value(metrics, "beacon_requests_total", endpoint="click", outcome="head") == 1
+    recorded = metric_value(metrics, "beacon_requests_total", endpoint="click", outcome="recorded")
+    assert recorded == 1
+    assert metric_value(metrics, "beacon_events_flagged_total", flag="prefetch") == 1
 
 
 async def test_junk_queries_are_counted_never_a_500(clicks, metrics):
