@@ -2,8 +2,9 @@
 
 Email campaigns (sends, human, proxied, Apple MPP, bot and scanner opens, clicks, orders),
 ad campaigns (impressions, clicks, orders; the /a.js tag's measured, unmeasured and viewable
-impressions) and web sites (visitors from many countries and
-devices, visits of several pages with engagement, sources with UTM, goals; a crawler) go to
+impressions; invalid traffic: a crawler's, a cloud server's and prefetched impressions, a link
+checker's, a cloud server's and duplicate clicks) and web sites (visitors from many countries
+and devices, visits of several pages with engagement, sources with UTM, goals; a crawler) go to
 a collector over real HTTP; the ground truth comes back in the shape of
 `beacon report --format json`, so reports can be checked number by number.
 """

@@ -3,8 +3,9 @@
 Each person or visitor is one script of requests sent in order (a click before the
 conversion that names it; a web visitor's visits, apart by pauses); scripts run side by side.
 The truth is counted from the plan as it is made, with the definitions of docs/reports.md
-("Campaign report", "Web analytics"), not from anything the collector answers. Web visitors:
-collector/simulate/web.py; pages with the ad tag: collector/simulate/ad_tag.py.
+("Campaign report", "Invalid traffic", "Web analytics"), not from anything the collector
+answers. Web visitors: collector/simulate/web.py; pages with the ad tag:
+collector/simulate/ad_tag.py; who sends invalid traffic: collector/simulate/invalid.py.
 """
 
 from __future__ import annotations
@@ -12,8 +13,10 @@ from __future__ import annotations
 import random
 from dataclasses import dataclass
 from decimal import Decimal
+from typing import Any
 
 from collector.simulate.ad_tag import AdTagPlanner
+from collector.simulate.invalid import CRAWLER, DATA_CENTER_IP, PREFETCH_HEADERS
 from collector.simulate.steps import BROWSER, Script, Step
 from collector.simulate.truth import Truth
 from collector.simulate.visits import goal_list
@@ -30,6 +33,10 @@ NEWS = "sim-news"
 NEWS_HOST = "news.sim.example"
 WEB_SITES = (("sim-blog", "blog.sim.example"), ("sim-docs", "docs.sim.example"))
 PRICES = ("9.99", "24.50", "120.00")
+INVALID_AMOUNTS = (
+    "crawler_impressions", "data_center_impressions", "data_center_clicks",
+    "data_center_tag_impressions", "prefetch_impressions", "duplicate_clickers",
+)  # fmt: skip
 
 
 @dataclass(frozen=True)
@@ -56,6 +63,14 @@ class Config:
     tag_impressions: int = 60  # per ad: pages where the /a.js tag measured the slot
     unmeasured_share: float = 0.1  # of those, browsers that cannot observe it (measured "0")
     viewable_rate: float = 0.6  # of the measured ones, those that met their kind's MRC rule
+    # Invalid traffic per ad (docs/reports.md "Invalid traffic"), besides the link checker's
+    # click: what the ad figures leave out.
+    crawler_impressions: int = 3  # ad-server pixels a crawler fetched (AhrefsBot)
+    data_center_impressions: int = 3  # ad-server pixels fetched from a cloud server's address
+    data_center_clicks: int = 1  # clicks from that address
+    data_center_tag_impressions: int = 2  # /a.js sessions there: impression and viewable event
+    prefetch_impressions: int = 3  # ad-server pixels a browser fetched ahead (Sec-Purpose)
+    duplicate_clickers: int = 2  # of the people who click an ad, those who click it twice
     visitors: int = 40  # per web site
     max_views: int = 4  # page views per visit, 1 to this (and a thank-you page after a signup)
     max_visits: int = 3  # visits per visitor, 1 to this
@@ -75,6 +90,9 @@ class Planner:
     def __init__(self, config: Config, signed: bool) -> None:
         if config.links < 2:
             raise ValueError("links: at least 2 (a scanner clicks every link of a message)")
+        for name in INVALID_AMOUNTS:
+            if getattr(config, name) < 0:
+                raise ValueError(f"{name}: 0 or more")
         self.config = config
         self.signed = signed
         self.rng = random.Random(config.seed)
@@ -183,11 +201,38 @@ class Planner:
                 ua = f"{BROWSER} sim-ad/{c.seed}-{n}-{k}-{i}"  # one visitor per clicker
                 steps = [Step("click", {"dest": dest, **ids}, ua)]
                 self.truth.click({**ids, "visitor": ua}, "person")
+                # The first ones click again at once (a double click), from the same browser
+                # and address: the same visitor, milliseconds apart.
+                if i < c.duplicate_clickers:
+                    steps.append(Step("click", {"dest": dest, **ids}, ua))
+                    self.truth.click({**ids, "visitor": ua}, "person", again=True)
                 if self.rng.random() < c.conversion_rate:
                     steps += self.order(campaign, ids["ad"], f"o-ad-{c.seed}-{n}-{k}-{i}")
                 self.scripts.append(steps)
             self.scripts.append([Step("click", {"dest": dest, **ids}, BOT)])  # a link checker
             self.truth.click({**ids, "visitor": BOT}, "bot")
+            self.scripts += self.invalid_ad_traffic(ids, dest)
+
+    def invalid_ad_traffic(self, ids: dict[str, str], dest: str) -> list[Script]:
+        """An ad's pixels and clicks that nobody saw or made: a crawler's, a cloud server's
+        (collector/simulate/invalid.py) and a browser's prefetches; a script each."""
+        c = self.config
+        site, campaign, ad = ids["site"], ids["campaign"], ids["ad"]
+
+        def pixels(count: int, tag: str, **sent_as: Any) -> Script:
+            return [Step("pixel", {"kind": "impression", "cb": f"{tag}-{i}", **ids}, **sent_as)
+                    for i in range(count)]  # fmt: skip
+
+        crawler = pixels(c.crawler_impressions, "crawler", ua=CRAWLER)
+        self.truth.impressions(site, campaign, ad, c.crawler_impressions, "bot")
+        cloud = pixels(c.data_center_impressions, "dc", ip=DATA_CENTER_IP)
+        self.truth.impressions(site, campaign, ad, c.data_center_impressions, "data_center")
+        for _ in range(c.data_center_clicks):
+            cloud.append(Step("click", {"dest": dest, **ids}, ip=DATA_CENTER_IP))
+            self.truth.click({**ids, "visitor": f"{DATA_CENTER_IP} {BROWSER}"}, "data_center")
+        ahead = pixels(c.prefetch_impressions, "prefetch", headers=dict(PREFETCH_HEADERS))
+        self.truth.impressions(site, campaign, ad, c.prefetch_impressions, "prefetch")
+        return [script for script in (crawler, cloud, ahead) if script]
 
     def ad_tag(self, n: int) -> None:
         """The campaign's ads on pages with the /a.js tag, besides the ad server's pixels."""

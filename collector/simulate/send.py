@@ -53,7 +53,7 @@ class Sender:
         click_id = ""
         for step in steps:
             before = time.time()
-            headers = {"User-Agent": step.ua}
+            headers = {"User-Agent": step.ua, **step.headers}
             if step.ip:
                 headers["X-Forwarded-For"] = step.ip
             if step.kind == "pixel":

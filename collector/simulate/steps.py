@@ -14,13 +14,15 @@ BROWSER = (
 @dataclass
 class Step:
     """One request, or a pause. `convert`: a conversion pixel for the click id the last
-    `click` got; `pause`: nothing sent for `params["seconds"]`."""
+    `click` got; `pause`: nothing sent for `params["seconds"]`; `headers`: more request
+    headers (Sec-Purpose ...)."""
 
     kind: str  # pixel, post, click, convert, pause
     params: dict[str, Any] = field(default_factory=dict)
     ua: str = BROWSER
     ip: str = ""  # the client's address, sent as X-Forwarded-For ("": none sent)
     mark: str = ""  # a visit this request begins: the sender notes when it went
+    headers: dict[str, str] = field(default_factory=dict)
 
 
 Script = list[Step]

@@ -1,7 +1,7 @@
 """The ground truth of a simulation, counted as the plan is made, in the shape reports print.
 
-The definitions are docs/reports.md's ("Campaign report"), written out again here on purpose:
-a report that gets one wrong disagrees with this.
+The definitions are docs/reports.md's ("Campaign report", "Invalid traffic"), written out
+again here on purpose: a report that gets one wrong disagrees with this.
 """
 
 from __future__ import annotations
@@ -17,13 +17,23 @@ from collector.simulate.visits import WEB_VIEWS, WebTruth
 __all__ = ["Truth", "ratio"]
 
 SCROLL_MARKS = (25, 50, 75, 100)
-# Who made an open or a click: the plan's own choice, recorded when it makes the request.
-# Which of them are machines and which come through a mail provider's proxy follows from who
-# they are, never from the rules that classify stored events (analytics/machine_opens.py),
-# so a rule that misses or wrongly flags one makes a report disagree with this truth.
-MACHINES = frozenset({"scanner", "apple_mpp", "bot"})  # nobody read the mail or the ad
+# Who made an open, a click or an impression: the plan's own choice, recorded when it makes
+# the request. Which of them are machines, which come through a mail provider's proxy and
+# which are invalid traffic follows from who they are, never from the rules that classify
+# stored events (analytics/machine_opens.py, the consumer's invalid-traffic reasons), so a
+# rule that misses or wrongly flags one makes a report disagree with this truth.
+# Nobody read the mail or saw the ad: a program, or a browser's fetch ahead of any view.
+MACHINES = frozenset({"scanner", "apple_mpp", "bot", "data_center", "prefetch"})
 PROXIED = frozenset({"apple_mpp", "gmail"})  # fetched by Apple's or Google's proxy
 ACTORS = MACHINES | PROXIED | {"person"}
+# Who sent invalid traffic, and the reason its impressions, viewable events and clicks are
+# kept under (sends and opens are not filtered): a program that names itself in its user
+# agent (curl, AhrefsBot: collector/simulate/invalid.py), one on a cloud server's address, a
+# browser fetching ahead of a view. Again the plan's choice of sender, not Beacon's lists.
+INVALID = {"bot": "crawler", "data_center": "data_center", "prefetch": "prefetch"}
+# A person's click on an ad a moment (milliseconds) after their click on it: a duplicate for
+# any BEACON_DUPLICATE_CLICK_WINDOW_S of a second or more.
+DUPLICATE_CLICK = "duplicate_click"
 
 
 class Funnel:
@@ -44,6 +54,7 @@ class Funnel:
         return {
             "sent": sent,
             "impressions": n["impressions"],
+            "invalid_impressions": n["invalid_impressions"],
             "measured_impressions": n["measured_impressions"],
             "viewable_impressions": n["viewable_impressions"],
             "viewability_rate": ratio(n["viewable_impressions"], n["measured_impressions"]),
@@ -56,6 +67,7 @@ class Funnel:
             "clicks": n["clicks"],
             "machine_clicks": n["machine_clicks"],
             "unique_clicks": unique_clicks,
+            "invalid_clicks": n["invalid_clicks"],
             "ctr": ratio(unique_clicks, sent) if sent else ratio(human_clicks, n["impressions"]),
             "click_to_open_rate": ratio(unique_clicks, len(self.openers)),
             "conversions": n["conversions"],
@@ -70,6 +82,13 @@ def is_machine(actor: str) -> bool:
     return actor in MACHINES
 
 
+def invalid_reason(actor: str) -> str:
+    """The reason an impression, viewable event or click `actor` sent is invalid ("": valid)."""
+    if actor not in ACTORS:
+        raise ValueError(f"unknown actor {actor!r}")
+    return INVALID.get(actor, "")
+
+
 def person_key(person: dict[str, str]) -> str:
     return person.get("visitor") or f"{person['message']}\0{person['recipient']}"
 
@@ -82,6 +101,8 @@ class Truth:
         self.campaigns: dict[str, Funnel] = defaultdict(Funnel)
         self.ads: dict[tuple[str, str], Funnel] = defaultdict(Funnel)
         self.events: Counter[tuple[str, str, str]] = Counter()
+        # Invalid traffic by campaign, ad, event type and reason: what the ad figures leave out.
+        self.ivt: Counter[tuple[str, str, str, str]] = Counter()
         self.visitors: dict[str, set[str]] = defaultdict(set)
         self.site_orders: Counter[str] = Counter()
         self.site_revenue: dict[str, Decimal] = defaultdict(Decimal)
@@ -113,33 +134,64 @@ class Truth:
                 f.human_openers.add(key)
         self.events[person["site"], person["campaign"], "open"] += 1
 
-    def click(self, person: dict[str, str], actor: str) -> None:
-        """A click the plan sent as `actor` (one of ACTORS)."""
-        machine = is_machine(actor)
+    def click(self, person: dict[str, str], actor: str, again: bool = False) -> None:
+        """A click the plan sent as `actor` (one of ACTORS); `again`: a person's second click
+        on an ad, a moment after their first (DUPLICATE_CLICK)."""
+        machine, reason = is_machine(actor), invalid_reason(actor)
+        key = person_key(person)
+        if again:
+            funnel = self.ads.get((person["campaign"], person.get("ad", "")))
+            if reason or funnel is None or key not in funnel.clickers:
+                raise ValueError("a duplicate click is a person's click on an ad clicked before")
+            reason = DUPLICATE_CLICK
         for f in self.funnels(person):
+            if reason:  # a duplicate's person clicked before: the unique clicks stay
+                f.n["invalid_clicks"] += 1
+                continue
             f.n["clicks"] += 1
             f.n["machine_clicks"] += machine
             if not machine:
-                f.clickers.add(person_key(person))
+                f.clickers.add(key)
+        if reason:
+            self.ivt[person["campaign"], person.get("ad", ""), "click", reason] += 1
         self.events[person["site"], person["campaign"], "click"] += 1
 
-    def impressions(self, site: str, campaign: str, ad: str, count: int) -> None:
+    def impressions(
+        self, site: str, campaign: str, ad: str, count: int, actor: str = "person"
+    ) -> None:
+        """`count` ad-server pixels, fetched by `actor` (a person's browser showing the ad)."""
+        reason = invalid_reason(actor)
         for f in (self.campaigns[campaign], self.ads[campaign, ad]):
-            f.n["impressions"] += count
+            f.n["invalid_impressions" if reason else "impressions"] += count
+        if reason and count:
+            self.ivt[campaign, ad, "impression", reason] += count
         self.events[site, campaign, "impression"] += count
 
-    def tag_impression(self, site: str, campaign: str, ad: str, measured: bool) -> None:
+    def tag_impression(
+        self, site: str, campaign: str, ad: str, measured: bool, actor: str = "person"
+    ) -> None:
         """An impression of the /a.js tag: an impression like the ad server's, and a measured
-        one when the browser could observe the slot."""
+        one when the browser could observe the slot; left out when `actor` sent invalid
+        traffic."""
+        reason = invalid_reason(actor)
         for f in (self.campaigns[campaign], self.ads[campaign, ad]):
+            if reason:
+                f.n["invalid_impressions"] += 1
+                continue
             f.n["impressions"] += 1
             f.n["measured_impressions"] += measured
+        if reason:
+            self.ivt[campaign, ad, "impression", reason] += 1
         self.events[site, campaign, "impression"] += 1
 
-    def viewable(self, site: str, campaign: str, ad: str) -> None:
-        """The tag's viewable event of a measured impression."""
-        for f in (self.campaigns[campaign], self.ads[campaign, ad]):
-            f.n["viewable_impressions"] += 1
+    def viewable(self, site: str, campaign: str, ad: str, actor: str = "person") -> None:
+        """The tag's viewable event of a measured impression (left out when invalid)."""
+        reason = invalid_reason(actor)
+        if reason:
+            self.ivt[campaign, ad, "viewable", reason] += 1
+        else:
+            for f in (self.campaigns[campaign], self.ads[campaign, ad]):
+                f.n["viewable_impressions"] += 1
         self.events[site, campaign, "viewable"] += 1
 
     def conversion(
@@ -207,6 +259,10 @@ class Truth:
             "events_total": sum(self.events.values()),
             "campaigns": [{"campaign": c, **f.figures()} for c, f in campaigns],
             "ads": [{"campaign": c, "ad": a, **f.figures()} for (c, a), f in ads],
+            "ivt": [
+                {"campaign": c, "ad": a, "event_type": t, "reason": r, "events": n}
+                for (c, a, t, r), n in sorted(self.ivt.items())
+            ],
             "sites": [
                 {
                     "site": s,

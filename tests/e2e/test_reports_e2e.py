@@ -56,6 +56,13 @@ def check_views(beacon: Beacon, truth: dict[str, Any], *args: str) -> None:
     events = keyed(report(beacon, "--view", "events", *args), "site", "campaign", "event_type")
     want = keyed(truth["events"], "site", "campaign", "event_type")
     assert only(events, want) == want
+    # The invalid traffic left out, and why; counted in, the ads' figures are what arrived.
+    assert report(beacon, "--view", "ivt", *args) == truth["ivt"], args
+    included = keyed(report(beacon, "--view", "ad", "--include-ivt", *args), "campaign", "ad")
+    for row in truth["ads"]:
+        got = included[row["campaign"], row["ad"]]
+        assert got["impressions"] == row["impressions"] + row["invalid_impressions"], args
+        assert got["clicks"] == row["clicks"] + row["invalid_clicks"], args
     for row in truth["campaigns"]:  # the one-campaign funnel of before
         funnel = report(beacon, "--campaign", row["campaign"], *args)
         assert {k: funnel[k] for k in row} == row
@@ -71,6 +78,8 @@ async def test_every_report_number_equals_the_simulated_truth(beacon: AnalyticsB
     if dt.datetime.now(dt.UTC).date() != day:  # visitor ids rotate at midnight UTC
         pytest.fail("the simulation crossed midnight UTC: visitor counts differ by design; rerun")
     assert truth["signed"] and truth["requests"] > 1000
+    reasons = {"crawler", "data_center", "prefetch", "duplicate_click"}
+    assert {r["reason"] for r in truth["ivt"]} == reasons  # every kind of invalid traffic sent
     check_views(beacon, truth)
     check_views(beacon, truth, "--source", "raw")
     # A window of whole days: the daily rollups (pages, referrers) answer alone.
