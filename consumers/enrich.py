@@ -1,5 +1,6 @@
 """What the consumer adds to an event: the user agent's columns and the machine-open rules, once
-per distinct (user agent, address) pair (`Enricher.agent_row`, used by consumers/ingest.py).
+per distinct (user agent, address) pair (`Enricher.agent_row`, used by consumers/ingest.py), and
+the invalid-traffic reason (analytics/ivt.py).
 
 `decode` and `to_row` make the same row from one wire line in Python: the reference that
 tests/integration/test_ingest.py holds the ingest's SQL to, column by column."""
@@ -11,6 +12,7 @@ from typing import Any
 
 import orjson
 
+from analytics import ivt
 from analytics.machine_opens import classify_open
 from consumers.useragent import UserAgentParser
 from contract.event import SCHEMA_VERSION, Rejected
@@ -25,6 +27,14 @@ def country(value: Any) -> str:
     """The country column of a wire value: two ASCII letters, upper case; else "" (a bad
     country loses the country, not the event)."""
     return value.upper() if isinstance(value, str) and COUNTRY_RE.fullmatch(value) else ""
+
+
+def wire_text(value: Any) -> str:
+    """A wire field read as text as the ingest reads a String field (JSONExtract): null or
+    missing is '', a number or other JSON its text; enough to tell '' apart exactly."""
+    if value is None:
+        return ""
+    return value if isinstance(value, str) else orjson.dumps(value).decode()
 
 
 def decode(line: bytes) -> dict[str, Any]:
@@ -75,12 +85,19 @@ class Enricher:
         event["os"] = ua.os
         event["device_type"] = ua.device_type
         event["is_bot"] = ua.is_bot
+        kind = classify_open(user_agent, str(event.get("ip", "")), ua.is_bot)
         if event.get("event_type") == "open":
             # Column names of schema migration 3; the rules are in analytics/machine_opens.py.
-            kind = classify_open(user_agent, str(event.get("ip", "")), ua.is_bot)
             event["machine_open"] = kind.machine_open
             event["machine_reason"] = kind.machine_reason
             event["mail_proxy"] = kind.mail_proxy
+        # Schema migration 9: the agent's proxy counts for every event type, not only opens.
+        event["ivt"] = ivt.classify(
+            kind.mail_proxy,
+            ua.is_bot,
+            wire_text(event.get("network")),
+            wire_text(event.get("purpose")),
+        )
         return event
 
     def agent_row(self, user_agent: str, ip: str) -> list[str | int]:

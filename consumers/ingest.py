@@ -10,7 +10,8 @@ again to build columns), so the consumer hands ClickHouse the raw lines and move
   3. the distinct (user agent, Apple address) pairs of the good lines come back: Python
      enriches each once (consumers/enrich.py, the rules of analytics/machine_opens.py) and
      sends them as a small table;
-  4. one INSERT ... SELECT joins the two into beacon.events under the batch's dedup token;
+  4. one INSERT ... SELECT joins the two into beacon.events under the batch's dedup token,
+     with each row's invalid-traffic reason (analytics/ivt.py);
   5. the rejects (line number, reason) come back for the dead-letter topic.
 
 Everything runs in ClickHouse: in chDB on the consumer's own core, or on a server, where the
@@ -24,11 +25,13 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import uuid
+from collections import Counter
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import orjson
 
+from analytics import ivt
 from analytics.schema import EVENTS
 from analytics.store import TOKEN_RE, StoreError, Writer
 from consumers.enrich import Enricher
@@ -67,6 +70,9 @@ WIRE_FIELDS: tuple[tuple[str, str], ...] = (
     ("order_id", "String"),
     ("value", "Nullable(String)"),
     ("currency", "String"),
+    # Not columns: what the invalid-traffic rule reads (analytics/ivt.py, docs/tracking.md).
+    ("network", "String"),
+    ("purpose", "String"),
 )
 # A country as the column keeps it (ASCII letters: re2, as Python's [A-Za-z]).
 COUNTRY_RE = "^[A-Za-z]{2}$"
@@ -110,7 +116,11 @@ STAGED: tuple[tuple[str, str, str], ...] = (
     # The address an Apple-network rule needs (analytics/machine_opens.py), else '': the key
     # of the enrichment join stays one row per user agent for everyone else.
     ("agent_ip", "String", "if(startsWith(w.ip, '17.'), w.ip, '')"),
+    ("network", "String", "w.network"),
+    ("purpose", "String", "w.purpose"),
 )
+# Staged for the join and the ivt rule, not stored.
+STAGE_ONLY = frozenset({"agent_ip", "network", "purpose"})
 UUID_RE = "^[0-9a-fA-F]{8}-([0-9a-fA-F]{4}-){3}[0-9a-fA-F]{12}$"
 VALUE_RE = "^[0-9]{1,14}([.][0-9]{1,4})?$"
 OBJECT_RE = "^[ \\t\\r]*[{]"  # an array would be read into the tuple by position
@@ -157,11 +167,18 @@ AGENT_COLUMNS: tuple[tuple[str, str], ...] = (
     ("machine_reason", "String"),
     ("mail_proxy", "String"),
 )
+AGENT_INDEX = {name: i for i, (name, _) in enumerate(AGENT_COLUMNS)}
+MAIL_PROXY, IS_BOT = AGENT_INDEX["mail_proxy"], AGENT_INDEX["is_bot"]
 # Machine-open columns are for opens only (analytics/machine_opens.py); other events read 0/''.
 OPEN_ONLY = {"machine_open": "0", "machine_reason": "''", "mail_proxy": "''"}
+# The invalid-traffic reason (schema migration 9) over the staged row `s` and its agent `a`:
+# the agent's proxy as it is before OPEN_ONLY, since the rule needs it for every event type.
+IVT = ivt.classify_sql("a.mail_proxy", "a.is_bot", "s.network", "s.purpose")
 # The columns of beacon.events an insert fills, in order; inserted_at keeps its DEFAULT.
-EVENT_COLUMNS: tuple[str, ...] = tuple(c for c, _, _ in STAGED if c != "agent_ip") + tuple(
-    c for c, _ in AGENT_COLUMNS[2:]
+EVENT_COLUMNS: tuple[str, ...] = (
+    *(c for c, _, _ in STAGED if c not in STAGE_ONLY),
+    *(c for c, _ in AGENT_COLUMNS[2:]),
+    "ivt",
 )
 
 
@@ -177,6 +194,7 @@ class Stored:
     rejects: list[tuple[int, str]]
     refilled: int = 0  # rows of a replay that were missing and went in under a fresh token
     newest_ms: int = 0  # received_at of the newest good line with an exact time; 0: none
+    invalid: dict[str, int] = field(default_factory=dict)  # good rows by ivt reason but ''
 
 
 class Ingest:
@@ -202,11 +220,12 @@ class Ingest:
             try:
                 await self._stage(body)
                 good, rejects, newest_ms = await self._count()
+                invalid: dict[str, int] = {}
                 if good:
-                    await self._load_agents()
+                    invalid = await self._load_agents()
                     await self._insert(token, "")
                 refilled = await self._refill(token) if replay and good else 0
-                return Stored(good, rejects, refilled, newest_ms)
+                return Stored(good, rejects, refilled, newest_ms, invalid)
             finally:
                 await self._clear()
 
@@ -255,21 +274,40 @@ class Ingest:
         good, newest_ms = next((n, int(ms)) for n, reason, ms in rows if reason == "good")
         return good, [(n, reason) for n, reason, _ in rows if reason != "good"], newest_ms
 
-    async def _load_agents(self) -> None:
-        sql = f"SELECT DISTINCT user_agent, agent_ip FROM {self.stage} WHERE reason = ''"
+    async def _load_agents(self) -> dict[str, int]:
+        """Enrich each distinct (user agent, agent_ip) of the good lines once and send them;
+        return the good lines by invalid-traffic reason. The lines come back grouped by what
+        else the rule reads, so the count costs no other scan (the grouping was a DISTINCT):
+        analytics/ivt.classify makes of each group what IVT makes of its rows."""
+        sql = (
+            "SELECT user_agent, agent_ip, network, purpose != '', count() "
+            f"FROM {self.stage} WHERE reason = '' GROUP BY ALL"
+        )
         out = await self.writer.query(sql, "JSONCompactEachRow")
-        rows = [self.enricher.agent_row(*orjson.loads(x)) for x in out.splitlines()]
-        agents = b"\n".join(map(orjson.dumps, rows))
-        await self.writer.load(self.agents, [agents], "JSONCompactEachRow")
+        agents: dict[tuple[str, str], list[str | int]] = {}
+        invalid: Counter[str] = Counter()
+        for x in out.splitlines():
+            user_agent, agent_ip, network, speculative, rows = orjson.loads(x)
+            agent = agents.get((user_agent, agent_ip))
+            if agent is None:
+                agent = agents[user_agent, agent_ip] = self.enricher.agent_row(user_agent, agent_ip)
+            reason = ivt.classify(
+                str(agent[MAIL_PROXY]), int(agent[IS_BOT]), network, "1" if speculative else ""
+            )
+            if reason:
+                invalid[reason] += int(rows)
+        body = b"\n".join(map(orjson.dumps, agents.values()))
+        await self.writer.load(self.agents, [body], "JSONCompactEachRow")
+        return dict(invalid)
 
     async def _insert(self, token: str, where: str) -> None:
-        staged = [f"s.{c}" for c, _, _ in STAGED if c != "agent_ip"]
+        staged = [f"s.{c}" for c, _, _ in STAGED if c not in STAGE_ONLY]
         added = [
             f"if(s.event_type = 'open', a.{c}, {OPEN_ONLY[c]})" if c in OPEN_ONLY else f"a.{c}"
             for c, _ in AGENT_COLUMNS[2:]
         ]
         select = (
-            f"SELECT {', '.join(staged + added)} FROM {self.stage} AS s "
+            f"SELECT {', '.join([*staged, *added, IVT])} FROM {self.stage} AS s "
             f"ANY LEFT JOIN {self.agents} AS a "
             "ON s.user_agent = a.user_agent AND s.agent_ip = a.agent_ip "
             f"WHERE s.reason = ''{where}"

@@ -6,6 +6,7 @@ import contextlib
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 
+from analytics.ivt import STORED_REASONS
 from consumers.ingest import REJECT_REASONS
 
 INSERT_BUCKETS_S = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)
@@ -32,6 +33,13 @@ class ConsumerMetrics:
         self.rows_rejected = Counter(
             "beacon_consumer_rows_rejected",
             "Rows that could not be stored, by reason.",
+            ["reason"],
+            registry=registry,
+        )
+        self.rows_invalid = Counter(
+            "beacon_consumer_rows_invalid",
+            "Rows stored as general invalid traffic (the ivt column), by reason; a replayed"
+            " batch counts again, as in rows_inserted.",
             ["reason"],
             registry=registry,
         )
@@ -115,6 +123,7 @@ class ConsumerMetrics:
         # shows up at 1, and rate() or increase() never see that first one.
         for counter, values in (
             (self.rows_rejected, REJECT_REASONS),
+            (self.rows_invalid, STORED_REASONS),
             (self.dlq_records, REJECT_REASONS),
             (self.inserts, INSERT_OUTCOMES),
             (self.retries, RETRY_STEPS),

@@ -125,6 +125,8 @@ class Pipeline:
         self.metrics.batch_rows.observe(stored.rows)
         for _, reason in stored.rejects:
             self.metrics.rows_rejected.labels(reason).inc()
+        for reason, rows in stored.invalid.items():
+            self.metrics.rows_invalid.labels(reason).inc(rows)
         batch.good, batch.rejects = stored.rows, stored.rejects
         batch.newest_ms = stored.newest_ms
         batch.rejects_taken = not stored.rejects

@@ -1,4 +1,5 @@
-"""User agent -> browser, version, OS, device type and bot flag, with ua-parser's native core."""
+"""User agent -> browser, version, OS, device type and bot flag, with ua-parser's native core
+and the crawler list (consumers/crawlers.py)."""
 
 from __future__ import annotations
 
@@ -8,10 +9,12 @@ from typing import NamedTuple
 
 from ua_parser import Domain, Resolver, load_lazy_builtins
 
+from consumers.crawlers import Matcher, best_matcher
+
 # Crawlers, HTTP libraries and headless browsers that ua-parser's regexes.yaml does not mark as
 # device "Spider" (it does mark Googlebot and bingbot; they are listed too so this list alone
-# documents what we call a bot). Names as the tools send them; the wider, maintained catalogue
-# is https://github.com/monperrus/crawler-user-agents. Matched case-insensitively anywhere.
+# documents what we call a bot). Names as the tools send them, matched case-insensitively
+# anywhere; the wider, maintained catalogue (consumers/crawlers.py) is matched besides.
 BOT_TOKENS = (
     "HeadlessChrome",  # Puppeteer / Playwright / Selenium with headless Chrome
     "PhantomJS",
@@ -27,8 +30,9 @@ BOT_TOKENS = (
     "libwww-perl",
 )
 # Image proxies of mail providers fetch when a person opens the mail: a real open, never a bot
-# (DESIGN.md), whatever ua-parser says. Their UA's OS part is fixed and fake, so it is dropped.
-# Yahoo's proxy (analytics/machine_opens.py IMAGE_PROXIES) is a "Spider" to ua-parser.
+# (DESIGN.md), whatever ua-parser or the crawler list says: Yahoo's proxy (analytics/
+# machine_opens.py IMAGE_PROXIES) is a "Spider" to ua-parser, and the list has both. Checked
+# first. Their UA's OS part is fixed and fake, so it is dropped.
 MAIL_PROXY_TOKENS = ("GoogleImageProxy", "YahooMailProxy")
 
 BOT_RE = re.compile("|".join(map(re.escape, BOT_TOKENS)), re.IGNORECASE)
@@ -87,12 +91,18 @@ class UserAgentParser:
     Keep `cache_max_entries` >= rows per batch and no UA is parsed twice within a batch.
     """
 
-    def __init__(self, cache_max_entries: int = 10_000, resolver: Resolver | None = None) -> None:
+    def __init__(
+        self,
+        cache_max_entries: int = 10_000,
+        resolver: Resolver | None = None,
+        crawlers: Matcher | None = None,
+    ) -> None:
         if cache_max_entries < 1:
             raise ValueError("cache_max_entries must be at least 1")
         self.cache_max_entries = cache_max_entries
         self._cache: OrderedDict[str, UserAgentInfo] = OrderedDict()
         self._resolver = resolver or best_resolver()
+        self._crawlers = crawlers or best_matcher()
         self.parses = 0  # cache misses, for tests and the benchmark
 
     def __len__(self) -> int:
@@ -119,7 +129,8 @@ class UserAgentParser:
         if MAIL_PROXY_RE.search(ua):
             return UserAgentInfo(browser, browser_version, OTHER, "other", 0)
         device_family = device.family if device else OTHER
-        if device_family == "Spider" or BOT_RE.search(ua):
+        # The list last: most agents are people's, and they go through all three.
+        if device_family == "Spider" or BOT_RE.search(ua) or self._crawlers(ua):
             return UserAgentInfo(browser, browser_version, os_family, "bot", 1)
         brand = (device.brand or "") if device else ""
         kind = device_type(ua, os_family, device_family, brand)

@@ -112,6 +112,11 @@ def new_pipeline(config: ConsumerSettings, writer: ChdbWriter) -> Pipeline:
 
 async def test_pipeline_moves_every_event_into_the_store(config, store):
     events = mail_opens(250)
+    for i, event in enumerate(events):  # some invalid traffic (analytics/ivt.py), counted
+        if i % 5 == 0:
+            event["network"] = "data_center"
+        elif i % 7 == 0:
+            event["purpose"] = "prefetch"
     assert await spool_events(config.spool_dir, encode(events), 16 * 1024) >= 3
     pipeline = new_pipeline(config, store)
     await run_until_stored(pipeline, store, len(events))
@@ -136,6 +141,14 @@ async def test_pipeline_moves_every_event_into_the_store(config, store):
     metrics = pipeline.metrics
     assert metric_value(metrics, "beacon_consumer_rows_inserted_total") == len(events)
     assert metric_value(metrics, "beacon_consumer_inserts_total", outcome="ok") >= 250 / 40
+    invalid = orjson.loads(await store.query(
+        f"SELECT groupArray((ivt, toUInt32(n))) FROM (SELECT ivt, count() AS n FROM {EVENTS} "
+        "GROUP BY ivt)", "JSONCompactEachRow"))[0]  # fmt: skip
+    assert dict(invalid) == {"": 172, "data_center": 50, "prefetch": 28}
+    for reason, n in invalid:
+        if reason:
+            assert metric_value(metrics, "beacon_consumer_rows_invalid_total", reason=reason) == n
+    assert metric_value(metrics, "beacon_consumer_rows_invalid_total", reason="crawler") == 0
     assert closed_segments(config.spool_dir) == []  # inserted segments are freed
     assert pending_in_checkpoint(config) == []
 

@@ -3,6 +3,7 @@ column equals what the Python reference (consumers/enrich.py) makes of the same 
 
 from __future__ import annotations
 
+from collections import Counter
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -15,15 +16,21 @@ from analytics.schema import EVENTS
 from analytics.store.http import HttpWriter
 from consumers.ingest import EVENT_COLUMNS, Ingest
 from consumers.sources.protocol import join_lines
+from consumers.useragent import UserAgentParser
 from tests.support.chdb_events import Store, hour_ago_ms, wire
 from tests.support.clickhouse_front import ClickHouseFront
 
 GMAIL = "Mozilla/5.0 (Windows NT 5.1; rv:11.0) Gecko Firefox/11.0 (via ggpht.com GoogleImageProxy)"
 BOT = "Mozilla/5.0 (compatible; Googlebot/2.1; +http://www.google.com/bot.html)"
+# ByteDance's crawler: a phone to ua-parser, a crawler to the crawler list alone.
+LIST_ONLY_BOT = (
+    "Mozilla/5.0 (Linux; Android 5.0) AppleWebKit/537.36 (KHTML, like Gecko) Mobile "
+    "Safari/537.36 (compatible; Bytespider; spider-feedback@bytedance.com)"
+)
 # Every column but inserted_at (its DEFAULT differs between two inserts).
 STORED = f"SELECT * EXCEPT inserted_at FROM {EVENTS} ORDER BY event_id"
 ROLLUP = (
-    "SELECT period, site, campaign, event_type, verified, machine_open, is_bot, proxied, "
+    "SELECT period, site, campaign, event_type, verified, machine_open, is_bot, proxied, ivt, "
     "finalizeAggregation(events_live) AS events, finalizeAggregation(visitors) AS visitors "
     "FROM beacon.rollup_events_hourly ORDER BY ALL"
 )
@@ -44,6 +51,31 @@ COUNTRIES = (
     ("c-dotted-i", "\u0130T", ""),  # upper-cased by Python alone, and not ASCII
     ("c-newline", "DE\n", ""),
     ("c-empty", "", ""),
+)
+
+
+# Invalid traffic (analytics/ivt.py): (site, event type, wire fields, the reason stored). The
+# rules in order: a mail proxy is valid, then crawler, data_center, prefetch.
+DC_PREFETCH = {"network": "data_center", "purpose": "prefetch"}
+CRAWLER_PREFETCH = {"network": "crawler", "purpose": "prefetch"}
+IVT_CASES: tuple[tuple[str, str, dict[str, Any], str], ...] = (
+    ("ivt-browser", "impression", {}, ""),
+    ("ivt-data-center", "impression", {"network": "data_center"}, "data_center"),
+    ("ivt-crawler-network", "click", {"network": "crawler"}, "crawler"),
+    ("ivt-prefetch", "impression", {"purpose": "prefetch"}, "prefetch"),
+    ("ivt-prerender", "pageview", {"purpose": "prerender"}, "prefetch"),
+    ("ivt-preview", "open", {"purpose": "preview"}, "prefetch"),
+    ("ivt-list-only-bot", "impression", {"user_agent": LIST_ONLY_BOT}, "crawler"),
+    ("ivt-googlebot", "click", {"user_agent": BOT}, "crawler"),
+    ("ivt-bot-first", "impression", {"user_agent": BOT, **DC_PREFETCH}, "crawler"),
+    ("ivt-dc-before-prefetch", "impression", DC_PREFETCH, "data_center"),
+    # Gmail's proxy fetches from Google's ranges: valid for every event type, not only opens.
+    ("ivt-gmail-dc", "impression", {"user_agent": GMAIL, "network": "data_center"}, ""),
+    ("ivt-gmail-open", "open", {"user_agent": GMAIL, "network": "data_center"}, ""),
+    ("ivt-gmail-crawler", "click", {"user_agent": GMAIL, **CRAWLER_PREFETCH}, ""),
+    ("ivt-other-network", "impression", {"network": "vpn"}, ""),  # not one the rule names
+    ("ivt-null-purpose", "impression", {"purpose": None, "network": None}, ""),
+    ("ivt-number-purpose", "impression", {"purpose": 0}, "prefetch"),  # its text, "0"
 )
 
 
@@ -78,6 +110,10 @@ def mixed_events() -> list[dict[str, Any]]:
         *(
             wire("pageview", at + 13 + i, site=site, country=value)
             for i, (site, value, _) in enumerate(COUNTRIES)
+        ),
+        *(
+            wire(kind, at + 40 + i, site=site, campaign="c", ad="a", **fields)
+            for i, (site, kind, fields, _) in enumerate(IVT_CASES)
         ),
     ]
 
@@ -127,6 +163,22 @@ async def test_the_ingest_stores_what_the_python_reference_makes_of_each_line(
     countries = {r["site"]: r["country"] for r in by_sql if r["site"].startswith("c-")}
     assert countries == {site: stored for site, _, stored in COUNTRIES}
     assert {r["country"] for r in by_sql if not r["site"].startswith("c-")} == {""}
+    # Each row's reason: the Python reference's (above) and the one expected.
+    reasons = {r["site"]: r["ivt"] for r in by_sql if r["site"].startswith("ivt-")}
+    assert reasons == {site: reason for site, _, _, reason in IVT_CASES}
+    assert next(r for r in by_sql if r["user_agent"] == BOT)["ivt"] == "crawler"  # an open
+    # What the consumer counts (consumers/metrics.py rows_invalid) is what it stored.
+    assert stored.invalid == dict(Counter(r["ivt"] for r in by_sql if r["ivt"]))
+    rolled = Counter()
+    for r in rollup_by_sql:
+        if r["site"].startswith("ivt-"):
+            rolled[r["site"], r["ivt"]] += r["events"]
+    assert rolled == Counter({(site, reason): 1 for site, _, _, reason in IVT_CASES})
+
+
+def test_the_list_only_bot_is_no_bot_to_ua_parser_alone() -> None:
+    # So the row above is the crawler list's doing.
+    assert UserAgentParser(crawlers=lambda ua: False)(LIST_ONLY_BOT).is_bot == 0
 
 
 BAD_LINES = [

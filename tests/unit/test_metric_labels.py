@@ -347,6 +347,10 @@ FLOWS: dict[tuple[str, str, str, str], Callable[[], Values]] = {
         "collector/sinks/kafka.py", "self._spill", 1
     ),
     ("consumers/pipeline.py", "_store", "rows_rejected", "reason"): ingest_reasons,
+    # Stored.invalid's keys: what the invalid-traffic rule returns, but '' (valid).
+    ("consumers/pipeline.py", "_store", "rows_invalid", "reason"): lambda: (
+        returned("analytics/ivt.py", "classify") - {""}
+    ),
     ("consumers/pipeline.py", "_fail", "retries", "step"): lambda: (
         call_args("consumers/pipeline.py", "self._fail", 1)
         | call_args("consumers/pipeline.py", "self._all", 0)
