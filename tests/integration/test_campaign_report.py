@@ -120,8 +120,12 @@ def test_attribution_by_click_id_counts_each_order_once(store, source):
 def test_an_ad_campaign_report_has_ctr_conversions_and_revenue_by_ad(store):
     report = campaign_report(store.query, "fall", days=1)
     assert report["sent"] is None and report["impressions"] == 100
-    assert (report["clicks"], report["machine_clicks"], report["unique_clicks"]) == (3, 1, 2)
-    assert report["ctr"] == 0.02  # two human clicks in 100 impressions
+    # The link checker's click is invalid traffic (a crawler), left out unless included.
+    figures = ("clicks", "machine_clicks", "unique_clicks", "invalid_clicks")
+    assert tuple(report[k] for k in figures) == (2, 0, 2, 1)
+    everything = campaign_report(store.query, "fall", days=1, include_ivt=True)
+    assert tuple(everything[k] for k in figures) == (3, 1, 2, 1)
+    assert report["ctr"] == everything["ctr"] == 0.02  # two human clicks in 100 impressions
     assert report["conversions"] == 3 and report["conversion_rate"] == 1.5
     assert report["revenue"] == {"EUR": "42.50", "USD": "7.25"}
     by_ad = {row["ad"]: row for row in report["by_ad"]}
