@@ -102,9 +102,31 @@ class Site:
 
 
 @contextlib.asynccontextmanager
+async def chromium_profile(wait_s: float = 15) -> AsyncIterator[str]:
+    """A fresh profile directory, removed afterwards. Chromium's helper processes can still
+    write into it for a moment after the browser exited: the removal retries until the
+    directory goes, up to `wait_s`."""
+    profile = tempfile.mkdtemp(prefix="beacon-chromium-")
+    try:
+        yield profile
+    finally:
+        deadline = time.monotonic() + wait_s
+        while True:
+            try:
+                shutil.rmtree(profile)
+                break
+            except FileNotFoundError:
+                break
+            except OSError:
+                if time.monotonic() > deadline:
+                    raise
+                await asyncio.sleep(0.2)
+
+
+@contextlib.asynccontextmanager
 async def chromium(*, dnt: bool = False, gpc: bool = False) -> AsyncIterator[BrowserContext]:
     """A fresh headless Chromium profile; `dnt` sets the browser's own Do-Not-Track setting."""
-    with tempfile.TemporaryDirectory(prefix="beacon-chromium-") as profile:
+    async with chromium_profile() as profile:
         if dnt:
             # The preference behind Settings > Privacy > "Send a Do Not Track request".
             default = Path(profile) / "Default"
@@ -136,7 +158,7 @@ async def chromium_tabs(*, gpc: bool = False) -> AsyncIterator[Browser]:
     a new tab hides the others, `bring_to_front` shows one again. Open pages with
     `browser.contexts[0].new_page()`; the window (1280 wide) is the viewport.
     """
-    with tempfile.TemporaryDirectory(prefix="beacon-chromium-") as profile:
+    async with chromium_profile() as profile:
         args = [*CHROMIUM_ARGS, *([GPC_FEATURE] if gpc else [])]
         # Port 0: Chromium picks a free loopback port and writes it to DevToolsActivePort.
         process = await asyncio.create_subprocess_exec(
