@@ -52,6 +52,9 @@ class ChdbWriter:
     and let others ask that process (analytics/query_server.py).
     """
 
+    # Nothing else inserts while it is open: its process owns the data directory.
+    exclusive = True
+
     def __init__(self, path: Path) -> None:
         self._session = open_session(path)
         self._lock = threading.Lock()

@@ -46,7 +46,7 @@ CREATE TABLE IF NOT EXISTS beacon.events_local ON CLUSTER '{cluster}'
 )
 ENGINE = ReplicatedReplacingMergeTree('/clickhouse/tables/{shard}/beacon/events_local', '{replica}')
 PARTITION BY toYYYYMM(received_at)
-ORDER BY (site, toDate(received_at), event_type, event_id)
+ORDER BY (site, toDate(received_at), event_type, received_at, event_id)
 SETTINGS replicated_deduplication_window = 10000;
 
 CREATE TABLE IF NOT EXISTS beacon.events ON CLUSTER '{cluster}' AS beacon.events_local
@@ -343,6 +343,7 @@ FROM beacon.events_local
 WHERE event_type IN ('impression', 'viewable') AND props['imp'] != ''
 GROUP BY period, site, campaign, ad, event_type, verified, kind, measured, ivt;
 
+-- Migration 10: events sort key.
 -- The retention of each shard's rows (BEACON_RETENTION_DAYS, 395 days).
 ALTER TABLE beacon.events_local ON CLUSTER '{cluster}' MODIFY TTL toDateTime(received_at) + INTERVAL 395 DAY;
 ALTER TABLE beacon.rollup_events_hourly_local ON CLUSTER '{cluster}' MODIFY TTL period + INTERVAL 395 DAY;
@@ -363,3 +364,4 @@ INSERT INTO beacon.schema_migrations (version, name) SELECT 6, 'country' WHERE 6
 INSERT INTO beacon.schema_migrations (version, name) SELECT 7, 'visits' WHERE 7 NOT IN (SELECT version FROM beacon.schema_migrations);
 INSERT INTO beacon.schema_migrations (version, name) SELECT 8, 'ad viewability' WHERE 8 NOT IN (SELECT version FROM beacon.schema_migrations);
 INSERT INTO beacon.schema_migrations (version, name) SELECT 9, 'invalid traffic' WHERE 9 NOT IN (SELECT version FROM beacon.schema_migrations);
+INSERT INTO beacon.schema_migrations (version, name) SELECT 10, 'events sort key' WHERE 10 NOT IN (SELECT version FROM beacon.schema_migrations);

@@ -59,7 +59,7 @@ CREATE TABLE IF NOT EXISTS beacon.events
 )
 ENGINE = ReplacingMergeTree
 PARTITION BY toYYYYMM(received_at)
-ORDER BY (site, toDate(received_at), event_type, event_id)
+ORDER BY (site, toDate(received_at), event_type, received_at, event_id)
 TTL toDateTime(received_at) + toIntervalDay(395)
 SETTINGS non_replicated_deduplication_window = 10000, index_granularity = 8192;
 
@@ -494,3 +494,4 @@ INSERT INTO beacon.schema_migrations (version, name) SELECT 6, 'country' WHERE 6
 INSERT INTO beacon.schema_migrations (version, name) SELECT 7, 'visits' WHERE 7 NOT IN (SELECT version FROM beacon.schema_migrations);
 INSERT INTO beacon.schema_migrations (version, name) SELECT 8, 'ad viewability' WHERE 8 NOT IN (SELECT version FROM beacon.schema_migrations);
 INSERT INTO beacon.schema_migrations (version, name) SELECT 9, 'invalid traffic' WHERE 9 NOT IN (SELECT version FROM beacon.schema_migrations);
+INSERT INTO beacon.schema_migrations (version, name) SELECT 10, 'events sort key' WHERE 10 NOT IN (SELECT version FROM beacon.schema_migrations);

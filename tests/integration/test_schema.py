@@ -7,6 +7,7 @@ from pathlib import Path
 import pytest
 
 from analytics.migrations import MIGRATIONS, SCHEMA_MIGRATIONS, apply_retention, migrate
+from analytics.rekey import OLD_KEY, SORT_KEY, rekey_events, sort_key
 from analytics.schema import DATABASE, EVENTS, EVENTS_V1
 from analytics.store.chdb import ChdbWriter
 
@@ -131,3 +132,63 @@ async def test_retention_sets_changes_and_removes_the_ttl(writer):
     assert await ttl_clause(writer) == ""
     await migrate(writer, retention_days=0)  # and migrating again keeps it off
     assert await ttl_clause(writer) == ""
+
+
+async def store_before_migration_10(writer: ChdbWriter) -> None:
+    await writer.execute(f"CREATE DATABASE {DATABASE}")
+    await writer.execute(SCHEMA_MIGRATIONS)
+    for version, name, sqls, _ in MIGRATIONS[:9]:
+        for sql in sqls:  # migration 1 as it was made before 10
+            await writer.execute(sql.replace(f"ORDER BY ({SORT_KEY})", f"ORDER BY ({OLD_KEY})"))
+        await writer.execute(
+            f"INSERT INTO {DATABASE}.schema_migrations (version, name) VALUES ({version}, '{name}')"
+        )
+    assert await sort_key(writer) == OLD_KEY
+
+
+async def test_a_server_keeps_its_sort_key_and_says_so(writer, caplog):
+    """Through a writer that is not the store's only one (a ClickHouse server), nothing is
+    copied: consumers of the release before may still be inserting."""
+    await store_before_migration_10(writer)
+    shared = Recording(writer)
+    await rekey_events(shared)  # type: ignore[arg-type]
+    assert await sort_key(writer) == OLD_KEY
+    assert not [s for s in shared.statements if "events_rekeyed" in s and "DROP" not in s]
+    assert "keeps its sort key" in caplog.text
+
+
+async def test_a_table_sorted_by_the_id_is_copied_into_the_arrival_time_key_once(writer):
+    """Schema migration 10 on a store made before it: the rows, the rollups' views and the
+    dedup backstop all stay; a second run copies nothing."""
+    await store_before_migration_10(writer)
+    row = (
+        f"INSERT INTO {EVENTS} (event_id, received_at, event_type, site) VALUES "
+        "('0190b3a4-0000-7000-8000-00000000000{n}', '2026-12-01 10:00:00.00{n}', 'open', 's')"
+    )
+    for n in (1, 2):
+        await writer.execute(row.format(n=n))
+    assert await migrate(writer, retention_days=0) == [10]
+    assert await sort_key(writer) == SORT_KEY
+    tables = await writer.query(f"SHOW TABLES FROM {DATABASE} LIKE 'events%'", "TSV")
+    assert tables.split() == ["events"]
+    await writer.execute(row.format(n=2))  # a replayed event
+    await writer.execute(row.format(n=3))
+    final = await writer.query(f"SELECT count() FROM {EVENTS} FINAL", "TSV")
+    assert final.strip() == "3"
+    # The hourly rollup's view fires for the new table: its three inserts counted there.
+    rolled = await writer.query(
+        f"SELECT uniqExactMerge(events_live) FROM {DATABASE}.rollup_events_hourly", "TSV"
+    )
+    assert rolled.strip() == "3"
+    before = await create_query(writer)
+    await rekey_events(writer)  # a rerun: nothing to do
+    after = await create_query(writer)
+    assert before == after and "click_id_bloom" in after  # the skip index came along
+
+
+async def create_query(writer: ChdbWriter) -> str:
+    return await writer.query(
+        f"SELECT create_table_query FROM system.tables "
+        f"WHERE database = '{DATABASE}' AND name = 'events'",
+        "TSVRaw",
+    )
