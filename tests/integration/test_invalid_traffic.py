@@ -29,6 +29,13 @@ def day_ms(days_ago: int, hour: int) -> int:
     return int((today - dt.timedelta(days=days_ago, hours=-hour)).timestamp() * 1000)
 
 
+def hour_ms(days_ago: int) -> int:
+    """A minute into the current hour, `days_ago` days back: inside the last `days_ago` + 1
+    days' window and outside the shorter ones, whatever the time of day."""
+    hour = dt.datetime.now(dt.UTC).replace(minute=0, second=0, microsecond=0)
+    return int((hour - dt.timedelta(days=days_ago, minutes=-1)).timestamp() * 1000)
+
+
 def impression(at: int, ad: str = "banner-1", **fields: Any) -> dict[str, Any]:
     return wire("impression", at, ad=ad, **AD, **fields)
 
@@ -44,7 +51,7 @@ def traffic(days_ago: int) -> list[dict[str, Any]]:
     duplicates with a 30 s window, the fourth not with 10 s), visitor 2 at 1 s and on banner-2
     at 2 s (another ad), two anonymous clicks 1 s apart (never duplicates), one from a data
     center. The tag: a measured, viewable impression, and one from a data center."""
-    t = day_ms(days_ago, 1)
+    t = hour_ms(days_ago)
     out = [impression(t + i) for i in range(5)]
     out += [impression(t + 10 + i, network="data_center") for i in range(2)]
     out += [impression(t + 20 + i, purpose="prefetch") for i in range(2)]
