@@ -24,7 +24,8 @@ from analytics.schema import EVENTS
 def duplicate_clicks_sql(
     window: Window, filters: Filters, keys: tuple[str, ...], group: str | None
 ) -> str:
-    """By (period, *keys): `duplicate_clicks`, the valid ad clicks the rule takes out."""
+    """By (period, *keys): `duplicate_clicks`, the valid ad clicks the rule takes out (with
+    a window of 0 there are none: callers ask nothing)."""
     window_ms = int(filters.duplicate_click_window_s) * 1000
     since = window.start - dt.timedelta(milliseconds=window_ms)
     names = "".join(k + ", " for k in ([group] if group else []) + list(keys))
@@ -45,7 +46,7 @@ FROM (
           AND {filters.sql(EVENT_COLUMNS)}
     )
 )
-WHERE {window_ms} > 0 AND at_ms >= {int(window.start.timestamp() * 1000)}
+WHERE at_ms >= {int(window.start.timestamp() * 1000)}
   AND previous_ms IS NOT NULL AND at_ms - previous_ms <= {window_ms}
 {group_by(keys, group)}
 """

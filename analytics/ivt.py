@@ -11,6 +11,8 @@ visitor's clicks in time order, so reports find them when they read
 
 from __future__ import annotations
 
+from contract.event import NETWORK_CRAWLER, NETWORK_DATA_CENTER
+
 CRAWLER = "crawler"  # a known crawler's user agent or address range
 DATA_CENTER = "data_center"  # a data-center, cloud or CDN address
 PREFETCH = "prefetch"  # a speculative, prerender or preview fetch: nobody saw it yet
@@ -26,10 +28,9 @@ DUPLICATE_CLICK_WINDOW_S = 30
 
 # -- the consumer's rule (per row) ------------------------------------------------------------
 
-# The wire's `network` values (the collector's verdict on the full client address) and
-# `purpose` (set when the request said it was speculative: prefetch, prerender, preview).
-NETWORK_CRAWLER = "crawler"
-NETWORK_DATA_CENTER = "data_center"
+# Besides the agent, the rule reads the wire's `network` (contract/event.py: the collector's
+# class of the whole client address) and `purpose` (set when the request said it was
+# speculative: prefetch, prerender, preview).
 # The machine-open rules' proxies (analytics/machine_opens.py IMAGE_PROXIES) that fetch when
 # a person opens the mail.
 PERSONS_PROXIES = ("gmail", "yahoo")

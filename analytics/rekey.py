@@ -21,13 +21,13 @@ from __future__ import annotations
 
 import logging
 
-from analytics.schema import DATABASE, EVENTS
+from analytics.schema import DATABASE, EVENTS, EVENTS_SORT_KEY
 from analytics.store import Writer, cluster_of
 
 log = logging.getLogger("beacon.store")
 
 OLD_KEY = "site, toDate(received_at), event_type, event_id"
-SORT_KEY = "site, toDate(received_at), event_type, received_at, event_id"
+SORT_KEY = EVENTS_SORT_KEY
 REKEYED = f"{DATABASE}.events_rekeyed"
 
 

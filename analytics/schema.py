@@ -5,6 +5,9 @@ from __future__ import annotations
 
 DATABASE = "beacon"
 EVENTS = f"{DATABASE}.events"
+# received_at before event_id: time-ordered batches make parts that merge almost as a copy
+# (schema migration 10 copies a table made with the key before it: analytics/rekey.py).
+EVENTS_SORT_KEY = "site, toDate(received_at), event_type, received_at, event_id"
 
 # Field names are the wire format's (docs/tracking.md "Event format"); the consumer converts
 # `received_at` from ms to seconds because ClickHouse reads DateTime64 text as seconds.
@@ -33,12 +36,10 @@ CREATE TABLE IF NOT EXISTS {EVENTS}
     inserted_at DateTime DEFAULT now()
 )
 -- Replacing on the sort key, which ends in event_id: the backstop for replayed events that
--- reach the table twice with different insert tokens. Reports read with FINAL. received_at
--- before event_id: time-ordered batches make parts that merge almost as a copy (schema
--- migration 10 copies a table made with the key before it: analytics/rekey.py).
+-- reach the table twice with different insert tokens. Reports read with FINAL.
 ENGINE = ReplacingMergeTree
 PARTITION BY toYYYYMM(received_at)
-ORDER BY (site, toDate(received_at), event_type, received_at, event_id)
+ORDER BY ({EVENTS_SORT_KEY})
 -- Plain MergeTree ignores insert_deduplication_token without this window.
 SETTINGS non_replicated_deduplication_window = 10000
 """

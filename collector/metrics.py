@@ -13,9 +13,9 @@ from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, mult
 from collector import event as ev
 from collector import json_event, signing
 from collector.destinations import REFUSALS
-from collector.networks import NETWORKS
 from collector.request_view import PURPOSES
 from collector.sanitize import BIDI_NOTE, NOTE, SURROGATE_NOTE
+from contract.event import NETWORKS
 
 # The hot path is answered from memory: its budget is tens of microseconds, so the buckets are too,
 # and close together around the 50 us p99 budget: histogram_quantile() interpolates inside a

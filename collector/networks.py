@@ -25,18 +25,20 @@ from pathlib import Path
 
 from collector.address_table import AddressTable, CachedLookup, release_freed_memory
 from collector.geo_data import Family
+from contract.event import NETWORK_CRAWLER, NETWORK_DATA_CENTER, NETWORKS
 
 log = logging.getLogger("beacon.collector")
 
 PACKAGE = "iporigin"
 OFF = "off"
-DATA_CENTER = "data_center"
-CRAWLER = "crawler"
-NETWORKS = (DATA_CENTER, CRAWLER)  # the values of the wire field `network`
 # iporigin's kinds: a cloud or hosting machine and a CDN's edge are data centers; a declared
 # crawler's own range is a crawler. A VPN, Tor exit or Apple Private Relay address has a
 # person behind it, and "reserved" and "unknown" say nothing: none of them is flagged.
-CLASS_OF_KIND = {"hosting": DATA_CENTER, "cdn": DATA_CENTER, "bot": CRAWLER}
+CLASS_OF_KIND = {
+    "hosting": NETWORK_DATA_CENTER,
+    "cdn": NETWORK_DATA_CENTER,
+    "bot": NETWORK_CRAWLER,
+}
 NAMES = ("", *NETWORKS)  # label index -> class; 0 is ""
 
 MAGIC = b"IPORIGIN"

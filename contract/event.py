@@ -5,6 +5,13 @@ refusing one looks like on either side."""
 # `consent` on every event (collector/consent.py).
 SCHEMA_VERSION = 2
 
+# The values of the optional field `network`: the class the collector found for the whole
+# client address (collector/networks.py), which the consumer's invalid-traffic rule reads
+# (analytics/ivt.py). Left out for any other address.
+NETWORK_DATA_CENTER = "data_center"
+NETWORK_CRAWLER = "crawler"
+NETWORKS = (NETWORK_DATA_CENTER, NETWORK_CRAWLER)
+
 
 class Rejected(Exception):
     """Input that cannot become an event (at the collector) or a row (at the consumer);

@@ -56,11 +56,16 @@ def timed(label: str, work: Callable[[], Any]) -> Any:
     return result
 
 
+def view_of(window: Window, name: str, **extra: Any) -> Callable[[Callable[[str], str], str], Any]:
+    """The view `name` over `window` (Request's `extra` fields), as (query, source) -> rows."""
+    return lambda query, source: view_rows(query, Request(name, window, source=source, **extra))
+
+
 def reports(window: Window) -> dict[str, Callable[[Callable[[str], str], str], Any]]:
     """Every report `beacon report` has, as (query, source) -> rows."""
 
     def view(name: str, **extra: Any) -> Callable[[Callable[[str], str], str], Any]:
-        return lambda query, source: view_rows(query, Request(name, window, source=source, **extra))
+        return view_of(window, name, **extra)
 
     return {
         "campaign view (all campaigns)": view("campaign"),
@@ -85,9 +90,7 @@ def web_reports(window: Window) -> dict[str, Callable[[Callable[[str], str], str
     web = WebConfig(goals=GOALS)
 
     def view(name: str, **extra: Any) -> Callable[[Callable[[str], str], str], Any]:
-        return lambda query, source: view_rows(
-            query, Request(name, window, source=source, web=web, **extra)
-        )
+        return view_of(window, name, web=web, **extra)
 
     def breakdown(keys: tuple[str, ...], filters: Filters = NO_FILTERS) -> Callable[..., Any]:
         return lambda query, source: visit_rows(
