@@ -195,6 +195,8 @@ class Stored:
     refilled: int = 0  # rows of a replay that were missing and went in under a fresh token
     newest_ms: int = 0  # received_at of the newest good line with an exact time; 0: none
     invalid: dict[str, int] = field(default_factory=dict)  # good rows by ivt reason but ''
+    inserted: int = 0  # rows sent to the insert (a replay's may be taken by its token)
+    newest_by_segment: list[int] = field(default_factory=list)  # newest_ms of each segment
 
 
 class Ingest:
@@ -209,23 +211,37 @@ class Ingest:
         self.agents = f"beacon_agents_{suffix}"
         self._lock = asyncio.Lock()
 
-    async def store(self, body: Sequence[bytes], token: str, replay: bool = False) -> Stored:
+    async def store(
+        self,
+        body: Sequence[bytes],
+        token: str,
+        replay: bool = False,
+        partial: bool = False,
+        segments: Sequence[int] = (),
+    ) -> Stored:
         """Store the lines of `body` (the pieces of lines joined by newlines: join_lines) under
         `token`. A replay then checks its event ids: an embedded store killed mid-insert can
-        keep a token and lose its rows, so what the table lacks goes in under a fresh token.
+        keep a token and lose its rows, so what the table lacks goes in under a fresh token. A
+        `partial` replay (not the batch its token named) stores only what the table lacks.
+        `segments`: lines of each source of the body, for `Stored.newest_by_segment`.
         Raises StoreError."""
         if not TOKEN_RE.match(token):
             raise ValueError(f"bad dedup token {token!r}")
         async with self._lock:
             try:
                 await self._stage(body)
-                good, rejects, newest_ms = await self._count()
+                good, rejects, newest = await self._count(segments)
                 invalid: dict[str, int] = {}
+                inserted = refilled = 0
                 if good:
                     invalid = await self._load_agents()
-                    await self._insert(token, "")
-                refilled = await self._refill(token) if replay and good else 0
-                return Stored(good, rejects, refilled, newest_ms, invalid)
+                    if not partial:
+                        await self._insert(token, "")
+                        inserted = good
+                if (replay or partial) and good:
+                    refilled = await self._refill(token)
+                    inserted += refilled
+                return Stored(good, rejects, refilled, max(newest), invalid, inserted, newest)
             finally:
                 await self._clear()
 
@@ -256,23 +272,35 @@ class Ingest:
         # so the two copies of a batch are not held with it (~a batch's bytes off the peak).
         await w.execute(f"TRUNCATE TABLE {self.lines}")
 
-    async def _count(self) -> tuple[int, list[tuple[int, str]], int]:
+    async def _count(self, segments: Sequence[int]) -> tuple[int, list[tuple[int, str]], list[int]]:
         """Good lines, the (line number, reason) of the others, and the received_at (ms) of the
-        newest good line, in the one scan: the consumer's lag in seconds is measured from it.
-        Rows kept without consent have their time cut to the hour (collector/consent.py): they
-        say nothing of how fresh the data is, so they are left out of it."""
+        newest good line of each segment (one when none are given), in the one scan: the
+        consumer's lag in seconds is measured from it. Rows kept without consent have their
+        time cut to the hour (collector/consent.py): they say nothing of how fresh the data
+        is, so they are left out of it."""
+        ends, total = [], 0
+        for lines in segments[:-1]:
+            total += lines
+            ends.append(total)
+        segment = f"arrayFirstIndex(e -> n < e, {ends}::Array(UInt32))" if ends else "0"
         sql = (
-            f"SELECT n, reason, toInt64(0) FROM {self.stage} WHERE reason != '' ORDER BY n "
+            f"SELECT n, reason, toInt64(0), 0 FROM {self.stage} WHERE reason != '' ORDER BY n "
             f"UNION ALL SELECT toUInt32(count()), 'good', "
-            f"toInt64(maxIf(toUnixTimestamp64Milli(received_at), consent != 'missing')) "
-            f"FROM {self.stage} WHERE reason = ''"
+            f"toInt64(maxIf(toUnixTimestamp64Milli(received_at), consent != 'missing')), "
+            f"toUInt32({segment}) AS segment FROM {self.stage} WHERE reason = '' GROUP BY segment"
         )
         rows = [
             orjson.loads(x)
             for x in (await self.writer.query(sql, "JSONCompactEachRow")).splitlines()
         ]
-        good, newest_ms = next((n, int(ms)) for n, reason, ms in rows if reason == "good")
-        return good, [(n, reason) for n, reason, _ in rows if reason != "good"], newest_ms
+        # arrayFirstIndex: 1 for the first segment, 0 past the last end (the last segment).
+        newest = [0] * max(1, len(segments))
+        good = 0
+        for n, reason, ms, at in rows:
+            if reason == "good":
+                good += n
+                newest[(at or len(newest)) - 1] = int(ms)
+        return good, [(n, reason) for n, reason, _, _ in rows if reason != "good"], newest
 
     async def _load_agents(self) -> dict[str, int]:
         """Enrich each distinct (user agent, agent_ip) of the good lines once and send them;

@@ -114,14 +114,16 @@ class Pipeline:
     async def _store(self, batch: Batch) -> bool:
         started = time.perf_counter()
         try:
-            stored = await self.ingest.store(batch.pieces, batch.token, batch.replay)
+            stored = await self.ingest.store(
+                batch.pieces, batch.token, batch.replay, batch.partial, batch.segments or ()
+            )
         except StoreError as exc:
             self.metrics.inserts.labels("error").inc()
             self._fail(batch, "insert", exc)
             return False
         self.metrics.insert_seconds.observe(time.perf_counter() - started)
         self.metrics.inserts.labels("ok").inc()
-        self.metrics.rows_inserted.inc(stored.rows + stored.refilled)
+        self.metrics.rows_inserted.inc(stored.inserted)
         self.metrics.batch_rows.observe(stored.rows)
         for _, reason in stored.rejects:
             self.metrics.rows_rejected.labels(reason).inc()
@@ -129,6 +131,7 @@ class Pipeline:
             self.metrics.rows_invalid.labels(reason).inc(rows)
         batch.good, batch.rejects = stored.rows, stored.rejects
         batch.newest_ms = stored.newest_ms
+        batch.newest_by_segment = stored.newest_by_segment
         batch.rejects_taken = not stored.rejects
         batch.stored = True
         return True

@@ -24,7 +24,8 @@ class ConsumerSettings(StoreSettings):
     batch_max_bytes: int = setting(
         32 * 1024 * 1024,
         "bytes of wire events per ClickHouse insert: a batch is cut at the record that reaches "
-        "it; a Kafka consumer buffers about this much a partition it owns",
+        "it; a Kafka consumer buffers about this much besides the batch on its way, however "
+        "many partitions it owns",
         min=1,
     )
     batch_max_age_ms: int = setting(

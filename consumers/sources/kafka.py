@@ -16,7 +16,7 @@ from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 from aiokafka.errors import KafkaTimeoutError, TopicAlreadyExistsError
 
 from consumers.settings import ConsumerSettings
-from consumers.sources.kafka_batches import parse_inflight
+from consumers.sources.kafka_batches import Inflight, parse_inflight
 from contract import common
 
 log = logging.getLogger("beacon.consumer")
@@ -110,14 +110,14 @@ class KafkaSource:
 
     async def committed(
         self, tps: Iterable[TopicPartition]
-    ) -> dict[TopicPartition, tuple[int | None, tuple[int, int] | None]]:
+    ) -> dict[TopicPartition, tuple[int | None, Inflight | None]]:
         """(committed offset or None, in-flight range or None) per partition.
 
         Through the admin client: the consumer's committed() drops the commit metadata.
         """
         tps = list(tps)
         got = await self.admin.list_consumer_group_offsets(self.group, partitions=tps)
-        out: dict[TopicPartition, tuple[int | None, tuple[int, int] | None]] = {}
+        out: dict[TopicPartition, tuple[int | None, Inflight | None]] = {}
         for tp in tps:
             meta = got.get(tp)
             if meta is None or meta.offset < 0:

@@ -1,106 +1,155 @@
-"""Per-partition batches of Kafka records: where a batch starts and ends, and why.
+"""Batches of Kafka records: where a batch starts and ends, and why.
 
-The insert dedup token names the batch's offsets (`topic-partition-first-last`), so a batch
-that may already be in ClickHouse must be formed again from exactly the same offsets after a
-crash or a rebalance, or the repeat gets a new token and is stored twice.
+A batch takes the records of every partition this member owns that are due, so a consumer
+makes about one insert an age (or a full batch) per table however many partitions it owns,
+and holds about one batch's bytes buffered besides the one on its way. The insert dedup token
+names the batch's offsets (`topic-partition-first-last` for one partition, a hash of every
+partition's range for several), so a batch that may already be in ClickHouse must be formed
+again from exactly the same ranges after a crash or a rebalance, or the repeat gets a new token.
 
 Fresh batches are cut by rows (`batch_max_rows`: lines, a record may hold several), by bytes
-(`batch_max_bytes`) or by age (`batch_max_age_ms`), always at a record's end. Not by age while
-records of the partition wait on the broker (up to BACKLOG_AGES ages): a consumer catching up
-(after an outage, a restart, a rebalance) then inserts in its largest batches, where the store
-pays least per row, and waits for nothing that is not already there. A row or byte cut
-is reproducible from the committed offset; an age cut is not: it depends on how fast records
-arrived. So, as in ClickHouse Kafka Connect's exactly-once design (per-partition state of the
-offset range in flight), the range is written down before the insert, and the next reader of
-the partition replays it as it was. The state rides in the Kafka offset commit itself:
-committed offset = the batch's first offset, metadata = `beacon-inflight:<first>-<last>`. It
-needs no other store, is fenced by the group generation like any commit, and is replaced by
-the plain commit of `last + 1` once ClickHouse has acknowledged the insert.
+(`batch_max_bytes`) or by age (`batch_max_age_ms`, of the oldest record waiting), always at a
+record's end. Not by age while records of an owned partition wait on the broker (up to
+BACKLOG_AGES ages): a consumer catching up (after an outage, a restart, a rebalance) then
+inserts in its largest batches, where the store pays least per row, and waits for nothing that
+is not already there. A cut depends on how records arrived, so, as in ClickHouse Kafka
+Connect's exactly-once design (per-partition state of the offset range in flight), the ranges
+are written down before the insert, and the next reader of a partition replays them as they
+were. The state rides in the Kafka offset commit itself: committed offset = the partition's
+first offset in the batch, metadata = `beacon-inflight:<first>-<last>`, and for a batch of
+several partitions `:<batch hash>:<partitions>`. It needs no other store, is fenced by the
+group generation like any commit, and is replaced by the plain commit of `last + 1` once
+ClickHouse has acknowledged the insert.
 https://github.com/ClickHouse/clickhouse-kafka-connect/blob/main/docs/DESIGN.md
 
-A recorded range that cannot be formed again (its records were deleted by retention, or the
-partition ends before its last offset) is cut at what exists: the token differs, and the
-event_id backstop (ReplacingMergeTree on event_id, reports read with FINAL) takes the repeat.
+A recorded batch whose ranges are all read here again is replayed under its token, and its
+event ids are checked after the insert (consumers/ingest.py). One that cannot be formed again
+(a rebalance gave its partitions to several members, retention deleted its records, a
+partition ends before its last offset) is replayed from what this member has of it, and only
+its events not already stored go in (`partial`).
 """
 
 from __future__ import annotations
 
 import hashlib
 import re
+from collections.abc import Iterable
+from typing import NamedTuple
 
 from aiokafka import ConsumerRecord, TopicPartition
 
 from consumers.sources.protocol import Batch, join_lines, lines_of
 
 TOKEN_TOPIC_MAX_CHARS = 120  # leaves room for partition and offsets in TOKEN_RE's 200
-INFLIGHT_RE = re.compile(r"^beacon-inflight:(\d+)-(\d+)$")
+BATCH_HASH_CHARS = 32
+INFLIGHT_RE = re.compile(r"^beacon-inflight:(\d+)-(\d+)(?::([0-9a-f]{32}):(\d+))?$")
 # The longest a waiting backlog holds back an age cut, in batch ages: a high watermark that
 # stopped moving (a partition not fetched for a while) cannot hold a batch for good.
 BACKLOG_AGES = 10
 
 
-def inflight_metadata(first: int, last: int) -> str:
-    """The commit metadata that records a batch in flight."""
-    return f"beacon-inflight:{first}-{last}"
+class Inflight(NamedTuple):
+    """A partition's range of a batch on its way, as its commit metadata records it."""
+
+    first: int
+    last: int
+    batch: str = ""  # the batch's hash when it spans several partitions
+    partitions: int = 1
 
 
-def parse_inflight(metadata: str | None) -> tuple[int, int] | None:
-    """(first, last) from commit metadata written by `inflight_metadata`, else None."""
+def inflight_metadata(first: int, last: int, batch: str = "", partitions: int = 1) -> str:
+    """The commit metadata that records a partition's range of a batch in flight."""
+    tail = f":{batch}:{partitions}" if partitions > 1 else ""
+    return f"beacon-inflight:{first}-{last}{tail}"
+
+
+def parse_inflight(metadata: str | None) -> Inflight | None:
+    """What `inflight_metadata` recorded, else None."""
     match = INFLIGHT_RE.match(metadata or "")
-    return (int(match.group(1)), int(match.group(2))) if match else None
+    if match is None:
+        return None
+    first, last, batch, partitions = match.groups()
+    return Inflight(int(first), int(last), batch or "", int(partitions or 1))
 
 
-class PartitionBatch(Batch):
-    """Records [first, last] of one partition, under the token that names them. A record holds
-    one event or an NDJSON chunk of several (docs/tracking.md "Event format"): the batch's lines
-    are theirs in order."""
+def _topic_part(topic: str) -> str:
+    # Topic names are [A-Za-z0-9._-]: the token needs no quoting (writers.TOKEN_RE), but
+    # may be up to 249 characters: a long one is shortened to a hash of it.
+    if len(topic) > TOKEN_TOPIC_MAX_CHARS:
+        return hashlib.sha256(topic.encode()).hexdigest()[:32]
+    return topic
 
-    def __init__(self, tp: TopicPartition, records: list[ConsumerRecord], replay: bool = False):
-        self.tp = tp
-        self.records = records
-        token = token_for(tp, records[0].offset, records[-1].offset)
-        super().__init__(join_lines([r.value for r in records]), token, replay)
+
+def token_for(tp: TopicPartition, first: int, last: int) -> str:
+    """The insert dedup token of records [first, last] of a partition."""
+    return f"{_topic_part(tp.topic)}-{tp.partition}-{first}-{last}"
+
+
+def batch_hash(ranges: Iterable[tuple[TopicPartition, int, int]]) -> str:
+    """Names the ranges of a batch of several partitions, whatever their order."""
+    text = ",".join(f"{tp.topic}:{tp.partition}:{a}-{b}" for tp, a, b in sorted(ranges))
+    return hashlib.sha256(text.encode()).hexdigest()[:BATCH_HASH_CHARS]
+
+
+class KafkaBatch(Batch):
+    """Records [first, last] of one or more partitions, under the token that names them. A
+    record holds one event or an NDJSON chunk of several (docs/tracking.md "Event format"):
+    the batch's lines are theirs in order, partition after partition."""
+
+    def __init__(
+        self,
+        members: list[tuple[TopicPartition, list[ConsumerRecord]]],
+        replay: bool = False,
+        partial: bool = False,
+    ):
+        self.members = members
+        ranges = [(tp, records[0].offset, records[-1].offset) for tp, records in members]
+        self.hash = batch_hash(ranges) if len(members) > 1 else ""
+        if self.hash:
+            token = f"{_topic_part(members[0][0].topic)}-b-{self.hash}"
+        else:
+            token = token_for(*ranges[0])
+        values = [r.value for _, records in members for r in records]
+        super().__init__(join_lines(values), token, replay, partial)
+        self.segments = [sum(lines_of(r.value).count(b"\n") + 1 for r in records)
+                         for _, records in members]  # fmt: skip
+
+    @property
+    def tps(self) -> list[TopicPartition]:
+        return [tp for tp, _ in self.members]
+
+    def ranges(self) -> dict[TopicPartition, tuple[int, int]]:
+        """(first, last) offset of each partition's records."""
+        return {tp: (records[0].offset, records[-1].offset) for tp, records in self.members}
+
+    def inflight(self) -> dict[TopicPartition, str]:
+        """The commit metadata of each partition while the batch is on its way."""
+        n = len(self.members)
+        return {tp: inflight_metadata(a, b, self.hash, n) for tp, (a, b) in self.ranges().items()}
 
     def rejected_lines(self) -> list[tuple[ConsumerRecord, int, bytes, str]]:
         """(record, line number in the record, the line, reason) of every reject."""
         wanted = dict(self.rejects)
         out = []
         number = 0  # of the batch's line
-        for record in self.records:
-            lines = lines_of(record.value).split(b"\n")
-            for at, line in enumerate(lines):
-                if number + at in wanted:
-                    out.append((record, at, line, wanted[number + at]))
-            number += len(lines)
+        for _, records in self.members:
+            for record in records:
+                lines = lines_of(record.value).split(b"\n")
+                for at, line in enumerate(lines):
+                    if number + at in wanted:
+                        out.append((record, at, line, wanted[number + at]))
+                number += len(lines)
         return out
 
     @property
-    def first(self) -> int:
-        return self.records[0].offset
-
-    @property
-    def last(self) -> int:
-        return self.records[-1].offset
-
-    @property
     def label(self) -> str:
-        return f"{self.tp} {self.first}-{self.last}"
-
-
-def token_for(tp: TopicPartition, first: int, last: int) -> str:
-    """The insert dedup token of records [first, last] of a partition."""
-    # Topic names are [A-Za-z0-9._-]: the token needs no quoting (writers.TOKEN_RE), but
-    # may be up to 249 characters: a long one is shortened to a hash of it.
-    topic = tp.topic
-    if len(topic) > TOKEN_TOPIC_MAX_CHARS:
-        topic = hashlib.sha256(topic.encode()).hexdigest()[:32]
-    return f"{topic}-{tp.partition}-{first}-{last}"
+        return ", ".join(f"{tp} {a}-{b}" for tp, (a, b) in self.ranges().items())
 
 
 class PartitionBuffer:
-    """Records read from one partition and not yet committed; at most one batch in flight."""
+    """Records read from one partition and not yet in a batch."""
 
-    def __init__(self, tp: TopicPartition, committed: int, inflight: tuple[int, int] | None):
+    def __init__(self, tp: TopicPartition, committed: int, inflight: Inflight | None):
         self.tp = tp
         self.committed = committed  # the next offset to store: lag is counted from here
         self.inflight = inflight  # a range to replay exactly, from the commit metadata
@@ -109,13 +158,6 @@ class PartitionBuffer:
         self.rows = self.bytes = 0  # their sums
         self.first_read_at = 0.0  # monotonic time the oldest buffered record was read
         self.next_offset = committed  # after the last record read
-        self.batch: PartitionBatch | None = None
-
-    @property
-    def flight(self) -> PartitionBatch:
-        """The batch on its way (for callers that know there is one)."""
-        assert self.batch is not None
-        return self.batch
 
     def add(self, records: list[ConsumerRecord], now: float) -> None:
         if not records:
@@ -131,75 +173,92 @@ class PartitionBuffer:
             self.bytes += len(value)
         self.next_offset = records[-1].offset + 1
 
-    def cut(
-        self,
-        now: float,
-        max_rows: int,
-        max_bytes: int,
-        max_age_s: float,
-        highwater: int | None,
-        final: bool,
-    ) -> PartitionBatch | None:
-        """Start the next batch when one is due; None while one is in flight or none is due.
+    def behind(self, highwater: int | None) -> bool:
+        """Records of the partition wait on the broker."""
+        return highwater is not None and highwater > self.next_offset
 
-        `final` (shutting down) cuts a fresh batch whatever its age, but never a partial replay:
-        the next reader replays that range in full.
-        """
-        if self.batch is not None:
-            return None
-        if self.inflight is not None:
-            batch = self._cut_replay(highwater, now)
-            if batch is not None or self.inflight is not None:
-                return batch
-        if not self.records:
-            return None
-        full = self._full(max_rows, max_bytes)
-        if full is None and not final:
-            age_s = now - self.first_read_at
-            behind = highwater is not None and highwater > self.next_offset
-            if age_s < max_age_s or (behind and age_s < max_age_s * BACKLOG_AGES):
-                return None
-        return self._take(full or len(self.records), replay=False, now=now)
-
-    def _full(self, max_rows: int, max_bytes: int) -> int | None:
-        """Records in the first batch that reaches `max_rows` lines or `max_bytes`, if any."""
-        if self.rows < max_rows and self.bytes < max_bytes:
-            return None
-        rows = size = 0
-        for count, (lines, length) in enumerate(self.sizes, 1):
-            rows += lines
-            size += length
-            if rows >= max_rows or size >= max_bytes:
-                return count
-        return None
-
-    def _cut_replay(self, highwater: int | None, now: float) -> PartitionBatch | None:
-        assert self.inflight is not None
-        last = self.inflight[1]
-        caught_up = highwater is not None and self.next_offset >= highwater
-        read_through = bool(self.records) and self.records[-1].offset >= last
-        if not (read_through or caught_up):
-            return None  # keep reading: the range is not complete yet
-        self.inflight = None
-        count = sum(1 for r in self.records if r.offset <= last)
-        if count == 0:
-            return None  # nothing of the range exists any more: cut fresh batches
-        # Read through: the same records as before, the same token. Cut short (the partition
-        # ends early): a batch of its own, with its own in-flight mark.
-        return self._take(count, replay=read_through, now=now)
-
-    def _take(self, count: int, replay: bool, now: float) -> PartitionBatch:
-        self.batch = PartitionBatch(self.tp, self.records[:count], replay=replay)
-        self.records = self.records[count:]
-        taken, self.sizes = self.sizes[:count], self.sizes[count:]
-        self.rows -= sum(lines for lines, _ in taken)
-        self.bytes -= sum(length for _, length in taken)
+    def take(self, count: int, now: float) -> list[ConsumerRecord]:
+        """The first `count` records, out of the buffer."""
+        taken, self.records = self.records[:count], self.records[count:]
+        sizes, self.sizes = self.sizes[:count], self.sizes[count:]
+        self.rows -= sum(lines for lines, _ in sizes)
+        self.bytes -= sum(length for _, length in sizes)
         # The rest waits its own age from now: it was not due on its own.
         self.first_read_at = now
-        return self.batch
+        return taken
 
-    def done(self) -> None:
-        """The batch is stored and its offsets committed."""
-        assert self.batch is not None
-        self.committed = self.batch.last + 1
-        self.batch = None
+
+def cut(
+    parts: list[PartitionBuffer],
+    highwaters: dict[TopicPartition, int | None],
+    now: float,
+    limits: tuple[int, int, float],
+    final: bool,
+) -> KafkaBatch | None:
+    """The next batch, if one is due. `limits`: (max rows, max bytes, max age in seconds).
+
+    Recorded ranges go first, each batch as it was; `final` (shutting down) cuts a fresh batch
+    whatever its age, but never a replay not read through: the next reader replays it in full.
+    """
+    if any(p.inflight is not None for p in parts):
+        return _cut_replay(parts, highwaters, now)
+    max_rows, max_bytes, max_age_s = limits
+    waiting = [p for p in parts if p.records]
+    if not waiting:
+        return None
+    full = sum(p.rows for p in waiting) >= max_rows or sum(p.bytes for p in waiting) >= max_bytes
+    if not (full or final):
+        age_s = now - min(p.first_read_at for p in waiting)
+        behind = any(p.behind(highwaters.get(p.tp)) for p in parts)
+        if age_s < max_age_s or (behind and age_s < max_age_s * BACKLOG_AGES):
+            return None
+    # The longest waiting first, up to the limits, at a record's end.
+    members = []
+    rows = size = 0
+    for part in sorted(waiting, key=lambda p: (p.first_read_at, p.tp)):
+        count = 0
+        for lines, length in part.sizes:
+            if rows >= max_rows or size >= max_bytes:
+                break
+            count += 1
+            rows += lines
+            size += length
+        if count:
+            members.append((part.tp, part.take(count, now)))
+    return KafkaBatch(members)
+
+
+def _cut_replay(
+    parts: list[PartitionBuffer], highwaters: dict[TopicPartition, int | None], now: float
+) -> KafkaBatch | None:
+    """A recorded batch, once every range of it this member owns is read through (or its
+    partition has nothing more): under its token when all of it is here, else `partial`."""
+    groups: dict[str, list[PartitionBuffer]] = {}
+    for part in parts:
+        if part.inflight is not None:
+            key = part.inflight.batch or str(part.tp)
+            groups.setdefault(key, []).append(part)
+    for group in groups.values():
+        ready = True
+        for part in group:
+            assert part.inflight is not None
+            highwater = highwaters.get(part.tp)
+            caught_up = highwater is not None and part.next_offset >= highwater
+            read_through = bool(part.records) and part.records[-1].offset >= part.inflight.last
+            ready = ready and (read_through or caught_up)
+        if not ready:
+            continue  # keep reading: a range is not complete yet
+        members = []
+        exact = len(group) == group[0].inflight.partitions  # type: ignore[union-attr]
+        for part in group:
+            inflight = part.inflight
+            assert inflight is not None
+            part.inflight = None
+            count = sum(1 for r in part.records if r.offset <= inflight.last)
+            taken = part.take(count, now) if count else []
+            exact = exact and bool(taken) and (taken[0].offset, taken[-1].offset) == inflight[:2]
+            if taken:
+                members.append((part.tp, taken))
+        if members:
+            return KafkaBatch(members, replay=True, partial=not exact)
+    return None

@@ -1,15 +1,18 @@
-"""A Kafka consumer group as a feed of batches: one batch per partition on its way at a time.
+"""A Kafka consumer group as a feed of batches: one batch on its way at a time, taking the due
+records of every partition this member owns (kafka_batches).
 
 Rejects go to the dead-letter topic (acked) before anything is committed past them; a batch
-is recorded as in flight by committing its range as metadata (kafka_batches) and acknowledged
-by committing last + 1. A batch that waits for a retry pauses its partition, while the loop
-keeps calling getmany(), so the member stays in the group and the other partitions keep moving.
+is recorded as in flight by committing its ranges as metadata (kafka_batches) and acknowledged
+by committing last + 1 for each of its partitions. A batch that waits for a retry pauses its
+partitions, while the loop keeps calling getmany(), so the member stays in the group.
 
 On a rebalance the in-memory state of revoked partitions is dropped, not flushed: flushing
 inside the callback would hold up the whole group for as long as ClickHouse is slow or down,
 while dropping costs only a re-read. Whoever owns the partition next starts at the committed
-offset and replays a recorded in-flight range with its token, so a batch that did land (or is
-still landing from here) is not stored twice; consumers/ingest.py checks a replay's ids after.
+offset and replays a recorded in-flight range, so a batch that did land (or is still landing
+from here) is not stored twice; consumers/ingest.py checks a replay's ids. A batch on its way
+that loses one of its partitions is dropped, and the partitions kept are read again from their
+committed offsets, as a new owner would.
 """
 
 from __future__ import annotations
@@ -26,7 +29,7 @@ from consumers.dlq import DeadLetters
 from consumers.metrics import ConsumerMetrics
 from consumers.settings import ConsumerSettings
 from consumers.sources.kafka import KafkaSource, Offsets, Partitions
-from consumers.sources.kafka_batches import PartitionBatch, PartitionBuffer, inflight_metadata
+from consumers.sources.kafka_batches import KafkaBatch, PartitionBuffer, cut
 from consumers.sources.protocol import Batch
 
 log = logging.getLogger("beacon.consumer")
@@ -55,6 +58,7 @@ class KafkaFeed:
         self.poll_ms = settings.poll_interval_ms
         self.max_records = settings.kafka_max_records
         self.parts: dict[TopicPartition, PartitionBuffer] = {}
+        self.flight: KafkaBatch | None = None  # the batch on its way
         # Assigned, paused until their committed offset and in-flight range are read.
         self.unadopted: Partitions = set()
         self.assignments = 0  # bumped on every assignment: a stale adoption is discarded
@@ -68,10 +72,18 @@ class KafkaFeed:
     # -- rebalance callbacks (aiokafka's coordinator task calls these) ----------------------
 
     def _revoked(self, tps: Partitions) -> None:
+        flight = self.flight
+        if flight is not None and not tps.isdisjoint(flight.tps):
+            self.metrics.batches.labels("revoked").inc()
+            self.flight = None
+            # The partitions kept are read again from their commits, as a new owner would.
+            kept = (set(flight.tps) - tps) & self.parts.keys()
+            for tp in kept:
+                del self.parts[tp]
+            self.source.pause(*kept)
+            self.unadopted |= kept
         for tp in tps:
-            part = self.parts.pop(tp, None)
-            if part is not None and part.batch is not None:
-                self.metrics.batches.labels("revoked").inc()
+            self.parts.pop(tp, None)
             self.lag_records.pop(tp, None)
             self.newest_ms.pop(tp, None)
             for gauge in (
@@ -123,13 +135,13 @@ class KafkaFeed:
             return 0  # stopping: store what is buffered, fetch no more
         if self.unadopted:
             await self._adopt()
-        # A batch's worth is waiting for every partition: fetch no more until one is on its
-        # way, so the buffers hold about a batch a partition whatever the backlog, and a
-        # backlog still makes full batches (the member stays in its group: aiokafka
-        # heartbeats apart, and the loop polls again within an insert). A replay must read
-        # its recorded range through, however large it was cut.
+        # A batch's worth is waiting: fetch no more until it is on its way, so the buffers
+        # hold about a batch whatever the backlog and the partitions owned, and a backlog
+        # still makes full batches (the member stays in its group: aiokafka heartbeats apart,
+        # and the loop polls again within an insert). A replay must read its recorded ranges
+        # through, however large they were cut.
         parts = self.parts.values()
-        self.skipped = sum(p.bytes for p in parts) >= self.max_bytes * len(parts) and not any(
+        self.skipped = sum(p.bytes for p in parts) >= self.max_bytes and not any(
             p.inflight is not None for p in parts
         )
         if self.skipped:
@@ -180,66 +192,68 @@ class KafkaFeed:
             offset, inflight = state[tp]
             committed = beginning.get(tp, 0) if offset is None else offset
             self.parts[tp] = PartitionBuffer(tp, committed, inflight)
+            self.source.rewind(tp, committed)  # a partition kept after a revocation read on
             if inflight is not None:
                 self.metrics.replayed_batches.inc()
-                log.info("%s: replaying in-flight offsets %d-%d", tp, *inflight)
+                log.info("%s: replaying in-flight offsets %d-%d", tp, *inflight[:2])
         self.unadopted -= adopted
         self.source.resume(*adopted)
 
     def batches(self, now: float, final: bool) -> list[Batch]:
-        out: list[Batch] = []
-        for part in self.parts.values():
-            highwater = self.source.highwater(part.tp)
-            part.cut(now, self.max_rows, self.max_bytes, self.max_age_s, highwater, final)
-            if part.batch is not None:
-                out.append(part.batch)
-        return out
+        if self.flight is None:
+            parts = list(self.parts.values())
+            highwaters = {p.tp: self.source.highwater(p.tp) for p in parts}
+            limits = (self.max_rows, self.max_bytes, self.max_age_s)
+            self.flight = cut(parts, highwaters, now, limits, final)
+        return [] if self.flight is None else [self.flight]
 
     def owns(self, batch: Batch) -> bool:
-        """The batch's partition is still ours. One revoked while its batch was on the way
-        is the next owner's to commit: aiokafka refuses partitions not assigned and the broker
-        an old generation, and this keeps a stale batch from committing under a new
-        assignment."""
-        assert isinstance(batch, PartitionBatch)
-        part = self.parts.get(batch.tp)
-        return part is not None and part.batch is batch
+        """The batch is on its way here and its partitions are still ours. One revoked while
+        its batch was on the way is the next owner's to commit: aiokafka refuses partitions not
+        assigned and the broker an old generation, and this keeps a stale batch from
+        committing under a new assignment."""
+        return batch is self.flight
 
     async def reject(self, batch: Batch) -> None:
-        assert isinstance(batch, PartitionBatch)
+        assert isinstance(batch, KafkaBatch)
         rejects = batch.rejected_lines()
         await self.dead_letters.send(rejects)
         for record, line, _, reason in rejects:
             self.metrics.dlq_records.labels(reason).inc()
-            log.warning("%s offset %d line %d dead-lettered: %s", batch.tp, record.offset, line,
-                        reason)  # fmt: skip
+            log.warning("%s-%d offset %d line %d dead-lettered: %s", record.topic,
+                        record.partition, record.offset, line, reason)  # fmt: skip
 
     async def mark(self, batches: list[Batch]) -> None:
         offsets: Offsets = {}
         for batch in batches:
-            assert isinstance(batch, PartitionBatch)
-            offsets[batch.tp] = (batch.first, inflight_metadata(batch.first, batch.last))
+            assert isinstance(batch, KafkaBatch)
+            for tp, metadata in batch.inflight().items():
+                offsets[tp] = (batch.ranges()[tp][0], metadata)
         await self.source.commit(offsets)
 
     async def commit(self, batches: list[Batch]) -> None:
-        parts = []
+        offsets: Offsets = {}
         for batch in batches:
-            assert isinstance(batch, PartitionBatch)
-            parts.append(self.parts[batch.tp])
-        await self.source.commit({p.tp: (p.flight.last + 1, "") for p in parts})
+            assert isinstance(batch, KafkaBatch)
+            offsets.update({tp: (last + 1, "") for tp, (_, last) in batch.ranges().items()})
+        await self.source.commit(offsets)
         for batch in batches:
-            assert isinstance(batch, PartitionBatch)
-            tp = batch.tp
-            if self.owns(batch) and batch.newest_ms > self.newest_ms.get(tp, 0):
-                self.newest_ms[tp] = batch.newest_ms
-                self.metrics.stored_newest((tp.topic, str(tp.partition)), batch.newest_ms)
-        for part in parts:
-            part.done()
-            if self.parts.get(part.tp) is part:  # not a new owner's partition, paused to adopt
-                self.source.resume(part.tp)
+            assert isinstance(batch, KafkaBatch)
+            newest = batch.newest_by_segment or [batch.newest_ms] * len(batch.tps)
+            for tp, newest_ms in zip(batch.tps, newest, strict=True):
+                if newest_ms > self.newest_ms.get(tp, 0):
+                    self.newest_ms[tp] = newest_ms
+                    self.metrics.stored_newest((tp.topic, str(tp.partition)), newest_ms)
+            if batch is not self.flight:
+                continue  # revoked while committing: the partitions kept are read again
+            self.flight = None
+            for tp, (_, last) in batch.ranges().items():
+                self.parts[tp].committed = last + 1
+            self.source.resume(*batch.tps)
 
     def hold(self, batch: Batch) -> None:
-        assert isinstance(batch, PartitionBatch)
-        self.source.pause(batch.tp)
+        assert isinstance(batch, KafkaBatch)
+        self.source.pause(*batch.tps)
 
     def after_pass(self) -> None:
         self.metrics.paused_partitions.set(len(self.source.paused()))

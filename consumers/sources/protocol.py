@@ -20,16 +20,25 @@ class Batch:
     from 0). Each step is done once: a retry after a failure starts at the first step not done.
     """
 
-    def __init__(self, pieces: list[bytes], token: str, replay: bool) -> None:
+    def __init__(
+        self, pieces: list[bytes], token: str, replay: bool, partial: bool = False
+    ) -> None:
         self.pieces = pieces
         self.token = token
         self.replay = replay  # formed again from a recorded range: the ids are checked after
+        # A replay not formed exactly as recorded (under another token): only its events not
+        # already stored go in.
+        self.partial = partial
+        # Lines of each source of the batch (a Kafka partition), in order: the newest event is
+        # reported for each. None: one source.
+        self.segments: list[int] | None = None
         self.good = 0  # lines stored
         self.rejects: list[tuple[int, str]] = []  # (line number, reason), in line order
         self.marked = replay  # recorded as in flight (a replay: by the run before)
         self.stored = False  # ClickHouse acknowledged the insert; good and rejects are known
         self.rejects_taken = False  # the feed has taken the rejects (DLQ, log)
         self.newest_ms = 0  # received_at of its newest stored event (consumers/ingest.py)
+        self.newest_by_segment: list[int] = []  # the same for each segment
         self.failures = 0
         self.retry_at = 0.0  # monotonic time the next attempt is due
 

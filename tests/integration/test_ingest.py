@@ -235,6 +235,33 @@ async def test_a_batch_repeated_with_its_token_is_stored_once_and_a_replay_refil
     assert store.rows(f"SELECT count() AS n FROM {EVENTS}") == [{"n": len(events)}]
 
 
+async def test_a_partial_replay_stores_only_the_events_not_stored_yet(store: Store) -> None:
+    """A recorded batch formed again only in part (its partitions went to several members)
+    has another token: its events already stored are not stored again, whatever the token."""
+    events = mixed_events()
+    ingest = Ingest(store.writer)
+    half = len(events) // 2
+    await ingest.store(body(events[:half]), "ingest-half")
+    replay = await ingest.store(body(events), "ingest-part", replay=True, partial=True)
+    assert (replay.rows, replay.refilled, replay.inserted) == (len(events), len(events) - half,
+                                                               len(events) - half)  # fmt: skip
+    assert store.rows(f"SELECT count() AS n FROM {EVENTS}") == [{"n": len(events)}]
+    again = await ingest.store(body(events), "ingest-part-2", replay=True, partial=True)
+    assert (again.refilled, again.inserted) == (0, 0)
+    assert store.rows(f"SELECT count() AS n FROM {EVENTS}") == [{"n": len(events)}]
+
+
+async def test_the_newest_event_of_each_segment_of_a_batch(store: Store) -> None:
+    """A batch of several partitions reports each one's newest event (their lag in seconds)."""
+    events = mixed_events()[:6]
+    for at, event in enumerate(events):
+        event["received_at"] = 1_000_000 * (at + 1)
+        event["consent"] = "granted"
+    stored = await Ingest(store.writer).store(body(events), "ingest-segments", segments=[2, 3, 1])
+    assert stored.newest_by_segment == [2_000_000, 5_000_000, 6_000_000]
+    assert stored.newest_ms == 6_000_000
+
+
 async def test_the_http_writer_runs_the_same_ingest_on_a_server(tmp_path: Path) -> None:
     events = mixed_events()
     async with ClickHouseFront(tmp_path / "store") as front:

@@ -19,7 +19,7 @@ from collector.sinks.spool import SpoolSink
 from consumers.metrics import SPOOL_TOPIC, ConsumerMetrics
 from consumers.settings import ConsumerSettings
 from consumers.sources import kafka_feed
-from consumers.sources.kafka_batches import PartitionBatch, PartitionBuffer
+from consumers.sources.kafka_batches import KafkaBatch, PartitionBuffer
 from consumers.sources.kafka_feed import KafkaFeed
 from consumers.sources.spool import SpoolSource
 from consumers.sources.spool_feed import SpoolFeed
@@ -57,9 +57,12 @@ class Broker:
     def resume(self, *tps: TopicPartition) -> None:
         pass
 
+    def highwater(self, tp: TopicPartition) -> int | None:
+        return None
 
-def record(offset: int) -> ConsumerRecord:
-    return ConsumerRecord(TP.topic, TP.partition, offset, 0, 0, None, b"{}", None, 0, 2, ())
+
+def record(offset: int, tp: TopicPartition = TP) -> ConsumerRecord:
+    return ConsumerRecord(tp.topic, tp.partition, offset, 0, 0, None, b"{}", None, 0, 2, ())
 
 
 async def test_kafka_lag_in_seconds_counts_from_the_newest_stored_event(
@@ -80,8 +83,8 @@ async def test_kafka_lag_in_seconds_counts_from_the_newest_stored_event(
         await eventually(lambda: gauge(metrics, "beacon_consumer_lag_records", LABELS) == 3)
         assert gauge(metrics, "beacon_consumer_lag_seconds", LABELS) is None
         # A batch is stored and committed; its newest event was received ten minutes ago.
-        batch = part.cut(time.monotonic(), 100, 1 << 20, 0.0, None, final=True)
-        assert isinstance(batch, PartitionBatch)
+        [batch] = feed.batches(time.monotonic(), final=True)
+        assert isinstance(batch, KafkaBatch)
         newest_ms = time.time_ns() // 1_000_000 - TEN_MINUTES_MS
         batch.newest_ms = newest_ms
         await feed.commit([batch])
@@ -109,11 +112,33 @@ async def test_a_batch_older_than_the_newest_stored_leaves_the_time_alone(tmp_pa
     part = feed.parts[TP] = PartitionBuffer(TP, committed=0, inflight=None)
     for offset, newest_ms in ((0, 2_000_000), (1, 1_000_000), (2, 0)):  # 0: no exact time
         part.add([record(offset)], time.monotonic())
-        batch = part.cut(time.monotonic(), 100, 1 << 20, 0.0, None, final=True)
-        assert isinstance(batch, PartitionBatch)
+        [batch] = feed.batches(time.monotonic(), final=True)
+        assert isinstance(batch, KafkaBatch)
         batch.newest_ms = newest_ms
         await feed.commit([batch])
     assert gauge(metrics, "beacon_consumer_newest_event_timestamp_seconds", LABELS) == 2000
+
+
+async def test_a_batch_of_several_partitions_times_each_by_its_own_newest_event(
+    tmp_path: Path,
+) -> None:
+    metrics = ConsumerMetrics(CollectorRegistry())
+    broker = Broker()
+    feed = KafkaFeed(broker, None, metrics, ConsumerSettings(data_dir=tmp_path))  # type: ignore[arg-type]
+    other = TopicPartition(TP.topic, 4)
+    for tp in (TP, other):
+        feed.parts[tp] = PartitionBuffer(tp, committed=0, inflight=None)
+        feed.parts[tp].add([record(0, tp), record(1, tp)], time.monotonic())
+    [batch] = feed.batches(time.monotonic(), final=True)
+    assert isinstance(batch, KafkaBatch) and batch.tps == [TP, other]
+    batch.newest_by_segment = [3_000_000, 1_000_000]  # as consumers/ingest.py counts them
+    batch.newest_ms = 3_000_000
+    await feed.commit([batch])
+    assert broker.commits == [{TP: (2, ""), other: (2, "")}]
+    timestamp = "beacon_consumer_newest_event_timestamp_seconds"
+    assert gauge(metrics, timestamp, LABELS) == 3000
+    assert gauge(metrics, timestamp, {**LABELS, "partition": "4"}) == 1000
+    assert feed.flight is None and feed.parts[other].committed == 2
 
 
 async def spool_segment(spool_dir: Path, received_ms: int) -> None:
