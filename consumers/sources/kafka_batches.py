@@ -91,6 +91,14 @@ def batch_hash(ranges: Iterable[tuple[TopicPartition, int, int]]) -> str:
     return hashlib.sha256(text.encode()).hexdigest()[:BATCH_HASH_CHARS]
 
 
+class Member(NamedTuple):
+    """A partition's records in a batch, and their lines."""
+
+    tp: TopicPartition
+    records: list[ConsumerRecord]
+    lines: int
+
+
 class KafkaBatch(Batch):
     """Records [first, last] of one or more partitions, under the token that names them. A
     record holds one event or an NDJSON chunk of several (docs/tracking.md "Event format"):
@@ -98,29 +106,28 @@ class KafkaBatch(Batch):
 
     def __init__(
         self,
-        members: list[tuple[TopicPartition, list[ConsumerRecord]]],
+        members: list[Member],
         replay: bool = False,
         partial: bool = False,
     ):
         self.members = members
-        ranges = [(tp, records[0].offset, records[-1].offset) for tp, records in members]
+        ranges = [(tp, records[0].offset, records[-1].offset) for tp, records, _ in members]
         self.hash = batch_hash(ranges) if len(members) > 1 else ""
         if self.hash:
             token = f"{_topic_part(members[0][0].topic)}-b-{self.hash}"
         else:
             token = token_for(*ranges[0])
-        values = [r.value for _, records in members for r in records]
+        values = [r.value for _, records, _ in members for r in records]
         super().__init__(join_lines(values), token, replay, partial)
-        self.segments = [sum(lines_of(r.value).count(b"\n") + 1 for r in records)
-                         for _, records in members]  # fmt: skip
+        self.segments = [m.lines for m in members]
 
     @property
     def tps(self) -> list[TopicPartition]:
-        return [tp for tp, _ in self.members]
+        return [m.tp for m in self.members]
 
     def ranges(self) -> dict[TopicPartition, tuple[int, int]]:
         """(first, last) offset of each partition's records."""
-        return {tp: (records[0].offset, records[-1].offset) for tp, records in self.members}
+        return {tp: (records[0].offset, records[-1].offset) for tp, records, _ in self.members}
 
     def inflight(self) -> dict[TopicPartition, str]:
         """The commit metadata of each partition while the batch is on its way."""
@@ -132,7 +139,7 @@ class KafkaBatch(Batch):
         wanted = dict(self.rejects)
         out = []
         number = 0  # of the batch's line
-        for _, records in self.members:
+        for _, records, _ in self.members:
             for record in records:
                 lines = lines_of(record.value).split(b"\n")
                 for at, line in enumerate(lines):
@@ -177,15 +184,16 @@ class PartitionBuffer:
         """Records of the partition wait on the broker."""
         return highwater is not None and highwater > self.next_offset
 
-    def take(self, count: int, now: float) -> list[ConsumerRecord]:
+    def take(self, count: int, now: float) -> Member:
         """The first `count` records, out of the buffer."""
         taken, self.records = self.records[:count], self.records[count:]
         sizes, self.sizes = self.sizes[:count], self.sizes[count:]
-        self.rows -= sum(lines for lines, _ in sizes)
+        lines = sum(lines for lines, _ in sizes)
+        self.rows -= lines
         self.bytes -= sum(length for _, length in sizes)
         # The rest waits its own age from now: it was not due on its own.
         self.first_read_at = now
-        return taken
+        return Member(self.tp, taken, lines)
 
 
 def cut(
@@ -224,7 +232,7 @@ def cut(
             rows += lines
             size += length
         if count:
-            members.append((part.tp, part.take(count, now)))
+            members.append(part.take(count, now))
     return KafkaBatch(members)
 
 
@@ -249,16 +257,20 @@ def _cut_replay(
         if not ready:
             continue  # keep reading: a range is not complete yet
         members = []
-        exact = len(group) == group[0].inflight.partitions  # type: ignore[union-attr]
+        recorded = group[0].inflight
+        assert recorded is not None
+        exact = len(group) == recorded.partitions
         for part in group:
             inflight = part.inflight
             assert inflight is not None
             part.inflight = None
             count = sum(1 for r in part.records if r.offset <= inflight.last)
-            taken = part.take(count, now) if count else []
-            exact = exact and bool(taken) and (taken[0].offset, taken[-1].offset) == inflight[:2]
-            if taken:
-                members.append((part.tp, taken))
+            if not count:
+                exact = False  # nothing of the range is left
+                continue
+            member = part.take(count, now)
+            exact = exact and (member.records[0].offset, member.records[-1].offset) == inflight[:2]
+            members.append(member)
         if members:
             return KafkaBatch(members, replay=True, partial=not exact)
     return None
