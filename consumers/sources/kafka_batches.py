@@ -42,7 +42,9 @@ from consumers.sources.protocol import Batch, join_lines, lines_of
 
 TOKEN_TOPIC_MAX_CHARS = 120  # leaves room for partition and offsets in TOKEN_RE's 200
 BATCH_HASH_CHARS = 32
-INFLIGHT_RE = re.compile(r"^beacon-inflight:(\d+)-(\d+)(?::([0-9a-f]{32}):(\d+))?$")
+INFLIGHT_RE = re.compile(
+    rf"^beacon-inflight:(\d+)-(\d+)(?::([0-9a-f]{{{BATCH_HASH_CHARS}}}):(\d+))?$"
+)
 # The longest a waiting backlog holds back an age cut, in batch ages: a high watermark that
 # stopped moving (a partition not fetched for a while) cannot hold a batch for good.
 BACKLOG_AGES = 10
