@@ -10,6 +10,7 @@ moved. KNOWN names the releases these were read from.
 from __future__ import annotations
 
 import asyncio
+import socket
 from collections.abc import Callable
 from typing import Any
 
@@ -50,19 +51,26 @@ def waiting_for_request(handler: RequestHandler) -> bool:
     return waiter is not None and not waiter.done()
 
 
-async def serve_site(site: web.TCPSite, factory: Callable[[], asyncio.Protocol]) -> None:
+async def serve_site(
+    site: web.TCPSite, factory: Callable[[], asyncio.Protocol], sock: socket.socket | None = None
+) -> None:
     """web.TCPSite.start with another protocol factory (aiohttp 3.14's, `sockets` guard
-    included): sets the site's private `_server` and `_bound_port` as it does."""
+    included): sets the site's private `_server` and `_bound_port` as it does. `sock`: a
+    listening socket made elsewhere, served instead of binding the site's address."""
     await web.BaseSite.start(site)  # registers the site with its runner
-    site._server = await asyncio.get_running_loop().create_server(
-        factory,
-        site._host,
-        site._port,
-        ssl=site._ssl_context,
-        backlog=site._backlog,
-        reuse_address=site._reuse_address,
-        reuse_port=site._reuse_port,
-    )
+    loop = asyncio.get_running_loop()
+    if sock is not None:
+        site._server = await loop.create_server(factory, sock=sock, ssl=site._ssl_context)
+    else:
+        site._server = await loop.create_server(
+            factory,
+            site._host,
+            site._port,
+            ssl=site._ssl_context,
+            backlog=site._backlog,
+            reuse_address=site._reuse_address,
+            reuse_port=site._reuse_port,
+        )
     sockets = site._server.sockets
     site._bound_port = sockets[0].getsockname()[1] if sockets else site._port
 

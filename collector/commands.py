@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import socket
 import sys
 from collections.abc import Mapping
 from pathlib import Path
@@ -14,7 +15,7 @@ from collector.settings import Settings
 
 def serve_command(settings: Settings, env: Mapping[str, str], workers: int | None) -> int:
     """One collector process, or `workers` of them on one port."""
-    from collector.workers import MULTIPROC_ENV, default_workers, run_workers
+    from collector.workers import LISTEN_FD_ENV, MULTIPROC_ENV, default_workers, run_workers
 
     count = workers or default_workers()
     if count > 1:
@@ -25,7 +26,9 @@ def serve_command(settings: Settings, env: Mapping[str, str], workers: int | Non
 
     # Set by run_workers for its workers (or by whoever runs this one process that way).
     multiprocess_dir = Path(env[MULTIPROC_ENV]) if env.get(MULTIPROC_ENV) else None
-    uvloop.run(serve(settings, multiprocess_dir))
+    fd = env.get(LISTEN_FD_ENV, "")
+    sock = socket.socket(fileno=int(fd)) if fd.isdigit() else None
+    uvloop.run(serve(settings, multiprocess_dir, sock))
     return 0
 
 

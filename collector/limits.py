@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import socket
 from collections.abc import Awaitable, Callable
 from typing import TYPE_CHECKING, Any, cast
 
@@ -227,12 +228,14 @@ class GuardedSite(web.TCPSite):
         reuse_port: bool = False,
         fast_paths: FastPaths | None = None,
         cap: ConnectionCap | None = None,
+        sock: socket.socket | None = None,
     ) -> None:
         super().__init__(runner, host, port, reuse_port=reuse_port)
         self._header_timeout_s = header_timeout_s
         self._metrics = metrics
         self._fast_paths = fast_paths
         self._cap = cap
+        self._sock = sock  # listening already (collector/workers.py), else host:port is bound
 
     async def start(self) -> None:
         server = self._runner.server
@@ -248,7 +251,7 @@ class GuardedSite(web.TCPSite):
         factory: Callable[[], asyncio.Protocol] = guarded if wrapped else inner
         if self._fast_paths is not None:
             factory = self._fast_paths.factory(factory)
-        await compat.serve_site(self, factory)  # web.TCPSite.start, the factory wrapped
+        await compat.serve_site(self, factory, self._sock)  # TCPSite.start, the factory wrapped
 
     async def stop(self) -> None:
         await super().stop()  # no new connections

@@ -6,6 +6,7 @@ import asyncio
 import logging
 import os
 import signal
+import socket
 from pathlib import Path
 
 import aiohttp
@@ -42,11 +43,14 @@ def make_sink(settings: Settings, metrics: CollectorMetrics) -> Sink:
     return spool
 
 
-async def serve(settings: Settings, multiprocess_dir: Path | None = None) -> None:
+async def serve(
+    settings: Settings, multiprocess_dir: Path | None = None, sock: socket.socket | None = None
+) -> None:
     """Serve until SIGTERM/SIGINT, then: not ready, drain, flush the buffer, exit.
 
     `multiprocess_dir`: this is one of several workers (collector/workers.py) whose metrics
-    meet there; /metrics then shows their sum.
+    meet there; /metrics then shows their sum. `sock`: the listening socket its master made
+    for it, else this process binds the address.
     """
     if not compat.tested_release():
         log.warning(
@@ -81,6 +85,7 @@ async def serve(settings: Settings, multiprocess_dir: Path | None = None) -> Non
         metrics=metrics,
         fast_paths=fast_paths(settings, app[COLLECTOR], metrics, cap),
         cap=cap,
+        sock=sock,
     )
     await site.start()
     metrics.workers.set(1)

@@ -49,6 +49,7 @@ class Child:
     started_at: float = 0.0
     quick_exits: int = 0  # exits in a row, each within MIN_UPTIME_S of its start
     restart_at: float | None = field(default=None)
+    fds: tuple[int, ...] = ()  # passed down besides the claims (a worker's listening socket)
 
     @property
     def pid(self) -> int:
@@ -63,7 +64,7 @@ class Child:
             env=self.env,
             start_new_session=True,
             preexec_fn=_die_with_parent,
-            pass_fds=tuple(inherited(self.env.get(CLAIMS_ENV, "")).values()),
+            pass_fds=(*inherited(self.env.get(CLAIMS_ENV, "")).values(), *self.fds),
         )
         self.started_at = time.monotonic()
         self.restart_at = None

@@ -4,9 +4,15 @@ Every worker listens on the same address with SO_REUSEPORT, so the kernel spread
 connections over their accept queues; nothing is shared between them but the spool directory
 (built for several writers) and the Prometheus multiprocess directory, through which any
 worker's /metrics shows the sum over all of them. This master process holds the port (bound,
-never listening) so a restarted worker can always bind it again and port 0 means one port for
-all; it restarts a worker that dies and marks its live gauges dead; on SIGTERM it stops every
-worker at once, and each drains, flushes its buffer and exits.
+never listening) so port 0 means one port for all, and makes each worker's listening socket
+before starting it: the kernel spreads connections over every worker from the first one, even
+over a worker still starting (they wait in its queue). When workers bound their own sockets, a
+client that connected as soon as the first one answered (a load balancer's keep-alive pool, a
+benchmark) had that one worker for all its connections: half the collector on two cores, in
+about a third of the starts. It restarts a worker that dies (its socket goes with it, so new
+connections go to the others meanwhile, and is made again for the restart) and marks its live
+gauges dead; on SIGTERM it stops every worker at once, and each drains, flushes its buffer and
+exits.
 https://prometheus.github.io/client_python/multiprocess/
 """
 
@@ -30,6 +36,8 @@ from collector.supervisor import Child, Supervisor
 log = logging.getLogger("beacon.workers")
 
 MULTIPROC_ENV = "PROMETHEUS_MULTIPROC_DIR"  # prometheus_client reads it at import
+LISTEN_FD_ENV = "BEACON_LISTEN_FD"  # a worker's listening socket, made by its master
+LISTEN_BACKLOG = 1024  # what aiohttp's sites ask for
 # Below the `beacon run` supervisor's own deadline for this process, so workers that hang are
 # killed here, by the process that can still mark them dead.
 WORKER_STOP_TIMEOUT_S = 45.0
@@ -70,6 +78,27 @@ def reserve_port(host: str, port: int) -> socket.socket:
     return sock
 
 
+class Worker(Child):
+    """A worker process, started with a listening socket of its own on the shared port."""
+
+    def __init__(self, role: str, argv: list[str], env: dict[str, str], address: tuple) -> None:
+        super().__init__(role, argv, env)
+        self.address = address  # (family, type, proto, sockaddr) of the port holder
+
+    def start(self) -> None:
+        family, kind, proto, address = self.address
+        with socket.socket(family, kind, proto) as listener:
+            listener.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            listener.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
+            listener.bind(address)
+            listener.listen(LISTEN_BACKLOG)
+            self.fds = (listener.fileno(),)
+            self.env = {**self.env, LISTEN_FD_ENV: str(listener.fileno())}
+            super().start()
+        # Only the worker holds it now: when the worker exits, the kernel closes it, and new
+        # connections go to the other workers until the restart makes another.
+
+
 def metrics_dir(env: Mapping[str, str]) -> tuple[Path, bool]:
     """The multiprocess directory for this run, empty; True if it is ours to remove after.
 
@@ -104,7 +133,8 @@ def run_workers(settings: Settings, env: Mapping[str, str], workers: int) -> int
         "PYTHONUNBUFFERED": "1",
     }
     argv = [sys.executable, "-m", "beacon", "serve", "--workers", "1"]
-    children = [Child(f"worker {i}", argv, worker_env) for i in range(workers)]
+    address = (holder.family, holder.type, holder.proto, holder.getsockname())
+    children = [Worker(f"worker {i}", argv, worker_env, address) for i in range(workers)]
 
     def mark_dead(child: Child) -> None:
         multiprocess.mark_process_dead(child.pid, str(directory))

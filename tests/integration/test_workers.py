@@ -282,6 +282,68 @@ def test_sigterm_stops_every_worker_and_loses_no_accepted_event(serve) -> None: 
     assert not metrics_dir.exists()  # the run's own temporary directory is removed
 
 
+def holders(port: int, pids: set[int]) -> dict[int, int]:
+    """pid -> established connections it holds on `port` (server side), from /proc."""
+    inodes = {}
+    for line in Path("/proc/net/tcp").read_text().splitlines()[1:]:
+        fields = line.split()
+        local_port = int(fields[1].split(":")[1], 16)
+        if local_port == port and fields[3] == "01":  # ESTABLISHED
+            inodes[f"socket:[{fields[9]}]"] = True
+    held = {}
+    for pid in pids:
+        fds = Path(f"/proc/{pid}/fd")
+        held[pid] = sum(1 for fd in fds.iterdir() if os.readlink(fd) in inodes)
+    return held
+
+
+def test_every_worker_takes_connections_from_the_first_even_while_starting(
+    tmp_path: Path,
+) -> None:
+    """A client that connects as soon as the collector answers (a load balancer's keep-alive
+    pool) gets every worker, not the first one up: the master makes every worker's listening
+    socket before starting it. A worker is held stopped here before it could bind anything."""
+    port = free_port()
+    env = {k: v for k, v in os.environ.items() if k != "PROMETHEUS_MULTIPROC_DIR"}
+    env |= {"BEACON_DATA_DIR": str(tmp_path / "data"), "BEACON_PORT": str(port),
+            "BEACON_SINK": "memory"}  # fmt: skip
+    cmd = [sys.executable, "-m", "beacon", "serve", "--workers", "2"]
+    with open(tmp_path / "serve.log", "ab") as log:
+        master = subprocess.Popen(cmd, env=env, stdout=log, stderr=log)
+    late = 0
+    try:
+        wait_for(lambda: len(children_of(master.pid)) == 2, START_TIMEOUT_S, "two workers")
+        late = max(children_of(master.pid))  # started second
+        os.kill(late, signal.SIGSTOP)
+        first = children_of(master.pid) - {late}
+
+        def ready() -> bool:  # a connection queued for the stopped worker waits: try another
+            try:
+                with socket.create_connection(("127.0.0.1", port), timeout=0.5) as c:
+                    c.sendall(b"GET /readyz HTTP/1.1\r\nHost: x\r\n\r\n")
+                    return c.recv(64).startswith(b"HTTP/1.1 200")
+            except OSError:
+                return False
+
+        wait_for(ready, START_TIMEOUT_S, "the first worker to answer")
+        clients = [socket.create_connection(("127.0.0.1", port), timeout=5) for _ in range(24)]
+        os.kill(late, signal.SIGCONT)
+        for client in clients:
+            client.settimeout(START_TIMEOUT_S)
+            client.sendall(b"GET /readyz HTTP/1.1\r\nHost: x\r\n\r\n")
+            assert client.recv(64).startswith(b"HTTP/1.1 200")
+        held = holders(port, first | {late})
+        assert sum(held.values()) == len(clients)
+        assert held[late] > 0 and all(held[pid] > 0 for pid in first), held
+        for client in clients:
+            client.close()
+    finally:
+        if late:
+            os.kill(late, signal.SIGCONT)
+        master.terminate()
+        master.wait(60)
+
+
 def test_a_port_someone_listens_on_is_refused(tmp_path: Path) -> None:
     with socket.socket() as other:
         other.bind(("127.0.0.1", 0))
