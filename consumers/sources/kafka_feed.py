@@ -192,7 +192,7 @@ class KafkaFeed:
             offset, inflight = state[tp]
             committed = beginning.get(tp, 0) if offset is None else offset
             self.parts[tp] = PartitionBuffer(tp, committed, inflight)
-            self.source.rewind(tp, committed)  # a partition kept after a revocation read on
+            self.source.rewind(tp, committed)  # one kept after a revocation was read past it
             if inflight is not None:
                 self.metrics.replayed_batches.inc()
                 log.info("%s: replaying in-flight offsets %d-%d", tp, *inflight[:2])
