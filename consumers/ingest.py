@@ -28,6 +28,7 @@ import uuid
 from collections import Counter
 from collections.abc import Sequence
 from dataclasses import dataclass, field
+from itertools import accumulate
 
 import orjson
 
@@ -193,10 +194,15 @@ class Stored:
     rows: int
     rejects: list[tuple[int, str]]
     refilled: int = 0  # rows of a replay that were missing and went in under a fresh token
-    newest_ms: int = 0  # received_at of the newest good line with an exact time; 0: none
+    # received_at of the newest good line with an exact time in each segment; 0: none
+    newest_by_segment: list[int] = field(default_factory=list)
     invalid: dict[str, int] = field(default_factory=dict)  # good rows by ivt reason but ''
     inserted: int = 0  # rows sent to the insert (a replay's may be taken by its token)
-    newest_by_segment: list[int] = field(default_factory=list)  # newest_ms of each segment
+
+    @property
+    def newest_ms(self) -> int:
+        """The newest of the whole batch."""
+        return max(self.newest_by_segment, default=0)
 
 
 class Ingest:
@@ -241,7 +247,7 @@ class Ingest:
                 if (replay or partial) and good:
                     refilled = await self._refill(token)
                     inserted += refilled
-                return Stored(good, rejects, refilled, max(newest), invalid, inserted, newest)
+                return Stored(good, rejects, refilled, newest, invalid, inserted)
             finally:
                 await self._clear()
 
@@ -278,10 +284,7 @@ class Ingest:
         consumer's lag in seconds is measured from it. Rows kept without consent have their
         time cut to the hour (collector/consent.py): they say nothing of how fresh the data
         is, so they are left out of it."""
-        ends, total = [], 0
-        for lines in segments[:-1]:
-            total += lines
-            ends.append(total)
+        ends = list(accumulate(segments[:-1]))  # the first line number past each segment
         segment = f"arrayFirstIndex(e -> n < e, {ends}::Array(UInt32))" if ends else "0"
         sql = (
             f"SELECT n, reason, toInt64(0), 0 FROM {self.stage} WHERE reason != '' ORDER BY n "

@@ -115,7 +115,7 @@ class Pipeline:
         started = time.perf_counter()
         try:
             stored = await self.ingest.store(
-                batch.pieces, batch.token, batch.replay, batch.partial, batch.segments or ()
+                batch.pieces, batch.token, batch.replay, batch.partial, batch.segments
             )
         except StoreError as exc:
             self.metrics.inserts.labels("error").inc()
@@ -130,7 +130,6 @@ class Pipeline:
         for reason, rows in stored.invalid.items():
             self.metrics.rows_invalid.labels(reason).inc(rows)
         batch.good, batch.rejects = stored.rows, stored.rejects
-        batch.newest_ms = stored.newest_ms
         batch.newest_by_segment = stored.newest_by_segment
         batch.rejects_taken = not stored.rejects
         batch.stored = True

@@ -113,12 +113,14 @@ class KafkaBatch(Batch):
         partial: bool = False,
     ):
         self.members = members
-        ranges = [(tp, records[0].offset, records[-1].offset) for tp, records, _ in members]
-        self.hash = batch_hash(ranges) if len(members) > 1 else ""
+        # (first, last) offset of each partition's records.
+        self.ranges = {tp: (records[0].offset, records[-1].offset) for tp, records, _ in members}
+        spans = [(tp, first, last) for tp, (first, last) in self.ranges.items()]
+        self.hash = batch_hash(spans) if len(members) > 1 else ""
         if self.hash:
-            token = f"{_topic_part(members[0][0].topic)}-b-{self.hash}"
+            token = f"{_topic_part(members[0].tp.topic)}-b-{self.hash}"
         else:
-            token = token_for(*ranges[0])
+            token = token_for(*spans[0])
         values = [r.value for _, records, _ in members for r in records]
         super().__init__(join_lines(values), token, replay, partial)
         self.segments = [m.lines for m in members]
@@ -127,14 +129,10 @@ class KafkaBatch(Batch):
     def tps(self) -> list[TopicPartition]:
         return [m.tp for m in self.members]
 
-    def ranges(self) -> dict[TopicPartition, tuple[int, int]]:
-        """(first, last) offset of each partition's records."""
-        return {tp: (records[0].offset, records[-1].offset) for tp, records, _ in self.members}
-
     def inflight(self) -> dict[TopicPartition, str]:
         """The commit metadata of each partition while the batch is on its way."""
         n = len(self.members)
-        return {tp: inflight_metadata(a, b, self.hash, n) for tp, (a, b) in self.ranges().items()}
+        return {tp: inflight_metadata(a, b, self.hash, n) for tp, (a, b) in self.ranges.items()}
 
     def rejected_lines(self) -> list[tuple[ConsumerRecord, int, bytes, str]]:
         """(record, line number in the record, the line, reason) of every reject."""
@@ -152,7 +150,7 @@ class KafkaBatch(Batch):
 
     @property
     def label(self) -> str:
-        return ", ".join(f"{tp} {a}-{b}" for tp, (a, b) in self.ranges().items())
+        return ", ".join(f"{tp} {a}-{b}" for tp, (a, b) in self.ranges.items())
 
 
 class PartitionBuffer:

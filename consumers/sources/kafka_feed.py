@@ -228,26 +228,25 @@ class KafkaFeed:
         for batch in batches:
             assert isinstance(batch, KafkaBatch)
             for tp, metadata in batch.inflight().items():
-                offsets[tp] = (batch.ranges()[tp][0], metadata)
+                offsets[tp] = (batch.ranges[tp][0], metadata)
         await self.source.commit(offsets)
 
     async def commit(self, batches: list[Batch]) -> None:
         offsets: Offsets = {}
         for batch in batches:
             assert isinstance(batch, KafkaBatch)
-            offsets.update({tp: (last + 1, "") for tp, (_, last) in batch.ranges().items()})
+            offsets.update({tp: (last + 1, "") for tp, (_, last) in batch.ranges.items()})
         await self.source.commit(offsets)
         for batch in batches:
             assert isinstance(batch, KafkaBatch)
-            newest = batch.newest_by_segment or [batch.newest_ms] * len(batch.tps)
-            for tp, newest_ms in zip(batch.tps, newest, strict=True):
-                if newest_ms > self.newest_ms.get(tp, 0):
-                    self.newest_ms[tp] = newest_ms
-                    self.metrics.stored_newest((tp.topic, str(tp.partition)), newest_ms)
             if batch is not self.flight:
                 continue  # revoked while committing: the partitions kept are read again
             self.flight = None
-            for tp, (_, last) in batch.ranges().items():
+            for tp, newest_ms in zip(batch.tps, batch.newest_by_segment, strict=True):
+                if newest_ms > self.newest_ms.get(tp, 0):
+                    self.newest_ms[tp] = newest_ms
+                    self.metrics.stored_newest((tp.topic, str(tp.partition)), newest_ms)
+            for tp, (_, last) in batch.ranges.items():
                 self.parts[tp].committed = last + 1
             self.source.resume(*batch.tps)
 

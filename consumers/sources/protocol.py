@@ -30,17 +30,22 @@ class Batch:
         # already stored go in.
         self.partial = partial
         # Lines of each source of the batch (a Kafka partition), in order: the newest event is
-        # reported for each. None: one source.
-        self.segments: list[int] | None = None
+        # reported for each. Empty: one source.
+        self.segments: list[int] = []
         self.good = 0  # lines stored
         self.rejects: list[tuple[int, str]] = []  # (line number, reason), in line order
         self.marked = replay  # recorded as in flight (a replay: by the run before)
         self.stored = False  # ClickHouse acknowledged the insert; good and rejects are known
         self.rejects_taken = False  # the feed has taken the rejects (DLQ, log)
-        self.newest_ms = 0  # received_at of its newest stored event (consumers/ingest.py)
-        self.newest_by_segment: list[int] = []  # the same for each segment
+        # received_at of the newest stored event of each segment (consumers/ingest.py)
+        self.newest_by_segment: list[int] = []
         self.failures = 0
         self.retry_at = 0.0  # monotonic time the next attempt is due
+
+    @property
+    def newest_ms(self) -> int:
+        """received_at of the batch's newest stored event; 0: none, or not stored yet."""
+        return max(self.newest_by_segment, default=0)
 
     @property
     def label(self) -> str:

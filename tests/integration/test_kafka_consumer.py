@@ -194,7 +194,7 @@ def cut_one(
 
 def span(batch: KafkaBatch | None) -> tuple[int, int]:
     assert batch is not None and len(batch.members) == 1
-    return next(iter(batch.ranges().values()))
+    return next(iter(batch.ranges.values()))
 
 
 def test_chunked_records_are_cut_by_their_lines_and_bytes_at_a_record_end() -> None:
@@ -271,7 +271,7 @@ def test_one_batch_takes_every_partition_due_the_longest_waiting_first() -> None
     behind = {**caught_up, tps[1]: 7}
     assert cut(parts, behind, 1.0, (100, 1 << 30, 1.0), False) is None
     batch = cut(parts, caught_up, 1.0, (100, 1 << 30, 1.0), False)
-    assert batch is not None and batch.ranges() == {tps[2]: (0, 2), tps[0]: (0, 1)}
+    assert batch is not None and batch.ranges == {tps[2]: (0, 2), tps[0]: (0, 1)}
     assert batch.segments == [3, 2] and batch.token.startswith("t-b-")
     assert batch.inflight() == {
         tps[2]: f"beacon-inflight:0-2:{batch.hash}:2",
@@ -281,7 +281,7 @@ def test_one_batch_takes_every_partition_due_the_longest_waiting_first() -> None
     parts[0].add(records(tps[0], range(2, 6)), now=2.0)
     parts[1].add(records(tps[1], range(4)), now=2.0)
     full = cut(parts, caught_up, 2.0, (6, 1 << 30, 1.0), False)
-    assert full is not None and full.ranges() == {tps[0]: (2, 5), tps[1]: (0, 1)}
+    assert full is not None and full.ranges == {tps[0]: (2, 5), tps[1]: (0, 1)}
     assert (parts[1].rows, parts[1].records[0].offset) == (2, 2)
 
 
@@ -302,13 +302,13 @@ def test_a_recorded_batch_is_formed_again_or_only_its_missing_events_go_in() -> 
     again[1].add(records(tps[1], range(4)), now=0.0)
     replay = cut(again, {tp: 10 for tp in tps}, 5.0, (1, 1, 1.0), False)
     assert replay is not None and replay.replay and not replay.partial
-    assert (replay.token, replay.ranges()) == (original.token, original.ranges())
+    assert (replay.token, replay.ranges) == (original.token, original.ranges)
 
     alone = PartitionBuffer(tps[1], committed=0, inflight=recorded[tps[1]])
     alone.add(records(tps[1], range(4)), now=0.0)
     partial = cut([alone], {tps[1]: 4}, 0.0, (1, 1, 1.0), False)
     assert partial is not None and partial.replay and partial.partial
-    assert partial.ranges() == {tps[1]: (0, 3)} and partial.token == "t-1-0-3"
+    assert partial.ranges == {tps[1]: (0, 3)} and partial.token == "t-1-0-3"
 
 
 # -- the pipeline in process -------------------------------------------------------------------

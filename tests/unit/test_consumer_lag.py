@@ -86,7 +86,7 @@ async def test_kafka_lag_in_seconds_counts_from_the_newest_stored_event(
         [batch] = feed.batches(time.monotonic(), final=True)
         assert isinstance(batch, KafkaBatch)
         newest_ms = time.time_ns() // 1_000_000 - TEN_MINUTES_MS
-        batch.newest_ms = newest_ms
+        batch.newest_by_segment = [newest_ms]
         await feed.commit([batch])
         assert broker.commits == [{TP: (3, "")}]
         timestamp = gauge(metrics, "beacon_consumer_newest_event_timestamp_seconds", LABELS)
@@ -114,7 +114,7 @@ async def test_a_batch_older_than_the_newest_stored_leaves_the_time_alone(tmp_pa
         part.add([record(offset)], time.monotonic())
         [batch] = feed.batches(time.monotonic(), final=True)
         assert isinstance(batch, KafkaBatch)
-        batch.newest_ms = newest_ms
+        batch.newest_by_segment = [newest_ms]
         await feed.commit([batch])
     assert gauge(metrics, "beacon_consumer_newest_event_timestamp_seconds", LABELS) == 2000
 
@@ -132,7 +132,6 @@ async def test_a_batch_of_several_partitions_times_each_by_its_own_newest_event(
     [batch] = feed.batches(time.monotonic(), final=True)
     assert isinstance(batch, KafkaBatch) and batch.tps == [TP, other]
     batch.newest_by_segment = [3_000_000, 1_000_000]  # as consumers/ingest.py counts them
-    batch.newest_ms = 3_000_000
     await feed.commit([batch])
     assert broker.commits == [{TP: (2, ""), other: (2, "")}]
     timestamp = "beacon_consumer_newest_event_timestamp_seconds"
@@ -167,7 +166,7 @@ async def test_spool_lag_in_seconds_while_closed_segments_wait(tmp_path: Path) -
     assert await feed.read(final=False) == 2
     (batch,) = feed.batches(time.monotonic(), final=False)
     await feed.mark([batch])
-    batch.newest_ms = received_ms + 1  # what the ingest found in it
+    batch.newest_by_segment = [received_ms + 1]  # what the ingest found in it
     await feed.commit([batch])
     timestamp = gauge(metrics, "beacon_consumer_newest_event_timestamp_seconds", SPOOL)
     assert timestamp == (received_ms + 1) / 1000
