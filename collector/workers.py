@@ -26,6 +26,7 @@ import sys
 import tempfile
 from collections.abc import Mapping
 from pathlib import Path
+from typing import Any
 
 from prometheus_client import multiprocess
 
@@ -67,14 +68,23 @@ def reserve_port(host: str, port: int) -> socket.socket:
                 probe.bind(address)
             except OSError as exc:
                 raise PortInUse(f"{host}:{port} is in use: {exc.strerror}") from None
-    sock = socket.socket(family, kind, proto)
-    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
     try:
-        sock.bind(address)
+        return shared_socket(family, kind, proto, address)
     except OSError as exc:
-        sock.close()
         raise PortInUse(f"{host}:{port}: {exc.strerror}") from None
+
+
+def shared_socket(family: int, kind: int, proto: int, address: Any) -> socket.socket:
+    """A socket bound to `address` with SO_REUSEPORT (and SO_REUSEADDR), not listening yet;
+    raises OSError, closing it, when the bind fails."""
+    sock = socket.socket(family, kind, proto)
+    try:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
+        sock.bind(address)
+    except OSError:
+        sock.close()
+        raise
     return sock
 
 
@@ -86,11 +96,7 @@ class Worker(Child):
         self.address = address  # (family, type, proto, sockaddr) of the port holder
 
     def start(self) -> None:
-        family, kind, proto, address = self.address
-        with socket.socket(family, kind, proto) as listener:
-            listener.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-            listener.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
-            listener.bind(address)
+        with shared_socket(*self.address) as listener:
             listener.listen(LISTEN_BACKLOG)
             self.fds = (listener.fileno(),)
             self.env = {**self.env, LISTEN_FD_ENV: str(listener.fileno())}
