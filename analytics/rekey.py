@@ -27,7 +27,6 @@ from analytics.store import Writer, cluster_of
 log = logging.getLogger("beacon.store")
 
 OLD_KEY = "site, toDate(received_at), event_type, event_id"
-SORT_KEY = EVENTS_SORT_KEY
 REKEYED = f"{DATABASE}.events_rekeyed"
 
 
@@ -40,12 +39,12 @@ async def sort_key(writer: Writer, table: str = "events") -> str:
 
 
 async def rekey_events(writer: Writer) -> None:
-    """Copy beacon.events into a table sorted by SORT_KEY and put it in its place. Safe to
-    rerun: a copy left by a stop before the exchange is dropped and made again; after it,
+    """Copy beacon.events into a table sorted by EVENTS_SORT_KEY and put it in its place. Safe
+    to rerun: a copy left by a stop before the exchange is dropped and made again; after it,
     the key is the new one and nothing is done."""
     cluster = cluster_of(writer) is not None
     if cluster or not getattr(writer, "exclusive", False):
-        if await sort_key(writer, "events_local" if cluster else "events") != SORT_KEY:
+        if await sort_key(writer, "events_local" if cluster else "events") != EVENTS_SORT_KEY:
             log.warning(
                 "beacon.events keeps its sort key (%s): sorting by arrival time too makes "
                 'merges far cheaper; docs/operations.md "Upgrades" has the copy to run with '
@@ -54,14 +53,14 @@ async def rekey_events(writer: Writer) -> None:
             )
         return
     await writer.execute(f"DROP TABLE IF EXISTS {REKEYED}")
-    if await sort_key(writer) == SORT_KEY:
+    if await sort_key(writer) == EVENTS_SORT_KEY:
         return
     create = await writer.query(f"SHOW CREATE TABLE {EVENTS}", "TSVRaw")
     old_order = f"ORDER BY ({OLD_KEY})"
     if old_order not in create:
         raise ValueError(f"{EVENTS}: not the sort key migration 10 expects: {create[:300]!r}")
     create = create.replace(f"CREATE TABLE {EVENTS}\n", f"CREATE TABLE {REKEYED}\n", 1)
-    await writer.execute(create.replace(old_order, f"ORDER BY ({SORT_KEY})"))
+    await writer.execute(create.replace(old_order, f"ORDER BY ({EVENTS_SORT_KEY})"))
     # As stored: copies of a replayed event stay until a merge, as they would have.
     await writer.execute(
         f"INSERT INTO {REKEYED} SELECT * FROM {EVENTS} "

@@ -7,8 +7,8 @@ from pathlib import Path
 import pytest
 
 from analytics.migrations import MIGRATIONS, SCHEMA_MIGRATIONS, apply_retention, migrate
-from analytics.rekey import OLD_KEY, SORT_KEY, rekey_events, sort_key
-from analytics.schema import DATABASE, EVENTS, EVENTS_V1
+from analytics.rekey import OLD_KEY, rekey_events, sort_key
+from analytics.schema import DATABASE, EVENTS, EVENTS_SORT_KEY, EVENTS_V1
 from analytics.store.chdb import ChdbWriter
 
 UA_COLUMNS = {
@@ -139,7 +139,9 @@ async def store_before_migration_10(writer: ChdbWriter) -> None:
     await writer.execute(SCHEMA_MIGRATIONS)
     for version, name, sqls, _ in MIGRATIONS[:9]:
         for sql in sqls:  # migration 1 as it was made before 10
-            await writer.execute(sql.replace(f"ORDER BY ({SORT_KEY})", f"ORDER BY ({OLD_KEY})"))
+            await writer.execute(
+                sql.replace(f"ORDER BY ({EVENTS_SORT_KEY})", f"ORDER BY ({OLD_KEY})")
+            )
         await writer.execute(
             f"INSERT INTO {DATABASE}.schema_migrations (version, name) VALUES ({version}, '{name}')"
         )
@@ -168,7 +170,7 @@ async def test_a_table_sorted_by_the_id_is_copied_into_the_arrival_time_key_once
     for n in (1, 2):
         await writer.execute(row.format(n=n))
     assert await migrate(writer, retention_days=0) == [10]
-    assert await sort_key(writer) == SORT_KEY
+    assert await sort_key(writer) == EVENTS_SORT_KEY
     tables = await writer.query(f"SHOW TABLES FROM {DATABASE} LIKE 'events%'", "TSV")
     assert tables.split() == ["events"]
     await writer.execute(row.format(n=2))  # a replayed event
