@@ -57,6 +57,7 @@ def create_app(settings: Settings, sink: Sink, metrics: CollectorMetrics) -> web
         max_events=settings.buffer_max_events,
         linger_ms=settings.linger_ms,
         flush_interval_ms=settings.flush_interval_ms,
+        idle_flush_ms=settings.spool_segment_idle_ms,
         # With Kafka, a closed log segment wakes the replay that ships it (less latency).
         wal=make_wal(
             settings, metrics, sink.replayer.wake if isinstance(sink, KafkaSink) else None

@@ -31,6 +31,7 @@ class EventBuffer:
         max_events: int,
         linger_ms: int,
         flush_interval_ms: int,
+        idle_flush_ms: int | None = None,
         wal: WriteAheadLog | None = None,
     ) -> None:
         self.sink = sink
@@ -39,6 +40,9 @@ class EventBuffer:
         self.max_events = max_events
         self.linger_s = linger_ms / 1000
         self.flush_interval_s = flush_interval_ms / 1000
+        # Once events stop for this long the sink is flushed at once (the spool closes its
+        # segment then), not at the next interval; None: only by the interval.
+        self.idle_flush_s = None if idle_flush_ms is None else idle_flush_ms / 1000
         self._events: list[bytes] = []
         self._task: asyncio.Task[None] | None = None
         self._stop = asyncio.Event()
@@ -63,19 +67,20 @@ class EventBuffer:
     def start(self) -> None:
         self._task = asyncio.create_task(self._pump(), name="beacon-buffer-pump")
 
-    async def _drain_once(self) -> None:
+    async def _drain_once(self) -> int:
         events, self._events = self._events, []
         self.metrics.buffer_events.set(0)
         if not events:
-            return
+            return 0
         try:
             await self.sink.send(events)
         except Exception:  # a sink bug must not stop the pump: count the loss, keep going
             log.exception("sink.send failed; %d events lost", len(events))
             self.metrics.events_dropped.labels("sink_error").inc(len(events))
+        return len(events)
 
     async def _pump(self) -> None:
-        last_flush = time.monotonic()
+        last_flush = last_event = idle_flush = time.monotonic()
         while not self._stop.is_set():
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self._stop.wait(), self.linger_s)
@@ -84,8 +89,17 @@ class EventBuffer:
             try:
                 if self.wal is not None:
                     await self.wal.tick()
-                await self._drain_once()
-                if time.monotonic() - last_flush >= self.flush_interval_s:
+                now = time.monotonic()
+                if await self._drain_once():
+                    last_event = now
+                idle = (
+                    self.idle_flush_s is not None
+                    and last_event > idle_flush  # once a pause
+                    and now - last_event >= self.idle_flush_s
+                )
+                if idle or now - last_flush >= self.flush_interval_s:
+                    if idle:
+                        idle_flush = now
                     last_flush = time.monotonic()
                     if self.wal is not None:
                         await self.wal.sync()

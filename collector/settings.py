@@ -91,6 +91,12 @@ class Settings:
     drain_ms: int = setting(1000, "after SIGTERM: not-ready but serving, this long", min=0)
     spool_segment_max_bytes: int = setting(16 << 20, "spool segment rotated at this size", min=1024)
     spool_segment_max_age_ms: int = setting(1000, "spool segment rotated at this age", min=1)
+    spool_segment_idle_ms: int = setting(
+        100,
+        "spool segment rotated once no event has come for this long (the end of a burst "
+        "reaches the consumer at once); the buffer flushes the sink then",
+        min=1,
+    )
     spool_max_bytes: int = setting(
         1 << 30, "total spool size; events beyond it are dropped", min=1024
     )

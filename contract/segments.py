@@ -17,3 +17,11 @@ def closed_segments(directory: Path) -> list[Path]:
     except FileNotFoundError:
         return []
     return [directory / n for n in names]
+
+
+def writing(directory: Path) -> bool:
+    """Whether a writer has a segment open in `directory` (lines may still come to it)."""
+    try:
+        return any(n.endswith(OPEN_SUFFIX) for n in os.listdir(directory))
+    except FileNotFoundError:
+        return False

@@ -1,5 +1,5 @@
-"""The spool sink: events appended to local segment files, rotated by size and age, bounded in
-bytes (the segment format: collector/spool/).
+"""The spool sink: events appended to local segment files, rotated by size, age and a pause in
+the traffic, bounded in bytes (the segment format: collector/spool/).
 
 Readers only ever see closed segments. A write that stops short (a full disk, a file past
 RLIMIT_FSIZE) is cut back to its last whole line at once, and only the events whose whole line
@@ -88,7 +88,9 @@ class SpoolSink:
 
     def _append(self, data: bytes) -> None:
         self.segments.write(data)
-        if self.segments.full():
+        # Aged too: the flush comes once a flush interval, so a segment waiting for it would
+        # live up to twice its age under load.
+        if self.segments.full() or self.segments.aged():
             self._rotate()
 
     def _flush(self, final: bool) -> None:

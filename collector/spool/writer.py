@@ -36,18 +36,22 @@ from collector.spool.segments import (
 
 
 class Limits(TypedDict):
-    """A writer's bounds: its segments closed at a size or an age, the directory's bytes."""
+    """A writer's bounds: its segments closed at a size, an age or a pause in the writes, the
+    directory's bytes."""
 
     segment_max_bytes: int
     segment_max_age_ms: int
+    segment_idle_ms: int
     max_bytes: int
 
 
 def spool_limits(settings: Settings) -> Limits:
-    """The bounds BEACON_SPOOL_SEGMENT_MAX_BYTES, _SEGMENT_MAX_AGE_MS and _MAX_BYTES set."""
+    """The bounds BEACON_SPOOL_SEGMENT_MAX_BYTES, _SEGMENT_MAX_AGE_MS, _SEGMENT_IDLE_MS and
+    _MAX_BYTES set."""
     return Limits(
         segment_max_bytes=settings.spool_segment_max_bytes,
         segment_max_age_ms=settings.spool_segment_max_age_ms,
+        segment_idle_ms=settings.spool_segment_idle_ms,
         max_bytes=settings.spool_max_bytes,
     )
 
@@ -73,12 +77,14 @@ class SegmentWriter:
         self.log = logging.getLogger(f"beacon.{label.lower()}")
         self.segment_max_bytes = limits["segment_max_bytes"]
         self.segment_max_age_ms = limits["segment_max_age_ms"]
+        self.segment_idle_ns = limits["segment_idle_ms"] * 1_000_000
         self.max_bytes = limits["max_bytes"]
         metrics.spool_max_bytes.set(self.max_bytes)  # the spool alert's line
         self.fd = -1
         self.path: Path | None = None
         self.opened_ms = 0
         self.segment_bytes = 0
+        self.written_ns = 0  # monotonic time of the last write
         self._seq = 0
         # The bound: the directory's size at the last scan plus what this writer wrote since.
         self.scanned_bytes = 0
@@ -103,9 +109,14 @@ class SegmentWriter:
         return self.segment_bytes >= self.segment_max_bytes
 
     def aged(self) -> bool:
-        """The open segment has reached its age: close it."""
-        age_ms = time.time_ns() // 1_000_000 - self.opened_ms
-        return self.fd >= 0 and age_ms >= self.segment_max_age_ms
+        """The open segment has reached its age, or no line has come for the idle time: close
+        it. The pause closes it so that readers take the end of a burst at once, not an age
+        later."""
+        if self.fd < 0:
+            return False
+        if time.monotonic_ns() - self.written_ns >= self.segment_idle_ns:
+            return True
+        return time.time_ns() // 1_000_000 - self.opened_ms >= self.segment_max_age_ms
 
     # -- file work (blocking) ------------------------------------------------------------------
 
@@ -140,6 +151,7 @@ class SegmentWriter:
         self.error = None
         self.segment_bytes += len(data)
         self.appended_bytes += len(data)
+        self.written_ns = time.monotonic_ns()
 
     def sync(self) -> None:
         """fsync the open segment."""

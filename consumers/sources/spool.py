@@ -15,7 +15,7 @@ from pathlib import Path
 
 import orjson
 
-from contract.segments import closed_segments
+from contract.segments import closed_segments, writing
 
 
 @dataclass(frozen=True, slots=True)
@@ -101,6 +101,10 @@ class SpoolSource:
                 f.seek(r.start)
                 chunks.append(f.read(r.end - r.start)[:-1])
         return chunks
+
+    def writing(self) -> bool:
+        """A collector has a segment open: more lines are on their way."""
+        return writing(self.directory)
 
     def backlog_segments(self) -> int:
         return len(closed_segments(self.directory))

@@ -1,9 +1,11 @@
 """The spool as a feed of batches: one batch at a time, recorded in the checkpoint.
 
 Lines are read after the cursor, in chunks as the segments hold them, and cut into a batch by
-rows or age; its token names its
-byte ranges (sources/spool.py), and the checkpoint records those ranges before the insert, so
-the batch a crash interrupted is read again from exactly the same bytes and replayed first.
+rows or age, or once the spool is quiet (no collector has a segment open: the end of a burst is
+stored at once, not an age later; at most once a batch age, so a trickle of events still makes
+about one insert an age). Its token names its byte ranges (sources/spool.py), and the
+checkpoint records those ranges before the insert, so the batch a crash interrupted is read
+again from exactly the same bytes and replayed first.
 """
 
 from __future__ import annotations
@@ -62,6 +64,8 @@ class SpoolFeed:
         self.rows = 0  # lines in chunks
         self.ranges: list[Range] = []
         self.first_read_at = 0.0
+        self.quiet = False  # no segment was open when the last read looked: all of it is read
+        self.quiet_cut_at = -self.max_age_s  # when the last batch was cut for a quiet spool
         self.batch: SpoolBatch | None = None
         self.newest_ms = 0  # received_at of the newest event stored since the start
 
@@ -82,7 +86,7 @@ class SpoolFeed:
     async def read(self, final: bool) -> int:
         if self.batch is not None:
             return 0
-        new, rows, ranges = await asyncio.to_thread(self.source.read, self.max_rows - self.rows)
+        self.quiet, (new, rows, ranges) = await asyncio.to_thread(self._read)
         if rows:
             if not self.rows:
                 self.first_read_at = time.monotonic()
@@ -91,6 +95,11 @@ class SpoolFeed:
             self.ranges.extend(ranges)
         return rows
 
+    def _read(self) -> tuple[bool, tuple[list[bytes], int, list[Range]]]:
+        # Looked at before the read: a segment closed after the look is read now or next time.
+        quiet = not self.source.writing()
+        return quiet, self.source.read(self.max_rows - self.rows)
+
     async def idle(self, stop: asyncio.Event) -> None:
         with contextlib.suppress(TimeoutError):
             await asyncio.wait_for(stop.wait(), self.poll_s)
@@ -98,7 +107,10 @@ class SpoolFeed:
     def batches(self, now: float, final: bool) -> list[Batch]:
         if self.batch is None and self.rows:
             due = self.rows >= self.max_rows or now - self.first_read_at >= self.max_age_s
-            if due or final:
+            quiet = self.quiet and now - self.quiet_cut_at >= self.max_age_s
+            if quiet and not due:
+                self.quiet_cut_at = now
+            if due or quiet or final:
                 self.batch = SpoolBatch(self.chunks, merge(self.ranges), replay=False)
                 self.chunks, self.rows, self.ranges = [], 0, []
         return [] if self.batch is None else [self.batch]

@@ -47,6 +47,7 @@ async def spool_events(spool_dir: Path, lines: list[bytes], segment_max_bytes: i
         CollectorMetrics(CollectorRegistry()),
         segment_max_bytes=segment_max_bytes,
         segment_max_age_ms=3_600_000,
+        segment_idle_ms=3_600_000,
         max_bytes=1 << 30,
     )
     for i in range(0, len(lines), 50):

@@ -40,7 +40,8 @@ def batch(first):
 
 async def main():
     sink = SpoolSink(Path(sys.argv[1]), metrics, segment_max_bytes=1 << 30,
-                     segment_max_age_ms=3_600_000, max_bytes=1 << 30)
+                     segment_max_age_ms=3_600_000, segment_idle_ms=3_600_000,
+                     max_bytes=1 << 30)
     resource.setrlimit(resource.RLIMIT_FSIZE, (LIMIT_BYTES, resource.RLIM_INFINITY))
     for i in range(BATCHES):  # the disk fills part way through one of them
         await sink.send(batch(i * PER_BATCH))

@@ -26,6 +26,7 @@ from collector.app import create_app
 from collector.metrics import CollectorMetrics
 from collector.settings import Settings
 from collector.sinks.spool import SpoolSink
+from collector.spool.writer import spool_limits
 from contract.segments import CLOSED_SUFFIX, OPEN_SUFFIX, closed_segments
 from tests.support.helpers import free_port, metric_value, segments_of
 
@@ -142,9 +143,7 @@ async def spool_client(settings: Settings, metrics: CollectorMetrics):  # type: 
         sink = SpoolSink(
             config.spool_dir,
             metrics,
-            segment_max_bytes=config.spool_segment_max_bytes,
-            segment_max_age_ms=config.spool_segment_max_age_ms,
-            max_bytes=max_bytes,
+            **(spool_limits(config) | {"max_bytes": max_bytes}),
         )
         client = TestClient(TestServer(create_app(config, sink, metrics), host="127.0.0.1"))
         await client.start_server()
@@ -250,7 +249,8 @@ from collector.spool.wal import WriteAheadLog
 signal.signal(signal.SIGXFSZ, signal.SIG_IGN)
 metrics = CollectorMetrics(CollectorRegistry())
 wal = WriteAheadLog(Path(sys.argv[1]), metrics, segment_max_bytes=1 << 30,
-                    segment_max_age_ms=3_600_000, max_bytes=1 << 30)
+                    segment_max_age_ms=3_600_000, segment_idle_ms=3_600_000,
+                    max_bytes=1 << 30)
 resource.setrlimit(resource.RLIMIT_FSIZE, (4096, resource.RLIM_INFINITY))
 answers = [wal.append(b'{"n":%d,"pad":"%s"}' % (i, b"x" * 300)) for i in range(30)]
 asyncio.run(wal.close())

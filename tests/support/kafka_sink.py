@@ -14,6 +14,7 @@ from collector.metrics import CollectorMetrics
 from collector.settings import Settings
 from collector.sinks.kafka import KafkaSink
 from collector.sinks.spool import SpoolSink
+from collector.spool.writer import spool_limits
 
 UA = "Mozilla/5.0 (X11; Linux x86_64) KafkaTest/1.0"
 
@@ -53,9 +54,7 @@ def kafka_sink(settings: Settings, metrics: CollectorMetrics) -> KafkaSink:
     spool = SpoolSink(
         settings.spool_dir,
         metrics,
-        segment_max_bytes=settings.spool_segment_max_bytes,
-        segment_max_age_ms=settings.spool_segment_max_age_ms,
-        max_bytes=settings.spool_max_bytes,
+        **spool_limits(settings),
     )
     return KafkaSink(settings, metrics, spool).start()
 

@@ -147,6 +147,7 @@ async def spool_segment(spool_dir: Path, received_ms: int) -> None:
         CollectorMetrics(CollectorRegistry()),
         segment_max_bytes=1 << 20,
         segment_max_age_ms=3_600_000,
+        segment_idle_ms=3_600_000,
         max_bytes=1 << 30,
     )
     await sink.send([orjson.dumps({"received_at": received_ms + i}) for i in range(2)])

@@ -6,21 +6,38 @@ import asyncio
 import fcntl
 import os
 import re
+import time
+from collections.abc import Callable
 from pathlib import Path
 
 import orjson
 import pytest
+from prometheus_client import CollectorRegistry
 
+from collector.buffer import EventBuffer
 from collector.metrics import CollectorMetrics
 from collector.sinks.spool import SpoolSink
 from collector.spool.segments import NEW_SUFFIX, spool_size
 from collector.spool.wal import WriteAheadLog
+from consumers.metrics import ConsumerMetrics
+from consumers.settings import ConsumerSettings
 from consumers.sources.protocol import LARGE_BYTES, join_lines
 from consumers.sources.spool import Range, SpoolSource, token_for
+from consumers.sources.spool_feed import SpoolFeed
 from contract.segments import CLOSED_SUFFIX, OPEN_SUFFIX, closed_segments
 from tests.support.helpers import metric_value
 
+WAIT_S = 30  # a condition's deadline: generous, never a measure
+
 BIG = 1 << 30  # a limit no test reaches
+HOUR_MS = 3_600_000
+# Limits out of the way: segments close only when a test says so.
+NEVER = {
+    "segment_max_bytes": BIG,
+    "segment_max_age_ms": HOUR_MS,
+    "segment_idle_ms": HOUR_MS,
+    "max_bytes": BIG,
+}
 
 
 @pytest.fixture
@@ -35,8 +52,7 @@ def checkpoint(tmp_path: Path) -> Path:
 
 def make_sink(directory: Path, metrics: CollectorMetrics, **limits: int) -> SpoolSink:
     """A sink whose limits are out of the way unless the test sets them."""
-    kwargs = {"segment_max_bytes": BIG, "segment_max_age_ms": 3_600_000, "max_bytes": BIG}
-    return SpoolSink(directory, metrics, **(kwargs | limits))
+    return SpoolSink(directory, metrics, **(NEVER | limits))
 
 
 def lines(first: int, count: int) -> list[bytes]:
@@ -50,6 +66,13 @@ def as_file(events: list[bytes]) -> bytes:
 
 def files(directory: Path, suffix: str) -> list[Path]:
     return sorted(p for p in directory.iterdir() if p.name.endswith(suffix))
+
+
+async def wait_until(check: Callable[[], bool], what: str) -> None:
+    deadline = time.monotonic() + WAIT_S
+    while not check():
+        assert time.monotonic() < deadline, f"no {what} after {WAIT_S} s"
+        await asyncio.sleep(0.01)
 
 
 def write_segment(directory: Path, name: str, events: list[bytes]) -> Path:
@@ -95,6 +118,57 @@ async def test_flush_keeps_a_young_segment_open_and_close_rotates_it(spool_dir, 
     assert closed.read_bytes() == as_file(lines(0, 3))
     with pytest.raises(RuntimeError):
         await sink.send(lines(3, 1))
+
+
+async def test_a_segment_under_steady_writes_closes_at_its_age_without_waiting_for_a_flush(
+    spool_dir, metrics
+):
+    # The flush comes once a flush interval: a segment that waited for it lived up to two ages.
+    sink = make_sink(spool_dir, metrics, segment_max_age_ms=100)
+    await sink.send(lines(0, 2))
+    await asyncio.sleep(0.15)  # older than segment_max_age_ms
+    await sink.send(lines(2, 2))
+    [closed] = closed_segments(spool_dir)
+    assert closed.read_bytes() == as_file(lines(0, 4))
+    assert files(spool_dir, OPEN_SUFFIX) == []
+    await sink.close()
+
+
+async def test_a_pause_in_the_events_closes_the_segment_without_waiting_for_its_age(
+    spool_dir, metrics
+):
+    """The end of a burst reaches the consumer at once: the buffer flushes the sink once no
+    event has come for the idle time, and the sink closes a segment idle that long."""
+    sink = make_sink(spool_dir, metrics, segment_idle_ms=50)
+    buffer = EventBuffer(
+        sink, metrics, max_events=100, linger_ms=5, flush_interval_ms=HOUR_MS, idle_flush_ms=50
+    )
+    buffer.start()
+    try:
+        for event in lines(0, 5):
+            assert buffer.offer(event)
+        await wait_until(lambda: closed_segments(spool_dir) != [], "a closed segment")
+        [closed] = closed_segments(spool_dir)
+        assert closed.read_bytes() == as_file(lines(0, 5))
+        assert files(spool_dir, OPEN_SUFFIX) == []
+        for event in lines(5, 3):  # the next burst: a segment of its own, closed the same way
+            assert buffer.offer(event)
+        await wait_until(lambda: len(closed_segments(spool_dir)) == 2, "a second closed segment")
+        assert closed_segments(spool_dir)[1].read_bytes() == as_file(lines(5, 3))
+    finally:
+        await buffer.close()
+
+
+async def test_the_write_ahead_log_closes_its_segment_after_a_pause(spool_dir, metrics):
+    wal = WriteAheadLog(spool_dir, metrics, **(NEVER | {"segment_idle_ms": 50}))
+    assert all(wal.append(event) for event in lines(0, 3))
+    await wal.tick()
+    assert closed_segments(spool_dir) == []  # just written to: not idle yet
+    await asyncio.sleep(0.1)
+    await wal.tick()
+    [closed] = closed_segments(spool_dir)
+    assert closed.read_bytes() == as_file(lines(0, 3))
+    await wal.close()
 
 
 async def test_size_rotation_gives_ordered_closed_segments(spool_dir, metrics):
@@ -189,9 +263,8 @@ async def test_write_ahead_log_and_sink_share_a_directory_the_consumer_reads(
     """BEACON_DURABILITY=wal writes into the same spool as the sink, from the same process."""
     sink = make_sink(spool_dir, metrics)
     await sink.send(lines(0, 3))
-    wal = WriteAheadLog(
-        spool_dir, metrics, segment_max_bytes=BIG, segment_max_age_ms=3_600_000, max_bytes=BIG
-    )  # its start-up recovery leaves the sink's open segment alone: the sink holds its lock
+    # Its start-up recovery leaves the sink's open segment alone: the sink holds its lock.
+    wal = WriteAheadLog(spool_dir, metrics, **NEVER)
     assert all(wal.append(event) for event in lines(3, 4))
     opened = files(spool_dir, OPEN_SUFFIX)
     assert len(opened) == 2 and len({p.name.split("-")[2] for p in opened}) == 2  # own names
@@ -209,8 +282,7 @@ async def test_the_sink_and_the_log_write_one_segment_format(tmp_path, metrics):
     sink = make_sink(tmp_path / "sink", metrics)
     await sink.send(events)
     await sink.close()
-    limits = {"segment_max_bytes": BIG, "segment_max_age_ms": 3_600_000, "max_bytes": BIG}
-    wal = WriteAheadLog(tmp_path / "wal", metrics, **limits)
+    wal = WriteAheadLog(tmp_path / "wal", metrics, **NEVER)
     assert all(wal.append(event) for event in events)
     await wal.close()
     [from_sink] = closed_segments(tmp_path / "sink")
@@ -357,6 +429,37 @@ async def test_stale_new_file_of_a_writer_that_died_at_creation_is_removed(spool
     sink = make_sink(spool_dir, metrics)
     assert not stale.exists() and fresh.exists()
     await sink.close()
+
+
+# -- SpoolFeed --------------------------------------------------------------------------------
+
+
+async def test_the_feed_cuts_a_batch_at_once_when_no_collector_has_a_segment_open(
+    spool_dir, checkpoint
+):
+    """A quiet spool (everything written is read) is stored without waiting for the batch age;
+    at most once an age, so a trickle of events still makes about one insert an age."""
+    config = ConsumerSettings(data_dir=spool_dir.parent, batch_max_age_ms=HOUR_MS)
+    feed = SpoolFeed(
+        SpoolSource(spool_dir, checkpoint), ConsumerMetrics(CollectorRegistry()), config
+    )
+    write_segment(spool_dir, "0000000000001-0000001-000001.ndjson", lines(0, 3))
+    still_open = write_segment(spool_dir, "0000000000002-0000001-000002.ndjson.open", lines(3, 2))
+    assert await feed.read(final=False) == 3
+    assert feed.batches(time.monotonic(), final=False) == []  # a collector is still writing
+
+    still_open.rename(spool_dir / "0000000000002-0000001-000002.ndjson")
+    assert await feed.read(final=False) == 2
+    [batch] = feed.batches(time.monotonic(), final=False)
+    assert batch.pieces == [as_file(lines(0, 5))[:-1]]
+    await feed.mark([batch])
+    await feed.commit([batch])
+
+    write_segment(spool_dir, "0000000000003-0000001-000003.ndjson", lines(5, 1))
+    assert await feed.read(final=False) == 1
+    assert feed.batches(time.monotonic(), final=False) == []  # one quiet cut an age: the age
+    [batch] = feed.batches(time.monotonic() + HOUR_MS / 1000, final=False)
+    assert batch.pieces == [lines(5, 1)[0]]
 
 
 def test_join_lines_keeps_large_values_whole_and_joins_small_ones() -> None:
