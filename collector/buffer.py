@@ -89,9 +89,11 @@ class EventBuffer:
             try:
                 if self.wal is not None:
                     await self.wal.tick()
-                now = time.monotonic()
                 if await self._drain_once():
-                    last_event = now
+                    # After the send: the sink's own idle clock starts at its write, so at the
+                    # pause it finds the segment idle as long as the pump does.
+                    last_event = time.monotonic()
+                now = time.monotonic()
                 idle = (
                     self.idle_flush_s is not None
                     and last_event > idle_flush  # once a pause

@@ -13,6 +13,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import math
 import time
 
 from consumers.metrics import SPOOL_TOPIC, ConsumerMetrics
@@ -65,7 +66,7 @@ class SpoolFeed:
         self.ranges: list[Range] = []
         self.first_read_at = 0.0
         self.quiet = False  # no segment was open when the last read looked: all of it is read
-        self.quiet_cut_at = -self.max_age_s  # when the last batch was cut for a quiet spool
+        self.quiet_cut_at = -math.inf  # when the last batch was cut for a quiet spool
         self.batch: SpoolBatch | None = None
         self.newest_ms = 0  # received_at of the newest event stored since the start
 
