@@ -15,6 +15,9 @@ INSERT_BUCKETS_S = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.
 INSERT_OUTCOMES = ("ok", "error")
 RETRY_STEPS = ("dlq", "mark", "insert", "commit")
 BATCH_OUTCOMES = ("stored", "rejected", "failed", "revoked")
+# What cut a batch: its row or byte bound, its age, a quiet spool (no collector writing),
+# shutting down, or a recorded batch formed again.
+CUT_REASONS = ("rows", "bytes", "age", "quiet", "final", "replay")
 # The lag gauges' topic label in spool mode, which has no topic nor partitions.
 SPOOL_TOPIC = "spool"
 
@@ -102,6 +105,13 @@ class ConsumerMetrics:
             ["outcome"],
             registry=registry,
         )
+        self.batch_cuts = Counter(
+            "beacon_consumer_batch_cuts",
+            "Batches cut, by what cut them: rows or bytes (the bound), age, quiet (the spool: "
+            "no collector has a segment open), final (shutting down), replay (a recorded batch).",
+            ["reason"],
+            registry=registry,
+        )
         # How far behind the stored data is, in time: from the events' own received_at (the
         # collector's clock), per partition of the Kafka source or for the spool
         # (topic="spool", partition="").
@@ -128,6 +138,7 @@ class ConsumerMetrics:
             (self.inserts, INSERT_OUTCOMES),
             (self.retries, RETRY_STEPS),
             (self.batches, BATCH_OUTCOMES),
+            (self.batch_cuts, CUT_REASONS),
         ):
             for value in values:
                 counter.labels(value)

@@ -210,16 +210,13 @@ def cut(
     """
     if any(p.inflight is not None for p in parts):
         return _cut_replay(parts, highwaters, now)
-    max_rows, max_bytes, max_age_s = limits
+    max_rows, max_bytes, _ = limits
     waiting = [p for p in parts if p.records]
     if not waiting:
         return None
-    full = sum(p.rows for p in waiting) >= max_rows or sum(p.bytes for p in waiting) >= max_bytes
-    if not (full or final):
-        age_s = now - min(p.first_read_at for p in waiting)
-        behind = any(p.behind(highwaters.get(p.tp)) for p in parts)
-        if age_s < max_age_s or (behind and age_s < max_age_s * BACKLOG_AGES):
-            return None
+    reason = _due(parts, waiting, highwaters, now, limits, final)
+    if not reason:
+        return None
     # The longest waiting first, up to the limits, at a record's end.
     members = []
     rows = size = 0
@@ -233,7 +230,32 @@ def cut(
             size += length
         if count:
             members.append(part.take(count, now))
-    return KafkaBatch(members)
+    batch = KafkaBatch(members)
+    batch.cut_by = reason
+    return batch
+
+
+def _due(
+    parts: list[PartitionBuffer],
+    waiting: list[PartitionBuffer],
+    highwaters: dict[TopicPartition, int | None],
+    now: float,
+    limits: tuple[int, int, float],
+    final: bool,
+) -> str:
+    """Why a fresh batch is due now (consumers/metrics.py CUT_REASONS), or '' while it is not."""
+    max_rows, max_bytes, max_age_s = limits
+    if sum(p.rows for p in waiting) >= max_rows:
+        return "rows"
+    if sum(p.bytes for p in waiting) >= max_bytes:
+        return "bytes"
+    if final:
+        return "final"
+    age_s = now - min(p.first_read_at for p in waiting)
+    behind = any(p.behind(highwaters.get(p.tp)) for p in parts)
+    if age_s < max_age_s or (behind and age_s < max_age_s * BACKLOG_AGES):
+        return ""
+    return "age"
 
 
 def _cut_replay(

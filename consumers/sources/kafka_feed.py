@@ -205,6 +205,8 @@ class KafkaFeed:
             highwaters = {p.tp: self.source.highwater(p.tp) for p in parts}
             limits = (self.max_rows, self.max_bytes, self.max_age_s)
             self.flight = cut(parts, highwaters, now, limits, final)
+            if self.flight is not None:
+                self.metrics.batch_cuts.labels(self.flight.cut_by).inc()
         return [] if self.flight is None else [self.flight]
 
     def owns(self, batch: Batch) -> bool:

@@ -32,6 +32,7 @@ class Batch:
         # Lines of each source of the batch (a Kafka partition), in order: the newest event is
         # reported for each. Empty: one source.
         self.segments: list[int] = []
+        self.cut_by = "replay" if replay else ""  # consumers/metrics.py CUT_REASONS
         self.good = 0  # lines stored
         self.rejects: list[tuple[int, str]] = []  # (line number, reason), in line order
         self.marked = replay  # recorded as in flight (a replay: by the run before)

@@ -77,6 +77,7 @@ class SpoolFeed:
             chunks = await asyncio.to_thread(self.source.read_ranges, pending)
             self.batch = SpoolBatch(chunks, pending, replay=True)
             self.metrics.replayed_batches.inc()
+            self.metrics.batch_cuts.labels("replay").inc()
             log.info(
                 "replaying a pending batch of %d rows", sum(c.count(b"\n") + 1 for c in chunks)
             )
@@ -107,14 +108,25 @@ class SpoolFeed:
 
     def batches(self, now: float, final: bool) -> list[Batch]:
         if self.batch is None and self.rows:
-            due = self.rows >= self.max_rows or now - self.first_read_at >= self.max_age_s
-            quiet = self.quiet and now - self.quiet_cut_at >= self.max_age_s
-            if quiet and not due:
-                self.quiet_cut_at = now
-            if due or quiet or final:
+            reason = self._due(now, final)
+            if reason:
+                if reason == "quiet":
+                    self.quiet_cut_at = now
                 self.batch = SpoolBatch(self.chunks, merge(self.ranges), replay=False)
+                self.batch.cut_by = reason
+                self.metrics.batch_cuts.labels(reason).inc()
                 self.chunks, self.rows, self.ranges = [], 0, []
         return [] if self.batch is None else [self.batch]
+
+    def _due(self, now: float, final: bool) -> str:
+        """Why the lines read are a batch now (consumers/metrics.py CUT_REASONS), or ''."""
+        if self.rows >= self.max_rows:
+            return "rows"
+        if now - self.first_read_at >= self.max_age_s:
+            return "age"
+        if self.quiet and now - self.quiet_cut_at >= self.max_age_s:
+            return "quiet"
+        return "final" if final else ""
 
     def owns(self, batch: Batch) -> bool:
         return True

@@ -203,9 +203,11 @@ def test_chunked_records_are_cut_by_their_lines_and_bytes_at_a_record_end() -> N
     part.add(records(tp, range(4), b"{}\n{}\n{}\n"), now=0.0)  # 3 lines each, the last ended
     batch = cut_one(part, now=0.0, max_rows=5)
     assert span(batch) == (0, 1)  # 6 lines: past 5
-    assert batch is not None and batch.segments == [6]
+    assert batch is not None and batch.segments == [6] and batch.cut_by == "rows"
     assert b"".join(batch.pieces) == b"{}\n{}\n{}\n{}\n{}\n{}"  # no empty line between records
-    assert span(cut_one(part, now=0.0, max_bytes=8)) == (2, 2)  # 8 bytes a record
+    by_bytes = cut_one(part, now=0.0, max_bytes=8)
+    assert span(by_bytes) == (2, 2)  # 8 bytes a record
+    assert by_bytes is not None and by_bytes.cut_by == "bytes"
     assert cut_one(part, now=0.5) is None
     assert (part.rows, part.bytes) == (3, 8)
 
@@ -229,7 +231,7 @@ def test_a_recorded_range_is_replayed_exactly_whatever_the_row_limit() -> None:
     part.add(records(tp, range(103, 110)), now=9.0)
     batch = cut_one(part, now=9.0, max_rows=2)
     assert batch is not None and batch.replay and not batch.partial
-    assert (span(batch), batch.token) == ((100, 104), "t-0-100-104")
+    assert (span(batch), batch.token, batch.cut_by) == ((100, 104), "t-0-100-104", "replay")
     fresh = cut_one(part, now=9.0, max_rows=2)
     assert fresh is not None and not fresh.replay and span(fresh) == (105, 106)
 
@@ -240,7 +242,9 @@ def test_fresh_batches_are_cut_by_rows_then_by_age() -> None:
     part.add(records(tp, range(5)), now=0.0)
     assert span(cut_one(part, now=0.0, max_rows=3)) == (0, 2)
     assert cut_one(part, now=0.5, max_rows=3) is None
-    assert span(cut_one(part, now=1.0, max_rows=3)) == (3, 4)
+    aged = cut_one(part, now=1.0, max_rows=3)
+    assert span(aged) == (3, 4)
+    assert aged is not None and aged.cut_by == "age"
 
 
 def test_no_age_cut_while_records_wait_on_the_broker() -> None:

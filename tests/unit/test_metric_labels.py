@@ -356,6 +356,13 @@ FLOWS: dict[tuple[str, str, str, str], Callable[[], Values]] = {
         | call_args("consumers/pipeline.py", "self._all", 0)
     ),
     ("consumers/sources/kafka_feed.py", "reject", "dlq_records", "reason"): ingest_reasons,
+    ("consumers/sources/spool_feed.py", "batches", "batch_cuts", "reason"): lambda: (
+        returned("consumers/sources/spool_feed.py", "SpoolFeed._due") - {""}
+    ),
+    # A fresh batch's reason, or a recorded one's (protocol.Batch: "replay").
+    ("consumers/sources/kafka_feed.py", "batches", "batch_cuts", "self.flight.cut_by"): lambda: (
+        returned("consumers/sources/kafka_batches.py", "_due") - {""} | {"replay"}
+    ),
     ("analytics/query_server.py", "query", "QUERY_REQUESTS", "outcome"): query_outcomes,
     ("analytics/query_server.py", "erase", "ERASE_REQUESTS", "outcome"): lambda: returned(
         "analytics/query_server.py", "_erase", first=True

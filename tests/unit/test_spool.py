@@ -440,9 +440,8 @@ async def test_the_feed_cuts_a_batch_at_once_when_no_collector_has_a_segment_ope
     """A quiet spool (everything written is read) is stored without waiting for the batch age;
     at most once an age, so a trickle of events still makes about one insert an age."""
     config = ConsumerSettings(data_dir=spool_dir.parent, batch_max_age_ms=HOUR_MS)
-    feed = SpoolFeed(
-        SpoolSource(spool_dir, checkpoint), ConsumerMetrics(CollectorRegistry()), config
-    )
+    metrics = ConsumerMetrics(CollectorRegistry())
+    feed = SpoolFeed(SpoolSource(spool_dir, checkpoint), metrics, config)
     write_segment(spool_dir, "0000000000001-0000001-000001.ndjson", lines(0, 3))
     still_open = write_segment(spool_dir, "0000000000002-0000001-000002.ndjson.open", lines(3, 2))
     assert await feed.read(final=False) == 3
@@ -452,6 +451,7 @@ async def test_the_feed_cuts_a_batch_at_once_when_no_collector_has_a_segment_ope
     assert await feed.read(final=False) == 2
     [batch] = feed.batches(time.monotonic(), final=False)
     assert batch.pieces == [as_file(lines(0, 5))[:-1]]
+    assert metric_value(metrics, "beacon_consumer_batch_cuts_total", reason="quiet") == 1
     await feed.mark([batch])
     await feed.commit([batch])
 
@@ -460,6 +460,8 @@ async def test_the_feed_cuts_a_batch_at_once_when_no_collector_has_a_segment_ope
     assert feed.batches(time.monotonic(), final=False) == []  # one quiet cut an age: the age
     [batch] = feed.batches(time.monotonic() + HOUR_MS / 1000, final=False)
     assert batch.pieces == [lines(5, 1)[0]]
+    assert metric_value(metrics, "beacon_consumer_batch_cuts_total", reason="quiet") == 1
+    assert metric_value(metrics, "beacon_consumer_batch_cuts_total", reason="age") == 1
 
 
 def test_join_lines_keeps_large_values_whole_and_joins_small_ones() -> None:
