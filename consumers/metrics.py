@@ -108,7 +108,8 @@ class ConsumerMetrics:
         self.batch_cuts = Counter(
             "beacon_consumer_batch_cuts",
             "Batches cut, by what cut them: rows or bytes (the bound), age, quiet (the spool: "
-            "no collector has a segment open), final (shutting down), replay (a recorded batch).",
+            "nothing written for a poll interval), final (shutting down), replay (a recorded "
+            "batch).",
             ["reason"],
             registry=registry,
         )

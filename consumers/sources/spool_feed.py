@@ -1,11 +1,11 @@
 """The spool as a feed of batches: one batch at a time, recorded in the checkpoint.
 
 Lines are read after the cursor, in chunks as the segments hold them, and cut into a batch by
-rows or age, or once the spool is quiet (no collector has a segment open: the end of a burst is
-stored at once, not an age later; at most once a batch age, so a trickle of events still makes
-about one insert an age). Its token names its byte ranges (sources/spool.py), and the
-checkpoint records those ranges before the insert, so the batch a crash interrupted is read
-again from exactly the same bytes and replayed first.
+rows or age, or once the spool is quiet (no collector has had a segment open nor closed one for
+a poll interval: the end of a burst is stored at once, not an age later; at most once a batch
+age, so a trickle of events still makes about one insert an age). Its token names its byte
+ranges (sources/spool.py), and the checkpoint records those ranges before the insert, so the
+batch a crash interrupted is read again from exactly the same bytes and replayed first.
 """
 
 from __future__ import annotations
@@ -65,7 +65,10 @@ class SpoolFeed:
         self.rows = 0  # lines in chunks
         self.ranges: list[Range] = []
         self.first_read_at = 0.0
-        self.quiet = False  # no segment was open when the last read looked: all of it is read
+        # Since when no segment was open at a look and no line new: a quiet spool. A poll
+        # interval of it, not one look: under load a collector's segment closes at its age and
+        # the next opens at its next write, a gap a single look can fall into.
+        self.quiet_since: float | None = None
         self.quiet_cut_at = -math.inf  # when the last batch was cut for a quiet spool
         self.batch: SpoolBatch | None = None
         self.newest_ms = 0  # received_at of the newest event stored since the start
@@ -88,7 +91,11 @@ class SpoolFeed:
     async def read(self, final: bool) -> int:
         if self.batch is not None:
             return 0
-        self.quiet, (new, rows, ranges) = await asyncio.to_thread(self._read)
+        writing, (new, rows, ranges) = await asyncio.to_thread(self._read)
+        if writing or rows:
+            self.quiet_since = None
+        elif self.quiet_since is None:
+            self.quiet_since = time.monotonic()
         if rows:
             if not self.rows:
                 self.first_read_at = time.monotonic()
@@ -99,8 +106,8 @@ class SpoolFeed:
 
     def _read(self) -> tuple[bool, tuple[list[bytes], int, list[Range]]]:
         # Looked at before the read: a segment closed after the look is read now or next time.
-        quiet = not self.source.writing()
-        return quiet, self.source.read(self.max_rows - self.rows)
+        writing = self.source.writing()
+        return writing, self.source.read(self.max_rows - self.rows)
 
     async def idle(self, stop: asyncio.Event) -> None:
         with contextlib.suppress(TimeoutError):
@@ -124,7 +131,8 @@ class SpoolFeed:
             return "rows"
         if now - self.first_read_at >= self.max_age_s:
             return "age"
-        if self.quiet and now - self.quiet_cut_at >= self.max_age_s:
+        quiet = self.quiet_since is not None and now - self.quiet_since >= self.poll_s
+        if quiet and now - self.quiet_cut_at >= self.max_age_s:
             return "quiet"
         return "final" if final else ""
 

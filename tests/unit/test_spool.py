@@ -437,9 +437,13 @@ async def test_stale_new_file_of_a_writer_that_died_at_creation_is_removed(spool
 async def test_the_feed_cuts_a_batch_at_once_when_no_collector_has_a_segment_open(
     spool_dir, checkpoint
 ):
-    """A quiet spool (everything written is read) is stored without waiting for the batch age;
-    at most once an age, so a trickle of events still makes about one insert an age."""
-    config = ConsumerSettings(data_dir=spool_dir.parent, batch_max_age_ms=HOUR_MS)
+    """A quiet spool (everything written is read, nothing open nor new for a poll interval) is
+    stored without waiting for the batch age; at most once an age, so a trickle of events still
+    makes about one insert an age."""
+    config = ConsumerSettings(
+        data_dir=spool_dir.parent, batch_max_age_ms=HOUR_MS, poll_interval_ms=10_000
+    )
+    poll_s = 10.0  # long: the test never waits for it, and a slow machine never passes it
     metrics = ConsumerMetrics(CollectorRegistry())
     feed = SpoolFeed(SpoolSource(spool_dir, checkpoint), metrics, config)
     write_segment(spool_dir, "0000000000001-0000001-000001.ndjson", lines(0, 3))
@@ -449,7 +453,13 @@ async def test_the_feed_cuts_a_batch_at_once_when_no_collector_has_a_segment_ope
 
     still_open.rename(spool_dir / "0000000000002-0000001-000002.ndjson")
     assert await feed.read(final=False) == 2
-    [batch] = feed.batches(time.monotonic(), final=False)
+    assert feed.batches(time.monotonic() + poll_s, final=False) == []  # lines came: not quiet
+    assert await feed.read(final=False) == 0  # nothing open, nothing new: quiet from here
+    looked = time.monotonic()
+    # One look is not enough: under load a segment closes at its age and the next opens at
+    # the next write, a gap a look can fall into.
+    assert feed.batches(looked, final=False) == []
+    [batch] = feed.batches(looked + poll_s, final=False)
     assert batch.pieces == [as_file(lines(0, 5))[:-1]]
     assert metric_value(metrics, "beacon_consumer_batch_cuts_total", reason="quiet") == 1
     await feed.mark([batch])
@@ -457,7 +467,9 @@ async def test_the_feed_cuts_a_batch_at_once_when_no_collector_has_a_segment_ope
 
     write_segment(spool_dir, "0000000000003-0000001-000003.ndjson", lines(5, 1))
     assert await feed.read(final=False) == 1
-    assert feed.batches(time.monotonic(), final=False) == []  # one quiet cut an age: the age
+    assert await feed.read(final=False) == 0
+    # Quiet again, but one quiet cut an age: the age cuts it.
+    assert feed.batches(time.monotonic() + poll_s, final=False) == []
     [batch] = feed.batches(time.monotonic() + HOUR_MS / 1000, final=False)
     assert batch.pieces == [lines(5, 1)[0]]
     assert metric_value(metrics, "beacon_consumer_batch_cuts_total", reason="quiet") == 1
