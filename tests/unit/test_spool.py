@@ -7,7 +7,6 @@ import fcntl
 import os
 import re
 import time
-from collections.abc import Callable
 from pathlib import Path
 
 import orjson
@@ -26,6 +25,7 @@ from consumers.sources.spool import Range, SpoolSource, token_for
 from consumers.sources.spool_feed import SpoolFeed
 from contract.segments import CLOSED_SUFFIX, OPEN_SUFFIX, closed_segments
 from tests.support.helpers import metric_value
+from tests.support.kafka_sink import wait_for
 
 WAIT_S = 30  # a condition's deadline: generous, never a measure
 
@@ -66,13 +66,6 @@ def as_file(events: list[bytes]) -> bytes:
 
 def files(directory: Path, suffix: str) -> list[Path]:
     return sorted(p for p in directory.iterdir() if p.name.endswith(suffix))
-
-
-async def wait_until(check: Callable[[], bool], what: str) -> None:
-    deadline = time.monotonic() + WAIT_S
-    while not check():
-        assert time.monotonic() < deadline, f"no {what} after {WAIT_S} s"
-        await asyncio.sleep(0.01)
 
 
 def write_segment(directory: Path, name: str, events: list[bytes]) -> Path:
@@ -147,13 +140,13 @@ async def test_a_pause_in_the_events_closes_the_segment_without_waiting_for_its_
     try:
         for event in lines(0, 5):
             assert buffer.offer(event)
-        await wait_until(lambda: closed_segments(spool_dir) != [], "a closed segment")
+        await wait_for(lambda: closed_segments(spool_dir) != [], WAIT_S, "a closed segment")
         [closed] = closed_segments(spool_dir)
         assert closed.read_bytes() == as_file(lines(0, 5))
         assert files(spool_dir, OPEN_SUFFIX) == []
         for event in lines(5, 3):  # the next burst: a segment of its own, closed the same way
             assert buffer.offer(event)
-        await wait_until(lambda: len(closed_segments(spool_dir)) == 2, "a second closed segment")
+        await wait_for(lambda: len(closed_segments(spool_dir)) == 2, WAIT_S, "a second segment")
         assert closed_segments(spool_dir)[1].read_bytes() == as_file(lines(5, 3))
     finally:
         await buffer.close()
