@@ -15,8 +15,9 @@ INSERT_BUCKETS_S = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.
 INSERT_OUTCOMES = ("ok", "error")
 RETRY_STEPS = ("dlq", "mark", "insert", "commit")
 BATCH_OUTCOMES = ("stored", "rejected", "failed", "revoked")
-# What cut a batch: its row or byte bound, its age, a quiet spool (no collector writing),
-# shutting down, or a recorded batch formed again.
+# What cut a batch: its row or byte bound, its age, a quiet source (no collector writing to the
+# spool; nothing fetched from Kafka, every partition read to its end), shutting down, or a
+# recorded batch formed again.
 CUT_REASONS = ("rows", "bytes", "age", "quiet", "final", "replay")
 # The lag gauges' topic label in spool mode, which has no topic nor partitions.
 SPOOL_TOPIC = "spool"
@@ -107,9 +108,9 @@ class ConsumerMetrics:
         )
         self.batch_cuts = Counter(
             "beacon_consumer_batch_cuts",
-            "Batches cut, by what cut them: rows or bytes (the bound), age, quiet (the spool: "
-            "nothing written for a poll interval), final (shutting down), replay (a recorded "
-            "batch).",
+            "Batches cut, by what cut them: rows or bytes (the bound), age, quiet (nothing "
+            "written to the spool, or fetched from Kafka, for a poll interval), final (shutting "
+            "down), replay (a recorded batch).",
             ["reason"],
             registry=registry,
         )

@@ -29,11 +29,16 @@ class ConsumerSettings(StoreSettings):
         min=1,
     )
     # Two seconds: inserts of 70,000-100,000 rows at a box's rate cost less a row than those of
-    # one second, and the end of a burst does not wait for it (the spool feed's quiet cut).
+    # one second, and the end of a burst does not wait for it (the feeds' quiet cut).
     batch_max_age_ms: int = setting(
         2000, "a batch is inserted when its first row is this old", min=1
     )
-    poll_interval_ms: int = setting(100, "how often an idle consumer looks for new segments", min=1)
+    poll_interval_ms: int = setting(
+        100,
+        "how often an idle consumer looks for new segments (or waits on Kafka); a poll interval"
+        " with nothing new cuts the batch at once, at most once a batch age",
+        min=1,
+    )
     retry_max_ms: int = setting(30_000, "longest wait between retries of a failed insert", min=1)
 
     kafka_bootstrap: str = setting("", "Kafka bootstrap servers; empty: read the local spool")

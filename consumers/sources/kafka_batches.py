@@ -202,11 +202,14 @@ def cut(
     now: float,
     limits: tuple[int, int, float],
     final: bool,
+    quiet: bool = False,
 ) -> KafkaBatch | None:
     """The next batch, if one is due. `limits`: (max rows, max bytes, max age in seconds).
 
     Recorded ranges go first, each batch as it was; `final` (shutting down) cuts a fresh batch
     whatever its age, but never a replay not read through: the next reader replays it in full.
+    `quiet` (the feed fetched nothing for a poll interval) cuts it before its age once every
+    partition is read to its high watermark: the end of a burst is stored at once.
     """
     if any(p.inflight is not None for p in parts):
         return _cut_replay(parts, highwaters, now)
@@ -214,7 +217,7 @@ def cut(
     waiting = [p for p in parts if p.records]
     if not waiting:
         return None
-    reason = _due(parts, waiting, highwaters, now, limits, final)
+    reason = _due(parts, waiting, highwaters, now, limits, final, quiet)
     if not reason:
         return None
     # The longest waiting first, up to the limits, at a record's end.
@@ -242,6 +245,7 @@ def _due(
     now: float,
     limits: tuple[int, int, float],
     final: bool,
+    quiet: bool,
 ) -> str:
     """Why a fresh batch is due now (consumers/metrics.py CUT_REASONS), or '' while it is not."""
     max_rows, max_bytes, max_age_s = limits
@@ -253,6 +257,8 @@ def _due(
         return "final"
     age_s = now - min(p.first_read_at for p in waiting)
     behind = any(p.behind(highwaters.get(p.tp)) for p in parts)
+    if quiet and not behind:
+        return "quiet"
     if age_s < max_age_s or (behind and age_s < max_age_s * BACKLOG_AGES):
         return ""
     return "age"

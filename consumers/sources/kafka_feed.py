@@ -1,6 +1,12 @@
 """A Kafka consumer group as a feed of batches: one batch on its way at a time, taking the due
 records of every partition this member owns (kafka_batches).
 
+A batch is cut by rows, bytes or age, or once the topic is quiet: a poll interval fetched
+nothing and every partition owned is read to its high watermark, so the end of a burst is
+stored at once, not an age later. At most once a batch age: a trickle of events still makes
+about one insert an age. Collectors cannot be seen from here; the quiet rule needs none of
+them, only the broker's ends.
+
 Rejects go to the dead-letter topic (acked) before anything is committed past them; a batch
 is recorded as in flight by committing its ranges as metadata (kafka_batches) and acknowledged
 by committing last + 1 for each of its partitions. A batch that waits for a retry pauses its
@@ -20,6 +26,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import math
 import time
 
 from aiokafka import TopicPartition
@@ -63,6 +70,10 @@ class KafkaFeed:
         self.unadopted: Partitions = set()
         self.assignments = 0  # bumped on every assignment: a stale adoption is discarded
         self.skipped = False  # the last read fetched nothing: the buffers were full
+        # Since when polls fetched nothing (the start of the first empty poll), and when the
+        # last batch was cut for it.
+        self.quiet_since: float | None = None
+        self.quiet_cut_at = -math.inf
         self._lag: asyncio.Task[None] | None = None
         # Per partition: the last lag in records read from the broker, and the received_at
         # (ms) of the newest event stored from it since it was assigned here.
@@ -145,8 +156,14 @@ class KafkaFeed:
             p.inflight is not None for p in parts
         )
         if self.skipped:
+            self.quiet_since = None
             return 0
+        asked = time.monotonic()
         polled = await self.source.poll(self.poll_ms, self.max_records)
+        if polled:
+            self.quiet_since = None
+        elif self.quiet_since is None:
+            self.quiet_since = asked
         if self.unadopted:
             await self._adopt()
         now = time.monotonic()
@@ -204,9 +221,16 @@ class KafkaFeed:
             parts = list(self.parts.values())
             highwaters = {p.tp: self.source.highwater(p.tp) for p in parts}
             limits = (self.max_rows, self.max_bytes, self.max_age_s)
-            self.flight = cut(parts, highwaters, now, limits, final)
+            quiet = (
+                self.quiet_since is not None
+                and now - self.quiet_since >= self.poll_ms / 1000
+                and now - self.quiet_cut_at >= self.max_age_s
+            )
+            self.flight = cut(parts, highwaters, now, limits, final, quiet)
             if self.flight is not None:
                 self.metrics.batch_cuts.labels(self.flight.cut_by).inc()
+                if self.flight.cut_by == "quiet":
+                    self.quiet_cut_at = now
         return [] if self.flight is None else [self.flight]
 
     def owns(self, batch: Batch) -> bool:

@@ -188,8 +188,9 @@ def cut_one(
     max_bytes: int = 1 << 30,
     highwater: int | None = None,
     final: bool = False,
+    quiet: bool = False,
 ) -> KafkaBatch | None:
-    return cut([part], {part.tp: highwater}, now, (max_rows, max_bytes, 1.0), final)
+    return cut([part], {part.tp: highwater}, now, (max_rows, max_bytes, 1.0), final, quiet)
 
 
 def span(batch: KafkaBatch | None) -> tuple[int, int]:
@@ -260,6 +261,16 @@ def test_no_age_cut_while_records_wait_on_the_broker() -> None:
     part.add(records(tp, range(14, 15)), now=6.0)
     assert cut_one(part, now=6.0 + BACKLOG_AGES - 0.5, max_rows=20, highwater=100) is None
     assert span(cut_one(part, now=6.0 + BACKLOG_AGES, max_rows=20, highwater=100)) == (14, 14)
+
+
+def test_a_quiet_topic_cuts_the_batch_before_its_age_once_read_to_its_ends() -> None:
+    tp = TopicPartition("t", 4)
+    part = PartitionBuffer(tp, committed=0, inflight=None)
+    part.add(records(tp, range(3)), now=0.0)
+    assert cut_one(part, now=0.2, highwater=3) is None  # not quiet, not aged
+    assert cut_one(part, now=0.2, highwater=9, quiet=True) is None  # records wait on the broker
+    batch = cut_one(part, now=0.2, highwater=3, quiet=True)
+    assert batch is not None and span(batch) == (0, 2) and batch.cut_by == "quiet"
 
 
 def test_one_batch_takes_every_partition_due_the_longest_waiting_first() -> None:
@@ -368,6 +379,43 @@ async def test_every_event_is_stored_once_and_offsets_are_committed(
     assert consumer.value("beacon_consumer_rows_read_total") == len(events)
     # 900 rows in batches of at most 40: many inserts, each with its own token.
     assert consumer.value("beacon_consumer_inserts_total", outcome="ok") >= 900 / 40
+
+
+async def test_the_end_of_a_burst_is_stored_at_once_and_a_quiet_cut_comes_once_an_age(
+    settings: ConsumerSettings, store: ChdbWriter, consumers: list[Consumer]
+) -> None:
+    """Batches an hour old at most and 1,000 rows: only the quiet rule stores a burst of 30
+    while the consumer runs, and only once within the hour; the next burst waits its age
+    (here: the final batch at the stop)."""
+    settings = replace(settings, batch_max_age_ms=3_600_000, batch_max_rows=1000)
+    first, second = mail_opens(30), mail_opens(20)
+    await produce(settings.kafka_bootstrap, settings.kafka_topic, [orjson.dumps(e) for e in first])
+    consumer = Consumer(settings, store)
+    consumers.append(consumer)
+
+    async def stored(n: int) -> bool:
+        return await count(store) >= n
+
+    await wait_for(lambda: stored(len(first)), "the burst stored", consumer.task)
+    assert consumer.value("beacon_consumer_batch_cuts_total", reason="quiet") == 1
+    await produce(settings.kafka_bootstrap, settings.kafka_topic, [orjson.dumps(e) for e in second])
+
+    async def read_and_quiet() -> bool:
+        feed = consumer.feed
+        read = consumer.value("beacon_consumer_rows_read_total") == len(first) + len(second)
+        since = feed.quiet_since
+        return (
+            read
+            and since is not None
+            and time.monotonic() - since > 5 * settings.poll_interval_ms / 1000
+        )
+
+    await wait_for(read_and_quiet, "the second burst read, and the topic quiet", consumer.task)
+    assert await count(store) == len(first)  # held: a quiet cut was made within the age
+    await consumer.close()
+    assert await count(store) == len(first) + len(second)
+    assert consumer.value("beacon_consumer_batch_cuts_total", reason="quiet") == 1
+    assert consumer.value("beacon_consumer_batch_cuts_total", reason="final") == 1
 
 
 class FailingWriter:
