@@ -6,7 +6,8 @@ The consumer hands ClickHouse the collector's JSON lines (consumers/ingest.py); 
 limit of `make bench-consumer` reads `Native`, which needs no parsing. This prints, per event
 of bench_enrich's mix, what ClickHouse (chDB, one thread) pays to read the same rows in each
 format it could take instead, into a typed table, and what Python pays to write an event as
-JSON (orjson, what the collector does) and in the two cheapest formats to read. Run it pinned
+JSON (orjson, what the collector does) and in the two cheapest formats to read, and a batch of
+them as columns (what a collector's pump could write once a flush). Run it pinned
 to one CPU (`taskset -c 1`): chDB's threads count in the process's CPU time. Best of
 `--rounds`; prints figures, not a timed test.
 """
@@ -17,8 +18,11 @@ import argparse
 import struct
 import tempfile
 import time
+from array import array
 from collections import deque
 from collections.abc import Callable
+from itertools import accumulate, chain
+from operator import itemgetter
 from typing import Any
 
 import orjson
@@ -71,6 +75,66 @@ def tab_separated(event: dict[str, Any]) -> bytes:
     return "\t".join(fields).encode()
 
 
+# The columns of a batch: every wire field, each event holding all of them (a columnar writer
+# reads them without a default per value); props is Map(String, String).
+COLUMNS = tuple(
+    (name, kind[9:-1] if kind.startswith("Nullable(") else kind) for name, kind in WIRE_FIELDS
+)
+FIXED = {"Int64": "q", "UInt64": "Q", "UInt8": "B"}
+# ClickHouse's Native strings: each value after its length as LEB128; one or two bytes here.
+LENGTHS = [leb128(n) for n in range(1 << 14)]
+
+
+def string_column(values: list[str]) -> tuple[array[int], bytes]:
+    """Arrow's layout of a string column: offsets and the bytes, without a Python step a value
+    when the column is ASCII."""
+    joined = "".join(values)
+    if joined.isascii():
+        return array("i", accumulate(map(len, values), initial=0)), joined.encode()
+    encoded = [v.encode() for v in values]
+    return array("i", accumulate(map(len, encoded), initial=0)), b"".join(encoded)
+
+
+def arrow_layout(events: list[dict[str, Any]]) -> list[object]:
+    """A batch as Arrow's buffers, the least Python a columnar writer needs: C-level maps, a
+    join and an encode a column (the IPC framing around them left out)."""
+    out: list[object] = []
+    for name, kind in COLUMNS:
+        values = list(map(itemgetter(name), events))
+        if kind in FIXED:
+            out.append(array(FIXED[kind], values))
+        elif kind == "String":
+            out.append(string_column(values))
+        else:
+            out.append(array("i", accumulate(map(len, values), initial=0)))
+            out.append(string_column(list(chain.from_iterable(map(dict.keys, values)))))
+            out.append(string_column(list(chain.from_iterable(map(dict.values, values)))))
+    return out
+
+
+def native_strings(values: list[str]) -> bytes:
+    encoded = [v.encode() for v in values]
+    lengths = map(LENGTHS.__getitem__, map(len, encoded))
+    return b"".join(chain.from_iterable(zip(lengths, encoded, strict=True)))
+
+
+def native_block(events: list[dict[str, Any]]) -> bytes:
+    """A batch as ClickHouse's Native block (columns of values after their lengths)."""
+    parts = [leb128(len(COLUMNS)), leb128(len(events))]
+    for name, kind in COLUMNS:
+        parts += [leb128(len(name)), name.encode(), leb128(len(kind)), kind.encode()]
+        values = list(map(itemgetter(name), events))
+        if kind in FIXED:
+            parts.append(array(FIXED[kind], values).tobytes())
+        elif kind == "String":
+            parts.append(native_strings(values))
+        else:
+            parts.append(array("Q", accumulate(map(len, values))).tobytes())
+            parts.append(native_strings(list(chain.from_iterable(map(dict.keys, values)))))
+            parts.append(native_strings(list(chain.from_iterable(map(dict.values, values)))))
+    return b"".join(parts)
+
+
 def main() -> None:
     args = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     args.add_argument("--events", type=int, default=300_000)
@@ -92,6 +156,15 @@ def main() -> None:
         # Each output dropped at once, as the hot path's is once in a chunk: keeping them all
         # would time the allocator's first touch of fresh pages instead.
         us = best_us(lambda write=write: deque(map(write, events), 0), len(events), opts.rounds)
+        print(f"  {label:44s} {us:6.2f}")
+    print("Python writing a batch of 1,000 as columns (a collector's pump, once a flush):")
+    defaults = {n: {} if k.startswith("Map") else "" if k == "String" else 0 for n, k in COLUMNS}
+    full = [{**defaults, **e, "value": str(e.get("value", ""))} for e in events[:1_000]]
+    for label, batch_write in (
+        ("Arrow's buffers (offsets + bytes a column)", arrow_layout),
+        ("Native", native_block),
+    ):
+        us = best_us(lambda w=batch_write: [w(full) for _ in range(50)], 50_000, opts.rounds)
         print(f"  {label:44s} {us:6.2f}")
 
     db = session.Session(tempfile.mkdtemp(prefix="beacon-bench-wire-"))
