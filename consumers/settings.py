@@ -45,7 +45,9 @@ class ConsumerSettings(StoreSettings):
     kafka_topic: str = setting(common.EVENTS_TOPIC, common.EVENTS_TOPIC_HELP)
     kafka_dlq_topic: str = setting(common.DLQ_TOPIC, common.DLQ_TOPIC_HELP)
     kafka_group: str = setting("beacon-consumers", "consumer group id")
-    kafka_max_records: int = setting(5000, "records per getmany() at most", min=1)
+    kafka_max_records: int = setting(
+        5000, "records per getmany() at most; fewer when the byte bound leaves less room", min=1
+    )
     kafka_session_timeout_ms: int = setting(
         10_000,
         "a member that stops heartbeating (killed, frozen) keeps its partitions this long; "

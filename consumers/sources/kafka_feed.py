@@ -42,6 +42,7 @@ from consumers.sources.protocol import Batch
 log = logging.getLogger("beacon.consumer")
 
 LAG_INTERVAL_S = 1.0  # how often the lag gauge asks the broker for end offsets
+RECORD_BYTES_START = 64 * 1024
 
 
 class KafkaFeed:
@@ -70,6 +71,9 @@ class KafkaFeed:
         self.unadopted: Partitions = set()
         self.assignments = 0  # bumped on every assignment: a stale adoption is discarded
         self.skipped = False  # the last read fetched nothing: the buffers were full
+        # Bytes of a record, as the last poll brought them; until one came, the collector's
+        # largest (BEACON_KAFKA_RECORD_MAX_BYTES' default).
+        self.record_bytes = RECORD_BYTES_START
         # Since when polls fetched nothing (the start of the first empty poll), and when the
         # last batch was cut for it.
         self.quiet_since: float | None = None
@@ -152,14 +156,21 @@ class KafkaFeed:
         # and the loop polls again within an insert). A replay must read its recorded ranges
         # through, however large they were cut.
         parts = self.parts.values()
-        self.skipped = sum(p.bytes for p in parts) >= self.max_bytes and not any(
-            p.inflight is not None for p in parts
-        )
+        buffered = sum(p.bytes for p in parts)
+        replaying = any(p.inflight is not None for p in parts)
+        self.skipped = buffered >= self.max_bytes and not replaying
         if self.skipped:
             self.quiet_since = None
             return 0
+        # getmany() counts records, not bytes, and hands over what aiokafka prefetched from
+        # every partition (up to max_partition_fetch_bytes each): 5,000 records of 64 KiB are
+        # 320 MiB, and a consumer of 24 partitions took ~110 MB past its bound in one poll. So
+        # a poll asks for the room left, in records of the size the last poll brought.
+        wanted = self.max_records
+        if not replaying:
+            wanted = max(1, min(wanted, (self.max_bytes - buffered) // self.record_bytes))
         asked = time.monotonic()
-        polled = await self.source.poll(self.poll_ms, self.max_records)
+        polled = await self.source.poll(self.poll_ms, wanted)
         if polled:
             self.quiet_since = None
         elif self.quiet_since is None:
@@ -167,7 +178,7 @@ class KafkaFeed:
         if self.unadopted:
             await self._adopt()
         now = time.monotonic()
-        taken = 0
+        taken = taken_bytes = 0
         for tp, records in polled.items():
             part = self.parts.get(tp)
             if part is None:
@@ -178,8 +189,12 @@ class KafkaFeed:
                 # Never take an offset twice: the batch boundaries (and tokens) depend on it.
                 log.warning("%s: skipping records before offset %d", tp, part.next_offset)
                 records = [r for r in records if r.offset >= part.next_offset]
+            before = part.bytes
             part.add(records, now)
             taken += len(records)
+            taken_bytes += part.bytes - before
+        if taken:
+            self.record_bytes = max(1, taken_bytes // taken)
         return taken
 
     async def idle(self, stop: asyncio.Event) -> None:

@@ -418,6 +418,41 @@ async def test_the_end_of_a_burst_is_stored_at_once_and_a_quiet_cut_comes_once_a
     assert consumer.value("beacon_consumer_batch_cuts_total", reason="final") == 1
 
 
+async def test_a_poll_takes_the_room_left_under_the_byte_bound_not_all_that_was_prefetched(
+    settings: ConsumerSettings, store: ChdbWriter, consumers: list[Consumer]
+) -> None:
+    """getmany() counts records: with 5,000 a poll, the first took all 200 records fetched
+    (~1 MB) past a bound of 40 kB. A poll asks for the room left in records of the size the
+    last one brought, so what waits unbatched stays within about a record of the bound."""
+    settings = replace(settings, batch_max_bytes=40_000, batch_max_rows=100_000)
+    settings = replace(settings, kafka_max_records=5000)
+    events = mail_opens(1600)
+    chunks = [b"\n".join(orjson.dumps(e) for e in events[i : i + 8]) for i in range(0, 1600, 8)]
+    record_bytes = max(map(len, chunks))
+    await produce(settings.kafka_bootstrap, settings.kafka_topic, chunks)
+    consumer = Consumer(settings, store)
+    consumers.append(consumer)
+    feed = consumer.feed
+    most = 0
+    read = feed.read
+
+    async def read_and_weigh(final: bool) -> int:
+        nonlocal most
+        taken = await read(final)
+        most = max(most, sum(p.bytes for p in feed.parts.values()))
+        return taken
+
+    feed.read = read_and_weigh  # type: ignore[method-assign]
+
+    async def stored() -> bool:
+        return await count(store) >= len(events)
+
+    await wait_for(stored, "every event stored", consumer.task)
+    await consumer.close()
+    assert await count(store) == len(events)
+    assert settings.batch_max_bytes <= most <= settings.batch_max_bytes + record_bytes
+
+
 class FailingWriter:
     """The real chDB writer behind an edge that fails every insert until `heal()`: the test
     ends the outage itself, so a retry cannot land between the outage's end and its checks."""
