@@ -26,7 +26,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-import math
 import time
 
 from aiokafka import TopicPartition
@@ -37,7 +36,7 @@ from consumers.metrics import ConsumerMetrics
 from consumers.settings import ConsumerSettings
 from consumers.sources.kafka import KafkaSource, Offsets, Partitions
 from consumers.sources.kafka_batches import KafkaBatch, PartitionBuffer, cut
-from consumers.sources.protocol import Batch
+from consumers.sources.protocol import Batch, Quiet
 
 log = logging.getLogger("beacon.consumer")
 
@@ -74,10 +73,8 @@ class KafkaFeed:
         # Bytes of a record, as the last poll brought them; until one came, the collector's
         # largest (BEACON_KAFKA_RECORD_MAX_BYTES' default).
         self.record_bytes = RECORD_BYTES_START
-        # Since when polls fetched nothing (the start of the first empty poll), and when the
-        # last batch was cut for it.
-        self.quiet_since: float | None = None
-        self.quiet_cut_at = -math.inf
+        # Polls that fetched nothing, from the start of the first of them.
+        self.quiet = Quiet(self.poll_ms / 1000, self.max_age_s)
         self._lag: asyncio.Task[None] | None = None
         # Per partition: the last lag in records read from the broker, and the received_at
         # (ms) of the newest event stored from it since it was assigned here.
@@ -160,7 +157,7 @@ class KafkaFeed:
         replaying = any(p.inflight is not None for p in parts)
         self.skipped = buffered >= self.max_bytes and not replaying
         if self.skipped:
-            self.quiet_since = None
+            self.quiet.saw(True, time.monotonic())  # full, not quiet: nothing was asked
             return 0
         # getmany() counts records, not bytes, and hands over what aiokafka prefetched from
         # every partition (up to max_partition_fetch_bytes each): 5,000 records of 64 KiB are
@@ -171,10 +168,7 @@ class KafkaFeed:
             wanted = max(1, min(wanted, (self.max_bytes - buffered) // self.record_bytes))
         asked = time.monotonic()
         polled = await self.source.poll(self.poll_ms, wanted)
-        if polled:
-            self.quiet_since = None
-        elif self.quiet_since is None:
-            self.quiet_since = asked
+        self.quiet.saw(bool(polled), asked)
         if self.unadopted:
             await self._adopt()
         now = time.monotonic()
@@ -236,16 +230,11 @@ class KafkaFeed:
             parts = list(self.parts.values())
             highwaters = {p.tp: self.source.highwater(p.tp) for p in parts}
             limits = (self.max_rows, self.max_bytes, self.max_age_s)
-            quiet = (
-                self.quiet_since is not None
-                and now - self.quiet_since >= self.poll_ms / 1000
-                and now - self.quiet_cut_at >= self.max_age_s
-            )
-            self.flight = cut(parts, highwaters, now, limits, final, quiet)
+            self.flight = cut(parts, highwaters, now, limits, final, self.quiet.due(now))
             if self.flight is not None:
                 self.metrics.batch_cuts.labels(self.flight.cut_by).inc()
                 if self.flight.cut_by == "quiet":
-                    self.quiet_cut_at = now
+                    self.quiet.cut_at = now
         return [] if self.flight is None else [self.flight]
 
     def owns(self, batch: Batch) -> bool:

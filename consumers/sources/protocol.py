@@ -9,6 +9,7 @@ a rebalance means. The spool feed (sources/spool_feed.py) and the Kafka feed
 from __future__ import annotations
 
 import asyncio
+import math
 from collections.abc import Sequence
 from typing import Protocol
 
@@ -59,6 +60,32 @@ class Batch:
         delay_s = min(0.1 * 2 ** (self.failures - 1), retry_max_s)
         self.retry_at = now + delay_s
         return delay_s
+
+
+class Quiet:
+    """The feeds' `quiet` cut: once their source showed nothing new (and, for the spool, no
+    segment being written) for a poll interval, at most once a batch age, so the end of a burst
+    is stored at once and a trickle still makes about one insert an age."""
+
+    def __init__(self, poll_s: float, max_age_s: float) -> None:
+        self.poll_s = poll_s
+        self.max_age_s = max_age_s
+        self.since: float | None = None  # since when the source showed nothing
+        self.cut_at = -math.inf  # when the last batch was cut for it
+
+    def saw(self, active: bool, at: float) -> None:
+        """A look at the source at `at`: `active` when anything was new or being written."""
+        if active:
+            self.since = None
+        elif self.since is None:
+            self.since = at
+
+    def due(self, now: float) -> bool:
+        return (
+            self.since is not None
+            and now - self.since >= self.poll_s
+            and now - self.cut_at >= self.max_age_s
+        )
 
 
 # Small values (one event a record) are joined into pieces of about PIECE_BYTES; a value of

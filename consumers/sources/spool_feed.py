@@ -13,12 +13,11 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-import math
 import time
 
 from consumers.metrics import SPOOL_TOPIC, ConsumerMetrics
 from consumers.settings import ConsumerSettings
-from consumers.sources.protocol import Batch, join_lines
+from consumers.sources.protocol import Batch, Quiet, join_lines
 from consumers.sources.spool import Range, SpoolSource, token_for
 
 log = logging.getLogger("beacon.consumer")
@@ -65,11 +64,10 @@ class SpoolFeed:
         self.rows = 0  # lines in chunks
         self.ranges: list[Range] = []
         self.first_read_at = 0.0
-        # Since when no segment was open at a look and no line new: a quiet spool. A poll
-        # interval of it, not one look: under load a collector's segment closes at its age and
-        # the next opens at its next write, a gap a single look can fall into.
-        self.quiet_since: float | None = None
-        self.quiet_cut_at = -math.inf  # when the last batch was cut for a quiet spool
+        # No segment open at a look and no line new, for a poll interval, not one look: under
+        # load a collector's segment closes at its age and the next opens at its next write, a
+        # gap a single look can fall into.
+        self.quiet = Quiet(self.poll_s, self.max_age_s)
         self.batch: SpoolBatch | None = None
         self.newest_ms = 0  # received_at of the newest event stored since the start
 
@@ -92,10 +90,7 @@ class SpoolFeed:
         if self.batch is not None:
             return 0
         writing, (new, rows, ranges) = await asyncio.to_thread(self._read)
-        if writing or rows:
-            self.quiet_since = None
-        elif self.quiet_since is None:
-            self.quiet_since = time.monotonic()
+        self.quiet.saw(writing or bool(rows), time.monotonic())
         if rows:
             if not self.rows:
                 self.first_read_at = time.monotonic()
@@ -118,7 +113,7 @@ class SpoolFeed:
             reason = self._due(now, final)
             if reason:
                 if reason == "quiet":
-                    self.quiet_cut_at = now
+                    self.quiet.cut_at = now
                 self.batch = SpoolBatch(self.chunks, merge(self.ranges), replay=False)
                 self.batch.cut_by = reason
                 self.metrics.batch_cuts.labels(reason).inc()
@@ -131,8 +126,7 @@ class SpoolFeed:
             return "rows"
         if now - self.first_read_at >= self.max_age_s:
             return "age"
-        quiet = self.quiet_since is not None and now - self.quiet_since >= self.poll_s
-        if quiet and now - self.quiet_cut_at >= self.max_age_s:
+        if self.quiet.due(now):
             return "quiet"
         return "final" if final else ""
 

@@ -403,7 +403,7 @@ async def test_the_end_of_a_burst_is_stored_at_once_and_a_quiet_cut_comes_once_a
     async def read_and_quiet() -> bool:
         feed = consumer.feed
         read = consumer.value("beacon_consumer_rows_read_total") == len(first) + len(second)
-        since = feed.quiet_since
+        since = feed.quiet.since
         return (
             read
             and since is not None
