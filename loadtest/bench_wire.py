@@ -15,6 +15,7 @@ to one CPU (`taskset -c 1`): chDB's threads count in the process's CPU time. Bes
 from __future__ import annotations
 
 import argparse
+import io
 import struct
 import tempfile
 import time
@@ -26,6 +27,7 @@ from operator import itemgetter
 from typing import Any
 
 import orjson
+import pyarrow as pa
 from chdb import session
 
 from consumers.ingest import REASON, STAGED, WIRE_FIELDS, _columns
@@ -166,6 +168,21 @@ def main() -> None:
     ):
         us = best_us(lambda w=batch_write: [w(full) for _ in range(50)], 50_000, opts.rounds)
         print(f"  {label:44s} {us:6.2f}")
+
+    # A compiled reader of the lines in the consumer's process instead of ClickHouse's: the
+    # one installed already (chDB depends on pyarrow). It has no map type: props come out as a
+    # struct of the keys it meets.
+    from pyarrow import json as arrow_json
+
+    kinds = {"String": "string", "Int64": "int64", "UInt64": "uint64", "UInt8": "uint8"}
+    schema = pa.schema([(c, kinds[k]) for c, k in COLUMNS if k in kinds])
+    parse = arrow_json.ParseOptions(explicit_schema=schema)
+    read_options = arrow_json.ReadOptions(use_threads=False, block_size=1 << 24)
+    us = best_us(
+        lambda: arrow_json.read_json(io.BytesIO(body), read_options, parse), n, opts.rounds
+    )
+    print("A compiled reader in Python, one thread:")
+    print(f"  {'pyarrow.json.read_json into an Arrow table':44s} {us:6.2f}")
 
     db = session.Session(tempfile.mkdtemp(prefix="beacon-bench-wire-"))
 
