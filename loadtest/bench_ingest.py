@@ -1,6 +1,6 @@
 """Where an event's CPU goes in the consumer's store step, beside chDB storing the same rows.
 
-    python -m loadtest.bench_ingest [--events 600000] [--batch-rows 100000] [--cpu 1]
+    python -m loadtest.bench_ingest [--events 600000] [--batch-rows 100000] [--cpu N]
 
 Runs consumers/ingest.Ingest on bench_enrich's events (in NDJSON records of 64 KiB, as the
 collector produces them) into an embedded store with Beacon's schema and views, and times each
@@ -99,7 +99,7 @@ async def run(opts: argparse.Namespace) -> None:
         join_lines(chunks(lines[at : at + opts.batch_rows], 65_536))
         for at in range(0, opts.events, opts.batch_rows)
     ]
-    writer = ChdbWriter(Path(tempfile.mkdtemp(prefix="beacon-bench-ingest-")))
+    writer = ChdbWriter(Path(opts.workdir))
     await migrate(writer, 0)
     ingest: Ingest | None = None
     timed = TimedWriter(writer, lambda: ingest)  # type: ignore[arg-type,return-value]
@@ -174,7 +174,12 @@ def main() -> None:
     args = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     args.add_argument("--events", type=int, default=600_000)
     args.add_argument("--batch-rows", type=int, default=100_000)
-    args.add_argument("--cpu", type=int, default=1, help="the CPU to pin the process to")
+    args.add_argument(
+        "--cpu",
+        type=int,
+        default=max(os.sched_getaffinity(0)),
+        help="the CPU to pin the process to (default: the last this process may use)",
+    )
     args.add_argument(
         "--live-sums",
         action="store_true",
@@ -186,7 +191,9 @@ def main() -> None:
         live = rollups.SETTLED_STATES.replace("toUInt8(0) AS live", "toUInt8(1) AS live")
         rollups.LIVE_STATES = live.replace("toUInt8(1) AS settled", "toUInt8(0) AS settled")
     os.sched_setaffinity(0, {opts.cpu})  # before chDB starts a thread: they inherit it
-    asyncio.run(run(opts))
+    with tempfile.TemporaryDirectory(prefix="beacon-bench-ingest-") as workdir:
+        opts.workdir = workdir
+        asyncio.run(run(opts))
 
 
 if __name__ == "__main__":

@@ -1,0 +1,41 @@
+"""loadtest/bench_ingest follows the store step as it is: it names each statement of
+consumers/ingest.Ingest by the tables it reads, so a change there must not leave a step
+unmeasured. A small run, in its own process (chDB opens one data directory a process)."""
+
+from __future__ import annotations
+
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[2]
+STEPS = (
+    "parse and checks into staging (JSONExtract)",
+    "insert into beacon.events (join, views)",
+    "lines in (LineAsString)",
+    "distinct agents back",
+    "enriched agents in",
+    "counts and rejects back",
+    "merges the inserts started",
+)
+
+
+def test_a_small_run_stores_every_event_on_both_sides_and_times_each_step() -> None:
+    run = subprocess.run(
+        [sys.executable, "-m", "loadtest.bench_ingest", "--events", "3000", "--batch-rows", "1000"],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
+    # The bench asserts that each side stored every event: a lost row fails the run.
+    assert run.returncode == 0, run.stderr[-3000:]
+    figures = dict(re.findall(r"^  (.+?) +(\d+\.\d\d)$", run.stdout, re.MULTILINE))
+    for step in STEPS:
+        assert step in figures, run.stdout
+    # Each statement was told apart from the others: none fell into the catch-all step.
+    assert float(figures["parse and checks into staging (JSONExtract)"]) > 0, run.stdout
+    assert float(figures["insert into beacon.events (join, views)"]) > 0, run.stdout
+    assert "3,000 events, 3 inserts of 1,000" in run.stdout
+    assert "ratio to the storage limit" in run.stdout
