@@ -20,7 +20,7 @@ import os
 import tempfile
 import time
 from collections import defaultdict
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from pathlib import Path
 
 from analytics import rollups
@@ -35,20 +35,21 @@ MERGES = "merges the inserts started"
 
 
 class TimedWriter:
-    """A ChdbWriter whose calls add their CPU seconds to `spent`, under a name for the step."""
+    """A ChdbWriter whose calls add their CPU seconds to `spent`, under the name of the step
+    of an Ingest whose temporary tables are `lines` and `stage`."""
 
-    def __init__(self, writer: ChdbWriter, ingest_names: Callable[[], Ingest]) -> None:
+    def __init__(self, writer: ChdbWriter, lines: str, stage: str) -> None:
         self.writer = writer
-        self.ingest = ingest_names
+        self.lines = lines
+        self.stage = stage
         self.spent: defaultdict[str, float] = defaultdict(float)
 
     def step(self, call: str, what: str) -> str:
-        i = self.ingest()
         if call == "load":
-            return "lines in (LineAsString)" if what == i.lines else "enriched agents in"
+            return "lines in (LineAsString)" if what == self.lines else "enriched agents in"
         if call == "insert_from":
             return "insert into beacon.events (join, views)"
-        if what.startswith(f"INSERT INTO {i.stage}"):
+        if what.startswith(f"INSERT INTO {self.stage}"):
             return "parse and checks into staging (JSONExtract)"
         if "GROUP BY ALL" in what:
             return "distinct agents back"
@@ -101,9 +102,9 @@ async def run(opts: argparse.Namespace) -> None:
     ]
     writer = ChdbWriter(Path(opts.workdir))
     await migrate(writer, 0)
-    ingest: Ingest | None = None
-    timed = TimedWriter(writer, lambda: ingest)  # type: ignore[arg-type,return-value]
-    ingest = Ingest(timed)  # type: ignore[arg-type]
+    ingest = Ingest(writer)
+    timed = TimedWriter(writer, ingest.lines, ingest.stage)
+    ingest.writer = timed  # type: ignore[assignment]  # the Writer calls it times
     # A pass first, untimed: the timed ones then find the memory and the user agents of a
     # consumer that has been running (the first pass also pays the kernel's fresh pages).
     for name in ("warm", "timed"):
