@@ -234,32 +234,50 @@ async def consume(opts: argparse.Namespace) -> dict[str, Any]:
             "peak_file_mb": peak_file_mb}  # fmt: skip
 
 
+def native_blocks(session: Any, events: int, batch_rows: int) -> list[bytes]:
+    """beacon.events of the chDB `session` as Native blocks of `batch_rows` rows, the storage
+    limit's input. In the order the events arrived (time order), as the pipeline's batches
+    hold them. Not by event_id: ClickHouse does not sort UUIDs in their time order, so batches
+    cut by id have key ranges that do not overlap, whose parts merge at a fifth of the cost of
+    the parts real traffic makes (docs/performance.md "Consumer")."""
+    from consumers.ingest import EVENT_COLUMNS
+
+    columns = ", ".join(EVENT_COLUMNS)
+    return [
+        session.query(
+            f"SELECT {columns} FROM beacon.events ORDER BY received_at, event_id "
+            f"LIMIT {batch_rows} OFFSET {at}",
+            "Native",
+        ).bytes()
+        for at in range(0, events, batch_rows)
+    ]
+
+
+def store_native(writer: Any, blocks: list[bytes]) -> None:
+    """Insert the Native `blocks` into beacon.events of the ChdbWriter `writer`, each under its
+    own token, as the pipeline inserts its batches."""
+    from analytics.store import insert_settings
+    from consumers.ingest import EVENT_COLUMNS
+
+    columns = ", ".join(EVENT_COLUMNS)
+    for i, block in enumerate(blocks):
+        head = f"INSERT INTO beacon.events ({columns}) {insert_settings(f'limit-{i}')}"
+        writer._insert(head, "Native", block)
+
+
 def storage_limit(opts: argparse.Namespace) -> dict[str, Any]:
     """CPU per row for chDB to store the pipeline's rows again, from memory, in Native."""
     from analytics.migrations import migrate
-    from analytics.store import insert_settings
     from analytics.store.chdb import ChdbWriter, open_session
-    from consumers.ingest import EVENT_COLUMNS
 
     # The embedded store's configuration: the first session of a process sets it for all.
     source = open_session(Path(opts.workdir) / "consumer" / "clickhouse")
-    columns = ", ".join(EVENT_COLUMNS)
-    batches = []
-    # In the order the events arrived (time order), as the pipeline's batches hold them. Not
-    # by event_id: ClickHouse does not sort UUIDs in their time order, so batches cut by id
-    # have key ranges that do not overlap, whose parts merge at a fifth of the cost of the
-    # parts real traffic makes (docs/performance.md "Consumer").
-    for at in range(0, opts.events, opts.batch_rows):
-        sql = (f"SELECT {columns} FROM beacon.events ORDER BY received_at, event_id "
-               f"LIMIT {opts.batch_rows} OFFSET {at}")  # fmt: skip
-        batches.append(source.query(sql, "Native").bytes())
+    batches = native_blocks(source, opts.events, opts.batch_rows)
     source.close()
     writer = ChdbWriter(Path(opts.workdir) / "limit")
     asyncio.run(migrate(writer, 0))
     started = cpu_seconds()
-    for i, body in enumerate(batches):
-        head = f"INSERT INTO beacon.events ({columns}) {insert_settings(f'limit-{i}')}"
-        writer._insert(head, "Native", body)
+    store_native(writer, batches)
     cpu_s = cpu_seconds() - started
     merges_done(writer.query_sync)
     settled_cpu_s = cpu_seconds() - started

@@ -20,15 +20,13 @@ import os
 import tempfile
 import time
 from collections import defaultdict
-from collections.abc import Sequence
 from pathlib import Path
 
 from analytics import rollups
-from analytics.store import insert_settings
 from analytics.store.chdb import ChdbWriter
-from consumers.ingest import EVENT_COLUMNS, Ingest
+from consumers.ingest import Ingest
 from consumers.sources.protocol import join_lines
-from loadtest.bench_consumer import chunks, merges_done
+from loadtest.bench_consumer import chunks, merges_done, native_blocks, store_native
 from loadtest.bench_enrich import wire_lines
 
 MERGES = "merges the inserts started"
@@ -123,22 +121,12 @@ async def run(opts: argparse.Namespace) -> None:
     )
     spent[MERGES] = merges
 
-    # The storage limit: the same rows, in time order, from Native, into the emptied tables.
-    columns = ", ".join(EVENT_COLUMNS)
-    natives: Sequence[bytes] = [
-        writer._session.query(
-            f"SELECT {columns} FROM beacon.events ORDER BY received_at, event_id "
-            f"LIMIT {opts.batch_rows} OFFSET {at}",
-            "Native",
-        ).bytes()
-        for at in range(0, opts.events, opts.batch_rows)
-    ]
+    # The storage limit: the same rows, in arrival order, from Native, into the emptied tables.
+    blocks = native_blocks(writer._session, opts.events, opts.batch_rows)
     empty(writer)
     started = time.process_time()
     writer.query_sync("SYSTEM STOP MERGES")
-    for i, block in enumerate(natives):
-        head = f"INSERT INTO beacon.events ({columns}) {insert_settings(f'bench-limit-{i}')}"
-        writer._insert(head, "Native", block)
+    store_native(writer, blocks)
     limit_merges = settle(writer)
     limit = time.process_time() - started
     rows = int(writer.query_sync("SELECT count() FROM beacon.events", "TSV"))

@@ -29,6 +29,7 @@ from typing import Any
 import orjson
 import pyarrow as pa
 from chdb import session
+from pyarrow import json as arrow_json
 
 from consumers.ingest import REASON, STAGED, WIRE_FIELDS, _columns
 from loadtest.bench_enrich import wire_lines
@@ -172,8 +173,6 @@ def main() -> None:
     # A compiled reader of the lines in the consumer's process instead of ClickHouse's: the
     # one installed already (chDB depends on pyarrow). It has no map type: props come out as a
     # struct of the keys it meets.
-    from pyarrow import json as arrow_json
-
     kinds = {"String": "string", "Int64": "int64", "UInt64": "uint64", "UInt8": "uint8"}
     schema = pa.schema([(c, kinds[k]) for c, k in COLUMNS if k in kinds])
     parse = arrow_json.ParseOptions(explicit_schema=schema)
