@@ -15,6 +15,7 @@ from analytics.rollups import (
     IVT_ROLLUPS,
     ROLLUPS,
     ROLLUPS_V5,
+    SET_ROLLUPS,
     VIEWABILITY_HOURLY_V8,
     migration_statements,
 )
@@ -91,6 +92,7 @@ async def migrate(writer: Writer, retention_days: int) -> list[int]:
 
     In cluster mode (the writer's Cluster) every statement runs ON CLUSTER on the _local tables
     and their Distributed ones; a server whose schema is not the mode's is refused (ModeError).
+    The embedded store (the writer owns it) also caps its rollups' merges: cap_set_merges.
     """
     cluster = await check_mode(writer)
     on = f" {cluster.on}" if cluster else ""
@@ -114,6 +116,8 @@ async def migrate(writer: Writer, retention_days: int) -> list[int]:
         )
         applied.append(version)
     await apply_retention(writer, retention_days, cluster)
+    if cluster is None and getattr(writer, "exclusive", False):
+        await cap_set_merges(writer)
     return applied
 
 
@@ -149,6 +153,34 @@ async def apply_retention(
         current_days = int(current.group(1) or current.group(2)) if current else 0
         if current_days != retention_days:
             await writer.execute(ttl_statement(f"{table}{suffix}", column, retention_days, on))
+
+
+# How large a part of a rollup with sets may grow by merges in the embedded store. A merge
+# holds the sets of the rows it merges at ~8x their size on disk, and a live day's sets grow
+# with its traffic: uncapped, the embedded consumer's peak RSS followed the day (1.2 GB after
+# 2.4 million events, a merge of rollup_events_hourly alone 560 MB), capped it stays where
+# its batches put it (0.6 GB; docs/performance.md "Memory of the embedded consumer"). A live
+# day is then more parts (rollup_events_hourly: one per 190,000-370,000 events), which a
+# report reads in the same pass and settling folds into sums. A ClickHouse server keeps its own
+# merge policy: it has the memory, and a cluster's days are far larger.
+SET_MERGE_MAX_BYTES = 16 * 2**20
+MERGE_CAP_RE = re.compile(r"\bmax_bytes_to_merge_at_max_space_in_pool = (\d+)")
+
+
+async def cap_set_merges(writer: Writer) -> None:
+    """Set SET_MERGE_MAX_BYTES on each rollup with sets; a no-op for a table already so."""
+    for rollup in SET_ROLLUPS:
+        create = await writer.query(
+            "SELECT create_table_query FROM system.tables "
+            f"WHERE database = '{DATABASE}' AND name = '{rollup.name}'",
+            "TSVRaw",
+        )
+        current = MERGE_CAP_RE.search(create)
+        if create.strip() and (current is None or int(current.group(1)) != SET_MERGE_MAX_BYTES):
+            await writer.execute(
+                f"ALTER TABLE {rollup.table} MODIFY SETTING "
+                f"max_bytes_to_merge_at_max_space_in_pool = {SET_MERGE_MAX_BYTES}"
+            )
 
 
 def ttl_statement(table: str, column: str, retention_days: int, on: str = "") -> str:

@@ -278,6 +278,8 @@ VIEWABILITY_HOURLY = VIEWABILITY_HOURLY_V8.with_dim(*IVT_DIM)
 ROLLUPS_V5 = (EVENTS_HOURLY_V5, PAGES_DAILY, REFERRERS_DAILY, ORDERS, CLICKS)
 ROLLUPS = (EVENTS_HOURLY, PAGES_DAILY, REFERRERS_DAILY, ORDERS, CLICKS, VIEWABILITY_HOURLY)
 IVT_ROLLUPS = (EVENTS_HOURLY, VIEWABILITY_HOURLY)
+# The rollups whose live rows hold sets (uniqExact states), which grow with a day's traffic.
+SET_ROLLUPS = tuple(r for r in ROLLUPS if any("uniqExact" in t for _, t in r.columns()))
 
 # Days being settled (analytics/rollup_settle.py): reports read them from raw events until
 # `done`; a settle cut short leaves done = 0, and the next pass finishes it.

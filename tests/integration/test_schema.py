@@ -6,8 +6,16 @@ from pathlib import Path
 
 import pytest
 
-from analytics.migrations import MIGRATIONS, SCHEMA_MIGRATIONS, apply_retention, migrate
+from analytics.migrations import (
+    MIGRATIONS,
+    SCHEMA_MIGRATIONS,
+    SET_MERGE_MAX_BYTES,
+    apply_retention,
+    cap_set_merges,
+    migrate,
+)
 from analytics.rekey import OLD_KEY, rekey_events, sort_key
+from analytics.rollups import SET_ROLLUPS
 from analytics.schema import DATABASE, EVENTS, EVENTS_SORT_KEY, EVENTS_V1
 from analytics.store.chdb import ChdbWriter
 
@@ -132,6 +140,41 @@ async def test_retention_sets_changes_and_removes_the_ttl(writer):
     assert await ttl_clause(writer) == ""
     await migrate(writer, retention_days=0)  # and migrating again keeps it off
     assert await ttl_clause(writer) == ""
+
+
+async def merge_caps(writer: ChdbWriter) -> dict[str, int]:
+    """Each table of the store with a cap on the parts its merges make, and the cap."""
+    text = await writer.query(
+        "SELECT name, extract(create_table_query, "
+        "'max_bytes_to_merge_at_max_space_in_pool = ([0-9]+)') AS cap "
+        f"FROM system.tables WHERE database = '{DATABASE}' AND cap != ''",
+        "TSV",
+    )
+    return {name: int(cap) for name, cap in (line.split("\t") for line in text.splitlines())}
+
+
+async def test_the_embedded_store_caps_the_merges_of_the_rollups_with_sets(writer):
+    """A merge holds the sets of its rows in memory, and a live day's sets grow with its
+    traffic: the store's owner caps the parts those rollups merge into, and only those."""
+    await migrate(writer, retention_days=0)
+    caps = await merge_caps(writer)
+    assert caps == {rollup.name: SET_MERGE_MAX_BYTES for rollup in SET_ROLLUPS}
+    assert {"rollup_events_hourly", "rollup_pages_daily"} <= caps.keys()
+    recording = Recording(writer)
+    await cap_set_merges(recording)  # type: ignore[arg-type]
+    assert recording.statements == []  # already so
+    await writer.execute(
+        f"ALTER TABLE {DATABASE}.rollup_events_hourly "
+        "MODIFY SETTING max_bytes_to_merge_at_max_space_in_pool = 1"
+    )
+    await migrate(writer, retention_days=0)  # a cap of another release is set again
+    assert await merge_caps(writer) == caps
+
+
+async def test_a_server_keeps_its_own_merge_policy(writer):
+    """Through a writer that is not the store's only one (a ClickHouse server), no cap."""
+    await migrate(Recording(writer), retention_days=0)  # type: ignore[arg-type]
+    assert await merge_caps(writer) == {}
 
 
 async def store_before_migration_10(writer: ChdbWriter) -> None:
