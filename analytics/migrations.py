@@ -134,6 +134,16 @@ RETAINED = (
 )
 
 
+async def create_query(writer: Writer, table: str) -> str:
+    """The CREATE statement of the MergeTree-family `table` of the database, "" when none."""
+    create = await writer.query(
+        "SELECT create_table_query FROM system.tables "
+        f"WHERE database = '{DATABASE}' AND name = '{table}' AND engine LIKE '%Tree'",
+        "TSVRaw",
+    )
+    return create.strip()
+
+
 async def apply_retention(
     writer: Writer, retention_days: int, cluster: Cluster | None = None
 ) -> None:
@@ -142,12 +152,8 @@ async def apply_retention(
     On a cluster, the _local tables ON CLUSTER (a Distributed table keeps no rows)."""
     suffix, on = ("_local", f" {cluster.on}") if cluster else ("", "")
     for table, column in RETAINED:
-        create = await writer.query(
-            "SELECT create_table_query FROM system.tables "
-            f"WHERE database = '{DATABASE}' AND name = '{table}{suffix}' AND engine LIKE '%Tree'",
-            "TSVRaw",
-        )
-        if not create.strip():
+        create = await create_query(writer, f"{table}{suffix}")
+        if not create:
             continue  # not there (yet)
         current = TTL_DAYS_RE.search(create)
         current_days = int(current.group(1) or current.group(2)) if current else 0
@@ -170,13 +176,9 @@ MERGE_CAP_RE = re.compile(r"\bmax_bytes_to_merge_at_max_space_in_pool = (\d+)")
 async def cap_set_merges(writer: Writer) -> None:
     """Set SET_MERGE_MAX_BYTES on each rollup with sets; a no-op for a table already so."""
     for rollup in SET_ROLLUPS:
-        create = await writer.query(
-            "SELECT create_table_query FROM system.tables "
-            f"WHERE database = '{DATABASE}' AND name = '{rollup.name}'",
-            "TSVRaw",
-        )
+        create = await create_query(writer, rollup.name)
         current = MERGE_CAP_RE.search(create)
-        if create.strip() and (current is None or int(current.group(1)) != SET_MERGE_MAX_BYTES):
+        if create and (current is None or int(current.group(1)) != SET_MERGE_MAX_BYTES):
             await writer.execute(
                 f"ALTER TABLE {rollup.table} MODIFY SETTING "
                 f"max_bytes_to_merge_at_max_space_in_pool = {SET_MERGE_MAX_BYTES}"
