@@ -22,16 +22,13 @@ from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, g
 from analytics import erasure
 from analytics.dashboard.app import add_dashboard
 from analytics.store import StoreError, Writer, read_guard
-from analytics.store.readers import Busy, Reader
+from analytics.store.readers import Busy, Reader, read_failure
 from analytics.web import WebConfig
 
 FORMAT_RE = re.compile(r"^[A-Za-z]{1,40}$")
 MAX_SQL_BYTES = 256 * 1024
 QUERY_KEYS = frozenset({"sql", "format"})
 QUERY_SHAPE = "expected {sql, format} strings"
-# ClickHouse error codes a read can end with (src/Common/ErrorCodes.cpp).
-CODE_RE = re.compile(r"Code: (\d+)")
-TIMEOUT_EXCEEDED, TOO_MANY_ROWS_OR_BYTES, READONLY = "159", "396", "164"
 
 log = logging.getLogger("beacon.query_server")
 
@@ -47,7 +44,7 @@ ERASE_KEYS = frozenset({"field", "value", "by"})
 # The outcome labels of beacon_store_queries_total and beacon_erase_requests_total, each made at
 # 0 with the counter (tests/unit/test_metric_labels.py checks the handlers give no other).
 QUERY_OUTCOMES = ("ok", "not_local", "cross_origin", "bad_request", "busy", "not_read_only",
-                  "timeout", "too_large", "failed", "client_gone")  # fmt: skip
+                  "timeout", "too_large", "memory_limit", "failed", "client_gone")  # fmt: skip
 ERASE_OUTCOMES = ("erased", "bad_request", "not_local", "store_failed", "audit_failed")
 
 
@@ -93,22 +90,10 @@ async def _query(request: web.Request) -> tuple[str, web.Response]:
         answer = {"error": "read_only", "detail": f"one SELECT of beacon tables ({exc.reason})"}
         return "not_read_only", web.json_response(answer, status=403)
     except StoreError as exc:
-        outcome, status = store_failure(str(exc))
+        outcome, status = read_failure(str(exc))
         answer = {"error": f"query_{outcome}", "detail": str(exc)[:2000]}
         return outcome, web.json_response(answer, status=status)
     return "ok", web.Response(text=out, content_type="text/plain")
-
-
-def store_failure(message: str) -> tuple[str, int]:
-    """The outcome label and status of a read ClickHouse refused or stopped."""
-    code = CODE_RE.search(message)
-    if code and code[1] == TIMEOUT_EXCEEDED:
-        return "timeout", 504
-    if code and code[1] == TOO_MANY_ROWS_OR_BYTES:
-        return "too_large", 413
-    if code and code[1] == READONLY:
-        return "not_read_only", 403
-    return "failed", 400
 
 
 def is_cross_site(request: web.Request) -> bool:
@@ -210,7 +195,7 @@ def create_query_app(
     app[QUERY_REQUESTS] = Counter(
         "beacon_store_queries",
         "POST /query requests by outcome (ok, not_local, cross_origin, not_read_only, "
-        "bad_request, busy, timeout, too_large, failed, client_gone).",
+        "bad_request, busy, timeout, too_large, memory_limit, failed, client_gone).",
         ["outcome"],
         registry=registry,
     )

@@ -55,6 +55,11 @@ class StoreSettings:
     store_query_concurrency: int = setting(
         4, "reads the embedded store runs at once; one more is answered 503 busy", min=1
     )
+    store_query_max_memory_bytes: int = setting(
+        1 << 30,
+        "a read through the store port (or the dashboard) that needs more memory is stopped",
+        min=16 * 1024 * 1024,
+    )
     retention_days: int = setting(
         395, "events older than this are deleted by TTL; 0 keeps them", min=0
     )
@@ -177,4 +182,5 @@ class StoreSettings:
             self.store_query_timeout_s,
             self.store_query_max_result_bytes,
             self.store_query_concurrency,
+            self.store_query_max_memory_bytes,
         )

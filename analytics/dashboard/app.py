@@ -30,7 +30,7 @@ from analytics.dashboard.web_figures import realtime_figures
 from analytics.funnel import Query
 from analytics.report_window import Window
 from analytics.store import StoreError
-from analytics.store.readers import Reader
+from analytics.store.readers import Reader, read_failure
 from analytics.web import WebConfig
 from contract.numbers import parse_uint
 
@@ -153,8 +153,28 @@ async def page(request: web.Request) -> web.Response:
         data = await numbers(request, selection)
     except StoreError as exc:
         log.warning("dashboard query failed: %r", str(exc)[:300])  # %r: no forged log lines
-        return html("<p>The store did not answer; try again in a moment.</p>", 503)
+        reason, status = store_refusal(exc)
+        return html(f"<p>{escape(REFUSAL_TEXT[reason])}</p>", status)
     return html(dashboard_page(data, selection), headers=PAGE_HEADERS)
+
+
+# What the page says when a read fails: a read over its memory or time limit fails again the
+# same way, so only the store's own failures ask for another try.
+REFUSAL_TEXT = {
+    "memory_limit": "These days take more memory to read than a read may use "
+    "(BEACON_STORE_QUERY_MAX_MEMORY_BYTES): choose fewer days or a filter.",
+    "timeout": "These days take longer to read than a read may "
+    "(BEACON_STORE_QUERY_TIMEOUT_S): choose fewer days or a filter.",
+    "unavailable": "The store did not answer; try again in a moment.",
+}
+
+
+def store_refusal(exc: StoreError) -> tuple[str, int]:
+    """Why a read of the dashboard failed (a key of REFUSAL_TEXT) and the status to answer."""
+    outcome, status = read_failure(str(exc))
+    if outcome in ("memory_limit", "timeout"):
+        return outcome, status
+    return "unavailable", 503
 
 
 async def data_json(request: web.Request) -> web.Response:
@@ -165,7 +185,8 @@ async def data_json(request: web.Request) -> web.Response:
     except ValueError as exc:
         return json_response({"error": str(exc)}, 400)
     except StoreError as exc:
-        return json_response({"error": "store", "detail": str(exc)[:500]}, 503)
+        reason, status = store_refusal(exc)
+        return json_response({"error": "store", "reason": reason, "detail": str(exc)[:500]}, status)
     return json_response(data)
 
 
@@ -184,7 +205,8 @@ async def realtime_json(request: web.Request) -> web.Response:
                 realtime_figures, reader_query(request), filters, request.app[WEB]
             )
     except StoreError as exc:
-        return json_response({"error": "store", "detail": str(exc)[:500]}, 503)
+        reason, status = store_refusal(exc)
+        return json_response({"error": "store", "reason": reason, "detail": str(exc)[:500]}, status)
     return json_response({**found, "at": at.strftime("%Y-%m-%dT%H:%M:%SZ")})
 
 

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import queue
+import re
 import threading
 import uuid
 from concurrent.futures import ThreadPoolExecutor
@@ -24,6 +25,10 @@ from analytics.store.http import HttpWriter
 # Every read answers 64-bit integers as JSON numbers, as ClickHouse does since 25.x; a
 # read-only session cannot take them from a SETTINGS clause in the statement.
 READ_FORMAT_SETTINGS = {"output_format_json_quote_64bit_integers": "0"}
+# ClickHouse error codes a read can end with (src/Common/ErrorCodes.cpp).
+CODE_RE = re.compile(r"Code: (\d+)")
+TIMEOUT_EXCEEDED, TOO_MANY_ROWS_OR_BYTES, READONLY = "159", "396", "164"
+MEMORY_LIMIT_EXCEEDED = "241"
 
 
 @dataclass(frozen=True, slots=True)
@@ -31,6 +36,9 @@ class ReadLimits:
     timeout_s: int  # ClickHouse's max_execution_time: the query fails past it
     max_result_bytes: int  # ClickHouse's max_result_bytes, result_overflow_mode = 'throw'
     concurrency: int = 4  # reads at once (embedded store); one more is refused as busy
+    # ClickHouse's max_memory_usage: a read that would take more stops. The embedded store's
+    # reads run in the consumer's process, and a report merges the sets of what it reads.
+    max_memory_bytes: int = 1 << 30
 
     def settings(self) -> dict[str, str]:
         """The read-only profile with these limits, as ClickHouse settings."""
@@ -39,6 +47,7 @@ class ReadLimits:
             "max_execution_time": str(self.timeout_s),
             "max_result_bytes": str(self.max_result_bytes),
             "result_overflow_mode": "throw",
+            "max_memory_usage": str(self.max_memory_bytes),
             **READ_FORMAT_SETTINGS,
         }
 
@@ -52,6 +61,20 @@ class Reader(Protocol):
 
 class Busy(StoreError):
     """Every reader session is running a read: the caller may try again shortly."""
+
+
+def read_failure(message: str) -> tuple[str, int]:
+    """The outcome label and HTTP status of a read ClickHouse refused or stopped."""
+    code = CODE_RE.search(message)
+    if code and code[1] == TIMEOUT_EXCEEDED:
+        return "timeout", 504
+    if code and code[1] == TOO_MANY_ROWS_OR_BYTES:
+        return "too_large", 413
+    if code and code[1] == MEMORY_LIMIT_EXCEEDED:
+        return "memory_limit", 413
+    if code and code[1] == READONLY:
+        return "not_read_only", 403
+    return "failed", 400
 
 
 class ChdbReader:

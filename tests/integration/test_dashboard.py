@@ -23,6 +23,7 @@ from analytics.dashboard.web_figures import TABLES, table_keys
 from analytics.query_server import create_query_app
 from analytics.report_window import Filters, Window
 from analytics.rollup_settle import Settler
+from analytics.store.readers import ChdbReader, ReadLimits
 from analytics.views import Request, view_rows
 from analytics.web import WebConfig, goal_rows, realtime_rows, stored_days, visit_rows
 from contract.geo import ATTRIBUTION
@@ -320,6 +321,25 @@ async def test_the_realtime_tile_refreshes_from_its_own_endpoint(
     script = await client.get("/dashboard/realtime.js", headers=BEARER)
     assert script.status == 200 and script.content_type == "text/javascript"
     assert "/dashboard/realtime" not in await script.text()  # the URL comes from the page
+
+
+async def test_a_read_over_its_memory_limit_says_so_and_asks_for_fewer_days(
+    store: Store,
+) -> None:
+    limits = ReadLimits(timeout_s=30, max_result_bytes=1 << 20, max_memory_bytes=64 * 1024)
+    reader = ChdbReader(store.writer.path, limits)
+    c = TestClient(TestServer(create_dashboard_app(reader, TOKEN, GOALS), host="127.0.0.1"))
+    await c.start_server()
+    try:
+        page = await c.get("/dashboard?days=1", headers=BEARER)
+        assert page.status == 413
+        assert "BEACON_STORE_QUERY_MAX_MEMORY_BYTES): choose fewer days" in await page.text()
+        for path in ("data.json?days=1", "realtime.json"):
+            r = await c.get(f"/dashboard/{path}", headers=BEARER)
+            assert (r.status, (await r.json())["reason"]) == (413, "memory_limit"), path
+    finally:
+        await c.close()
+        await reader.close()
 
 
 async def test_signing_in_sets_a_session_cookie_that_is_not_the_token(client: TestClient):

@@ -24,6 +24,11 @@ def test_defaults_and_env() -> None:
     assert (s.port, s.ip_mode, s.url_query_keep) == (9000, "drop", ("ref", "lang"))
     c = ConsumerSettings.from_env({"BEACON_DATA_DIR": "/x", "BEACON_BATCH_MAX_ROWS": "50"})
     assert c.store_dir == Path("/x/clickhouse") and c.batch_max_rows == 50
+    assert c.read_limits.settings()["max_memory_usage"] == str(1 << 30)
+    c = ConsumerSettings.from_env({"BEACON_STORE_QUERY_MAX_MEMORY_BYTES": "268435456"})
+    assert c.read_limits.settings()["max_memory_usage"] == "268435456"
+    with pytest.raises(SettingsError, match="BEACON_STORE_QUERY_MAX_MEMORY_BYTES: must be >= "):
+        ConsumerSettings.from_env({"BEACON_STORE_QUERY_MAX_MEMORY_BYTES": "1000000"})
 
 
 @pytest.mark.parametrize(

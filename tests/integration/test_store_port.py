@@ -191,6 +191,36 @@ async def test_a_read_over_its_time_or_size_limit_is_stopped_and_counted(
         await reader.close()
 
 
+async def test_a_read_over_its_memory_limit_is_stopped_and_counted(
+    store: Store, tmp_path: Path
+) -> None:
+    # The set of a million distinct numbers takes tens of MiB: past 8 MiB, under 1 GiB.
+    sql = f"SELECT uniqExact(n) FROM {ROWS}"
+    small = ReadLimits(timeout_s=30, max_result_bytes=100_000, max_memory_bytes=8 << 20)
+    limits = {"small": small, "default": ReadLimits(timeout_s=30, max_result_bytes=100_000)}
+    answers = {}
+    for name, limit in limits.items():
+        reader = ChdbReader(store.writer.path, limit)
+        client = await serve(store, reader, tmp_path)
+        try:
+            resp = await ask(client, sql)
+            answers[name] = (resp.status, await resp.json() if resp.status != 200 else None)
+            page = await (await client.get("/metrics")).text()
+            answers[name + "_counted"] = (
+                'beacon_store_queries_total{outcome="memory_limit"} 1.0' in page
+            )
+            if resp.status == 200:
+                assert (await resp.text()).strip() == '{"uniqExact(n)":1000000}'
+        finally:
+            await client.close()
+            await reader.close()
+    status, body = answers["small"]
+    assert (status, body["error"]) == (413, "query_memory_limit")
+    assert "MEMORY_LIMIT_EXCEEDED" in body["detail"]
+    assert answers["small_counted"] and not answers["default_counted"]
+    assert answers["default"] == (200, None)
+
+
 async def until(condition, deadline_s: float = 60.0) -> bool:  # type: ignore[no-untyped-def]
     """Poll `condition` (a blocking call, run in a thread) until it holds or time runs out."""
     deadline = time.monotonic() + deadline_s

@@ -306,7 +306,7 @@ def query_outcomes() -> Values:
     path = "analytics/query_server.py"
     return (
         returned(path, "_query", first=True)
-        | returned(path, "store_failure", first=True)
+        | returned("analytics/store/readers.py", "read_failure", first=True)
         | {"client_gone"}  # what `query` counts when its client left mid-way
     )
 
