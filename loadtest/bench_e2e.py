@@ -6,9 +6,9 @@ alone, in one run.
 1. `beacon serve` with the memory sink (nothing behind it), default workers: wrk at full speed
    for --duration-s. Its answered rate is what the collector alone does on this box.
 2. `beacon run` with its defaults (collector + consumer + embedded ClickHouse, the spool between
-   them): the same wrk, then wait until every answered pixel is a row (read through the store
-   port). Prints answered, stored, drain seconds, peak spool bytes and the sustained rate:
-   stored / (load + drain).
+   them): the same wrk, then wait until every answered pixel is stored (distinct event ids, read
+   through the store port). Prints answered, stored, drain seconds, peak spool bytes and the
+   sustained rate: stored / (load + drain).
 3. --kafka: the same `beacon run` against the project's local broker (the collector's Kafka
    sink, a Kafka consumer group); printed, no goal: the broker shares the two cores.
 
@@ -82,8 +82,9 @@ class Beacon:
         raise RuntimeError("beacon did not get ready")
 
     def stored(self) -> int:
-        """Rows in beacon.events, through the store port."""
-        sql = "SELECT count() FROM beacon.events"
+        """Distinct events in beacon.events, through the store port: an event stored twice (a
+        producer's retry, a replay) awaits a merge, and counted as two it could hide a loss."""
+        sql = "SELECT uniqExact(event_id) FROM beacon.events"
         return int(store_query(f"http://127.0.0.1:{self.store_port}", sql, 30).strip())
 
     def spool_bytes(self) -> int:
