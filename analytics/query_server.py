@@ -46,6 +46,12 @@ ERASE_KEYS = frozenset({"field", "value", "by"})
 QUERY_OUTCOMES = ("ok", "not_local", "cross_origin", "bad_request", "busy", "not_read_only",
                   "timeout", "too_large", "memory_limit", "failed", "client_gone")  # fmt: skip
 ERASE_OUTCOMES = ("erased", "bad_request", "not_local", "store_failed", "audit_failed")
+# A read stopped at one of its limits: the setting that sets it.
+LIMIT_SETTINGS = {
+    "timeout": "BEACON_STORE_QUERY_TIMEOUT_S",
+    "too_large": "BEACON_STORE_QUERY_MAX_RESULT_BYTES",
+    "memory_limit": "BEACON_STORE_QUERY_MAX_MEMORY_BYTES",
+}
 
 
 async def query(request: web.Request) -> web.Response:
@@ -92,6 +98,8 @@ async def _query(request: web.Request) -> tuple[str, web.Response]:
     except StoreError as exc:
         outcome, status = read_failure(str(exc))
         answer = {"error": f"query_{outcome}", "detail": str(exc)[:2000]}
+        if outcome in LIMIT_SETTINGS:  # the setting that would let the read through
+            answer["limit"] = LIMIT_SETTINGS[outcome]
         return outcome, web.json_response(answer, status=status)
     return "ok", web.Response(text=out, content_type="text/plain")
 

@@ -179,10 +179,18 @@ async def test_a_read_over_its_time_or_size_limit_is_stopped_and_counted(
     try:
         slow = await ask(client, LONG_READ)
         assert slow.status == 504
-        assert (await slow.json())["error"] == "query_timeout"
+        answer = await slow.json()
+        assert (answer["error"], answer["limit"]) == (
+            "query_timeout",
+            "BEACON_STORE_QUERY_TIMEOUT_S",
+        )
         big = await ask(client, f"SELECT n FROM {ROWS}")
         assert big.status == 413
-        assert (await big.json())["error"] == "query_too_large"
+        answer = await big.json()
+        assert (answer["error"], answer["limit"]) == (
+            "query_too_large",
+            "BEACON_STORE_QUERY_MAX_RESULT_BYTES",
+        )
         page = await (await client.get("/metrics")).text()
         assert 'beacon_store_queries_total{outcome="timeout"} 1.0' in page
         assert 'beacon_store_queries_total{outcome="too_large"} 1.0' in page
@@ -217,6 +225,7 @@ async def test_a_read_over_its_memory_limit_is_stopped_and_counted(
     status, body = answers["small"]
     assert (status, body["error"]) == (413, "query_memory_limit")
     assert "MEMORY_LIMIT_EXCEEDED" in body["detail"]
+    assert body["limit"] == "BEACON_STORE_QUERY_MAX_MEMORY_BYTES"
     assert answers["small_counted"] and not answers["default_counted"]
     assert answers["default"] == (200, None)
 
