@@ -22,7 +22,7 @@ from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, g
 from analytics import erasure
 from analytics.dashboard.app import add_dashboard
 from analytics.store import StoreError, Writer, read_guard
-from analytics.store.readers import Busy, Reader, read_failure
+from analytics.store.readers import LIMIT_SETTINGS, Busy, Reader, read_failure
 from analytics.web import WebConfig
 
 FORMAT_RE = re.compile(r"^[A-Za-z]{1,40}$")
@@ -46,12 +46,6 @@ ERASE_KEYS = frozenset({"field", "value", "by"})
 QUERY_OUTCOMES = ("ok", "not_local", "cross_origin", "bad_request", "busy", "not_read_only",
                   "timeout", "too_large", "memory_limit", "failed", "client_gone")  # fmt: skip
 ERASE_OUTCOMES = ("erased", "bad_request", "not_local", "store_failed", "audit_failed")
-# A read stopped at one of its limits: the setting that sets it.
-LIMIT_SETTINGS = {
-    "timeout": "BEACON_STORE_QUERY_TIMEOUT_S",
-    "too_large": "BEACON_STORE_QUERY_MAX_RESULT_BYTES",
-    "memory_limit": "BEACON_STORE_QUERY_MAX_MEMORY_BYTES",
-}
 
 
 async def query(request: web.Request) -> web.Response:

@@ -30,7 +30,7 @@ from analytics.dashboard.web_figures import realtime_figures
 from analytics.funnel import Query
 from analytics.report_window import Window
 from analytics.store import StoreError
-from analytics.store.readers import Reader, read_failure
+from analytics.store.readers import LIMIT_SETTINGS, Reader, read_failure
 from analytics.web import WebConfig
 from contract.numbers import parse_uint
 
@@ -162,9 +162,9 @@ async def page(request: web.Request) -> web.Response:
 # same way, so only the store's own failures ask for another try.
 REFUSAL_TEXT = {
     "memory_limit": "These days take more memory to read than a read may use "
-    "(BEACON_STORE_QUERY_MAX_MEMORY_BYTES): choose fewer days or a filter.",
+    f"({LIMIT_SETTINGS['memory_limit']}): choose fewer days or a filter.",
     "timeout": "These days take longer to read than a read may "
-    "(BEACON_STORE_QUERY_TIMEOUT_S): choose fewer days or a filter.",
+    f"({LIMIT_SETTINGS['timeout']}): choose fewer days or a filter.",
     "unavailable": "The store did not answer; try again in a moment.",
 }
 
@@ -177,6 +177,12 @@ def store_refusal(exc: StoreError) -> tuple[str, int]:
     return "unavailable", 503
 
 
+def store_refusal_json(exc: StoreError) -> web.Response:
+    """The JSON answer of an endpoint whose read failed (store_refusal)."""
+    reason, status = store_refusal(exc)
+    return json_response({"error": "store", "reason": reason, "detail": str(exc)[:500]}, status)
+
+
 async def data_json(request: web.Request) -> web.Response:
     if not request.app[AUTH].allowed(request):
         return json_response({"error": "unauthorized"}, 401)
@@ -185,8 +191,7 @@ async def data_json(request: web.Request) -> web.Response:
     except ValueError as exc:
         return json_response({"error": str(exc)}, 400)
     except StoreError as exc:
-        reason, status = store_refusal(exc)
-        return json_response({"error": "store", "reason": reason, "detail": str(exc)[:500]}, status)
+        return store_refusal_json(exc)
     return json_response(data)
 
 
@@ -205,8 +210,7 @@ async def realtime_json(request: web.Request) -> web.Response:
                 realtime_figures, reader_query(request), filters, request.app[WEB]
             )
     except StoreError as exc:
-        reason, status = store_refusal(exc)
-        return json_response({"error": "store", "reason": reason, "detail": str(exc)[:500]}, status)
+        return store_refusal_json(exc)
     return json_response({**found, "at": at.strftime("%Y-%m-%dT%H:%M:%SZ")})
 
 

@@ -63,6 +63,14 @@ class Busy(StoreError):
     """Every reader session is running a read: the caller may try again shortly."""
 
 
+# A read stopped at one of its limits (a read_failure outcome): the setting that sets it.
+LIMIT_SETTINGS = {
+    "timeout": "BEACON_STORE_QUERY_TIMEOUT_S",
+    "too_large": "BEACON_STORE_QUERY_MAX_RESULT_BYTES",
+    "memory_limit": "BEACON_STORE_QUERY_MAX_MEMORY_BYTES",
+}
+
+
 def read_failure(message: str) -> tuple[str, int]:
     """The outcome label and HTTP status of a read ClickHouse refused or stopped."""
     code = CODE_RE.search(message)
