@@ -218,5 +218,5 @@ def create_query_app(
         app.router.add_post("/erase", erase)
     app.router.add_get("/metrics", metrics)
     app.router.add_get("/healthz", healthz)
-    add_dashboard(app, reader, dashboard_token, web_config)
+    add_dashboard(app, reader, dashboard_token, registry, web_config)
     return app

@@ -15,11 +15,12 @@ import hashlib
 import hmac
 import logging
 import time
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from html import escape
 
 import orjson
 from aiohttp import web
+from prometheus_client import CollectorRegistry, Counter
 
 from analytics.dashboard.data import dashboard_data
 from analytics.dashboard.filters import Selection, parse_selection
@@ -105,6 +106,17 @@ AUTH = web.AppKey("dashboard_auth", Auth)
 DASHBOARD_READER = web.AppKey("dashboard_reader", Reader)
 SLOTS = web.AppKey("dashboard_slots", asyncio.Semaphore)
 WEB = web.AppKey("dashboard_web", WebConfig)
+READS = web.AppKey("dashboard_reads", Counter)
+SIGN_INS = web.AppKey("dashboard_sign_ins", Counter)
+# The labels of beacon_dashboard_reads_total and beacon_dashboard_sign_ins_total, each made at
+# 0 with its counter (tests/unit/test_metric_labels.py checks the handlers give no other). A
+# read that stops at a limit is answered with the limit's name, and counted here, so that an
+# operator sees which limit the dashboard's readers meet (docs/operations.md, Memory).
+READ_ENDPOINTS = ("page", "data", "realtime")
+READ_OUTCOMES = ("ok", "unauthorized", "bad_request", "memory_limit", "timeout", "unavailable",
+                 "failed", "client_gone")  # fmt: skip
+SIGN_IN_OUTCOMES = ("signed_in", "refused", "bad_request")
+Answer = tuple[str, web.Response]  # the outcome counted, and the response
 
 
 def html(text: str, status: int = 200, headers: dict[str, str] = HEADERS) -> web.Response:
@@ -142,20 +154,39 @@ async def numbers(request: web.Request, selection: Selection) -> dict:
         return await asyncio.to_thread(dashboard_data, reader_query(request), *args)
 
 
-async def page(request: web.Request) -> web.Response:
+def counted(
+    endpoint: str, handler: Callable[[web.Request], Awaitable[Answer]]
+) -> Callable[[web.Request], Awaitable[web.Response]]:
+    """A read endpoint: `handler`'s response, its outcome counted under `endpoint`."""
+
+    async def handle(request: web.Request) -> web.Response:
+        outcome = "client_gone"  # what a handler cancelled because its client left is counted as
+        try:
+            outcome, response = await handler(request)
+            return response
+        except Exception:
+            outcome = "failed"  # answered 500 by aiohttp: a fault of this code, logged there
+            raise
+        finally:
+            request.app[READS].labels(endpoint, outcome).inc()
+
+    return handle
+
+
+async def page(request: web.Request) -> Answer:
     if not request.app[AUTH].allowed(request):
-        return html(login_page(), 401)
+        return "unauthorized", html(login_page(), 401)
     try:
         selection = parse(request)
     except ValueError as exc:
-        return html(f"<p>Bad request: {escape(str(exc))}</p>", 400)
+        return "bad_request", html(f"<p>Bad request: {escape(str(exc))}</p>", 400)
     try:
         data = await numbers(request, selection)
     except StoreError as exc:
         log.warning("dashboard query failed: %r", str(exc)[:300])  # %r: no forged log lines
         reason, status = store_refusal(exc)
-        return html(f"<p>{escape(REFUSAL_TEXT[reason])}</p>", status)
-    return html(dashboard_page(data, selection), headers=PAGE_HEADERS)
+        return reason, html(f"<p>{escape(REFUSAL_TEXT[reason])}</p>", status)
+    return "ok", html(dashboard_page(data, selection), headers=PAGE_HEADERS)
 
 
 # What the page says when a read fails: a read over its memory or time limit fails again the
@@ -177,32 +208,33 @@ def store_refusal(exc: StoreError) -> tuple[str, int]:
     return "unavailable", 503
 
 
-def store_refusal_json(exc: StoreError) -> web.Response:
+def store_refusal_json(exc: StoreError) -> Answer:
     """The JSON answer of an endpoint whose read failed (store_refusal)."""
     reason, status = store_refusal(exc)
-    return json_response({"error": "store", "reason": reason, "detail": str(exc)[:500]}, status)
+    body = {"error": "store", "reason": reason, "detail": str(exc)[:500]}
+    return reason, json_response(body, status)
 
 
-async def data_json(request: web.Request) -> web.Response:
+async def data_json(request: web.Request) -> Answer:
     if not request.app[AUTH].allowed(request):
-        return json_response({"error": "unauthorized"}, 401)
+        return "unauthorized", json_response({"error": "unauthorized"}, 401)
     try:
         data = await numbers(request, parse(request))
     except ValueError as exc:
-        return json_response({"error": str(exc)}, 400)
+        return "bad_request", json_response({"error": str(exc)}, 400)
     except StoreError as exc:
         return store_refusal_json(exc)
-    return json_response(data)
+    return "ok", json_response(data)
 
 
-async def realtime_json(request: web.Request) -> web.Response:
+async def realtime_json(request: web.Request) -> Answer:
     """Visitors and page views of the last 5 minutes, for the page's realtime tile."""
     if not request.app[AUTH].allowed(request):
-        return json_response({"error": "unauthorized"}, 401)
+        return "unauthorized", json_response({"error": "unauthorized"}, 401)
     try:
         filters = parse(request).filters()
     except ValueError as exc:
-        return json_response({"error": str(exc)}, 400)
+        return "bad_request", json_response({"error": str(exc)}, 400)
     at = dt.datetime.now(dt.UTC)
     try:
         async with request.app[SLOTS]:
@@ -211,7 +243,7 @@ async def realtime_json(request: web.Request) -> web.Response:
             )
     except StoreError as exc:
         return store_refusal_json(exc)
-    return json_response({**found, "at": at.strftime("%Y-%m-%dT%H:%M:%SZ")})
+    return "ok", json_response({**found, "at": at.strftime("%Y-%m-%dT%H:%M:%SZ")})
 
 
 async def realtime_js(request: web.Request) -> web.Response:
@@ -221,12 +253,18 @@ async def realtime_js(request: web.Request) -> web.Response:
 
 
 async def login(request: web.Request) -> web.Response:
-    form = await request.post()
+    try:
+        form = await request.post()
+    except web.HTTPException:  # aiohttp's answer to a form it would not read (too large)
+        request.app[SIGN_INS].labels("bad_request").inc()
+        raise
     token = form.get("token")
     if not isinstance(token, str) or not request.app[AUTH].token_ok(token):
+        request.app[SIGN_INS].labels("refused").inc()
         log.warning("dashboard sign-in refused from %s", request.remote)
         await asyncio.sleep(FAILED_LOGIN_DELAY_S)
         return html(login_page("That is not the dashboard token."), 401)
+    request.app[SIGN_INS].labels("signed_in").inc()
     response = see_dashboard()
     response.set_cookie(
         COOKIE, request.app[AUTH].new_session(), max_age=SESSION_S, path="/dashboard",
@@ -250,10 +288,14 @@ async def disabled(request: web.Request) -> web.Response:
 
 
 def add_dashboard(
-    app: web.Application, reader: Reader, token: str, web_config: WebConfig | None = None
+    app: web.Application,
+    reader: Reader,
+    token: str,
+    registry: CollectorRegistry,
+    web_config: WebConfig | None = None,
 ) -> None:
-    """The dashboard routes on `app`, reading through `reader`, visits made as `web_config`
-    says; without a token, a 404."""
+    """The dashboard routes on `app`, reading through `reader`, counted in `registry`, visits
+    made as `web_config` says; without a token, a 404."""
     if not token:
         app.router.add_route("*", "/dashboard", disabled)
         return
@@ -261,9 +303,27 @@ def add_dashboard(
     app[DASHBOARD_READER] = reader
     app[SLOTS] = asyncio.Semaphore(CONCURRENT_PAGES)
     app[WEB] = web_config or WebConfig()
-    app.router.add_get("/dashboard", page)
-    app.router.add_get("/dashboard/data.json", data_json)
-    app.router.add_get("/dashboard/realtime.json", realtime_json)
+    app[READS] = Counter(
+        "beacon_dashboard_reads",
+        "Dashboard reads by endpoint (page, data, realtime) and outcome (ok, unauthorized, "
+        "bad_request, memory_limit, timeout, unavailable, failed, client_gone).",
+        ["endpoint", "outcome"],
+        registry=registry,
+    )
+    for endpoint in READ_ENDPOINTS:
+        for outcome in READ_OUTCOMES:
+            app[READS].labels(endpoint, outcome)
+    app[SIGN_INS] = Counter(
+        "beacon_dashboard_sign_ins",
+        "Dashboard sign-in forms by outcome (signed_in, refused, bad_request).",
+        ["outcome"],
+        registry=registry,
+    )
+    for outcome in SIGN_IN_OUTCOMES:
+        app[SIGN_INS].labels(outcome)
+    app.router.add_get("/dashboard", counted("page", page))
+    app.router.add_get("/dashboard/data.json", counted("data", data_json))
+    app.router.add_get("/dashboard/realtime.json", counted("realtime", realtime_json))
     app.router.add_get("/dashboard/realtime.js", realtime_js)
     app.router.add_post("/dashboard/login", login)
     app.router.add_post("/dashboard/logout", logout)

@@ -13,6 +13,7 @@ import signal
 import sys
 
 from aiohttp import web
+from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
 
 from analytics.dashboard.app import add_dashboard
 from analytics.settings import StoreSettings
@@ -27,16 +28,27 @@ def add_arguments(sub: argparse.ArgumentParser) -> None:
     sub.add_argument("--listen-port", type=int, help="port (env BEACON_DASHBOARD_PORT)")
 
 
+REGISTRY = web.AppKey("dashboard_registry", CollectorRegistry)
+
+
 async def healthz(request: web.Request) -> web.Response:
     return web.Response(text="ok\n")
+
+
+async def metrics(request: web.Request) -> web.Response:
+    body = generate_latest(request.app[REGISTRY])
+    return web.Response(body=body, headers={"Content-Type": CONTENT_TYPE_LATEST})
 
 
 def create_dashboard_app(
     reader: Reader, token: str, web_config: WebConfig | None = None
 ) -> web.Application:
+    """The dashboard, /healthz, and /metrics for Prometheus (its requests by outcome)."""
     app = web.Application(client_max_size=64 * 1024)
-    add_dashboard(app, reader, token, web_config)
+    app[REGISTRY] = CollectorRegistry()
+    add_dashboard(app, reader, token, app[REGISTRY], web_config)
     app.router.add_get("/healthz", healthz)
+    app.router.add_get("/metrics", metrics)
     return app
 
 

@@ -145,6 +145,15 @@ async def data_of(client: TestClient, query: str) -> dict[str, Any]:
     return await r.json()
 
 
+async def counted(client: TestClient, name: str, **labels: str) -> float:
+    """The value of counter `name` with `labels` on the app's /metrics."""
+    text = await (await client.get("/metrics")).text()
+    wanted = ",".join(f'{k}="{v}"' for k, v in labels.items())
+    found = re.search(rf"^{name}_total\{{{wanted}\}} (\S+)$", text, re.M)
+    assert found, (name, labels)
+    return float(found.group(1))
+
+
 def tile(page: str, name: str) -> str:
     found = re.search(f'data-kpi="{name}"[^>]*>.*?<div class="value">(.*?)</div>', page)
     assert found, name
@@ -177,6 +186,10 @@ async def test_without_the_token_there_is_only_the_sign_in_form(client: TestClie
     for path in ("data.json", "realtime.json", "realtime.js"):
         assert (await client.get(f"/dashboard/{path}")).status == 401, path
         assert (await client.get(f"/dashboard/{path}", headers=bad_bearer())).status == 401
+    reads = "beacon_dashboard_reads"
+    assert await counted(client, reads, endpoint="page", outcome="unauthorized") == 3
+    assert await counted(client, reads, endpoint="data", outcome="unauthorized") == 2
+    assert await counted(client, reads, endpoint="page", outcome="ok") == 0
 
 
 def bad_bearer() -> dict[str, str]:
@@ -187,6 +200,7 @@ async def test_every_section_shows_the_stored_events(client: TestClient, store: 
     r = await client.get("/dashboard?days=1", headers=BEARER)
     page = await r.text()
     assert r.status == 200 and page.count("<svg") == 3
+    assert await counted(client, "beacon_dashboard_reads", endpoint="page", outcome="ok") == 1
     csp = r.headers["Content-Security-Policy"]
     assert "default-src 'none'" in csp and "script-src 'self'" in csp
     assert "unsafe-inline" not in csp.split("script-src")[1]  # styles only
@@ -299,6 +313,9 @@ async def test_bad_filters_are_refused_with_a_reason(client: TestClient) -> None
         for path in ("data.json", "realtime.json"):
             j = await client.get(f"/dashboard/{path}?{bad}", headers=BEARER)
             assert j.status == 400 and reason in (await j.json())["error"], (path, bad)
+    for endpoint in ("page", "data", "realtime"):
+        assert await counted(client, "beacon_dashboard_reads", endpoint=endpoint,
+                             outcome="bad_request") == 18  # fmt: skip
 
 
 async def test_the_realtime_tile_refreshes_from_its_own_endpoint(
@@ -337,6 +354,10 @@ async def test_a_read_over_its_memory_limit_says_so_and_asks_for_fewer_days(
         for path in ("data.json?days=1", "realtime.json"):
             r = await c.get(f"/dashboard/{path}", headers=BEARER)
             assert (r.status, (await r.json())["reason"]) == (413, "memory_limit"), path
+        for endpoint in ("page", "data", "realtime"):  # counted, so an operator sees the limit
+            reads = "beacon_dashboard_reads"
+            assert await counted(c, reads, endpoint=endpoint, outcome="memory_limit") == 1
+            assert await counted(c, reads, endpoint=endpoint, outcome="ok") == 0
     finally:
         await c.close()
         await reader.close()
@@ -347,6 +368,10 @@ async def test_signing_in_sets_a_session_cookie_that_is_not_the_token(client: Te
     assert refused.status == 401 and "not the dashboard token" in await refused.text()
     r = await client.post("/dashboard/login", data={"token": TOKEN}, allow_redirects=False)
     assert r.status == 303 and r.headers["Location"] == "/dashboard"
+    too_large = await client.post("/dashboard/login", data={"token": "x" * 100_000})
+    assert too_large.status == 413
+    for outcome in ("refused", "signed_in", "bad_request"):
+        assert await counted(client, "beacon_dashboard_sign_ins", outcome=outcome) == 1
     cookie = r.headers["Set-Cookie"]
     assert "HttpOnly" in cookie and "SameSite=Strict" in cookie and "Path=/dashboard" in cookie
     value = re.search(f"{COOKIE}=([^;]+)", cookie)
@@ -380,6 +405,9 @@ async def test_the_store_port_serves_it_only_with_a_token(store: Store) -> None:
         await c.start_server()
         try:
             assert (await c.get("/dashboard")).status == status
+            metrics = await (await c.get("/metrics")).text()  # the store port's /metrics
+            unauthorized = 'beacon_dashboard_reads_total{endpoint="page",outcome="unauthorized"}'
+            assert (f"{unauthorized} 1.0" in metrics) == bool(token), metrics
             sql = orjson.dumps({"sql": "SELECT 1"})
             headers = {"Content-Type": "application/json"}
             assert (await c.post("/query", data=sql, headers=headers)).status == 200

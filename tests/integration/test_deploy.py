@@ -575,6 +575,11 @@ def test_kubernetes_wiring(path: str) -> None:
     assert [p["name"] for p in board["ports"]] == ["http"]
     for item in board["env"]:
         assert item["name"] in known_variables(), f"{item['name']} is no setting"
+    # Scraped on its port, as the collectors and consumers (the job keeps part-of=beacon).
+    scraped = dashboard["spec"]["template"]["metadata"]
+    assert scraped["labels"]["app.kubernetes.io/part-of"] == "beacon"
+    assert scraped["annotations"]["prometheus.io/scrape"] == "true"
+    assert scraped["annotations"]["prometheus.io/port"] == str(board["ports"][0]["containerPort"])
     # Only the dashboard serves the page: the consumers' port would too, given the token.
     (consumer_container,) = consumer["spec"]["template"]["spec"]["containers"]
     assert {"name": "BEACON_DASHBOARD_TOKEN", "value": ""} in consumer_container["env"]

@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import Any
 
 import aiohttp
+import yaml
 
 from analytics.settings import StoreSettings
 from beacon.__main__ import parser
@@ -26,6 +27,7 @@ from tests.support.clickhouse_front import ClickHouseFront
 from tests.support.helpers import free_port
 
 ROOT = Path(__file__).resolve().parents[2]
+PROMETHEUS = DEPLOY / "prometheus" / "prometheus.yml"
 TOKEN = "deploy-test-dashboard-token-0123"
 CAMPAIGN = "deploy-check"
 OPENS = 12
@@ -102,9 +104,12 @@ async def dashboard_process(cmd: list[str], env: dict[str, str]) -> AsyncIterato
     assert proc.returncode == 0, err.decode()[-3000:]
 
 
-async def check_the_page(base: str, front: ClickHouseFront, token: str) -> None:
+async def check_the_page(
+    base: str, front: ClickHouseFront, token: str, metrics_path: str = "/metrics"
+) -> None:
     """Shut without the token; with it, the page and the figures, read from the front (which
-    refuses any user and password but the deploy's)."""
+    refuses any user and password but the deploy's); each read counted on the path Prometheus
+    scrapes."""
     async with aiohttp.ClientSession() as http:
         async with http.get(f"{base}/dashboard") as response:
             assert response.status == 401
@@ -117,11 +122,18 @@ async def check_the_page(base: str, front: ClickHouseFront, token: str) -> None:
         async with http.get(f"{base}/dashboard/data.json?days=7", headers=bearer) as response:
             assert response.status == 200, await response.text()
             data = await response.json()
+        async with http.get(f"{base}{metrics_path}") as response:
+            assert response.status == 200
+            metrics = await response.text()
     assert data["totals"]["opens"] == OPENS
     assert CAMPAIGN in str(data)
     # Every read reached ClickHouse as a read-only query (analytics/store/readers.py).
     reads = front.seen[seen:]
     assert reads and all(r.params.get("readonly") == "1" for r in reads)
+    for endpoint in ("page", "data"):
+        for outcome in ("ok", "unauthorized"):
+            line = f'beacon_dashboard_reads_total{{endpoint="{endpoint}",outcome="{outcome}"}} 1.0'
+            assert line in metrics, line
 
 
 def run_healthcheck(test: list[str], port: str, env: dict[str, str]) -> None:
@@ -175,6 +187,12 @@ async def test_the_compose_dashboard_serves_the_page_from_clickhouse(tmp_path: P
                 run_healthcheck, service["healthcheck"]["test"], env["BEACON_DASHBOARD_PORT"], env
             )
             await check_the_page(base, front, env["BEACON_DASHBOARD_TOKEN"])
+    # Prometheus scrapes the dashboard on the port it listens on inside its container.
+    jobs = {
+        job["job_name"]: job for job in yaml.safe_load(PROMETHEUS.read_text())["scrape_configs"]
+    }
+    (target,) = jobs["beacon-dashboard"]["static_configs"][0]["targets"]
+    assert target == f"dashboard:{container_port}"
 
 
 # -- Kubernetes ------------------------------------------------------------------------------------
@@ -213,7 +231,11 @@ async def test_the_kubernetes_dashboard_serves_the_page_from_clickhouse(tmp_path
                     assert get["port"] == port["name"]
                     async with http.get(f"{base}{get['path']}") as response:
                         assert response.status == 200, probe
-            await check_the_page(base, front, TOKEN)
+            annotations = docs["Deployment", "beacon-dashboard"]["spec"]["template"]["metadata"][
+                "annotations"
+            ]
+            assert annotations["prometheus.io/port"] == str(port["containerPort"])
+            await check_the_page(base, front, TOKEN, annotations["prometheus.io/path"])
 
 
 def test_the_example_dashboard_refuses_each_placeholder_of_its_secret(tmp_path: Path) -> None:

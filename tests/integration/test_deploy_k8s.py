@@ -115,9 +115,10 @@ async def test_the_ingress_routes_every_public_endpoint_and_nothing_else() -> No
         assert upstream not in ingresses[name]["metadata"].get("annotations", {})
 
 
-def test_nothing_may_connect_to_the_dashboard_in_the_example() -> None:
-    """Its NetworkPolicy selects the dashboard pods alone and allows no ingress:
-    `kubectl port-forward` and the kubelet's probes are not pod traffic and still reach it."""
+def test_only_prometheus_may_connect_to_the_dashboard_in_the_example() -> None:
+    """Its NetworkPolicy selects the dashboard pods alone and lets in the monitoring namespace
+    on the port of the pods' scrape annotation, nothing else: `kubectl port-forward` and the
+    kubelet's probes are not pod traffic and still reach it."""
     docs = rendered("overlays/example")
     policies = [doc for (kind, _), doc in docs.items() if kind == "NetworkPolicy"]
     labels = {name: docs["Deployment", name]["spec"]["template"]["metadata"]["labels"]
@@ -126,7 +127,16 @@ def test_nothing_may_connect_to_the_dashboard_in_the_example() -> None:
                         if p["spec"]["podSelector"]["matchLabels"].items() <= pod.items()]
                  for name, pod in labels.items()}  # fmt: skip
     (dashboard,) = selecting["beacon-dashboard"]
-    assert dashboard["policyTypes"] == ["Ingress"] and dashboard["ingress"] == []
+    annotations = docs["Deployment", "beacon-dashboard"]["spec"]["template"]["metadata"][
+        "annotations"
+    ]
+    monitoring = {"namespaceSelector": {"matchLabels": {
+        "kubernetes.io/metadata.name": "monitoring"}}}  # fmt: skip
+    assert dashboard["policyTypes"] == ["Ingress"]
+    assert dashboard["ingress"] == [{
+        "from": [monitoring],
+        "ports": [{"port": int(annotations["prometheus.io/port"]), "protocol": "TCP"}],
+    }]  # fmt: skip
     assert dashboard not in selecting["beacon-collector"] + selecting["beacon-consumer"]
 
 

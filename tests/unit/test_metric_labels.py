@@ -1,6 +1,6 @@
 """Every labelled counter is exported at 0 for each label value the code can emit, from the moment
 the metrics are registered (collector/metrics.py, consumers/metrics.py, the store port's counters
-in analytics/query_server.py).
+in analytics/query_server.py, the dashboard's in analytics/dashboard/app.py).
 
 A child made at its first increment appears at 1 (or at a whole burst): rate() and increase()
 never see that step, and the alerts on rare events (deploy/prometheus/alerts.yml: one
@@ -24,6 +24,8 @@ from aiohttp.http_exceptions import HttpProcessingError
 from prometheus_client import CollectorRegistry, Counter, generate_latest
 from prometheus_client.parser import text_string_to_metric_families
 
+from analytics.dashboard.app import READS, SIGN_INS
+from analytics.dashboard.service import REGISTRY, create_dashboard_app
 from analytics.query_server import ERASE_REQUESTS, QUERY_REQUESTS, create_query_app
 from collector.app import COLLECTOR, create_app
 from collector.metrics import CollectorMetrics, reason_of
@@ -57,11 +59,18 @@ def store_app_registry() -> tuple[CollectorRegistry, dict[str, Counter]]:
     return registry, {"QUERY_REQUESTS": app[QUERY_REQUESTS], "ERASE_REQUESTS": app[ERASE_REQUESTS]}
 
 
+def dashboard_registry() -> tuple[CollectorRegistry, dict[str, Counter]]:
+    """The dashboard's registry (`beacon dashboard`), and its counters by app key."""
+    app = create_dashboard_app(None, "a-dashboard-token")  # type: ignore[arg-type]
+    return app[REGISTRY], {"READS": app[READS], "SIGN_INS": app[SIGN_INS]}
+
+
 def test_a_fresh_process_exports_every_label_value_at_0() -> None:
     collector = exposition(CollectorMetrics(CollectorRegistry()).registry)
     consumer = exposition(ConsumerMetrics(CollectorRegistry()).registry)
     store = exposition(store_app_registry()[0])
-    for families in (collector, consumer, store):
+    dashboard = exposition(dashboard_registry()[0])
+    for families in (collector, consumer, store, dashboard):
         for name, children in families.items():
             assert children, f"{name}: a counter without a single series"
             assert set(children.values()) == {0.0}, name
@@ -75,6 +84,7 @@ def test_a_fresh_process_exports_every_label_value_at_0() -> None:
     requests = collector["beacon_requests"]
     assert {("events", "503"), ("pixel", "buffer_full"), ("pixel", "error")} <= requests.keys()
     assert ("error",) in consumer["beacon_consumer_inserts"]
+    assert ("page", "memory_limit") in dashboard["beacon_dashboard_reads"]
 
 
 def test_the_hot_path_tallies_fold_into_the_children_made_at_0(settings: Settings) -> None:
@@ -311,6 +321,18 @@ def query_outcomes() -> Values:
     )
 
 
+def dashboard_read_outcomes() -> Values:
+    """A dashboard read's outcome: what its handlers return, a key of REFUSAL_TEXT when the
+    store refused it (store_refusal), or what `counted` makes of an exception."""
+    path = "analytics/dashboard/app.py"
+    handlers = ("page", "data_json", "realtime_json", "store_refusal_json", "store_refusal")
+    return (
+        set().union(*(returned(path, name, first=True) for name in handlers))
+        | set(module(path).REFUSAL_TEXT)
+        | constants_assigned(path, "counted.handle", "outcome")
+    )
+
+
 # The label values that come from elsewhere than the line that counts them: (file, function,
 # counter, the argument as written) -> what the code can pass there. A new such argument fails
 # the test until it is listed here with where its values come from.
@@ -367,6 +389,10 @@ FLOWS: dict[tuple[str, str, str, str], Callable[[], Values]] = {
     ("analytics/query_server.py", "erase", "ERASE_REQUESTS", "outcome"): lambda: returned(
         "analytics/query_server.py", "_erase", first=True
     ),
+    ("analytics/dashboard/app.py", "handle", "READS", "endpoint"): lambda: call_args(
+        "analytics/dashboard/app.py", "counted", 0
+    ),
+    ("analytics/dashboard/app.py", "handle", "READS", "outcome"): dashboard_read_outcomes,
 }
 
 
@@ -457,10 +483,11 @@ def test_every_label_value_the_code_emits_is_made_at_0(settings: Settings) -> No
     collector_metrics = CollectorMetrics(CollectorRegistry())
     handlers = create_app(settings, MemorySink(), collector_metrics)[COLLECTOR]
     _, store_counters = store_app_registry()
+    _, dashboard_counters = dashboard_registry()
     packages: dict[str, dict[str, Counter]] = {
         "collector": counters_of(collector_metrics),
         "consumers": counters_of(ConsumerMetrics(CollectorRegistry())),
-        "analytics": store_counters,
+        "analytics": store_counters | dashboard_counters,
     }
     # The tallies of collector/handlers.py, by the counter each folds into.
     by_object = {id(c): name for name, c in packages["collector"].items()}
