@@ -31,7 +31,7 @@ from analytics.dashboard.web_figures import realtime_figures
 from analytics.funnel import Query
 from analytics.report_window import Window
 from analytics.store import StoreError
-from analytics.store.readers import LIMIT_SETTINGS, Reader, read_failure
+from analytics.store.readers import LIMIT_SETTINGS, NoAnswer, Reader, read_failure
 from analytics.web import WebConfig
 from contract.numbers import parse_uint
 
@@ -40,7 +40,9 @@ log = logging.getLogger("beacon.dashboard")
 COOKIE = "beacon_dashboard"
 SESSION_S = 12 * 3600
 FAILED_LOGIN_DELAY_S = 0.5  # slows guessing; a long random token is what really stops it
-QUERY_TIMEOUT_S = 60
+# How long past a read's own time limit (BEACON_STORE_QUERY_TIMEOUT_S) the page waits for it:
+# ClickHouse checks the limit between blocks, so a read may overrun it a little.
+QUERY_WAIT_MARGIN_S = 10.0
 # Pages computed at once. Each holds a worker thread while its queries run on the loop (and,
 # for chDB, on more worker threads): without a bound, enough of them would take every thread.
 CONCURRENT_PAGES = 2
@@ -139,9 +141,15 @@ def reader_query(request: web.Request) -> Query:
     """A query function for a worker thread, asking the reader on this loop."""
     reader, loop = request.app[DASHBOARD_READER], asyncio.get_running_loop()
 
+    wait_s = reader.limits.timeout_s + QUERY_WAIT_MARGIN_S
+
     def query(sql: str) -> str:
         future = asyncio.run_coroutine_threadsafe(reader.query(sql, "JSONEachRow"), loop)
-        return future.result(QUERY_TIMEOUT_S)
+        try:
+            return future.result(wait_s)
+        except TimeoutError:
+            future.cancel()  # the reader stops the read (KILL QUERY, or the server on hang-up)
+            raise NoAnswer(f"no answer within {wait_s:g} s") from None
 
     return query
 
@@ -202,6 +210,8 @@ REFUSAL_TEXT = {
 
 def store_refusal(exc: StoreError) -> tuple[str, int]:
     """Why a read of the dashboard failed (a key of REFUSAL_TEXT) and the status to answer."""
+    if isinstance(exc, NoAnswer):
+        return "timeout", 504
     outcome, status = read_failure(str(exc))
     if outcome in ("memory_limit", "timeout"):
         return outcome, status

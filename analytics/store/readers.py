@@ -53,6 +53,8 @@ class ReadLimits:
 
 
 class Reader(Protocol):
+    limits: ReadLimits  # what each read is held to
+
     async def query(self, sql: str, fmt: str = "JSONEachRow") -> str:
         """Run one guarded read; raises read_guard.Refused or StoreError."""
 
@@ -61,6 +63,10 @@ class Reader(Protocol):
 
 class Busy(StoreError):
     """Every reader session is running a read: the caller may try again shortly."""
+
+
+class NoAnswer(StoreError):
+    """A caller gave up on a read that ran past its own time limit: stopped, as a timeout."""
 
 
 # A read stopped at one of its limits (a read_failure outcome): the setting that sets it.
@@ -94,6 +100,7 @@ class ChdbReader:
     """
 
     def __init__(self, path: Path, limits: ReadLimits) -> None:
+        self.limits = limits
         self._idle: queue.SimpleQueue[Any] = queue.SimpleQueue()  # sessions not reading
         self._sessions = [open_session(path, limits.settings()) for _ in range(limits.concurrency)]
         for reader in self._sessions:
@@ -159,6 +166,7 @@ class HttpReader:
     """
 
     def __init__(self, writer: HttpWriter, limits: ReadLimits) -> None:
+        self.limits = limits
         self._writer = writer
         self._settings = {**limits.settings(), "cancel_http_readonly_queries_on_client_close": "1"}
 

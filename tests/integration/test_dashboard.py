@@ -4,6 +4,8 @@ the report views' and to plain queries."""
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import datetime as dt
 import re
 import time
@@ -16,6 +18,7 @@ import pytest
 from aiohttp.test_utils import TestClient, TestServer
 from prometheus_client import CollectorRegistry
 
+from analytics.dashboard import app as dashboard_app
 from analytics.dashboard.app import COOKIE, SESSION_S, Auth
 from analytics.dashboard.service import create_dashboard_app
 from analytics.dashboard.visit_tables import grouped_rows
@@ -23,7 +26,7 @@ from analytics.dashboard.web_figures import TABLES, table_keys
 from analytics.query_server import create_query_app
 from analytics.report_window import Filters, Window
 from analytics.rollup_settle import Settler
-from analytics.store.readers import ChdbReader, ReadLimits
+from analytics.store.readers import LIMIT_SETTINGS, ChdbReader, ReadLimits
 from analytics.views import Request, view_rows
 from analytics.web import WebConfig, goal_rows, realtime_rows, stored_days, visit_rows
 from contract.geo import ATTRIBUTION
@@ -340,27 +343,74 @@ async def test_the_realtime_tile_refreshes_from_its_own_endpoint(
     assert "/dashboard/realtime" not in await script.text()  # the URL comes from the page
 
 
+@contextlib.asynccontextmanager
+async def dashboard_over(reader: Any) -> AsyncIterator[TestClient]:
+    c = TestClient(TestServer(create_dashboard_app(reader, TOKEN, GOALS), host="127.0.0.1"))
+    await c.start_server()
+    try:
+        yield c
+    finally:
+        await c.close()
+
+
+async def check_stopped(c: TestClient, reason: str, status: int, paths: tuple[str, ...]) -> None:
+    """The page and the JSON `paths` answer a read stopped at a limit with the setting to
+    raise, and count it under `reason`, so an operator sees the limit."""
+    page = await c.get("/dashboard?days=1", headers=BEARER)
+    assert page.status == status
+    assert f"{LIMIT_SETTINGS[reason]}): choose fewer days" in await page.text()
+    for path in paths:
+        r = await c.get(f"/dashboard/{path}", headers=BEARER)
+        assert (r.status, (await r.json())["reason"]) == (status, reason), path
+    for endpoint in ("page", *(path.split(".")[0] for path in paths)):
+        for outcome, times in ((reason, 1), ("ok", 0), ("failed", 0)):
+            got = await counted(c, "beacon_dashboard_reads", endpoint=endpoint, outcome=outcome)
+            assert got == times, (endpoint, outcome)
+
+
 async def test_a_read_over_its_memory_limit_says_so_and_asks_for_fewer_days(
     store: Store,
 ) -> None:
     limits = ReadLimits(timeout_s=30, max_result_bytes=1 << 20, max_memory_bytes=64 * 1024)
     reader = ChdbReader(store.writer.path, limits)
-    c = TestClient(TestServer(create_dashboard_app(reader, TOKEN, GOALS), host="127.0.0.1"))
-    await c.start_server()
     try:
-        page = await c.get("/dashboard?days=1", headers=BEARER)
-        assert page.status == 413
-        assert "BEACON_STORE_QUERY_MAX_MEMORY_BYTES): choose fewer days" in await page.text()
-        for path in ("data.json?days=1", "realtime.json"):
-            r = await c.get(f"/dashboard/{path}", headers=BEARER)
-            assert (r.status, (await r.json())["reason"]) == (413, "memory_limit"), path
-        for endpoint in ("page", "data", "realtime"):  # counted, so an operator sees the limit
-            reads = "beacon_dashboard_reads"
-            assert await counted(c, reads, endpoint=endpoint, outcome="memory_limit") == 1
-            assert await counted(c, reads, endpoint=endpoint, outcome="ok") == 0
+        async with dashboard_over(reader) as c:
+            await check_stopped(c, "memory_limit", 413, ("data.json?days=1", "realtime.json"))
     finally:
-        await c.close()
         await reader.close()
+
+
+class Silent:
+    """A reader that never answers: the page's own wait is what is tested, not the store."""
+
+    limits = ReadLimits(timeout_s=1, max_result_bytes=1 << 20)
+
+    def __init__(self) -> None:
+        self.cancelled: asyncio.Queue[str] = asyncio.Queue()  # each read stopped, by its SQL
+
+    async def query(self, sql: str, fmt: str = "JSONEachRow") -> str:
+        try:
+            await asyncio.Event().wait()
+        except asyncio.CancelledError:
+            self.cancelled.put_nowait(sql)
+            raise
+        return ""
+
+    async def close(self) -> None:
+        pass
+
+
+async def test_a_read_that_never_answers_is_given_up_as_a_timeout_and_stopped(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Past the read's own time limit and the margin, the page answers 504 (never a 500) and
+    cancels the read, which a reader turns into KILL QUERY or a hang-up."""
+    monkeypatch.setattr(dashboard_app, "QUERY_WAIT_MARGIN_S", 0.5)
+    reader = Silent()
+    async with dashboard_over(reader) as c:
+        await check_stopped(c, "timeout", 504, ("data.json?days=1",))
+    for _ in range(2):  # the page's read and the data's, each stopped
+        assert "SELECT" in await asyncio.wait_for(reader.cancelled.get(), 30)
 
 
 async def test_signing_in_sets_a_session_cookie_that_is_not_the_token(client: TestClient):
