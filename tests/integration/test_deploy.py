@@ -542,7 +542,8 @@ def test_kubernetes_wiring(path: str) -> None:
     assert "replicas" not in collector["spec"], "the HPA owns the collector count"
     hpa = docs["HorizontalPodAutoscaler", "beacon-collector"]
     assert hpa["spec"]["scaleTargetRef"]["name"] == "beacon-collector"
-    for deployment in (collector, consumer):
+    dashboard = docs["Deployment", "beacon-dashboard"]
+    for deployment in (collector, consumer, dashboard):
         labels = deployment["spec"]["template"]["metadata"]["labels"]
         selector = deployment["spec"]["selector"]["matchLabels"]
         assert selector.items() <= labels.items()
@@ -565,15 +566,11 @@ def test_kubernetes_wiring(path: str) -> None:
     assert consumer["spec"]["template"]["metadata"]["annotations"]["prometheus.io/port"] == str(
         ConsumerSettings().store_port
     )
-    # The dashboard: `beacon dashboard`, its Service and PodDisruptionBudget on its pods, probed
-    # on its port (run for real in tests/integration/test_deploy_dashboard.py).
-    dashboard = docs["Deployment", "beacon-dashboard"]
+    # The dashboard: `beacon dashboard` (its PodDisruptionBudget, labels and scrape annotation in
+    # the loop above), its Service on its pods, probed and scraped on its port (run for real in
+    # tests/integration/test_deploy_dashboard.py).
     selector = dashboard["spec"]["selector"]["matchLabels"]
-    assert selector.items() <= dashboard["spec"]["template"]["metadata"]["labels"].items()
     assert docs["Service", "beacon-dashboard"]["spec"]["selector"] == selector
-    assert docs["PodDisruptionBudget", "beacon-dashboard"]["spec"]["selector"]["matchLabels"] == (
-        selector
-    )
     assert dashboard["spec"]["replicas"] >= 2  # a drain or a rollout leaves one answering
     (board,) = dashboard["spec"]["template"]["spec"]["containers"]
     assert board["args"] == ["dashboard"]
@@ -582,11 +579,8 @@ def test_kubernetes_wiring(path: str) -> None:
     assert [p["name"] for p in board["ports"]] == ["http"]
     for item in board["env"]:
         assert item["name"] in known_variables(), f"{item['name']} is no setting"
-    # Scraped on its port, as the collectors and consumers (the job keeps part-of=beacon).
-    scraped = dashboard["spec"]["template"]["metadata"]
-    assert scraped["labels"]["app.kubernetes.io/part-of"] == "beacon"
-    assert scraped["annotations"]["prometheus.io/scrape"] == "true"
-    assert scraped["annotations"]["prometheus.io/port"] == str(board["ports"][0]["containerPort"])
+    scraped = dashboard["spec"]["template"]["metadata"]["annotations"]  # on the page's port
+    assert scraped["prometheus.io/port"] == str(board["ports"][0]["containerPort"])
     # Only the dashboard serves the page: the consumers' port would too, given the token.
     (consumer_container,) = consumer["spec"]["template"]["spec"]["containers"]
     assert {"name": "BEACON_DASHBOARD_TOKEN", "value": ""} in consumer_container["env"]
