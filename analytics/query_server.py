@@ -44,7 +44,8 @@ ERASE_KEYS = frozenset({"field", "value", "by"})
 # The outcome labels of beacon_store_queries_total and beacon_erase_requests_total, each made at
 # 0 with the counter (tests/unit/test_metric_labels.py checks the handlers give no other).
 QUERY_OUTCOMES = ("ok", "not_local", "cross_origin", "bad_request", "busy", "not_read_only",
-                  "timeout", "too_large", "memory_limit", "failed", "client_gone")  # fmt: skip
+                  "timeout", "too_large", "memory_limit", "failed", "error",
+                  "client_gone")  # fmt: skip
 ERASE_OUTCOMES = ("erased", "bad_request", "not_local", "store_failed", "audit_failed")
 
 
@@ -54,6 +55,9 @@ async def query(request: web.Request) -> web.Response:
     try:
         outcome, response = await _query(request)
         return response
+    except Exception:
+        outcome = "error"  # answered 500 by aiohttp: a fault of this code, logged there
+        raise
     finally:
         request.app[QUERY_REQUESTS].labels(outcome).inc()
 
@@ -197,7 +201,7 @@ def create_query_app(
     app[QUERY_REQUESTS] = Counter(
         "beacon_store_queries",
         "POST /query requests by outcome (ok, not_local, cross_origin, not_read_only, "
-        "bad_request, busy, timeout, too_large, memory_limit, failed, client_gone).",
+        "bad_request, busy, timeout, too_large, memory_limit, failed, error, client_gone).",
         ["outcome"],
         registry=registry,
     )

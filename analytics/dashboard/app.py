@@ -116,7 +116,7 @@ SIGN_INS = web.AppKey("dashboard_sign_ins", Counter)
 # operator sees which limit the dashboard's readers meet (docs/operations.md, Memory).
 READ_ENDPOINTS = ("page", "data", "realtime")
 READ_OUTCOMES = ("ok", "unauthorized", "bad_request", "memory_limit", "timeout", "unavailable",
-                 "failed", "client_gone")  # fmt: skip
+                 "error", "client_gone")  # fmt: skip
 SIGN_IN_OUTCOMES = ("signed_in", "refused", "bad_request")
 Answer = tuple[str, web.Response]  # the outcome counted, and the response
 
@@ -173,7 +173,7 @@ def counted(
             outcome, response = await handler(request)
             return response
         except Exception:
-            outcome = "failed"  # answered 500 by aiohttp: a fault of this code, logged there
+            outcome = "error"  # answered 500 by aiohttp: a fault of this code, logged there
             raise
         finally:
             request.app[READS].labels(endpoint, outcome).inc()
@@ -316,7 +316,7 @@ def add_dashboard(
     app[READS] = Counter(
         "beacon_dashboard_reads",
         "Dashboard reads by endpoint (page, data, realtime) and outcome (ok, unauthorized, "
-        "bad_request, memory_limit, timeout, unavailable, failed, client_gone).",
+        "bad_request, memory_limit, timeout, unavailable, error, client_gone).",
         ["endpoint", "outcome"],
         registry=registry,
     )

@@ -363,7 +363,7 @@ async def check_stopped(c: TestClient, reason: str, status: int, paths: tuple[st
         r = await c.get(f"/dashboard/{path}", headers=BEARER)
         assert (r.status, (await r.json())["reason"]) == (status, reason), path
     for endpoint in ("page", *(path.split(".")[0] for path in paths)):
-        for outcome, times in ((reason, 1), ("ok", 0), ("failed", 0)):
+        for outcome, times in ((reason, 1), ("ok", 0), ("error", 0)):
             got = await counted(c, "beacon_dashboard_reads", endpoint=endpoint, outcome=outcome)
             assert got == times, (endpoint, outcome)
 
@@ -411,6 +411,32 @@ async def test_a_read_that_never_answers_is_given_up_as_a_timeout_and_stopped(
         await check_stopped(c, "timeout", 504, ("data.json?days=1",))
     for _ in range(2):  # the page's read and the data's, each stopped
         assert "SELECT" in await asyncio.wait_for(reader.cancelled.get(), 30)
+
+
+class Broken:
+    """A reader with a fault of its own (not a store's refusal): the counting is tested."""
+
+    limits = ReadLimits(timeout_s=1, max_result_bytes=1 << 20)
+
+    async def query(self, sql: str, fmt: str = "JSONEachRow") -> str:
+        raise RuntimeError("a fault of the reader")
+
+    async def close(self) -> None:
+        pass
+
+
+async def test_a_fault_of_the_code_is_a_500_counted_as_error() -> None:
+    async with dashboard_over(Broken()) as c:
+        for path, endpoint in (
+            ("", "page"),
+            ("/data.json", "data"),
+            ("/realtime.json", "realtime"),
+        ):
+            r = await c.get(f"/dashboard{path}?days=1", headers=BEARER)
+            assert r.status == 500, path
+            for outcome, times in (("error", 1), ("client_gone", 0), ("unavailable", 0)):
+                got = await counted(c, "beacon_dashboard_reads", endpoint=endpoint, outcome=outcome)
+                assert got == times, (endpoint, outcome)
 
 
 async def test_signing_in_sets_a_session_cookie_that_is_not_the_token(client: TestClient):

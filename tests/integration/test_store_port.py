@@ -265,6 +265,26 @@ async def test_a_long_read_holds_up_no_insert_and_stops_when_its_client_leaves(
     assert 'beacon_store_queries_total{outcome="client_gone"} 1.0' in page
 
 
+class Broken:
+    """A reader with a fault of its own (not a store's refusal): the counting is tested."""
+
+    async def query(self, sql: str, fmt: str = "JSONEachRow") -> str:
+        raise RuntimeError("a fault of the reader")
+
+
+async def test_a_fault_of_the_port_is_a_500_counted_as_error(store: Store, tmp_path: Path) -> None:
+    client = await serve(store, Broken(), tmp_path)  # type: ignore[arg-type]
+    try:
+        r = await ask(client, "SELECT 1")
+        assert r.status == 500
+        page = await (await client.get("/metrics")).text()
+        assert 'beacon_store_queries_total{outcome="error"} 1.0' in page
+        for outcome in ("client_gone", "failed"):
+            assert f'beacon_store_queries_total{{outcome="{outcome}"}} 0.0' in page
+    finally:
+        await client.close()
+
+
 async def test_a_read_past_the_concurrency_limit_is_refused_as_busy(
     store: Store, tmp_path: Path
 ) -> None:

@@ -317,7 +317,7 @@ def query_outcomes() -> Values:
     return (
         returned(path, "_query", first=True)
         | returned("analytics/store/readers.py", "read_failure", first=True)
-        | {"client_gone"}  # what `query` counts when its client left mid-way
+        | constants_assigned(path, "query", "outcome")  # its client gone, a fault of the port
     )
 
 
