@@ -251,9 +251,7 @@ class Ingest:
             finally:
                 await self._clear()
 
-    async def _stage(self, body: Sequence[bytes]) -> None:
-        w = self.writer
-        parsed = f"Tuple({_columns(WIRE_FIELDS)})"
+    async def _tables(self) -> None:
         staged = [("n", "UInt32"), ("reason", "LowCardinality(String)")]
         staged += [(c, t) for c, t, _ in STAGED]
         for table, columns in (
@@ -261,9 +259,14 @@ class Ingest:
             (self.stage, _columns(staged)),
             (self.agents, _columns(AGENT_COLUMNS)),
         ):
-            await w.execute(
+            await self.writer.execute(
                 f"CREATE TEMPORARY TABLE IF NOT EXISTS {table} ({columns}) ENGINE = Memory"
             )
+
+    async def _stage(self, body: Sequence[bytes]) -> None:
+        w = self.writer
+        parsed = f"Tuple({_columns(WIRE_FIELDS)})"
+        await self._tables()
         await w.load(self.lines, body, "LineAsString")
         exprs = ", ".join(f"{expr} AS {name}" for name, _, expr in STAGED)
         # One thread: rows come back in the order they were loaded, so n is the line number.

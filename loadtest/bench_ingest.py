@@ -1,6 +1,6 @@
 """Where an event's CPU goes in the consumer's store step, beside chDB storing the same rows.
 
-    python -m loadtest.bench_ingest [--events 600000] [--batch-rows 100000] [--cpu N]
+    python -m loadtest.bench_ingest [--events 600000] [--batch-rows 100000] [--cpu N] [--typed]
 
 Runs consumers/ingest.Ingest on bench_enrich's events (in NDJSON records of 64 KiB, as the
 collector produces them) into an embedded store with Beacon's schema and views, and times each
@@ -10,6 +10,13 @@ same process and store (its tables emptied), it stores the same rows again from 
 `Native` format in inserts of the same size: what `make bench-consumer` calls the storage
 limit. Everything but the Kafka read, in µs of CPU an event (chDB's threads included: pin it to
 one CPU). Prints figures, not a timed test.
+
+`--typed` also stores the same events as they would come if the wire carried typed rows
+instead of JSON lines: each collector flush of 1,000 events as an Arrow record batch of the
+staging table's columns (what a collector's pump would write), loaded as it is into the
+staging table, no parse and no checks; then the same enrichment, insert and merges. It prints
+what writing those batches costs in Python (on the collector's core) beside orjson's event,
+and checks that both ways store the same rows.
 """
 
 from __future__ import annotations
@@ -19,12 +26,17 @@ import asyncio
 import os
 import tempfile
 import time
-from collections import defaultdict
+import uuid
+from collections import defaultdict, deque
+from collections.abc import Callable, Sequence
+from decimal import Decimal
+from itertools import accumulate, chain
 from pathlib import Path
+from typing import Any
 
 from analytics import rollups
 from analytics.store.chdb import ChdbWriter
-from consumers.ingest import Ingest
+from consumers.ingest import EVENT_COLUMNS, STAGED, Ingest
 from consumers.sources.protocol import join_lines
 from loadtest.bench_consumer import chunks, merges_done, native_blocks, store_native
 from loadtest.bench_enrich import wire_lines
@@ -44,6 +56,8 @@ class TimedWriter:
 
     def step(self, call: str, what: str) -> str:
         if call == "load":
+            if what == self.stage:
+                return "typed rows in (ArrowStream)"
             return "lines in (LineAsString)" if what == self.lines else "enriched agents in"
         if call == "insert_from":
             return "insert into beacon.events (join, views)"
@@ -90,17 +104,138 @@ def empty(writer: ChdbWriter) -> None:
         writer.query_sync(f"TRUNCATE TABLE beacon.{table}")
 
 
-async def run(opts: argparse.Namespace) -> None:
-    from analytics.migrations import migrate  # here: it makes the views' SQL as it is imported
+class TypedIngest(Ingest):
+    """The store step if record values were typed rows: Arrow IPC streams of the staging
+    table's columns, loaded as they are (a typed column cannot hold a malformed value, so
+    there is nothing to check or reject)."""
 
-    lines = wire_lines(opts.events, 3_000)
-    batches = [
-        join_lines(chunks(lines[at : at + opts.batch_rows], 65_536))
-        for at in range(0, opts.events, opts.batch_rows)
-    ]
-    writer = ChdbWriter(Path(opts.workdir))
-    await migrate(writer, 0)
-    ingest = Ingest(writer)
+    async def _stage(self, body: Sequence[bytes]) -> None:
+        await self._tables()
+        await self.writer.load(self.stage, body, "ArrowStream")
+
+
+def typed_schema() -> Any:
+    import pyarrow as pa
+
+    kinds = {
+        "UInt8": pa.uint8(),
+        "UInt64": pa.uint64(),
+        "String": pa.string(),
+        "UUID": pa.binary(16),  # the id's 16 bytes, as ClickHouse reads a UUID from Arrow
+        "Decimal(18, 4)": pa.decimal128(18, 4),
+        "DateTime64(3, 'UTC')": pa.timestamp("ms", tz="UTC"),
+        "Map(String, String)": pa.map_(pa.string(), pa.string()),
+    }
+    return pa.schema([(name, kinds[kind]) for name, kind, _ in STAGED])
+
+
+def typed_row(event: dict[str, Any]) -> tuple[Any, ...]:
+    """An event as the tuple a collector would keep instead of its JSON (the staging table's
+    columns, in order): what it does per request today, not timed here."""
+    defaults = {"String": "", "Map(String, String)": {}}
+    row: list[Any] = []
+    for name, kind, _ in STAGED:
+        if name == "agent_ip":
+            ip = event.get("ip", "")
+            row.append(ip if ip.startswith("17.") else "")
+        elif name == "event_id":  # the collector would keep the id's bytes, not its text
+            row.append(uuid.UUID(event["event_id"]).bytes)
+        elif name == "value":  # a conversion's value; most events have none (null: 0)
+            row.append(Decimal(event["value"]) if event.get("value") else None)
+        else:
+            row.append(event.get(name, defaults.get(kind, 0)))
+    return tuple(row)
+
+
+def typed_flush(rows: list[tuple[Any, ...]], schema: Any) -> Any:
+    """One flush of a collector's pump as an Arrow record batch: the rows turned into columns
+    (C-level), each column converted by pyarrow."""
+    import pyarrow as pa
+
+    arrays = []
+    for field, column in zip(schema, zip(*rows, strict=True), strict=True):
+        if isinstance(field.type, pa.MapType):  # offsets, keys and values, each read at C level
+            offsets = pa.array(accumulate(map(len, column), initial=0), pa.int32())
+            keys = pa.array(chain.from_iterable(map(dict.keys, column)), pa.string())
+            values = pa.array(chain.from_iterable(map(dict.values, column)), pa.string())
+            arrays.append(pa.MapArray.from_arrays(offsets, keys, values))
+        else:
+            arrays.append(pa.array(column, field.type))
+    return pa.RecordBatch.from_arrays(arrays, schema=schema)
+
+
+FLUSH_EVENTS = 1_000  # a collector's flush in the typed pass: one Arrow record batch
+# How the events are met when written: each once, cold (as this bench's batches), or the
+# same flush over again, in cache, as a collector's pump meets the events it has just built.
+COLD, HOT = "each event once", "one flush's events over again, in cache"
+
+
+def typed_bodies(
+    lines: list[bytes], batch_rows: int
+) -> tuple[list[list[bytes]], dict[str, tuple[float, float]]]:
+    """The batches as typed record values (a flush of 1,000 each), and the CPU seconds of
+    writing the events as JSON (orjson, the collector today) and as Arrow, COLD and HOT."""
+    import orjson
+    import pyarrow as pa
+
+    schema = typed_schema()
+    events = [orjson.loads(line) for line in lines]
+    rows = [typed_row(e) for e in events]
+    n = len(rows)
+
+    def cpu_s(work: Callable[[], object]) -> float:
+        started = time.process_time()
+        work()
+        return time.process_time() - started
+
+    flushes: list[Any] = []
+    # Twice, the second timed: a running collector's allocator has its pages already (the
+    # first pass costs ~2.5x, most of it the kernel's fresh pages).
+    for _ in range(2):
+        flushes.clear()
+        arrow_s = cpu_s(
+            lambda: flushes.extend(
+                typed_flush(rows[at : at + FLUSH_EVENTS], schema)
+                for at in range(0, n, FLUSH_EVENTS)
+            )
+        )
+    writing = {
+        COLD: (cpu_s(lambda: deque(map(orjson.dumps, events), 0)), arrow_s),
+        HOT: (
+            cpu_s(lambda: deque(map(orjson.dumps, events[:FLUSH_EVENTS] * (n // FLUSH_EVENTS)), 0)),
+            cpu_s(
+                lambda: deque(
+                    (typed_flush(rows[:FLUSH_EVENTS], schema) for _ in range(n // FLUSH_EVENTS)), 0
+                )
+            ),
+        ),
+    }
+    per_batch = batch_rows // FLUSH_EVENTS
+    bodies = []
+    for at in range(0, len(flushes), per_batch):
+        # One stream a batch: a consumer would frame the flushes' batches as one (ClickHouse
+        # reads a stream to its end-of-stream mark), bytes only.
+        sink = pa.BufferOutputStream()
+        with pa.ipc.new_stream(sink, schema) as stream:
+            for flush in flushes[at : at + per_batch]:
+                stream.write_batch(flush)
+        bodies.append([sink.getvalue().to_pybytes()])
+    return bodies, writing
+
+
+def checksum(writer: ChdbWriter) -> str:
+    """What beacon.events holds, as one figure: two passes that store the same rows agree."""
+    columns = ", ".join(EVENT_COLUMNS)
+    return writer.query_sync(
+        f"SELECT count(), sum(cityHash64({columns})) FROM beacon.events", "TSV"
+    ).strip()
+
+
+async def timed_passes(
+    writer: ChdbWriter, ingest: Ingest, bodies: list[Any], opts: argparse.Namespace, label: str
+) -> tuple[dict[str, float], float, str]:
+    """Store `bodies` with `ingest` twice (a warming pass, then the timed one): CPU seconds by
+    step, in all, and the checksum of what was stored."""
     timed = TimedWriter(writer, ingest.lines, ingest.stage)
     ingest.writer = timed  # type: ignore[assignment]  # the Writer calls it times
     # A pass first, untimed: the timed ones then find the memory and the user agents of a
@@ -110,8 +245,8 @@ async def run(opts: argparse.Namespace) -> None:
         started = time.process_time()
         timed.spent.clear()
         writer.query_sync("SYSTEM STOP MERGES")
-        for i, body in enumerate(batches):
-            stored = await ingest.store(body, f"bench-{name}-{i}")
+        for i, body in enumerate(bodies):
+            stored = await ingest.store(body, f"bench-{label}-{name}-{i}")
             assert stored.rows == min(opts.batch_rows, opts.events - i * opts.batch_rows)
         merges = settle(writer)
         pipeline = time.process_time() - started
@@ -120,6 +255,26 @@ async def run(opts: argparse.Namespace) -> None:
         pipeline - merges - sum(spent.values())
     )
     spent[MERGES] = merges
+    return spent, pipeline, checksum(writer)
+
+
+async def run(opts: argparse.Namespace) -> None:
+    from analytics.migrations import migrate  # here: it makes the views' SQL as it is imported
+
+    lines = wire_lines(opts.events, 3_000)
+    batches = [
+        join_lines(chunks(lines[at : at + opts.batch_rows], 65_536))
+        for at in range(0, opts.events, opts.batch_rows)
+    ]
+    typed = typed_bodies(lines, opts.batch_rows) if opts.typed else None
+    writer = ChdbWriter(Path(opts.workdir))
+    await migrate(writer, 0)
+    spent, pipeline, stored = await timed_passes(writer, Ingest(writer), batches, opts, "json")
+    if typed:
+        typed_spent, typed_pipeline, typed_stored = await timed_passes(
+            writer, TypedIngest(writer), typed[0], opts, "typed"
+        )
+        assert typed_stored == stored, (typed_stored, stored)  # the same rows either way
 
     # The storage limit: the same rows, in arrival order, from Native, into the emptied tables.
     blocks = native_blocks(writer._session, opts.events, opts.batch_rows)
@@ -156,6 +311,21 @@ async def run(opts: argparse.Namespace) -> None:
     print(f"  {MERGES:60s} {us(limit_merges)}")
     print(f"  {'all of it':60s} {us(limit)}")
     print(f"ratio to the storage limit (Kafka read not included): {limit / pipeline:.2f}x")
+    if typed:
+        print("the same store step with typed rows on the wire (Arrow, a flush of 1,000 each):")
+        for step, seconds in sorted(typed_spent.items(), key=lambda kv: -kv[1]):
+            print(f"  {step:60s} {us(seconds)}")
+        print(f"  {'all of it':60s} {us(typed_pipeline)}")
+        print(
+            f"ratio to the storage limit (Kafka read not included): {limit / typed_pipeline:.2f}x"
+        )
+        print("on the collector's core, writing the events (JSON: orjson, today; Arrow: a flush")
+        print("of 1,000 as one record batch), and both ends together with the store step:")
+        for how, (json_s, arrow_s) in typed[1].items():
+            print(f"  {how}:")
+            print(f"    {'JSON / Arrow':58s} {us(json_s)} / {us(arrow_s)}")
+            both = f"{us(json_s + pipeline)} / {us(arrow_s + typed_pipeline)}"
+            print(f"    {'JSON lines / typed rows, both ends':58s} {both}")
     print(f"rollup_events_hourly: {rollup_mib:.1f} MiB; beacon.events: {events_mib:.1f} MiB")
 
 
@@ -170,12 +340,20 @@ def main() -> None:
         help="the CPU to pin the process to (default: the last this process may use)",
     )
     args.add_argument(
+        "--typed",
+        action="store_true",
+        help="also store the events as typed rows (Arrow) would bring them: what the parse "
+        "and the checks cost against what writing the rows costs the collector",
+    )
+    args.add_argument(
         "--live-sums",
         action="store_true",
         help="live rollup rows count events as plain sums, not sets of event ids: what the "
         "sets cost (not exact under replays: docs/performance.md)",
     )
     opts = args.parse_args()
+    if opts.typed and opts.batch_rows % FLUSH_EVENTS:
+        args.error("--typed writes flushes of 1,000 events: --batch-rows must be a multiple")
     if opts.live_sums:  # before the schema is made from it
         live = rollups.SETTLED_STATES.replace("toUInt8(0) AS live", "toUInt8(1) AS live")
         rollups.LIVE_STATES = live.replace("toUInt8(1) AS settled", "toUInt8(0) AS settled")

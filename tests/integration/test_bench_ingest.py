@@ -1,6 +1,7 @@
 """loadtest/bench_ingest follows the store step as it is: it names each statement of
 consumers/ingest.Ingest by the tables it reads, so a change there must not leave a step
-unmeasured. A small run, in its own process (chDB opens one data directory a process)."""
+unmeasured; with --typed, the store step as typed rows would make it stores the same rows.
+A small run, in its own process (chDB opens one data directory a process)."""
 
 from __future__ import annotations
 
@@ -10,6 +11,7 @@ import sys
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[2]
+ARGS = ("--events", "3000", "--batch-rows", "1000", "--typed")
 STEPS = (
     "parse and checks into staging (JSONExtract)",
     "insert into beacon.events (join, views)",
@@ -23,7 +25,7 @@ STEPS = (
 
 def test_a_small_run_stores_every_event_on_both_sides_and_times_each_step() -> None:
     run = subprocess.run(
-        [sys.executable, "-m", "loadtest.bench_ingest", "--events", "3000", "--batch-rows", "1000"],
+        [sys.executable, "-m", "loadtest.bench_ingest", *ARGS],
         cwd=ROOT,
         capture_output=True,
         text=True,
@@ -39,3 +41,12 @@ def test_a_small_run_stores_every_event_on_both_sides_and_times_each_step() -> N
     assert float(figures["insert into beacon.events (join, views)"]) > 0, run.stdout
     assert "3,000 events, 3 inserts of 1,000" in run.stdout
     assert "ratio to the storage limit" in run.stdout
+    # The typed rows' pass: its own load step, and both ends for both ways of meeting the
+    # events (the bench asserts that it stored the rows the lines' pass stored).
+    typed = run.stdout.split("with typed rows on the wire", 1)[1]
+    typed_figures = dict(re.findall(r"^  (.+?) +(\d+\.\d\d)$", typed, re.MULTILINE))
+    assert float(typed_figures["typed rows in (ArrowStream)"]) > 0, typed
+    assert "parse and checks into staging (JSONExtract)" not in typed_figures, typed
+    assert (
+        len(re.findall(r"JSON lines / typed rows, both ends +\d+\.\d\d / +\d+\.\d\d", typed)) == 2
+    )
