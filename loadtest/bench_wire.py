@@ -1,6 +1,6 @@
 """What a wire format costs at both ends: the collector making it, ClickHouse reading it.
 
-    python -m loadtest.bench_wire [--events 300000] [--rounds 3]
+    python -m loadtest.bench_wire [--events 300000] [--rounds 3] [--write-lines PATH]
 
 The consumer hands ClickHouse the collector's JSON lines (consumers/ingest.py); the storage
 limit of `make bench-consumer` reads `Native`, which needs no parsing. This prints, per event
@@ -9,7 +9,8 @@ format it could take instead, into a typed table, and what Python pays to write 
 JSON (orjson, what the collector does) and in the two cheapest formats to read, and a batch of
 them as columns (what a collector's pump could write once a flush). Run it pinned
 to one CPU (`taskset -c 1`): chDB's threads count in the process's CPU time. Best of
-`--rounds`; prints figures, not a timed test.
+`--rounds`; prints figures, not a timed test. `--write-lines` also writes the run's lines to a
+file, for a reader outside Python to time on the same events (loadtest/parse_rs).
 """
 
 from __future__ import annotations
@@ -24,6 +25,7 @@ from collections import deque
 from collections.abc import Callable
 from itertools import accumulate, chain
 from operator import itemgetter
+from pathlib import Path
 from typing import Any
 
 import orjson
@@ -142,10 +144,13 @@ def main() -> None:
     args = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     args.add_argument("--events", type=int, default=300_000)
     args.add_argument("--rounds", type=int, default=3)
+    args.add_argument("--write-lines", type=Path, help="also write the run's lines to this file")
     opts = args.parse_args()
     n = opts.events
     lines = wire_lines(n, 3_000)
     body = b"\n".join(lines)
+    if opts.write_lines:
+        opts.write_lines.write_bytes(body + b"\n")
     # Python first: once chDB is open, its threads count in the process's CPU time. A thousand
     # events written over and over: the hot path writes the event it has just built, in cache.
     events = [orjson.loads(line) for line in lines[:1_000]] * 50
