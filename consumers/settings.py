@@ -25,7 +25,8 @@ class ConsumerSettings(StoreSettings):
         32 * 1024 * 1024,
         "bytes of wire events per ClickHouse insert: a batch is cut at the record that reaches "
         "it; a Kafka consumer buffers about this much besides the batch on its way, however "
-        "many partitions it owns",
+        "many partitions it owns, and its Kafka client up to kafka_partition_fetch_bytes a "
+        "partition",
         min=1,
     )
     # Two seconds: inserts of 70,000-100,000 rows at a box's rate cost less a row than those of
@@ -47,6 +48,13 @@ class ConsumerSettings(StoreSettings):
     kafka_group: str = setting("beacon-consumers", "consumer group id")
     kafka_max_records: int = setting(
         5000, "records per getmany() at most; fewer when the byte bound leaves less room", min=1
+    )
+    kafka_partition_fetch_bytes: int = setting(
+        1024 * 1024,
+        "bytes the Kafka client fetches ahead from each partition the consumer owns "
+        "(max_partition_fetch_bytes), held besides the batch bound; a larger record still "
+        "comes whole",
+        min=1,
     )
     kafka_session_timeout_ms: int = setting(
         10_000,

@@ -68,6 +68,9 @@ class KafkaSource:
             # pipeline polls at least every poll_interval_ms plus one insert attempt, and never
             # sleeps on a retry: it pauses the partition and keeps polling.
             **{
+                # aiokafka holds one fetch a partition until it is taken: this times the
+                # partitions owned is what waits outside the batch bound.
+                "max_partition_fetch_bytes": settings.kafka_partition_fetch_bytes,
                 "session_timeout_ms": settings.kafka_session_timeout_ms,
                 # Three heartbeats a session, as Kafka's own defaults (3 s of 10 s).
                 "heartbeat_interval_ms": max(100, settings.kafka_session_timeout_ms // 3),

@@ -454,6 +454,32 @@ async def test_a_poll_takes_the_room_left_under_the_byte_bound_not_all_that_was_
     assert settings.batch_max_bytes <= most <= settings.batch_max_bytes + record_bytes
 
 
+async def test_record_batches_larger_than_the_partition_fetch_bytes_are_all_stored_once(
+    settings: ConsumerSettings, store: ChdbWriter, consumers: list[Consumer]
+) -> None:
+    """BEACON_KAFKA_PARTITION_FETCH_BYTES bounds aiokafka's read-ahead a partition. Below the
+    size of a record batch the broker still sends the first batch of the first partition with
+    data in each fetch: at one byte every batch is too large, and none may be lost or stall."""
+    settings = replace(settings, kafka_partition_fetch_bytes=1, batch_max_rows=200)
+    events = mail_opens(600)
+    await produce(settings.kafka_bootstrap, settings.kafka_topic, packed(events, 8))
+    consumer = Consumer(settings, store)
+    consumers.append(consumer)
+    # aiokafka keeps its configuration private; this is the value its fetches carry.
+    assert consumer.feed.source.consumer._max_partition_fetch_bytes == 1
+
+    async def stored() -> bool:
+        return await count(store) >= len(events)
+
+    await wait_for(stored, "every event stored", consumer.task)
+    await consumer.close()
+    assert await count(store) == await count(store, "uniqExact(event_id)") == len(events)
+    committed, ends = await group_offsets(
+        settings.kafka_bootstrap, settings.kafka_group, settings.kafka_topic
+    )
+    assert committed == {p: (ends[p], "") for p in range(PARTITIONS)}
+
+
 class FailingWriter:
     """The real chDB writer behind an edge that fails every insert until `heal()`: the test
     ends the outage itself, so a retry cannot land between the outage's end and its checks."""
