@@ -49,12 +49,18 @@ def distinct_user_agents(count: int, rng: random.Random) -> list[str]:
     return sorted(uas)
 
 
-def wire_lines(rows: int, distinct: int, seed: int = 7) -> list[bytes]:
+def wire_lines(
+    rows: int, distinct: int, seed: int = 7, first: int = 0, start_ms: int | None = None
+) -> list[bytes]:
+    """Events `first` to `first + rows - 1` of a stream of traffic: the same user agents for
+    any `first`, a millisecond apart from `start_ms` (default: now)."""
     rng = random.Random(seed)
     uas = distinct_user_agents(distinct, rng)
     rng.shuffle(uas)
+    if first:
+        rng = random.Random(f"{seed}:{first}")  # a later stretch draws its own agents and ids
     weights = [1 / (rank + 1) ** 1.1 for rank in range(distinct)]
-    now_ms = int(time.time() * 1000)
+    now_ms = int(time.time() * 1000) if start_ms is None else start_ms
     # Exact-size copies, as the collector's buffer keeps them: orjson's own blocks are 4-8 KiB
     # an event, 19 GB for the 2.4 million events of a long consumer bench.
     return [
@@ -74,7 +80,7 @@ def wire_lines(rows: int, distinct: int, seed: int = 7) -> list[bytes]:
                 notes=[],
             )
         )
-        for i, ua in enumerate(rng.choices(uas, weights, k=rows))
+        for i, ua in enumerate(rng.choices(uas, weights, k=rows), first)
     ]
 
 

@@ -94,13 +94,17 @@ def settle(writer: ChdbWriter) -> float:
     return time.process_time() - started
 
 
-def empty(writer: ChdbWriter) -> None:
-    """Empty the store's tables, the schema kept."""
-    tables = writer.query_sync(
+def merge_tree_tables(writer: ChdbWriter) -> list[str]:
+    """The store's MergeTree tables in `beacon`, the views' own included."""
+    return writer.query_sync(
         "SELECT name FROM system.tables WHERE database = 'beacon' AND engine LIKE '%MergeTree'",
         "TSV",
     ).split()
-    for table in tables:
+
+
+def empty(writer: ChdbWriter) -> None:
+    """Empty the store's tables, the schema kept."""
+    for table in merge_tree_tables(writer):
         writer.query_sync(f"TRUNCATE TABLE beacon.{table}")
 
 
