@@ -52,8 +52,8 @@ class ConsumerSettings(StoreSettings):
     kafka_partition_fetch_bytes: int = setting(
         1024 * 1024,
         "bytes the Kafka client fetches ahead from each partition the consumer owns "
-        "(max_partition_fetch_bytes), held besides the batch bound; a larger record still "
-        "comes whole",
+        "(max_partition_fetch_bytes), held besides the batch bound; a larger record batch "
+        "still comes whole",
         min=1,
     )
     kafka_session_timeout_ms: int = setting(
