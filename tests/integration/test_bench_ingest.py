@@ -6,11 +6,9 @@ A small run, in its own process (chDB opens one data directory a process)."""
 from __future__ import annotations
 
 import re
-import subprocess
-import sys
-from pathlib import Path
 
-ROOT = Path(__file__).resolve().parents[2]
+from tests.support.helpers import run_module
+
 ARGS = ("--events", "3000", "--batch-rows", "1000", "--typed")
 STEPS = (
     "parse and checks into staging (JSONExtract)",
@@ -24,26 +22,19 @@ STEPS = (
 
 
 def test_a_small_run_stores_every_event_on_both_sides_and_times_each_step() -> None:
-    run = subprocess.run(
-        [sys.executable, "-m", "loadtest.bench_ingest", *ARGS],
-        cwd=ROOT,
-        capture_output=True,
-        text=True,
-        timeout=600,
-    )
     # The bench asserts that each side stored every event: a lost row fails the run.
-    assert run.returncode == 0, run.stderr[-3000:]
-    figures = dict(re.findall(r"^  (.+?) +(\d+\.\d\d)$", run.stdout, re.MULTILINE))
+    stdout = run_module("loadtest.bench_ingest", *ARGS)
+    figures = dict(re.findall(r"^  (.+?) +(\d+\.\d\d)$", stdout, re.MULTILINE))
     for step in STEPS:
-        assert step in figures, run.stdout
+        assert step in figures, stdout
     # Each statement was told apart from the others: none fell into the catch-all step.
-    assert float(figures["parse and checks into staging (JSONExtract)"]) > 0, run.stdout
-    assert float(figures["insert into beacon.events (join, views)"]) > 0, run.stdout
-    assert "3,000 events, 3 inserts of 1,000" in run.stdout
-    assert "ratio to the storage limit" in run.stdout
+    assert float(figures["parse and checks into staging (JSONExtract)"]) > 0, stdout
+    assert float(figures["insert into beacon.events (join, views)"]) > 0, stdout
+    assert "3,000 events, 3 inserts of 1,000" in stdout
+    assert "ratio to the storage limit" in stdout
     # The typed rows' pass: its own load step, and both ends for both ways of meeting the
     # events (the bench asserts that it stored the rows the lines' pass stored).
-    typed = run.stdout.split("with typed rows on the wire", 1)[1]
+    typed = stdout.split("with typed rows on the wire", 1)[1]
     typed_figures = dict(re.findall(r"^  (.+?) +(\d+\.\d\d)$", typed, re.MULTILINE))
     assert float(typed_figures["typed rows in (ArrowStream)"]) > 0, typed
     assert "parse and checks into staging (JSONExtract)" not in typed_figures, typed

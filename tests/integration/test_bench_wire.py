@@ -4,34 +4,25 @@ Python (loadtest/parse_rs) the very lines of the run. A small run, in its own pr
 from __future__ import annotations
 
 import re
-import subprocess
-import sys
 from pathlib import Path
 
 import orjson
 
 from loadtest.bench_enrich import wire_lines
 from loadtest.bench_wire import FORMATS
-
-ROOT = Path(__file__).resolve().parents[2]
+from tests.support.helpers import run_module
 
 
 def test_a_small_run_times_each_format_and_writes_its_lines(tmp_path: Path) -> None:
     lines = tmp_path / "lines.ndjson"
-    run = subprocess.run(
-        [sys.executable, "-m", "loadtest.bench_wire", "--events", "2000", "--rounds", "1",
-         "--write-lines", str(lines)],
-        cwd=ROOT,
-        capture_output=True,
-        text=True,
-        timeout=600,
-    )  # fmt: skip
-    assert run.returncode == 0, run.stderr[-3000:]
-    figures = dict(re.findall(r"^  (\S.+?) +(\d+\.\d\d)$", run.stdout, re.MULTILINE))
+    stdout = run_module(
+        "loadtest.bench_wire", "--events", "2000", "--rounds", "1", "--write-lines", str(lines)
+    )
+    figures = dict(re.findall(r"^  (\S.+?) +(\d+\.\d\d)$", stdout, re.MULTILINE))
     for name in FORMATS:
         timed = [label for label in figures if label.startswith(f"{name} (")]
-        assert timed and float(figures[timed[0]]) > 0, run.stdout
-    assert float(figures["the lines + JSONExtract + checks (today)"]) > 0, run.stdout
+        assert timed and float(figures[timed[0]]) > 0, stdout
+    assert float(figures["the lines + JSONExtract + checks (today)"]) > 0, stdout
     # The run's events: the same mix (its ids and times are the moment's).
     written = lines.read_bytes().splitlines()
     assert list(map(_fields, written)) == list(map(_fields, wire_lines(2000, 3_000)))

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import socket
+import subprocess
+import sys
 import urllib.request
 from pathlib import Path
 from typing import Any
@@ -12,6 +14,22 @@ import orjson
 from prometheus_client import CollectorRegistry
 
 from contract.segments import CLOSED_SUFFIX, OPEN_SUFFIX
+
+REPO = Path(__file__).resolve().parents[2]
+
+
+def run_module(module: str, *args: str, timeout_s: float = 600) -> str:
+    """`python -m module args` from the repository in a process of its own (chDB opens one
+    data directory a process); its standard output, once it has exited 0."""
+    run = subprocess.run(
+        [sys.executable, "-m", module, *args],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=timeout_s,
+    )
+    assert run.returncode == 0, run.stderr[-3000:]
+    return run.stdout
 
 
 def store_port_query(port: int, sql: str, fmt: str = "TSV", timeout_s: float = 60) -> str:
