@@ -33,7 +33,7 @@ from typing import Any
 from analytics.store.chdb import ChdbWriter
 from consumers.ingest import Ingest
 from consumers.sources.protocol import join_lines
-from loadtest.bench_consumer import chunks, merges_done
+from loadtest.bench_consumer import chunks, merges_done, status_mb
 from loadtest.bench_enrich import wire_lines
 from loadtest.bench_ingest import merge_tree_tables
 
@@ -44,14 +44,6 @@ READS = {
     "GROUP BY campaign",
 }
 COUNTERS = ("MergedRows", "Merge")
-
-
-def anon_mb() -> float:
-    with open("/proc/self/status") as status:
-        for line in status:
-            if line.startswith("RssAnon:"):
-                return int(line.split()[1]) / 1024
-    return 0.0
 
 
 def counters(writer: ChdbWriter) -> dict[str, int]:
@@ -74,13 +66,13 @@ async def one_day(writer: ChdbWriter, opts: argparse.Namespace, base: float) -> 
     midnight = datetime.datetime.now(datetime.UTC).replace(hour=0, minute=0, second=0)
     start_ms = int(midnight.timestamp()) * 1000
     before = counters(writer)
-    peak = anon_mb()
+    peak = status_mb("RssAnon")["RssAnon"]
     sampling = True
 
     def sample() -> None:
         nonlocal peak
         while sampling:
-            peak = max(peak, anon_mb())
+            peak = max(peak, status_mb("RssAnon")["RssAnon"])
             time.sleep(0.01)
 
     sampler = threading.Thread(target=sample, daemon=True)
