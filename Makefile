@@ -81,7 +81,8 @@ lint: $(STAMP)
 	$(BIN)/mypy
 	$(BIN)/lint-imports
 
-# Benchmarks and load tests: the `bench` extra (FastAPI, uvicorn, matplotlib, locust, py-spy).
+# Benchmarks and load tests: the `bench` extra (FastAPI, uvicorn, confluent-kafka, matplotlib,
+# locust, py-spy).
 BENCH_STAMP := $(VENV)/.bench-installed
 $(BENCH_STAMP): $(STAMP) pyproject.toml
 	$(BIN)/pip install --quiet -e '.[dev,bench]'
