@@ -14,11 +14,21 @@ SOURCE_TOPIC = "beacon.source.topic"
 SOURCE_PARTITION = "beacon.source.partition"
 SOURCE_OFFSET = "beacon.source.offset"
 SOURCE_LINE = "beacon.source.line"  # the line's number in its record, from 0
+TRUNCATED = "beacon.truncated"  # on a line cut to LINE_MAX_BYTES: its whole length in bytes
+# A longer line goes to the topic cut to this. A Kafka request holds 1 MiB by default (the
+# producer's max_request_size, the broker's message.max.bytes), while a source record can hold
+# more (a compressed batch, a topic allowed more): a record the dead-letter topic refuses would
+# hold its batch back for good. The whole line stays in the source topic, where the headers
+# point.
+LINE_MAX_BYTES = 512 * 1024
 
 
-def headers_for(record: ConsumerRecord, line: int, reason: str) -> list[tuple[str, bytes]]:
-    """The record's own headers, then ours."""
-    return [
+def dead_letter(
+    record: ConsumerRecord, line: int, value: bytes, reason: str
+) -> tuple[bytes, list[tuple[str, bytes]]]:
+    """The value and headers of a line's dead-letter record: the line, cut to LINE_MAX_BYTES;
+    the record's own headers, then ours."""
+    headers = [
         *record.headers,
         (REASON, reason.encode()),
         (SOURCE_TOPIC, record.topic.encode()),
@@ -26,6 +36,10 @@ def headers_for(record: ConsumerRecord, line: int, reason: str) -> list[tuple[st
         (SOURCE_OFFSET, str(record.offset).encode()),
         (SOURCE_LINE, str(line).encode()),
     ]
+    if len(value) > LINE_MAX_BYTES:
+        headers.append((TRUNCATED, str(len(value)).encode()))
+        value = value[:LINE_MAX_BYTES]
+    return value, headers
 
 
 class DeadLetters:
@@ -53,15 +67,12 @@ class DeadLetters:
     async def send(self, rejects: Sequence[tuple[ConsumerRecord, int, bytes, str]]) -> None:
         """Produce every (record, line number, line, reason) and wait for all acknowledgements;
         raises KafkaError."""
-        waits = [
-            await self._producer.send(
-                self.topic,
-                value=value,
-                key=record.key,
-                headers=headers_for(record, line, reason),
+        waits = []
+        for record, line, value, reason in rejects:
+            value, headers = dead_letter(record, line, value, reason)
+            waits.append(
+                await self._producer.send(self.topic, value=value, key=record.key, headers=headers)
             )
-            for record, line, value, reason in rejects
-        ]
         await asyncio.gather(*waits)
 
     async def stop(self) -> None:

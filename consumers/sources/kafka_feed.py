@@ -248,10 +248,10 @@ class KafkaFeed:
         assert isinstance(batch, KafkaBatch)
         rejects = batch.rejected_lines()
         await self.dead_letters.send(rejects)
-        for record, line, _, reason in rejects:
+        for record, line, value, reason in rejects:
             self.metrics.dlq_records.labels(reason).inc()
-            log.warning("%s-%d offset %d line %d dead-lettered: %s", record.topic,
-                        record.partition, record.offset, line, reason)  # fmt: skip
+            log.warning("%s-%d offset %d line %d (%d bytes) dead-lettered: %s", record.topic,
+                        record.partition, record.offset, line, len(value), reason)  # fmt: skip
 
     async def mark(self, batches: list[Batch]) -> None:
         offsets: Offsets = {}

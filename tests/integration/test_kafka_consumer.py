@@ -26,11 +26,13 @@ from analytics.schema import EVENTS
 from analytics.store import StoreError
 from analytics.store.chdb import ChdbWriter
 from consumers.dlq import (
+    LINE_MAX_BYTES,
     REASON,
     SOURCE_LINE,
     SOURCE_OFFSET,
     SOURCE_PARTITION,
     SOURCE_TOPIC,
+    TRUNCATED,
     DeadLetters,
 )
 from consumers.enrich import Enricher
@@ -55,9 +57,10 @@ WAIT_S = 90.0  # generous: the machine is small and shared
 PARTITIONS = 3  # the kafka_topic fixture's
 
 
-async def produce(bootstrap: str, topic: str, values: list[bytes]) -> None:
-    """Round-robin over the partitions, every record acknowledged."""
-    producer = AIOKafkaProducer(bootstrap_servers=bootstrap, acks="all", linger_ms=5)
+async def produce(bootstrap: str, topic: str, values: list[bytes], **options: Any) -> None:
+    """Round-robin over the partitions, every record acknowledged; `options` go to the
+    producer."""
+    producer = AIOKafkaProducer(bootstrap_servers=bootstrap, acks="all", linger_ms=5, **options)
     await producer.start()
     try:
         waits = [
@@ -714,12 +717,13 @@ async def through_to_the_dlq(
     values: list[bytes],
     good: int,
     bad: int,
+    **producer_options: Any,
 ) -> tuple[Consumer, list[ConsumerRecord]]:
     """`values` through a pipeline until `good` rows are stored and `bad` records are in the
     DLQ: each good row stored once, and the group committed past all of them (the bad too).
     Returns the closed consumer (for its metrics) and the DLQ records."""
     await create_topic(settings.kafka_bootstrap, settings.kafka_dlq_topic)
-    await produce(settings.kafka_bootstrap, settings.kafka_topic, values)
+    await produce(settings.kafka_bootstrap, settings.kafka_topic, values, **producer_options)
     consumer = Consumer(settings, store)
     consumers.append(consumer)
 
@@ -775,6 +779,25 @@ async def test_a_bad_line_of_a_chunk_goes_alone_to_the_dlq_and_its_neighbours_ar
         b"20",
     )
     assert consumer.value("beacon_consumer_rows_inserted_total") == len(good)
+
+
+async def test_a_line_too_large_for_a_dlq_record_goes_there_cut_with_its_length(
+    settings: ConsumerSettings, store: ChdbWriter, consumers: list[Consumer]
+) -> None:
+    """A record can hold more than a Kafka request does by default (1 MiB): here lz4 takes a
+    2 MiB line under the topic's limit. Its dead letter is cut, not refused for good."""
+    good = [orjson.dumps(e) for e in mail_opens(20)]
+    huge = b"{" + b"x" * (2 << 20)  # not JSON
+    values = [*good[:10], huge, *good[10:]]
+    consumer, dead = await through_to_the_dlq(
+        settings, store, consumers, values, len(good), 1,
+        compression_type="lz4", max_request_size=4 << 20,
+    )  # fmt: skip
+    [record] = dead
+    headers = dict(record.headers)
+    assert record.value == huge[:LINE_MAX_BYTES]
+    assert (headers[REASON], headers[TRUNCATED]) == (b"malformed_json", str(len(huge)).encode())
+    assert consumer.value("beacon_consumer_dlq_records_total", reason="malformed_json") == 1
 
 
 async def test_a_field_its_column_cannot_take_sends_only_that_record_to_the_dlq(
