@@ -216,6 +216,9 @@ class Ingest:
         self.stage = f"beacon_stage_{suffix}"
         self.agents = f"beacon_agents_{suffix}"
         self._lock = asyncio.Lock()
+        # The temporary tables may hold rows of an earlier batch: its clear failed (a server
+        # session keeps them, and a retry would stage its lines on top of them).
+        self._dirty = False
 
     async def store(
         self,
@@ -235,6 +238,8 @@ class Ingest:
             raise ValueError(f"bad dedup token {token!r}")
         async with self._lock:
             try:
+                if self._dirty:
+                    await self._empty()  # raises: the batch fails, and is retried
                 await self._stage(body)
                 good, rejects, newest = await self._count(segments)
                 invalid: dict[str, int] = {}
@@ -364,7 +369,13 @@ class Ingest:
         return missing
 
     async def _clear(self) -> None:
-        """Free the batch's memory; a store that cannot is failing the batch already."""
+        """Free the batch's memory; a store that cannot is failing the batch already, and the
+        next batch empties the tables before it stages."""
+        self._dirty = True
         with contextlib.suppress(StoreError):
-            for table in (self.lines, self.stage, self.agents):
-                await self.writer.execute(f"TRUNCATE TABLE IF EXISTS {table}")
+            await self._empty()
+
+    async def _empty(self) -> None:
+        for table in (self.lines, self.stage, self.agents):
+            await self.writer.execute(f"TRUNCATE TABLE IF EXISTS {table}")
+        self._dirty = False

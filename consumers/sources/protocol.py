@@ -107,8 +107,9 @@ def join_lines(values: Sequence[bytes | None]) -> list[bytes]:
     pieces: list[bytes] = []
     run: list[bytes] = []
     size = 0
+    last = b""
     for value in values:
-        value = lines_of(value)
+        value = last = lines_of(value)
         if len(value) >= LARGE_BYTES:
             if run:
                 pieces += [b"\n".join(run), b"\n"]
@@ -124,6 +125,11 @@ def join_lines(values: Sequence[bytes | None]) -> list[bytes]:
         pieces.append(b"\n".join(run))
     elif pieces:
         pieces.pop()  # no newline after the last line
+    if values and not last:
+        # An empty last line (an empty record) would end the body with a newline, after which
+        # ClickHouse reads no line: one more makes it a line, refused and dead-lettered as an
+        # empty line anywhere else is.
+        pieces.append(b"\n")
     return pieces
 
 

@@ -13,6 +13,7 @@ import pytest
 
 from analytics.migrations import migrate
 from analytics.schema import EVENTS
+from analytics.store import StoreError
 from analytics.store.http import HttpWriter
 from consumers.ingest import EVENT_COLUMNS, Ingest
 from consumers.sources.protocol import join_lines
@@ -217,6 +218,19 @@ async def test_each_bad_line_is_refused_with_its_reason_and_its_number(store: St
     assert ids == {e["event_id"] for e in good}
 
 
+async def test_an_empty_record_last_in_a_batch_or_alone_is_refused_not_lost(
+    store: Store,
+) -> None:
+    """ClickHouse reads no line after a body's last newline: an empty last record is refused
+    as an empty line anywhere else is, with its number."""
+    good = orjson.dumps(wire("open", hour_ago_ms()))
+    ingest = Ingest(store.writer)
+    stored = await ingest.store(join_lines([good, b""]), "ingest-empty-last")
+    assert (stored.rows, stored.rejects) == (1, [(1, "malformed_json")])
+    alone = await ingest.store(join_lines([None]), "ingest-empty-alone")
+    assert (alone.rows, alone.rejects) == (0, [(0, "malformed_json")])
+
+
 async def test_a_batch_repeated_with_its_token_is_stored_once_and_a_replay_refills(
     store: Store,
 ) -> None:
@@ -281,3 +295,45 @@ async def test_the_http_writer_runs_the_same_ingest_on_a_server(tmp_path: Path) 
             assert served == reference_rows(store, events)[0]
         finally:
             store.close()
+
+
+class Cut:
+    """The store's edge while `down`: the lines' load and the staging go through, then every
+    read and every TRUNCATE fails as on a lost connection (a server session keeps the
+    temporary tables and what they hold)."""
+
+    def __init__(self, writer: Any) -> None:
+        self.writer = writer
+        self.down = False
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self.writer, name)
+
+    async def query(self, sql: str, fmt: str = "JSONEachRow") -> str:
+        if self.down:
+            raise StoreError("connection lost")
+        return str(await self.writer.query(sql, fmt))
+
+    async def execute(self, sql: str) -> None:
+        if self.down and sql.startswith("TRUNCATE"):
+            raise StoreError("connection lost")
+        await self.writer.execute(sql)
+
+
+async def test_a_batch_retried_after_its_tables_could_not_be_emptied_is_stored_once(
+    store: Store,
+) -> None:
+    events = mixed_events()
+    cut = Cut(store.writer)
+    ingest = Ingest(cut)  # type: ignore[arg-type]  # a Writer but for the faults
+    cut.down = True
+    for _ in range(2):  # two attempts fail, each after staging its lines
+        with pytest.raises(StoreError):
+            await ingest.store(body(events), "ingest-cut")
+    # Still down: the next attempt cannot empty the tables, and stops before it stages.
+    with pytest.raises(StoreError):
+        await ingest.store(body(events), "ingest-cut")
+    cut.down = False
+    stored = await ingest.store(body(events), "ingest-cut")
+    assert (stored.rows, stored.rejects) == (len(events), [])
+    assert store.rows(f"SELECT count() AS n FROM {EVENTS}") == [{"n": len(events)}]

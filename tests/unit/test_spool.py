@@ -476,3 +476,12 @@ def test_join_lines_keeps_large_values_whole_and_joins_small_ones() -> None:
     assert b"".join(pieces) == b"a\nb\n" + large + b"\nc\n" + large + b"\nd"
     assert sum(piece is large for piece in pieces) == 1  # not copied (the other had a newline)
     assert join_lines([]) == [] and b"".join(join_lines([large])) == large
+
+
+def test_join_lines_keeps_an_empty_last_record_as_a_line() -> None:
+    # A body's last newline ends a line and starts none (ClickHouse's LineAsString): an empty
+    # last record needs one more to be read as the empty line it is.
+    assert b"".join(join_lines([b"a", b""])) == b"a\n\n"
+    assert b"".join(join_lines([b"a", b"\n"])) == b"a\n\n"
+    assert b"".join(join_lines([None])) == b"\n"
+    assert b"".join(join_lines([b"x" * LARGE_BYTES, b""])) == b"x" * LARGE_BYTES + b"\n\n"
