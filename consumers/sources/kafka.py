@@ -105,9 +105,13 @@ class KafkaSource:
         except TopicAlreadyExistsError:
             pass  # another consumer was first
 
-    async def poll(self, timeout_ms: int, max_records: int) -> dict[TopicPartition, list]:
+    async def poll(
+        self, timeout_ms: int, max_records: int, only: Iterable[TopicPartition] = ()
+    ) -> dict[TopicPartition, list]:
+        """Records fetched; from the partitions `only` names when it names any (the others'
+        stay fetched, one fetch each, for a later poll)."""
         records: dict[TopicPartition, list[ConsumerRecord]] = await self.consumer.getmany(
-            timeout_ms=timeout_ms, max_records=max_records
+            *only, timeout_ms=timeout_ms, max_records=max_records
         )
         return records
 

@@ -151,11 +151,13 @@ class KafkaFeed:
         # hold about a batch whatever the backlog and the partitions owned, and a backlog
         # still makes full batches (the member stays in its group: aiokafka heartbeats apart,
         # and the loop polls again within an insert). A replay must read its recorded ranges
-        # through, however large they were cut.
+        # through, however large they were cut: then only their partitions are polled, and
+        # the others wait within the bound (one fetch each, in aiokafka).
         parts = self.parts.values()
         buffered = sum(p.bytes for p in parts)
-        replaying = any(p.inflight is not None for p in parts)
-        self.skipped = buffered >= self.max_bytes and not replaying
+        replaying = [p.tp for p in parts if p.inflight is not None]
+        full = buffered >= self.max_bytes
+        self.skipped = full and not replaying
         if self.skipped:
             self.quiet.saw(True, time.monotonic())  # full, not quiet: nothing was asked
             return 0
@@ -164,10 +166,10 @@ class KafkaFeed:
         # 320 MiB, and a consumer of 24 partitions took ~110 MB past its bound in one poll. So
         # a poll asks for the room left, in records of the size the last poll brought.
         wanted = self.max_records
-        if not replaying:
+        if not full:
             wanted = max(1, min(wanted, (self.max_bytes - buffered) // self.record_bytes))
         asked = time.monotonic()
-        polled = await self.source.poll(self.poll_ms, wanted)
+        polled = await self.source.poll(self.poll_ms, wanted, replaying if full else ())
         self.quiet.saw(bool(polled), asked)
         if self.unadopted:
             await self._adopt()

@@ -72,6 +72,12 @@ async def produce(bootstrap: str, topic: str, values: list[bytes], **options: An
         await producer.stop()
 
 
+def packed(events: list[dict[str, Any]], per_record: int) -> list[bytes]:
+    """Record values as the collector makes them: NDJSON chunks of `per_record` events."""
+    lines = [orjson.dumps(e) for e in events]
+    return [b"\n".join(lines[i : i + per_record]) for i in range(0, len(lines), per_record)]
+
+
 async def create_topic(bootstrap: str, name: str, partitions: int = 1) -> None:
     admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap)
     await admin.start()
@@ -431,9 +437,24 @@ async def test_a_poll_takes_the_room_left_under_the_byte_bound_not_all_that_was_
     settings = replace(settings, batch_max_bytes=40_000, batch_max_rows=100_000)
     settings = replace(settings, batch_max_age_ms=3_600_000, kafka_max_records=5000)
     events = mail_opens(1600)
-    chunks = [b"\n".join(orjson.dumps(e) for e in events[i : i + 8]) for i in range(0, 1600, 8)]
+    chunks = packed(events, 8)
     record_bytes = max(map(len, chunks))
     await produce(settings.kafka_bootstrap, settings.kafka_topic, chunks)
+    _, most = await store_weighing(
+        settings, store, consumers, len(events), lambda parts: sum(p.bytes for p in parts)
+    )
+    assert settings.batch_max_bytes <= most <= settings.batch_max_bytes + record_bytes
+
+
+async def store_weighing(
+    settings: ConsumerSettings,
+    store: ChdbWriter,
+    consumers: list[Consumer],
+    events: int,
+    weigh: Callable[[list[PartitionBuffer]], int],
+) -> tuple[Consumer, int]:
+    """A consumer until `events` rows are stored, each once: it, closed, and the most
+    `weigh` made of its feed's partition buffers after any of its reads."""
     consumer = Consumer(settings, store)
     consumers.append(consumer)
     feed = consumer.feed
@@ -443,18 +464,60 @@ async def test_a_poll_takes_the_room_left_under_the_byte_bound_not_all_that_was_
     async def read_and_weigh(final: bool) -> int:
         nonlocal most
         taken = await read(final)
-        most = max(most, sum(p.bytes for p in feed.parts.values()))
+        most = max(most, weigh(list(feed.parts.values())))
         return taken
 
     feed.read = read_and_weigh  # type: ignore[method-assign]
 
     async def stored() -> bool:
-        return await count(store) >= len(events)
+        return await count(store) >= events
 
     await wait_for(stored, "every event stored", consumer.task)
     await consumer.close()
-    assert await count(store) == len(events)
-    assert settings.batch_max_bytes <= most <= settings.batch_max_bytes + record_bytes
+    assert await count(store) == await count(store, "uniqExact(event_id)") == events
+    return consumer, most
+
+
+async def test_while_a_recorded_range_is_read_through_the_other_partitions_wait_in_the_bound(
+    settings: ConsumerSettings, store: ChdbWriter, consumers: list[Consumer]
+) -> None:
+    """A replay reads its range through however large it was cut: polls then take only its
+    partition. Polling them all read the others' backlog whole meanwhile (here ~150 kB each
+    against a bound of 40 kB), past any bound."""
+    settings = replace(settings, batch_max_bytes=40_000, batch_max_rows=100_000)
+    settings = replace(settings, batch_max_age_ms=3_600_000, kafka_max_records=5000)
+    settings = replace(settings, kafka_partition_fetch_bytes=4096)  # many fetches a range
+    events = mail_opens(2400)
+    chunks = packed(events, 8)
+    record_bytes = max(map(len, chunks))
+    await produce(settings.kafka_bootstrap, settings.kafka_topic, chunks)  # 100 a partition
+    # Partition 0's records recorded as a batch in flight (offsets 0-99): cut by a member
+    # that died before its insert was committed.
+    tp0 = TopicPartition(settings.kafka_topic, 0)
+    recorder = AIOKafkaConsumer(
+        settings.kafka_topic,
+        bootstrap_servers=settings.kafka_bootstrap,
+        group_id=settings.kafka_group,
+        enable_auto_commit=False,
+    )
+    await recorder.start()
+    try:
+        while tp0 not in recorder.assignment():
+            await recorder.getmany(timeout_ms=200)
+        await recorder.commit({tp0: (0, inflight_metadata(0, len(chunks) // PARTITIONS - 1))})
+    finally:
+        await recorder.stop()
+
+    def others_while_replaying(parts: list[PartitionBuffer]) -> int:
+        if all(p.inflight is None for p in parts):
+            return 0
+        return sum(p.bytes for p in parts if p.tp != tp0)
+
+    consumer, most_others = await store_weighing(
+        settings, store, consumers, len(events), others_while_replaying
+    )
+    assert consumer.value("beacon_consumer_replayed_batches_total") == 1
+    assert 0 < most_others <= settings.batch_max_bytes + record_bytes
 
 
 async def test_record_batches_larger_than_the_partition_fetch_bytes_are_all_stored_once(
@@ -607,12 +670,6 @@ class CrashAfterInsert:
 
     def __getattr__(self, name: str) -> Any:
         return getattr(self.writer, name)
-
-
-def packed(events: list[dict[str, Any]], per_record: int) -> list[bytes]:
-    """Record values as the collector makes them: NDJSON chunks of `per_record` events."""
-    lines = [orjson.dumps(e) for e in events]
-    return [b"\n".join(lines[i : i + per_record]) for i in range(0, len(lines), per_record)]
 
 
 @pytest.mark.parametrize("per_record", [1, 3], ids=["one-event-records", "ndjson-chunks"])
