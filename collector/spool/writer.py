@@ -160,9 +160,14 @@ class SegmentWriter:
 
     def seal(self) -> None:
         """Give the open segment its closed name now (readers may take it) and retire its fd
-        for `finish`. Raises OSError when the rename fails: the segment stays open."""
+        for `finish`; one with nothing in it (its first write failed) is removed instead, or
+        a disk that stays full would leave an empty segment a tick. Raises OSError when the
+        rename fails: the segment stays open."""
         assert self.path is not None
-        self.path.rename(close_path(self.path))
+        if self.segment_bytes:
+            self.path.rename(close_path(self.path))
+        else:
+            self.path.unlink()
         fd = self.fd
         self._retire()
         # Unlocked after the rename: replay takes closed segments under their flock.

@@ -80,6 +80,8 @@ class SpoolSource:
                 data = f.read()
             count = data.count(b"\n")  # closed segments end with a newline
             if not count:
+                if not data and not start:  # empty (a writer's first write failed): done
+                    path.unlink(missing_ok=True)
                 continue
             end = len(data)
             if rows + count > max_rows:

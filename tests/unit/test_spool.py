@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import errno
 import fcntl
 import os
 import re
@@ -16,6 +17,7 @@ from prometheus_client import CollectorRegistry
 from collector.buffer import EventBuffer
 from collector.metrics import CollectorMetrics
 from collector.sinks.spool import SpoolSink
+from collector.spool import writer
 from collector.spool.segments import NEW_SUFFIX, spool_size
 from collector.spool.wal import WriteAheadLog
 from consumers.metrics import ConsumerMetrics
@@ -178,6 +180,39 @@ async def test_size_rotation_gives_ordered_closed_segments(spool_dir, metrics):
         as_file(events[4:8]),
         as_file(events[8:10]),
     ]
+
+
+async def test_a_segment_whose_first_write_failed_is_removed_not_closed_empty(
+    spool_dir, metrics, monkeypatch
+):
+    """A full disk fails the first write of a fresh segment: the idle close removes it, and
+    the next write opens another. Closed empty, one a tick stayed in the spool for good."""
+    wal = WriteAheadLog(spool_dir, metrics, **(NEVER | {"segment_idle_ms": 10}))
+
+    def no_space(fd: int, data: bytes, offset: int) -> None:
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    with monkeypatch.context() as patched:
+        patched.setattr(writer, "append_lines", no_space)
+        assert not wal.append(lines(0, 1)[0])
+        await asyncio.sleep(0.05)
+        await wal.tick()
+    assert metric_value(metrics, "beacon_events_dropped_total", reason="spool_error") == 1
+    assert closed_segments(spool_dir) == [] and files(spool_dir, OPEN_SUFFIX) == []
+    assert wal.append(lines(1, 1)[0])
+    await wal.close()
+    [closed] = closed_segments(spool_dir)
+    assert closed.read_bytes() == as_file(lines(1, 1))
+
+
+def test_an_empty_closed_segment_is_deleted_by_the_reader(spool_dir, checkpoint):
+    empty = write_segment(spool_dir, f"0000000000001-0000001-000001{CLOSED_SUFFIX}", [])
+    write_segment(spool_dir, f"0000000000002-0000001-000001{CLOSED_SUFFIX}", lines(0, 2))
+    source = SpoolSource(spool_dir, checkpoint)
+    rows, ranges = read_lines(source, 100)
+    assert rows == lines(0, 2) and not empty.exists()
+    source.commit(ranges)
+    assert closed_segments(spool_dir) == []
 
 
 async def test_spool_full_drops_counts_and_recovers_after_consumer(spool_dir, checkpoint, metrics):
