@@ -87,11 +87,14 @@ class SpoolSink:
     # -- file work (in a thread) -----------------------------------------------------------
 
     def _append(self, data: bytes) -> None:
-        self.segments.write(data)
+        self.segments.write(data)  # raises: what it did not write is lost
         # Aged too: the flush comes once a flush interval, so a segment waiting for it would
         # live up to twice its age under load.
         if self.segments.full() or self.segments.aged():
-            self._rotate()
+            try:
+                self._rotate()
+            except OSError as exc:  # written: the open segment keeps them until a later close
+                self.segments.failed(exc)
 
     def _flush(self, final: bool) -> None:
         segments = self.segments

@@ -205,6 +205,25 @@ async def test_a_segment_whose_first_write_failed_is_removed_not_closed_empty(
     assert closed.read_bytes() == as_file(lines(1, 1))
 
 
+async def test_events_written_before_a_failed_close_are_spooled_not_counted_lost(
+    spool_dir, metrics, monkeypatch
+):
+    sink = make_sink(spool_dir, metrics, segment_max_bytes=30)
+    with monkeypatch.context() as patched:
+        patched.setattr(writer.SegmentWriter, "seal", failing_seal)
+        await sink.send(lines(0, 4))  # written, then the close at 30 bytes fails
+        assert not sink.healthy()  # the disk failed: readiness says so until it works
+    assert metric_value(metrics, "beacon_sink_events_total", outcome="spooled") == 4
+    assert metric_value(metrics, "beacon_events_dropped_total", reason="spool_error") == 0
+    await sink.close()
+    [closed] = closed_segments(spool_dir)
+    assert closed.read_bytes() == as_file(lines(0, 4))
+
+
+def failing_seal(self: writer.SegmentWriter) -> None:
+    raise OSError(errno.EIO, "Input/output error")
+
+
 def test_an_empty_closed_segment_is_deleted_by_the_reader(spool_dir, checkpoint):
     empty = write_segment(spool_dir, f"0000000000001-0000001-000001{CLOSED_SUFFIX}", [])
     write_segment(spool_dir, f"0000000000002-0000001-000001{CLOSED_SUFFIX}", lines(0, 2))
