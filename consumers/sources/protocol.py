@@ -107,9 +107,8 @@ def join_lines(values: Sequence[bytes | None]) -> list[bytes]:
     pieces: list[bytes] = []
     run: list[bytes] = []
     size = 0
-    last = b""
     for value in values:
-        value = last = lines_of(value)
+        value = lines_of(value)
         if len(value) >= LARGE_BYTES:
             if run:
                 pieces += [b"\n".join(run), b"\n"]
@@ -125,7 +124,7 @@ def join_lines(values: Sequence[bytes | None]) -> list[bytes]:
         pieces.append(b"\n".join(run))
     elif pieces:
         pieces.pop()  # no newline after the last line
-    if values and not last:
+    if values and not lines_of(values[-1]):
         # An empty last line (an empty record) would end the body with a newline, after which
         # ClickHouse reads no line: one more makes it a line, refused and dead-lettered as an
         # empty line anywhere else is.
