@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import time
 
 from collector.metrics import CollectorMetrics
 from collector.settings import Settings
@@ -39,6 +40,7 @@ class KafkaSink:
         self.queue_max_bytes = settings.kafka_buffer_max_bytes
         self._queue: list[bytes] = []
         self._queue_bytes = 0  # in _queue only
+        self._queued_at_s = 0.0  # time.monotonic() when _queue's oldest event came
         self._unacked_bytes = 0  # in _queue or in the producer: what the bound applies to
         self._watchers: set[asyncio.Task[None]] = set()
         # SpoolSink does its file work in threads and is not thread-safe: one call at a time.
@@ -77,6 +79,8 @@ class KafkaSink:
             size += len(raw)
             taken += 1
         if taken:
+            if not self._queue:
+                self._queued_at_s = time.monotonic()
             self._queue.extend(events if taken == len(events) else events[:taken])
             self._queue_bytes += size
             self._add_unacked(size)
@@ -154,14 +158,17 @@ class KafkaSink:
             self._add_unacked(-sum(map(len, events)))
             await self._spill(events, "kafka_down")
             return
-        sent, rest = await self.link.produce(events)
+        # The deadline runs from the oldest event's arrival, not from its send: events that
+        # waited for the pump or the producer have less time left, and none is at risk (in
+        # memory only) for longer than kafka_timeout_ms.
+        sent, rest = await self.link.produce(events, self._queued_at_s + self.link.timeout_s)
         for batch in sent:
             task = asyncio.create_task(self._watch(batch), name="beacon-kafka-ack")
             self._watchers.add(task)
             task.add_done_callback(self._watchers.discard)
         if rest:
             self._add_unacked(-sum(map(len, rest)))
-            await self._spill(rest, "kafka_down")
+            await self._spill(rest, "timeout" if self.link.up else "kafka_down")
 
     async def _watch(self, sent: Sent) -> None:
         outcome = await self.link.wait_ack(sent)

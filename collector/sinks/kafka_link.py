@@ -44,6 +44,7 @@ class Sent:
     size_bytes: int
     ack: asyncio.Future[Any]
     sent_at_s: float  # time.monotonic() when the producer took it
+    deadline_s: float  # time.monotonic() by which it is acked or spilled
 
 
 class KafkaLink:
@@ -94,13 +95,27 @@ class KafkaLink:
 
     # -- sending ----------------------------------------------------------------------------
 
-    async def produce(self, events: list[bytes]) -> tuple[list[Sent], list[bytes]]:
+    async def produce(
+        self, events: list[bytes], deadline_s: float | None = None
+    ) -> tuple[list[Sent], list[bytes]]:
         """Hand events to the producer in record batches; returns the batches handed over and
-        the events that could not be (the link is or went down): the caller keeps those."""
+        the events that could not be (the link is or went down, or `deadline_s` passed): the
+        caller keeps those.
+
+        `deadline_s` (time.monotonic(), default timeout_s from now) is when the events must be
+        acknowledged or kept elsewhere. The sink counts it from when the events were queued,
+        so time spent waiting for the pump or the producer counts against kafka_timeout_ms:
+        that is what bounds what a SIGKILL can lose.
+        """
+        if deadline_s is None:
+            deadline_s = time.monotonic() + self.timeout_s
         sent: list[Sent] = []
         start = 0
         producer = self.producer
         while start < len(events) and self.up and producer is not None:
+            remaining_s = deadline_s - time.monotonic()
+            if remaining_s <= 0:
+                break  # too late to send: the caller spools them
             batch = producer.create_batch()
             end, size_bytes = start, 0
             # A batch takes at least one record, so an event larger than a batch still goes.
@@ -118,12 +133,14 @@ class KafkaLink:
                 # Waits while the previous batch of this partition is not yet on the wire;
                 # bounded, so a stuck broker turns into a spill instead of a stuck pump.
                 ack = await asyncio.wait_for(
-                    producer.send_batch(batch, self.topic, partition=partition), self.timeout_s
+                    producer.send_batch(batch, self.topic, partition=partition), remaining_s
                 )
-            except (KafkaError, TimeoutError) as exc:
+            except Exception as exc:  # whatever it was, the caller keeps the events
+                # Besides KafkaError and timeouts: a partition the topic no longer has
+                # (AssertionError). The reconnect asks the broker for the partitions again.
                 self.mark_down(f"send_batch: {exc!r}")
                 break
-            sent.append(Sent(events[start:end], size_bytes, ack, time.monotonic()))
+            sent.append(Sent(events[start:end], size_bytes, ack, time.monotonic(), deadline_s))
             self.metrics.kafka_batch_records.observe(end - start)
             start = end
         return sent, events[start:]
@@ -137,12 +154,12 @@ class KafkaLink:
         return end, size
 
     async def wait_ack(self, sent: Sent) -> str:
-        """Wait for one batch's ack until timeout_s after it was sent: acked, failed or timeout.
+        """Wait for one batch's ack until its deadline: acked, failed or timeout.
 
         A failed or late batch marks the link down; aiokafka may still deliver a late batch,
         which then is a duplicate of the spilled copy (removed downstream by event_id).
         """
-        remaining_s = max(0.0, self.timeout_s - (time.monotonic() - sent.sent_at_s))
+        remaining_s = max(0.0, sent.deadline_s - time.monotonic())
         # asyncio.wait, not wait_for: cancelling `ack` (a shield over aiokafka's batch future)
         # would detach it, and the batch's later failure would be logged as never retrieved.
         await asyncio.wait([sent.ack], timeout=remaining_s)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import time
 import uuid
 from dataclasses import replace
 
@@ -224,3 +225,58 @@ def test_replay_reads_a_segment_in_parts_and_never_cuts_an_event(tmp_path) -> No
     assert len(parts) > 10
     assert [e for part in parts for e in part] == [*events, torn]
     assert all(sum(map(len, part)) < 50 + 30 for part in parts)  # ~50 bytes, one event more
+
+
+async def test_events_queued_longer_than_the_timeout_go_to_the_spool_not_to_kafka(
+    settings, metrics, kafka_bootstrap, kafka_topic
+):
+    # What a SIGKILL can lose is bounded by the time from an event's arrival to its ack or
+    # spool, so the timeout counts from when the sink took the event, not from its send.
+    timeout_ms = 100
+    late = replace(
+        settings, kafka_bootstrap=kafka_bootstrap, kafka_topic=kafka_topic,
+        kafka_timeout_ms=timeout_ms,
+    )  # fmt: skip
+    sink = kafka_sink(late, metrics)
+    await wait_for(sink.connected, 30, "the sink to reach Kafka")
+    events = [orjson.dumps({"event_id": str(i)}) for i in range(20)]
+    await sink.send(events)
+    time.sleep(3 * timeout_ms / 1000)  # noqa: ASYNC251 - the loop held up: the pump runs late
+    await wait_for(lambda: spilled(metrics, "timeout") == 20, 30, "the late events spooled")
+    assert sink.connected()  # late is not down: the pump was held up, not Kafka
+    await sink.send(events[:1])  # a fresh event has its own time left
+    await sink.close()
+
+    assert spilled(metrics, "timeout") == 20
+    assert spilled(metrics, "kafka_down") == 0
+    assert spooled_events(settings.spool_dir) == events
+    assert events_in(await read_topic(kafka_bootstrap, kafka_topic)) == events[:1]
+    assert metric_value(metrics, "beacon_kafka_queue_bytes") == 0
+
+
+async def test_a_partition_the_topic_no_longer_has_spools_the_batch_and_reconnects(
+    settings, metrics, kafka_bootstrap, kafka_topic, caplog
+):
+    sink = kafka_sink(replace(settings, kafka_bootstrap=kafka_bootstrap, kafka_topic=kafka_topic),
+                      metrics)  # fmt: skip
+    await wait_for(sink.connected, 30, "the sink to reach Kafka")
+    # As if the topic had been made again with fewer partitions since the link looked: the
+    # producer refuses the partition with an AssertionError, not a KafkaError.
+    sink.link.partitions = [99]
+    events = [orjson.dumps({"event_id": str(i)}) for i in range(10)]
+    await sink.send(events)
+    await wait_for(lambda: spilled(metrics, "kafka_down") == 10, 30, "the batch spooled")
+    assert "Unrecognized partition" in caplog.text
+    assert metric_value(metrics, "beacon_kafka_queue_bytes") == 0  # nothing held for good
+
+    await wait_for(sink.connected, 30, "the link to come back with the topic's partitions")
+    assert sink.link.partitions == [0, 1, 2]
+    more = [orjson.dumps({"event_id": f"m{i}"}) for i in range(10)]
+    await sink.send(more)
+    await sink.close()
+    assert spooled_events(settings.spool_dir) == events
+    assert sorted(events_in(await read_topic(kafka_bootstrap, kafka_topic))) == sorted(more)
+
+
+def spilled(metrics, reason: str) -> float:  # type: ignore[no-untyped-def]
+    return metric_value(metrics, "beacon_kafka_spilled_events_total", reason=reason)
