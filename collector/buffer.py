@@ -64,6 +64,17 @@ class EventBuffer:
         self._events.append(b"%b" % event)
         return True
 
+    def offer_all(self, events: list[bytes]) -> bool:
+        """Append all of `events` or none (a POST's batch, which its client sends again
+        whole); False (and counted, each event) when the buffer (or the log) has no room."""
+        if self.wal is not None:
+            return self.wal.append_all(events)
+        if len(self._events) + len(events) > self.max_events:
+            self.metrics.events_dropped.labels("buffer_full").inc(len(events))
+            return False
+        self._events.extend(b"%b" % event for event in events)  # exact-size copies, as offer
+        return True
+
     def start(self) -> None:
         self._task = asyncio.create_task(self._pump(), name="beacon-buffer-pump")
 

@@ -247,12 +247,15 @@ class Collector:
             return prepared.outcome
         if not self.buffer.offer(prepared.blob):
             return "buffer_full"
+        self._count_recorded(prepared)
+        return "recorded"
+
+    def _count_recorded(self, prepared: Prepared) -> None:
         self.accepted[prepared.transport].inc()
         for flag in prepared.flags:
             self.flagged[flag].inc()
         for note in prepared.notes:
             self.fixed[note].inc()
-        return "recorded"
 
     # -- endpoints -------------------------------------------------------------------------
 
@@ -362,15 +365,20 @@ class Collector:
         return self._commit_batch(prepared, issued)
 
     def _commit_batch(self, prepared: list[Prepared], issued: list[int]) -> web.Response:
-        """Buffer a checked batch: 204, or 503 when the buffer was full for some of it."""
-        outcomes = [self.commit(event) for event in prepared]
-        stored = zip(prepared, outcomes, strict=True)
-        if not any(event.new_visitor and outcome == "recorded" for event, outcome in stored):
+        """Buffer a checked batch, all of it or none: 204, or 503 when the buffer (or the
+        write-ahead log) has no room for all of it. A client that sends the batch again after
+        a 503 then makes no duplicates."""
+        kept = [event for event in prepared if not event.outcome]
+        if kept and not self.buffer.offer_all([event.blob for event in kept]):
+            # The client can retry a POST; tell it so instead of losing the events quietly.
+            return json_error(503, "busy")
+        for event in prepared:
+            if event.outcome:  # not to be stored (dnt, no_consent): counted, answered 204
+                self.metrics.events_dropped.labels(event.outcome).inc()
+            else:
+                self._count_recorded(event)
+        if not any(event.new_visitor for event in kept):
             issued.clear()  # no visitor cookie unless a stored event carries it
-        if "buffer_full" in outcomes:
-            # The client can retry a POST; tell it so instead of losing the event quietly.
-            busy = json_error(503, "busy", recorded=outcomes.count("recorded"))
-            return self.visitor_ids.with_cookie(busy, issued)
         return self.visitor_ids.with_cookie(web.Response(status=204, headers=CORS_HEADERS), issued)
 
     async def preflight(self, request: web.Request) -> web.Response:

@@ -38,11 +38,12 @@ class ShortWrite(OSError):
         self.cut = cut
 
 
-def append_lines(fd: int, data: bytes, size: int) -> None:
+def append_lines(fd: int, data: bytes, size: int, *, all_or_none: bool = False) -> None:
     """Append `data` (whole lines) to the segment `fd` of `size` bytes, opened O_APPEND.
 
-    A write that stops part way is cut back to its last whole line and raised as ShortWrite
-    (an error before any byte is written is raised as it comes): a segment holds whole lines.
+    A write that stops part way is cut back to its last whole line (`all_or_none`: to `size`,
+    none of it) and raised as ShortWrite (an error before any byte is written is raised as it
+    comes): a segment holds whole lines.
     """
     written = 0
     try:
@@ -56,7 +57,7 @@ def append_lines(fd: int, data: bytes, size: int) -> None:
     except OSError as exc:
         if not written:
             raise
-        kept = data.rfind(b"\n", 0, written) + 1
+        kept = 0 if all_or_none else data.rfind(b"\n", 0, written) + 1
         try:
             os.ftruncate(fd, size + kept)
         except OSError:

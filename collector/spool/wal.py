@@ -46,17 +46,24 @@ class WriteAheadLog:
 
     def append(self, event: bytes) -> bool:
         """Write one event ahead of its answer; False (and counted) when it cannot be."""
-        data = event + b"\n"
+        return self._write(event + b"\n", 1)
+
+    def append_all(self, events: list[bytes]) -> bool:
+        """Write events ahead of their answer, all of them or none (a POST's batch, which its
+        client sends again whole); False (and counted) when they cannot be."""
+        return self._write(b"\n".join(events) + b"\n", len(events))
+
+    def _write(self, data: bytes, count: int) -> bool:
         segments = self.segments
         if segments.used_bytes + len(data) > segments.max_bytes:
-            self.metrics.events_dropped.labels("spool_full").inc()
+            self.metrics.events_dropped.labels("spool_full").inc(count)
             return False
         try:
-            segments.write(data)
+            segments.write(data, all_or_none=True)
         except OSError:
-            self.metrics.events_dropped.labels("spool_error").inc()
+            self.metrics.events_dropped.labels("spool_error").inc(count)
             return False
-        self.metrics.wal_events.inc()
+        self.metrics.wal_events.inc(count)
         if segments.full():
             self._close_segment()
         return True

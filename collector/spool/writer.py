@@ -120,13 +120,13 @@ class SegmentWriter:
 
     # -- file work (blocking) ------------------------------------------------------------------
 
-    def write(self, data: bytes) -> None:
+    def write(self, data: bytes, *, all_or_none: bool = False) -> None:
         """Append `data` (whole lines) to the open segment, opening one first if none is.
 
         Raises OSError, recorded as the writer's error. A ShortWrite's whole lines stay and are
-        counted; its torn rest is cut off, or, when that fails too, the segment is abandoned
-        (never closed torn). Unbuffered: in the OS now, so a crash of this process loses
-        nothing written.
+        counted (`all_or_none`: none stays); its torn rest is cut off, or, when that fails too,
+        the segment is abandoned (never closed torn). Unbuffered: in the OS now, so a crash of
+        this process loses nothing written.
         """
         try:
             if self.fd < 0:
@@ -135,7 +135,7 @@ class SegmentWriter:
                     self.directory, f"{self.tag}{self._seq:06d}"
                 )
                 self.segment_bytes = 0
-            append_lines(self.fd, data, self.segment_bytes)
+            append_lines(self.fd, data, self.segment_bytes, all_or_none=all_or_none)
         except OSError as exc:
             self.failed(exc)
             if isinstance(exc, ShortWrite):

@@ -252,22 +252,30 @@ wal = WriteAheadLog(Path(sys.argv[1]), metrics, segment_max_bytes=1 << 30,
                     segment_max_age_ms=3_600_000, segment_idle_ms=3_600_000,
                     max_bytes=1 << 30)
 resource.setrlimit(resource.RLIMIT_FSIZE, (4096, resource.RLIM_INFINITY))
-answers = [wal.append(b'{"n":%d,"pad":"%s"}' % (i, b"x" * 300)) for i in range(30)]
+events = [b'{"n":%d,"pad":"%s"}' % (i, b"x" * 300) for i in range(30)]
+if sys.argv[2] == "one":
+    answers = [wal.append(event) for event in events]
+else:  # a POST's batches of five, each written all or none; the limit falls in the third
+    answers = [wal.append_all(events[i : i + 5]) for i in range(0, 30, 5)]
 asyncio.run(wal.close())
 errors = metrics.registry.get_sample_value("beacon_events_dropped_total", {"reason": "spool_error"})
 print(json.dumps({"answers": answers, "errors": errors, "healthy": wal.healthy()}))
 """
 
 
-def test_wal_torn_write_is_cut_back_and_counted(tmp_path: Path):
-    spool_dir = tmp_path / "spool"
+def torn_writes(spool_dir: Path, how: str) -> dict:
     run = subprocess.run(
-        [sys.executable, "-c", TORN_WRITE_SCRIPT, str(spool_dir)],
+        [sys.executable, "-c", TORN_WRITE_SCRIPT, str(spool_dir), how],
         capture_output=True,
         check=True,
         timeout=60,
     )
-    result = orjson.loads(run.stdout)
+    return orjson.loads(run.stdout)
+
+
+def test_wal_torn_write_is_cut_back_and_counted(tmp_path: Path):
+    spool_dir = tmp_path / "spool"
+    result = torn_writes(spool_dir, "one")
     accepted = result["answers"].count(True)
     assert 0 < accepted < 30 and result["answers"] == [True] * accepted + [False] * (30 - accepted)
     assert result["errors"] == 30 - accepted and not result["healthy"]
@@ -275,6 +283,17 @@ def test_wal_torn_write_is_cut_back_and_counted(tmp_path: Path):
     data = segment.read_bytes()
     assert data.endswith(b"\n")  # the torn tail was cut: whole events only
     assert [orjson.loads(line)["n"] for line in data.splitlines()] == list(range(accepted))
+
+
+def test_wal_torn_batch_is_cut_back_whole(tmp_path: Path):
+    # A POST's batch answered 503 is sent again whole: none of it may stay behind.
+    spool_dir = tmp_path / "spool"
+    result = torn_writes(spool_dir, "batches")
+    assert result["answers"] == [True, True, False, False, False, False]
+    assert result["errors"] == 20 and not result["healthy"]
+    [segment] = closed_segments(spool_dir)
+    lines = segment.read_bytes().splitlines()  # two whole lines of the third were written
+    assert [orjson.loads(line)["n"] for line in lines] == list(range(10))
 
 
 def test_wal_needs_a_spool():

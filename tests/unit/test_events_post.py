@@ -165,11 +165,17 @@ async def test_viewable_is_passive_under_dnt(make_client, metrics):
     assert metric_value(metrics, "beacon_events_dropped_total", reason="dnt") == 1
 
 
-async def test_full_buffer_answers_503_so_the_client_can_retry(make_client, metrics):
+async def test_full_buffer_answers_503_and_keeps_none_so_a_retry_makes_no_duplicates(
+    make_client, metrics
+):
     sink = MemorySink()
-    client = await make_client(sink, buffer_max_events=1, linger_ms=60_000)
-    resp = await post(client, [{"e": "click"}, {"e": "click"}])
+    client = await make_client(sink, buffer_max_events=3, linger_ms=60_000)
+    assert (await post(client, [{"e": "click", "p": {"n": "0"}}])).status == 204
+    batch = [{"e": "click", "p": {"n": str(i)}} for i in (1, 2, 3)]
+    resp = await post(client, batch)  # room for two of the three: none is kept
     assert resp.status == 503
-    assert (await resp.json()) == {"error": "busy", "recorded": 1}
-    assert len(await stored(client, sink)) == 1
-    assert metric_value(metrics, "beacon_events_dropped_total", reason="buffer_full") == 1
+    assert (await resp.json()) == {"error": "busy"}
+    assert metric_value(metrics, "beacon_events_dropped_total", reason="buffer_full") == 3
+    assert (await post(client, batch[:2])).status == 204  # what fits is taken whole
+    assert sorted(e["props"]["n"] for e in await stored(client, sink)) == ["0", "1", "2"]
+    assert metric_value(metrics, "beacon_events_accepted_total", transport="beacon") == 3

@@ -338,12 +338,15 @@ def dashboard_read_outcomes() -> Values:
 # the test until it is listed here with where its values come from.
 FLOWS: dict[tuple[str, str, str, str], Callable[[], Values]] = {
     ("collector/handlers.py", "commit", "events_dropped", "prepared.outcome"): prepared_outcomes,
-    ("collector/handlers.py", "commit", "events_accepted", "prepared.transport"): lambda: (
+    ("collector/handlers.py", "_commit_batch", "events_dropped", "event.outcome"): (
+        prepared_outcomes
+    ),
+    ("collector/handlers.py", "_count_recorded", "events_accepted", "prepared.transport"): lambda: (
         call_args("collector/handlers.py", "self.prepare", 4)
         | call_args("collector/redirect.py", "collector.prepare", 4)
     ),
-    ("collector/handlers.py", "commit", "input_fixed", "note"): notes,
-    ("collector/handlers.py", "commit", "events_flagged", "flag"): flags,
+    ("collector/handlers.py", "_count_recorded", "input_fixed", "note"): notes,
+    ("collector/handlers.py", "_count_recorded", "events_flagged", "flag"): flags,
     ("collector/handlers.py", "_pixel_event", "events_dropped", "exc.reason"): rejected,
     ("collector/handlers.py", "_events", "events_dropped", "exc.reason"): rejected,
     ("collector/handlers.py", "pixel_done", "requests", "outcome"): pixel_outcomes,

@@ -189,7 +189,7 @@ async def test_a_segment_whose_first_write_failed_is_removed_not_closed_empty(
     the next write opens another. Closed empty, one a tick stayed in the spool for good."""
     wal = WriteAheadLog(spool_dir, metrics, **(NEVER | {"segment_idle_ms": 10}))
 
-    def no_space(fd: int, data: bytes, offset: int) -> None:
+    def no_space(fd: int, data: bytes, offset: int, **_: bool) -> None:
         raise OSError(errno.ENOSPC, "No space left on device")
 
     with monkeypatch.context() as patched:
