@@ -106,8 +106,12 @@ class Pipeline:
         # One at a time: the ingest's temporary tables hold one batch (chDB takes one
         # statement at a time anyway; a server parses on its own cores).
         for batch in batches:
-            if not batch.stored and not await self._store(batch):
-                continue
+            if not batch.stored:
+                # Under the feed's lock: a revocation waits for the insert, or comes first
+                # and the batch is the next owner's (who replays it) and not inserted here.
+                async with self.feed.inserting:
+                    if not self.feed.owns(batch) or not await self._store(batch):
+                        continue
             ok.append(batch)
         return ok
 

@@ -8,12 +8,16 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Callable, Iterable
+from collections.abc import Awaitable, Callable, Iterable
 from typing import Any
 
 from aiokafka import AIOKafkaConsumer, ConsumerRebalanceListener, ConsumerRecord, TopicPartition
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
-from aiokafka.errors import KafkaTimeoutError, TopicAlreadyExistsError
+from aiokafka.errors import (
+    CoordinatorLoadInProgressError,
+    KafkaTimeoutError,
+    TopicAlreadyExistsError,
+)
 
 from consumers.settings import ConsumerSettings
 from consumers.sources.kafka_batches import Inflight, parse_inflight
@@ -37,13 +41,15 @@ class Listener(ConsumerRebalanceListener):
     """Hands rebalance events to the pipeline; aiokafka waits for these before going on."""
 
     def __init__(
-        self, revoked: Callable[[Partitions], None], assigned: Callable[[Partitions], None]
+        self,
+        revoked: Callable[[Partitions], Awaitable[None]],
+        assigned: Callable[[Partitions], None],
     ) -> None:
         self._revoked = revoked
         self._assigned = assigned
 
-    def on_partitions_revoked(self, revoked: Iterable[TopicPartition]) -> None:
-        self._revoked(set(revoked))
+    async def on_partitions_revoked(self, revoked: Iterable[TopicPartition]) -> None:
+        await self._revoked(set(revoked))
 
     def on_partitions_assigned(self, assigned: Iterable[TopicPartition]) -> None:
         self._assigned(set(assigned))
@@ -82,7 +88,9 @@ class KafkaSource:
         )
 
     async def start(
-        self, revoked: Callable[[Partitions], None], assigned: Callable[[Partitions], None]
+        self,
+        revoked: Callable[[Partitions], Awaitable[None]],
+        assigned: Callable[[Partitions], None],
     ) -> None:
         await self.admin.start()
         await self.consumer.start()
@@ -124,6 +132,12 @@ class KafkaSource:
         """
         tps = list(tps)
         got = await self.admin.list_consumer_group_offsets(self.group, partitions=tps)
+        if missing := [tp for tp in tps if tp not in got]:
+            # The broker answers for every partition named (offset -1: never committed). None
+            # at all is a group-level error (the coordinator moving or loading the group),
+            # which aiokafka does not raise: read as "never committed", the partitions would
+            # be read again from their start and stored twice.
+            raise CoordinatorLoadInProgressError(f"no committed offsets given for {missing}")
         out: dict[TopicPartition, tuple[int | None, Inflight | None]] = {}
         for tp in tps:
             meta = got.get(tp)

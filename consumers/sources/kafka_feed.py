@@ -66,6 +66,9 @@ class KafkaFeed:
         self.max_records = settings.kafka_max_records
         self.parts: dict[TopicPartition, PartitionBuffer] = {}
         self.flight: KafkaBatch | None = None  # the batch on its way
+        # Held by the pipeline over an insert attempt; a revocation waits for it, so that
+        # the next owner's replay never checks the stored ids while this insert still runs.
+        self.inserting = asyncio.Lock()
         # Assigned, paused until their committed offset and in-flight range are read.
         self.unadopted: Partitions = set()
         self.assignments = 0  # bumped on every assignment: a stale adoption is discarded
@@ -83,7 +86,14 @@ class KafkaFeed:
 
     # -- rebalance callbacks (aiokafka's coordinator task calls these) ----------------------
 
-    def _revoked(self, tps: Partitions) -> None:
+    async def _revoked(self, tps: Partitions) -> None:
+        """aiokafka waits for this before the group moves on: an insert attempt under way
+        finishes first (bounded by the store's timeout), and none starts after it for a batch
+        of these partitions (the pipeline checks `owns` under the same lock)."""
+        async with self.inserting:
+            self._revoke(tps)
+
+    def _revoke(self, tps: Partitions) -> None:
         flight = self.flight
         if flight is not None and not tps.isdisjoint(flight.tps):
             self.metrics.batches.labels("revoked").inc()

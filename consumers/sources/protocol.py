@@ -137,6 +137,8 @@ class Feed(Protocol):
 
     # What a failed step may raise: the loop holds the batch and retries the step.
     errors: tuple[type[Exception], ...]
+    # Held over each insert attempt: what takes a batch away waits for the attempt to end.
+    inserting: asyncio.Lock
 
     async def start(self) -> None: ...
 

@@ -57,6 +57,7 @@ class SpoolFeed:
     ) -> None:
         self.source = source
         self.metrics = metrics
+        self.inserting = asyncio.Lock()  # nothing takes a batch away: no one else waits on it
         self.max_rows = settings.batch_max_rows
         self.max_age_s = settings.batch_max_age_ms / 1000
         self.poll_s = settings.poll_interval_ms / 1000

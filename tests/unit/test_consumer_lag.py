@@ -99,7 +99,7 @@ async def test_kafka_lag_in_seconds_counts_from_the_newest_stored_event(
         lag_s = gauge(metrics, "beacon_consumer_lag_seconds", LABELS)
         assert lag_s is not None and 600 <= lag_s < 660
         # Revoked: the partition's series go with it.
-        feed._revoked({TP})
+        await feed._revoked({TP})
         for name in ("lag_records", "lag_seconds", "newest_event_timestamp_seconds"):
             assert gauge(metrics, f"beacon_consumer_{name}", LABELS) is None, name
     finally:
