@@ -25,6 +25,7 @@ SHARDING_KEYS = {
     "events": "cityHash64(event_id)",
     **CLUSTER_SHARDING_KEYS,
     **{t.split(".")[1]: "rand()" for t in (VISITS, VISITS_SETTLED)},
+    "erasures": "rand()",  # a few rows, read whole by every consumer
 }
 # A cluster-wide Keeper path (no {shard}): every replica of every shard holds the same
 # migrations, so any node a Service picks answers which ones ran (docs/operations.md).

@@ -4,6 +4,11 @@ The statement is built here from a field name out of a fixed table and a quoted 
 no SQL ever comes from whoever asks. Erasure is ClickHouse's lightweight DELETE, which hides
 the rows at once and drops them from disk at the next merges of their parts:
 https://clickhouse.com/docs/sql-reference/statements/delete
+
+Each erasure is recorded first in beacon.erasures (a hash of the id and the time), and the
+consumer leaves out the rows of an erased person received before that time: events still in
+the spool or in Kafka then, and a batch replayed after a crash, whose check of the stored ids
+would otherwise find the erased rows missing and store them again (consumers/ingest.py).
 """
 
 from __future__ import annotations
@@ -18,7 +23,7 @@ import orjson
 from analytics.cluster import check_mode
 from analytics.report_window import sql_string
 from analytics.rollup_settle import rebuild_after_erasure
-from analytics.schema import EVENTS
+from analytics.schema import ERASURES, EVENTS
 from analytics.store import Cluster, Writer
 from contract.numbers import parse_uint
 from contract.text import CONTROL_RE
@@ -39,6 +44,11 @@ class RequestError(ValueError):
 
 def condition(field: str, value: str) -> str:
     """`column = literal` for a request; raises RequestError for anything else."""
+    return "{} = {}".format(*subject(field, value))
+
+
+def subject(field: str, value: str) -> tuple[str, str]:
+    """The column and the SQL literal a request names; raises RequestError for anything else."""
     column = FIELDS.get(field)
     if column is None:
         raise RequestError("unknown_field")
@@ -53,8 +63,48 @@ def condition(field: str, value: str) -> str:
         visitor_id = parse_uint(value, UINT64_MAX, min_value=1)
         if visitor_id is None:
             raise RequestError("bad_visitor_id")
-        return f"{column} = {visitor_id}"
-    return f"{column} = {sql_string(value)}"
+        return column, str(visitor_id)
+    return column, sql_string(value)
+
+
+def hashed(expr: str) -> str:
+    """The hash an erasure keeps of an id: of its text, so a visitor id's number and the
+    column's value hash alike."""
+    return f"sipHash64(toString({expr}))"
+
+
+def record_statement(field: str, value: str) -> str:
+    """The INSERT that records an erasure of `field` = `value`, timed by the store's clock."""
+    _, literal = subject(field, value)
+    # On a cluster, into the shards before the statement returns (a Distributed table
+    # queues inserts by default): the consumers read it from the next batch on.
+    return (
+        f"INSERT INTO {ERASURES} (field, value_hash, erased_at) "
+        "SETTINGS distributed_foreground_insert = 1 "
+        f"SELECT {sql_string(field)}, {hashed(literal)}, now64(3)"
+    )
+
+
+def recent_sql(since_ms: int) -> str:
+    """The erasures recorded at or after `since_ms` (ms since the epoch): field, id hash and
+    the latest time (ms) of each."""
+    return (
+        f"SELECT field, value_hash, toUnixTimestamp64Milli(max(erased_at)) FROM {ERASURES} "
+        f"WHERE erased_at >= fromUnixTimestamp64Milli({int(since_ms)}, 'UTC') "
+        "GROUP BY field, value_hash"
+    )
+
+
+def erased_rows(recent: list[tuple[str, int, int]], alias: str) -> str:
+    """A condition true for a row (of table `alias`, with the events' columns) whose person
+    was erased at or after its received_at, from `recent_sql`'s rows; "" for none."""
+    terms = [
+        f"({hashed(f'{alias}.{FIELDS[field]}')} = {int(value_hash)} AND "
+        f"{alias}.received_at <= fromUnixTimestamp64Milli({int(erased_ms)}, 'UTC'))"
+        for field, value_hash, erased_ms in recent
+        if field in FIELDS
+    ]
+    return " OR ".join(terms)
 
 
 async def count_rows(writer: Writer, where: str) -> int:
@@ -72,6 +122,8 @@ async def erase(writer: Writer, field: str, value: str) -> int:
     """
     where = condition(field, value)
     cluster = await check_mode(writer)
+    # First, whether or not anything is stored yet: what is on its way is then left out.
+    await writer.execute(record_statement(field, value))
     rows = await count_rows(writer, where)
     if rows:
         days = await writer.query(

@@ -21,6 +21,7 @@ from analytics.rollups import (
 )
 from analytics.schema import (
     DATABASE,
+    ERASURES_V1,
     EVENTS_V1,
     EVENTS_V2,
     EVENTS_V3,
@@ -73,6 +74,8 @@ MIGRATIONS: tuple[Migration, ...] = (
     # Sorted by arrival time before the event id: merges at a fraction of the cost
     # (analytics/rekey.py); a copy of the table, once.
     (10, "events sort key", (), rekey_events),
+    # Nothing to backfill: an erasure before it left no record, and its events are gone.
+    (11, "erasures", (ERASURES_V1,), None),
 )
 
 SCHEMA_MIGRATIONS = f"""
@@ -129,6 +132,8 @@ TTL_DAYS_RE = re.compile(r"\bTTL .*?(?:INTERVAL (\d+) DAY|toIntervalDay\((\d+)\)
 
 RETAINED = (
     ("events", "toDateTime(received_at)"),
+    # No event older than the events' retention is kept, so no erasure need outlive it.
+    ("erasures", "toDateTime(erased_at)"),
     *((r.name, "period") for r in ROLLUPS),
     (VISITS.split(".")[1], "period"),
 )

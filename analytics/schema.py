@@ -93,3 +93,18 @@ EVENTS_V6 = f"""
 ALTER TABLE {EVENTS}
     ADD COLUMN IF NOT EXISTS ivt LowCardinality(String) AFTER mail_proxy
 """
+
+# Who was erased (analytics/erasure.py), as a hash of the id (the list names nobody in clear),
+# and when: an event of theirs received before it and stored after it (in the spool or Kafka
+# then, or in a batch replayed after a crash) is left out by the consumer (consumers/ingest.py).
+ERASURES = f"{DATABASE}.erasures"
+ERASURES_V1 = f"""
+CREATE TABLE IF NOT EXISTS {ERASURES}
+(
+    field LowCardinality(String),
+    value_hash UInt64,
+    erased_at DateTime64(3, 'UTC')
+)
+ENGINE = MergeTree
+ORDER BY (field, value_hash)
+"""

@@ -124,8 +124,9 @@ def erase_command(settings: StoreSettings, args: argparse.Namespace) -> int:
         print(f"beacon erase: {exc}", file=sys.stderr)
         return 1
     print(f"erased {rows} rows where {field} = {value!r} (via {via}; audit: {settings.audit_path})")
-    # Events still between the collector and the table (spool, Kafka) land after this.
-    print("events sent in the last seconds may still be on their way: erase again later",
+    # Events still between the collector and the table (spool, Kafka) are left out by the
+    # consumer from now on; a batch whose insert was already under way can still land.
+    print("a batch being stored right now may still land: erase again in a few seconds",
           file=sys.stderr)  # fmt: skip
     return 0
 

@@ -32,7 +32,7 @@ from itertools import accumulate
 
 import orjson
 
-from analytics import ivt
+from analytics import erasure, ivt
 from analytics.schema import EVENTS
 from analytics.store import TOKEN_RE, StoreError, Writer
 from consumers.enrich import Enricher
@@ -198,6 +198,7 @@ class Stored:
     newest_by_segment: list[int] = field(default_factory=list)
     invalid: dict[str, int] = field(default_factory=dict)  # good rows by ivt reason but ''
     inserted: int = 0  # rows sent to the insert (a replay's may be taken by its token)
+    erased: int = 0  # good rows left out: their person was erased after them (analytics/erasure.py)
 
     @property
     def newest_ms(self) -> int:
@@ -219,6 +220,8 @@ class Ingest:
         # The temporary tables may hold rows of an earlier batch: its clear failed (a server
         # session keeps them, and a retry would stage its lines on top of them).
         self._dirty = False
+        # This batch's condition for rows to leave out (people erased after them), or "".
+        self._erased = ""
 
     async def store(
         self,
@@ -241,19 +244,21 @@ class Ingest:
                 if self._dirty:
                     await self._empty()  # raises: the batch fails, and is retried
                 await self._stage(body)
-                good, rejects, newest = await self._count(segments)
+                good, rejects, newest, oldest = await self._count(segments)
                 invalid: dict[str, int] = {}
-                inserted = refilled = 0
+                inserted = refilled = erased = 0
                 if good:
+                    erased = await self._leave_out_erased(oldest)
                     invalid = await self._load_agents()
                     if not partial:
                         await self._insert(token, "")
-                        inserted = good
+                        inserted = good - erased
                 if (replay or partial) and good:
                     refilled = await self._refill(token)
                     inserted += refilled
-                return Stored(good, rejects, refilled, newest, invalid, inserted)
+                return Stored(good, rejects, refilled, newest, invalid, inserted, erased)
             finally:
+                self._erased = ""
                 await self._clear()
 
     async def _tables(self) -> None:
@@ -286,19 +291,22 @@ class Ingest:
         # so the two copies of a batch are not held with it (~a batch's bytes off the peak).
         await w.execute(f"TRUNCATE TABLE {self.lines}")
 
-    async def _count(self, segments: Sequence[int]) -> tuple[int, list[tuple[int, str]], list[int]]:
-        """Good lines, the (line number, reason) of the others, and the received_at (ms) of the
-        newest good line of each segment (one when none are given), in the one scan: the
-        consumer's lag in seconds is measured from it. Rows kept without consent have their
-        time cut to the hour (collector/consent.py): they say nothing of how fresh the data
-        is, so they are left out of it."""
+    async def _count(
+        self, segments: Sequence[int]
+    ) -> tuple[int, list[tuple[int, str]], list[int], int]:
+        """Good lines, the (line number, reason) of the others, the received_at (ms) of the
+        newest good line of each segment (one when none are given), and of the oldest good
+        line, in the one scan: the consumer's lag in seconds is measured from the newest. Rows
+        kept without consent have their time cut to the hour (collector/consent.py): they say
+        nothing of how fresh the data is, so they are left out of it."""
         ends = list(accumulate(segments[:-1]))  # the first line number past each segment
         segment = f"arrayFirstIndex(e -> n < e, {ends}::Array(UInt32))" if ends else "0"
         sql = (
-            f"SELECT n, reason, toInt64(0), 0 FROM {self.stage} WHERE reason != '' ORDER BY n "
-            f"UNION ALL SELECT toUInt32(count()), 'good', "
+            f"SELECT n, reason, toInt64(0), 0, toInt64(0) FROM {self.stage} WHERE reason != '' "
+            f"ORDER BY n UNION ALL SELECT toUInt32(count()), 'good', "
             f"toInt64(maxIf(toUnixTimestamp64Milli(received_at), consent != 'missing')), "
-            f"toUInt32({segment}) AS segment FROM {self.stage} WHERE reason = '' GROUP BY segment"
+            f"toUInt32({segment}) AS segment, toInt64(min(toUnixTimestamp64Milli(received_at))) "
+            f"FROM {self.stage} WHERE reason = '' GROUP BY segment"
         )
         rows = [
             orjson.loads(x)
@@ -307,11 +315,28 @@ class Ingest:
         # arrayFirstIndex: 1 for the first segment, 0 past the last end (the last segment).
         newest = [0] * max(1, len(segments))
         good = 0
-        for n, reason, ms, at in rows:
+        oldest: list[int] = []
+        for n, reason, ms, at, first_ms in rows:
             if reason == "good":
                 good += n
                 newest[(at or len(newest)) - 1] = int(ms)
-        return good, [(n, reason) for n, reason, _, _ in rows if reason != "good"], newest
+                oldest.append(int(first_ms))
+        rejects = [(n, reason) for n, reason, *_ in rows if reason != "good"]
+        return good, rejects, newest, min(oldest, default=0)
+
+    async def _leave_out_erased(self, oldest_ms: int) -> int:
+        """Leave out of this batch's inserts the rows of people erased after them; how many.
+        Only erasures since the batch's oldest event can apply: almost always none, and then
+        this costs one small read."""
+        out = await self.writer.query(erasure.recent_sql(oldest_ms), "JSONCompactEachRow")
+        match = erasure.erased_rows([orjson.loads(x) for x in out.splitlines()], "s")
+        if not match:
+            return 0
+        self._erased = f" AND NOT ({match})"
+        count = await self.writer.query(
+            f"SELECT count() FROM {self.stage} AS s WHERE s.reason = '' AND ({match})", "TSV"
+        )
+        return int(count.strip() or 0)
 
     async def _load_agents(self) -> dict[str, int]:
         """Enrich each distinct (user agent, agent_ip) of the good lines once and send them;
@@ -349,7 +374,7 @@ class Ingest:
             f"SELECT {', '.join([*staged, *added, IVT])} FROM {self.stage} AS s "
             f"ANY LEFT JOIN {self.agents} AS a "
             "ON s.user_agent = a.user_agent AND s.agent_ip = a.agent_ip "
-            f"WHERE s.reason = ''{where}"
+            f"WHERE s.reason = ''{self._erased}{where}"
         )
         await self.writer.insert_from(EVENTS, EVENT_COLUMNS, select, token)
 
@@ -361,7 +386,9 @@ class Ingest:
             f"WHERE event_id GLOBAL IN (SELECT event_id FROM {self.stage}))"
         )
         out = await self.writer.query(
-            f"SELECT count() FROM {self.stage} AS s WHERE s.reason = '' AND NOT {stored}", "TSV"
+            f"SELECT count() FROM {self.stage} AS s "
+            f"WHERE s.reason = ''{self._erased} AND NOT {stored}",
+            "TSV",
         )
         missing = int(out.strip() or 0)
         if missing:

@@ -47,6 +47,12 @@ class ConsumerMetrics:
             ["reason"],
             registry=registry,
         )
+        self.rows_erased = Counter(
+            "beacon_consumer_rows_erased",
+            "Rows left out of the store: their person was erased after the event was received"
+            " (it was in the spool or Kafka then, or its batch was replayed).",
+            registry=registry,
+        )
         self.inserts = Counter(
             "beacon_consumer_inserts",
             "ClickHouse insert attempts by outcome.",

@@ -128,6 +128,7 @@ class Pipeline:
         self.metrics.insert_seconds.observe(time.perf_counter() - started)
         self.metrics.inserts.labels("ok").inc()
         self.metrics.rows_inserted.inc(stored.inserted)
+        self.metrics.rows_erased.inc(stored.erased)
         self.metrics.batch_rows.observe(stored.rows)
         for _, reason in stored.rejects:
             self.metrics.rows_rejected.labels(reason).inc()

@@ -344,8 +344,22 @@ WHERE event_type IN ('impression', 'viewable') AND props['imp'] != ''
 GROUP BY period, site, campaign, ad, event_type, verified, kind, measured, ivt;
 
 -- Migration 10: events sort key.
+-- Migration 11: erasures.
+CREATE TABLE IF NOT EXISTS beacon.erasures_local ON CLUSTER '{cluster}'
+(
+    field LowCardinality(String),
+    value_hash UInt64,
+    erased_at DateTime64(3, 'UTC')
+)
+ENGINE = ReplicatedMergeTree('/clickhouse/tables/{shard}/beacon/erasures_local', '{replica}')
+ORDER BY (field, value_hash);
+
+CREATE TABLE IF NOT EXISTS beacon.erasures ON CLUSTER '{cluster}' AS beacon.erasures_local
+ENGINE = Distributed('{cluster}', beacon, erasures_local, rand());
+
 -- The retention of each shard's rows (BEACON_RETENTION_DAYS, 395 days).
 ALTER TABLE beacon.events_local ON CLUSTER '{cluster}' MODIFY TTL toDateTime(received_at) + INTERVAL 395 DAY;
+ALTER TABLE beacon.erasures_local ON CLUSTER '{cluster}' MODIFY TTL toDateTime(erased_at) + INTERVAL 395 DAY;
 ALTER TABLE beacon.rollup_events_hourly_local ON CLUSTER '{cluster}' MODIFY TTL period + INTERVAL 395 DAY;
 ALTER TABLE beacon.rollup_pages_daily_local ON CLUSTER '{cluster}' MODIFY TTL period + INTERVAL 395 DAY;
 ALTER TABLE beacon.rollup_referrers_daily_local ON CLUSTER '{cluster}' MODIFY TTL period + INTERVAL 395 DAY;
@@ -365,3 +379,4 @@ INSERT INTO beacon.schema_migrations (version, name) SELECT 7, 'visits' WHERE 7 
 INSERT INTO beacon.schema_migrations (version, name) SELECT 8, 'ad viewability' WHERE 8 NOT IN (SELECT version FROM beacon.schema_migrations);
 INSERT INTO beacon.schema_migrations (version, name) SELECT 9, 'invalid traffic' WHERE 9 NOT IN (SELECT version FROM beacon.schema_migrations);
 INSERT INTO beacon.schema_migrations (version, name) SELECT 10, 'events sort key' WHERE 10 NOT IN (SELECT version FROM beacon.schema_migrations);
+INSERT INTO beacon.schema_migrations (version, name) SELECT 11, 'erasures' WHERE 11 NOT IN (SELECT version FROM beacon.schema_migrations);

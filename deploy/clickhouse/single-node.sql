@@ -63,6 +63,17 @@ ORDER BY (site, toDate(received_at), event_type, received_at, event_id)
 TTL toDateTime(received_at) + toIntervalDay(395)
 SETTINGS non_replicated_deduplication_window = 10000, index_granularity = 8192;
 
+CREATE TABLE IF NOT EXISTS beacon.erasures
+(
+    `field` LowCardinality(String),
+    `value_hash` UInt64,
+    `erased_at` DateTime64(3, 'UTC')
+)
+ENGINE = MergeTree
+ORDER BY (field, value_hash)
+TTL toDateTime(erased_at) + toIntervalDay(395)
+SETTINGS index_granularity = 8192;
+
 CREATE TABLE IF NOT EXISTS beacon.rollup_clicks
 (
     `period` DateTime('UTC'),
@@ -495,3 +506,4 @@ INSERT INTO beacon.schema_migrations (version, name) SELECT 7, 'visits' WHERE 7 
 INSERT INTO beacon.schema_migrations (version, name) SELECT 8, 'ad viewability' WHERE 8 NOT IN (SELECT version FROM beacon.schema_migrations);
 INSERT INTO beacon.schema_migrations (version, name) SELECT 9, 'invalid traffic' WHERE 9 NOT IN (SELECT version FROM beacon.schema_migrations);
 INSERT INTO beacon.schema_migrations (version, name) SELECT 10, 'events sort key' WHERE 10 NOT IN (SELECT version FROM beacon.schema_migrations);
+INSERT INTO beacon.schema_migrations (version, name) SELECT 11, 'erasures' WHERE 11 NOT IN (SELECT version FROM beacon.schema_migrations);

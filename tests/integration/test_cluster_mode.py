@@ -94,6 +94,7 @@ def test_erasure_deletes_on_each_shard_and_rebuilds_the_rollups_there() -> None:
     assert (result["before"]["recipients"], result["after"]["recipients"]) == (2, 1)
     assert (result["before"]["events"], result["after"]["events"]) == (3, 1)
     assert (result["before"]["clicks"], result["after"]["clicks"]) == (1, 0)
+    assert (result["replay_erased"], result["alice_after_replay"]) == (2, 0)
     # Once per shard on a replica of each (ALTER ... DELETE ON CLUSTER), waiting for all.
     assert result["statements"] == [
         "ALTER TABLE beacon.events_local ON CLUSTER 'beacon' DELETE WHERE recipient = 'alice' "

@@ -212,7 +212,7 @@ async def test_a_table_sorted_by_the_id_is_copied_into_the_arrival_time_key_once
     )
     for n in (1, 2):
         await writer.execute(row.format(n=n))
-    assert await migrate(writer, retention_days=0) == [10]
+    assert await migrate(writer, retention_days=0) == [10, 11]
     assert await sort_key(writer) == EVENTS_SORT_KEY
     tables = await writer.query(f"SHOW TABLES FROM {DATABASE} LIKE 'events%'", "TSV")
     assert tables.split() == ["events"]
