@@ -127,17 +127,24 @@ class Settler:
         await self.rebuild(days)
         return days
 
-    async def _mark(self, day: dt.date, done: int) -> None:
-        # The version column orders the marks of this process even within one millisecond.
-        now_us = max(int(self.clock() * 1e6), self._last_mark_us + 1)
-        self._last_mark_us = now_us
+    async def _mark(self, day: dt.date, done: int, at_us: int | None = None) -> int:
+        """Mark `day` (not) done as of `at_us` (default now); returns the mark's version."""
+        if at_us is None:
+            # The version column orders the marks of this process even within one millisecond.
+            at_us = max(int(self.clock() * 1e6), self._last_mark_us + 1)
+        self._last_mark_us = max(self._last_mark_us, at_us)
         await self.writer.execute(
             f"INSERT INTO {self.settling} (day, done, at) VALUES "
-            f"({day_literal(day)}, {done}, fromUnixTimestamp64Micro({now_us}, 'UTC'))"
+            f"({day_literal(day)}, {done}, fromUnixTimestamp64Micro({at_us}, 'UTC'))"
         )
+        return at_us
 
     async def _rebuild_day(self, day: dt.date) -> None:
-        await self._mark(day, 0)  # from here on, reports read this day from raw events
+        # From here on, reports read this day from raw events. The run's "done" is versioned
+        # just after its own start, not at its end: another rebuild of the day that began in
+        # the meantime (another consumer, an erasure) keeps the day not done until it ends
+        # itself, so a run cut short between its swap and its live rows leaves the day due.
+        started_us = await self._mark(day, 0)
         [cut] = await self._rows(f"SELECT toUnixTimestamp(now()) - {int(self.insert_margin_s)}")
         cut = f"toDateTime({int(cut)}, 'UTC')"
         settled = self.closed(day)
@@ -149,7 +156,7 @@ class Settler:
             await self.writer.execute(f"INSERT INTO {rollup.table}{self.suffix} {live}")
         if self.with_visits:
             await self._visits(day, settled)
-        await self._mark(day, 1)
+        await self._mark(day, 1, started_us + 1)
 
     async def _visits(self, day: dt.date, settled: bool) -> None:
         """The day's visits from all its events (a visit needs them all; an event inserted

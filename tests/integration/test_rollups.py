@@ -8,8 +8,9 @@ from __future__ import annotations
 
 import asyncio
 import datetime as dt
+import itertools
 import random
-from collections.abc import Iterator
+from collections.abc import Awaitable, Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -223,6 +224,67 @@ def test_a_day_being_settled_is_read_from_raw_events(store: Store) -> None:
     settler = settler_of(store)
     assert run(settler.due_days()) == [yesterday]  # and the next pass finishes it
     run(settler.settle_due())
+    compare(store, window_days(3))
+
+
+class Cut(Exception):
+    """A settling pass stopped in the middle (its consumer stopped, its store failed)."""
+
+
+class CutAfterFirstSwap:
+    """The store's writer, and a death right after the first partition swapped in."""
+
+    def __init__(self, writer: Any) -> None:
+        self.writer = writer
+
+    async def execute(self, sql: str) -> None:
+        await self.writer.execute(sql)
+        if "REPLACE PARTITION" in sql:
+            raise Cut(sql)
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self.writer, name)
+
+
+class Interleaved:
+    """The store's writer; at the first partition swap, `meanwhile` runs first."""
+
+    def __init__(self, writer: Any, meanwhile: Callable[[], Awaitable[None]]) -> None:
+        self.writer = writer
+        self.meanwhile: Callable[[], Awaitable[None]] | None = meanwhile
+
+    async def execute(self, sql: str) -> None:
+        if self.meanwhile is not None and "REPLACE PARTITION" in sql:
+            meanwhile, self.meanwhile = self.meanwhile, None
+            await meanwhile()
+        await self.writer.execute(sql)
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self.writer, name)
+
+
+def test_a_rebuild_cut_short_while_another_ran_leaves_the_day_due(store: Store) -> None:
+    # Two consumers settle the same day; the one that began second stops between its swap
+    # and the end of its run. The first one's end must not mark the day done over it.
+    store.add(traffic(1, 1))
+    yesterday = dt.datetime.now(dt.UTC).date() - dt.timedelta(days=1)
+    noon, ticks = day_start_ms(0) / 1000 + 12 * 3600, itertools.count()
+
+    def clock() -> float:  # every reading a millisecond later than the one before
+        return noon + next(ticks) / 1000
+
+    second = Settler(CutAfterFirstSwap(store.writer), clock=clock, insert_margin_s=-5)
+
+    async def second_run() -> None:
+        with pytest.raises(Cut):
+            await second.rebuild([yesterday])
+
+    first = Settler(Interleaved(store.writer, second_run), clock=clock, insert_margin_s=-5)
+    run(first.rebuild([yesterday]))
+    settler = Settler(store.writer, clock=clock, insert_margin_s=-5)
+    assert run(settler.due_days()) == [yesterday]  # the next pass settles it again
+    run(settler.settle_due())
+    assert run(settler.due_days()) == []
     compare(store, window_days(3))
 
 
