@@ -65,13 +65,14 @@ class SpoolSource:
 
     # -- reading ---------------------------------------------------------------------------
 
-    def read(self, max_rows: int) -> tuple[list[bytes], int, list[Range]]:
-        """Up to `max_rows` lines after the read cursor, as chunks of whole lines (joined by
-        newlines, as the segments hold them: nothing split apart and joined again), their line
-        count, and the ranges they came from."""
+    def read(self, max_rows: int, max_bytes: int = 1 << 62) -> tuple[list[bytes], int, list[Range]]:
+        """Up to `max_rows` lines after the read cursor, and up to `max_bytes` (cut at the line
+        that reaches them; one line at least), as chunks of whole lines (joined by newlines, as
+        the segments hold them: nothing split apart and joined again), their line count, and
+        the ranges they came from."""
         chunks: list[bytes] = []
         ranges: list[Range] = []
-        rows = 0
+        rows = size = 0
         for path in closed_segments(self.directory):
             name = path.name
             start = self._read.get(name, 0)
@@ -87,11 +88,17 @@ class SpoolSource:
             if rows + count > max_rows:
                 count = max_rows - rows
                 end = after_line(data, count)
+            if size + end > max_bytes:
+                # To the end of the line that reaches the budget, as a Kafka batch takes the
+                # record that reaches it.
+                end = data.find(b"\n", max(0, max_bytes - size - 1)) + 1 or end
+                count = data.count(b"\n", 0, end)
             chunks.append(data[: end - 1])
             rows += count
+            size += end
             ranges.append(Range(name, start, start + end))
             self._read[name] = start + end
-            if rows >= max_rows:
+            if rows >= max_rows or size >= max_bytes:
                 break
         return chunks, rows, ranges
 

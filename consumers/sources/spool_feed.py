@@ -59,10 +59,12 @@ class SpoolFeed:
         self.metrics = metrics
         self.inserting = asyncio.Lock()  # nothing takes a batch away: no one else waits on it
         self.max_rows = settings.batch_max_rows
+        self.max_bytes = settings.batch_max_bytes
         self.max_age_s = settings.batch_max_age_ms / 1000
         self.poll_s = settings.poll_interval_ms / 1000
         self.chunks: list[bytes] = []
         self.rows = 0  # lines in chunks
+        self.bytes = 0  # of the lines in chunks, newlines included
         self.ranges: list[Range] = []
         self.first_read_at = 0.0
         # No segment open at a look and no line new, for a poll interval, not one look: under
@@ -97,13 +99,14 @@ class SpoolFeed:
                 self.first_read_at = time.monotonic()
             self.chunks.extend(new)
             self.rows += rows
+            self.bytes += sum(r.end - r.start for r in ranges)
             self.ranges.extend(ranges)
         return rows
 
     def _read(self) -> tuple[bool, tuple[list[bytes], int, list[Range]]]:
         # Looked at before the read: a segment closed after the look is read now or next time.
         writing = self.source.writing()
-        return writing, self.source.read(self.max_rows - self.rows)
+        return writing, self.source.read(self.max_rows - self.rows, self.max_bytes - self.bytes)
 
     async def idle(self, stop: asyncio.Event) -> None:
         with contextlib.suppress(TimeoutError):
@@ -118,13 +121,15 @@ class SpoolFeed:
                 self.batch = SpoolBatch(self.chunks, merge(self.ranges), replay=False)
                 self.batch.cut_by = reason
                 self.metrics.batch_cuts.labels(reason).inc()
-                self.chunks, self.rows, self.ranges = [], 0, []
+                self.chunks, self.rows, self.bytes, self.ranges = [], 0, 0, []
         return [] if self.batch is None else [self.batch]
 
     def _due(self, now: float, final: bool) -> str:
         """Why the lines read are a batch now (consumers/metrics.py CUT_REASONS), or ''."""
         if self.rows >= self.max_rows:
             return "rows"
+        if self.bytes >= self.max_bytes:
+            return "bytes"
         if now - self.first_read_at >= self.max_age_s:
             return "age"
         if self.quiet.due(now):

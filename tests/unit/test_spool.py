@@ -342,9 +342,11 @@ async def test_the_sink_and_the_log_write_one_segment_format(tmp_path, metrics):
 # -- SpoolSource ------------------------------------------------------------------------------
 
 
-def read_lines(source: SpoolSource, max_rows: int) -> tuple[list[bytes], list[Range]]:
+def read_lines(
+    source: SpoolSource, max_rows: int, max_bytes: int = 1 << 30
+) -> tuple[list[bytes], list[Range]]:
     """SpoolSource.read's chunks split into lines (checking the count it gives)."""
-    chunks, rows, ranges = source.read(max_rows)
+    chunks, rows, ranges = source.read(max_rows, max_bytes)
     split = [line for chunk in chunks for line in chunk.split(b"\n")]
     assert rows == len(split)
     return split, ranges
@@ -372,6 +374,27 @@ def test_read_respects_max_rows_across_segments(spool_dir, checkpoint):
         Range("0000000000003-0000001-000003.ndjson", 0, 20),
     ]
     assert source.read(5) == ([], 0, [])
+
+
+def test_read_stops_at_the_line_that_reaches_max_bytes(spool_dir, checkpoint):
+    three_segments(spool_dir)  # lines of 10 bytes: 3, 4 and 2 of them
+    source = SpoolSource(spool_dir, checkpoint)
+    first, second, third = (p.name for p in closed_segments(spool_dir))
+    assert read_lines(source, 100, 25) == (lines(0, 3), [Range(first, 0, 30)])
+    assert read_lines(source, 100, 31) == (lines(3, 4), [Range(second, 0, 40)])
+    assert read_lines(source, 100, 5) == (lines(7, 1), [Range(third, 0, 10)])  # one at least
+    assert read_lines(source, 100, 10) == (lines(8, 1), [Range(third, 10, 20)])
+
+
+async def test_the_feed_cuts_a_batch_by_bytes(spool_dir, checkpoint, tmp_path):
+    three_segments(spool_dir)
+    config = ConsumerSettings(data_dir=tmp_path, batch_max_rows=100, batch_max_bytes=45)
+    metrics = ConsumerMetrics(CollectorRegistry())
+    feed = SpoolFeed(SpoolSource(spool_dir, checkpoint), metrics, config)
+    assert await feed.read(final=False) == 5  # 3 lines, then the one that reaches 45 bytes
+    [batch] = feed.batches(time.monotonic(), final=False)
+    assert batch.cut_by == "bytes"
+    assert metric_value(metrics, "beacon_consumer_batch_cuts_total", reason="bytes") == 1
 
 
 def test_commit_deletes_finished_segments_and_a_new_source_continues(spool_dir, checkpoint):
