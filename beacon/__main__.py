@@ -228,6 +228,15 @@ def cmd_run(args, env, settings: Settings, consumer: ConsumerSettings) -> int:  
     from collector.kept import resolve_kept
     from collector.supervisor import supervise
 
+    # The consumer reads Kafka when it has a bootstrap, else the spool: a collector writing
+    # elsewhere would leave every event where nothing reads it.
+    if settings.sink == "memory" or settings.uses_kafka != bool(consumer.kafka_bootstrap):
+        raise SettingsError(
+            f"BEACON_SINK={settings.sink} with BEACON_KAFKA_BOOTSTRAP="
+            f"{consumer.kafka_bootstrap or '(unset)'}: nothing would store the collector's "
+            "events; beacon run takes the spool without a bootstrap, Kafka with one "
+            "(BEACON_SINK=auto)"
+        )
     serve_args = ["--workers", str(args.workers)] if args.workers else []
     # Made before the children start, so the banner can name the key they will use.
     text = banner(resolve_kept(settings), consumer, command_path(sys.argv[0]))

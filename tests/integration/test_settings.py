@@ -75,6 +75,29 @@ def test_bad_setting_fails_at_start(tmp_path: Path) -> None:
     assert "BEACON_SPOOL_MAX_BYTES: expected an integer" in proc.stderr
 
 
+@pytest.mark.parametrize(
+    "env",
+    [
+        {"BEACON_SINK": "spool", "BEACON_KAFKA_BOOTSTRAP": "127.0.0.1:9"},
+        {"BEACON_SINK": "memory"},
+    ],
+    ids=["spool-with-kafka", "memory"],
+)
+def test_run_refuses_a_collector_writing_where_its_consumer_does_not_read(
+    tmp_path: Path, env: dict[str, str]
+) -> None:
+    proc = subprocess.run(
+        [sys.executable, "-m", "beacon", "run", "--data-dir", str(tmp_path)],
+        env={**env, "PATH": "/usr/bin:/bin"},
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert proc.returncode == 2
+    assert "nothing would store the collector's events" in proc.stderr
+    assert "Traceback" not in proc.stderr
+
+
 def test_a_short_dashboard_token_is_refused() -> None:
     with pytest.raises(SettingsError, match="BEACON_DASHBOARD_TOKEN: shorter than 16 chars"):
         ConsumerSettings.from_env({"BEACON_DASHBOARD_TOKEN": "guessable"})
