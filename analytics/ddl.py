@@ -130,6 +130,9 @@ class ConnWriter:
     async def query(self, sql: str, fmt: str = "JSONEachRow") -> str:
         return self.run(sql, fmt)
 
+    def new_session(self) -> None:
+        pass  # one chDB connection, one session
+
     async def close(self) -> None:
         return None
 

@@ -240,6 +240,9 @@ class Ingest:
         if not TOKEN_RE.match(token):
             raise ValueError(f"bad dedup token {token!r}")
         async with self._lock:
+            # On a server, a session of the batch's own: none of an earlier batch's rows can
+            # be in its temporary tables, on whichever server it runs.
+            self.writer.new_session()
             try:
                 if self._dirty:
                     await self._empty()  # raises: the batch fails, and is retried

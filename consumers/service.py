@@ -117,9 +117,17 @@ async def consume(settings: ConsumerSettings) -> None:
             settling = asyncio.create_task(
                 settle_loop(Settler(writer, visit_gap_s=settings.visit_gap_s), stop)
             )
+            # On a server the ingest has a writer of its own: its statements run in sessions of
+            # their own, which the settling, the reads and the erasures (each session takes one
+            # statement at a time, and a long one runs on after its client gave up) never hold.
+            # The embedded store is one writer.
+            exclusive = getattr(writer, "exclusive", False)
+            ingest_writer = writer if exclusive else open_writer(settings)
             try:
-                await run_pipeline(settings, writer, metrics, stop)
+                await run_pipeline(settings, ingest_writer, metrics, stop)
             finally:
+                if ingest_writer is not writer:
+                    await ingest_writer.close()
                 # A day cut short stays marked unsettled; the next start finishes it.
                 settling.cancel()
                 with contextlib.suppress(asyncio.CancelledError):

@@ -101,6 +101,11 @@ class Writer(Protocol):
     async def query(self, sql: str, fmt: str = "JSONEachRow") -> str:
         """Run a query and return its output in `fmt`."""
 
+    def new_session(self) -> None:
+        """Run the statements that follow in a session of their own, which each one after the
+        first must find (the ingest's temporary tables live in it); a no-op for a store that
+        is one session."""
+
     async def close(self) -> None: ...
 
 

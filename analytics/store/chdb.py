@@ -101,6 +101,9 @@ class ChdbWriter:
     def query_sync(self, sql: str, fmt: str = "JSONEachRow") -> str:
         return self._run(sql, fmt)
 
+    def new_session(self) -> None:
+        pass  # one chDB session, in this process: the temporary tables cannot be elsewhere
+
     async def close(self) -> None:
         await asyncio.to_thread(self.close_sync)
 

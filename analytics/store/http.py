@@ -35,8 +35,9 @@ async def gzipped(body: bytes) -> bytes:
 
 
 # A session keeps the ingest's temporary tables (consumers/ingest.py) between its statements;
-# one idle longer than this is dropped by the server, and the next batch makes them again.
-SESSION_TIMEOUT_S = 600
+# one idle longer than this is dropped by the server. Each batch has a session of its own
+# (new_session): the server keeps the old ones this long after their last statement.
+SESSION_TIMEOUT_S = 60
 
 
 async def each(pieces: Sequence[bytes]) -> AsyncIterator[bytes]:
@@ -71,11 +72,22 @@ class HttpWriter:
             self._headers["Content-Encoding"] = "gzip"
         self._timeout = aiohttp.ClientTimeout(total=timeout_s, sock_connect=connect_timeout_s)
         self._session: aiohttp.ClientSession | None = None
+        self._server_session: dict[str, str] = {}
+        self.new_session()
+        self._check_session = False  # until new_session is called: see there
+        self._one_at_a_time = asyncio.Lock()
+
+    def new_session(self) -> None:
+        """Run what follows in a fresh server session; each statement after its first names
+        it with `session_check`, so that one which lands on another server (several behind
+        one address) fails, and its batch is retried, instead of finding there an empty
+        session of the same id, or one an earlier batch left its tables in."""
         self._server_session = {
             "session_id": f"beacon-{uuid.uuid4().hex}",
             "session_timeout": str(SESSION_TIMEOUT_S),
         }
-        self._one_at_a_time = asyncio.Lock()
+        self._check_session = True
+        self._session_opened = False
 
     def _client(self) -> aiohttp.ClientSession:
         # Made on first use: a ClientSession belongs to the running event loop.
@@ -93,18 +105,21 @@ class HttpWriter:
             data = await gzipped(b"".join(body))
         else:
             data = each(body)
-        params = {**params, **self._server_session}
         try:
-            async with (
-                self._one_at_a_time,
-                self._client().post(self.url, params=params, data=data) as response,
-            ):
-                text = await response.text(errors="replace")
-                if response.status != 200:
-                    code = response.headers.get(EXCEPTION_CODE_HEADER, "-")
-                    message = text.strip()[:ERROR_MESSAGE_MAX_CHARS]
-                    raise StoreError(f"ClickHouse HTTP {response.status}, code {code}: {message}")
-                return text
+            async with self._one_at_a_time:
+                params = {**params, **self._server_session}
+                if self._check_session and self._session_opened:
+                    params["session_check"] = "1"
+                async with self._client().post(self.url, params=params, data=data) as response:
+                    text = await response.text(errors="replace")
+                    if response.status != 200:
+                        code = response.headers.get(EXCEPTION_CODE_HEADER, "-")
+                        message = text.strip()[:ERROR_MESSAGE_MAX_CHARS]
+                        raise StoreError(
+                            f"ClickHouse HTTP {response.status}, code {code}: {message}"
+                        )
+                    self._session_opened = True
+                    return text
         except (aiohttp.ClientError, TimeoutError, OSError) as exc:
             raise StoreError(f"ClickHouse at {self.url} unreachable: {exc!r}") from exc
 

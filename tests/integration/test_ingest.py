@@ -282,12 +282,18 @@ async def test_the_http_writer_runs_the_same_ingest_on_a_server(tmp_path: Path) 
         writer = HttpWriter(front.url)
         try:
             await migrate(writer, 0)
+            migrating = front.seen[:]
             stored = await Ingest(writer).store(body(events), "ingest-http")
             assert stored.rows == len(events)
+            batch = front.seen[len(migrating) :]
             served = [orjson.loads(x) for x in (await writer.query(STORED)).splitlines()]
-            # every statement of the ingest went in one server session
-            sessions = {seen.params.get("session_id") for seen in front.seen}
+            # Every statement of the batch went in one server session of its own, which each
+            # one after the first had to find there.
+            sessions = {seen.params.get("session_id") for seen in batch}
             assert len(sessions) == 1 and None not in sessions
+            assert sessions.isdisjoint(seen.params.get("session_id") for seen in migrating)
+            checks = [seen.params.get("session_check") for seen in batch]
+            assert checks == [None] + ["1"] * (len(batch) - 1)
         finally:
             await writer.close()
         store = Store(tmp_path / "store", migrated=True)
@@ -295,6 +301,30 @@ async def test_the_http_writer_runs_the_same_ingest_on_a_server(tmp_path: Path) 
             assert served == reference_rows(store, events)[0]
         finally:
             store.close()
+
+
+async def test_a_batch_whose_statement_reaches_another_server_fails_then_is_stored_once(
+    tmp_path: Path,
+) -> None:
+    # Several servers behind one address: after the lines' load the next connection reaches
+    # another one, which has no such session. Run there, the staging would find no lines and
+    # the batch would be stored empty and committed; it must fail, and its retry store it.
+    events = mixed_events()
+    async with ClickHouseFront(tmp_path / "store") as front:
+        writer = HttpWriter(front.url)
+        try:
+            await migrate(writer, 0)
+            ingest = Ingest(writer)
+            front.moves_after = lambda seen: "LineAsString" in seen.statement
+            with pytest.raises(StoreError, match="SESSION_NOT_FOUND"):
+                await ingest.store(body(events), "ingest-moved")
+            front.moves_after = None
+            stored = await ingest.store(body(events), "ingest-moved")
+            assert stored.rows == len(events)
+            rows = await writer.query(f"SELECT count() FROM {EVENTS}", "TSV")
+            assert int(rows) == len(events)
+        finally:
+            await writer.close()
 
 
 class Cut:

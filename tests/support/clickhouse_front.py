@@ -18,6 +18,7 @@ import asyncio
 import gzip
 import re
 import threading
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -27,10 +28,12 @@ from aiohttp.test_utils import TestServer
 
 # Parameters of the HTTP interface itself; every other parameter is a setting.
 # Not settings. One chDB session serves every client: a session_id's temporary tables live in
-# it (consumers/ingest.py names its own apart).
+# it (consumers/ingest.py names its own apart); the front keeps the ids it has seen, to refuse
+# a `session_check` of one it has not, as a server does.
 HTTP_PARAMS = frozenset(
-    ("query", "default_format", "wait_end_of_query", "session_id", "session_timeout")
-)
+    ("query", "default_format", "wait_end_of_query", "session_id", "session_timeout",
+     "session_check")
+)  # fmt: skip
 SETTING_NAME_RE = re.compile(r"^[a-z_][a-z0-9_]{0,99}$")
 NUMBER_RE = re.compile(r"^-?\d+(\.\d+)?$")
 PLAIN_VALUE_RE = re.compile(r"^[A-Za-z0-9_.]{1,64}$")  # fits a connection string unquoted
@@ -41,6 +44,7 @@ INSERT_FORMAT_RE = re.compile(
 )
 CODE_RE = re.compile(r"Code: (\d+)")
 AUTH_FAILED = 516  # ClickHouse's AUTHENTICATION_FAILED
+SESSION_NOT_FOUND = 372
 
 
 @dataclass(frozen=True, slots=True)
@@ -85,6 +89,10 @@ class ClickHouseFront:
         self.data_dir = data_dir
         self.user, self.password = user, password
         self.fail_all = False  # True: every request gets 503, as from a server that is down
+        # Set: after a request for which it says True, the front forgets its sessions, as if
+        # the client's next connection reached another server behind the same address.
+        self.moves_after: Callable[[Seen], bool] | None = None
+        self.sessions: set[str] = set()
         self.seen: list[Seen] = []
         self._lock = threading.Lock()
         self._session: Any = None
@@ -141,6 +149,7 @@ class ClickHouseFront:
             if self.fail_all:
                 raise FrontError(503, 0, "front: failing on purpose")
             self._authenticate(request)
+            self._find_session(request.query)
             params = dict(request.query)
             fmt = params.pop("default_format", "TabSeparated")
             head, settings = params.pop("query", ""), self._settings(params)
@@ -155,7 +164,21 @@ class ClickHouseFront:
         except FrontError as exc:
             headers = {"X-ClickHouse-Exception-Code": str(exc.code)} if exc.code else {}
             return web.Response(status=exc.status, text=exc.message + "\n", headers=headers)
+        if self.moves_after is not None and self.moves_after(self.seen[-1]):
+            self.sessions.clear()
         return web.Response(text=out)
+
+    def _find_session(self, params: Mapping[str, str]) -> None:
+        session = params.get("session_id")
+        if not session:
+            return
+        if params.get("session_check") == "1" and session not in self.sessions:
+            message = (
+                f"Code: {SESSION_NOT_FOUND}. DB::Exception: Session {session} not found. "
+                "(SESSION_NOT_FOUND)"
+            )
+            raise FrontError(404, SESSION_NOT_FOUND, message)
+        self.sessions.add(session)
 
     @staticmethod
     def _decode(raw: bytes, encoding: str) -> str:
