@@ -15,12 +15,13 @@ TOKEN_RE = re.compile(r"^[A-Za-z0-9:._-]{1,200}$")
 # exactly its insert (DESIGN.md). optimize_on_insert = 0: a ReplacingMergeTree would merge each
 # block by its sort key on the way in, over half an insert's cost (docs/performance.md
 # "Consumer"); a duplicate inside one batch is collapsed by merges and FINAL like any other.
-INSERT_SETTINGS = {"async_insert": "0", "optimize_on_insert": "0"}
+# insert_deduplicate = 1: the token works only with it, and a server's profile may turn it off.
+INSERT_SETTINGS = {"async_insert": "0", "optimize_on_insert": "0", "insert_deduplicate": "1"}
 # Into a Distributed table (a cluster, docs/operations.md "ClickHouse"): acknowledged only once
 # every shard has its slice (the default writes it to the initiator's disk and sends it later,
-# lost with that disk), deduplicated by the token on each shard (a profile may turn it off),
-# and on a quorum of each shard's replicas (`insert_quorum`: "auto" is a majority).
-CLUSTER_INSERT_SETTINGS = {"distributed_foreground_insert": "1", "insert_deduplicate": "1"}
+# lost with that disk), deduplicated by the token on each shard, and on a quorum of each
+# shard's replicas (`insert_quorum`: "auto" is a majority).
+CLUSTER_INSERT_SETTINGS = {"distributed_foreground_insert": "1"}
 CLUSTER_NAME_RE = re.compile(r"^[A-Za-z0-9_-]{1,64}$")  # cluster names have no dots
 QUORUM_RE = re.compile(r"^(auto|[0-9]{1,2})$")
 

@@ -119,6 +119,7 @@ async def test_the_insert_carries_its_settings_and_a_gzip_body(front, store):
     seen = front.seen[-1]
     assert seen.params["insert_deduplication_token"] == "t-gzip"
     assert seen.params["async_insert"] == "0"
+    assert seen.params["insert_deduplicate"] == "1"  # whatever the server's profile says
     assert seen.params["input_format_skip_unknown_fields"] == "1"
     assert seen.content_encoding == "gzip"
     assert seen.wire_bytes * 4 < seen.body_bytes  # the front gunzipped it: really compressed
