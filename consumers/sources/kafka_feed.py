@@ -88,8 +88,9 @@ class KafkaFeed:
 
     async def _revoked(self, tps: Partitions) -> None:
         """aiokafka waits for this before the group moves on: an insert attempt under way
-        finishes first (bounded by the store's timeout), and none starts after it for a batch
-        of these partitions (the pipeline checks `owns` under the same lock)."""
+        finishes first (the group waits up to REBALANCE_TIMEOUT_MS for it), and none starts
+        after it for a batch of these partitions (the pipeline checks `owns` under the same
+        lock)."""
         async with self.inserting:
             self._revoke(tps)
 
