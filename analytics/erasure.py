@@ -85,25 +85,39 @@ def record_statement(field: str, value: str) -> str:
     )
 
 
-def recent_sql(since_ms: int) -> str:
-    """The erasures recorded at or after `since_ms` (ms since the epoch): field, id hash and
-    the latest time (ms) of each."""
-    return (
-        f"SELECT field, value_hash, toUnixTimestamp64Milli(max(erased_at)) FROM {ERASURES} "
-        f"WHERE erased_at >= fromUnixTimestamp64Milli({int(since_ms)}, 'UTC') "
-        "GROUP BY field, value_hash"
-    )
+def _since(since_ms: int) -> str:
+    return f"erased_at >= fromUnixTimestamp64Milli({int(since_ms)}, 'UTC')"
 
 
-def erased_rows(recent: list[tuple[str, int, int]], alias: str) -> str:
+def recent_fields_sql(since_ms: int) -> str:
+    """The fields of the erasures recorded at or after `since_ms` (ms since the epoch)."""
+    return f"SELECT DISTINCT field FROM {ERASURES} WHERE {_since(since_ms)}"
+
+
+def erased_rows(fields: list[str], alias: str, since_ms: int) -> str:
     """A condition true for a row (of table `alias`, with the events' columns) whose person
-    was erased at or after its received_at, from `recent_sql`'s rows; "" for none."""
-    terms = [
-        f"({hashed(f'{alias}.{FIELDS[field]}')} = {int(value_hash)} AND "
-        f"{alias}.received_at <= fromUnixTimestamp64Milli({int(erased_ms)}, 'UTC'))"
-        for field, value_hash, erased_ms in recent
-        if field in FIELDS
-    ]
+    was erased at or after its received_at, by the erasures of `fields` recorded at or after
+    `since_ms`; "" for none. The erasures are read by the statement itself, as arrays of id
+    hashes and times (a map per row, whatever their number: no term per erasure)."""
+    terms = []
+    for field in fields:
+        column = FIELDS.get(field)
+        if column is None:
+            continue  # a request kind this version does not know
+        erased = (
+            "(SELECT (groupArray(h), groupArray(t)) FROM (SELECT value_hash AS h, "
+            f"max(erased_at) AS t FROM {ERASURES} WHERE field = {sql_string(field)} "
+            f"AND {_since(since_ms)} GROUP BY h))"
+        )
+        # A row kept without consent has its time cut to the hour (collector/consent.py): it
+        # may have come up to an hour later, so it is left out only if that was before too.
+        # Such a row holds no id of a person: only a site erasure can match it.
+        received = f"{alias}.received_at"
+        at = f"if({alias}.consent = 'missing', {received} + INTERVAL 1 HOUR, {received})"
+        terms.append(
+            f"{at} <= transform({hashed(f'{alias}.{column}')}, {erased}.1, {erased}.2, "
+            "toDateTime64(0, 3, 'UTC'))"
+        )
     return " OR ".join(terms)
 
 
