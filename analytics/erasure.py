@@ -73,14 +73,19 @@ def hashed(expr: str) -> str:
     return f"sipHash64(toString({expr}))"
 
 
-def record_statement(field: str, value: str) -> str:
+def record_statement(field: str, value: str, cluster: Cluster | None = None) -> str:
     """The INSERT that records an erasure of `field` = `value`, timed by the store's clock."""
     _, literal = subject(field, value)
     # On a cluster, into the shards before the statement returns (a Distributed table
-    # queues inserts by default): the consumers read it from the next batch on.
+    # queues inserts by default) and on a quorum of each shard's replicas, as the events
+    # are: a consumer reading another replica sees it from its next batch on.
+    on_shards = (
+        f"SETTINGS distributed_foreground_insert = 1, insert_quorum = '{cluster.insert_quorum}' "
+        if cluster
+        else ""
+    )
     return (
-        f"INSERT INTO {ERASURES} (field, value_hash, erased_at) "
-        "SETTINGS distributed_foreground_insert = 1 "
+        f"INSERT INTO {ERASURES} (field, value_hash, erased_at) {on_shards}"
         f"SELECT {sql_string(field)}, {hashed(literal)}, now64(3)"
     )
 
@@ -137,7 +142,7 @@ async def erase(writer: Writer, field: str, value: str) -> int:
     where = condition(field, value)
     cluster = await check_mode(writer)
     # First, whether or not anything is stored yet: what is on its way is then left out.
-    await writer.execute(record_statement(field, value))
+    await writer.execute(record_statement(field, value, cluster))
     rows = await count_rows(writer, where)
     if rows:
         days = await writer.query(
