@@ -160,8 +160,9 @@ class KafkaSink:
             return
         # The deadline runs from the oldest event's arrival, not from its send: events that
         # waited for the pump or the producer have less time left, and none is at risk (in
-        # memory only) for longer than kafka_timeout_ms.
-        sent, rest = await self.link.produce(events, self._queued_at_s + self.link.timeout_s)
+        # memory only) for longer than the pump's linger and kafka_timeout_ms.
+        deadline_s = self._queued_at_s + self.linger_s + self.link.timeout_s
+        sent, rest = await self.link.produce(events, deadline_s)
         for batch in sent:
             task = asyncio.create_task(self._watch(batch), name="beacon-kafka-ack")
             self._watchers.add(task)
