@@ -368,15 +368,17 @@ class Collector:
         """Buffer a checked batch, all of it or none: 204, or 503 when the buffer (or the
         write-ahead log) has no room for all of it. A client that sends the batch again after
         a 503 then makes no duplicates."""
-        kept = [event for event in prepared if not event.outcome]
+        kept = []
+        for event in prepared:
+            if event.outcome:  # not to be stored (dnt, no_consent): counted, each attempt
+                self.metrics.events_dropped.labels(event.outcome).inc()
+            else:
+                kept.append(event)
         if kept and not self.buffer.offer_all([event.blob for event in kept]):
             # The client can retry a POST; tell it so instead of losing the events quietly.
             return json_error(503, "busy")
-        for event in prepared:
-            if event.outcome:  # not to be stored (dnt, no_consent): counted, answered 204
-                self.metrics.events_dropped.labels(event.outcome).inc()
-            else:
-                self._count_recorded(event)
+        for event in kept:
+            self._count_recorded(event)
         if not any(event.new_visitor for event in kept):
             issued.clear()  # no visitor cookie unless a stored event carries it
         return self.visitor_ids.with_cookie(web.Response(status=204, headers=CORS_HEADERS), issued)

@@ -81,8 +81,11 @@ class Settings:
         repr=False,
         metadata={"help": "visitor-id key, 16 chars or more; default: a random one in data_dir"},
     )
+    # The minimums leave room for a whole POST /e array (collector/handlers.py
+    # MAX_BATCH_EVENTS, MAX_BODY_BYTES), which is taken whole or not at all: a smaller bound
+    # would answer it 503 for good.
     buffer_max_events: int = setting(
-        100_000, "events held in memory before new ones are dropped", min=1
+        100_000, "events held in memory before new ones are dropped", min=100
     )
     linger_ms: int = setting(
         20, "how long the buffer waits before handing events to the sink", min=1
@@ -98,7 +101,7 @@ class Settings:
         min=1,
     )
     spool_max_bytes: int = setting(
-        1 << 30, "total spool size; events beyond it are dropped", min=1024
+        1 << 30, "total spool size; events beyond it are dropped", min=256 * 1024
     )
     durability: str = setting(
         "memory",

@@ -38,6 +38,9 @@ def test_defaults_and_env() -> None:
         ({"BEACON_IP_MODE": "half"}, "BEACON_IP_MODE: expected one of truncate, full, drop"),
         ({"BEACON_LINGER_MS": "0"}, "BEACON_LINGER_MS: must be >= 1"),
         ({"BEACON_SECRET": "fifteen-chars-x"}, "BEACON_SECRET: shorter than 16 chars"),
+        # Room for a whole POST /e array, which is taken whole or not at all.
+        ({"BEACON_BUFFER_MAX_EVENTS": "99"}, "BEACON_BUFFER_MAX_EVENTS: must be >= 100"),
+        ({"BEACON_SPOOL_MAX_BYTES": "262143"}, "BEACON_SPOOL_MAX_BYTES: must be >= 262144"),
     ],
 )
 def test_bad_values_name_the_variable(env: dict[str, str], needle: str) -> None:

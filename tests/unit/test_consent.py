@@ -49,6 +49,18 @@ async def test_consent_not_required_by_default(make_client):
     assert row["consent"] == "not_required" and row["visitor_id"] > 0
 
 
+async def test_a_refused_post_counts_the_events_it_would_have_dropped(make_client, metrics):
+    # Refused whole (503, no room): the kept events count as buffer_full, the others as why
+    # they would not have been kept, so every event of the attempt has its reason.
+    client = await make_client(
+        MemorySink(), consent_required=("shop",), buffer_max_events=1, linger_ms=60_000
+    )
+    batch = [{"e": "click", "s": "shop"}, {"e": "click", "s": "shop", "consent": True}] * 2
+    assert (await post(client, batch)).status == 503
+    assert metric_value(metrics, "beacon_events_dropped_total", reason="no_consent") == 2
+    assert metric_value(metrics, "beacon_events_dropped_total", reason="buffer_full") == 2
+
+
 async def test_required_without_consent_drops_and_counts(make_client, metrics):
     sink = MemorySink()
     client = await make_client(sink, consent_required=("shop",))
