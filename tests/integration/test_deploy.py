@@ -413,10 +413,12 @@ def test_load_balancer_prefers_ready_collectors_and_falls_back_to_live_ones(tmp_
     ready_port, stuck_port, lb_port = free_port(), free_port(), free_port()
     spool = tmp_path / f"data-{stuck_port}" / "spool"
     spool.mkdir(parents=True)
-    (spool / "1700000000000-1-000001.ndjson").write_bytes(b'{"event_id": "x"}\n' * 256)
+    # Over the smallest spool a collector takes (256 KiB), already.
+    (spool / "1700000000000-1-000001.ndjson").write_bytes(b'{"event_id": "x"}\n' * 16_000)
+    full = f"spool_max_bytes={256 * 1024}"
     procs = [
         collector_process(tmp_path, ready_port, "--sink", "memory"),
-        collector_process(tmp_path, stuck_port, "--sink", "spool", "--set", "spool_max_bytes=4096"),
+        collector_process(tmp_path, stuck_port, "--sink", "spool", "--set", full),
     ]
     # Both up before HAProxy starts, so no health check sees a port that does not listen yet.
     wait_until(lambda: get(f"http://127.0.0.1:{ready_port}/readyz")[0] == 200)
