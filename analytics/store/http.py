@@ -40,6 +40,11 @@ async def gzipped(body: bytes) -> bytes:
 SESSION_TIMEOUT_S = 60
 
 
+def server_session() -> dict[str, str]:
+    """The URL parameters of a fresh server session."""
+    return {"session_id": f"beacon-{uuid.uuid4().hex}", "session_timeout": str(SESSION_TIMEOUT_S)}
+
+
 async def each(pieces: Sequence[bytes]) -> AsyncIterator[bytes]:
     for piece in pieces:
         yield piece
@@ -72,9 +77,11 @@ class HttpWriter:
             self._headers["Content-Encoding"] = "gzip"
         self._timeout = aiohttp.ClientTimeout(total=timeout_s, sock_connect=connect_timeout_s)
         self._session: aiohttp.ClientSession | None = None
-        self._server_session: dict[str, str] = {}
-        self.new_session()
-        self._check_session = False  # until new_session is called: see there
+        self._server_session = server_session()
+        # Checked only once new_session is called (see there): this writer's own session,
+        # which nothing keeps tables in, is opened again wherever a statement lands.
+        self._check_session = False
+        self._session_opened = False
         self._one_at_a_time = asyncio.Lock()
 
     def new_session(self) -> None:
@@ -82,10 +89,7 @@ class HttpWriter:
         it with `session_check`, so that one which lands on another server (several behind
         one address) fails, and its batch is retried, instead of finding there an empty
         session of the same id, or one an earlier batch left its tables in."""
-        self._server_session = {
-            "session_id": f"beacon-{uuid.uuid4().hex}",
-            "session_timeout": str(SESSION_TIMEOUT_S),
-        }
+        self._server_session = server_session()
         self._check_session = True
         self._session_opened = False
 
