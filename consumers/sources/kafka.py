@@ -35,9 +35,6 @@ DLQ_PARTITIONS = 1
 DLQ_REPLICATION = 3
 DLQ_MIN_INSYNC_REPLICAS = 2
 COMMIT_TIMEOUT_S = 30.0
-# A rebalance waits this long at most for a member's insert under way (a server's statements
-# time out at 60 s each); aiokafka's max_poll_interval_ms, the longest a member may not poll.
-REBALANCE_TIMEOUT_MS = 300_000
 
 
 class Listener(ConsumerRebalanceListener):
@@ -81,10 +78,6 @@ class KafkaSource:
                 # partitions owned is what waits outside the batch bound.
                 "max_partition_fetch_bytes": settings.kafka_partition_fetch_bytes,
                 "session_timeout_ms": settings.kafka_session_timeout_ms,
-                # How long the group waits for its members to rejoin in a rebalance (aiokafka:
-                # the session timeout): a member gives its partitions up only once an insert
-                # under way has ended (KafkaFeed._revoked), so as long as a slow insert.
-                "rebalance_timeout_ms": REBALANCE_TIMEOUT_MS,
                 # Three heartbeats a session, as Kafka's own defaults (3 s of 10 s).
                 "heartbeat_interval_ms": max(100, settings.kafka_session_timeout_ms // 3),
                 **consumer_options,

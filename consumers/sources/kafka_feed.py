@@ -88,9 +88,10 @@ class KafkaFeed:
 
     async def _revoked(self, tps: Partitions) -> None:
         """aiokafka waits for this before the group moves on: an insert attempt under way
-        finishes first (the group waits up to REBALANCE_TIMEOUT_MS for it), and none starts
-        after it for a batch of these partitions (the pipeline checks `owns` under the same
-        lock)."""
+        finishes first, and none starts after it for a batch of these partitions (the
+        pipeline checks `owns` under the same lock). The group waits for it up to its
+        rebalance timeout (aiokafka's default: the session timeout); a longer insert loses
+        the member its place, and its partitions' next owner may check beside it."""
         async with self.inserting:
             self._revoke(tps)
 
