@@ -24,7 +24,7 @@ from prometheus_client import CollectorRegistry
 
 from analytics.migrations import migrate
 from analytics.schema import EVENTS
-from analytics.store import StoreError
+from analytics.store import TOKEN_RE, StoreError
 from analytics.store.chdb import ChdbWriter
 from consumers.dlq import (
     LINE_MAX_BYTES,
@@ -49,6 +49,7 @@ from consumers.sources.kafka_batches import (
     cut,
     inflight_metadata,
     parse_inflight,
+    token_for,
 )
 from consumers.sources.kafka_feed import KafkaFeed
 from tests.support.chdb_events import mail_opens
@@ -242,6 +243,13 @@ def test_inflight_metadata_round_trips() -> None:
     assert parse_inflight("something else") is None
 
 
+def test_the_longest_token_is_one_the_store_takes() -> None:
+    for topic in ("t" * 120, "t" * 249):  # the longest kept whole; one shortened to a hash
+        tp = TopicPartition(topic, 2**31 - 1)
+        assert TOKEN_RE.match(token_for(tp, 2**63 - 2, 2**63 - 1, 2**63 - 1))
+    assert token_for(tp, 0, 1, 5) != token_for(tp, 0, 1, 6)  # a topic made again
+
+
 def test_a_recorded_range_is_replayed_exactly_whatever_the_row_limit() -> None:
     tp = TopicPartition("t", 0)
     part = PartitionBuffer(tp, committed=100, inflight=Inflight(100, 104))
@@ -251,7 +259,7 @@ def test_a_recorded_range_is_replayed_exactly_whatever_the_row_limit() -> None:
     part.add(records(tp, range(103, 110)), now=9.0)
     batch = cut_one(part, now=9.0, max_rows=2)
     assert batch is not None and batch.replay and not batch.partial
-    assert (span(batch), batch.token, batch.cut_by) == ((100, 104), "t-0-100-104", "replay")
+    assert (span(batch), batch.token, batch.cut_by) == ((100, 104), "t-0-100-104-0", "replay")
     fresh = cut_one(part, now=9.0, max_rows=2)
     assert fresh is not None and not fresh.replay and span(fresh) == (105, 106)
 
@@ -342,7 +350,7 @@ def test_a_recorded_batch_is_formed_again_or_only_its_missing_events_go_in() -> 
     alone.add(records(tps[1], range(4)), now=0.0)
     partial = cut([alone], {tps[1]: 4}, 0.0, (1, 1, 1.0), False)
     assert partial is not None and partial.replay and partial.partial
-    assert partial.ranges == {tps[1]: (0, 3)} and partial.token == "t-1-0-3"
+    assert partial.ranges == {tps[1]: (0, 3)} and partial.token == "t-1-0-3-0"
 
 
 # -- the pipeline in process -------------------------------------------------------------------
@@ -1187,3 +1195,40 @@ async def test_a_member_joining_during_an_insert_replays_after_it_not_beside_it(
     assert b.feed.parts  # b took partitions over (replayed, or committed by a before it left)
     await asyncio.gather(a.close(), b.close())
     assert await count(store) == await count(store, "uniqExact(event_id)") == 300
+
+
+async def test_a_topic_made_again_is_stored_though_its_offsets_repeat_the_old_ones(
+    settings: ConsumerSettings, store: ChdbWriter, consumers: list[Consumer]
+) -> None:
+    """Deleting a topic drops its group's offsets; made again, its records restart at offset
+    0, so its batches can name the old topic's ranges. The dedup token must tell them apart,
+    or ClickHouse drops the new events as repeats of the old."""
+    topic = f"again.{uuid.uuid4().hex[:12]}"
+    settings = replace(settings, kafka_topic=topic, kafka_dlq_topic=f"{topic}.dlq")
+    old, new = mail_opens(2), mail_opens(2, start=2)
+    for events in (old, new):
+        await create_topic(settings.kafka_bootstrap, topic)
+        await produce(settings.kafka_bootstrap, topic, packed(events, 2))  # one record: [0, 0]
+        consumer = Consumer(settings, store)
+
+        async def inserted(c: Consumer = consumer) -> bool:
+            return c.value("beacon_consumer_inserts_total", outcome="ok") >= 1
+
+        await wait_for(inserted, "the record's batch inserted", consumer.task)
+        await consumer.close()
+        await delete_topic(settings.kafka_bootstrap, topic)
+    assert await count(store) == await count(store, "uniqExact(event_id)") == 4
+
+
+async def delete_topic(bootstrap: str, name: str) -> None:
+    """Delete `name` and wait until it is gone (deletion is asynchronous on the broker)."""
+    admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap)
+    await admin.start()
+    try:
+        await admin.delete_topics([name])
+        deadline = time.monotonic() + WAIT_S
+        while name in await admin.list_topics():
+            assert time.monotonic() < deadline, f"topic {name} still listed"
+            await asyncio.sleep(0.1)
+    finally:
+        await admin.close()
