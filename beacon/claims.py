@@ -21,20 +21,30 @@ def claim_data_dir(
     command: str, settings: Settings, consumer: ConsumerSettings, env: Mapping[str, str]
 ) -> dict[str, owner.Claim]:
     """The roles of the data directory this command takes (contract/owner.py): the collector
-    when it writes the spool, the consumer when it reads the spool or opens the embedded store.
+    when it writes the spool, the consumer when it reads the spool or opens the embedded store,
+    and the spool's reader: the collector that sends it to Kafka or the consumer that stores it.
     Children of `beacon run` and of `serve --workers` find theirs passed down."""
     embedded_store = not consumer.clickhouse_url
     reads_spool = not consumer.kafka_bootstrap
     roles = []
     if command in ("serve", "run") and settings.sink != "memory":
         roles.append((settings.data_dir, owner.COLLECTOR))
+        if settings.uses_kafka:  # its replay sends the spool to Kafka
+            roles.append((settings.data_dir, owner.SPOOL_READER))
     if (command in ("consume", "run") and (reads_spool or embedded_store)) or (
         command in ("migrate", "settle") and embedded_store
     ):
         roles.append((consumer.data_dir, owner.CONSUMER))
+    if command in ("consume", "run") and reads_spool:
+        roles.append((consumer.data_dir, owner.SPOOL_READER))
     passed = owner.inherited(env.get(owner.CLAIMS_ENV, ""))
     store_url = consumer.store_url if command in ("consume", "run") else ""
-    return {
-        role: owner.claim(data_dir, role, f"beacon {command}", passed, store_url)
-        for data_dir, role in roles
-    }
+    claims: dict[str, owner.Claim] = {}
+    try:
+        for data_dir, role in roles:
+            claims[role] = owner.claim(data_dir, role, f"beacon {command}", passed, store_url)
+    except owner.InUse:
+        for held in claims.values():  # all or none: a refused command holds nothing
+            owner.release(held)
+        raise
+    return claims

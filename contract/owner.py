@@ -2,6 +2,10 @@
 
 Two collectors must not write one spool, and two consumers must not read one spool or open one
 embedded store (chDB refuses a second process, and a second reader would store events twice).
+Nor may two kinds of process read one spool: a collector with the Kafka sink sends its spooled
+segments to Kafka, and a consumer without Kafka stores them; both on one data directory (half
+moved from one mode to the other) would store each event twice and stop on segments the other
+deleted.
 So a process claims its role: an exclusive `flock` on `<data_dir>/<role>.lock`, which the
 kernel drops when the last process holding it ends, however it ends (no stale lock after a
 crash). The file says who holds it (pid, command, store URL) for the one line a refused command
@@ -26,6 +30,7 @@ from pathlib import Path
 CLAIMS_ENV = "BEACON_CLAIMED_FDS"
 COLLECTOR = "collector"  # writes the spool
 CONSUMER = "consumer"  # reads the spool, owns the embedded store and its query port
+SPOOL_READER = "spool-reader"  # takes closed segments: into Kafka (a collector) or the store
 
 
 @dataclasses.dataclass(frozen=True)

@@ -95,3 +95,47 @@ def test_a_child_works_under_the_claim_passed_to_it(tmp_path: Path) -> None:
     assert "InUse" in alone.stderr
     owner.release(held)
     assert owner.owner(tmp_path, owner.CONSUMER) is None
+
+
+SERVE_WITH_KAFKA = """
+import sys, time
+from beacon.claims import claim_data_dir
+from collector.settings import Settings
+from consumers.settings import ConsumerSettings
+env = {"BEACON_DATA_DIR": sys.argv[1], "BEACON_KAFKA_BOOTSTRAP": "127.0.0.1:1"}
+claim_data_dir("serve", Settings.from_env(env), ConsumerSettings.from_env(env), env)
+print("held", flush=True)
+time.sleep(120)
+"""
+
+
+def test_one_kind_of_process_reads_a_spool(tmp_path: Path) -> None:
+    """A collector that sends its spool to Kafka and a consumer that stores the spool would
+    both take its segments: the second to come is refused. A consumer of Kafka is not."""
+    from beacon.claims import claim_data_dir
+    from collector.settings import Settings
+    from consumers.settings import ConsumerSettings
+
+    child = subprocess.Popen(
+        [sys.executable, "-c", SERVE_WITH_KAFKA, str(tmp_path)], stdout=subprocess.PIPE, text=True
+    )
+    try:
+        assert child.stdout is not None and child.stdout.readline().strip() == "held"
+        spool_env = {"BEACON_DATA_DIR": str(tmp_path)}
+        with pytest.raises(owner.InUse) as refused:
+            claim_data_dir(
+                "consume", Settings.from_env(spool_env), ConsumerSettings.from_env(spool_env),
+                spool_env,
+            )  # fmt: skip
+        assert refused.value.role == owner.SPOOL_READER
+        assert f"is in use by beacon serve (pid {child.pid}" in str(refused.value)
+        kafka_env = {**spool_env, "BEACON_KAFKA_BOOTSTRAP": "127.0.0.1:1"}
+        claims = claim_data_dir(
+            "consume", Settings.from_env(kafka_env), ConsumerSettings.from_env(kafka_env),
+            kafka_env,
+        )  # fmt: skip
+        assert set(claims) == {owner.CONSUMER}
+        for claim in claims.values():
+            owner.release(claim)
+    finally:
+        end(child)
