@@ -14,6 +14,7 @@ from typing import Any
 from aiokafka import AIOKafkaConsumer, ConsumerRebalanceListener, ConsumerRecord, TopicPartition
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 from aiokafka.errors import (
+    CommitFailedError,
     CoordinatorLoadInProgressError,
     KafkaTimeoutError,
     TopicAlreadyExistsError,
@@ -86,15 +87,20 @@ class KafkaSource:
         self.admin = AIOKafkaAdminClient(
             bootstrap_servers=settings.kafka_bootstrap, client_id="beacon-consumer-admin"
         )
+        self._commits: set[asyncio.Task[None]] = set()  # under way; a revocation ends them
 
     async def start(
         self,
         revoked: Callable[[Partitions], Awaitable[None]],
         assigned: Callable[[Partitions], None],
     ) -> None:
+        async def fenced_then_revoked(tps: Partitions) -> None:
+            self._end_commits()
+            await revoked(tps)
+
         await self.admin.start()
         await self.consumer.start()
-        self.consumer.subscribe([self.topic], listener=Listener(revoked, assigned))
+        self.consumer.subscribe([self.topic], listener=Listener(fenced_then_revoked, assigned))
 
     async def ensure_topic(self, name: str) -> None:
         """Create `name` when missing (brokers here do not auto-create topics)."""
@@ -156,14 +162,35 @@ class KafkaSource:
         return offsets
 
     async def commit(self, offsets: Offsets) -> None:
-        """Commit (offset, metadata) per partition; raises KafkaError (also when fenced)."""
+        """Commit (offset, metadata) per partition; raises KafkaError (also when fenced, or
+        when the group rebalanced while it was tried)."""
         # aiokafka retries a commit while the coordinator is unreachable, without end: bound
         # it, so the loop gets back to polling and retries the step with its own backoff.
+        # And it builds each try with the member's generation of the moment: a try after a
+        # rebalance would commit these offsets for partitions that may be another member's
+        # now (the broker checks the generation, not who owns a partition), moving their
+        # offset back or wiping that member's in-flight range. So a revocation, which comes
+        # before the member joins again, ends every commit under way (_end_commits); a
+        # request already sent carries the old generation and is answered as it is.
+        task = asyncio.ensure_future(self.consumer.commit(offsets))
+        self._commits.add(task)
         try:
             async with asyncio.timeout(COMMIT_TIMEOUT_S):
-                await self.consumer.commit(offsets)
+                await task
         except TimeoutError:
             raise KafkaTimeoutError(f"offset commit took over {COMMIT_TIMEOUT_S}s") from None
+        except asyncio.CancelledError:
+            current = asyncio.current_task()
+            if current is not None and current.cancelling():
+                raise  # this caller is being cancelled, not the commit by a revocation
+            raise CommitFailedError("the group rebalanced while the commit was tried") from None
+        finally:
+            task.cancel()  # after a timeout, or this caller cancelled: no try goes on alone
+            self._commits.discard(task)
+
+    def _end_commits(self) -> None:
+        for task in self._commits:
+            task.cancel()
 
     def rewind(self, tp: TopicPartition, offset: int) -> None:
         """Fetch `tp` again from `offset` (records that arrived before we could take them)."""

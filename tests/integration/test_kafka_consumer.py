@@ -40,7 +40,7 @@ from consumers.enrich import Enricher
 from consumers.metrics import ConsumerMetrics
 from consumers.pipeline import Pipeline
 from consumers.settings import ConsumerSettings
-from consumers.sources.kafka import KafkaSource
+from consumers.sources.kafka import KafkaSource, Partitions
 from consumers.sources.kafka_batches import (
     BACKLOG_AGES,
     Inflight,
@@ -1232,3 +1232,64 @@ async def delete_topic(bootstrap: str, name: str) -> None:
             await asyncio.sleep(0.1)
     finally:
         await admin.close()
+
+
+async def test_a_commit_tried_across_a_rebalance_is_never_sent_under_the_new_generation(
+    settings: ConsumerSettings,
+) -> None:
+    """aiokafka tries a commit again while its coordinator does not answer, each try under the
+    member's generation of the moment: one that outlived a rebalance would commit offsets of
+    partitions that may be another member's now. The revocation ends it instead."""
+    from aiokafka.errors import RequestTimedOutError
+    from aiokafka.protocol.commit import OffsetCommitRequest
+
+    first = KafkaSource(settings)
+    second = KafkaSource(settings)
+    revocations: list[Partitions] = []
+
+    async def revoked(tps: Partitions) -> None:
+        revocations.append(tps)
+
+    await first.start(revoked, lambda tps: None)
+    try:
+        await wait_for(_polled_until_assigned(first), "the first member's partitions")
+        coordinator = first.consumer._coordinator
+        old_generation = coordinator.generation
+        sent_under: list[int] = []  # the generation of each commit request the member built
+        send = coordinator._send_req
+
+        async def unanswered(request: Any) -> Any:
+            if isinstance(request, OffsetCommitRequest):
+                sent_under.append(coordinator.generation)
+                raise RequestTimedOutError()  # retriable: aiokafka tries again
+            return await send(request)
+
+        coordinator._send_req = unanswered
+        tp = next(iter(first.assignment()))
+        commit = asyncio.create_task(first.commit({tp: (1, "")}))
+        await wait_for(_sent(sent_under), "a commit tried")
+        await second.start(revoked, lambda tps: None)
+        await wait_for(_polled_until_assigned(second, first), "the second member's partitions")
+        with pytest.raises(KafkaError):
+            await asyncio.wait_for(commit, WAIT_S)  # ended by the revocation, not a timeout
+        assert any(revocations) and coordinator.generation != old_generation
+        assert set(sent_under) == {old_generation}
+    finally:
+        await first.stop()
+        await second.stop()
+
+
+def _polled_until_assigned(*members: KafkaSource) -> Callable[[], Awaitable[bool]]:
+    async def check() -> bool:
+        for member in members:
+            await member.poll(10, 1)  # also keeps the member in its group
+        return all(member.assignment() for member in members)
+
+    return check
+
+
+def _sent(sent_under: list[int]) -> Callable[[], Awaitable[bool]]:
+    async def check() -> bool:
+        return bool(sent_under)
+
+    return check
