@@ -1,8 +1,10 @@
 """Spool replay: send closed spool segments to Kafka, oldest first, once Kafka answers again.
 
 A segment is read and sent a part at a time (REPLAY_CHUNK_BYTES), and deleted only after
-Kafka acknowledged every batch of it. A segment that fails part-way stays and is sent whole
-again later: duplicates are fine (consumers drop them by event_id), loss is not. Several
+Kafka acknowledged every batch of it. A segment that fails part-way stays, and this process
+sends it again from its first part not acknowledged; after a restart it is sent whole:
+duplicates are fine (consumers drop them by event_id), loss is not. One sent whole that cannot
+be deleted (a directory gone read-only) is not sent again; its deletion is tried each pass. Several
 collector processes may share one spool directory, so a segment is replayed under an
 exclusive flock, and one already unlinked is skipped. Where the events go is the Kafka
 sink's producer link (collector/sinks/kafka_link.py), seen here through `Producer`.
@@ -73,6 +75,11 @@ def read_events(f: BinaryIO, max_bytes: int) -> list[bytes]:
     return [line for line in data.split(b"\n") if line]
 
 
+def delete(path: Path) -> None:
+    """A replayed segment's end (the one place a directory that refuses it is met)."""
+    path.unlink()
+
+
 class SpoolReplayer:
     """Background task moving spooled events into Kafka through the sink's producer link."""
 
@@ -88,6 +95,9 @@ class SpoolReplayer:
         self.metrics = metrics
         self.after_delete = after_delete  # lets the spool recount its bytes (its size bound)
         self.chunk_bytes = REPLAY_CHUNK_BYTES
+        # Bytes of a segment Kafka acknowledged, by (name, inode): a failed pass goes on from
+        # there, not from the start, so a batch refused again and again repeats nothing.
+        self._acked_bytes: dict[tuple[str, int], int] = {}
         self._wake = asyncio.Event()
         self._stop = asyncio.Event()
         self._task: asyncio.Task[None] | None = None
@@ -131,32 +141,47 @@ class SpoolReplayer:
                 await asyncio.wait_for(self._wake.wait(), REPLAY_POLL_INTERVAL_S)
 
     async def _replay_all(self, *, until_stopped: bool = True) -> None:
-        for path in await asyncio.to_thread(closed_segments, self.directory):
+        paths = await asyncio.to_thread(closed_segments, self.directory)
+        names = {path.name for path in paths}
+        for key in [k for k in self._acked_bytes if k[0] not in names]:
+            del self._acked_bytes[key]  # deleted by another process
+        for path in paths:
             if (until_stopped and self._stop.is_set()) or not self.link.up:
                 return
             if not await self._replay(path):
                 return  # Kafka failed us: try again once it is back up
 
     async def _replay(self, path: Path) -> bool:
-        """Send one segment; True if it is done (sent and deleted, or not ours to send)."""
+        """Send one segment; True if it is done (sent and deleted, or not ours to send, or
+        sent and not deletable)."""
         f = await asyncio.to_thread(open_locked, path)
         if f is None:
             return True
+        key = (path.name, os.fstat(f.fileno()).st_ino)  # a name is never used again
         replayed = 0
         try:
+            f.seek(self._acked_bytes.get(key, 0))
             while events := await asyncio.to_thread(read_events, f, self.chunk_bytes):
                 sent, rest = await self.link.produce(events)
                 outcomes = await asyncio.gather(*(self.link.wait_ack(batch) for batch in sent))
                 if rest or any(outcome != "acked" for outcome in outcomes):
-                    log.warning("replay of %s incomplete; it stays and is sent again", path.name)
+                    log.warning("replay of %s incomplete; the rest of it is sent again", path.name)
                     return False
                 replayed += len(events)
+                self._acked_bytes[key] = f.tell()
+                self.metrics.kafka_replayed.inc(len(events))
             # Still under our flock, so no other process re-sends it. No directory fsync: a
             # power loss that undoes the unlink costs a duplicate replay, not an event.
-            await asyncio.to_thread(path.unlink)
+            try:
+                await asyncio.to_thread(delete, path)
+            except OSError as exc:
+                if replayed:
+                    log.error("replayed %s but cannot delete it (%s); it is not sent again, "
+                              "and its deletion is tried again", path.name, exc)  # fmt: skip
+                return True  # on to the next segment
         finally:
             f.close()
-        self.metrics.kafka_replayed.inc(replayed)
+        self._acked_bytes.pop(key, None)
         log.info("replayed %d events from %s", replayed, path.name)
         await self.after_delete()
         return True

@@ -213,6 +213,51 @@ async def test_missing_topic_spools_until_kafka_init_then_replays(
     assert metric_value(metrics, "beacon_kafka_replayed_events_total") == 50
 
 
+async def test_replay_goes_on_from_its_last_ack_and_never_resends_a_segment_it_sent(
+    settings, metrics, kafka_bootstrap, caplog, monkeypatch
+):
+    """A part refused part-way through a segment: the next pass sends from there, not the
+    parts Kafka acknowledged again. A segment sent whole that cannot be deleted (a directory
+    gone read-only): not sent again while its deletion is tried."""
+    name = f"resume.{uuid.uuid4().hex[:8]}"
+    late = replace(
+        settings, kafka_bootstrap=kafka_bootstrap, kafka_topic=name, kafka_dlq_topic=name + ".dlq",
+        kafka_partitions=1, kafka_replication=1, kafka_min_insync_replicas=1,
+        spool_segment_max_age_ms=100,
+    )  # fmt: skip
+    sink = kafka_sink(late, metrics)
+    sink.replayer.chunk_bytes = 256  # the ~1 KB segment goes in parts, each acked in turn
+    events = [orjson.dumps({"event_id": str(i)}) for i in range(50)]
+    await sink.send(events)
+    await asyncio.sleep(0.15)
+    await sink.flush()  # the segment closes
+
+    produce, calls = sink.link.produce, []
+
+    async def third_refused(batch: list[bytes]):  # type: ignore[no-untyped-def]
+        calls.append(len(batch))
+        if len(calls) == 3:
+            return [], batch  # as a full queue: nothing of it sent
+        return await produce(batch)
+
+    refusals = []
+
+    def read_only(path) -> None:  # type: ignore[no-untyped-def]
+        if len(refusals) < 3:
+            refusals.append(path)
+            raise PermissionError(13, "Permission denied")
+        path.unlink()
+
+    monkeypatch.setattr(sink.link, "produce", third_refused)
+    monkeypatch.setattr("collector.spool.replay.delete", read_only)
+    await init_topics(late)
+    await wait_for(lambda: not any(late.spool_dir.iterdir()), 30, "replay to empty the spool")
+    await sink.close()
+    assert len(refusals) == 3 and "cannot delete it" in caplog.text
+    assert sorted(events_in(await read_topic(kafka_bootstrap, name))) == sorted(events)
+    assert metric_value(metrics, "beacon_kafka_replayed_events_total") == 50
+
+
 def test_replay_reads_a_segment_in_parts_and_never_cuts_an_event(tmp_path) -> None:
     events = [b'{"n":%d,"pad":"%s"}' % (i, b"x" * (i % 7)) for i in range(100)]
     torn = b'{"n":100,"pa'  # a crash cut the last write short: it is read as it is
