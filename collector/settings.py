@@ -15,6 +15,10 @@ from contract.common import PREFIX
 from contract.config import SettingsError, from_mapping, refuse_short_secret, setting
 
 DAY_MS = common.DAY_MS
+# The write-ahead log keeps a POST /e array whole or refuses it (503), so the smallest spool must
+# hold the largest array as stored: 100 events, each with the request's page address and user
+# agent at their caps (2,000 and 512 characters, JSON-escaped) besides the 64 KiB body.
+SPOOL_MIN_BYTES = 1 << 20
 
 
 @dataclass(frozen=True, slots=True)
@@ -101,7 +105,7 @@ class Settings:
         min=1,
     )
     spool_max_bytes: int = setting(
-        1 << 30, "total spool size; events beyond it are dropped", min=256 * 1024
+        1 << 30, "total spool size; events beyond it are dropped", min=SPOOL_MIN_BYTES
     )
     durability: str = setting(
         "memory",

@@ -21,6 +21,7 @@ import orjson
 import pytest
 from aiokafka import AIOKafkaConsumer
 
+from collector.settings import SPOOL_MIN_BYTES
 from contract.segments import CLOSED_SUFFIX, OPEN_SUFFIX, closed_segments
 from tests.faults.conftest import (
     Proc,
@@ -35,6 +36,7 @@ from tests.faults.report import record
 from tests.support.helpers import segments_of
 
 LOAD_S = 1.5  # load before the fault
+SPOOL_FULL_LOAD_S = 4.0  # ~1,100-2,000 events a second here: 2-4x the smallest spool's room
 MAX_REQUESTS = 8000  # per case, whatever the machine's speed
 CONCURRENCY = 8
 RATE_PER_S = 2000  # all clients together: the fault lands mid-load, not after it
@@ -346,13 +348,13 @@ async def test_spool_at_its_byte_limit(procs: Procs, tmp_path: Path, durability:
         data_dir,
         sink="spool",
         durability=durability,
-        spool_max_bytes=256 * 1024,  # about 600 events of this load
+        spool_max_bytes=SPOOL_MIN_BYTES,  # about 2,400 events of this load
         spool_segment_max_age_ms=100,
         flush_interval_ms=100,
     )
     base = base_url(serve)
     load = TimedLoad(base, case).start()
-    await asyncio.sleep(LOAD_S)
+    await asyncio.sleep(SPOOL_FULL_LOAD_S)
     await load.stop()
     dropped_when_full = metric_sum(scrape(base), "beacon_events_dropped_total")
     ready_when_full = http_get(base + "/readyz")[0]

@@ -26,7 +26,7 @@ from prometheus_client import CollectorRegistry
 from analytics.dashboard.service import REGISTRY, create_dashboard_app
 from analytics.query_server import create_query_app
 from collector.metrics import CollectorMetrics
-from collector.settings import Settings
+from collector.settings import SPOOL_MIN_BYTES, Settings
 from consumers.metrics import ConsumerMetrics
 from consumers.settings import ConsumerSettings
 from tests.support.dashboards import DASHBOARDS, dashboard_promql, panels
@@ -413,9 +413,9 @@ def test_load_balancer_prefers_ready_collectors_and_falls_back_to_live_ones(tmp_
     ready_port, stuck_port, lb_port = free_port(), free_port(), free_port()
     spool = tmp_path / f"data-{stuck_port}" / "spool"
     spool.mkdir(parents=True)
-    # Over the smallest spool a collector takes (256 KiB), already.
-    (spool / "1700000000000-1-000001.ndjson").write_bytes(b'{"event_id": "x"}\n' * 16_000)
-    full = f"spool_max_bytes={256 * 1024}"
+    # Over the smallest spool a collector takes (1 MiB), already.
+    (spool / "1700000000000-1-000001.ndjson").write_bytes(b'{"event_id": "x"}\n' * 64_000)
+    full = f"spool_max_bytes={SPOOL_MIN_BYTES}"
     procs = [
         collector_process(tmp_path, ready_port, "--sink", "memory"),
         collector_process(tmp_path, stuck_port, "--sink", "spool", "--set", full),

@@ -40,7 +40,7 @@ def test_defaults_and_env() -> None:
         ({"BEACON_SECRET": "fifteen-chars-x"}, "BEACON_SECRET: shorter than 16 chars"),
         # Room for a whole POST /e array, which is taken whole or not at all.
         ({"BEACON_BUFFER_MAX_EVENTS": "99"}, "BEACON_BUFFER_MAX_EVENTS: must be >= 100"),
-        ({"BEACON_SPOOL_MAX_BYTES": "262143"}, "BEACON_SPOOL_MAX_BYTES: must be >= 262144"),
+        ({"BEACON_SPOOL_MAX_BYTES": "1048575"}, "BEACON_SPOOL_MAX_BYTES: must be >= 1048576"),
     ],
 )
 def test_bad_values_name_the_variable(env: dict[str, str], needle: str) -> None:

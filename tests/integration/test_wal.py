@@ -23,8 +23,9 @@ from aiohttp.test_utils import TestClient, TestServer
 from aiokafka import AIOKafkaConsumer
 
 from collector.app import create_app
+from collector.handlers import MAX_BATCH_EVENTS
 from collector.metrics import CollectorMetrics
-from collector.settings import Settings
+from collector.settings import SPOOL_MIN_BYTES, Settings
 from collector.sinks.spool import SpoolSink
 from collector.spool.writer import spool_limits
 from contract.segments import CLOSED_SUFFIX, OPEN_SUFFIX, closed_segments
@@ -342,3 +343,18 @@ async def test_sigkilled_wal_collector_loses_no_answered_event(
             await asyncio.sleep(0.1)
     # Kafka alone, not the disk: an event still in a segment has not been replayed.
     assert distinct_markers(rows) == answered
+
+
+async def test_the_largest_array_fits_the_smallest_spool(spool_client, settings, metrics):
+    """An array is kept whole or refused: at the smallest spool a collector takes, the largest
+    one (every event at the body's limit, the page address and user agent from the request's
+    headers at their caps, in characters JSON escapes) is kept, not refused for good."""
+    client = await spool_client(max_bytes=SPOOL_MIN_BYTES, durability="wal")
+    worst = '"\\' * 2040  # two bytes each, escaped: doubled; under a header's 8190
+    events = [{"e": "click", "p": {"n": str(i)}} for i in range(MAX_BATCH_EVENTS)]
+    headers = {"Referer": "https://shop.example/" + worst, "User-Agent": worst}
+    response = await client.post("/e", json=events, headers=headers)
+    assert response.status == 204, await response.text()
+    stored = sum(p.stat().st_size for p in settings.spool_dir.iterdir())
+    assert stored > SPOOL_MIN_BYTES // 3  # the caps did not shrink the test's own events
+    assert on_disk(settings.spool_dir) == set(range(MAX_BATCH_EVENTS))
