@@ -31,6 +31,8 @@ from contract.text import CONTROL_RE
 # What a request may name -> the column it matches.
 FIELDS = {"recipient": "recipient", "visitor": "visitor_id", "site": "site"}
 MAX_VALUE_CHARS = 256  # the collector's id limit (collector/event.py MAX_ID_CHARS)
+HOUR_MS = 3_600_000
+NEVER_MS = -(2**63)  # Int64's least: before any row's received_at
 UINT64_MAX = 2**64 - 1
 
 
@@ -111,17 +113,19 @@ def erased_rows(fields: list[str], alias: str, since_ms: int) -> str:
             continue  # a request kind this version does not know
         erased = (
             "(SELECT (groupArray(h), groupArray(t)) FROM (SELECT value_hash AS h, "
-            f"max(erased_at) AS t FROM {ERASURES} WHERE field = {sql_string(field)} "
-            f"AND {_since(since_ms)} GROUP BY h))"
+            f"toUnixTimestamp64Milli(max(erased_at)) AS t FROM {ERASURES} "
+            f"WHERE field = {sql_string(field)} AND {_since(since_ms)} GROUP BY h))"
         )
         # A row kept without consent has its time cut to the hour (collector/consent.py): it
         # may have come up to an hour later, so it is left out only if that was before too.
         # Such a row holds no id of a person: only a site erasure can match it.
-        received = f"{alias}.received_at"
-        at = f"if({alias}.consent = 'missing', {received} + INTERVAL 1 HOUR, {received})"
+        received = f"toUnixTimestamp64Milli({alias}.received_at)"
+        at = f"if({alias}.consent = 'missing', {received} + {HOUR_MS}, {received})"
+        # In milliseconds, so that an id never erased (the default) is before every row, even
+        # one of a producer that wrote a received_at at or before the epoch.
         terms.append(
             f"{at} <= transform({hashed(f'{alias}.{column}')}, {erased}.1, {erased}.2, "
-            "toDateTime64(0, 3, 'UTC'))"
+            f"toInt64({NEVER_MS}))"
         )
     return " OR ".join(terms)
 

@@ -153,6 +153,17 @@ async def test_events_on_their_way_at_an_erasure_are_left_out_and_later_ones_kep
     assert len(erasures.splitlines()) == 2
 
 
+async def test_an_erasure_leaves_others_rows_of_any_time_alone(empty: Store) -> None:
+    # Another producer's rows at and before the epoch: no erasure of theirs, so kept.
+    store = empty
+    assert await erasure.erase(store.writer, "recipient", "alice") == 0
+    events = [wire("open", ms, recipient="bob") for ms in (0, -1000)]
+    events += [wire("open", 0, recipient="alice")]
+    stored = await Ingest(store.writer).store(body(events), "beacon.events-0-0-2")
+    assert (stored.erased, stored.inserted) == (1, 2)
+    assert count(store, "recipient = 'bob'") == 2
+
+
 async def test_thousands_of_erasures_are_read_by_the_insert_not_written_into_it(
     empty: Store,
 ) -> None:
