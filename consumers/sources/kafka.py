@@ -97,6 +97,9 @@ class KafkaSource:
         async def fenced_then_revoked(tps: Partitions) -> None:
             self._end_commits()
             await revoked(tps)
+            # And the commit of a batch whose insert the revocation waited for, started
+            # before the pipeline learnt its partitions were no longer its own.
+            self._end_commits()
 
         await self.admin.start()
         await self.consumer.start()
