@@ -16,6 +16,7 @@ from __future__ import annotations
 import getpass
 import os
 import time
+from collections.abc import Mapping
 from pathlib import Path
 
 import orjson
@@ -96,9 +97,21 @@ def _since(since_ms: int) -> str:
     return f"erased_at >= fromUnixTimestamp64Milli({int(since_ms)}, 'UTC')"
 
 
-def recent_fields_sql(since_ms: int) -> str:
-    """The fields of the erasures recorded at or after `since_ms` (ms since the epoch)."""
-    return f"SELECT DISTINCT field FROM {ERASURES} WHERE {_since(since_ms)}"
+def recent_sql(since_ms: int) -> str:
+    """Per field, how many erasures were recorded at or after `since_ms` (ms since the
+    epoch) and the last one's time (ms): which to look for, and whether more came since."""
+    return (
+        f"SELECT field, count(), toUnixTimestamp64Milli(max(erased_at)) FROM {ERASURES} "
+        f"WHERE {_since(since_ms)} GROUP BY field ORDER BY field"
+    )
+
+
+def recorded_sql(since_ms: int) -> str:
+    """(field, id hash, time in ms) of each id erased at or after `since_ms`, its last time."""
+    return (
+        f"SELECT field, value_hash, toUnixTimestamp64Milli(max(erased_at)) FROM {ERASURES} "
+        f"WHERE {_since(since_ms)} GROUP BY field, value_hash"
+    )
 
 
 def erased_rows(fields: list[str], alias: str, since_ms: int) -> str:
@@ -108,26 +121,38 @@ def erased_rows(fields: list[str], alias: str, since_ms: int) -> str:
     hashes and times (a map per row, whatever their number: no term per erasure)."""
     terms = []
     for field in fields:
-        column = FIELDS.get(field)
-        if column is None:
-            continue  # a request kind this version does not know
         erased = (
             "(SELECT (groupArray(h), groupArray(t)) FROM (SELECT value_hash AS h, "
             f"toUnixTimestamp64Milli(max(erased_at)) AS t FROM {ERASURES} "
             f"WHERE field = {sql_string(field)} AND {_since(since_ms)} GROUP BY h))"
         )
-        # A row kept without consent has its time cut to the hour (collector/consent.py): it
-        # may have come up to an hour later, so it is left out only if that was before too.
-        # Such a row holds no id of a person: only a site erasure can match it.
-        received = f"toUnixTimestamp64Milli({alias}.received_at)"
-        at = f"if({alias}.consent = 'missing', {received} + {HOUR_MS}, {received})"
-        # In milliseconds, so that an id never erased (the default) is before every row, even
-        # one of a producer that wrote a received_at at or before the epoch.
-        terms.append(
-            f"{at} <= transform({hashed(f'{alias}.{column}')}, {erased}.1, {erased}.2, "
-            f"toInt64({NEVER_MS}))"
-        )
-    return " OR ".join(terms)
+        terms.append(_erased_term(field, f"{alias}.", f"{erased}.1", f"{erased}.2"))
+    return " OR ".join(t for t in terms if t)
+
+
+def listed_rows(erased: Mapping[str, Mapping[int, int]]) -> str:
+    """The same condition, over the events table's own columns, for the ids `erased` lists:
+    {field: {id hash: time in ms}}; "" for none."""
+    terms = []
+    for field, by_hash in erased.items():
+        hashes = f"[{', '.join(map(str, by_hash))}]::Array(UInt64)"
+        times = f"[{', '.join(map(str, by_hash.values()))}]::Array(Int64)"
+        terms.append(_erased_term(field, "", hashes, times) if by_hash else "")
+    return " OR ".join(t for t in terms if t)
+
+
+def _erased_term(field: str, prefix: str, hashes: str, times: str) -> str:
+    column = FIELDS.get(field)
+    if column is None:
+        return ""  # a request kind this version does not know
+    # A row kept without consent has its time cut to the hour (collector/consent.py): it
+    # may have come up to an hour later, so it is left out only if that was before too.
+    # Such a row holds no id of a person: only a site erasure can match it.
+    received = f"toUnixTimestamp64Milli({prefix}received_at)"
+    at = f"if({prefix}consent = 'missing', {received} + {HOUR_MS}, {received})"
+    # In milliseconds, so that an id never erased (the default) is before every row, even
+    # one of a producer that wrote a received_at at or before the epoch.
+    return f"{at} <= transform({hashed(prefix + column)}, {hashes}, {times}, toInt64({NEVER_MS}))"
 
 
 async def count_rows(writer: Writer, where: str) -> int:
@@ -147,6 +172,11 @@ async def erase(writer: Writer, field: str, value: str) -> int:
     cluster = await check_mode(writer)
     # First, whether or not anything is stored yet: what is on its way is then left out.
     await writer.execute(record_statement(field, value, cluster))
+    return await delete_rows(writer, where, cluster)
+
+
+async def delete_rows(writer: Writer, where: str, cluster: Cluster | None) -> int:
+    """Delete the events `where` holds and rebuild the rollups of their days; how many."""
     rows = await count_rows(writer, where)
     if rows:
         days = await writer.query(

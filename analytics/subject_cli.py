@@ -123,11 +123,9 @@ def erase_command(settings: StoreSettings, args: argparse.Namespace) -> int:
     except (StoreUnavailable, StoreError, OSError) as exc:
         print(f"beacon erase: {exc}", file=sys.stderr)
         return 1
-    print(f"erased {rows} rows where {field} = {value!r} (via {via}; audit: {settings.audit_path})")
     # Events still between the collector and the table (spool, Kafka) are left out by the
-    # consumer from now on; a batch whose insert was already under way can still land.
-    print("a batch being stored right now may still land: erase again in a few seconds",
-          file=sys.stderr)  # fmt: skip
+    # consumer from now on, and a batch whose insert was under way deletes them after it.
+    print(f"erased {rows} rows where {field} = {value!r} (via {via}; audit: {settings.audit_path})")
     return 0
 
 

@@ -33,6 +33,7 @@ from itertools import accumulate
 import orjson
 
 from analytics import erasure, ivt
+from analytics.cluster import check_mode
 from analytics.schema import EVENTS
 from analytics.store import TOKEN_RE, StoreError, Writer
 from consumers.enrich import Enricher
@@ -220,8 +221,10 @@ class Ingest:
         # The temporary tables may hold rows of an earlier batch: its clear failed (a server
         # session keeps them, and a retry would stage its lines on top of them).
         self._dirty = False
-        # This batch's condition for rows to leave out (people erased after them), or "".
+        # This batch's condition for rows to leave out (people erased after them), or "",
+        # and the erasures it read for it (analytics/erasure.recent_sql).
         self._erased = ""
+        self._seen: list[tuple[str, int, int]] = []
 
     async def store(
         self,
@@ -259,9 +262,12 @@ class Ingest:
                 if (replay or partial) and good:
                     refilled = await self._refill(token)
                     inserted += refilled
+                if good:
+                    erased += await self._erased_meanwhile(oldest)
                 return Stored(good, rejects, refilled, newest, invalid, inserted, erased)
             finally:
                 self._erased = ""
+                self._seen = []
                 await self._clear()
 
     async def _tables(self) -> None:
@@ -331,8 +337,8 @@ class Ingest:
         """Leave out of this batch's inserts the rows of people erased after them; how many.
         Only erasures since the batch's oldest event can apply: almost always none, and then
         this costs one small read."""
-        fields = (await self.writer.query(erasure.recent_fields_sql(oldest_ms), "TSV")).split()
-        match = erasure.erased_rows(fields, "s", oldest_ms)
+        self._seen = await self._recent_erasures(oldest_ms)
+        match = erasure.erased_rows([field for field, _, _ in self._seen], "s", oldest_ms)
         if not match:
             return 0
         self._erased = f" AND NOT ({match})"
@@ -340,6 +346,29 @@ class Ingest:
             f"SELECT count() FROM {self.stage} AS s WHERE s.reason = '' AND ({match})", "TSV"
         )
         return int(count.strip() or 0)
+
+    async def _erased_meanwhile(self, oldest_ms: int) -> int:
+        """Delete what this batch stored of people erased since it read the erasures; how
+        many rows. Such an erasure's own DELETE may have run before the insert landed, so
+        the insert's rows would stay; one recorded after this read deletes them itself. One
+        more small read a batch; the DELETE and rebuild only when an erasure came between."""
+        now = await self._recent_erasures(oldest_ms)
+        if now == self._seen:
+            return 0
+        since = max((last_ms for _, _, last_ms in self._seen), default=oldest_ms)
+        erased: dict[str, dict[int, int]] = {}
+        for line in (await self.writer.query(erasure.recorded_sql(since), "TSV")).splitlines():
+            field, value_hash, at_ms = line.split("\t")
+            erased.setdefault(field, {})[int(value_hash)] = int(at_ms)
+        where = erasure.listed_rows(erased)
+        if not where:
+            return 0
+        return await erasure.delete_rows(self.writer, where, await check_mode(self.writer))
+
+    async def _recent_erasures(self, since_ms: int) -> list[tuple[str, int, int]]:
+        """(field, erasures, the last one's time in ms) of the erasures since `since_ms`."""
+        out = await self.writer.query(erasure.recent_sql(since_ms), "JSONCompactEachRow")
+        return [(f, int(n), int(ms)) for f, n, ms in map(orjson.loads, out.splitlines())]
 
     async def _load_agents(self) -> dict[str, int]:
         """Enrich each distinct (user agent, agent_ip) of the good lines once and send them;

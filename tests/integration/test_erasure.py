@@ -100,6 +100,10 @@ def recipients_in_rollup(store: Store) -> int:
     return int(store.rows(sql)[0]["n"])
 
 
+def alice_then_bob(at_ms: int) -> list[dict]:
+    return [wire("open", at_ms, recipient="alice"), wire("open", at_ms + 1, recipient="bob")]
+
+
 @pytest.fixture
 def empty(tmp_path: Path) -> Iterator[Store]:
     s = Store(tmp_path / "clickhouse")
@@ -113,9 +117,7 @@ async def test_a_batch_replayed_after_an_erasure_does_not_bring_its_person_back(
     # Stored, then the consumer dies before its commit; the person is erased; the batch is
     # replayed under its token, which ClickHouse drops, and the check of its stored ids finds
     # the erased rows missing.
-    store = empty
-    at = hour_ago_ms()
-    events = [wire("open", at, recipient="alice"), wire("open", at + 1, recipient="bob")]
+    store, events = empty, alice_then_bob(hour_ago_ms())
     ingest = Ingest(store.writer)
     await ingest.store(body(events), "beacon.events-0-100-101")
     assert await erasure.erase(store.writer, "recipient", "alice") == 1
@@ -151,6 +153,39 @@ async def test_events_on_their_way_at_an_erasure_are_left_out_and_later_ones_kep
     erasures = store.query(f"SELECT * FROM {ERASURES}")
     assert "alice" not in erasures and "12345678901234567890" not in erasures
     assert len(erasures.splitlines()) == 2
+
+
+class ErasedBeforeTheInsert:
+    """The store as an erasure finds it when it comes while a batch is on its way: recorded
+    and its DELETE run after the batch read the erasures, before the batch's insert lands."""
+
+    def __init__(self, writer: object, field: str, value: str) -> None:
+        self.writer, self.field, self.value = writer, field, value
+        self.erased: int | None = None
+
+    async def insert_from(self, *args: object) -> None:
+        if self.erased is None:
+            self.erased = await erasure.erase(self.writer, self.field, self.value)  # type: ignore[arg-type]
+        await self.writer.insert_from(*args)  # type: ignore[attr-defined]
+
+    def __getattr__(self, name: str) -> object:
+        return getattr(self.writer, name)
+
+
+async def test_an_erasure_that_comes_while_a_batch_is_on_its_way_still_erases_it(
+    empty: Store,
+) -> None:
+    store, events = empty, alice_then_bob(hour_ago_ms())
+    racing = ErasedBeforeTheInsert(store.writer, "recipient", "alice")
+    stored = await Ingest(racing).store(body(events), "beacon.events-0-0-1")  # type: ignore[arg-type]
+    assert racing.erased == 0  # nothing of hers was stored when it ran
+    assert (stored.erased, stored.inserted) == (1, 2)
+    assert count(store, "recipient = 'alice'") == 0 and count(store, "recipient = 'bob'") == 1
+    assert recipients_in_rollup(store) == 1
+    # And with no erasure between, nothing more than the one read.
+    calm = await Ingest(store.writer).store(body([wire("open", hour_ago_ms(), recipient="alice")]),
+                                            "beacon.events-0-2-2")  # fmt: skip
+    assert (calm.erased, calm.inserted) == (1, 0)
 
 
 async def test_an_erasure_leaves_others_rows_of_any_time_alone(empty: Store) -> None:
