@@ -156,6 +156,17 @@ class Settler:
             await self.writer.execute(f"INSERT INTO {rollup.table}{self.suffix} {live}")
         if self.with_visits:
             await self._visits(day, settled)
+        # A run of the day that began during this one may have swapped before this one did
+        # (it staged later, this one's stale staging landed on top): whose swap landed last
+        # is not known, so the day stays due, and is read from raw events until a pass
+        # settles it again. The settling table keeps the newest mark of a day.
+        [newest] = await self._rows(
+            f"SELECT toUnixTimestamp64Micro(max(at)) FROM {self.settling} "
+            f"WHERE day = {day_literal(day)}"
+        )
+        if int(newest) > started_us:
+            await self._mark(day, 0)
+            return
         await self._mark(day, 1, started_us + 1)
 
     async def _visits(self, day: dt.date, settled: bool) -> None:

@@ -288,6 +288,33 @@ def test_a_rebuild_cut_short_while_another_ran_leaves_the_day_due(store: Store) 
     compare(store, window_days(3))
 
 
+def test_a_run_whose_swap_landed_after_another_whole_run_leaves_the_day_due(
+    store: Store,
+) -> None:
+    # An erasure rebuilds the day while a settling pass runs: the pass staged the day with the
+    # person, and its swap lands after the rebuild's. Whose landed last is not known at the
+    # end, so the day must not be marked done: the next pass settles it again.
+    store.add(traffic(1, 1))
+    yesterday = dt.datetime.now(dt.UTC).date() - dt.timedelta(days=1)
+    noon, ticks = day_start_ms(0) / 1000 + 12 * 3600, itertools.count()
+
+    def clock() -> float:
+        return noon + next(ticks) / 1000
+
+    async def erased_and_rebuilt() -> None:
+        where = erasure.condition("recipient", "r1")
+        await store.writer.execute(erasure.delete_statement(where, None))
+        await Settler(store.writer, clock=clock, insert_margin_s=-5).rebuild([yesterday])
+
+    first = Settler(Interleaved(store.writer, erased_and_rebuilt), clock=clock, insert_margin_s=-5)
+    run(first.rebuild([yesterday]))
+    settler = Settler(store.writer, clock=clock, insert_margin_s=-5)
+    assert run(settler.due_days()) == [yesterday]
+    run(settler.settle_due())
+    assert run(settler.due_days()) == []
+    compare(store, window_days(3))
+
+
 def test_erasure_rebuilds_the_rollups_without_the_person(store: Store) -> None:
     store.add(traffic(1, 1) + traffic(0, 0))
     run(settler_of(store).settle_due())
