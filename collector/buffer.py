@@ -96,8 +96,8 @@ class EventBuffer:
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self._stop.wait(), self.linger_s)
             self.metrics.buffer_events.set(len(self._events))
-            self.metrics.fold()
             try:
+                self.metrics.fold()  # inside: whatever fails in a step, the pump goes on
                 if self.wal is not None:
                     await self.wal.tick()
                 if await self._drain_once():

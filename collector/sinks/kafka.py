@@ -162,7 +162,11 @@ class KafkaSink:
         # waited for the pump or the producer have less time left, and none is at risk (in
         # memory only) for longer than the pump's linger and kafka_timeout_ms.
         deadline_s = self._queued_at_s + self.linger_s + self.link.timeout_s
-        sent, rest = await self.link.produce(events, deadline_s)
+        try:
+            sent, rest = await self.link.produce(events, deadline_s)
+        except Exception:  # a bug: none of them watched, so all to the spool (some twice)
+            log.exception("Kafka produce failed; its events go to the spool")
+            sent, rest = [], events
         for batch in sent:
             task = asyncio.create_task(self._watch(batch), name="beacon-kafka-ack")
             self._watchers.add(task)

@@ -325,3 +325,22 @@ async def test_a_partition_the_topic_no_longer_has_spools_the_batch_and_reconnec
 
 def spilled(metrics, reason: str) -> float:  # type: ignore[no-untyped-def]
     return metric_value(metrics, "beacon_kafka_spilled_events_total", reason=reason)
+
+
+async def test_a_produce_that_raises_spools_its_events_and_frees_their_bytes(
+    settings, metrics, kafka_bootstrap, kafka_topic, monkeypatch
+):
+    sink = kafka_sink(replace(settings, kafka_bootstrap=kafka_bootstrap, kafka_topic=kafka_topic),
+                      metrics)  # fmt: skip
+    await wait_for(sink.connected, 30, "the sink to reach Kafka")
+
+    async def broken(events, deadline_s):  # type: ignore[no-untyped-def]
+        raise RuntimeError("a bug in the link")
+
+    monkeypatch.setattr(sink.link, "produce", broken)
+    events = [orjson.dumps({"event_id": str(i)}) for i in range(10)]
+    await sink.send(events)
+    await wait_for(lambda: spilled(metrics, "timeout") == 10, 30, "the events spooled")
+    assert metric_value(metrics, "beacon_kafka_queue_bytes") == 0  # nothing held for good
+    await sink.close()
+    assert spooled_events(settings.spool_dir) == events
