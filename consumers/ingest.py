@@ -200,6 +200,9 @@ class Stored:
     invalid: dict[str, int] = field(default_factory=dict)  # good rows by ivt reason but ''
     inserted: int = 0  # rows sent to the insert (a replay's may be taken by its token)
     erased: int = 0  # good rows left out: their person was erased after them (analytics/erasure.py)
+    # Erasures recorded since this time (ms) may have rows of this batch stored: delete them
+    # (Ingest.erase_recorded) before the batch is acknowledged. None: nothing to do.
+    erase_since_ms: int | None = None
 
     @property
     def newest_ms(self) -> int:
@@ -233,12 +236,14 @@ class Ingest:
         replay: bool = False,
         partial: bool = False,
         segments: Sequence[int] = (),
+        again: bool = False,
     ) -> Stored:
         """Store the lines of `body` (the pieces of lines joined by newlines: join_lines) under
         `token`. A replay then checks its event ids: an embedded store killed mid-insert can
         keep a token and lose its rows, so what the table lacks goes in under a fresh token. A
         `partial` replay (not the batch its token named) stores only what the table lacks.
-        `segments`: lines of each source of the body, for `Stored.newest_by_segment`.
+        `segments`: lines of each source of the body, for `Stored.newest_by_segment`. `again`:
+        an earlier attempt at this batch may have stored it (its insert failed or timed out).
         Raises StoreError."""
         if not TOKEN_RE.match(token):
             raise ValueError(f"bad dedup token {token!r}")
@@ -262,9 +267,8 @@ class Ingest:
                 if (replay or partial) and good:
                     refilled = await self._refill(token)
                     inserted += refilled
-                if good:
-                    erased += await self._erased_meanwhile(oldest)
-                return Stored(good, rejects, refilled, newest, invalid, inserted, erased)
+                since = await self._erased_meanwhile(oldest, replay or again) if good else None
+                return Stored(good, rejects, refilled, newest, invalid, inserted, erased, since)
             finally:
                 self._erased = ""
                 self._seen = []
@@ -347,23 +351,33 @@ class Ingest:
         )
         return int(count.strip() or 0)
 
-    async def _erased_meanwhile(self, oldest_ms: int) -> int:
-        """Delete what this batch stored of people erased since it read the erasures; how
-        many rows. Such an erasure's own DELETE may have run before the insert landed, so
-        the insert's rows would stay; one recorded after this read deletes them itself. One
-        more small read a batch; the DELETE and rebuild only when an erasure came between."""
+    async def _erased_meanwhile(self, oldest_ms: int, again: bool) -> int | None:
+        """Since when (ms) erasures may have rows of this batch stored, or None. One
+        recorded after the batch read them, whose DELETE ran before the insert landed, left
+        them (one recorded after this read deletes them itself); and when an earlier attempt
+        may have landed (a replay, a retry), every erasure the batch's time span reads. One
+        more small read a batch; the DELETE only when an erasure came between."""
         now = await self._recent_erasures(oldest_ms)
+        if again and now:
+            return oldest_ms
         if now == self._seen:
-            return 0
-        since = max((last_ms for _, _, last_ms in self._seen), default=oldest_ms)
-        erased: dict[str, dict[int, int]] = {}
-        for line in (await self.writer.query(erasure.recorded_sql(since), "TSV")).splitlines():
-            field, value_hash, at_ms = line.split("\t")
-            erased.setdefault(field, {})[int(value_hash)] = int(at_ms)
-        where = erasure.listed_rows(erased)
-        if not where:
-            return 0
-        return await erasure.delete_rows(self.writer, where, await check_mode(self.writer))
+            return None
+        return max((last_ms for _, _, last_ms in self._seen), default=oldest_ms)
+
+    async def erase_recorded(self, since_ms: int) -> int:
+        """Delete the events of every id erased at or after `since_ms` received before its
+        erasure, and rebuild the rollups of their days; how many rows (Stored.erase_since_ms:
+        outside the insert, so that a rebalance does not wait for it). Raises StoreError."""
+        async with self._lock:
+            erased: dict[str, dict[int, int]] = {}
+            recorded = await self.writer.query(erasure.recorded_sql(since_ms), "TSV")
+            for line in recorded.splitlines():
+                field, value_hash, at_ms = line.split("\t")
+                erased.setdefault(field, {})[int(value_hash)] = int(at_ms)
+            where = erasure.listed_rows(erased)
+            if not where:
+                return 0
+            return await erasure.delete_rows(self.writer, where, await check_mode(self.writer))
 
     async def _recent_erasures(self, since_ms: int) -> list[tuple[str, int, int]]:
         """(field, erasures, the last one's time in ms) of the erasures since `since_ms`."""

@@ -112,15 +112,31 @@ class Pipeline:
                 async with self.feed.inserting:
                     if not self.feed.owns(batch) or not await self._store(batch):
                         continue
+            if batch.erase_since_ms is not None and not await self._erase(batch):
+                continue
             ok.append(batch)
         return ok
+
+    async def _erase(self, batch: Batch) -> bool:
+        """Delete what the batch stored of people erased while it was on its way (whoever
+        owns it now: an erasure is not the partition's)."""
+        assert batch.erase_since_ms is not None
+        try:
+            erased = await self.ingest.erase_recorded(batch.erase_since_ms)
+        except StoreError as exc:
+            self._fail(batch, "insert", exc)  # its next attempt tries again first
+            return False
+        self.metrics.rows_erased.inc(erased)
+        batch.erase_since_ms = None
+        return True
 
     async def _store(self, batch: Batch) -> bool:
         started = time.perf_counter()
         try:
             stored = await self.ingest.store(
-                batch.pieces, batch.token, batch.replay, batch.partial, batch.segments
-            )
+                batch.pieces, batch.token, batch.replay, batch.partial, batch.segments,
+                again=batch.failures > 0,
+            )  # fmt: skip
         except StoreError as exc:
             self.metrics.inserts.labels("error").inc()
             self._fail(batch, "insert", exc)
@@ -136,6 +152,7 @@ class Pipeline:
             self.metrics.rows_invalid.labels(reason).inc(rows)
         batch.good, batch.rejects = stored.rows, stored.rejects
         batch.newest_by_segment = stored.newest_by_segment
+        batch.erase_since_ms = stored.erase_since_ms
         batch.rejects_taken = not stored.rejects
         batch.stored = True
         return True

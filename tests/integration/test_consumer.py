@@ -18,8 +18,10 @@ import orjson
 import pytest
 from prometheus_client import CollectorRegistry
 
+from analytics import erasure
 from analytics.migrations import migrate
 from analytics.schema import EVENTS
+from analytics.store import StoreError
 from analytics.store.chdb import ChdbWriter
 from collector.metrics import CollectorMetrics
 from collector.sinks.spool import SpoolSink
@@ -182,6 +184,53 @@ async def test_replay_after_a_crash_between_insert_and_commit_stores_nothing_twi
     assert closed_segments(config.spool_dir) == []
 
 
+class ErasedOnTheWay:
+    """The store, with a person erased just before the first batch's insert lands, and the
+    first DELETE of the batch's own check failing."""
+
+    def __init__(self, writer: ChdbWriter, recipient: str) -> None:
+        self.writer, self.recipient = writer, recipient
+        self.erased = self.failed = False
+
+    async def insert_from(self, *args: Any) -> None:
+        if not self.erased:
+            self.erased = True
+            await erasure.erase(self.writer, "recipient", self.recipient)
+        await self.writer.insert_from(*args)
+
+    async def execute(self, sql: str) -> None:
+        if sql.startswith("DELETE") and not self.failed:
+            self.failed = True
+            raise StoreError("the store failed the DELETE")
+        await self.writer.execute(sql)
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self.writer, name)
+
+
+async def test_a_person_erased_while_their_batch_is_on_its_way_is_deleted_before_its_ack(
+    config, store
+):
+    events = mail_opens(120)
+    await spool_events(config.spool_dir, encode(events), 8 * 1024)
+    await store.execute(f"SYSTEM START MERGES {EVENTS}")  # a DELETE waits for its mutation
+    racing = ErasedOnTheWay(store, "rcpt-3")
+    pipeline = new_pipeline(config, racing)  # type: ignore[arg-type]
+    stop = asyncio.Event()
+    task = asyncio.create_task(pipeline.run(stop))
+    deadline = time.monotonic() + WAIT_S
+    while closed_segments(config.spool_dir) or await count(store) != len(events) - 1:
+        assert not task.done() and time.monotonic() < deadline, await count(store)
+        await asyncio.sleep(0.02)
+    stop.set()
+    await asyncio.wait_for(task, WAIT_S)
+    assert racing.failed  # the first try failed, the batch waited, its retry deleted
+    assert await count(store, "countIf(recipient = 'rcpt-3')") == 0
+    assert metric_value(pipeline.metrics, "beacon_consumer_rows_erased_total") == 1
+    assert metric_value(pipeline.metrics, "beacon_consumer_retries_total", step="insert") >= 1
+    assert pending_in_checkpoint(config) == []
+
+
 async def test_malformed_lines_are_counted_and_skipped(config, store):
     good = encode(mail_opens(30))
     bad = [b'{"event_id": "0190', b"not json at all", b"\xff\xfe"]
@@ -211,6 +260,8 @@ PREPARE_STORE = """
 import asyncio, sys
 from pathlib import Path
 from analytics.schema import EVENTS
+from analytics.store import StoreError
+from analytics import erasure
 from analytics.migrations import migrate
 from consumers.settings import ConsumerSettings
 from analytics.store.chdb import ChdbWriter
