@@ -27,7 +27,7 @@ from collections.abc import Awaitable, Callable, Iterable
 from analytics import visits
 from analytics.cluster import on_each_shard
 from analytics.rollups import EVENTS_HOURLY, ROLLUPS, SETTLING, Rollup
-from analytics.schema import DATABASE, EVENTS
+from analytics.schema import DATABASE, ERASURES, EVENTS
 from analytics.store import StoreError, Writer, cluster_of
 
 log = logging.getLogger("beacon.rollups")
@@ -37,6 +37,8 @@ log = logging.getLogger("beacon.rollups")
 SETTLE_AFTER_S = 3600
 # An insert that began this long before the cut may commit after it: its rows count as new.
 INSERT_MARGIN_S = 60
+# An erasure's DELETE runs this long after its record at most (it counts the rows first).
+ERASURE_MARGIN_S = 600
 PASS_INTERVAL_S = 60.0
 
 
@@ -156,18 +158,29 @@ class Settler:
             await self.writer.execute(f"INSERT INTO {rollup.table}{self.suffix} {live}")
         if self.with_visits:
             await self._visits(day, settled)
-        # A run of the day that began during this one may have swapped before this one did
-        # (it staged later, this one's stale staging landed on top): whose swap landed last
-        # is not known, so the day stays due, and is read from raw events until a pass
-        # settles it again. The settling table keeps the newest mark of a day.
+        if await self._staled(day, started_us):
+            await self._mark(day, 0)  # read from raw events until a pass settles it again
+            return
+        await self._mark(day, 1, started_us + 1)
+
+    async def _staled(self, day: dt.date, started_us: int) -> bool:
+        """Whether this run's rows may be staler than another run's it landed over: one that
+        began during this one (the settling table keeps a day's newest mark) while people
+        were erased (an erasure's rebuild; its DELETE comes a moment after its record). Two
+        runs of the same events land the same rows, so consumers that settle in step still
+        mark the day done."""
         [newest] = await self._rows(
             f"SELECT toUnixTimestamp64Micro(max(at)) FROM {self.settling} "
             f"WHERE day = {day_literal(day)}"
         )
-        if int(newest) > started_us:
-            await self._mark(day, 0)
-            return
-        await self._mark(day, 1, started_us + 1)
+        if int(newest) <= started_us:
+            return False
+        since_us = started_us - int(ERASURE_MARGIN_S * 1e6)
+        [erasures] = await self._rows(
+            f"SELECT count() FROM {ERASURES} WHERE erased_at >= "
+            f"fromUnixTimestamp64Micro({since_us}, 'UTC')"
+        )
+        return int(erasures) > 0
 
     async def _visits(self, day: dt.date, settled: bool) -> None:
         """The day's visits from all its events (a visit needs them all; an event inserted
