@@ -97,7 +97,10 @@ class EventBuffer:
                 await asyncio.wait_for(self._stop.wait(), self.linger_s)
             self.metrics.buffer_events.set(len(self._events))
             try:
-                self.metrics.fold()  # inside: whatever fails in a step, the pump goes on
+                self.metrics.fold()
+            except Exception:  # a tally that fails must not stop the events
+                log.exception("folding the hot path's tallies failed")
+            try:
                 if self.wal is not None:
                     await self.wal.tick()
                 if await self._drain_once():
