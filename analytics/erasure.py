@@ -23,7 +23,7 @@ import orjson
 
 from analytics.cluster import check_mode
 from analytics.report_window import sql_string
-from analytics.rollup_settle import rebuild_after_erasure
+from analytics.rollup_settle import due_before_erasure, rebuild_after_erasure
 from analytics.schema import ERASURES, EVENTS
 from analytics.store import Cluster, Writer
 from contract.numbers import parse_uint
@@ -179,13 +179,16 @@ async def delete_rows(writer: Writer, where: str, cluster: Cluster | None) -> in
     """Delete the events `where` holds and rebuild the rollups of their days; how many."""
     rows = await count_rows(writer, where)
     if rows:
-        days = await writer.query(
-            f"SELECT DISTINCT toDate(received_at) FROM {EVENTS} WHERE {where}", "TSV"
-        )
+        days = (
+            await writer.query(
+                f"SELECT DISTINCT toDate(received_at) FROM {EVENTS} WHERE {where}", "TSV"
+            )
+        ).split()
+        await due_before_erasure(writer, days)
         await writer.execute(delete_statement(where, cluster))
         # The rollups of those days still count the rows (and hold their hashes): recompute
         # them from what is left, on each shard of a cluster (analytics/rollup_settle.py).
-        await rebuild_after_erasure(writer, days.split())
+        await rebuild_after_erasure(writer, days)
     return rows
 
 

@@ -146,7 +146,7 @@ class Settler:
         # just after its own start, not at its end: another rebuild of the day that began in
         # the meantime (another consumer, an erasure) keeps the day not done until it ends
         # itself, so a run cut short between its swap and its live rows leaves the day due.
-        started_us = await self._mark(day, 0)
+        started_us = await self.mark_due(day)
         [cut] = await self._rows(f"SELECT toUnixTimestamp(now()) - {int(self.insert_margin_s)}")
         cut = f"toDateTime({int(cut)}, 'UTC')"
         settled = self.closed(day)
@@ -159,9 +159,23 @@ class Settler:
         if self.with_visits:
             await self._visits(day, settled)
         if await self._staled(day, started_us):
-            await self._mark(day, 0)  # read from raw events until a pass settles it again
+            await self.mark_due(day)  # read from raw events until a pass settles it again
             return
         await self._mark(day, 1, started_us + 1)
+
+    async def mark_due(self, day: dt.date) -> int:
+        """Mark `day` not done over every mark it has, whatever the clocks that wrote them;
+        returns the mark's version."""
+        at_us = max(int(self.clock() * 1e6), self._last_mark_us + 1, await self._newest(day) + 1)
+        return await self._mark(day, 0, at_us)
+
+    async def _newest(self, day: dt.date) -> int:
+        """The version (µs) of the day's newest mark; the table keeps the newest."""
+        [newest] = await self._rows(
+            f"SELECT toUnixTimestamp64Micro(max(at)) FROM {self.settling} "
+            f"WHERE day = {day_literal(day)}"
+        )
+        return int(newest)
 
     async def _staled(self, day: dt.date, started_us: int) -> bool:
         """Whether this run's rows may be staler than another run's it landed over: one that
@@ -169,11 +183,7 @@ class Settler:
         were erased (an erasure's rebuild; its DELETE comes a moment after its record). Two
         runs of the same events land the same rows, so consumers that settle in step still
         mark the day done."""
-        [newest] = await self._rows(
-            f"SELECT toUnixTimestamp64Micro(max(at)) FROM {self.settling} "
-            f"WHERE day = {day_literal(day)}"
-        )
-        if int(newest) <= started_us:
+        if await self._newest(day) <= started_us:
             return False
         since_us = started_us - int(ERASURE_MARGIN_S * 1e6)
         [erasures] = await self._rows(
@@ -289,6 +299,20 @@ async def on_rollups(
     else:
         return []
     return sorted({day for days in done for day in days or ()})
+
+
+async def due_before_erasure(writer: Writer, days: Iterable[str]) -> None:
+    """Mark the days an erasure is about to delete from not done, here or on each shard:
+    reports read them from raw events until a rebuild ends, so one that never comes (the
+    erasure stopped between its DELETE and its rebuild, which a second try, finding no rows,
+    would skip) leaves them due for the next settling pass, not holding the person."""
+    dates = [dt.date.fromisoformat(d) for d in days]
+
+    async def mark(settler: Settler) -> None:
+        for day in dates:
+            await settler.mark_due(day)
+
+    await on_rollups(writer, mark)
 
 
 async def rebuild_after_erasure(writer: Writer, days: Iterable[str]) -> None:
