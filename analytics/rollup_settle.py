@@ -27,7 +27,7 @@ from collections.abc import Awaitable, Callable, Iterable
 from analytics import visits
 from analytics.cluster import on_each_shard
 from analytics.rollups import EVENTS_HOURLY, ROLLUPS, SETTLING, Rollup
-from analytics.schema import DATABASE, ERASURES, EVENTS
+from analytics.schema import DATABASE, EVENTS
 from analytics.store import StoreError, Writer, cluster_of
 
 log = logging.getLogger("beacon.rollups")
@@ -37,8 +37,6 @@ log = logging.getLogger("beacon.rollups")
 SETTLE_AFTER_S = 3600
 # An insert that began this long before the cut may commit after it: its rows count as new.
 INSERT_MARGIN_S = 60
-# An erasure's DELETE runs this long after its record at most (it counts the rows first).
-ERASURE_MARGIN_S = 600
 PASS_INTERVAL_S = 60.0
 
 
@@ -151,6 +149,7 @@ class Settler:
         cut = f"toDateTime({int(cut)}, 'UTC')"
         settled = self.closed(day)
         in_day = f"toDate(received_at) = {day_literal(day)}"
+        rows = await self._rows_before(in_day, cut)
         for rollup in self.rollups:
             await self._swap(rollup, day, f"{in_day} AND inserted_at < {cut}", settled)
             # Rows inserted after the cut, or while the partition was swapped: live again.
@@ -158,15 +157,20 @@ class Settler:
             await self.writer.execute(f"INSERT INTO {rollup.table}{self.suffix} {live}")
         if self.with_visits:
             await self._visits(day, settled)
-        if await self._staled(day, started_us):
-            await self.mark_due(day)  # read from raw events until a pass settles it again
+        if await self._rows_before(in_day, cut) < rows:
+            # Rows of the day were deleted meanwhile (an erasure): some of this run's swaps
+            # may hold them, landed over the erasure's own rebuild. The day stays due, read
+            # from raw events until a pass settles it again. Runs that only overlap land the
+            # same rows, so consumers that settle in step still mark the day done.
+            await self.mark_due(day)
             return
         await self._mark(day, 1, started_us + 1)
 
     async def mark_due(self, day: dt.date) -> int:
         """Mark `day` not done over every mark it has, whatever the clocks that wrote them;
         returns the mark's version."""
-        at_us = max(int(self.clock() * 1e6), self._last_mark_us + 1, await self._newest(day) + 1)
+        # + 2: a run's done is its start + 1, and at a tie the later insert would win.
+        at_us = max(int(self.clock() * 1e6), self._last_mark_us + 1, await self._newest(day) + 2)
         return await self._mark(day, 0, at_us)
 
     async def _newest(self, day: dt.date) -> int:
@@ -177,20 +181,13 @@ class Settler:
         )
         return int(newest)
 
-    async def _staled(self, day: dt.date, started_us: int) -> bool:
-        """Whether this run's rows may be staler than another run's it landed over: one that
-        began during this one (the settling table keeps a day's newest mark) while people
-        were erased (an erasure's rebuild; its DELETE comes a moment after its record). Two
-        runs of the same events land the same rows, so consumers that settle in step still
-        mark the day done."""
-        if await self._newest(day) <= started_us:
-            return False
-        since_us = started_us - int(ERASURE_MARGIN_S * 1e6)
-        [erasures] = await self._rows(
-            f"SELECT count() FROM {ERASURES} WHERE erased_at >= "
-            f"fromUnixTimestamp64Micro({since_us}, 'UTC')"
+    async def _rows_before(self, in_day: str, cut: str) -> int:
+        """The day's events settled by a run with this cut: none come after it, so fewer at
+        the end than at the start means some were deleted. FINAL: merges fold copies."""
+        [rows] = await self._rows(
+            f"SELECT count() FROM {self.events} FINAL WHERE {in_day} AND inserted_at < {cut}"
         )
-        return int(erasures) > 0
+        return int(rows)
 
     async def _visits(self, day: dt.date, settled: bool) -> None:
         """The day's visits from all its events (a visit needs them all; an event inserted

@@ -200,9 +200,10 @@ class Stored:
     invalid: dict[str, int] = field(default_factory=dict)  # good rows by ivt reason but ''
     inserted: int = 0  # rows sent to the insert (a replay's may be taken by its token)
     erased: int = 0  # good rows left out: their person was erased after them (analytics/erasure.py)
-    # Erasures recorded since this time (ms) may have rows of this batch stored: delete them
-    # (Ingest.erase_recorded) before the batch is acknowledged. None: nothing to do.
-    erase_since_ms: int | None = None
+    # (erasures recorded since, rows received from, to), ms: rows of this batch may be stored
+    # of people those erased; delete them (Ingest.erase_recorded) before the batch is
+    # acknowledged. None: nothing to do.
+    erase: tuple[int, int, int] | None = None
 
     @property
     def newest_ms(self) -> int:
@@ -255,7 +256,7 @@ class Ingest:
                 if self._dirty:
                     await self._empty()  # raises: the batch fails, and is retried
                 await self._stage(body)
-                good, rejects, newest, oldest = await self._count(segments)
+                good, rejects, newest, (oldest, last) = await self._count(segments)
                 invalid: dict[str, int] = {}
                 inserted = refilled = erased = 0
                 if good:
@@ -268,7 +269,8 @@ class Ingest:
                     refilled = await self._refill(token)
                     inserted += refilled
                 since = await self._erased_meanwhile(oldest, replay or again) if good else None
-                return Stored(good, rejects, refilled, newest, invalid, inserted, erased, since)
+                erase = None if since is None else (since, oldest, last)
+                return Stored(good, rejects, refilled, newest, invalid, inserted, erased, erase)
             finally:
                 self._erased = ""
                 self._seen = []
@@ -306,19 +308,22 @@ class Ingest:
 
     async def _count(
         self, segments: Sequence[int]
-    ) -> tuple[int, list[tuple[int, str]], list[int], int]:
+    ) -> tuple[int, list[tuple[int, str]], list[int], tuple[int, int]]:
         """Good lines, the (line number, reason) of the others, the received_at (ms) of the
-        newest good line of each segment (one when none are given), and of the oldest good
-        line, in the one scan: the consumer's lag in seconds is measured from the newest. Rows
+        newest good line of each segment (one when none are given), and of the oldest and the
+        newest good line, in the one scan: the consumer's lag in seconds is measured from the
+        newest of each segment. Rows
         kept without consent have their time cut to the hour (collector/consent.py): they say
         nothing of how fresh the data is, so they are left out of it."""
         ends = list(accumulate(segments[:-1]))  # the first line number past each segment
         segment = f"arrayFirstIndex(e -> n < e, {ends}::Array(UInt32))" if ends else "0"
         sql = (
-            f"SELECT n, reason, toInt64(0), 0, toInt64(0) FROM {self.stage} WHERE reason != '' "
+            f"SELECT n, reason, toInt64(0), 0, toInt64(0), toInt64(0) FROM {self.stage} "
+            "WHERE reason != '' "
             f"ORDER BY n UNION ALL SELECT toUInt32(count()), 'good', "
             f"toInt64(maxIf(toUnixTimestamp64Milli(received_at), consent != 'missing')), "
-            f"toUInt32({segment}) AS segment, toInt64(min(toUnixTimestamp64Milli(received_at))) "
+            f"toUInt32({segment}) AS segment, toInt64(min(toUnixTimestamp64Milli(received_at))), "
+            "toInt64(max(toUnixTimestamp64Milli(received_at))) "
             f"FROM {self.stage} WHERE reason = '' GROUP BY segment"
         )
         rows = [
@@ -329,13 +334,15 @@ class Ingest:
         newest = [0] * max(1, len(segments))
         good = 0
         oldest: list[int] = []
-        for n, reason, ms, at, first_ms in rows:
+        last: list[int] = []
+        for n, reason, ms, at, first_ms, last_ms in rows:
             if reason == "good":
                 good += n
                 newest[(at or len(newest)) - 1] = int(ms)
                 oldest.append(int(first_ms))
+                last.append(int(last_ms))
         rejects = [(n, reason) for n, reason, *_ in rows if reason != "good"]
-        return good, rejects, newest, min(oldest, default=0)
+        return good, rejects, newest, (min(oldest, default=0), max(last, default=0))
 
     async def _leave_out_erased(self, oldest_ms: int) -> int:
         """Leave out of this batch's inserts the rows of people erased after them; how many.
@@ -364,11 +371,15 @@ class Ingest:
             return None
         return max((last_ms for _, _, last_ms in self._seen), default=oldest_ms)
 
-    async def erase_recorded(self, since_ms: int) -> int:
-        """Delete the events of every id erased at or after `since_ms` received before its
-        erasure, and rebuild the rollups of their days; how many rows (Stored.erase_since_ms:
-        outside the insert, so that a rebalance does not wait for it). Raises StoreError."""
+    async def erase_recorded(self, erase: tuple[int, int, int]) -> int:
+        """Stored.erase: delete the events received in its time span of every id erased at
+        or after its time and before them, and rebuild the rollups of their days; how many
+        rows. Outside the insert, so that a rebalance does not wait for it. Raises
+        StoreError."""
+        since_ms, from_ms, to_ms = erase
         async with self._lock:
+            # A session of its own: the batch's may have ended with a failed try of this.
+            self.writer.new_session()
             erased: dict[str, dict[int, int]] = {}
             recorded = await self.writer.query(erasure.recorded_sql(since_ms), "TSV")
             for line in recorded.splitlines():
@@ -377,6 +388,13 @@ class Ingest:
             where = erasure.listed_rows(erased)
             if not where:
                 return 0
+            # The batch's span (a row kept without consent may be up to an hour earlier):
+            # partitions and the sort key's time prune what the count and the DELETE read.
+            span = (
+                f"received_at BETWEEN fromUnixTimestamp64Milli({from_ms - erasure.HOUR_MS}, "
+                f"'UTC') AND fromUnixTimestamp64Milli({to_ms}, 'UTC')"
+            )
+            where = f"{span} AND ({where})"
             return await erasure.delete_rows(self.writer, where, await check_mode(self.writer))
 
     async def _recent_erasures(self, since_ms: int) -> list[tuple[str, int, int]]:

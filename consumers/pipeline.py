@@ -112,7 +112,7 @@ class Pipeline:
                 async with self.feed.inserting:
                     if not self.feed.owns(batch) or not await self._store(batch):
                         continue
-            if batch.erase_since_ms is not None and not await self._erase(batch):
+            if batch.erase is not None and not await self._erase(batch):
                 continue
             ok.append(batch)
         return ok
@@ -120,14 +120,14 @@ class Pipeline:
     async def _erase(self, batch: Batch) -> bool:
         """Delete what the batch stored of people erased while it was on its way (whoever
         owns it now: an erasure is not the partition's)."""
-        assert batch.erase_since_ms is not None
+        assert batch.erase is not None
         try:
-            erased = await self.ingest.erase_recorded(batch.erase_since_ms)
+            erased = await self.ingest.erase_recorded(batch.erase)
         except StoreError as exc:
             self._fail(batch, "insert", exc)  # its next attempt tries again first
             return False
         self.metrics.rows_erased.inc(erased)
-        batch.erase_since_ms = None
+        batch.erase = None
         return True
 
     async def _store(self, batch: Batch) -> bool:
@@ -135,9 +135,10 @@ class Pipeline:
         try:
             stored = await self.ingest.store(
                 batch.pieces, batch.token, batch.replay, batch.partial, batch.segments,
-                again=batch.failures > 0,
+                again=batch.insert_failed,
             )  # fmt: skip
         except StoreError as exc:
+            batch.insert_failed = True  # it may have landed all the same (a timeout)
             self.metrics.inserts.labels("error").inc()
             self._fail(batch, "insert", exc)
             return False
@@ -152,7 +153,7 @@ class Pipeline:
             self.metrics.rows_invalid.labels(reason).inc(rows)
         batch.good, batch.rejects = stored.rows, stored.rejects
         batch.newest_by_segment = stored.newest_by_segment
-        batch.erase_since_ms = stored.erase_since_ms
+        batch.erase = stored.erase
         batch.rejects_taken = not stored.rejects
         batch.stored = True
         return True

@@ -41,8 +41,10 @@ class Batch:
         self.rejects_taken = False  # the feed has taken the rejects (DLQ, log)
         # received_at of the newest stored event of each segment (consumers/ingest.py)
         self.newest_by_segment: list[int] = []
-        # Stored, and rows of it may be of people erased meanwhile: deleted before the ack.
-        self.erase_since_ms: int | None = None
+        # Stored, and rows of it may be of people erased meanwhile: deleted before the ack
+        # (consumers/ingest.py Stored.erase).
+        self.erase: tuple[int, int, int] | None = None
+        self.insert_failed = False  # an insert of it failed: it may have landed all the same
         self.failures = 0
         self.retry_at = 0.0  # monotonic time the next attempt is due
 

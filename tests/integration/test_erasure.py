@@ -180,19 +180,19 @@ async def test_an_erasure_that_comes_while_a_batch_is_on_its_way_still_erases_it
     ingest = Ingest(racing)  # type: ignore[arg-type]
     stored = await ingest.store(body(events), "beacon.events-0-0-1")
     assert racing.erased == 0  # nothing of hers was stored when it ran
-    assert (stored.erased, stored.inserted) == (0, 2) and stored.erase_since_ms is not None
+    assert (stored.erased, stored.inserted) == (0, 2) and stored.erase is not None
     assert count(store, "recipient = 'alice'") == 1  # until the batch deletes it, before its ack
     # The consumer dies here, or the delete fails: the batch comes again, and its insert is
     # taken for a repeat of its token. That attempt deletes her rows.
     again = await Ingest(store.writer).store(body(events), "beacon.events-0-0-1", again=True)
-    assert (again.erased, again.erase_since_ms) == (1, stored.erase_since_ms)
-    assert await ingest.erase_recorded(again.erase_since_ms) == 1
+    assert (again.erased, again.erase) == (1, stored.erase)
+    assert await ingest.erase_recorded(again.erase) == 1
     assert count(store, "recipient = 'alice'") == 0 and count(store, "recipient = 'bob'") == 1
     assert recipients_in_rollup(store) == 1
     # With no erasure between, nothing but the two reads.
     calm = await Ingest(store.writer).store(body([wire("open", hour_ago_ms(), recipient="alice")]),
                                             "beacon.events-0-2-2")  # fmt: skip
-    assert (calm.erased, calm.inserted, calm.erase_since_ms) == (1, 0, None)
+    assert (calm.erased, calm.inserted, calm.erase) == (1, 0, None)
 
 
 async def test_an_erasure_leaves_others_rows_of_any_time_alone(empty: Store) -> None:

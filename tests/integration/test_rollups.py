@@ -25,7 +25,7 @@ from analytics.migrations import MIGRATIONS, migrate
 from analytics.report_window import GROUPS, Filters, Window
 from analytics.rollup_settle import Settler
 from analytics.rollups import EVENTS_HOURLY, ROLLUPS, SETTLING
-from analytics.schema import ERASURES, EVENTS
+from analytics.schema import EVENTS
 from analytics.views import VIEWS, Request, view_rows
 from tests.support.chdb_events import Store, wire
 
@@ -313,11 +313,6 @@ def test_a_run_whose_swap_landed_after_an_erasures_rebuild_leaves_the_day_due(
     assert run(settler(store.writer).due_days()) == []
 
     async def erased_and_rebuilt() -> None:
-        literal = erasure.subject("recipient", "r1")[1]
-        await store.writer.execute(  # recorded at this clock's time, as the store's would be
-            f"INSERT INTO {ERASURES} (field, value_hash, erased_at) SELECT 'recipient', "
-            f"{erasure.hashed(literal)}, fromUnixTimestamp64Micro({int(clock() * 1e6)}, 'UTC')"
-        )
         where = erasure.condition("recipient", "r1")
         await store.writer.execute(erasure.delete_statement(where, None))
         await rebuilt()
