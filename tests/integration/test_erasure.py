@@ -357,6 +357,26 @@ async def test_erase_against_a_clickhouse_server(tmp_path: Path) -> None:
         assert orjson.loads(line)["via"] == "clickhouse"
 
 
+async def test_a_batchs_erase_step_on_a_server_outlives_the_batchs_session(
+    tmp_path: Path,
+) -> None:
+    # Server mode: the batch's statements run in a session of its own; its erase step runs
+    # after it, maybe much later (a retry), when the server has forgotten that session.
+    async with ClickHouseFront(tmp_path / "ch") as front:
+        writer = HttpWriter(front.url)
+        try:
+            await migrate(writer, retention_days=0)
+            racing = ErasedBeforeTheInsert(writer, "recipient", "alice")
+            ingest = Ingest(racing)  # type: ignore[arg-type]
+            stored = await ingest.store(body(alice_then_bob(hour_ago_ms())), "beacon.events-0-0-1")
+            assert stored.erase is not None
+            front.sessions.clear()  # a restart, or the session's 60 s idle timeout
+            assert await ingest.erase_recorded(stored.erase) == 1
+            assert front.run(f"SELECT count() FROM {EVENTS} WHERE recipient = 'alice'") == "0\n"
+        finally:
+            await writer.close()
+
+
 async def test_no_erasure_without_a_writable_audit_log(store: Store, tmp_path: Path) -> None:
     blocked = tmp_path / "not-a-dir"
     blocked.write_text("a file where the log's directory should be")
