@@ -49,8 +49,9 @@ class ConsumerMetrics:
         )
         self.rows_erased = Counter(
             "beacon_consumer_rows_erased",
-            "Rows left out of the store: their person was erased after the event was received"
-            " (it was in the spool or Kafka then, or its batch was replayed).",
+            "Rows left out of the store, or deleted right after their batch's insert: their"
+            " person was erased after the event was received (it was in the spool or Kafka"
+            " then, its batch was replayed, or on its way into the store).",
             registry=registry,
         )
         self.inserts = Counter(
