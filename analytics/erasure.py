@@ -155,11 +155,6 @@ def _erased_term(field: str, prefix: str, hashes: str, times: str) -> str:
     return f"{at} <= transform({hashed(prefix + column)}, {hashes}, {times}, toInt64({NEVER_MS}))"
 
 
-async def count_rows(writer: Writer, where: str) -> int:
-    text = await writer.query(f"SELECT count() FROM {EVENTS} WHERE {where}", "TSV")
-    return int(text.strip() or 0)
-
-
 async def erase(writer: Writer, field: str, value: str) -> int:
     """Delete every row where `field` is `value`; returns how many rows that was.
 
@@ -177,13 +172,14 @@ async def erase(writer: Writer, field: str, value: str) -> int:
 
 async def delete_rows(writer: Writer, where: str, cluster: Cluster | None) -> int:
     """Delete the events `where` holds and rebuild the rollups of their days; how many."""
-    rows = await count_rows(writer, where)
+    # Their days and how many on each, in one scan of what `where` reads.
+    by_day = await writer.query(
+        f"SELECT toDate(received_at), count() FROM {EVENTS} WHERE {where} GROUP BY 1", "TSV"
+    )
+    counts = dict(line.split("\t") for line in by_day.splitlines())
+    rows = sum(map(int, counts.values()))
     if rows:
-        days = (
-            await writer.query(
-                f"SELECT DISTINCT toDate(received_at) FROM {EVENTS} WHERE {where}", "TSV"
-            )
-        ).split()
+        days = list(counts)
         await due_before_erasure(writer, days)
         await writer.execute(delete_statement(where, cluster))
         # The rollups of those days still count the rows (and hold their hashes): recompute
