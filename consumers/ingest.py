@@ -312,9 +312,9 @@ class Ingest:
         """Good lines, the (line number, reason) of the others, the received_at (ms) of the
         newest good line of each segment (one when none are given), and of the oldest and the
         newest good line, in the one scan: the consumer's lag in seconds is measured from the
-        newest of each segment. Rows
-        kept without consent have their time cut to the hour (collector/consent.py): they say
-        nothing of how fresh the data is, so they are left out of it."""
+        newest of each segment. Rows kept without consent have their time cut to the hour
+        (collector/consent.py): they say nothing of how fresh the data is, so they are left
+        out of it."""
         ends = list(accumulate(segments[:-1]))  # the first line number past each segment
         segment = f"arrayFirstIndex(e -> n < e, {ends}::Array(UInt32))" if ends else "0"
         sql = (
@@ -388,11 +388,11 @@ class Ingest:
             where = erasure.listed_rows(erased)
             if not where:
                 return 0
-            # The batch's span (a row kept without consent may be up to an hour earlier):
+            # The batch's span (its rows are stored with the staged times it was read from):
             # partitions and the sort key's time prune what the count and the DELETE read.
             span = (
-                f"received_at BETWEEN fromUnixTimestamp64Milli({from_ms - erasure.HOUR_MS}, "
-                f"'UTC') AND fromUnixTimestamp64Milli({to_ms}, 'UTC')"
+                f"received_at BETWEEN fromUnixTimestamp64Milli({from_ms}, 'UTC') "
+                f"AND fromUnixTimestamp64Milli({to_ms}, 'UTC')"
             )
             where = f"{span} AND ({where})"
             return await erasure.delete_rows(self.writer, where, await check_mode(self.writer))
