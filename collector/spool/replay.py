@@ -3,10 +3,10 @@
 A segment is read and sent a part at a time (REPLAY_CHUNK_BYTES), and deleted only after
 Kafka acknowledged every batch of it. A segment that fails part-way stays, and this process
 sends it again from its first part not acknowledged; after a restart it is sent whole:
-duplicates are fine (consumers drop them by event_id), loss is not. One sent whole that cannot
-be deleted (a directory gone read-only) is not sent again; its deletion is tried each pass. Several
-collector processes may share one spool directory, so a segment is replayed under an
-exclusive flock, and one already unlinked is skipped. Where the events go is the Kafka
+duplicates are fine (consumers drop them by event_id), loss is not. One sent whole that
+cannot be deleted (a directory gone read-only) is not sent again; its deletion is tried each
+pass. Several collector processes may share one spool directory, so a segment is replayed
+under an exclusive flock, and one already unlinked is skipped. Where the events go is the Kafka
 sink's producer link (collector/sinks/kafka_link.py), seen here through `Producer`.
 """
 
