@@ -79,7 +79,13 @@ class SpoolSource:
             with open(path, "rb") as f:
                 f.seek(start)
                 data = f.read()
-            count = data.count(b"\n")  # closed segments end with a newline
+            if data and not data.endswith(b"\n"):
+                # A segment is closed by its rename before its bytes are synced: a machine
+                # crash between the two can leave it cut in a line. That line is read as one of
+                # its own (a torn one goes alone to the DLQ), not cut a byte shorter nor joined to
+                # the next segment's first; its range ends one byte past the file.
+                data += b"\n"
+            count = data.count(b"\n")
             if not count:
                 if not data and not start:  # empty (a writer's first write failed): done
                     path.unlink(missing_ok=True)
@@ -108,7 +114,7 @@ class SpoolSource:
         for r in ranges:
             with open(self.directory / r.segment, "rb") as f:
                 f.seek(r.start)
-                chunks.append(f.read(r.end - r.start)[:-1])
+                chunks.append(f.read(r.end - r.start).removesuffix(b"\n"))
         return chunks
 
     def writing(self) -> bool:
@@ -140,7 +146,7 @@ class SpoolSource:
                 size = path.stat().st_size
             except FileNotFoundError:
                 size = offset  # deleted after the last save: forget it too
-            if size == offset and not any(r.segment == name for r in self.pending):
+            if size <= offset and not any(r.segment == name for r in self.pending):
                 path.unlink(missing_ok=True)
                 del self.offsets[name]
                 self._read.pop(name, None)

@@ -397,6 +397,31 @@ async def test_the_feed_cuts_a_batch_by_bytes(spool_dir, checkpoint, tmp_path):
     assert metric_value(metrics, "beacon_consumer_batch_cuts_total", reason="bytes") == 1
 
 
+@pytest.mark.parametrize("cut_bytes", [1, 4], ids=["its-newline", "mid-line"])
+def test_a_closed_segment_cut_by_a_crash_keeps_its_last_line_whole_and_apart(
+    spool_dir, checkpoint, cut_bytes
+):
+    """A machine crash after a segment's rename, before its bytes were synced, leaves it cut
+    short: its last line lost its newline, or more. That line stays as it is, one of its own."""
+    first = write_segment(spool_dir, "0000000000001-0000001-000001.ndjson", lines(0, 3))
+    first.write_bytes(first.read_bytes()[:-cut_bytes])
+    write_segment(spool_dir, "0000000000002-0000001-000002.ndjson", lines(3, 2))
+    last = lines(2, 1)[0][: 10 - cut_bytes]
+    source = SpoolSource(spool_dir, checkpoint)
+
+    rows, ranges = read_lines(source, 100)
+    assert rows == [*lines(0, 2), last, *lines(3, 2)]
+    assert ranges[0] == Range(first.name, 0, 31 - cut_bytes)  # a byte past the file
+    source.begin(ranges)
+    assert SpoolSource(spool_dir, checkpoint).read_ranges(ranges) == [
+        as_file([*lines(0, 2), last]).removesuffix(b"\n"),
+        b"\n".join(lines(3, 2)),
+    ]
+    source.commit(ranges)
+    assert closed_segments(spool_dir) == []
+    assert source.read(100) == ([], 0, [])
+
+
 def test_commit_deletes_finished_segments_and_a_new_source_continues(spool_dir, checkpoint):
     three_segments(spool_dir)
     source = SpoolSource(spool_dir, checkpoint)
