@@ -18,7 +18,7 @@ BATCH_OUTCOMES = ("stored", "rejected", "failed", "revoked")
 # What cut a batch: its row or byte bound, its age, a quiet source (no collector writing to the
 # spool; nothing fetched from Kafka, every partition read to its end), shutting down, or a
 # recorded batch formed again.
-CUT_REASONS = ("rows", "bytes", "age", "quiet", "final", "replay")
+CUT_REASONS = ("rows", "bytes", "age", "quiet", "final", "replay", "replay_split")
 # The lag gauges' topic label in spool mode, which has no topic nor partitions.
 SPOOL_TOPIC = "spool"
 
@@ -117,7 +117,8 @@ class ConsumerMetrics:
             "beacon_consumer_batch_cuts",
             "Batches cut, by what cut them: rows or bytes (the bound), age, quiet (nothing "
             "written to the spool, or fetched from Kafka, for a poll interval), final (shutting "
-            "down), replay (a recorded batch).",
+            "down), replay (a recorded batch), replay_split (what was read of a recorded batch "
+            "whose other ranges were not, after ten batch ages: a partition without a leader).",
             ["reason"],
             registry=registry,
         )

@@ -30,7 +30,11 @@ A recorded batch whose ranges are all read here again is replayed under its toke
 event ids are checked after the insert (consumers/ingest.py). One that cannot be formed again
 (a rebalance gave its partitions to several members, retention deleted its records, a
 partition ends before its last offset) is replayed from what this member has of it, and only
-its events not already stored go in (`partial`).
+its events not already stored go in (`partial`). So is one whose ranges are not all read
+through within BACKLOG_AGES ages of their partitions' adoption (a partition without a leader
+is not fetched at all): what is read of it goes in, `partial`, and each range still unread
+waits alone for its partition, then goes in `partial` too. Batches of the other partitions
+are cut meanwhile as ever: a replay holds back only its own partitions.
 """
 
 from __future__ import annotations
@@ -50,7 +54,8 @@ INFLIGHT_RE = re.compile(
     rf"^beacon-inflight:(\d+)-(\d+)(?::([0-9a-f]{{{BATCH_HASH_CHARS}}}):(\d+))?$"
 )
 # The longest a waiting backlog holds back an age cut, in batch ages: a high watermark that
-# stopped moving (a partition not fetched for a while) cannot hold a batch for good.
+# stopped moving (a partition not fetched for a while) cannot hold a batch for good. Also the
+# longest a recorded batch waits for all of its ranges before what is read of it goes in.
 BACKLOG_AGES = 10
 
 
@@ -165,10 +170,17 @@ class KafkaBatch(Batch):
 class PartitionBuffer:
     """Records read from one partition and not yet in a batch."""
 
-    def __init__(self, tp: TopicPartition, committed: int, inflight: Inflight | None):
+    def __init__(
+        self,
+        tp: TopicPartition,
+        committed: int,
+        inflight: Inflight | None,
+        adopted_at: float = 0.0,
+    ):
         self.tp = tp
         self.committed = committed  # the next offset to store: lag is counted from here
         self.inflight = inflight  # a range to replay exactly, from the commit metadata
+        self.adopted_at = adopted_at  # monotonic time this member took the partition
         self.records: list[ConsumerRecord] = []
         self.sizes: list[tuple[int, int]] = []  # (lines, bytes) of each buffered record
         self.rows = self.bytes = 0  # their sums
@@ -188,6 +200,12 @@ class PartitionBuffer:
             self.rows += lines
             self.bytes += len(value)
         self.next_offset = records[-1].offset + 1
+
+    def read_through(self) -> bool:
+        """The recorded range is all buffered (never while none is recorded)."""
+        if self.inflight is None or not self.records:
+            return False
+        return self.records[-1].offset >= self.inflight.last
 
     def behind(self, highwater: int | None) -> bool:
         """Records of the partition wait on the broker."""
@@ -215,14 +233,19 @@ def cut(
 ) -> KafkaBatch | None:
     """The next batch, if one is due. `limits`: (max rows, max bytes, max age in seconds).
 
-    Recorded ranges go first, each batch as it was; `final` (shutting down) cuts a fresh batch
-    whatever its age, but never a replay not read through: the next reader replays it in full.
-    `quiet` (the feed fetched nothing for a poll interval) cuts it before its age once every
-    partition is read to its high watermark: the end of a burst is stored at once.
+    Recorded ranges go first, each batch as it was, once read through; meanwhile the other
+    partitions' records are cut as ever. `final` (shutting down) cuts a fresh batch whatever its
+    age, but never a replay not read through: the next reader replays it in full. `quiet` (the
+    feed fetched nothing for a poll interval) cuts it before its age once every partition is
+    read to its high watermark: the end of a burst is stored at once.
     """
-    if any(p.inflight is not None for p in parts):
-        return _cut_replay(parts, highwaters, now)
-    max_rows, max_bytes, _ = limits
+    max_rows, max_bytes, max_age_s = limits
+    replaying = [p for p in parts if p.inflight is not None]
+    if replaying:
+        replay = _cut_replay(replaying, highwaters, now, max_age_s * BACKLOG_AGES)
+        if replay is not None:
+            return replay
+        parts = [p for p in parts if p.inflight is None]
     waiting = [p for p in parts if p.records]
     if not waiting:
         return None
@@ -274,30 +297,32 @@ def _due(
 
 
 def _cut_replay(
-    parts: list[PartitionBuffer], highwaters: dict[TopicPartition, int | None], now: float
+    parts: list[PartitionBuffer],
+    highwaters: dict[TopicPartition, int | None],
+    now: float,
+    wait_s: float,
 ) -> KafkaBatch | None:
     """A recorded batch, once every range of it this member owns is read through (or its
-    partition has nothing more): under its token when all of it is here, else `partial`."""
+    partition has nothing more): under its token when all of it is here, else `partial`. One
+    still incomplete `wait_s` after its partitions were adopted goes in without the ranges not
+    read through (`partial`, cut by `replay_split`); those wait on, each alone."""
     groups: dict[str, list[PartitionBuffer]] = {}
     for part in parts:
-        if part.inflight is not None:
-            key = part.inflight.batch or str(part.tp)
-            groups.setdefault(key, []).append(part)
+        assert part.inflight is not None
+        key = part.inflight.batch or str(part.tp)
+        groups.setdefault(key, []).append(part)
     for group in groups.values():
-        ready = True
-        for part in group:
-            assert part.inflight is not None
-            highwater = highwaters.get(part.tp)
-            caught_up = highwater is not None and part.next_offset >= highwater
-            read_through = bool(part.records) and part.records[-1].offset >= part.inflight.last
-            ready = ready and (read_through or caught_up)
-        if not ready:
-            continue  # keep reading: a range is not complete yet
+        complete = [p for p in group if p.read_through() or _caught_up(p, highwaters)]
+        split = False
+        if len(complete) < len(group):
+            if not complete or now - max(p.adopted_at for p in group) < wait_s:
+                continue  # keep reading: a range is not complete yet
+            split = True  # a range is not read (its partition has no leader): the rest goes in
         members = []
         recorded = group[0].inflight
         assert recorded is not None
-        exact = len(group) == recorded.partitions
-        for part in group:
+        exact = len(group) == recorded.partitions and not split
+        for part in complete:
             inflight = part.inflight
             assert inflight is not None
             part.inflight = None
@@ -309,5 +334,14 @@ def _cut_replay(
             exact = exact and (member.records[0].offset, member.records[-1].offset) == inflight[:2]
             members.append(member)
         if members:
-            return KafkaBatch(members, replay=True, partial=not exact)
+            batch = KafkaBatch(members, replay=True, partial=not exact)
+            if split:
+                batch.cut_by = "replay_split"
+            return batch
     return None
+
+
+def _caught_up(part: PartitionBuffer, highwaters: dict[TopicPartition, int | None]) -> bool:
+    """The partition has no record left to read (its recorded range ends past it)."""
+    highwater = highwaters.get(part.tp)
+    return highwater is not None and part.next_offset >= highwater

@@ -164,10 +164,12 @@ class KafkaFeed:
         # still makes full batches (the member stays in its group: aiokafka heartbeats apart,
         # and the loop polls again within an insert). A replay must read its recorded ranges
         # through, however large they were cut: then only their partitions are polled, and
-        # the others wait within the bound (one fetch each, in aiokafka).
+        # the others wait within the bound (one fetch each, in aiokafka). A range read through
+        # is not polled again: its partition's records would pile up past the bound while
+        # another range of its batch is not fetched (a partition without a leader).
         parts = self.parts.values()
         buffered = sum(p.bytes for p in parts)
-        replaying = [p.tp for p in parts if p.inflight is not None]
+        replaying = [p.tp for p in parts if p.inflight is not None and not p.read_through()]
         full = buffered >= self.max_bytes
         self.skipped = full and not replaying
         if self.skipped:
@@ -228,10 +230,11 @@ class KafkaFeed:
         if assignments != self.assignments:
             return  # reassigned meanwhile: read again
         adopted = tps & self.unadopted  # not revoked meanwhile
+        now = time.monotonic()
         for tp in adopted:
             offset, inflight = state[tp]
             committed = beginning.get(tp, 0) if offset is None else offset
-            self.parts[tp] = PartitionBuffer(tp, committed, inflight)
+            self.parts[tp] = PartitionBuffer(tp, committed, inflight, now)
             self.source.rewind(tp, committed)  # one kept after a revocation was read past it
             if inflight is not None:
                 self.metrics.replayed_batches.inc()

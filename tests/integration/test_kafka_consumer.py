@@ -353,6 +353,45 @@ def test_a_recorded_batch_is_formed_again_or_only_its_missing_events_go_in() -> 
     assert partial.ranges == {tps[1]: (0, 3)} and partial.token == "t-1-0-3-0"
 
 
+def test_a_range_never_read_holds_back_neither_its_batch_for_good_nor_other_partitions() -> None:
+    """A recorded batch's partition without a leader is not fetched: the other partitions'
+    batches are cut meanwhile, and after BACKLOG_AGES ages what was read of the recorded
+    batch goes in, partial; the range left goes in alone, partial, once read."""
+    tps = [TopicPartition("t", n) for n in range(3)]
+    first = [PartitionBuffer(tp, committed=0, inflight=None) for tp in tps[:2]]
+    for part in first:
+        part.add(records(part.tp, range(4)), now=0.0)
+    original = cut(first, {tp: None for tp in tps}, 0.0, (100, 1 << 30, 1.0), True)
+    assert original is not None
+    recorded = {tp: parse_inflight(m) for tp, m in original.inflight().items()}
+
+    adopted_at = 100.0
+    again = [PartitionBuffer(tp, 0, recorded[tp], adopted_at) for tp in tps[:2]]
+    fresh = PartitionBuffer(tps[2], 0, None, adopted_at)
+    parts = [*again, fresh]
+    again[0].add(records(tps[0], range(6)), now=adopted_at)  # read through; tp 1 has no leader
+    fresh.add(records(tps[2], range(3)), now=adopted_at)
+    highwaters = {tps[0]: 6, tps[1]: None, tps[2]: 3}
+    limits = (100, 1 << 30, 1.0)
+    assert cut(parts, highwaters, adopted_at + 0.5, limits, False) is None  # nothing due
+    other = cut(parts, highwaters, adopted_at + 1.0, limits, False)
+    assert other is not None and other.ranges == {tps[2]: (0, 2)} and other.cut_by == "age"
+    assert not other.replay
+
+    waited = adopted_at + BACKLOG_AGES
+    assert cut(parts, highwaters, waited - 0.1, limits, False) is None
+    split = cut(parts, highwaters, waited, limits, False)
+    assert split is not None and split.replay and split.partial
+    assert (split.ranges, split.cut_by) == ({tps[0]: (0, 3)}, "replay_split")
+    assert again[1].inflight == recorded[tps[1]]  # still to replay, alone
+    assert cut(parts, highwaters, waited + 5, limits, False).ranges == {tps[0]: (4, 5)}
+
+    again[1].add(records(tps[1], range(4)), now=waited + 6)  # its leader is back
+    late = cut(parts, {**highwaters, tps[1]: 4}, waited + 6, limits, False)
+    assert late is not None and late.replay and late.partial and late.cut_by == "replay"
+    assert late.ranges == {tps[1]: (0, 3)} and late.token == "t-1-0-3-0"
+
+
 # -- the pipeline in process -------------------------------------------------------------------
 
 
