@@ -133,6 +133,9 @@ class ConnWriter:
     def new_session(self) -> None:
         pass  # one chDB connection, one session
 
+    async def await_earlier_inserts(self) -> None:
+        pass  # each statement runs to its end before its call returns
+
     async def close(self) -> None:
         return None
 

@@ -253,6 +253,10 @@ class Ingest:
             # be in its temporary tables, on whichever server it runs.
             self.writer.new_session()
             try:
+                if replay or again:
+                    # An earlier attempt's insert may still run on a server whose client gave
+                    # up on it: what it lands after this attempt's erasure check would stay.
+                    await self.writer.await_earlier_inserts()
                 if self._dirty:
                     await self._empty()  # raises: the batch fails, and is retried
                 await self._stage(body)

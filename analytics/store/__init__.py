@@ -107,6 +107,11 @@ class Writer(Protocol):
         first must find (the ingest's temporary tables live in it); a no-op for a store that
         is one session."""
 
+    async def await_earlier_inserts(self) -> None:
+        """Return once no insert begun before this call still runs: one whose client gave up
+        (a timeout) may still land, and the retry of its batch must come after it. Raises
+        StoreError when one still runs after a bound."""
+
     async def close(self) -> None: ...
 
 

@@ -104,6 +104,9 @@ class ChdbWriter:
     def new_session(self) -> None:
         pass  # one chDB session, in this process: the temporary tables cannot be elsewhere
 
+    async def await_earlier_inserts(self) -> None:
+        pass  # statements run one at a time: one whose caller gave up holds the lock to its end
+
     async def close(self) -> None:
         await asyncio.to_thread(self.close_sync)
 

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import gzip
+import time
 import uuid
 from collections.abc import AsyncIterator, Mapping, Sequence
 from urllib.parse import urlsplit, urlunsplit
@@ -26,6 +27,12 @@ GZIP_LEVEL = 1
 # Bodies above this are compressed in a thread (zlib releases the GIL), off the event loop.
 GZIP_INLINE_MAX_BYTES = 64 * 1024
 ERROR_MESSAGE_MAX_CHARS = 2000
+# Every statement's query_id starts so; that of an insert under a dedup token (a batch's rows
+# into beacon.events) with INSERT_QUERY_ID_PREFIX, by which the server lists them.
+QUERY_ID_PREFIX = "beacon-"
+INSERT_QUERY_ID_PREFIX = "beacon-insert-"
+# How often a retry looks again for an earlier insert still running (await_earlier_inserts).
+EARLIER_INSERTS_POLL_S = 0.1
 
 
 async def gzipped(body: bytes) -> bytes:
@@ -50,6 +57,18 @@ async def each(pieces: Sequence[bytes]) -> AsyncIterator[bytes]:
         yield piece
 
 
+def earlier_inserts_sql(cluster: Cluster | None, waited_s: float) -> str:
+    """How many batch inserts run that began over `waited_s` ago (on every server of
+    `cluster`)."""
+    processes = "system.processes"
+    if cluster is not None:
+        processes = f"clusterAllReplicas('{cluster.name}', system.processes)"
+    return (
+        f"SELECT count() FROM {processes} WHERE query_kind = 'Insert' AND "
+        f"startsWith(initial_query_id, '{INSERT_QUERY_ID_PREFIX}') AND elapsed > {waited_s:.3f}"
+    )
+
+
 class HttpWriter:
     """Writer (analytics/store/__init__.py) over ClickHouse's HTTP interface, with aiohttp.
 
@@ -72,6 +91,7 @@ class HttpWriter:
         self.compress = compress
         self.cluster = cluster
         self._args = (user, password, timeout_s, connect_timeout_s, compress, cluster)
+        self.timeout_s = timeout_s
         self._headers = {"X-ClickHouse-User": user, "X-ClickHouse-Key": password}
         if compress:
             self._headers["Content-Encoding"] = "gzip"
@@ -99,7 +119,9 @@ class HttpWriter:
             self._session = aiohttp.ClientSession(timeout=self._timeout, headers=self._headers)
         return self._session
 
-    async def _post(self, params: dict[str, str], body: bytes | Sequence[bytes]) -> str:
+    async def _post(
+        self, params: dict[str, str], body: bytes | Sequence[bytes], prefix: str = QUERY_ID_PREFIX
+    ) -> str:
         """One statement; any failure to get a 200 answer is a StoreError (the caller retries).
         A body in pieces goes uncompressed as they are (chunked), never joined in memory."""
         data: bytes | AsyncIterator[bytes]
@@ -112,6 +134,7 @@ class HttpWriter:
         try:
             async with self._one_at_a_time:
                 params = {**params, **self._server_session}
+                params["query_id"] = f"{prefix}{uuid.uuid4().hex}"
                 if self._check_session and self._session_opened:
                     params["session_check"] = "1"
                 async with self._client().post(self.url, params=params, data=data) as response:
@@ -142,13 +165,13 @@ class HttpWriter:
             # Wire fields without a column (added by newer collectors) must not fail a batch.
             "input_format_skip_unknown_fields": "1",
         }
-        await self._post(params, rows)
+        await self._post(params, rows, INSERT_QUERY_ID_PREFIX)
 
     async def insert_from(
         self, table: str, columns: Sequence[str], select: str, token: str
     ) -> None:
         statement = insert_select(table, columns, select, token, self.cluster)
-        await self._post({}, statement.encode())
+        await self._post({}, statement.encode(), INSERT_QUERY_ID_PREFIX)
 
     async def load(self, table: str, body: Sequence[bytes], fmt: str) -> None:
         await self._post({"query": f"INSERT INTO {table} FORMAT {fmt}"}, body)
@@ -164,6 +187,27 @@ class HttpWriter:
         # 200 answer, and a truncated result would pass for a whole one.
         params = {**(settings or {}), "default_format": fmt, "wait_end_of_query": "1"}
         return await self._post(params, sql.encode())
+
+    async def await_earlier_inserts(self) -> None:
+        """Return once no batch insert begun before this call runs on the server (on every
+        server of the cluster: a Distributed insert's shards run it under its query id). A
+        server goes on with an insert whose client gave up on it (a timeout: ClickHouse cancels
+        only read-only queries when their client leaves), so a retry could run beside it, and
+        what it lands late would miss the batch's erasure check: a person erased in between
+        would come back. Other consumers' batch inserts begun before it are waited for too (an
+        insert long, at most); settling's and other statements are not. Raises StoreError
+        after the writer's timeout."""
+        # A server down runs nothing: a cluster's count skips it.
+        settings = {"skip_unavailable_shards": "1"} if self.cluster is not None else {}
+        began_s = time.monotonic()
+        while True:
+            waited_s = time.monotonic() - began_s
+            sql = earlier_inserts_sql(self.cluster, waited_s)
+            if not int((await self.query(sql, "TSV", settings)).strip() or 0):
+                return
+            if waited_s >= self.timeout_s:
+                raise StoreError(f"an insert begun over {waited_s:.0f} s ago still runs")
+            await asyncio.sleep(EARLIER_INSERTS_POLL_S)
 
     async def close(self) -> None:
         if self._session is not None:

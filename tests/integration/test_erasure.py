@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -17,6 +18,7 @@ from analytics.migrations import migrate
 from analytics.query_server import create_query_app
 from analytics.rollups import EVENTS_HOURLY
 from analytics.schema import ERASURES, EVENTS
+from analytics.store import StoreError
 from analytics.store.http import HttpWriter
 from analytics.subject_cli import run_erase
 from consumers.ingest import Ingest
@@ -375,6 +377,54 @@ async def test_a_batchs_erase_step_on_a_server_outlives_the_batchs_session(
             assert front.run(f"SELECT count() FROM {EVENTS} WHERE recipient = 'alice'") == "0\n"
         finally:
             await writer.close()
+
+
+async def test_a_retry_waits_for_an_insert_that_outlived_its_client(tmp_path: Path) -> None:
+    # A server goes on with an insert whose client timed out. The person is erased before the
+    # batch's retry, which leaves her rows out and lands nothing under the token: her rows
+    # that the first insert lands after must still go.
+    async with ClickHouseFront(tmp_path / "ch") as front:
+        setup = HttpWriter(front.url)
+        writer = HttpWriter(front.url, timeout_s=1.0)
+        try:
+            await migrate(setup, retention_days=0)
+            gate, held = threading.Event(), []
+
+            def hold(statement: str) -> threading.Event | None:
+                if statement.startswith(f"INSERT INTO {EVENTS} (") and not held:
+                    held.append(statement)
+                    return gate
+                return None
+
+            front.hold = hold
+            events = body([wire("open", hour_ago_ms(), recipient="alice")])
+            with pytest.raises(StoreError):
+                await Ingest(writer).store(events, "beacon.events-0-0-0")
+            assert held and front.running  # the server runs it on
+            assert await erasure.erase(setup, "recipient", "alice") == 0  # not landed yet
+            asyncio.get_running_loop().call_later(3.0, gate.set)
+            # The retry, in a session of its own (another Ingest: the front keeps every
+            # session's temporary tables in one chDB session), retried as the pipeline does.
+            retry, deadline = Ingest(writer), time.monotonic() + 60
+            while True:
+                try:
+                    stored = await retry.store(events, "beacon.events-0-0-0", again=True)
+                    break
+                except StoreError:
+                    assert time.monotonic() < deadline
+                    await asyncio.sleep(0.1)
+            assert stored.erase is not None
+            erased = await retry.erase_recorded(stored.erase)
+            gate.set()
+            while front.running:  # without the wait, the first insert lands only now
+                assert time.monotonic() < deadline
+                await asyncio.sleep(0.05)
+            assert front.run(f"SELECT count() FROM {EVENTS} WHERE recipient = 'alice'") == "0\n"
+            assert erased == 1  # the row the first insert landed while the retry waited
+        finally:
+            gate.set()
+            await writer.close()
+            await setup.close()
 
 
 async def test_no_erasure_without_a_writable_audit_log(store: Store, tmp_path: Path) -> None:

@@ -13,8 +13,8 @@ from analytics.migrations import MIGRATIONS, migrate
 from analytics.report import run_query
 from analytics.report_window import Filters, Window
 from analytics.schema import EVENTS
-from analytics.store import StoreError, read_guard
-from analytics.store.http import HttpWriter
+from analytics.store import Cluster, StoreError, read_guard
+from analytics.store.http import HttpWriter, earlier_inserts_sql
 from analytics.store.readers import HttpReader, ReadLimits
 from analytics.views import Request, view_rows
 from collector.event import build_event
@@ -243,3 +243,10 @@ async def test_a_clickhouse_server_gets_the_same_guard_and_profile(tmp_path: Pat
             assert len(read_only) == 5  # per read: the reprint, its parse, the read itself
         finally:
             await writer.close()
+
+
+def test_the_earlier_inserts_count_reads_clickhouses_own_processes_table(front) -> None:
+    # On chDB itself, past the front (which lists its own statements as system.processes).
+    assert front.run(earlier_inserts_sql(None, 0.25)) == "0\n"
+    for cluster in (None, Cluster("beacon")):
+        front.run(f"EXPLAIN AST {earlier_inserts_sql(cluster, 0.25)}")  # parses

@@ -10,6 +10,10 @@ settings of an INSERT (async_insert, insert_deduplication_token, ...) become the
 clause ClickHouse's INSERT grammar has for them (`with_settings`). A statement in the body with
 settings in the URL runs unchanged in a session opened with those settings (`_read`), as a
 server applies them to that query alone; query parameters (`param_<name>`) pass as chDB's.
+
+And one table: `system.processes` is the front's own list of the statements it runs (their
+`query_id`, `initial_query_id`, `query_kind` and `elapsed`), since chDB knows them under ids of
+its own. As on a server, a statement runs to its end when its client gives up on it.
 """
 
 from __future__ import annotations
@@ -18,6 +22,8 @@ import asyncio
 import gzip
 import re
 import threading
+import time
+import uuid
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -32,7 +38,7 @@ from aiohttp.test_utils import TestServer
 # a `session_check` of one it has not, as a server does.
 HTTP_PARAMS = frozenset(
     ("query", "default_format", "wait_end_of_query", "session_id", "session_timeout",
-     "session_check")
+     "session_check", "query_id")
 )  # fmt: skip
 SETTING_NAME_RE = re.compile(r"^[a-z_][a-z0-9_]{0,99}$")
 NUMBER_RE = re.compile(r"^-?\d+(\.\d+)?$")
@@ -44,7 +50,11 @@ INSERT_FORMAT_RE = re.compile(
 )
 CODE_RE = re.compile(r"Code: (\d+)")
 AUTH_FAILED = 516  # ClickHouse's AUTHENTICATION_FAILED
+PROCESSES = "system.processes"
+PROCESS_COLUMNS = "query_id String, initial_query_id String, query_kind String, elapsed Float64"
+HOLD_MAX_S = 60.0  # a held statement runs after this whatever the test does
 SESSION_NOT_FOUND = 372
+SESSION_IS_LOCKED = 373
 
 
 @dataclass(frozen=True, slots=True)
@@ -64,10 +74,14 @@ class FrontError(Exception):
         self.status, self.code, self.message = status, code, message
 
 
+def quoted(value: str) -> str:
+    return "'" + value.replace("\\", "\\\\").replace("'", "\\'") + "'"
+
+
 def literal(value: str) -> str:
     if NUMBER_RE.match(value):
         return value
-    return "'" + value.replace("\\", "\\\\").replace("'", "\\'") + "'"
+    return quoted(value)
 
 
 def with_settings(head: str, settings: dict[str, str]) -> str:
@@ -92,6 +106,12 @@ class ClickHouseFront:
         # Set: after a request for which it says True, the front forgets its sessions, as if
         # the client's next connection reached another server behind the same address.
         self.moves_after: Callable[[Seen], bool] | None = None
+        # Set: a statement for which it gives an Event waits for it before it runs (it is
+        # listed in system.processes meanwhile), as one that a busy server is slow to finish.
+        self.hold: Callable[[str], threading.Event | None] | None = None
+        # query_id -> (query_kind, time.monotonic() at its start) of each statement running.
+        self.running: dict[str, tuple[str, float]] = {}
+        self.busy: set[str] = set()  # sessions running a statement: a session runs one at a time
         self.sessions: set[str] = set()
         self.seen: list[Seen] = []
         self._lock = threading.Lock()
@@ -155,18 +175,59 @@ class ClickHouseFront:
             head, settings = params.pop("query", ""), self._settings(params)
             # Query parameters: {name:Type} placeholders, sent as param_<name> in the URL.
             values = {k[6:]: settings.pop(k) for k in list(settings) if k.startswith("param_")}
+            query_id = request.query.get("query_id") or str(uuid.uuid4())
             if (settings or values) and not head:  # a statement in the body, settings in the URL
-                out = await asyncio.to_thread(self._read, body, fmt, settings, values)
+                work = self._processes(body)
+                run = lambda: self._read(work, fmt, settings, values)  # noqa: E731
             else:
                 head = with_settings(head, settings)
-                sql = f"{head}\n{body}" if head and body else head or body
-                out = await asyncio.to_thread(self._execute, sql, fmt)
+                sql = self._processes(f"{head}\n{body}" if head and body else head or body)
+                run = lambda: self._execute(sql, fmt)  # noqa: E731
+            session = request.query.get("session_id", "")
+            if session in self.busy:
+                message = (
+                    f"Code: {SESSION_IS_LOCKED}. DB::Exception: Session {session} is locked by a "
+                    "concurrent client. (SESSION_IS_LOCKED)"
+                )
+                raise FrontError(500, SESSION_IS_LOCKED, message)
+            out = await asyncio.to_thread(self._run_listed, query_id, session, statement, run)
         except FrontError as exc:
             headers = {"X-ClickHouse-Exception-Code": str(exc.code)} if exc.code else {}
             return web.Response(status=exc.status, text=exc.message + "\n", headers=headers)
         if self.moves_after is not None and self.moves_after(self.seen[-1]):
             self.sessions.clear()
         return web.Response(text=out)
+
+    def _run_listed(
+        self, query_id: str, session: str, statement: str, run: Callable[[], str]
+    ) -> str:
+        """`run()`, listed in system.processes and holding its session from before any hold
+        to its end. In a thread of its own: it runs on when its client leaves (the handler is
+        cancelled then)."""
+        kind = "Insert" if statement.lstrip()[:6].upper() == "INSERT" else "Select"
+        self.running[query_id] = (kind, time.monotonic())
+        if session:
+            self.busy.add(session)
+        try:
+            gate = self.hold(statement) if self.hold is not None else None
+            if gate is not None:
+                gate.wait(HOLD_MAX_S)
+            return run()
+        finally:
+            del self.running[query_id]
+            self.busy.discard(session)
+
+    def _processes(self, sql: str) -> str:
+        """`sql` with system.processes as the statements running now."""
+        if PROCESSES not in sql:
+            return sql
+        now = time.monotonic()
+        rows = "".join(
+            f", ({quoted(q)}, {quoted(q)}, '{kind}', {now - began:.6f})"
+            for q, (kind, began) in list(self.running.items())
+        )
+        listed = f"(SELECT * FROM values('{PROCESS_COLUMNS}', ('', '', '', -1){rows}) "
+        return sql.replace(PROCESSES, listed + "WHERE elapsed >= 0)")
 
     def _find_session(self, params: Mapping[str, str]) -> None:
         session = params.get("session_id")
