@@ -20,8 +20,10 @@ is not already there. A cut depends on how records arrived, so, as in ClickHouse
 Connect's exactly-once design (per-partition state of the offset range in flight), the ranges
 are written down before the insert, and the next reader of a partition replays them as they
 were. The state rides in the Kafka offset commit itself: committed offset = the partition's
-first offset in the batch, metadata = `beacon-inflight:<first>-<last>`, and for a batch of
-several partitions `:<batch hash>:<partitions>`. It needs no other store, is fenced by the
+first offset in the batch, metadata = `beacon-inflight:<first>-<last>`, for a batch of
+several partitions `:<batch hash>:<partitions>`, and for a partial replay `:p` (replayed again,
+it stays partial: it never inserted under its token, so the token would stop no repeat of
+what it stored). It needs no other store, is fenced by the
 group generation like any commit, and is replaced by the plain commit of `last + 1` once
 ClickHouse has acknowledged the insert.
 https://github.com/ClickHouse/clickhouse-kafka-connect/blob/main/docs/DESIGN.md
@@ -51,7 +53,7 @@ from consumers.sources.protocol import Batch, join_lines, lines_of
 TOKEN_TOPIC_MAX_CHARS = 120  # leaves room for partition, offsets and time in TOKEN_RE's 200
 BATCH_HASH_CHARS = 32
 INFLIGHT_RE = re.compile(
-    rf"^beacon-inflight:(\d+)-(\d+)(?::([0-9a-f]{{{BATCH_HASH_CHARS}}}):(\d+))?$"
+    rf"^beacon-inflight:(\d+)-(\d+)(?::([0-9a-f]{{{BATCH_HASH_CHARS}}}):(\d+))?(:p)?$"
 )
 # The longest a waiting backlog holds back an age cut, in batch ages: a high watermark that
 # stopped moving (a partition not fetched for a while) cannot hold a batch for good. Also the
@@ -66,12 +68,15 @@ class Inflight(NamedTuple):
     last: int
     batch: str = ""  # the batch's hash when it spans several partitions
     partitions: int = 1
+    partial: bool = False  # a partial replay: stores only the events not stored yet
 
 
-def inflight_metadata(first: int, last: int, batch: str = "", partitions: int = 1) -> str:
+def inflight_metadata(
+    first: int, last: int, batch: str = "", partitions: int = 1, partial: bool = False
+) -> str:
     """The commit metadata that records a partition's range of a batch in flight."""
     tail = f":{batch}:{partitions}" if partitions > 1 else ""
-    return f"beacon-inflight:{first}-{last}{tail}"
+    return f"beacon-inflight:{first}-{last}{tail}{':p' if partial else ''}"
 
 
 def parse_inflight(metadata: str | None) -> Inflight | None:
@@ -79,8 +84,8 @@ def parse_inflight(metadata: str | None) -> Inflight | None:
     match = INFLIGHT_RE.match(metadata or "")
     if match is None:
         return None
-    first, last, batch, partitions = match.groups()
-    return Inflight(int(first), int(last), batch or "", int(partitions or 1))
+    first, last, batch, partitions, partial = match.groups()
+    return Inflight(int(first), int(last), batch or "", int(partitions or 1), bool(partial))
 
 
 def _topic_part(topic: str) -> str:
@@ -146,7 +151,10 @@ class KafkaBatch(Batch):
     def inflight(self) -> dict[TopicPartition, str]:
         """The commit metadata of each partition while the batch is on its way."""
         n = len(self.members)
-        return {tp: inflight_metadata(a, b, self.hash, n) for tp, (a, b) in self.ranges.items()}
+        return {
+            tp: inflight_metadata(a, b, self.hash, n, self.partial)
+            for tp, (a, b) in self.ranges.items()
+        }
 
     def rejected_lines(self) -> list[tuple[ConsumerRecord, int, bytes, str]]:
         """(record, line number in the record, the line, reason) of every reject."""
@@ -321,7 +329,7 @@ def _cut_replay(
         members = []
         recorded = group[0].inflight
         assert recorded is not None
-        exact = len(group) == recorded.partitions and not split
+        exact = len(group) == recorded.partitions and not split and not recorded.partial
         for part in complete:
             inflight = part.inflight
             assert inflight is not None

@@ -353,6 +353,25 @@ def test_a_recorded_batch_is_formed_again_or_only_its_missing_events_go_in() -> 
     assert partial.ranges == {tps[1]: (0, 3)} and partial.token == "t-1-0-3-0"
 
 
+def test_a_partial_replay_recorded_in_flight_is_replayed_partial_again() -> None:
+    """A partial replay inserts only under fresh tokens, never under its own: replayed again
+    (its member died before its commit) it must still store only what is missing, or its
+    token would let the events it stored go in twice."""
+    tp = TopicPartition("t", 0)
+    alone = PartitionBuffer(tp, 0, Inflight(0, 3, "ab" * 16, 2))  # its batch's other range
+    alone.add(records(tp, range(4)), now=0.0)  # went to another member
+    partial = cut([alone], {tp: 4}, 0.0, (1, 1, 1.0), False)
+    assert partial is not None and partial.partial
+    recorded = parse_inflight(partial.inflight()[tp])
+    assert recorded == Inflight(0, 3, "", 1, partial=True)
+    assert partial.inflight()[tp] == "beacon-inflight:0-3:p"
+    again = PartitionBuffer(tp, 0, recorded)
+    again.add(records(tp, range(4)), now=0.0)
+    replay = cut([again], {tp: 4}, 0.0, (1, 1, 1.0), False)
+    assert replay is not None and replay.replay and replay.partial
+    assert replay.ranges == {tp: (0, 3)}
+
+
 def test_a_range_never_read_holds_back_neither_its_batch_for_good_nor_other_partitions() -> None:
     """A recorded batch's partition without a leader is not fetched: the other partitions'
     batches are cut meanwhile, and after BACKLOG_AGES ages what was read of the recorded
