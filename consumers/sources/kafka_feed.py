@@ -163,15 +163,19 @@ class KafkaFeed:
         # hold about a batch whatever the backlog and the partitions owned, and a backlog
         # still makes full batches (the member stays in its group: aiokafka heartbeats apart,
         # and the loop polls again within an insert). A replay must read its recorded ranges
-        # through, however large they were cut: then only their partitions are polled, and
-        # the others wait within the bound (one fetch each, in aiokafka). A range read through
-        # is not polled again: its partition's records would pile up past the bound while
-        # another range of its batch is not fetched (a partition without a leader).
+        # through, however large they were cut: once the others are full, only their
+        # partitions are polled, and the others wait within the bound (one fetch each, in
+        # aiokafka). The ranges' records are held apart from the bound: each is at most the
+        # batch it was cut in. A range read through waits for the rest of its batch (up to
+        # BACKLOG_AGES ages, for a partition without a leader): its partition is not polled
+        # meanwhile, or its records would pile up, and the others are, or they would starve.
         parts = self.parts.values()
-        buffered = sum(p.bytes for p in parts)
-        replaying = [p.tp for p in parts if p.inflight is not None and not p.read_through()]
+        buffered = sum(p.bytes for p in parts if p.inflight is None)
+        unread = [p.tp for p in parts if p.inflight is not None and not p.read_through()]
+        waiting = {p.tp for p in parts if p.inflight is not None and p.read_through()}
         full = buffered >= self.max_bytes
-        self.skipped = full and not replaying
+        only = unread if full else [p.tp for p in parts if p.tp not in waiting] if waiting else []
+        self.skipped = bool(full or waiting) and not only
         if self.skipped:
             self.quiet.saw(True, time.monotonic())  # full, not quiet: nothing was asked
             return 0
@@ -183,7 +187,7 @@ class KafkaFeed:
         if not full:
             wanted = max(1, min(wanted, (self.max_bytes - buffered) // self.record_bytes))
         asked = time.monotonic()
-        polled = await self.source.poll(self.poll_ms, wanted, replaying if full else ())
+        polled = await self.source.poll(self.poll_ms, wanted, only)
         self.quiet.saw(bool(polled), asked)
         if self.unadopted:
             await self._adopt()
