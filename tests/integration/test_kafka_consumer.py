@@ -411,6 +411,42 @@ def test_a_range_never_read_holds_back_neither_its_batch_for_good_nor_other_part
     assert late.ranges == {tps[1]: (0, 3)} and late.token == "t-1-0-3-0"
 
 
+class PollRecorder:
+    """The Kafka source's edge, to see which partitions a read asks for: nothing comes."""
+
+    def __init__(self) -> None:
+        self.asked: list[set[TopicPartition]] = []
+
+    async def poll(
+        self, timeout_ms: int, max_records: int, only: list[TopicPartition] = ()  # type: ignore[assignment]
+    ) -> dict[TopicPartition, list[ConsumerRecord]]:
+        self.asked.append(set(only))
+        return {}
+
+
+async def test_a_range_read_through_waits_unpolled_and_the_others_are_polled(
+    tmp_path: Path,
+) -> None:
+    """While a recorded range waits for the rest of its batch its partition is not fetched;
+    the others are, and the recorded ranges' records do not count against the bound: a
+    range read partly before its leader was lost must not starve the other partitions."""
+    settings = ConsumerSettings(data_dir=tmp_path, batch_max_bytes=300, kafka_topic="t")
+    source = PollRecorder()
+    feed = KafkaFeed(source, None, ConsumerMetrics(CollectorRegistry()), settings)  # type: ignore[arg-type]
+    tps = [TopicPartition("t", n) for n in range(3)]
+    recorded = Inflight(0, 1, "ab" * 16, 2)
+    through, partly = PartitionBuffer(tps[0], 0, recorded), PartitionBuffer(tps[1], 0, recorded)
+    fresh = PartitionBuffer(tps[2], 0, None)
+    through.add(records(tps[0], range(2), b"x" * 200), now=0.0)
+    partly.add(records(tps[1], range(1), b"x" * 200), now=0.0)
+    feed.parts = {p.tp: p for p in (through, partly, fresh)}
+    await feed.read(final=False)
+    assert source.asked[-1] == {tps[1], tps[2]}
+    fresh.add(records(tps[2], range(2), b"y" * 200), now=0.0)  # the others' bound reached
+    await feed.read(final=False)
+    assert source.asked[-1] == {tps[1]}
+
+
 # -- the pipeline in process -------------------------------------------------------------------
 
 
