@@ -10,7 +10,7 @@ import subprocess
 import sys
 import time
 import uuid
-from collections.abc import Awaitable, Callable, Iterator
+from collections.abc import Awaitable, Callable, Iterable, Iterator
 from dataclasses import replace
 from pathlib import Path
 from typing import Any
@@ -418,7 +418,7 @@ class PollRecorder:
         self.asked: list[set[TopicPartition]] = []
 
     async def poll(
-        self, timeout_ms: int, max_records: int, only: list[TopicPartition] = ()  # type: ignore[assignment]
+        self, timeout_ms: int, max_records: int, only: Iterable[TopicPartition] = ()
     ) -> dict[TopicPartition, list[ConsumerRecord]]:
         self.asked.append(set(only))
         return {}
