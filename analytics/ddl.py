@@ -130,10 +130,10 @@ class ConnWriter:
     async def query(self, sql: str, fmt: str = "JSONEachRow") -> str:
         return self.run(sql, fmt)
 
-    def new_session(self) -> None:
+    def new_session(self, batch: str = "") -> None:
         pass  # one chDB connection, one session
 
-    async def await_earlier_inserts(self) -> None:
+    async def await_earlier_inserts(self, batch: str | None = None) -> None:
         pass  # each statement runs to its end before its call returns
 
     async def close(self) -> None:

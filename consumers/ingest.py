@@ -251,12 +251,13 @@ class Ingest:
         async with self._lock:
             # On a server, a session of the batch's own: none of an earlier batch's rows can
             # be in its temporary tables, on whichever server it runs.
-            self.writer.new_session()
+            self.writer.new_session(token)
             try:
                 if replay or again:
                     # An earlier attempt's insert may still run on a server whose client gave
-                    # up on it: what it lands after this attempt's erasure check would stay.
-                    await self.writer.await_earlier_inserts()
+                    # up on it: what it lands after this attempt's erasure check would stay. A
+                    # partial replay's may have been another batch's: every batch's counts.
+                    await self.writer.await_earlier_inserts(None if partial else token)
                 if self._dirty:
                     await self._empty()  # raises: the batch fails, and is retried
                 await self._stage(body)

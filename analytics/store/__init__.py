@@ -102,15 +102,15 @@ class Writer(Protocol):
     async def query(self, sql: str, fmt: str = "JSONEachRow") -> str:
         """Run a query and return its output in `fmt`."""
 
-    def new_session(self) -> None:
+    def new_session(self, batch: str = "") -> None:
         """Run the statements that follow in a session of their own, which each one after the
-        first must find (the ingest's temporary tables live in it); a no-op for a store that
-        is one session."""
+        first must find (the ingest's temporary tables live in it), for the batch whose dedup
+        token is `batch`; a no-op for a store that is one session."""
 
-    async def await_earlier_inserts(self) -> None:
-        """Return once no insert begun before this call still runs: one whose client gave up
-        (a timeout) may still land, and the retry of its batch must come after it. Raises
-        StoreError when one still runs after a bound."""
+    async def await_earlier_inserts(self, batch: str | None = None) -> None:
+        """Return once no insert of the batch `batch` (None: of any) begun before this call
+        still runs: one whose client gave up (a timeout) may still land, and the retry of its
+        batch must come after it. Raises StoreError when one still runs after a bound."""
 
     async def close(self) -> None: ...
 

@@ -101,10 +101,10 @@ class ChdbWriter:
     def query_sync(self, sql: str, fmt: str = "JSONEachRow") -> str:
         return self._run(sql, fmt)
 
-    def new_session(self) -> None:
+    def new_session(self, batch: str = "") -> None:
         pass  # one chDB session, in this process: the temporary tables cannot be elsewhere
 
-    async def await_earlier_inserts(self) -> None:
+    async def await_earlier_inserts(self, batch: str | None = None) -> None:
         pass  # statements run one at a time: one whose caller gave up holds the lock to its end
 
     async def close(self) -> None:

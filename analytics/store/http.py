@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import gzip
+import hashlib
 import time
 import uuid
 from collections.abc import AsyncIterator, Mapping, Sequence
@@ -28,9 +29,11 @@ GZIP_LEVEL = 1
 GZIP_INLINE_MAX_BYTES = 64 * 1024
 ERROR_MESSAGE_MAX_CHARS = 2000
 # Every statement's query_id starts so; that of an insert under a dedup token (a batch's rows
-# into beacon.events) with INSERT_QUERY_ID_PREFIX, by which the server lists them.
+# into beacon.events) with INSERT_QUERY_ID_PREFIX and its batch's key (batch_key), by which
+# the server lists them.
 QUERY_ID_PREFIX = "beacon-"
 INSERT_QUERY_ID_PREFIX = "beacon-insert-"
+BATCH_KEY_CHARS = 16
 # How often a retry looks again for an earlier insert still running (await_earlier_inserts).
 EARLIER_INSERTS_POLL_S = 0.1
 
@@ -57,15 +60,21 @@ async def each(pieces: Sequence[bytes]) -> AsyncIterator[bytes]:
         yield piece
 
 
-def earlier_inserts_sql(cluster: Cluster | None, waited_s: float) -> str:
-    """How many batch inserts run that began over `waited_s` ago (on every server of
-    `cluster`)."""
+def batch_key(batch: str) -> str:
+    """The key of a batch (its dedup token) in its inserts' query ids."""
+    return hashlib.sha256(batch.encode()).hexdigest()[:BATCH_KEY_CHARS]
+
+
+def earlier_inserts_sql(cluster: Cluster | None, waited_s: float, batch: str | None) -> str:
+    """How many inserts of the batch `batch` (None: of any batch) run that began over
+    `waited_s` ago (on every server of `cluster`)."""
     processes = "system.processes"
     if cluster is not None:
         processes = f"clusterAllReplicas('{cluster.name}', system.processes)"
+    prefix = INSERT_QUERY_ID_PREFIX + (f"{batch_key(batch)}-" if batch is not None else "")
     return (
         f"SELECT count() FROM {processes} WHERE query_kind = 'Insert' AND "
-        f"startsWith(initial_query_id, '{INSERT_QUERY_ID_PREFIX}') AND elapsed > {waited_s:.3f}"
+        f"startsWith(initial_query_id, '{prefix}') AND elapsed > {waited_s:.3f}"
     )
 
 
@@ -103,15 +112,18 @@ class HttpWriter:
         self._check_session = False
         self._session_opened = False
         self._one_at_a_time = asyncio.Lock()
+        self._insert_query_id = INSERT_QUERY_ID_PREFIX  # then a uuid; new_session adds a batch
 
-    def new_session(self) -> None:
+    def new_session(self, batch: str = "") -> None:
         """Run what follows in a fresh server session; each statement after its first names
         it with `session_check`, so that one which lands on another server (several behind
         one address) fails, and its batch is retried, instead of finding there an empty
-        session of the same id, or one an earlier batch left its tables in."""
+        session of the same id, or one an earlier batch left its tables in. The session's
+        inserts carry `batch` (its dedup token) in their query ids."""
         self._server_session = server_session()
         self._check_session = True
         self._session_opened = False
+        self._insert_query_id = INSERT_QUERY_ID_PREFIX + (f"{batch_key(batch)}-" if batch else "")
 
     def _client(self) -> aiohttp.ClientSession:
         # Made on first use: a ClientSession belongs to the running event loop.
@@ -165,13 +177,13 @@ class HttpWriter:
             # Wire fields without a column (added by newer collectors) must not fail a batch.
             "input_format_skip_unknown_fields": "1",
         }
-        await self._post(params, rows, INSERT_QUERY_ID_PREFIX)
+        await self._post(params, rows, self._insert_query_id)
 
     async def insert_from(
         self, table: str, columns: Sequence[str], select: str, token: str
     ) -> None:
         statement = insert_select(table, columns, select, token, self.cluster)
-        await self._post({}, statement.encode(), INSERT_QUERY_ID_PREFIX)
+        await self._post({}, statement.encode(), self._insert_query_id)
 
     async def load(self, table: str, body: Sequence[bytes], fmt: str) -> None:
         await self._post({"query": f"INSERT INTO {table} FORMAT {fmt}"}, body)
@@ -188,21 +200,21 @@ class HttpWriter:
         params = {**(settings or {}), "default_format": fmt, "wait_end_of_query": "1"}
         return await self._post(params, sql.encode())
 
-    async def await_earlier_inserts(self) -> None:
-        """Return once no batch insert begun before this call runs on the server (on every
-        server of the cluster: a Distributed insert's shards run it under its query id). A
-        server goes on with an insert whose client gave up on it (a timeout: ClickHouse cancels
-        only read-only queries when their client leaves), so a retry could run beside it, and
-        what it lands late would miss the batch's erasure check: a person erased in between
-        would come back. Other consumers' batch inserts begun before it are waited for too (an
-        insert long, at most); settling's and other statements are not. Raises StoreError
-        after the writer's timeout."""
+    async def await_earlier_inserts(self, batch: str | None = None) -> None:
+        """Return once no insert of the batch `batch` (a dedup token given to new_session;
+        None: of any batch) begun before this call runs on the server (on every server of the
+        cluster: a Distributed insert's shards run it under its query id). A server goes on
+        with an insert whose client gave up on it (a timeout: ClickHouse cancels only read-only
+        queries when their client leaves), so a retry could run beside it, and what it lands
+        late would miss the batch's erasure check: a person erased in between would come back.
+        Settling's and other statements are never waited for. Raises StoreError after the
+        writer's timeout."""
         # A server down runs nothing: a cluster's count skips it.
         settings = {"skip_unavailable_shards": "1"} if self.cluster is not None else {}
         began_s = time.monotonic()
         while True:
             waited_s = time.monotonic() - began_s
-            sql = earlier_inserts_sql(self.cluster, waited_s)
+            sql = earlier_inserts_sql(self.cluster, waited_s, batch)
             if not int((await self.query(sql, "TSV", settings)).strip() or 0):
                 return
             if waited_s >= self.timeout_s:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import threading
 import time
 from pathlib import Path
 
@@ -247,6 +248,34 @@ async def test_a_clickhouse_server_gets_the_same_guard_and_profile(tmp_path: Pat
 
 def test_the_earlier_inserts_count_reads_clickhouses_own_processes_table(front) -> None:
     # On chDB itself, past the front (which lists its own statements as system.processes).
-    assert front.run(earlier_inserts_sql(None, 0.25)) == "0\n"
-    for cluster in (None, Cluster("beacon")):
-        front.run(f"EXPLAIN AST {earlier_inserts_sql(cluster, 0.25)}")  # parses
+    assert front.run(earlier_inserts_sql(None, 0.25, "spool-1")) == "0\n"
+    for cluster, batch in ((None, None), (Cluster("beacon"), "spool-1")):
+        front.run(f"EXPLAIN AST {earlier_inserts_sql(cluster, 0.25, batch)}")  # parses
+
+
+async def test_a_retry_waits_for_its_own_batchs_insert_still_running_not_anothers(
+    front, store
+) -> None:
+    gate = threading.Event()
+    front.hold = lambda statement: gate if statement.startswith("INSERT") else None
+    running = HttpWriter(front.url, user="beacon", password=PASSWORD)
+    waiting = HttpWriter(front.url, user="beacon", password=PASSWORD, timeout_s=0.5)
+    running.new_session("beacon.events-0-0-9")
+    insert = asyncio.create_task(running.insert(EVENTS, rows(1), "beacon.events-0-0-9"))
+    try:
+        deadline = time.monotonic() + 60
+        while not front.running:
+            assert time.monotonic() < deadline and not insert.done()
+            await asyncio.sleep(0.01)
+        await waiting.await_earlier_inserts("beacon.events-1-0-9")  # another batch's: no wait
+        for batch in ("beacon.events-0-0-9", None):  # its own, or any batch's: waits, to a bound
+            with pytest.raises(StoreError, match="still runs"):
+                await waiting.await_earlier_inserts(batch)
+        gate.set()
+        await insert
+        await waiting.await_earlier_inserts("beacon.events-0-0-9")
+        assert await count(front) == 1
+    finally:
+        gate.set()
+        await running.close()
+        await waiting.close()
