@@ -82,7 +82,7 @@ class SpoolSource:
             if data and not data.endswith(b"\n"):
                 # A segment is closed by its rename before its bytes are synced: a machine
                 # crash between the two can leave it cut in a line. That line is read as one of
-                # its own (a torn one goes alone to the DLQ), not cut a byte shorter nor joined to
+                # its own (a torn one is rejected alone), not cut a byte shorter nor joined to
                 # the next segment's first; its range ends one byte past the file.
                 data += b"\n"
             count = data.count(b"\n")
