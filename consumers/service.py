@@ -47,10 +47,11 @@ async def run_kafka_pipeline(
     settings: ConsumerSettings, writer: Writer, metrics: ConsumerMetrics, stop: asyncio.Event
 ) -> None:
     """The Kafka pipeline, started again while the brokers cannot be reached: a consumer that
-    starts before Kafka (a cluster coming up, an outage) waits for it with one line a try,
-    instead of ending in a traceback. A new start is a new member: it replays what its
-    partitions have in flight, as after a restart."""
-    from aiokafka.errors import KafkaConnectionError
+    starts before Kafka (a cluster coming up, an outage, a broker dead but still listed in the
+    cluster's metadata) waits for it with one line a try, instead of ending in a traceback. A
+    new start is a new member: it replays what its partitions have in flight, as after a
+    restart. An error no retry mends (a permission, a setting) ends it."""
+    from aiokafka.errors import KafkaError, KafkaTimeoutError
 
     from consumers.dlq import DeadLetters
     from consumers.sources.kafka import KafkaSource
@@ -70,9 +71,11 @@ async def run_kafka_pipeline(
         try:
             await Pipeline(feed, writer, metrics, settings).run(stop)
             return
-        except KafkaConnectionError as exc:
+        except KafkaError as exc:
+            if not (exc.retriable or isinstance(exc, KafkaTimeoutError)):
+                raise
             log.warning(
-                "Kafka at %s cannot be reached (%s); trying again in %.1f s",
+                "Kafka at %s cannot be reached (%r); trying again in %.1f s",
                 settings.kafka_bootstrap, exc, delay_s,
             )  # fmt: skip
         with contextlib.suppress(TimeoutError):

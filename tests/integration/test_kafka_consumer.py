@@ -19,7 +19,7 @@ import orjson
 import pytest
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, ConsumerRecord, TopicPartition
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
-from aiokafka.errors import KafkaError
+from aiokafka.errors import KafkaError, NodeNotReadyError, TopicAuthorizationFailedError
 from prometheus_client import CollectorRegistry
 
 from analytics.migrations import migrate
@@ -39,6 +39,7 @@ from consumers.dlq import (
 from consumers.enrich import Enricher
 from consumers.metrics import ConsumerMetrics
 from consumers.pipeline import Pipeline
+from consumers.service import run_kafka_pipeline
 from consumers.settings import ConsumerSettings
 from consumers.sources.kafka import KafkaSource, Partitions
 from consumers.sources.kafka_batches import (
@@ -448,6 +449,44 @@ async def test_a_range_read_through_waits_unpolled_and_the_others_are_polled(
 
 
 # -- the pipeline in process -------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("error", "retried"), [(NodeNotReadyError, True), (TopicAuthorizationFailedError, False)]
+)
+async def test_a_kafka_error_at_start_starts_it_again_when_a_retry_can_mend_it(
+    settings: ConsumerSettings,
+    store: ChdbWriter,
+    monkeypatch: pytest.MonkeyPatch,
+    error: type[KafkaError],
+    retried: bool,
+) -> None:
+    """A broker dead but still in the cluster's metadata fails a request sent to it
+    (NodeNotReadyError): `beacon consume` starts again, as for a broker not reached; an error
+    no retry mends (a permission) ends it."""
+    asked: list[str] = []
+    ensure_topic = KafkaSource.ensure_topic
+
+    async def first_fails(self: KafkaSource, name: str) -> None:
+        asked.append(name)
+        if len(asked) == 1:
+            raise error("the first ask fails")
+        await ensure_topic(self, name)
+
+    monkeypatch.setattr(KafkaSource, "ensure_topic", first_fails)
+    metrics, stop = ConsumerMetrics(CollectorRegistry()), asyncio.Event()
+    task = asyncio.create_task(run_kafka_pipeline(settings, store, metrics, stop))
+    if not retried:
+        with pytest.raises(error):
+            await asyncio.wait_for(task, WAIT_S)
+        assert len(asked) == 1
+        return
+    events = mail_opens(30)
+    await produce(settings.kafka_bootstrap, settings.kafka_topic, packed(events, 3))
+    await wait_for(at_least(store, len(events)), "the events, after a second start", task)
+    stop.set()
+    await asyncio.wait_for(task, WAIT_S)
+    assert len(asked) == 2
 
 
 async def test_every_event_is_stored_once_and_offsets_are_committed(
