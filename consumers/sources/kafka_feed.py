@@ -41,6 +41,9 @@ from consumers.sources.protocol import Batch, Quiet
 log = logging.getLogger("beacon.consumer")
 
 LAG_INTERVAL_S = 1.0  # how often the lag gauge asks the broker for end offsets
+# How long an ask for end offsets may take. aiokafka waits for the leader of every partition
+# asked for up to its request timeout (40 s): one without a leader would stop every gauge.
+LAG_ASK_TIMEOUT_S = 5.0
 RECORD_BYTES_START = 64 * 1024
 
 
@@ -308,6 +311,23 @@ class KafkaFeed:
     def after_pass(self) -> None:
         self.metrics.paused_partitions.set(len(self.source.paused()))
 
+    async def _ends(self, tps: list[TopicPartition]) -> dict[TopicPartition, int]:
+        """The end offsets the broker gives within LAG_ASK_TIMEOUT_S: of all in one ask, or
+        when that fails (a partition without a leader), of each alone. A partition left out
+        keeps counting its lag in seconds on from the last lag known."""
+        try:
+            return await asyncio.wait_for(self.source.end(tps), LAG_ASK_TIMEOUT_S)
+        except (KafkaError, TimeoutError) as exc:
+            log.debug("end offsets unavailable: %r", exc)
+        if len(tps) == 1:
+            return {}
+        asks = [asyncio.wait_for(self.source.end([tp]), LAG_ASK_TIMEOUT_S) for tp in tps]
+        ends: dict[TopicPartition, int] = {}
+        for answer in await asyncio.gather(*asks, return_exceptions=True):
+            if isinstance(answer, dict):
+                ends.update(answer)
+        return ends
+
     async def _watch_lag(self) -> None:
         """Lag per partition from the broker's end offsets: a paused partition is not fetched,
         so the highwater seen by the fetcher would stand still while the backlog grows."""
@@ -316,11 +336,7 @@ class KafkaFeed:
             parts = dict(self.parts)
             if not parts:
                 continue
-            try:
-                ends = await self.source.end(parts)
-            except KafkaError as exc:
-                log.debug("end offsets unavailable: %s", exc)
-                ends = {}  # the lag in seconds still counts on from the last lag known
+            ends = await self._ends(list(parts))
             now_s = time.time()
             for tp, part in parts.items():
                 current = self.parts.get(tp)
