@@ -180,8 +180,9 @@ class ClickHouseFront:
                 work = self._processes(body)
                 run = lambda: self._read(work, fmt, settings, values)  # noqa: E731
             else:
-                head = with_settings(head, settings)
-                sql = self._processes(f"{head}\n{body}" if head and body else head or body)
+                # Rewritten in the statement only: a body after a `query` parameter is data.
+                head = self._processes(with_settings(head, settings))
+                sql = (f"{head}\n{body}" if body else head) if head else self._processes(body)
                 run = lambda: self._execute(sql, fmt)  # noqa: E731
             session = request.query.get("session_id", "")
             if session in self.busy:
