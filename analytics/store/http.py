@@ -29,8 +29,8 @@ GZIP_LEVEL = 1
 GZIP_INLINE_MAX_BYTES = 64 * 1024
 ERROR_MESSAGE_MAX_CHARS = 2000
 # Every statement's query_id starts so; that of an insert under a dedup token (a batch's rows
-# into beacon.events) with INSERT_QUERY_ID_PREFIX and its batch's key (batch_key), by which
-# the server lists them.
+# into beacon.events) with INSERT_QUERY_ID_PREFIX and its batch's key (insert_query_ids), by
+# which the server lists them.
 QUERY_ID_PREFIX = "beacon-"
 INSERT_QUERY_ID_PREFIX = "beacon-insert-"
 BATCH_KEY_CHARS = 16
@@ -60,9 +60,13 @@ async def each(pieces: Sequence[bytes]) -> AsyncIterator[bytes]:
         yield piece
 
 
-def batch_key(batch: str) -> str:
-    """The key of a batch (its dedup token) in its inserts' query ids."""
-    return hashlib.sha256(batch.encode()).hexdigest()[:BATCH_KEY_CHARS]
+def insert_query_ids(batch: str | None) -> str:
+    """How the query ids of the inserts of the batch `batch` (its dedup token) start; of any
+    batch's inserts when None or empty."""
+    if not batch:
+        return INSERT_QUERY_ID_PREFIX
+    key = hashlib.sha256(batch.encode()).hexdigest()[:BATCH_KEY_CHARS]
+    return f"{INSERT_QUERY_ID_PREFIX}{key}-"
 
 
 def earlier_inserts_sql(cluster: Cluster | None, waited_s: float, batch: str | None) -> str:
@@ -71,10 +75,9 @@ def earlier_inserts_sql(cluster: Cluster | None, waited_s: float, batch: str | N
     processes = "system.processes"
     if cluster is not None:
         processes = f"clusterAllReplicas('{cluster.name}', system.processes)"
-    prefix = INSERT_QUERY_ID_PREFIX + (f"{batch_key(batch)}-" if batch is not None else "")
     return (
         f"SELECT count() FROM {processes} WHERE query_kind = 'Insert' AND "
-        f"startsWith(initial_query_id, '{prefix}') AND elapsed > {waited_s:.3f}"
+        f"startsWith(initial_query_id, '{insert_query_ids(batch)}') AND elapsed > {waited_s:.3f}"
     )
 
 
@@ -112,7 +115,7 @@ class HttpWriter:
         self._check_session = False
         self._session_opened = False
         self._one_at_a_time = asyncio.Lock()
-        self._insert_query_id = INSERT_QUERY_ID_PREFIX  # then a uuid; new_session adds a batch
+        self._insert_query_id = insert_query_ids(None)  # then a uuid; new_session names a batch
 
     def new_session(self, batch: str = "") -> None:
         """Run what follows in a fresh server session; each statement after its first names
@@ -123,7 +126,7 @@ class HttpWriter:
         self._server_session = server_session()
         self._check_session = True
         self._session_opened = False
-        self._insert_query_id = INSERT_QUERY_ID_PREFIX + (f"{batch_key(batch)}-" if batch else "")
+        self._insert_query_id = insert_query_ids(batch)
 
     def _client(self) -> aiohttp.ClientSession:
         # Made on first use: a ClientSession belongs to the running event loop.

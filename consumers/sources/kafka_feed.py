@@ -174,10 +174,14 @@ class KafkaFeed:
         # meanwhile, or its records would pile up, and the others are, or they would starve.
         parts = self.parts.values()
         buffered = sum(p.bytes for p in parts if p.inflight is None)
-        unread = [p.tp for p in parts if p.inflight is not None and not p.read_through()]
-        waiting = {p.tp for p in parts if p.inflight is not None and p.read_through()}
+        recorded = [p for p in parts if p.inflight is not None]
+        waiting = {p.tp for p in recorded if p.read_through()}
         full = buffered >= self.max_bytes
-        only = unread if full else [p.tp for p in parts if p.tp not in waiting] if waiting else []
+        only: list[TopicPartition] = []  # none named: every partition
+        if full:
+            only = [p.tp for p in recorded if p.tp not in waiting]
+        elif waiting:
+            only = [p.tp for p in parts if p.tp not in waiting]
         self.skipped = bool(full or waiting) and not only
         if self.skipped:
             self.quiet.saw(True, time.monotonic())  # full, not quiet: nothing was asked
