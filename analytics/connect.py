@@ -18,6 +18,7 @@ def open_writer(settings: StoreSettings) -> Writer:
             settings.clickhouse_password,
             compress=settings.clickhouse_compression == "gzip",
             cluster=settings.cluster,
+            replicas_cluster=settings.clickhouse_replicas_cluster,
         )
     from analytics.store.chdb import ChdbWriter  # chDB is a heavy import: only its owner pays
 

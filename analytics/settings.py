@@ -114,6 +114,12 @@ class StoreSettings:
         "the ClickHouse cluster's name in remote_servers (deploy/clickhouse/cluster.sql); empty: "
         "a single server",
     )
+    clickhouse_replicas_cluster: str = setting(
+        "",
+        "several servers answer at the URL (replicas behind a load balancer) and no cluster is "
+        "set: their cluster's name in remote_servers, where a retried batch looks for its "
+        "earlier insert still running; empty: the URL is one server",
+    )
     clickhouse_insert_quorum: str = setting(
         "auto",
         "with a cluster: replicas of each shard an insert waits for (auto: a majority; 0 or 1: "
@@ -138,10 +144,29 @@ class StoreSettings:
                 f"{PREFIX}CLICKHOUSE_CLUSTER: letters, digits, _ and - only (the name in "
                 f"remote_servers), got {self.clickhouse_cluster!r}"
             )
+        self._check_replicas_cluster()
         if not QUORUM_RE.match(self.clickhouse_insert_quorum):
             raise SettingsError(
                 f"{PREFIX}CLICKHOUSE_INSERT_QUORUM: auto or a number of replicas, got "
                 f"{self.clickhouse_insert_quorum!r}"
+            )
+
+    def _check_replicas_cluster(self) -> None:
+        name = f"{PREFIX}CLICKHOUSE_REPLICAS_CLUSTER"
+        if not self.clickhouse_replicas_cluster:
+            return
+        if not self.clickhouse_url:
+            raise SettingsError(f"{name}: replicas are reached through a server: set "
+                                f"{PREFIX}CLICKHOUSE_URL too")  # fmt: skip
+        if self.clickhouse_cluster:
+            raise SettingsError(
+                f"{name}: cluster mode ({PREFIX}CLICKHOUSE_CLUSTER) looks on every replica of "
+                "its cluster already; set one of the two"
+            )
+        if not CLUSTER_NAME_RE.match(self.clickhouse_replicas_cluster):
+            raise SettingsError(
+                f"{name}: letters, digits, _ and - only (the name in remote_servers), got "
+                f"{self.clickhouse_replicas_cluster!r}"
             )
 
     @classmethod

@@ -18,7 +18,7 @@ from analytics.connect import open_reader, open_writer
 from analytics.migrations import migrate
 from analytics.query_server import create_query_app
 from analytics.rollup_settle import Settler, settle_loop
-from analytics.store import Writer
+from analytics.store import StoreError, Writer
 from analytics.web import WebConfig
 from consumers.metrics import ConsumerMetrics
 from consumers.pipeline import Pipeline
@@ -27,6 +27,7 @@ from consumers.settings import ConsumerSettings
 log = logging.getLogger("beacon.consumer")
 
 RESTART_DELAY_S = 0.5  # the first wait for an unreachable Kafka, doubled up to retry_max_ms
+START_PROBE = "start"  # the batch named by the read of await_earlier_inserts at start
 
 
 async def run_pipeline(
@@ -91,6 +92,17 @@ async def consume(settings: ConsumerSettings) -> None:
         applied = await migrate(writer, settings.retention_days)
         if applied:
             log.info("applied migrations %s", applied)
+        # What a retried batch's wait reads (analytics/store/http.py), read once now: a cluster
+        # named wrong, or a user without the REMOTE grant that clusterAllReplicas needs, stops
+        # the start rather than the first retry, in an incident. No batch's token is this.
+        try:
+            await writer.await_earlier_inserts(START_PROBE)
+        except StoreError as exc:
+            raise StoreError(
+                f"the inserts running on ClickHouse cannot be read ({exc}): check "
+                "BEACON_CLICKHOUSE_CLUSTER or BEACON_CLICKHOUSE_REPLICAS_CLUSTER, and that the "
+                "user may read system.processes (and has the REMOTE grant on a cluster)"
+            ) from exc
         registry = CollectorRegistry()
         metrics = ConsumerMetrics(registry)
         # The query port answers `beacon report` for the embedded store, and /metrics always.

@@ -69,12 +69,12 @@ def insert_query_ids(batch: str | None) -> str:
     return f"{INSERT_QUERY_ID_PREFIX}{key}-"
 
 
-def earlier_inserts_sql(cluster: Cluster | None, waited_s: float, batch: str | None) -> str:
+def earlier_inserts_sql(cluster: str, waited_s: float, batch: str | None) -> str:
     """How many inserts of the batch `batch` (None: of any batch) run that began over
-    `waited_s` ago (on every server of `cluster`)."""
+    `waited_s` ago (on every server of the cluster named `cluster`; "": on the one server)."""
     processes = "system.processes"
-    if cluster is not None:
-        processes = f"clusterAllReplicas('{cluster.name}', system.processes)"
+    if cluster:
+        processes = f"clusterAllReplicas('{cluster}', system.processes)"
     return (
         f"SELECT count() FROM {processes} WHERE query_kind = 'Insert' AND "
         f"startsWith(initial_query_id, '{insert_query_ids(batch)}') AND elapsed > {waited_s:.3f}"
@@ -97,12 +97,19 @@ class HttpWriter:
         connect_timeout_s: float = 5.0,
         compress: bool = True,
         cluster: Cluster | None = None,
+        replicas_cluster: str = "",
     ) -> None:
-        """`cluster`: inserts go to a cluster's Distributed tables, with its settings."""
+        """`cluster`: inserts go to a cluster's Distributed tables, with its settings.
+        `replicas_cluster`: no cluster, but several servers answer at `url` (replicas behind
+        a load balancer), all of them in this cluster of `remote_servers`."""
         self.url = url
         self.compress = compress
         self.cluster = cluster
-        self._args = (user, password, timeout_s, connect_timeout_s, compress, cluster)
+        # Where a retry looks for its batch's earlier insert (await_earlier_inserts).
+        self.processes_cluster = cluster.name if cluster is not None else replicas_cluster
+        self._args = (
+            user, password, timeout_s, connect_timeout_s, compress, cluster, replicas_cluster
+        )  # fmt: skip
         self.timeout_s = timeout_s
         self._headers = {"X-ClickHouse-User": user, "X-ClickHouse-Key": password}
         if compress:
@@ -206,18 +213,19 @@ class HttpWriter:
     async def await_earlier_inserts(self, batch: str | None = None) -> None:
         """Return once no insert of the batch `batch` (a dedup token given to new_session;
         None: of any batch) begun before this call runs on the server (on every server of the
-        cluster: a Distributed insert's shards run it under its query id). A server goes on
+        cluster: a Distributed insert's shards run it under its query id; of the replicas'
+        cluster, whichever of them took it). A server goes on
         with an insert whose client gave up on it (a timeout: ClickHouse cancels only read-only
         queries when their client leaves), so a retry could run beside it, and what it lands
         late would miss the batch's erasure check: a person erased in between would come back.
         Settling's and other statements are never waited for. Raises StoreError after the
         writer's timeout."""
         # A server down runs nothing: a cluster's count skips it.
-        settings = {"skip_unavailable_shards": "1"} if self.cluster is not None else {}
+        settings = {"skip_unavailable_shards": "1"} if self.processes_cluster else {}
         began_s = time.monotonic()
         while True:
             waited_s = time.monotonic() - began_s
-            sql = earlier_inserts_sql(self.cluster, waited_s, batch)
+            sql = earlier_inserts_sql(self.processes_cluster, waited_s, batch)
             if not int((await self.query(sql, "TSV", settings)).strip() or 0):
                 return
             if waited_s >= self.timeout_s:

@@ -19,6 +19,7 @@ import orjson
 import pytest
 
 from analytics import cluster as cluster_mode
+from analytics.connect import open_writer
 from analytics.ddl import statements
 from analytics.erasure import delete_statement
 from analytics.migrations import MIGRATIONS
@@ -234,11 +235,22 @@ def test_the_cluster_settings() -> None:
     settings = StoreSettings.from_env({**url, "BEACON_CLICKHOUSE_CLUSTER": "beacon"})
     assert settings.cluster == Cluster("beacon", "auto")
     assert StoreSettings.from_env(url).cluster is None
+    # Replicas behind one address: no cluster mode; the writer looks for inserts on each.
+    replicas = StoreSettings.from_env({**url, "BEACON_CLICKHOUSE_REPLICAS_CLUSTER": "default"})
+    assert replicas.cluster is None
+    assert open_writer(replicas).processes_cluster == "default"  # type: ignore[attr-defined]
+    assert open_writer(settings).processes_cluster == "beacon"  # type: ignore[attr-defined]
     for env, message in (
         ({"BEACON_CLICKHOUSE_CLUSTER": "beacon"}, "BEACON_CLICKHOUSE_URL"),
         ({**url, "BEACON_CLICKHOUSE_CLUSTER": "a.b"}, "BEACON_CLICKHOUSE_CLUSTER"),
         ({**url, "BEACON_CLICKHOUSE_CLUSTER": "x'--"}, "BEACON_CLICKHOUSE_CLUSTER"),
         ({**url, "BEACON_CLICKHOUSE_INSERT_QUORUM": "most"}, "BEACON_CLICKHOUSE_INSERT_QUORUM"),
+        ({"BEACON_CLICKHOUSE_REPLICAS_CLUSTER": "r"}, "BEACON_CLICKHOUSE_URL"),
+        ({**url, "BEACON_CLICKHOUSE_REPLICAS_CLUSTER": "x'--"}, "_CLUSTER: letters"),
+        (
+            {**url, "BEACON_CLICKHOUSE_REPLICAS_CLUSTER": "r", "BEACON_CLICKHOUSE_CLUSTER": "c"},
+            "set one of the two",
+        ),
     ):
         with pytest.raises(SettingsError, match=message):
             StoreSettings.from_env(env)

@@ -14,12 +14,13 @@ from analytics.migrations import MIGRATIONS, migrate
 from analytics.report import run_query
 from analytics.report_window import Filters, Window
 from analytics.schema import EVENTS
-from analytics.store import Cluster, StoreError, read_guard
+from analytics.store import StoreError, read_guard
 from analytics.store.http import HttpWriter, earlier_inserts_sql
 from analytics.store.readers import HttpReader, ReadLimits
 from analytics.views import Request, view_rows
 from collector.event import build_event
 from consumers.enrich import Enricher
+from consumers.service import consume
 from consumers.settings import ConsumerSettings
 from tests.support.clickhouse_front import ClickHouseFront
 from tests.support.helpers import free_port
@@ -248,18 +249,42 @@ async def test_a_clickhouse_server_gets_the_same_guard_and_profile(tmp_path: Pat
 
 def test_the_earlier_inserts_count_reads_clickhouses_own_processes_table(front) -> None:
     # On chDB itself, past the front (which lists its own statements as system.processes).
-    assert front.run(earlier_inserts_sql(None, 0.25, "spool-1")) == "0\n"
-    for cluster, batch in ((None, None), (Cluster("beacon"), "spool-1")):
+    assert front.run(earlier_inserts_sql("", 0.25, "spool-1")) == "0\n"
+    for cluster, batch in (("", None), ("beacon", "spool-1")):
         front.run(f"EXPLAIN AST {earlier_inserts_sql(cluster, 0.25, batch)}")  # parses
 
 
-async def test_a_retry_waits_for_its_own_batchs_insert_still_running_not_anothers(
-    front, store
+async def test_a_consumer_whose_replicas_cluster_the_server_lacks_stops_at_start(
+    tmp_path: Path, front
 ) -> None:
+    # Not at the first retry, in an incident: the retry's wait could not read a thing then.
+    front.clusters = {"replicas"}
+    settings = ConsumerSettings(
+        data_dir=tmp_path / "data",
+        clickhouse_url=front.url,
+        clickhouse_user="beacon",
+        clickhouse_password=PASSWORD,
+        clickhouse_replicas_cluster="replica",
+        store_port=free_port(),
+    )
+    with pytest.raises(StoreError, match=r"701.*BEACON_CLICKHOUSE_REPLICAS_CLUSTER"):
+        await asyncio.wait_for(consume(settings), 120)
+    assert any("clusterAllReplicas('replica'" in seen.statement for seen in front.seen)
+
+
+@pytest.mark.parametrize("replicas", ["", "replicas"])
+async def test_a_retry_waits_for_its_own_batchs_insert_still_running_not_anothers(
+    front, store, replicas: str
+) -> None:
+    # With BEACON_CLICKHOUSE_REPLICAS_CLUSTER, the count reads every replica (the front is the
+    # cluster's one), not only the server the load balancer picks for it.
+    front.clusters = {"replicas"}
     gate = threading.Event()
     front.hold = lambda statement: gate if statement.startswith("INSERT") else None
     running = HttpWriter(front.url, user="beacon", password=PASSWORD)
-    waiting = HttpWriter(front.url, user="beacon", password=PASSWORD, timeout_s=0.5)
+    waiting = HttpWriter(
+        front.url, user="beacon", password=PASSWORD, timeout_s=0.5, replicas_cluster=replicas
+    )
     running.new_session("beacon.events-0-0-9")
     insert = asyncio.create_task(running.insert(EVENTS, rows(1), "beacon.events-0-0-9"))
     try:
@@ -268,6 +293,11 @@ async def test_a_retry_waits_for_its_own_batchs_insert_still_running_not_another
             assert time.monotonic() < deadline and not insert.done()
             await asyncio.sleep(0.01)
         await waiting.await_earlier_inserts("beacon.events-1-0-9")  # another batch's: no wait
+        asked = front.seen[-1]
+        assert ("clusterAllReplicas('replicas', system.processes)" in asked.statement) is bool(
+            replicas
+        )
+        assert asked.params.get("skip_unavailable_shards") == ("1" if replicas else None)
         for batch in ("beacon.events-0-0-9", None):  # its own, or any batch's: waits, to a bound
             with pytest.raises(StoreError, match="still runs"):
                 await waiting.await_earlier_inserts(batch)

@@ -13,7 +13,10 @@ server applies them to that query alone; query parameters (`param_<name>`) pass 
 
 And one table: `system.processes` is the front's own list of the statements it runs (their
 `query_id`, `initial_query_id`, `query_kind` and `elapsed`), since chDB knows them under ids of
-its own. As on a server, a statement runs to its end when its client gives up on it.
+its own; so is `clusterAllReplicas('<name>', system.processes)` for a cluster named in
+`clusters` (the front is its every replica), and any other name is refused as a server refuses
+a cluster it does not know. As on a server, a statement runs to its end when its client gives
+up on it.
 """
 
 from __future__ import annotations
@@ -51,6 +54,8 @@ INSERT_FORMAT_RE = re.compile(
 CODE_RE = re.compile(r"Code: (\d+)")
 AUTH_FAILED = 516  # ClickHouse's AUTHENTICATION_FAILED
 PROCESSES = "system.processes"
+ALL_REPLICAS_RE = re.compile(r"clusterAllReplicas\(\s*'([^']*)'\s*,\s*system\.processes\s*\)")
+CLUSTER_DOESNT_EXIST = 701
 PROCESS_COLUMNS = "query_id String, initial_query_id String, query_kind String, elapsed Float64"
 HOLD_MAX_S = 60.0  # a held statement runs after this whatever the test does
 SESSION_NOT_FOUND = 372
@@ -112,6 +117,7 @@ class ClickHouseFront:
         # query_id -> (query_kind, time.monotonic() at its start) of each statement running.
         self.running: dict[str, tuple[str, float]] = {}
         self.busy: set[str] = set()  # sessions running a statement: a session runs one at a time
+        self.clusters: set[str] = set()  # names the front answers clusterAllReplicas for
         self.sessions: set[str] = set()
         self.seen: list[Seen] = []
         self._lock = threading.Lock()
@@ -219,16 +225,25 @@ class ClickHouseFront:
             self.busy.discard(session)
 
     def _processes(self, sql: str) -> str:
-        """`sql` with system.processes as the statements running now."""
+        """`sql` with system.processes, on its own or on every replica of a cluster, as the
+        statements running now; FrontError for a cluster the front does not answer for."""
         if PROCESSES not in sql:
             return sql
+        for name in ALL_REPLICAS_RE.findall(sql):
+            if name not in self.clusters:
+                message = (
+                    f"Code: {CLUSTER_DOESNT_EXIST}. DB::Exception: Requested cluster '{name}' "
+                    "not found. (CLUSTER_DOESNT_EXIST)"
+                )
+                raise FrontError(500, CLUSTER_DOESNT_EXIST, message)
         now = time.monotonic()
         rows = "".join(
             f", ({quoted(q)}, {quoted(q)}, '{kind}', {now - began:.6f})"
             for q, (kind, began) in list(self.running.items())
         )
         listed = f"(SELECT * FROM values('{PROCESS_COLUMNS}', ('', '', '', -1){rows}) "
-        return sql.replace(PROCESSES, listed + "WHERE elapsed >= 0)")
+        listed += "WHERE elapsed >= 0)"
+        return ALL_REPLICAS_RE.sub(lambda _: listed, sql).replace(PROCESSES, listed)
 
     def _find_session(self, params: Mapping[str, str]) -> None:
         session = params.get("session_id")
