@@ -213,11 +213,11 @@ class HttpWriter:
     async def await_earlier_inserts(self, batch: str | None = None) -> None:
         """Return once no insert of the batch `batch` (a dedup token given to new_session;
         None: of any batch) begun before this call runs on the server (on every server of the
-        cluster: a Distributed insert's shards run it under its query id; of the replicas'
-        cluster, whichever of them took it). A server goes on
-        with an insert whose client gave up on it (a timeout: ClickHouse cancels only read-only
-        queries when their client leaves), so a retry could run beside it, and what it lands
-        late would miss the batch's erasure check: a person erased in between would come back.
+        cluster: a Distributed insert's shards run it under its query id; on every server of
+        the replicas' cluster, whichever of them took it). A server goes on with an insert
+        whose client gave up on it (a timeout: ClickHouse cancels only read-only queries when
+        their client leaves), so a retry could run beside it, and what it lands late would
+        miss the batch's erasure check: a person erased in between would come back.
         Settling's and other statements are never waited for. Raises StoreError after the
         writer's timeout."""
         # A server down runs nothing: a cluster's count skips it.
