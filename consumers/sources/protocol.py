@@ -36,7 +36,10 @@ class Batch:
         self.cut_by = "replay" if replay else ""  # consumers/metrics.py CUT_REASONS
         self.good = 0  # lines stored
         self.rejects: list[tuple[int, str]] = []  # (line number, reason), in line order
-        self.marked = replay  # recorded as in flight (a replay: by the run before)
+        # Recorded as in flight: an exact replay by the run before. A partial one records
+        # itself before its insert (Kafka's `:p`), or, replayed again after a crash, it would
+        # be taken for the batch its range was recorded in and stored whole under its token.
+        self.marked = replay and not partial
         self.stored = False  # ClickHouse acknowledged the insert; good and rejects are known
         self.rejects_taken = False  # the feed has taken the rejects (DLQ, log)
         # received_at of the newest stored event of each segment (consumers/ingest.py)

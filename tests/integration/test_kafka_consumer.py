@@ -107,6 +107,23 @@ async def group_offsets(bootstrap: str, group: str, topic: str) -> tuple[dict, d
     return committed, {tp.partition: end for tp, end in ends.items()}
 
 
+async def record_in_flight(settings: ConsumerSettings, tp: TopicPartition, metadata: str) -> None:
+    """Commit offset 0 of `tp` with `metadata`, as a member that died mid-batch leaves it.
+    Without joining the group (a manual assignment): no member leaving it while the consumer
+    joins, which could give the consumer that partition alone at first."""
+    recorder = AIOKafkaConsumer(
+        bootstrap_servers=settings.kafka_bootstrap,
+        group_id=settings.kafka_group,
+        enable_auto_commit=False,
+    )
+    recorder.assign([tp])
+    await recorder.start()
+    try:
+        await recorder.commit({tp: (0, metadata)})
+    finally:
+        await recorder.stop()
+
+
 async def wait_for(check: Callable[[], Awaitable[bool]], what: str, *tasks: Any) -> None:
     deadline = time.monotonic() + WAIT_S
     while not await check():
@@ -644,20 +661,8 @@ async def test_while_a_recorded_range_is_read_through_the_other_partitions_wait_
     await produce(settings.kafka_bootstrap, settings.kafka_topic, chunks)  # 100 a partition
     # Partition 0's records recorded as a batch in flight (offsets 0-99): cut by a member
     # that died before its insert was committed.
-    # Committed without joining the group (a manual assignment): no member leaving it while
-    # the consumer joins, which could give the consumer partition 0 alone at first.
     tp0 = TopicPartition(settings.kafka_topic, 0)
-    recorder = AIOKafkaConsumer(
-        bootstrap_servers=settings.kafka_bootstrap,
-        group_id=settings.kafka_group,
-        enable_auto_commit=False,
-    )
-    recorder.assign([tp0])
-    await recorder.start()
-    try:
-        await recorder.commit({tp0: (0, inflight_metadata(0, len(chunks) // PARTITIONS - 1))})
-    finally:
-        await recorder.stop()
+    await record_in_flight(settings, tp0, inflight_metadata(0, len(chunks) // PARTITIONS - 1))
 
     def others_while_replaying(parts: list[PartitionBuffer]) -> int:
         if all(p.inflight is None for p in parts):
@@ -808,19 +813,56 @@ class Crash(Exception):
     """Stands for the process dying: nothing in the pipeline catches it."""
 
 
-class CrashAfterInsert:
-    """The real chDB writer, and a death right after ClickHouse acknowledged an insert: the
-    worst moment, the batch stored and its offsets not committed."""
+class CrashAtInsert:
+    """The real chDB writer, and a death as an insert begins: whatever was recorded in flight
+    before it is what the next member finds."""
 
     def __init__(self, writer: ChdbWriter) -> None:
         self.writer = writer
 
     async def insert_from(self, table: str, columns: Any, select: str, token: str) -> None:
-        await self.writer.insert_from(table, columns, select, token)
         raise Crash(token)
 
     def __getattr__(self, name: str) -> Any:
         return getattr(self.writer, name)
+
+
+async def test_a_partial_replay_records_itself_partial_before_its_insert(
+    settings: ConsumerSettings, store: ChdbWriter, consumers: list[Consumer]
+) -> None:
+    """Partition 0 recorded as one range of a two-partition batch whose other range is not
+    recorded (its member committed it): a partial replay, which inserts under fresh tokens
+    only. Its member dies at the insert: the next must find it recorded as partial, or it
+    would take partition 0's range for a whole batch and store it under that batch's token,
+    past the events the partial replay stored."""
+    settings = replace(settings, batch_max_rows=10_000, kafka_max_records=10_000)
+    events = mail_opens(60)
+    await produce(settings.kafka_bootstrap, settings.kafka_topic, [orjson.dumps(e) for e in events])
+    tp0 = TopicPartition(settings.kafka_topic, 0)
+    last = len(events) // PARTITIONS - 1
+    await record_in_flight(settings, tp0, inflight_metadata(0, last, "ab" * 16, 2))
+    dying = Consumer(settings, CrashAtInsert(store))
+    with pytest.raises(Crash):
+        await asyncio.wait_for(dying.task, WAIT_S)
+    committed, _ = await group_offsets(
+        settings.kafka_bootstrap, settings.kafka_group, settings.kafka_topic
+    )
+    assert committed[0] == (0, inflight_metadata(0, last, partial=True))
+
+    consumer = Consumer(settings, store)
+    consumers.append(consumer)
+    await wait_for(at_least(store, len(events)), "every event stored", consumer.task)
+    await consumer.close()
+    assert await count(store) == await count(store, "uniqExact(event_id)") == len(events)
+
+
+class CrashAfterInsert(CrashAtInsert):
+    """The real chDB writer, and a death right after ClickHouse acknowledged an insert: the
+    worst moment, the batch stored and its offsets not committed."""
+
+    async def insert_from(self, table: str, columns: Any, select: str, token: str) -> None:
+        await self.writer.insert_from(table, columns, select, token)
+        raise Crash(token)
 
 
 @pytest.mark.parametrize("per_record", [1, 3], ids=["one-event-records", "ndjson-chunks"])
@@ -861,20 +903,17 @@ async def test_a_batch_stored_but_not_committed_is_replayed_with_its_offsets(
     assert committed == {p: (ends[p], "") for p in range(PARTITIONS)}
 
 
-class CrashKeepingOnlyTheToken:
+class CrashKeepingOnlyTheToken(CrashAtInsert):
     """An embedded store killed in the middle of an insert: its dedup token recorded, the
     batch's rows not (here: another row is stored under the token, then the process dies)."""
 
     def __init__(self, writer: ChdbWriter, stray: bytes) -> None:
-        self.writer = writer
+        super().__init__(writer)
         self.stray = stray
 
     async def insert_from(self, table: str, columns: Any, select: str, token: str) -> None:
         await self.writer.insert(table, self.stray, token)
         raise Crash(token)
-
-    def __getattr__(self, name: str) -> Any:
-        return getattr(self.writer, name)
 
 
 async def test_a_replay_trusts_the_stored_ids_not_the_recorded_token(
