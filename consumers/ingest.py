@@ -270,7 +270,10 @@ class Ingest:
                     if not partial:
                         await self._insert(token, "")
                         inserted = good - erased
-                if (replay or partial) and good:
+                # A replay, and a retry: an insert cut short (a server killed, its machine
+                # down) can keep its token and lose its rows, and the token would then drop
+                # this attempt's as a repeat.
+                if (replay or partial or again) and good:
                     refilled = await self._refill(token)
                     inserted += refilled
                 since = await self._erased_meanwhile(oldest, replay or again) if good else None
@@ -368,13 +371,14 @@ class Ingest:
         recorded after the batch read them, whose DELETE ran before the insert landed, left
         them (one recorded after this read deletes them itself); and when an earlier attempt
         may have landed (a replay, a retry), every erasure the batch's time span reads. One
-        more small read a batch; the DELETE only when an erasure came between."""
+        more small read a batch; the DELETE only when an erasure came between. Every erasure
+        since the batch's oldest event, not only those after the last it read: an erasure's
+        time is its server's clock as it began, so one recorded after the read may be stamped
+        before an erasure the read saw (two at once on a server)."""
         now = await self._recent_erasures(oldest_ms)
-        if again and now:
-            return oldest_ms
-        if now == self._seen:
+        if now == self._seen and not (again and now):
             return None
-        return max((last_ms for _, _, last_ms in self._seen), default=oldest_ms)
+        return oldest_ms
 
     async def erase_recorded(self, erase: tuple[int, int, int]) -> int:
         """Stored.erase: delete the events received in its time span of every id erased at

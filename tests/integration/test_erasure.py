@@ -197,6 +197,33 @@ async def test_an_erasure_that_comes_while_a_batch_is_on_its_way_still_erases_it
     assert (calm.erased, calm.inserted, calm.erase) == (1, 0, None)
 
 
+class ErasedEarlierBeforeTheInsert(ErasedBeforeTheInsert):
+    """As ErasedBeforeTheInsert, but stamped before an erasure the batch read: two erasures
+    at once on a server, this one's clock read first and its record committed last."""
+
+    async def insert_from(self, *args: object) -> None:
+        if self.erased is None:
+            record = erasure.record_statement(self.field, self.value)
+            assert "now64(3)" in record
+            await self.writer.execute(record.replace("now64(3)", "now64(3) - toIntervalSecond(5)"))  # type: ignore[attr-defined]
+            self.erased = 0  # its DELETE ran before the insert landed: none of the batch's
+        await self.writer.insert_from(*args)  # type: ignore[attr-defined]
+
+
+async def test_an_erasure_stamped_before_one_the_batch_read_still_erases_it(
+    empty: Store,
+) -> None:
+    store, at_ms = empty, hour_ago_ms()
+    await erasure.erase(store.writer, "recipient", "carol")  # the batch reads this one
+    events = [wire("open", at_ms, recipient="alice"), wire("open", at_ms + 1, visitor_id=42)]
+    racing = ErasedEarlierBeforeTheInsert(store.writer, "visitor", "42")
+    ingest = Ingest(racing)  # type: ignore[arg-type]
+    stored = await ingest.store(body(events), "beacon.events-0-0-1")
+    assert stored.erase is not None and count(store, "visitor_id = 42") == 1
+    assert await ingest.erase_recorded(stored.erase) == 1
+    assert count(store, "visitor_id = 42") == 0 and count(store, "recipient = 'alice'") == 1
+
+
 async def test_an_erasure_leaves_others_rows_of_any_time_alone(empty: Store) -> None:
     # Another producer's rows at and before the epoch: no erasure of theirs, so kept.
     store = empty

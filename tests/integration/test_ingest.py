@@ -247,6 +247,13 @@ async def test_a_batch_repeated_with_its_token_is_stored_once_and_a_replay_refil
     replay = await ingest.store(body(events), "ingest-again", replay=True)
     assert replay.refilled == sum(e["event_type"] == "pageview" for e in events)
     assert store.rows(f"SELECT count() AS n FROM {EVENTS}") == [{"n": len(events)}]
+    # So does a retry in the same run (an insert that failed as a server or its machine went
+    # down, its token kept and its rows not): the token drops the retry's insert as a repeat.
+    store.writer.query_sync(f"ALTER TABLE {EVENTS} DELETE WHERE event_type = 'open' "
+                            "SETTINGS mutations_sync = 2", "TSV")  # fmt: skip
+    retry = await ingest.store(body(events), "ingest-again", again=True)
+    assert retry.refilled == sum(e["event_type"] == "open" for e in events)
+    assert store.rows(f"SELECT count() AS n FROM {EVENTS}") == [{"n": len(events)}]
 
 
 async def test_a_partial_replay_stores_only_the_events_not_stored_yet(store: Store) -> None:
