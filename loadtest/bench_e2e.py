@@ -13,7 +13,10 @@ alone, in one run.
    sink, a Kafka consumer group); printed, no goal: the broker shares the two cores.
 
 wrk, Beacon and the broker share the machine's cores, as they would on one box; nothing is
-pinned. Results go to loadtest/results/<date>-e2e.json.
+pinned. Each side also prints where the box's CPU went from the load's start to the drain's
+end: Beacon's consumer process (chDB's threads included) apart from the rest of Beacon (the
+collector's workers and their supervisors), and wrk. Results go to
+loadtest/results/<date>-e2e.json.
 """
 
 from __future__ import annotations
@@ -22,6 +25,7 @@ import argparse
 import datetime
 import json
 import os
+import resource
 import shutil
 import signal
 import subprocess
@@ -105,10 +109,52 @@ class Beacon:
         self.log.close()
 
 
+def cpu_by_role(root: int) -> dict[str, float]:
+    """CPU seconds so far of the live process `root` and its descendants: the consumer (its
+    every thread) apart from the rest of Beacon (`beacon run` starts each part in a session
+    of its own, so the tree is followed, not a process group)."""
+    tick_s = 1 / os.sysconf("SC_CLK_TCK")
+    parent: dict[int, int] = {}
+    used_s: dict[int, tuple[float, bool]] = {}
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            fields = stat.read_text().rsplit(")", 1)[1].split()  # past the command's name
+            argv = (stat.parent / "cmdline").read_bytes().split(b"\0")
+        except OSError:  # ended meanwhile
+            continue
+        pid = int(stat.parent.name)
+        parent[pid] = int(fields[1])  # ppid; utime and stime, in ticks, at 11 and 12
+        used_s[pid] = ((int(fields[11]) + int(fields[12])) * tick_s, b"consume" in argv)
+    used = {"collector": 0.0, "consumer": 0.0}
+    for pid, (cpu_s, consumer) in used_s.items():
+        ancestor = pid
+        while ancestor not in (root, 0, 1) and ancestor in parent:
+            ancestor = parent[ancestor]
+        if ancestor == root:
+            used["consumer" if consumer else "collector"] += cpu_s
+    return used
+
+
+def children_cpu_s() -> float:
+    """CPU seconds of this process's children that ended (wrk, once waited for)."""
+    usage = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return usage.ru_utime + usage.ru_stime
+
+
 def load(beacon: Beacon, opts: argparse.Namespace) -> dict[str, Any]:
+    before, wrk_before = cpu_by_role(beacon.proc.pid), children_cpu_s()
     result = run_wrk(beacon.base, opts.connections, opts.duration_s, cpu=None)
     result["answered"] = result["requests"] - result["errors"]["status"]
+    result["cpu_s"] = {"wrk": children_cpu_s() - wrk_before}
+    result["cpu_before"] = before
     return result
+
+
+def cpu_since(beacon: Beacon, result: dict[str, Any]) -> dict[str, float]:
+    """CPU seconds by role from the load's start to now, and wrk's."""
+    now = cpu_by_role(beacon.proc.pid)
+    used = {role: now[role] - result["cpu_before"][role] for role in now}
+    return {**used, **result["cpu_s"]}
 
 
 def collector_alone(opts: argparse.Namespace, workdir: Path) -> dict[str, Any]:
@@ -116,9 +162,11 @@ def collector_alone(opts: argparse.Namespace, workdir: Path) -> dict[str, Any]:
     try:
         beacon.wait_ready(store=False)
         result = load(beacon, opts)
+        cpu_s = cpu_since(beacon, result)
     finally:
         beacon.stop()
-    return {"answered": result["answered"], "rps": result["answered"] / opts.duration_s}
+    return {"answered": result["answered"], "rps": result["answered"] / opts.duration_s,
+            "cpu_s": cpu_s}  # fmt: skip
 
 
 def whole_box(opts: argparse.Namespace, workdir: Path, **env: str) -> dict[str, Any]:
@@ -146,13 +194,27 @@ def whole_box(opts: argparse.Namespace, workdir: Path, **env: str) -> dict[str, 
                 drain_s = time.monotonic() - load_ended
                 break
             time.sleep(0.25)
+        cpu_s = cpu_since(beacon, result)
     finally:
         sampling.set()
         beacon.stop()
     sustained = stored / (opts.duration_s + drain_s) if drain_s is not None else None
     return {"answered": answered, "stored": stored, "drain_s": drain_s,
             "answered_rps": answered / opts.duration_s, "sustained_rps": sustained,
-            "peak_spool_bytes": peak[0]}  # fmt: skip
+            "peak_spool_bytes": peak[0], "cpu_s": cpu_s}  # fmt: skip
+
+
+def show_cpu(cpu_s: dict[str, float], answered: int, stored: int | None = None) -> None:
+    """Where the CPU went: µs a pixel for the collector, µs an event for the consumer."""
+    total_s = sum(cpu_s.values())
+    parts = [f"collector {cpu_s['collector']:.1f} s ({cpu_s['collector'] / answered * 1e6:.1f} "
+             "µs a pixel)"]  # fmt: skip
+    if stored:
+        share = cpu_s["consumer"] / total_s
+        parts.append(f"consumer {cpu_s['consumer']:.1f} s ({cpu_s['consumer'] / stored * 1e6:.1f}"
+                     f" µs an event, {share:.0%} of it)")  # fmt: skip
+    parts.append(f"wrk {cpu_s['wrk']:.1f} s")
+    print(f"  CPU {total_s:.1f} s: " + ", ".join(parts))
 
 
 def show(name: str, box: dict[str, Any], alone: dict[str, Any]) -> None:
@@ -167,6 +229,7 @@ def show(name: str, box: dict[str, Any], alone: dict[str, Any]) -> None:
         print(
             f"  sustained {box['sustained_rps']:,.0f} events/s = {ratio:.2f}x the collector alone"
         )
+    show_cpu(box["cpu_s"], box["answered"], box["stored"])
 
 
 def main() -> int:
@@ -191,6 +254,7 @@ def main() -> int:
             alone = collector_alone(opts, workdir / f"alone-{n}")
             print(f"round {n + 1}: collector alone (beacon serve, memory sink): "
                   f"{alone['rps']:,.0f} pixels/s")  # fmt: skip
+            show_cpu(alone["cpu_s"], alone["answered"])
             box = whole_box(opts, workdir / f"embedded-{n}")
             show(f"round {n + 1}: beacon run, embedded (spool -> chDB)", box, alone)
             rounds.append({"collector_alone": alone, "embedded": box})
