@@ -73,7 +73,8 @@ class KafkaSource:
             # Heartbeats run in the background; a member also leaves the group when getmany()
             # is not called for max_poll_interval_ms (aiokafka's default, 5 minutes). The
             # pipeline polls at least every poll_interval_ms plus one insert attempt, and never
-            # sleeps on a retry: it pauses the partition and keeps polling.
+            # sleeps on a retry: it pauses the partition and keeps polling (with its buffers
+            # full, for nothing: keep_alive).
             **{
                 # aiokafka holds one fetch a partition until it is taken: this times the
                 # partitions owned is what waits outside the batch bound.
@@ -131,6 +132,12 @@ class KafkaSource:
             *only, timeout_ms=timeout_ms, max_records=max_records
         )
         return records
+
+    async def keep_alive(self) -> None:
+        """Call getmany() for records of no partition (none is numbered -1): a member that
+        calls it for none of max_poll_interval_ms is taken for stuck and leaves its group.
+        Raises the coordination errors a poll would."""
+        await self.consumer.getmany(TopicPartition(self.topic, -1), timeout_ms=0)
 
     async def committed(
         self, tps: Iterable[TopicPartition]

@@ -184,6 +184,10 @@ class KafkaFeed:
             only = [p.tp for p in parts if p.tp not in waiting]
         self.skipped = bool(full or waiting) and not only
         if self.skipped:
+            # Nothing asked, but getmany() called all the same: buffers full behind a batch
+            # that fails for as long as max_poll_interval_ms (ClickHouse down) would otherwise
+            # make the member leave its group, and a rebalance throw them away, again and again.
+            await self.source.keep_alive()
             self.quiet.saw(True, time.monotonic())  # full, not quiet: nothing was asked
             return 0
         # getmany() counts records, not bytes, and hands over what aiokafka prefetched from

@@ -760,9 +760,17 @@ async def test_the_bench_topic_holds_every_event_and_the_pipeline_stores_them_al
 
 
 @pytest.mark.timeout(180)
+@pytest.mark.parametrize("bound_bytes", [None, 20_000], ids=["room", "full-buffers"])
 async def test_a_failing_store_pauses_keeps_the_member_and_loses_nothing(
-    settings: ConsumerSettings, store: ChdbWriter, consumers: list[Consumer]
+    settings: ConsumerSettings,
+    store: ChdbWriter,
+    consumers: list[Consumer],
+    bound_bytes: int | None,
 ) -> None:
+    # full-buffers: every partition's buffer fills behind the failing batch, so nothing is
+    # asked of Kafka meanwhile; the member stays all the same.
+    if bound_bytes is not None:
+        settings = replace(settings, batch_max_bytes=bound_bytes, batch_max_rows=100_000)
     events = mail_opens(600)
     await produce(settings.kafka_bootstrap, settings.kafka_topic, [orjson.dumps(e) for e in events])
     writer = FailingWriter(store)
@@ -774,9 +782,11 @@ async def test_a_failing_store_pauses_keeps_the_member_and_loses_nothing(
     consumers.append(consumer)
     lag_seen = 0.0
     paused_seen = 0.0
+    full_seen = bound_bytes is None  # full-buffers: a read that asked Kafka nothing, seen
 
     async def lagging() -> bool:
-        nonlocal lag_seen, paused_seen
+        nonlocal lag_seen, paused_seen, full_seen
+        full_seen = full_seen or consumer.feed.skipped
         lag_seen = max(lag_seen, sum(
             consumer.value("beacon_consumer_lag_records", topic=settings.kafka_topic,
                            partition=str(p)) for p in range(PARTITIONS)))  # fmt: skip
@@ -786,6 +796,7 @@ async def test_a_failing_store_pauses_keeps_the_member_and_loses_nothing(
             and lag_seen == len(events)  # nothing committed while nothing is stored
             and paused_seen >= 1  # the batch's partitions; the others read up to a batch
             and consumer.value("beacon_consumer_retries_total", step="insert") >= 3
+            and full_seen
         )
 
     what = "every event lagging, the batch's partitions paused, three retries"
