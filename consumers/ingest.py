@@ -200,10 +200,10 @@ class Stored:
     invalid: dict[str, int] = field(default_factory=dict)  # good rows by ivt reason but ''
     inserted: int = 0  # rows sent to the insert (a replay's may be taken by its token)
     erased: int = 0  # good rows left out: their person was erased after them (analytics/erasure.py)
-    # (erasures recorded since, rows received from, to), ms: rows of this batch may be stored
-    # of people those erased; delete them (Ingest.erase_recorded) before the batch is
-    # acknowledged. None: nothing to do.
-    erase: tuple[int, int, int] | None = None
+    # (rows received from, to), ms: rows of this batch may be stored of people erased since
+    # its oldest; delete them (Ingest.erase_recorded) before the batch is acknowledged. None:
+    # nothing to do.
+    erase: tuple[int, int] | None = None
 
     @property
     def newest_ms(self) -> int:
@@ -276,8 +276,8 @@ class Ingest:
                 if (replay or partial or again) and good:
                     refilled = await self._refill(token)
                     inserted += refilled
-                since = await self._erased_meanwhile(oldest, replay or again) if good else None
-                erase = None if since is None else (since, oldest, last)
+                meanwhile = good and await self._erased_meanwhile(oldest, replay or again)
+                erase = (oldest, last) if meanwhile else None
                 return Stored(good, rejects, refilled, newest, invalid, inserted, erased, erase)
             finally:
                 self._erased = ""
@@ -366,31 +366,29 @@ class Ingest:
         )
         return int(count.strip() or 0)
 
-    async def _erased_meanwhile(self, oldest_ms: int, again: bool) -> int | None:
-        """Since when (ms) erasures may have rows of this batch stored, or None. One
+    async def _erased_meanwhile(self, oldest_ms: int, again: bool) -> bool:
+        """Whether erasures since the batch's oldest event may have rows of it stored: one
         recorded after the batch read them, whose DELETE ran before the insert landed, left
         them (one recorded after this read deletes them itself); and when an earlier attempt
-        may have landed (a replay, a retry), every erasure the batch's time span reads. One
-        more small read a batch; the DELETE only when an erasure came between. Every erasure
-        since the batch's oldest event, not only those after the last it read: an erasure's
+        may have landed (a replay, a retry), any the batch's time span reads. One more small
+        read a batch; the DELETE only when an erasure came between. Every erasure since the
+        oldest event is then applied, not only those after the last one read: an erasure's
         time is its server's clock as it began, so one recorded after the read may be stamped
         before an erasure the read saw (two at once on a server)."""
         now = await self._recent_erasures(oldest_ms)
-        if now == self._seen and not (again and now):
-            return None
-        return oldest_ms
+        return now != self._seen or (again and bool(now))
 
-    async def erase_recorded(self, erase: tuple[int, int, int]) -> int:
+    async def erase_recorded(self, erase: tuple[int, int]) -> int:
         """Stored.erase: delete the events received in its time span of every id erased at
-        or after its time and before them, and rebuild the rollups of their days; how many
+        or after its start and before them, and rebuild the rollups of their days; how many
         rows. Outside the insert, so that a rebalance does not wait for it. Raises
         StoreError."""
-        since_ms, from_ms, to_ms = erase
+        from_ms, to_ms = erase
         async with self._lock:
             # A session of its own: the batch's may have ended with a failed try of this.
             self.writer.new_session()
             erased: dict[str, dict[int, int]] = {}
-            recorded = await self.writer.query(erasure.recorded_sql(since_ms), "TSV")
+            recorded = await self.writer.query(erasure.recorded_sql(from_ms), "TSV")
             for line in recorded.splitlines():
                 field, value_hash, at_ms = line.split("\t")
                 erased.setdefault(field, {})[int(value_hash)] = int(at_ms)

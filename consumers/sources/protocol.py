@@ -46,7 +46,7 @@ class Batch:
         self.newest_by_segment: list[int] = []
         # Stored, and rows of it may be of people erased meanwhile: deleted before the ack
         # (consumers/ingest.py Stored.erase).
-        self.erase: tuple[int, int, int] | None = None
+        self.erase: tuple[int, int] | None = None
         self.insert_failed = False  # an insert of it failed: it may have landed all the same
         self.failures = 0
         self.retry_at = 0.0  # monotonic time the next attempt is due
