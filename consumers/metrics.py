@@ -82,8 +82,9 @@ class ConsumerMetrics:
             "Batches inserted again after a restart (deduplicated by token).",
             registry=registry,
         )
-        # lag_records, dlq_records and paused_partitions are the Kafka source's (zero when the
-        # consumer reads the spool); retries and batches count for either source.
+        # lag_records, dlq_records, records_expired and paused_partitions are the Kafka
+        # source's (zero when the consumer reads the spool); retries and batches count for
+        # either source.
         self.lag_records = Gauge(
             "beacon_consumer_lag_records",
             "Records in a partition not yet committed: end offset - committed offset.",
@@ -100,6 +101,12 @@ class ConsumerMetrics:
             "beacon_consumer_dlq_records",
             "Undecodable records sent to the dead-letter topic, by reason.",
             ["reason"],
+            registry=registry,
+        )
+        self.records_expired = Counter(
+            "beacon_consumer_records_expired",
+            "Kafka records gone from their partition before this consumer group stored them"
+            " (retention or a deletion removed them): their events are lost.",
             registry=registry,
         )
         self.paused_partitions = Gauge(

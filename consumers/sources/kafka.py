@@ -167,6 +167,13 @@ class KafkaSource:
         offsets: dict[TopicPartition, int] = await self.consumer.beginning_offsets(list(tps))
         return offsets
 
+    async def position(self, tp: TopicPartition) -> int:
+        """The offset the client hands over next from `tp`. Past records the broker no longer
+        had when it came to fetch them (it starts again from the log's start:
+        auto_offset_reset); waits while it looks that start up."""
+        offset: int = await self.consumer.position(tp)
+        return offset
+
     async def end(self, tps: Iterable[TopicPartition]) -> dict[TopicPartition, int]:
         offsets: dict[TopicPartition, int] = await self.consumer.end_offsets(list(tps))
         return offsets

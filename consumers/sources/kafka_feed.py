@@ -76,6 +76,10 @@ class KafkaFeed:
         self.unadopted: Partitions = set()
         self.assignments = 0  # bumped on every assignment: a stale adoption is discarded
         self.skipped = False  # the last read fetched nothing: the buffers were full
+        # A poll's records are handed over and not yet in their buffers (read() awaits an
+        # adoption in between): the client's position is past them already. getmany() hands
+        # them over as it returns, without a moment for another task in between.
+        self.handing = False
         # Bytes of a record, as the last poll brought them; until one came, the collector's
         # largest (BEACON_KAFKA_RECORD_MAX_BYTES' default).
         self.record_bytes = RECORD_BYTES_START
@@ -201,7 +205,15 @@ class KafkaFeed:
         polled = await self.source.poll(self.poll_ms, wanted, only)
         self.quiet.saw(bool(polled), asked)
         if self.unadopted:
-            await self._adopt()
+            self.handing = bool(polled)
+            try:
+                await self._adopt()
+            finally:
+                self.handing = False
+        return self._take(polled)
+
+    def _take(self, polled: dict[TopicPartition, list]) -> int:
+        """Buffer a poll's records; how many were taken."""
         now = time.monotonic()
         taken = taken_bytes = 0
         for tp, records in polled.items():
@@ -214,6 +226,8 @@ class KafkaFeed:
                 # Never take an offset twice: the batch boundaries (and tokens) depend on it.
                 log.warning("%s: skipping records before offset %d", tp, part.next_offset)
                 records = [r for r in records if r.offset >= part.next_offset]
+            elif records[0].offset > part.next_offset:
+                self._expired(part, records[0].offset)
             before = part.bytes
             part.add(records, now)
             taken += len(records)
@@ -308,8 +322,10 @@ class KafkaFeed:
                 if newest_ms > self.newest_ms.get(tp, 0):
                     self.newest_ms[tp] = newest_ms
                     self.metrics.stored_newest((tp.topic, str(tp.partition)), newest_ms)
-            for tp, (_, last) in batch.ranges.items():
-                self.parts[tp].committed = last + 1
+            for tp in batch.ranges:
+                part = self.parts[tp]
+                # last + 1, or past the records that expired after it (_expired)
+                part.committed = part.records[0].offset if part.records else part.next_offset
             self.source.resume(*batch.tps)
 
     def hold(self, batch: Batch) -> None:
@@ -336,6 +352,35 @@ class KafkaFeed:
                 ends.update(answer)
         return ends
 
+    def _expired(self, part: PartitionBuffer, offset: int) -> None:
+        """The client skipped the records of `part` before `offset`: the broker had removed
+        them (retention or a deletion) before they were stored here."""
+        self.metrics.records_expired.inc(offset - part.next_offset)
+        log.warning("%s: offsets %d-%d were removed from the broker before they were stored",
+                    part.tp, part.next_offset, offset - 1)  # fmt: skip
+        part.next_offset = offset
+        flight = self.flight
+        if not part.records and (flight is None or part.tp not in flight.ranges):
+            part.committed = offset  # nothing of it waits: its lag is what came after
+
+    async def _skip_expired(
+        self, parts: dict[TopicPartition, PartitionBuffer], ends: dict[TopicPartition, int]
+    ) -> None:
+        """A partition whose records past its commit the broker removed, with nothing newer:
+        the client starts again past them and hands over nothing, so without this the
+        partition would stay behind its end for good, its lag never falling, holding back the
+        age and quiet cuts of every partition here, its recorded range never read through.
+        Its position, asked only while nothing of it waits here, says how far it moved."""
+        idle = [tp for tp, p in parts.items() if not p.records and ends.get(tp, 0) > p.next_offset]
+        asks = [asyncio.wait_for(self.source.position(tp), LAG_ASK_TIMEOUT_S) for tp in idle]
+        answers = await asyncio.gather(*asks, return_exceptions=True)
+        for tp, position in zip(idle, answers, strict=True):
+            part = parts[tp]
+            if not isinstance(position, int) or self.parts.get(tp) is not part:
+                continue  # not known in time, or revoked meanwhile
+            if not self.handing and not part.records and position > part.next_offset:
+                self._expired(part, position)
+
     async def _watch_lag(self) -> None:
         """Lag per partition from the broker's end offsets: a paused partition is not fetched,
         so the highwater seen by the fetcher would stand still while the backlog grows."""
@@ -345,6 +390,7 @@ class KafkaFeed:
             if not parts:
                 continue
             ends = await self._ends(list(parts))
+            await self._skip_expired(parts, ends)
             now_s = time.time()
             for tp, part in parts.items():
                 current = self.parts.get(tp)

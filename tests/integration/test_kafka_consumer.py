@@ -18,7 +18,7 @@ from typing import Any
 import orjson
 import pytest
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, ConsumerRecord, TopicPartition
-from aiokafka.admin import AIOKafkaAdminClient, NewTopic
+from aiokafka.admin import AIOKafkaAdminClient, NewTopic, RecordsToDelete
 from aiokafka.errors import KafkaError, NodeNotReadyError, TopicAuthorizationFailedError
 from prometheus_client import CollectorRegistry
 
@@ -60,14 +60,20 @@ WAIT_S = 90.0  # generous: the machine is small and shared
 PARTITIONS = 3  # the kafka_topic fixture's
 
 
-async def produce(bootstrap: str, topic: str, values: list[bytes], **options: Any) -> None:
+async def produce(
+    bootstrap: str,
+    topic: str,
+    values: list[bytes],
+    partitions: tuple[int, ...] = tuple(range(PARTITIONS)),
+    **options: Any,
+) -> None:
     """Round-robin over the partitions, every record acknowledged; `options` go to the
     producer."""
     producer = AIOKafkaProducer(bootstrap_servers=bootstrap, acks="all", linger_ms=5, **options)
     await producer.start()
     try:
         waits = [
-            await producer.send(topic, value, partition=i % PARTITIONS)
+            await producer.send(topic, value, partition=partitions[i % len(partitions)])
             for i, value in enumerate(values)
         ]
         await asyncio.gather(*waits)
@@ -108,18 +114,23 @@ async def group_offsets(bootstrap: str, group: str, topic: str) -> tuple[dict, d
 
 
 async def record_in_flight(settings: ConsumerSettings, tp: TopicPartition, metadata: str) -> None:
-    """Commit offset 0 of `tp` with `metadata`, as a member that died mid-batch leaves it.
-    Without joining the group (a manual assignment): no member leaving it while the consumer
-    joins, which could give the consumer that partition alone at first."""
+    """Commit offset 0 of `tp` with `metadata`, as a member that died mid-batch leaves it."""
+    await commit_for_group(settings, {tp: (0, metadata)})
+
+
+async def commit_for_group(settings: ConsumerSettings, offsets: dict) -> None:
+    """Commit {partition: (offset, metadata)} for the settings' group. Without joining the
+    group (a manual assignment): no member leaving it while the consumer joins, which could
+    give the consumer one partition alone at first."""
     recorder = AIOKafkaConsumer(
         bootstrap_servers=settings.kafka_bootstrap,
         group_id=settings.kafka_group,
         enable_auto_commit=False,
     )
-    recorder.assign([tp])
+    recorder.assign(list(offsets))
     await recorder.start()
     try:
-        await recorder.commit({tp: (0, metadata)})
+        await recorder.commit(offsets)
     finally:
         await recorder.stop()
 
@@ -593,6 +604,60 @@ async def test_the_end_of_a_burst_is_stored_at_once_and_a_quiet_cut_comes_once_a
     assert await count(store) == len(first) + len(second)
     assert consumer.value("beacon_consumer_batch_cuts_total", reason="quiet") == 1
     assert consumer.value("beacon_consumer_batch_cuts_total", reason="final") == 1
+
+
+async def test_records_removed_past_the_commit_hold_back_neither_lag_nor_cuts_nor_a_replay(
+    settings: ConsumerSettings, store: ChdbWriter, consumers: list[Consumer]
+) -> None:
+    """Retention (here a deletion) removed records of every partition past its commit: all
+    30 of one committed at 5 and of one with a range recorded in flight, offsets 5-19 of
+    the third, committed at 5. The client starts each again at what is left and hands over
+    that (of the first two: nothing). Batches are an hour old at most and 1,000 rows, so
+    only a quiet cut stores the third's 10 left while the consumer runs, once every
+    partition is read to its end as the broker has it."""
+    settings = replace(settings, batch_max_age_ms=3_600_000, batch_max_rows=1000)
+    bootstrap, topic = settings.kafka_bootstrap, settings.kafka_topic
+    events, later = mail_opens(90), mail_opens(30, start=90)
+    await produce(bootstrap, topic, [orjson.dumps(e) for e in events])  # 30 a partition
+    p0, p1, p2 = (TopicPartition(topic, p) for p in range(PARTITIONS))
+    await commit_for_group(settings, {p0: (5, ""), p1: (0, inflight_metadata(0, 9)), p2: (5, "")})
+    admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap)
+    await admin.start()
+    try:
+        deleted = {p0: RecordsToDelete(30), p1: RecordsToDelete(30), p2: RecordsToDelete(20)}
+        await admin.delete_records(deleted)
+    finally:
+        await admin.close()
+    consumer = Consumer(settings, store)
+    consumers.append(consumer)
+    left = events[62::3]  # the third partition's offsets 20-29
+    await wait_for(at_least(store, len(left)), "the records left stored", consumer.task)
+
+    def lags() -> list[float | None]:
+        registry = consumer.metrics.registry
+        labels = [{"topic": topic, "partition": str(p)} for p in range(PARTITIONS)]
+        return [registry.get_sample_value("beacon_consumer_lag_records", x) for x in labels]
+
+    async def caught_up() -> bool:
+        return lags() == [0.0] * PARTITIONS
+
+    await wait_for(caught_up, "every lag at 0", consumer.task)
+    assert consumer.value("beacon_consumer_batch_cuts_total", reason="quiet") == 1
+    assert consumer.value("beacon_consumer_records_expired_total") == 25 + 30 + 15
+    await produce(bootstrap, topic, [orjson.dumps(e) for e in later])  # 10 a partition
+
+    async def read() -> bool:
+        return consumer.value("beacon_consumer_rows_read_total") == len(left) + len(later)
+
+    await wait_for(read, "the later events read", consumer.task)
+    await consumer.close()  # stores them: one quiet cut an age
+    stored = set((await store.query(f"SELECT toString(event_id) FROM {EVENTS}", "TSV")).split())
+    kept = left + later
+    assert stored == {e["event_id"] for e in kept} and await count(store) == len(kept)
+    committed, ends = await group_offsets(bootstrap, settings.kafka_group, topic)
+    assert committed == {0: (40, ""), 1: (40, ""), 2: (40, "")}
+    assert ends == {0: 40, 1: 40, 2: 40}
+    assert consumer.value("beacon_consumer_replayed_batches_total") == 1
 
 
 async def test_a_poll_takes_the_room_left_under_the_byte_bound_not_all_that_was_prefetched(

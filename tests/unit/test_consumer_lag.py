@@ -51,6 +51,9 @@ class Broker:
     async def end(self, tps: Iterable[TopicPartition]) -> dict[TopicPartition, int]:
         return {tp: self.ends[tp] for tp in tps}
 
+    async def position(self, tp: TopicPartition) -> int:
+        return 0  # nothing removed from the broker: no record skipped
+
     async def commit(self, offsets: dict[TopicPartition, tuple[int, str]]) -> None:
         self.commits.append(offsets)
 
