@@ -218,9 +218,14 @@ def cmd_serve(args, env, settings: Settings, consumer: ConsumerSettings) -> int:
 def cmd_consume(args, env, settings: Settings, consumer: ConsumerSettings) -> int:  # type: ignore[no-untyped-def]
     import uvloop
 
+    from analytics.store import StoreError
     from consumers.service import consume
 
-    uvloop.run(consume(consumer))
+    try:
+        uvloop.run(consume(consumer))
+    except StoreError as exc:  # at start: the pipeline retries its own
+        print(f"beacon consume: {str(exc)[:1000]}", file=sys.stderr)
+        return 1
     return 0
 
 

@@ -49,7 +49,7 @@ def decode(line: bytes) -> dict[str, Any]:
     if not (isinstance(event_id, str) and UUID_RE.match(event_id)):
         raise Rejected("bad_event_id")  # the UUID column would refuse the whole insert
     # Older versions only lack fields; their columns read the defaults.
-    if event.get("schema_version", 0) > SCHEMA_VERSION:
+    if not 0 <= event.get("schema_version", 0) <= SCHEMA_VERSION:
         raise Rejected("unknown_schema_version")
     if not isinstance(event.get("received_at"), int):
         raise Rejected("bad_received_at")

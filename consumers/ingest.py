@@ -126,7 +126,7 @@ STAGE_ONLY = frozenset({"agent_ip", "network", "purpose"})
 UUID_RE = "^[0-9a-fA-F]{8}-([0-9a-fA-F]{4}-){3}[0-9a-fA-F]{12}$"
 VALUE_RE = "^[0-9]{1,14}([.][0-9]{1,4})?$"
 OBJECT_RE = "^[ \\t\\r]*[{]"  # an array would be read into the tuple by position
-VERSION_OK = f"ifNull(w.schema_version, 0) <= {SCHEMA_VERSION}"
+VERSION_OK = f"ifNull(w.schema_version, 0) BETWEEN 0 AND {SCHEMA_VERSION}"
 VALUE_OK = f"(w.value IS NULL OR match(w.value, '{VALUE_RE}'))"
 # JSONType reads the line again: only for the rare line where the number came out NULL.
 NUMBERS_OK = " AND ".join(f"(w.{f} IS NOT NULL OR JSONType(line, '{f}') = 'Null')" for f in NUMBERS)

@@ -389,3 +389,23 @@ def test_consumer_killed_mid_way_loses_nothing_and_doubles_nothing(tmp_path, pro
 
     proc.send_signal(signal.SIGTERM)
     assert proc.wait(WAIT_S) == 0, tail(log)
+
+
+def test_a_store_that_cannot_be_reached_at_start_is_one_line_and_exit_1(tmp_path: Path) -> None:
+    """`beacon consume` with a ClickHouse URL where nothing listens: what a store error at
+    start says, in one line, as `beacon migrate` does; no traceback."""
+    env = {
+        **os.environ,
+        "BEACON_DATA_DIR": str(tmp_path),
+        "BEACON_CLICKHOUSE_URL": f"http://127.0.0.1:{free_port()}",
+        "BEACON_LOG_LEVEL": "WARNING",
+    }
+    done = subprocess.run(
+        [sys.executable, "-m", "beacon", "consume"],
+        cwd=REPO, env=env, capture_output=True, text=True, timeout=WAIT_S, check=False,
+    )  # fmt: skip
+    assert done.returncode == 1, done.stderr
+    assert "Traceback" not in done.stderr
+    [line] = done.stderr.splitlines()
+    assert line.startswith("beacon consume: ClickHouse at http://127.0.0.1:")
+    assert "unreachable" in line

@@ -202,6 +202,7 @@ async def test_each_bad_line_is_refused_with_its_reason_and_its_number(store: St
     refused = [
         *BAD_LINES,
         (bad(template, schema_version=99), "unknown_schema_version"),
+        (bad(template, schema_version=-1), "unknown_schema_version"),
         (bad(template, received_at="soon"), "bad_received_at"),
         (bad(template, value="1e5"), "bad_value"),
         (bad(template, value="١٢"), "bad_value"),  # Arabic-Indic digits are not ASCII digits
@@ -216,6 +217,16 @@ async def test_each_bad_line_is_refused_with_its_reason_and_its_number(store: St
         r["event_id"] for r in store.rows(f"SELECT toString(event_id) AS event_id FROM {EVENTS}")
     }
     assert ids == {e["event_id"] for e in good}
+
+
+async def test_a_props_not_an_object_and_a_key_given_twice_keep_their_line(store: Store) -> None:
+    """As docs/tracking.md says: stored, `props` as {} and the first of two keys."""
+    props = wire("open", hour_ago_ms(), props="a string", site="shop")
+    twice = orjson.dumps(wire("open", hour_ago_ms() + 1, site="first"))[:-1] + b',"site":"last"}'
+    stored = await Ingest(store.writer).store(join_lines([orjson.dumps(props), twice]), "ingest-x")
+    assert (stored.rows, stored.rejects) == (2, [])
+    rows = store.rows(f"SELECT props, site FROM {EVENTS} ORDER BY received_at")
+    assert [(r["props"], r["site"]) for r in rows] == [({}, props["site"]), ({}, "first")]
 
 
 async def test_an_empty_record_last_in_a_batch_or_alone_is_refused_not_lost(

@@ -149,6 +149,7 @@ def test_an_event_without_user_agent_is_enriched_as_unknown(enricher):
         (b"[1, 2]", "not_an_event"),
         (b'{"received_at": 1}', "not_an_event"),
         (wire_event(schema_version=99), "unknown_schema_version"),
+        (wire_event(schema_version=-1), "unknown_schema_version"),
         (wire_event(received_at="yesterday"), "bad_received_at"),
         (wire_event(user_agent=["Mozilla"]), "bad_user_agent"),
         (wire_event(value="1E+2"), "bad_value"),
