@@ -106,7 +106,8 @@ class ConsumerMetrics:
         self.records_expired = Counter(
             "beacon_consumer_records_expired",
             "Kafka records gone from their partition before this consumer group stored them"
-            " (retention or a deletion removed them): their events are lost.",
+            " (retention or a deletion removed them): their events are lost. Those of a batch"
+            " recorded in flight are not counted (it may have been stored).",
             registry=registry,
         )
         self.paused_partitions = Gauge(

@@ -29,7 +29,7 @@ import logging
 import time
 
 from aiokafka import TopicPartition
-from aiokafka.errors import KafkaError
+from aiokafka.errors import IllegalStateError, KafkaError
 
 from consumers.dlq import DeadLetters
 from consumers.metrics import ConsumerMetrics
@@ -80,6 +80,11 @@ class KafkaFeed:
         # adoption in between): the client's position is past them already. getmany() hands
         # them over as it returns, without a moment for another task in between.
         self.handing = False
+        # Partitions moved past records the broker removed (_expired) whose group commit
+        # still names the removed offsets, and an error the client gave the lag watcher that
+        # the loop's own call would have raised: both left to read(), in the loop's task.
+        self.expired: Partitions = set()
+        self.client_error: KafkaError | None = None
         # Bytes of a record, as the last poll brought them; until one came, the collector's
         # largest (BEACON_KAFKA_RECORD_MAX_BYTES' default).
         self.record_bytes = RECORD_BYTES_START
@@ -125,6 +130,7 @@ class KafkaFeed:
                 with contextlib.suppress(KeyError):
                     gauge.remove(tp.topic, str(tp.partition))
         self.unadopted -= tps
+        self.expired -= tps
         if tps:
             log.info("partitions revoked, uncommitted records left to the next owner: %s", tps)
 
@@ -162,10 +168,15 @@ class KafkaFeed:
             await self.source.stop()
 
     async def read(self, final: bool) -> int:
+        if self.client_error is not None:
+            error, self.client_error = self.client_error, None
+            raise error
         if final:
             return 0  # stopping: store what is buffered, fetch no more
         if self.unadopted:
             await self._adopt()
+        if self.expired:
+            await self._commit_expired()
         # A batch's worth is waiting: fetch no more until it is on its way, so the buffers
         # hold about a batch whatever the backlog and the partitions owned, and a backlog
         # still makes full batches (the member stays in its group: aiokafka heartbeats apart,
@@ -354,14 +365,44 @@ class KafkaFeed:
 
     def _expired(self, part: PartitionBuffer, offset: int) -> None:
         """The client skipped the records of `part` before `offset`: the broker had removed
-        them (retention or a deletion) before they were stored here."""
-        self.metrics.records_expired.inc(offset - part.next_offset)
-        log.warning("%s: offsets %d-%d were removed from the broker before they were stored",
-                    part.tp, part.next_offset, offset - 1)  # fmt: skip
+        them (retention or a deletion) before they were stored here. Those of a batch
+        recorded in flight are not counted: it may have been stored before they went."""
+        recorded = part.inflight.last + 1 if part.inflight is not None else 0
+        lost = offset - max(part.next_offset, recorded)
+        if lost > 0:
+            self.metrics.records_expired.inc(lost)
+        log.warning("%s: offsets %d-%d were removed from the broker before they were read"
+                    "%s", part.tp, part.next_offset, offset - 1,
+                    ", a batch recorded in flight among them" if recorded else "")  # fmt: skip
         part.next_offset = offset
         flight = self.flight
         if not part.records and (flight is None or part.tp not in flight.ranges):
             part.committed = offset  # nothing of it waits: its lag is what came after
+        self.expired.add(part.tp)
+
+    async def _commit_expired(self) -> None:
+        """Commit the offset past the removed records of each partition that has nothing
+        else to commit: no record buffered, none on its way, no recorded range left to
+        replay. Otherwise the group's commit would still name them, and every next owner
+        would find them gone again (counting them again, replaying a recorded range of
+        them). One with records commits past them with its batch."""
+        flight = self.flight
+        offsets: Offsets = {}
+        for tp in list(self.expired):
+            part = self.parts.get(tp)
+            if part is not None and part.inflight is not None and not part.records:
+                continue  # its recorded range clears once read to the end (_caught_up)
+            self.expired.discard(tp)
+            if part is None or part.records or (flight is not None and tp in flight.ranges):
+                continue  # revoked, or its batch commits past them
+            offsets[tp] = (part.next_offset, "")
+        if not offsets:
+            return
+        try:
+            await self.source.commit(offsets)
+        except KafkaError as exc:
+            log.warning("committing past removed records failed, will retry: %r", exc)
+            self.expired |= offsets.keys()
 
     async def _skip_expired(
         self, parts: dict[TopicPartition, PartitionBuffer], ends: dict[TopicPartition, int]
@@ -376,6 +417,10 @@ class KafkaFeed:
         answers = await asyncio.gather(*asks, return_exceptions=True)
         for tp, position in zip(idle, answers, strict=True):
             part = parts[tp]
+            if isinstance(position, KafkaError) and not isinstance(position, IllegalStateError):
+                # position() raises the group's errors the loop's own poll would have: the
+                # loop gets them from read().
+                self.client_error = self.client_error or position
             if not isinstance(position, int) or self.parts.get(tp) is not part:
                 continue  # not known in time, or revoked meanwhile
             if not self.handing and not part.records and position > part.next_offset:

@@ -11,7 +11,9 @@ from collections.abc import Iterable
 from pathlib import Path
 
 import orjson
+import pytest
 from aiokafka import ConsumerRecord, TopicPartition
+from aiokafka.errors import GroupAuthorizationFailedError
 from prometheus_client import CollectorRegistry
 
 from collector.metrics import CollectorMetrics
@@ -180,3 +182,20 @@ async def test_spool_lag_in_seconds_while_closed_segments_wait(tmp_path: Path) -
     feed.after_pass()
     lag_s = gauge(metrics, "beacon_consumer_lag_seconds", SPOOL)
     assert lag_s is not None and 600 <= lag_s < 660
+
+
+async def test_a_group_error_the_lag_watcher_met_is_raised_by_the_next_read(tmp_path: Path) -> None:
+    """The client's position() raises the group's errors (as its poll would, once): met by the
+    lag watcher, which asks it, they reach the loop through read(), not lost in the watcher."""
+
+    class Refusing(Broker):
+        async def position(self, tp: TopicPartition) -> int:
+            raise GroupAuthorizationFailedError("not allowed")
+
+    metrics = ConsumerMetrics(CollectorRegistry())
+    feed = KafkaFeed(Refusing(), None, metrics, ConsumerSettings(data_dir=tmp_path))  # type: ignore[arg-type]
+    feed.parts[TP] = PartitionBuffer(TP, committed=0, inflight=None)
+    await feed._skip_expired(dict(feed.parts), {TP: 5})  # the broker's end is past offset 0
+    with pytest.raises(GroupAuthorizationFailedError):
+        await feed.read(final=False)
+    assert feed.client_error is None and feed.parts[TP].next_offset == 0
