@@ -9,6 +9,7 @@ at most the batch in flight, and never doubles it.
 from __future__ import annotations
 
 import hashlib
+import logging
 import os
 from dataclasses import dataclass
 from pathlib import Path
@@ -16,6 +17,8 @@ from pathlib import Path
 import orjson
 
 from contract.segments import closed_segments, writing
+
+log = logging.getLogger("beacon.consumer")
 
 
 @dataclass(frozen=True, slots=True)
@@ -109,12 +112,18 @@ class SpoolSource:
         return chunks, rows, ranges
 
     def read_ranges(self, ranges: list[Range]) -> list[bytes]:
-        """Exactly these ranges, as chunks of lines (to replay a pending batch)."""
+        """Exactly these ranges, as chunks of lines (to replay a pending batch). A segment
+        gone (deleted by hand, or lost with a machine crash) is left out, its events with it:
+        a consumer that stopped at it would stop for good, and the spool behind it fill."""
         chunks: list[bytes] = []
         for r in ranges:
-            with open(self.directory / r.segment, "rb") as f:
-                f.seek(r.start)
-                chunks.append(f.read(r.end - r.start).removesuffix(b"\n"))
+            try:
+                with open(self.directory / r.segment, "rb") as f:
+                    f.seek(r.start)
+                    chunks.append(f.read(r.end - r.start).removesuffix(b"\n"))
+            except FileNotFoundError:
+                log.warning("spool segment %s of the pending batch is gone: bytes %d-%d of it "
+                            "are lost", r.segment, r.start, r.end)  # fmt: skip
         return chunks
 
     def writing(self) -> bool:

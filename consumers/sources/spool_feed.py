@@ -79,6 +79,9 @@ class SpoolFeed:
         pending = list(self.source.pending)
         if pending:
             chunks = await asyncio.to_thread(self.source.read_ranges, pending)
+            if not chunks:  # every segment of it is gone: nothing to replay
+                self.source.commit(pending)
+                return
             self.batch = SpoolBatch(chunks, pending, replay=True)
             self.metrics.replayed_batches.inc()
             self.metrics.batch_cuts.labels("replay").inc()

@@ -409,3 +409,37 @@ def test_a_store_that_cannot_be_reached_at_start_is_one_line_and_exit_1(tmp_path
     [line] = done.stderr.splitlines()
     assert line.startswith("beacon consume: ClickHouse at http://127.0.0.1:")
     assert "unreachable" in line
+
+
+async def test_a_pending_batch_whose_segment_is_gone_replays_the_rest_and_goes_on(config, store):
+    """A consumer died with a batch of two segments pending, and one of them was deleted (by
+    hand, or lost with a machine crash): what is left of the batch is stored and the consumer
+    goes on, where it stopped at start before. With every segment of it gone, it goes on."""
+    events = mail_opens(120)
+    await spool_events(config.spool_dir, encode(events), 8 * 1024)
+    crashed = SpoolSource(config.spool_dir, config.checkpoint_path)
+    _, _, ranges = crashed.read(80)  # segments of 50 lines: two of them
+    ranges = merge(ranges)
+    assert len(ranges) == 2
+    crashed.begin(ranges)
+    del crashed
+    gone = config.spool_dir / ranges[0].segment
+    lost = gone.read_bytes()[ranges[0].start : ranges[0].end].count(b"\n")
+    gone.unlink()
+    await run_until_stored(new_pipeline(config, store), store, len(events) - lost)
+    assert await count(store) == len(events) - lost
+    assert pending_in_checkpoint(config) == [] and closed_segments(config.spool_dir) == []
+
+    # Every segment of a pending batch gone: nothing to replay, and nothing in the way.
+    more = mail_opens(120, start=1000)
+    await spool_events(config.spool_dir, encode(more), 8 * 1024)
+    crashed = SpoolSource(config.spool_dir, config.checkpoint_path)
+    _, _, ranges = crashed.read(10)
+    crashed.begin(merge(ranges))
+    del crashed
+    for r in merge(ranges):
+        (config.spool_dir / r.segment).unlink()
+    left = sum(p.read_bytes().count(b"\n") for p in closed_segments(config.spool_dir))
+    assert left == len(more) - 50
+    await run_until_stored(new_pipeline(config, store), store, len(events) - lost + left)
+    assert pending_in_checkpoint(config) == []
