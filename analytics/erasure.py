@@ -13,10 +13,11 @@ would otherwise find the erased rows missing and store them again (consumers/ing
 
 from __future__ import annotations
 
+import datetime as dt
 import getpass
 import os
 import time
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from pathlib import Path
 
 import orjson
@@ -170,22 +171,32 @@ async def erase(writer: Writer, field: str, value: str) -> int:
     return await delete_rows(writer, where, cluster)
 
 
-async def delete_rows(writer: Writer, where: str, cluster: Cluster | None) -> int:
-    """Delete the events `where` holds and rebuild the rollups of their days; how many."""
+async def delete_rows(
+    writer: Writer, where: str, cluster: Cluster | None, also_days: Iterable[str] = ()
+) -> int:
+    """Delete the events `where` holds and rebuild the rollups of their days, and of
+    `also_days` (ISO dates) whatever they hold; how many rows."""
     # Their days and how many on each, in one scan of what `where` reads.
     by_day = await writer.query(
         f"SELECT toDate(received_at), count() FROM {EVENTS} WHERE {where} GROUP BY 1", "TSV"
     )
     counts = dict(line.split("\t") for line in by_day.splitlines())
     rows = sum(map(int, counts.values()))
-    if rows:
-        days = list(counts)
+    days = sorted(counts.keys() | set(also_days))
+    if days:
         await due_before_erasure(writer, days)
-        await writer.execute(delete_statement(where, cluster))
+        if rows:
+            await writer.execute(delete_statement(where, cluster))
         # The rollups of those days still count the rows (and hold their hashes): recompute
         # them from what is left, on each shard of a cluster (analytics/rollup_settle.py).
         await rebuild_after_erasure(writer, days)
     return rows
+
+
+def days_of(from_ms: int, to_ms: int) -> list[str]:
+    """The days (ISO dates, UTC) from the one of `from_ms` to the one of `to_ms`."""
+    first, last = (dt.datetime.fromtimestamp(ms / 1000, dt.UTC).date() for ms in (from_ms, to_ms))
+    return [(first + dt.timedelta(days=n)).isoformat() for n in range((last - first).days + 1)]
 
 
 def delete_statement(where: str, cluster: Cluster | None) -> str:

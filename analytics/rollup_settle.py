@@ -83,7 +83,9 @@ class Settler:
         return self.clock() >= end + SETTLE_AFTER_S
 
     async def due_days(self) -> list[dt.date]:
-        """Ended days with live rows, and days whose settling did not finish."""
+        """Ended days with live rows, days whose settling did not finish, and days not
+        ended whose rebuild did not (an erasure stopped between its DELETE and its rebuild:
+        their rollups would hold the person until the day ended)."""
         live = " UNION DISTINCT ".join(
             f"SELECT DISTINCT toDate(period) AS day FROM {r.table}{self.suffix} WHERE live = 1"
             for r in self.rollups
@@ -97,7 +99,11 @@ class Settler:
                 f"FROM {visits.VISITS_SETTLED} FINAL WHERE visit_gap_s = {int(self.visit_gap_s)})"
             )
         days = await self._rows(f"SELECT day FROM ({live} UNION DISTINCT {unsettled}) ORDER BY day")
-        return [d for d in map(dt.date.fromisoformat, days) if self.closed(d)]
+        marked = await self._rows(f"SELECT day FROM {self.settling} FINAL WHERE done = 0")
+        return sorted(
+            {d for d in map(dt.date.fromisoformat, days) if self.closed(d)}
+            | set(map(dt.date.fromisoformat, marked))
+        )
 
     async def settle_due(self) -> list[dt.date]:
         """One pass: settle every due day; returns them."""

@@ -402,7 +402,13 @@ class Ingest:
                 f"AND fromUnixTimestamp64Milli({to_ms}, 'UTC')"
             )
             where = f"{span} AND ({where})"
-            return await erasure.delete_rows(self.writer, where, await check_mode(self.writer))
+            # The span's days are rebuilt even when no row is left to delete: the erasure
+            # itself may have deleted the batch's rows (its DELETE ran after the insert
+            # landed) while it rebuilt only the days it had counted before, and the views
+            # had counted them on the way in.
+            days = erasure.days_of(from_ms, to_ms)
+            cluster = await check_mode(self.writer)
+            return await erasure.delete_rows(self.writer, where, cluster, days)
 
     async def _recent_erasures(self, since_ms: int) -> list[tuple[str, int, int]]:
         """(field, erasures, the last one's time in ms) of the erasures since `since_ms`."""

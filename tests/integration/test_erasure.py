@@ -16,6 +16,7 @@ from prometheus_client import CollectorRegistry
 from analytics import erasure
 from analytics.migrations import migrate
 from analytics.query_server import create_query_app
+from analytics.rollup_settle import due_before_erasure, rebuild_after_erasure
 from analytics.rollups import EVENTS_HOURLY
 from analytics.schema import ERASURES, EVENTS
 from analytics.store import StoreError
@@ -222,6 +223,48 @@ async def test_an_erasure_stamped_before_one_the_batch_read_still_erases_it(
     assert stored.erase is not None and count(store, "visitor_id = 42") == 1
     assert await ingest.erase_recorded(stored.erase) == 1
     assert count(store, "visitor_id = 42") == 0 and count(store, "recipient = 'alice'") == 1
+
+
+def count_rows(writer: object, where: str) -> int:
+    return int(writer.query_sync(f"SELECT count() FROM {EVENTS} WHERE {where}", "TSV"))  # type: ignore[attr-defined]
+
+
+class ErasedAroundTheInsert(ErasedBeforeTheInsert):
+    """An erasure interleaved with the batch's insert: recorded and its rows counted by day
+    before the insert lands (finding only an earlier day of theirs), its DELETE and rebuild
+    after it (the DELETE takes the batch's rows too; the rebuild, the days it counted only)."""
+
+    async def insert_from(self, *args: object) -> None:
+        writer = self.writer
+        if self.erased is None:
+            where = erasure.condition(self.field, self.value)
+            await writer.execute(erasure.record_statement(self.field, self.value))  # type: ignore[attr-defined]
+            by_day = await writer.query(  # type: ignore[attr-defined]
+                f"SELECT DISTINCT toString(toDate(received_at)) FROM {EVENTS} WHERE {where}", "TSV"
+            )
+            days = by_day.split()
+            await writer.insert_from(*args)  # type: ignore[attr-defined]
+            self.erased = count_rows(writer, where)
+            await due_before_erasure(writer, days)  # type: ignore[arg-type]
+            await writer.execute(erasure.delete_statement(where, None))  # type: ignore[attr-defined]
+            await rebuild_after_erasure(writer, days)  # type: ignore[arg-type]
+            return
+        await writer.insert_from(*args)  # type: ignore[attr-defined]
+
+
+async def test_an_erasure_whose_delete_took_the_batchs_rows_still_clears_its_rollups(
+    empty: Store,
+) -> None:
+    store = empty
+    earlier = wire("open", hour_ago_ms() - 3 * 86_400_000, recipient="alice")
+    await Ingest(store.writer).store(body([earlier]), "beacon.events-0-0-0")
+    racing = ErasedAroundTheInsert(store.writer, "recipient", "alice")
+    ingest = Ingest(racing)  # type: ignore[arg-type]
+    stored = await ingest.store(body(alice_then_bob(hour_ago_ms())), "beacon.events-0-1-2")
+    assert racing.erased == 2 and count(store, "recipient = 'alice'") == 0
+    assert stored.erase is not None
+    assert await ingest.erase_recorded(stored.erase) == 0  # nothing left to delete
+    assert recipients_in_rollup(store) == 1  # bob's: the views had counted her on the way in
 
 
 async def test_an_erasure_leaves_others_rows_of_any_time_alone(empty: Store) -> None:

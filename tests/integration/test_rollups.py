@@ -378,6 +378,27 @@ def test_an_erasure_stopped_before_its_rebuild_leaves_its_days_to_raw_events(
     assert found == {"with_r1": 43}  # r1's hash is gone from the sets: adding it adds one
 
 
+def test_an_erasure_stopped_before_rebuilding_today_leaves_it_to_the_next_pass(
+    store: Store,
+) -> None:
+    """As above, on the day not ended: its rollups hold the person until a pass rebuilds it,
+    the next one, not the one after the day ends."""
+    store.add(traffic(1, 0))
+    settler = settler_of(store)
+    today = dt.datetime.now(dt.UTC).date()
+    with pytest.raises(Cut):
+        run(erasure.erase(CutAfterDelete(store.writer), "recipient", "r1"))
+    assert run(settler.due_days()) == [today]
+    run(settler.settle_due())
+    assert run(settler.due_days()) == []
+    compare(store, window_days(1))
+    [found] = store.rows(
+        f"SELECT uniqExactMerge(state) AS with_r1 FROM (SELECT recipients AS state FROM "
+        f"{EVENTS_HOURLY.table} WHERE campaign = 'mail-1' UNION ALL SELECT uniqExactState('r1'))"
+    )
+    assert found == {"with_r1": 43}  # r1's hash is gone from the sets: adding it adds one
+
+
 def test_unique_states_keep_hashes_not_ids(store: Store) -> None:
     store.add([wire("open", day_start_ms(0), recipient="alice@example.org", message="m",
                     campaign="c", visitor_id=424242)])  # fmt: skip
