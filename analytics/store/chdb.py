@@ -20,9 +20,17 @@ from analytics.store import StoreError, insert_select, insert_settings
 # merge of its parts 41 MiB. With 64 KiB: 27.5 and 22 MiB, and the consumer's peak RSS 60-70 MB
 # lower. LZ4 finds its matches within 64 KiB anyway: the table is 2.8% larger, inserts and
 # reads cost the same (docs/performance.md "Memory of the embedded consumer").
+#
+# fsync_after_insert, fsync_part_directory: an insert's part (and its views') is on disk
+# before the insert returns, as ClickHouse leaves to replication on a server. The consumer
+# deletes a spool segment, or commits a Kafka offset, once its batch's insert returns: a
+# power loss would otherwise take rows whose only other copy was already gone. Merged parts
+# need none: their sources are kept for old_parts_lifetime (8 minutes) after a merge.
 CONFIG = (
     "<clickhouse><merge_tree>"
     "<max_compress_block_size>65536</max_compress_block_size>"
+    "<fsync_after_insert>1</fsync_after_insert>"
+    "<fsync_part_directory>1</fsync_part_directory>"
     "</merge_tree></clickhouse>\n"
 )
 CONFIG_NAME = "beacon-chdb.xml"
