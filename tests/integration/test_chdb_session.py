@@ -26,8 +26,8 @@ block, fsync, fsync_dir = writer.query_sync(
 ).split()
 with open("/proc/self/maps") as maps:
     arrow_mapped = any("libarrow" in line for line in maps)
-print(json.dumps({"block": block, "fsync": [fsync, fsync_dir], "pyarrow": sys.modules.get("pyarrow") is not None,
-                  "arrow_mapped": arrow_mapped}))
+print(json.dumps({"block": block, "fsync": [fsync, fsync_dir],
+                  "pyarrow": sys.modules.get("pyarrow") is not None, "arrow_mapped": arrow_mapped}))
 """
 
 
