@@ -13,7 +13,6 @@ would otherwise find the erased rows missing and store them again (consumers/ing
 
 from __future__ import annotations
 
-import datetime as dt
 import getpass
 import os
 import time
@@ -191,12 +190,6 @@ async def delete_rows(
         # them from what is left, on each shard of a cluster (analytics/rollup_settle.py).
         await rebuild_after_erasure(writer, days)
     return rows
-
-
-def days_of(from_ms: int, to_ms: int) -> list[str]:
-    """The days (ISO dates, UTC) from the one of `from_ms` to the one of `to_ms`."""
-    first, last = (dt.datetime.fromtimestamp(ms / 1000, dt.UTC).date() for ms in (from_ms, to_ms))
-    return [(first + dt.timedelta(days=n)).isoformat() for n in range((last - first).days + 1)]
 
 
 def delete_statement(where: str, cluster: Cluster | None) -> str:

@@ -29,6 +29,7 @@ from collections import Counter
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from itertools import accumulate
+from typing import NamedTuple
 
 import orjson
 
@@ -188,6 +189,18 @@ def _columns(pairs: tuple[tuple[str, str], ...] | list[tuple[str, str]]) -> str:
     return ", ".join(f"{name} {kind}" for name, kind in pairs)
 
 
+class Erase(NamedTuple):
+    """Rows of a batch that may be stored of people erased while it was on its way (see
+    Stored.erase)."""
+
+    from_ms: int  # the batch's oldest and newest received_at
+    to_ms: int
+    # The days (ISO dates) of the batch's rows of people erased since its oldest: their
+    # rollups are rebuilt even when the erasure's own DELETE took the rows after the views
+    # had counted them (it rebuilt only the days it had found the person in before).
+    days: tuple[str, ...] = ()
+
+
 @dataclass
 class Stored:
     """What came of a batch: good lines stored, and (line number, reason) of the others."""
@@ -200,10 +213,9 @@ class Stored:
     invalid: dict[str, int] = field(default_factory=dict)  # good rows by ivt reason but ''
     inserted: int = 0  # rows sent to the insert (a replay's may be taken by its token)
     erased: int = 0  # good rows left out: their person was erased after them (analytics/erasure.py)
-    # (rows received from, to), ms: rows of this batch may be stored of people erased since
-    # its oldest; delete them (Ingest.erase_recorded) before the batch is acknowledged. None:
-    # nothing to do.
-    erase: tuple[int, int] | None = None
+    # Rows of this batch may be stored of people erased since its oldest: delete them
+    # (Ingest.erase_recorded) before the batch is acknowledged. None: nothing to do.
+    erase: Erase | None = None
 
     @property
     def newest_ms(self) -> int:
@@ -277,7 +289,7 @@ class Ingest:
                     refilled = await self._refill(token)
                     inserted += refilled
                 meanwhile = good and await self._erased_meanwhile(oldest, replay or again)
-                erase = (oldest, last) if meanwhile else None
+                erase = Erase(oldest, last, await self._erased_days(oldest)) if meanwhile else None
                 return Stored(good, rejects, refilled, newest, invalid, inserted, erased, erase)
             finally:
                 self._erased = ""
@@ -376,14 +388,29 @@ class Ingest:
         time is its server's clock as it began, so one recorded after the read may be stamped
         before an erasure the read saw (two at once on a server)."""
         now = await self._recent_erasures(oldest_ms)
-        return now != self._seen or (again and bool(now))
+        meanwhile = now != self._seen or (again and bool(now))
+        self._seen = now
+        return meanwhile
 
-    async def erase_recorded(self, erase: tuple[int, int]) -> int:
+    async def _erased_days(self, oldest_ms: int) -> tuple[str, ...]:
+        """The days of the staged good rows of people erased since the batch's oldest event,
+        by the erasures the last read saw (Erase.days)."""
+        match = erasure.erased_rows([field for field, _, _ in self._seen], "s", oldest_ms)
+        if not match:
+            return ()
+        days = await self.writer.query(
+            f"SELECT DISTINCT toString(toDate(s.received_at)) FROM {self.stage} AS s "
+            f"WHERE s.reason = '' AND ({match})",
+            "TSV",
+        )
+        return tuple(sorted(days.split()))
+
+    async def erase_recorded(self, erase: Erase) -> int:
         """Stored.erase: delete the events received in its time span of every id erased at
         or after its start and before them, and rebuild the rollups of their days; how many
         rows. Outside the insert, so that a rebalance does not wait for it. Raises
         StoreError."""
-        from_ms, to_ms = erase
+        from_ms, to_ms, days = erase
         async with self._lock:
             # A session of its own: the batch's may have ended with a failed try of this.
             self.writer.new_session()
@@ -402,11 +429,6 @@ class Ingest:
                 f"AND fromUnixTimestamp64Milli({to_ms}, 'UTC')"
             )
             where = f"{span} AND ({where})"
-            # The span's days are rebuilt even when no row is left to delete: the erasure
-            # itself may have deleted the batch's rows (its DELETE ran after the insert
-            # landed) while it rebuilt only the days it had counted before, and the views
-            # had counted them on the way in.
-            days = erasure.days_of(from_ms, to_ms)
             cluster = await check_mode(self.writer)
             return await erasure.delete_rows(self.writer, where, cluster, days)
 

@@ -11,7 +11,10 @@ from __future__ import annotations
 import asyncio
 import math
 from collections.abc import Sequence
-from typing import Protocol
+from typing import TYPE_CHECKING, Protocol
+
+if TYPE_CHECKING:
+    from consumers.ingest import Erase
 
 
 class Batch:
@@ -46,7 +49,7 @@ class Batch:
         self.newest_by_segment: list[int] = []
         # Stored, and rows of it may be of people erased meanwhile: deleted before the ack
         # (consumers/ingest.py Stored.erase).
-        self.erase: tuple[int, int] | None = None
+        self.erase: Erase | None = None
         self.insert_failed = False  # an insert of it failed: it may have landed all the same
         self.failures = 0
         self.retry_at = 0.0  # monotonic time the next attempt is due
