@@ -24,13 +24,18 @@ from analytics.store import StoreError, insert_select, insert_settings
 # fsync_after_insert, fsync_part_directory: an insert's part (and its views') is on disk
 # before the insert returns, as ClickHouse leaves to replication on a server. The consumer
 # deletes a spool segment, or commits a Kafka offset, once its batch's insert returns: a
-# power loss would otherwise take rows whose only other copy was already gone. Merged parts
-# need none: their sources are kept for old_parts_lifetime (8 minutes) after a merge.
+# power loss would otherwise take rows whose only other copy was already gone.
+# min_rows_to_fsync_after_merge: so is a merged or mutated part before it replaces its
+# sources. A merge would lose nothing without it (its sources stay for old_parts_lifetime, 8
+# minutes, and a broken merged part gives way to them), but an erasure's DELETE is a
+# mutation: its part broken by a power loss would give way to the part that holds the
+# erased rows.
 CONFIG = (
     "<clickhouse><merge_tree>"
     "<max_compress_block_size>65536</max_compress_block_size>"
     "<fsync_after_insert>1</fsync_after_insert>"
     "<fsync_part_directory>1</fsync_part_directory>"
+    "<min_rows_to_fsync_after_merge>1</min_rows_to_fsync_after_merge>"
     "</merge_tree></clickhouse>\n"
 )
 CONFIG_NAME = "beacon-chdb.xml"

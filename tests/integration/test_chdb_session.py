@@ -19,14 +19,15 @@ from analytics.store.chdb import ChdbWriter, open_session
 path = Path(sys.argv[1])
 reader = open_session(path, {"readonly": "1"})
 writer = ChdbWriter(path)
-names = "'max_compress_block_size', 'fsync_after_insert', 'fsync_part_directory'"
-block, fsync, fsync_dir = writer.query_sync(
+names = ("'max_compress_block_size', 'fsync_after_insert', 'fsync_part_directory', "
+         "'min_rows_to_fsync_after_merge'")
+block, fsync, fsync_dir, fsync_merged = writer.query_sync(
     f"SELECT value FROM system.merge_tree_settings WHERE name IN ({names}) "
     "ORDER BY indexOf([" + names + "], name)", "TSV"
 ).split()
 with open("/proc/self/maps") as maps:
     arrow_mapped = any("libarrow" in line for line in maps)
-print(json.dumps({"block": block, "fsync": [fsync, fsync_dir],
+print(json.dumps({"block": block, "fsync": [fsync, fsync_dir, fsync_merged],
                   "pyarrow": sys.modules.get("pyarrow") is not None, "arrow_mapped": arrow_mapped}))
 """
 
@@ -43,7 +44,8 @@ def test_a_fresh_process_opens_the_store_with_its_config_and_without_arrow(tmp_p
     facts = json.loads(out.strip().splitlines()[-1])
     # Parts are written in compression blocks of 64 KiB, not ClickHouse's 1 MiB.
     assert facts["block"] == "65536"
-    # An insert's part is on disk when it returns (the consumer then lets go of its source).
-    assert facts["fsync"] == ["1", "1"]
+    # An insert's part is on disk when it returns (the consumer then lets go of its source),
+    # and a merged or mutated one (an erasure's DELETE) before it replaces its sources.
+    assert facts["fsync"] == ["1", "1", "1"]
     assert not facts["pyarrow"]
     assert not facts["arrow_mapped"]
