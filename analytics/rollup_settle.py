@@ -91,19 +91,19 @@ class Settler:
             for r in self.rollups
             if r.counted
         )
-        unsettled = f"SELECT day FROM {self.settling} FINAL WHERE done = 0"
+        marked = f"SELECT day FROM {self.settling} FINAL WHERE done = 0"
+        unsettled = marked
         if self.with_visits:  # settled days without their visits at this gap (a new gap too)
             unsettled += (
                 f" UNION DISTINCT SELECT DISTINCT toDate(period) AS day FROM "
                 f"{EVENTS_HOURLY.table} WHERE settled = 1 AND toDate(period) NOT IN (SELECT day "
                 f"FROM {visits.VISITS_SETTLED} FINAL WHERE visit_gap_s = {int(self.visit_gap_s)})"
             )
-        days = await self._rows(f"SELECT day FROM ({live} UNION DISTINCT {unsettled}) ORDER BY day")
-        marked = await self._rows(f"SELECT day FROM {self.settling} FINAL WHERE done = 0")
-        return sorted(
-            {d for d in map(dt.date.fromisoformat, days) if self.closed(d)}
-            | set(map(dt.date.fromisoformat, marked))
+        rows = await self._rows(
+            f"SELECT day, day IN ({marked}) FROM ({live} UNION DISTINCT {unsettled}) ORDER BY day"
         )
+        days = zip(map(dt.date.fromisoformat, rows[::2]), rows[1::2], strict=True)
+        return [day for day, due in days if self.closed(day) or due == "1"]
 
     async def settle_due(self) -> list[dt.date]:
         """One pass: settle every due day; returns them."""

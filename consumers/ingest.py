@@ -189,6 +189,10 @@ def _columns(pairs: tuple[tuple[str, str], ...] | list[tuple[str, str]]) -> str:
     return ", ".join(f"{name} {kind}" for name, kind in pairs)
 
 
+# (field, erasures, the last one's time in ms) of the erasures recorded since a time.
+Erasures = list[tuple[str, int, int]]
+
+
 class Erase(NamedTuple):
     """Rows of a batch that may be stored of people erased while it was on its way (see
     Stored.erase)."""
@@ -240,7 +244,7 @@ class Ingest:
         # This batch's condition for rows to leave out (people erased after them), or "",
         # and the erasures it read for it (analytics/erasure.recent_sql).
         self._erased = ""
-        self._seen: list[tuple[str, int, int]] = []
+        self._seen: Erasures = []
 
     async def store(
         self,
@@ -288,8 +292,10 @@ class Ingest:
                 if (replay or partial or again) and good:
                     refilled = await self._refill(token)
                     inserted += refilled
-                meanwhile = good and await self._erased_meanwhile(oldest, replay or again)
-                erase = Erase(oldest, last, await self._erased_days(oldest)) if meanwhile else None
+                erase = None
+                now = await self._erased_meanwhile(oldest, replay or again) if good else None
+                if now is not None:
+                    erase = Erase(oldest, last, await self._erased_days(now, oldest))
                 return Stored(good, rejects, refilled, newest, invalid, inserted, erased, erase)
             finally:
                 self._erased = ""
@@ -369,7 +375,7 @@ class Ingest:
         Only erasures since the batch's oldest event can apply: almost always none, and then
         this costs one small read."""
         self._seen = await self._recent_erasures(oldest_ms)
-        match = erasure.erased_rows([field for field, _, _ in self._seen], "s", oldest_ms)
+        match = self._erased_match(self._seen, oldest_ms)
         if not match:
             return 0
         self._erased = f" AND NOT ({match})"
@@ -378,24 +384,27 @@ class Ingest:
         )
         return int(count.strip() or 0)
 
-    async def _erased_meanwhile(self, oldest_ms: int, again: bool) -> bool:
-        """Whether erasures since the batch's oldest event may have rows of it stored: one
-        recorded after the batch read them, whose DELETE ran before the insert landed, left
-        them (one recorded after this read deletes them itself); and when an earlier attempt
-        may have landed (a replay, a retry), any the batch's time span reads. One more small
-        read a batch; the DELETE only when an erasure came between. Every erasure since the
-        oldest event is then applied, not only those after the last one read: an erasure's
-        time is its server's clock as it began, so one recorded after the read may be stamped
-        before an erasure the read saw (two at once on a server)."""
+    async def _erased_meanwhile(self, oldest_ms: int, again: bool) -> Erasures | None:
+        """The erasures since the batch's oldest event when they may have rows of it stored,
+        else None: one recorded after the batch read them, whose DELETE ran before the insert
+        landed, left them (one recorded after this read deletes them itself); and when an
+        earlier attempt may have landed (a replay, a retry), any the batch's time span reads.
+        One more small read a batch; the DELETE only when an erasure came between. Every
+        erasure since the oldest event is then applied, not only those after the last one
+        read: an erasure's time is its server's clock as it began, so one recorded after the
+        read may be stamped before an erasure the read saw (two at once on a server)."""
         now = await self._recent_erasures(oldest_ms)
-        meanwhile = now != self._seen or (again and bool(now))
-        self._seen = now
-        return meanwhile
+        return now if now != self._seen or (again and now) else None
 
-    async def _erased_days(self, oldest_ms: int) -> tuple[str, ...]:
-        """The days of the staged good rows of people erased since the batch's oldest event,
-        by the erasures the last read saw (Erase.days)."""
-        match = erasure.erased_rows([field for field, _, _ in self._seen], "s", oldest_ms)
+    @staticmethod
+    def _erased_match(erasures: Erasures, oldest_ms: int) -> str:
+        """The condition on a staged row (`s`) of a person erased after it, by `erasures`."""
+        return erasure.erased_rows([field for field, _, _ in erasures], "s", oldest_ms)
+
+    async def _erased_days(self, erasures: Erasures, oldest_ms: int) -> tuple[str, ...]:
+        """The days of the staged good rows of people `erasures` erased after them
+        (Erase.days)."""
+        match = self._erased_match(erasures, oldest_ms)
         if not match:
             return ()
         days = await self.writer.query(
@@ -432,7 +441,7 @@ class Ingest:
             cluster = await check_mode(self.writer)
             return await erasure.delete_rows(self.writer, where, cluster, days)
 
-    async def _recent_erasures(self, since_ms: int) -> list[tuple[str, int, int]]:
+    async def _recent_erasures(self, since_ms: int) -> Erasures:
         """(field, erasures, the last one's time in ms) of the erasures since `since_ms`."""
         out = await self.writer.query(erasure.recent_sql(since_ms), "JSONCompactEachRow")
         return [(f, int(n), int(ms)) for f, n, ms in map(orjson.loads, out.splitlines())]

@@ -363,6 +363,10 @@ class KafkaFeed:
                 ends.update(answer)
         return ends
 
+    def _on_its_way(self, tp: TopicPartition) -> bool:
+        """Records of `tp` are in the batch on its way."""
+        return self.flight is not None and tp in self.flight.ranges
+
     def _expired(self, part: PartitionBuffer, offset: int) -> None:
         """The client skipped the records of `part` before `offset`: the broker had removed
         them (retention or a deletion) before they were stored here. Those of a batch
@@ -375,8 +379,7 @@ class KafkaFeed:
                     "%s", part.tp, part.next_offset, offset - 1,
                     ", a batch recorded in flight among them" if recorded else "")  # fmt: skip
         part.next_offset = offset
-        flight = self.flight
-        if not part.records and (flight is None or part.tp not in flight.ranges):
+        if not part.records and not self._on_its_way(part.tp):
             part.committed = offset  # nothing of it waits: its lag is what came after
         self.expired.add(part.tp)
 
@@ -386,14 +389,13 @@ class KafkaFeed:
         replay. Otherwise the group's commit would still name them, and every next owner
         would find them gone again (counting them again, replaying a recorded range of
         them). One with records commits past them with its batch."""
-        flight = self.flight
         offsets: Offsets = {}
         for tp in list(self.expired):
             part = self.parts.get(tp)
             if part is not None and part.inflight is not None and not part.records:
                 continue  # its recorded range clears once read to the end (_caught_up)
             self.expired.discard(tp)
-            if part is None or part.records or (flight is not None and tp in flight.ranges):
+            if part is None or part.records or self._on_its_way(tp):
                 continue  # revoked, or its batch commits past them
             offsets[tp] = (part.next_offset, "")
         if not offsets:
