@@ -26,6 +26,7 @@ from collections.abc import Awaitable, Callable, Iterable
 
 from analytics import visits
 from analytics.cluster import on_each_shard
+from analytics.report_window import sql_string
 from analytics.rollups import EVENTS_HOURLY, ROLLUPS, SETTLING, Rollup
 from analytics.schema import DATABASE, EVENTS
 from analytics.store import StoreError, Writer, cluster_of
@@ -151,11 +152,13 @@ class Settler:
         # the meantime (another consumer, an erasure) keeps the day not done until it ends
         # itself, so a run cut short between its swap and its live rows leaves the day due.
         started_us = await self.mark_due(day)
+        # The mutations done before this run reads anything: what they deleted is gone from
+        # all it reads. One not among them at the end (made meanwhile, or running) may not be.
+        done_before = await self._rows(f"SELECT mutation_id {self._mutations} AND is_done")
         [cut] = await self._rows(f"SELECT toUnixTimestamp(now()) - {int(self.insert_margin_s)}")
         cut = f"toDateTime({int(cut)}, 'UTC')"
         settled = self.closed(day)
         in_day = f"toDate(received_at) = {day_literal(day)}"
-        rows = await self._rows_before(in_day, cut)
         for rollup in self.rollups:
             await self._swap(rollup, day, f"{in_day} AND inserted_at < {cut}", settled)
             # Rows inserted after the cut, or while the partition was swapped: live again.
@@ -163,11 +166,14 @@ class Settler:
             await self.writer.execute(f"INSERT INTO {rollup.table}{self.suffix} {live}")
         if self.with_visits:
             await self._visits(day, settled)
-        if await self._rows_before(in_day, cut) < rows:
-            # Rows of the day were deleted meanwhile (an erasure): some of this run's swaps
-            # may hold them, landed over the erasure's own rebuild. The day stays due, read
-            # from raw events until a pass settles it again. Runs that only overlap land the
-            # same rows, so consumers that settle in step still mark the day done.
+        if await self._rows(f"SELECT mutation_id {self._mutations} {_not_in(done_before)}"):
+            # An erasure's DELETE ran while this run read the day: its swaps may hold the
+            # person, landed over the erasure's own rebuild, or before a DELETE that outlived
+            # its client (a server goes on after the writer gave up) and whose erasure, failed,
+            # will not rebuild. The day stays due, read from raw events until a pass that no
+            # DELETE overlaps settles it. Runs that only overlap each other land the same rows,
+            # so consumers that settle in step still mark the day done.
+            log.info("rollups of %s left due: a DELETE of the events ran meanwhile", day)
             await self.mark_due(day)
             return
         await self._mark(day, 1, started_us + 1)
@@ -187,13 +193,11 @@ class Settler:
         )
         return int(newest)
 
-    async def _rows_before(self, in_day: str, cut: str) -> int:
-        """The day's events settled by a run with this cut: none come after it, so fewer at
-        the end than at the start means some were deleted. FINAL: merges fold copies."""
-        [rows] = await self._rows(
-            f"SELECT count() FROM {self.events} FINAL WHERE {in_day} AND inserted_at < {cut}"
-        )
-        return int(rows)
+    @property
+    def _mutations(self) -> str:
+        """FROM ... WHERE for the mutations of the events: an erasure's DELETE is one."""
+        database, table = self.events.split(".")
+        return f"FROM system.mutations WHERE database = '{database}' AND table = '{table}'"
 
     async def _visits(self, day: dt.date, settled: bool) -> None:
         """The day's visits from all its events (a visit needs them all; an event inserted
@@ -243,6 +247,11 @@ class Settler:
                 )
         finally:
             await self.writer.execute(f"DROP TABLE IF EXISTS {stage}")
+
+
+def _not_in(ids: list[str]) -> str:
+    """AND mutation_id is none of `ids`."""
+    return f"AND mutation_id NOT IN ({', '.join(map(sql_string, ids))})" if ids else ""
 
 
 async def settle_loop(settler: Settler, stop: asyncio.Event) -> None:

@@ -10,6 +10,7 @@ import asyncio
 import datetime as dt
 import itertools
 import random
+import time
 from collections.abc import Awaitable, Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -324,6 +325,45 @@ def test_a_run_whose_swap_landed_after_an_erasures_rebuild_leaves_the_day_due(
     compare(store, window_days(3))
 
 
+def test_a_delete_still_running_when_a_run_ends_leaves_the_day_due(store: Store) -> None:
+    # An erasure's DELETE outlives its client (a server goes on after the writer gave up, and
+    # the erasure, failed, rebuilds nothing): a settling pass that reads the day before the
+    # DELETE lands must not mark it done, or the person stays in its rollups for good.
+    store.add(traffic(1, 1))
+    yesterday = dt.datetime.now(dt.UTC).date() - dt.timedelta(days=1)
+    settler = settler_of(store)
+    run(store.writer.execute(f"SYSTEM STOP MERGES {EVENTS}"))  # mutations wait too
+    where = erasure.condition("recipient", "r1")
+    run(store.writer.execute(f"DELETE FROM {EVENTS} WHERE {where} "
+                             "SETTINGS lightweight_deletes_sync = 0"))  # fmt: skip
+    run(settler.settle_due())
+    assert run(settler.due_days()) == [yesterday]
+    run(store.writer.execute(f"SYSTEM START MERGES {EVENTS}"))
+    wait_for(lambda: store.rows(f"SELECT count() AS n FROM {EVENTS} WHERE {where}") == [{"n": 0}])
+    assert run(settler.due_days()) == [yesterday]
+    run(settler.settle_due())
+    assert run(settler.due_days()) == []
+    compare(store, window_days(3))
+    assert_r1_left_the_sets(store)
+
+
+def assert_r1_left_the_sets(store: Store) -> None:
+    """mail-1 went to 43 people on one day: with r1's hash gone from the sets, adding it adds
+    one."""
+    [found] = store.rows(
+        f"SELECT uniqExactMerge(state) AS with_r1 FROM (SELECT recipients AS state FROM "
+        f"{EVENTS_HOURLY.table} WHERE campaign = 'mail-1' UNION ALL SELECT uniqExactState('r1'))"
+    )
+    assert found == {"with_r1": 43}
+
+
+def wait_for(condition: Callable[[], bool], deadline_s: float = 60.0) -> None:
+    until = time.monotonic() + deadline_s
+    while not condition():
+        assert time.monotonic() < until, "not within the deadline"
+        time.sleep(0.05)
+
+
 def test_erasure_rebuilds_the_rollups_without_the_person(store: Store) -> None:
     store.add(traffic(1, 1) + traffic(0, 0))
     run(settler_of(store).settle_due())
@@ -371,11 +411,7 @@ def test_an_erasure_stopped_before_its_rebuild_leaves_its_days_to_raw_events(
     assert run(settler.due_days()) == [yesterday]  # so no rebuild: the next pass's
     run(settler.settle_due())
     compare(store, window_days(3))
-    [found] = store.rows(
-        f"SELECT uniqExactMerge(state) AS with_r1 FROM (SELECT recipients AS state FROM "
-        f"{EVENTS_HOURLY.table} WHERE campaign = 'mail-1' UNION ALL SELECT uniqExactState('r1'))"
-    )
-    assert found == {"with_r1": 43}  # r1's hash is gone from the sets: adding it adds one
+    assert_r1_left_the_sets(store)
 
 
 def test_an_erasure_stopped_before_rebuilding_today_leaves_it_to_the_next_pass(
@@ -392,11 +428,7 @@ def test_an_erasure_stopped_before_rebuilding_today_leaves_it_to_the_next_pass(
     run(settler.settle_due())
     assert run(settler.due_days()) == []
     compare(store, window_days(1))
-    [found] = store.rows(
-        f"SELECT uniqExactMerge(state) AS with_r1 FROM (SELECT recipients AS state FROM "
-        f"{EVENTS_HOURLY.table} WHERE campaign = 'mail-1' UNION ALL SELECT uniqExactState('r1'))"
-    )
-    assert found == {"with_r1": 43}  # r1's hash is gone from the sets: adding it adds one
+    assert_r1_left_the_sets(store)
 
 
 def test_unique_states_keep_hashes_not_ids(store: Store) -> None:
