@@ -30,13 +30,15 @@ from analytics.report_window import sql_string
 from analytics.rollups import EVENTS_HOURLY, ROLLUPS, SETTLING, Rollup
 from analytics.schema import DATABASE, EVENTS
 from analytics.store import StoreError, Writer, cluster_of
+from analytics.store.http import INSERT_QUERY_ID_PREFIX
 
 log = logging.getLogger("beacon.rollups")
 
 # A day is settled this long after it ends: the retries and replays of its last events are
 # in by then (a late one only sends that day to raw events until the next pass).
 SETTLE_AFTER_S = 3600
-# An insert that began this long before the cut may commit after it: its rows count as new.
+# An insert that began this long before the cut may commit after it: its rows count as new
+# (and one seen running then moves the cut before its start).
 INSERT_MARGIN_S = 60
 PASS_INTERVAL_S = 60.0
 
@@ -155,7 +157,7 @@ class Settler:
         # The mutations done before this run reads anything: what they deleted is gone from
         # all it reads. One not among them at the end (made meanwhile, or running) may not be.
         done_before = await self._rows(f"SELECT mutation_id {self._mutations} AND is_done")
-        [cut] = await self._rows(f"SELECT toUnixTimestamp(now()) - {int(self.insert_margin_s)}")
+        [cut] = await self._rows(self._cut_sql())
         cut = f"toDateTime({int(cut)}, 'UTC')"
         settled = self.closed(day)
         in_day = f"toDate(received_at) = {day_literal(day)}"
@@ -192,6 +194,20 @@ class Settler:
             f"WHERE day = {day_literal(day)}"
         )
         return int(newest)
+
+    def _cut_sql(self) -> str:
+        """The run's cut (s since the epoch): the insert margin before now, or earlier, before
+        the oldest of Beacon's inserts running now. A server goes on with an insert whose
+        client gave up, and its rows are timed by its start: one that began before the cut
+        and lands during a swap (after its staging read, its views' rows before the REPLACE)
+        would be in neither the settled sums nor the live rows."""
+        margin = int(self.insert_margin_s)
+        return (
+            f"SELECT toUnixTimestamp(now()) - if(count() = 0, {margin}, "
+            f"greatest({margin}, toInt64(ceil(max(elapsed))) + 1)) FROM system.processes "
+            f"WHERE query_kind = 'Insert' AND startsWith(initial_query_id, "
+            f"'{INSERT_QUERY_ID_PREFIX}')"
+        )
 
     @property
     def _mutations(self) -> str:
