@@ -11,11 +11,10 @@ from collections.abc import Callable, Sequence
 from functools import partial
 from typing import Any
 
-import orjson
-
 from analytics import raw_query, rollup_query, scanner_query
 from analytics.duplicate_clicks import duplicate_clicks_sql
 from analytics.report_window import Filters, Window, bucket, sql_string
+from analytics.store import json_rows
 
 # Runs one query and returns its JSONEachRow text: the store's query port, ClickHouse over
 # HTTP, or a test's own chDB session.
@@ -42,7 +41,7 @@ Key = tuple[str, ...]
 def rows(query: Query, sql: str) -> list[dict[str, Any]]:
     # Counts arrive as JSON numbers: every reader sets output_format_json_quote_64bit_integers
     # to 0 (analytics/store/readers.py READ_FORMAT_SETTINGS).
-    return [orjson.loads(line) for line in query(sql).splitlines() if line.strip()]
+    return json_rows(query(sql))
 
 
 def memo(query: Query) -> Query:

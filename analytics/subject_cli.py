@@ -20,7 +20,7 @@ import orjson
 from analytics import erasure
 from analytics.report import StoreUnavailable, not_answering, owner_url, run_query
 from analytics.settings import StoreSettings
-from analytics.store import StoreError, Writer
+from analytics.store import StoreError, Writer, json_rows
 from contract import owner
 
 
@@ -141,7 +141,7 @@ def export_command(settings: StoreSettings, args: argparse.Namespace) -> int:
     except (StoreUnavailable, StoreError, OSError) as exc:
         print(f"beacon export: {exc}", file=sys.stderr)
         return 1
-    events = [orjson.loads(line) for line in text.splitlines() if line.strip()]
+    events = json_rows(text)
     doc = {
         "field": field,
         "value": value,

@@ -36,7 +36,7 @@ import orjson
 from analytics import erasure, ivt
 from analytics.cluster import check_mode
 from analytics.schema import EVENTS
-from analytics.store import TOKEN_RE, StoreError, Writer
+from analytics.store import TOKEN_RE, StoreError, Writer, json_rows
 from consumers.enrich import Enricher
 from contract.event import SCHEMA_VERSION
 
@@ -352,10 +352,7 @@ class Ingest:
             "toInt64(max(toUnixTimestamp64Milli(received_at))) "
             f"FROM {self.stage} WHERE reason = '' GROUP BY segment"
         )
-        rows = [
-            orjson.loads(x)
-            for x in (await self.writer.query(sql, "JSONCompactEachRow")).splitlines()
-        ]
+        rows = json_rows(await self.writer.query(sql, "JSONCompactEachRow"))
         # arrayFirstIndex: 1 for the first segment, 0 past the last end (the last segment).
         newest = [0] * max(1, len(segments))
         good = 0
@@ -444,7 +441,7 @@ class Ingest:
     async def _recent_erasures(self, since_ms: int) -> Erasures:
         """(field, erasures, the last one's time in ms) of the erasures since `since_ms`."""
         out = await self.writer.query(erasure.recent_sql(since_ms), "JSONCompactEachRow")
-        return [(f, int(n), int(ms)) for f, n, ms in map(orjson.loads, out.splitlines())]
+        return [(f, int(n), int(ms)) for f, n, ms in json_rows(out)]
 
     async def _load_agents(self) -> dict[str, int]:
         """Enrich each distinct (user agent, agent_ip) of the good lines once and send them;
@@ -458,8 +455,7 @@ class Ingest:
         out = await self.writer.query(sql, "JSONCompactEachRow")
         agents: dict[tuple[str, str], list[str | int]] = {}
         invalid: Counter[str] = Counter()
-        for x in out.splitlines():
-            user_agent, agent_ip, network, speculative, rows = orjson.loads(x)
+        for user_agent, agent_ip, network, speculative, rows in json_rows(out):
             agent = agents.get((user_agent, agent_ip))
             if agent is None:
                 agent = agents[user_agent, agent_ip] = self.enricher.agent_row(user_agent, agent_ip)

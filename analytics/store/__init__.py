@@ -5,10 +5,18 @@ from __future__ import annotations
 import re
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Protocol
+from typing import Any, Protocol
+
+import orjson
 
 # Tokens go into SQL text: keep them to characters that need no quoting.
 TOKEN_RE = re.compile(r"^[A-Za-z0-9:._-]{1,200}$")
+
+
+def json_rows(text: str) -> list[Any]:
+    """The rows of a JSONEachRow or JSONCompactEachRow answer. Split at newlines alone:
+    ClickHouse leaves U+0085 unescaped inside a string, and str.splitlines breaks there."""
+    return [orjson.loads(line) for line in text.split("\n") if line.strip()]
 
 
 # Since 26.2 async_insert defaults to 1; batches are big already and a token must apply to

@@ -12,9 +12,11 @@ import orjson
 import pytest
 
 from analytics.migrations import migrate
+from analytics.report_window import Window
 from analytics.schema import EVENTS
 from analytics.store import StoreError
 from analytics.store.http import HttpWriter
+from analytics.views import Request, view_rows
 from consumers.ingest import EVENT_COLUMNS, Ingest
 from consumers.sources.protocol import join_lines
 from consumers.useragent import UserAgentParser
@@ -175,6 +177,24 @@ async def test_the_ingest_stores_what_the_python_reference_makes_of_each_line(
         if r["site"].startswith("ivt-"):
             rolled[r["site"], r["ivt"]] += r["events"]
     assert rolled == Counter({(site, reason): 1 for site, _, _, reason in IVT_CASES})
+
+
+async def test_a_line_break_json_keeps_unescaped_fails_neither_a_batch_nor_a_report(
+    store: Store,
+) -> None:
+    # ClickHouse writes U+0085 (NEL) unescaped inside a JSON string, and str.splitlines breaks
+    # there: a batch's agents came back in halves (the consumer stopped, and again on every
+    # replay of the batch), and so did a report's rows.
+    nel = "\u0085"
+    events = [
+        wire("open", hour_ago_ms(), user_agent=f"Mozilla{nel}x", network=f"dc{nel}",
+             site="shop", campaign=f"spring{nel}", recipient="r1", verified=1)
+    ]  # fmt: skip
+    stored = await Ingest(store.writer).store(body(events), "ingest-nel")
+    assert (stored.rows, stored.rejects) == (1, [])
+    assert store.rows(STORED) == reference_rows(store, events)[0]
+    [row] = view_rows(store.query, Request("campaign", Window.last_days(1)))
+    assert (row["campaign"], row["opens"]) == (f"spring{nel}", 1)
 
 
 def test_the_list_only_bot_is_no_bot_to_ua_parser_alone() -> None:

@@ -11,6 +11,7 @@ import orjson
 
 from analytics.migrations import migrate
 from analytics.schema import EVENTS
+from analytics.store import json_rows
 from analytics.store.chdb import ChdbWriter
 from analytics.store.readers import ChdbReader, ReadLimits
 from collector.event import SCHEMA_VERSION, build_event, uuid7
@@ -91,7 +92,7 @@ class Store:
         return self.writer.query_sync(sql, "JSONEachRow")
 
     def rows(self, sql: str) -> list[dict[str, Any]]:
-        return [orjson.loads(line) for line in self.query(sql).splitlines() if line.strip()]
+        return json_rows(self.query(sql))
 
     def close(self) -> None:
         if self._reader is not None:
