@@ -24,7 +24,15 @@ def json_rows(text: str) -> list[Any]:
 # block by its sort key on the way in, over half an insert's cost (docs/performance.md
 # "Consumer"); a duplicate inside one batch is collapsed by merges and FINAL like any other.
 # insert_deduplicate = 1: the token works only with it, and a server's profile may turn it off.
-INSERT_SETTINGS = {"async_insert": "0", "optimize_on_insert": "0", "insert_deduplicate": "1"}
+# max_partitions_per_insert_block = 0: the rollups are partitioned by day, and a batch of events
+# over more than 100 days (a backfill, a producer's clock) failed at every retry (code 252),
+# its partition or spool held back for good.
+INSERT_SETTINGS = {
+    "async_insert": "0",
+    "optimize_on_insert": "0",
+    "insert_deduplicate": "1",
+    "max_partitions_per_insert_block": "0",
+}
 # Into a Distributed table (a cluster, docs/operations.md "ClickHouse"): acknowledged only once
 # every shard has its slice (the default writes it to the initiator's disk and sends it later,
 # lost with that disk), deduplicated by the token on each shard, and on a quorum of each

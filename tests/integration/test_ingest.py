@@ -197,6 +197,23 @@ async def test_a_line_break_json_keeps_unescaped_fails_neither_a_batch_nor_a_rep
     assert (row["campaign"], row["opens"]) == (f"spring{nel}", 1)
 
 
+async def test_a_batch_over_more_days_than_an_insert_may_make_partitions_is_stored(
+    store: Store,
+) -> None:
+    # The rollups are partitioned by day: ClickHouse refuses an insert into more than 100
+    # partitions by default, so such a batch (a backfill, a producer's clock) failed at every
+    # retry, holding its partition or the spool back for good.
+    day_ms = 86_400_000
+    events = [wire("pageview", hour_ago_ms() - i * day_ms, site="shop") for i in range(150)]
+    stored = await Ingest(store.writer).store(body(events), "ingest-days")
+    assert (stored.rows, stored.rejects) == (150, [])
+    [found] = store.rows(
+        "SELECT uniqExact(toDate(period)) AS days, countIf(live) AS live_rows "
+        "FROM beacon.rollup_events_hourly"
+    )
+    assert found == {"days": 150, "live_rows": 150}
+
+
 def test_the_list_only_bot_is_no_bot_to_ua_parser_alone() -> None:
     # So the row above is the crawler list's doing.
     assert UserAgentParser(crawlers=lambda ua: False)(LIST_ONLY_BOT).is_bot == 0
