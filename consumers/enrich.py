@@ -15,7 +15,7 @@ import orjson
 from analytics import ivt
 from analytics.machine_opens import classify_open
 from consumers.useragent import UserAgentParser
-from contract.event import SCHEMA_VERSION, Rejected
+from contract.event import RECEIVED_AT_MAX_MS, SCHEMA_VERSION, Rejected
 
 # What collector.event writes into the Decimal(18, 4) column: digits, at most 4 decimals.
 VALUE_RE = re.compile(r"^[0-9]{1,14}(?:\.[0-9]{1,4})?$")  # ASCII digits, as consumers/ingest.py
@@ -51,7 +51,8 @@ def decode(line: bytes) -> dict[str, Any]:
     # Older versions only lack fields; their columns read the defaults.
     if not 0 <= event.get("schema_version", 0) <= SCHEMA_VERSION:
         raise Rejected("unknown_schema_version")
-    if not isinstance(event.get("received_at"), int):
+    received_at = event.get("received_at")
+    if not (isinstance(received_at, int) and 0 <= received_at <= RECEIVED_AT_MAX_MS):
         raise Rejected("bad_received_at")
     if not isinstance(event.get("user_agent", ""), str):
         raise Rejected("bad_user_agent")

@@ -38,7 +38,7 @@ from analytics.cluster import check_mode
 from analytics.schema import EVENTS
 from analytics.store import TOKEN_RE, StoreError, Writer, json_rows
 from consumers.enrich import Enricher
-from contract.event import SCHEMA_VERSION
+from contract.event import RECEIVED_AT_MAX_MS, SCHEMA_VERSION
 
 # The wire fields (docs/tracking.md "Event format") as JSONExtract reads them. It converts what
 # it can (a number into a String field as its text, a numeric string into a number, as ClickHouse's
@@ -128,12 +128,13 @@ UUID_RE = "^[0-9a-fA-F]{8}-([0-9a-fA-F]{4}-){3}[0-9a-fA-F]{12}$"
 VALUE_RE = "^[0-9]{1,14}([.][0-9]{1,4})?$"
 OBJECT_RE = "^[ \\t\\r]*[{]"  # an array would be read into the tuple by position
 VERSION_OK = f"ifNull(w.schema_version, 0) BETWEEN 0 AND {SCHEMA_VERSION}"
+RECEIVED_OK = f"w.received_at BETWEEN 0 AND {RECEIVED_AT_MAX_MS}"  # NULL: not a number
 VALUE_OK = f"(w.value IS NULL OR match(w.value, '{VALUE_RE}'))"
 # JSONType reads the line again: only for the rare line where the number came out NULL.
 NUMBERS_OK = " AND ".join(f"(w.{f} IS NOT NULL OR JSONType(line, '{f}') = 'Null')" for f in NUMBERS)
 GOOD = (
     f"match(line, '{OBJECT_RE}') AND w.event_id IS NOT NULL AND match(w.event_id, '{UUID_RE}')"
-    f" AND w.received_at IS NOT NULL AND {VERSION_OK} AND {VALUE_OK} AND {NUMBERS_OK}"
+    f" AND {RECEIVED_OK} AND {VERSION_OK} AND {VALUE_OK} AND {NUMBERS_OK}"
 )
 # Why a line is refused, in the order consumers/enrich.decode checks: the first condition that
 # holds names it, and a line none names has a number that does not fit its column.
@@ -142,7 +143,7 @@ REFUSALS: tuple[tuple[str, str], ...] = (
     ("not_an_event", f"NOT match(line, '{OBJECT_RE}') OR NOT JSONHas(line, 'event_id')"),
     ("bad_event_id", f"NOT match(ifNull(w.event_id, ''), '{UUID_RE}')"),
     ("unknown_schema_version", f"NOT {VERSION_OK}"),
-    ("bad_received_at", "w.received_at IS NULL"),
+    ("bad_received_at", f"NOT ifNull({RECEIVED_OK}, 0)"),
     ("bad_value", f"NOT {VALUE_OK}"),
 )
 OTHER_REFUSAL = "bad_field_type"

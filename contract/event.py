@@ -5,6 +5,10 @@ refusing one looks like on either side."""
 # `consent` on every event (collector/consent.py).
 SCHEMA_VERSION = 2
 
+# The range of `received_at` (ms since the epoch): a DateTime's, the type of the rollups'
+# periods (up to 2106-02-07); a time outside it is refused, not stored wrapped or saturated.
+RECEIVED_AT_MAX_MS = 2**32 * 1000 - 1
+
 # The values of the optional field `network`: the class the collector found for the whole
 # client address (collector/networks.py), which the consumer's invalid-traffic rule reads
 # (analytics/ivt.py). Left out for any other address.

@@ -241,6 +241,9 @@ async def test_each_bad_line_is_refused_with_its_reason_and_its_number(store: St
         (bad(template, schema_version=99), "unknown_schema_version"),
         (bad(template, schema_version=-1), "unknown_schema_version"),
         (bad(template, received_at="soon"), "bad_received_at"),
+        (bad(template, received_at=template["received_at"] * 1000), "bad_received_at"),  # µs
+        (bad(template, received_at=-1), "bad_received_at"),
+        (bad(template, received_at=2**63 - 1), "bad_received_at"),
         (bad(template, value="1e5"), "bad_value"),
         (bad(template, value="١٢"), "bad_value"),  # Arabic-Indic digits are not ASCII digits
         (bad(template, visitor_id=-1), "bad_field_type"),

@@ -151,6 +151,8 @@ def test_an_event_without_user_agent_is_enriched_as_unknown(enricher):
         (wire_event(schema_version=99), "unknown_schema_version"),
         (wire_event(schema_version=-1), "unknown_schema_version"),
         (wire_event(received_at="yesterday"), "bad_received_at"),
+        (wire_event(received_at=-1), "bad_received_at"),
+        (wire_event(received_at=2**32 * 1000), "bad_received_at"),  # past a DateTime's range
         (wire_event(user_agent=["Mozilla"]), "bad_user_agent"),
         (wire_event(value="1E+2"), "bad_value"),
         (wire_event(value=12.5), "bad_value"),
