@@ -55,6 +55,7 @@ def create_app(settings: Settings, sink: Sink, metrics: CollectorMetrics) -> web
         sink,
         metrics,
         max_events=settings.buffer_max_events,
+        max_bytes=settings.buffer_max_bytes,
         linger_ms=settings.linger_ms,
         flush_interval_ms=settings.flush_interval_ms,
         idle_flush_ms=settings.spool_segment_idle_ms,

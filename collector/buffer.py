@@ -21,7 +21,8 @@ log = logging.getLogger("beacon.buffer")
 
 
 class EventBuffer:
-    """Bounded list of serialised events plus the task that drains it into a sink."""
+    """Bounded list of serialised events (in count and bytes) plus the task that drains it
+    into a sink."""
 
     def __init__(
         self,
@@ -29,6 +30,7 @@ class EventBuffer:
         metrics: CollectorMetrics,
         *,
         max_events: int,
+        max_bytes: int,
         linger_ms: int,
         flush_interval_ms: int,
         idle_flush_ms: int | None = None,
@@ -38,6 +40,10 @@ class EventBuffer:
         self.wal = wal
         self.metrics = metrics
         self.max_events = max_events
+        # Events are ~0.6 KB, but one may be ~100 times that (every prop and URL at its
+        # limit): a count alone let a stalled sink's buffer take gigabytes.
+        self.max_bytes = max_bytes
+        self._bytes = 0
         self.linger_s = linger_ms / 1000
         self.flush_interval_s = flush_interval_ms / 1000
         # Once events stop for this long the sink is flushed at once (the spool closes its
@@ -54,9 +60,10 @@ class EventBuffer:
         """Append one event; False (and counted) when the buffer (or the log) is full."""
         if self.wal is not None:
             return self.wal.append(event)
-        if len(self._events) >= self.max_events:
+        if len(self._events) >= self.max_events or self._bytes + len(event) > self.max_bytes:
             self.metrics.events_dropped.labels("buffer_full").inc()
             return False
+        self._bytes += len(event)
         # An exact-size copy: orjson returns its output in the block it wrote into, 4 KiB for
         # a 500-byte event. Kept until the tick and in the Kafka sink's queue until acked,
         # those blocks held 8x the bytes every bound here counts; the copy costs less than
@@ -69,9 +76,11 @@ class EventBuffer:
         whole); False (and counted, each event) when the buffer (or the log) has no room."""
         if self.wal is not None:
             return self.wal.append_all(events)
-        if len(self._events) + len(events) > self.max_events:
+        size = sum(map(len, events))
+        if len(self._events) + len(events) > self.max_events or self._bytes + size > self.max_bytes:
             self.metrics.events_dropped.labels("buffer_full").inc(len(events))
             return False
+        self._bytes += size
         self._events.extend(b"%b" % event for event in events)  # exact-size copies, as offer
         return True
 
@@ -79,7 +88,7 @@ class EventBuffer:
         self._task = asyncio.create_task(self._pump(), name="beacon-buffer-pump")
 
     async def _drain_once(self) -> int:
-        events, self._events = self._events, []
+        events, self._events, self._bytes = self._events, [], 0
         self.metrics.buffer_events.set(0)
         if not events:
             return 0

@@ -91,6 +91,10 @@ class Settings:
     buffer_max_events: int = setting(
         100_000, "events held in memory before new ones are dropped", min=100
     )
+    # A POST's events are its body's (64 KiB at most) and each one's headers (8 KiB).
+    buffer_max_bytes: int = setting(
+        64 << 20, "bytes of events held in memory before new ones are dropped", min=4 << 20
+    )
     linger_ms: int = setting(
         20, "how long the buffer waits before handing events to the sink", min=1
     )

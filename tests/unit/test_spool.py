@@ -136,7 +136,13 @@ async def test_a_pause_in_the_events_closes_the_segment_without_waiting_for_its_
     event has come for the idle time, and the sink closes a segment idle that long."""
     sink = make_sink(spool_dir, metrics, segment_idle_ms=50)
     buffer = EventBuffer(
-        sink, metrics, max_events=100, linger_ms=5, flush_interval_ms=HOUR_MS, idle_flush_ms=50
+        sink,
+        metrics,
+        max_events=100,
+        max_bytes=1 << 20,
+        linger_ms=5,
+        flush_interval_ms=HOUR_MS,
+        idle_flush_ms=50,
     )
     buffer.start()
     try:
