@@ -82,7 +82,8 @@ class ConsumerMetrics:
             "Batches inserted again after a restart (deduplicated by token).",
             registry=registry,
         )
-        # lag_records, dlq_records, records_expired and paused_partitions are the Kafka
+        # lag_records, dlq_records, records_expired, partition_restarts and paused_partitions
+        # are the Kafka
         # source's (zero when the consumer reads the spool); retries and batches count for
         # either source.
         self.lag_records = Gauge(
@@ -108,6 +109,12 @@ class ConsumerMetrics:
             "Kafka records gone from their partition before this consumer group stored them"
             " (retention or a deletion removed them): their events are lost. Those of a batch"
             " recorded in flight are not counted (it may have been stored).",
+            registry=registry,
+        )
+        self.partition_restarts = Counter(
+            "beacon_consumer_partition_restarts",
+            "Partitions found to end before the offset this consumer had read to, read again"
+            " from their start: the broker lost the log, or the topic was made again.",
             registry=registry,
         )
         self.paused_partitions = Gauge(

@@ -233,7 +233,12 @@ class KafkaFeed:
                 # Fetched in the moment between assignment and our pause: read it again later.
                 self.source.rewind(tp, records[0].offset)
                 continue
-            if records[0].offset < part.next_offset:
+            if records[0].offset < part.next_offset and self._starts_again(part):
+                if part.records or self._on_its_way(tp):
+                    self.source.rewind(tp, records[0].offset)  # taken once those are stored
+                    continue
+                self._restart(part, records[0].offset)
+            elif records[0].offset < part.next_offset:
                 # Never take an offset twice: the batch boundaries (and tokens) depend on it.
                 log.warning("%s: skipping records before offset %d", tp, part.next_offset)
                 records = [r for r in records if r.offset >= part.next_offset]
@@ -382,6 +387,26 @@ class KafkaFeed:
         if not part.records and not self._on_its_way(part.tp):
             part.committed = offset  # nothing of it waits: its lag is what came after
         self.expired.add(part.tp)
+
+    def _starts_again(self, part: PartitionBuffer) -> bool:
+        """The partition's log ends (the fetch's high watermark) before the offset read to
+        here: the broker lost it (the only replica's disk, an unclean leader election) or the
+        topic was made again, and the client, asked past the end, starts again at the log's
+        start (auto_offset_reset). Its records from there are new, not read twice."""
+        highwater = self.source.highwater(part.tp)
+        return highwater is not None and highwater < part.next_offset
+
+    def _restart(self, part: PartitionBuffer, offset: int) -> None:
+        """Read `part` on from `offset`, where its log starts again: a range recorded in
+        flight there was of the log before (its batch may have been stored), and tokens name
+        each range's first timestamp too, so no range of the new log is taken for the old's."""
+        self.metrics.partition_restarts.inc()
+        log.warning("%s: the log ends before offset %d read here; it starts again at %d (the "
+                    "broker lost it, or the topic was made again)", part.tp, part.next_offset,
+                    offset)  # fmt: skip
+        part.next_offset = part.committed = offset
+        part.inflight = None
+        self.expired.discard(part.tp)
 
     async def _commit_expired(self) -> None:
         """Commit the offset past the removed records of each partition that has nothing

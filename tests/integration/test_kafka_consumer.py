@@ -606,6 +606,34 @@ async def test_the_end_of_a_burst_is_stored_at_once_and_a_quiet_cut_comes_once_a
     assert consumer.value("beacon_consumer_batch_cuts_total", reason="final") == 1
 
 
+async def test_a_partition_whose_log_starts_again_below_the_commit_is_read_from_its_start(
+    settings: ConsumerSettings, store: ChdbWriter, consumers: list[Consumer]
+) -> None:
+    """The group's commit of one partition is past its log's end, as after the broker lost
+    the log (the only replica's disk) or the topic was made again: the client starts again
+    at the log's start, and those records are new events. They were skipped as read before,
+    lost without a count."""
+    bootstrap, topic = settings.kafka_bootstrap, settings.kafka_topic
+    events = mail_opens(30)
+    await produce(bootstrap, topic, [orjson.dumps(e) for e in events])  # 10 a partition
+    p0 = TopicPartition(topic, 0)
+    await commit_for_group(settings, {p0: (500, "")})
+    consumer = Consumer(settings, store)
+    consumers.append(consumer)
+    await wait_for(at_least(store, len(events)), "every event stored", consumer.task)
+
+    async def committed_at_the_end() -> bool:
+        committed, _ = await group_offsets(bootstrap, settings.kafka_group, topic)
+        return committed == {p: (10, "") for p in range(PARTITIONS)}
+
+    await wait_for(committed_at_the_end, "every partition committed at its end", consumer.task)
+    assert consumer.value("beacon_consumer_partition_restarts_total") == 1
+    assert consumer.value("beacon_consumer_records_expired_total") == 0
+    await consumer.close()
+    stored = set((await store.query(f"SELECT toString(event_id) FROM {EVENTS}", "TSV")).split())
+    assert stored == {e["event_id"] for e in events} and await count(store) == len(events)
+
+
 async def test_records_removed_past_the_commit_hold_back_neither_lag_nor_cuts_nor_a_replay(
     settings: ConsumerSettings, store: ChdbWriter, consumers: list[Consumer]
 ) -> None:
