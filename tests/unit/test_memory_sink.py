@@ -44,7 +44,8 @@ async def test_old_batches_go_whole_once_the_newest_hold_the_bound() -> None:
 async def test_a_server_on_the_memory_sink_counts_what_it_lets_go(
     settings: Settings, metrics: CollectorMetrics
 ) -> None:
-    settings = replace(settings, buffer_max_events=20)
+    # A tick a millisecond: the 20-event buffer is handed on long before 20 requests come.
+    settings = replace(settings, buffer_max_events=20, linger_ms=1)
     sink = make_sink(settings, metrics)
     assert isinstance(sink, MemorySink)
     client = TestClient(TestServer(create_app(settings, sink, metrics), host="127.0.0.1"))
