@@ -6,7 +6,8 @@ handler answers, so a killed process loses none of them (a machine crash can los
 has not written back yet; the pump fsyncs every `flush_interval_ms`). The pump closes aged
 segments; from there everything is the spool's usual path: the Kafka sink's replayer ships
 closed segments and deletes them after the acks, or the embedded consumer reads them. Segments
-a killed process left `.open` are closed by `recover_orphans` at the next start and replayed.
+a killed process left `.open` are closed by `recover_orphans` at the next start and replayed; one
+whose rename failed, by this process's next tick.
 
 Bounded by `spool_max_bytes`: an event that does not fit is refused and counted (`spool_full`).
 An event that cannot be written (a full disk, a file past RLIMIT_FSIZE, a volume gone) is counted
@@ -25,6 +26,7 @@ from typing import Unpack
 
 from collector.metrics import CollectorMetrics
 from collector.settings import Settings
+from collector.spool.segments import recover_orphans
 from collector.spool.writer import Limits, SegmentWriter, spool_limits
 
 
@@ -43,6 +45,7 @@ class WriteAheadLog:
         self.on_segment_closed = on_segment_closed  # e.g. wake the Kafka replay: less latency
         # Own segment names ("w" + sequence): a spool sink may write beside it, in this process.
         self.segments = SegmentWriter(directory, metrics, label="WAL", tag="w", **limits)
+        self.abandoned = False  # a segment left `.open` (its rename failed): closed by `tick`
 
     def append(self, event: bytes) -> bool:
         """Write one event ahead of its answer; False (and counted) when it cannot be."""
@@ -88,6 +91,8 @@ class WriteAheadLog:
         if retired:
             await asyncio.to_thread(self.segments.finish, retired)
             await self.rescan()
+        if self.abandoned:
+            await self._recover()
 
     async def sync(self) -> None:
         """fsync the open segment: bounds what a machine crash (not a process kill) can take."""
@@ -107,16 +112,36 @@ class WriteAheadLog:
         if self.segments.fd >= 0:
             self._close_segment()
         await asyncio.to_thread(self.segments.finish, self.segments.retired())
+        if self.abandoned:
+            await self._recover()
 
     def _close_segment(self) -> None:
         """Rename the segment to its closed name now (readers may take it), retire its fd."""
         segments = self.segments
+        holds_events = segments.segment_bytes > 0
         try:
             segments.seal()
         except OSError as exc:  # the events are still in the `.open` file: recovered later
             assert segments.path is not None
             segments.log.error("closing WAL segment %s failed: %s", segments.path.name, exc)
             segments.abandon()
+            self.abandoned = True
+            return
+        if holds_events:  # an empty one (its first write failed) is removed, not closed
+            self.metrics.wal_segments.inc()
+        if self.on_segment_closed is not None:
+            self.on_segment_closed()
+
+    async def _recover(self) -> None:
+        """Close the segments abandoned `.open`, as the next start's recovery would: their
+        events waited for a restart, however long. Their fds are closed by now (`finish`), so
+        their locks are free; the log's live segment keeps its lock, and recovery skips it."""
+        try:
+            await asyncio.to_thread(recover_orphans, self.directory)
+        except OSError as exc:  # the disk still fails: the next tick tries again
+            self.segments.log.error("closing abandoned WAL segments failed: %s", exc)
+            return
+        self.abandoned = False
         self.metrics.wal_segments.inc()
         if self.on_segment_closed is not None:
             self.on_segment_closed()

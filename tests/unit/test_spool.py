@@ -172,6 +172,32 @@ async def test_the_write_ahead_log_closes_its_segment_after_a_pause(spool_dir, m
     await wal.close()
 
 
+async def test_a_wal_segment_whose_rename_failed_is_closed_by_the_pump_not_a_restart(
+    spool_dir, metrics, monkeypatch
+):
+    """Its events waited `.open` for the next start's recovery, however long that was."""
+    wal = WriteAheadLog(spool_dir, metrics, **(NEVER | {"segment_idle_ms": 10}))
+    assert all(wal.append(event) for event in lines(0, 3))
+    rename = Path.rename
+
+    def fails_once(path: Path, target: Path) -> Path:
+        monkeypatch.setattr(Path, "rename", rename)
+        raise OSError(errno.EIO, "Input/output error")
+
+    monkeypatch.setattr(Path, "rename", fails_once)
+    await asyncio.sleep(0.05)
+    await wal.tick()  # the idle close fails; once its fd is closed, the tick closes it
+    [closed] = closed_segments(spool_dir)
+    assert closed.read_bytes() == as_file(lines(0, 3)) and files(spool_dir, OPEN_SUFFIX) == []
+    assert metric_value(metrics, "beacon_wal_segments_total") == 1
+    assert all(wal.append(event) for event in lines(3, 2))  # into a segment of its own
+    await wal.close()
+    assert [p.read_bytes() for p in closed_segments(spool_dir)] == [
+        as_file(lines(0, 3)), as_file(lines(3, 2))
+    ]  # fmt: skip
+    assert metric_value(metrics, "beacon_wal_segments_total") == 2
+
+
 async def test_size_rotation_gives_ordered_closed_segments(spool_dir, metrics):
     sink = make_sink(spool_dir, metrics, segment_max_bytes=40)
     events = lines(0, 10)
