@@ -27,6 +27,7 @@ import asyncio
 import contextlib
 import logging
 import time
+from collections.abc import Iterable
 
 from aiokafka import TopicPartition
 from aiokafka.errors import IllegalStateError, KafkaError
@@ -120,6 +121,15 @@ class KafkaFeed:
             self.unadopted |= kept
         for tp in tps:
             self.parts.pop(tp, None)
+        self._forget(tps)
+        self.unadopted -= tps
+        self.expired -= tps
+        if tps:
+            log.info("partitions revoked, uncommitted records left to the next owner: %s", tps)
+
+    def _forget(self, tps: Iterable[TopicPartition]) -> None:
+        """Drop the partitions' series: another member shows them now."""
+        for tp in tps:
             self.lag_records.pop(tp, None)
             self.newest_ms.pop(tp, None)
             for gauge in (
@@ -129,10 +139,6 @@ class KafkaFeed:
             ):
                 with contextlib.suppress(KeyError):
                     gauge.remove(tp.topic, str(tp.partition))
-        self.unadopted -= tps
-        self.expired -= tps
-        if tps:
-            log.info("partitions revoked, uncommitted records left to the next owner: %s", tps)
 
     def _assigned(self, tps: Partitions) -> None:
         self.assignments += 1
@@ -166,6 +172,11 @@ class KafkaFeed:
             await self.dead_letters.stop()
         finally:
             await self.source.stop()
+            # Leaving revokes nothing through the callback: a member started after a Kafka
+            # error (service.run_kafka_pipeline, same metrics) may not get these partitions
+            # back, and their series would stay at their last values for good, holding the
+            # lag alerts (max by partition) up or down.
+            self._forget({*self.parts, *self.lag_records, *self.newest_ms})
 
     async def read(self, final: bool) -> int:
         if self.client_error is not None:

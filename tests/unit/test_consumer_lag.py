@@ -65,6 +65,9 @@ class Broker:
     def highwater(self, tp: TopicPartition) -> int | None:
         return None
 
+    async def stop(self) -> None:
+        pass
+
 
 def record(offset: int, tp: TopicPartition = TP) -> ConsumerRecord:
     return ConsumerRecord(tp.topic, tp.partition, offset, 0, 0, None, b"{}", None, 0, 2, ())
@@ -109,6 +112,30 @@ async def test_kafka_lag_in_seconds_counts_from_the_newest_stored_event(
             assert gauge(metrics, f"beacon_consumer_{name}", LABELS) is None, name
     finally:
         watch.cancel()
+
+
+async def test_a_feed_that_stops_takes_its_partitions_series_with_it(
+    tmp_path: Path, monkeypatch
+) -> None:
+    """A member started again after a Kafka error (same metrics) may not get the partitions
+    back: their series stayed at their last values for good, holding the lag alerts."""
+
+    class DeadLetters:
+        async def stop(self) -> None:
+            pass
+
+    monkeypatch.setattr(kafka_feed, "LAG_INTERVAL_S", 0.01)
+    metrics = ConsumerMetrics(CollectorRegistry())
+    broker = Broker()
+    settings = ConsumerSettings(data_dir=tmp_path)
+    feed = KafkaFeed(broker, DeadLetters(), metrics, settings)  # type: ignore[arg-type]
+    feed.parts[TP] = PartitionBuffer(TP, committed=0, inflight=None)
+    broker.ends[TP] = 7
+    feed._lag = asyncio.create_task(feed._watch_lag())
+    await eventually(lambda: gauge(metrics, "beacon_consumer_lag_records", LABELS) == 7)
+    await feed.stop()
+    for name in ("lag_records", "lag_seconds", "newest_event_timestamp_seconds"):
+        assert gauge(metrics, f"beacon_consumer_{name}", LABELS) is None, name
 
 
 async def test_a_batch_older_than_the_newest_stored_leaves_the_time_alone(tmp_path: Path) -> None:
