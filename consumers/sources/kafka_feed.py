@@ -45,6 +45,9 @@ LAG_INTERVAL_S = 1.0  # how often the lag gauge asks the broker for end offsets
 # How long an ask for end offsets may take. aiokafka waits for the leader of every partition
 # asked for up to its request timeout (40 s): one without a leader would stop every gauge.
 LAG_ASK_TIMEOUT_S = 5.0
+# How long a partition new to the group whose log start could not be read (no leader) waits
+# before it is asked again: the ask holds the poll up to LAG_ASK_TIMEOUT_S.
+START_ASK_AGAIN_S = 30.0
 RECORD_BYTES_START = 64 * 1024
 
 
@@ -75,6 +78,8 @@ class KafkaFeed:
         self.inserting = asyncio.Lock()
         # Assigned, paused until their committed offset and in-flight range are read.
         self.unadopted: Partitions = set()
+        # Monotonic time a partition without a commit is asked for its log's start again.
+        self.ask_start_at: dict[TopicPartition, float] = {}
         self.assignments = 0  # bumped on every assignment: a stale adoption is discarded
         self.skipped = False  # the last read fetched nothing: the buffers were full
         # A poll's records are handed over and not yet in their buffers (read() awaits an
@@ -124,6 +129,8 @@ class KafkaFeed:
         self._forget(tps)
         self.unadopted -= tps
         self.expired -= tps
+        for tp in tps:
+            self.ask_start_at.pop(tp, None)
         if tps:
             log.info("partitions revoked, uncommitted records left to the next owner: %s", tps)
 
@@ -271,21 +278,28 @@ class KafkaFeed:
 
     async def _adopt(self) -> None:
         """Read committed offsets and in-flight ranges of new partitions, then fetch them."""
-        tps = self.unadopted & self.source.assignment()
-        self.unadopted = set(tps)  # the others were revoked meanwhile
+        self.unadopted &= self.source.assignment()  # the others were revoked meanwhile
+        now = time.monotonic()
+        tps = {tp for tp in self.unadopted if self.ask_start_at.get(tp, 0) <= now}
         if not tps:
             return
         assignments = self.assignments
         try:
             state = await self.source.committed(tps)
-            fresh = [tp for tp, (offset, _) in state.items() if offset is None]
-            beginning = await self.source.beginning(fresh) if fresh else {}
         except KafkaError as exc:
             log.warning("reading committed offsets failed, will retry: %s", exc)
             return  # they stay paused
+        fresh = [tp for tp, (offset, _) in state.items() if offset is None]
+        beginning = await self._starts(fresh) if fresh else {}
         if assignments != self.assignments:
             return  # reassigned meanwhile: read again
-        adopted = tps & self.unadopted  # not revoked meanwhile
+        unknown = set(fresh) - beginning.keys()
+        if unknown:
+            # Without a leader: the others go on, these stay paused and are asked again.
+            log.warning("%s: no commit, and the log's start could not be read; asking again "
+                        "in %.0f s", sorted(unknown), START_ASK_AGAIN_S)  # fmt: skip
+            self.ask_start_at.update(dict.fromkeys(unknown, now + START_ASK_AGAIN_S))
+        adopted = (tps - unknown) & self.unadopted  # not revoked meanwhile
         now = time.monotonic()
         for tp in adopted:
             offset, inflight = state[tp]
@@ -296,7 +310,22 @@ class KafkaFeed:
                 self.metrics.replayed_batches.inc()
                 log.info("%s: replaying in-flight offsets %d-%d", tp, *inflight[:2])
         self.unadopted -= adopted
+        for tp in adopted:
+            self.ask_start_at.pop(tp, None)
         self.source.resume(*adopted)
+
+    async def _starts(self, tps: list[TopicPartition]) -> dict[TopicPartition, int]:
+        """The first offsets of the partitions' logs the broker gives within
+        LAG_ASK_TIMEOUT_S, each asked alone: one without a leader would hold the ask for all
+        for aiokafka's request timeout (40 s), every poll, and adopt none of them."""
+        asks = [asyncio.wait_for(self.source.beginning([tp]), LAG_ASK_TIMEOUT_S) for tp in tps]
+        starts: dict[TopicPartition, int] = {}
+        for answer in await asyncio.gather(*asks, return_exceptions=True):
+            if isinstance(answer, dict):
+                starts.update(answer)
+            elif not isinstance(answer, KafkaError | TimeoutError):
+                raise answer
+        return starts
 
     def batches(self, now: float, final: bool) -> list[Batch]:
         if self.flight is None:

@@ -3,7 +3,9 @@
 A partition with one replica whose broker is dead is not fetched at all. The batch a dead
 member recorded across it and two live partitions must not stop the consumer: the live ranges
 go in after BACKLOG_AGES batch ages (partial: only what is not stored already), and the live
-partitions' new records are stored meanwhile, as ever.
+partitions' new records are stored meanwhile, as ever. Nor may a fourth partition on the dead
+broker that the group never committed (its log's start cannot be read): the others are adopted
+without it.
 """
 
 from __future__ import annotations
@@ -71,8 +73,8 @@ async def test_a_partition_without_a_leader_holds_back_neither_its_batch_nor_the
     admin = AIOKafkaAdminClient(bootstrap_servers=cluster.bootstrap)
     await admin.start()
     try:
-        # One replica a partition, partition p on node p + 1.
-        one_each = {p: [p + 1] for p in range(NODES)}
+        # One replica a partition, partition p on node p + 1; one more on the node killed.
+        one_each = {p: [p + 1] for p in range(NODES)} | {NODES: [LEADERLESS + 1]}
         await admin.create_topics(
             [NewTopic(topic, -1, -1, one_each), NewTopic(topic + ".dlq", 1, NODES)]
         )
