@@ -217,6 +217,7 @@ def cmd_serve(args, env, settings: Settings, consumer: ConsumerSettings) -> int:
 
 def cmd_consume(args, env, settings: Settings, consumer: ConsumerSettings) -> int:  # type: ignore[no-untyped-def]
     import uvloop
+    from aiokafka.errors import KafkaError
 
     from analytics.store import StoreError
     from consumers.service import consume
@@ -225,6 +226,9 @@ def cmd_consume(args, env, settings: Settings, consumer: ConsumerSettings) -> in
         uvloop.run(consume(consumer))
     except StoreError as exc:  # at start: the pipeline retries its own
         print(f"beacon consume: {str(exc)[:1000]}", file=sys.stderr)
+        return 1
+    except KafkaError as exc:  # one no retry mends (a permission, a setting)
+        print(f"beacon consume: Kafka: {str(exc)[:1000]}", file=sys.stderr)
         return 1
     return 0
 

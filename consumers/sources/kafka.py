@@ -18,6 +18,7 @@ from aiokafka.errors import (
     CoordinatorLoadInProgressError,
     KafkaTimeoutError,
     TopicAlreadyExistsError,
+    for_code,
 )
 
 from consumers.settings import ConsumerSettings
@@ -111,17 +112,24 @@ class KafkaSource:
         if name in await self.admin.list_topics():
             return
         brokers = len((await self.admin.describe_cluster())["brokers"])
-        try:
-            replication = min(DLQ_REPLICATION, brokers)
-            configs = {
-                "min.insync.replicas": str(min(DLQ_MIN_INSYNC_REPLICAS, replication)),
-                "retention.ms": str(common.DLQ_RETENTION_MS),
-            }
-            topic = NewTopic(name, DLQ_PARTITIONS, replication, topic_configs=configs)
-            await self.admin.create_topics([topic])
+        replication = min(DLQ_REPLICATION, brokers)
+        configs = {
+            "min.insync.replicas": str(min(DLQ_MIN_INSYNC_REPLICAS, replication)),
+            "retention.ms": str(common.DLQ_RETENTION_MS),
+        }
+        topic = NewTopic(name, DLQ_PARTITIONS, replication, topic_configs=configs)
+        # The broker answers each topic with an error code; aiokafka raises none of them.
+        response = await self.admin.create_topics([topic])
+        for _, code, *message in response.topic_errors:
+            if code == TopicAlreadyExistsError.errno:
+                continue  # another consumer was first
+            if code:
+                # A refusal (a permission, a policy, a name) would otherwise be found by the
+                # first bad line, whose batch then failed for good.
+                error = for_code(code)
+                text = message[0] if message and message[0] else error.description
+                raise error(f"cannot create the dead-letter topic {name}: {text}")
             log.info("created topic %s", name)
-        except TopicAlreadyExistsError:
-            pass  # another consumer was first
 
     async def poll(
         self, timeout_ms: int, max_records: int, only: Iterable[TopicPartition] = ()

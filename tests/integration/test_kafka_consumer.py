@@ -517,6 +517,25 @@ async def test_a_kafka_error_at_start_starts_it_again_when_a_retry_can_mend_it(
     assert len(asked) == 2
 
 
+def test_a_dead_letter_topic_the_broker_refuses_ends_the_consumer_in_one_line(
+    settings: ConsumerSettings,
+) -> None:
+    """The broker answers a refused topic (a permission, a policy, a name) inside its reply,
+    which the client raises as nothing: the consumer logged it created and went on, and its
+    first bad line's batch failed for good. Here a name the broker refuses."""
+    env = {**ConsumerProcess(replace(settings, kafka_dlq_topic="bad topic!")).env(),
+           "BEACON_LOG_LEVEL": "WARNING"}  # fmt: skip
+    done = subprocess.run(
+        [sys.executable, "-m", "beacon", "consume"],
+        env=env, capture_output=True, text=True, timeout=WAIT_S, check=False,
+    )  # fmt: skip
+    assert done.returncode == 1, done.stderr
+    assert "Traceback" not in done.stderr
+    last = done.stderr.splitlines()[-1]  # after the client's own lines, if any
+    assert last.startswith("beacon consume: Kafka: [Error 17] InvalidTopicError: ")
+    assert "cannot create the dead-letter topic bad topic!: Topic name is invalid" in last
+
+
 async def test_every_event_is_stored_once_and_offsets_are_committed(
     settings: ConsumerSettings, store: ChdbWriter, consumers: list[Consumer]
 ) -> None:
