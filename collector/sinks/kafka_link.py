@@ -65,6 +65,9 @@ class KafkaLink:
         self._on_up: list[asyncio.Event] = []
         self._task: asyncio.Task[None] | None = None
         self._last_error: str | None = None
+        # A send or an ack failed: the next connect starts a new producer. One whose sender
+        # task died fails every send while the metadata probe still answers.
+        self._renew = False
         metrics.kafka_up.set(0)
 
     def start(self) -> None:
@@ -74,9 +77,10 @@ class KafkaLink:
         """Set `event` whenever the link comes up (pump and replay wait on it)."""
         self._on_up.append(event)
 
-    def mark_down(self, why: str) -> None:
+    def mark_down(self, why: str, renew: bool = False) -> None:
         if self.up:
             log.warning("Kafka unreachable or slow (%s); events go to the spool", why)
+        self._renew = self._renew or renew
         self.up = False
         self.metrics.kafka_up.set(0)
         self._changed.set()
@@ -142,7 +146,7 @@ class KafkaLink:
             except Exception as exc:  # whatever it was, the caller keeps the events
                 # Besides KafkaError: a partition the topic no longer has (AssertionError).
                 # The reconnect asks the broker for the partitions again.
-                self.mark_down(f"send_batch: {exc!r}")
+                self.mark_down(f"send_batch: {exc!r}", renew=True)
                 break
             sent.append(Sent(events[start:end], size_bytes, ack, time.monotonic(), deadline_s))
             self.metrics.kafka_batch_records.observe(end - start)
@@ -182,7 +186,7 @@ class KafkaLink:
         elif sent.ack.cancelled() or sent.ack.exception() is not None:
             outcome = "failed"  # the caller keeps the events, whatever the error was
             error = "cancelled" if sent.ack.cancelled() else repr(sent.ack.exception())
-            self.mark_down(f"produce failed: {error}")
+            self.mark_down(f"produce failed: {error}", renew=True)
         else:
             outcome = "acked"
             self.metrics.kafka_produce_seconds.observe(time.monotonic() - sent.sent_at_s)
@@ -217,13 +221,21 @@ class KafkaLink:
             if self.up:
                 self._changed.clear()
                 await self._changed.wait()  # until mark_down or close
-            else:
+            # Down, or just marked down: not tried again at once, or a broker whose metadata
+            # answers while every send fails would be tried at network speed.
+            if not self.up:
                 with contextlib.suppress(TimeoutError):
                     await asyncio.wait_for(self._stop.wait(), RECONNECT_INTERVAL_S)
 
     async def _connect_once(self) -> None:
-        """Start the producer if needed, then ask the broker for the topic's partition leaders."""
+        """Start the producer if needed (again, after a send or an ack failed), then ask the
+        broker for the topic's partition leaders."""
         try:
+            if self._renew and self.producer is not None:
+                old, self.producer, self._renew = self.producer, None, False
+                # Its batches still held fail: their events are spooled by their callers.
+                with contextlib.suppress(Exception):
+                    await asyncio.wait_for(old.stop(), self.timeout_s)
             if self.producer is None:
                 producer = self._new_producer()
                 try:

@@ -10,6 +10,7 @@ from dataclasses import replace
 import orjson
 import pytest
 from aiokafka.admin import AIOKafkaAdminClient
+from aiokafka.errors import KafkaError
 
 from beacon.__main__ import main
 from collector.kafka_admin import init_topics
@@ -344,3 +345,32 @@ async def test_a_produce_that_raises_spools_its_events_and_frees_their_bytes(
     assert metric_value(metrics, "beacon_kafka_queue_bytes") == 0  # nothing held for good
     await sink.close()
     assert spooled_events(settings.spool_dir) == events
+
+
+async def test_a_producer_that_fails_every_send_is_replaced(
+    settings, metrics, kafka_bootstrap, kafka_topic
+):
+    """aiokafka's sender task can die (its own bugs): the producer then fails every send while
+    the broker's metadata still answers, so the link came up, went down at the first send, and
+    again, at network speed, and nothing reached Kafka again, the spool filling behind it."""
+    live = replace(settings, kafka_bootstrap=kafka_bootstrap, kafka_topic=kafka_topic,
+                   spool_segment_max_age_ms=100)  # fmt: skip
+    sink = kafka_sink(live, metrics)
+    await wait_for(sink.connected, 30, "the sink to reach Kafka")
+    broken = sink.link.producer
+    assert broken is not None
+    # What aiokafka does when its sender task ends with an error (Sender._fail_all).
+    broken._message_accumulator.fail_all(KafkaError("the sender task died"))
+    events = [orjson.dumps({"event_id": str(i)}) for i in range(10)]
+    await sink.send(events)
+    await wait_for(lambda: spilled(metrics, "kafka_down") == 10, 30, "the batch spooled")
+    await wait_for(lambda: sink.link.producer not in (None, broken) and sink.connected(), 30,
+                   "a new producer, up")  # fmt: skip
+    more = [orjson.dumps({"event_id": f"m{i}"}) for i in range(10)]
+    await sink.send(more)
+    await asyncio.sleep(0.15)
+    await sink.flush()  # the buffer does this every flush interval: the segment closes
+    await wait_for(lambda: not any(live.spool_dir.iterdir()), 30, "replay to empty the spool")
+    await sink.close()
+    landed = events_in(await read_topic(kafka_bootstrap, kafka_topic))
+    assert sorted(landed) == sorted(events + more)
