@@ -78,6 +78,9 @@ class KafkaFeed:
         self.inserting = asyncio.Lock()
         # Assigned, paused until their committed offset and in-flight range are read.
         self.unadopted: Partitions = set()
+        # The recorded batches this member replays, counted once each: the hash of one of
+        # several partitions (it names all their ranges), else the partition and first offset.
+        self.replays: set[str | tuple[TopicPartition, int]] = set()
         # Monotonic time a partition without a commit is asked for its log's start again.
         self.ask_start_at: dict[TopicPartition, float] = {}
         self.assignments = 0  # bumped on every assignment: a stale adoption is discarded
@@ -307,8 +310,12 @@ class KafkaFeed:
             self.parts[tp] = PartitionBuffer(tp, committed, inflight, now)
             self.source.rewind(tp, committed)  # one kept after a revocation was read past it
             if inflight is not None:
-                self.metrics.replayed_batches.inc()
                 log.info("%s: replaying in-flight offsets %d-%d", tp, *inflight[:2])
+                # Once a batch, not a partition: a batch spans every partition it was cut from.
+                replay = inflight.batch or (tp, inflight.first)
+                if replay not in self.replays:
+                    self.replays.add(replay)
+                    self.metrics.replayed_batches.inc()
         self.unadopted -= adopted
         for tp in adopted:
             self.ask_start_at.pop(tp, None)
