@@ -154,9 +154,9 @@ class Settler:
         # the meantime (another consumer, an erasure) keeps the day not done until it ends
         # itself, so a run cut short between its swap and its live rows leaves the day due.
         started_us = await self.mark_due(day)
-        # The mutations done before this run reads anything: what they deleted is gone from
-        # all it reads. One not among them at the end (made meanwhile, or running) may not be.
-        done_before = await self._rows(f"SELECT mutation_id {self._mutations} AND is_done")
+        # The DELETEs done before this run reads anything: what they deleted is gone from all
+        # it reads. One not among them at the end (made meanwhile, or running) may not be.
+        done_before = await self._rows(f"SELECT mutation_id {self._deletes} AND is_done")
         [cut] = await self._rows(self._cut_sql())
         cut = f"toDateTime({int(cut)}, 'UTC')"
         settled = self.closed(day)
@@ -168,7 +168,7 @@ class Settler:
             await self.writer.execute(f"INSERT INTO {rollup.table}{self.suffix} {live}")
         if self.with_visits:
             await self._visits(day, settled)
-        if await self._rows(f"SELECT mutation_id {self._mutations} {_not_in(done_before)}"):
+        if await self._rows(f"SELECT mutation_id {self._deletes} {_not_in(done_before)}"):
             # An erasure's DELETE ran while this run read the day: its swaps may hold the
             # person, landed over the erasure's own rebuild, or before a DELETE that outlived
             # its client (a server goes on after the writer gave up) and whose erasure, failed,
@@ -210,10 +210,18 @@ class Settler:
         )
 
     @property
-    def _mutations(self) -> str:
-        """FROM ... WHERE for the mutations of the events: an erasure's DELETE is one."""
+    def _deletes(self) -> str:
+        """FROM ... WHERE for the DELETEs of the events (an erasure's: lightweight, or a
+        mutation of each shard's table) that are not failing. Not other mutations (a TTL's
+        materialization can run for hours), nor a failing DELETE, which has deleted nothing:
+        one that failed for good would keep every day settled meanwhile due, rebuilt at every
+        pass. Its erasure failed with it, and is run again."""
         database, table = self.events.split(".")
-        return f"FROM system.mutations WHERE database = '{database}' AND table = '{table}'"
+        return (
+            f"FROM system.mutations WHERE database = '{database}' AND table = '{table}' AND "
+            "(position(command, 'DELETE WHERE') > 0 OR position(command, '_row_exists = 0') > 0) "
+            "AND latest_fail_reason = ''"
+        )
 
     async def _visits(self, day: dt.date, settled: bool) -> None:
         """The day's visits from all its events (a visit needs them all; an event inserted

@@ -352,6 +352,27 @@ def test_a_delete_still_running_when_a_run_ends_leaves_the_day_due(store: Store)
     assert_r1_left_the_sets(store)
 
 
+def test_neither_a_failing_delete_nor_another_mutation_keeps_a_day_due(store: Store) -> None:
+    # A DELETE that fails for good has deleted nothing, and other mutations (a TTL's
+    # materialization, here an UPDATE queued behind the failing DELETE) delete no person:
+    # holding days due for them rebuilt every day settled meanwhile at every pass, for good.
+    store.add(traffic(1, 1))
+    settler = settler_of(store)
+    failing = "throwIf(event_type = 'send', 'a DELETE that fails') = 1"
+    run(store.writer.execute(f"ALTER TABLE {EVENTS} DELETE WHERE {failing} "
+                             "SETTINGS mutations_sync = 0"))  # fmt: skip
+    failed = "SELECT count() AS n FROM system.mutations WHERE latest_fail_reason != ''"
+    wait_for(lambda: store.rows(failed) == [{"n": 1}])
+    run(store.writer.execute(f"ALTER TABLE {EVENTS} UPDATE url_query = url_query WHERE 1 "
+                             "SETTINGS mutations_sync = 0"))  # fmt: skip
+    try:
+        run(settler.settle_due())
+        assert run(settler.due_days()) == []
+        compare(store, window_days(3))
+    finally:
+        run(store.writer.execute("KILL MUTATION WHERE database = 'beacon' SYNC"))
+
+
 def assert_r1_left_the_sets(store: Store) -> None:
     """mail-1 went to 43 people on one day: with r1's hash gone from the sets, adding it adds
     one."""
