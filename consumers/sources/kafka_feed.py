@@ -93,6 +93,9 @@ class KafkaFeed:
         # still names the removed offsets, and an error the client gave the lag watcher that
         # the loop's own call would have raised: both left to read(), in the loop's task.
         self.expired: Partitions = set()
+        # Partitions whose log was found to start again while records of the log before still
+        # waited here: their new log is taken from its start once those are stored.
+        self.restarting: Partitions = set()
         self.client_error: KafkaError | None = None
         # Bytes of a record, as the last poll brought them; until one came, the collector's
         # largest (BEACON_KAFKA_RECORD_MAX_BYTES' default).
@@ -132,6 +135,7 @@ class KafkaFeed:
         self._forget(tps)
         self.unadopted -= tps
         self.expired -= tps
+        self.restarting -= tps
         for tp in tps:
             self.ask_start_at.pop(tp, None)
         if tps:
@@ -254,9 +258,13 @@ class KafkaFeed:
                 # Fetched in the moment between assignment and our pause: read it again later.
                 self.source.rewind(tp, records[0].offset)
                 continue
-            if records[0].offset < part.next_offset and self._starts_again(part):
+            if records[0].offset < part.next_offset and (
+                tp in self.restarting or self._starts_again(part)
+            ):
                 if part.records or self._on_its_way(tp):
-                    self.source.rewind(tp, records[0].offset)  # taken once those are stored
+                    # Taken once those are stored, by then maybe past the offset read to.
+                    self.restarting.add(tp)
+                    self.source.rewind(tp, records[0].offset)
                     continue
                 self._restart(part, records[0].offset)
             elif records[0].offset < part.next_offset:
@@ -454,6 +462,7 @@ class KafkaFeed:
         part.next_offset = part.committed = offset
         part.inflight = None
         self.expired.discard(part.tp)
+        self.restarting.discard(part.tp)
 
     async def _commit_expired(self) -> None:
         """Commit the offset past the removed records of each partition that has nothing

@@ -138,6 +138,41 @@ async def test_a_feed_that_stops_takes_its_partitions_series_with_it(
         assert gauge(metrics, f"beacon_consumer_{name}", LABELS) is None, name
 
 
+def test_a_log_found_to_start_again_is_taken_from_its_start_once_the_old_records_are_stored(
+    tmp_path: Path,
+) -> None:
+    """Records of the log before wait here when the new one is found (its end below the
+    offset read to): it is read again once they are stored. By then the new log may have
+    grown past that offset, and its records were skipped as read before, uncounted."""
+
+    class Restarted(Broker):
+        def __init__(self) -> None:
+            super().__init__()
+            self.end = 10
+            self.rewinds: list[tuple[TopicPartition, int]] = []
+
+        def highwater(self, tp: TopicPartition) -> int | None:
+            return self.end
+
+        def rewind(self, tp: TopicPartition, offset: int) -> None:
+            self.rewinds.append((tp, offset))
+
+    metrics = ConsumerMetrics(CollectorRegistry())
+    broker = Restarted()
+    feed = KafkaFeed(broker, None, metrics, ConsumerSettings(data_dir=tmp_path))  # type: ignore[arg-type]
+    part = feed.parts[TP] = PartitionBuffer(TP, committed=990, inflight=None)
+    part.add([record(n) for n in range(990, 1000)], time.monotonic())
+    new_log = {TP: [record(n) for n in range(10)]}
+    assert feed._take(new_log) == 0
+    assert broker.rewinds == [(TP, 0)] and part.next_offset == 1000
+    part.take(10, time.monotonic())  # the old records go in a batch, and are stored
+    broker.end = 1500  # the new log grew past the offset read to meanwhile
+    assert feed._take(new_log) == 10
+    assert part.next_offset == 10 and part.committed == 0
+    restarts = metrics.registry.get_sample_value("beacon_consumer_partition_restarts_total")
+    assert restarts == 1
+
+
 async def test_a_batch_older_than_the_newest_stored_leaves_the_time_alone(tmp_path: Path) -> None:
     metrics = ConsumerMetrics(CollectorRegistry())
     feed = KafkaFeed(Broker(), None, metrics, ConsumerSettings(data_dir=tmp_path))  # type: ignore[arg-type]
