@@ -68,6 +68,7 @@ class KafkaLink:
         # A send or an ack failed: the next connect starts a new producer. One whose sender
         # task died fails every send while the metadata probe still answers.
         self._renew = False
+        self._stopping: set[asyncio.Task[None]] = set()  # producers replaced, still stopping
         metrics.kafka_up.set(0)
 
     def start(self) -> None:
@@ -85,12 +86,19 @@ class KafkaLink:
         self.metrics.kafka_up.set(0)
         self._changed.set()
 
+    def _stopped(self, task: asyncio.Task[None]) -> None:
+        self._stopping.discard(task)
+        if not task.cancelled() and task.exception() is not None:
+            log.warning("stopping a replaced Kafka producer failed: %r", task.exception())
+
     async def close(self) -> None:
         """Stop reconnecting and stop the producer (it waits for batches it still holds)."""
         self._stop.set()
         self._changed.set()
         if self._task is not None:
             await self._task  # a connect attempt in progress ends within timeout_s
+        if self._stopping:
+            await asyncio.gather(*self._stopping, return_exceptions=True)
         self.up = False
         self.metrics.kafka_up.set(0)
         if self.producer is not None:
@@ -233,9 +241,12 @@ class KafkaLink:
         try:
             if self._renew and self.producer is not None:
                 old, self.producer, self._renew = self.producer, None, False
-                # Its batches still held fail: their events are spooled by their callers.
-                with contextlib.suppress(Exception):
-                    await asyncio.wait_for(old.stop(), self.timeout_s)
+                # Stopped beside the new one, to its end: it waits for the batches it holds
+                # (their callers spool their events once their acks time out), and stop()
+                # cut short by a timeout would leave its sender and connections running.
+                stopping = asyncio.create_task(old.stop())
+                self._stopping.add(stopping)
+                stopping.add_done_callback(self._stopped)
             if self.producer is None:
                 producer = self._new_producer()
                 try:

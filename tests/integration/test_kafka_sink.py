@@ -372,5 +372,6 @@ async def test_a_producer_that_fails_every_send_is_replaced(
     await sink.flush()  # the buffer does this every flush interval: the segment closes
     await wait_for(lambda: not any(live.spool_dir.iterdir()), 30, "replay to empty the spool")
     await sink.close()
+    assert broken._sender._sender_task.done()  # the producer replaced was stopped to its end
     landed = events_in(await read_topic(kafka_bootstrap, kafka_topic))
     assert sorted(landed) == sorted(events + more)
