@@ -26,7 +26,7 @@ from typing import Unpack
 
 from collector.metrics import CollectorMetrics
 from collector.settings import Settings
-from collector.spool.segments import recover_orphans
+from collector.spool.segments import close_path, recover_orphans
 from collector.spool.writer import Limits, SegmentWriter, spool_limits
 
 
@@ -45,7 +45,8 @@ class WriteAheadLog:
         self.on_segment_closed = on_segment_closed  # e.g. wake the Kafka replay: less latency
         # Own segment names ("w" + sequence): a spool sink may write beside it, in this process.
         self.segments = SegmentWriter(directory, metrics, label="WAL", tag="w", **limits)
-        self.abandoned = False  # a segment left `.open` (its rename failed): closed by `tick`
+        # Segments left `.open` (their rename failed): closed by `tick` once their fds are.
+        self.abandoned: set[Path] = set()
 
     def append(self, event: bytes) -> bool:
         """Write one event ahead of its answer; False (and counted) when it cannot be."""
@@ -124,8 +125,8 @@ class WriteAheadLog:
         except OSError as exc:  # the events are still in the `.open` file: recovered later
             assert segments.path is not None
             segments.log.error("closing WAL segment %s failed: %s", segments.path.name, exc)
+            self.abandoned.add(segments.path)
             segments.abandon()
-            self.abandoned = True
             return
         if holds_events:  # an empty one (its first write failed) is removed, not closed
             self.metrics.wal_segments.inc()
@@ -134,17 +135,20 @@ class WriteAheadLog:
 
     async def _recover(self) -> None:
         """Close the segments abandoned `.open`, as the next start's recovery would: their
-        events waited for a restart, however long. Their fds are closed by now (`finish`), so
-        their locks are free; the log's live segment keeps its lock, and recovery skips it."""
+        events waited for a restart, however long. Recovery skips a segment still locked (the
+        live one; one abandoned meanwhile, its fd not closed yet by `finish`): those stay
+        abandoned for the next tick."""
         try:
             await asyncio.to_thread(recover_orphans, self.directory)
         except OSError as exc:  # the disk still fails: the next tick tries again
             self.segments.log.error("closing abandoned WAL segments failed: %s", exc)
             return
-        self.abandoned = False
-        self.metrics.wal_segments.inc()
-        if self.on_segment_closed is not None:
-            self.on_segment_closed()
+        closed = {path for path in self.abandoned if close_path(path).exists()}
+        self.abandoned = {path for path in self.abandoned if path.exists()}
+        if closed:
+            self.metrics.wal_segments.inc(len(closed))
+            if self.on_segment_closed is not None:
+                self.on_segment_closed()
 
 
 def make_wal(
