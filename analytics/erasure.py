@@ -151,7 +151,8 @@ def _erased_term(field: str, prefix: str, hashes: str, times: str) -> str:
     received = f"toUnixTimestamp64Milli({prefix}received_at)"
     at = f"if({prefix}consent = 'missing', {received} + {HOUR_MS}, {received})"
     # In milliseconds, so that an id never erased (the default) is before every row, even
-    # one of a producer that wrote a received_at at or before the epoch.
+    # one of a producer that wrote a received_at at the epoch (or before it, stored by an
+    # older consumer: refused now).
     return f"{at} <= transform({hashed(prefix + column)}, {hashes}, {times}, toInt64({NEVER_MS}))"
 
 
