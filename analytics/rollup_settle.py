@@ -30,7 +30,7 @@ from analytics.report_window import sql_string
 from analytics.rollups import EVENTS_HOURLY, ROLLUPS, SETTLING, Rollup
 from analytics.schema import DATABASE, EVENTS
 from analytics.store import StoreError, Writer, cluster_of
-from analytics.store.http import INSERT_QUERY_ID_PREFIX
+from analytics.store.http import INSERT_QUERY_ID_PREFIX, processes
 
 log = logging.getLogger("beacon.rollups")
 
@@ -202,11 +202,15 @@ class Settler:
         and lands during a swap (after its staging read, its views' rows before the REPLACE)
         would be in neither the settled sums nor the live rows."""
         margin = int(self.insert_margin_s)
+        # On a cluster, or replicas behind one address, an insert runs where it was taken and
+        # on each shard: every server's (analytics/store/http.py).
+        cluster = getattr(self.writer, "processes_cluster", "")
+        settings = " SETTINGS skip_unavailable_shards = 1" if cluster else ""
         return (
             f"SELECT toUnixTimestamp(now()) - if(count() = 0, {margin}, "
-            f"greatest({margin}, toInt64(ceil(max(elapsed))) + 1)) FROM system.processes "
+            f"greatest({margin}, toInt64(ceil(max(elapsed))) + 1)) FROM {processes(cluster)} "
             f"WHERE query_kind = 'Insert' AND startsWith(initial_query_id, "
-            f"'{INSERT_QUERY_ID_PREFIX}')"
+            f"'{INSERT_QUERY_ID_PREFIX}'){settings}"
         )
 
     @property

@@ -69,14 +69,17 @@ def insert_query_ids(batch: str | None) -> str:
     return f"{INSERT_QUERY_ID_PREFIX}{key}-"
 
 
+def processes(cluster: str) -> str:
+    """The statements running on every server of the cluster named `cluster` ("": on the one
+    server); a query of it on a cluster takes SETTINGS skip_unavailable_shards = 1."""
+    return f"clusterAllReplicas('{cluster}', system.processes)" if cluster else "system.processes"
+
+
 def earlier_inserts_sql(cluster: str, waited_s: float, batch: str | None) -> str:
     """How many inserts of the batch `batch` (None: of any batch) run that began over
     `waited_s` ago (on every server of the cluster named `cluster`; "": on the one server)."""
-    processes = "system.processes"
-    if cluster:
-        processes = f"clusterAllReplicas('{cluster}', system.processes)"
     return (
-        f"SELECT count() FROM {processes} WHERE query_kind = 'Insert' AND "
+        f"SELECT count() FROM {processes(cluster)} WHERE query_kind = 'Insert' AND "
         f"startsWith(initial_query_id, '{insert_query_ids(batch)}') AND elapsed > {waited_s:.3f}"
     )
 

@@ -390,8 +390,9 @@ def wait_for(condition: Callable[[], bool], deadline_s: float = 60.0) -> None:
         time.sleep(0.05)
 
 
+@pytest.mark.parametrize("replicas", ["", "replicas"], ids=["one-server", "replicas"])
 async def test_an_insert_begun_long_before_a_runs_cut_and_landed_in_its_swap_counts(
-    tmp_path: Path,
+    tmp_path: Path, replicas: str
 ) -> None:
     # A server goes on with an insert whose client gave up, its rows timed by its start. One
     # that began over the margin before a run's cut and landed during the swap (after the
@@ -422,10 +423,16 @@ async def test_an_insert_begun_long_before_a_runs_cut_and_landed_in_its_swap_cou
                     await asyncio.sleep(0.05)
 
             noon = day_start_ms(0) / 1000 + 12 * 3600
-            settler = Settler(Interleaved(setup, lands), clock=lambda: noon, insert_margin_s=1)
+            watched = Interleaved(setup, lands)
+            if replicas:  # the running inserts read on every replica (the front is each one)
+                front.clusters.add(replicas)
+                watched.processes_cluster = replicas  # type: ignore[attr-defined]
+            settler = Settler(watched, clock=lambda: noon, insert_margin_s=1)
             await settler.rebuild([yesterday])
             await Settler(setup, clock=lambda: noon, insert_margin_s=1).settle_due()
             assert front.run(f"SELECT count() FROM {EVENTS} FINAL") == f"{len(rows)}\n"
+            read_all = [x for x in front.seen if f"clusterAllReplicas('{replicas}'" in x.statement]
+            assert bool(read_all) == bool(replicas)
             compare(FrontQueries(front), window_days(3))  # type: ignore[arg-type]
         finally:
             gate.set()
