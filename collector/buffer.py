@@ -126,8 +126,7 @@ class EventBuffer:
                     if idle:
                         idle_flush = now
                     last_flush = time.monotonic()
-                    if self.wal is not None:
-                        await self.wal.sync()
+                    if self.wal is not None and await self.wal.sync():
                         await self.wal.rescan()
                     await self.sink.flush()
             except Exception:  # a disk error must not stop the pump: the next tick retries

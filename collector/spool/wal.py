@@ -95,13 +95,22 @@ class WriteAheadLog:
         if self.abandoned:
             await self._recover()
 
-    async def sync(self) -> None:
-        """fsync the open segment: bounds what a machine crash (not a process kill) can take."""
+    async def sync(self) -> bool:
+        """fsync the open segment: bounds what a machine crash (not a process kill) can take.
+        False when it fails (EIO: written-back pages can be lost): readiness fails, as for a
+        write that fails, until a write beside the segments succeeds again (`rescan`, skipped
+        by the pump that tick, as the spool sink's flush does)."""
         fd = self.segments.fd
         if fd >= 0:
             # The fd stays open meanwhile: a segment closed by `append` only retires its fd,
             # and only this pump (tick, close) closes retired fds.
-            await asyncio.to_thread(os.fsync, fd)
+            try:
+                await asyncio.to_thread(os.fsync, fd)
+            except OSError as exc:
+                self.segments.failed(exc)
+                self.segments.log.error("fsync of the open WAL segment failed: %s", exc)
+                return False
+        return True
 
     async def rescan(self) -> None:
         """Recount the spool directory (replay and consumers free space in it); after a write

@@ -198,6 +198,27 @@ async def test_a_wal_segment_whose_rename_failed_is_closed_by_the_pump_not_a_res
     assert metric_value(metrics, "beacon_wal_segments_total") == 2
 
 
+async def test_a_wal_fsync_that_fails_fails_readiness_until_the_disk_writes_again(
+    spool_dir, metrics, monkeypatch
+):
+    """A writeback error (EIO) can lose what the page cache held: it was only logged by the
+    pump, readiness passing."""
+    wal = WriteAheadLog(spool_dir, metrics, **NEVER)
+    assert wal.append(lines(0, 1)[0])
+
+    def eio(fd: int) -> None:
+        raise OSError(errno.EIO, "Input/output error")
+
+    with monkeypatch.context() as patched:
+        patched.setattr(os, "fsync", eio)
+        assert not await wal.sync()
+    assert wal.unready_reason() == "Input/output error"
+    assert await wal.sync()
+    await wal.rescan()  # a write beside the segments succeeds: ready again
+    assert wal.unready_reason() is None
+    await wal.close()
+
+
 async def test_size_rotation_gives_ordered_closed_segments(spool_dir, metrics):
     sink = make_sink(spool_dir, metrics, segment_max_bytes=40)
     events = lines(0, 10)
