@@ -79,9 +79,12 @@ class SpoolSource:
         for path in closed_segments(self.directory):
             name = path.name
             start = self._read.get(name, 0)
-            with open(path, "rb") as f:
-                f.seek(start)
-                data = f.read()
+            try:
+                with open(path, "rb") as f:
+                    f.seek(start)
+                    data = f.read()
+            except FileNotFoundError:  # deleted since the listing (by hand): as if not listed
+                continue
             if data and not data.endswith(b"\n"):
                 # A segment is closed by its rename before its bytes are synced: a machine
                 # crash between the two can leave it cut in a line. That line is read as one of

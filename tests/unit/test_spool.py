@@ -22,6 +22,7 @@ from collector.spool.segments import NEW_SUFFIX, spool_size
 from collector.spool.wal import WriteAheadLog
 from consumers.metrics import ConsumerMetrics
 from consumers.settings import ConsumerSettings
+from consumers.sources import spool as spool_source
 from consumers.sources.protocol import LARGE_BYTES, join_lines
 from consumers.sources.spool import Range, SpoolSource, token_for
 from consumers.sources.spool_feed import SpoolFeed
@@ -403,6 +404,18 @@ def read_lines(
     split = [line for chunk in chunks for line in chunk.split(b"\n")]
     assert rows == len(split)
     return split, ranges
+
+
+def test_a_segment_deleted_between_the_listing_and_its_read_is_passed_over(
+    spool_dir, checkpoint, monkeypatch
+):
+    """By hand, as an operator frees space: the consumer ended with FileNotFoundError."""
+    gone = spool_dir / "0000000000001-0000001-000001.ndjson"
+    write_segment(spool_dir, "0000000000002-0000001-000002.ndjson", lines(3, 4))
+    listed = closed_segments(spool_dir)
+    monkeypatch.setattr(spool_source, "closed_segments", lambda d: [gone, *listed])
+    rows, _ = read_lines(SpoolSource(spool_dir, checkpoint), 100)
+    assert rows == lines(3, 4)
 
 
 def three_segments(directory: Path) -> None:
