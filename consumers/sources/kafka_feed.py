@@ -382,7 +382,8 @@ class KafkaFeed:
         offsets: Offsets = {}
         for batch in batches:
             assert isinstance(batch, KafkaBatch)
-            offsets.update({tp: (last + 1, "") for tp, (_, last) in batch.ranges.items()})
+            for tp, (_, last) in batch.ranges.items():
+                offsets[tp] = (self._past(tp, last), "")
         await self.source.commit(offsets)
         for batch in batches:
             assert isinstance(batch, KafkaBatch)
@@ -398,6 +399,15 @@ class KafkaFeed:
                 # last + 1, or past the records that expired after it (_expired)
                 part.committed = part.records[0].offset if part.records else part.next_offset
             self.source.resume(*batch.tps)
+
+    def _past(self, tp: TopicPartition, last: int) -> int:
+        """The offset to commit after a batch whose range of `tp` ends at `last`: past the
+        records the broker removed after it meanwhile too (_expired), or the next owner would
+        find them gone again, and count them again."""
+        part = self.parts.get(tp)
+        if part is None or self.flight is None or tp not in self.flight.ranges:
+            return last + 1  # revoked meanwhile: what the batch stored, no more
+        return max(last + 1, part.records[0].offset if part.records else part.next_offset)
 
     def hold(self, batch: Batch) -> None:
         assert isinstance(batch, KafkaBatch)

@@ -173,6 +173,25 @@ def test_a_log_found_to_start_again_is_taken_from_its_start_once_the_old_records
     assert restarts == 1
 
 
+async def test_a_batch_commits_past_records_removed_after_it_while_it_was_on_its_way(
+    tmp_path: Path,
+) -> None:
+    """Its commit named the removed offsets: the next owner found them gone again and
+    counted them again (BeaconConsumerRecordsExpired twice)."""
+    metrics = ConsumerMetrics(CollectorRegistry())
+    broker = Broker()
+    feed = KafkaFeed(broker, None, metrics, ConsumerSettings(data_dir=tmp_path))  # type: ignore[arg-type]
+    part = feed.parts[TP] = PartitionBuffer(TP, committed=0, inflight=None)
+    part.add([record(n) for n in range(3)], time.monotonic())
+    [batch] = feed.batches(time.monotonic(), final=True)
+    assert isinstance(batch, KafkaBatch)
+    feed._expired(part, 8)  # the broker removed offsets 3-7 before they were read
+    batch.newest_by_segment = [0]
+    await feed.commit([batch])
+    assert broker.commits == [{TP: (8, "")}]
+    assert metrics.registry.get_sample_value("beacon_consumer_records_expired_total") == 5
+
+
 async def test_a_batch_older_than_the_newest_stored_leaves_the_time_alone(tmp_path: Path) -> None:
     metrics = ConsumerMetrics(CollectorRegistry())
     feed = KafkaFeed(Broker(), None, metrics, ConsumerSettings(data_dir=tmp_path))  # type: ignore[arg-type]
