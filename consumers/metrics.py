@@ -83,9 +83,8 @@ class ConsumerMetrics:
             registry=registry,
         )
         # lag_records, dlq_records, records_expired, partition_restarts and paused_partitions
-        # are the Kafka
-        # source's (zero when the consumer reads the spool); retries and batches count for
-        # either source.
+        # are the Kafka source's (zero when the consumer reads the spool); retries and batches
+        # count for either source.
         self.lag_records = Gauge(
             "beacon_consumer_lag_records",
             "Records in a partition not yet committed: end offset - committed offset.",

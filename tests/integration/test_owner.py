@@ -6,12 +6,12 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import pytest
 
 from contract import owner
+from tests.support.helpers import wait_for
 
 HOLDER = """
 import sys, time
@@ -38,13 +38,6 @@ def end(child: subprocess.Popen[str]) -> None:
     child.stdout.close()
 
 
-def wait_for(condition: object, what: str) -> None:
-    deadline = time.monotonic() + 30
-    while not condition():  # type: ignore[operator]
-        assert time.monotonic() < deadline, what
-        time.sleep(0.05)
-
-
 def test_a_role_has_one_owner_and_says_who(tmp_path: Path) -> None:
     assert owner.owner(tmp_path, owner.CONSUMER) is None
     child = hold_in_child(tmp_path)
@@ -68,7 +61,7 @@ def test_a_killed_owner_leaves_no_lock_behind(tmp_path: Path) -> None:
     child = hold_in_child(tmp_path)
     end(child)  # SIGKILL: nothing of it runs to let go
     assert owner.lock_path(tmp_path, owner.CONSUMER).exists()  # the file stays, the lock not
-    wait_for(lambda: owner.owner(tmp_path, owner.CONSUMER) is None, "the lock to go")
+    wait_for(lambda: owner.owner(tmp_path, owner.CONSUMER) is None, "the lock to go", 30)
     with owner.holding(tmp_path, owner.CONSUMER, "after") as held:
         assert owner.owner(tmp_path, owner.CONSUMER) is not None
         assert held.role == owner.CONSUMER

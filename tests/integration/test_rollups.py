@@ -34,6 +34,7 @@ from analytics.views import VIEWS, Request, view_rows
 from consumers.enrich import Enricher
 from tests.support.chdb_events import Store, wire
 from tests.support.clickhouse_front import ClickHouseFront
+from tests.support.helpers import wait_for
 
 DAY_MS = 86_400_000
 LINKS = ("/new", "/sale", "/faq")
@@ -344,7 +345,8 @@ def test_a_delete_still_running_when_a_run_ends_leaves_the_day_due(store: Store)
     run(settler.settle_due())
     assert run(settler.due_days()) == [yesterday]
     run(store.writer.execute(f"SYSTEM START MERGES {EVENTS}"))
-    wait_for(lambda: store.rows(f"SELECT count() AS n FROM {EVENTS} WHERE {where}") == [{"n": 0}])
+    deleted = f"SELECT count() AS n FROM {EVENTS} WHERE {where}"
+    wait_for(lambda: store.rows(deleted) == [{"n": 0}], "the DELETE to land")
     assert run(settler.due_days()) == [yesterday]
     run(settler.settle_due())
     assert run(settler.due_days()) == []
@@ -362,7 +364,7 @@ def test_neither_a_failing_delete_nor_another_mutation_keeps_a_day_due(store: St
     run(store.writer.execute(f"ALTER TABLE {EVENTS} DELETE WHERE {failing} "
                              "SETTINGS mutations_sync = 0"))  # fmt: skip
     failed = "SELECT count() AS n FROM system.mutations WHERE latest_fail_reason != ''"
-    wait_for(lambda: store.rows(failed) == [{"n": 1}])
+    wait_for(lambda: store.rows(failed) == [{"n": 1}], "the DELETE to fail")
     run(store.writer.execute(f"ALTER TABLE {EVENTS} UPDATE url_query = url_query WHERE 1 "
                              "SETTINGS mutations_sync = 0"))  # fmt: skip
     try:
@@ -381,13 +383,6 @@ def assert_r1_left_the_sets(store: Store) -> None:
         f"{EVENTS_HOURLY.table} WHERE campaign = 'mail-1' UNION ALL SELECT uniqExactState('r1'))"
     )
     assert found == {"with_r1": 43}
-
-
-def wait_for(condition: Callable[[], bool], deadline_s: float = 60.0) -> None:
-    until = time.monotonic() + deadline_s
-    while not condition():
-        assert time.monotonic() < until, "not within the deadline"
-        time.sleep(0.05)
 
 
 @pytest.mark.parametrize("replicas", ["", "replicas"], ids=["one-server", "replicas"])

@@ -5,7 +5,9 @@ from __future__ import annotations
 import socket
 import subprocess
 import sys
+import time
 import urllib.request
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 from urllib.parse import parse_qsl, urlencode, urlsplit
@@ -16,6 +18,14 @@ from prometheus_client import CollectorRegistry
 from contract.segments import CLOSED_SUFFIX, OPEN_SUFFIX
 
 REPO = Path(__file__).resolve().parents[2]
+
+
+def wait_for(condition: Callable[[], bool], what: str, timeout_s: float = 60) -> None:
+    """Return once `condition()` holds; fail naming `what` after a generous deadline."""
+    deadline = time.monotonic() + timeout_s
+    while not condition():
+        assert time.monotonic() < deadline, f"not within the deadline: {what}"
+        time.sleep(0.05)
 
 
 def run_module(module: str, *args: str, timeout_s: float = 600) -> str:
