@@ -50,9 +50,10 @@ class KafkaSink:
         self._pump_task: asyncio.Task[None] | None = None
         self.replayer = SpoolReplayer(self.link, spool.directory, metrics, self.flush)
         # With a write-ahead log every event reaches Kafka through the spool: a full spool
-        # refuses events (so readiness says so), and what is there at exit is sent first, for
-        # at most one ack timeout (the rest goes at the next start).
+        # refuses events (so readiness says so).
         self.through_spool = settings.durability == "wal"
+        # What the spool holds at exit is sent for at most one ack timeout (the rest goes at
+        # the next start, if the spool's volume outlives the process).
         self.drain_s = settings.kafka_timeout_ms / 1000
         self.link.notify_on_up(self._wakeup)
 
@@ -115,12 +116,13 @@ class KafkaSink:
         return self.link.up
 
     async def close(self) -> None:
-        """Produce what is queued (or spool it), wait for every ack or its timeout, stop the
-        replay and the producer, close the spool. Bounded by about 2 x kafka_timeout_ms."""
+        """Produce what is queued (or spool it), wait for every ack or its timeout, close the
+        spool, send what it holds while Kafka is up, stop the producer. Bounded by about
+        3 x kafka_timeout_ms (the replay's part in flight, the acks, the spool)."""
         if self._closing:
             return
         self._closing = True
-        await self.replayer.stop(drain_s=self.drain_s if self.through_spool else 0.0)
+        await self.replayer.stop()
         self._wakeup.set()
         if self._pump_task is not None:
             await self._pump_task  # drains the queue once more, then returns
@@ -130,9 +132,12 @@ class KafkaSink:
             results = await asyncio.gather(*self._watchers, return_exceptions=True)
             for error in (r for r in results if isinstance(r, BaseException)):
                 log.error("a Kafka ack watcher failed; its events may be lost", exc_info=error)
-        await self.link.close()
         async with self._spool_lock:
-            await self.spool.close()  # fsyncs and closes the open segment
+            await self.spool.close()  # fsyncs and closes the open segment: replay can take it
+        # Kafka up: the spool goes now, not at a next start on this volume, which a pod
+        # deleted (an emptyDir) never has; what Kafka was slow to take just now included.
+        await self.replayer.drain(self.drain_s)
+        await self.link.close()
         log.info("Kafka sink closed")
 
     # -- the pump -------------------------------------------------------------------------

@@ -110,24 +110,26 @@ class SpoolReplayer:
         """Look for closed segments now (a write-ahead log just closed one)."""
         self._wake.set()
 
-    async def stop(self, *, drain_s: float = 0.0) -> None:
-        """Stop after the segment in progress (bounded by the producer's ack timeout).
-
-        `drain_s` > 0: first send what is closed on disk, for at most that long (a write-ahead
-        log holds every event there; what is left is sent at the next start).
-        """
+    async def stop(self) -> None:
+        """Stop after the segment in progress (bounded by the producer's ack timeout)."""
         self._stop.set()
         self._wake.set()
         if self._task is not None:
             await self._task
-        if drain_s > 0 and self.link.up:
-            try:
-                async with asyncio.timeout(drain_s):
-                    await self._replay_all(until_stopped=False)
-            except TimeoutError:
-                log.warning("spool not fully replayed at shutdown; the rest goes at next start")
-            except Exception:  # the segments stay on disk: the next start sends them
-                log.exception("spool replay at shutdown failed; the rest goes at next start")
+
+    async def drain(self, seconds: float) -> None:
+        """Send what is closed on disk while Kafka is up, for at most `seconds` (at shutdown:
+        a spool on a pod's own volume goes with the pod; what is left is sent at the next
+        start)."""
+        if not self.link.up:
+            return
+        try:
+            async with asyncio.timeout(seconds):
+                await self._replay_all(until_stopped=False)
+        except TimeoutError:
+            log.warning("spool not fully replayed at shutdown; the rest goes at next start")
+        except Exception:  # the segments stay on disk: the next start sends them
+            log.exception("spool replay at shutdown failed; the rest goes at next start")
 
     async def _run(self) -> None:
         while not self._stop.is_set():
