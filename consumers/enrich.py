@@ -37,6 +37,19 @@ def wire_text(value: Any) -> str:
     return value if isinstance(value, str) else orjson.dumps(value).decode()
 
 
+def wire_int(value: Any) -> int:
+    """A wire field read as an integer as the ingest reads one (JSONExtract): null or missing
+    is 0, a fraction its integer part, a numeric string the number; raises Rejected
+    ("bad_field_type") for anything else."""
+    if value is None:
+        return 0
+    if isinstance(value, int | float):
+        return int(value)
+    if isinstance(value, str) and value.lstrip("-").isascii() and value.lstrip("-").isdigit():
+        return int(value)
+    raise Rejected("bad_field_type")
+
+
 def decode(line: bytes) -> dict[str, Any]:
     """Parse and check one wire event; raises Rejected."""
     try:
@@ -49,18 +62,19 @@ def decode(line: bytes) -> dict[str, Any]:
     if not (isinstance(event_id, str) and UUID_RE.match(event_id)):
         raise Rejected("bad_event_id")  # the UUID column would refuse the whole insert
     # Older versions only lack fields; their columns read the defaults.
-    if not 0 <= event.get("schema_version", 0) <= SCHEMA_VERSION:
+    if not 0 <= wire_int(event.get("schema_version")) <= SCHEMA_VERSION:
         raise Rejected("unknown_schema_version")
     received_at = event.get("received_at")
     if not (isinstance(received_at, int) and 0 <= received_at <= RECEIVED_AT_MAX_MS):
         raise Rejected("bad_received_at")
+    # A string field holding other JSON keeps its text, as in the ingest.
     if not isinstance(event.get("user_agent", ""), str):
-        raise Rejected("bad_user_agent")
+        event["user_agent"] = wire_text(event["user_agent"])
     # ClickHouse refusing one value would fail the whole insert: check it here, per row.
-    if "value" in event and not (
-        isinstance(event["value"], str) and VALUE_RE.match(event["value"])
-    ):
-        raise Rejected("bad_value")
+    if event.get("value") is not None:
+        event["value"] = wire_text(event["value"])
+        if not VALUE_RE.match(event["value"]):
+            raise Rejected("bad_value")
     return event
 
 

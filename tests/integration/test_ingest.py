@@ -20,6 +20,7 @@ from analytics.views import Request, view_rows
 from consumers.ingest import EVENT_COLUMNS, Ingest
 from consumers.sources.protocol import join_lines
 from consumers.useragent import UserAgentParser
+from contract.event import SCHEMA_VERSION
 from tests.support.chdb_events import Store, hour_ago_ms, wire
 from tests.support.clickhouse_front import ClickHouseFront
 
@@ -267,6 +268,20 @@ async def test_a_props_not_an_object_and_a_key_given_twice_keep_their_line(store
     assert (stored.rows, stored.rejects) == (2, [])
     rows = store.rows(f"SELECT props, site FROM {EVENTS} ORDER BY received_at")
     assert [(r["props"], r["site"]) for r in rows] == [({}, props["site"]), ({}, "first")]
+
+
+async def test_numbers_and_strings_are_converted_as_the_docs_say(store: Store) -> None:
+    """docs/tracking.md: a number in a string field is stored as its text, a numeric string in
+    a number field as the number, a fraction in an integer field as its integer part."""
+    at = hour_ago_ms()
+    converted = wire("conversion", at, schema_version=str(SCHEMA_VERSION), visitor_id=1.9,
+                     dnt=1.0, verified="1", site=7, value=12.5)  # fmt: skip
+    stored = await Ingest(store.writer).store(body([converted]), "ingest-numbers")
+    assert (stored.rows, stored.rejects) == (1, [])
+    (row,) = store.rows(f"SELECT schema_version, visitor_id, dnt, verified, site, "
+                        f"toString(value) AS value FROM {EVENTS}")  # fmt: skip
+    assert row == {"schema_version": SCHEMA_VERSION, "visitor_id": 1, "dnt": 1, "verified": 1,
+                   "site": "7", "value": "12.5"}  # fmt: skip
 
 
 async def test_an_empty_record_last_in_a_batch_or_alone_is_refused_not_lost(

@@ -153,14 +153,24 @@ def test_an_event_without_user_agent_is_enriched_as_unknown(enricher):
         (wire_event(received_at="yesterday"), "bad_received_at"),
         (wire_event(received_at=-1), "bad_received_at"),
         (wire_event(received_at=2**32 * 1000), "bad_received_at"),  # past a DateTime's range
-        (wire_event(user_agent=["Mozilla"]), "bad_user_agent"),
         (wire_event(value="1E+2"), "bad_value"),
-        (wire_event(value=12.5), "bad_value"),
         (wire_event(event_id="not-a-uuid"), "bad_event_id"),
         (wire_event(event_id=7), "bad_event_id"),
+        (wire_event(schema_version="three"), "bad_field_type"),
+        (wire_event(schema_version=[3]), "bad_field_type"),
     ],
 )
 def test_bad_lines_are_rejected_with_a_reason(enricher, line, reason):
     with pytest.raises(Rejected) as caught:
         enricher.to_row(line)
     assert caught.value.reason == reason
+
+
+def test_numbers_and_strings_are_read_as_the_ingest_reads_them(enricher):
+    """As consumers/ingest.py's JSONExtract (tests/integration/test_ingest.py): a numeric
+    string or a fraction is a schema version, a number a value's text, an array an agent's."""
+    row = orjson.loads(
+        enricher.to_row(wire_event(schema_version="1", value=12.5, user_agent=["Mozilla"]))
+    )
+    assert (row["value"], row["user_agent"], row["browser"]) == ("12.5", '["Mozilla"]', "Other")
+    assert orjson.loads(enricher.to_row(wire_event(schema_version=1.9)))["event_type"] == "open"
