@@ -76,7 +76,9 @@ class Child:
     def schedule_restart(self, now: float) -> float:
         """Note an exit; returns the delay before the restart."""
         self.quick_exits = self.quick_exits + 1 if now - self.started_at < MIN_UPTIME_S else 0
-        delay_s = min(RESTART_DELAY_S * 2**self.quick_exits, RESTART_DELAY_MAX_S)
+        # Capped doublings: the delay is at its bound long before, and 2.0**1024 overflows
+        # (a child dying young for hours took the supervisor and its healthy ones down).
+        delay_s = min(RESTART_DELAY_S * 2 ** min(self.quick_exits, 30), RESTART_DELAY_MAX_S)
         self.restarts += 1
         self.restart_at = now + delay_s
         return delay_s

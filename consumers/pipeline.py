@@ -11,8 +11,9 @@ retried with capped exponential backoff; the loop keeps reading meanwhile, so a 
 stays in its group and the other partitions keep moving. Nothing is committed past a record
 that is not stored or rejected.
 
-On stop, everything buffered (for the spool: everything spooled) is cut into batches and each
-step is tried once more, pass after pass while batches get committed; a batch that still fails
+On stop, everything buffered (for the spool: what is spooled, read on for at most
+FINAL_READ_S) is cut into batches and each step is tried once more, pass after pass while
+batches get committed; a batch that still fails
 stays recorded, and the next start replays it with its token, so a batch that did land is not
 stored twice (and its rejects are dead-lettered again: the DLQ is at-least-once); the ingest
 checks a replay's ids after.
@@ -32,6 +33,11 @@ from consumers.settings import ConsumerSettings
 from consumers.sources.protocol import Batch, Feed
 
 log = logging.getLogger("beacon.consumer")
+
+# At a stop the spool is read on for at most this long, then what was read is stored and the
+# rest stays on disk for the next start: `beacon run` kills a consumer still at it after 60 s
+# (collector/supervisor.py STOP_TIMEOUT_S), and a large backlog would take longer.
+FINAL_READ_S = 30.0
 
 
 class Pipeline:
@@ -56,8 +62,10 @@ class Pipeline:
                 self.feed.after_pass()
                 if not read and not committed:
                     await self.feed.idle(stop)
+            read_until = time.monotonic() + FINAL_READ_S
             while True:
-                await self._read(final=True)
+                if time.monotonic() < read_until:
+                    await self._read(final=True)
                 if not await self._flush(final=True):
                     break  # everything is stored, or the store fails: then leave it
         finally:
@@ -124,7 +132,7 @@ class Pipeline:
         try:
             erased = await self.ingest.erase_recorded(batch.erase)
         except StoreError as exc:
-            self._fail(batch, "insert", exc)  # its next attempt tries again first
+            self._fail(batch, "erase", exc)  # its next attempt tries again first
             return False
         self.metrics.rows_erased.inc(erased)
         batch.erase = None

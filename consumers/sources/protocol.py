@@ -67,7 +67,9 @@ class Batch:
     def failed(self, now: float, retry_max_s: float) -> float:
         """Back off after a failed step; returns the delay in seconds."""
         self.failures += 1
-        delay_s = min(0.1 * 2 ** (self.failures - 1), retry_max_s)
+        # Capped doublings: the delay is at its bound long before, and 2.0**1024 overflows
+        # (a store down for hours ended the consumer with OverflowError).
+        delay_s = min(0.1 * 2 ** min(self.failures - 1, 30), retry_max_s)
         self.retry_at = now + delay_s
         return delay_s
 

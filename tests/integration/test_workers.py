@@ -18,7 +18,7 @@ import pytest
 from prometheus_client.mmap_dict import MmapedDict, mmap_key
 from prometheus_client.parser import text_string_to_metric_families
 
-from collector.supervisor import MIN_UPTIME_S, RESTART_DELAY_S, Child
+from collector.supervisor import MIN_UPTIME_S, RESTART_DELAY_MAX_S, RESTART_DELAY_S, Child
 from contract.segments import OPEN_SUFFIX, closed_segments
 from tests.support.helpers import free_port
 
@@ -368,3 +368,11 @@ def test_restart_delay_doubles_while_a_child_keeps_dying_young() -> None:
     child.started_at = 100.0
     assert child.schedule_restart(now=100.0 + MIN_UPTIME_S + 1) == RESTART_DELAY_S
     assert child.restarts == 4
+
+
+def test_restart_delay_stays_at_its_bound_however_long_a_child_keeps_dying_young() -> None:
+    child = Child("worker", ["true"], {})
+    child.started_at = 100.0
+    for _ in range(2000):  # hours of a child that fails at once (2.0**1024 overflows a float)
+        delay_s = child.schedule_restart(now=100.0 + 0.1)
+    assert delay_s == RESTART_DELAY_MAX_S
