@@ -21,7 +21,7 @@ from typing import Any
 
 import orjson
 
-from analytics.funnel import Query, conversions, funnel_counts, memo, plan_for
+from analytics.funnel import Query, conversions, funnel_counts, memo, plan_for, steady
 from analytics.ivt import DUPLICATE_CLICK_WINDOW_S
 from analytics.report import cell, run_query
 from analytics.report_window import Filters, Window
@@ -103,7 +103,15 @@ def campaign_report(
     filters = Filters(
         site, campaign, None, verified_only, (), include_ivt, duplicate_click_window_s
     )
-    query = memo(query)
+    # Each read with its own memory of answers: one read again must ask again.
+    return steady(
+        query, source, lambda: _report(memo(query), campaign, sent, source, window, filters)
+    )
+
+
+def _report(
+    query: Query, campaign: str, sent: int | None, source: str, window: Window, filters: Filters
+) -> dict[str, Any]:
     plan = plan_for(query, window, source)
     [total] = funnel_counts(query, window, filters, (), None, source, plan).values()
     by_ad = (query, window, filters, ("ad",), None, source, plan)

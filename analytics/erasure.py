@@ -157,18 +157,27 @@ def _erased_term(field: str, prefix: str, hashes: str, times: str) -> str:
 
 
 async def erase(writer: Writer, field: str, value: str) -> int:
-    """Delete every row where `field` is `value`; returns how many rows that was.
+    """Delete every row where `field` is `value` received up to the erasure; how many rows.
 
     Counted before the DELETE (without FINAL: every stored copy is a row removed). The
     DELETE waits for its mutation (lightweight_deletes_sync defaults to 2), so the rows are
     gone from every query once this returns. On a cluster (cluster mode, analytics/cluster.py)
     a Distributed table refuses DELETE: see delete_statement.
     """
-    where = condition(field, value)
+    column, literal = subject(field, value)
     cluster = await check_mode(writer)
     # First, whether or not anything is stored yet: what is on its way is then left out.
     await writer.execute(record_statement(field, value, cluster))
-    return await delete_rows(writer, where, cluster)
+    # The rows received up to the erasure, as the consumer leaves them out: one of the
+    # person's received after it (they came back) is stored, and stays, in the events and in
+    # the rollups of its day, which the DELETE would otherwise take and the rebuild not see.
+    erased_ms = await writer.query(
+        f"SELECT toUnixTimestamp64Milli(max(erased_at)) FROM {ERASURES} "
+        f"WHERE field = {sql_string(field)} AND value_hash = {hashed(literal)}",
+        "TSV",
+    )
+    until = f"fromUnixTimestamp64Milli({int(erased_ms)}, 'UTC')"
+    return await delete_rows(writer, f"{column} = {literal} AND received_at <= {until}", cluster)
 
 
 async def delete_rows(

@@ -9,11 +9,12 @@ from __future__ import annotations
 
 from collections.abc import Callable, Sequence
 from functools import partial
-from typing import Any
+from typing import Any, TypeVar
 
 from analytics import raw_query, rollup_query, scanner_query
 from analytics.duplicate_clicks import duplicate_clicks_sql
 from analytics.report_window import Filters, Window, bucket, sql_string
+from analytics.rollups import SETTLING
 from analytics.store import json_rows
 
 # Runs one query and returns its JSONEachRow text: the store's query port, ClickHouse over
@@ -55,6 +56,28 @@ def memo(query: Query) -> Query:
         return answers[sql]
 
     return remembered
+
+
+# Every settling mark (analytics/rollup_settle.py), folded into one number that any new mark
+# changes (and a merge of the marks' table too: then a report is read once more for nothing).
+MARKS_SQL = f"SELECT groupBitXor(sipHash64(day, done, at)) AS marks, count() AS n FROM {SETTLING}"
+REPORT_TRIES = 3
+Report = TypeVar("Report")
+
+
+def steady(query: Query, source: str, report: Callable[[], Report]) -> Report:
+    """`report()`, read again when a day was marked while it ran. A report reads its plan
+    (plan_for) and then its statements: a settling run, or an erasure's rebuild, that began
+    in between swapped a day's rollups under statements the plan sent to them. Each run
+    marks its day before it swaps, so a report that met none reads the same marks after."""
+    if source == "raw":
+        return report()
+    for _ in range(REPORT_TRIES):  # a day's run is seconds: the next read meets none
+        before = rows(query, MARKS_SQL)
+        out = report()
+        if rows(query, MARKS_SQL) == before:
+            break
+    return out
 
 
 def plan_for(query: Query, window: Window, source: str) -> rollup_query.Plan:

@@ -86,7 +86,9 @@ def rows_sql(rollup: Rollup, window: Window, where: str = "1", plan: Plan = RAW)
         everything = rollup.select(settled=True, where=f"{in_window} AND {where}")
         return f"SELECT {columns} FROM ({everything})"
     lo, hi = sql_time(lo_at), sql_time(hi_at)
-    days = sorted(d for d in plan.days(rollup) if lo_at.date() <= d < hi_at.date())
+    # The days of [lo_at, hi_at): an hourly rollup's window can end within its last day.
+    last_day = (hi_at - dt.timedelta(microseconds=1)).date()
+    days = sorted(d for d in plan.days(rollup) if lo_at.date() <= d <= last_day)
     skip = f" AND toDate(period) NOT IN ({day_list(days)})" if days else ""
     parts = [
         f"SELECT {columns} FROM {rollup.table} "

@@ -11,7 +11,8 @@ the recomputation: older rows go into the settled sums, newer ones (and those in
 while the partition was swapped) are added back as live rows, whose event ids merge with
 whatever a view wrote for them. While a day is being settled, and whenever a settled day
 also holds live rows (an event that came late), reports read that day from raw events
-(analytics/rollup_query.py), so no report ever sees a half-settled day.
+(analytics/rollup_query.py), and a report that a run began under is read again
+(analytics/funnel.py steady), so no report ever sees a half-settled day.
 """
 
 from __future__ import annotations

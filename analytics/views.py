@@ -23,7 +23,16 @@ from typing import Any
 from analytics import rollup_query
 from analytics.campaign_report import funnel, revenue_by_currency
 from analytics.duplicate_clicks import duplicate_clicks_sql
-from analytics.funnel import COUNTS, Query, conversions, funnel_counts, names, plan_for, rows
+from analytics.funnel import (
+    COUNTS,
+    Query,
+    conversions,
+    funnel_counts,
+    names,
+    plan_for,
+    rows,
+    steady,
+)
 from analytics.ivt import DUPLICATE_CLICK
 from analytics.report_window import Filters, Window
 from analytics.viewability import figures, viewability_counts
@@ -83,6 +92,10 @@ class Request:
 
 def view_rows(query: Query, request: Request) -> list[dict[str, Any]]:
     """The rows of `request.view`, ordered by their keys (pages, referrers: most viewed)."""
+    return steady(query, request.source, lambda: _view_rows(query, request))
+
+
+def _view_rows(query: Query, request: Request) -> list[dict[str, Any]]:
     window, filters = request.window, request.filters
     if request.view == "campaign":
         return funnel_rows(query, request, ("campaign",))

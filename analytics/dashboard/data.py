@@ -8,7 +8,7 @@ from typing import Any
 
 from analytics.campaign_report import money
 from analytics.dashboard.web_figures import web_data
-from analytics.funnel import Query, conversions, funnel_counts, memo
+from analytics.funnel import Query, conversions, funnel_counts, memo, steady
 from analytics.report_window import DAY, HOUR, Filters, Window
 from analytics.views import Request, view_rows
 from analytics.web import WebConfig
@@ -41,8 +41,15 @@ def dashboard_data(
     query: Query, window: Window, group: str, filters: Filters, web: WebConfig
 ) -> dict[str, Any]:
     """The page's numbers: sites for the picker, the web figures, the email and ad ones."""
+    # Read again whole if a day was marked meanwhile (funnel.steady), each time with its own
+    # memory of answers.
+    return steady(query, "rollup", lambda: _data(memo(query), window, group, filters, web))
+
+
+def _data(
+    query: Query, window: Window, group: str, filters: Filters, web: WebConfig
+) -> dict[str, Any]:
     labels = buckets(window, group)
-    query = memo(query)
     return {
         "window": {"start": iso(window.start), "end": iso(window.end), "group": group},
         "labels": labels,

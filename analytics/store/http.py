@@ -36,6 +36,10 @@ INSERT_QUERY_ID_PREFIX = "beacon-insert-"
 BATCH_KEY_CHARS = 16
 # How often a retry looks again for an earlier insert still running (await_earlier_inserts).
 EARLIER_INSERTS_POLL_S = 0.1
+# Every statement's answer comes whole, after its end, whatever the server's profile: with
+# progress headers (send_progress_in_http_headers) a 200 goes out before the statement ends,
+# and an insert that fails after it would pass for stored, its batch committed without it.
+STATEMENT_PARAMS = {"wait_end_of_query": "1", "send_progress_in_http_headers": "0"}
 
 
 async def gzipped(body: bytes) -> bytes:
@@ -158,13 +162,14 @@ class HttpWriter:
             data = each(body)
         try:
             async with self._one_at_a_time:
-                params = {**params, **self._server_session}
+                params = {**params, **STATEMENT_PARAMS, **self._server_session}
                 params["query_id"] = f"{prefix}{uuid.uuid4().hex}"
                 if self._check_session and self._session_opened:
                     params["session_check"] = "1"
                 async with self._client().post(self.url, params=params, data=data) as response:
                     text = await response.text(errors="replace")
-                    if response.status != 200:
+                    # An exception's code with a 200: it came after the answer began.
+                    if response.status != 200 or EXCEPTION_CODE_HEADER in response.headers:
                         code = response.headers.get(EXCEPTION_CODE_HEADER, "-")
                         message = text.strip()[:ERROR_MESSAGE_MAX_CHARS]
                         raise StoreError(
@@ -199,7 +204,10 @@ class HttpWriter:
         await self._post({}, statement.encode(), self._insert_query_id)
 
     async def load(self, table: str, body: Sequence[bytes], fmt: str) -> None:
-        await self._post({"query": f"INSERT INTO {table} FORMAT {fmt}"}, body)
+        # Not queued (a server's async_insert, on by default since 26.2): the next statement
+        # reads the table, and would find it empty with the profile's wait_for_async_insert=0.
+        params = {"query": f"INSERT INTO {table} FORMAT {fmt}", "async_insert": "0"}
+        await self._post(params, body)
 
     async def execute(self, sql: str) -> None:
         await self._post({}, sql.encode())
@@ -208,9 +216,9 @@ class HttpWriter:
         self, sql: str, fmt: str = "JSONEachRow", settings: Mapping[str, str] | None = None
     ) -> str:
         """`sql`'s output in `fmt`; `settings` go with it as URL parameters."""
-        # wait_end_of_query: an error after the first rows would otherwise arrive inside a
-        # 200 answer, and a truncated result would pass for a whole one.
-        params = {**(settings or {}), "default_format": fmt, "wait_end_of_query": "1"}
+        # wait_end_of_query (STATEMENT_PARAMS): an error after the first rows would otherwise
+        # arrive inside a 200 answer, and a truncated result would pass for a whole one.
+        params = {**(settings or {}), "default_format": fmt}
         return await self._post(params, sql.encode())
 
     async def await_earlier_inserts(self, batch: str | None = None) -> None:

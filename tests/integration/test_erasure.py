@@ -158,6 +158,42 @@ async def test_events_on_their_way_at_an_erasure_are_left_out_and_later_ones_kep
     assert len(erasures.splitlines()) == 2
 
 
+class BackBeforeTheDelete:
+    """The store as an erasure finds it when its person comes back between its record and its
+    DELETE: the consumer stores their new event, received after the erasure."""
+
+    def __init__(self, writer: object, events: list[dict]) -> None:
+        self.writer, self.events = writer, events
+
+    async def execute(self, sql: str) -> None:
+        if sql.startswith("DELETE") and self.events:
+            events, self.events = self.events, []
+            await Ingest(self.writer).store(body(events), "beacon.events-0-9-9")  # type: ignore[arg-type]
+        await self.writer.execute(sql)  # type: ignore[attr-defined]
+
+    def __getattr__(self, name: str) -> object:
+        return getattr(self.writer, name)
+
+
+async def test_an_event_received_after_the_erasure_stays_when_stored_before_its_delete(
+    empty: Store,
+) -> None:
+    """As the consumer keeps it (above): in the events and in its day's rollups, which the
+    erasure does not rebuild when its DELETE takes nothing of that day."""
+    store = empty
+    yesterday = hour_ago_ms() - 86_400_000
+    store.add(alice_then_bob(yesterday))
+    late = time.time_ns() // 1_000_000 + 60_000
+    back = BackBeforeTheDelete(store.writer, [wire("open", late, recipient="alice")])
+    assert await erasure.erase(back, "recipient", "alice") == 1  # type: ignore[arg-type]
+    left = store.rows(f"SELECT recipient, toUnixTimestamp64Milli(received_at) AS ms FROM {EVENTS}")
+    assert sorted((r["recipient"], int(r["ms"])) for r in left) == [
+        ("alice", late),
+        ("bob", yesterday + 1),
+    ]
+    assert recipients_in_rollup(store) == 2  # bob yesterday, alice today: as the events say
+
+
 class ErasedBeforeTheInsert:
     """The store as an erasure finds it when it comes while a batch is on its way: recorded
     and its DELETE run after the batch read the erasures, before the batch's insert lands."""

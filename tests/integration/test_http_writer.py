@@ -127,6 +127,49 @@ async def test_the_insert_carries_its_settings_and_a_gzip_body(front, store):
     assert seen.wire_bytes * 4 < seen.body_bytes  # the front gunzipped it: really compressed
 
 
+async def test_every_statement_asks_for_its_whole_answer_and_a_load_is_not_queued(front, store):
+    """Whatever the server's profile: a 200 only after the statement's end (no progress
+    headers), and lines loaded before the statement that reads them (no async insert)."""
+    await store.execute("CREATE TEMPORARY TABLE IF NOT EXISTS probe (line String)")
+    await store.load("probe", [b"a\nb"], "LineAsString")
+    assert await store.query("SELECT count() FROM probe", "TSV") == "2\n"
+    load = next(
+        seen for seen in front.seen if "FORMAT LineAsString" in seen.params.get("query", "")
+    )
+    assert load.params["async_insert"] == "0"
+    assert all(
+        (seen.params["wait_end_of_query"], seen.params["send_progress_in_http_headers"])
+        == ("1", "0")
+        for seen in front.seen
+    )
+
+
+async def test_an_exception_after_a_200_began_is_a_store_error() -> None:
+    """A server that sent its 200 before the statement failed (progress headers, as a profile
+    may still ask) names the exception in a header: the statement failed."""
+
+    async def answer(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        await reader.readuntil(b"\r\n\r\n")
+        body = b"Code: 241. DB::Exception: Memory limit exceeded. (MEMORY_LIMIT_EXCEEDED)\n"
+        writer.write(
+            b"HTTP/1.1 200 OK\r\nX-ClickHouse-Exception-Code: 241\r\nConnection: close\r\n"
+            b"Content-Length: " + str(len(body)).encode() + b"\r\n\r\n" + body
+        )
+        await writer.drain()
+        writer.close()
+
+    server = await asyncio.start_server(answer, "127.0.0.1", 0)
+    port = server.sockets[0].getsockname()[1]
+    writer = HttpWriter(f"http://127.0.0.1:{port}/", compress=False)
+    try:
+        with pytest.raises(StoreError, match=r"code 241: .*MEMORY_LIMIT_EXCEEDED"):
+            await writer.execute("INSERT INTO t SELECT 1")
+    finally:
+        await writer.close()
+        server.close()
+        await server.wait_closed()
+
+
 async def test_queries_answer_in_the_format_asked(store):
     await store.insert(EVENTS, rows(3), "t-formats")
     sql = f"SELECT campaign, count() AS n FROM {EVENTS} GROUP BY campaign"
