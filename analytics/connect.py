@@ -19,6 +19,7 @@ def open_writer(settings: StoreSettings) -> Writer:
             compress=settings.clickhouse_compression == "gzip",
             cluster=settings.cluster,
             replicas_cluster=settings.clickhouse_replicas_cluster,
+            insert_quorum=settings.clickhouse_insert_quorum,
         )
     from analytics.store.chdb import ChdbWriter  # chDB is a heavy import: only its owner pays
 

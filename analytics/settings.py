@@ -122,8 +122,8 @@ class StoreSettings:
     )
     clickhouse_insert_quorum: str = setting(
         "auto",
-        "with a cluster: replicas of each shard an insert waits for (auto: a majority; 0 or 1: "
-        "the one written to)",
+        "with a cluster, or replicas behind the URL: replicas (of each shard) an insert waits "
+        "for (auto: a majority; 0 or 1: the one written to)",
     )
 
     def __post_init__(self) -> None:

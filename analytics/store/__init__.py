@@ -62,30 +62,40 @@ class Cluster:
         return f"ON CLUSTER '{self.name}'"
 
 
-def insert_params(token: str, cluster: Cluster | None = None) -> dict[str, str]:
+def insert_params(token: str, cluster: Cluster | None = None, quorum: str = "") -> dict[str, str]:
     """The settings of an insert under the dedup `token`, into a cluster's Distributed table
     when `cluster` is given: the one place they are chosen (INSERT_SETTINGS and
-    CLUSTER_INSERT_SETTINGS)."""
+    CLUSTER_INSERT_SETTINGS). `quorum`: replicas behind one address, without a cluster, an
+    insert waits for (a batch acknowledged on one replica alone goes with that one's disk)."""
     if not TOKEN_RE.match(token):
         raise ValueError(f"bad dedup token {token!r}")
+    if quorum and not QUORUM_RE.match(quorum):
+        raise ValueError(f"bad insert quorum {quorum!r}")
     settings = dict(INSERT_SETTINGS)
     if cluster is not None:
         settings |= CLUSTER_INSERT_SETTINGS | {"insert_quorum": cluster.insert_quorum}
+    elif quorum:
+        settings["insert_quorum"] = quorum
     return settings | {"insert_deduplication_token": token}
 
 
-def insert_settings(token: str, cluster: Cluster | None = None) -> str:
+def insert_settings(token: str, cluster: Cluster | None = None, quorum: str = "") -> str:
     """The SETTINGS clause of an insert under the dedup `token` (insert_params)."""
     # Values are numbers, names or tokens (TOKEN_RE): none needs escaping inside quotes.
-    params = insert_params(token, cluster).items()
+    params = insert_params(token, cluster, quorum).items()
     return "SETTINGS " + ", ".join(f"{k} = {v if v.isdigit() else repr(v)}" for k, v in params)
 
 
 def insert_select(
-    table: str, columns: Sequence[str], select: str, token: str, cluster: Cluster | None = None
+    table: str,
+    columns: Sequence[str],
+    select: str,
+    token: str,
+    cluster: Cluster | None = None,
+    quorum: str = "",
 ) -> str:
     """The statement of Writer.insert_from."""
-    clause = insert_settings(token, cluster)
+    clause = insert_settings(token, cluster, quorum)
     return f"INSERT INTO {table} ({', '.join(columns)}) {select} {clause}"
 
 

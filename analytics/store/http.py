@@ -105,17 +105,21 @@ class HttpWriter:
         compress: bool = True,
         cluster: Cluster | None = None,
         replicas_cluster: str = "",
+        insert_quorum: str = "",
     ) -> None:
         """`cluster`: inserts go to a cluster's Distributed tables, with its settings.
         `replicas_cluster`: no cluster, but several servers answer at `url` (replicas behind
-        a load balancer), all of them in this cluster of `remote_servers`."""
+        a load balancer), all of them in this cluster of `remote_servers`; inserts then wait
+        for `insert_quorum` of them, as a cluster's for its own."""
         self.url = url
         self.compress = compress
         self.cluster = cluster
         # Where a retry looks for its batch's earlier insert (await_earlier_inserts).
         self.processes_cluster = cluster.name if cluster is not None else replicas_cluster
+        self.quorum = insert_quorum if replicas_cluster and cluster is None else ""
         self._args = (
-            user, password, timeout_s, connect_timeout_s, compress, cluster, replicas_cluster
+            user, password, timeout_s, connect_timeout_s, compress, cluster, replicas_cluster,
+            insert_quorum,
         )  # fmt: skip
         self.timeout_s = timeout_s
         self._headers = {"X-ClickHouse-User": user, "X-ClickHouse-Key": password}
@@ -191,7 +195,7 @@ class HttpWriter:
     async def insert(self, table: str, rows: bytes, token: str) -> None:
         params = {
             "query": f"INSERT INTO {table} FORMAT JSONEachRow",
-            **insert_params(token, self.cluster),
+            **insert_params(token, self.cluster, self.quorum),
             # Wire fields without a column (added by newer collectors) must not fail a batch.
             "input_format_skip_unknown_fields": "1",
         }
@@ -200,7 +204,7 @@ class HttpWriter:
     async def insert_from(
         self, table: str, columns: Sequence[str], select: str, token: str
     ) -> None:
-        statement = insert_select(table, columns, select, token, self.cluster)
+        statement = insert_select(table, columns, select, token, self.cluster, self.quorum)
         await self._post({}, statement.encode(), self._insert_query_id)
 
     async def load(self, table: str, body: Sequence[bytes], fmt: str) -> None:

@@ -170,6 +170,24 @@ async def test_an_exception_after_a_200_began_is_a_store_error() -> None:
         await server.wait_closed()
 
 
+async def test_replicas_behind_one_address_take_an_insert_on_a_quorum(front, store):
+    """Acknowledged on one replica alone, a batch would go with that one's disk: replicas
+    behind one address wait for a quorum, as a cluster's shards do; one server does not."""
+    replicas = HttpWriter(front.url, user="beacon", password=PASSWORD, replicas_cluster="default",
+                          insert_quorum="auto")  # fmt: skip
+    try:
+        await replicas.insert(EVENTS, rows(3), "t-quorum")
+        await replicas.insert_from(EVENTS, ["event_id"], "SELECT generateUUIDv7()", "t-quorum-2")
+    finally:
+        await replicas.close()
+    inserted, selected = front.seen[-2:]
+    assert inserted.params["insert_quorum"] == "auto"
+    assert "insert_quorum = 'auto'" in selected.statement
+    await store.insert(EVENTS, rows(3), "t-one-server")
+    assert "insert_quorum" not in front.seen[-1].params
+    assert await count(front) == 7
+
+
 async def test_queries_answer_in_the_format_asked(store):
     await store.insert(EVENTS, rows(3), "t-formats")
     sql = f"SELECT campaign, count() AS n FROM {EVENTS} GROUP BY campaign"
