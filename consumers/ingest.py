@@ -255,6 +255,7 @@ class Ingest:
         partial: bool = False,
         segments: Sequence[int] = (),
         again: bool = False,
+        waited: bool = False,
     ) -> Stored:
         """Store the lines of `body` (the pieces of lines joined by newlines: join_lines) under
         `token`. A replay then checks its event ids: an embedded store killed mid-insert can
@@ -262,7 +263,9 @@ class Ingest:
         `partial` replay (not the batch its token named) stores only what the table lacks.
         `segments`: lines of each source of the body, for `Stored.newest_by_segment`. `again`:
         an earlier attempt at this batch may have stored it (its insert failed or timed out).
-        Raises StoreError."""
+        `waited`: the caller waited for such an attempt's insert still running (await_earlier,
+        outside the lock a Kafka revocation waits for): one look here, no wait. Raises
+        StoreError."""
         if not TOKEN_RE.match(token):
             raise ValueError(f"bad dedup token {token!r}")
         async with self._lock:
@@ -274,7 +277,9 @@ class Ingest:
                     # An earlier attempt's insert may still run on a server whose client gave
                     # up on it: what it lands after this attempt's erasure check would stay. A
                     # partial replay's may have been another batch's: every batch's counts.
-                    await self.writer.await_earlier_inserts(None if partial else token)
+                    await self.writer.await_earlier_inserts(
+                        None if partial else token, 0.0 if waited else None
+                    )
                 if self._dirty:
                     await self._empty()  # raises: the batch fails, and is retried
                 await self._stage(body)
@@ -302,6 +307,11 @@ class Ingest:
                 self._erased = ""
                 self._seen = []
                 await self._clear()
+
+    async def await_earlier(self, token: str, partial: bool) -> None:
+        """Wait for an earlier attempt's insert of this batch (a partial replay's: of any
+        batch) still running on the server, up to the writer's bound (StoreError past it)."""
+        await self.writer.await_earlier_inserts(None if partial else token)
 
     async def _tables(self) -> None:
         staged = [("n", "UInt32"), ("reason", "LowCardinality(String)")]

@@ -115,10 +115,13 @@ class Pipeline:
         # statement at a time anyway; a server parses on its own cores).
         for batch in batches:
             if not batch.stored:
+                waited = batch.replay or batch.insert_failed
+                if waited and not await self._await_earlier(batch):
+                    continue
                 # Under the feed's lock: a revocation waits for the insert, or comes first
                 # and the batch is the next owner's (who replays it) and not inserted here.
                 async with self.feed.inserting:
-                    if not self.feed.owns(batch) or not await self._store(batch):
+                    if not self.feed.owns(batch) or not await self._store(batch, waited):
                         continue
             if batch.erase is not None and not await self._erase(batch):
                 continue
@@ -138,12 +141,24 @@ class Pipeline:
         batch.erase = None
         return True
 
-    async def _store(self, batch: Batch) -> bool:
+    async def _await_earlier(self, batch: Batch) -> bool:
+        """Outside the lock a revocation waits for: an earlier attempt's insert still running
+        on a server can take up to the writer's timeout (60 s), past the group's rebalance
+        timeout, and a member held that long loses its place mid-insert."""
+        try:
+            await self.ingest.await_earlier(batch.token, batch.partial)
+        except StoreError as exc:
+            self.metrics.inserts.labels("error").inc()
+            self._fail(batch, "insert", exc)
+            return False
+        return True
+
+    async def _store(self, batch: Batch, waited: bool) -> bool:
         started = time.perf_counter()
         try:
             stored = await self.ingest.store(
                 batch.pieces, batch.token, batch.replay, batch.partial, batch.segments,
-                again=batch.insert_failed,
+                again=batch.insert_failed, waited=waited,
             )  # fmt: skip
         except StoreError as exc:
             batch.insert_failed = True  # it may have landed all the same (a timeout)

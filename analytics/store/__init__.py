@@ -133,10 +133,13 @@ class Writer(Protocol):
         first must find (the ingest's temporary tables live in it), for the batch whose dedup
         token is `batch`; a no-op for a store that is one session."""
 
-    async def await_earlier_inserts(self, batch: str | None = None) -> None:
+    async def await_earlier_inserts(
+        self, batch: str | None = None, wait_s: float | None = None
+    ) -> None:
         """Return once no insert of the batch `batch` (None: of any) begun before this call
         still runs: one whose client gave up (a timeout) may still land, and the retry of its
-        batch must come after it. Raises StoreError when one still runs after a bound."""
+        batch must come after it. Raises StoreError when one still runs after `wait_s` (None:
+        the writer's own bound; 0: one look)."""
 
     async def close(self) -> None: ...
 

@@ -262,6 +262,47 @@ def test_a_batch_that_fails_for_hours_waits_its_bound_and_goes_on() -> None:
     assert delays_s[:3] == [0.1, 0.2, 0.4] and delays_s[-1] == 30.0
 
 
+class FailsOnceAndLooks:
+    """The store, whose first insert fails (a timeout: it may land all the same), and which
+    notes each look for an earlier insert still running, and whether the feed's insert lock
+    (the one a Kafka revocation waits for) was held meanwhile."""
+
+    def __init__(self, writer: ChdbWriter) -> None:
+        self.writer, self.failed = writer, False
+        self.looks: list[tuple[float | None, bool]] = []
+        self.feed: SpoolFeed | None = None
+
+    async def insert_from(self, *args: Any) -> None:
+        if not self.failed:
+            self.failed = True
+            raise StoreError("timed out")
+        await self.writer.insert_from(*args)
+
+    async def await_earlier_inserts(self, batch: str | None = None, wait_s: float | None = None):
+        assert self.feed is not None
+        self.looks.append((wait_s, self.feed.inserting.locked()))
+        await self.writer.await_earlier_inserts(batch, wait_s)
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self.writer, name)
+
+
+async def test_a_retry_waits_for_an_earlier_insert_outside_the_lock_a_revocation_waits_for(
+    config, store
+):
+    """The wait can take the writer's timeout (60 s on a server), past a group's rebalance
+    timeout: waited outside the lock, then one look under it."""
+    events = mail_opens(30)
+    await spool_events(config.spool_dir, encode(events), 1 << 20)
+    looking = FailsOnceAndLooks(store)
+    source = SpoolSource(config.spool_dir, config.checkpoint_path)
+    metrics = ConsumerMetrics(CollectorRegistry())
+    looking.feed = SpoolFeed(source, metrics, config)
+    pipeline = Pipeline(looking.feed, looking, metrics, config)  # type: ignore[arg-type]
+    await run_until_stored(pipeline, store, len(events))
+    assert looking.failed and looking.looks == [(None, False), (0.0, True)]
+
+
 async def test_malformed_lines_are_counted_and_skipped(config, store):
     good = encode(mail_opens(30))
     bad = [b'{"event_id": "0190', b"not json at all", b"\xff\xfe"]
