@@ -133,9 +133,7 @@ class ConnWriter:
     def new_session(self, batch: str = "") -> None:
         pass  # one chDB connection, one session
 
-    async def await_earlier_inserts(
-        self, batch: str | None = None, wait_s: float | None = None
-    ) -> None:
+    async def await_earlier_inserts(self, batch: str | None = None) -> None:
         pass  # each statement runs to its end before its call returns
 
     async def close(self) -> None:

@@ -25,7 +25,7 @@ from analytics.cluster import check_mode
 from analytics.report_window import sql_string
 from analytics.rollup_settle import due_before_erasure, rebuild_after_erasure
 from analytics.schema import ERASURES, EVENTS
-from analytics.store import Cluster, Writer
+from analytics.store import Cluster, Writer, quorum_of
 from contract.numbers import parse_uint
 from contract.text import CONTROL_RE
 
@@ -76,20 +76,24 @@ def hashed(expr: str) -> str:
     return f"sipHash64(toString({expr}))"
 
 
-def record_statement(field: str, value: str, cluster: Cluster | None = None) -> str:
-    """The INSERT that records an erasure of `field` = `value`, timed by the store's clock."""
+def record_statement(
+    field: str, value: str, at_ms: int, cluster: Cluster | None = None, quorum: str = ""
+) -> str:
+    """The INSERT that records an erasure of `field` = `value` at `at_ms` (the store's clock,
+    ms since the epoch)."""
     _, literal = subject(field, value)
     # On a cluster, into the shards before the statement returns (a Distributed table
     # queues inserts by default) and on a quorum of each shard's replicas, as the events
-    # are: a consumer reading another replica sees it from its next batch on.
-    on_shards = (
-        f"SETTINGS distributed_foreground_insert = 1, insert_quorum = '{cluster.insert_quorum}' "
-        if cluster
-        else ""
-    )
+    # are: a consumer reading another replica sees it from its next batch on. Replicas
+    # behind one address: on their quorum too (`quorum`, HttpWriter's).
+    if cluster:
+        quorum = cluster.insert_quorum
+    settings = "distributed_foreground_insert = 1, " if cluster else ""
+    settings = f"SETTINGS {settings}insert_quorum = '{quorum}' " if quorum else ""
     return (
-        f"INSERT INTO {ERASURES} (field, value_hash, erased_at) {on_shards}"
-        f"SELECT {sql_string(field)}, {hashed(literal)}, now64(3)"
+        f"INSERT INTO {ERASURES} (field, value_hash, erased_at) {settings}"
+        f"SELECT {sql_string(field)}, {hashed(literal)}, "
+        f"fromUnixTimestamp64Milli({int(at_ms)}, 'UTC')"
     )
 
 
@@ -166,18 +170,20 @@ async def erase(writer: Writer, field: str, value: str) -> int:
     """
     column, literal = subject(field, value)
     cluster = await check_mode(writer)
+    # One time, the store's, for the record and the DELETE (read back, a record not yet on the
+    # replica asked would give none).
+    at_ms = int(await writer.query("SELECT toUnixTimestamp64Milli(now64(3))", "TSV"))
     # First, whether or not anything is stored yet: what is on its way is then left out.
-    await writer.execute(record_statement(field, value, cluster))
+    await writer.execute(record_statement(field, value, at_ms, cluster, quorum_of(writer)))
     # The rows received up to the erasure, as the consumer leaves them out: one of the
     # person's received after it (they came back) is stored, and stays, in the events and in
     # the rollups of its day, which the DELETE would otherwise take and the rebuild not see.
-    erased_ms = await writer.query(
-        f"SELECT toUnixTimestamp64Milli(max(erased_at)) FROM {ERASURES} "
-        f"WHERE field = {sql_string(field)} AND value_hash = {hashed(literal)}",
-        "TSV",
-    )
-    until = f"fromUnixTimestamp64Milli({int(erased_ms)}, 'UTC')"
-    return await delete_rows(writer, f"{column} = {literal} AND received_at <= {until}", cluster)
+    # And every row stored before it, whatever its time says (a collector's clock ahead): in
+    # whole seconds, as inserted_at keeps them, the erasure's own left to received_at.
+    until = f"fromUnixTimestamp64Milli({at_ms}, 'UTC')"
+    stored = f"toDateTime({at_ms // 1000}, 'UTC')"
+    where = f"{column} = {literal} AND (received_at <= {until} OR inserted_at < {stored})"
+    return await delete_rows(writer, where, cluster)
 
 
 async def delete_rows(

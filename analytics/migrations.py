@@ -30,7 +30,7 @@ from analytics.schema import (
     EVENTS_V6,
 )
 from analytics.settings import StoreSettings
-from analytics.store import Cluster, StoreError, Writer
+from analytics.store import VALUES_SETTINGS, Cluster, StoreError, Writer
 from analytics.visits import VISITS
 from analytics.visits import migration_statements as visits_statements
 
@@ -115,7 +115,8 @@ async def migrate(writer: Writer, retention_days: int) -> list[int]:
         # Recorded once ON CLUSTER succeeded on every server (it raises otherwise): one row in
         # a table every node replicates.
         await writer.execute(
-            f"INSERT INTO {DATABASE}.schema_migrations (version, name) VALUES ({version}, '{name}')"
+            f"INSERT INTO {DATABASE}.schema_migrations (version, name) {VALUES_SETTINGS} "
+            f"VALUES ({version}, '{name}')"
         )
         applied.append(version)
     await apply_retention(writer, retention_days, cluster)

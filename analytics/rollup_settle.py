@@ -30,7 +30,7 @@ from analytics.cluster import on_each_shard
 from analytics.report_window import sql_string
 from analytics.rollups import EVENTS_HOURLY, ROLLUPS, SETTLING, Rollup
 from analytics.schema import DATABASE, EVENTS
-from analytics.store import StoreError, Writer, cluster_of
+from analytics.store import VALUES_SETTINGS, StoreError, Writer, cluster_of
 from analytics.store.http import INSERT_QUERY_ID_PREFIX, processes
 
 log = logging.getLogger("beacon.rollups")
@@ -144,7 +144,7 @@ class Settler:
             at_us = max(int(self.clock() * 1e6), self._last_mark_us + 1)
         self._last_mark_us = max(self._last_mark_us, at_us)
         await self.writer.execute(
-            f"INSERT INTO {self.settling} (day, done, at) VALUES "
+            f"INSERT INTO {self.settling} (day, done, at) {VALUES_SETTINGS} VALUES "
             f"({day_literal(day)}, {done}, fromUnixTimestamp64Micro({at_us}, 'UTC'))"
         )
         return at_us
@@ -250,7 +250,7 @@ class Settler:
             finally:
                 await self.writer.execute(f"DROP TABLE IF EXISTS {stage}")
         await self.writer.execute(
-            f"INSERT INTO {visits.VISITS_SETTLED} (day, visit_gap_s) "
+            f"INSERT INTO {visits.VISITS_SETTLED} (day, visit_gap_s) {VALUES_SETTINGS} "
             f"VALUES ({day_literal(day)}, {gap_s})"
         )
 

@@ -264,8 +264,8 @@ class Ingest:
         `segments`: lines of each source of the body, for `Stored.newest_by_segment`. `again`:
         an earlier attempt at this batch may have stored it (its insert failed or timed out).
         `waited`: the caller waited for such an attempt's insert still running (await_earlier,
-        outside the lock a Kafka revocation waits for): one look here, no wait. Raises
-        StoreError."""
+        outside the lock a Kafka revocation waits for); none can start since (the batch is
+        this member's, one attempt at a time). Raises StoreError."""
         if not TOKEN_RE.match(token):
             raise ValueError(f"bad dedup token {token!r}")
         async with self._lock:
@@ -273,13 +273,10 @@ class Ingest:
             # be in its temporary tables, on whichever server it runs.
             self.writer.new_session(token)
             try:
-                if replay or again:
+                if (replay or again) and not waited:
                     # An earlier attempt's insert may still run on a server whose client gave
-                    # up on it: what it lands after this attempt's erasure check would stay. A
-                    # partial replay's may have been another batch's: every batch's counts.
-                    await self.writer.await_earlier_inserts(
-                        None if partial else token, 0.0 if waited else None
-                    )
+                    # up on it: what it lands after this attempt's erasure check would stay.
+                    await self.await_earlier(token, partial)
                 if self._dirty:
                     await self._empty()  # raises: the batch fails, and is retried
                 await self._stage(body)
@@ -309,8 +306,9 @@ class Ingest:
                 await self._clear()
 
     async def await_earlier(self, token: str, partial: bool) -> None:
-        """Wait for an earlier attempt's insert of this batch (a partial replay's: of any
-        batch) still running on the server, up to the writer's bound (StoreError past it)."""
+        """Wait for an earlier attempt's insert of this batch still running on the server, up
+        to the writer's bound (StoreError past it). A partial replay's may have been another
+        batch's: every batch's counts."""
         await self.writer.await_earlier_inserts(None if partial else token)
 
     async def _tables(self) -> None:

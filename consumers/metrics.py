@@ -93,7 +93,7 @@ class ConsumerMetrics:
         )
         self.retries = Counter(
             "beacon_consumer_retries",
-            "Failed batch steps that will be retried, by step (dlq, mark, insert, commit).",
+            "Failed batch steps that will be retried, by step (dlq, mark, insert, erase, commit).",
             ["step"],
             registry=registry,
         )

@@ -33,6 +33,9 @@ INSERT_SETTINGS = {
     "insert_deduplicate": "1",
     "max_partitions_per_insert_block": "0",
 }
+# Inserts of a few rows in the statement (marks, records) that a later statement reads: never
+# queued by a server's async_insert, whatever its profile's wait_for_async_insert says.
+VALUES_SETTINGS = "SETTINGS async_insert = 0"
 # Into a Distributed table (a cluster, docs/operations.md "ClickHouse"): acknowledged only once
 # every shard has its slice (the default writes it to the initiator's disk and sends it later,
 # lost with that disk), deduplicated by the token on each shard, and on a quorum of each
@@ -105,6 +108,13 @@ def cluster_of(writer: object) -> Cluster | None:
     return cluster if isinstance(cluster, Cluster) else None
 
 
+def quorum_of(writer: object) -> str:
+    """The insert quorum of replicas behind one address that `writer` waits for (its
+    `quorum`); "" for none (a cluster's is its Cluster's)."""
+    quorum = getattr(writer, "quorum", "")
+    return quorum if isinstance(quorum, str) else ""
+
+
 class StoreError(Exception):
     """ClickHouse refused or failed a statement; the message is ClickHouse's."""
 
@@ -133,13 +143,10 @@ class Writer(Protocol):
         first must find (the ingest's temporary tables live in it), for the batch whose dedup
         token is `batch`; a no-op for a store that is one session."""
 
-    async def await_earlier_inserts(
-        self, batch: str | None = None, wait_s: float | None = None
-    ) -> None:
+    async def await_earlier_inserts(self, batch: str | None = None) -> None:
         """Return once no insert of the batch `batch` (None: of any) begun before this call
         still runs: one whose client gave up (a timeout) may still land, and the retry of its
-        batch must come after it. Raises StoreError when one still runs after `wait_s` (None:
-        the writer's own bound; 0: one look)."""
+        batch must come after it. Raises StoreError when one still runs after a bound."""
 
     async def close(self) -> None: ...
 

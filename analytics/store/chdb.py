@@ -117,9 +117,7 @@ class ChdbWriter:
     def new_session(self, batch: str = "") -> None:
         pass  # one chDB session, in this process: the temporary tables cannot be elsewhere
 
-    async def await_earlier_inserts(
-        self, batch: str | None = None, wait_s: float | None = None
-    ) -> None:
+    async def await_earlier_inserts(self, batch: str | None = None) -> None:
         pass  # statements run one at a time: one whose caller gave up holds the lock to its end
 
     async def close(self) -> None:

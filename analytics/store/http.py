@@ -225,9 +225,7 @@ class HttpWriter:
         params = {**(settings or {}), "default_format": fmt}
         return await self._post(params, sql.encode())
 
-    async def await_earlier_inserts(
-        self, batch: str | None = None, wait_s: float | None = None
-    ) -> None:
+    async def await_earlier_inserts(self, batch: str | None = None) -> None:
         """Return once no insert of the batch `batch` (a dedup token given to new_session;
         None: of any batch) begun before this call runs on the server (on every server of the
         cluster: a Distributed insert's shards run it under its query id; on every server of
@@ -235,8 +233,8 @@ class HttpWriter:
         whose client gave up on it (a timeout: ClickHouse cancels only read-only queries when
         their client leaves), so a retry could run beside it, and what it lands late would
         miss the batch's erasure check: a person erased in between would come back.
-        Settling's and other statements are never waited for. Raises StoreError after `wait_s`
-        (None: the writer's timeout; 0: at the first look that finds one)."""
+        Settling's and other statements are never waited for. Raises StoreError after the
+        writer's timeout."""
         # A server down runs nothing: a cluster's count skips it.
         settings = {"skip_unavailable_shards": "1"} if self.processes_cluster else {}
         began_s = time.monotonic()
@@ -245,7 +243,7 @@ class HttpWriter:
             sql = earlier_inserts_sql(self.processes_cluster, waited_s, batch)
             if not int((await self.query(sql, "TSV", settings)).strip() or 0):
                 return
-            if waited_s >= (self.timeout_s if wait_s is None else wait_s):
+            if waited_s >= self.timeout_s:
                 raise StoreError(f"an insert begun over {waited_s:.0f} s ago still runs")
             await asyncio.sleep(EARLIER_INSERTS_POLL_S)
 

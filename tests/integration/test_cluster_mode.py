@@ -102,7 +102,8 @@ def test_erasure_deletes_on_each_shard_and_rebuilds_the_rollups_there() -> None:
     (statement,) = result["statements"]
     assert re.fullmatch(
         r"ALTER TABLE beacon\.events_local ON CLUSTER 'beacon' DELETE WHERE recipient = 'alice' "
-        r"AND received_at <= fromUnixTimestamp64Milli\(\d+, 'UTC'\) SETTINGS mutations_sync = 2",
+        r"AND \(received_at <= fromUnixTimestamp64Milli\(\d+, 'UTC'\) "
+        r"OR inserted_at < toDateTime\(\d+, 'UTC'\)\) SETTINGS mutations_sync = 2",
         statement,
     )
 

@@ -58,6 +58,10 @@ def store(tmp_path: Path) -> Iterator[Store]:
     s.close()
 
 
+def now_ms() -> int:
+    return time.time_ns() // 1_000_000
+
+
 def count(store: Store, where: str = "1") -> int:
     return int(store.writer.query_sync(f"SELECT count() FROM {EVENTS} WHERE {where}", "TSV"))
 
@@ -194,6 +198,19 @@ async def test_an_event_received_after_the_erasure_stays_when_stored_before_its_
     assert recipients_in_rollup(store) == 2  # bob yesterday, alice today: as the events say
 
 
+async def test_a_row_stored_before_the_erasure_goes_whatever_time_its_collector_gave_it(
+    empty: Store,
+) -> None:
+    """A collector's clock ahead of the store's: its row says it came after the erasure, but
+    was stored before it."""
+    store = empty
+    ahead = now_ms() + 600_000
+    store.add([wire("open", ahead, recipient="alice"), wire("open", ahead, recipient="bob")])
+    time.sleep(1.1)  # stored a second before the erasure, as inserted_at tells seconds
+    assert await erasure.erase(store.writer, "recipient", "alice") == 1
+    assert [r["recipient"] for r in store.rows(f"SELECT recipient FROM {EVENTS}")] == ["bob"]
+
+
 class ErasedBeforeTheInsert:
     """The store as an erasure finds it when it comes while a batch is on its way: recorded
     and its DELETE run after the batch read the erasures, before the batch's insert lands."""
@@ -240,9 +257,8 @@ class ErasedEarlierBeforeTheInsert(ErasedBeforeTheInsert):
 
     async def insert_from(self, *args: object) -> None:
         if self.erased is None:
-            record = erasure.record_statement(self.field, self.value)
-            assert "now64(3)" in record
-            await self.writer.execute(record.replace("now64(3)", "now64(3) - toIntervalSecond(5)"))  # type: ignore[attr-defined]
+            record = erasure.record_statement(self.field, self.value, now_ms() - 5_000)
+            await self.writer.execute(record)  # type: ignore[attr-defined]
             self.erased = 0  # its DELETE ran before the insert landed: none of the batch's
         await self.writer.insert_from(*args)  # type: ignore[attr-defined]
 
@@ -274,7 +290,7 @@ class ErasedAroundTheInsert(ErasedBeforeTheInsert):
         writer = self.writer
         if self.erased is None:
             where = erasure.condition(self.field, self.value)
-            await writer.execute(erasure.record_statement(self.field, self.value))  # type: ignore[attr-defined]
+            await writer.execute(erasure.record_statement(self.field, self.value, now_ms()))  # type: ignore[attr-defined]
             by_day = await writer.query(  # type: ignore[attr-defined]
                 f"SELECT DISTINCT toString(toDate(received_at)) FROM {EVENTS} WHERE {where}", "TSV"
             )
