@@ -206,7 +206,7 @@ async def test_a_row_stored_before_the_erasure_goes_whatever_time_its_collector_
     store = empty
     ahead = now_ms() + 600_000
     store.add([wire("open", ahead, recipient="alice"), wire("open", ahead, recipient="bob")])
-    time.sleep(1.1)  # stored a second before the erasure, as inserted_at tells seconds
+    await asyncio.sleep(1.1)  # stored a second before the erasure, as inserted_at tells seconds
     assert await erasure.erase(store.writer, "recipient", "alice") == 1
     assert [r["recipient"] for r in store.rows(f"SELECT recipient FROM {EVENTS}")] == ["bob"]
 
