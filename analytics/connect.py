@@ -16,7 +16,7 @@ def open_writer(settings: StoreSettings) -> Writer:
             settings.clickhouse_url,
             settings.clickhouse_user,
             settings.clickhouse_password,
-            compress=settings.clickhouse_compression == "gzip",
+            compression=settings.clickhouse_compression,
             cluster=settings.cluster,
             replicas_cluster=settings.clickhouse_replicas_cluster,
             insert_quorum=settings.clickhouse_insert_quorum,

@@ -169,7 +169,9 @@ async def consume(opts: argparse.Namespace) -> dict[str, Any]:
     if opts.server:
         from analytics.store.http import HttpWriter
 
-        writer: Any = HttpWriter(opts.server, timeout_s=600, compress=False)  # loopback
+        writer: Any = HttpWriter(
+            opts.server, timeout_s=600, compression=settings.clickhouse_compression
+        )  # the consumer's default, or BEACON_CLICKHOUSE_COMPRESSION
     else:
         from analytics.store.chdb import ChdbWriter
 

@@ -116,15 +116,25 @@ async def test_fields_without_a_column_do_not_fail_an_insert(front, store):
     assert await count(front) == 1
 
 
-async def test_the_insert_carries_its_settings_and_a_gzip_body(front, store):
-    await store.insert(EVENTS, rows(200), "t-gzip")
+async def test_the_insert_carries_its_settings_and_a_compressed_body(front, store):
+    await store.insert(EVENTS, rows(200), "t-zstd")
     seen = front.seen[-1]
-    assert seen.params["insert_deduplication_token"] == "t-gzip"
+    assert seen.params["insert_deduplication_token"] == "t-zstd"
     assert seen.params["async_insert"] == "0"
     assert seen.params["insert_deduplicate"] == "1"  # whatever the server's profile says
     assert seen.params["input_format_skip_unknown_fields"] == "1"
-    assert seen.content_encoding == "gzip"
-    assert seen.wire_bytes * 4 < seen.body_bytes  # the front gunzipped it: really compressed
+    assert seen.content_encoding == "zstd"  # the default
+    assert seen.wire_bytes * 4 < seen.body_bytes  # the front decoded it: really compressed
+    for compression in ("gzip", "none"):
+        writer = HttpWriter(front.url, user="beacon", password=PASSWORD, compression=compression)
+        try:
+            await writer.insert(EVENTS, rows(200, campaign=compression), f"t-{compression}")
+        finally:
+            await writer.close()
+        seen = front.seen[-1]
+        assert seen.content_encoding == ("" if compression == "none" else compression)
+        assert (seen.wire_bytes * 4 < seen.body_bytes) == (compression == "gzip")
+    assert await count(front) == 600
 
 
 async def test_every_statement_asks_for_its_whole_answer_and_a_load_is_not_queued(front, store):
@@ -160,7 +170,7 @@ async def test_an_exception_after_a_200_began_is_a_store_error() -> None:
 
     server = await asyncio.start_server(answer, "127.0.0.1", 0)
     port = server.sockets[0].getsockname()[1]
-    writer = HttpWriter(f"http://127.0.0.1:{port}/", compress=False)
+    writer = HttpWriter(f"http://127.0.0.1:{port}/", compression="none")
     try:
         with pytest.raises(StoreError, match=r"code 241: .*MEMORY_LIMIT_EXCEEDED"):
             await writer.execute("INSERT INTO t SELECT 1")

@@ -32,6 +32,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import cramjam
 from aiohttp import web
 from aiohttp.test_utils import TestServer
 
@@ -260,11 +261,16 @@ class ClickHouseFront:
 
     @staticmethod
     def _decode(raw: bytes, encoding: str) -> str:
-        if encoding not in ("", "gzip"):
+        decoders = {
+            "": bytes,
+            "gzip": gzip.decompress,
+            "zstd": lambda data: bytes(cramjam.zstd.decompress(data)),
+        }
+        if encoding not in decoders:
             raise FrontError(400, 0, f"front: Content-Encoding {encoding} not supported")
         try:
-            return (gzip.decompress(raw) if encoding == "gzip" else raw).decode()
-        except (OSError, EOFError, UnicodeDecodeError) as exc:
+            return decoders[encoding](raw).decode()
+        except (OSError, EOFError, UnicodeDecodeError, cramjam.DecompressionError) as exc:
             raise FrontError(400, 0, f"front: unreadable body: {exc}") from None
 
     def _authenticate(self, request: web.Request) -> None:
