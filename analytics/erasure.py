@@ -136,12 +136,18 @@ def erased_rows(fields: list[str], alias: str, since_ms: int) -> str:
 
 def listed_rows(erased: Mapping[str, Mapping[int, int]]) -> str:
     """The same condition, over the events table's own columns, for the ids `erased` lists:
-    {field: {id hash: time in ms}}; "" for none."""
+    {field: {id hash: time in ms}}, and rows stored a second or more before their erasure
+    whatever their time says, as `erase` deletes them; "" for none."""
     terms = []
     for field, by_hash in erased.items():
         hashes = f"[{', '.join(map(str, by_hash))}]::Array(UInt64)"
         times = f"[{', '.join(map(str, by_hash.values()))}]::Array(Int64)"
-        terms.append(_erased_term(field, "", hashes, times) if by_hash else "")
+        term = _erased_term(field, "", hashes, times) if by_hash else ""
+        if term:
+            never = f"toInt64({NEVER_MS})"
+            erased_ms = f"transform({hashed(FIELDS[field])}, {hashes}, {times}, {never})"
+            term = f"({term} OR toUnixTimestamp(inserted_at) < intDiv({erased_ms}, 1000))"
+        terms.append(term)
     return " OR ".join(t for t in terms if t)
 
 

@@ -88,8 +88,9 @@ async def query_server(settings: StoreSettings, sql: str, fmt: str) -> str:
     from analytics.store.readers import READ_FORMAT_SETTINGS
 
     writer = HttpWriter(
-        settings.clickhouse_url, settings.clickhouse_user, settings.clickhouse_password
-    )
+        settings.clickhouse_url, settings.clickhouse_user, settings.clickhouse_password,
+        compression=settings.clickhouse_compression,
+    )  # fmt: skip
     try:
         return await writer.query(sql, fmt, READ_FORMAT_SETTINGS)
     finally:

@@ -79,14 +79,10 @@ def _erase_at_store_port(
 def run_erase(settings: StoreSettings, field: str, value: str) -> tuple[int, str]:
     """(rows erased, where): through ClickHouse, the store's port, or the store directly."""
     if settings.clickhouse_url:
-        from analytics.store.http import HttpWriter
+        from analytics.connect import open_writer
 
-        writer: Writer = HttpWriter(
-            settings.clickhouse_url,
-            settings.clickhouse_user,
-            settings.clickhouse_password,
-            cluster=settings.cluster,  # a cluster erases on each shard (analytics/erasure.py)
-        )
+        # As the consumers' (a cluster erases on each shard; replicas record on their quorum).
+        writer: Writer = open_writer(settings)
         return _erase_here(settings, writer, field, value, "clickhouse")
     found = owner.owner(settings.data_dir, owner.CONSUMER)
     if found is not None:

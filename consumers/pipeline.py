@@ -116,7 +116,7 @@ class Pipeline:
         for batch in batches:
             if not batch.stored:
                 waited = batch.replay or batch.insert_failed
-                if waited and not await self._await_earlier(batch):
+                if waited and (not self.feed.owns(batch) or not await self._await_earlier(batch)):
                     continue
                 # Under the feed's lock: a revocation waits for the insert, or comes first
                 # and the batch is the next owner's (who replays it) and not inserted here.

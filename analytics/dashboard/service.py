@@ -56,8 +56,9 @@ async def serve(settings: StoreSettings, host: str, port: int) -> None:
     from analytics.store.http import HttpWriter
 
     writer = HttpWriter(
-        settings.clickhouse_url, settings.clickhouse_user, settings.clickhouse_password
-    )
+        settings.clickhouse_url, settings.clickhouse_user, settings.clickhouse_password,
+        compression=settings.clickhouse_compression,
+    )  # fmt: skip
     reader = HttpReader(writer, settings.read_limits)
     app = create_dashboard_app(reader, settings.dashboard_token, WebConfig.from_settings(settings))
     runner = web.AppRunner(app, access_log=None, handle_signals=False)

@@ -163,10 +163,15 @@ class HttpWriter:
         return self._session
 
     async def _post(
-        self, params: dict[str, str], body: bytes | Sequence[bytes], prefix: str = QUERY_ID_PREFIX
+        self,
+        params: dict[str, str],
+        body: bytes | Sequence[bytes],
+        prefix: str = QUERY_ID_PREFIX,
+        in_session: bool = True,
     ) -> str:
         """One statement; any failure to get a 200 answer is a StoreError (the caller retries).
-        A body in pieces goes uncompressed as they are (chunked), never joined in memory."""
+        A body in pieces goes as they are (chunked) when uncompressed; compressed, joined.
+        `in_session`: in the writer's server session (new_session), else in none."""
         data: bytes | AsyncIterator[bytes]
         if self.compression == "none":
             data = body if isinstance(body, bytes) else each(body)
@@ -175,10 +180,12 @@ class HttpWriter:
             data = await compressed(whole, self.compression)
         try:
             async with self._one_at_a_time:
-                params = {**params, **STATEMENT_PARAMS, **self._server_session}
+                params = {**params, **STATEMENT_PARAMS}
+                if in_session:
+                    params |= self._server_session
+                    if self._check_session and self._session_opened:
+                        params["session_check"] = "1"
                 params["query_id"] = f"{prefix}{uuid.uuid4().hex}"
-                if self._check_session and self._session_opened:
-                    params["session_check"] = "1"
                 async with self._client().post(self.url, params=params, data=data) as response:
                     text = await response.text(errors="replace")
                     # An exception's code with a 200: it came after the answer began.
@@ -188,7 +195,7 @@ class HttpWriter:
                         raise StoreError(
                             f"ClickHouse HTTP {response.status}, code {code}: {message}"
                         )
-                    self._session_opened = True
+                    self._session_opened |= in_session
                     return text
         except (aiohttp.ClientError, TimeoutError, OSError) as exc:
             raise StoreError(f"ClickHouse at {self.url} unreachable: {exc!r}") from exc
@@ -250,7 +257,10 @@ class HttpWriter:
         while True:
             waited_s = time.monotonic() - began_s
             sql = earlier_inserts_sql(self.processes_cluster, waited_s, batch)
-            if not int((await self.query(sql, "TSV", settings)).strip() or 0):
+            # In no session: the batch's last one may be held by the very insert looked for
+            # (SESSION_IS_LOCKED), or gone with a server (SESSION_NOT_FOUND) for good.
+            params = {**settings, "default_format": "TSV"}
+            if not int((await self._post(params, sql.encode(), in_session=False)).strip() or 0):
                 return
             if waited_s >= self.timeout_s:
                 raise StoreError(f"an insert begun over {waited_s:.0f} s ago still runs")

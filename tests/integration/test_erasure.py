@@ -277,6 +277,33 @@ async def test_an_erasure_stamped_before_one_the_batch_read_still_erases_it(
     assert count(store, "visitor_id = 42") == 0 and count(store, "recipient = 'alice'") == 1
 
 
+class ErasedAsTheInsertLands(ErasedBeforeTheInsert):
+    """An erasure recorded (two seconds on) while the batch's insert runs, its DELETE done
+    before the insert's parts land: their rows are stored before it, by inserted_at."""
+
+    async def insert_from(self, *args: object) -> None:
+        await self.writer.insert_from(*args)  # type: ignore[attr-defined]
+        record = erasure.record_statement(self.field, self.value, now_ms() + 2_000)
+        await self.writer.execute(record)  # type: ignore[attr-defined]
+
+
+async def test_a_batchs_erase_step_takes_its_rows_stored_before_the_erasure_whatever_their_time(
+    empty: Store,
+) -> None:
+    """As `erase` does: a collector's clock ahead put alice's row after the erasure."""
+    store = empty
+    events = [
+        wire("open", now_ms() + 600_000, recipient="alice"),
+        wire("open", now_ms(), recipient="bob"),
+    ]
+    racing = ErasedAsTheInsertLands(store.writer, "recipient", "alice")
+    ingest = Ingest(racing)  # type: ignore[arg-type]
+    stored = await ingest.store(body(events), "beacon.events-0-0-1")
+    assert stored.erase is not None and count(store, "recipient = 'alice'") == 1
+    assert await ingest.erase_recorded(stored.erase) == 1
+    assert count(store, "recipient = 'alice'") == 0 and count(store, "recipient = 'bob'") == 1
+
+
 def count_rows(writer: object, where: str) -> int:
     return int(writer.query_sync(f"SELECT count() FROM {EVENTS} WHERE {where}", "TSV"))  # type: ignore[attr-defined]
 

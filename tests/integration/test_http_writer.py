@@ -198,6 +198,16 @@ async def test_replicas_behind_one_address_take_an_insert_on_a_quorum(front, sto
     assert await count(front) == 7
 
 
+async def test_the_look_for_an_earlier_insert_needs_no_session(front, store):
+    """A retry looks before its batch's statements: the last session it opened may be held
+    by the very insert looked for, or gone with its server for good."""
+    store.new_session("beacon.events-0-0-1")
+    await store.execute("SELECT 1")  # the batch's session, opened
+    front.sessions.clear()  # its server restarted, or another answers at the address
+    await store.await_earlier_inserts("beacon.events-0-0-1")
+    assert "session_id" not in front.seen[-1].params
+
+
 async def test_queries_answer_in_the_format_asked(store):
     await store.insert(EVENTS, rows(3), "t-formats")
     sql = f"SELECT campaign, count() AS n FROM {EVENTS} GROUP BY campaign"
