@@ -270,11 +270,21 @@ async def test_an_erasure_stamped_before_one_the_batch_read_still_erases_it(
     await erasure.erase(store.writer, "recipient", "carol")  # the batch reads this one
     events = [wire("open", at_ms, recipient="alice"), wire("open", at_ms + 1, visitor_id=42)]
     racing = ErasedEarlierBeforeTheInsert(store.writer, "visitor", "42")
+    await assert_the_erase_step_takes(
+        store, racing, events, "visitor_id = 42", "recipient = 'alice'"
+    )
+
+
+async def assert_the_erase_step_takes(
+    store: Store, racing: ErasedBeforeTheInsert, events: list[dict], erased: str, kept: str
+) -> None:
+    """The batch stored through `racing`, its row `erased` still there; its erase step then
+    takes that one row and leaves the `kept` one."""
     ingest = Ingest(racing)  # type: ignore[arg-type]
     stored = await ingest.store(body(events), "beacon.events-0-0-1")
-    assert stored.erase is not None and count(store, "visitor_id = 42") == 1
+    assert stored.erase is not None and count(store, erased) == 1
     assert await ingest.erase_recorded(stored.erase) == 1
-    assert count(store, "visitor_id = 42") == 0 and count(store, "recipient = 'alice'") == 1
+    assert count(store, erased) == 0 and count(store, kept) == 1
 
 
 class ErasedAsTheInsertLands(ErasedBeforeTheInsert):
@@ -297,11 +307,9 @@ async def test_a_batchs_erase_step_takes_its_rows_stored_before_the_erasure_what
         wire("open", now_ms(), recipient="bob"),
     ]
     racing = ErasedAsTheInsertLands(store.writer, "recipient", "alice")
-    ingest = Ingest(racing)  # type: ignore[arg-type]
-    stored = await ingest.store(body(events), "beacon.events-0-0-1")
-    assert stored.erase is not None and count(store, "recipient = 'alice'") == 1
-    assert await ingest.erase_recorded(stored.erase) == 1
-    assert count(store, "recipient = 'alice'") == 0 and count(store, "recipient = 'bob'") == 1
+    await assert_the_erase_step_takes(
+        store, racing, events, "recipient = 'alice'", "recipient = 'bob'"
+    )
 
 
 def count_rows(writer: object, where: str) -> int:
