@@ -25,10 +25,6 @@ class DelayProxy:
     def __init__(self, target_port: int) -> None:
         self.target_port = target_port
         self.delay_ms = 0.0  # per direction; read as each chunk arrives, so it can change live
-        # True: the request reaches the target, its answer never reaches the client, whose
-        # connection is closed instead (work done, acknowledgement lost).
-        self.drop_replies = False
-        self.dropped_replies = 0
         self.port = 0
         self.connections = 0
         self.refused = 0  # client connections closed because the target did not accept
@@ -75,17 +71,15 @@ class DelayProxy:
             self.refused += 1
             client_w.close()
             return
-        for reader, writer, reply in ((client_r, target_w, False), (target_r, client_w, True)):
-            task = asyncio.create_task(self._pipe(reader, writer, reply))
+        for reader, writer in ((client_r, target_w), (target_r, client_w)):
+            task = asyncio.create_task(self._pipe(reader, writer))
             self._tasks.add(task)
             task.add_done_callback(self._tasks.discard)
 
-    async def _pipe(
-        self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter, reply: bool
-    ) -> None:
+    async def _pipe(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         """Read chunks as they come; write each one once it is `delay_ms` old, in order."""
         queue: asyncio.Queue[tuple[float, bytes]] = asyncio.Queue()
-        sender = asyncio.create_task(self._send_late(queue, writer, reply))
+        sender = asyncio.create_task(self._send_late(queue, writer))
         try:
             while True:
                 chunk = await reader.read(CHUNK_BYTES)
@@ -101,16 +95,12 @@ class DelayProxy:
             writer.close()
 
     async def _send_late(
-        self, queue: asyncio.Queue[tuple[float, bytes]], writer: asyncio.StreamWriter, reply: bool
+        self, queue: asyncio.Queue[tuple[float, bytes]], writer: asyncio.StreamWriter
     ) -> None:
         while True:
             due_s, chunk = await queue.get()
             await asyncio.sleep(max(0.0, due_s - time.monotonic()))
             if chunk == _EOF:
-                return
-            if reply and self.drop_replies:
-                self.dropped_replies += 1
-                writer.transport.abort()  # a reset, not a clean end: nothing of it arrives
                 return
             writer.write(chunk)
             await writer.drain()

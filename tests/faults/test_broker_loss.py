@@ -434,6 +434,11 @@ async def test_kafka_broker_lost_for_good(
         exit_codes="{}/{}".format(*exits),
     )
     assert result.sent > 2000, f"too little load to mean anything: {result}, {load.failures}"
+    assert not load.failures, f"pixels not answered 200: {dict(load.failures)}"
+    # What the case is about: the node killed led a partition of the topic, and readiness was
+    # asked throughout what followed.
+    assert led, f"node {victim} led none of {topic}'s partitions"
+    assert len(samples) >= 20, f"/readyz asked {len(samples)} times after the kill"
     assert not result.lost, (
         f"{result.sent - result.stored} answered events not stored {CATCH_UP_TIMEOUT_S:g} s "
         f"after the load: {result}\ncollector:\n{collector.log_tail()}\n"

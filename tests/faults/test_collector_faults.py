@@ -400,6 +400,7 @@ async def test_spool_at_its_byte_limit(procs: Procs, tmp_path: Path, durability:
         sent_after_free=len(after.sent()),
         stored_after_free=len(after.sent() & stored),
         non_200=load.other_status + after.other_status,
+        refused=load.errors + after.errors,
         reasons=",".join(sorted(reasons)),
         exit_code=str(exit_code),
     )
@@ -408,6 +409,7 @@ async def test_spool_at_its_byte_limit(procs: Procs, tmp_path: Path, durability:
     assert exit_code == 0, serve.log_tail()
     assert not doubled_markers(ids), f"double counts: {doubled_markers(ids)[:5]}"
     assert load.other_status == 0 and after.other_status == 0  # every pixel answered 200
+    assert load.errors == 0 and after.errors == 0  # none reset or timed out unanswered
     assert set(reasons) == {'beacon_events_dropped_total{reason="spool_full"}'}
     assert dropped_when_full > 0 and ready_when_full == 503
     assert len(sent - stored) == dropped  # nothing lost that was not counted

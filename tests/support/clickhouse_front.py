@@ -116,6 +116,10 @@ class ClickHouseFront:
         # Set: a statement for which it gives an Event waits for it before it runs (it is
         # listed in system.processes meanwhile), as one that a busy server is slow to finish.
         self.hold: Callable[[str], threading.Event | None] | None = None
+        # Set: a request for which it says True runs to its end and its answer is lost (the
+        # connection closed instead), as a server's whose client timed out or whose link broke.
+        self.loses_answer: Callable[[Seen], bool] | None = None
+        self.lost_answers: list[Seen] = []
         # query_id -> (query_kind, time.monotonic() at its start) of each statement running.
         self.running: dict[str, tuple[str, float]] = {}
         self.busy: set[str] = set()  # sessions running a statement: a session runs one at a time
@@ -173,7 +177,8 @@ class ClickHouseFront:
         try:
             body = self._decode(raw, encoding)
             statement = request.query.get("query") or body
-            self.seen.append(Seen(dict(request.query), encoding, len(raw), len(body), statement))
+            seen = Seen(dict(request.query), encoding, len(raw), len(body), statement)
+            self.seen.append(seen)
             if self.fail_all:
                 raise FrontError(503, 0, "front: failing on purpose")
             self._authenticate(request)
@@ -205,6 +210,10 @@ class ClickHouseFront:
             return web.Response(status=exc.status, text=exc.message + "\n", headers=headers)
         if self.moves_after is not None and self.moves_after(self.seen[-1]):
             self.sessions.clear()
+        if self.loses_answer is not None and self.loses_answer(seen):
+            self.lost_answers.append(seen)
+            assert request.transport is not None
+            request.transport.close()  # ran, stored, and no answer reaches the client
         return web.Response(text=out)
 
     def _run_listed(
