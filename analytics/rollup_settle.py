@@ -60,15 +60,18 @@ class Settler:
         visit_gap_s: int = visits.DEFAULT_VISIT_GAP_S,
         with_visits: bool = True,
         rollups: tuple[Rollup, ...] = ROLLUPS,
+        keep_gap: bool = False,
     ) -> None:
         """`suffix`: "_local" on a shard of a cluster, where the tables the views fill are
         `<name>_local` (deploy/clickhouse/cluster.sql); no shard holds whole visits, so
         visits are settled on a single server only (analytics/visits.py). `with_visits`:
         False before the schema has them, as `rollups` names those it has (the backfill of
-        migration 5)."""
+        migration 5). `keep_gap`: a settled day's visits are cut again with the gap it was
+        settled with, not `visit_gap_s` (an erasure's rebuild)."""
         self.writer = writer
         self.rollups = rollups
         self.visit_gap_s = visit_gap_s
+        self.keep_gap = keep_gap
         self.with_visits = with_visits and not suffix
         self.suffix = suffix
         self.events = EVENTS + suffix
@@ -235,6 +238,14 @@ class Settler:
         stage = f"{visits.VISITS}_stage_{os.getpid()}_{uuid.uuid4().hex[:12]}"
         partition = f"PARTITION tuple({day_literal(day)})"
         gap_s = self.visit_gap_s if settled else 0
+        if settled and self.keep_gap:
+            # An erasure's rebuild: the gap the day was settled with, whatever this process's
+            # (the default, in `beacon erase`): another would leave the day due, read raw.
+            [kept] = await self._rows(
+                f"SELECT max(visit_gap_s) FROM {visits.VISITS_SETTLED} FINAL "
+                f"WHERE day = {day_literal(day)}"
+            )
+            gap_s = int(kept) or gap_s
         if not settled:
             await self.writer.execute(f"ALTER TABLE {visits.VISITS} DROP {partition}")
         else:
@@ -360,4 +371,8 @@ async def rebuild_after_erasure(writer: Writer, days: Iterable[str]) -> None:
     """Recompute the rollups of the days an erasure touched (ISO dates): here, or on each
     shard of a cluster (its `<name>_local` tables)."""
     dates = [dt.date.fromisoformat(d) for d in days]
-    await on_rollups(writer, lambda settler: settler.rebuild(dates))
+    await on_rollups(
+        writer,
+        lambda settler: settler.rebuild(dates),
+        lambda w, suffix: Settler(w, suffix=suffix, keep_gap=True),
+    )

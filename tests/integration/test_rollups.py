@@ -31,6 +31,7 @@ from analytics.schema import EVENTS
 from analytics.store import StoreError
 from analytics.store.http import HttpWriter
 from analytics.views import VIEWS, Request, view_rows
+from analytics.visits import VISITS_SETTLED
 from consumers.enrich import Enricher
 from tests.support.chdb_events import Store, wire
 from tests.support.clickhouse_front import ClickHouseFront
@@ -488,6 +489,20 @@ def test_erasure_rebuilds_the_rollups_without_the_person(store: Store) -> None:
         f"WHERE campaign = 'mail-1' UNION ALL SELECT uniqExactState('r1'), 0)"
     )
     assert found == {"kept": 42, "with_r1": 43}
+
+
+def test_an_erasures_rebuild_keeps_the_visit_gap_its_days_were_settled_with(
+    store: Store,
+) -> None:
+    """`beacon erase` runs with the default gap: a day settled with another kept it (with the
+    default, the next pass settled the day again, read from raw events meanwhile)."""
+    store.add(traffic(2, 2))
+    day = dt.datetime.now(dt.UTC).date() - dt.timedelta(days=2)
+    settler = Settler(store.writer, settler_of(store).clock, insert_margin_s=-5, visit_gap_s=600)
+    assert run(settler.settle_due()) == [day]
+    assert run(erasure.erase(store.writer, "recipient", "r1")) > 0
+    gap = f"SELECT max(visit_gap_s) AS gap FROM {VISITS_SETTLED} FINAL WHERE day = '{day}'"
+    assert store.rows(gap) == [{"gap": 600}]
 
 
 class CutAfterDelete:
