@@ -142,16 +142,19 @@ def listed_rows(erased: Mapping[str, Mapping[int, int]]) -> str:
     for field, by_hash in erased.items():
         hashes = f"[{', '.join(map(str, by_hash))}]::Array(UInt64)"
         times = f"[{', '.join(map(str, by_hash.values()))}]::Array(Int64)"
-        term = _erased_term(field, "", hashes, times) if by_hash else ""
-        if term:
-            never = f"toInt64({NEVER_MS})"
-            erased_ms = f"transform({hashed(FIELDS[field])}, {hashes}, {times}, {never})"
-            term = f"({term} OR toUnixTimestamp(inserted_at) < intDiv({erased_ms}, 1000))"
-        terms.append(term)
+        terms.append(_erased_term(field, "", hashes, times, stored=True) if by_hash else "")
     return " OR ".join(t for t in terms if t)
 
 
-def _erased_term(field: str, prefix: str, hashes: str, times: str) -> str:
+def stored_before(erased_ms: str) -> str:
+    """A row stored a second or more before the erasure at `erased_ms` (an SQL expression of
+    ms): in whole seconds, as inserted_at keeps them, the erasure's own left to received_at."""
+    return f"toUnixTimestamp(inserted_at) < intDiv({erased_ms}, 1000)"
+
+
+def _erased_term(field: str, prefix: str, hashes: str, times: str, stored: bool = False) -> str:
+    """`stored`: also a row stored before its erasure whatever its time says (stored_before;
+    the events table's rows have inserted_at, a batch's staged ones not yet)."""
     column = FIELDS.get(field)
     if column is None:
         return ""  # a request kind this version does not know
@@ -163,7 +166,9 @@ def _erased_term(field: str, prefix: str, hashes: str, times: str) -> str:
     # In milliseconds, so that an id never erased (the default) is before every row, even
     # one of a producer that wrote a received_at at the epoch (or before it, stored by an
     # older consumer: refused now).
-    return f"{at} <= transform({hashed(prefix + column)}, {hashes}, {times}, toInt64({NEVER_MS}))"
+    erased_ms = f"transform({hashed(prefix + column)}, {hashes}, {times}, toInt64({NEVER_MS}))"
+    term = f"{at} <= {erased_ms}"
+    return f"({term} OR {stored_before(erased_ms)})" if stored else term
 
 
 async def erase(writer: Writer, field: str, value: str) -> int:
@@ -184,11 +189,9 @@ async def erase(writer: Writer, field: str, value: str) -> int:
     # The rows received up to the erasure, as the consumer leaves them out: one of the
     # person's received after it (they came back) is stored, and stays, in the events and in
     # the rollups of its day, which the DELETE would otherwise take and the rebuild not see.
-    # And every row stored before it, whatever its time says (a collector's clock ahead): in
-    # whole seconds, as inserted_at keeps them, the erasure's own left to received_at.
+    # And every row stored before it, whatever its time says (a collector's clock ahead).
     until = f"fromUnixTimestamp64Milli({at_ms}, 'UTC')"
-    stored = f"toDateTime({at_ms // 1000}, 'UTC')"
-    where = f"{column} = {literal} AND (received_at <= {until} OR inserted_at < {stored})"
+    where = f"{column} = {literal} AND (received_at <= {until} OR {stored_before(str(at_ms))})"
     return await delete_rows(writer, where, cluster)
 
 

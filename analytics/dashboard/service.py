@@ -15,9 +15,10 @@ import sys
 from aiohttp import web
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
 
+from analytics.connect import open_reader, open_writer
 from analytics.dashboard.app import add_dashboard
 from analytics.settings import StoreSettings
-from analytics.store.readers import HttpReader, Reader
+from analytics.store.readers import Reader
 from analytics.web import WebConfig
 
 log = logging.getLogger("beacon.dashboard")
@@ -53,13 +54,8 @@ def create_dashboard_app(
 
 
 async def serve(settings: StoreSettings, host: str, port: int) -> None:
-    from analytics.store.http import HttpWriter
-
-    writer = HttpWriter(
-        settings.clickhouse_url, settings.clickhouse_user, settings.clickhouse_password,
-        compression=settings.clickhouse_compression,
-    )  # fmt: skip
-    reader = HttpReader(writer, settings.read_limits)
+    writer = open_writer(settings)  # the server's: dashboard_command requires its URL
+    reader = open_reader(settings, writer)
     app = create_dashboard_app(reader, settings.dashboard_token, WebConfig.from_settings(settings))
     runner = web.AppRunner(app, access_log=None, handle_signals=False)
     await runner.setup()

@@ -103,7 +103,7 @@ def test_erasure_deletes_on_each_shard_and_rebuilds_the_rollups_there() -> None:
     assert re.fullmatch(
         r"ALTER TABLE beacon\.events_local ON CLUSTER 'beacon' DELETE WHERE recipient = 'alice' "
         r"AND \(received_at <= fromUnixTimestamp64Milli\(\d+, 'UTC'\) "
-        r"OR inserted_at < toDateTime\(\d+, 'UTC'\)\) SETTINGS mutations_sync = 2",
+        r"OR toUnixTimestamp\(inserted_at\) < intDiv\(\d+, 1000\)\) SETTINGS mutations_sync = 2",
         statement,
     )
 
