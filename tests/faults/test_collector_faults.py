@@ -36,7 +36,7 @@ from tests.faults.report import record
 from tests.support.helpers import segments_of
 
 LOAD_S = 1.5  # load before the fault
-SPOOL_FULL_LOAD_S = 4.0  # ~1,100-2,000 events a second here: 2-4x the smallest spool's room
+SPOOL_FULL_TIMEOUT_S = 60.0  # load until the smallest spool is full, at most this long
 MAX_REQUESTS = 8000  # per case, whatever the machine's speed
 CONCURRENCY = 8
 RATE_PER_S = 2000  # all clients together: the fault lands mid-load, not after it
@@ -74,6 +74,10 @@ class TimedLoad:
 
     def sent(self) -> set[str]:
         return set(self.answered)
+
+    def running(self) -> bool:
+        """Some client has markers left to send."""
+        return any(not task.done() for task in self._tasks)
 
     async def _client(self) -> None:
         timeout = aiohttp.ClientTimeout(total=10)
@@ -354,7 +358,12 @@ async def test_spool_at_its_byte_limit(procs: Procs, tmp_path: Path, durability:
     )
     base = base_url(serve)
     load = TimedLoad(base, case).start()
-    await asyncio.sleep(SPOOL_FULL_LOAD_S)
+    # Until the spool is full (~2,400 events of this load): however slow the machine is today.
+    began = time.monotonic()
+    while time.monotonic() - began < SPOOL_FULL_TIMEOUT_S and load.running():
+        if metric_sum(scrape(base), "beacon_events_dropped_total"):
+            break
+        await asyncio.sleep(0.2)
     await load.stop()
     dropped_when_full = metric_sum(scrape(base), "beacon_events_dropped_total")
     ready_when_full = http_get(base + "/readyz")[0]

@@ -346,7 +346,7 @@ async def test_kafka_slowed_by_a_delaying_proxy(
 
 # -- a consumer SIGKILLed while a batch is on its way ----------------------------------------
 
-MAX_KILLS = 4
+MAX_KILLS = 8
 WANT_MID_BATCH_KILLS = 2
 INFLIGHT_PREFIX = "beacon-inflight:"
 

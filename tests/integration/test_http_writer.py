@@ -363,8 +363,10 @@ async def test_a_retry_waits_for_its_own_batchs_insert_still_running_not_another
     gate = threading.Event()
     front.hold = lambda statement: gate if statement.startswith("INSERT") else None
     running = HttpWriter(front.url, user="beacon", password=PASSWORD)
+    # The wait's bound is the writer's timeout, each request's too: long enough for a loaded
+    # machine's answer to the count, short enough for the test.
     waiting = HttpWriter(
-        front.url, user="beacon", password=PASSWORD, timeout_s=0.5, replicas_cluster=replicas
+        front.url, user="beacon", password=PASSWORD, timeout_s=3.0, replicas_cluster=replicas
     )
     running.new_session("beacon.events-0-0-9")
     insert = asyncio.create_task(running.insert(EVENTS, rows(1), "beacon.events-0-0-9"))

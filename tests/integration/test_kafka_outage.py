@@ -229,7 +229,7 @@ async def test_start_while_kafka_is_down_then_replay(
     await fire_pixels(client, 0, 100)  # served while producer.start() keeps failing
     assert not sink.connected()
     assert await status(client, "/readyz") == 200  # the spool takes them meanwhile
-    await wait_for(lambda: any(own_settings.spool_dir.glob("*.ndjson")), 10, "a closed segment")
+    await wait_for(lambda: any(own_settings.spool_dir.glob("*.ndjson")), 60, "a closed segment")
 
     await asyncio.to_thread(own_broker.start)
     await wait_for(sink.connected, 60, "the sink to reach Kafka")

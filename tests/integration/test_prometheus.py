@@ -265,6 +265,9 @@ async def test_dashboard_queries_evaluate(prometheus: Prometheus, collector_port
     sender = asyncio.create_task(send_pixels(collector_port, stop_sending))
     try:
         await prometheus.wait_for(f"rate(beacon_requests_total[{WINDOW}])")
+        # The hot path's series begins at the first pixel, maybe a scrape after the counters.
+        pixels = 'beacon_hot_path_seconds_count{endpoint="pixel"}'
+        await prometheus.wait_for(f"rate({pixels}[{WINDOW}])")
         empty = []
         for dashboard, title, expr in dashboard_promql(rate_interval=WINDOW):
             result = await prometheus.query(expr)  # raises on a parse or evaluation error

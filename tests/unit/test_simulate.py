@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import datetime as dt
+import time
 from collections import Counter, defaultdict
 
 import orjson
@@ -74,9 +75,9 @@ async def test_beacon_simulate_sends_every_event_and_prints_the_truth(
     assert truth["signed"] is signed
     expected = plan(SMALL, signed)[1].as_dict()
     assert {k: truth[k] for k in expected} == expected
-    for _ in range(100):  # the collector's buffer hands events over every few ms
-        if len(sink.events()) >= truth["events_total"]:
-            break
+    deadline = time.monotonic() + 30  # the collector's buffer hands events over every few ms
+    while len(sink.events()) < truth["events_total"]:
+        assert time.monotonic() < deadline, "the buffer never handed every event over"
         await asyncio.sleep(0.02)
     stored = Counter((e["site"], e["campaign"], e["event_type"]) for e in sink.events())
     assert stored == {(e["site"], e["campaign"], e["event_type"]): e["events"]
