@@ -224,10 +224,12 @@ class KafkaLink:
 
     async def _run(self) -> None:
         while not self._stop.is_set():
+            # Cleared before the connect, not after it: a close() during the connect would
+            # otherwise be wiped out, and the wait below (and close with it) never end.
+            self._changed.clear()
             if not self.up:
                 await self._connect_once()
-            if self.up:
-                self._changed.clear()
+            if self.up and not self._stop.is_set():
                 await self._changed.wait()  # until mark_down or close
             # Down, or just marked down: not tried again at once, or a broker whose metadata
             # answers while every send fails would be tried at network speed.

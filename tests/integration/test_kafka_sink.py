@@ -19,6 +19,7 @@ from collector.settings import SettingsError
 from collector.sinks.kafka import KafkaSink
 from collector.sinks.spool import SpoolSink
 from collector.spool.replay import read_events
+from collector.spool.writer import spool_limits
 from tests.support.helpers import free_port, metric_value
 from tests.support.kafka_sink import (
     EVENT_FIELDS,
@@ -271,6 +272,31 @@ def test_replay_reads_a_segment_in_parts_and_never_cuts_an_event(tmp_path) -> No
     assert len(parts) > 10
     assert [e for part in parts for e in part] == [*events, torn]
     assert all(sum(map(len, part)) < 50 + 30 for part in parts)  # ~50 bytes, one event more
+
+
+async def test_a_close_while_the_link_connects_ends_once_it_has(
+    settings, metrics, kafka_bootstrap, kafka_topic
+):
+    # A stop that comes as the link reconnects (Kafka back, or taken for down after a late
+    # ack): the connect ends, and so does close, not held until the process is killed.
+    live = replace(settings, kafka_bootstrap=kafka_bootstrap, kafka_topic=kafka_topic)
+    sink = KafkaSink(live, metrics, SpoolSink(live.spool_dir, metrics, **spool_limits(live)))
+    connect, connecting, go_on = sink.link._connect_once, asyncio.Event(), asyncio.Event()
+
+    async def held_connect() -> None:
+        connecting.set()
+        await go_on.wait()
+        await connect()
+
+    sink.link._connect_once = held_connect  # type: ignore[method-assign]
+    sink.start()
+    await asyncio.wait_for(connecting.wait(), 30)
+    closing = asyncio.create_task(sink.close())
+    await asyncio.sleep(0.2)  # close has asked the link to stop: it waits for the connect
+    assert not closing.done()
+    go_on.set()
+    await asyncio.wait_for(closing, 60)
+    assert not sink.connected()
 
 
 async def test_events_queued_longer_than_the_timeout_go_to_the_spool_not_to_kafka(
