@@ -111,7 +111,7 @@ class SpoolReplayer:
         self._wake.set()
 
     async def stop(self) -> None:
-        """Stop after the segment in progress (bounded by the producer's ack timeout)."""
+        """Stop after the part in progress (bounded by the producer's ack timeout)."""
         self._stop.set()
         self._wake.set()
         if self._task is not None:
@@ -150,12 +150,12 @@ class SpoolReplayer:
         for path in paths:
             if (until_stopped and self._stop.is_set()) or not self.link.up:
                 return
-            if not await self._replay(path):
-                return  # Kafka failed us: try again once it is back up
+            if not await self._replay(path, until_stopped):
+                return  # Kafka failed us, or a stop: try again once it is back up
 
-    async def _replay(self, path: Path) -> bool:
+    async def _replay(self, path: Path, until_stopped: bool = True) -> bool:
         """Send one segment; True if it is done (sent and deleted, or not ours to send, or
-        sent and not deletable)."""
+        sent and not deletable). `until_stopped`: a stop ends it after the part in flight."""
         f = await asyncio.to_thread(open_locked, path)
         if f is None:
             return True
@@ -172,6 +172,10 @@ class SpoolReplayer:
                 replayed += len(events)
                 self._acked_bytes[key] = f.tell()
                 self.metrics.kafka_replayed.inc(len(events))
+                if until_stopped and self._stop.is_set():
+                    # A stop waits for one part, not a whole segment (16 MiB: 16 acks, each
+                    # up to kafka_timeout_ms): drain() goes on from the part acknowledged.
+                    return False
             # Still under our flock, so no other process re-sends it. No directory fsync: a
             # power loss that undoes the unlink costs a duplicate replay, not an event.
             try:

@@ -299,6 +299,31 @@ async def test_a_close_while_the_link_connects_ends_once_it_has(
     assert not sink.connected()
 
 
+async def test_a_stop_ends_a_segments_replay_after_its_part_and_the_drain_sends_the_rest(
+    settings, metrics, kafka_bootstrap, kafka_topic
+):
+    # A stop waited for the whole segment in replay (up to 16 MiB, an ack timeout a part), so
+    # a shutdown could outlast its grace period before the drain began.
+    live = replace(settings, kafka_bootstrap=kafka_bootstrap, kafka_topic=kafka_topic)
+    events = [orjson.dumps({"event_id": str(i)}) for i in range(2000)]
+    spool = SpoolSink(live.spool_dir, metrics, **spool_limits(live))
+    await spool.send(events)
+    await spool.close()  # one closed segment, ~40 KB: ~600 parts of 64 bytes
+    sink = KafkaSink(live, metrics, SpoolSink(live.spool_dir, metrics, **spool_limits(live)))
+    sink.replayer.chunk_bytes = 64
+    sink.start()
+    replayed = lambda: metric_value(metrics, "beacon_kafka_replayed_events_total")  # noqa: E731
+    await wait_for(lambda: replayed() > 0, 30, "the replay to begin")
+    await sink.replayer.stop()
+    assert 0 < replayed() < len(events)  # stopped within the segment
+    assert spooled_events(live.spool_dir) == events  # kept whole until it is all sent
+    await sink.close()  # the drain goes on from the part acknowledged
+    assert replayed() == len(events)
+    assert spooled_events(live.spool_dir) == []
+    landed = events_in(await read_topic(kafka_bootstrap, kafka_topic))
+    assert sorted(landed) == sorted(events)  # each once
+
+
 async def test_events_queued_longer_than_the_timeout_go_to_the_spool_not_to_kafka(
     settings, metrics, kafka_bootstrap, kafka_topic
 ):
