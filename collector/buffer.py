@@ -52,12 +52,17 @@ class EventBuffer:
         self._events: list[bytes] = []
         self._task: asyncio.Task[None] | None = None
         self._stop = asyncio.Event()
+        self._closed = False
 
     def __len__(self) -> int:
         return len(self._events)
 
     def offer(self, event: bytes) -> bool:
-        """Append one event; False (and counted) when the buffer (or the log) is full."""
+        """Append one event; False (and counted) when the buffer (or the log) is full, or
+        closed."""
+        if self._closed:
+            self.metrics.events_dropped.labels("shutdown").inc()
+            return False
         if self.wal is not None:
             return self.wal.append(event)
         if len(self._events) >= self.max_events or self._bytes + len(event) > self.max_bytes:
@@ -73,7 +78,11 @@ class EventBuffer:
 
     def offer_all(self, events: list[bytes]) -> bool:
         """Append all of `events` or none (a POST's batch, which its client sends again
-        whole); False (and counted, each event) when the buffer (or the log) has no room."""
+        whole); False (and counted, each event) when the buffer (or the log) has no room, or
+        is closed."""
+        if self._closed:
+            self.metrics.events_dropped.labels("shutdown").inc(len(events))
+            return False
         if self.wal is not None:
             return self.wal.append_all(events)
         size = sum(map(len, events))
@@ -139,6 +148,9 @@ class EventBuffer:
             await self._task
         if self.wal is not None:
             await self.wal.close()  # the last segment is closed, so the sink can ship it
+        # No drain comes after this one: an event offered from now on (a connection that
+        # outlived the server's shutdown) is refused and counted, not kept to be lost.
+        self._closed = True
         await self._drain_once()
         await self.sink.flush()
         await self.sink.close()

@@ -178,6 +178,7 @@ class FastPaths:
         self.head_timeout_s = head_timeout_s  # 0: a split head goes to aiohttp at once
         self.date = DateHeader()
         self.open: set[PixelFastPath] = set()
+        self.closed = False  # close_all ran: a connection made since is closed at once
         self.handed_over = {
             reason: metrics.fast_path_handoffs.labels(reason)
             for reason in ("other_request", "probe", "split_head")
@@ -188,6 +189,9 @@ class FastPaths:
         return lambda: PixelFastPath(self, inner)
 
     def close_all(self) -> None:
+        """Close every connection, and from now on each one made (accepted as the listener
+        closed: its connection_made runs a loop turn later, past this)."""
+        self.closed = True
         for connection in list(self.open):
             connection.close()
 
@@ -215,6 +219,9 @@ class PixelFastPath(asyncio.Protocol):
         self._transport = cast(asyncio.Transport, transport)  # uvloop's is not a subclass
         peer: Any = transport.get_extra_info("peername")
         self._remote = peer[0] if isinstance(peer, tuple) else ""  # as aiohttp's request.remote
+        if self._paths.closed:  # stopping: its pixels would come after the buffer's last drain
+            transport.close()
+            return
         cap = self._paths.cap
         if cap is not None and not cap.admit(self, transport):
             return  # closed at once: over the connection cap, no idle connection to close

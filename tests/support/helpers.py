@@ -57,12 +57,16 @@ class Transport:
 
     def __init__(self) -> None:
         self.written = b""
+        self.closed = False
 
     def get_extra_info(self, name: str) -> Any:
         return ("203.0.113.7", 40000) if name == "peername" else None
 
     def write(self, data: bytes) -> None:
         self.written += data
+
+    def close(self) -> None:
+        self.closed = True
 
 
 def free_port() -> int:

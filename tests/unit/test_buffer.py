@@ -57,3 +57,20 @@ async def test_the_buffer_holds_no_more_bytes_than_its_bound(metrics: CollectorM
     assert buffer.offer(b"{}")  # what still fits
     assert await buffer._drain_once() == taken + 1
     assert buffer.offer_all([big, big])
+
+
+async def test_an_event_offered_after_the_last_drain_is_refused_and_counted(
+    metrics: CollectorMetrics,
+) -> None:
+    # A connection that outlived the server's shutdown: nothing would ever send its events.
+    sink = MemorySink()
+    buffer = EventBuffer(
+        sink, metrics, max_events=100, max_bytes=1 << 20, linger_ms=5, flush_interval_ms=50
+    )
+    buffer.start()
+    assert buffer.offer(b'{"n":1}')
+    await buffer.close()
+    assert [e["n"] for e in sink.events()] == [1]
+    assert not buffer.offer(b'{"n":2}')
+    assert not buffer.offer_all([b'{"n":3}', b'{"n":4}'])
+    assert metric_value(metrics, "beacon_events_dropped_total", reason="shutdown") == 3

@@ -81,3 +81,17 @@ async def test_a_failing_event_still_gets_its_pixel_and_is_counted(
     assert transport.written.endswith(GIF_BYTES)
     errors = metric_value(metrics, "beacon_requests_total", endpoint="pixel", outcome="error")
     assert errors == 2
+
+
+async def test_a_connection_made_after_close_all_is_closed_before_any_pixel(
+    settings: Settings, metrics: CollectorMetrics
+) -> None:
+    # Accepted as the listener closed, its connection_made comes a loop turn after close_all:
+    # its pixels would be answered after the buffer's last drain, their events lost.
+    sink = MemorySink()
+    paths = FastPaths(create_app(settings, sink, metrics)[COLLECTOR], metrics, 60.0)
+    paths.close_all()
+    transport = Transport()
+    PixelFastPath(paths, asyncio.Protocol).connection_made(transport)  # type: ignore[arg-type]
+    assert transport.closed
+    assert not paths.open
