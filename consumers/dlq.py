@@ -15,21 +15,31 @@ SOURCE_PARTITION = "beacon.source.partition"
 SOURCE_OFFSET = "beacon.source.offset"
 SOURCE_LINE = "beacon.source.line"  # the line's number in its record, from 0
 TRUNCATED = "beacon.truncated"  # on a line cut to LINE_MAX_BYTES: its whole length in bytes
+# On a dead letter without the source record's key and headers: their length in bytes.
+SOURCE_OMITTED = "beacon.source.omitted"
 # A longer line goes to the topic cut to this. A Kafka request holds 1 MiB by default (the
 # producer's max_request_size, the broker's message.max.bytes), while a source record can hold
 # more (a compressed batch, a topic allowed more): a record the dead-letter topic refuses would
 # hold its batch back for good. The whole line stays in the source topic, where the headers
 # point.
 LINE_MAX_BYTES = 512 * 1024
+# The source record's key and headers go along up to this much together (a producer's own are
+# bytes to kilobytes); past it they are left out, their length said, or a record with a line
+# at LINE_MAX_BYTES could pass what a request holds all the same.
+SOURCE_META_MAX_BYTES = 64 * 1024
 
 
 def dead_letter(
     record: ConsumerRecord, line: int, value: bytes, reason: str
-) -> tuple[bytes, list[tuple[str, bytes]]]:
-    """The value and headers of a line's dead-letter record: the line, cut to LINE_MAX_BYTES;
-    the record's own headers, then ours."""
+) -> tuple[bytes | None, bytes, list[tuple[str, bytes]]]:
+    """The key, value and headers of a line's dead-letter record: the record's key; the line,
+    cut to LINE_MAX_BYTES; the record's own headers, then ours."""
+    key, own = record.key, list(record.headers)
+    meta_bytes = len(key or b"") + sum(len(k.encode()) + len(v or b"") for k, v in own)
+    if meta_bytes > SOURCE_META_MAX_BYTES:
+        key, own = None, [(SOURCE_OMITTED, str(meta_bytes).encode())]
     headers = [
-        *record.headers,
+        *own,
         (REASON, reason.encode()),
         (SOURCE_TOPIC, record.topic.encode()),
         (SOURCE_PARTITION, str(record.partition).encode()),
@@ -39,7 +49,7 @@ def dead_letter(
     if len(value) > LINE_MAX_BYTES:
         headers.append((TRUNCATED, str(len(value)).encode()))
         value = value[:LINE_MAX_BYTES]
-    return value, headers
+    return key, value, headers
 
 
 class DeadLetters:
@@ -69,9 +79,9 @@ class DeadLetters:
         raises KafkaError."""
         waits = []
         for record, line, value, reason in rejects:
-            value, headers = dead_letter(record, line, value, reason)
+            key, value, headers = dead_letter(record, line, value, reason)
             waits.append(
-                await self._producer.send(self.topic, value=value, key=record.key, headers=headers)
+                await self._producer.send(self.topic, value=value, key=key, headers=headers)
             )
         await asyncio.gather(*waits)
 

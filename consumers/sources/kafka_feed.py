@@ -93,6 +93,11 @@ class KafkaFeed:
         # still names the removed offsets, and an error the client gave the lag watcher that
         # the loop's own call would have raised: both left to read(), in the loop's task.
         self.expired: Partitions = set()
+        # Offsets the client skipped, [first, end) by partition, not yet known removed: a
+        # transaction's commit or abort marker takes an offset and is never handed over too
+        # (another producer's: Kafka Connect, Flink, MirrorMaker). The lag watcher counts
+        # what lies below the log's start (_count_removed), the one sure sign of removal.
+        self.skipped_offsets: list[tuple[TopicPartition, int, int]] = []
         # Partitions whose log was found to start again while records of the log before still
         # waited here: their new log is taken from its start once those are stored.
         self.restarting: Partitions = set()
@@ -438,16 +443,14 @@ class KafkaFeed:
         return self.flight is not None and tp in self.flight.ranges
 
     def _expired(self, part: PartitionBuffer, offset: int) -> None:
-        """The client skipped the records of `part` before `offset`: the broker had removed
-        them (retention or a deletion) before they were stored here. Those of a batch
+        """The client skipped the offsets of `part` before `offset`: records the broker had
+        removed (retention or a deletion) before they were stored here, or transaction
+        markers, which hold no record; _count_removed tells them apart. Those of a batch
         recorded in flight are not counted: it may have been stored before they went."""
         recorded = part.inflight.last + 1 if part.inflight is not None else 0
-        lost = offset - max(part.next_offset, recorded)
-        if lost > 0:
-            self.metrics.records_expired.inc(lost)
-        log.warning("%s: offsets %d-%d were removed from the broker before they were read"
-                    "%s", part.tp, part.next_offset, offset - 1,
-                    ", a batch recorded in flight among them" if recorded else "")  # fmt: skip
+        first = max(part.next_offset, recorded)
+        if offset > first:
+            self.skipped_offsets.append((part.tp, first, offset))
         part.next_offset = offset
         if not part.records and not self._on_its_way(part.tp):
             part.committed = offset  # nothing of it waits: its lag is what came after
@@ -519,6 +522,25 @@ class KafkaFeed:
             if not self.handing and not part.records and position > part.next_offset:
                 self._expired(part, position)
 
+    async def _count_removed(self) -> None:
+        """Count the skipped offsets that lie below their log's start now: records the
+        broker removed before they were read (beacon_consumer_records_expired_total, which
+        pages). Those above it held transaction markers, or records compacted away."""
+        skipped, self.skipped_offsets = self.skipped_offsets, []
+        if not skipped:
+            return
+        starts = await self._starts(sorted({tp for tp, _, _ in skipped}))
+        for tp, first, end in skipped:
+            if tp not in starts:  # not known in time: asked again at the next look, if ours
+                if tp in self.parts:
+                    self.skipped_offsets.append((tp, first, end))
+                continue
+            removed = min(end, starts[tp]) - first
+            if removed > 0:
+                self.metrics.records_expired.inc(removed)
+                log.warning("%s: offsets %d-%d were removed from the broker before they were"
+                            " read", tp, first, first + removed - 1)  # fmt: skip
+
     async def _watch_lag(self) -> None:
         """Lag per partition from the broker's end offsets: a paused partition is not fetched,
         so the highwater seen by the fetcher would stand still while the backlog grows."""
@@ -529,6 +551,7 @@ class KafkaFeed:
                 continue
             ends = await self._ends(list(parts))
             await self._skip_expired(parts, ends)
+            await self._count_removed()
             now_s = time.time()
             for tp, part in parts.items():
                 current = self.parts.get(tp)

@@ -31,6 +31,7 @@ from consumers.dlq import (
     REASON,
     SOURCE_LINE,
     SOURCE_OFFSET,
+    SOURCE_OMITTED,
     SOURCE_PARTITION,
     SOURCE_TOPIC,
     TRUNCATED,
@@ -653,6 +654,40 @@ async def test_a_partition_whose_log_starts_again_below_the_commit_is_read_from_
     assert stored == {e["event_id"] for e in events} and await count(store) == len(events)
 
 
+async def test_transaction_markers_are_not_counted_as_records_the_broker_removed(
+    settings: ConsumerSettings, store: ChdbWriter, consumers: list[Consumer]
+) -> None:
+    """Another producer's transactions (Kafka Connect, Flink, MirrorMaker): each commit
+    writes a marker that takes an offset and is never handed over. Counted as removed
+    records, they fired the alert that pages on lost events."""
+    events = [orjson.dumps(e) for e in mail_opens(60)]
+    producer = AIOKafkaProducer(
+        bootstrap_servers=settings.kafka_bootstrap, transactional_id=f"t-{uuid.uuid4().hex}"
+    )
+    await producer.start()
+    try:
+        for i in range(0, len(events), 10):  # markers between records and at the logs' ends
+            async with producer.transaction():
+                for j, value in enumerate(events[i : i + 10]):
+                    await producer.send(settings.kafka_topic, value, partition=j % PARTITIONS)
+    finally:
+        await producer.stop()
+    consumer = Consumer(settings, store)
+    consumers.append(consumer)
+    await wait_for(at_least(store, len(events)), "every event stored", consumer.task)
+
+    async def caught_up() -> bool:  # committed past the last markers: the gaps were looked at
+        registry = consumer.metrics.registry
+        labels = [{"topic": settings.kafka_topic, "partition": str(p)} for p in range(PARTITIONS)]
+        lags = [registry.get_sample_value("beacon_consumer_lag_records", x) for x in labels]
+        return lags == [0.0] * PARTITIONS  # None until the broker's ends were read
+
+    await wait_for(caught_up, "every lag at 0", consumer.task)
+    await consumer.close()
+    assert consumer.value("beacon_consumer_records_expired_total") == 0
+    assert await count(store) == await count(store, "uniqExact(event_id)") == len(events)
+
+
 async def test_records_removed_past_the_commit_hold_back_neither_lag_nor_cuts_nor_a_replay(
     settings: ConsumerSettings, store: ChdbWriter, consumers: list[Consumer]
 ) -> None:
@@ -1182,6 +1217,37 @@ async def test_a_line_too_large_for_a_dlq_record_goes_there_cut_with_its_length(
     headers = dict(record.headers)
     assert record.value == huge[:LINE_MAX_BYTES]
     assert (headers[REASON], headers[TRUNCATED]) == (b"malformed_json", str(len(huge)).encode())
+    assert consumer.value("beacon_consumer_dlq_records_total", reason="malformed_json") == 1
+
+
+async def test_a_bad_line_under_a_huge_key_and_headers_goes_to_the_dlq_without_them(
+    settings: ConsumerSettings, store: ChdbWriter, consumers: list[Consumer]
+) -> None:
+    """Another producer's record: with its key and headers the dead letter would pass what a
+    Kafka request holds (1 MiB), refused for good, its partition held behind it."""
+    line = b"{" + b"x" * (400 << 10)  # not JSON
+    key, headers = b"k" * (700 << 10), [("trace", b"t" * 1000)]
+    producer = AIOKafkaProducer(
+        bootstrap_servers=settings.kafka_bootstrap, acks="all", compression_type="lz4",
+        max_request_size=4 << 20,
+    )  # fmt: skip
+    await producer.start()
+    try:
+        await producer.send_and_wait(
+            settings.kafka_topic, line, key=key, headers=headers, partition=0
+        )
+    finally:
+        await producer.stop()
+    good = [orjson.dumps(e) for e in mail_opens(20)]
+    consumer, dead = await through_to_the_dlq(settings, store, consumers, good, len(good), 1)
+    [record] = dead
+    assert (record.key, record.value) == (None, line)
+    meta = dict(record.headers)
+    assert meta[SOURCE_OMITTED] == str(len(key) + len("trace") + 1000).encode()
+    assert (meta[REASON], meta[SOURCE_PARTITION], meta[SOURCE_OFFSET]) == (
+        b"malformed_json", b"0", b"0",
+    )  # fmt: skip
+    assert "trace" not in meta
     assert consumer.value("beacon_consumer_dlq_records_total", reason="malformed_json") == 1
 
 
