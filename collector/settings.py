@@ -141,8 +141,8 @@ class Settings:
         "lz4", "producer compression", choices=("none", "gzip", "lz4", "zstd")
     )
     kafka_linger_ms: int = setting(5, "producer linger before a batch is sent", min=0)
-    # A broker takes a record batch of 1 MiB by default (message.max.bytes): a larger one is
-    # refused, spooled and refused again at each replay, for good.
+    # A broker takes a record batch of 1 MiB by default (message.max.bytes): a larger one, or
+    # a record that makes one, is refused, spooled and refused again at each replay, for good.
     kafka_batch_max_bytes: int = setting(
         1 << 20, "bytes per producer record batch (1024 to 1048576: a broker takes 1 MiB)",
         min=1024, max=1 << 20,
@@ -150,8 +150,9 @@ class Settings:
     kafka_record_max_bytes: int = setting(
         64 * 1024,
         "events per Kafka record: an NDJSON chunk of up to this many bytes (an event larger "
-        "goes alone; 1: one event per record)",
+        "goes alone; 1: one event per record; at most 1000000, a batch's own bytes beside it)",
         min=1,
+        max=1_000_000,
     )
     kafka_timeout_ms: int = setting(
         5000, "a batch not acknowledged in this time goes to the spool", min=100
@@ -219,12 +220,6 @@ class Settings:
                 f"{PREFIX}KAFKA_MIN_INSYNC_REPLICAS={self.kafka_min_insync_replicas} is more than "
                 f"{PREFIX}KAFKA_REPLICATION={self.kafka_replication}: a write cannot wait for "
                 "more copies than there are (one broker: set both to 1)"
-            )
-        if self.kafka_record_max_bytes > self.kafka_batch_max_bytes:
-            raise SettingsError(
-                f"{PREFIX}KAFKA_RECORD_MAX_BYTES={self.kafka_record_max_bytes} is more than "
-                f"{PREFIX}KAFKA_BATCH_MAX_BYTES={self.kafka_batch_max_bytes}: a record goes "
-                "in one batch"
             )
         for name in ("kafka_retention_ms", "kafka_dlq_retention_ms"):
             if getattr(self, name) == 0:  # Kafka would delete every segment as it closes
