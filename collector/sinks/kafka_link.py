@@ -184,10 +184,13 @@ class KafkaLink:
         remaining_s = max(0.0, sent.deadline_s - time.monotonic())
         # asyncio.wait, not wait_for: cancelling `ack` (a shield over aiokafka's batch future)
         # would detach it, and the batch's later failure would be logged as never retrieved.
-        await asyncio.wait([sent.ack], timeout=remaining_s)
+        try:
+            await asyncio.wait([sent.ack], timeout=remaining_s)
+        finally:
+            if not sent.ack.done():  # late, or this wait cancelled (a drain's time ran out)
+                sent.ack.add_done_callback(_retrieve)
         if not sent.ack.done():
             outcome = "timeout"
-            sent.ack.add_done_callback(_retrieve)
             waited_s = time.monotonic() - sent.sent_at_s
             if self._fair(waited_s):
                 self.mark_down(f"no ack in {waited_s:.3f} s")

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import gc
 import time
 import uuid
 from dataclasses import replace
@@ -17,6 +18,7 @@ from collector.kafka_admin import init_topics
 from collector.server import make_sink
 from collector.settings import Settings, SettingsError
 from collector.sinks.kafka import KafkaSink
+from collector.sinks.kafka_link import KafkaLink, Sent
 from collector.sinks.spool import SpoolSink
 from collector.spool.replay import read_events
 from collector.spool.writer import spool_limits
@@ -182,6 +184,24 @@ async def test_make_sink_picks_kafka_when_a_bootstrap_is_set(settings, metrics):
         sink = make_sink(replace(settings, sink=choice, kafka_bootstrap=unreachable), metrics)
         assert isinstance(sink, KafkaSink)
         await sink.close()
+
+
+async def test_an_ack_whose_wait_was_cancelled_is_still_retrieved(settings, metrics, caplog):
+    # A drain's time running out cancels the waits; the producer's stop then fails the
+    # batches, each logged as an exception never retrieved.
+    link = KafkaLink(settings, metrics)
+    ack = asyncio.get_running_loop().create_future()
+    sent = Sent([b"{}"], 2, ack, time.monotonic(), time.monotonic() + 60)
+    waiting = asyncio.create_task(link.wait_ack(sent))
+    await asyncio.sleep(0.01)
+    waiting.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await waiting
+    ack.set_exception(KafkaError("the producer stopped"))
+    await asyncio.sleep(0)  # the done callbacks run
+    del ack, sent, waiting
+    gc.collect()
+    assert "never retrieved" not in caplog.text
 
 
 def test_a_batch_or_a_record_a_broker_would_refuse_is_refused_at_start():
