@@ -147,7 +147,10 @@ class EventBuffer:
         if self._task is not None:
             await self._task
         if self.wal is not None:
-            await self.wal.close()  # the last segment is closed, so the sink can ship it
+            try:
+                await self.wal.close()  # the last segment is closed, so the sink can ship it
+            except OSError:  # the sink still closes: its spool goes to Kafka, its producer stops
+                log.exception("closing the write-ahead log failed; recovery closes its segment")
         # No drain comes after this one: an event offered from now on (a connection that
         # outlived the server's shutdown) is refused and counted, not kept to be lost.
         self._closed = True

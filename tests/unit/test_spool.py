@@ -653,3 +653,23 @@ def test_join_lines_keeps_an_empty_last_record_as_a_line() -> None:
     assert b"".join(join_lines([b"a", b"\n"])) == b"a\n\n"
     assert b"".join(join_lines([None])) == b"\n"
     assert b"".join(join_lines([b"x" * LARGE_BYTES, b""])) == b"x" * LARGE_BYTES + b"\n\n"
+
+
+async def test_a_write_ahead_log_that_fails_to_close_still_lets_the_sink_close(
+    spool_dir, metrics, monkeypatch
+):
+    """An EIO at the log's last fsync left the sink open: the spool not sent at exit, the
+    producer never stopped."""
+    wal = WriteAheadLog(spool_dir, metrics, **NEVER)
+    sink = make_sink(spool_dir, metrics)
+    buffer = EventBuffer(sink, metrics, max_events=100, max_bytes=1 << 20, linger_ms=5,
+                         flush_interval_ms=HOUR_MS, wal=wal)  # fmt: skip
+    buffer.start()
+    assert buffer.offer(b'{"n":1}')
+
+    async def fails() -> None:
+        raise OSError(errno.EIO, "Input/output error")
+
+    monkeypatch.setattr(wal, "close", fails)
+    await buffer.close()
+    assert sink._closed
