@@ -24,6 +24,10 @@ from collector.spool.replay import SpoolReplayer
 
 log = logging.getLogger("beacon.kafka")
 
+# With the spool full, ready only while the queue has this much room (a sixteenth of a smaller
+# one), as the spool keeps room for a flush (collector/sinks/spool.py).
+QUEUE_HEADROOM_BYTES = 64 * 1024
+
 
 class KafkaSink:
     """Sink producing to `settings.kafka_topic`, spilling to `spool` when Kafka cannot keep up.
@@ -109,7 +113,13 @@ class KafkaSink:
             return False
         if self.through_spool:  # write-ahead mode: every event goes through the spool first
             return self.spool.healthy()
-        return self.link.up or self.spool.healthy()
+        if self.spool.healthy():
+            return True
+        # The spool full: ready while Kafka takes events at once. A broker slower than the
+        # intake fills the queue, and then every event is dropped, the load balancer none
+        # the wiser.
+        headroom = min(QUEUE_HEADROOM_BYTES, self.queue_max_bytes // 16)
+        return self.link.up and self._unacked_bytes + headroom < self.queue_max_bytes
 
     def connected(self) -> bool:
         """The producer reaches the broker."""

@@ -186,6 +186,37 @@ async def test_make_sink_picks_kafka_when_a_bootstrap_is_set(settings, metrics):
         await sink.close()
 
 
+async def test_a_kafka_slower_than_the_intake_with_the_spool_full_is_not_ready(
+    settings, metrics, kafka_bootstrap, kafka_topic, monkeypatch
+):
+    # Kafka up and answering, too slowly: the queue full, the spool full, every event
+    # dropped, and readiness said 200 since the link was up.
+    live = replace(
+        settings, kafka_bootstrap=kafka_bootstrap, kafka_topic=kafka_topic,
+        kafka_buffer_max_bytes=1 << 16, spool_max_bytes=1 << 20,
+    )  # fmt: skip
+    sink = kafka_sink(live, metrics)
+    await wait_for(sink.connected, 30, "the sink to reach Kafka")
+    acks: list[asyncio.Future[None]] = []
+
+    async def slow(events, deadline_s):  # type: ignore[no-untyped-def]
+        acks.append(asyncio.get_running_loop().create_future())  # answered at the end only
+        return [Sent(events, sum(map(len, events)), acks[-1], time.monotonic(), deadline_s)], []
+
+    monkeypatch.setattr(sink.link, "produce", slow)
+    assert sink.healthy()
+    event = orjson.dumps({"event_id": "x", "pad": "p" * 1000})
+    for _ in range(40):  # ~2.5 MB: the queue's 64 KiB, the spool's 1 MiB, the rest dropped
+        await sink.send([event] * 60)
+    assert metric_value(metrics, "beacon_events_dropped_total", reason="spool_full") > 0
+    assert sink.connected() and not sink.healthy()
+    for ack in acks:
+        ack.set_result(None)
+    await wait_for(sink.healthy, 30, "room in the queue again")
+    monkeypatch.undo()
+    await sink.close()
+
+
 async def test_an_ack_whose_wait_was_cancelled_is_still_retrieved(settings, metrics, caplog):
     # A drain's time running out cancels the waits; the producer's stop then fails the
     # batches, each logged as an exception never retrieved.
