@@ -141,18 +141,12 @@ class Settings:
         "lz4", "producer compression", choices=("none", "gzip", "lz4", "zstd")
     )
     kafka_linger_ms: int = setting(5, "producer linger before a batch is sent", min=0)
-    # A broker takes a record batch of 1 MiB by default (message.max.bytes): a larger one, or
-    # a record that makes one, is refused, spooled and refused again at each replay, for good.
-    kafka_batch_max_bytes: int = setting(
-        1 << 20, "bytes per producer record batch (1024 to 1048576: a broker takes 1 MiB)",
-        min=1024, max=1 << 20,
-    )  # fmt: skip
+    kafka_batch_max_bytes: int = setting(1 << 20, "bytes per producer record batch", min=1024)
     kafka_record_max_bytes: int = setting(
         64 * 1024,
         "events per Kafka record: an NDJSON chunk of up to this many bytes (an event larger "
-        "goes alone; 1: one event per record; at most 1000000, a batch's own bytes beside it)",
+        "goes alone; 1: one event per record)",
         min=1,
-        max=1_000_000,
     )
     kafka_timeout_ms: int = setting(
         5000, "a batch not acknowledged in this time goes to the spool", min=100

@@ -16,7 +16,7 @@ from aiokafka.errors import KafkaError
 from beacon.__main__ import main
 from collector.kafka_admin import init_topics
 from collector.server import make_sink
-from collector.settings import Settings, SettingsError
+from collector.settings import SettingsError
 from collector.sinks.kafka import KafkaSink
 from collector.sinks.kafka_link import KafkaLink, Sent
 from collector.sinks.spool import SpoolSink
@@ -233,18 +233,6 @@ async def test_an_ack_whose_wait_was_cancelled_is_still_retrieved(settings, metr
     del ack, sent, waiting
     gc.collect()
     assert "never retrieved" not in caplog.text
-
-
-def test_a_batch_or_a_record_a_broker_would_refuse_is_refused_at_start():
-    # A batch over what the broker takes (1 MiB by default) was refused, spooled and refused
-    # again at each replay, for good.
-    with pytest.raises(SettingsError, match="BEACON_KAFKA_BATCH_MAX_BYTES"):
-        Settings.from_env({"BEACON_KAFKA_BATCH_MAX_BYTES": str((1 << 20) + 1)})
-    with pytest.raises(SettingsError, match="BEACON_KAFKA_RECORD_MAX_BYTES"):
-        Settings.from_env({"BEACON_KAFKA_RECORD_MAX_BYTES": str(1 << 20)})
-    assert Settings.from_env(
-        {"BEACON_KAFKA_BATCH_MAX_BYTES": str(1 << 20), "BEACON_KAFKA_RECORD_MAX_BYTES": "1000000"}
-    )
 
 
 async def test_missing_topic_spools_until_kafka_init_then_replays(
