@@ -188,6 +188,12 @@ class KafkaFeed:
                 self._lag.cancel()
                 with contextlib.suppress(asyncio.CancelledError):
                     await self._lag
+            # Skipped since the watcher's last look: counted now, or records removed just
+            # before a stop would never page (the commits are past them, for the next owner).
+            try:
+                await self._count_removed()
+            except Exception:  # the stop goes on: the dead letters' producer still stops
+                log.exception("counting the records removed before the stop failed")
             await self.dead_letters.stop()
         finally:
             await self.source.stop()
@@ -529,7 +535,11 @@ class KafkaFeed:
         skipped, self.skipped_offsets = self.skipped_offsets, []
         if not skipped:
             return
-        starts = await self._starts(sorted({tp for tp, _, _ in skipped}))
+        try:
+            starts = await self._starts(sorted({tp for tp, _, _ in skipped}))
+        except BaseException:  # cancelled by a stop, which looks again: none left out
+            self.skipped_offsets[:0] = skipped
+            raise
         for tp, first, end in skipped:
             if tp not in starts:  # not known in time: asked again at the next look, if ours
                 if tp in self.parts:

@@ -48,10 +48,14 @@ class Broker:
 
     def __init__(self) -> None:
         self.ends: dict[TopicPartition, int] = {}
+        self.starts: dict[TopicPartition, int] = {}  # the logs' first offsets: 0 unless set
         self.commits: list[dict[TopicPartition, tuple[int, str]]] = []
 
     async def end(self, tps: Iterable[TopicPartition]) -> dict[TopicPartition, int]:
         return {tp: self.ends[tp] for tp in tps}
+
+    async def beginning(self, tps: Iterable[TopicPartition]) -> dict[TopicPartition, int]:
+        return {tp: self.starts.get(tp, 0) for tp in tps}
 
     async def position(self, tp: TopicPartition) -> int:
         return 0  # nothing removed from the broker: no record skipped
@@ -65,6 +69,11 @@ class Broker:
     def highwater(self, tp: TopicPartition) -> int | None:
         return None
 
+    async def stop(self) -> None:
+        pass
+
+
+class DeadLettersStopped:
     async def stop(self) -> None:
         pass
 
@@ -189,7 +198,33 @@ async def test_a_batch_commits_past_records_removed_after_it_while_it_was_on_its
     batch.newest_by_segment = [0]
     await feed.commit([batch])
     assert broker.commits == [{TP: (8, "")}]
+    broker.starts[TP] = 8
+    await feed._count_removed()  # the lag watcher's look
     assert metrics.registry.get_sample_value("beacon_consumer_records_expired_total") == 5
+
+
+async def test_offsets_skipped_above_the_logs_start_are_not_counted_removed(
+    tmp_path: Path,
+) -> None:
+    """A transaction's marker takes an offset and holds no record; only offsets below the
+    log's start were removed. The count is made once, at the lag watcher's look or the stop."""
+    metrics = ConsumerMetrics(CollectorRegistry())
+    broker = Broker()
+    feed = KafkaFeed(broker, None, metrics, ConsumerSettings(data_dir=tmp_path))  # type: ignore[arg-type]
+    part = feed.parts[TP] = PartitionBuffer(TP, committed=0, inflight=None)
+    expired = "beacon_consumer_records_expired_total"
+    feed._expired(part, 4)  # offsets 0-3: 0-1 removed, 2-3 markers (the log starts at 2)
+    broker.starts[TP] = 2
+    feed._expired(part, 5)  # offset 4: a marker
+    await feed._count_removed()
+    assert metrics.registry.get_sample_value(expired) == 2
+    await feed._count_removed()  # counted once
+    assert metrics.registry.get_sample_value(expired) == 2
+    broker.starts[TP] = 9
+    feed._expired(part, 9)  # offsets 5-8, removed: counted by the stop, the watcher stopped
+    feed.dead_letters = DeadLettersStopped()  # type: ignore[assignment]
+    await feed.stop()
+    assert metrics.registry.get_sample_value(expired) == 2 + 4
 
 
 async def test_a_batch_older_than_the_newest_stored_leaves_the_time_alone(tmp_path: Path) -> None:
