@@ -53,6 +53,7 @@ class EventBuffer:
         self._task: asyncio.Task[None] | None = None
         self._stop = asyncio.Event()
         self._closed = False
+        self._refused_closed = 0  # events offered after close: logged once
 
     def __len__(self) -> int:
         return len(self._events)
@@ -61,7 +62,7 @@ class EventBuffer:
         """Append one event; False (and counted) when the buffer (or the log) is full, or
         closed."""
         if self._closed:
-            self.metrics.events_dropped.labels("shutdown").inc()
+            self._refuse_closed(1)
             return False
         if self.wal is not None:
             return self.wal.append(event)
@@ -81,7 +82,7 @@ class EventBuffer:
         whole); False (and counted, each event) when the buffer (or the log) has no room, or
         is closed."""
         if self._closed:
-            self.metrics.events_dropped.labels("shutdown").inc(len(events))
+            self._refuse_closed(len(events))
             return False
         if self.wal is not None:
             return self.wal.append_all(events)
@@ -92,6 +93,14 @@ class EventBuffer:
         self._bytes += size
         self._events.extend(b"%b" % event for event in events)  # exact-size copies, as offer
         return True
+
+    def _refuse_closed(self, count: int) -> None:
+        # Logged too: past the stop, /metrics is rarely scraped again.
+        self.metrics.events_dropped.labels("shutdown").inc(count)
+        if not self._refused_closed:
+            log.warning("events came after the buffer closed (a connection outlived the "
+                        "stop's drain): dropped, counted as reason=shutdown")  # fmt: skip
+        self._refused_closed += count
 
     def start(self) -> None:
         self._task = asyncio.create_task(self._pump(), name="beacon-buffer-pump")
@@ -146,14 +155,15 @@ class EventBuffer:
         self._stop.set()
         if self._task is not None:
             await self._task
+        # No drain comes after the one below, and the log closes its last segment: an event
+        # offered from now on (a connection that outlived the server's shutdown) is refused
+        # and counted, not kept to be lost (in the log, in a segment none would close).
+        self._closed = True
         if self.wal is not None:
             try:
                 await self.wal.close()  # the last segment is closed, so the sink can ship it
             except OSError:  # the sink still closes: its spool goes to Kafka, its producer stops
                 log.exception("closing the write-ahead log failed; recovery closes its segment")
-        # No drain comes after this one: an event offered from now on (a connection that
-        # outlived the server's shutdown) is refused and counted, not kept to be lost.
-        self._closed = True
         await self._drain_once()
         await self.sink.flush()
         await self.sink.close()

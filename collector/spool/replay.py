@@ -138,6 +138,8 @@ class SpoolReplayer:
                     await self._replay_all()
                 except Exception:  # a bug or a disk error must not end replay for good
                     log.exception("spool replay failed; retrying")
+            if self._stop.is_set():  # stopped mid-segment: its wake-up is not waited for again
+                break
             self._wake.clear()
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self._wake.wait(), REPLAY_POLL_INTERVAL_S)

@@ -343,8 +343,9 @@ async def test_a_close_while_the_link_connects_ends_once_it_has(
     sink.start()
     await asyncio.wait_for(connecting.wait(), 30)
     closing = asyncio.create_task(sink.close())
-    await asyncio.sleep(0.2)  # close has asked the link to stop: it waits for the connect
-    assert not closing.done()
+    await wait_for(sink.link._stop.is_set, 30, "close to ask the link to stop")
+    await asyncio.sleep(0.1)
+    assert not closing.done()  # it waits for the connect
     go_on.set()
     await asyncio.wait_for(closing, 60)
     assert not sink.connected()
@@ -355,13 +356,18 @@ async def test_a_stop_ends_a_segments_replay_after_its_part_and_the_drain_sends_
 ):
     # A stop waited for the whole segment in replay (up to 16 MiB, an ack timeout a part), so
     # a shutdown could outlast its grace period before the drain began.
-    live = replace(settings, kafka_bootstrap=kafka_bootstrap, kafka_topic=kafka_topic)
+    # An ack timeout of a minute: the drain at close (as long as one) sends the rest in
+    # parts acknowledged one by one, however loaded the broker.
+    live = replace(
+        settings, kafka_bootstrap=kafka_bootstrap, kafka_topic=kafka_topic,
+        kafka_timeout_ms=60_000,
+    )  # fmt: skip
     events = [orjson.dumps({"event_id": str(i)}) for i in range(2000)]
     spool = SpoolSink(live.spool_dir, metrics, **spool_limits(live))
     await spool.send(events)
-    await spool.close()  # one closed segment, ~40 KB: ~600 parts of 64 bytes
+    await spool.close()  # one closed segment, ~40 KB: ~150 parts of 256 bytes
     sink = KafkaSink(live, metrics, SpoolSink(live.spool_dir, metrics, **spool_limits(live)))
-    sink.replayer.chunk_bytes = 64
+    sink.replayer.chunk_bytes = 256
     sink.start()
     replayed = lambda: metric_value(metrics, "beacon_kafka_replayed_events_total")  # noqa: E731
     await wait_for(lambda: replayed() > 0, 30, "the replay to begin")

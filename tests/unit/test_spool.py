@@ -655,17 +655,25 @@ def test_join_lines_keeps_an_empty_last_record_as_a_line() -> None:
     assert b"".join(join_lines([b"x" * LARGE_BYTES, b""])) == b"x" * LARGE_BYTES + b"\n\n"
 
 
-async def test_a_write_ahead_log_that_fails_to_close_still_lets_the_sink_close(
-    spool_dir, metrics, monkeypatch
-):
-    """An EIO at the log's last fsync left the sink open: the spool not sent at exit, the
-    producer never stopped."""
+def started_with_a_log(
+    spool_dir: Path, metrics: CollectorMetrics
+) -> tuple[WriteAheadLog, SpoolSink, EventBuffer]:
+    """A buffer writing ahead to its log, started, one event taken."""
     wal = WriteAheadLog(spool_dir, metrics, **NEVER)
     sink = make_sink(spool_dir, metrics)
     buffer = EventBuffer(sink, metrics, max_events=100, max_bytes=1 << 20, linger_ms=5,
                          flush_interval_ms=HOUR_MS, wal=wal)  # fmt: skip
     buffer.start()
     assert buffer.offer(b'{"n":1}')
+    return wal, sink, buffer
+
+
+async def test_a_write_ahead_log_that_fails_to_close_still_lets_the_sink_close(
+    spool_dir, metrics, monkeypatch
+):
+    """An EIO at the log's last fsync left the sink open: the spool not sent at exit, the
+    producer never stopped."""
+    wal, sink, buffer = started_with_a_log(spool_dir, metrics)
 
     async def fails() -> None:
         raise OSError(errno.EIO, "Input/output error")
@@ -673,3 +681,24 @@ async def test_a_write_ahead_log_that_fails_to_close_still_lets_the_sink_close(
     monkeypatch.setattr(wal, "close", fails)
     await buffer.close()
     assert sink._closed
+
+
+async def test_an_event_offered_while_the_write_ahead_log_closes_is_refused_and_counted(
+    spool_dir, metrics, monkeypatch
+):
+    """Taken then, it went into a segment of its own that nothing in this process closed."""
+    wal, _, buffer = started_with_a_log(spool_dir, metrics)
+    close = wal.close
+    during: list[bool] = []
+
+    async def offered_meanwhile() -> None:
+        during.append(buffer.offer(b'{"n":2}'))
+        await close()
+
+    monkeypatch.setattr(wal, "close", offered_meanwhile)
+    await buffer.close()
+    assert during == [False]
+    assert metric_value(metrics, "beacon_events_dropped_total", reason="shutdown") == 1
+    assert not list(spool_dir.glob(f"*{OPEN_SUFFIX}"))
+    assert [orjson.loads(line) for p in closed_segments(spool_dir)
+            for line in p.read_bytes().splitlines()] == [{"n": 1}]  # fmt: skip
