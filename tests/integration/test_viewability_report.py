@@ -17,10 +17,14 @@ from analytics.rollup_settle import Settler
 from analytics.views import Request, view_rows
 from tests.support.chdb_events import Store, wire
 
+# The day the traffic is made for, once: a run across midnight (UTC) still finds its today's
+# rows on the day it calls today.
+TODAY = dt.datetime.now(dt.UTC).replace(hour=0, minute=0, second=0, microsecond=0)
+NOON = TODAY + dt.timedelta(hours=12)
+
 
 def day_ms(days_ago: int, hour: int) -> int:
-    today = dt.datetime.now(dt.UTC).replace(hour=0, minute=0, second=0, microsecond=0)
-    return int((today - dt.timedelta(days=days_ago, hours=-hour)).timestamp() * 1000)
+    return int((TODAY - dt.timedelta(days=days_ago, hours=-hour)).timestamp() * 1000)
 
 
 def tagged(event_type: str, at: int, ad: str, imp: str, **props: str) -> dict[str, Any]:
@@ -79,16 +83,17 @@ def check(store: Store, window: Window, days: int) -> None:
 
 
 def test_viewability_from_the_rollup_and_from_raw_events(store: Store) -> None:
-    check(store, Window.last_days(3), days=2)
-    noon = dt.datetime.now(dt.UTC).replace(hour=12, minute=0, second=0).timestamp()
+    window = Window.last_days(3)
+    check(store, window, days=2)
+    noon = NOON.timestamp()
     asyncio.run(Settler(store.writer, clock=lambda: noon, insert_margin_s=-5).settle_due())
     settled = store.rows(
-        "SELECT toDate(period) = today() AS today, max(settled) AS s "
+        f"SELECT toDate(period) = toDate('{TODAY:%Y-%m-%d}') AS today, max(settled) AS s "
         "FROM beacon.rollup_viewability_hourly GROUP BY today ORDER BY today"
     )
     assert settled == [{"today": 0, "s": 1}, {"today": 1, "s": 0}]
-    check(store, Window.last_days(3), days=2)
+    check(store, window, days=2)
     # A replayed viewable event (a new insert, the same event id) counts once.
     [again] = [e for e in EVENTS if e["event_type"] == "viewable"][:1]
     store.add([again])
-    check(store, Window.last_days(3), days=2)
+    check(store, window, days=2)
