@@ -53,7 +53,7 @@ class EventBuffer:
         self._task: asyncio.Task[None] | None = None
         self._stop = asyncio.Event()
         self._closed = False
-        self._refused_closed = 0  # events offered after close: logged once
+        self._refusal_logged = False  # the first event offered after close is logged
 
     def __len__(self) -> int:
         return len(self._events)
@@ -97,10 +97,10 @@ class EventBuffer:
     def _refuse_closed(self, count: int) -> None:
         # Logged too: past the stop, /metrics is rarely scraped again.
         self.metrics.events_dropped.labels("shutdown").inc(count)
-        if not self._refused_closed:
+        if not self._refusal_logged:
+            self._refusal_logged = True
             log.warning("events came after the buffer closed (a connection outlived the "
                         "stop's drain): dropped, counted as reason=shutdown")  # fmt: skip
-        self._refused_closed += count
 
     def start(self) -> None:
         self._task = asyncio.create_task(self._pump(), name="beacon-buffer-pump")

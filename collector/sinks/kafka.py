@@ -19,14 +19,10 @@ import time
 from collector.metrics import CollectorMetrics
 from collector.settings import Settings
 from collector.sinks.kafka_link import KafkaLink, Sent
-from collector.sinks.spool import SpoolSink
+from collector.sinks.spool import SpoolSink, headroom_bytes
 from collector.spool.replay import SpoolReplayer
 
 log = logging.getLogger("beacon.kafka")
-
-# With the spool full, ready only while the queue has this much room (a sixteenth of a smaller
-# one), as the spool keeps room for a flush (collector/sinks/spool.py).
-QUEUE_HEADROOM_BYTES = 64 * 1024
 
 
 class KafkaSink:
@@ -115,10 +111,10 @@ class KafkaSink:
             return self.spool.healthy()
         if self.spool.healthy():
             return True
-        # The spool full: ready while Kafka takes events at once. A broker slower than the
-        # intake fills the queue, and then every event is dropped, the load balancer none
-        # the wiser.
-        headroom = min(QUEUE_HEADROOM_BYTES, self.queue_max_bytes // 16)
+        # The spool full: ready while Kafka takes events at once, the queue kept to the
+        # spool's headroom. A broker slower than the intake fills the queue, and then every
+        # event is dropped, the load balancer none the wiser.
+        headroom = headroom_bytes(self.queue_max_bytes)
         return self.link.up and self._unacked_bytes + headroom < self.queue_max_bytes
 
     def connected(self) -> bool:

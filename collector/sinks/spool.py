@@ -20,6 +20,12 @@ from collector.spool.writer import Limits, SegmentWriter
 HEADROOM_BYTES = 64 * 1024
 
 
+def headroom_bytes(max_bytes: int) -> int:
+    """How close to a bound of `max_bytes` readiness fails: HEADROOM_BYTES, or a sixteenth
+    of a smaller bound."""
+    return min(HEADROOM_BYTES, max_bytes // 16)
+
+
 class SpoolSink:
     """Sink that appends events to local segment files; all file work runs in a thread."""
 
@@ -71,7 +77,7 @@ class SpoolSink:
 
     def healthy(self) -> bool:
         segments = self.segments
-        headroom = min(HEADROOM_BYTES, segments.max_bytes // 16)
+        headroom = headroom_bytes(segments.max_bytes)
         return (
             not self._closed
             and segments.error is None

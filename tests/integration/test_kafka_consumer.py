@@ -152,6 +152,19 @@ async def count(writer: ChdbWriter, expr: str = "count()", final: bool = False) 
     return int(await writer.query(f"SELECT {expr} FROM {table}", "TSV"))
 
 
+def caught_up(consumer: Consumer, topic: str) -> Callable[[], Awaitable[bool]]:
+    """A check for wait_for: every partition's lag gauge at 0 (None until the broker's end
+    offsets were read)."""
+
+    async def check() -> bool:
+        registry = consumer.metrics.registry
+        labels = [{"topic": topic, "partition": str(p)} for p in range(PARTITIONS)]
+        lags = [registry.get_sample_value("beacon_consumer_lag_records", x) for x in labels]
+        return lags == [0.0] * PARTITIONS
+
+    return check
+
+
 def at_least(writer: ChdbWriter, n: int, expr: str = "count()") -> Callable[[], Awaitable[bool]]:
     """A check for wait_for: `expr` over the stored events has reached `n`."""
 
@@ -676,13 +689,8 @@ async def test_transaction_markers_are_not_counted_as_records_the_broker_removed
     consumers.append(consumer)
     await wait_for(at_least(store, len(events)), "every event stored", consumer.task)
 
-    async def caught_up() -> bool:  # committed past the last markers: the gaps were looked at
-        registry = consumer.metrics.registry
-        labels = [{"topic": settings.kafka_topic, "partition": str(p)} for p in range(PARTITIONS)]
-        lags = [registry.get_sample_value("beacon_consumer_lag_records", x) for x in labels]
-        return lags == [0.0] * PARTITIONS  # None until the broker's ends were read
-
-    await wait_for(caught_up, "every lag at 0", consumer.task)
+    # Committed past the last markers: the gaps were looked at.
+    await wait_for(caught_up(consumer, settings.kafka_topic), "every lag at 0", consumer.task)
     await consumer.close()
     assert consumer.value("beacon_consumer_records_expired_total") == 0
     assert await count(store) == await count(store, "uniqExact(event_id)") == len(events)
@@ -715,15 +723,7 @@ async def test_records_removed_past_the_commit_hold_back_neither_lag_nor_cuts_no
     left = events[62::3]  # the third partition's offsets 20-29
     await wait_for(at_least(store, len(left)), "the records left stored", consumer.task)
 
-    def lags() -> list[float | None]:
-        registry = consumer.metrics.registry
-        labels = [{"topic": topic, "partition": str(p)} for p in range(PARTITIONS)]
-        return [registry.get_sample_value("beacon_consumer_lag_records", x) for x in labels]
-
-    async def caught_up() -> bool:
-        return lags() == [0.0] * PARTITIONS
-
-    await wait_for(caught_up, "every lag at 0", consumer.task)
+    await wait_for(caught_up(consumer, topic), "every lag at 0", consumer.task)
     assert consumer.value("beacon_consumer_batch_cuts_total", reason="quiet") == 1
     # Not counted: the recorded range (offsets 0-9), which may have been stored before.
     assert consumer.value("beacon_consumer_records_expired_total") == 25 + 20 + 15
