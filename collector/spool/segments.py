@@ -1,6 +1,6 @@
 """Segment files on disk: NDJSON events, one per line, under names that sort by creation time.
 
-A segment is written as `<created_ms>-<pid>-<tag>.ndjson.open` under an exclusive flock and
+A segment is written as `<created_ms>-<pid>-<tag>-<nonce>.ndjson.open` under an exclusive flock and
 renamed to `.ndjson` when closed; readers only ever see closed, immutable segments. A `.open`
 file whose lock can be taken belongs to a dead writer: it is closed on the next start, cut back
 to its last whole line. A write that stops short (a full disk: ENOSPC, or a file past
@@ -25,6 +25,7 @@ STALE_NEW_S = 60.0
 # block) can be written beside its segments: a full disk frees space, a volume comes back.
 PROBE_BYTES = 4096
 PROBE_PREFIX = ".probe-"  # no segment suffix: readers, recovery and size scans skip it
+NONCE_BYTES = 8  # of a segment's name: two names alike at the same ms and pid 1 in 2**64
 
 
 class ShortWrite(OSError):
@@ -136,12 +137,15 @@ def open_segment(directory: Path, tag: str) -> tuple[int, Path, int]:
     """A new `.open` segment, locked by this process: (fd, path, created_ms).
 
     `tag` keeps the names of several writers in one process apart (the name also holds the
-    creation time and the pid). The file is locked under a name recovery ignores, then renamed:
-    an `.open` file is always locked by a live writer, so another process's recovery can never
-    take it mid-creation.
+    creation time and the pid). The random nonce keeps apart the names of writers on other
+    hosts (containers share pids): a consumer's dedup token names a batch by its segments'
+    names and byte ranges, so two spools read into one ClickHouse server must never share a
+    name, or one's batch is dropped as a repeat of the other's. The file is locked under a name
+    recovery ignores, then renamed: an `.open` file is always locked by a live writer, so
+    another process's recovery can never take it mid-creation.
     """
     created_ms = time.time_ns() // 1_000_000
-    name = f"{created_ms:013d}-{os.getpid():07d}-{tag}"
+    name = f"{created_ms:013d}-{os.getpid():07d}-{tag}-{os.urandom(NONCE_BYTES).hex()}"
     new_path = directory / (name + NEW_SUFFIX)
     fd = os.open(new_path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_APPEND, 0o644)
     try:

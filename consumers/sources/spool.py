@@ -31,7 +31,8 @@ class Range:
 
 
 def token_for(ranges: list[Range]) -> str:
-    """The insert dedup token of a batch: the same ranges always give the same token."""
+    """The insert dedup token of a batch: the same ranges always give the same token, and
+    other ranges another (segment names hold a random nonce, unique across hosts too)."""
     text = ";".join(f"{r.segment}:{r.start}:{r.end}" for r in ranges)
     return "spool-" + hashlib.sha256(text.encode()).hexdigest()[:32]
 

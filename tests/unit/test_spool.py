@@ -389,8 +389,27 @@ async def test_the_sink_and_the_log_write_one_segment_format(tmp_path, metrics):
     [from_sink] = closed_segments(tmp_path / "sink")
     [from_wal] = closed_segments(tmp_path / "wal")
     assert from_sink.read_bytes() == from_wal.read_bytes() == expected
-    name = rf"\d{{13}}-{os.getpid():07d}-%s000001{re.escape(CLOSED_SUFFIX)}"
+    name = rf"\d{{13}}-{os.getpid():07d}-%s000001-[0-9a-f]{{16}}{re.escape(CLOSED_SUFFIX)}"
     assert re.fullmatch(name % "", from_sink.name) and re.fullmatch(name % "w", from_wal.name)
+
+
+async def test_spools_of_two_hosts_never_name_a_batch_alike(
+    tmp_path, checkpoint, metrics, monkeypatch
+):
+    """Spool-mode consumers on two hosts storing into one ClickHouse server: a segment opened
+    at the same ms by the same pid (containers) with the same bytes' count must still give
+    another token, or the server drops one host's batch as a repeat of the other's."""
+    monkeypatch.setattr(time, "time_ns", lambda: 1_700_000_000_000_000_000)  # one clock
+    tokens = set()
+    for host in ("a", "b"):
+        sink = make_sink(tmp_path / host, metrics)
+        await sink.send([b'{"host":"%s"}' % host.encode()])
+        await sink.close()
+        [segment] = closed_segments(tmp_path / host)
+        _, ranges = read_lines(SpoolSource(tmp_path / host, tmp_path / f"{host}.json"), 10)
+        assert ranges == [Range(segment.name, 0, 13)]
+        tokens.add(token_for(ranges))
+    assert len(tokens) == 2
 
 
 # -- SpoolSource ------------------------------------------------------------------------------
