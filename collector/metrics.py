@@ -187,7 +187,7 @@ class CollectorMetrics:
         )
         self.kafka_events = Counter(
             "beacon_kafka_events",
-            "Events produced to Kafka, by outcome (acked, failed, timeout).",
+            "Events produced to Kafka, by outcome (acked, failed, timeout, too_large).",
             ["outcome"],
             registry=registry,
         )
@@ -317,8 +317,8 @@ class CollectorMetrics:
             (self.events_flagged, FLAGS),
             (self.input_fixed, FIX_REASONS),
             (self.sink_events, ("spooled",)),
-            (self.kafka_events, ("acked", "failed", "timeout")),
-            (self.kafka_spilled, ("kafka_down", "queue_full", "timeout")),
+            (self.kafka_events, ("acked", "failed", "timeout", "too_large")),
+            (self.kafka_spilled, ("kafka_down", "queue_full", "timeout", "too_large")),
             (self.signature_checks, product(SIGNED_ENDPOINTS, signing.OUTCOMES)),
             (self.click_redirects, ("redirected", "fallback", "refused")),
             (self.click_refused, CLICK_REFUSALS),

@@ -24,6 +24,9 @@ from collector.spool.replay import SpoolReplayer
 
 log = logging.getLogger("beacon.kafka")
 
+# Why a batch produced but not acknowledged is spilled, by the link's outcome.
+SPILL_REASONS = {"timeout": "timeout", "too_large": "too_large"}
+
 
 class KafkaSink:
     """Sink producing to `settings.kafka_topic`, spilling to `spool` when Kafka cannot keep up.
@@ -190,7 +193,7 @@ class KafkaSink:
         outcome = await self.link.wait_ack(sent)
         self._add_unacked(-sent.size_bytes)
         if outcome != "acked":
-            await self._spill(sent.events, "timeout" if outcome == "timeout" else "kafka_down")
+            await self._spill(sent.events, SPILL_REASONS.get(outcome, "kafka_down"))
 
     # -- helpers --------------------------------------------------------------------------
 

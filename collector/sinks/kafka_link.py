@@ -18,8 +18,9 @@ from dataclasses import dataclass
 from typing import Any
 
 from aiokafka import AIOKafkaProducer
-from aiokafka.errors import KafkaError
+from aiokafka.errors import KafkaError, MessageSizeTooLargeError, RecordListTooLargeError
 
+from collector.loglimit import LimitedLog
 from collector.metrics import CollectorMetrics
 from collector.settings import Settings
 
@@ -28,6 +29,11 @@ log = logging.getLogger("beacon.kafka")
 # How often a down link asks the broker again; an outage shorter than this costs at most this
 # much extra spooling.
 RECONNECT_INTERVAL_S = 1.0
+# A batch the broker refuses as too large (past the topic's max.message.bytes, which the
+# producer cannot see) halves the bound on the batches that follow, down to this; its events
+# go to the spool and are replayed in the smaller batches. The link stays up: the broker is.
+MIN_BATCH_BYTES = 1024
+TOO_LARGE = (MessageSizeTooLargeError, RecordListTooLargeError)
 
 
 def _retrieve(future: asyncio.Future[Any]) -> None:
@@ -56,6 +62,10 @@ class KafkaLink:
         self.topic = settings.kafka_topic
         self.timeout_s = settings.kafka_timeout_ms / 1000
         self.record_max_bytes = settings.kafka_record_max_bytes
+        # The events' bytes a batch takes: kafka_batch_max_bytes, less after a batch refused
+        # as too large (for the life of the process: the topic's limit rarely changes).
+        self.batch_max_bytes = settings.kafka_batch_max_bytes
+        self._limited = LimitedLog(log)  # a lone event refused is refused at each replay
         self.producer: AIOKafkaProducer | None = None
         self.partitions: list[int] = []
         self.up = False
@@ -133,6 +143,8 @@ class KafkaLink:
             # A batch takes at least one record, so an event larger than a batch still goes.
             while end < len(events):
                 chunk_end, chunk_bytes = self._chunk(events, end)
+                if end > start and size_bytes + chunk_bytes > self.batch_max_bytes:
+                    break
                 value = events[end] if chunk_end == end + 1 else b"\n".join(events[end:chunk_end])
                 if batch.append(key=None, value=value, timestamp=None) is None:
                     break
@@ -169,17 +181,19 @@ class KafkaLink:
 
     def _chunk(self, events: list[bytes], start: int) -> tuple[int, int]:
         """End of the chunk of events from `start` (at least one) and its events' bytes."""
-        end, size, room = start + 1, len(events[start]), self.record_max_bytes
+        end, size = start + 1, len(events[start])
+        room = min(self.record_max_bytes, self.batch_max_bytes)
         while end < len(events) and size + len(events[end]) + (end - start) <= room:
             size += len(events[end])
             end += 1
         return end, size
 
     async def wait_ack(self, sent: Sent) -> str:
-        """Wait for one batch's ack until its deadline: acked, failed or timeout.
+        """Wait for one batch's ack until its deadline: acked, failed, timeout or too_large.
 
         A failed or late batch marks the link down; aiokafka may still deliver a late batch,
-        which then is a duplicate of the spilled copy (removed downstream by event_id).
+        which then is a duplicate of the spilled copy (removed downstream by event_id). A batch
+        refused as too large leaves the link up and smaller batches after it.
         """
         remaining_s = max(0.0, sent.deadline_s - time.monotonic())
         # asyncio.wait, not wait_for: cancelling `ack` (a shield over aiokafka's batch future)
@@ -194,6 +208,9 @@ class KafkaLink:
             waited_s = time.monotonic() - sent.sent_at_s
             if self._fair(waited_s):
                 self.mark_down(f"no ack in {waited_s:.3f} s")
+        elif not sent.ack.cancelled() and isinstance(sent.ack.exception(), TOO_LARGE):
+            outcome = "too_large"  # the caller keeps the events; they go again, smaller
+            self._shrink(sent, sent.ack.exception())
         elif sent.ack.cancelled() or sent.ack.exception() is not None:
             outcome = "failed"  # the caller keeps the events, whatever the error was
             error = "cancelled" if sent.ack.cancelled() else repr(sent.ack.exception())
@@ -203,6 +220,22 @@ class KafkaLink:
             self.metrics.kafka_produce_seconds.observe(time.monotonic() - sent.sent_at_s)
         self.metrics.kafka_events.labels(outcome).inc(len(sent.events))
         return outcome
+
+    def _shrink(self, sent: Sent, error: BaseException | None) -> None:
+        """Halve the batch bound below the refused batch. Batches refused together (all sent
+        at the old bound) lower it once, not once each."""
+        bound = max(MIN_BATCH_BYTES, sent.size_bytes // 2)
+        if bound >= self.batch_max_bytes:
+            if len(sent.events) == 1:  # nothing smaller to send: it stays in the spool
+                self._limited.warning("event_too_large", "Kafka refused one event of %d bytes "
+                                      "as too large (%r); it stays in the spool until the "
+                                      "topic's max.message.bytes is raised", sent.size_bytes,
+                                      error)  # fmt: skip
+            return
+        log.warning("Kafka refused a batch of %d events' bytes as too large (%r: the topic's "
+                    "max.message.bytes); batches now take at most %d", sent.size_bytes, error,
+                    bound)  # fmt: skip
+        self.batch_max_bytes = bound
 
     # -- connecting ---------------------------------------------------------------------------
 

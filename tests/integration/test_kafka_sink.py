@@ -10,7 +10,7 @@ from dataclasses import replace
 
 import orjson
 import pytest
-from aiokafka.admin import AIOKafkaAdminClient
+from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 from aiokafka.errors import KafkaError
 
 from beacon.__main__ import main
@@ -490,3 +490,46 @@ async def test_a_producer_that_fails_every_send_is_replaced(
     assert broken._sender._sender_task.done()  # the producer replaced was stopped to its end
     landed = events_in(await read_topic(kafka_bootstrap, kafka_topic))
     assert sorted(landed) == sorted(events + more)
+
+
+async def test_batches_the_topic_refuses_as_too_large_go_again_smaller(
+    settings, metrics, kafka_bootstrap
+):
+    """A topic whose max.message.bytes is below the batches (a topic set so, or batches sent
+    uncompressed): each batch it refused went to the spool, came back from it at the same
+    size and was refused again, the link marked down each time, until the spool was full."""
+    name = f"small.{uuid.uuid4().hex[:8]}"
+    admin = AIOKafkaAdminClient(bootstrap_servers=kafka_bootstrap)
+    await admin.start()
+    try:
+        topic = NewTopic(name, 1, 1, topic_configs={"max.message.bytes": "8192"})
+        await admin.create_topics([topic])
+    finally:
+        await admin.close()
+    live = replace(settings, kafka_bootstrap=kafka_bootstrap, kafka_topic=name,
+                   kafka_compression="none", kafka_batch_max_bytes=64 * 1024,
+                   spool_segment_max_age_ms=100)  # fmt: skip
+    sink = kafka_sink(live, metrics)
+    await wait_for(sink.connected, 30, "the sink to reach Kafka")
+    events = [orjson.dumps({"event_id": f"{i:04d}", "pad": "x" * 250}) for i in range(200)]
+    await sink.send(events)  # ~52 KB: one batch, refused
+    await wait_for(lambda: spilled(metrics, "too_large") == 200, 30, "the batch spooled")
+    await asyncio.sleep(0.15)
+    await sink.flush()  # the buffer does this every flush interval: the segment closes
+    await wait_for(lambda: not any(live.spool_dir.iterdir()), 60, "replay to empty the spool")
+    assert sink.link.batch_max_bytes < 8192
+    acked = metric_value(metrics, "beacon_kafka_events_total", outcome="acked")
+    refused = metric_value(metrics, "beacon_kafka_events_total", outcome="too_large")
+    more = [orjson.dumps({"event_id": f"m{i:03d}", "pad": "y" * 250}) for i in range(100)]
+    await sink.send(more)  # at the bound learnt: taken at once
+    await wait_for(lambda: metric_value(metrics, "beacon_kafka_events_total", outcome="acked")
+                   == acked + 100, 30, "the later events acknowledged")  # fmt: skip
+    assert metric_value(metrics, "beacon_kafka_events_total", outcome="too_large") == refused
+    await sink.close()
+    records = await read_topic(kafka_bootstrap, name)
+    # Every event; those of a replay's part acked in a batch before another was refused are
+    # sent again with it (at least once: the consumers drop repeats by event_id).
+    assert set(events_in(records)) == set(events + more)
+    assert all(len(r.value) <= 8192 for r in records)
+    assert spilled(metrics, "kafka_down") == spilled(metrics, "timeout") == 0  # the link stayed up
+    assert metric_value(metrics, "beacon_kafka_events_total", outcome="failed") == 0
