@@ -24,9 +24,6 @@ from collector.spool.replay import SpoolReplayer
 
 log = logging.getLogger("beacon.kafka")
 
-# Why a batch produced but not acknowledged is spilled, by the link's outcome.
-SPILL_REASONS = {"timeout": "timeout", "too_large": "too_large"}
-
 
 class KafkaSink:
     """Sink producing to `settings.kafka_topic`, spilling to `spool` when Kafka cannot keep up.
@@ -193,7 +190,11 @@ class KafkaSink:
         outcome = await self.link.wait_ack(sent)
         self._add_unacked(-sent.size_bytes)
         if outcome != "acked":
-            await self._spill(sent.events, SPILL_REASONS.get(outcome, "kafka_down"))
+            late = outcome == "timeout"
+            too_large = outcome == "too_large"  # else failed: the link is marked down
+            await self._spill(
+                sent.events, "timeout" if late else "too_large" if too_large else "kafka_down"
+            )
 
     # -- helpers --------------------------------------------------------------------------
 
