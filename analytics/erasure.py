@@ -134,16 +134,26 @@ def erased_rows(fields: list[str], alias: str, since_ms: int) -> str:
     return " OR ".join(t for t in terms if t)
 
 
-def listed_rows(erased: Mapping[str, Mapping[int, int]]) -> str:
+def listed_rows(erased: Mapping[str, Mapping[int, int]]) -> list[str]:
     """The same condition, over the events table's own columns, for the ids `erased` lists:
     {field: {id hash: time in ms}}, and rows stored a second or more before their erasure
-    whatever their time says, as `erase` deletes them; "" for none."""
+    whatever their time says, as `erase` deletes them; as conditions of at most
+    LISTED_IDS_MAX ids each (none for none), which together hold every such row."""
     terms = []
     for field, by_hash in erased.items():
-        hashes = f"[{', '.join(map(str, by_hash))}]::Array(UInt64)"
-        times = f"[{', '.join(map(str, by_hash.values()))}]::Array(Int64)"
-        terms.append(_erased_term(field, "", hashes, times, stored=True) if by_hash else "")
-    return " OR ".join(t for t in terms if t)
+        items = list(by_hash.items())
+        for at in range(0, len(items), LISTED_IDS_MAX):
+            part = items[at : at + LISTED_IDS_MAX]
+            hashes = f"[{', '.join(str(h) for h, _ in part)}]::Array(UInt64)"
+            times = f"[{', '.join(str(t) for _, t in part)}]::Array(Int64)"
+            terms.append(_erased_term(field, "", hashes, times, stored=True))
+    return [t for t in terms if t]
+
+
+# Ids one condition of listed_rows names at most: each takes ~75 bytes of the statement, and
+# ClickHouse parses at most max_query_size (256 KiB by default) of one. A DELETE reads its ids
+# from the statement's text: on a cluster, a mutation's condition may not read another table.
+LISTED_IDS_MAX = 1000
 
 
 def stored_before(erased_ms: str) -> str:
@@ -192,25 +202,33 @@ async def erase(writer: Writer, field: str, value: str) -> int:
     # And every row stored before it, whatever its time says (a collector's clock ahead).
     until = f"fromUnixTimestamp64Milli({at_ms}, 'UTC')"
     where = f"{column} = {literal} AND (received_at <= {until} OR {stored_before(str(at_ms))})"
-    return await delete_rows(writer, where, cluster)
+    return await delete_rows(writer, [where], cluster)
 
 
 async def delete_rows(
-    writer: Writer, where: str, cluster: Cluster | None, also_days: Iterable[str] = ()
+    writer: Writer, wheres: list[str], cluster: Cluster | None, also_days: Iterable[str] = ()
 ) -> int:
-    """Delete the events `where` holds and rebuild the rollups of their days, and of
+    """Delete the events any of `wheres` holds and rebuild the rollups of their days, and of
     `also_days` (ISO dates) whatever they hold; how many rows."""
-    # Their days and how many on each, in one scan of what `where` reads.
-    by_day = await writer.query(
-        f"SELECT toDate(received_at), count() FROM {EVENTS} WHERE {where} GROUP BY 1", "TSV"
-    )
-    counts = dict(line.split("\t") for line in by_day.splitlines())
-    rows = sum(map(int, counts.values()))
-    days = sorted(counts.keys() | set(also_days))
+    also = set(also_days)
+    rows, days = 0, set[str]()
+    for where in wheres:  # each counted after the DELETEs before it: a row counts once
+        # Its days and how many on each, in one scan of what `where` reads.
+        by_day = await writer.query(
+            f"SELECT toDate(received_at), count() FROM {EVENTS} WHERE {where} GROUP BY 1", "TSV"
+        )
+        counts = dict(line.split("\t") for line in by_day.splitlines())
+        if not counts:
+            continue
+        if due := (counts.keys() | also) - days:  # before the DELETE: see due_before_erasure
+            await due_before_erasure(writer, sorted(due))
+            days |= due
+        rows += sum(map(int, counts.values()))
+        await writer.execute(delete_statement(where, cluster))
+    if due := also - days:
+        await due_before_erasure(writer, sorted(due))
+        days |= due
     if days:
-        await due_before_erasure(writer, days)
-        if rows:
-            await writer.execute(delete_statement(where, cluster))
         # The rollups of those days still count the rows (and hold their hashes): recompute
         # them from what is left, on each shard of a cluster (analytics/rollup_settle.py).
         await rebuild_after_erasure(writer, days)

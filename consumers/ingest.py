@@ -434,8 +434,8 @@ class Ingest:
             for line in recorded.splitlines():
                 field, value_hash, at_ms = line.split("\t")
                 erased.setdefault(field, {})[int(value_hash)] = int(at_ms)
-            where = erasure.listed_rows(erased)
-            if not where:
+            listed = erasure.listed_rows(erased)
+            if not listed:
                 return 0
             # The batch's span (its rows are stored with the staged times it was read from):
             # partitions and the sort key's time prune what the count and the DELETE read.
@@ -443,9 +443,9 @@ class Ingest:
                 f"received_at BETWEEN fromUnixTimestamp64Milli({from_ms}, 'UTC') "
                 f"AND fromUnixTimestamp64Milli({to_ms}, 'UTC')"
             )
-            where = f"{span} AND ({where})"
+            wheres = [f"{span} AND ({where})" for where in listed]
             cluster = await check_mode(self.writer)
-            return await erasure.delete_rows(self.writer, where, cluster, days)
+            return await erasure.delete_rows(self.writer, wheres, cluster, days)
 
     async def _recent_erasures(self, since_ms: int) -> Erasures:
         """(field, erasures, the last one's time in ms) of the erasures since `since_ms`."""

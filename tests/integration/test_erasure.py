@@ -387,6 +387,28 @@ async def test_thousands_of_erasures_are_read_by_the_insert_not_written_into_it(
     assert store.rows(f"SELECT recipient FROM {EVENTS}") == [{"recipient": "bob"}]
 
 
+async def test_a_batchs_erase_step_deletes_after_thousands_of_erasures_in_statements_that_fit(
+    empty: Store,
+) -> None:
+    # A bulk erasure while a backlog is replayed: the erase step listed every id erased since
+    # the batch's oldest event in one DELETE, past 256 KiB at ~3,600 of them, and failed the
+    # batch on every retry, holding every partition behind it.
+    store, at = empty, hour_ago_ms()
+    events = [wire("open", at + i, recipient=f"u-{i}") for i in (1, 2000, 4999)]
+    events.append(wire("open", at, recipient="bob"))
+    assert (await Ingest(store.writer).store(body(events), "beacon.events-0-0-3")).inserted == 4
+    await store.writer.execute(
+        f"INSERT INTO {ERASURES} SELECT 'recipient', sipHash64(toString('u-' || "
+        "toString(number))), now64(3) FROM numbers(5000)"
+    )
+    await erasure.erase(store.writer, "visitor", "7")  # another field's list beside it
+    again = await Ingest(store.writer).store(body(events), "beacon.events-0-0-3", again=True)
+    assert again.erase is not None
+    assert await Ingest(store.writer).erase_recorded(again.erase) == 3
+    assert store.rows(f"SELECT recipient FROM {EVENTS}") == [{"recipient": "bob"}]
+    assert recipients_in_rollup(store) == 1
+
+
 async def test_a_row_kept_without_consent_is_left_out_only_if_its_hour_ended_before(
     empty: Store,
 ) -> None:
