@@ -293,7 +293,7 @@ class Ingest:
                 # down) can keep its token and lose its rows, and the token would then drop
                 # this attempt's as a repeat.
                 if (replay or partial or again) and good:
-                    refilled = await self._refill(token)
+                    refilled = await self._refill(token, oldest, last)
                     inserted += refilled
                 erase = None
                 now = await self._erased_meanwhile(oldest, replay or again) if good else None
@@ -491,12 +491,19 @@ class Ingest:
         )
         await self.writer.insert_from(EVENTS, EVENT_COLUMNS, select, token)
 
-    async def _refill(self, token: str) -> int:
+    async def _refill(self, token: str, oldest_ms: int, last_ms: int) -> int:
         # GLOBAL: through a Distributed `events` the shards cannot see this session's
         # temporary table, so the initiator sends them its ids (on one node it is a plain IN).
+        # Within the batch's span: a copy of a line is stored with its time, and the
+        # partitions and the sort key's time prune the read (event_id alone read the column
+        # of every part of every month: 0.20-0.22 s against 0.023-0.026 s, 8 million rows).
+        span = (
+            f"received_at BETWEEN fromUnixTimestamp64Milli({oldest_ms}, 'UTC') "
+            f"AND fromUnixTimestamp64Milli({last_ms}, 'UTC')"
+        )
         stored = (
-            f"s.event_id IN (SELECT event_id FROM {EVENTS} "
-            f"WHERE event_id GLOBAL IN (SELECT event_id FROM {self.stage}))"
+            f"s.event_id IN (SELECT event_id FROM {EVENTS} WHERE {span} "
+            f"AND event_id GLOBAL IN (SELECT event_id FROM {self.stage}))"
         )
         out = await self.writer.query(
             f"SELECT count() FROM {self.stage} AS s "
