@@ -32,7 +32,10 @@ class ConsumerMetrics:
             "beacon_consumer_rows_read", "Kafka records (or spool lines) read.", registry=registry
         )
         self.rows_inserted = Counter(
-            "beacon_consumer_rows_inserted", "Rows inserted into ClickHouse.", registry=registry
+            "beacon_consumer_rows_inserted",
+            "Rows inserted into ClickHouse; a batch stored again under its token (a replay, a"
+            " retry) counts again, though ClickHouse keeps it once.",
+            registry=registry,
         )
         self.rows_rejected = Counter(
             "beacon_consumer_rows_rejected",
