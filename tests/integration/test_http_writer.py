@@ -314,7 +314,7 @@ async def test_a_server_that_never_answers_times_out_as_a_store_error():
     started = time.monotonic()
     try:
         # Without its own timeout the call would hang: this wait's TimeoutError is no StoreError.
-        with pytest.raises(StoreError, match="no answer in 0.3 s.*may still run"):
+        with pytest.raises(StoreError, match=r"no answer in 0\.3 s.*may still run"):
             await asyncio.wait_for(writer.execute("SELECT 1"), 60)
         print(f"gave up after {time.monotonic() - started:.2f} s (timeout_s=0.3)")
     finally:
