@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import datetime as dt
 import os
 import uuid
 from collections.abc import Iterator
@@ -28,6 +29,14 @@ def settings(tmp_path: Path) -> Settings:
 @pytest.fixture
 def metrics() -> CollectorMetrics:
     return CollectorMetrics(CollectorRegistry())
+
+
+@pytest.fixture
+def now() -> dt.datetime:
+    """The test's one reading of the clock (UTC): the days and hours of the traffic it makes,
+    of the windows it reads and of a settler's noon all come from it, so a run across
+    midnight does not make today's traffic on one day and look for it on the next."""
+    return dt.datetime.now(dt.UTC)
 
 
 @pytest.fixture

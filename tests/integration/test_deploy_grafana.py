@@ -158,14 +158,14 @@ def reader_config(tmp_path: Path) -> Path:
     return config
 
 
-def day_start(days_ago: int) -> dt.datetime:
-    today = dt.datetime.now(dt.UTC).replace(hour=0, minute=0, second=0, microsecond=0)
+def day_start(now: dt.datetime, days_ago: int) -> dt.datetime:
+    today = now.replace(hour=0, minute=0, second=0, microsecond=0)
     return today - dt.timedelta(days=days_ago)
 
 
-def traffic(days_ago: int) -> list[dict[str, Any]]:
+def traffic(now: dt.datetime, days_ago: int) -> list[dict[str, Any]]:
     """A few hours of a day: email opens and clicks, ad impressions, page views, a bot."""
-    t0 = day_start(days_ago) + dt.timedelta(hours=2)
+    t0 = day_start(now, days_ago) + dt.timedelta(hours=2)
     rows = []
 
     def event(n: int, event_type: str, **fields: Any) -> None:
@@ -198,18 +198,20 @@ def run_python(code: str, *args: str, stdin: Any) -> Any:
     return json.loads(done.stdout)
 
 
-def test_panels_run_as_the_reader_and_show_the_settled_days(tmp_path: Path) -> None:
+def test_panels_run_as_the_reader_and_show_the_settled_days(
+    tmp_path: Path, now: dt.datetime
+) -> None:
     store = tmp_path / "store"
-    closed = [traffic(3), traffic(2)]
+    closed = [traffic(now, 3), traffic(now, 2)]
     replayed = closed[1][:10]  # a replay: the same events again, in an insert of their own
-    today = traffic(0)
-    settle = [day_start(3).date().isoformat(), day_start(2).date().isoformat()]
+    today = traffic(now, 0)
+    settle = [day_start(now, 3).date().isoformat(), day_start(now, 2).date().isoformat()]
     truth = run_python(WRITE, stdin={"store": str(store), "inserts": [*closed, replayed, today],
                                      "settle": settle})  # fmt: skip
     truth = {row["event_type"]: row for row in truth}
     assert sum(int(r["events"]) for r in truth.values()) == len(closed[0]) + len(closed[1])
 
-    start, end = day_start(7), dt.datetime.now(dt.UTC) + dt.timedelta(days=1)
+    start, end = day_start(now, 7), now + dt.timedelta(days=1)
     sqls = {f"{stem}/{panel['id']}": expand(sql, start, end) for stem, panel, sql in
             clickhouse_targets()}  # fmt: skip
     got = run_python(READ, str(store), str(reader_config(tmp_path)), stdin=sqls)

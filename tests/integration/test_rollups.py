@@ -43,16 +43,16 @@ MPP = "Mozilla/5.0"
 BOT = "curl/8.5.0"
 
 
-def day_start_ms(days_ago: int) -> int:
-    today = dt.datetime.now(dt.UTC).replace(hour=0, minute=0, second=0, microsecond=0)
+def day_start_ms(now: dt.datetime, days_ago: int) -> int:
+    today = now.replace(hour=0, minute=0, second=0, microsecond=0)
     return int((today - dt.timedelta(days=days_ago)).timestamp() * 1000)
 
 
-def traffic(seed: int, days_ago: int) -> list[dict[str, Any]]:
-    """A day of mixed traffic, a few hours into the day `days_ago` days back."""
+def traffic(now: dt.datetime, seed: int, days_ago: int) -> list[dict[str, Any]]:
+    """A day of mixed traffic, a few hours into the day `days_ago` days before `now`'s."""
     rng = random.Random(seed)
     # Today's start just after midnight: inside the current hour's window whatever the time.
-    t0 = day_start_ms(days_ago) + (3_600_000 * (1 + days_ago) if days_ago else 60_000)
+    t0 = day_start_ms(now, days_ago) + (3_600_000 * (1 + days_ago) if days_ago else 60_000)
     email = {"site": "shop", "campaign": f"mail-{seed % 2}", "message": f"m{seed}"}
     events = []
     for i in range(40):
@@ -126,25 +126,26 @@ def store(tmp_path: Path) -> Iterator[Store]:
     s.close()
 
 
-def window_days(days: int) -> Window:
-    return Window.last_days(days)
+def window_days(now: dt.datetime, days: int) -> Window:
+    return Window.last_days(days, now)
 
 
 def run(coro: Any) -> Any:
     return asyncio.run(coro)
 
 
-def settler_of(store: Store) -> Settler:
-    """A settler that thinks it is noon (so yesterday has ended, whatever the time), and that
-    may settle every row stored so far: nothing inserts while these tests settle."""
-    noon = day_start_ms(0) / 1000 + 12 * 3600
+def settler_of(store: Store, now: dt.datetime) -> Settler:
+    """A settler that thinks it is noon of `now`'s day (so yesterday has ended, whatever the
+    time), and that may settle every row stored so far: nothing inserts while these tests
+    settle."""
+    noon = day_start_ms(now, 0) / 1000 + 12 * 3600
     return Settler(store.writer, clock=lambda: noon, insert_margin_s=-5)
 
 
-def test_every_view_is_the_same_from_rollups_and_raw_events(store: Store) -> None:
+def test_every_view_is_the_same_from_rollups_and_raw_events(store: Store, now: dt.datetime) -> None:
     for days_ago in (2, 1, 0):
-        store.add(traffic(days_ago, days_ago))
-    found = compare(store, window_days(4), thorough=True)
+        store.add(traffic(now, days_ago, days_ago))
+    found = compare(store, window_days(now, 4), thorough=True)
     campaigns = {r["campaign"]: r for r in found["campaign", None, Filters()]}
     # mail-0 on two days, each: 5 Apple MPP + 5 bot opens, and 3 scanners (an open, 3 clicks).
     assert campaigns["mail-0"]["machine_opens"] == 2 * (5 + 5 + 3)
@@ -157,11 +158,11 @@ def test_every_view_is_the_same_from_rollups_and_raw_events(store: Store) -> Non
     pages = found["pages", None, Filters()]
     assert sum(p["pageviews"] for p in pages) == 3 * 80
     # A window over part of a day: the daily rollups read the ends from raw events.
-    start = dt.datetime.now(dt.UTC) - dt.timedelta(days=1, hours=5)
-    compare(store, Window.parse(start.strftime("%Y-%m-%dT%H"), None))
+    start = now - dt.timedelta(days=1, hours=5)
+    compare(store, Window.parse(start.strftime("%Y-%m-%dT%H"), None, now))
 
 
-def test_a_replayed_event_counts_once_in_the_rollups(store: Store) -> None:
+def test_a_replayed_event_counts_once_in_the_rollups(store: Store, now: dt.datetime) -> None:
     # What a view with a plain count() would say, to show why the rollups keep event ids.
     store.writer.query_sync(
         "CREATE TABLE beacon.naive (n SimpleAggregateFunction(sum, UInt64)) "
@@ -173,7 +174,7 @@ def test_a_replayed_event_counts_once_in_the_rollups(store: Store) -> None:
         f"FROM {EVENTS}",
         "TSV",
     )
-    events = traffic(0, 0)
+    events = traffic(now, 0, 0)
     store.add(events)
     replayed = "\n".join(store.enricher.to_row(orjson.dumps(e)).decode() for e in events[:50])
     # A retry with the same insert token (deduplicated), then a replay with another token.
@@ -191,17 +192,19 @@ def test_a_replayed_event_counts_once_in_the_rollups(store: Store) -> None:
     # target without a dedup window); the replay is in the table twice, FINAL hides it.
     assert counts == {"stored": len(events) + 100, "final": len(events),
                       "naive": len(events) + 150}  # fmt: skip
-    found = compare(store, window_days(1))
+    found = compare(store, window_days(now, 1))
     opens = sum(r["opens"] for r in found["campaign", None, Filters()])
     assert opens == sum(e["event_type"] == "open" for e in events)
 
 
-def test_settled_days_hold_sums_and_stay_exact_after_late_events(store: Store) -> None:
+def test_settled_days_hold_sums_and_stay_exact_after_late_events(
+    store: Store, now: dt.datetime
+) -> None:
     for days_ago in (2, 1, 0):
-        store.add(traffic(days_ago, days_ago))
-    settler = settler_of(store)
+        store.add(traffic(now, days_ago, days_ago))
+    settler = settler_of(store, now)
     settled = run(settler.settle_due())
-    today = dt.datetime.now(dt.UTC).date()
+    today = now.date()
     assert settled == [today - dt.timedelta(days=2), today - dt.timedelta(days=1)]
     assert run(settler.due_days()) == []
     flags = store.rows(
@@ -209,33 +212,33 @@ def test_settled_days_hold_sums_and_stay_exact_after_late_events(store: Store) -
         f"FROM {EVENTS_HOURLY.table} GROUP BY day ORDER BY day"
     )
     assert [(f["live"], f["settled"]) for f in flags] == [(0, 1), (0, 1), (1, 0)]
-    compare(store, window_days(4))
+    compare(store, window_days(now, 4))
     # A late duplicate of a settled event and a late new one: the day reads raw until the
     # next pass settles it again.
-    late = traffic(2, 2)[:30]
+    late = traffic(now, 2, 2)[:30]
     store.add([*late, wire("open", late[0]["received_at"] + 1, site="shop", campaign="mail-0")])
     assert run(settler.due_days()) == [today - dt.timedelta(days=2)]
-    compare(store, window_days(4))
+    compare(store, window_days(now, 4))
     # A window that ends within that day too: an hourly rollup's last day is read raw.
     noon = dt.datetime.combine(today - dt.timedelta(days=2), dt.time(12), dt.UTC)
     compare(store, Window(noon - dt.timedelta(days=1), noon))
     run(settler.settle_due())
     assert run(settler.due_days()) == []
-    compare(store, window_days(4))
+    compare(store, window_days(now, 4))
 
 
-def test_a_day_being_settled_is_read_from_raw_events(store: Store) -> None:
-    store.add(traffic(1, 1))
-    yesterday = dt.datetime.now(dt.UTC).date() - dt.timedelta(days=1)
+def test_a_day_being_settled_is_read_from_raw_events(store: Store, now: dt.datetime) -> None:
+    store.add(traffic(now, 1, 1))
+    yesterday = now.date() - dt.timedelta(days=1)
     # As if a settle stopped after emptying the partition: the mark says not done.
     store.writer.query_sync(f"INSERT INTO {SETTLING} (day, done) VALUES ('{yesterday}', 0)", "TSV")
     for rollup in ROLLUPS:
         store.writer.query_sync(f"ALTER TABLE {rollup.table} DROP PARTITION '{yesterday}'", "TSV")
-    compare(store, window_days(3))
-    settler = settler_of(store)
+    compare(store, window_days(now, 3))
+    settler = settler_of(store, now)
     assert run(settler.due_days()) == [yesterday]  # and the next pass finishes it
     run(settler.settle_due())
-    compare(store, window_days(3))
+    compare(store, window_days(now, 3))
 
 
 class Cut(Exception):
@@ -274,13 +277,13 @@ class Interleaved:
         return getattr(self.writer, name)
 
 
-def test_a_report_a_rebuild_began_under_is_read_again(store: Store) -> None:
+def test_a_report_a_rebuild_began_under_is_read_again(store: Store, now: dt.datetime) -> None:
     """A report reads its plan, then its statements: a run that marks and swaps a day in
     between (here: cut short after its first swap, which holds none of the rows inserted
     within its margin, so drops the day's) would be read as the plan found it, rollups for
     that day."""
-    store.add(traffic(0, 0))
-    today = dt.datetime.now(dt.UTC).date()
+    store.add(traffic(now, 0, 0))
+    today = now.date()
     midnight = dt.datetime.combine(today, dt.time(), dt.UTC)
     window = Window(midnight, midnight + dt.timedelta(days=1))
     began: list[str] = []
@@ -296,15 +299,17 @@ def test_a_report_a_rebuild_began_under_is_read_again(store: Store) -> None:
         began.clear()
         rolled = view_rows(query, Request(view, window))
         assert began and rolled == view_rows(store.query, Request(view, window, source="raw"))
-        run(settler_of(store).settle_due())  # today done again, for the next view
+        run(settler_of(store, now).settle_due())  # today done again, for the next view
 
 
-def test_a_rebuild_cut_short_while_another_ran_leaves_the_day_due(store: Store) -> None:
+def test_a_rebuild_cut_short_while_another_ran_leaves_the_day_due(
+    store: Store, now: dt.datetime
+) -> None:
     # Two consumers settle the same day; the one that began second stops between its swap
     # and the end of its run. The first one's end must not mark the day done over it.
-    store.add(traffic(1, 1))
-    yesterday = dt.datetime.now(dt.UTC).date() - dt.timedelta(days=1)
-    noon, ticks = day_start_ms(0) / 1000 + 12 * 3600, itertools.count()
+    store.add(traffic(now, 1, 1))
+    yesterday = now.date() - dt.timedelta(days=1)
+    noon, ticks = day_start_ms(now, 0) / 1000 + 12 * 3600, itertools.count()
 
     def clock() -> float:  # every reading a millisecond later than the one before
         return noon + next(ticks) / 1000
@@ -321,20 +326,21 @@ def test_a_rebuild_cut_short_while_another_ran_leaves_the_day_due(store: Store) 
     assert run(settler.due_days()) == [yesterday]  # the next pass settles it again
     run(settler.settle_due())
     assert run(settler.due_days()) == []
-    compare(store, window_days(3))
+    compare(store, window_days(now, 3))
 
 
 def test_a_run_whose_swap_landed_after_an_erasures_rebuild_leaves_the_day_due(
     store: Store,
+    now: dt.datetime,
 ) -> None:
     # An erasure rebuilds the day while a settling pass runs: the pass staged the day with the
     # person, and its swap lands after the rebuild's. Whose landed last is not known at the
     # end, so the day must not be marked done: the next pass settles it again. Two passes
     # that overlap with no erasure land the same rows: the day is done (consumers that settle
     # in step would otherwise keep it due for good).
-    store.add(traffic(1, 1))
-    yesterday = dt.datetime.now(dt.UTC).date() - dt.timedelta(days=1)
-    noon, ticks = day_start_ms(0) / 1000 + 12 * 3600, itertools.count()
+    store.add(traffic(now, 1, 1))
+    yesterday = now.date() - dt.timedelta(days=1)
+    noon, ticks = day_start_ms(now, 0) / 1000 + 12 * 3600, itertools.count()
 
     def clock() -> float:
         return noon + next(ticks) / 1000
@@ -357,16 +363,18 @@ def test_a_run_whose_swap_landed_after_an_erasures_rebuild_leaves_the_day_due(
     assert run(settler(store.writer).due_days()) == [yesterday]
     run(settler(store.writer).settle_due())
     assert run(settler(store.writer).due_days()) == []
-    compare(store, window_days(3))
+    compare(store, window_days(now, 3))
 
 
-def test_a_delete_still_running_when_a_run_ends_leaves_the_day_due(store: Store) -> None:
+def test_a_delete_still_running_when_a_run_ends_leaves_the_day_due(
+    store: Store, now: dt.datetime
+) -> None:
     # An erasure's DELETE outlives its client (a server goes on after the writer gave up, and
     # the erasure, failed, rebuilds nothing): a settling pass that reads the day before the
     # DELETE lands must not mark it done, or the person stays in its rollups for good.
-    store.add(traffic(1, 1))
-    yesterday = dt.datetime.now(dt.UTC).date() - dt.timedelta(days=1)
-    settler = settler_of(store)
+    store.add(traffic(now, 1, 1))
+    yesterday = now.date() - dt.timedelta(days=1)
+    settler = settler_of(store, now)
     run(store.writer.execute(f"SYSTEM STOP MERGES {EVENTS}"))  # mutations wait too
     where = erasure.condition("recipient", "r1")
     run(store.writer.execute(f"DELETE FROM {EVENTS} WHERE {where} "
@@ -379,16 +387,18 @@ def test_a_delete_still_running_when_a_run_ends_leaves_the_day_due(store: Store)
     assert run(settler.due_days()) == [yesterday]
     run(settler.settle_due())
     assert run(settler.due_days()) == []
-    compare(store, window_days(3))
+    compare(store, window_days(now, 3))
     assert_r1_left_the_sets(store)
 
 
-def test_neither_a_failing_delete_nor_another_mutation_keeps_a_day_due(store: Store) -> None:
+def test_neither_a_failing_delete_nor_another_mutation_keeps_a_day_due(
+    store: Store, now: dt.datetime
+) -> None:
     # A DELETE that fails for good has deleted nothing, and other mutations (a TTL's
     # materialization, here an UPDATE queued behind the failing DELETE) delete no person:
     # holding days due for them rebuilt every day settled meanwhile at every pass, for good.
-    store.add(traffic(1, 1))
-    settler = settler_of(store)
+    store.add(traffic(now, 1, 1))
+    settler = settler_of(store, now)
     failing = "throwIf(event_type = 'send', 'a DELETE that fails') = 1"
     run(store.writer.execute(f"ALTER TABLE {EVENTS} DELETE WHERE {failing} "
                              "SETTINGS mutations_sync = 0"))  # fmt: skip
@@ -399,7 +409,7 @@ def test_neither_a_failing_delete_nor_another_mutation_keeps_a_day_due(store: St
     try:
         run(settler.settle_due())
         assert run(settler.due_days()) == []
-        compare(store, window_days(3))
+        compare(store, window_days(now, 3))
     finally:
         run(store.writer.execute("KILL MUTATION WHERE database = 'beacon' SYNC"))
 
@@ -416,19 +426,19 @@ def assert_r1_left_the_sets(store: Store) -> None:
 
 @pytest.mark.parametrize("replicas", ["", "replicas"], ids=["one-server", "replicas"])
 async def test_an_insert_begun_long_before_a_runs_cut_and_landed_in_its_swap_counts(
-    tmp_path: Path, replicas: str
+    tmp_path: Path, replicas: str, now: dt.datetime
 ) -> None:
     # A server goes on with an insert whose client gave up, its rows timed by its start. One
     # that began over the margin before a run's cut and landed during the swap (after the
     # staging read, its views' rows before the REPLACE) was in neither the settled sums nor
     # the live rows, and the day, marked done, was not settled again: rollups short of it.
-    yesterday = dt.datetime.now(dt.UTC).date() - dt.timedelta(days=1)
+    yesterday = now.date() - dt.timedelta(days=1)
     async with ClickHouseFront(tmp_path / "ch") as front:
         setup, writer = HttpWriter(front.url), HttpWriter(front.url, timeout_s=1.0)
         try:
             await migrate(setup, retention_days=0)
             enricher, began_s = Enricher(), int(time.time())
-            rows = [orjson.loads(enricher.to_row(orjson.dumps(e))) for e in traffic(1, 1)]
+            rows = [orjson.loads(enricher.to_row(orjson.dumps(e))) for e in traffic(now, 1, 1)]
             front.run(f"INSERT INTO {EVENTS} FORMAT JSONEachRow\n"
                       + "\n".join(orjson.dumps(r).decode() for r in rows[:-20]))  # fmt: skip
             late = b"\n".join(orjson.dumps({**r, "inserted_at": began_s}) for r in rows[-20:])
@@ -446,7 +456,7 @@ async def test_an_insert_begun_long_before_a_runs_cut_and_landed_in_its_swap_cou
                     assert time.monotonic() < deadline
                     await asyncio.sleep(0.05)
 
-            noon = day_start_ms(0) / 1000 + 12 * 3600
+            noon = day_start_ms(now, 0) / 1000 + 12 * 3600
             watched = Interleaved(setup, lands)
             if replicas:  # the running inserts read on every replica (the front is each one)
                 front.clusters.add(replicas)
@@ -457,7 +467,7 @@ async def test_an_insert_begun_long_before_a_runs_cut_and_landed_in_its_swap_cou
             assert front.run(f"SELECT count() FROM {EVENTS} FINAL") == f"{len(rows)}\n"
             read_all = [x for x in front.seen if f"clusterAllReplicas('{replicas}'" in x.statement]
             assert bool(read_all) == bool(replicas)
-            compare(FrontQueries(front), window_days(3))  # type: ignore[arg-type]
+            compare(FrontQueries(front), window_days(now, 3))  # type: ignore[arg-type]
         finally:
             gate.set()
             await writer.close()
@@ -474,12 +484,12 @@ class FrontQueries:
         return self.front.run(sql, "JSONEachRow")
 
 
-def test_erasure_rebuilds_the_rollups_without_the_person(store: Store) -> None:
-    store.add(traffic(1, 1) + traffic(0, 0))
-    run(settler_of(store).settle_due())
-    before = view_rows(store.query, Request("campaign", window_days(3)))
+def test_erasure_rebuilds_the_rollups_without_the_person(store: Store, now: dt.datetime) -> None:
+    store.add(traffic(now, 1, 1) + traffic(now, 0, 0))
+    run(settler_of(store, now).settle_due())
+    before = view_rows(store.query, Request("campaign", window_days(now, 3)))
     assert run(erasure.erase(store.writer, "recipient", "r1")) > 0
-    after = compare(store, window_days(3))["campaign", None, Filters()]
+    after = compare(store, window_days(now, 3))["campaign", None, Filters()]
     assert sum(r["opens"] for r in after) < sum(r["opens"] for r in before)
     # mail-1 went to 43 people on one day; r1's hash left its sets with the rows: adding it
     # back makes one more.
@@ -493,12 +503,15 @@ def test_erasure_rebuilds_the_rollups_without_the_person(store: Store) -> None:
 
 def test_an_erasures_rebuild_keeps_the_visit_gap_its_days_were_settled_with(
     store: Store,
+    now: dt.datetime,
 ) -> None:
     """`beacon erase` runs with the default gap: a day settled with another kept it (with the
     default, the next pass settled the day again, read from raw events meanwhile)."""
-    store.add(traffic(2, 2))
-    day = dt.datetime.now(dt.UTC).date() - dt.timedelta(days=2)
-    settler = Settler(store.writer, settler_of(store).clock, insert_margin_s=-5, visit_gap_s=600)
+    store.add(traffic(now, 2, 2))
+    day = now.date() - dt.timedelta(days=2)
+    settler = Settler(
+        store.writer, settler_of(store, now).clock, insert_margin_s=-5, visit_gap_s=600
+    )
     assert run(settler.settle_due()) == [day]
     assert run(erasure.erase(store.writer, "recipient", "r1")) > 0
     gap = f"SELECT max(visit_gap_s) AS gap FROM {VISITS_SETTLED} FINAL WHERE day = '{day}'"
@@ -523,41 +536,43 @@ class CutAfterDelete:
 
 def test_an_erasure_stopped_before_its_rebuild_leaves_its_days_to_raw_events(
     store: Store,
+    now: dt.datetime,
 ) -> None:
-    store.add(traffic(1, 1))
-    settler = settler_of(store)
+    store.add(traffic(now, 1, 1))
+    settler = settler_of(store, now)
     run(settler.settle_due())
-    yesterday = dt.datetime.now(dt.UTC).date() - dt.timedelta(days=1)
+    yesterday = now.date() - dt.timedelta(days=1)
     with pytest.raises(Cut):
         run(erasure.erase(CutAfterDelete(store.writer), "recipient", "r1"))
-    compare(store, window_days(3))  # the day is read from raw events, without r1
+    compare(store, window_days(now, 3))  # the day is read from raw events, without r1
     assert run(erasure.erase(store.writer, "recipient", "r1")) == 0  # nothing left to delete
     assert run(settler.due_days()) == [yesterday]  # so no rebuild: the next pass's
     run(settler.settle_due())
-    compare(store, window_days(3))
+    compare(store, window_days(now, 3))
     assert_r1_left_the_sets(store)
 
 
 def test_an_erasure_stopped_before_rebuilding_today_leaves_it_to_the_next_pass(
     store: Store,
+    now: dt.datetime,
 ) -> None:
     """As above, on the day not ended: its rollups hold the person until a pass rebuilds it,
     the next one, not the one after the day ends."""
-    store.add(traffic(1, 0))
-    settler = settler_of(store)
-    today = dt.datetime.now(dt.UTC).date()
+    store.add(traffic(now, 1, 0))
+    settler = settler_of(store, now)
+    today = now.date()
     with pytest.raises(Cut):
         run(erasure.erase(CutAfterDelete(store.writer), "recipient", "r1"))
     assert run(settler.due_days()) == [today]
-    compare(store, window_days(1))  # meanwhile read from raw events, to the window's hour
+    compare(store, window_days(now, 1))  # meanwhile read from raw events, to the window's hour
     run(settler.settle_due())
     assert run(settler.due_days()) == []
-    compare(store, window_days(1))
+    compare(store, window_days(now, 1))
     assert_r1_left_the_sets(store)
 
 
-def test_unique_states_keep_hashes_not_ids(store: Store) -> None:
-    store.add([wire("open", day_start_ms(0), recipient="alice@example.org", message="m",
+def test_unique_states_keep_hashes_not_ids(store: Store, now: dt.datetime) -> None:
+    store.add([wire("open", day_start_ms(now, 0), recipient="alice@example.org", message="m",
                     campaign="c", visitor_id=424242)])  # fmt: skip
     states = store.query(
         f"SELECT hex(people), hex(recipients), hex(visitors) FROM {EVENTS_HOURLY.table}"
@@ -566,7 +581,7 @@ def test_unique_states_keep_hashes_not_ids(store: Store) -> None:
     assert (424242).to_bytes(8, "little").hex().upper() not in states
 
 
-def test_the_migration_backfills_what_was_stored_before(tmp_path: Path) -> None:
+def test_the_migration_backfills_what_was_stored_before(tmp_path: Path, now: dt.datetime) -> None:
     store = Store.__new__(Store)
     from analytics.store.chdb import ChdbWriter
     from consumers.enrich import Enricher
@@ -580,24 +595,26 @@ def test_the_migration_backfills_what_was_stored_before(tmp_path: Path) -> None:
             run(store.writer.execute("CREATE DATABASE IF NOT EXISTS beacon"))
         for sql in sqls:
             run(store.writer.execute(sql))
-    store.add(traffic(1, 1) + traffic(0, 0))
+    store.add(traffic(now, 1, 1) + traffic(now, 0, 0))
     assert 5 in run(migrate(store.writer, retention_days=0))  # the rollups and their backfill
-    compare(store, window_days(3))
+    compare(store, window_days(now, 3))
     # Rows inserted a moment ago stay live; once settled, yesterday holds sums, today ids.
-    yesterday = dt.datetime.now(dt.UTC).date() - dt.timedelta(days=1)
-    assert run(settler_of(store).settle_due()) == [yesterday]
+    today = now.date()
+    assert run(settler_of(store, now).settle_due()) == [today - dt.timedelta(days=1)]
     flags = store.rows(
-        f"SELECT toDate(period) = today() AS today, max(live) AS live, max(settled) AS settled "
-        f"FROM {EVENTS_HOURLY.table} GROUP BY today ORDER BY today"
+        f"SELECT toDate(period) = toDate('{today}') AS today, max(live) AS live, "
+        f"max(settled) AS settled FROM {EVENTS_HOURLY.table} GROUP BY today ORDER BY today"
     )
     assert flags == [{"today": 0, "live": 0, "settled": 1}, {"today": 1, "live": 1, "settled": 0}]
-    compare(store, window_days(3))
+    compare(store, window_days(now, 3))
     store.close()
 
 
-def test_the_scanner_steps_find_what_the_reference_rule_finds(store: Store) -> None:
-    store.add(traffic(1, 1) + traffic(0, 0))
-    where = f"{raw_query.where_sql(window_days(3), Filters())} AND {FUNNEL_TYPES}"
+def test_the_scanner_steps_find_what_the_reference_rule_finds(
+    store: Store, now: dt.datetime
+) -> None:
+    store.add(traffic(now, 1, 1) + traffic(now, 0, 0))
+    where = f"{raw_query.where_sql(window_days(now, 3), Filters())} AND {FUNNEL_TYPES}"
 
     def bursts(sql: str) -> list[tuple[str, str, str]]:
         return sorted((r["message"], r["recipient"], r["burst_at"]) for r in store.rows(sql))
