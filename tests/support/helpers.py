@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import asyncio
+import datetime as dt
 import socket
 import subprocess
 import sys
@@ -18,6 +20,7 @@ from prometheus_client import CollectorRegistry
 from contract.segments import CLOSED_SUFFIX, OPEN_SUFFIX
 
 REPO = Path(__file__).resolve().parents[2]
+DAY_S = 86_400
 
 
 def wait_for(condition: Callable[[], bool], what: str, timeout_s: float = 60) -> None:
@@ -26,6 +29,17 @@ def wait_for(condition: Callable[[], bool], what: str, timeout_s: float = 60) ->
     while not condition():
         assert time.monotonic() < deadline, f"not within the deadline: {what}"
         time.sleep(0.05)
+
+
+async def clear_of_midnight(needed_s: float, clock: Callable[[], float] = time.time) -> dt.date:
+    """The UTC day the next `needed_s` seconds lie in: today, or when midnight is nearer, the
+    next day, once midnight has passed. For traffic that a collector times by its own clock,
+    with no reference time to pass it: its cookieless visitor ids and visits end at midnight."""
+    now = clock()
+    while (left_s := DAY_S - now % DAY_S) < needed_s:
+        await asyncio.sleep(left_s)
+        now = clock()
+    return dt.datetime.fromtimestamp(now, dt.UTC).date()
 
 
 def run_module(module: str, *args: str, timeout_s: float = 600) -> str:

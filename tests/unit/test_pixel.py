@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from collector.pixel import GIF_BYTES
 from collector.sinks.memory import MemorySink
-from tests.support.helpers import metric_value
+from tests.support.helpers import clear_of_midnight, metric_value
 
 UA = "Mozilla/5.0 (X11; Linux x86_64) Test/1.0"
 
@@ -212,6 +212,7 @@ async def test_forwarded_header_ignored_unless_configured(make_client):
 async def test_visitor_id_uses_full_ip_before_truncation(make_client):
     sink = MemorySink()
     client = await make_client(sink, forwarded_header="X-Real-IP")
+    await clear_of_midnight(10)  # the three requests in one UTC day: the first and third alike
     for ip in ("203.0.113.1", "203.0.113.2", "203.0.113.1"):
         await client.get("/p.gif?s=a", headers={"X-Real-IP": ip, "User-Agent": UA})
     a, b, c = await stored(client, sink)

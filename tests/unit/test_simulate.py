@@ -21,8 +21,12 @@ from collector.simulate.truth import Truth
 from collector.simulate.visits import Visit, WebTruth
 from collector.simulate.web import CRAWLER
 from collector.sinks.memory import MemorySink
+from tests.support.helpers import clear_of_midnight
 
 KEYS = "k1:simulate-secret-0123456789"
+# Room before midnight UTC for the simulation's traffic, which takes seconds: the collector
+# rotates visitor ids at midnight, and each visitor must have one.
+TRAFFIC_S = 60
 SMALL = Config(seed=5, campaigns=1, recipients=40, ad_campaigns=1, ads=2, impressions=30,
                visitors=12, return_rate=0.3, visit_gap_s=0.2)  # fmt: skip
 
@@ -70,6 +74,7 @@ async def test_beacon_simulate_sends_every_event_and_prints_the_truth(
             "--impressions", "30", "--visitors", "12", "--return-rate", "0.3",
             "--visit-gap-s", "0.2", "--width", "4"]  # fmt: skip
     env = {"BEACON_SIGNING_KEYS": KEYS if signed else ""}
+    await clear_of_midnight(TRAFFIC_S)
     assert await asyncio.to_thread(main, argv, env) == 0
     truth = orjson.loads(capsys.readouterr().out)
     assert truth["signed"] is signed
