@@ -71,7 +71,7 @@ TRANSPORTS = ("pixel", "beacon", "redirect")
 # An accepted event's invalid-traffic flags: its address's network, its request's purpose.
 FLAGS = (*NETWORKS, *PURPOSES)
 # Accepted events lost on their way to the sink: the reasons deploy/prometheus/alerts.yml pages on.
-LOSS_REASONS = ("buffer_full", "spool_full", "spool_error", "sink_error", "shutdown")
+LOSS_REASONS = ("buffer_full", "spool_full", "spool_error", "sink_error", "shutdown", "too_large")
 DROP_REASONS = tuple(dict.fromkeys((
     *LOSS_REASONS,
     "memory_sink_discarded",  # the memory sink of tests and benchmarks lets its oldest go

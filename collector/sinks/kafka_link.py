@@ -20,7 +20,6 @@ from typing import Any
 from aiokafka import AIOKafkaProducer
 from aiokafka.errors import KafkaError, MessageSizeTooLargeError, RecordListTooLargeError
 
-from collector.loglimit import LimitedLog
 from collector.metrics import CollectorMetrics
 from collector.settings import Settings
 
@@ -65,7 +64,6 @@ class KafkaLink:
         # The events' bytes a batch takes: kafka_batch_max_bytes, less after a batch refused
         # as too large (for the life of the process: the topic's limit rarely changes).
         self.batch_max_bytes = settings.kafka_batch_max_bytes
-        self._limited = LimitedLog(log)  # a lone event refused is refused at each replay
         self.producer: AIOKafkaProducer | None = None
         self.partitions: list[int] = []
         self.up = False
@@ -223,14 +221,10 @@ class KafkaLink:
 
     def _shrink(self, sent: Sent, error: BaseException | None) -> None:
         """Halve the batch bound below the refused batch. Batches refused together (all sent
-        at the old bound) lower it once, not once each."""
+        at the old bound) lower it once, not once each; one event refused alone cannot go
+        smaller (the replay of the spool drops it, counted)."""
         bound = max(MIN_BATCH_BYTES, sent.size_bytes // 2)
-        if bound >= self.batch_max_bytes:
-            if len(sent.events) == 1:  # nothing smaller to send: it stays in the spool
-                self._limited.warning("event_too_large", "Kafka refused one event of %d bytes "
-                                      "as too large (%r); it stays in the spool until the "
-                                      "topic's max.message.bytes is raised", sent.size_bytes,
-                                      error)  # fmt: skip
+        if bound >= self.batch_max_bytes:  # or one event alone: the spool's replay drops it
             return
         log.warning("Kafka refused a batch of %d events' bytes as too large (%r: the topic's "
                     "max.message.bytes); batches now take at most %d", sent.size_bytes, error,

@@ -5,8 +5,10 @@ Kafka acknowledged every batch of it. A segment that fails part-way stays, and t
 sends it again from its first part not acknowledged; after a restart it is sent whole:
 duplicates are fine (consumers drop them by event_id), loss is not. One sent whole that
 cannot be deleted (a directory gone read-only) is not sent again; its deletion is tried each
-pass. Several collector processes may share one spool directory, so a segment is replayed
-under an exclusive flock, and one already unlinked is skipped. Where the events go is the Kafka
+pass. An event Kafka refuses as too large alone in its batch (the topic's max.message.bytes)
+can never go: it is dropped and counted, or it would hold every segment behind it for good.
+Several collector processes may share one spool directory, so a segment is replayed under an
+exclusive flock, and one already unlinked is skipped. Where the events go is the Kafka
 sink's producer link (collector/sinks/kafka_link.py), seen here through `Producer`.
 """
 
@@ -21,6 +23,7 @@ from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any, BinaryIO, Protocol
 
+from collector.loglimit import LimitedLog
 from collector.metrics import CollectorMetrics
 from contract.segments import closed_segments
 
@@ -101,6 +104,7 @@ class SpoolReplayer:
         self._wake = asyncio.Event()
         self._stop = asyncio.Event()
         self._task: asyncio.Task[None] | None = None
+        self._limited = LimitedLog(log)
         link.notify_on_up(self._wake)
 
     def start(self) -> None:
@@ -155,6 +159,13 @@ class SpoolReplayer:
             if not await self._replay(path, until_stopped):
                 return  # Kafka failed us, or a stop: try again once it is back up
 
+    def _drop_refused(self, sizes_bytes: list[int]) -> None:
+        """Events no batch can carry: a batch of one, refused as too large. Counted as lost."""
+        self.metrics.events_dropped.labels("too_large").inc(len(sizes_bytes))
+        self._limited.warning("too_large", "Kafka refused %d events as too large even alone "
+                              "(up to %d bytes: raise the topic's max.message.bytes); they are "
+                              "dropped", len(sizes_bytes), max(sizes_bytes))  # fmt: skip
+
     async def _replay(self, path: Path, until_stopped: bool = True) -> bool:
         """Send one segment; True if it is done (sent and deleted, or not ours to send, or
         sent and not deletable). `until_stopped`: a stop ends it after the part in flight."""
@@ -168,12 +179,19 @@ class SpoolReplayer:
             while events := await asyncio.to_thread(read_events, f, self.chunk_bytes):
                 sent, rest = await self.link.produce(events)
                 outcomes = await asyncio.gather(*(self.link.wait_ack(batch) for batch in sent))
-                if rest or any(outcome != "acked" for outcome in outcomes):
+                refused = [
+                    batch.size_bytes
+                    for batch, outcome in zip(sent, outcomes, strict=True)
+                    if outcome == "too_large" and len(batch.events) == 1
+                ]
+                if rest or sum(outcome != "acked" for outcome in outcomes) > len(refused):
                     log.warning("replay of %s incomplete; the rest of it is sent again", path.name)
                     return False
-                replayed += len(events)
+                if refused:
+                    self._drop_refused(refused)
+                replayed += len(events) - len(refused)
                 self._acked_bytes[key] = f.tell()
-                self.metrics.kafka_replayed.inc(len(events))
+                self.metrics.kafka_replayed.inc(len(events) - len(refused))
                 if until_stopped and self._stop.is_set():
                     # A stop waits for one part, not a whole segment (16 MiB: 16 acks, each
                     # up to kafka_timeout_ms): drain() goes on from the part acknowledged.

@@ -533,3 +533,39 @@ async def test_batches_the_topic_refuses_as_too_large_go_again_smaller(
     assert all(len(r.value) <= 8192 for r in records)
     assert spilled(metrics, "kafka_down") == spilled(metrics, "timeout") == 0  # the link stayed up
     assert metric_value(metrics, "beacon_kafka_events_total", outcome="failed") == 0
+
+
+async def test_an_event_too_large_for_the_topic_alone_is_dropped_counted_and_the_rest_goes(
+    settings, metrics, kafka_bootstrap
+):
+    """One event past the topic's max.message.bytes, refused even in a batch of its own: its
+    segment's replay stopped at it on every pass, re-sending what it had sent of the part,
+    and every segment behind it waited for good."""
+    name = f"small.{uuid.uuid4().hex[:8]}"
+    admin = AIOKafkaAdminClient(bootstrap_servers=kafka_bootstrap)
+    await admin.start()
+    try:
+        topic = NewTopic(name, 1, 1, topic_configs={"max.message.bytes": "8192"})
+        await admin.create_topics([topic])
+    finally:
+        await admin.close()
+    live = replace(settings, kafka_bootstrap=kafka_bootstrap, kafka_topic=name,
+                   kafka_compression="none", spool_segment_max_age_ms=100)  # fmt: skip
+    sink = kafka_sink(live, metrics)
+    await wait_for(sink.connected, 30, "the sink to reach Kafka")
+    small = [orjson.dumps({"event_id": f"{i:03d}"}) for i in range(20)]
+    huge = orjson.dumps({"event_id": "huge", "pad": "z" * 10_000})
+    await sink.send([*small[:10], huge, *small[10:]])
+    await wait_for(lambda: spilled(metrics, "too_large") > 0, 30, "the refused batch spooled")
+    await asyncio.sleep(0.15)
+    await sink.flush()  # the buffer does this every flush interval: the segment closes
+    await wait_for(lambda: not any(live.spool_dir.iterdir()), 60, "its replay to end")
+    later = [orjson.dumps({"event_id": f"l{i:03d}"}) for i in range(5)]
+    await sink.spool.send(later)  # a segment behind it, as a later outage leaves one
+    await asyncio.sleep(0.15)
+    await sink.flush()  # the buffer does this every flush interval: the segment closes
+    await wait_for(lambda: not any(live.spool_dir.iterdir()), 60, "replay to empty the spool")
+    await sink.close()
+    assert set(events_in(await read_topic(kafka_bootstrap, name))) == {*small, *later}
+    dropped = metric_value(metrics, "beacon_events_dropped_total", reason="too_large")
+    assert dropped == 1
