@@ -492,20 +492,26 @@ async def test_a_producer_that_fails_every_send_is_replaced(
     assert sorted(landed) == sorted(events + more)
 
 
-async def test_batches_the_topic_refuses_as_too_large_go_again_smaller(
-    settings, metrics, kafka_bootstrap
-):
-    """A topic whose max.message.bytes is below the batches (a topic set so, or batches sent
-    uncompressed): each batch it refused went to the spool, came back from it at the same
-    size and was refused again, the link marked down each time, until the spool was full."""
+async def small_topic(bootstrap: str) -> str:
+    """A fresh one-partition topic that takes records of at most 8 KiB (max.message.bytes)."""
     name = f"small.{uuid.uuid4().hex[:8]}"
-    admin = AIOKafkaAdminClient(bootstrap_servers=kafka_bootstrap)
+    admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap)
     await admin.start()
     try:
         topic = NewTopic(name, 1, 1, topic_configs={"max.message.bytes": "8192"})
         await admin.create_topics([topic])
     finally:
         await admin.close()
+    return name
+
+
+async def test_batches_the_topic_refuses_as_too_large_go_again_smaller(
+    settings, metrics, kafka_bootstrap
+):
+    """A topic whose max.message.bytes is below the batches (a topic set so, or batches sent
+    uncompressed): each batch it refused went to the spool, came back from it at the same
+    size and was refused again, the link marked down each time, until the spool was full."""
+    name = await small_topic(kafka_bootstrap)
     live = replace(settings, kafka_bootstrap=kafka_bootstrap, kafka_topic=name,
                    kafka_compression="none", kafka_batch_max_bytes=64 * 1024,
                    spool_segment_max_age_ms=100)  # fmt: skip
@@ -541,14 +547,7 @@ async def test_an_event_too_large_for_the_topic_alone_is_dropped_counted_and_the
     """One event past the topic's max.message.bytes, refused even in a batch of its own: its
     segment's replay stopped at it on every pass, re-sending what it had sent of the part,
     and every segment behind it waited for good."""
-    name = f"small.{uuid.uuid4().hex[:8]}"
-    admin = AIOKafkaAdminClient(bootstrap_servers=kafka_bootstrap)
-    await admin.start()
-    try:
-        topic = NewTopic(name, 1, 1, topic_configs={"max.message.bytes": "8192"})
-        await admin.create_topics([topic])
-    finally:
-        await admin.close()
+    name = await small_topic(kafka_bootstrap)
     live = replace(settings, kafka_bootstrap=kafka_bootstrap, kafka_topic=name,
                    kafka_compression="none", spool_segment_max_age_ms=100)  # fmt: skip
     sink = kafka_sink(live, metrics)
