@@ -85,9 +85,17 @@ class SpoolSink:
         )
 
     async def close(self) -> None:
+        """Close the open segment. One that cannot be (EIO at its fsync, a rename refused)
+        keeps its events in its `.open` file, which the next start closes: the close goes on,
+        and a Kafka sink's still sends what is closed and stops its producer."""
         if not self._closed:
             self._closed = True
-            await asyncio.to_thread(self._flush, True)
+            try:
+                await asyncio.to_thread(self._flush, True)
+            except OSError as exc:
+                self.segments.failed(exc)
+                self.segments.log.error("closing the spool's open segment failed (%s); the "
+                                        "next start closes it", exc)  # fmt: skip
             await self.segments.rescan()
 
     # -- file work (in a thread) -----------------------------------------------------------

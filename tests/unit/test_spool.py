@@ -220,6 +220,26 @@ async def test_a_wal_fsync_that_fails_fails_readiness_until_the_disk_writes_agai
     await wal.close()
 
 
+async def test_a_spool_that_fails_to_close_its_segment_still_closes(
+    spool_dir, metrics, monkeypatch, caplog
+):
+    """An EIO at the last fsync escaped the close: a Kafka sink's close stopped there, its
+    spool not sent at exit and its producer never stopped. The events stay in the `.open`
+    file, which the next start closes."""
+    sink = make_sink(spool_dir, metrics)
+    await sink.send(lines(0, 3))
+
+    def eio(fd: int) -> None:
+        raise OSError(errno.EIO, "Input/output error")
+
+    with monkeypatch.context() as patched:
+        patched.setattr(os, "fsync", eio)
+        await sink.close()
+    assert "closing the spool's open segment failed (" in caplog.text
+    [left] = files(spool_dir, OPEN_SUFFIX)
+    assert left.read_bytes() == as_file(lines(0, 3))
+
+
 async def test_size_rotation_gives_ordered_closed_segments(spool_dir, metrics):
     sink = make_sink(spool_dir, metrics, segment_max_bytes=40)
     events = lines(0, 10)
