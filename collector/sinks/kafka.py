@@ -19,8 +19,9 @@ import time
 from collector.metrics import CollectorMetrics
 from collector.settings import Settings
 from collector.sinks.kafka_link import KafkaLink, Sent
-from collector.sinks.spool import SpoolSink, headroom_bytes
+from collector.sinks.spool import SpoolSink
 from collector.spool.replay import SpoolReplayer
+from collector.spool.writer import headroom_bytes
 
 log = logging.getLogger("beacon.kafka")
 

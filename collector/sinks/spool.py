@@ -16,15 +16,6 @@ from collector.metrics import CollectorMetrics
 from collector.spool.segments import ShortWrite
 from collector.spool.writer import Limits, SegmentWriter
 
-# Readiness fails this close to the byte bound, before single events start to be refused.
-HEADROOM_BYTES = 64 * 1024
-
-
-def headroom_bytes(max_bytes: int) -> int:
-    """How close to a bound of `max_bytes` readiness fails: HEADROOM_BYTES, or a sixteenth
-    of a smaller bound."""
-    return min(HEADROOM_BYTES, max_bytes // 16)
-
 
 class SpoolSink:
     """Sink that appends events to local segment files; all file work runs in a thread."""
@@ -77,12 +68,7 @@ class SpoolSink:
 
     def healthy(self) -> bool:
         segments = self.segments
-        headroom = headroom_bytes(segments.max_bytes)
-        return (
-            not self._closed
-            and segments.error is None
-            and segments.used_bytes + headroom < segments.max_bytes
-        )
+        return not self._closed and segments.error is None and not segments.near_full()
 
     async def close(self) -> None:
         """Close the open segment. One that cannot be (EIO at its fsync, a rename refused)

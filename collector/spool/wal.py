@@ -80,7 +80,7 @@ class WriteAheadLog:
         segments = self.segments
         if segments.error is not None:
             return segments.error
-        if segments.used_bytes >= segments.max_bytes:
+        if segments.near_full():  # before it refuses events, as the spool sink's readiness
             return "spool full"
         return None
 

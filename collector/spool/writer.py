@@ -34,6 +34,15 @@ from collector.spool.segments import (
     spool_size,
 )
 
+# Readiness fails this close to the byte bound, before single events start to be refused.
+HEADROOM_BYTES = 64 * 1024
+
+
+def headroom_bytes(max_bytes: int) -> int:
+    """How close to a bound of `max_bytes` readiness fails: HEADROOM_BYTES, or a sixteenth
+    of a smaller bound."""
+    return min(HEADROOM_BYTES, max_bytes // 16)
+
 
 class Limits(TypedDict):
     """A writer's bounds: its segments closed at a size, an age or a pause in the writes, the
@@ -103,6 +112,11 @@ class SegmentWriter:
     def used_bytes(self) -> int:
         """The spool's size as far as this writer knows."""
         return self.scanned_bytes + self.appended_bytes
+
+    def near_full(self) -> bool:
+        """The spool is within its headroom of its bound: unready, before events are refused
+        (the spool sink and the write-ahead log alike)."""
+        return self.used_bytes + headroom_bytes(self.max_bytes) >= self.max_bytes
 
     def full(self) -> bool:
         """The open segment has reached its size: close it."""

@@ -240,6 +240,20 @@ async def test_a_spool_that_fails_to_close_its_segment_still_closes(
     assert left.read_bytes() == as_file(lines(0, 3))
 
 
+async def test_a_write_ahead_log_is_unready_before_it_refuses_an_event(spool_dir, metrics):
+    """It said "spool full" only at its bound, which a refused write never reaches: events
+    were refused (503, or a pixel lost) behind a /readyz 200."""
+    wal = WriteAheadLog(spool_dir, metrics, **(NEVER | {"max_bytes": 1024}))
+    events = iter(lines(0, 200))
+    while wal.unready_reason() is None:
+        assert wal.append(next(events))  # taken while ready
+    assert wal.unready_reason() == "spool full"
+    while wal.append(next(events)):  # the headroom: still taken, unready
+        assert wal.unready_reason() == "spool full"
+    assert metric_value(metrics, "beacon_events_dropped_total", reason="spool_full") == 1
+    await wal.close()
+
+
 async def test_size_rotation_gives_ordered_closed_segments(spool_dir, metrics):
     sink = make_sink(spool_dir, metrics, segment_max_bytes=40)
     events = lines(0, 10)
