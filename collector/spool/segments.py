@@ -133,8 +133,8 @@ def recover_orphans(directory: Path) -> int:
     return torn_bytes
 
 
-def open_segment(directory: Path, tag: str) -> tuple[int, Path, int]:
-    """A new `.open` segment, locked by this process: (fd, path, created_ms).
+def open_segment(directory: Path, tag: str) -> tuple[int, Path]:
+    """A new `.open` segment, locked by this process: (fd, path).
 
     `tag` keeps the names of several writers in one process apart (the name also holds the
     creation time and the pid). The random nonce keeps apart the names of writers on other
@@ -155,7 +155,7 @@ def open_segment(directory: Path, tag: str) -> tuple[int, Path, int]:
     except BaseException:
         os.close(fd)
         raise
-    return fd, path, created_ms
+    return fd, path
 
 
 def spool_size(directory: Path) -> tuple[int, int]:

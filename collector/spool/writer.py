@@ -85,13 +85,15 @@ class SegmentWriter:
         self.tag = tag  # before the sequence number in segment names: one per writer
         self.log = logging.getLogger(f"beacon.{label.lower()}")
         self.segment_max_bytes = limits["segment_max_bytes"]
-        self.segment_max_age_ms = limits["segment_max_age_ms"]
+        self.segment_max_age_ns = limits["segment_max_age_ms"] * 1_000_000
         self.segment_idle_ns = limits["segment_idle_ms"] * 1_000_000
         self.max_bytes = limits["max_bytes"]
         metrics.spool_max_bytes.set(self.max_bytes)  # the spool alert's line
         self.fd = -1
         self.path: Path | None = None
-        self.opened_ms = 0
+        # Monotonic, as the idle time: a wall clock stepped back would keep a segment open
+        # under steady traffic until it caught up (its name keeps the wall clock's time).
+        self.opened_ns = 0
         self.segment_bytes = 0
         self.written_ns = 0  # monotonic time of the last write
         self._seq = 0
@@ -130,7 +132,7 @@ class SegmentWriter:
             return False
         if time.monotonic_ns() - self.written_ns >= self.segment_idle_ns:
             return True
-        return time.time_ns() // 1_000_000 - self.opened_ms >= self.segment_max_age_ms
+        return time.monotonic_ns() - self.opened_ns >= self.segment_max_age_ns
 
     # -- file work (blocking) ------------------------------------------------------------------
 
@@ -145,9 +147,8 @@ class SegmentWriter:
         try:
             if self.fd < 0:
                 self._seq += 1
-                self.fd, self.path, self.opened_ms = open_segment(
-                    self.directory, f"{self.tag}{self._seq:06d}"
-                )
+                self.fd, self.path = open_segment(self.directory, f"{self.tag}{self._seq:06d}")
+                self.opened_ns = time.monotonic_ns()
                 self.segment_bytes = 0
             append_lines(self.fd, data, self.segment_bytes, all_or_none=all_or_none)
         except OSError as exc:

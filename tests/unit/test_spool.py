@@ -254,6 +254,19 @@ async def test_a_write_ahead_log_is_unready_before_it_refuses_an_event(spool_dir
     await wal.close()
 
 
+async def test_a_segment_ages_by_the_time_it_was_open_whatever_the_wall_clock_says(
+    spool_dir, metrics, monkeypatch
+):
+    """Aged by the wall clock, a segment under steady traffic stayed open for the hour a
+    clock stepped back, its events unread (and in wal mode, not sent to Kafka)."""
+    sink = make_sink(spool_dir, metrics, segment_max_age_ms=50)
+    await sink.send(lines(0, 1))
+    wall = time.time_ns() - 3_600 * 10**9
+    monkeypatch.setattr(time, "time_ns", lambda: wall)  # stepped back an hour, and stopped
+    await wait_for(sink.segments.aged, WAIT_S, "the segment's age")
+    await sink.close()
+
+
 async def test_size_rotation_gives_ordered_closed_segments(spool_dir, metrics):
     sink = make_sink(spool_dir, metrics, segment_max_bytes=40)
     events = lines(0, 10)
