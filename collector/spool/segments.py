@@ -104,6 +104,18 @@ def recover_orphans(directory: Path) -> int:
     Safe beside live writers: a segment is `.open` only once its writer holds the lock
     (see open_segment), and a file renamed under our feet is simply skipped.
     """
+    # A writer that died between creating and renaming its segment leaves an empty `.new`; a
+    # machine crash that lost the rename (the directory not synced since) leaves one holding
+    # the lines written after it: it is an orphan `.open`, closed below.
+    for path in directory.glob("*" + NEW_SUFFIX):
+        with contextlib.suppress(FileNotFoundError):
+            stat = path.stat()
+            if time.time() - stat.st_mtime <= STALE_NEW_S:
+                continue  # being created
+            if stat.st_size:
+                path.rename(path.with_name(path.name.removesuffix(NEW_SUFFIX) + OPEN_SUFFIX))
+            else:
+                path.unlink()
     torn_bytes = 0
     for path in sorted(directory.glob("*" + OPEN_SUFFIX)):
         try:
@@ -124,11 +136,6 @@ def recover_orphans(directory: Path) -> int:
                 path.unlink()
         except FileNotFoundError:
             continue  # its writer closed it while we looked: not an orphan
-    # A writer that died between creating and renaming its segment leaves an empty `.new`.
-    for path in directory.glob("*" + NEW_SUFFIX):
-        with contextlib.suppress(FileNotFoundError):
-            if time.time() - path.stat().st_mtime > STALE_NEW_S:
-                path.unlink()
     fsync_dir(directory)
     return torn_bytes
 

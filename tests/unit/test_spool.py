@@ -267,6 +267,26 @@ async def test_a_segment_ages_by_the_time_it_was_open_whatever_the_wall_clock_sa
     await sink.close()
 
 
+async def test_a_segment_whose_rename_a_machine_crash_lost_is_closed_not_deleted(
+    spool_dir, metrics
+):
+    """Created as `.new` and renamed `.open` with no directory fsync: a machine crash can
+    keep its lines (fsynced) and lose the rename. Recovery deleted every stale `.new`."""
+    spool_dir.mkdir()
+    lost = spool_dir / ("0000000000001-0000001-000001-00" + NEW_SUFFIX)
+    lost.write_bytes(as_file(lines(0, 3)) + b'{"n":0')  # torn at the crash, too
+    empty = spool_dir / ("0000000000002-0000001-000001-00" + NEW_SUFFIX)
+    empty.write_bytes(b"")  # a writer that died before its rename: nothing in it
+    long_ago = time.time() - 3600
+    for path in (lost, empty):
+        os.utime(path, (long_ago, long_ago))
+    sink = make_sink(spool_dir, metrics)
+    [closed] = closed_segments(spool_dir)
+    assert closed.read_bytes() == as_file(lines(0, 3))
+    assert files(spool_dir, NEW_SUFFIX) == []
+    await sink.close()
+
+
 async def test_size_rotation_gives_ordered_closed_segments(spool_dir, metrics):
     sink = make_sink(spool_dir, metrics, segment_max_bytes=40)
     events = lines(0, 10)
