@@ -153,6 +153,7 @@ class SpoolSource:
         self._delete_finished()
 
     def _delete_finished(self) -> None:
+        deleted = False
         for name, offset in list(self.offsets.items()):
             path = self.directory / name
             try:
@@ -163,6 +164,11 @@ class SpoolSource:
                 path.unlink(missing_ok=True)
                 del self.offsets[name]
                 self._read.pop(name, None)
+                deleted = True
+        if deleted:
+            # Durable before the next save forgets their offsets: a power loss could bring
+            # a deleted segment back, and with no offset it would be read again whole.
+            _fsync_dir(self.directory)
 
     # -- the checkpoint file ---------------------------------------------------------------
 
@@ -183,8 +189,13 @@ class SpoolSource:
             f.flush()
             os.fsync(f.fileno())
         os.replace(tmp, self.checkpoint_path)  # atomic: the old or the new state, never half
-        dir_fd = os.open(self.checkpoint_path.parent, os.O_RDONLY)
-        try:
-            os.fsync(dir_fd)
-        finally:
-            os.close(dir_fd)
+        _fsync_dir(self.checkpoint_path.parent)
+
+
+def _fsync_dir(directory: Path) -> None:
+    """Make the renames and deletions in `directory` durable."""
+    dir_fd = os.open(directory, os.O_RDONLY)
+    try:
+        os.fsync(dir_fd)
+    finally:
+        os.close(dir_fd)

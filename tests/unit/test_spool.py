@@ -574,6 +574,27 @@ def test_a_closed_segment_cut_by_a_crash_keeps_its_last_line_whole_and_apart(
     assert source.read(100) == ([], 0, [])
 
 
+def test_a_segments_deletion_is_durable_before_a_save_forgets_its_offset(
+    spool_dir, checkpoint, monkeypatch
+):
+    """Unsynced, a deletion a power loss undid brought the segment back with no offset in the
+    checkpoint the next commit saved: read again from its start, under other tokens."""
+    three_segments(spool_dir)
+    source = SpoolSource(spool_dir, checkpoint)
+    synced: list[str] = []
+    fsync = os.fsync
+
+    def recording(fd: int) -> None:
+        synced.append(os.readlink(f"/proc/self/fd/{fd}"))
+        fsync(fd)
+
+    monkeypatch.setattr(spool_source.os, "fsync", recording)
+    _, ranges = read_lines(source, 5)
+    source.commit(ranges)  # saved, then the first segment, done, deleted
+    assert len(closed_segments(spool_dir)) == 2
+    assert synced[-1] == str(spool_dir)  # before the next save, which forgets its offset
+
+
 def test_commit_deletes_finished_segments_and_a_new_source_continues(spool_dir, checkpoint):
     three_segments(spool_dir)
     source = SpoolSource(spool_dir, checkpoint)
