@@ -25,3 +25,12 @@ def writing(directory: Path) -> bool:
         return any(n.endswith(OPEN_SUFFIX) for n in os.listdir(directory))
     except FileNotFoundError:
         return False
+
+
+def fsync_dir(directory: Path) -> None:
+    """Make renames and unlinks in `directory` durable."""
+    fd = os.open(directory, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)

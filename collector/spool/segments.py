@@ -17,7 +17,7 @@ import os
 import time
 from pathlib import Path
 
-from contract.segments import CLOSED_SUFFIX, OPEN_SUFFIX
+from contract.segments import CLOSED_SUFFIX, OPEN_SUFFIX, fsync_dir
 
 NEW_SUFFIX = ".ndjson.new"
 STALE_NEW_S = 60.0
@@ -82,15 +82,6 @@ def can_write(directory: Path, tag: str) -> str | None:
     except OSError as exc:
         return exc.strerror or str(exc)
     return None
-
-
-def fsync_dir(directory: Path) -> None:
-    """Make renames and unlinks in `directory` durable."""
-    fd = os.open(directory, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
 
 
 def close_path(path: Path) -> Path:

@@ -28,11 +28,11 @@ from collector.spool.segments import (
     append_lines,
     can_write,
     close_path,
-    fsync_dir,
     open_segment,
     recover_orphans,
     spool_size,
 )
+from contract.segments import fsync_dir
 
 # Readiness fails this close to the byte bound, before single events start to be refused.
 HEADROOM_BYTES = 64 * 1024

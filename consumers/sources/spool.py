@@ -16,7 +16,7 @@ from pathlib import Path
 
 import orjson
 
-from contract.segments import closed_segments, writing
+from contract.segments import closed_segments, fsync_dir, writing
 
 log = logging.getLogger("beacon.consumer")
 
@@ -168,7 +168,7 @@ class SpoolSource:
         if deleted:
             # Durable before the next save forgets their offsets: a power loss could bring
             # a deleted segment back, and with no offset it would be read again whole.
-            _fsync_dir(self.directory)
+            fsync_dir(self.directory)
 
     # -- the checkpoint file ---------------------------------------------------------------
 
@@ -189,13 +189,4 @@ class SpoolSource:
             f.flush()
             os.fsync(f.fileno())
         os.replace(tmp, self.checkpoint_path)  # atomic: the old or the new state, never half
-        _fsync_dir(self.checkpoint_path.parent)
-
-
-def _fsync_dir(directory: Path) -> None:
-    """Make the renames and deletions in `directory` durable."""
-    dir_fd = os.open(directory, os.O_RDONLY)
-    try:
-        os.fsync(dir_fd)
-    finally:
-        os.close(dir_fd)
+        fsync_dir(self.checkpoint_path.parent)
