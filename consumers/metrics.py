@@ -39,7 +39,8 @@ class ConsumerMetrics:
         )
         self.rows_rejected = Counter(
             "beacon_consumer_rows_rejected",
-            "Rows that could not be stored, by reason.",
+            "Rows that could not be stored, by reason; a batch stored again (a replay, a"
+            " retry) counts again, as in rows_inserted.",
             ["reason"],
             registry=registry,
         )
