@@ -220,14 +220,15 @@ async def delete_rows(
         counts = dict(line.split("\t") for line in by_day.splitlines())
         if not counts:
             continue
-        if due := (counts.keys() | also) - days:  # before the DELETE: see due_before_erasure
-            await due_before_erasure(writer, sorted(due))
-            days |= due
+        # Right before each DELETE (due_before_erasure): a settling pass between two of them
+        # may have marked a day done that the next one deletes from.
+        await due_before_erasure(writer, sorted(counts.keys() | also))
+        days |= counts.keys() | also
         rows += sum(map(int, counts.values()))
         await writer.execute(delete_statement(where, cluster))
-    if due := also - days:
-        await due_before_erasure(writer, sorted(due))
-        days |= due
+    if not days and also:
+        await due_before_erasure(writer, sorted(also))
+    days |= also
     if days:
         # The rollups of those days still count the rows (and hold their hashes): recompute
         # them from what is left, on each shard of a cluster (analytics/rollup_settle.py).

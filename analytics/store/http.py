@@ -218,10 +218,12 @@ class HttpWriter:
                         )
                     self._session_opened |= in_session
                     return text
+        except aiohttp.ConnectionTimeoutError as exc:  # nothing sent: as a refused connection
+            raise StoreError(f"ClickHouse at {self.url} unreachable: {exc!r}") from exc
         except TimeoutError as exc:  # a server may go on with an insert its client left
             raise StoreError(
-                f"ClickHouse at {self.url}: no answer in {self.timeout_s:g} s (a connection "
-                f"in {self._timeout.sock_connect:g} s); the statement may still run there"
+                f"ClickHouse at {self.url}: no answer in {self.timeout_s:g} s; the statement "
+                "may still run there"
             ) from exc
         except (aiohttp.ClientError, OSError) as exc:
             raise StoreError(f"ClickHouse at {self.url} unreachable: {exc!r}") from exc

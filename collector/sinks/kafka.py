@@ -7,7 +7,7 @@ batch by batch; a watcher per batch waits for the ack and spills the batch if it
 not acknowledged within `kafka_timeout_ms`. A replay task sends spooled segments back to Kafka
 once it answers again. At-least-once: a spilled batch that aiokafka still delivers late is a
 duplicate, removed downstream by event_id; nothing accepted is dropped unless the spool is full
-(counted as `spool_full`).
+(counted as `spool_full`) or Kafka refuses an event as too large even alone (`too_large`).
 """
 
 from __future__ import annotations

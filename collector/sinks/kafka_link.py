@@ -29,9 +29,9 @@ log = logging.getLogger("beacon.kafka")
 # much extra spooling.
 RECONNECT_INTERVAL_S = 1.0
 # A batch the broker refuses as too large (past the topic's max.message.bytes, which the
-# producer cannot see) halves the bound on the batches that follow, down to this; its events
-# go to the spool and are replayed in the smaller batches. The link stays up: the broker is.
-MIN_BATCH_BYTES = 1024
+# producer cannot see) halves the bound on the batches that follow, down to one event a batch;
+# its events go to the spool and are replayed in the smaller batches. The link stays up: the
+# broker is.
 TOO_LARGE = (MessageSizeTooLargeError, RecordListTooLargeError)
 
 
@@ -223,8 +223,10 @@ class KafkaLink:
         """Halve the batch bound below the refused batch. Batches refused together (all sent
         at the old bound) lower it once, not once each; one event refused alone cannot go
         smaller (the replay of the spool drops it, counted)."""
-        bound = max(MIN_BATCH_BYTES, sent.size_bytes // 2)
-        if bound >= self.batch_max_bytes:  # or one event alone: the spool's replay drops it
+        if len(sent.events) == 1:  # its size says nothing of the batches of smaller events
+            return
+        bound = max(1, sent.size_bytes // 2)  # at 1, one event a batch (and a record)
+        if bound >= self.batch_max_bytes:
             return
         log.warning("Kafka refused a batch of %d events' bytes as too large (%r: the topic's "
                     "max.message.bytes); batches now take at most %d", sent.size_bytes, error,

@@ -160,7 +160,9 @@ class SpoolReplayer:
                 return  # Kafka failed us, or a stop: try again once it is back up
 
     def _drop_refused(self, sizes_bytes: list[int]) -> None:
-        """Events no batch can carry: a batch of one, refused as too large. Counted as lost."""
+        """Events no batch can carry: a batch of one, refused as too large. Counted as lost
+        (again, if a stop comes before the segment's deletion: it is sent whole at the next
+        start, as the replayed count counts it again)."""
         self.metrics.events_dropped.labels("too_large").inc(len(sizes_bytes))
         self._limited.warning("too_large", "Kafka refused %d events as too large even alone "
                               "(up to %d bytes: raise the topic's max.message.bytes); they are "

@@ -97,15 +97,14 @@ def recover_orphans(directory: Path) -> int:
     """
     # A writer that died between creating and renaming its segment leaves an empty `.new`; a
     # machine crash that lost the rename (the directory not synced since) leaves one holding
-    # the lines written after it: it is an orphan `.open`, closed below.
+    # the lines written after it: it is an orphan `.open`, closed below, whatever its age (a
+    # live writer's `.new` is always empty: renamed before its first write).
     for path in directory.glob("*" + NEW_SUFFIX):
         with contextlib.suppress(FileNotFoundError):
             stat = path.stat()
-            if time.time() - stat.st_mtime <= STALE_NEW_S:
-                continue  # being created
             if stat.st_size:
                 path.rename(path.with_name(path.name.removesuffix(NEW_SUFFIX) + OPEN_SUFFIX))
-            else:
+            elif time.time() - stat.st_mtime > STALE_NEW_S:  # else perhaps being created
                 path.unlink()
     torn_bytes = 0
     for path in sorted(directory.glob("*" + OPEN_SUFFIX)):

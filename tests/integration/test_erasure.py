@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import datetime as dt
 import threading
 import time
 from collections.abc import Iterator
@@ -16,7 +17,7 @@ from prometheus_client import CollectorRegistry
 from analytics import erasure
 from analytics.migrations import migrate
 from analytics.query_server import create_query_app
-from analytics.rollup_settle import due_before_erasure, rebuild_after_erasure
+from analytics.rollup_settle import Settler, due_before_erasure, rebuild_after_erasure
 from analytics.rollups import EVENTS_HOURLY
 from analytics.schema import ERASURES, EVENTS
 from analytics.store import StoreError
@@ -407,6 +408,53 @@ async def test_a_batchs_erase_step_deletes_after_thousands_of_erasures_in_statem
     assert await Ingest(store.writer).erase_recorded(again.erase) == 3
     assert store.rows(f"SELECT recipient FROM {EVENTS}") == [{"recipient": "bob"}]
     assert recipients_in_rollup(store) == 1
+
+
+class SettledBetweenDeletes:
+    """The store as a settling pass finds it between two DELETEs of one erasure step: the
+    pass runs right after the first."""
+
+    def __init__(self, writer: object, settler: Settler) -> None:
+        self.writer, self.settler = writer, settler
+        self.settled = False
+
+    async def execute(self, sql: str, *args: object) -> None:
+        await self.writer.execute(sql, *args)  # type: ignore[attr-defined]
+        if sql.startswith("DELETE") and not self.settled:
+            self.settled = True
+            await self.settler.settle_due()
+
+    def __getattr__(self, name: str) -> object:
+        return getattr(self.writer, name)
+
+
+async def test_a_day_settled_between_an_erasures_deletes_is_due_again_before_the_next(
+    empty: Store, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Marked due once, before the first DELETE: a pass that settled the day in between (carol
+    still in it) marked it done, and a stop before the rebuild left her in its rollups."""
+    store = empty
+    today = dt.datetime.now(dt.UTC).date()
+    noon = dt.datetime.combine(today, dt.time(12), dt.UTC).timestamp()
+    day_ms = int((noon - 86_400) * 1000)  # noon yesterday, a closed day at the settler's noon
+    store.add(
+        [wire("open", day_ms + i, recipient=r) for i, r in enumerate(("alice", "carol", "bob"))]
+    )
+    settler = Settler(store.writer, clock=lambda: noon, insert_margin_s=-5)
+    racing = SettledBetweenDeletes(store.writer, settler)
+
+    async def stopped(writer: object, days: object) -> None:
+        raise StoreError("stopped before the rebuild")
+
+    monkeypatch.setattr(erasure, "rebuild_after_erasure", stopped)
+    wheres = ["recipient = 'alice'", "recipient = 'carol'"]
+    with pytest.raises(StoreError):
+        await erasure.delete_rows(racing, wheres, None)  # type: ignore[arg-type]
+    assert racing.settled
+    yesterday = today - dt.timedelta(days=1)
+    assert await settler.due_days() == [yesterday]  # the next pass settles it again
+    await settler.settle_due()
+    assert recipients_in_rollup(store) == 1  # bob
 
 
 async def test_a_row_kept_without_consent_is_left_out_only_if_its_hour_ended_before(

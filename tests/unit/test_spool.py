@@ -18,6 +18,7 @@ from collector.buffer import EventBuffer
 from collector.metrics import CollectorMetrics
 from collector.sinks.spool import SpoolSink
 from collector.spool import writer
+from collector.spool.replay import SpoolReplayer
 from collector.spool.segments import NEW_SUFFIX, spool_size
 from collector.spool.wal import WriteAheadLog
 from consumers.metrics import ConsumerMetrics
@@ -278,8 +279,7 @@ async def test_a_segment_whose_rename_a_machine_crash_lost_is_closed_not_deleted
     empty = spool_dir / ("0000000000002-0000001-000001-00" + NEW_SUFFIX)
     empty.write_bytes(b"")  # a writer that died before its rename: nothing in it
     long_ago = time.time() - 3600
-    for path in (lost, empty):
-        os.utime(path, (long_ago, long_ago))
+    os.utime(empty, (long_ago, long_ago))  # stale; the lines' `.new` is taken whatever its age
     sink = make_sink(spool_dir, metrics)
     [closed] = closed_segments(spool_dir)
     assert closed.read_bytes() == as_file(lines(0, 3))
@@ -809,3 +809,53 @@ async def test_an_event_offered_while_the_write_ahead_log_closes_is_refused_and_
     assert not list(spool_dir.glob(f"*{OPEN_SUFFIX}"))
     assert [orjson.loads(line) for p in closed_segments(spool_dir)
             for line in p.read_bytes().splitlines()] == [{"n": 1}]  # fmt: skip
+
+
+class Batch:
+    """A record batch the link took: its events."""
+
+    def __init__(self, events: list[bytes]) -> None:
+        self.events = events
+        self.size_bytes = sum(map(len, events))
+
+
+class OneEventBatches:
+    """The replay's Kafka link, at the edge the test is not about: a batch an event, each
+    acknowledged unless `outcomes` names it (event -> outcome)."""
+
+    up = True
+
+    def __init__(self, outcomes: dict[bytes, str]) -> None:
+        self.outcomes = outcomes
+        self.produced: list[bytes] = []
+
+    def notify_on_up(self, event: asyncio.Event) -> None:
+        pass
+
+    async def produce(self, events: list[bytes]) -> tuple[list[Batch], list[bytes]]:
+        self.produced.extend(events)
+        return [Batch([event]) for event in events], []
+
+    async def wait_ack(self, sent: Batch) -> str:
+        return self.outcomes.get(sent.events[0], "acked")
+
+
+async def test_a_replay_drops_an_event_refused_alone_once_the_rest_of_its_part_went(
+    spool_dir, metrics
+):
+    events = [b'{"n":1}', b'{"n":"huge"}', b'{"n":3}', b'{"n":4}']
+    segment = write_segment(spool_dir, f"0000000000001-0000001-000001{CLOSED_SUFFIX}", events)
+    link = OneEventBatches({events[1]: "too_large", events[2]: "timeout"})
+
+    async def after_delete() -> None:
+        pass
+
+    replayer = SpoolReplayer(link, spool_dir, metrics, after_delete)
+    assert not await replayer._replay(segment)  # a timeout beside it: the part goes again
+    assert metric_value(metrics, "beacon_events_dropped_total", reason="too_large") == 0
+    assert segment.exists()
+    del link.outcomes[events[2]]  # the broker answers in time again
+    assert await replayer._replay(segment)
+    assert metric_value(metrics, "beacon_events_dropped_total", reason="too_large") == 1
+    assert metric_value(metrics, "beacon_kafka_replayed_events_total") == 3
+    assert not segment.exists() and link.produced == events + events
