@@ -2,7 +2,7 @@
 
 A segment is read and sent a part at a time (REPLAY_CHUNK_BYTES), and deleted only after
 Kafka acknowledged every batch of it. A segment that fails part-way stays, and this process
-sends it again from its first part not acknowledged; after a restart it is sent whole:
+sends it again from the first batch not acknowledged; after a restart it is sent whole:
 duplicates are fine (consumers drop them by event_id), loss is not. One sent whole that
 cannot be deleted (a directory gone read-only) is not sent again; its deletion is tried each
 pass. An event Kafka refuses as too large alone in its batch (the topic's max.message.bytes)
@@ -72,10 +72,24 @@ def open_locked(path: Path) -> BinaryIO | None:
 def read_events(f: BinaryIO, max_bytes: int) -> list[bytes]:
     """The next events of an open segment, about `max_bytes` of them, never one cut in two;
     [] at its end."""
+    return read_part(f, max_bytes)[0]
+
+
+def read_part(f: BinaryIO, max_bytes: int) -> tuple[list[bytes], list[int]]:
+    """read_events, and the file offset just past each event's line."""
+    start = f.tell()
     data = f.read(max_bytes)
     if data and not data.endswith(b"\n"):
         data += f.readline()  # the rest of the last event
-    return [line for line in data.split(b"\n") if line]
+    events: list[bytes] = []
+    ends: list[int] = []
+    at = start
+    for line in data.split(b"\n"):
+        at = min(at + len(line) + 1, start + len(data))
+        if line:
+            events.append(line)
+            ends.append(at)
+    return events, ends
 
 
 def delete(path: Path) -> None:
@@ -99,7 +113,8 @@ class SpoolReplayer:
         self.after_delete = after_delete  # lets the spool recount its bytes (its size bound)
         self.chunk_bytes = REPLAY_CHUNK_BYTES
         # Bytes of a segment Kafka acknowledged, by (name, inode): a failed pass goes on from
-        # there, not from the start, so a batch refused again and again repeats nothing.
+        # there (its first batch not acknowledged), not from the start, so a batch refused
+        # again and again repeats nothing.
         self._acked_bytes: dict[tuple[str, int], int] = {}
         self._wake = asyncio.Event()
         self._stop = asyncio.Event()
@@ -168,6 +183,25 @@ class SpoolReplayer:
                               "(up to %d bytes: raise the topic's max.message.bytes); they are "
                               "dropped", len(sizes_bytes), max(sizes_bytes))  # fmt: skip
 
+    async def _send(self, events: list[bytes]) -> tuple[int, int]:
+        """Send a part's events: how many of them are done, and how many of those delivered.
+        The batches hold the events in order: those of the leading batches acknowledged, or
+        refused with one event alone (dropped, counted: it can never go), are done; the rest
+        goes again."""
+        sent, _ = await self.link.produce(events)  # what it did not take goes again too
+        outcomes = await asyncio.gather(*(self.link.wait_ack(batch) for batch in sent))
+        taken, refused = 0, []
+        for batch, outcome in zip(sent, outcomes, strict=True):
+            if outcome == "too_large" and len(batch.events) == 1:
+                refused.append(batch.size_bytes)
+            elif outcome != "acked":
+                break
+            taken += len(batch.events)
+        if refused:
+            self._drop_refused(refused)
+        self.metrics.kafka_replayed.inc(taken - len(refused))
+        return taken, taken - len(refused)
+
     async def _replay(self, path: Path, until_stopped: bool = True) -> bool:
         """Send one segment; True if it is done (sent and deleted, or not ours to send, or
         sent and not deletable). `until_stopped`: a stop ends it after the part in flight."""
@@ -178,22 +212,17 @@ class SpoolReplayer:
         replayed = 0
         try:
             f.seek(self._acked_bytes.get(key, 0))
-            while events := await asyncio.to_thread(read_events, f, self.chunk_bytes):
-                sent, rest = await self.link.produce(events)
-                outcomes = await asyncio.gather(*(self.link.wait_ack(batch) for batch in sent))
-                refused = [
-                    batch.size_bytes
-                    for batch, outcome in zip(sent, outcomes, strict=True)
-                    if outcome == "too_large" and len(batch.events) == 1
-                ]
-                if rest or sum(outcome != "acked" for outcome in outcomes) > len(refused):
+            while True:
+                events, ends = await asyncio.to_thread(read_part, f, self.chunk_bytes)
+                if not events:
+                    break
+                taken, delivered = await self._send(events)
+                replayed += delivered
+                if taken:
+                    self._acked_bytes[key] = f.tell() if taken == len(events) else ends[taken - 1]
+                if taken < len(events):
                     log.warning("replay of %s incomplete; the rest of it is sent again", path.name)
                     return False
-                if refused:
-                    self._drop_refused(refused)
-                replayed += len(events) - len(refused)
-                self._acked_bytes[key] = f.tell()
-                self.metrics.kafka_replayed.inc(len(events) - len(refused))
                 if until_stopped and self._stop.is_set():
                     # A stop waits for one part, not a whole segment (16 MiB: 16 acks, each
                     # up to kafka_timeout_ms): drain() goes on from the part acknowledged.

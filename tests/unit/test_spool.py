@@ -840,9 +840,11 @@ class OneEventBatches:
         return self.outcomes.get(sent.events[0], "acked")
 
 
-async def test_a_replay_drops_an_event_refused_alone_once_the_rest_of_its_part_went(
+async def test_a_replay_goes_on_from_its_first_batch_not_taken_and_drops_an_event_refused_alone(
     spool_dir, metrics
 ):
+    """A part that failed was sent again whole, its acknowledged batches with it, and an event
+    refused alone held every segment behind it."""
     events = [b'{"n":1}', b'{"n":"huge"}', b'{"n":3}', b'{"n":4}']
     segment = write_segment(spool_dir, f"0000000000001-0000001-000001{CLOSED_SUFFIX}", events)
     link = OneEventBatches({events[1]: "too_large", events[2]: "timeout"})
@@ -851,11 +853,12 @@ async def test_a_replay_drops_an_event_refused_alone_once_the_rest_of_its_part_w
         pass
 
     replayer = SpoolReplayer(link, spool_dir, metrics, after_delete)
-    assert not await replayer._replay(segment)  # a timeout beside it: the part goes again
-    assert metric_value(metrics, "beacon_events_dropped_total", reason="too_large") == 0
+    assert not await replayer._replay(segment)  # the third event's batch timed out
+    assert metric_value(metrics, "beacon_events_dropped_total", reason="too_large") == 1
+    assert metric_value(metrics, "beacon_kafka_replayed_events_total") == 1
     assert segment.exists()
     del link.outcomes[events[2]]  # the broker answers in time again
     assert await replayer._replay(segment)
     assert metric_value(metrics, "beacon_events_dropped_total", reason="too_large") == 1
     assert metric_value(metrics, "beacon_kafka_replayed_events_total") == 3
-    assert not segment.exists() and link.produced == events + events
+    assert not segment.exists() and link.produced == events + events[2:]
