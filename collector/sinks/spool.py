@@ -3,7 +3,8 @@ the traffic, bounded in bytes (the segment format: collector/spool/).
 
 Readers only ever see closed segments. A write that stops short (a full disk, a file past
 RLIMIT_FSIZE) is cut back to its last whole line at once, and only the events whose whole line
-is in the segment count as spooled; the rest are counted as lost (`spool_error`).
+is in the segment count as spooled; the rest are counted as lost (`spool_error`). A segment at
+the file size limit is closed, and the next events go into a new one.
 """
 
 from __future__ import annotations
@@ -87,14 +88,17 @@ class SpoolSink:
     # -- file work (in a thread) -----------------------------------------------------------
 
     def _append(self, data: bytes) -> None:
-        self.segments.write(data)  # raises: what it did not write is lost
-        # Aged too: the flush comes once a flush interval, so a segment waiting for it would
-        # live up to twice its age under load.
-        if self.segments.full() or self.segments.aged():
-            try:
-                self._rotate()
-            except OSError as exc:  # written: the open segment keeps them until a later close
-                self.segments.failed(exc)
+        try:
+            self.segments.write(data)  # raises: what it did not write is lost
+        finally:
+            # Aged too: the flush comes once a flush interval, so a segment waiting for it
+            # would live up to twice its age under load. Full too after a failed write: one
+            # at the file size limit (EFBIG) takes nothing more.
+            if self.segments.fd >= 0 and (self.segments.full() or self.segments.aged()):
+                try:
+                    self._rotate()
+                except OSError as exc:  # written: the open segment keeps them for a later close
+                    self.segments.failed(exc)
 
     def _flush(self, final: bool) -> None:
         segments = self.segments

@@ -66,6 +66,8 @@ class WriteAheadLog:
             segments.write(data, all_or_none=True)
         except OSError:
             self.metrics.events_dropped.labels("spool_error").inc(count)
+            if segments.fd >= 0 and segments.full():  # at the file size limit: a new one next
+                self._close_segment()
             return False
         self.metrics.wal_events.inc(count)
         if segments.full():

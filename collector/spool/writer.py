@@ -14,6 +14,7 @@ fd (`finish`) to a thread.
 from __future__ import annotations
 
 import asyncio
+import errno
 import fcntl
 import logging
 import os
@@ -95,6 +96,9 @@ class SegmentWriter:
         # under steady traffic until it caught up (its name keeps the wall clock's time).
         self.opened_ns = 0
         self.segment_bytes = 0
+        # The open segment reached the file size limit (RLIMIT_FSIZE: EFBIG): every later write
+        # to it would fail so, until it closed at its age; it is full whatever its size.
+        self.at_file_limit = False
         self.written_ns = 0  # monotonic time of the last write
         self._seq = 0
         # The bound: the directory's size at the last scan plus what this writer wrote since.
@@ -121,8 +125,8 @@ class SegmentWriter:
         return self.used_bytes + headroom_bytes(self.max_bytes) >= self.max_bytes
 
     def full(self) -> bool:
-        """The open segment has reached its size: close it."""
-        return self.segment_bytes >= self.segment_max_bytes
+        """The open segment has reached its size, or the file size limit: close it."""
+        return self.segment_bytes >= self.segment_max_bytes or self.at_file_limit
 
     def aged(self) -> bool:
         """The open segment has reached its age, or no line has come for the idle time: close
@@ -150,6 +154,7 @@ class SegmentWriter:
                 self.fd, self.path = open_segment(self.directory, f"{self.tag}{self._seq:06d}")
                 self.opened_ns = time.monotonic_ns()
                 self.segment_bytes = 0
+                self.at_file_limit = False
             append_lines(self.fd, data, self.segment_bytes, all_or_none=all_or_none)
         except OSError as exc:
             self.failed(exc)
@@ -162,6 +167,9 @@ class SegmentWriter:
                         "cannot cut a torn %s write (%s); recovery will cut it", self.label, exc
                     )
                     self.abandon()
+            # Closed at the next look (full()) when it holds lines: an empty one fails alike
+            # at any size (a limit of a byte, or the disk itself).
+            self.at_file_limit = exc.errno == errno.EFBIG and self.segment_bytes > 0
             raise
         self.error = None
         self.segment_bytes += len(data)

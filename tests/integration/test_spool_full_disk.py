@@ -6,6 +6,8 @@ counted as spooled are exactly the lines on disk and the rest are counted as los
 The short write is real: a child process whose files may not pass RLIMIT_FSIZE bytes, so the
 write that crosses it is cut short by the kernel and the next one fails (EFBIG), as ENOSPC does
 on a full disk. SIGXFSZ is ignored, as `beacon serve` does, so the failure comes back as errors.
+A segment at the file size limit is closed at once and the next events go into a new one; a
+limit of one byte fails every write, as a full disk does.
 """
 
 from __future__ import annotations
@@ -29,6 +31,7 @@ from collector.metrics import CollectorMetrics
 from collector.sinks.spool import SpoolSink
 
 LIMIT_BYTES, BATCHES, PER_BATCH = (int(x) for x in sys.argv[2:5])
+UNLIMITED = (resource.RLIM_INFINITY, resource.RLIM_INFINITY)
 signal.signal(signal.SIGXFSZ, signal.SIG_IGN)
 metrics = CollectorMetrics(CollectorRegistry())
 sample = metrics.registry.get_sample_value
@@ -43,14 +46,15 @@ async def main():
                      segment_max_age_ms=3_600_000, segment_idle_ms=3_600_000,
                      max_bytes=1 << 30)
     resource.setrlimit(resource.RLIMIT_FSIZE, (LIMIT_BYTES, resource.RLIM_INFINITY))
-    for i in range(BATCHES):  # the disk fills part way through one of them
+    for i in range(BATCHES):  # files reach their limit part way through some of them
         await sink.send(batch(i * PER_BATCH))
+    resource.setrlimit(resource.RLIMIT_FSIZE, (1, resource.RLIM_INFINITY))  # the disk full
+    await sink.send(batch(BATCHES * PER_BATCH))
     full = sink.healthy()
-    resource.setrlimit(resource.RLIMIT_FSIZE, (resource.RLIM_INFINITY, resource.RLIM_INFINITY))
+    resource.setrlimit(resource.RLIMIT_FSIZE, UNLIMITED)
     await sink.flush()  # no event: it finds out by itself that the disk takes writes again
     recovered = sink.healthy()
-    # Into the same segment, after its last whole line.
-    await sink.send(batch(BATCHES * PER_BATCH))
+    await sink.send(batch((BATCHES + 1) * PER_BATCH))
     await sink.close()
     print(json.dumps({
         "spooled": sample("beacon_sink_events_total", {"outcome": "spooled"}),
@@ -81,15 +85,21 @@ def test_a_short_write_leaves_whole_lines_and_the_counters_match_the_disk(tmp_pa
     result = orjson.loads(run.stdout)
     assert not result["healthy_when_full"] and result["healthy_after"]
     assert list(spool_dir.glob("*" + OPEN_SUFFIX)) == []
-    [segment] = closed_segments(spool_dir)
-    data = segment.read_bytes()
-    assert data.endswith(b"\n")
-    numbers = [orjson.loads(line)["n"] for line in data.splitlines()]  # every line parses
-    sent = (BATCHES + 1) * PER_BATCH
-    # Whole events in order up to where the disk filled, then the batch sent after it freed.
-    kept = len(numbers) - PER_BATCH
-    assert 0 < kept < BATCHES * PER_BATCH
-    assert kept % PER_BATCH != 0  # the disk filled inside a batch: a real short write
-    assert numbers == [*range(kept), *range(BATCHES * PER_BATCH, sent)]
+    segments = [path.read_bytes() for path in closed_segments(spool_dir)]
+    assert all(data.endswith(b"\n") and len(data) <= LIMIT_BYTES for data in segments)
+    numbers = [orjson.loads(line)["n"] for data in segments for line in data.splitlines()]
+    sent = (BATCHES + 2) * PER_BATCH
+    assert numbers == sorted(numbers)  # in order, every line whole
+    kept = set(numbers)
+    # A batch that reached a file's limit kept its whole lines before it and lost the rest; the
+    # file was closed, and the next batch went into a new one: none lost whole (before, every
+    # write failed on the full file until it closed at its age).
+    batches = [range(b * PER_BATCH, (b + 1) * PER_BATCH) for b in range(BATCHES)]
+    cut = [b for b in batches if not set(b) <= kept]
+    assert len(cut) >= 2 and len(segments) >= 3
+    assert all(b[0] in kept and sorted(set(b) & kept) == list(b[: len(set(b) & kept)]) for b in cut)
+    # The full disk's batch lost, the one after it kept.
+    assert not kept & set(range(BATCHES * PER_BATCH, (BATCHES + 1) * PER_BATCH))
+    assert set(range((BATCHES + 1) * PER_BATCH, sent)) <= kept
     assert result["spooled"] == len(numbers)
     assert result["spooled"] + result["errors"] == sent

@@ -274,27 +274,34 @@ def torn_writes(spool_dir: Path, how: str) -> dict:
     return orjson.loads(run.stdout)
 
 
+def logged(spool_dir: Path) -> list[int]:
+    """The events in the log's closed segments, in order; each segment whole lines only."""
+    segments = [path.read_bytes() for path in closed_segments(spool_dir)]
+    assert all(data.endswith(b"\n") for data in segments)  # a torn tail is cut: whole events
+    return [orjson.loads(line)["n"] for data in segments for line in data.splitlines()]
+
+
 def test_wal_torn_write_is_cut_back_and_counted(tmp_path: Path):
     spool_dir = tmp_path / "spool"
     result = torn_writes(spool_dir, "one")
-    accepted = result["answers"].count(True)
-    assert 0 < accepted < 30 and result["answers"] == [True] * accepted + [False] * (30 - accepted)
-    assert result["errors"] == 30 - accepted and not result["healthy"]
-    [segment] = closed_segments(spool_dir)
-    data = segment.read_bytes()
-    assert data.endswith(b"\n")  # the torn tail was cut: whole events only
-    assert [orjson.loads(line)["n"] for line in data.splitlines()] == list(range(accepted))
+    answers = result["answers"]
+    refused = [n for n, ok in enumerate(answers) if not ok]
+    assert refused and result["errors"] == len(refused)
+    # The segment at the file size limit is closed and the next event taken by a new one
+    # (before, every event was refused until it closed at its age).
+    assert all(answers[n + 1] for n in refused if n + 1 < len(answers))
+    assert logged(spool_dir) == [n for n, ok in enumerate(answers) if ok]
+    assert len(closed_segments(spool_dir)) == len(refused) + (answers[-1] is True)
 
 
 def test_wal_torn_batch_is_cut_back_whole(tmp_path: Path):
     # A POST's batch answered 503 is sent again whole: none of it may stay behind.
     spool_dir = tmp_path / "spool"
     result = torn_writes(spool_dir, "batches")
-    assert result["answers"] == [True, True, False, False, False, False]
-    assert result["errors"] == 20 and not result["healthy"]
-    [segment] = closed_segments(spool_dir)
-    lines = segment.read_bytes().splitlines()  # two whole lines of the third were written
-    assert [orjson.loads(line)["n"] for line in lines] == list(range(10))
+    # The limit falls in every third batch of a segment; the next goes into a new one.
+    assert result["answers"] == [True, True, False, True, True, False]
+    assert result["errors"] == 10
+    assert logged(spool_dir) == [*range(10), *range(15, 25)]  # two whole lines of the third cut
 
 
 def test_wal_needs_a_spool():
