@@ -13,7 +13,7 @@ INSERT_BUCKETS_S = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.
 # The label values consumers/pipeline.py and consumers/sources/ emit (tests/unit/
 # test_metric_labels.py holds the code to these).
 INSERT_OUTCOMES = ("ok", "error")
-RETRY_STEPS = ("dlq", "mark", "insert", "erase", "commit")
+RETRY_STEPS = ("dlq", "mark", "wait", "insert", "erase", "commit")
 BATCH_OUTCOMES = ("stored", "rejected", "failed", "revoked")
 # What cut a batch: its row or byte bound, its age, a quiet source (no collector writing to the
 # spool; nothing fetched from Kafka, every partition read to its end), shutting down, or a

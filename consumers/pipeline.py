@@ -147,9 +147,8 @@ class Pipeline:
         timeout, and a member held that long loses its place mid-insert."""
         try:
             await self.ingest.await_earlier(batch.token, batch.partial)
-        except StoreError as exc:
-            self.metrics.inserts.labels("error").inc()
-            self._fail(batch, "insert", exc)
+        except StoreError as exc:  # no insert was tried: its own step, not an insert error
+            self._fail(batch, "wait", exc)
             return False
         return True
 

@@ -287,21 +287,47 @@ class FailsOnceAndLooks:
         return getattr(self.writer, name)
 
 
+async def stored_through(looking: FailsOnceAndLooks, config, store) -> ConsumerMetrics:  # type: ignore[no-untyped-def]
+    """30 mail opens spooled and stored by a pipeline through `looking`; its metrics."""
+    events = mail_opens(30)
+    await spool_events(config.spool_dir, encode(events), 1 << 20)
+    source = SpoolSource(config.spool_dir, config.checkpoint_path)
+    metrics = ConsumerMetrics(CollectorRegistry())
+    looking.feed = SpoolFeed(source, metrics, config)
+    pipeline = Pipeline(looking.feed, looking, metrics, config)  # type: ignore[arg-type]
+    await run_until_stored(pipeline, store, len(events))
+    return metrics
+
+
 async def test_a_retry_waits_for_an_earlier_insert_outside_the_lock_a_revocation_waits_for(
     config, store
 ):
     """The wait can take the writer's timeout (60 s on a server), past a group's rebalance
     timeout: waited outside the lock, and not again under it (another member's insert running
     then is no earlier attempt of this batch)."""
-    events = mail_opens(30)
-    await spool_events(config.spool_dir, encode(events), 1 << 20)
     looking = FailsOnceAndLooks(store)
-    source = SpoolSource(config.spool_dir, config.checkpoint_path)
-    metrics = ConsumerMetrics(CollectorRegistry())
-    looking.feed = SpoolFeed(source, metrics, config)
-    pipeline = Pipeline(looking.feed, looking, metrics, config)  # type: ignore[arg-type]
-    await run_until_stored(pipeline, store, len(events))
+    await stored_through(looking, config, store)
     assert looking.failed and looking.looks == [False]
+
+
+class FailsOnceAndCannotLook(FailsOnceAndLooks):
+    """As FailsOnceAndLooks, but its first look for an earlier insert fails too."""
+
+    async def await_earlier_inserts(self, batch: str | None = None) -> None:
+        if not self.looks:
+            self.looks.append(False)
+            raise StoreError("no answer in 60 s")
+        await super().await_earlier_inserts(batch)
+
+
+async def test_a_wait_for_an_earlier_insert_that_fails_is_its_own_step_not_an_insert_error(
+    config, store
+):
+    """It was counted and logged as a failed insert, though none was tried."""
+    metrics = await stored_through(FailsOnceAndCannotLook(store), config, store)
+    assert metric_value(metrics, "beacon_consumer_retries_total", step="wait") == 1
+    assert metric_value(metrics, "beacon_consumer_retries_total", step="insert") == 1
+    assert metric_value(metrics, "beacon_consumer_inserts_total", outcome="error") == 1
 
 
 async def test_malformed_lines_are_counted_and_skipped(config, store):
