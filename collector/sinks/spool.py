@@ -4,7 +4,7 @@ the traffic, bounded in bytes (the segment format: collector/spool/).
 Readers only ever see closed segments. A write that stops short (a full disk, a file past
 RLIMIT_FSIZE) is cut back to its last whole line at once, and only the events whose whole line
 is in the segment count as spooled; the rest are counted as lost (`spool_error`). A segment at
-the file size limit is closed, and the next events go into a new one.
+the file size limit is closed, and the rest of the write goes into a new one.
 """
 
 from __future__ import annotations
@@ -88,17 +88,40 @@ class SpoolSink:
     # -- file work (in a thread) -----------------------------------------------------------
 
     def _append(self, data: bytes) -> None:
+        segments = self.segments
         try:
-            self.segments.write(data)  # raises: what it did not write is lost
-        finally:
-            # Aged too: the flush comes once a flush interval, so a segment waiting for it
-            # would live up to twice its age under load. Full too after a failed write: one
-            # at the file size limit (EFBIG) takes nothing more.
-            if self.segments.fd >= 0 and (self.segments.full() or self.segments.aged()):
-                try:
-                    self._rotate()
-                except OSError as exc:  # written: the open segment keeps them for a later close
-                    self.segments.failed(exc)
+            segments.write(data)  # raises: what it did not write is lost
+        except OSError as exc:
+            if not segments.at_file_limit:
+                raise
+            self._write_on(data, exc)
+        # Aged too: the flush comes once a flush interval, so a segment waiting for it would
+        # live up to twice its age under load.
+        if segments.full() or segments.aged():
+            try:
+                self._rotate()
+            except OSError as exc:  # written: the open segment keeps them until a later close
+                segments.failed(exc)
+
+    def _write_on(self, data: bytes, exc: OSError) -> None:
+        """The open segment reached the file size limit (EFBIG) part way through `data`:
+        closed, and the rest written once into a new one. Raises a ShortWrite of what both
+        kept when that fails too."""
+        kept_lines, kept_bytes = (
+            (exc.lines, exc.kept_bytes) if isinstance(exc, ShortWrite) else (0, 0)
+        )
+        try:
+            self._rotate()
+        except OSError as rotate_error:
+            self.segments.failed(rotate_error)
+            raise exc from rotate_error
+        try:
+            self.segments.write(data[kept_bytes:])
+        except ShortWrite as again:
+            lines, written = kept_lines + again.lines, kept_bytes + again.kept_bytes
+            raise ShortWrite(again, lines, written, again.cut) from again
+        except OSError as again:  # nothing of the rest written
+            raise ShortWrite(again, kept_lines, kept_bytes, True) from again
 
     def _flush(self, final: bool) -> None:
         segments = self.segments

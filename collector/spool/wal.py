@@ -65,10 +65,17 @@ class WriteAheadLog:
         try:
             segments.write(data, all_or_none=True)
         except OSError:
-            self.metrics.events_dropped.labels("spool_error").inc(count)
-            if segments.fd >= 0 and segments.full():  # at the file size limit: a new one next
-                self._close_segment()
-            return False
+            if not segments.at_file_limit:
+                self.metrics.events_dropped.labels("spool_error").inc(count)
+                return False
+            # The segment reached the file size limit (EFBIG): closed, and the events
+            # written once into a new one.
+            self._close_segment()
+            try:
+                segments.write(data, all_or_none=True)
+            except OSError:
+                self.metrics.events_dropped.labels("spool_error").inc(count)
+                return False
         self.metrics.wal_events.inc(count)
         if segments.full():
             self._close_segment()

@@ -167,9 +167,11 @@ class SegmentWriter:
                         "cannot cut a torn %s write (%s); recovery will cut it", self.label, exc
                     )
                     self.abandon()
-            # Closed at the next look (full()) when it holds lines: an empty one fails alike
-            # at any size (a limit of a byte, or the disk itself).
-            self.at_file_limit = exc.errno == errno.EFBIG and self.segment_bytes > 0
+            # Closed at once by its writer when it holds lines (and was not abandoned torn):
+            # an empty one fails alike at any size (a limit of a byte, or the disk itself).
+            self.at_file_limit = (
+                exc.errno == errno.EFBIG and self.fd >= 0 and self.segment_bytes > 0
+            )
             raise
         self.error = None
         self.segment_bytes += len(data)
