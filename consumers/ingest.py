@@ -228,6 +228,14 @@ class Stored:
         return max(self.newest_by_segment, default=0)
 
 
+def _received_between(first_ms: int, last_ms: int) -> str:
+    """A condition on the events' received_at: from `first_ms` to `last_ms` (ms), both in."""
+    return (
+        f"received_at BETWEEN fromUnixTimestamp64Milli({first_ms}, 'UTC') "
+        f"AND fromUnixTimestamp64Milli({last_ms}, 'UTC')"
+    )
+
+
 class Ingest:
     """Stores batches of raw wire lines, one at a time (they share the temporary tables)."""
 
@@ -439,11 +447,7 @@ class Ingest:
                 return 0
             # The batch's span (its rows are stored with the staged times it was read from):
             # partitions and the sort key's time prune what the count and the DELETE read.
-            span = (
-                f"received_at BETWEEN fromUnixTimestamp64Milli({from_ms}, 'UTC') "
-                f"AND fromUnixTimestamp64Milli({to_ms}, 'UTC')"
-            )
-            wheres = [f"{span} AND ({where})" for where in listed]
+            wheres = [f"{_received_between(from_ms, to_ms)} AND ({where})" for where in listed]
             cluster = await check_mode(self.writer)
             return await erasure.delete_rows(self.writer, wheres, cluster, days)
 
@@ -497,10 +501,7 @@ class Ingest:
         # Within the batch's span: a copy of a line is stored with its time, and the
         # partitions and the sort key's time prune the read (event_id alone read the column
         # of every part of every month: 0.20-0.22 s against 0.023-0.026 s, 8 million rows).
-        span = (
-            f"received_at BETWEEN fromUnixTimestamp64Milli({oldest_ms}, 'UTC') "
-            f"AND fromUnixTimestamp64Milli({last_ms}, 'UTC')"
-        )
+        span = _received_between(oldest_ms, last_ms)
         stored = (
             f"s.event_id IN (SELECT event_id FROM {EVENTS} WHERE {span} "
             f"AND event_id GLOBAL IN (SELECT event_id FROM {self.stage}))"

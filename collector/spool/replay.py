@@ -69,14 +69,9 @@ def open_locked(path: Path) -> BinaryIO | None:
         raise
 
 
-def read_events(f: BinaryIO, max_bytes: int) -> list[bytes]:
-    """The next events of an open segment, about `max_bytes` of them, never one cut in two;
-    [] at its end."""
-    return read_part(f, max_bytes)[0]
-
-
 def read_part(f: BinaryIO, max_bytes: int) -> tuple[list[bytes], list[int]]:
-    """read_events, and the file offset just past each event's line."""
+    """The next events of an open segment, about `max_bytes` of them, never one cut in two
+    ([] at its end), and the file offset just past each event's line."""
     start = f.tell()
     data = f.read(max_bytes)
     if data and not data.endswith(b"\n"):

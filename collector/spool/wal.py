@@ -62,23 +62,26 @@ class WriteAheadLog:
         if segments.used_bytes + len(data) > segments.max_bytes:
             self.metrics.events_dropped.labels("spool_full").inc(count)
             return False
-        try:
-            segments.write(data, all_or_none=True)
-        except OSError:
-            if not segments.at_file_limit:
-                self.metrics.events_dropped.labels("spool_error").inc(count)
-                return False
+        written = self._try_write(data)
+        if not written and segments.at_file_limit:
             # The segment reached the file size limit (EFBIG): closed, and the events
             # written once into a new one.
             self._close_segment()
-            try:
-                segments.write(data, all_or_none=True)
-            except OSError:
-                self.metrics.events_dropped.labels("spool_error").inc(count)
-                return False
+            written = self._try_write(data)
+        if not written:
+            self.metrics.events_dropped.labels("spool_error").inc(count)
+            return False
         self.metrics.wal_events.inc(count)
         if segments.full():
             self._close_segment()
+        return True
+
+    def _try_write(self, data: bytes) -> bool:
+        """All of `data` into the open segment, or none of it (the writer records why)."""
+        try:
+            self.segments.write(data, all_or_none=True)
+        except OSError:
+            return False
         return True
 
     def healthy(self) -> bool:

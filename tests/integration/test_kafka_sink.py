@@ -7,6 +7,7 @@ import gc
 import time
 import uuid
 from dataclasses import replace
+from itertools import accumulate
 
 import orjson
 import pytest
@@ -20,7 +21,7 @@ from collector.settings import SettingsError
 from collector.sinks.kafka import KafkaSink
 from collector.sinks.kafka_link import KafkaLink, Sent
 from collector.sinks.spool import SpoolSink
-from collector.spool.replay import read_events
+from collector.spool.replay import read_part
 from collector.spool.writer import spool_limits
 from tests.support.helpers import free_port, metric_value
 from tests.support.kafka_sink import (
@@ -316,13 +317,16 @@ def test_replay_reads_a_segment_in_parts_and_never_cuts_an_event(tmp_path) -> No
     torn = b'{"n":100,"pa'  # a crash cut the last write short: it is read as it is
     path = tmp_path / "segment"
     path.write_bytes(b"".join(e + b"\n" for e in events) + torn)
-    parts = []
+    parts, ends = [], []
     with open(path, "rb") as f:
-        while part := read_events(f, 50):
-            parts.append(part)
+        while (part := read_part(f, 50))[0]:
+            parts.append(part[0])
+            ends.extend(part[1])
     assert len(parts) > 10
     assert [e for part in parts for e in part] == [*events, torn]
     assert all(sum(map(len, part)) < 50 + 30 for part in parts)  # ~50 bytes, one event more
+    # Each event's end: past its newline, the torn last one at the file's end.
+    assert ends == [*accumulate(len(e) + 1 for e in events), path.stat().st_size]
 
 
 async def test_a_close_while_the_link_connects_ends_once_it_has(
