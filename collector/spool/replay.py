@@ -71,19 +71,21 @@ def open_locked(path: Path) -> BinaryIO | None:
 
 def read_part(f: BinaryIO, max_bytes: int) -> tuple[list[bytes], list[int]]:
     """The next events of an open segment, about `max_bytes` of them, never one cut in two
-    ([] at its end), and the file offset just past each event's line."""
-    start = f.tell()
-    data = f.read(max_bytes)
-    if data and not data.endswith(b"\n"):
-        data += f.readline()  # the rest of the last event
+    ([] at its end only), and the file offset just past each event's line."""
     events: list[bytes] = []
     ends: list[int] = []
-    at = start
-    for line in data.split(b"\n"):
-        at = min(at + len(line) + 1, start + len(data))
-        if line:
-            events.append(line)
-            ends.append(at)
+    # A part of blank lines only is read past: [] would end the segment, and its deletion
+    # would take the events after them.
+    while not events and (data := f.read(max_bytes)):
+        start = f.tell() - len(data)
+        if not data.endswith(b"\n"):
+            data += f.readline()  # the rest of the last event
+        at = start
+        for line in data.split(b"\n"):
+            at = min(at + len(line) + 1, start + len(data))
+            if line:
+                events.append(line)
+                ends.append(at)
     return events, ends
 
 

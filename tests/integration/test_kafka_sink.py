@@ -329,6 +329,20 @@ def test_replay_reads_a_segment_in_parts_and_never_cuts_an_event(tmp_path) -> No
     assert ends == [*accumulate(len(e) + 1 for e in events), path.stat().st_size]
 
 
+def test_a_part_of_blank_lines_is_read_past_not_taken_for_the_end(tmp_path) -> None:
+    # No writer makes blank lines, but a part of them only must not read as the segment's
+    # end: the replay deletes a segment there, with the events after them.
+    path = tmp_path / "segment"
+    path.write_bytes(b'{"n":1}\n' + b"\n" * 200 + b'{"n":2}\n\n\n')
+    events, ends = [], []
+    with open(path, "rb") as f:
+        while (part := read_part(f, 50))[0]:
+            events.extend(part[0])
+            ends.extend(part[1])
+    assert events == [b'{"n":1}', b'{"n":2}']
+    assert ends == [8, 8 + 200 + 8]
+
+
 async def test_a_close_while_the_link_connects_ends_once_it_has(
     settings, metrics, kafka_bootstrap, kafka_topic
 ):
