@@ -118,11 +118,13 @@ def recorded_sql(since_ms: int) -> str:
     )
 
 
-def erased_rows(fields: list[str], alias: str, since_ms: int) -> str:
+def erased_rows(fields: list[str], alias: str, since_ms: int, missing: bool = False) -> str:
     """A condition true for a row (of table `alias`, with the events' columns) whose person
     was erased at or after its received_at, by the erasures of `fields` recorded at or after
     `since_ms`; "" for none. The erasures are read by the statement itself, as arrays of id
-    hashes and times (a map per row, whatever their number: no term per erasure)."""
+    hashes and times (a map per row, whatever their number: no term per erasure). `missing`:
+    for a row a replay finds missing from the table, which an erasure may have deleted (see
+    _erased_term)."""
     terms = []
     for field in fields:
         erased = (
@@ -130,7 +132,7 @@ def erased_rows(fields: list[str], alias: str, since_ms: int) -> str:
             f"toUnixTimestamp64Milli(max(erased_at)) AS t FROM {ERASURES} "
             f"WHERE field = {sql_string(field)} AND {_since(since_ms)} GROUP BY h))"
         )
-        terms.append(_erased_term(field, f"{alias}.", f"{erased}.1", f"{erased}.2"))
+        terms.append(_erased_term(field, f"{alias}.", f"{erased}.1", f"{erased}.2", missing))
     return " OR ".join(t for t in terms if t)
 
 
@@ -162,17 +164,23 @@ def stored_before(erased_ms: str) -> str:
     return f"toUnixTimestamp(inserted_at) < intDiv({erased_ms}, 1000)"
 
 
-def _erased_term(field: str, prefix: str, hashes: str, times: str, stored: bool = False) -> str:
+def _erased_term(
+    field: str, prefix: str, hashes: str, times: str, missing: bool = False, stored: bool = False
+) -> str:
     """`stored`: also a row stored before its erasure whatever its time says (stored_before;
-    the events table's rows have inserted_at, a batch's staged ones not yet)."""
+    the events table's rows have inserted_at, a batch's staged ones not yet). `missing`: a
+    row a replay finds missing (below)."""
     column = FIELDS.get(field)
     if column is None:
         return ""  # a request kind this version does not know
     # A row kept without consent has its time cut to the hour (collector/consent.py): it
     # may have come up to an hour later, so it is left out only if that was before too.
-    # Such a row holds no id of a person: only a site erasure can match it.
+    # Such a row holds no id of a person: only a site erasure can match it. But one a replay
+    # finds missing may be missing because the erasure's DELETE took it (by its time, the
+    # hour's start: `erase`), so it is left out of the refill if its hour began before.
     received = f"toUnixTimestamp64Milli({prefix}received_at)"
-    at = f"if({prefix}consent = 'missing', {received} + {HOUR_MS}, {received})"
+    late = f"if({prefix}consent = 'missing', {received} + {HOUR_MS}, {received})"
+    at = received if missing else late
     # In milliseconds, so that an id never erased (the default) is before every row, even
     # one of a producer that wrote a received_at at the epoch (or before it, stored by an
     # older consumer: refused now).

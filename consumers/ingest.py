@@ -251,8 +251,10 @@ class Ingest:
         # session keeps them, and a retry would stage its lines on top of them).
         self._dirty = False
         # This batch's condition for rows to leave out (people erased after them), or "",
-        # and the erasures it read for it (analytics/erasure.recent_sql).
+        # the same for its rows a replay finds missing (erasure.erased_rows), and the
+        # erasures it read for them (analytics/erasure.recent_sql).
         self._erased = ""
+        self._erased_missing = ""
         self._seen: Erasures = []
 
     async def store(
@@ -301,15 +303,16 @@ class Ingest:
                 # down) can keep its token and lose its rows, and the token would then drop
                 # this attempt's as a repeat.
                 if (replay or partial or again) and good:
-                    refilled = await self._refill(token, oldest, last)
+                    refilled, left_out = await self._refill(token, oldest, last)
                     inserted += refilled
+                    erased += left_out
                 erase = None
                 now = await self._erased_meanwhile(oldest, replay or again) if good else None
                 if now is not None:
                     erase = Erase(oldest, last, await self._erased_days(now, oldest))
                 return Stored(good, rejects, refilled, newest, invalid, inserted, erased, erase)
             finally:
-                self._erased = ""
+                self._erased = self._erased_missing = ""
                 self._seen = []
                 await self._clear()
 
@@ -393,6 +396,7 @@ class Ingest:
         if not match:
             return 0
         self._erased = f" AND NOT ({match})"
+        self._erased_missing = self._erased_match(self._seen, oldest_ms, missing=True)
         count = await self.writer.query(
             f"SELECT count() FROM {self.stage} AS s WHERE s.reason = '' AND ({match})", "TSV"
         )
@@ -411,9 +415,11 @@ class Ingest:
         return now if now != self._seen or (again and now) else None
 
     @staticmethod
-    def _erased_match(erasures: Erasures, oldest_ms: int) -> str:
-        """The condition on a staged row (`s`) of a person erased after it, by `erasures`."""
-        return erasure.erased_rows([field for field, _, _ in erasures], "s", oldest_ms)
+    def _erased_match(erasures: Erasures, oldest_ms: int, missing: bool = False) -> str:
+        """The condition on a staged row (`s`) of a person erased after it, by `erasures`;
+        `missing`: on one a replay finds missing (erasure.erased_rows)."""
+        fields = [field for field, _, _ in erasures]
+        return erasure.erased_rows(fields, "s", oldest_ms, missing)
 
     async def _erased_days(self, erasures: Erasures, oldest_ms: int) -> tuple[str, ...]:
         """The days of the staged good rows of people `erasures` erased after them
@@ -495,7 +501,9 @@ class Ingest:
         )
         await self.writer.insert_from(EVENTS, EVENT_COLUMNS, select, token)
 
-    async def _refill(self, token: str, oldest_ms: int, last_ms: int) -> int:
+    async def _refill(self, token: str, oldest_ms: int, last_ms: int) -> tuple[int, int]:
+        """Insert the batch's rows the table lacks under a fresh token; how many, and how
+        many it left out: an erasure may have deleted them (erasure.erased_rows)."""
         # GLOBAL: through a Distributed `events` the shards cannot see this session's
         # temporary table, so the initiator sends them its ids (on one node it is a plain IN).
         # Within the batch's span: a copy of a line is stored with its time, and the
@@ -506,15 +514,17 @@ class Ingest:
             f"s.event_id IN (SELECT event_id FROM {EVENTS} WHERE {span} "
             f"AND event_id GLOBAL IN (SELECT event_id FROM {self.stage}))"
         )
+        kept = f"NOT ({self._erased_missing})" if self._erased_missing else "1"
         out = await self.writer.query(
-            f"SELECT count() FROM {self.stage} AS s "
+            f"SELECT countIf({kept}), count() FROM {self.stage} AS s "
             f"WHERE s.reason = ''{self._erased} AND NOT {stored}",
             "TSV",
         )
-        missing = int(out.strip() or 0)
+        missing, unstored = map(int, out.split())
         if missing:
-            await self._insert(f"{token[:187]}:{uuid.uuid4().hex[:12]}", f" AND NOT {stored}")
-        return missing
+            fresh = f"{token[:187]}:{uuid.uuid4().hex[:12]}"
+            await self._insert(fresh, f" AND NOT {stored} AND {kept}")
+        return missing, unstored - missing
 
     async def _clear(self) -> None:
         """Free the batch's memory; a store that cannot is failing the batch already, and the
