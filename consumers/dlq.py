@@ -36,7 +36,9 @@ def dead_letter(
     cut to LINE_MAX_BYTES; the record's own headers, then ours."""
     key, own = record.key, list(record.headers)
     meta_bytes = len(key or b"") + sum(len(k.encode()) + len(v or b"") for k, v in own)
-    if meta_bytes > SOURCE_META_MAX_BYTES:
+    # On the wire each header also takes its two lengths, a byte each at least: thousands of
+    # empty headers are a megabyte there and nothing here.
+    if meta_bytes + 2 * len(own) > SOURCE_META_MAX_BYTES:
         key, own = None, [(SOURCE_OMITTED, str(meta_bytes).encode())]
     headers = [
         *own,

@@ -1251,6 +1251,30 @@ async def test_a_bad_line_under_a_huge_key_and_headers_goes_to_the_dlq_without_t
     assert consumer.value("beacon_consumer_dlq_records_total", reason="malformed_json") == 1
 
 
+async def test_a_bad_line_under_many_empty_headers_goes_to_the_dlq_without_them(
+    settings: ConsumerSettings, store: ChdbWriter, consumers: list[Consumer]
+) -> None:
+    """Empty headers hold no bytes but take their lengths on the wire: with 350,000 of them
+    the dead letter would pass what a Kafka request holds, refused for good."""
+    line = b"{" + b"x" * (400 << 10)  # not JSON
+    headers = [("", b"")] * 350_000
+    producer = AIOKafkaProducer(
+        bootstrap_servers=settings.kafka_bootstrap, acks="all", compression_type="lz4",
+        max_request_size=4 << 20,
+    )  # fmt: skip
+    await producer.start()
+    try:
+        await producer.send_and_wait(settings.kafka_topic, line, headers=headers, partition=0)
+    finally:
+        await producer.stop()
+    good = [orjson.dumps(e) for e in mail_opens(20)]
+    consumer, dead = await through_to_the_dlq(settings, store, consumers, good, len(good), 1)
+    [record] = dead
+    meta = dict(record.headers)
+    assert (record.value, meta[SOURCE_OMITTED], meta[REASON]) == (line, b"0", b"malformed_json")
+    assert consumer.value("beacon_consumer_dlq_records_total", reason="malformed_json") == 1
+
+
 async def test_a_field_its_column_cannot_take_sends_only_that_record_to_the_dlq(
     settings: ConsumerSettings, store: ChdbWriter, consumers: list[Consumer]
 ) -> None:
