@@ -1220,13 +1220,17 @@ async def test_a_line_too_large_for_a_dlq_record_goes_there_cut_with_its_length(
     assert consumer.value("beacon_consumer_dlq_records_total", reason="malformed_json") == 1
 
 
-async def test_a_bad_line_under_a_huge_key_and_headers_goes_to_the_dlq_without_them(
-    settings: ConsumerSettings, store: ChdbWriter, consumers: list[Consumer]
-) -> None:
-    """Another producer's record: with its key and headers the dead letter would pass what a
-    Kafka request holds (1 MiB), refused for good, its partition held behind it."""
-    line = b"{" + b"x" * (400 << 10)  # not JSON
-    key, headers = b"k" * (700 << 10), [("trace", b"t" * 1000)]
+async def a_bad_line_through(
+    settings: ConsumerSettings,
+    store: ChdbWriter,
+    consumers: list[Consumer],
+    key: bytes | None,
+    headers: list[tuple[str, bytes]],
+) -> tuple[bytes, Consumer, ConsumerRecord]:
+    """A 400 KiB line that is not JSON, under `key` and `headers` (another producer's record,
+    lz4 keeps it under a request's 1 MiB), then good lines, through to the DLQ: the line, the
+    closed consumer and its dead letter."""
+    line = b"{" + b"x" * (400 << 10)
     producer = AIOKafkaProducer(
         bootstrap_servers=settings.kafka_bootstrap, acks="all", compression_type="lz4",
         max_request_size=4 << 20,
@@ -1239,8 +1243,17 @@ async def test_a_bad_line_under_a_huge_key_and_headers_goes_to_the_dlq_without_t
     finally:
         await producer.stop()
     good = [orjson.dumps(e) for e in mail_opens(20)]
-    consumer, dead = await through_to_the_dlq(settings, store, consumers, good, len(good), 1)
-    [record] = dead
+    consumer, [record] = await through_to_the_dlq(settings, store, consumers, good, len(good), 1)
+    return line, consumer, record
+
+
+async def test_a_bad_line_under_a_huge_key_and_headers_goes_to_the_dlq_without_them(
+    settings: ConsumerSettings, store: ChdbWriter, consumers: list[Consumer]
+) -> None:
+    """Another producer's record: with its key and headers the dead letter would pass what a
+    Kafka request holds (1 MiB), refused for good, its partition held behind it."""
+    key, headers = b"k" * (700 << 10), [("trace", b"t" * 1000)]
+    line, consumer, record = await a_bad_line_through(settings, store, consumers, key, headers)
     assert (record.key, record.value) == (None, line)
     meta = dict(record.headers)
     assert meta[SOURCE_OMITTED] == str(len(key) + len("trace") + 1000).encode()
@@ -1256,20 +1269,8 @@ async def test_a_bad_line_under_many_empty_headers_goes_to_the_dlq_without_them(
 ) -> None:
     """Empty headers hold no bytes but take their lengths on the wire: with 350,000 of them
     the dead letter would pass what a Kafka request holds, refused for good."""
-    line = b"{" + b"x" * (400 << 10)  # not JSON
     headers = [("", b"")] * 350_000
-    producer = AIOKafkaProducer(
-        bootstrap_servers=settings.kafka_bootstrap, acks="all", compression_type="lz4",
-        max_request_size=4 << 20,
-    )  # fmt: skip
-    await producer.start()
-    try:
-        await producer.send_and_wait(settings.kafka_topic, line, headers=headers, partition=0)
-    finally:
-        await producer.stop()
-    good = [orjson.dumps(e) for e in mail_opens(20)]
-    consumer, dead = await through_to_the_dlq(settings, store, consumers, good, len(good), 1)
-    [record] = dead
+    line, consumer, record = await a_bad_line_through(settings, store, consumers, None, headers)
     meta = dict(record.headers)
     assert (record.value, meta[SOURCE_OMITTED], meta[REASON]) == (line, b"0", b"malformed_json")
     assert consumer.value("beacon_consumer_dlq_records_total", reason="malformed_json") == 1
