@@ -27,6 +27,11 @@ LINE_MAX_BYTES = 512 * 1024
 # bytes to kilobytes); past it they are left out, their length said, or a record with a line
 # at LINE_MAX_BYTES could pass what a request holds all the same.
 SOURCE_META_MAX_BYTES = 64 * 1024
+# A batch of dead letters: the producer has one request a partition in flight, so a batch of
+# aiokafka's default 16 KiB made a batch whose every line is bad (a collector's release ahead
+# of the consumers) an acknowledgement's round trip per ~30 lines. Half a request's 1 MiB:
+# the broker's message.max.bytes bounds a batch with its framing.
+BATCH_MAX_BYTES = 512 * 1024
 
 
 def dead_letter(
@@ -64,13 +69,14 @@ class DeadLetters:
     (https://github.com/aio-libs/aiokafka/issues/1101).
     """
 
-    def __init__(self, bootstrap: str, topic: str) -> None:
+    def __init__(self, bootstrap: str, topic: str, batch_max_bytes: int = BATCH_MAX_BYTES) -> None:
         self.topic = topic
         self._producer = AIOKafkaProducer(
             bootstrap_servers=bootstrap,
             acks="all",
             enable_idempotence=False,
             client_id="beacon-consumer-dlq",
+            max_batch_size=batch_max_bytes,
         )
 
     async def start(self) -> None:
