@@ -51,6 +51,13 @@ def create_app(settings: Settings, sink: Sink, metrics: CollectorMetrics) -> web
     """
     if not settings.secret:
         raise ValueError("settings.secret is empty: resolve it before building the app")
+    kafka = sink if isinstance(sink, KafkaSink) else None
+    # With Kafka, a closed log segment wakes the replay that ships it (less latency).
+    wal = make_wal(settings, metrics, kafka.replayer.wake if kafka else None)
+    if wal is not None and kafka is not None:
+        # Full, the log takes no event, so closes no segment and never recounts on its own:
+        # the room the replay frees must reach it at once, not at the next flush interval.
+        kafka.recounts.append(wal.rescan)
     buffer = EventBuffer(
         sink,
         metrics,
@@ -59,10 +66,7 @@ def create_app(settings: Settings, sink: Sink, metrics: CollectorMetrics) -> web
         linger_ms=settings.linger_ms,
         flush_interval_ms=settings.flush_interval_ms,
         idle_flush_ms=settings.spool_segment_idle_ms,
-        # With Kafka, a closed log segment wakes the replay that ships it (less latency).
-        wal=make_wal(
-            settings, metrics, sink.replayer.wake if isinstance(sink, KafkaSink) else None
-        ),
+        wal=wal,
     )
     keyring = load_keyring(settings.signing_keys, settings.signing_key_file)
     gate = SignatureGate(keyring, settings.signature_policy, metrics)

@@ -15,6 +15,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
+from collections.abc import Awaitable, Callable
 
 from collector.metrics import CollectorMetrics
 from collector.settings import Settings
@@ -49,7 +50,10 @@ class KafkaSink:
         self._wakeup = asyncio.Event()
         self._closing = False
         self._pump_task: asyncio.Task[None] | None = None
-        self.replayer = SpoolReplayer(self.link, spool.directory, metrics, self.flush)
+        # What else counts the spool directory's bytes against its bound (a write-ahead log):
+        # recounted as soon as the replay deletes a segment, not at its next own recount.
+        self.recounts: list[Callable[[], Awaitable[None]]] = []
+        self.replayer = SpoolReplayer(self.link, spool.directory, metrics, self._space_freed)
         # With a write-ahead log every event reaches Kafka through the spool: a full spool
         # refuses events (so readiness says so).
         self.through_spool = settings.durability == "wal"
@@ -89,6 +93,12 @@ class KafkaSink:
             self._wakeup.set()
         if taken < len(events):
             await self._spill(events[taken:], "queue_full")
+
+    async def _space_freed(self) -> None:
+        """The replay deleted a segment: the bound has that much more room."""
+        await self.flush()
+        for recount in self.recounts:
+            await recount()
 
     async def flush(self) -> None:
         """fsync the spool (and let it rotate aged segments so replay can take them).

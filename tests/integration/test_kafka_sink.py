@@ -11,13 +11,17 @@ from itertools import accumulate
 
 import orjson
 import pytest
+from aiohttp.test_utils import TestClient, TestServer
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 from aiokafka.errors import KafkaError
+from prometheus_client import CollectorRegistry
 
 from beacon.__main__ import main
+from collector.app import create_app
 from collector.kafka_admin import init_topics
+from collector.metrics import CollectorMetrics
 from collector.server import make_sink
-from collector.settings import SettingsError
+from collector.settings import SPOOL_MIN_BYTES, SettingsError
 from collector.sinks.kafka import KafkaSink
 from collector.sinks.kafka_link import KafkaLink, Sent
 from collector.sinks.spool import SpoolSink
@@ -265,6 +269,39 @@ async def test_missing_topic_spools_until_kafka_init_then_replays(
     await sink.close()
     assert sorted(events_in(await read_topic(kafka_bootstrap, name))) == sorted(events)
     assert metric_value(metrics, "beacon_kafka_replayed_events_total") == 50
+
+
+async def test_a_full_write_ahead_log_takes_events_as_soon_as_the_replay_frees_room(
+    settings, metrics, kafka_bootstrap
+):
+    # Full, the log takes no event, so closes no segment and recounts only at the buffer's
+    # flush interval (ten minutes here): the replay's deletions must reach it themselves.
+    name = f"late.{uuid.uuid4().hex[:8]}"
+    wal = dict(
+        durability="wal", kafka_bootstrap=kafka_bootstrap, kafka_topic=name,
+        kafka_dlq_topic=name + ".dlq", kafka_partitions=1, kafka_replication=1,
+        kafka_min_insync_replicas=1, spool_max_bytes=SPOOL_MIN_BYTES, flush_interval_ms=600_000,
+    )  # fmt: skip
+    live = replace(settings, sink="kafka", **wal)
+    events = [orjson.dumps({"event_id": str(i), "pad": "x" * 500}) for i in range(2100)]
+    spool = SpoolSink(live.spool_dir, CollectorMetrics(CollectorRegistry()), **spool_limits(live))
+    await spool.send(events)  # left by a run before: the spool's bound, all but a few events
+    await spool.close()
+    kept = spooled_events(live.spool_dir)
+    client = TestClient(TestServer(create_app(live, kafka_sink(live, metrics), metrics)))
+    await client.start_server()
+    try:
+        click = {"e": "click", "p": {"n": "1"}}
+        assert (await client.post("/e", json=click)).status == 503  # the log is full
+
+        await init_topics(live)  # the topic comes: the replay sends the spool and deletes it
+        await wait_for(lambda: not set(kept) & set(spooled_events(live.spool_dir)), 60, "replay")
+        deadline = time.monotonic() + 60
+        while (await client.post("/e", json=click)).status != 204:
+            assert time.monotonic() < deadline, "the log never took events again"
+            await asyncio.sleep(0.05)
+    finally:
+        await client.close()
 
 
 async def test_replay_goes_on_from_its_last_ack_and_never_resends_a_segment_it_sent(
