@@ -171,6 +171,14 @@ class SpoolReplayer:
             if not await self._replay(path, until_stopped):
                 return  # Kafka failed us, or a stop: try again once it is back up
 
+    def _unreadable(self, path: Path, exc: OSError) -> bool:
+        """A segment the disk does not give (EIO, EACCES): the ones after it go on (True), or
+        one would hold every segment behind it for good; it is tried again at the next pass,
+        from its first part not acknowledged."""
+        self._limited.warning("unreadable", "cannot read %s to replay it (%s); the segments "
+                              "after it go on, and it is tried again", path.name, exc)  # fmt: skip
+        return True
+
     def _drop_refused(self, sizes_bytes: list[int]) -> None:
         """Events no batch can carry: a batch of one, refused as too large. Counted as lost
         (again, if a stop comes before the segment's deletion: it is sent whole at the next
@@ -202,7 +210,10 @@ class SpoolReplayer:
     async def _replay(self, path: Path, until_stopped: bool = True) -> bool:
         """Send one segment; True if it is done (sent and deleted, or not ours to send, or
         sent and not deletable). `until_stopped`: a stop ends it after the part in flight."""
-        f = await asyncio.to_thread(open_locked, path)
+        try:
+            f = await asyncio.to_thread(open_locked, path)
+        except OSError as exc:
+            return self._unreadable(path, exc)
         if f is None:
             return True
         key = (path.name, os.fstat(f.fileno()).st_ino)  # a name is never used again
@@ -210,7 +221,10 @@ class SpoolReplayer:
         try:
             f.seek(self._acked_bytes.get(key, 0))
             while True:
-                events, ends = await asyncio.to_thread(read_part, f, self.chunk_bytes)
+                try:
+                    events, ends = await asyncio.to_thread(read_part, f, self.chunk_bytes)
+                except OSError as exc:
+                    return self._unreadable(path, exc)
                 if not events:
                     break
                 taken, delivered = await self._send(events)

@@ -16,6 +16,7 @@ from pathlib import Path
 
 import orjson
 
+from contract.logs import Throttle
 from contract.segments import closed_segments, fsync_dir, writing
 
 log = logging.getLogger("beacon.consumer")
@@ -63,6 +64,7 @@ class SpoolSource:
         self.pending: list[Range] = [Range(*r) for r in state.get("pending", [])]
         # The read cursor runs ahead of the committed offsets while a batch fills up.
         self._read: dict[str, int] = dict(self.offsets)
+        self._unreadable = Throttle()  # a line a minute for a segment that cannot be read
         for r in self.pending:
             self._read[r.segment] = r.end
         self._delete_finished()
@@ -85,6 +87,13 @@ class SpoolSource:
                     f.seek(start)
                     data = f.read()
             except FileNotFoundError:  # deleted since the listing (by hand): as if not listed
+                continue
+            except OSError as exc:
+                # One the disk does not give (EIO, EACCES): the segments after it go on, or it
+                # would hold every one behind it for good; it is read again at the next read.
+                if self._unreadable.passes(name) is not None:
+                    log.warning("cannot read spool segment %s (%s); the segments after it go "
+                                "on, and it is read again", name, exc)  # fmt: skip
                 continue
             if data and not data.endswith(b"\n"):
                 # A segment is closed by its rename before its bytes are synced: a machine

@@ -510,6 +510,16 @@ def test_a_store_that_cannot_be_reached_at_start_is_one_line_and_exit_1(tmp_path
     assert "unreachable" in line
 
 
+async def test_a_segment_that_cannot_be_read_holds_back_none_after_it(config, store, caplog):
+    events = mail_opens(120)
+    await spool_events(config.spool_dir, encode(events), 8 * 1024)
+    # First by name, and open() refuses it (EISDIR), as a bad block or a wrong mode would.
+    (config.spool_dir / "0000000000000-1--00000000.ndjson").mkdir()
+    await run_until_stored(new_pipeline(config, store), store, len(events))
+    assert await count(store) == len(events)
+    assert "cannot read spool segment 0000000000000-1--00000000.ndjson" in caplog.text
+
+
 async def test_a_pending_batch_whose_segment_is_gone_replays_the_rest_and_goes_on(config, store):
     """A consumer died with a batch of two segments pending, and one of them was deleted (by
     hand, or lost with a machine crash): what is left of the batch is stored and the consumer

@@ -304,6 +304,24 @@ async def test_a_full_write_ahead_log_takes_events_as_soon_as_the_replay_frees_r
         await client.close()
 
 
+async def test_a_segment_that_cannot_be_read_holds_back_none_after_it(
+    settings, metrics, kafka_bootstrap, kafka_topic, caplog
+):
+    live = replace(settings, kafka_bootstrap=kafka_bootstrap, kafka_topic=kafka_topic)
+    events = [orjson.dumps({"event_id": str(i)}) for i in range(50)]
+    spool = SpoolSink(live.spool_dir, metrics, **spool_limits(live))
+    await spool.send(events)
+    await spool.close()
+    # First by name, and open() refuses it (EISDIR), as a bad block or a wrong mode would.
+    (live.spool_dir / "0000000000000-1--00000000.ndjson").mkdir()
+    sink = kafka_sink(live, metrics)
+    replayed = lambda: metric_value(metrics, "beacon_kafka_replayed_events_total")  # noqa: E731
+    await wait_for(lambda: replayed() == len(events), 60, "the segment after it replayed")
+    await sink.close()
+    assert sorted(events_in(await read_topic(kafka_bootstrap, kafka_topic))) == sorted(events)
+    assert "cannot read 0000000000000-1--00000000.ndjson to replay it" in caplog.text
+
+
 async def test_replay_goes_on_from_its_last_ack_and_never_resends_a_segment_it_sent(
     settings, metrics, kafka_bootstrap, caplog, monkeypatch
 ):
