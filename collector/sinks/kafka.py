@@ -135,7 +135,8 @@ class KafkaSink:
     async def close(self) -> None:
         """Produce what is queued (or spool it), wait for every ack or its timeout, close the
         spool, send what it holds while Kafka is up, stop the producer. Bounded by about
-        3 x kafka_timeout_ms (the replay's part in flight, the acks, the spool)."""
+        4 x kafka_timeout_ms (the replay's part in flight, the acks, the spool, a connect in
+        progress: KafkaLink.close)."""
         if self._closing:
             return
         self._closing = True

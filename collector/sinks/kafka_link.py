@@ -104,7 +104,13 @@ class KafkaLink:
         self._stop.set()
         self._changed.set()
         if self._task is not None:
-            await self._task  # a connect attempt in progress ends within timeout_s
+            # A connect in progress asks the brokers in turn, each for up to timeout_s: with
+            # several that take the connection and never answer (a network that drops their
+            # packets), longer than a shutdown's grace period. It gets one timeout.
+            try:
+                await asyncio.wait_for(self._task, self.timeout_s)
+            except TimeoutError:
+                log.warning("Kafka connect cut short at close after %g s", self.timeout_s)
         if self._stopping:
             await asyncio.gather(*self._stopping, return_exceptions=True)
         self.up = False

@@ -424,6 +424,33 @@ async def test_a_close_while_the_link_connects_ends_once_it_has(
     assert not sink.connected()
 
 
+async def test_a_close_cuts_a_connect_that_waits_on_silent_brokers_in_turn(settings, metrics):
+    # Brokers that take the connection and never answer: the client asks each in turn, each
+    # for up to the timeout (60 s in all here), and close waited for all of them.
+    accepted = asyncio.Event()
+
+    async def silent(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        accepted.set()
+        await reader.read()  # until the client goes
+        writer.close()
+
+    servers = [await asyncio.start_server(silent, "127.0.0.1", 0) for _ in range(60)]
+    ports = [server.sockets[0].getsockname()[1] for server in servers]
+    live = replace(
+        settings, kafka_bootstrap=",".join(f"127.0.0.1:{port}" for port in ports),
+        kafka_timeout_ms=1000,
+    )  # fmt: skip
+    link = KafkaLink(live, metrics)
+    link.start()
+    try:
+        await asyncio.wait_for(accepted.wait(), 30)
+        await asyncio.wait_for(link.close(), 30)
+        assert not link.up
+    finally:
+        for server in servers:
+            server.close()
+
+
 async def test_a_stop_ends_a_segments_replay_after_its_part_and_the_drain_sends_the_rest(
     settings, metrics, kafka_bootstrap, kafka_topic
 ):
