@@ -18,6 +18,7 @@ also holds live rows (an event that came late), reports read that day from raw e
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import datetime as dt
 import logging
 import os
@@ -42,6 +43,13 @@ SETTLE_AFTER_S = 3600
 # (and one seen running then moves the cut before its start).
 INSERT_MARGIN_S = 60
 PASS_INTERVAL_S = 60.0
+# A staging table (a swap's, a day's visits') this old is left over: its settle was killed,
+# or its DROP failed (on a server, a session still busy with an insert its client gave up
+# on). It holds a day's rows, ids and visitors, that neither erasure nor retention reaches:
+# each pass drops such tables. One dropped while still in use fails its settle, which the
+# next pass runs again.
+STAGE_LEFT_AFTER_S = 3600
+STAGE_NAME_RE = "_stage_[0-9]+_[0-9a-f]{12}$"  # _swap's and _visits' names
 
 
 def day_literal(day: dt.date) -> str:
@@ -114,6 +122,7 @@ class Settler:
 
     async def settle_due(self) -> list[dt.date]:
         """One pass: settle every due day; returns them."""
+        await drop_left_stages(self.writer, STAGE_LEFT_AFTER_S)
         days = await self.due_days()
         await self.rebuild(days)
         return days
@@ -259,7 +268,7 @@ class Settler:
                 verb = f"REPLACE {partition} FROM {stage}" if int(rows) else f"DROP {partition}"
                 await self.writer.execute(f"ALTER TABLE {visits.VISITS} {verb}")
             finally:
-                await self.writer.execute(f"DROP TABLE IF EXISTS {stage}")
+                await self._drop_stage(stage)
         await self.writer.execute(
             f"INSERT INTO {visits.VISITS_SETTLED} (day, visit_gap_s) {VALUES_SETTINGS} "
             f"VALUES ({day_literal(day)}, {gap_s})"
@@ -286,7 +295,28 @@ class Settler:
                     f"ALTER TABLE {rollup.table}{self.suffix} DROP {partition}"
                 )
         finally:
+            await self._drop_stage(stage)
+
+    async def _drop_stage(self, stage: str) -> None:
+        """A staging table's end, whatever came of its settle. A DROP that fails leaves it to
+        drop_left_stages, and does not take the place of what ended the settle: a
+        cancellation taken for a store error was caught by the settle loop, which went on
+        for good."""
+        with contextlib.suppress(StoreError):
             await self.writer.execute(f"DROP TABLE IF EXISTS {stage}")
+
+
+async def drop_left_stages(writer: Writer, older_than_s: int) -> None:
+    """Drop the staging tables made more than `older_than_s` ago (STAGE_LEFT_AFTER_S)."""
+    left = await writer.query(
+        f"SELECT name FROM system.tables WHERE database = '{DATABASE}' "
+        f"AND match(name, '{STAGE_NAME_RE}') "
+        f"AND metadata_modification_time < now() - {int(older_than_s)}",
+        "TSV",
+    )
+    for name in left.split():
+        log.warning("dropping %s.%s, a staging table left by a settle", DATABASE, name)
+        await writer.execute(f"DROP TABLE IF EXISTS {DATABASE}.{name}")
 
 
 def _not_in(ids: list[str]) -> str:

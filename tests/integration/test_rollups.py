@@ -19,13 +19,13 @@ from typing import Any
 import orjson
 import pytest
 
-from analytics import erasure, raw_query, scanner_query
+from analytics import erasure, raw_query, rollup_settle, scanner_query
 from analytics.campaign_report import campaign_report
 from analytics.funnel import FUNNEL_TYPES
 from analytics.machine_opens import scanner_bursts_sql
 from analytics.migrations import MIGRATIONS, migrate
 from analytics.report_window import GROUPS, Filters, Window
-from analytics.rollup_settle import Settler
+from analytics.rollup_settle import STAGE_NAME_RE, Settler, settle_loop
 from analytics.rollups import EVENTS_HOURLY, ROLLUPS, SETTLING
 from analytics.schema import EVENTS
 from analytics.store import StoreError
@@ -275,6 +275,75 @@ class Interleaved:
 
     def __getattr__(self, name: str) -> Any:
         return getattr(self.writer, name)
+
+
+class BusySession:
+    """The store's writer as a server's whose session is still busy with a statement its
+    client gave up on: a staging table's insert lands but its client times out, and its DROP
+    is refused (SESSION_IS_LOCKED). `held`: the insert waits for it first."""
+
+    def __init__(self, writer: Any, held: asyncio.Event | None = None) -> None:
+        self.writer = writer
+        self.held = held
+        self.inserting = asyncio.Event()
+
+    async def execute(self, sql: str) -> None:
+        stage = "_stage_" in sql.split("(", 1)[0]
+        if stage and sql.startswith("DROP TABLE IF EXISTS") and self.inserting.is_set():
+            raise StoreError("session is locked by a concurrent client")
+        if stage and sql.startswith("INSERT INTO"):
+            self.inserting.set()
+            if self.held is not None:
+                await self.held.wait()
+            await self.writer.execute(sql)
+            raise StoreError("no answer in 60 s; the statement may still run there")
+        await self.writer.execute(sql)
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self.writer, name)
+
+
+def stages(store: Store) -> list[str]:
+    sql = f"SELECT name FROM system.tables WHERE match(name, '{STAGE_NAME_RE}')"
+    return [row["name"] for row in store.rows(sql)]
+
+
+def test_a_staging_table_left_by_a_settle_is_dropped_by_a_pass_an_hour_on(
+    store: Store, now: dt.datetime, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # A day's rows (ids, visitors) that no erasure or retention would reach.
+    store.add(traffic(now, 1, 1))
+    noon = day_start_ms(now, 0) / 1000 + 12 * 3600
+    busy = Settler(BusySession(store.writer), clock=lambda: noon, insert_margin_s=-5)
+    with pytest.raises(StoreError, match="no answer"):  # the insert's, not its DROP's
+        run(busy.settle_due())
+    assert len(stages(store)) == 1
+    settler = settler_of(store, now)
+    run(settler.settle_due())  # the settle done; the table made just now is not left over
+    assert len(stages(store)) == 1
+    monkeypatch.setattr(rollup_settle, "STAGE_LEFT_AFTER_S", -1)  # an hour on
+    run(settler.settle_due())
+    assert stages(store) == []
+    assert run(settler.due_days()) == []
+    compare(store, window_days(now, 3))
+
+
+async def test_a_settle_cancelled_while_its_drop_fails_ends_the_loop(
+    store: Store, now: dt.datetime
+) -> None:
+    # A consumer that stops cancels the loop during a staging insert; the DROP in the
+    # insert's `finally`, refused, took the cancellation's place, the loop caught it as a
+    # store error and went on, and the consumer waited for it for good.
+    store.add(traffic(now, 1, 1))
+    noon = day_start_ms(now, 0) / 1000 + 12 * 3600
+    busy = BusySession(store.writer, held=asyncio.Event())
+    loop = asyncio.create_task(
+        settle_loop(Settler(busy, clock=lambda: noon, insert_margin_s=-5), asyncio.Event())
+    )
+    await asyncio.wait_for(busy.inserting.wait(), 60)
+    loop.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await asyncio.wait_for(loop, 60)
 
 
 def test_a_report_a_rebuild_began_under_is_read_again(store: Store, now: dt.datetime) -> None:
