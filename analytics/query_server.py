@@ -9,6 +9,7 @@ GET /dashboard is the read-only dashboard, behind its token (analytics/dashboard
 
 from __future__ import annotations
 
+import asyncio
 import ipaddress
 import logging
 import re
@@ -37,6 +38,8 @@ READER = web.AppKey("reader", Reader)
 REGISTRY = web.AppKey("registry", CollectorRegistry)
 AUDIT_PATH = web.AppKey("audit_path", Path)
 ERASE_REQUESTS = web.AppKey("erase_requests", Counter)
+# Erasures under way, whose clients may have gone: a stop waits for them (finish_erasures).
+ERASING = web.AppKey("erasing", set[asyncio.Task[tuple[str, int, dict[str, object]]]])
 QUERY_REQUESTS = web.AppKey("query_requests", Counter)
 LOCAL_HOSTS = frozenset({"127.0.0.1", "localhost", "[::1]"})
 LOCAL_ORIGIN_HOSTS = frozenset(h.strip("[]") for h in LOCAL_HOSTS)  # as yarl reads a host
@@ -131,9 +134,25 @@ def is_local(request: web.Request) -> bool:
 
 async def erase(request: web.Request) -> web.Response:
     """POST /erase {"field": "recipient"|"visitor"|"site", "value": "...", "by": "..."}."""
+    # Run to its audit line and count whatever the client does: one that stops waiting (a
+    # long rebuild past `beacon erase`'s timeout) cancels this handler, and an erasure cut
+    # after its DELETE would leave rows gone unrecorded.
+    task = asyncio.create_task(_counted_erase(request))
+    erasing = request.app[ERASING]
+    erasing.add(task)  # held: the loop keeps only a weak reference to a task
+    task.add_done_callback(erasing.discard)
+    _, status, answer = await asyncio.shield(task)
+    return web.json_response(answer, status=status)
+
+
+async def finish_erasures(app: web.Application) -> None:
+    await asyncio.gather(*app[ERASING], return_exceptions=True)
+
+
+async def _counted_erase(request: web.Request) -> tuple[str, int, dict[str, object]]:
     outcome, status, answer = await _erase(request)
     request.app[ERASE_REQUESTS].labels(outcome).inc()
-    return web.json_response(answer, status=status)
+    return outcome, status, answer
 
 
 async def _erase(request: web.Request) -> tuple[str, int, dict[str, object]]:
@@ -210,6 +229,8 @@ def create_query_app(
     app.router.add_post("/query", query)
     if audit_path is not None:
         app[AUDIT_PATH] = audit_path
+        app[ERASING] = set()
+        app.on_shutdown.append(finish_erasures)
         app[ERASE_REQUESTS] = Counter(
             "beacon_erase_requests",
             "POST /erase requests by outcome (erased, bad_request, not_local, store_failed, "

@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import datetime as dt
 import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import orjson
 import pytest
@@ -552,6 +554,52 @@ async def test_store_port_erases_and_audits(port, store: Store, tmp_path: Path) 
     assert (audit["via"], audit["by"]) == ("store_port", "dpo")
     value = registry.get_sample_value("beacon_erase_requests_total", {"outcome": "erased"})
     assert value == 1
+
+
+class HeldRebuild:
+    """The store's writer; a rollup rebuild (after the DELETE) waits for `go_on`."""
+
+    def __init__(self, writer: Any) -> None:
+        self.writer = writer
+        self.rebuilding, self.go_on = asyncio.Event(), asyncio.Event()
+
+    async def execute(self, sql: str) -> None:
+        if "REPLACE PARTITION" in sql or "DROP PARTITION" in sql:
+            self.rebuilding.set()
+            await self.go_on.wait()
+        await self.writer.execute(sql)
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self.writer, name)
+
+
+async def test_an_erasure_whose_client_stops_waiting_still_ends_audited(
+    store: Store, tmp_path: Path
+) -> None:
+    # The client (beacon erase, 300 s) gives up during a long rebuild and goes: the handler
+    # is cancelled, and the erasure with it, after its DELETE, before its audit line.
+    registry, held = CollectorRegistry(), HeldRebuild(store.writer)
+    app = create_query_app(held, store.reader(), registry, tmp_path / "audit.log")  # type: ignore[arg-type]
+    client = TestClient(TestServer(app, host="127.0.0.1"))
+    await client.start_server()
+    try:
+        body = orjson.dumps({"field": "recipient", "value": "alice", "by": "dpo"})
+        asking = asyncio.create_task(client.post("/erase", data=body, headers=JSON))
+        await asyncio.wait_for(held.rebuilding.wait(), 60)
+        asking.cancel()  # the client goes: its connection closed
+        with contextlib.suppress(asyncio.CancelledError):
+            await asking
+        held.go_on.set()
+        audit = tmp_path / "audit.log"
+        deadline = time.monotonic() + 60
+        while not audit.exists() or not audit.read_bytes():
+            assert time.monotonic() < deadline, "no audit line"
+            await asyncio.sleep(0.05)
+        assert orjson.loads(audit.read_bytes())["rows"] == 3
+        value = registry.get_sample_value("beacon_erase_requests_total", {"outcome": "erased"})
+        assert value == 1 and count(store, "recipient = 'alice'") == 0
+    finally:
+        await client.close()
 
 
 @pytest.mark.parametrize(
