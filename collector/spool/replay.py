@@ -134,14 +134,22 @@ class SpoolReplayer:
             await self._task
 
     async def drain(self, seconds: float) -> None:
-        """Send what is closed on disk while Kafka is up, for at most `seconds` (at shutdown:
-        a spool on a pod's own volume goes with the pod; what is left is sent at the next
-        start)."""
-        if not self.link.up:
-            return
+        """Send what is closed on disk, for at most `seconds` (at shutdown: a spool on a pod's
+        own volume goes with the pod; what is left is sent at the next start). A link down
+        now (taken for down after a late ack, a broker failing over) is back within a second:
+        its time is waited for, not given up at once, and a part not taken is sent again."""
         try:
             async with asyncio.timeout(seconds):
-                await self._replay_all(until_stopped=False)
+                while True:
+                    self._wake.clear()  # the link's up, from here on (the run task has ended)
+                    if self.link.up:
+                        if await self._replay_all(until_stopped=False):
+                            return
+                        await asyncio.sleep(REPLAY_POLL_INTERVAL_S)  # not at network speed
+                    elif await asyncio.to_thread(closed_segments, self.directory):
+                        await self._wake.wait()
+                    else:
+                        return  # nothing to send
         except TimeoutError:
             log.warning("spool not fully replayed at shutdown; the rest goes at next start")
         except Exception:  # the segments stay on disk: the next start sends them
@@ -160,16 +168,18 @@ class SpoolReplayer:
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self._wake.wait(), REPLAY_POLL_INTERVAL_S)
 
-    async def _replay_all(self, *, until_stopped: bool = True) -> None:
+    async def _replay_all(self, *, until_stopped: bool = True) -> bool:
+        """Send every closed segment; True if each is done (_replay)."""
         paths = await asyncio.to_thread(closed_segments, self.directory)
         names = {path.name for path in paths}
         for key in [k for k in self._acked_bytes if k[0] not in names]:
             del self._acked_bytes[key]  # deleted by another process
         for path in paths:
             if (until_stopped and self._stop.is_set()) or not self.link.up:
-                return
+                return False
             if not await self._replay(path, until_stopped):
-                return  # Kafka failed us, or a stop: try again once it is back up
+                return False  # Kafka failed us, or a stop: try again once it is back up
+        return True
 
     def _unreadable(self, path: Path, exc: OSError) -> bool:
         """A segment the disk does not give (EIO, EACCES): the ones after it go on (True), or

@@ -108,6 +108,10 @@ class SegmentWriter:
         self._retired: list[int] = []
         self.error: str | None = None
         self.failures = 0  # failed writes: a probe's answer is stale after one
+        # One rescan at a time: two at once (a write-ahead log's own, and the Kafka replay's
+        # after a deletion) took the same appended bytes off twice, and the bound let that
+        # much more in; and a probe begun before the other's could put back a stale error.
+        self._rescanning = asyncio.Lock()
         directory.mkdir(parents=True, exist_ok=True)
         recover_orphans(directory)
         self._publish(*spool_size(directory))
@@ -232,6 +236,10 @@ class SegmentWriter:
     async def rescan(self) -> None:
         """Recount the spool directory (replay and consumers free space in it); after a write
         error, find out whether a block can be written now."""
+        async with self._rescanning:
+            await self._rescan()
+
+    async def _rescan(self) -> None:
         counted = self.appended_bytes
         try:
             total, count = await asyncio.to_thread(spool_size, self.directory)

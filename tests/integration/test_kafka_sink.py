@@ -8,6 +8,7 @@ import time
 import uuid
 from dataclasses import replace
 from itertools import accumulate
+from typing import Any
 
 import orjson
 import pytest
@@ -21,7 +22,7 @@ from collector.app import create_app
 from collector.kafka_admin import init_topics
 from collector.metrics import CollectorMetrics
 from collector.server import make_sink
-from collector.settings import SPOOL_MIN_BYTES, SettingsError
+from collector.settings import SPOOL_MIN_BYTES, Settings, SettingsError
 from collector.sinks.kafka import KafkaSink
 from collector.sinks.kafka_link import KafkaLink, Sent
 from collector.sinks.spool import SpoolSink
@@ -451,6 +452,27 @@ async def test_a_close_cuts_a_connect_that_waits_on_silent_brokers_in_turn(setti
             server.close()
 
 
+def on_topic(settings: Settings, bootstrap: str, topic: str, **more: Any) -> Settings:
+    """`settings` producing to `topic`, with `more` settings."""
+    return replace(settings, kafka_bootstrap=bootstrap, kafka_topic=topic, **more)
+
+
+async def test_a_close_as_the_link_went_down_waits_for_it_and_sends_the_spool(
+    settings, metrics, kafka_bootstrap, kafka_topic
+):
+    # The drain gave up at once with the link down, though it is back within a second: on a
+    # pod's own volume the spool went with the pod. An ack timeout (the drain's time) of 30 s.
+    live = on_topic(settings, kafka_bootstrap, kafka_topic, kafka_timeout_ms=30_000)
+    sink = kafka_sink(live, metrics)
+    await wait_for(sink.connected, 60, "the link up")
+    sink.link.mark_down("an ack came late")  # as a broker failing over makes it
+    events = [orjson.dumps({"event_id": str(i)}) for i in range(50)]
+    await sink.send(events)  # to the spool: the link is down
+    await sink.close()
+    assert spooled_events(live.spool_dir) == []
+    assert sorted(events_in(await read_topic(kafka_bootstrap, kafka_topic))) == sorted(events)
+
+
 async def test_a_stop_ends_a_segments_replay_after_its_part_and_the_drain_sends_the_rest(
     settings, metrics, kafka_bootstrap, kafka_topic
 ):
@@ -458,10 +480,7 @@ async def test_a_stop_ends_a_segments_replay_after_its_part_and_the_drain_sends_
     # a shutdown could outlast its grace period before the drain began.
     # An ack timeout of a minute: the drain at close (as long as one) sends the rest in
     # parts acknowledged one by one, however loaded the broker.
-    live = replace(
-        settings, kafka_bootstrap=kafka_bootstrap, kafka_topic=kafka_topic,
-        kafka_timeout_ms=60_000,
-    )  # fmt: skip
+    live = on_topic(settings, kafka_bootstrap, kafka_topic, kafka_timeout_ms=60_000)
     events = [orjson.dumps({"event_id": str(i)}) for i in range(2000)]
     spool = SpoolSink(live.spool_dir, metrics, **spool_limits(live))
     await spool.send(events)

@@ -255,6 +255,19 @@ async def test_a_write_ahead_log_is_unready_before_it_refuses_an_event(spool_dir
     await wal.close()
 
 
+async def test_two_recounts_at_once_count_the_spool_once(spool_dir, metrics):
+    """The log's own recount and the Kafka replay's after a deletion: each took the bytes
+    written since the last one off, so they came off twice and the bound let as much more
+    in."""
+    wal = WriteAheadLog(spool_dir, metrics, **(NEVER | {"max_bytes": 1 << 20}))
+    for event in lines(0, 300):
+        assert wal.append(event)
+    await asyncio.gather(wal.rescan(), wal.rescan())
+    on_disk = sum(p.stat().st_size for p in spool_dir.iterdir())
+    assert wal.segments.used_bytes == on_disk == 3000
+    await wal.close()
+
+
 async def test_a_segment_ages_by_the_time_it_was_open_whatever_the_wall_clock_says(
     spool_dir, metrics, monkeypatch
 ):
