@@ -18,7 +18,6 @@ also holds live rows (an event that came late), reports read that day from raw e
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import datetime as dt
 import logging
 import os
@@ -302,8 +301,7 @@ class Settler:
         drop_left_stages, and does not take the place of what ended the settle: a
         cancellation taken for a store error was caught by the settle loop, which went on
         for good."""
-        with contextlib.suppress(StoreError):
-            await self.writer.execute(f"DROP TABLE IF EXISTS {stage}")
+        await _drop_table(self.writer, stage)
 
 
 async def drop_left_stages(writer: Writer, older_than_s: int) -> None:
@@ -316,7 +314,16 @@ async def drop_left_stages(writer: Writer, older_than_s: int) -> None:
     )
     for name in left.split():
         log.warning("dropping %s.%s, a staging table left by a settle", DATABASE, name)
-        await writer.execute(f"DROP TABLE IF EXISTS {DATABASE}.{name}")
+        await _drop_table(writer, f"{DATABASE}.{name}")
+
+
+async def _drop_table(writer: Writer, table: str) -> None:
+    """DROP TABLE, a failure logged and left to the next pass: one table that will not go
+    must not stop the settling of every day."""
+    try:
+        await writer.execute(f"DROP TABLE IF EXISTS {table}")
+    except StoreError as exc:
+        log.warning("cannot drop %s (%s); the next pass tries again", table, str(exc)[:300])
 
 
 def _not_in(ids: list[str]) -> str:

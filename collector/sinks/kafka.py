@@ -134,9 +134,10 @@ class KafkaSink:
 
     async def close(self) -> None:
         """Produce what is queued (or spool it), wait for every ack or its timeout, close the
-        spool, send what it holds while Kafka is up, stop the producer. Bounded by about
-        4 x kafka_timeout_ms (the replay's part in flight, the acks, the spool, a connect in
-        progress: KafkaLink.close)."""
+        spool, send what it holds (waiting for a link that is down), stop the producer. Each
+        step is bounded by kafka_timeout_ms: the replay's part in flight, the acks, the
+        spool's sending, a connect in progress and the batches the producer still holds
+        (KafkaLink.close)."""
         if self._closing:
             return
         self._closing = True

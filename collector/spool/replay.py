@@ -138,8 +138,10 @@ class SpoolReplayer:
         own volume goes with the pod; what is left is sent at the next start). A link down
         now (taken for down after a late ack, a broker failing over) is back within a second:
         its time is waited for, not given up at once, and a part not taken is sent again."""
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + seconds
         try:
-            async with asyncio.timeout(seconds):
+            async with asyncio.timeout_at(deadline):
                 while True:
                     self._wake.clear()  # the link's up, from here on (the run task has ended)
                     if self.link.up:
@@ -147,7 +149,9 @@ class SpoolReplayer:
                             return
                         await asyncio.sleep(REPLAY_POLL_INTERVAL_S)  # not at network speed
                     elif await asyncio.to_thread(closed_segments, self.directory):
-                        await self._wake.wait()
+                        # Bounded on its own too: a send's wait_for (Python 3.11) can swallow
+                        # the cancellation of a timeout that fires as its send completes.
+                        await asyncio.wait_for(self._wake.wait(), deadline - loop.time())
                     else:
                         return  # nothing to send
         except TimeoutError:

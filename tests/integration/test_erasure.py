@@ -16,7 +16,7 @@ import pytest
 from aiohttp.test_utils import TestClient, TestServer
 from prometheus_client import CollectorRegistry
 
-from analytics import erasure
+from analytics import erasure, query_server
 from analytics.migrations import migrate
 from analytics.query_server import create_query_app
 from analytics.rollup_settle import Settler, due_before_erasure, rebuild_after_erasure
@@ -600,6 +600,24 @@ async def test_an_erasure_whose_client_stops_waiting_still_ends_audited(
         assert value == 1 and count(store, "recipient = 'alice'") == 0
     finally:
         await client.close()
+
+
+async def test_a_stop_waits_for_an_erasure_under_way_for_a_bounded_time(
+    store: Store, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    monkeypatch.setattr(query_server, "ERASE_STOP_WAIT_S", 0.5)
+    held = HeldRebuild(store.writer)  # never let go on: an erasure that outlasts the stop
+    app = create_query_app(held, store.reader(), CollectorRegistry(), tmp_path / "audit.log")  # type: ignore[arg-type]
+    client = TestClient(TestServer(app, host="127.0.0.1"))
+    await client.start_server()
+    body = orjson.dumps({"field": "recipient", "value": "alice"})
+    asking = asyncio.create_task(client.post("/erase", data=body, headers=JSON))
+    await asyncio.wait_for(held.rebuilding.wait(), 60)
+    await asyncio.wait_for(client.close(), 60)  # the stop: not held by it for good
+    assert "1 erasures still running at the stop" in caplog.text
+    held.go_on.set()
+    with contextlib.suppress(Exception):
+        await asking
 
 
 @pytest.mark.parametrize(

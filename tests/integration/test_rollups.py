@@ -322,10 +322,31 @@ def test_a_staging_table_left_by_a_settle_is_dropped_by_a_pass_an_hour_on(
     run(settler.settle_due())  # the settle done; the table made just now is not left over
     assert len(stages(store)) == 1
     monkeypatch.setattr(rollup_settle, "STAGE_LEFT_AFTER_S", -1)  # an hour on
+    store.add(traffic(now, 2, 2))  # a day due again
+    [left] = stages(store)
+    refusing = Settler(RefusedDrop(store.writer, left), clock=lambda: noon, insert_margin_s=-5)
+    assert run(refusing.settle_due()) == [now.date() - dt.timedelta(days=2)]  # not stopped
+    assert len(stages(store)) == 1  # the one that will not go, tried again the next pass
     run(settler.settle_due())
     assert stages(store) == []
     assert run(settler.due_days()) == []
-    compare(store, window_days(now, 3))
+    compare(store, window_days(now, 4))
+
+
+class RefusedDrop:
+    """The store's writer, refusing to drop `table` (a DROP the server refuses)."""
+
+    def __init__(self, writer: Any, table: str) -> None:
+        self.writer = writer
+        self.table = table
+
+    async def execute(self, sql: str) -> None:
+        if sql.startswith("DROP TABLE IF EXISTS") and sql.endswith(self.table):
+            raise StoreError("refused")
+        await self.writer.execute(sql)
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self.writer, name)
 
 
 async def test_a_settle_cancelled_while_its_drop_fails_ends_the_loop(
