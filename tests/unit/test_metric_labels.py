@@ -255,6 +255,11 @@ def prepared_outcomes() -> Values:
     return call_args("collector/handlers.py", "Prepared", 0) - {""}
 
 
+def erase_outcomes() -> Values:
+    """What a POST /erase comes to: the first of every Outcome(...) in the store port."""
+    return call_args("analytics/query_server.py", "Outcome", 0)
+
+
 def commit_outcomes() -> Values:
     """What Collector.commit gives: buffered, buffer full, or why a built event is not stored."""
     return returned("collector/handlers.py", "Collector.commit") | prepared_outcomes()
@@ -389,9 +394,9 @@ FLOWS: dict[tuple[str, str, str, str], Callable[[], Values]] = {
         returned("consumers/sources/kafka_batches.py", "_due") - {""} | {"replay"}
     ),
     ("analytics/query_server.py", "query", "QUERY_REQUESTS", "outcome"): query_outcomes,
-    ("analytics/query_server.py", "erase", "ERASE_REQUESTS", "outcome"): lambda: returned(
-        "analytics/query_server.py", "_erase", first=True
-    ),
+    # Every Outcome(...) the store port's erasure makes: a refused request's, or the erasure's.
+    ("analytics/query_server.py", "erase", "ERASE_REQUESTS", "asked.outcome"): erase_outcomes,
+    ("analytics/query_server.py", "_erase", "ERASE_REQUESTS", "outcome.outcome"): erase_outcomes,
     ("analytics/dashboard/app.py", "handle", "READS", "endpoint"): lambda: call_args(
         "analytics/dashboard/app.py", "counted", 0
     ),
