@@ -27,7 +27,7 @@ from analytics.store import StoreError, Writer, read_guard
 from analytics.store.readers import LIMIT_SETTINGS, Busy, Reader, read_failure
 from analytics.web import WebConfig
 
-FORMAT_RE = re.compile(r"^[A-Za-z]{1,40}$")
+FORMAT_RE = re.compile(r"^[A-Za-z]{1,40}\Z")
 MAX_SQL_BYTES = 256 * 1024
 QUERY_KEYS = frozenset({"sql", "format"})
 QUERY_SHAPE = "expected {sql, format} strings"

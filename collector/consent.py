@@ -45,8 +45,8 @@ MS_PER_HOUR = 3_600_000
 # What an aggregate row loses: every field that names or can single out a person.
 IDENTIFYING_FIELDS = ("message", "recipient", "user_agent", "ip")
 
-COOKIE_NAME_RE = re.compile(r"^[A-Za-z0-9_-]{1,64}$")
-COOKIE_DOMAIN_RE = re.compile(r"^\.?[A-Za-z0-9-]+(\.[A-Za-z0-9-]+)*$")
+COOKIE_NAME_RE = re.compile(r"^[A-Za-z0-9_-]{1,64}\Z")
+COOKIE_DOMAIN_RE = re.compile(r"^\.?[A-Za-z0-9-]+(\.[A-Za-z0-9-]+)*\Z")
 UINT64_MAX = 2**64 - 1
 
 

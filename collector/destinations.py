@@ -13,13 +13,13 @@ MAX_DESTINATION_CHARS = 2000
 # browsers repair or reinterpret (backslashes, tabs, CR/LF, missing slashes, spaces, non-ASCII
 # look-alikes such as U+3002 or U+FF0F) is refused rather than normalised, since any normalisation
 # here that differs from the browser's is exactly what the known bypasses exploit.
-PORT_SUFFIX_RE = re.compile(r"^:\d*$")
+PORT_SUFFIX_RE = re.compile(r"^:\d*\Z")
 SCHEME_RE = re.compile(r"^https?://", re.IGNORECASE)
-PRINTABLE_ASCII_RE = re.compile(r"^[\x21-\x7e]+$")
+PRINTABLE_ASCII_RE = re.compile(r"^[\x21-\x7e]+\Z")
 HOST_RE = re.compile(
     r"^(?:[A-Za-z0-9](?:[A-Za-z0-9-]{0,61}[A-Za-z0-9])?\.)*"  # labels, RFC 1123
-    r"[A-Za-z0-9](?:[A-Za-z0-9-]{0,61}[A-Za-z0-9])?\.?$"
-    r"|^\[[0-9A-Fa-f:.]+\]$"  # an IPv6 literal
+    r"[A-Za-z0-9](?:[A-Za-z0-9-]{0,61}[A-Za-z0-9])?\.?\Z"
+    r"|^\[[0-9A-Fa-f:.]+\]\Z"  # an IPv6 literal
 )
 
 

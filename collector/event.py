@@ -56,7 +56,7 @@ MAX_VALUE_TEXT_CHARS = 64  # far more than the column's 18 digits, with leading 
 # What urlencode (quote_plus) leaves as it is.
 UNRESERVED_RE = re.compile(r"[A-Za-z0-9_.~-]*")
 # Click ids are UUIDv7 strings made here; anything else would only ever fail to join.
-CLICK_ID_RE = re.compile(r"^[0-9a-f]{8}-[0-9a-f]{4}-7[0-9a-f]{3}-[0-9a-f]{4}-[0-9a-f]{12}$")
+CLICK_ID_RE = re.compile(r"^[0-9a-f]{8}-[0-9a-f]{4}-7[0-9a-f]{3}-[0-9a-f]{4}-[0-9a-f]{12}\Z")
 
 # Every reason this module refuses an event with, and every note of what it cut: the labels of
 # beacon_events_dropped_total and beacon_input_fixed_total, made at 0 by collector/metrics.py.

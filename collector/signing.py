@@ -30,8 +30,8 @@ if TYPE_CHECKING:
 
 SIG_PARAM = "sig"
 MAC_BYTES = 16
-KEY_ID_RE = re.compile(r"^[A-Za-z0-9_-]{1,32}$")
-MAC_RE = re.compile(r"^[A-Za-z0-9_-]{22}$")
+KEY_ID_RE = re.compile(r"^[A-Za-z0-9_-]{1,32}\Z")
+MAC_RE = re.compile(r"^[A-Za-z0-9_-]{22}\Z")
 DOMAIN = b"beacon-url-v1"  # versions the canonical form
 
 # Parameters the click redirect takes besides the event keys: the destination.

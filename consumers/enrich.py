@@ -18,8 +18,8 @@ from consumers.useragent import UserAgentParser
 from contract.event import RECEIVED_AT_MAX_MS, SCHEMA_VERSION, Rejected
 
 # What collector.event writes into the Decimal(18, 4) column: digits, at most 4 decimals.
-VALUE_RE = re.compile(r"^[0-9]{1,14}(?:\.[0-9]{1,4})?$")  # ASCII digits, as consumers/ingest.py
-UUID_RE = re.compile(r"^[0-9a-fA-F]{8}-(?:[0-9a-fA-F]{4}-){3}[0-9a-fA-F]{12}$")
+VALUE_RE = re.compile(r"^[0-9]{1,14}(?:\.[0-9]{1,4})?\Z")  # ASCII digits, as consumers/ingest.py
+UUID_RE = re.compile(r"^[0-9a-fA-F]{8}-(?:[0-9a-fA-F]{4}-){3}[0-9a-fA-F]{12}\Z")
 COUNTRY_RE = re.compile(r"[A-Za-z]{2}")  # fullmatch; as consumers/ingest.py COUNTRY_RE
 
 

@@ -10,7 +10,7 @@ from typing import Any, Protocol
 import orjson
 
 # Tokens go into SQL text: keep them to characters that need no quoting.
-TOKEN_RE = re.compile(r"^[A-Za-z0-9:._-]{1,200}$")
+TOKEN_RE = re.compile(r"^[A-Za-z0-9:._-]{1,200}\Z")
 
 
 def json_rows(text: str) -> list[Any]:
@@ -41,8 +41,8 @@ VALUES_SETTINGS = "SETTINGS async_insert = 0"
 # lost with that disk), deduplicated by the token on each shard, and on a quorum of each
 # shard's replicas (`insert_quorum`: "auto" is a majority).
 CLUSTER_INSERT_SETTINGS = {"distributed_foreground_insert": "1"}
-CLUSTER_NAME_RE = re.compile(r"^[A-Za-z0-9_-]{1,64}$")  # cluster names have no dots
-QUORUM_RE = re.compile(r"^(auto|[0-9]{1,2})$")
+CLUSTER_NAME_RE = re.compile(r"^[A-Za-z0-9_-]{1,64}\Z")  # cluster names have no dots
+QUORUM_RE = re.compile(r"^(auto|[0-9]{1,2})\Z")
 
 
 @dataclass(frozen=True, slots=True)

@@ -53,7 +53,7 @@ from consumers.sources.protocol import Batch, join_lines, lines_of
 TOKEN_TOPIC_MAX_CHARS = 120  # leaves room for partition, offsets and time in TOKEN_RE's 200
 BATCH_HASH_CHARS = 32
 INFLIGHT_RE = re.compile(
-    rf"^beacon-inflight:(\d+)-(\d+)(?::([0-9a-f]{{{BATCH_HASH_CHARS}}}):(\d+))?(:p)?$"
+    rf"^beacon-inflight:(\d+)-(\d+)(?::([0-9a-f]{{{BATCH_HASH_CHARS}}}):(\d+))?(:p)?\Z"
 )
 # The longest a waiting backlog holds back an age cut, in batch ages: a high watermark that
 # stopped moving (a partition not fetched for a while) cannot hold a batch for good. Also the

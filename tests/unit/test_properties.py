@@ -11,6 +11,8 @@ from hypothesis import HealthCheck, assume, example, given, settings
 from hypothesis import strategies as st
 from yarl import URL
 
+from analytics import query_server, store
+from collector import consent, destinations, signing
 from collector import event as ev
 from collector.destinations import HOST_RE, check_destination, host_of
 from collector.privacy import anonymise_ip
@@ -24,6 +26,8 @@ from collector.sanitize import (
     serialise,
 )
 from collector.signing import SIGNED_KEYS, Keyring, sign, verify
+from consumers import enrich
+from consumers.sources import kafka_batches
 from tests.support.helpers import reference_split
 
 FAST = settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.too_slow])
@@ -274,6 +278,7 @@ def test_an_accepted_destination_is_plain_http_to_the_host_every_parser_sees(url
 
 @FAST
 @given(st.text(max_size=80).map(lambda t: "https://" + t) | st.text(max_size=80))
+@example("https://0\n")  # `$` matches before a last newline: a check must end at the end
 def test_the_destination_check_never_raises_and_refuses_what_is_not_ascii(url):
     reason = check_destination(url)
     assert isinstance(reason, str)
@@ -285,3 +290,28 @@ def test_an_ipv6_host_with_junk_after_it_is_refused():
     # Browsers (WHATWG URL) and yarl refuse the URL: so does the check.
     assert check_destination("http://[::1]=") == "bad_host"
     assert check_destination("http://[::1]:8080/x") == ""
+
+
+def test_no_check_by_pattern_takes_a_value_with_a_newline_at_its_end():
+    # Python's `$` also matches before a string's last newline: "https://x\n" passed the
+    # destination check, to a Location header aiohttp refuses (a 500), a click id or a MAC.
+    takes = {
+        destinations.PRINTABLE_ASCII_RE: "https://x",
+        destinations.PORT_SUFFIX_RE: ":8080",
+        HOST_RE: "shop.example",
+        ev.CLICK_ID_RE: "0190a5d2-0000-7000-8000-000000000000",
+        signing.KEY_ID_RE: "k1",
+        signing.MAC_RE: "A" * 22,
+        consent.COOKIE_NAME_RE: "consent",
+        consent.COOKIE_DOMAIN_RE: ".shop.example",
+        enrich.VALUE_RE: "19.90",
+        enrich.UUID_RE: "0190a5d2-0000-7000-8000-000000000000",
+        query_server.FORMAT_RE: "JSON",
+        store.TOKEN_RE: "beacon.events-0-1-2",
+        store.CLUSTER_NAME_RE: "beacon",
+        store.QUORUM_RE: "auto",
+        kafka_batches.INFLIGHT_RE: "beacon-inflight:1-2",
+    }
+    for pattern, value in takes.items():
+        assert pattern.match(value), pattern.pattern
+        assert not pattern.match(value + "\n"), pattern.pattern
