@@ -48,7 +48,13 @@ PASS_INTERVAL_S = 60.0
 # each pass drops such tables. One dropped while still in use fails its settle, which the
 # next pass runs again.
 STAGE_LEFT_AFTER_S = 3600
-STAGE_NAME_RE = "_stage_[0-9]+_[0-9a-f]{12}$"  # _swap's and _visits' names
+STAGE_NAME_RE = "_stage_[0-9]+_[0-9a-f]{12}$"  # stage_name's
+
+
+def stage_name(table: str) -> str:
+    """A settle's own staging table for `table`: two consumers settling the same day never
+    share one (in containers every consumer may be pid 1: a random part keeps them apart)."""
+    return f"{table}_stage_{os.getpid()}_{uuid.uuid4().hex[:12]}"
 
 
 def day_literal(day: dt.date) -> str:
@@ -243,7 +249,7 @@ class Settler:
         """The day's visits from all its events (a visit needs them all; an event inserted
         after the cut leaves a live rollup row, which sends reports to raw events for the day
         until the next pass), and the gap they were cut with: 0, none, for an open day."""
-        stage = f"{visits.VISITS}_stage_{os.getpid()}_{uuid.uuid4().hex[:12]}"
+        stage = stage_name(visits.VISITS)
         partition = f"PARTITION tuple({day_literal(day)})"
         gap_s = self.visit_gap_s if settled else 0
         if settled and self.keep_gap:
@@ -267,7 +273,7 @@ class Settler:
                 verb = f"REPLACE {partition} FROM {stage}" if int(rows) else f"DROP {partition}"
                 await self.writer.execute(f"ALTER TABLE {visits.VISITS} {verb}")
             finally:
-                await self._drop_stage(stage)
+                await _drop_table(self.writer, stage)
         await self.writer.execute(
             f"INSERT INTO {visits.VISITS_SETTLED} (day, visit_gap_s) {VALUES_SETTINGS} "
             f"VALUES ({day_literal(day)}, {gap_s})"
@@ -275,9 +281,7 @@ class Settler:
 
     async def _swap(self, rollup: Rollup, day: dt.date, where: str, settled: bool) -> None:
         """Replace the day's partition of `rollup` with rows recomputed from `where`."""
-        # One staging table per settle: two consumers settling the same day never share one
-        # (in containers every consumer may be pid 1: a random part keeps them apart).
-        stage = f"{DATABASE}.{rollup.name}_stage_{os.getpid()}_{uuid.uuid4().hex[:12]}"
+        stage = stage_name(f"{DATABASE}.{rollup.name}")
         await self.writer.execute(f"DROP TABLE IF EXISTS {stage}")
         await self.writer.execute(rollup.create_table(stage))
         try:
@@ -294,14 +298,7 @@ class Settler:
                     f"ALTER TABLE {rollup.table}{self.suffix} DROP {partition}"
                 )
         finally:
-            await self._drop_stage(stage)
-
-    async def _drop_stage(self, stage: str) -> None:
-        """A staging table's end, whatever came of its settle. A DROP that fails leaves it to
-        drop_left_stages, and does not take the place of what ended the settle: a
-        cancellation taken for a store error was caught by the settle loop, which went on
-        for good."""
-        await _drop_table(self.writer, stage)
+            await _drop_table(self.writer, stage)
 
 
 async def drop_left_stages(writer: Writer, older_than_s: int) -> None:
@@ -318,8 +315,10 @@ async def drop_left_stages(writer: Writer, older_than_s: int) -> None:
 
 
 async def _drop_table(writer: Writer, table: str) -> None:
-    """DROP TABLE, a failure logged and left to the next pass: one table that will not go
-    must not stop the settling of every day."""
+    """DROP TABLE, a failure logged and left to the next pass (drop_left_stages): one table
+    that will not go must not stop the settling of every day, nor take the place of what
+    ended a settle (a cancellation taken for a store error was caught by the settle loop,
+    which went on for good)."""
     try:
         await writer.execute(f"DROP TABLE IF EXISTS {table}")
     except StoreError as exc:

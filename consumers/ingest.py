@@ -251,10 +251,8 @@ class Ingest:
         # session keeps them, and a retry would stage its lines on top of them).
         self._dirty = False
         # This batch's condition for rows to leave out (people erased after them), or "",
-        # the same for its rows a replay finds missing (erasure.erased_rows), and the
-        # erasures it read for them (analytics/erasure.recent_sql).
+        # and the erasures it read for it (analytics/erasure.recent_sql).
         self._erased = ""
-        self._erased_missing = ""
         self._seen: Erasures = []
 
     async def store(
@@ -312,7 +310,7 @@ class Ingest:
                     erase = Erase(oldest, last, await self._erased_days(now, oldest))
                 return Stored(good, rejects, refilled, newest, invalid, inserted, erased, erase)
             finally:
-                self._erased = self._erased_missing = ""
+                self._erased = ""
                 self._seen = []
                 await self._clear()
 
@@ -396,7 +394,6 @@ class Ingest:
         if not match:
             return 0
         self._erased = f" AND NOT ({match})"
-        self._erased_missing = self._erased_match(self._seen, oldest_ms, missing=True)
         count = await self.writer.query(
             f"SELECT count() FROM {self.stage} AS s WHERE s.reason = '' AND ({match})", "TSV"
         )
@@ -514,7 +511,8 @@ class Ingest:
             f"s.event_id IN (SELECT event_id FROM {EVENTS} WHERE {span} "
             f"AND event_id GLOBAL IN (SELECT event_id FROM {self.stage}))"
         )
-        kept = f"NOT ({self._erased_missing})" if self._erased_missing else "1"
+        gone = self._erased_match(self._seen, oldest_ms, missing=True)
+        kept = f"NOT ({gone})" if gone else "1"
         out = await self.writer.query(
             f"SELECT countIf({kept}), count() FROM {self.stage} AS s "
             f"WHERE s.reason = ''{self._erased} AND NOT {stored}",
