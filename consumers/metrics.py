@@ -86,9 +86,9 @@ class ConsumerMetrics:
             "Batches inserted again after a restart (deduplicated by token).",
             registry=registry,
         )
-        # lag_records, dlq_records, records_expired, partition_restarts and paused_partitions
-        # are the Kafka source's (zero when the consumer reads the spool); retries and batches
-        # count for either source.
+        # lag_records, dlq_records, records_expired, records_header_replaced, partition_restarts
+        # and paused_partitions are the Kafka source's (zero when the consumer reads the spool);
+        # retries and batches count for either source.
         self.lag_records = Gauge(
             "beacon_consumer_lag_records",
             "Records in a partition not yet committed: end offset - committed offset.",
@@ -112,6 +112,13 @@ class ConsumerMetrics:
             "Kafka records gone from their partition before this consumer group stored them"
             " (retention or a deletion removed them): their events are lost. Those of a batch"
             " recorded in flight are not counted (it may have been stored).",
+            registry=registry,
+        )
+        self.records_header_replaced = Counter(
+            "beacon_consumer_records_header_replaced",
+            "Kafka records whose header key was not UTF-8 (another producer wrote them), read"
+            " with its bytes replaced as Kafka's own clients read them; their events go on as"
+            " any other.",
             registry=registry,
         )
         self.partition_restarts = Counter(

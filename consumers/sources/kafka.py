@@ -22,6 +22,7 @@ from aiokafka.errors import (
 )
 
 from consumers.settings import ConsumerSettings
+from consumers.sources import aiokafka_compat
 from consumers.sources.kafka_batches import Inflight, parse_inflight
 from contract import common
 
@@ -65,6 +66,9 @@ class KafkaSource:
         self.topic = settings.kafka_topic
         self.group = settings.kafka_group
         self.bootstrap = settings.kafka_bootstrap
+        # A record whose header key is not UTF-8 (another producer's) is read as Kafka's own
+        # clients read it, not raised on at every fetch of its partition for good.
+        aiokafka_compat.install()
         self.consumer = AIOKafkaConsumer(
             bootstrap_servers=settings.kafka_bootstrap,
             group_id=settings.kafka_group,

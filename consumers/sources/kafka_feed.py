@@ -35,6 +35,7 @@ from aiokafka.errors import IllegalStateError, KafkaError
 from consumers.dlq import DeadLetters
 from consumers.metrics import ConsumerMetrics
 from consumers.settings import ConsumerSettings
+from consumers.sources import aiokafka_compat
 from consumers.sources.kafka import KafkaSource, Offsets, Partitions
 from consumers.sources.kafka_batches import KafkaBatch, PartitionBuffer, cut
 from consumers.sources.protocol import Batch, Quiet
@@ -112,6 +113,8 @@ class KafkaFeed:
         # (ms) of the newest event stored from it since it was assigned here.
         self.lag_records: dict[TopicPartition, int] = {}
         self.newest_ms: dict[TopicPartition, int] = {}
+        # Records read with a header key replaced in this process, as of the last poll.
+        self.replaced_seen = aiokafka_compat.replaced_records()
 
     # -- rebalance callbacks (aiokafka's coordinator task calls these) ----------------------
 
@@ -251,6 +254,7 @@ class KafkaFeed:
         asked = time.monotonic()
         polled = await self.source.poll(self.poll_ms, wanted, only)
         self.quiet.saw(bool(polled), asked)
+        self._count_replaced()
         if self.unadopted:
             self.handing = bool(polled)
             try:
@@ -258,6 +262,16 @@ class KafkaFeed:
             finally:
                 self.handing = False
         return self._take(polled)
+
+    def _count_replaced(self) -> None:
+        """Count the records read since the last poll whose header key was not UTF-8."""
+        replaced = aiokafka_compat.replaced_records() - self.replaced_seen
+        if replaced:
+            self.replaced_seen += replaced
+            self.metrics.records_header_replaced.inc(replaced)
+            log.warning("%d record(s) of %s read with a header key that is not UTF-8, its bytes "
+                        "replaced: another producer writes to the topic", replaced,
+                        self.source.topic)  # fmt: skip
 
     def _take(self, polled: dict[TopicPartition, list]) -> int:
         """Buffer a poll's records; how many were taken."""

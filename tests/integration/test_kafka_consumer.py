@@ -20,6 +20,7 @@ import pytest
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, ConsumerRecord, TopicPartition
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic, RecordsToDelete
 from aiokafka.errors import KafkaError, NodeNotReadyError, TopicAuthorizationFailedError
+from aiokafka.record.default_records import _DefaultRecordBatchBuilderPy
 from prometheus_client import CollectorRegistry
 
 from analytics.migrations import migrate
@@ -1274,6 +1275,39 @@ async def test_a_bad_line_under_many_empty_headers_goes_to_the_dlq_without_them(
     meta = dict(record.headers)
     assert (record.value, meta[SOURCE_OMITTED], meta[REASON]) == (line, b"0", b"malformed_json")
     assert consumer.value("beacon_consumer_dlq_records_total", reason="malformed_json") == 1
+
+
+class RawKey(str):
+    """A header key of bytes that are not UTF-8, as a C client writes one: aiokafka's pure
+    Python batch builder asks the key for its bytes."""
+
+    def encode(self, *args: Any, **kwargs: Any) -> bytes:
+        return b"\xfftrace"
+
+
+async def test_a_record_whose_header_key_is_not_utf8_is_stored_with_its_batch(
+    settings: ConsumerSettings, store: ChdbWriter, consumers: list[Consumer]
+) -> None:
+    """Another producer's record batch (lz4) with such keys in its second and third records, between
+    the collector's: aiokafka's reader raised on it at every fetch, the consumer exited, and
+    every member after it met it again. Read as Kafka's own clients read it, key replaced."""
+    lines = [orjson.dumps(e) for e in mail_opens(30)]
+    producer = AIOKafkaProducer(bootstrap_servers=settings.kafka_bootstrap, acks="all")
+    await producer.start()
+    try:
+        batch = producer.create_batch()
+        batch._builder = _DefaultRecordBatchBuilderPy(2, 3, 0, -1, -1, -1, batch_size=1 << 20)
+        for i, line in enumerate(lines[10:13]):
+            batch.append(key=None, value=line, timestamp=None, headers=[(RawKey(), b"v")] * i)
+        batch.close()
+        await (await producer.send_batch(batch, settings.kafka_topic, partition=0))
+    finally:
+        await producer.stop()
+    consumer, _ = await through_to_the_dlq(
+        settings, store, consumers, lines[:10] + lines[13:], len(lines), 0
+    )
+    assert consumer.value("beacon_consumer_records_header_replaced_total") == 2
+    assert consumer.value("beacon_consumer_dlq_records_total", reason="malformed_json") == 0
 
 
 async def test_a_field_its_column_cannot_take_sends_only_that_record_to_the_dlq(
