@@ -23,6 +23,15 @@ from analytics.settings import StoreSettings
 from analytics.store import StoreError, Writer, json_rows
 from contract import owner
 
+# How long `beacon erase` waits for the store port's answer. The erasure goes on there to its
+# audit line whatever the command does (analytics/query_server.py); past this, it says so.
+ERASE_WAIT_S = 300.0
+STILL_ERASING = 3  # the exit status then: not a failure, not done yet
+
+
+class StillErasing(Exception):
+    """The store port took the erasure and has not answered within ERASE_WAIT_S."""
+
 
 def add_arguments(sub: argparse.ArgumentParser, action: str) -> None:
     """The request's subject: exactly one of the ids (`--site` for erase only)."""
@@ -63,7 +72,7 @@ def _erase_at_store_port(
         headers={"Content-Type": "application/json"},
     )
     try:
-        with urllib.request.urlopen(request, timeout=300) as response:
+        with urllib.request.urlopen(request, timeout=ERASE_WAIT_S) as response:
             return int(orjson.loads(response.read())["rows"])
     except urllib.error.HTTPError as exc:
         text = exc.read().decode(errors="replace")
@@ -72,6 +81,14 @@ def _erase_at_store_port(
         except orjson.JSONDecodeError:
             reason = text
         raise StoreError(f"the store refused the erasure ({exc.code}): {reason}") from None
+    except TimeoutError:
+        # Waiting for the answer: the request is in (a connect or a send that times out is
+        # a URLError), and the erasure runs on (a rebuild of many days' rollups takes long).
+        raise StillErasing(
+            f"no answer from the store port in {ERASE_WAIT_S:.0f} s: the erasure goes on "
+            f"there and appends its line to {settings.audit_path} when it ends; `beacon "
+            "erase` again after that finds no rows"
+        ) from None
     except (urllib.error.URLError, ConnectionError):
         raise not_answering(settings, found, url) from None
 
@@ -116,6 +133,9 @@ def erase_command(settings: StoreSettings, args: argparse.Namespace) -> int:
     except erasure.RequestError as exc:
         print(f"beacon erase: {exc.reason}", file=sys.stderr)
         return 2
+    except StillErasing as exc:
+        print(f"beacon erase: {exc}", file=sys.stderr)
+        return STILL_ERASING
     except (StoreUnavailable, StoreError, OSError) as exc:
         print(f"beacon erase: {exc}", file=sys.stderr)
         return 1

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import argparse
 import asyncio
 import contextlib
 import datetime as dt
@@ -16,17 +17,19 @@ import pytest
 from aiohttp.test_utils import TestClient, TestServer
 from prometheus_client import CollectorRegistry
 
-from analytics import erasure, query_server
+from analytics import erasure, query_server, subject_cli
 from analytics.migrations import migrate
 from analytics.query_server import create_query_app
 from analytics.rollup_settle import Settler, due_before_erasure, rebuild_after_erasure
 from analytics.rollups import EVENTS_HOURLY
 from analytics.schema import ERASURES, EVENTS
+from analytics.settings import StoreSettings
 from analytics.store import StoreError
 from analytics.store.http import HttpWriter
 from analytics.subject_cli import run_erase
 from consumers.ingest import Ingest
 from consumers.settings import ConsumerSettings
+from contract import owner
 from tests.support.chdb_events import Store, hour_ago_ms, wire
 from tests.support.clickhouse_front import ClickHouseFront
 
@@ -618,6 +621,39 @@ async def test_a_stop_waits_for_an_erasure_under_way_for_a_bounded_time(
     held.go_on.set()
     with contextlib.suppress(Exception):
         await asking
+
+
+async def test_beacon_erase_past_its_wait_says_the_erasure_goes_on_and_it_does(
+    store: Store, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture
+) -> None:
+    """The command gave up on its wait with "timed out", status 1, while the store port's
+    erasure ran on to its audit line: taken for a failure that was not one."""
+    monkeypatch.setattr(subject_cli, "ERASE_WAIT_S", 0.5)
+    held, audit = HeldRebuild(store.writer), tmp_path / "audit.log"
+    app = create_query_app(held, store.reader(), CollectorRegistry(), audit)  # type: ignore[arg-type]
+    server = TestServer(app, host="127.0.0.1")
+    await server.start_server()
+    data_dir = tmp_path / "data"
+    url = str(server.make_url("")).rstrip("/")
+    claim = owner.claim(data_dir, owner.CONSUMER, "beacon consume", store_url=url)
+    try:
+        settings = StoreSettings(data_dir=data_dir, audit_log=audit)
+        args = argparse.Namespace(recipient="alice", visitor=None, site=None)
+        status = await asyncio.to_thread(subject_cli.erase_command, settings, args)
+        assert status == subject_cli.STILL_ERASING
+        assert f"the erasure goes on there and appends its line to {audit}" in (
+            capsys.readouterr().err
+        )
+        assert held.rebuilding.is_set() and not audit.read_bytes()  # no audit line yet
+        held.go_on.set()
+        deadline = time.monotonic() + 60
+        while not audit.exists() or not audit.read_bytes():
+            assert time.monotonic() < deadline, "no audit line"
+            await asyncio.sleep(0.05)
+        assert orjson.loads(audit.read_bytes())["rows"] == 3
+    finally:
+        owner.release(claim)
+        await server.close()
 
 
 @pytest.mark.parametrize(
