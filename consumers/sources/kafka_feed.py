@@ -389,11 +389,32 @@ class KafkaFeed:
     async def reject(self, batch: Batch) -> None:
         assert isinstance(batch, KafkaBatch)
         rejects = batch.rejected_lines()
-        await self.dead_letters.send(rejects)
+        # A slow DLQ broker (a quota, a broker catching up) could hold this step past
+        # max_poll_interval_ms: the member would leave its group, and the batch be read again
+        # and its letters sent again, as long as each try takes that long. The group hears
+        # from the member meanwhile.
+        beat = asyncio.create_task(self._keep_alive_every_poll())
+        try:
+            await self.dead_letters.send(rejects)
+        finally:
+            beat.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await beat
         for record, line, value, reason in rejects:
             self.metrics.dlq_records.labels(reason).inc()
             log.warning("%s-%d offset %d line %d (%d bytes) dead-lettered: %s", record.topic,
                         record.partition, record.offset, line, len(value), reason)  # fmt: skip
+
+    async def _keep_alive_every_poll(self) -> None:
+        """Call getmany() for no partition every poll interval; an error it raises is left to
+        read(), in the loop's task."""
+        while True:
+            await asyncio.sleep(self.poll_ms / 1000)
+            try:
+                await self.source.keep_alive()
+            except KafkaError as exc:
+                self.client_error = self.client_error or exc
+                return
 
     async def mark(self, batches: list[Batch]) -> None:
         offsets: Offsets = {}

@@ -1277,6 +1277,35 @@ async def test_a_bad_line_under_many_empty_headers_goes_to_the_dlq_without_them(
     assert consumer.value("beacon_consumer_dlq_records_total", reason="malformed_json") == 1
 
 
+@pytest.mark.timeout(180)
+async def test_a_member_stays_in_its_group_while_a_slow_dlq_takes_a_batchs_letters(
+    settings: ConsumerSettings, store: ChdbWriter, consumers: list[Consumer]
+) -> None:
+    """The dead-letter step outlasting max_poll_interval_ms (6 s here): the member left its
+    group, the batch was read again and its letters sent again, each try as long."""
+    good = [orjson.dumps(e) for e in mail_opens(60)]
+    await create_topic(settings.kafka_bootstrap, settings.kafka_dlq_topic)
+    await produce(settings.kafka_bootstrap, settings.kafka_topic, [*good[:30], b"{no", *good[30:]])
+    consumer = Consumer(settings, store, max_poll_interval_ms=6000)
+    consumers.append(consumer)
+    dead_letters = consumer.feed.dead_letters
+    send = dead_letters.send
+
+    async def slowly(rejects: Any) -> None:
+        await asyncio.sleep(14.0)  # a DLQ broker that takes long (a quota, catching up)
+        await send(rejects)
+
+    dead_letters.send = slowly  # type: ignore[method-assign]
+    await wait_for(at_least(store, len(good)), "the good events stored", consumer.task)
+    await wait_for(caught_up(consumer, settings.kafka_topic), "the lag to be 0", consumer.task)
+    assert consumer.feed.assignments == 1  # never rebalanced: the member stayed
+    await consumer.close()
+    assert await count(store) == await count(store, "uniqExact(event_id)") == len(good)
+    dead = await read_topic(settings.kafka_bootstrap, settings.kafka_dlq_topic, 1)
+    assert [r.value for r in dead] == [b"{no"]
+    assert consumer.value("beacon_consumer_batches_total", outcome="revoked") == 0
+
+
 class RawKey(str):
     """A header key of bytes that are not UTF-8, as a C client writes one: aiokafka's pure
     Python batch builder asks the key for its bytes."""
