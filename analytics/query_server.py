@@ -215,9 +215,12 @@ async def _erase_and_audit(app: web.Application, field: str, value: str, by: str
     try:
         erasure.check_audit(audit_path)
         rows = await erasure.erase(app[WRITER], field, value)
+    # Logged too: the client may have stopped waiting (`beacon erase` past its wait).
     except OSError as exc:
+        log.error("an erasure by %s refused: the audit log is not writable: %s", field, exc)
         return Outcome("audit_failed", 503, {"error": "audit_log_not_writable", "detail": str(exc)})
     except StoreError as exc:
+        log.error("an erasure by %s failed in the store: %s", field, exc)
         return Outcome("store_failed", 503, {"error": "store_failed", "detail": str(exc)[:2000]})
     try:
         erasure.audit(audit_path, "erase", field, value, rows, "store_port", by)

@@ -85,9 +85,10 @@ def _erase_at_store_port(
         # Waiting for the answer: the request is in (a connect or a send that times out is
         # a URLError), and the erasure runs on (a rebuild of many days' rollups takes long).
         raise StillErasing(
-            f"no answer from the store port in {ERASE_WAIT_S:.0f} s: the erasure goes on "
-            f"there and appends its line to {settings.audit_path} when it ends; `beacon "
-            "erase` again after that finds no rows"
+            f"no answer from the store port in {ERASE_WAIT_S:.0f} s: the erasure most likely "
+            f"goes on there, and appends its line to {settings.audit_path} when it ends (a "
+            "failure is in the store's log); if no line comes, run it again: it erases what "
+            "is left"
         ) from None
     except (urllib.error.URLError, ConnectionError):
         raise not_answering(settings, found, url) from None

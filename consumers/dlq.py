@@ -39,7 +39,9 @@ def dead_letter(
 ) -> tuple[bytes | None, bytes, list[tuple[str, bytes]]]:
     """The key, value and headers of a line's dead-letter record: the record's key; the line,
     cut to LINE_MAX_BYTES; the record's own headers, then ours."""
-    key, own = record.key, list(record.headers)
+    # str(): a key read with bytes that were not UTF-8 replaced is a str subclass
+    # (record_batch.Replaced), which the producer refuses.
+    key, own = record.key, [(str(k), v) for k, v in record.headers]
     meta_bytes = len(key or b"") + sum(len(k.encode()) + len(v or b"") for k, v in own)
     # On the wire each header also takes its two lengths, a byte each at least: thousands of
     # empty headers are a megabyte there and nothing here.

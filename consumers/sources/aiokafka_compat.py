@@ -17,6 +17,7 @@ from typing import Any
 
 import aiokafka
 from aiokafka.consumer import fetcher
+from aiokafka.errors import CorruptRecordException
 from aiokafka.record.memory_records import MemoryRecords
 
 from consumers.sources.record_batch import find_batch, read_batch
@@ -24,9 +25,9 @@ from consumers.sources.record_batch import find_batch, read_batch
 log = logging.getLogger("beacon.consumer")
 
 KNOWN = ("0.14",)
-# Records read with a header key replaced, in this process: the fetcher is the process's, not
-# a consumer's, so each Kafka feed counts what it sees change (consumers/sources/kafka_feed.py).
-_replaced = 0
+# Batches read by record_batch in this process: the fetcher is the process's, not a
+# consumer's; a Kafka feed that sees this change looks for its records' replaced keys.
+_fallbacks = 0
 
 
 def tested_release() -> bool:
@@ -43,9 +44,9 @@ def install() -> None:
     fetcher.MemoryRecords = Records  # type: ignore[attr-defined, misc]
 
 
-def replaced_records() -> int:
-    """Records read in this process with a header key that was not UTF-8."""
-    return _replaced
+def fallbacks() -> int:
+    """Record batches read in this process past a header key that was not UTF-8."""
+    return _fallbacks
 
 
 class Records:
@@ -87,12 +88,16 @@ class Batch:
         return getattr(self._batch, name)
 
     def __iter__(self) -> Iterator[Any]:
-        global _replaced
+        global _fallbacks
         try:
             yield from self._batch
-        except UnicodeDecodeError:
-            records, replaced = read_batch(find_batch(self._raw, self._batch.base_offset))
-            _replaced += replaced
+        except (UnicodeDecodeError, CorruptRecordException) as exc:
+            # aiokafka's pure Python reader (AIOKAFKA_NO_EXTENSIONS) raises the one from the other
+            cause = exc if isinstance(exc, UnicodeDecodeError) else exc.__cause__
+            if not isinstance(cause, UnicodeDecodeError):
+                raise
+            records = read_batch(find_batch(self._raw, self._batch.base_offset))
+            _fallbacks += 1
             # All of them again: the fetcher skips those below its position, handed over
             # already.
             yield from records

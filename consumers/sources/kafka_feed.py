@@ -39,6 +39,7 @@ from consumers.sources import aiokafka_compat
 from consumers.sources.kafka import KafkaSource, Offsets, Partitions
 from consumers.sources.kafka_batches import KafkaBatch, PartitionBuffer, cut
 from consumers.sources.protocol import Batch, Quiet
+from consumers.sources.record_batch import Replaced
 
 log = logging.getLogger("beacon.consumer")
 
@@ -113,8 +114,6 @@ class KafkaFeed:
         # (ms) of the newest event stored from it since it was assigned here.
         self.lag_records: dict[TopicPartition, int] = {}
         self.newest_ms: dict[TopicPartition, int] = {}
-        # Records read with a header key replaced in this process, as of the last poll.
-        self.replaced_seen = aiokafka_compat.replaced_records()
 
     # -- rebalance callbacks (aiokafka's coordinator task calls these) ----------------------
 
@@ -254,7 +253,6 @@ class KafkaFeed:
         asked = time.monotonic()
         polled = await self.source.poll(self.poll_ms, wanted, only)
         self.quiet.saw(bool(polled), asked)
-        self._count_replaced()
         if self.unadopted:
             self.handing = bool(polled)
             try:
@@ -263,20 +261,24 @@ class KafkaFeed:
                 self.handing = False
         return self._take(polled)
 
-    def _count_replaced(self) -> None:
-        """Count the records read since the last poll whose header key was not UTF-8."""
-        replaced = aiokafka_compat.replaced_records() - self.replaced_seen
+    def _count_replaced(self, tp: TopicPartition, records: list) -> None:
+        """Count the records taken whose header key was not UTF-8 (read replaced)."""
+        replaced = [
+            r for r in records if r.headers and any(type(k) is Replaced for k, _ in r.headers)
+        ]
         if replaced:
-            self.replaced_seen += replaced
-            self.metrics.records_header_replaced.inc(replaced)
-            log.warning("%d record(s) of %s read with a header key that is not UTF-8, its bytes "
-                        "replaced: another producer writes to the topic", replaced,
-                        self.source.topic)  # fmt: skip
+            self.metrics.records_header_replaced.inc(len(replaced))
+            log.warning("%s offset %d: %d record(s) read with a header key that is not UTF-8, "
+                        "its bytes replaced: another producer writes to the topic", tp,
+                        replaced[0].offset, len(replaced))  # fmt: skip
 
     def _take(self, polled: dict[TopicPartition, list]) -> int:
         """Buffer a poll's records; how many were taken."""
         now = time.monotonic()
         taken = taken_bytes = 0
+        # Looked for once a batch was read past such a key in this process (its records may
+        # come in later polls), not before: a look at every record costs.
+        scan = aiokafka_compat.fallbacks() > 0
         for tp, records in polled.items():
             part = self.parts.get(tp)
             if part is None:
@@ -298,6 +300,8 @@ class KafkaFeed:
                 records = [r for r in records if r.offset >= part.next_offset]
             elif records[0].offset > part.next_offset:
                 self._expired(part, records[0].offset)
+            if scan:
+                self._count_replaced(tp, records)
             before = part.bytes
             part.add(records, now)
             taken += len(records)
@@ -393,23 +397,28 @@ class KafkaFeed:
         # max_poll_interval_ms: the member would leave its group, and the batch be read again
         # and its letters sent again, as long as each try takes that long. The group hears
         # from the member meanwhile.
-        beat = asyncio.create_task(self._keep_alive_every_poll())
+        sent = asyncio.Event()
+        beat = asyncio.create_task(self._keep_alive_until(sent))
         try:
             await self.dead_letters.send(rejects)
         finally:
-            beat.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await beat
+            sent.set()
+            # Its getmany() under way is let finish (through a rebalance, it waits for the
+            # assignment): one cancelled leaves aiokafka's count of polls under way up for
+            # good, and the member is never taken for stuck again.
+            await asyncio.shield(beat)
         for record, line, value, reason in rejects:
             self.metrics.dlq_records.labels(reason).inc()
             log.warning("%s-%d offset %d line %d (%d bytes) dead-lettered: %s", record.topic,
                         record.partition, record.offset, line, len(value), reason)  # fmt: skip
 
-    async def _keep_alive_every_poll(self) -> None:
-        """Call getmany() for no partition every poll interval; an error it raises is left to
-        read(), in the loop's task."""
+    async def _keep_alive_until(self, done: asyncio.Event) -> None:
+        """Call getmany() for no partition every poll interval until `done`; an error it
+        raises is left to read(), in the loop's task."""
         while True:
-            await asyncio.sleep(self.poll_ms / 1000)
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(done.wait(), self.poll_ms / 1000)
+                return
             try:
                 await self.source.keep_alive()
             except KafkaError as exc:

@@ -35,6 +35,13 @@ DECODERS: dict[int, Callable[[bytes], bytes]] = {
 }
 
 
+class Replaced(str):
+    """A header key whose bytes were not UTF-8, read with them replaced: a str, told apart by
+    its type (the feed counts the records that hold one)."""
+
+    __slots__ = ()
+
+
 class Record(NamedTuple):
     """A record as aiokafka's fetcher reads one (offset, timestamp, its type, key, value,
     headers; v2 records carry no checksum of their own)."""
@@ -61,8 +68,8 @@ def find_batch(raw: bytes | memoryview, base_offset: int) -> bytes:
     raise CorruptRecordException(f"no record batch at offset {base_offset} in the fetch")
 
 
-def read_batch(batch: bytes) -> tuple[list[Record], int]:
-    """The records of one v2 batch, and how many had a header key replaced (not UTF-8)."""
+def read_batch(batch: bytes) -> list[Record]:
+    """The records of one v2 batch, a header key that is not UTF-8 read as `Replaced`."""
     base_offset, _, _, magic, _, attributes, _, first_ms, max_ms, *_, count = HEADER.unpack_from(
         batch
     )
@@ -75,7 +82,7 @@ def read_batch(batch: bytes) -> tuple[list[Record], int]:
         body = DECODERS[codec](body)
     log_append = (attributes & TIMESTAMP_TYPE_MASK) >> 3
     records: list[Record] = []
-    replaced = pos = 0
+    pos = 0
     for _ in range(count):
         length, pos = decode_varint(body, pos)
         end = pos + length
@@ -86,7 +93,6 @@ def read_batch(batch: bytes) -> tuple[list[Record], int]:
         value, pos = _nullable(body, pos)
         headers: list[tuple[str, bytes | None]] = []
         header_count, pos = decode_varint(body, pos)
-        bad_key = False
         for _ in range(header_count):
             key_len, pos = decode_varint(body, pos)
             raw_key = body[pos : pos + key_len]
@@ -94,17 +100,16 @@ def read_batch(batch: bytes) -> tuple[list[Record], int]:
             try:
                 name = raw_key.decode()
             except UnicodeDecodeError:
-                name, bad_key = raw_key.decode(errors="replace"), True
+                name = Replaced(raw_key.decode(errors="replace"))
             header_value, pos = _nullable(body, pos)
             headers.append((name, header_value))
         if pos != end:
             raise CorruptRecordException(f"record at offset delta {offset_delta}: bad length")
-        replaced += bad_key
         timestamp = max_ms if log_append else first_ms + ts_delta
         records.append(
             Record(base_offset + offset_delta, timestamp, log_append, key, value, headers)
         )
-    return records, replaced
+    return records
 
 
 def _nullable(body: bytes, pos: int) -> tuple[bytes | None, int]:

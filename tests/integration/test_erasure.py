@@ -641,7 +641,7 @@ async def test_beacon_erase_past_its_wait_says_the_erasure_goes_on_and_it_does(
         args = argparse.Namespace(recipient="alice", visitor=None, site=None)
         status = await asyncio.to_thread(subject_cli.erase_command, settings, args)
         assert status == subject_cli.STILL_ERASING
-        assert f"the erasure goes on there and appends its line to {audit}" in (
+        assert f"goes on there, and appends its line to {audit} when it ends" in (
             capsys.readouterr().err
         )
         assert held.rebuilding.is_set() and not audit.read_bytes()  # no audit line yet

@@ -1317,26 +1317,28 @@ class RawKey(str):
 async def test_a_record_whose_header_key_is_not_utf8_is_stored_with_its_batch(
     settings: ConsumerSettings, store: ChdbWriter, consumers: list[Consumer]
 ) -> None:
-    """Another producer's record batch (lz4) with such keys in its second and third records, between
+    """Another producer's record batch (lz4) with such keys in its last three records, between
     the collector's: aiokafka's reader raised on it at every fetch, the consumer exited, and
-    every member after it met it again. Read as Kafka's own clients read it, key replaced."""
+    every member after it met it again. Read as Kafka's own clients read it, key replaced; a
+    bad line among them goes to the DLQ with the key as read."""
     lines = [orjson.dumps(e) for e in mail_opens(30)]
     producer = AIOKafkaProducer(bootstrap_servers=settings.kafka_bootstrap, acks="all")
     await producer.start()
     try:
         batch = producer.create_batch()
         batch._builder = _DefaultRecordBatchBuilderPy(2, 3, 0, -1, -1, -1, batch_size=1 << 20)
-        for i, line in enumerate(lines[10:13]):
+        for i, line in enumerate([*lines[10:13], b"{no"]):
             batch.append(key=None, value=line, timestamp=None, headers=[(RawKey(), b"v")] * i)
         batch.close()
         await (await producer.send_batch(batch, settings.kafka_topic, partition=0))
     finally:
         await producer.stop()
-    consumer, _ = await through_to_the_dlq(
-        settings, store, consumers, lines[:10] + lines[13:], len(lines), 0
+    consumer, [dead] = await through_to_the_dlq(
+        settings, store, consumers, lines[:10] + lines[13:], len(lines), 1
     )
-    assert consumer.value("beacon_consumer_records_header_replaced_total") == 2
-    assert consumer.value("beacon_consumer_dlq_records_total", reason="malformed_json") == 0
+    assert consumer.value("beacon_consumer_records_header_replaced_total") == 3
+    assert dead.value == b"{no"
+    assert [h for h in dead.headers if h[0] == "\ufffdtrace"] == [("\ufffdtrace", b"v")] * 3
 
 
 async def test_a_field_its_column_cannot_take_sends_only_that_record_to_the_dlq(

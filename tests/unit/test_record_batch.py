@@ -11,10 +11,10 @@ from aiokafka import codec
 from aiokafka.consumer import fetcher
 from aiokafka.errors import CorruptRecordException
 from aiokafka.record.default_records import DefaultRecordBatchBuilder, _DefaultRecordBatchBuilderPy
-from aiokafka.record.memory_records import MemoryRecords
+from aiokafka.record.memory_records import MemoryRecords, _MemoryRecordsPy
 
 from consumers.sources import aiokafka_compat
-from consumers.sources.record_batch import find_batch, read_batch
+from consumers.sources.record_batch import Replaced, find_batch, read_batch
 
 CODECS = {
     0: True,
@@ -66,10 +66,10 @@ def as_read(record: Any) -> tuple[Any, ...]:
 def test_a_batch_reads_as_aiokafka_reads_it(compression: int) -> None:
     raw = built(compression, RECORDS, base_offset=700)
     theirs = [as_read(r) for r in MemoryRecords(raw).next_batch()]
-    ours, replaced = read_batch(find_batch(raw, 700))
+    ours = read_batch(find_batch(raw, 700))
     assert [as_read(r) for r in ours] == theirs
     assert [r[0] for r in theirs] == [700, 701, 702, 703]
-    assert replaced == 0
+    assert not any(type(k) is Replaced for r in ours for k, _ in r.headers)
 
 
 @pytest.mark.parametrize("compression", [0, 3])
@@ -78,30 +78,53 @@ def test_a_header_key_that_is_not_utf8_is_read_replaced_and_counted(compression:
     raw = built(compression, [*RECORDS[:2], bad], 0, python=True)
     with pytest.raises(UnicodeDecodeError):
         list(MemoryRecords(raw).next_batch())
-    records, replaced = read_batch(find_batch(raw, 0))
-    assert replaced == 1
+    records = read_batch(find_batch(raw, 0))
     assert records[2].headers == [("\ufffdk\ufffd", b"v"), ("ok", b"")]
+    assert [type(k) for k, _ in records[2].headers] == [Replaced, str]
     assert [r.value for r in records] == [b'{"event_id":"a"}', RECORDS[1][1], b"{}"]
 
 
-def test_the_fetcher_reads_every_record_of_a_fetch_past_a_header_key_not_utf8() -> None:
+@pytest.mark.parametrize("reader", ["compiled", "python"])
+def test_the_fetcher_reads_every_record_of_a_fetch_past_a_header_key_not_utf8(
+    reader: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
     """Three batches in one fetch, the middle one with a bad key in its second record: every
-    record, once each, as the fetcher iterates a batch (skipping those below its position)."""
+    record, once each, as the fetcher iterates a batch (skipping those below its position);
+    with aiokafka's own pure Python reader too (AIOKAFKA_NO_EXTENSIONS), which raises the
+    decode error as a CorruptRecordException."""
+    if reader == "python":
+        monkeypatch.setattr(aiokafka_compat, "MemoryRecords", _MemoryRecordsPy)
     first = built(3, RECORDS[:2], base_offset=10)
     bad = built(0, [RECORDS[0], (None, b"bad", [(RawKey(), None)]), RECORDS[1]], 12, python=True)
     last = built(3, RECORDS[2:], base_offset=15)
-    before = aiokafka_compat.replaced_records()
+    before = aiokafka_compat.fallbacks()
     records = aiokafka_compat.Records(first + bad + last)
-    offsets: list[int] = []
+    got: list[Any] = []
     while records.has_next():
         batch = records.next_batch()
         assert batch.validate_crc()  # the batch's own attributes, as the fetcher reads them
         for record in batch:
-            if offsets and record.offset < offsets[-1] + 1:
+            if got and record.offset < got[-1].offset + 1:
                 continue  # the fetcher's position
-            offsets.append(record.offset)
-    assert offsets == [10, 11, 12, 13, 14, 15, 16]
-    assert aiokafka_compat.replaced_records() == before + 1
+            got.append(record)
+    assert [r.offset for r in got] == [10, 11, 12, 13, 14, 15, 16]
+    assert [r.offset for r in got if any(type(k) is Replaced for k, _ in r.headers)] == [13]
+    assert aiokafka_compat.fallbacks() == before + 1
+
+
+@pytest.mark.parametrize("reader", ["compiled", "python"])
+def test_a_batch_broken_otherwise_is_raised_on_as_aiokafka_does(
+    reader: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Only a header key's decode falls back: any other fault is aiokafka's to raise."""
+    if reader == "python":
+        monkeypatch.setattr(aiokafka_compat, "MemoryRecords", _MemoryRecordsPy)
+    raw = bytearray(built(0, RECORDS[:2], python=True))
+    raw[-20:] = b"\xff" * 20  # a varint that never ends (the CRC is not checked here)
+    before = aiokafka_compat.fallbacks()
+    with pytest.raises(CorruptRecordException):
+        list(aiokafka_compat.Records(bytes(raw)).next_batch())
+    assert aiokafka_compat.fallbacks() == before
 
 
 def test_a_batch_not_in_the_fetch_is_named() -> None:
