@@ -114,6 +114,10 @@ class KafkaFeed:
         # (ms) of the newest event stored from it since it was assigned here.
         self.lag_records: dict[TopicPartition, int] = {}
         self.newest_ms: dict[TopicPartition, int] = {}
+        # Per partition: its log's end as the broker last listed it (the lag watcher's ask). A
+        # fetch's highwater from a leader just elected can lag its log until its followers
+        # catch up, while the broker refuses to list that end until then.
+        self.listed_ends: dict[TopicPartition, int] = {}
 
     # -- rebalance callbacks (aiokafka's coordinator task calls these) ----------------------
 
@@ -152,6 +156,7 @@ class KafkaFeed:
         """Drop the partitions' series: another member shows them now."""
         for tp in tps:
             self.lag_records.pop(tp, None)
+            self.listed_ends.pop(tp, None)
             self.newest_ms.pop(tp, None)
             for gauge in (
                 self.metrics.lag_records,
@@ -374,7 +379,7 @@ class KafkaFeed:
     def batches(self, now: float, final: bool) -> list[Batch]:
         if self.flight is None:
             parts = list(self.parts.values())
-            highwaters = {p.tp: self.source.highwater(p.tp) for p in parts}
+            highwaters = {p.tp: self._end(p.tp) for p in parts}
             limits = (self.max_rows, self.max_bytes, self.max_age_s)
             self.flight = cut(parts, highwaters, now, limits, final, self.quiet.due(now))
             if self.flight is not None:
@@ -382,6 +387,15 @@ class KafkaFeed:
                 if self.flight.cut_by == "quiet":
                     self.quiet.cut_at = now
         return [] if self.flight is None else [self.flight]
+
+    def _end(self, tp: TopicPartition) -> int | None:
+        """How far the partition's log goes: the fetch's highwater, or the end last listed
+        when that is further. A recorded range read to a lagging highwater would be taken for
+        ended, and the rest of it stored again as fresh records, without the id check."""
+        fetched, listed = self.source.highwater(tp), self.listed_ends.get(tp)
+        if fetched is None or listed is None:
+            return listed if fetched is None else fetched
+        return max(fetched, listed)
 
     def owns(self, batch: Batch) -> bool:
         """The batch is on its way here and its partitions are still ours. One revoked while
@@ -604,6 +618,9 @@ class KafkaFeed:
             if not parts:
                 continue
             ends = await self._ends(list(parts))
+            for tp, end in ends.items():
+                if self.parts.get(tp) is parts[tp]:  # not revoked meanwhile
+                    self.listed_ends[tp] = end
             await self._skip_expired(parts, ends)
             await self._count_removed()
             now_s = time.time()

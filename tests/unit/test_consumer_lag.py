@@ -21,7 +21,7 @@ from collector.sinks.spool import SpoolSink
 from consumers.metrics import SPOOL_TOPIC, ConsumerMetrics
 from consumers.settings import ConsumerSettings
 from consumers.sources import kafka_feed
-from consumers.sources.kafka_batches import KafkaBatch, PartitionBuffer
+from consumers.sources.kafka_batches import Inflight, KafkaBatch, PartitionBuffer
 from consumers.sources.kafka_feed import KafkaFeed
 from consumers.sources.spool import SpoolSource
 from consumers.sources.spool_feed import SpoolFeed
@@ -273,6 +273,40 @@ async def spool_segment(spool_dir: Path, received_ms: int) -> None:
     )
     await sink.send([orjson.dumps({"received_at": received_ms + i}) for i in range(2)])
     await sink.close()
+
+
+class NewLeader(Broker):
+    """A leader just elected: its fetches' highwater lags its log (150) until its followers
+    catch up, while it lists no end before it is current (the log's end, 200, from before)."""
+
+    def highwater(self, tp: TopicPartition) -> int | None:
+        return 150
+
+
+async def test_a_replay_read_to_a_lagging_highwater_waits_for_the_rest_of_its_range(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A recorded range 100-199 read to 149 from a new leader whose highwater says 150: it
+    was taken for ended, 100-149 replayed partial and committed, and 150-199 came later as
+    fresh records, stored again under a new token without the id check."""
+    monkeypatch.setattr(kafka_feed, "LAG_INTERVAL_S", 0.01)
+    broker = NewLeader()
+    broker.ends[TP] = 200
+    feed = KafkaFeed(
+        broker, None, ConsumerMetrics(CollectorRegistry()), ConsumerSettings(data_dir=tmp_path)
+    )  # type: ignore[arg-type]
+    part = feed.parts[TP] = PartitionBuffer(TP, 100, Inflight(100, 199), time.monotonic())
+    part.add([record(o) for o in range(100, 150)], time.monotonic())
+    watch = asyncio.create_task(feed._watch_lag())
+    try:
+        await eventually(lambda: TP in feed.lag_records)  # the end listed
+        assert feed.batches(time.monotonic(), final=False) == []  # the rest of the range waits
+        part.add([record(o) for o in range(150, 200)], time.monotonic())
+        [batch] = feed.batches(time.monotonic(), final=False)
+        assert isinstance(batch, KafkaBatch)
+        assert (batch.replay, batch.partial, batch.ranges) == (True, False, {TP: (100, 199)})
+    finally:
+        watch.cancel()
 
 
 async def test_spool_lag_in_seconds_while_closed_segments_wait(tmp_path: Path) -> None:
