@@ -103,6 +103,10 @@ class KafkaFeed:
         # Partitions whose log was found to start again while records of the log before still
         # waited here: their new log is taken from its start once those are stored.
         self.restarting: Partitions = set()
+        # Partitions taken from their new log's start whose group commit still names the old
+        # log's offset: a next owner would start there, past the new log's records below it
+        # once it has grown that far. Committed at the next read unless a batch is on its way.
+        self.restarted: Partitions = set()
         self.client_error: KafkaError | None = None
         # Bytes of a record, as the last poll brought them; until one came, the collector's
         # largest (BEACON_KAFKA_RECORD_MAX_BYTES' default).
@@ -147,6 +151,7 @@ class KafkaFeed:
         self.unadopted -= tps
         self.expired -= tps
         self.restarting -= tps
+        self.restarted -= tps
         for tp in tps:
             self.ask_start_at.pop(tp, None)
         if tps:
@@ -220,6 +225,8 @@ class KafkaFeed:
             await self._adopt()
         if self.expired:
             await self._commit_expired()
+        if self.restarted:
+            await self._commit_restarts()
         # A batch's worth is waiting: fetch no more until it is on its way, so the buffers
         # hold about a batch whatever the backlog and the partitions owned, and a backlog
         # still makes full batches (the member stays in its group: aiokafka heartbeats apart,
@@ -540,6 +547,7 @@ class KafkaFeed:
         part.inflight = None
         self.expired.discard(part.tp)
         self.restarting.discard(part.tp)
+        self.restarted.add(part.tp)
 
     async def _commit_expired(self) -> None:
         """Commit the offset past the removed records of each partition that has nothing
@@ -563,6 +571,23 @@ class KafkaFeed:
         except KafkaError as exc:
             log.warning("committing past removed records failed, will retry: %r", exc)
             self.expired |= offsets.keys()
+
+    async def _commit_restarts(self) -> None:
+        """Commit the new log's start of each partition found to start again, unless a batch
+        of it is on its way (its own commits come after, its mark names its range)."""
+        offsets: Offsets = {}
+        for tp in list(self.restarted):
+            part = self.parts.get(tp)
+            self.restarted.discard(tp)
+            if part is not None and not self._on_its_way(tp):
+                offsets[tp] = (part.committed, "")
+        if not offsets:
+            return
+        try:
+            await self.source.commit(offsets)
+        except KafkaError as exc:
+            log.warning("committing a restarted log's start failed, will retry: %r", exc)
+            self.restarted |= offsets.keys()
 
     async def _skip_expired(
         self, parts: dict[TopicPartition, PartitionBuffer], ends: dict[TopicPartition, int]

@@ -147,12 +147,14 @@ async def test_a_feed_that_stops_takes_its_partitions_series_with_it(
         assert gauge(metrics, f"beacon_consumer_{name}", LABELS) is None, name
 
 
-def test_a_log_found_to_start_again_is_taken_from_its_start_once_the_old_records_are_stored(
+async def test_a_log_found_to_start_again_is_taken_from_its_start_once_the_old_records_are_stored(
     tmp_path: Path,
 ) -> None:
     """Records of the log before wait here when the new one is found (its end below the
     offset read to): it is read again once they are stored. By then the new log may have
-    grown past that offset, and its records were skipped as read before, uncounted."""
+    grown past that offset, and its records were skipped as read before, uncounted. Its
+    start is committed at the next read: the group's commit named the old log's offset, and
+    a next owner (this member dead before its first batch of the new log) started there."""
 
     class Restarted(Broker):
         def __init__(self) -> None:
@@ -180,6 +182,8 @@ def test_a_log_found_to_start_again_is_taken_from_its_start_once_the_old_records
     assert part.next_offset == 10 and part.committed == 0
     restarts = metrics.registry.get_sample_value("beacon_consumer_partition_restarts_total")
     assert restarts == 1
+    await feed._commit_restarts()
+    assert broker.commits == [{TP: (0, "")}]
 
 
 async def test_a_batch_commits_past_records_removed_after_it_while_it_was_on_its_way(
