@@ -564,13 +564,7 @@ class KafkaFeed:
             if part is None or part.records or self._on_its_way(tp):
                 continue  # revoked, or its batch commits past them
             offsets[tp] = (part.next_offset, "")
-        if not offsets:
-            return
-        try:
-            await self.source.commit(offsets)
-        except KafkaError as exc:
-            log.warning("committing past removed records failed, will retry: %r", exc)
-            self.expired |= offsets.keys()
+        await self._commit_or_again(offsets, self.expired, "past removed records")
 
     async def _commit_restarts(self) -> None:
         """Commit the new log's start of each partition found to start again, unless a batch
@@ -581,13 +575,18 @@ class KafkaFeed:
             self.restarted.discard(tp)
             if part is not None and not self._on_its_way(tp):
                 offsets[tp] = (part.committed, "")
+        await self._commit_or_again(offsets, self.restarted, "a restarted log's start")
+
+    async def _commit_or_again(self, offsets: Offsets, again: Partitions, what: str) -> None:
+        """Commit `offsets`; when that fails, their partitions go back in `again`, for the
+        next read."""
         if not offsets:
             return
         try:
             await self.source.commit(offsets)
         except KafkaError as exc:
-            log.warning("committing a restarted log's start failed, will retry: %r", exc)
-            self.restarted |= offsets.keys()
+            log.warning("committing %s failed, will retry: %r", what, exc)
+            again |= offsets.keys()
 
     async def _skip_expired(
         self, parts: dict[TopicPartition, PartitionBuffer], ends: dict[TopicPartition, int]
