@@ -525,7 +525,8 @@ class KafkaFeed:
         part.next_offset = offset
         if not part.records and not self._on_its_way(part.tp):
             part.committed = offset  # nothing of it waits: its lag is what came after
-        self.expired.add(part.tp)
+            self.expired.add(part.tp)  # and the group's commit moves past them (_commit_expired)
+        # else the batch of the records before them commits past them (_past)
 
     def _starts_again(self, part: PartitionBuffer) -> bool:
         """The partition's log ends (the fetch's high watermark) before the offset read to
@@ -550,20 +551,21 @@ class KafkaFeed:
         self.restarted.add(part.tp)
 
     async def _commit_expired(self) -> None:
-        """Commit the offset past the removed records of each partition that has nothing
-        else to commit: no record buffered, none on its way, no recorded range left to
-        replay. Otherwise the group's commit would still name them, and every next owner
-        would find them gone again (counting them again, replaying a recorded range of
-        them). One with records commits past them with its batch."""
+        """Commit the offset past the removed records of each partition where nothing before
+        them waited (none on its way, no recorded range left to replay; the records after
+        them may be buffered already): at the next read, not with the batch of those a batch
+        age later. Until then the group's commit names them, and a next owner (a rebalance,
+        members joining one by one) would find them gone again, counting them again, or
+        replaying a recorded range of them."""
         offsets: Offsets = {}
         for tp in list(self.expired):
             part = self.parts.get(tp)
             if part is not None and part.inflight is not None and not part.records:
                 continue  # its recorded range clears once read to the end (_caught_up)
             self.expired.discard(tp)
-            if part is None or part.records or self._on_its_way(tp):
-                continue  # revoked, or its batch commits past them
-            offsets[tp] = (part.next_offset, "")
+            if part is None or part.inflight is not None or self._on_its_way(tp):
+                continue  # revoked, or its recorded range's batch commits past them
+            offsets[tp] = (part.committed, "")
         await self._commit_or_again(offsets, self.expired, "past removed records")
 
     async def _commit_restarts(self) -> None:

@@ -207,6 +207,27 @@ async def test_a_batch_commits_past_records_removed_after_it_while_it_was_on_its
     assert metrics.registry.get_sample_value("beacon_consumer_records_expired_total") == 5
 
 
+async def test_records_removed_at_the_head_are_committed_past_before_the_records_after_them(
+    tmp_path: Path,
+) -> None:
+    """A member takes a partition whose records 0-49 the broker removed: the commit past them
+    waited for the batch of 50-59, a batch age, and a rebalance meanwhile (members joining one
+    by one) had the next owner find them gone again and count them again. Records before a
+    gap that wait here keep the offset to store from where it is."""
+    broker = Broker()
+    feed = KafkaFeed(
+        broker, None, ConsumerMetrics(CollectorRegistry()), ConsumerSettings(data_dir=tmp_path)
+    )  # type: ignore[arg-type]
+    head = feed.parts[TP] = PartitionBuffer(TP, committed=0, inflight=None)
+    other = TopicPartition(TP.topic, 4)
+    behind = feed.parts[other] = PartitionBuffer(other, committed=0, inflight=None)
+    behind.add([record(0, other), record(1, other)], time.monotonic())
+    assert feed._take({TP: [record(n) for n in range(50, 60)], other: [record(9, other)]}) == 11
+    await feed._commit_expired()
+    assert broker.commits == [{TP: (50, "")}]  # the other's batch of 0-1 commits past 2-8
+    assert [r.offset for r in head.records] == list(range(50, 60))
+
+
 async def test_offsets_skipped_above_the_logs_start_are_not_counted_removed(
     tmp_path: Path,
 ) -> None:
