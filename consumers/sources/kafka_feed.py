@@ -37,7 +37,7 @@ from consumers.metrics import ConsumerMetrics
 from consumers.settings import ConsumerSettings
 from consumers.sources import aiokafka_compat
 from consumers.sources.kafka import KafkaSource, Offsets, Partitions
-from consumers.sources.kafka_batches import KafkaBatch, PartitionBuffer, cut
+from consumers.sources.kafka_batches import BACKLOG_AGES, KafkaBatch, PartitionBuffer, cut
 from consumers.sources.protocol import Batch, Quiet
 from consumers.sources.record_batch import Replaced
 
@@ -71,6 +71,7 @@ class KafkaFeed:
         self.max_rows = settings.batch_max_rows
         self.max_bytes = settings.batch_max_bytes
         self.max_age_s = settings.batch_max_age_ms / 1000
+        self.replay_wait_s = self.max_age_s * BACKLOG_AGES  # as kafka_batches.cut's
         self.poll_ms = settings.poll_interval_ms
         self.max_records = settings.kafka_max_records
         self.parts: dict[TopicPartition, PartitionBuffer] = {}
@@ -143,6 +144,7 @@ class KafkaFeed:
             kept = (set(flight.tps) - tps) & self.parts.keys()
             for tp in kept:
                 del self.parts[tp]
+            self.restarted -= kept  # the batch's mark moved their commit to the new log
             self.source.pause(*kept)
             self.unadopted |= kept
         for tp in tps:
@@ -357,6 +359,7 @@ class KafkaFeed:
             offset, inflight = state[tp]
             committed = beginning.get(tp, 0) if offset is None else offset
             self.parts[tp] = PartitionBuffer(tp, committed, inflight, now)
+            self.listed_ends.pop(tp, None)  # a recorded range waits for an end listed from now
             self.source.rewind(tp, committed)  # one kept after a revocation was read past it
             if inflight is not None:
                 log.info("%s: replaying in-flight offsets %d-%d", tp, *inflight[:2])
@@ -386,7 +389,7 @@ class KafkaFeed:
     def batches(self, now: float, final: bool) -> list[Batch]:
         if self.flight is None:
             parts = list(self.parts.values())
-            highwaters = {p.tp: self._end(p.tp) for p in parts}
+            highwaters = {p.tp: self._end(p, now) for p in parts}
             limits = (self.max_rows, self.max_bytes, self.max_age_s)
             self.flight = cut(parts, highwaters, now, limits, final, self.quiet.due(now))
             if self.flight is not None:
@@ -395,14 +398,18 @@ class KafkaFeed:
                     self.quiet.cut_at = now
         return [] if self.flight is None else [self.flight]
 
-    def _end(self, tp: TopicPartition) -> int | None:
+    def _end(self, part: PartitionBuffer, now: float) -> int | None:
         """How far the partition's log goes: the fetch's highwater, or the end last listed
         when that is further. A recorded range read to a lagging highwater would be taken for
-        ended, and the rest of it stored again as fresh records, without the id check."""
-        fetched, listed = self.source.highwater(tp), self.listed_ends.get(tp)
-        if fetched is None or listed is None:
-            return listed if fetched is None else fetched
-        return max(fetched, listed)
+        ended, and the rest of it stored again as fresh records, without the id check: so
+        while one waits, none is known until an end was listed since the partition was taken
+        (the lag watcher asks every LAG_INTERVAL_S), for up to a replay's wait."""
+        fetched, listed = self.source.highwater(part.tp), self.listed_ends.get(part.tp)
+        if listed is None:
+            if part.inflight is not None and now - part.adopted_at < self.replay_wait_s:
+                return None
+            return fetched
+        return listed if fetched is None else max(fetched, listed)
 
     def owns(self, batch: Batch) -> bool:
         """The batch is on its way here and its partitions are still ours. One revoked while
@@ -546,6 +553,7 @@ class KafkaFeed:
                     offset)  # fmt: skip
         part.next_offset = part.committed = offset
         part.inflight = None
+        self.listed_ends.pop(part.tp, None)  # the old log's
         self.expired.discard(part.tp)
         self.restarting.discard(part.tp)
         self.restarted.add(part.tp)
@@ -570,12 +578,13 @@ class KafkaFeed:
 
     async def _commit_restarts(self) -> None:
         """Commit the new log's start of each partition found to start again, unless a batch
-        of it is on its way (its own commits come after, its mark names its range)."""
+        of it is on its way (its own commits come after, its mark names its range) or a range
+        is recorded in its commit (read back after a batch lost another of its partitions)."""
         offsets: Offsets = {}
         for tp in list(self.restarted):
             part = self.parts.get(tp)
             self.restarted.discard(tp)
-            if part is not None and not self._on_its_way(tp):
+            if part is not None and part.inflight is None and not self._on_its_way(tp):
                 offsets[tp] = (part.committed, "")
         await self._commit_or_again(offsets, self.restarted, "a restarted log's start")
 

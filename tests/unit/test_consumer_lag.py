@@ -13,7 +13,7 @@ from pathlib import Path
 import orjson
 import pytest
 from aiokafka import ConsumerRecord, TopicPartition
-from aiokafka.errors import GroupAuthorizationFailedError
+from aiokafka.errors import GroupAuthorizationFailedError, KafkaTimeoutError
 from prometheus_client import CollectorRegistry
 
 from collector.metrics import CollectorMetrics
@@ -21,7 +21,7 @@ from collector.sinks.spool import SpoolSink
 from consumers.metrics import SPOOL_TOPIC, ConsumerMetrics
 from consumers.settings import ConsumerSettings
 from consumers.sources import kafka_feed
-from consumers.sources.kafka_batches import Inflight, KafkaBatch, PartitionBuffer
+from consumers.sources.kafka_batches import BACKLOG_AGES, Inflight, KafkaBatch, PartitionBuffer
 from consumers.sources.kafka_feed import KafkaFeed
 from consumers.sources.spool import SpoolSource
 from consumers.sources.spool_feed import SpoolFeed
@@ -301,11 +301,33 @@ async def spool_segment(spool_dir: Path, received_ms: int) -> None:
 
 
 class NewLeader(Broker):
-    """A leader just elected: its fetches' highwater lags its log (150) until its followers
-    catch up, while it lists no end before it is current (the log's end, 200, from before)."""
+    """A leader just elected: its fetches' highwater lags its log (150 of 200) until its
+    followers catch up, and it lists no end before that (OFFSET_NOT_AVAILABLE, which the
+    client retries until its timeout)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.caught_up = False
 
     def highwater(self, tp: TopicPartition) -> int | None:
-        return 150
+        return 200 if self.caught_up else 150
+
+    async def end(self, tps: Iterable[TopicPartition]) -> dict[TopicPartition, int]:
+        if not self.caught_up:
+            raise KafkaTimeoutError("offset not available")
+        return await super().end(tps)
+
+
+def replaying(
+    broker: Broker, tmp_path: Path, adopted_at: float
+) -> tuple[KafkaFeed, PartitionBuffer]:
+    """A feed whose partition replays the recorded range 100-199, read to 149."""
+    broker.ends[TP] = 200
+    metrics = ConsumerMetrics(CollectorRegistry())
+    feed = KafkaFeed(broker, None, metrics, ConsumerSettings(data_dir=tmp_path))  # type: ignore[arg-type]
+    part = feed.parts[TP] = PartitionBuffer(TP, 100, Inflight(100, 199), adopted_at)
+    part.add([record(o) for o in range(100, 150)], time.monotonic())
+    return feed, part
 
 
 async def test_a_replay_read_to_a_lagging_highwater_waits_for_the_rest_of_its_range(
@@ -316,22 +338,33 @@ async def test_a_replay_read_to_a_lagging_highwater_waits_for_the_rest_of_its_ra
     fresh records, stored again under a new token without the id check."""
     monkeypatch.setattr(kafka_feed, "LAG_INTERVAL_S", 0.01)
     broker = NewLeader()
-    broker.ends[TP] = 200
-    feed = KafkaFeed(
-        broker, None, ConsumerMetrics(CollectorRegistry()), ConsumerSettings(data_dir=tmp_path)
-    )  # type: ignore[arg-type]
-    part = feed.parts[TP] = PartitionBuffer(TP, 100, Inflight(100, 199), time.monotonic())
-    part.add([record(o) for o in range(100, 150)], time.monotonic())
+    feed, part = replaying(broker, tmp_path, time.monotonic())
     watch = asyncio.create_task(feed._watch_lag())
     try:
-        await eventually(lambda: TP in feed.lag_records)  # the end listed
-        assert feed.batches(time.monotonic(), final=False) == []  # the rest of the range waits
+        await asyncio.sleep(0.1)  # the watcher's asks refused
+        assert feed.batches(time.monotonic(), final=False) == []  # the range waits
+        broker.caught_up = True
+        await eventually(lambda: TP in feed.listed_ends)
+        assert feed.batches(time.monotonic(), final=False) == []  # and now knows what for
         part.add([record(o) for o in range(150, 200)], time.monotonic())
         [batch] = feed.batches(time.monotonic(), final=False)
         assert isinstance(batch, KafkaBatch)
         assert (batch.replay, batch.partial, batch.ranges) == (True, False, {TP: (100, 199)})
     finally:
         watch.cancel()
+
+
+def test_a_replay_whose_end_is_never_listed_goes_by_the_highwater_after_its_wait(
+    tmp_path: Path,
+) -> None:
+    """Bounded: a broker that never lists the end (or a watcher that cannot ask) holds the
+    range a replay's wait, as a range not read through, then the fetch's highwater decides."""
+    broker = NewLeader()
+    wait_s = ConsumerSettings(data_dir=tmp_path).batch_max_age_ms / 1000 * BACKLOG_AGES
+    feed, _ = replaying(broker, tmp_path, time.monotonic() - wait_s - 1)
+    [batch] = feed.batches(time.monotonic(), final=False)
+    assert isinstance(batch, KafkaBatch)
+    assert (batch.replay, batch.partial, batch.ranges) == (True, True, {TP: (100, 149)})
 
 
 async def test_spool_lag_in_seconds_while_closed_segments_wait(tmp_path: Path) -> None:
