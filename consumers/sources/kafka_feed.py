@@ -406,8 +406,9 @@ class KafkaFeed:
         (the lag watcher asks every LAG_INTERVAL_S), for up to a replay's wait."""
         fetched, listed = self.source.highwater(part.tp), self.listed_ends.get(part.tp)
         if listed is None:
-            if part.inflight is not None and now - part.adopted_at < self.replay_wait_s:
-                return None
+            waiting = part.inflight is not None and not part.read_through()
+            if waiting and now - part.adopted_at < self.replay_wait_s:
+                return None  # not for one read through: the end counts for what follows it
             return fetched
         return listed if fetched is None else max(fetched, listed)
 

@@ -354,6 +354,16 @@ async def test_a_replay_read_to_a_lagging_highwater_waits_for_the_rest_of_its_ra
         watch.cancel()
 
 
+def test_a_range_read_through_leaves_its_partitions_end_to_the_highwater(tmp_path: Path) -> None:
+    """Its records past the range wait on the broker (the fetch's highwater says so) as any
+    partition's: unknown, the partition was taken for read to its end, and a quiet cut went
+    out with a backlog behind it."""
+    feed, part = replaying(NewLeader(), tmp_path, time.monotonic())
+    assert feed._end(part, time.monotonic()) is None  # the range is not read through
+    part.add([record(o) for o in range(150, 200)], time.monotonic())
+    assert feed._end(part, time.monotonic()) == 150
+
+
 def test_a_replay_whose_end_is_never_listed_goes_by_the_highwater_after_its_wait(
     tmp_path: Path,
 ) -> None:
