@@ -26,7 +26,7 @@ log = logging.getLogger("beacon.consumer")
 
 KNOWN = ("0.14",)
 # Batches read by record_batch in this process: the fetcher is the process's, not a
-# consumer's; a Kafka feed that sees this change looks for its records' replaced keys.
+# consumer's; once there was one, a Kafka feed looks for its records' replaced keys.
 _fallbacks = 0
 
 

@@ -92,9 +92,10 @@ class KafkaFeed:
         # adoption in between): the client's position is past them already. getmany() hands
         # them over as it returns, without a moment for another task in between.
         self.handing = False
-        # Partitions moved past records the broker removed (_expired) whose group commit
-        # still names the removed offsets, and an error the client gave the lag watcher that
-        # the loop's own call would have raised: both left to read(), in the loop's task.
+        # Partitions moved past records the broker removed (_expired), or taken from a new
+        # log's start (_restart), whose group commit still names the offsets before, and an
+        # error the client gave the lag watcher that the loop's own call would have raised:
+        # both left to read(), in the loop's task.
         self.expired: Partitions = set()
         # Offsets the client skipped, [first, end) by partition, not yet known removed: a
         # transaction's commit or abort marker takes an offset and is never handed over too
@@ -104,10 +105,6 @@ class KafkaFeed:
         # Partitions whose log was found to start again while records of the log before still
         # waited here: their new log is taken from its start once those are stored.
         self.restarting: Partitions = set()
-        # Partitions taken from their new log's start whose group commit still names the old
-        # log's offset: a next owner would start there, past the new log's records below it
-        # once it has grown that far. Committed at the next read unless a batch is on its way.
-        self.restarted: Partitions = set()
         self.client_error: KafkaError | None = None
         # Bytes of a record, as the last poll brought them; until one came, the collector's
         # largest (BEACON_KAFKA_RECORD_MAX_BYTES' default).
@@ -144,7 +141,6 @@ class KafkaFeed:
             kept = (set(flight.tps) - tps) & self.parts.keys()
             for tp in kept:
                 del self.parts[tp]
-            self.restarted -= kept  # the batch's mark moved their commit to the new log
             self.source.pause(*kept)
             self.unadopted |= kept
         for tp in tps:
@@ -153,7 +149,6 @@ class KafkaFeed:
         self.unadopted -= tps
         self.expired -= tps
         self.restarting -= tps
-        self.restarted -= tps
         for tp in tps:
             self.ask_start_at.pop(tp, None)
         if tps:
@@ -227,8 +222,6 @@ class KafkaFeed:
             await self._adopt()
         if self.expired:
             await self._commit_expired()
-        if self.restarted:
-            await self._commit_restarts()
         # A batch's worth is waiting: fetch no more until it is on its way, so the buffers
         # hold about a batch whatever the backlog and the partitions owned, and a backlog
         # still makes full batches (the member stays in its group: aiokafka heartbeats apart,
@@ -555,17 +548,18 @@ class KafkaFeed:
         part.next_offset = part.committed = offset
         part.inflight = None
         self.listed_ends.pop(part.tp, None)  # the old log's
-        self.expired.discard(part.tp)
         self.restarting.discard(part.tp)
-        self.restarted.add(part.tp)
+        # Its group commit names the old log's offset: a next owner would start there, past
+        # the new log's records below it once it has grown that far.
+        self.expired.add(part.tp)
 
     async def _commit_expired(self) -> None:
         """Commit the offset past the removed records of each partition where nothing before
         them waited (none on its way, no recorded range left to replay; the records after
-        them may be buffered already): at the next read, not with the batch of those a batch
-        age later. Until then the group's commit names them, and a next owner (a rebalance,
-        members joining one by one) would find them gone again, counting them again, or
-        replaying a recorded range of them."""
+        them may be buffered already), or a restarted log's start: at the next read, not with
+        the batch of those a batch age later. Until then the group's commit names them, and a
+        next owner (a rebalance, members joining one by one) would find them gone again,
+        counting them again, or replaying a recorded range of them."""
         offsets: Offsets = {}
         for tp in list(self.expired):
             part = self.parts.get(tp)
@@ -575,30 +569,13 @@ class KafkaFeed:
             if part is None or part.inflight is not None or self._on_its_way(tp):
                 continue  # revoked, or its recorded range's batch commits past them
             offsets[tp] = (part.committed, "")
-        await self._commit_or_again(offsets, self.expired, "past removed records")
-
-    async def _commit_restarts(self) -> None:
-        """Commit the new log's start of each partition found to start again, unless a batch
-        of it is on its way (its own commits come after, its mark names its range) or a range
-        is recorded in its commit (read back after a batch lost another of its partitions)."""
-        offsets: Offsets = {}
-        for tp in list(self.restarted):
-            part = self.parts.get(tp)
-            self.restarted.discard(tp)
-            if part is not None and part.inflight is None and not self._on_its_way(tp):
-                offsets[tp] = (part.committed, "")
-        await self._commit_or_again(offsets, self.restarted, "a restarted log's start")
-
-    async def _commit_or_again(self, offsets: Offsets, again: Partitions, what: str) -> None:
-        """Commit `offsets`; when that fails, their partitions go back in `again`, for the
-        next read."""
         if not offsets:
             return
         try:
             await self.source.commit(offsets)
         except KafkaError as exc:
-            log.warning("committing %s failed, will retry: %r", what, exc)
-            again |= offsets.keys()
+            log.warning("committing past removed records or a restart failed, will retry: %r", exc)
+            self.expired |= offsets.keys()
 
     async def _skip_expired(
         self, parts: dict[TopicPartition, PartitionBuffer], ends: dict[TopicPartition, int]

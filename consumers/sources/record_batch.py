@@ -26,7 +26,6 @@ LOG_OVERHEAD_BYTES = 12  # base offset and length: `length` counts what follows 
 MAGIC_V2 = 2
 COMPRESSION_MASK = 0x07
 TIMESTAMP_TYPE_MASK = 0x08
-LOG_APPEND_TIME = 1
 DECODERS: dict[int, Callable[[bytes], bytes]] = {
     1: gzip_decode,
     2: snappy_decode,

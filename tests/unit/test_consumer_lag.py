@@ -182,7 +182,7 @@ async def test_a_log_found_to_start_again_is_taken_from_its_start_once_the_old_r
     assert part.next_offset == 10 and part.committed == 0
     restarts = metrics.registry.get_sample_value("beacon_consumer_partition_restarts_total")
     assert restarts == 1
-    await feed._commit_restarts()
+    await feed._commit_expired()
     assert broker.commits == [{TP: (0, "")}]
 
 
