@@ -18,6 +18,7 @@ from contract.config import (
     refuse_short_secret,
     setting,
 )
+from contract.event import RETENTION_DAYS_MAX
 
 # A listen address is not an address to call.
 WILDCARD_HOSTS = frozenset({"", "0.0.0.0", "::", "[::]"})
@@ -61,7 +62,11 @@ class StoreSettings:
         min=16 * 1024 * 1024,
     )
     retention_days: int = setting(
-        395, "events older than this are deleted by TTL; 0 keeps them", min=0
+        395,
+        "events older than this are deleted by TTL; 0 keeps them (longer ones would wrap "
+        "the TTL past a DateTime's end)",
+        min=0,
+        max=RETENTION_DAYS_MAX,
     )
     audit_log: Path | None = setting(
         None, "where `beacon erase` and `beacon export` append their audit lines"

@@ -5,9 +5,15 @@ refusing one looks like on either side."""
 # `consent` on every event (collector/consent.py).
 SCHEMA_VERSION = 2
 
+# The longest retention (BEACON_RETENTION_DAYS; 0 keeps events for good): a row's TTL, its
+# time plus the retention, must stay within a DateTime (to 2106-02-07), or ClickHouse wraps it
+# into the past and deletes the row as it is stored.
+RETENTION_DAYS_MAX = 3660
+
 # The range of `received_at` (ms since the epoch): a DateTime's, the type of the rollups'
-# periods (up to 2106-02-07); a time outside it is refused, not stored wrapped or saturated.
-RECEIVED_AT_MAX_MS = 2**32 * 1000 - 1
+# periods, less the longest retention (to 2096-01-30); a time outside it is refused, not stored
+# wrapped, saturated or deleted on arrival by its TTL.
+RECEIVED_AT_MAX_MS = (2**32 - RETENTION_DAYS_MAX * 86_400) * 1000 - 1
 
 # The values of the optional field `network`: the class the collector found for the whole
 # client address (collector/networks.py), which the consumer's invalid-traffic rule reads

@@ -11,7 +11,7 @@ from typing import Any
 import orjson
 import pytest
 
-from analytics.migrations import migrate
+from analytics.migrations import apply_retention, migrate
 from analytics.report_window import Window
 from analytics.schema import EVENTS
 from analytics.store import StoreError
@@ -20,7 +20,7 @@ from analytics.views import Request, view_rows
 from consumers.ingest import EVENT_COLUMNS, Ingest
 from consumers.sources.protocol import join_lines
 from consumers.useragent import UserAgentParser
-from contract.event import SCHEMA_VERSION
+from contract.event import RECEIVED_AT_MAX_MS, RETENTION_DAYS_MAX, SCHEMA_VERSION
 from tests.support.chdb_events import Store, hour_ago_ms, wire
 from tests.support.clickhouse_front import ClickHouseFront
 
@@ -258,6 +258,21 @@ async def test_each_bad_line_is_refused_with_its_reason_and_its_number(store: St
         r["event_id"] for r in store.rows(f"SELECT toString(event_id) AS event_id FROM {EVENTS}")
     }
     assert ids == {e["event_id"] for e in good}
+
+
+async def test_the_latest_time_taken_outlives_the_longest_retention(store: Store) -> None:
+    """A row's TTL is its time plus the retention, a DateTime: past its end (2106) it wraps
+    into the past and the row is deleted as it is stored, its rollup rows kept. The latest
+    time taken keeps its row under the longest retention; a millisecond later is refused."""
+    await apply_retention(store.writer, RETENTION_DAYS_MAX)
+    last = wire("open", RECEIVED_AT_MAX_MS, site="far")
+    after = wire("open", RECEIVED_AT_MAX_MS + 1, site="far")
+    stored = await Ingest(store.writer).store(body([last, after]), "ingest-far")
+    assert (stored.rows, stored.rejects) == (1, [(1, "bad_received_at")])
+    store.writer.query_sync(f"OPTIMIZE TABLE {EVENTS} FINAL", "TSV")  # TTLs apply at a merge
+    assert store.rows(f"SELECT toString(event_id) AS id FROM {EVENTS}") == [
+        {"id": last["event_id"]}
+    ]
 
 
 async def test_a_props_not_an_object_and_a_key_given_twice_keep_their_line(store: Store) -> None:

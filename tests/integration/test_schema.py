@@ -17,7 +17,9 @@ from analytics.migrations import (
 from analytics.rekey import OLD_KEY, rekey_events, sort_key
 from analytics.rollups import SET_ROLLUPS
 from analytics.schema import DATABASE, EVENTS, EVENTS_SORT_KEY, EVENTS_V1
+from analytics.settings import StoreSettings
 from analytics.store.chdb import ChdbWriter
+from contract.config import SettingsError
 
 UA_COLUMNS = {
     "browser": "LowCardinality(String)",
@@ -140,6 +142,15 @@ async def test_retention_sets_changes_and_removes_the_ttl(writer):
     assert await ttl_clause(writer) == ""
     await migrate(writer, retention_days=0)  # and migrating again keeps it off
     assert await ttl_clause(writer) == ""
+
+
+def test_a_retention_whose_ttl_would_wrap_is_refused_at_start() -> None:
+    """Today plus 29,000 days passes a DateTime's end: ClickHouse wraps the TTL into the past
+    and deletes every row as it is stored. A hundred years (36500) is what one would set."""
+    assert StoreSettings.from_env({}).retention_days == 395
+    assert StoreSettings.from_env({"BEACON_RETENTION_DAYS": "3660"}).retention_days == 3660
+    with pytest.raises(SettingsError, match="BEACON_RETENTION_DAYS: must be <= 3660"):
+        StoreSettings.from_env({"BEACON_RETENTION_DAYS": "36500"})
 
 
 async def merge_caps(writer: ChdbWriter) -> dict[str, int]:

@@ -7,7 +7,7 @@ import pytest
 
 from consumers.enrich import Enricher
 from consumers.useragent import UserAgentInfo, UserAgentParser
-from contract.event import Rejected
+from contract.event import RECEIVED_AT_MAX_MS, Rejected
 
 # Real user agents as browsers, mail clients and tools send them.
 CHROME_WIN = (
@@ -153,6 +153,7 @@ def test_an_event_without_user_agent_is_enriched_as_unknown(enricher):
         (wire_event(received_at="yesterday"), "bad_received_at"),
         (wire_event(received_at=-1), "bad_received_at"),
         (wire_event(received_at=2**32 * 1000), "bad_received_at"),  # past a DateTime's range
+        (wire_event(received_at=RECEIVED_AT_MAX_MS + 1), "bad_received_at"),  # its TTL would wrap
         (wire_event(value="1E+2"), "bad_value"),
         (wire_event(event_id="not-a-uuid"), "bad_event_id"),
         (wire_event(event_id=7), "bad_event_id"),
