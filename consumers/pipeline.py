@@ -130,10 +130,11 @@ class Pipeline:
 
     async def _erase(self, batch: Batch) -> bool:
         """Delete what the batch stored of people erased while it was on its way (whoever
-        owns it now: an erasure is not the partition's)."""
+        owns it now: an erasure is not the partition's). Rebuilding the rollups of a large
+        day can take minutes: the feed's source hears from the member meanwhile."""
         assert batch.erase is not None
         try:
-            erased = await self.ingest.erase_recorded(batch.erase)
+            erased = await self.feed.alive_through(self.ingest.erase_recorded(batch.erase))
         except StoreError as exc:
             self._fail(batch, "erase", exc)  # its next attempt tries again first
             return False

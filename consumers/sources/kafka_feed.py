@@ -27,7 +27,7 @@ import asyncio
 import contextlib
 import logging
 import time
-from collections.abc import Iterable
+from collections.abc import Awaitable, Iterable
 
 from aiokafka import TopicPartition
 from aiokafka.errors import IllegalStateError, KafkaError
@@ -38,7 +38,7 @@ from consumers.settings import ConsumerSettings
 from consumers.sources import aiokafka_compat
 from consumers.sources.kafka import KafkaSource, Offsets, Partitions
 from consumers.sources.kafka_batches import BACKLOG_AGES, KafkaBatch, PartitionBuffer, cut
-from consumers.sources.protocol import Batch, Quiet
+from consumers.sources.protocol import Batch, Quiet, T
 from consumers.sources.record_batch import Replaced
 
 log = logging.getLogger("beacon.consumer")
@@ -415,24 +415,29 @@ class KafkaFeed:
     async def reject(self, batch: Batch) -> None:
         assert isinstance(batch, KafkaBatch)
         rejects = batch.rejected_lines()
-        # A slow DLQ broker (a quota, a broker catching up) could hold this step past
-        # max_poll_interval_ms: the member would leave its group, and the batch be read again
-        # and its letters sent again, as long as each try takes that long. The group hears
-        # from the member meanwhile.
-        sent = asyncio.Event()
-        beat = asyncio.create_task(self._keep_alive_until(sent))
-        try:
-            await self.dead_letters.send(rejects)
-        finally:
-            sent.set()
-            # Its getmany() under way is let finish (through a rebalance, it waits for the
-            # assignment): one cancelled leaves aiokafka's count of polls under way up for
-            # good, and the member is never taken for stuck again.
-            await asyncio.shield(beat)
+        # A slow DLQ broker (a quota, a broker catching up) can hold this step long.
+        await self.alive_through(self.dead_letters.send(rejects))
         for record, line, value, reason in rejects:
             self.metrics.dlq_records.labels(reason).inc()
             log.warning("%s-%d offset %d line %d (%d bytes) dead-lettered: %s", record.topic,
                         record.partition, record.offset, line, len(value), reason)  # fmt: skip
+
+    async def alive_through(self, step: Awaitable[T]) -> T:
+        """Await `step` while the group hears from this member. A step of the loop longer
+        than max_poll_interval_ms (a slow DLQ, an erasure's rebuild of a large day) made it
+        leave its group: the batch was read again and the step taken again, as long as each
+        try took that long. Never under `inserting`: a rebalance's revocation waits for that
+        lock, and the getmany() let finish here waits for the rebalance."""
+        done = asyncio.Event()
+        beat = asyncio.create_task(self._keep_alive_until(done))
+        try:
+            return await step
+        finally:
+            done.set()
+            # Its getmany() under way is let finish (through a rebalance, it waits for the
+            # assignment): one cancelled leaves aiokafka's count of polls under way up for
+            # good, and the member is never taken for stuck again.
+            await asyncio.shield(beat)
 
     async def _keep_alive_until(self, done: asyncio.Event) -> None:
         """Call getmany() for no partition every poll interval until `done`; an error it

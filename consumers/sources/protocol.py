@@ -10,11 +10,13 @@ from __future__ import annotations
 
 import asyncio
 import math
-from collections.abc import Sequence
-from typing import TYPE_CHECKING, Protocol
+from collections.abc import Awaitable, Sequence
+from typing import TYPE_CHECKING, Protocol, TypeVar
 
 if TYPE_CHECKING:
     from consumers.ingest import Erase
+
+T = TypeVar("T")
 
 
 class Batch:
@@ -172,6 +174,10 @@ class Feed(Protocol):
 
     async def reject(self, batch: Batch) -> None:
         """Take the batch's rejects (dead-letter them, or log them), after its insert."""
+
+    async def alive_through(self, step: Awaitable[T]) -> T:
+        """Await a step of the loop that can take long, outside `inserting`, while the source
+        still hears from this reader (a Kafka group would take it for stuck)."""
 
     async def mark(self, batches: list[Batch]) -> None:
         """Record the batches as in flight, before their insert."""

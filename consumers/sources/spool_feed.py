@@ -14,10 +14,11 @@ import asyncio
 import contextlib
 import logging
 import time
+from collections.abc import Awaitable
 
 from consumers.metrics import SPOOL_TOPIC, ConsumerMetrics
 from consumers.settings import ConsumerSettings
-from consumers.sources.protocol import Batch, Quiet, join_lines
+from consumers.sources.protocol import Batch, Quiet, T, join_lines
 from consumers.sources.spool import Range, SpoolSource, token_for
 
 log = logging.getLogger("beacon.consumer")
@@ -146,6 +147,9 @@ class SpoolFeed:
         assert isinstance(batch, SpoolBatch)
         for line, reason in batch.rejects:
             log.warning("spool line %d of %s rejected: %s", line, batch.label, reason)
+
+    async def alive_through(self, step: Awaitable[T]) -> T:
+        return await step  # a spool has no group to hear from its reader
 
     async def mark(self, batches: list[Batch]) -> None:
         for batch in batches:

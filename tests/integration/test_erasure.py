@@ -30,7 +30,7 @@ from analytics.subject_cli import run_erase
 from consumers.ingest import Ingest
 from consumers.settings import ConsumerSettings
 from contract import owner
-from tests.support.chdb_events import Store, hour_ago_ms, wire
+from tests.support.chdb_events import ErasedBeforeTheInsert, Store, hour_ago_ms, wire
 from tests.support.clickhouse_front import ClickHouseFront
 
 JSON = {"Content-Type": "application/json"}
@@ -245,23 +245,6 @@ async def test_a_row_stored_before_the_erasure_goes_whatever_time_its_collector_
     await asyncio.sleep(1.1)  # stored a second before the erasure, as inserted_at tells seconds
     assert await erasure.erase(store.writer, "recipient", "alice") == 1
     assert [r["recipient"] for r in store.rows(f"SELECT recipient FROM {EVENTS}")] == ["bob"]
-
-
-class ErasedBeforeTheInsert:
-    """The store as an erasure finds it when it comes while a batch is on its way: recorded
-    and its DELETE run after the batch read the erasures, before the batch's insert lands."""
-
-    def __init__(self, writer: object, field: str, value: str) -> None:
-        self.writer, self.field, self.value = writer, field, value
-        self.erased: int | None = None
-
-    async def insert_from(self, *args: object) -> None:
-        if self.erased is None:
-            self.erased = await erasure.erase(self.writer, self.field, self.value)  # type: ignore[arg-type]
-        await self.writer.insert_from(*args)  # type: ignore[attr-defined]
-
-    def __getattr__(self, name: str) -> object:
-        return getattr(self.writer, name)
 
 
 async def test_an_erasure_that_comes_while_a_batch_is_on_its_way_still_erases_it(

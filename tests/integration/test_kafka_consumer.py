@@ -55,7 +55,7 @@ from consumers.sources.kafka_batches import (
     token_for,
 )
 from consumers.sources.kafka_feed import KafkaFeed
-from tests.support.chdb_events import mail_opens
+from tests.support.chdb_events import ErasedBeforeTheInsert, mail_opens
 from tests.support.helpers import free_port, metric_value, store_port_query
 
 WAIT_S = 90.0  # generous: the machine is small and shared
@@ -1303,6 +1303,41 @@ async def test_a_member_stays_in_its_group_while_a_slow_dlq_takes_a_batchs_lette
     assert await count(store) == await count(store, "uniqExact(event_id)") == len(good)
     dead = await read_topic(settings.kafka_bootstrap, settings.kafka_dlq_topic, 1)
     assert [r.value for r in dead] == [b"{no"]
+    assert consumer.value("beacon_consumer_batches_total", outcome="revoked") == 0
+
+
+@pytest.mark.timeout(180)
+async def test_a_member_stays_in_its_group_while_an_erasures_rebuild_takes_long(
+    settings: ConsumerSettings, store: ChdbWriter, consumers: list[Consumer]
+) -> None:
+    """A person erased while their event was on its way: the batch's erase step deletes it and
+    rebuilds the rollups of its day, minutes on a large day. Past max_poll_interval_ms (6 s
+    here) the member left its group, and each next owner replayed the batch, rebuilt the day
+    again as long, and left in turn: the partition was never committed."""
+    await store.execute(f"SYSTEM START MERGES {EVENTS}")  # a DELETE waits for its mutation
+    events = mail_opens(40)
+    await produce(settings.kafka_bootstrap, settings.kafka_topic, [orjson.dumps(e) for e in events])
+    racing = ErasedBeforeTheInsert(store, "recipient", "rcpt-7")
+    consumer = Consumer(settings, racing, max_poll_interval_ms=6000)
+    consumers.append(consumer)
+    ingest = consumer.pipeline.ingest
+    erase_recorded = ingest.erase_recorded
+    rebuilds = 0
+
+    async def slowly(erase: Any) -> int:
+        nonlocal rebuilds
+        rebuilds += 1
+        await asyncio.sleep(14.0)  # the rebuild of a large day
+        return await erase_recorded(erase)
+
+    ingest.erase_recorded = slowly  # type: ignore[method-assign]
+    await wait_for(caught_up(consumer, settings.kafka_topic), "the lag to be 0", consumer.task)
+    assert consumer.feed.assignments == 1  # never rebalanced: the member stayed
+    await consumer.close()
+    assert racing.erased == 0 and rebuilds == 1
+    assert consumer.value("beacon_consumer_rows_erased_total") == 1
+    assert await count(store, "uniqExact(event_id)") == len(events) - 1
+    assert await count(store, "countIf(recipient = 'rcpt-7')") == 0
     assert consumer.value("beacon_consumer_batches_total", outcome="revoked") == 0
 
 

@@ -9,6 +9,7 @@ from typing import Any
 
 import orjson
 
+from analytics import erasure
 from analytics.migrations import migrate
 from analytics.schema import EVENTS
 from analytics.store import json_rows
@@ -98,3 +99,20 @@ class Store:
         if self._reader is not None:
             self._reader.close_sync()
         self.writer.close_sync()
+
+
+class ErasedBeforeTheInsert:
+    """The store as an erasure finds it when it comes while a batch is on its way: recorded
+    and its DELETE run after the batch read the erasures, before the batch's insert lands."""
+
+    def __init__(self, writer: object, field: str, value: str) -> None:
+        self.writer, self.field, self.value = writer, field, value
+        self.erased: int | None = None
+
+    async def insert_from(self, *args: object) -> None:
+        if self.erased is None:
+            self.erased = await erasure.erase(self.writer, self.field, self.value)  # type: ignore[arg-type]
+        await self.writer.insert_from(*args)  # type: ignore[attr-defined]
+
+    def __getattr__(self, name: str) -> object:
+        return getattr(self.writer, name)
