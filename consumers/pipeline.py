@@ -186,7 +186,8 @@ class Pipeline:
         if not batches or not await self._all("commit", batches, self.feed.commit):
             return False
         for batch in batches:
-            self.metrics.batches.labels("stored" if batch.good else "rejected").inc()
+            if not batch.revoked:  # revoked as its commit landed: counted so already
+                self.metrics.batches.labels("stored" if batch.good else "rejected").inc()
         return True
 
     async def _all(

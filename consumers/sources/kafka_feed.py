@@ -136,6 +136,7 @@ class KafkaFeed:
         flight = self.flight
         if flight is not None and not tps.isdisjoint(flight.tps):
             self.metrics.batches.labels("revoked").inc()
+            flight.revoked = True  # its commit under way, if it lands, counts it no more
             self.flight = None
             # The partitions kept are read again from their commits, as a new owner would.
             kept = (set(flight.tps) - tps) & self.parts.keys()

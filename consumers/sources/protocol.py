@@ -53,6 +53,8 @@ class Batch:
         # (consumers/ingest.py Stored.erase).
         self.erase: Erase | None = None
         self.insert_failed = False  # an insert of it failed: it may have landed all the same
+        # Taken away (a Kafka rebalance) and counted so, though its commit may have landed.
+        self.revoked = False
         self.failures = 0
         self.retry_at = 0.0  # monotonic time the next attempt is due
 

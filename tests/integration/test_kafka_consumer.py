@@ -39,7 +39,7 @@ from consumers.dlq import (
     DeadLetters,
 )
 from consumers.enrich import Enricher
-from consumers.metrics import ConsumerMetrics
+from consumers.metrics import CUT_REASONS, ConsumerMetrics
 from consumers.pipeline import Pipeline
 from consumers.service import run_kafka_pipeline
 from consumers.settings import ConsumerSettings
@@ -1704,6 +1704,43 @@ async def test_a_member_joining_during_an_insert_replays_after_it_not_beside_it(
     await wait_for(b_owns, "the second member to take partitions over", a.task, b.task)
     await asyncio.gather(a.close(), b.close())
     assert await count(store) == await count(store, "uniqExact(event_id)") == 300
+
+
+async def test_a_batch_revoked_as_its_commit_lands_is_counted_once(
+    settings: ConsumerSettings, store: ChdbWriter, consumers: list[Consumer]
+) -> None:
+    """The commit answered, and the group's revocation ran before the member took the answer:
+    the batch was counted revoked, then stored too. Each batch cut ends counted once."""
+    await produce(
+        settings.kafka_bootstrap, settings.kafka_topic, [orjson.dumps(e) for e in mail_opens(30)]
+    )
+    a = Consumer(settings, store)
+    consumers.append(a)
+    landed, revoked = asyncio.Event(), asyncio.Event()
+    commit, revoke = a.feed.source.commit, a.feed._revoke
+
+    async def answered_late(offsets: Any) -> None:
+        await commit(offsets)
+        if not landed.is_set() and all(metadata == "" for _, metadata in offsets.values()):
+            landed.set()  # the batch's commit, not its mark
+            await asyncio.wait_for(revoked.wait(), WAIT_S)
+
+    def revoking(tps: Partitions) -> None:
+        revoke(tps)
+        if tps:  # a first join revokes none
+            revoked.set()
+
+    a.feed.source.commit = answered_late  # type: ignore[method-assign]
+    a.feed._revoke = revoking  # type: ignore[method-assign]
+    await wait_for(landed.wait, "the first batch's commit answered", a.task)
+    b = Consumer(settings, store)
+    consumers.append(b)
+    await wait_for(at_least(store, 30, "uniqExact(event_id)"), "every event", a.task, b.task)
+    await asyncio.gather(a.close(), b.close())
+    ended = [a.value("beacon_consumer_batches_total", outcome=o) for o in ("stored", "revoked")]
+    cut = sum(a.value("beacon_consumer_batch_cuts_total", reason=r) for r in CUT_REASONS)
+    assert revoked.is_set() and ended[1] >= 1 and sum(ended) == cut
+    assert await count(store) == 30
 
 
 async def test_a_topic_made_again_is_stored_though_its_offsets_repeat_the_old_ones(
