@@ -463,10 +463,11 @@ class Ingest:
         """Enrich each distinct (user agent, agent_ip) of the good lines once and send them;
         return the good lines by invalid-traffic reason. The lines come back grouped by what
         else the rule reads, so the count costs no other scan (the grouping was a DISTINCT):
-        analytics/ivt.classify makes of each group what IVT makes of its rows."""
+        analytics/ivt.classify makes of each group what IVT makes of its rows. Rows left out
+        for an erasure are neither stored nor counted, and need no agent."""
         sql = (
-            "SELECT user_agent, agent_ip, network, purpose != '', count() "
-            f"FROM {self.stage} WHERE reason = '' GROUP BY ALL"
+            "SELECT s.user_agent, s.agent_ip, s.network, s.purpose != '', count() "
+            f"FROM {self.stage} AS s WHERE s.reason = ''{self._erased} GROUP BY ALL"
         )
         out = await self.writer.query(sql, "JSONCompactEachRow")
         agents: dict[tuple[str, str], list[str | int]] = {}
@@ -480,8 +481,9 @@ class Ingest:
             )
             if reason:
                 invalid[reason] += int(rows)
-        body = b"\n".join(map(orjson.dumps, agents.values()))
-        await self.writer.load(self.agents, [body], "JSONCompactEachRow")
+        if agents:  # none when every good row is left out for an erasure
+            body = b"\n".join(map(orjson.dumps, agents.values()))
+            await self.writer.load(self.agents, [body], "JSONCompactEachRow")
         return dict(invalid)
 
     async def _insert(self, token: str, where: str) -> None:

@@ -142,6 +142,21 @@ async def test_a_batch_replayed_after_an_erasure_does_not_bring_its_person_back(
     assert recipients_in_rollup(store) == 1
 
 
+async def test_a_row_left_out_for_an_erasure_is_not_counted_as_invalid_traffic(
+    empty: Store,
+) -> None:
+    """rows_invalid counts rows stored as invalid traffic: an erased person's crawler row is
+    not stored at all, and was counted there all the same."""
+    crawler = "Mozilla/5.0 (compatible; Googlebot/2.1; +http://www.google.com/bot.html)"
+    at = hour_ago_ms()
+    events = [wire("open", at + i, recipient=who, user_agent=crawler)
+              for i, who in enumerate(("alice", "alice", "bob"))]  # fmt: skip
+    assert await erasure.erase(empty.writer, "recipient", "alice") == 0
+    stored = await Ingest(empty.writer).store(body(events), "beacon.events-0-0-2")
+    assert (stored.inserted, stored.erased, stored.invalid) == (1, 2, {"crawler": 1})
+    assert count(empty, "recipient = 'alice'") == 0 and count(empty, "ivt = 'crawler'") == 1
+
+
 async def test_a_replay_does_not_put_back_a_row_without_consent_a_site_erasure_deleted(
     empty: Store,
 ) -> None:
