@@ -1,12 +1,15 @@
 """Spool replay: send closed spool segments to Kafka, oldest first, once Kafka answers again.
 
 A segment is read and sent a part at a time (REPLAY_CHUNK_BYTES), and deleted only after
-Kafka acknowledged every batch of it. A segment that fails part-way stays, and this process
-sends it again from the first batch not acknowledged; after a restart it is sent whole:
-duplicates are fine (consumers drop them by event_id), loss is not. One sent whole that
-cannot be deleted (a directory gone read-only) is not sent again; its deletion is tried each
-pass. An event Kafka refuses as too large alone in its batch (the topic's max.message.bytes)
-can never go: it is dropped and counted, or it would hold every segment behind it for good.
+Kafka acknowledged every batch of it. A segment that fails part-way stays, and is sent again
+from the first batch not acknowledged, by this process or another on the same directory, and
+after a restart: how far Kafka took it is kept on the segment itself (an extended attribute,
+ACKED_XATTR). Where the file system keeps none, this process goes on from there and another
+sends it whole: duplicates are fine (consumers drop them by event_id), loss is not. One sent
+whole that cannot be deleted (a directory gone read-only) is not sent again; its deletion is
+tried each pass. An event Kafka refuses as too large alone in its batch (the topic's
+max.message.bytes) can never go: it is dropped and counted, or it would hold every segment
+behind it for good.
 Several collector processes may share one spool directory, so a segment is replayed under an
 exclusive flock, and one already unlinked is skipped. Where the events go is the Kafka
 sink's producer link (collector/sinks/kafka_link.py), seen here through `Producer`.
@@ -35,6 +38,9 @@ REPLAY_POLL_INTERVAL_S = 0.5
 # A segment (up to BEACON_SPOOL_SEGMENT_MAX_BYTES, 16 MiB) is read and sent this much at a
 # time, each part acknowledged before the next is read: replay holds about this much.
 REPLAY_CHUNK_BYTES = 1 << 20
+# Bytes of a segment Kafka acknowledged, as decimal text, kept on the segment: it goes with
+# the file, and no listing of the directory sees it.
+ACKED_XATTR = "user.beacon.acked_bytes"
 
 
 class Producer(Protocol):
@@ -87,6 +93,22 @@ def read_part(f: BinaryIO, max_bytes: int) -> tuple[list[bytes], list[int]]:
                 events.append(line)
                 ends.append(at)
     return events, ends
+
+
+def acked_bytes(f: BinaryIO) -> int:
+    """How far Kafka took the segment, as a replay kept it (0: none kept, or no file system
+    support: sent from its start)."""
+    try:
+        return int(os.getxattr(f.fileno(), ACKED_XATTR))
+    except (OSError, ValueError):
+        return 0
+
+
+def keep_acked(f: BinaryIO, position: int) -> None:
+    """Keep how far Kafka took the segment for whoever replays it next. Not made durable: a
+    crash that loses it costs duplicates, not events."""
+    with contextlib.suppress(OSError):  # no extended attributes there: this process remembers
+        os.setxattr(f.fileno(), ACKED_XATTR, str(position).encode())
 
 
 def delete(path: Path) -> None:
@@ -195,8 +217,8 @@ class SpoolReplayer:
 
     def _drop_refused(self, sizes_bytes: list[int]) -> None:
         """Events no batch can carry: a batch of one, refused as too large. Counted as lost
-        (again, if a stop comes before the segment's deletion: it is sent whole at the next
-        start, as the replayed count counts it again)."""
+        (again only where the segment cannot keep how far Kafka took it: sent again from its
+        start by the next start or another process, as the replayed count counts it)."""
         self.metrics.events_dropped.labels("too_large").inc(len(sizes_bytes))
         self._limited.warning("too_large", "Kafka refused %d events as too large even alone "
                               "(up to %d bytes: raise the topic's max.message.bytes); they are "
@@ -233,7 +255,7 @@ class SpoolReplayer:
         key = (path.name, os.fstat(f.fileno()).st_ino)  # a name is never used again
         replayed = 0
         try:
-            f.seek(self._acked_bytes.get(key, 0))
+            f.seek(max(self._acked_bytes.get(key, 0), await asyncio.to_thread(acked_bytes, f)))
             while True:
                 try:
                     events, ends = await asyncio.to_thread(read_part, f, self.chunk_bytes)
@@ -244,7 +266,9 @@ class SpoolReplayer:
                 taken, delivered = await self._send(events)
                 replayed += delivered
                 if taken:
-                    self._acked_bytes[key] = f.tell() if taken == len(events) else ends[taken - 1]
+                    at = f.tell() if taken == len(events) else ends[taken - 1]
+                    self._acked_bytes[key] = at
+                    await asyncio.to_thread(keep_acked, f, at)
                 if taken < len(events):
                     log.warning("replay of %s incomplete; the rest of it is sent again", path.name)
                     return False

@@ -18,7 +18,7 @@ from collector.buffer import EventBuffer
 from collector.metrics import CollectorMetrics
 from collector.sinks.spool import SpoolSink
 from collector.spool import writer
-from collector.spool.replay import SpoolReplayer
+from collector.spool.replay import ACKED_XATTR, SpoolReplayer
 from collector.spool.segments import NEW_SUFFIX, spool_size
 from collector.spool.wal import WriteAheadLog
 from consumers.metrics import ConsumerMetrics
@@ -875,3 +875,47 @@ async def test_a_replay_goes_on_from_its_first_batch_not_taken_and_drops_an_even
     assert metric_value(metrics, "beacon_events_dropped_total", reason="too_large") == 1
     assert metric_value(metrics, "beacon_kafka_replayed_events_total") == 3
     assert not segment.exists() and link.produced == events + events[2:]
+
+
+async def test_another_process_or_a_restart_goes_on_where_kafka_took_the_segment(
+    spool_dir, metrics
+):
+    """How far Kafka took a segment was this process's alone: another worker on the spool, or
+    the next start, sent it whole again and counted its event refused as too large again."""
+    events = [b'{"n":1}', b'{"n":"huge"}', b'{"n":3}', b'{"n":4}']
+    segment = write_segment(spool_dir, f"0000000000001-0000001-000001{CLOSED_SUFFIX}", events)
+    first = OneEventBatches({events[1]: "too_large", events[2]: "timeout"})
+
+    async def after_delete() -> None:
+        pass
+
+    assert not await SpoolReplayer(first, spool_dir, metrics, after_delete)._replay(segment)
+    assert os.getxattr(segment, ACKED_XATTR) == str(len(b"\n".join(events[:2])) + 1).encode()
+    other = OneEventBatches({})
+    assert await SpoolReplayer(other, spool_dir, metrics, after_delete)._replay(segment)
+    assert other.produced == events[2:] and not segment.exists()
+    assert metric_value(metrics, "beacon_events_dropped_total", reason="too_large") == 1
+    assert metric_value(metrics, "beacon_kafka_replayed_events_total") == 3
+
+
+async def test_a_segment_whose_file_system_keeps_no_attributes_is_still_replayed(
+    spool_dir, metrics, monkeypatch
+):
+    """Where none can be kept, this process remembers how far Kafka took it."""
+
+    def refused(*args: object) -> None:
+        raise OSError(errno.ENOTSUP, "not supported")
+
+    monkeypatch.setattr(os, "setxattr", refused)
+    events = [b'{"n":1}', b'{"n":2}']
+    segment = write_segment(spool_dir, f"0000000000001-0000001-000001{CLOSED_SUFFIX}", events)
+    link = OneEventBatches({events[1]: "timeout"})
+
+    async def after_delete() -> None:
+        pass
+
+    replayer = SpoolReplayer(link, spool_dir, metrics, after_delete)
+    assert not await replayer._replay(segment)
+    del link.outcomes[events[1]]
+    assert await replayer._replay(segment)
+    assert link.produced == [*events, events[1]] and not segment.exists()
