@@ -7,12 +7,12 @@ SCHEMA_VERSION = 2
 
 # The longest retention (BEACON_RETENTION_DAYS; 0 keeps events for good): a row's TTL, its
 # time plus the retention, must stay within a DateTime (to 2106-02-07), or ClickHouse wraps it
-# into the past and deletes the row as it is stored.
+# into the past and deletes the row at its part's first merge.
 RETENTION_DAYS_MAX = 3660
 
 # The range of `received_at` (ms since the epoch): a DateTime's, the type of the rollups'
 # periods, less the longest retention (to 2096-01-30); a time outside it is refused, not stored
-# wrapped, saturated or deleted on arrival by its TTL.
+# wrapped, saturated or deleted by its TTL at the first merge.
 RECEIVED_AT_MAX_MS = (2**32 - RETENTION_DAYS_MAX * 86_400) * 1000 - 1
 
 # The values of the optional field `network`: the class the collector found for the whole

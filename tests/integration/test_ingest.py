@@ -262,7 +262,7 @@ async def test_each_bad_line_is_refused_with_its_reason_and_its_number(store: St
 
 async def test_the_latest_time_taken_outlives_the_longest_retention(store: Store) -> None:
     """A row's TTL is its time plus the retention, a DateTime: past its end (2106) it wraps
-    into the past and the row is deleted as it is stored, its rollup rows kept. The latest
+    into the past and the row is deleted at the first merge, its rollup rows kept. The latest
     time taken keeps its row under the longest retention; a millisecond later is refused."""
     await apply_retention(store.writer, RETENTION_DAYS_MAX)
     last = wire("open", RECEIVED_AT_MAX_MS, site="far")

@@ -146,7 +146,8 @@ async def test_retention_sets_changes_and_removes_the_ttl(writer):
 
 def test_a_retention_whose_ttl_would_wrap_is_refused_at_start() -> None:
     """Today plus 29,000 days passes a DateTime's end: ClickHouse wraps the TTL into the past
-    and deletes every row as it is stored. A hundred years (36500) is what one would set."""
+    and deletes every row at its part's first merge. A hundred years (36500) is what one would
+    set."""
     assert StoreSettings.from_env({}).retention_days == 395
     assert StoreSettings.from_env({"BEACON_RETENTION_DAYS": "3660"}).retention_days == 3660
     with pytest.raises(SettingsError, match="BEACON_RETENTION_DAYS: must be <= 3660"):
