@@ -50,6 +50,9 @@ class Sent:
     ack: asyncio.Future[Any]
     sent_at_s: float  # time.monotonic() when the producer took it
     deadline_s: float  # time.monotonic() by which it is acked or spilled
+    # The producer that took it: one replaced since fails its batches as it stops, and that
+    # says nothing of the one in its place (None: the current one).
+    producer: AIOKafkaProducer | None = None
 
 
 class KafkaLink:
@@ -137,8 +140,9 @@ class KafkaLink:
             deadline_s = time.monotonic() + self.timeout_s
         sent: list[Sent] = []
         start = 0
-        producer = self.producer
-        while start < len(events) and self.up and producer is not None:
+        # The producer of the moment, each batch: one replaced while this waited on it (its
+        # partition's queue full) refuses the next batch as it stops, and the new one takes it.
+        while start < len(events) and self.up and (producer := self.producer) is not None:
             remaining_s = deadline_s - time.monotonic()
             if remaining_s <= 0:
                 break  # too late to send: the caller spools them
@@ -164,15 +168,18 @@ class KafkaLink:
                     producer.send_batch(batch, self.topic, partition=partition), remaining_s
                 )
             except TimeoutError:
-                if self._fair(remaining_s):
+                if producer is self.producer and self._fair(remaining_s):
                     self.mark_down(f"send_batch took over {remaining_s:.3f} s")
                 break  # the caller keeps the events: spooled as late
             except Exception as exc:  # whatever it was, the caller keeps the events
+                if producer is not self.producer:
+                    continue  # replaced meanwhile: the batch goes to the new one
                 # Besides KafkaError: a partition the topic no longer has (AssertionError).
                 # The reconnect asks the broker for the partitions again.
                 self.mark_down(f"send_batch: {exc!r}", renew=True)
                 break
-            sent.append(Sent(events[start:end], size_bytes, ack, time.monotonic(), deadline_s))
+            now_s = time.monotonic()
+            sent.append(Sent(events[start:end], size_bytes, ack, now_s, deadline_s, producer))
             self.metrics.kafka_batch_records.observe(end - start)
             start = end
         return sent, events[start:]
@@ -207,10 +214,11 @@ class KafkaLink:
         finally:
             if not sent.ack.done():  # late, or this wait cancelled (a drain's time ran out)
                 sent.ack.add_done_callback(_retrieve)
+        current = sent.producer is None or sent.producer is self.producer
         if not sent.ack.done():
             outcome = "timeout"
             waited_s = time.monotonic() - sent.sent_at_s
-            if self._fair(waited_s):
+            if current and self._fair(waited_s):
                 self.mark_down(f"no ack in {waited_s:.3f} s")
         elif not sent.ack.cancelled() and isinstance(sent.ack.exception(), TOO_LARGE):
             outcome = "too_large"  # the caller keeps the events; they go again, smaller
@@ -218,7 +226,8 @@ class KafkaLink:
         elif sent.ack.cancelled() or sent.ack.exception() is not None:
             outcome = "failed"  # the caller keeps the events, whatever the error was
             error = "cancelled" if sent.ack.cancelled() else repr(sent.ack.exception())
-            self.mark_down(f"produce failed: {error}", renew=True)
+            if current:
+                self.mark_down(f"produce failed: {error}", renew=True)
         else:
             outcome = "acked"
             self.metrics.kafka_produce_seconds.observe(time.monotonic() - sent.sent_at_s)
