@@ -139,6 +139,10 @@ class SpoolReplayer:
         self._stop = asyncio.Event()
         self._task: asyncio.Task[None] | None = None
         self._limited = LimitedLog(log)
+        # The loop time a drain ends at: checked between parts too, as its timeout alone can
+        # be lost (a send's wait_for, Python 3.11, swallows a cancellation that comes as the
+        # send completes), and a healthy Kafka would then take the whole spool past it.
+        self._drain_until: float | None = None
         link.notify_on_up(self._wake)
 
     def start(self) -> None:
@@ -161,10 +165,12 @@ class SpoolReplayer:
         now (taken for down after a late ack, a broker failing over) is back within a second:
         its time is waited for, not given up at once, and a part not taken is sent again."""
         loop = asyncio.get_running_loop()
-        deadline = loop.time() + seconds
+        deadline = self._drain_until = loop.time() + seconds
         try:
             async with asyncio.timeout_at(deadline):
                 while True:
+                    if self._drained():
+                        raise TimeoutError
                     self._wake.clear()  # the link's up, from here on (the run task has ended)
                     if self.link.up:
                         if await self._replay_all(until_stopped=False):
@@ -180,6 +186,11 @@ class SpoolReplayer:
             log.warning("spool not fully replayed at shutdown; the rest goes at next start")
         except Exception:  # the segments stay on disk: the next start sends them
             log.exception("spool replay at shutdown failed; the rest goes at next start")
+
+    def _drained(self) -> bool:
+        """A drain's time is up."""
+        until = self._drain_until
+        return until is not None and asyncio.get_running_loop().time() >= until
 
     async def _run(self) -> None:
         while not self._stop.is_set():
@@ -201,7 +212,7 @@ class SpoolReplayer:
         for key in [k for k in self._acked_bytes if k[0] not in names]:
             del self._acked_bytes[key]  # deleted by another process
         for path in paths:
-            if (until_stopped and self._stop.is_set()) or not self.link.up:
+            if (until_stopped and self._stop.is_set()) or not self.link.up or self._drained():
                 return False
             if not await self._replay(path, until_stopped):
                 return False  # Kafka failed us, or a stop: try again once it is back up
@@ -263,6 +274,8 @@ class SpoolReplayer:
                     return self._unreadable(path, exc)
                 if not events:
                     break
+                if self._drained():
+                    return False  # this part waits for the next start
                 taken, delivered = await self._send(events)
                 replayed += delivered
                 if taken:

@@ -919,3 +919,36 @@ async def test_a_segment_whose_file_system_keeps_no_attributes_is_still_replayed
     del link.outcomes[events[1]]
     assert await replayer._replay(segment)
     assert link.produced == [*events, events[1]] and not segment.exists()
+
+
+class SwallowsACancellation(OneEventBatches):
+    """A link whose first send, cancelled as it completes, returns all the same: what a
+    send's wait_for does in Python 3.11 when a timeout fires in the same step."""
+
+    def __init__(self) -> None:
+        super().__init__({})
+        self.swallowed = False
+
+    async def produce(self, events: list[bytes]) -> tuple[list[Batch], list[bytes]]:
+        try:
+            await asyncio.sleep(0.5)
+        except asyncio.CancelledError:
+            if self.swallowed:
+                raise
+            self.swallowed = True
+        return await super().produce(events)
+
+
+async def test_a_drain_whose_timeout_was_swallowed_still_ends_at_its_time(spool_dir, metrics):
+    """The drain's timeout lost in a send, its loop went on with a healthy Kafka until the
+    spool was empty: a shutdown past its bound, killed before the producer was stopped."""
+    for n in range(100):
+        write_segment(spool_dir, f"{n:013d}-0000001-000001{CLOSED_SUFFIX}", [b'{"n":%d}' % n])
+    link = SwallowsACancellation()
+
+    async def after_delete() -> None:
+        pass
+
+    replayer = SpoolReplayer(link, spool_dir, metrics, after_delete)
+    await asyncio.wait_for(replayer.drain(0.2), 30)  # the rest: 50 s at a send each 0.5 s
+    assert link.swallowed and 0 < len(closed_segments(spool_dir)) < 100
