@@ -520,7 +520,8 @@ class Ingest:
             f"WHERE s.reason = ''{self._erased} AND NOT {stored}",
             "TSV",
         )
-        missing, unstored = map(int, out.split())
+        # No row at all for none with empty_result_for_aggregation_by_empty_set on a server.
+        missing, unstored = map(int, out.split() or (0, 0))
         if missing:
             fresh = f"{token[:187]}:{uuid.uuid4().hex[:12]}"
             await self._insert(fresh, f" AND NOT {stored} AND {kept}")

@@ -337,6 +337,20 @@ async def test_a_batch_repeated_with_its_token_is_stored_once_and_a_replay_refil
     assert store.rows(f"SELECT count() AS n FROM {EVENTS}") == [{"n": len(events)}]
 
 
+async def test_a_replay_with_nothing_missing_on_a_server_whose_empty_sums_are_no_row(
+    store: Store,
+) -> None:
+    """With `empty_result_for_aggregation_by_empty_set` in a server's profile, the id check of
+    a replay that finds nothing missing read no row: the consumer exited at every try."""
+    events = mixed_events()
+    ingest = Ingest(store.writer)
+    await ingest.store(body(events), "ingest-profile")
+    store.writer.query_sync("SET empty_result_for_aggregation_by_empty_set = 1", "TSV")
+    replay = await ingest.store(body(events), "ingest-profile", replay=True)
+    assert (replay.rows, replay.refilled) == (len(events), 0)
+    assert store.rows(f"SELECT count() AS n FROM {EVENTS}") == [{"n": len(events)}]
+
+
 async def test_a_partial_replay_stores_only_the_events_not_stored_yet(store: Store) -> None:
     """A recorded batch formed again only in part (its partitions went to several members)
     has another token: its events already stored are not stored again, whatever the token."""
