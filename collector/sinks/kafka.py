@@ -216,6 +216,7 @@ class KafkaSink:
         self.metrics.kafka_queue_bytes.set(self._unacked_bytes)
 
     async def _spill(self, events: list[bytes], reason: str) -> None:
-        self.metrics.kafka_spilled.labels(reason).inc(len(events))
         async with self._spool_lock:
-            await self.spool.send(events)
+            kept = await self.spool.keep(events)
+        # What the spool took: the rest is counted lost by it (spool_full, spool_error).
+        self.metrics.kafka_spilled.labels(reason).inc(kept)

@@ -32,6 +32,11 @@ class SpoolSink:
     # -- the protocol --------------------------------------------------------------------
 
     async def send(self, events: list[bytes]) -> None:
+        await self.keep(events)
+
+    async def keep(self, events: list[bytes]) -> int:
+        """`send`, and how many of the events are in a segment now (the first ones); the
+        rest are counted lost (`spool_full`, `spool_error`)."""
         if self._closed:
             raise RuntimeError("send after close")
         room = self.segments.max_bytes - self.segments.used_bytes
@@ -54,8 +59,9 @@ class SpoolSink:
                 if kept:
                     self.metrics.sink_events.labels("spooled").inc(kept)
                 self.metrics.events_dropped.labels("spool_error").inc(fits - kept)
-                return
+                return kept
             self.metrics.sink_events.labels("spooled").inc(fits)
+        return fits
 
     async def flush(self) -> None:
         try:

@@ -215,6 +215,9 @@ async def test_a_kafka_slower_than_the_intake_with_the_spool_full_is_not_ready(
     for _ in range(40):  # ~2.5 MB: the queue's 64 KiB, the spool's 1 MiB, the rest dropped
         await sink.send([event] * 60)
     assert metric_value(metrics, "beacon_events_dropped_total", reason="spool_full") > 0
+    # Spilled: what the spool took, not the events it refused too.
+    spooled = metric_value(metrics, "beacon_sink_events_total", outcome="spooled")
+    assert 0 < sum(spilled(metrics, r) for r in ("queue_full", "kafka_down", "timeout")) == spooled
     assert sink.connected() and not sink.healthy()
     for ack in acks:
         ack.set_result(None)
