@@ -832,6 +832,10 @@ class Batch:
         self.size_bytes = sum(map(len, events))
 
 
+async def no_recount() -> None:
+    """A replayer's after_delete where no spool counts its bytes."""
+
+
 class OneEventBatches:
     """The replay's Kafka link, at the edge the test is not about: a batch an event, each
     acknowledged unless `outcomes` names it (event -> outcome)."""
@@ -862,10 +866,7 @@ async def test_a_replay_goes_on_from_its_first_batch_not_taken_and_drops_an_even
     segment = write_segment(spool_dir, f"0000000000001-0000001-000001{CLOSED_SUFFIX}", events)
     link = OneEventBatches({events[1]: "too_large", events[2]: "timeout"})
 
-    async def after_delete() -> None:
-        pass
-
-    replayer = SpoolReplayer(link, spool_dir, metrics, after_delete)
+    replayer = SpoolReplayer(link, spool_dir, metrics, no_recount)
     assert not await replayer._replay(segment)  # the third event's batch timed out
     assert metric_value(metrics, "beacon_events_dropped_total", reason="too_large") == 1
     assert metric_value(metrics, "beacon_kafka_replayed_events_total") == 1
@@ -886,13 +887,10 @@ async def test_another_process_or_a_restart_goes_on_where_kafka_took_the_segment
     segment = write_segment(spool_dir, f"0000000000001-0000001-000001{CLOSED_SUFFIX}", events)
     first = OneEventBatches({events[1]: "too_large", events[2]: "timeout"})
 
-    async def after_delete() -> None:
-        pass
-
-    assert not await SpoolReplayer(first, spool_dir, metrics, after_delete)._replay(segment)
+    assert not await SpoolReplayer(first, spool_dir, metrics, no_recount)._replay(segment)
     assert os.getxattr(segment, ACKED_XATTR) == str(len(b"\n".join(events[:2])) + 1).encode()
     other = OneEventBatches({})
-    assert await SpoolReplayer(other, spool_dir, metrics, after_delete)._replay(segment)
+    assert await SpoolReplayer(other, spool_dir, metrics, no_recount)._replay(segment)
     assert other.produced == events[2:] and not segment.exists()
     assert metric_value(metrics, "beacon_events_dropped_total", reason="too_large") == 1
     assert metric_value(metrics, "beacon_kafka_replayed_events_total") == 3
@@ -911,10 +909,7 @@ async def test_a_segment_whose_file_system_keeps_no_attributes_is_still_replayed
     segment = write_segment(spool_dir, f"0000000000001-0000001-000001{CLOSED_SUFFIX}", events)
     link = OneEventBatches({events[1]: "timeout"})
 
-    async def after_delete() -> None:
-        pass
-
-    replayer = SpoolReplayer(link, spool_dir, metrics, after_delete)
+    replayer = SpoolReplayer(link, spool_dir, metrics, no_recount)
     assert not await replayer._replay(segment)
     del link.outcomes[events[1]]
     assert await replayer._replay(segment)
@@ -946,9 +941,6 @@ async def test_a_drain_whose_timeout_was_swallowed_still_ends_at_its_time(spool_
         write_segment(spool_dir, f"{n:013d}-0000001-000001{CLOSED_SUFFIX}", [b'{"n":%d}' % n])
     link = SwallowsACancellation()
 
-    async def after_delete() -> None:
-        pass
-
-    replayer = SpoolReplayer(link, spool_dir, metrics, after_delete)
+    replayer = SpoolReplayer(link, spool_dir, metrics, no_recount)
     await asyncio.wait_for(replayer.drain(0.2), 30)  # the rest: 50 s at a send each 0.5 s
     assert link.swallowed and 0 < len(closed_segments(spool_dir)) < 100
