@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import datetime as dt
 import threading
 import time
 from pathlib import Path
@@ -13,6 +14,8 @@ import pytest
 from analytics.migrations import MIGRATIONS, migrate
 from analytics.report import run_query
 from analytics.report_window import Filters, Window
+from analytics.rollup_settle import Settler
+from analytics.rollups import EVENTS_HOURLY
 from analytics.schema import EVENTS
 from analytics.store import StoreError, read_guard
 from analytics.store.http import (
@@ -361,6 +364,37 @@ async def test_a_clickhouse_server_gets_the_same_guard_and_profile(tmp_path: Pat
                 await reader.query("SELECT * FROM file('/etc/hostname', 'LineAsString')")
             read_only = [s for s in front.seen if s.params.get("readonly") == "1"]
             assert len(read_only) == 5  # per read: the reprint, its parse, the read itself
+        finally:
+            await writer.close()
+
+
+async def test_settling_and_reads_count_nothing_as_zero_whatever_the_servers_profile(
+    tmp_path: Path,
+) -> None:
+    """A server whose profile sets empty_result_for_aggregation_by_empty_set answers no row for
+    an aggregate over no rows: the writer turns it off for its statements, so a day settles and
+    an erasure's rebuild of a day left empty runs, and a read of nothing counts 0."""
+    empty_set = "empty_result_for_aggregation_by_empty_set"
+    async with ClickHouseFront(tmp_path / "ch", profile={empty_set: "1"}) as front:
+        nothing = f"SELECT count() FROM {EVENTS}"
+        writer = HttpWriter(front.url)
+        try:
+            await migrate(writer, retention_days=0)
+            assert front.run(nothing) == ""  # the server's profile, past the writer
+            day = dt.date(2026, 3, 1)
+            noon = dt.datetime.combine(day, dt.time(12), dt.UTC).timestamp()
+            await writer.insert(EVENTS, rows(3, received_ms=int(noon * 1000)), "t-settle")
+            settler = Settler(writer, clock=lambda: noon + 86400, insert_margin_s=-5)
+            assert await settler.settle_due() == [day]
+            rollup = EVENTS_HOURLY.table
+            settled = f"SELECT sum(events_settled) FROM {rollup} WHERE live = 0"
+            assert front.run(settled) == "3\n"
+            front.run(f"ALTER TABLE {EVENTS} DELETE WHERE 1 SETTINGS mutations_sync = 1")
+            await settler.rebuild([day])  # the day's rollups now recomputed from no events
+            assert front.run(f"SELECT * FROM {rollup}") == ""
+            reader = HttpReader(writer, ReadLimits(timeout_s=30, max_result_bytes=1_000_000))
+            assert await reader.query(f"SELECT count() AS n FROM {EVENTS}") == '{"n":0}\n'
+            assert front.run(nothing) == ""  # set for the writer's statements alone
         finally:
             await writer.close()
 

@@ -10,6 +10,9 @@ settings of an INSERT (async_insert, insert_deduplication_token, ...) become the
 clause ClickHouse's INSERT grammar has for them (`with_settings`). A statement in the body with
 settings in the URL runs unchanged in a session opened with those settings (`_read`), as a
 server applies them to that query alone; query parameters (`param_<name>`) pass as chDB's.
+But a statement whose only URL settings are ones the HTTP writer sends with every statement
+(`PER_STATEMENT`) runs in the main session (its temporary tables are there), with them SET for
+it alone. `profile`: settings of the front's every session, as a server's default profile.
 
 And one table: `system.processes` is the front's own list of the statements it runs (their
 `query_id`, `initial_query_id`, `query_kind` and `elapsed`), since chDB knows them under ids of
@@ -45,6 +48,9 @@ HTTP_PARAMS = frozenset(
      "session_check", "query_id",
      "send_progress_in_http_headers")  # a setting, but chDB sends no headers: nothing to turn off
 )  # fmt: skip
+# Settings the HTTP writer sends with every statement (analytics/store/http.py), set in the main
+# session for the statement alone.
+PER_STATEMENT = frozenset(("empty_result_for_aggregation_by_empty_set",))
 SETTING_NAME_RE = re.compile(r"^[a-z_][a-z0-9_]{0,99}$")
 NUMBER_RE = re.compile(r"^-?\d+(\.\d+)?$")
 PLAIN_VALUE_RE = re.compile(r"^[A-Za-z0-9_.]{1,64}$")  # fits a connection string unquoted
@@ -106,8 +112,15 @@ def with_settings(head: str, settings: dict[str, str]) -> str:
 class ClickHouseFront:
     """`async with ClickHouseFront(path) as front:` then point an HttpWriter at `front.url`."""
 
-    def __init__(self, data_dir: Path, user: str = "default", password: str = "") -> None:
+    def __init__(
+        self,
+        data_dir: Path,
+        user: str = "default",
+        password: str = "",
+        profile: Mapping[str, str] | None = None,
+    ) -> None:
         self.data_dir = data_dir
+        self.profile = dict(profile or {})
         self.user, self.password = user, password
         self.fail_all = False  # True: every request gets 503, as from a server that is down
         # Set: after a request for which it says True, the front forgets its sessions, as if
@@ -142,6 +155,8 @@ class ClickHouseFront:
         from chdb import session
 
         self._session = session.Session(str(self.data_dir))
+        for name, value in self.profile.items():
+            self._session.query(f"SET {name} = {literal(value)}")
         # auto_decompress off: the front gunzips itself, so it sees what was really sent.
         self._server = TestServer(self.app(), host="127.0.0.1")
         await self._server.start_server(auto_decompress=False)
@@ -189,14 +204,18 @@ class ClickHouseFront:
             # Query parameters: {name:Type} placeholders, sent as param_<name> in the URL.
             values = {k[6:]: settings.pop(k) for k in list(settings) if k.startswith("param_")}
             query_id = request.query.get("query_id") or str(uuid.uuid4())
+            pinned = {k: settings.pop(k) for k in list(settings) if k in PER_STATEMENT}
             if (settings or values) and not head:  # a statement in the body, settings in the URL
                 work = self._processes(body)
-                run = lambda: self._read(work, fmt, settings, values)  # noqa: E731
-            else:
+                run = lambda: self._read(work, fmt, settings | pinned, values)  # noqa: E731
+            elif head:
                 # Rewritten in the statement only: a body after a `query` parameter is data.
-                head = self._processes(with_settings(head, settings))
-                sql = (f"{head}\n{body}" if body else head) if head else self._processes(body)
-                run = lambda: self._execute(sql, fmt)  # noqa: E731
+                head = self._processes(with_settings(head, settings | pinned))
+                sql = f"{head}\n{body}" if body else head
+                run = lambda: self._execute(sql, fmt, {})  # noqa: E731
+            else:
+                sql = self._processes(body)
+                run = lambda: self._execute(sql, fmt, pinned)  # noqa: E731
             session = request.query.get("session_id", "")
             if session in self.busy:
                 message = (
@@ -296,11 +315,23 @@ class ClickHouseFront:
     def _settings(params: dict[str, str]) -> dict[str, str]:
         return {k: v for k, v in params.items() if k not in HTTP_PARAMS}
 
-    def _execute(self, sql: str, fmt: str) -> str:
-        try:
-            return self.run(sql, fmt)
-        except Exception as exc:  # chDB's error types carry ClickHouse's "Code: N. ..." text
-            raise failure(exc) from None
+    def _execute(self, sql: str, fmt: str, pinned: Mapping[str, str]) -> str:
+        """`sql` in the main session, with the `pinned` settings for it alone."""
+        with self._lock:
+            before = {k: self._setting(k) for k in pinned}
+            try:
+                for name, value in pinned.items():
+                    self._session.query(f"SET {name} = {literal(value)}")
+                result = self._session.query(sql, fmt)
+            except Exception as exc:  # chDB's error types carry ClickHouse's "Code: N. ..." text
+                raise failure(exc) from None
+            finally:
+                for name, value in before.items():
+                    self._session.query(f"SET {name} = {literal(value)}")
+        return result.data() if hasattr(result, "data") else str(result)
+
+    def _setting(self, name: str) -> str:
+        return str(self._session.query(f"SELECT getSetting('{name}')", "TSVRaw")).strip()
 
     def _read(self, sql: str, fmt: str, settings: dict[str, str], values: dict[str, str]) -> str:
         """`sql` in a session opened with `settings` (chDB takes them as connection
@@ -311,7 +342,7 @@ class ClickHouseFront:
             SETTING_NAME_RE.match(k) and PLAIN_VALUE_RE.match(v) for k, v in settings.items()
         ):
             raise FrontError(400, 115, f"front: settings it cannot pass on: {settings!r}")
-        key = "&".join(f"{k}={v}" for k, v in sorted(settings.items()))
+        key = "&".join(f"{k}={v}" for k, v in sorted((self.profile | settings).items()))
         with self._lock:
             if key not in self._reads:
                 self._reads[key] = session.Session(f"{self.data_dir}?{key}")
