@@ -250,6 +250,15 @@ class KafkaLink:
 
     # -- connecting ---------------------------------------------------------------------------
 
+    def _metadata_updated(self, cluster: Any) -> None:
+        """The producer's client refreshed its metadata (every metadata_max_age_ms, aiokafka's
+        5 minutes by default, and after a send's error): batches go round the topic's
+        partitions that have a leader now. Partitions added to the topic take events within
+        that time, and one without a leader at the connect takes them again."""
+        if self.up and self.producer is not None and cluster is self.producer.client.cluster:
+            if partitions := cluster.available_partitions_for_topic(self.topic):
+                self.partitions = sorted(partitions)
+
     def _new_producer(self) -> AIOKafkaProducer:
         compression = self.settings.kafka_compression
         return AIOKafkaProducer(
@@ -304,6 +313,7 @@ class KafkaLink:
                     await producer.stop()  # closes its client; a failed start leaves no tasks
                     raise
                 self.producer = producer
+                producer.client.cluster.add_listener(self._metadata_updated)
             # A fresh metadata request is the probe: cached metadata would say "up" forever.
             cluster = await self.producer.client.fetch_all_metadata()
             partitions = cluster.available_partitions_for_topic(self.topic)

@@ -13,7 +13,7 @@ from typing import Any
 import orjson
 import pytest
 from aiohttp.test_utils import TestClient, TestServer
-from aiokafka.admin import AIOKafkaAdminClient, NewTopic
+from aiokafka.admin import AIOKafkaAdminClient, NewPartitions, NewTopic
 from aiokafka.errors import KafkaError
 from prometheus_client import CollectorRegistry
 
@@ -559,6 +559,39 @@ async def test_a_partition_the_topic_no_longer_has_spools_the_batch_and_reconnec
     assert spooled_events(settings.spool_dir) == []
     landed = events_in(await read_topic(kafka_bootstrap, kafka_topic))
     assert sorted(landed) == sorted(events + more)
+
+
+async def test_partitions_added_to_the_topic_take_events_without_a_reconnect(
+    settings, metrics, kafka_bootstrap, kafka_topic
+):
+    """Adding partitions is how a team makes room for more consumers (operations.md): the link
+    sent to those it found at its connect for as long as Kafka stayed up, and the consumers
+    that took the new partitions had nothing to read."""
+    live = replace(settings, kafka_bootstrap=kafka_bootstrap, kafka_topic=kafka_topic,
+                   kafka_batch_max_bytes=1024)  # fmt: skip  # a batch of a few events
+    sink = kafka_sink(live, metrics)
+    await wait_for(sink.connected, 30, "the sink to reach Kafka")
+    producer = sink.link.producer
+    assert producer is not None and sink.link.partitions == [0, 1, 2]
+    admin = AIOKafkaAdminClient(bootstrap_servers=kafka_bootstrap)
+    await admin.start()
+    try:
+        await admin.create_partitions({kafka_topic: NewPartitions(total_count=5)})
+    finally:
+        await admin.close()
+    deadline = time.monotonic() + 30
+    while sink.link.partitions != [0, 1, 2, 3, 4]:  # until the new ones have their leader
+        assert time.monotonic() < deadline, "timed out waiting for the new partitions"
+        # What the producer's client does every metadata_max_age_ms (5 minutes) by itself.
+        await producer.client.force_metadata_update()
+        await asyncio.sleep(0.05)
+    events = [orjson.dumps({"event_id": str(i), "pad": "x" * 200}) for i in range(100)]
+    await sink.send(events)
+    await sink.close()
+    assert sink.link.producer is None or sink.link.producer is producer  # no reconnect
+    records = await read_topic(kafka_bootstrap, kafka_topic)
+    assert {r.partition for r in records} == {0, 1, 2, 3, 4}
+    assert sorted(events_in(records)) == sorted(events)
 
 
 def spilled(metrics, reason: str) -> float:  # type: ignore[no-untyped-def]
