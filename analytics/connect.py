@@ -17,6 +17,7 @@ def open_writer(settings: StoreSettings) -> Writer:
             settings.clickhouse_user,
             settings.clickhouse_password,
             compression=settings.clickhouse_compression,
+            day_timeout_s=settings.clickhouse_day_timeout_s,
             cluster=settings.cluster,
             replicas_cluster=settings.clickhouse_replicas_cluster,
             insert_quorum=settings.clickhouse_insert_quorum,

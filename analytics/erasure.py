@@ -25,7 +25,7 @@ from analytics.cluster import check_mode
 from analytics.report_window import sql_string
 from analytics.rollup_settle import due_before_erasure, rebuild_after_erasure
 from analytics.schema import ERASURES, EVENTS
-from analytics.store import Cluster, Writer, quorum_of
+from analytics.store import Cluster, Writer, quorum_of, whole_days
 from contract.numbers import parse_uint
 from contract.text import CONTROL_RE
 
@@ -218,7 +218,13 @@ async def delete_rows(
 ) -> int:
     """Delete the events any of `wheres` holds and rebuild the rollups of their days, and of
     `also_days` (ISO dates) whatever they hold; how many rows."""
-    also = set(also_days)
+    with whole_days():  # the count and the DELETE read the months of the rows, the rebuild days
+        return await _delete_rows(writer, wheres, cluster, set(also_days))
+
+
+async def _delete_rows(
+    writer: Writer, wheres: list[str], cluster: Cluster | None, also: set[str]
+) -> int:
     rows, days = 0, set[str]()
     for where in wheres:  # each counted after the DELETEs before it: a row counts once
         # Its days and how many on each, in one scan of what `where` reads.

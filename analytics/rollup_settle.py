@@ -30,7 +30,7 @@ from analytics.cluster import on_each_shard
 from analytics.report_window import sql_string
 from analytics.rollups import EVENTS_HOURLY, ROLLUPS, SETTLING, Rollup
 from analytics.schema import DATABASE, EVENTS
-from analytics.store import VALUES_SETTINGS, StoreError, Writer, cluster_of
+from analytics.store import VALUES_SETTINGS, StoreError, Writer, cluster_of, whole_days
 from analytics.store.http import INSERT_QUERY_ID_PREFIX, processes
 
 log = logging.getLogger("beacon.rollups")
@@ -137,7 +137,8 @@ class Settler:
         async with self.lock:
             for day in days:
                 started = time.perf_counter()
-                await self._rebuild_day(day)
+                with whole_days():
+                    await self._rebuild_day(day)
                 log.info(
                     "rollups of %s %s in %.1fs",
                     day,
@@ -147,9 +148,10 @@ class Settler:
 
     async def backfill(self) -> list[dt.date]:
         """Rollups for every day already in beacon.events (schema migration 5)."""
-        text = await self._rows(
-            f"SELECT DISTINCT toDate(received_at) AS day FROM {self.events} ORDER BY day"
-        )
+        with whole_days():
+            text = await self._rows(
+                f"SELECT DISTINCT toDate(received_at) AS day FROM {self.events} ORDER BY day"
+            )
         days = [dt.date.fromisoformat(d) for d in text]
         await self.rebuild(days)
         return days

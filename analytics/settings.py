@@ -114,6 +114,14 @@ class StoreSettings:
         "gzip (level 1, ~11x, ~1.5 us) or none (the consumer then only moves bytes)",
         choices=("zstd", "gzip", "none"),
     )
+    clickhouse_day_timeout_s: int = setting(
+        3600,
+        "how long a ClickHouse server may take over a statement that reads or rewrites whole "
+        "days (settling a day, an erasure's DELETE and its rebuild) before it is tried again; "
+        "other statements have 60 s",
+        min=60,
+        max=86400,
+    )
     clickhouse_cluster: str = setting(
         "",
         "the ClickHouse cluster's name in remote_servers (deploy/clickhouse/cluster.sql); empty: "

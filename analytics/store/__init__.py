@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import contextlib
 import re
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
+from contextvars import ContextVar
 from dataclasses import dataclass
 from typing import Any, Protocol
 
@@ -113,6 +115,22 @@ def quorum_of(writer: object) -> str:
     `quorum`); "" for none (a cluster's is its Cluster's)."""
     quorum = getattr(writer, "quorum", "")
     return quorum if isinstance(quorum, str) else ""
+
+
+# Set while a task reads or rewrites whole days (settling, an erasure's count, DELETE and
+# rebuild): a server's writer holds those statements to its day timeout, not to a batch's. A
+# context variable, so the batch statements other tasks run meanwhile keep their own bound.
+WHOLE_DAYS: ContextVar[bool] = ContextVar("whole_days", default=False)
+
+
+@contextlib.contextmanager
+def whole_days() -> Iterator[None]:
+    """The statements run within read or rewrite whole days (WHOLE_DAYS)."""
+    token = WHOLE_DAYS.set(True)
+    try:
+        yield
+    finally:
+        WHOLE_DAYS.reset(token)
 
 
 class StoreError(Exception):

@@ -20,7 +20,7 @@ from urllib.parse import urlsplit, urlunsplit
 import aiohttp
 import cramjam
 
-from analytics.store import Cluster, StoreError, insert_params, insert_select
+from analytics.store import WHOLE_DAYS, Cluster, StoreError, insert_params, insert_select
 
 # ClickHouse sends this header with every error answer; the body is the exception text.
 EXCEPTION_CODE_HEADER = "X-ClickHouse-Exception-Code"
@@ -134,6 +134,7 @@ class HttpWriter:
         user: str = "default",
         password: str = "",
         timeout_s: float = 60.0,
+        day_timeout_s: float = 3600.0,
         connect_timeout_s: float = 5.0,
         compression: str = "zstd",
         cluster: Cluster | None = None,
@@ -144,7 +145,8 @@ class HttpWriter:
         `replicas_cluster`: no cluster, but several servers answer at `url` (replicas behind
         a load balancer), all of them in this cluster of `remote_servers`; inserts then wait
         for `insert_quorum` of them, as a cluster's for its own. `compression`: of request
-        bodies, one of COMPRESSORS or "none"."""
+        bodies, one of COMPRESSORS or "none". `timeout_s`: a statement's bound, but for those
+        that read or rewrite whole days (analytics.store.whole_days): `day_timeout_s`."""
         if compression not in (*COMPRESSORS, "none"):
             raise ValueError(f"unknown compression {compression!r}")
         self.url = url
@@ -154,14 +156,18 @@ class HttpWriter:
         self.processes_cluster = cluster.name if cluster is not None else replicas_cluster
         self.quorum = insert_quorum if replicas_cluster and cluster is None else ""
         self._args = (
-            user, password, timeout_s, connect_timeout_s, compression, cluster, replicas_cluster,
-            insert_quorum,
+            user, password, timeout_s, day_timeout_s, connect_timeout_s, compression, cluster,
+            replicas_cluster, insert_quorum,
         )  # fmt: skip
         self.timeout_s = timeout_s
+        self.day_timeout_s = day_timeout_s
         self._headers = {"X-ClickHouse-User": user, "X-ClickHouse-Key": password}
         if compression != "none":
             self._headers["Content-Encoding"] = compression
         self._timeout = aiohttp.ClientTimeout(total=timeout_s, sock_connect=connect_timeout_s)
+        self._day_timeout = aiohttp.ClientTimeout(
+            total=day_timeout_s, sock_connect=connect_timeout_s
+        )
         self._session: aiohttp.ClientSession | None = None
         self._server_session = server_session()
         # Checked only once new_session is called (see there): this writer's own session,
@@ -206,6 +212,8 @@ class HttpWriter:
             data = each(body)
         else:
             data = compressed_frames(body, self.compression)
+        days = WHOLE_DAYS.get()
+        timeout = self._day_timeout if days else self._timeout
         try:
             async with self._one_at_a_time:
                 params = {**params, **STATEMENT_PARAMS}
@@ -214,7 +222,8 @@ class HttpWriter:
                     if self._check_session and self._session_opened:
                         params["session_check"] = "1"
                 params["query_id"] = f"{prefix}{uuid.uuid4().hex}"
-                async with self._client().post(self.url, params=params, data=data) as response:
+                post = self._client().post(self.url, params=params, data=data, timeout=timeout)
+                async with post as response:
                     text = await response.text(errors="replace")
                     # An exception's code with a 200: it came after the answer began.
                     if response.status != 200 or EXCEPTION_CODE_HEADER in response.headers:
@@ -229,7 +238,7 @@ class HttpWriter:
             raise StoreError(f"ClickHouse at {self.url} unreachable: {exc!r}") from exc
         except TimeoutError as exc:  # a server may go on with an insert its client left
             raise StoreError(
-                f"ClickHouse at {self.url}: no answer in {self.timeout_s:g} s; the statement "
+                f"ClickHouse at {self.url}: no answer in {timeout.total:g} s; the statement "
                 "may still run there"
             ) from exc
         except (aiohttp.ClientError, OSError) as exc:

@@ -11,11 +11,12 @@ from pathlib import Path
 import orjson
 import pytest
 
+from analytics import erasure
 from analytics.migrations import MIGRATIONS, migrate
 from analytics.report import run_query
 from analytics.report_window import Filters, Window
 from analytics.rollup_settle import Settler
-from analytics.rollups import EVENTS_HOURLY
+from analytics.rollups import EVENTS_HOURLY, EVENTS_MERGED
 from analytics.schema import EVENTS
 from analytics.store import StoreError, read_guard
 from analytics.store.http import (
@@ -395,6 +396,40 @@ async def test_settling_and_reads_count_nothing_as_zero_whatever_the_servers_pro
             reader = HttpReader(writer, ReadLimits(timeout_s=30, max_result_bytes=1_000_000))
             assert await reader.query(f"SELECT count() AS n FROM {EVENTS}") == '{"n":0}\n'
             assert front.run(nothing) == ""  # set for the writer's statements alone
+        finally:
+            await writer.close()
+
+
+async def test_settling_a_day_has_the_day_timeout_and_a_batch_its_own(tmp_path: Path) -> None:
+    """Settling a day reads all of it: past some tens of millions of events a server takes
+    longer than a batch's statement may (60 s), and the day was never settled, nor a batch
+    that met an erasure (its rebuild) ever stored."""
+    async with ClickHouseFront(tmp_path / "ch") as front:
+        writer = HttpWriter(front.url, timeout_s=0.5, day_timeout_s=60)
+        try:
+            await migrate(writer, retention_days=0)
+            day = dt.date(2026, 3, 1)
+            noon = dt.datetime.combine(day, dt.time(12), dt.UTC).timestamp()
+            await writer.insert(EVENTS, rows(3, received_ms=int(noon * 1000)), "t-day")
+            slow = threading.Event()
+            front.hold = lambda sql: slow if "_stage_" in sql.split("(")[0] else None
+            asyncio.get_running_loop().call_later(2.0, slow.set)  # each stage's read: 2 s
+            settler = Settler(writer, clock=lambda: noon + 86400, insert_margin_s=-5)
+            assert await settler.settle_due() == [day]
+            rollup = EVENTS_HOURLY.table
+            assert front.run(f"SELECT sum(events_settled) FROM {rollup}") == "3\n"
+            deleting = threading.Event()
+            front.hold = lambda sql: deleting if sql.startswith("DELETE") else None
+            asyncio.get_running_loop().call_later(2.0, deleting.set)  # an erasure's: 2 s
+            assert await erasure.erase(writer, "recipient", "rcpt-1") == 1
+            assert front.run(f"SELECT {EVENTS_MERGED} FROM {rollup}") == "2\n"  # rebuilt
+            batch = threading.Event()
+            front.hold = lambda sql: batch if sql.startswith("INSERT") else None
+            try:
+                with pytest.raises(StoreError, match=r"no answer in 0\.5 s"):
+                    await writer.insert(EVENTS, rows(1), "t-batch")
+            finally:
+                batch.set()
         finally:
             await writer.close()
 
