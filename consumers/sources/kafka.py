@@ -75,6 +75,11 @@ class KafkaSource:
             client_id="beacon-consumer",
             enable_auto_commit=False,
             auto_offset_reset="earliest",
+            # Another producer's transactions (Kafka Connect, Flink, MirrorMaker): an aborted
+            # one's records are not events, and an open one's not yet; as Kafka's own clients
+            # and ClickHouse's Kafka engine read them. The ends read are then the last stable
+            # offsets, not the highwaters: an open transaction is not records waiting.
+            isolation_level="read_committed",
             # Heartbeats run in the background; a member also leaves the group when getmany()
             # is not called for max_poll_interval_ms (aiokafka's default, 5 minutes). The
             # pipeline polls at least every poll_interval_ms plus one insert attempt, and never
@@ -227,10 +232,15 @@ class KafkaSource:
             self.consumer.seek(tp, offset)
 
     def highwater(self, tp: TopicPartition) -> int | None:
+        """How far the last fetch of `tp` said it may be read: its last stable offset (the
+        highwater, but for a transaction still open). None before a fetch."""
         if tp not in self.consumer.assignment():
             return None  # revoked meanwhile
-        highwater: int | None = self.consumer.highwater(tp)
-        return highwater
+        stable: int | None = self.consumer.last_stable_offset(tp)
+        if stable is None or stable < 0:  # a broker before 0.11 has none
+            highwater: int | None = self.consumer.highwater(tp)
+            return highwater
+        return stable
 
     def assignment(self) -> Partitions:
         return set(self.consumer.assignment())

@@ -697,6 +697,48 @@ async def test_transaction_markers_are_not_counted_as_records_the_broker_removed
     assert await count(store) == await count(store, "uniqExact(event_id)") == len(events)
 
 
+async def test_another_producers_aborted_or_open_transactions_are_not_stored(
+    settings: ConsumerSettings, store: ChdbWriter, consumers: list[Consumer]
+) -> None:
+    """A transaction another producer aborted took its records back: read as they were
+    written, they were stored and their bad lines sent to the DLQ, where Kafka's own clients
+    and ClickHouse's Kafka engine (read_committed) never see them. Records of a transaction
+    still open wait for its end."""
+    await create_topic(settings.kafka_bootstrap, settings.kafka_dlq_topic)
+    events = [orjson.dumps(e) for e in mail_opens(45)]
+    aborted, committed, pending = [*events[:20], b"{not json"], events[20:30], events[30:]
+    producer = AIOKafkaProducer(
+        bootstrap_servers=settings.kafka_bootstrap, transactional_id=f"t-{uuid.uuid4().hex}"
+    )
+    await producer.start()
+    try:
+        for values, end in ((aborted, "abort"), (committed, "commit"), (pending, "")):
+            await producer.begin_transaction()
+            sent = [
+                await producer.send(settings.kafka_topic, value, partition=j % PARTITIONS)
+                for j, value in enumerate(values)
+            ]
+            await asyncio.gather(*sent)
+            if end == "abort":
+                await producer.abort_transaction()
+            elif end == "commit":
+                await producer.commit_transaction()
+        consumer = Consumer(settings, store)
+        consumers.append(consumer)
+        await wait_for(at_least(store, len(committed)), "the committed events", consumer.task)
+        await wait_for(caught_up(consumer, settings.kafka_topic), "every lag at 0", consumer.task)
+        assert await count(store) == len(committed)  # nor the open transaction's, yet
+        await producer.commit_transaction()
+    finally:
+        await producer.stop()
+    await wait_for(at_least(store, len(committed) + len(pending)), "the rest", consumer.task)
+    await wait_for(caught_up(consumer, settings.kafka_topic), "every lag at 0", consumer.task)
+    await consumer.close()
+    assert await count(store) == await count(store, "uniqExact(event_id)") == 25
+    assert consumer.value("beacon_consumer_dlq_records_total", reason="malformed_json") == 0
+    assert consumer.value("beacon_consumer_records_expired_total") == 0
+
+
 async def test_records_removed_past_the_commit_hold_back_neither_lag_nor_cuts_nor_a_replay(
     settings: ConsumerSettings, store: ChdbWriter, consumers: list[Consumer]
 ) -> None:
