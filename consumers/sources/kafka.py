@@ -75,17 +75,17 @@ class KafkaSource:
             client_id="beacon-consumer",
             enable_auto_commit=False,
             auto_offset_reset="earliest",
-            # Another producer's transactions (Kafka Connect, Flink, MirrorMaker): an aborted
-            # one's records are not events, and an open one's not yet; as Kafka's own clients
-            # and ClickHouse's Kafka engine read them. The ends read are then the last stable
-            # offsets, not the highwaters: an open transaction is not records waiting.
-            isolation_level="read_committed",
             # Heartbeats run in the background; a member also leaves the group when getmany()
             # is not called for max_poll_interval_ms (aiokafka's default, 5 minutes). The
             # pipeline polls at least every poll_interval_ms plus one insert attempt, and never
             # sleeps on a retry: it pauses the partition and keeps polling (with its buffers
             # full, for nothing: keep_alive).
             **{
+                # Another producer's transactions (Kafka Connect, Flink, MirrorMaker): an
+                # aborted one's records are not events, and an open one's not yet; as Kafka's
+                # own clients and ClickHouse's Kafka engine read them. The ends read are then
+                # the last stable offsets: an open transaction is not records waiting.
+                "isolation_level": "read_committed",
                 # aiokafka holds one fetch a partition until it is taken: this times the
                 # partitions owned is what waits outside the batch bound.
                 "max_partition_fetch_bytes": settings.kafka_partition_fetch_bytes,
