@@ -12,16 +12,7 @@ from analytics.store.readers import ChdbReader, HttpReader, Reader
 def open_writer(settings: StoreSettings) -> Writer:
     """The ClickHouse server at `clickhouse_url`, or the embedded store in `store_dir`."""
     if settings.clickhouse_url:
-        return HttpWriter(
-            settings.clickhouse_url,
-            settings.clickhouse_user,
-            settings.clickhouse_password,
-            compression=settings.clickhouse_compression,
-            day_timeout_s=settings.clickhouse_day_timeout_s,
-            cluster=settings.cluster,
-            replicas_cluster=settings.clickhouse_replicas_cluster,
-            insert_quorum=settings.clickhouse_insert_quorum,
-        )
+        return _http_writer(settings)
     from analytics.store.chdb import ChdbWriter  # chDB is a heavy import: only its owner pays
 
     return ChdbWriter(settings.store_dir)
@@ -30,5 +21,20 @@ def open_writer(settings: StoreSettings) -> Writer:
 def open_reader(settings: StoreSettings, writer: Writer) -> Reader:
     """A read-only way into the same store, apart from the writer (analytics/store/readers.py)."""
     if isinstance(writer, HttpWriter):
-        return HttpReader(writer, settings.read_limits)
+        # A writer of its own: a session takes one statement at a time, and a day's settling
+        # may hold the writer's for up to BEACON_CLICKHOUSE_DAY_TIMEOUT_S.
+        return HttpReader(_http_writer(settings), settings.read_limits, owns_writer=True)
     return ChdbReader(settings.store_dir, settings.read_limits)
+
+
+def _http_writer(settings: StoreSettings) -> HttpWriter:
+    return HttpWriter(
+        settings.clickhouse_url,
+        settings.clickhouse_user,
+        settings.clickhouse_password,
+        compression=settings.clickhouse_compression,
+        day_timeout_s=settings.clickhouse_day_timeout_s,
+        cluster=settings.cluster,
+        replicas_cluster=settings.clickhouse_replicas_cluster,
+        insert_quorum=settings.clickhouse_insert_quorum,
+    )

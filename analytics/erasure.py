@@ -218,19 +218,16 @@ async def delete_rows(
 ) -> int:
     """Delete the events any of `wheres` holds and rebuild the rollups of their days, and of
     `also_days` (ISO dates) whatever they hold; how many rows."""
-    with whole_days():  # the count and the DELETE read the months of the rows, the rebuild days
-        return await _delete_rows(writer, wheres, cluster, set(also_days))
-
-
-async def _delete_rows(
-    writer: Writer, wheres: list[str], cluster: Cluster | None, also: set[str]
-) -> int:
+    also = set(also_days)
     rows, days = 0, set[str]()
     for where in wheres:  # each counted after the DELETEs before it: a row counts once
-        # Its days and how many on each, in one scan of what `where` reads.
-        by_day = await writer.query(
-            f"SELECT toDate(received_at), count() FROM {EVENTS} WHERE {where} GROUP BY 1", "TSV"
-        )
+        # Its days and how many on each, in one scan of what `where` reads. This and the
+        # DELETE read whole months: held to the store's day timeout.
+        with whole_days():
+            by_day = await writer.query(
+                f"SELECT toDate(received_at), count() FROM {EVENTS} WHERE {where} GROUP BY 1",
+                "TSV",
+            )
         counts = dict(line.split("\t") for line in by_day.splitlines())
         if not counts:
             continue
@@ -239,7 +236,8 @@ async def _delete_rows(
         await due_before_erasure(writer, sorted(counts.keys() | also))
         days |= counts.keys() | also
         rows += sum(map(int, counts.values()))
-        await writer.execute(delete_statement(where, cluster))
+        with whole_days():
+            await writer.execute(delete_statement(where, cluster))
     if not days and also:
         await due_before_erasure(writer, sorted(also))
     days |= also

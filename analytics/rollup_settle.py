@@ -137,8 +137,7 @@ class Settler:
         async with self.lock:
             for day in days:
                 started = time.perf_counter()
-                with whole_days():
-                    await self._rebuild_day(day)
+                await self._rebuild_day(day)
                 log.info(
                     "rollups of %s %s in %.1fs",
                     day,
@@ -185,7 +184,7 @@ class Settler:
             await self._swap(rollup, day, f"{in_day} AND inserted_at < {cut}", settled)
             # Rows inserted after the cut, or while the partition was swapped: live again.
             live = rollup.select(source=self.events, where=f"{in_day} AND inserted_at >= {cut}")
-            await self.writer.execute(f"INSERT INTO {rollup.table}{self.suffix} {live}")
+            await self._day_statement(f"INSERT INTO {rollup.table}{self.suffix} {live}")
         if self.with_visits:
             await self._visits(day, settled)
         if await self._rows(f"SELECT mutation_id {self._deletes} {_not_in(done_before)}"):
@@ -270,7 +269,7 @@ class Settler:
             try:
                 where = f"toDate(received_at) = {day_literal(day)}"
                 made = visits.select(where, gap_s, self.events)
-                await self.writer.execute(f"INSERT INTO {stage} {made}")
+                await self._day_statement(f"INSERT INTO {stage} {made}")
                 [rows] = await self._rows(f"SELECT count() FROM {stage}")
                 verb = f"REPLACE {partition} FROM {stage}" if int(rows) else f"DROP {partition}"
                 await self.writer.execute(f"ALTER TABLE {visits.VISITS} {verb}")
@@ -281,6 +280,12 @@ class Settler:
             f"VALUES ({day_literal(day)}, {gap_s})"
         )
 
+    async def _day_statement(self, sql: str) -> None:
+        """A statement that reads a whole day of events: held to the store's day timeout
+        (analytics.store.whole_days), the run's small ones to a statement's."""
+        with whole_days():
+            await self.writer.execute(sql)
+
     async def _swap(self, rollup: Rollup, day: dt.date, where: str, settled: bool) -> None:
         """Replace the day's partition of `rollup` with rows recomputed from `where`."""
         stage = stage_name(f"{DATABASE}.{rollup.name}")
@@ -288,7 +293,7 @@ class Settler:
         await self.writer.execute(rollup.create_table(stage))
         try:
             recomputed = rollup.select(settled=settled, final=True, source=self.events, where=where)
-            await self.writer.execute(f"INSERT INTO {stage} {recomputed}")
+            await self._day_statement(f"INSERT INTO {stage} {recomputed}")
             partition = f"PARTITION tuple({day_literal(day)})"
             [rows] = await self._rows(f"SELECT count() FROM {stage}")
             if int(rows):

@@ -69,6 +69,7 @@ async def serve(settings: StoreSettings, host: str, port: int) -> None:
         await stop.wait()
     finally:
         await runner.cleanup()
+        await reader.close()
         await writer.close()
 
 

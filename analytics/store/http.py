@@ -217,6 +217,8 @@ class HttpWriter:
         try:
             async with self._one_at_a_time:
                 params = {**params, **STATEMENT_PARAMS}
+                if days:  # and a cluster's DELETE, ON CLUSTER, waits for its hosts as long
+                    params["distributed_ddl_task_timeout"] = f"{self.day_timeout_s:.0f}"
                 if in_session:
                     params |= self._server_session
                     if self._check_session and self._session_opened:

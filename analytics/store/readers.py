@@ -165,9 +165,11 @@ class HttpReader:
     (cancel_http_readonly_queries_on_client_close), which a cancelled caller does.
     """
 
-    def __init__(self, writer: HttpWriter, limits: ReadLimits) -> None:
+    def __init__(self, writer: HttpWriter, limits: ReadLimits, owns_writer: bool = False) -> None:
+        """`owns_writer`: `writer` is this reader's alone, closed with it."""
         self.limits = limits
         self._writer = writer
+        self._owns_writer = owns_writer
         self._settings = {**limits.settings(), "cancel_http_readonly_queries_on_client_close": "1"}
 
     async def query(self, sql: str, fmt: str = "JSONEachRow") -> str:
@@ -180,7 +182,8 @@ class HttpReader:
         return await self._writer.query(statement, fmt, self._settings)
 
     async def close(self) -> None:
-        pass  # the writer's session is the writer's to close
+        if self._owns_writer:
+            await self._writer.close()
 
 
 def _retrieve(work: asyncio.Future[str]) -> None:

@@ -242,6 +242,14 @@ class KafkaSource:
             return highwater
         return stable
 
+    def log_end(self, tp: TopicPartition) -> int | None:
+        """The highwater of the last fetch of `tp`: past its last stable offset, the records
+        of a transaction still open, and every record after them, wait for its end."""
+        if tp not in self.consumer.assignment():
+            return None
+        highwater: int | None = self.consumer.highwater(tp)
+        return highwater
+
     def assignment(self) -> Partitions:
         return set(self.consumer.assignment())
 

@@ -648,7 +648,10 @@ class KafkaFeed:
                 if current is None or current is not part:
                     continue  # revoked meanwhile
                 if tp in ends:
-                    lag = self.lag_records[tp] = max(0, ends[tp] - current.committed)
+                    # The records an open transaction holds back wait too: one left open (a
+                    # producer gone) must show as lag, and page, not hide behind its start.
+                    end = max(ends[tp], self.source.log_end(tp) or 0)
+                    lag = self.lag_records[tp] = max(0, end - current.committed)
                     self.metrics.lag_records.labels(tp.topic, str(tp.partition)).set(lag)
                 if tp in self.lag_records:  # unknown until an end offset was read
                     self.metrics.show_lag_seconds(

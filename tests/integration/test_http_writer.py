@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import datetime as dt
+import re
 import threading
 import time
 from pathlib import Path
@@ -412,7 +413,8 @@ async def test_settling_a_day_has_the_day_timeout_and_a_batch_its_own(tmp_path: 
             noon = dt.datetime.combine(day, dt.time(12), dt.UTC).timestamp()
             await writer.insert(EVENTS, rows(3, received_ms=int(noon * 1000)), "t-day")
             slow = threading.Event()
-            front.hold = lambda sql: slow if "_stage_" in sql.split("(")[0] else None
+            stage_insert = re.compile(r"INSERT INTO \S+_stage_")  # a day read into a stage
+            front.hold = lambda sql: slow if stage_insert.match(sql) else None
             asyncio.get_running_loop().call_later(2.0, slow.set)  # each stage's read: 2 s
             settler = Settler(writer, clock=lambda: noon + 86400, insert_margin_s=-5)
             assert await settler.settle_due() == [day]
@@ -423,6 +425,14 @@ async def test_settling_a_day_has_the_day_timeout_and_a_batch_its_own(tmp_path: 
             asyncio.get_running_loop().call_later(2.0, deleting.set)  # an erasure's: 2 s
             assert await erasure.erase(writer, "recipient", "rcpt-1") == 1
             assert front.run(f"SELECT {EVENTS_MERGED} FROM {rollup}") == "2\n"  # rebuilt
+            # The day's bound goes with the statements over days alone, and a cluster's
+            # DELETE (ON CLUSTER) waits for its hosts as long.
+            timeouts = {
+                s.statement.split()[0] + (" stage" if "_stage_" in s.statement else ""):
+                s.params.get("distributed_ddl_task_timeout") for s in front.seen
+            }  # fmt: skip
+            assert timeouts["DELETE"] == timeouts["INSERT stage"] == "60"
+            assert timeouts["SELECT"] is None and timeouts["CREATE"] is None
             batch = threading.Event()
             front.hold = lambda sql: batch if sql.startswith("INSERT") else None
             try:

@@ -48,9 +48,11 @@ HTTP_PARAMS = frozenset(
      "session_check", "query_id",
      "send_progress_in_http_headers")  # a setting, but chDB sends no headers: nothing to turn off
 )  # fmt: skip
-# Settings the HTTP writer sends with every statement (analytics/store/http.py), set in the main
-# session for the statement alone.
-PER_STATEMENT = frozenset(("empty_result_for_aggregation_by_empty_set",))
+# Settings the HTTP writer sends with every statement, or with those over whole days
+# (analytics/store/http.py), set in the main session for the statement alone.
+PER_STATEMENT = frozenset(
+    ("empty_result_for_aggregation_by_empty_set", "distributed_ddl_task_timeout")
+)
 SETTING_NAME_RE = re.compile(r"^[a-z_][a-z0-9_]{0,99}$")
 NUMBER_RE = re.compile(r"^-?\d+(\.\d+)?$")
 PLAIN_VALUE_RE = re.compile(r"^[A-Za-z0-9_.]{1,64}$")  # fits a connection string unquoted

@@ -69,6 +69,9 @@ class Broker:
     def highwater(self, tp: TopicPartition) -> int | None:
         return None
 
+    def log_end(self, tp: TopicPartition) -> int | None:
+        return None
+
     async def stop(self) -> None:
         pass
 
