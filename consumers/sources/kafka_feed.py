@@ -397,8 +397,13 @@ class KafkaFeed:
         when that is further. A recorded range read to a lagging highwater would be taken for
         ended, and the rest of it stored again as fresh records, without the id check: so
         while one waits, none is known until an end was listed since the partition was taken
-        (the lag watcher asks every LAG_INTERVAL_S), for up to a replay's wait."""
+        (the lag watcher asks every LAG_INTERVAL_S), for up to a replay's wait. And for one
+        that waits, the log's end itself: a range recorded by a member that read records of a
+        transaction still open (before consumers read committed ones only) ends past the last
+        stable offset, and would be taken for ended there."""
         fetched, listed = self.source.highwater(part.tp), self.listed_ends.get(part.tp)
+        if part.inflight is not None and not part.read_through() and fetched is not None:
+            fetched = max(fetched, self.source.log_end(part.tp) or 0)
         if listed is None:
             waiting = part.inflight is not None and not part.read_through()
             if waiting and now - part.adopted_at < self.replay_wait_s:

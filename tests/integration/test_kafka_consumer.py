@@ -1095,6 +1095,52 @@ class CrashAfterInsert(CrashAtInsert):
         raise Crash(token)
 
 
+async def test_a_range_recorded_past_an_open_transaction_waits_for_it_and_stores_once(
+    settings: ConsumerSettings, store: ChdbWriter, consumers: list[Consumer]
+) -> None:
+    """A member that read the records of open transactions (the release before consumers read
+    committed ones only) recorded a range past the last stable offset, stored it and died.
+    Its replay took the range for ended at that offset, and the rest came after the commit as
+    fresh records: stored again, without the replay's id check."""
+    settings = replace(settings, batch_max_rows=10_000, kafka_max_records=10_000)
+    events = [orjson.dumps(e) for e in mail_opens(20)]
+    await produce(settings.kafka_bootstrap, settings.kafka_topic, events[:10], partitions=(0,))
+    producer = AIOKafkaProducer(
+        bootstrap_servers=settings.kafka_bootstrap, transactional_id=f"t-{uuid.uuid4().hex}"
+    )
+    await producer.start()
+    try:
+        await producer.begin_transaction()
+        sent = [await producer.send(settings.kafka_topic, v, partition=0) for v in events[10:]]
+        await asyncio.gather(*sent)
+        uncommitted = {"isolation_level": "read_uncommitted"}
+        dying = Consumer(settings, CrashAfterInsert(store), **uncommitted)
+        with pytest.raises(Crash):
+            await asyncio.wait_for(dying.task, WAIT_S)
+        committed, _ = await group_offsets(
+            settings.kafka_bootstrap, settings.kafka_group, settings.kafka_topic
+        )
+        assert committed[0] == (0, inflight_metadata(0, 19))  # recorded past the open ones
+        assert await count(store) == 20
+
+        consumer = Consumer(settings, store)
+        consumers.append(consumer)
+        labels = {"topic": settings.kafka_topic, "partition": "0"}
+        registry = consumer.metrics.registry
+
+        async def ends_listed() -> bool:
+            return registry.get_sample_value("beacon_consumer_lag_records", labels) is not None
+
+        await wait_for(ends_listed, "the partition's end listed", consumer.task)
+        await asyncio.sleep(3 * settings.batch_max_age_ms / 1000)  # time to cut, were it cut
+        await producer.commit_transaction()
+    finally:
+        await producer.stop()
+    await wait_for(caught_up(consumer, settings.kafka_topic), "every lag at 0", consumer.task)
+    await consumer.close()
+    assert await count(store) == await count(store, "uniqExact(event_id)") == 20
+
+
 @pytest.mark.parametrize("per_record", [1, 3], ids=["one-event-records", "ndjson-chunks"])
 async def test_a_batch_stored_but_not_committed_is_replayed_with_its_offsets(
     settings: ConsumerSettings, store: ChdbWriter, consumers: list[Consumer], per_record: int
