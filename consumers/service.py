@@ -128,16 +128,18 @@ async def consume(settings: ConsumerSettings) -> None:
             loop = asyncio.get_running_loop()
             for sig in (signal.SIGTERM, signal.SIGINT):
                 loop.add_signal_handler(sig, stop.set)
+            # On a server the ingest and the settling have writers of their own: their
+            # statements run in sessions of their own, which the others and the query port's
+            # erasures never hold (a session takes one statement at a time, a day's settling
+            # up to BEACON_CLICKHOUSE_DAY_TIMEOUT_S, and a long one runs on after its client
+            # gave up). The embedded store is one writer.
+            exclusive = getattr(writer, "exclusive", False)
+            settle_writer = writer if exclusive else open_writer(settings)
+            ingest_writer = writer if exclusive else open_writer(settings)
             # Ended days of the rollups become sums (analytics/rollup_settle.py).
             settling = asyncio.create_task(
-                settle_loop(Settler(writer, visit_gap_s=settings.visit_gap_s), stop)
+                settle_loop(Settler(settle_writer, visit_gap_s=settings.visit_gap_s), stop)
             )
-            # On a server the ingest has a writer of its own: its statements run in sessions of
-            # their own, which the settling, the reads and the erasures (each session takes one
-            # statement at a time, and a long one runs on after its client gave up) never hold.
-            # The embedded store is one writer.
-            exclusive = getattr(writer, "exclusive", False)
-            ingest_writer = writer if exclusive else open_writer(settings)
             try:
                 await run_pipeline(settings, ingest_writer, metrics, stop)
             finally:
@@ -147,6 +149,8 @@ async def consume(settings: ConsumerSettings) -> None:
                 settling.cancel()
                 with contextlib.suppress(asyncio.CancelledError):
                     await settling
+                if settle_writer is not writer:
+                    await settle_writer.close()
         finally:
             await runner.cleanup()
     finally:

@@ -4,11 +4,15 @@ from __future__ import annotations
 
 import asyncio
 import datetime as dt
+import os
 import re
+import signal
+import sys
 import threading
 import time
 from pathlib import Path
 
+import aiohttp
 import orjson
 import pytest
 
@@ -449,6 +453,55 @@ def test_the_earlier_inserts_count_reads_clickhouses_own_processes_table(front) 
     assert front.run(earlier_inserts_sql("", 0.25, "spool-1")) == "0\n"
     for cluster, batch in (("", None), ("beacon", "spool-1")):
         front.run(f"EXPLAIN AST {earlier_inserts_sql(cluster, 0.25, batch)}")  # parses
+
+
+async def test_a_days_settling_holds_back_no_erasure_on_the_query_port(
+    tmp_path: Path, front: ClickHouseFront, writer: HttpWriter
+) -> None:
+    """A day's settling may take the server up to the day timeout: the query port's erasures
+    waited behind it, in the one writer's session."""
+    await migrate(writer, retention_days=0)  # merges on: an erasure's DELETE waits for its own
+    day = dt.date.today() - dt.timedelta(days=2)
+    noon_ms = int(dt.datetime.combine(day, dt.time(12), dt.UTC).timestamp() * 1000)
+    await writer.insert(EVENTS, rows(3, received_ms=noon_ms), "t-settled-day")
+    settling, held = threading.Event(), []
+    stage_insert = re.compile(r"INSERT INTO \S+_stage_")
+
+    def hold(statement: str) -> threading.Event | None:
+        if stage_insert.match(statement) and not held:  # the settling's, not the erasure's
+            held.append(statement)
+            return settling
+        return None
+
+    front.hold = hold
+    port = free_port()
+    env = {
+        **os.environ,
+        "BEACON_DATA_DIR": str(tmp_path / "data"),
+        "BEACON_CLICKHOUSE_URL": front.url,
+        "BEACON_CLICKHOUSE_USER": "beacon",
+        "BEACON_CLICKHOUSE_PASSWORD": PASSWORD,
+        "BEACON_STORE_PORT": str(port),
+    }
+    consumer = await asyncio.create_subprocess_exec(
+        sys.executable, "-m", "beacon", "consume", env=env
+    )
+    try:
+        deadline = time.monotonic() + 120
+        while not held:  # the consumer's settling reads the day
+            assert time.monotonic() < deadline and consumer.returncode is None
+            await asyncio.sleep(0.05)
+        body = {"field": "recipient", "value": "rcpt-1", "by": "test"}
+        async with aiohttp.ClientSession() as client:
+            answer = await client.post(f"http://127.0.0.1:{port}/erase", json=body, timeout=60)
+            assert answer.status == 200, await answer.text()
+            assert (await answer.json())["rows"] == 1
+        assert not settling.is_set() and front.running  # the day's read still runs
+    finally:
+        settling.set()
+        if consumer.returncode is None:
+            consumer.send_signal(signal.SIGTERM)
+        assert await asyncio.wait_for(consumer.wait(), 120) == 0
 
 
 async def test_a_consumer_whose_replicas_cluster_the_server_lacks_stops_at_start(
