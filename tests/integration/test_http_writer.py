@@ -455,22 +455,26 @@ def test_the_earlier_inserts_count_reads_clickhouses_own_processes_table(front) 
         front.run(f"EXPLAIN AST {earlier_inserts_sql(cluster, 0.25, batch)}")  # parses
 
 
-async def test_a_days_settling_holds_back_no_erasure_on_the_query_port(
+async def test_the_query_port_waits_behind_neither_a_days_settling_nor_an_erasure(
     tmp_path: Path, front: ClickHouseFront, writer: HttpWriter
 ) -> None:
-    """A day's settling may take the server up to the day timeout: the query port's erasures
-    waited behind it, in the one writer's session."""
+    """A day's settling may take the server up to the day timeout, an erasure's DELETE as
+    long: the query port's erasures waited behind the one, and its reads behind both, in the
+    one writer's session."""
     await migrate(writer, retention_days=0)  # merges on: an erasure's DELETE waits for its own
     day = dt.date.today() - dt.timedelta(days=2)
     noon_ms = int(dt.datetime.combine(day, dt.time(12), dt.UTC).timestamp() * 1000)
     await writer.insert(EVENTS, rows(3, received_ms=noon_ms), "t-settled-day")
-    settling, held = threading.Event(), []
+    settling, deleting, held = threading.Event(), threading.Event(), []
     stage_insert = re.compile(r"INSERT INTO \S+_stage_")
 
     def hold(statement: str) -> threading.Event | None:
         if stage_insert.match(statement) and not held:  # the settling's, not the erasure's
             held.append(statement)
             return settling
+        if statement.startswith("DELETE") and "rcpt-2" in statement:
+            held.append(statement)
+            return deleting
         return None
 
     front.hold = hold
@@ -491,14 +495,27 @@ async def test_a_days_settling_holds_back_no_erasure_on_the_query_port(
         while not held:  # the consumer's settling reads the day
             assert time.monotonic() < deadline and consumer.returncode is None
             await asyncio.sleep(0.05)
-        body = {"field": "recipient", "value": "rcpt-1", "by": "test"}
+        url = f"http://127.0.0.1:{port}"
         async with aiohttp.ClientSession() as client:
-            answer = await client.post(f"http://127.0.0.1:{port}/erase", json=body, timeout=60)
+            body = {"field": "recipient", "value": "rcpt-1", "by": "test"}
+            answer = await client.post(f"{url}/erase", json=body, timeout=60)
             assert answer.status == 200, await answer.text()
             assert (await answer.json())["rows"] == 1
-        assert not settling.is_set() and front.running  # the day's read still runs
+            body = {"field": "recipient", "value": "rcpt-2", "by": "test"}
+            erasing = asyncio.create_task(client.post(f"{url}/erase", json=body, timeout=120))
+            while len(held) < 2:  # its DELETE runs
+                assert time.monotonic() < deadline and not erasing.done()
+                await asyncio.sleep(0.05)
+            read = {"sql": f"SELECT count() AS n FROM {EVENTS}"}
+            answer = await client.post(f"{url}/query", json=read, timeout=60)
+            assert answer.status == 200, await answer.text()
+            assert await answer.text() == '{"n":2}\n'
+            assert front.running and not (settling.is_set() or deleting.is_set())  # both run
+            deleting.set()
+            assert (await (await erasing).json())["rows"] == 1
     finally:
         settling.set()
+        deleting.set()
         if consumer.returncode is None:
             consumer.send_signal(signal.SIGTERM)
         assert await asyncio.wait_for(consumer.wait(), 120) == 0
