@@ -18,9 +18,10 @@ def open_writer(settings: StoreSettings) -> Writer:
     return ChdbWriter(settings.store_dir)
 
 
-def open_reader(settings: StoreSettings, writer: Writer) -> Reader:
-    """A read-only way into the same store, apart from the writer (analytics/store/readers.py)."""
-    if isinstance(writer, HttpWriter):
+def open_reader(settings: StoreSettings) -> Reader:
+    """A read-only way into the same store, apart from the writer (analytics/store/readers.py);
+    the embedded store's once its owner opened it (open_writer)."""
+    if settings.clickhouse_url:
         # A writer of its own: a session takes one statement at a time, and a day's settling
         # may hold the writer's for up to BEACON_CLICKHOUSE_DAY_TIMEOUT_S.
         return HttpReader(_http_writer(settings), settings.read_limits, owns_writer=True)

@@ -87,7 +87,7 @@ async def run_kafka_pipeline(
 async def consume(settings: ConsumerSettings) -> None:
     """Consume until SIGTERM/SIGINT, then store what is already read and exit."""
     writer = open_writer(settings)
-    reader = open_reader(settings, writer)
+    reader = open_reader(settings)
     try:
         applied = await migrate(writer, settings.retention_days)
         if applied:

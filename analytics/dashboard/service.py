@@ -15,7 +15,7 @@ import sys
 from aiohttp import web
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
 
-from analytics.connect import open_reader, open_writer
+from analytics.connect import open_reader
 from analytics.dashboard.app import add_dashboard
 from analytics.settings import StoreSettings
 from analytics.store.readers import Reader
@@ -54,8 +54,7 @@ def create_dashboard_app(
 
 
 async def serve(settings: StoreSettings, host: str, port: int) -> None:
-    writer = open_writer(settings)  # the server's: dashboard_command requires its URL
-    reader = open_reader(settings, writer)
+    reader = open_reader(settings)  # the server's: dashboard_command requires its URL
     app = create_dashboard_app(reader, settings.dashboard_token, WebConfig.from_settings(settings))
     runner = web.AppRunner(app, access_log=None, handle_signals=False)
     await runner.setup()
@@ -70,7 +69,6 @@ async def serve(settings: StoreSettings, host: str, port: int) -> None:
     finally:
         await runner.cleanup()
         await reader.close()
-        await writer.close()
 
 
 def dashboard_command(settings: StoreSettings, args: argparse.Namespace) -> int:
