@@ -182,10 +182,21 @@ class ClickHouseFront:
     async def _ping(request: web.Request) -> web.Response:
         return web.Response(text="Ok.\n")
 
-    def run(self, sql: str, fmt: str = "TabSeparated") -> str:
-        """Execute on chDB directly (test set-up and checks, bypassing HTTP)."""
+    def run(
+        self, sql: str, fmt: str = "TabSeparated", pinned: Mapping[str, str] | None = None
+    ) -> str:
+        """Execute on chDB directly (test set-up and checks, bypassing HTTP), with the
+        `pinned` settings for it alone."""
         with self._lock:
-            result = self._session.query(sql, fmt)
+            pinned = pinned or {}
+            before = {k: self._setting(k) for k in pinned}
+            try:
+                for name, value in pinned.items():
+                    self._session.query(f"SET {name} = {literal(value)}")
+                result = self._session.query(sql, fmt)
+            finally:
+                for name, value in before.items():
+                    self._session.query(f"SET {name} = {literal(value)}")
         return result.data() if hasattr(result, "data") else str(result)
 
     async def _handle(self, request: web.Request) -> web.Response:
@@ -318,19 +329,10 @@ class ClickHouseFront:
         return {k: v for k, v in params.items() if k not in HTTP_PARAMS}
 
     def _execute(self, sql: str, fmt: str, pinned: Mapping[str, str]) -> str:
-        """`sql` in the main session, with the `pinned` settings for it alone."""
-        with self._lock:
-            before = {k: self._setting(k) for k in pinned}
-            try:
-                for name, value in pinned.items():
-                    self._session.query(f"SET {name} = {literal(value)}")
-                result = self._session.query(sql, fmt)
-            except Exception as exc:  # chDB's error types carry ClickHouse's "Code: N. ..." text
-                raise failure(exc) from None
-            finally:
-                for name, value in before.items():
-                    self._session.query(f"SET {name} = {literal(value)}")
-        return result.data() if hasattr(result, "data") else str(result)
+        try:
+            return self.run(sql, fmt, pinned)
+        except Exception as exc:  # chDB's error types carry ClickHouse's "Code: N. ..." text
+            raise failure(exc) from None
 
     def _setting(self, name: str) -> str:
         return str(self._session.query(f"SELECT getSetting('{name}')", "TSVRaw")).strip()
