@@ -4,6 +4,8 @@ Handlers only append bytes to a list; one pump task swaps the list out every `li
 and hands it to the sink, so no request ever waits on disk or network. With a write-ahead log
 (BEACON_DURABILITY=wal, collector/spool/wal.py) the event goes to the spool file instead, before
 the answer, and the pump only ages, fsyncs and recounts the log; the sink gets it from the spool.
+The sink's own flush (a spool's fsync) runs beside the pump, so a stalled disk never holds
+back the drain to a sink that still takes events.
 """
 
 from __future__ import annotations
@@ -51,6 +53,7 @@ class EventBuffer:
         self.idle_flush_s = None if idle_flush_ms is None else idle_flush_ms / 1000
         self._events: list[bytes] = []
         self._task: asyncio.Task[None] | None = None
+        self._flushing: asyncio.Task[None] | None = None  # the sink's flush in progress
         self._stop = asyncio.Event()
         self._closed = False
         self._refusal_logged = False  # the first event offered after close is logged
@@ -146,15 +149,31 @@ class EventBuffer:
                     last_flush = time.monotonic()
                     if self.wal is not None and await self.wal.sync():
                         await self.wal.rescan()
-                    await self.sink.flush()
+                    self._flush_aside()
             except Exception:  # a disk error must not stop the pump: the next tick retries
                 log.exception("buffer pump step failed")
+
+    def _flush_aside(self) -> None:
+        """Flush the sink beside the pump, one flush at a time. A Kafka sink's flush fsyncs
+        its spool: a disk that stalls there must not stop the drain to a broker that takes
+        the events, nor drop them as buffer_full while readiness says yes. A flush still
+        running at the next interval stands for that one too."""
+        if self._flushing is None or self._flushing.done():
+            self._flushing = asyncio.create_task(self._flush_sink(), name="beacon-sink-flush")
+
+    async def _flush_sink(self) -> None:
+        try:
+            await self.sink.flush()
+        except Exception:  # the next interval flushes again
+            log.exception("flushing the sink failed")
 
     async def close(self) -> None:
         """Stop the pump after its current batch, hand the rest to the sink, flush and close it."""
         self._stop.set()
         if self._task is not None:
             await self._task
+        if self._flushing is not None:
+            await self._flushing
         # No drain comes after the one below, and the log closes its last segment: an event
         # offered from now on (a connection that outlived the server's shutdown) is refused
         # and counted, not kept to be lost (in the log, in a segment none would close).

@@ -45,8 +45,6 @@ class KafkaSink:
         self._queued_at_s = 0.0  # time.monotonic() when _queue's oldest event came
         self._unacked_bytes = 0  # in _queue or in the producer: what the bound applies to
         self._watchers: set[asyncio.Task[None]] = set()
-        # SpoolSink does its file work in threads and is not thread-safe: one call at a time.
-        self._spool_lock = asyncio.Lock()
         self._wakeup = asyncio.Event()
         self._closing = False
         self._pump_task: asyncio.Task[None] | None = None
@@ -106,8 +104,7 @@ class KafkaSink:
         Deliberately does not wait for Kafka acks: the buffer calls this every flush interval
         and must not stall behind a slow broker; ack deadlines are the watchers' job.
         """
-        async with self._spool_lock:
-            await self.spool.flush()
+        await self.spool.flush()
 
     def healthy(self) -> bool:
         """Events can be taken without loss: by Kafka, or else by the spool (replayed later).
@@ -151,8 +148,7 @@ class KafkaSink:
             results = await asyncio.gather(*self._watchers, return_exceptions=True)
             for error in (r for r in results if isinstance(r, BaseException)):
                 log.error("a Kafka ack watcher failed; its events may be lost", exc_info=error)
-        async with self._spool_lock:
-            await self.spool.close()  # fsyncs and closes the open segment: replay can take it
+        await self.spool.close()  # fsyncs and closes the open segment: replay can take it
         # Kafka up: the spool goes now, not at a next start on this volume, which a pod
         # deleted (an emptyDir) never has; what Kafka was slow to take just now included.
         await self.replayer.drain(self.drain_s)
@@ -216,7 +212,6 @@ class KafkaSink:
         self.metrics.kafka_queue_bytes.set(self._unacked_bytes)
 
     async def _spill(self, events: list[bytes], reason: str) -> None:
-        async with self._spool_lock:
-            kept = await self.spool.keep(events)
+        kept = await self.spool.keep(events)
         # What the spool took: the rest is counted lost by it (spool_full, spool_error).
         self.metrics.kafka_spilled.labels(reason).inc(kept)

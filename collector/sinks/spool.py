@@ -19,7 +19,8 @@ from collector.spool.writer import Limits, SegmentWriter
 
 
 class SpoolSink:
-    """Sink that appends events to local segment files; all file work runs in a thread."""
+    """Sink that appends events to local segment files; all file work runs in a thread, one
+    call at a time (the segments are not thread-safe, and the buffer flushes while it sends)."""
 
     def __init__(
         self, directory: Path, metrics: CollectorMetrics, **limits: Unpack[Limits]
@@ -28,6 +29,7 @@ class SpoolSink:
         self.metrics = metrics
         self.segments = SegmentWriter(directory, metrics, label="spool", tag="", **limits)
         self._closed = False
+        self._lock = asyncio.Lock()
 
     # -- the protocol --------------------------------------------------------------------
 
@@ -37,8 +39,12 @@ class SpoolSink:
     async def keep(self, events: list[bytes]) -> int:
         """`send`, and how many of the events are in a segment now (the first ones); the
         rest are counted lost (`spool_full`, `spool_error`)."""
-        if self._closed:
-            raise RuntimeError("send after close")
+        async with self._lock:  # the room too: it is what the calls before left
+            if self._closed:
+                raise RuntimeError("send after close")
+            return await self._keep(events)
+
+    async def _keep(self, events: list[bytes]) -> int:
         room = self.segments.max_bytes - self.segments.used_bytes
         fits = 0
         size = 0
@@ -64,14 +70,15 @@ class SpoolSink:
         return fits
 
     async def flush(self) -> None:
-        try:
-            await asyncio.to_thread(self._flush, False)
-        except OSError as exc:
-            self.segments.failed(exc)
-        else:
-            # After an error no event may come while readiness fails: the rescan finds out
-            # whether the disk takes a write again, not only after the next successful one.
-            await self.segments.rescan()
+        async with self._lock:
+            try:
+                await asyncio.to_thread(self._flush, False)
+            except OSError as exc:
+                self.segments.failed(exc)
+            else:
+                # After an error no event may come while readiness fails: the rescan finds
+                # out whether the disk takes a write again, not only after the next success.
+                await self.segments.rescan()
 
     def healthy(self) -> bool:
         segments = self.segments
@@ -81,8 +88,10 @@ class SpoolSink:
         """Close the open segment. One that cannot be (EIO at its fsync, a rename refused)
         keeps its events in its `.open` file, which the next start closes: the close goes on,
         and a Kafka sink's still sends what is closed and stops its producer."""
-        if not self._closed:
-            self._closed = True
+        if self._closed:
+            return
+        self._closed = True
+        async with self._lock:
             try:
                 await asyncio.to_thread(self._flush, True)
             except OSError as exc:

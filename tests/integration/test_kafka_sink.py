@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import gc
+import threading
 import time
 import uuid
 from dataclasses import replace
@@ -137,6 +138,49 @@ async def test_queue_over_its_bound_spills_to_the_spool(
     assert metric_value(metrics, "beacon_kafka_events_total", outcome="acked") == len(events)
     assert sorted(events_in(await read_topic(kafka_bootstrap, kafka_topic))) == sorted(events)
     assert spooled_events(settings.spool_dir) == []
+
+
+async def test_a_spool_disk_that_stalls_at_its_flush_holds_back_no_event_from_kafka(
+    make_client, settings, metrics, kafka_bootstrap, kafka_topic
+):
+    kafka = {
+        "kafka_bootstrap": kafka_bootstrap,
+        "kafka_topic": kafka_topic,
+        "flush_interval_ms": 50,
+    }
+    inner = kafka_sink(replace(settings, **kafka), metrics)
+    sink = RecordingSink(inner)
+    stalled, release = threading.Event(), threading.Event()
+    flush_on_disk = inner.spool._flush
+
+    def stuck_disk(final: bool) -> None:  # an fsync that does not return (a hung volume)
+        if not final:
+            stalled.set()
+            release.wait(120)
+        flush_on_disk(final)
+
+    inner.spool._flush = stuck_disk  # type: ignore[method-assign]
+    client = await make_client(sink=sink, **kafka)
+    try:
+        await wait_for(sink.connected, 30, "the sink to reach Kafka")
+        await wait_for(stalled.is_set, 30, "the buffer to flush the spool")
+        for wave in range(4):  # past one flush interval: the buffer drains on meanwhile
+            await fire_pixels(client, wave * 50, 50)
+            await asyncio.sleep(0.1)
+
+        def acked() -> float:
+            return metric_value(metrics, "beacon_kafka_events_total", outcome="acked")
+
+        await wait_for(lambda: acked() == 200, 60, "every event acked with the flush stuck")
+        assert stalled.is_set() and not release.is_set()  # still stuck all along
+        assert metric_value(metrics, "beacon_events_dropped_total", reason="buffer_full") == 0
+        assert (await client.get("/readyz")).status == 200
+    finally:
+        release.set()
+    await client.close()
+
+    assert sorted(events_in(await read_topic(kafka_bootstrap, kafka_topic))) == sorted(sink.events)
+    assert len(sink.events) == 200
 
 
 def test_kafka_init_creates_both_topics_and_is_idempotent(kafka_bootstrap, capsys):
