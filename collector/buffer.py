@@ -54,6 +54,7 @@ class EventBuffer:
         self._events: list[bytes] = []
         self._task: asyncio.Task[None] | None = None
         self._flushing: asyncio.Task[None] | None = None  # the sink's flush in progress
+        self._flush_wanted = False  # another, once that one ends
         self._stop = asyncio.Event()
         self._closed = False
         self._refusal_logged = False  # the first event offered after close is logged
@@ -156,24 +157,29 @@ class EventBuffer:
     def _flush_aside(self) -> None:
         """Flush the sink beside the pump, one flush at a time. A Kafka sink's flush fsyncs
         its spool: a disk that stalls there must not stop the drain to a broker that takes
-        the events, nor drop them as buffer_full while readiness says yes. A flush still
-        running at the next interval stands for that one too."""
+        the events, nor drop them as buffer_full while readiness says yes. A flush wanted
+        while one runs comes right after it (the one at a pause closes the spool's segment:
+        not left for the next interval)."""
         if self._flushing is None or self._flushing.done():
             self._flushing = asyncio.create_task(self._flush_sink(), name="beacon-sink-flush")
+        else:
+            self._flush_wanted = True
 
     async def _flush_sink(self) -> None:
-        try:
-            await self.sink.flush()
-        except Exception:  # the next interval flushes again
-            log.exception("flushing the sink failed")
+        while True:
+            self._flush_wanted = False
+            try:
+                await self.sink.flush()
+            except Exception:  # the next interval flushes again
+                log.exception("flushing the sink failed")
+            if not self._flush_wanted:
+                return
 
     async def close(self) -> None:
         """Stop the pump after its current batch, hand the rest to the sink, flush and close it."""
         self._stop.set()
         if self._task is not None:
             await self._task
-        if self._flushing is not None:
-            await self._flushing
         # No drain comes after the one below, and the log closes its last segment: an event
         # offered from now on (a connection that outlived the server's shutdown) is refused
         # and counted, not kept to be lost (in the log, in a segment none would close).
@@ -184,6 +190,10 @@ class EventBuffer:
             except OSError:  # the sink still closes: its spool goes to Kafka, its producer stops
                 log.exception("closing the write-ahead log failed; recovery closes its segment")
         await self._drain_once()
+        # Only now: a flush that hangs (a stuck spool disk) holds back neither the last
+        # events from a sink that takes them nor the refusal of those after them.
+        if self._flushing is not None:
+            await self._flushing
         await self.sink.flush()
         await self.sink.close()
         self.metrics.fold()  # the last requests' counts
