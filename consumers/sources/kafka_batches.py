@@ -3,12 +3,14 @@
 A batch takes the records of every partition this member owns that are due, so a consumer
 makes about one insert an age (or a full batch) per table however many partitions it owns,
 and holds about one batch's bytes buffered besides the one on its way. The insert dedup token
-names the batch's offsets (`topic-partition-first-last-ms` for one partition, a hash of every
+names the batch's offsets (`topic-partition-first-last-ms-ms` for one partition, a hash of every
 partition's range for several), so a batch that may already be in ClickHouse must be formed
 again from exactly the same ranges after a crash or a rebalance, or the repeat gets a new token.
-`ms` is the timestamp of the range's first record: offsets restart at 0 when a topic is deleted
-and made again (which also drops its group's offsets), and without it the new topic's batches
-could name the old one's ranges and be dropped as their repeats. A record's timestamp never
+The `ms` are the timestamps of the range's first and last records: offsets restart at 0 when a
+topic is deleted and made again (which also drops its group's offsets), and a log that lost its
+tail (the only replica's disk, an unclean leader election) gives its offsets to new records
+after the ones it kept; without them such a range could name one stored before, starting with
+the same record, and be dropped as its repeat, its new events lost. A record's timestamp never
 changes, so a replay still reads the same token.
 
 Fresh batches are cut by rows (`batch_max_rows`: lines, a record may hold several), by bytes
@@ -50,7 +52,7 @@ from aiokafka import ConsumerRecord, TopicPartition
 
 from consumers.sources.protocol import Batch, join_lines, lines_of
 
-TOKEN_TOPIC_MAX_CHARS = 120  # leaves room for partition, offsets and time in TOKEN_RE's 200
+TOKEN_TOPIC_MAX_CHARS = 100  # leaves room for partition, offsets and times in TOKEN_RE's 200
 BATCH_HASH_CHARS = 32
 INFLIGHT_RE = re.compile(
     rf"^beacon-inflight:(\d+)-(\d+)(?::([0-9a-f]{{{BATCH_HASH_CHARS}}}):(\d+))?(:p)?\Z"
@@ -96,17 +98,28 @@ def _topic_part(topic: str) -> str:
     return topic
 
 
-def token_for(tp: TopicPartition, first: int, last: int, first_ms: int) -> str:
+def token_for(tp: TopicPartition, first: int, last: int, first_ms: int, last_ms: int) -> str:
     """The insert dedup token of records [first, last] of a partition, the first written at
-    `first_ms` (its incarnation: see the module's docstring)."""
-    return f"{_topic_part(tp.topic)}-{tp.partition}-{first}-{last}-{first_ms}"
+    `first_ms` and the last at `last_ms` (the log they are of: see the module's docstring)."""
+    return f"{_topic_part(tp.topic)}-{tp.partition}-{first}-{last}-{first_ms}-{last_ms}"
 
 
-def batch_hash(ranges: Iterable[tuple[TopicPartition, int, int, int]]) -> str:
-    """Names the ranges of a batch of several partitions (with each one's first record's
-    timestamp), whatever their order."""
-    text = ",".join(f"{tp.topic}:{tp.partition}:{a}-{b}:{ms}" for tp, a, b, ms in sorted(ranges))
+def batch_hash(ranges: Iterable[tuple[TopicPartition, int, int, int, int]]) -> str:
+    """Names the ranges of a batch of several partitions (with the timestamps of each one's
+    first and last records), whatever their order."""
+    text = ",".join(
+        f"{tp.topic}:{tp.partition}:{a}-{b}:{first_ms}-{last_ms}"
+        for tp, a, b, first_ms, last_ms in sorted(ranges)
+    )
     return hashlib.sha256(text.encode()).hexdigest()[:BATCH_HASH_CHARS]
+
+
+def _span(
+    tp: TopicPartition, records: list[ConsumerRecord]
+) -> tuple[TopicPartition, int, int, int, int]:
+    """What a token names of a partition's records: offsets and times of the first and last."""
+    first, last = records[0], records[-1]
+    return tp, first.offset, last.offset, first.timestamp, last.timestamp
 
 
 class Member(NamedTuple):
@@ -131,10 +144,7 @@ class KafkaBatch(Batch):
         self.members = members
         # (first, last) offset of each partition's records.
         self.ranges = {tp: (records[0].offset, records[-1].offset) for tp, records, _ in members}
-        spans = [
-            (m.tp, m.records[0].offset, m.records[-1].offset, m.records[0].timestamp)
-            for m in members
-        ]
+        spans = [_span(m.tp, m.records) for m in members]
         self.hash = batch_hash(spans) if len(members) > 1 else ""
         if self.hash:
             token = f"{_topic_part(members[0].tp.topic)}-b-{self.hash}"

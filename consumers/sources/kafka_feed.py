@@ -544,14 +544,17 @@ class KafkaFeed:
         """The partition's log ends (the fetch's high watermark) before the offset read to
         here: the broker lost it (the only replica's disk, an unclean leader election) or the
         topic was made again, and the client, asked past the end, starts again at the log's
-        start (auto_offset_reset). Its records from there are new, not read twice."""
+        start (auto_offset_reset). Its records from there are new, or, of a log that lost
+        only its tail, ones it kept: those are stored again, copies with their event ids that
+        every reader counts once."""
         highwater = self.source.highwater(part.tp)
         return highwater is not None and highwater < part.next_offset
 
     def _restart(self, part: PartitionBuffer, offset: int) -> None:
         """Read `part` on from `offset`, where its log starts again: a range recorded in
         flight there was of the log before (its batch may have been stored), and tokens name
-        each range's first timestamp too, so no range of the new log is taken for the old's."""
+        the timestamps of each range's first and last records too, so no range of the new log
+        is taken for the old's, even one that starts with a record the log kept."""
         self.metrics.partition_restarts.inc()
         log.warning("%s: the log ends before offset %d read here; it starts again at %d (the "
                     "broker lost it, or the topic was made again)", part.tp, part.next_offset,

@@ -39,6 +39,7 @@ from consumers.dlq import (
     DeadLetters,
 )
 from consumers.enrich import Enricher
+from consumers.ingest import Ingest
 from consumers.metrics import CUT_REASONS, ConsumerMetrics
 from consumers.pipeline import Pipeline
 from consumers.service import run_kafka_pipeline
@@ -55,6 +56,7 @@ from consumers.sources.kafka_batches import (
     token_for,
 )
 from consumers.sources.kafka_feed import KafkaFeed
+from consumers.sources.protocol import join_lines
 from tests.support.chdb_events import ErasedBeforeTheInsert, mail_opens
 from tests.support.helpers import free_port, metric_value, store_port_query
 
@@ -302,8 +304,9 @@ def test_inflight_metadata_round_trips() -> None:
 def test_the_longest_token_is_one_the_store_takes() -> None:
     for topic in ("t" * 120, "t" * 249):  # the longest kept whole; one shortened to a hash
         tp = TopicPartition(topic, 2**31 - 1)
-        assert TOKEN_RE.match(token_for(tp, 2**63 - 2, 2**63 - 1, 2**63 - 1))
-    assert token_for(tp, 0, 1, 5) != token_for(tp, 0, 1, 6)  # a topic made again
+        assert TOKEN_RE.match(token_for(tp, 2**63 - 2, 2**63 - 1, 2**63 - 1, 2**63 - 1))
+    assert token_for(tp, 0, 1, 5, 7) != token_for(tp, 0, 1, 6, 7)  # a topic made again
+    assert token_for(tp, 0, 1, 5, 7) != token_for(tp, 0, 1, 5, 8)  # a log that lost its tail
 
 
 def test_a_recorded_range_is_replayed_exactly_whatever_the_row_limit() -> None:
@@ -315,7 +318,7 @@ def test_a_recorded_range_is_replayed_exactly_whatever_the_row_limit() -> None:
     part.add(records(tp, range(103, 110)), now=9.0)
     batch = cut_one(part, now=9.0, max_rows=2)
     assert batch is not None and batch.replay and not batch.partial
-    assert (span(batch), batch.token, batch.cut_by) == ((100, 104), "t-0-100-104-0", "replay")
+    assert (span(batch), batch.token, batch.cut_by) == ((100, 104), "t-0-100-104-0-0", "replay")
     fresh = cut_one(part, now=9.0, max_rows=2)
     assert fresh is not None and not fresh.replay and span(fresh) == (105, 106)
 
@@ -406,7 +409,7 @@ def test_a_recorded_batch_is_formed_again_or_only_its_missing_events_go_in() -> 
     alone.add(records(tps[1], range(4)), now=0.0)
     partial = cut([alone], {tps[1]: 4}, 0.0, (1, 1, 1.0), False)
     assert partial is not None and partial.replay and partial.partial
-    assert partial.ranges == {tps[1]: (0, 3)} and partial.token == "t-1-0-3-0"
+    assert partial.ranges == {tps[1]: (0, 3)} and partial.token == "t-1-0-3-0-0"
 
 
 def test_a_partial_replay_recorded_in_flight_is_replayed_partial_again() -> None:
@@ -464,7 +467,7 @@ def test_a_range_never_read_holds_back_neither_its_batch_for_good_nor_other_part
     again[1].add(records(tps[1], range(4)), now=waited + 6)  # its leader is back
     late = cut(parts, {**highwaters, tps[1]: 4}, waited + 6, limits, False)
     assert late is not None and late.replay and late.partial and late.cut_by == "replay"
-    assert late.ranges == {tps[1]: (0, 3)} and late.token == "t-1-0-3-0"
+    assert late.ranges == {tps[1]: (0, 3)} and late.token == "t-1-0-3-0-0"
 
 
 class PollRecorder:
@@ -678,6 +681,39 @@ async def test_a_partition_whose_log_starts_again_below_the_commit_is_read_from_
     await consumer.close()
     stored = set((await store.query(f"SELECT toString(event_id) FROM {EVENTS}", "TSV")).split())
     assert stored == {e["event_id"] for e in events} and await count(store) == len(events)
+
+
+async def test_a_batch_of_a_log_that_lost_its_tail_is_not_taken_for_one_stored_before(
+    settings: ConsumerSettings, store: ChdbWriter, consumers: list[Consumer]
+) -> None:
+    """The broker lost the tail of a partition's log (the only replica's disk, an unclean
+    leader election) and new records took its offsets. A batch read again over the same
+    offsets as one stored before starts with the same record (the log kept it), and its token
+    named no more than that: the insert was dropped as that batch's repeat, and its new events
+    were lost without a count."""
+    bootstrap, topic = settings.kafka_bootstrap, settings.kafka_topic
+    kept, lost, new = mail_opens(5), mail_opens(5, start=5), mail_opens(5, start=10)
+    await produce(bootstrap, topic, [orjson.dumps(e) for e in [*kept, *new]], partitions=(0,))
+    records = sorted(await read_topic(bootstrap, topic, 10), key=lambda r: r.offset)
+    assert [r.offset for r in records] == list(range(10))
+    # What the log held before: the kept records, then the lost ones, stored as one batch of
+    # offsets 0-9 (the last written before the new ones) and committed past them.
+    p0 = TopicPartition(topic, 0)
+    before = token_for(p0, 0, 9, records[0].timestamp, records[0].timestamp + 1)
+    await Ingest(store).store(join_lines([orjson.dumps(e) for e in [*kept, *lost]]), before)
+    await commit_for_group(settings, {p0: (500, "")})  # the log now ends below the commit
+    consumer = Consumer(settings, store)
+    consumers.append(consumer)
+
+    async def committed_at_the_end() -> bool:
+        committed, _ = await group_offsets(bootstrap, settings.kafka_group, topic)
+        return committed.get(0) == (10, "")
+
+    await wait_for(committed_at_the_end, "the new log read and committed", consumer.task)
+    await consumer.close()
+    assert consumer.value("beacon_consumer_partition_restarts_total") == 1
+    stored = set((await store.query(f"SELECT toString(event_id) FROM {EVENTS}", "TSV")).split())
+    assert stored == {e["event_id"] for e in [*kept, *lost, *new]}
 
 
 async def test_transaction_markers_are_not_counted_as_records_the_broker_removed(
