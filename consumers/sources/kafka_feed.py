@@ -422,11 +422,25 @@ class KafkaFeed:
         assert isinstance(batch, KafkaBatch)
         rejects = batch.rejected_lines()
         # A slow DLQ broker (a quota, a broker catching up) can hold this step long.
-        await self.alive_through(self.dead_letters.send(rejects))
+        try:
+            await self.alive_through(self.dead_letters.send(rejects))
+        except KafkaError:
+            # A dead-letter topic deleted meanwhile (a purge) is made again, as at the start:
+            # brokers here create no topic a producer asks for, and every member's next bad
+            # line would hold its batch, and all after it, until a restart.
+            try:
+                await self.alive_through(self._ensure_dead_letter_topic())
+            except (KafkaError, TimeoutError) as exc:
+                log.warning("the dead-letter topic %s could not be checked: %r",
+                            self.dead_letters.topic, exc)  # fmt: skip
+            raise
         for record, line, value, reason in rejects:
             self.metrics.dlq_records.labels(reason).inc()
             log.warning("%s-%d offset %d line %d (%d bytes) dead-lettered: %s", record.topic,
                         record.partition, record.offset, line, len(value), reason)  # fmt: skip
+
+    async def _ensure_dead_letter_topic(self) -> None:
+        await asyncio.wait_for(self.source.ensure_topic(self.dead_letters.topic), LAG_ASK_TIMEOUT_S)
 
     async def alive_through(self, step: Awaitable[T]) -> T:
         """Await `step` while the group hears from this member. A step of the loop longer

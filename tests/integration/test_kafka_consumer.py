@@ -1301,6 +1301,43 @@ async def through_to_the_dlq(
     return consumer, dead
 
 
+async def test_a_dead_letter_topic_deleted_meanwhile_is_made_again_not_waited_for(
+    settings: ConsumerSettings, store: ChdbWriter, consumers: list[Consumer]
+) -> None:
+    """The DLQ topic deleted while the consumers run (a purge), on brokers that create no
+    topic a producer asks for: the next bad line's batch failed at its DLQ step at every try,
+    and every batch after it waited, until a restart made the topic again."""
+    bootstrap, dlq = settings.kafka_bootstrap, settings.kafka_dlq_topic
+    first = [orjson.dumps(e) for e in mail_opens(6)]
+    await produce(bootstrap, settings.kafka_topic, [*first, b"{not json"])
+    consumer = Consumer(settings, store)
+    consumers.append(consumer)
+    assert len(await read_topic(bootstrap, dlq, 1)) == 1
+    admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap)
+    await admin.start()
+    try:
+        await admin.delete_topics([dlq])
+        deadline = time.monotonic() + WAIT_S
+        while dlq in await admin.list_topics():
+            assert time.monotonic() < deadline, "the dead-letter topic was not deleted"
+            await asyncio.sleep(0.2)
+    finally:
+        await admin.close()
+
+    then = [orjson.dumps(e) for e in mail_opens(6, start=6)]
+    await produce(bootstrap, settings.kafka_topic, [b'{"no_event_id": 1}', *then])
+
+    async def committed_at_the_end() -> bool:
+        committed, ends = await group_offsets(bootstrap, settings.kafka_group, settings.kafka_topic)
+        return {p: c[0] for p, c in committed.items()} == ends
+
+    await wait_for(committed_at_the_end, "every record committed", consumer.task)
+    await consumer.close()
+    assert await count(store, "uniqExact(event_id)") == len(first) + len(then)
+    [dead] = await read_topic(bootstrap, dlq, 1)  # the topic made again holds the new one
+    assert dead.value == b'{"no_event_id": 1}'
+
+
 async def test_undecodable_records_go_to_the_dlq_and_the_rest_is_stored(
     settings: ConsumerSettings, store: ChdbWriter, consumers: list[Consumer]
 ) -> None:
