@@ -171,8 +171,26 @@ class Settler:
         # From here on, reports read this day from raw events. The run's "done" is versioned
         # just after its own start, not at its end: another rebuild of the day that began in
         # the meantime (another consumer, an erasure) keeps the day not done until it ends
-        # itself, so a run cut short between its swap and its live rows leaves the day due.
+        # itself, so a run cut short between its swap and its live rows leaves the day due;
+        # one cut short after a later one ended marks it due again.
         started_us = await self.mark_due(day)
+        try:
+            await self._recompute(day, started_us)
+        except BaseException:
+            # Cut short (a store error, a stop) after a run of the day that began later and
+            # ended first (an erasure's rebuild) marked it done over this run's start: a swap
+            # of this one, read before that erasure's DELETE, may have landed after it.
+            await asyncio.shield(self._due_again(day))
+            raise
+
+    async def _due_again(self, day: dt.date) -> None:
+        try:
+            await self.mark_due(day)
+        except StoreError as exc:  # the store failed the run too: a pass may find it done
+            log.warning("rollups of %s: a run cut short could not mark the day due: %s",
+                        day, exc)  # fmt: skip
+
+    async def _recompute(self, day: dt.date, started_us: int) -> None:
         # The DELETEs done before this run reads anything: what they deleted is gone from all
         # it reads. One not among them at the end (made meanwhile, or running) may not be.
         done_before = await self._rows(f"SELECT mutation_id {self._deletes} AND is_done")

@@ -119,6 +119,34 @@ def compare(store: Store, window: Window, thorough: bool = False) -> dict[str, A
     return out
 
 
+def test_a_rebuild_cut_short_after_a_later_one_ended_leaves_the_day_due(
+    store: Store, now: dt.datetime
+) -> None:
+    # A settling pass read the day; an erasure then deleted a person's rows and its rebuild,
+    # begun later, ended first and marked the day done. The pass's swap landed after it (the
+    # person in it) and the pass stopped before its end. The rebuild's done stood over that
+    # swap: reports read the day from its rollups, the person counted in them.
+    store.add(traffic(now, 1, 2))
+    day = now.date() - dt.timedelta(days=2)
+    noon, ticks = day_start_ms(now, 0) / 1000 + 12 * 3600, itertools.count()
+
+    def clock() -> float:  # every reading a millisecond later than the one before
+        return noon + next(ticks) / 1000
+
+    async def erase_meanwhile() -> None:
+        assert await erasure.erase(store.writer, "recipient", "r1") > 0
+
+    writer = Interleaved(CutAfterFirstSwap(store.writer), erase_meanwhile)
+    with pytest.raises(Cut):
+        run(Settler(writer, clock=clock, insert_margin_s=-5).rebuild([day]))
+    settler = Settler(store.writer, clock=clock, insert_margin_s=-5)
+    assert run(settler.due_days()) == [day]
+    compare(store, window_days(now, 4))  # the day read from raw events until the next pass
+    run(settler.settle_due())
+    assert run(settler.due_days()) == []
+    compare(store, window_days(now, 4))
+
+
 @pytest.fixture
 def store(tmp_path: Path) -> Iterator[Store]:
     s = Store(tmp_path / "clickhouse")
