@@ -128,10 +128,7 @@ def test_a_rebuild_cut_short_after_a_later_one_ended_leaves_the_day_due(
     # swap: reports read the day from its rollups, the person counted in them.
     store.add(traffic(now, 1, 2))
     day = now.date() - dt.timedelta(days=2)
-    noon, ticks = day_start_ms(now, 0) / 1000 + 12 * 3600, itertools.count()
-
-    def clock() -> float:  # every reading a millisecond later than the one before
-        return noon + next(ticks) / 1000
+    clock = ticking_noon(now)
 
     async def erase_meanwhile() -> None:
         assert await erasure.erase(store.writer, "recipient", "r1") > 0
@@ -420,6 +417,13 @@ def test_a_report_a_rebuild_began_under_is_read_again(store: Store, now: dt.date
         run(settler_of(store, now).settle_due())  # today done again, for the next view
 
 
+def ticking_noon(now: dt.datetime) -> Callable[[], float]:
+    """A settler's clock at noon of `now`'s day, every reading a millisecond later than the
+    one before."""
+    noon, ticks = day_start_ms(now, 0) / 1000 + 12 * 3600, itertools.count()
+    return lambda: noon + next(ticks) / 1000
+
+
 def test_a_rebuild_cut_short_while_another_ran_leaves_the_day_due(
     store: Store, now: dt.datetime
 ) -> None:
@@ -427,11 +431,7 @@ def test_a_rebuild_cut_short_while_another_ran_leaves_the_day_due(
     # and the end of its run. The first one's end must not mark the day done over it.
     store.add(traffic(now, 1, 1))
     yesterday = now.date() - dt.timedelta(days=1)
-    noon, ticks = day_start_ms(now, 0) / 1000 + 12 * 3600, itertools.count()
-
-    def clock() -> float:  # every reading a millisecond later than the one before
-        return noon + next(ticks) / 1000
-
+    clock = ticking_noon(now)
     second = Settler(CutAfterFirstSwap(store.writer), clock=clock, insert_margin_s=-5)
 
     async def second_run() -> None:
