@@ -186,7 +186,8 @@ class Settler:
     async def _due_again(self, day: dt.date) -> None:
         try:
             await self.mark_due(day)
-        except StoreError as exc:  # the store failed the run too: a pass may find it done
+        except Exception as exc:  # best effort: what cut the run short goes on, not this
+            # (the store failed the run too, or is closing: a pass may find the day done)
             log.warning("rollups of %s: a run cut short could not mark the day due: %s",
                         day, exc)  # fmt: skip
 
