@@ -105,7 +105,10 @@ def campaign_report(
     )
     # Each read with its own memory of answers: one read again must ask again.
     return steady(
-        query, source, lambda: _report(memo(query), campaign, sent, source, window, filters)
+        query,
+        source,
+        lambda: _report(memo(query), campaign, sent, source, window, filters),
+        window,
     )
 
 

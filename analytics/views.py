@@ -92,7 +92,7 @@ class Request:
 
 def view_rows(query: Query, request: Request) -> list[dict[str, Any]]:
     """The rows of `request.view`, ordered by their keys (pages, referrers: most viewed)."""
-    return steady(query, request.source, lambda: _view_rows(query, request))
+    return steady(query, request.source, lambda: _view_rows(query, request), request.window)
 
 
 def _view_rows(query: Query, request: Request) -> list[dict[str, Any]]:

@@ -43,7 +43,7 @@ def dashboard_data(
     """The page's numbers: sites for the picker, the web figures, the email and ad ones."""
     # Read again whole if a day was marked meanwhile (funnel.steady), each time with its own
     # memory of answers.
-    return steady(query, "rollup", lambda: _data(memo(query), window, group, filters, web))
+    return steady(query, "rollup", lambda: _data(memo(query), window, group, filters, web), window)
 
 
 def _data(
