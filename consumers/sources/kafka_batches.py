@@ -142,9 +142,9 @@ class KafkaBatch(Batch):
         partial: bool = False,
     ):
         self.members = members
-        # (first, last) offset of each partition's records.
-        self.ranges = {tp: (records[0].offset, records[-1].offset) for tp, records, _ in members}
         spans = [_span(m.tp, m.records) for m in members]
+        # (first, last) offset of each partition's records.
+        self.ranges = {tp: (first, last) for tp, first, last, _, _ in spans}
         self.hash = batch_hash(spans) if len(members) > 1 else ""
         if self.hash:
             token = f"{_topic_part(members[0].tp.topic)}-b-{self.hash}"

@@ -429,7 +429,8 @@ class KafkaFeed:
             # brokers here create no topic a producer asks for, and every member's next bad
             # line would hold its batch, and all after it, until a restart.
             try:
-                await self.alive_through(self._ensure_dead_letter_topic())
+                topic = self.source.ensure_topic(self.dead_letters.topic)
+                await self.alive_through(asyncio.wait_for(topic, LAG_ASK_TIMEOUT_S))
             except (KafkaError, TimeoutError) as exc:
                 log.warning("the dead-letter topic %s could not be checked: %r",
                             self.dead_letters.topic, exc)  # fmt: skip
@@ -438,9 +439,6 @@ class KafkaFeed:
             self.metrics.dlq_records.labels(reason).inc()
             log.warning("%s-%d offset %d line %d (%d bytes) dead-lettered: %s", record.topic,
                         record.partition, record.offset, line, len(value), reason)  # fmt: skip
-
-    async def _ensure_dead_letter_topic(self) -> None:
-        await asyncio.wait_for(self.source.ensure_topic(self.dead_letters.topic), LAG_ASK_TIMEOUT_S)
 
     async def alive_through(self, step: Awaitable[T]) -> T:
         """Await `step` while the group hears from this member. A step of the loop longer
