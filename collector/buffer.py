@@ -58,21 +58,25 @@ class EventBuffer:
         self._stop = asyncio.Event()
         self._closed = False
         self._refusal_logged = False  # the first event offered after close is logged
+        # Why the last offer was refused (a drop reason): a request's outcome names it.
+        self.refused = ""
 
     def __len__(self) -> int:
         return len(self._events)
 
     def offer(self, event: bytes) -> bool:
-        """Append one event; False (and counted) when the buffer (or the log) is full, or
-        closed."""
+        """Append one event; False (counted, and `refused` says why) when the buffer (or the
+        log) is full or fails, or the buffer is closed."""
         if self._closed:
             self._refuse_closed(1)
             return False
         if self.wal is not None:
-            return self.wal.append(event)
-        if len(self._events) >= self.max_events or self._bytes + len(event) > self.max_bytes:
-            self.metrics.events_dropped.labels("buffer_full").inc()
+            if self.wal.append(event):
+                return True
+            self.refused = self.wal.refused
             return False
+        if len(self._events) >= self.max_events or self._bytes + len(event) > self.max_bytes:
+            return self._refuse("buffer_full", 1)
         self._bytes += len(event)
         # An exact-size copy: orjson returns its output in the block it wrote into, 4 KiB for
         # a 500-byte event. Kept until the tick and in the Kafka sink's queue until acked,
@@ -89,18 +93,25 @@ class EventBuffer:
             self._refuse_closed(len(events))
             return False
         if self.wal is not None:
-            return self.wal.append_all(events)
+            if self.wal.append_all(events):
+                return True
+            self.refused = self.wal.refused
+            return False
         size = sum(map(len, events))
         if len(self._events) + len(events) > self.max_events or self._bytes + size > self.max_bytes:
-            self.metrics.events_dropped.labels("buffer_full").inc(len(events))
-            return False
+            return self._refuse("buffer_full", len(events))
         self._bytes += size
         self._events.extend(b"%b" % event for event in events)  # exact-size copies, as offer
         return True
 
+    def _refuse(self, reason: str, count: int) -> bool:
+        self.refused = reason
+        self.metrics.events_dropped.labels(reason).inc(count)
+        return False
+
     def _refuse_closed(self, count: int) -> None:
         # Logged too: past the stop, /metrics is rarely scraped again.
-        self.metrics.events_dropped.labels("shutdown").inc(count)
+        self._refuse("shutdown", count)
         if not self._refusal_logged:
             self._refusal_logged = True
             log.warning("events came after the buffer closed (a connection outlived the "

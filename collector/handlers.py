@@ -246,7 +246,7 @@ class Collector:
             self.metrics.events_dropped.labels(prepared.outcome).inc()
             return prepared.outcome
         if not self.buffer.offer(prepared.blob):
-            return "buffer_full"
+            return self.buffer.refused  # buffer_full, spool_full, spool_error or shutdown
         self._count_recorded(prepared)
         return "recorded"
 

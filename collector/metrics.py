@@ -53,11 +53,14 @@ def _subclasses(cls: type[BaseException]) -> Iterable[type[BaseException]]:
 # would miss it. Dynamic sets are kept beside the code that makes them (collector/event.py,
 # json_event.py, signing.py, destinations.py); tests/unit/test_metric_labels.py checks that every
 # label the code emits is in here.
+# A pixel or click answered while its event was refused on its way to the sink
+# (collector/buffer.py, collector/spool/wal.py): the reason it was dropped.
+BUFFER_REFUSALS = ("buffer_full", "spool_full", "spool_error", "shutdown")
 PIXEL_OUTCOMES = ("recorded", "rejected", "unverified", "head", "dnt", "no_consent",
-                  "buffer_full", "rate_limited", "error")  # fmt: skip
+                  *BUFFER_REFUSALS, "rate_limited", "error")  # fmt: skip
 EVENTS_OUTCOMES = ("recorded", "400", "413", "415", "429", "503")  # POST /e: 204 or the status
 CLICK_OUTCOMES = ("recorded", "rejected", "refused", "head", "dnt", "no_consent",
-                  "buffer_full")  # fmt: skip
+                  *BUFFER_REFUSALS)  # fmt: skip
 REQUEST_OUTCOMES: dict[str, tuple[str, ...]] = {
     "pixel": PIXEL_OUTCOMES,
     "events": EVENTS_OUTCOMES,

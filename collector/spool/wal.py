@@ -47,6 +47,7 @@ class WriteAheadLog:
         self.segments = SegmentWriter(directory, metrics, label="WAL", tag="w", **limits)
         # Segments left `.open` (their rename failed): closed by `tick` once their fds are.
         self.abandoned: set[Path] = set()
+        self.refused = ""  # why the last write refused its events (a drop reason)
 
     def append(self, event: bytes) -> bool:
         """Write one event ahead of its answer; False (and counted) when it cannot be."""
@@ -60,8 +61,7 @@ class WriteAheadLog:
     def _write(self, data: bytes, count: int) -> bool:
         segments = self.segments
         if segments.used_bytes + len(data) > segments.max_bytes:
-            self.metrics.events_dropped.labels("spool_full").inc(count)
-            return False
+            return self._refuse("spool_full", count)
         written = self._try_write(data)
         if not written and segments.at_file_limit:
             # The segment reached the file size limit (EFBIG): closed, and the events
@@ -69,12 +69,16 @@ class WriteAheadLog:
             self._close_segment()
             written = self._try_write(data)
         if not written:
-            self.metrics.events_dropped.labels("spool_error").inc(count)
-            return False
+            return self._refuse("spool_error", count)
         self.metrics.wal_events.inc(count)
         if segments.full():
             self._close_segment()
         return True
+
+    def _refuse(self, reason: str, count: int) -> bool:
+        self.refused = reason
+        self.metrics.events_dropped.labels(reason).inc(count)
+        return False
 
     def _try_write(self, data: bytes) -> bool:
         """All of `data` into the open segment, or none of it (the writer records why)."""

@@ -216,6 +216,12 @@ async def test_wal_spool_full_is_counted_and_recovers(spool_client, settings, me
     dropped = metric_value(metrics, "beacon_events_dropped_total", reason="spool_full")
     kept = on_disk(settings.spool_dir)
     assert dropped > 0 and len(kept) + dropped == 40
+    # Each such pixel's request says why its event was lost, as the drop does.
+    requests = {"endpoint": "pixel", "outcome": "spool_full"}
+    assert metric_value(metrics, "beacon_requests_total", **requests) == dropped
+    assert (
+        metric_value(metrics, "beacon_requests_total", endpoint="pixel", outcome="buffer_full") == 0
+    )
     busy = await client.post("/e", json={"e": "click", "p": {"n": "100"}})
     assert busy.status == 503  # a POST client can retry later
     assert (await busy.json())["error"] == "busy"

@@ -260,9 +260,18 @@ def erase_outcomes() -> Values:
     return call_args("analytics/query_server.py", "Outcome", 0)
 
 
+def refusals() -> Values:
+    """Why the buffer or the write-ahead log refused an event (their `refused`): the reason of
+    each `self._refuse(...)` there."""
+    return call_args("collector/buffer.py", "self._refuse", 0) | call_args(
+        "collector/spool/wal.py", "self._refuse", 0
+    )
+
+
 def commit_outcomes() -> Values:
-    """What Collector.commit gives: buffered, buffer full, or why a built event is not stored."""
-    return returned("collector/handlers.py", "Collector.commit") | prepared_outcomes()
+    """What Collector.commit gives: buffered, refused (and why), or why a built event is not
+    stored."""
+    return returned("collector/handlers.py", "Collector.commit") | refusals() | prepared_outcomes()
 
 
 def pixel_outcomes() -> Values:
@@ -373,6 +382,8 @@ FLOWS: dict[tuple[str, str, str, str], Callable[[], Values]] = {
     ("collector/limits.py", "_counted", "bad_requests", "reason_of(exc_info)"): lambda: {
         reason_of(cls.__new__(cls)) for cls in subclasses(HttpProcessingError)
     },
+    ("collector/buffer.py", "_refuse", "events_dropped", "reason"): refusals,
+    ("collector/spool/wal.py", "_refuse", "events_dropped", "reason"): refusals,
     ("collector/sinks/kafka.py", "_spill", "kafka_spilled", "reason"): lambda: call_args(
         "collector/sinks/kafka.py", "self._spill", 1
     ),
