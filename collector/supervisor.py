@@ -76,10 +76,19 @@ class Child:
     def schedule_restart(self, now: float) -> float:
         """Note an exit; returns the delay before the restart."""
         self.quick_exits = self.quick_exits + 1 if now - self.started_at < MIN_UPTIME_S else 0
+        self.restarts += 1
+        return self._restart_in(now)
+
+    def schedule_retry(self, now: float) -> float:
+        """Note a restart that could not start the process; returns the delay before the next
+        try (doubled as for a child dying young)."""
+        self.quick_exits += 1
+        return self._restart_in(now)
+
+    def _restart_in(self, now: float) -> float:
         # Capped doublings: the delay is at its bound long before, and 2.0**1024 overflows
         # (a child dying young for hours took the supervisor and its healthy ones down).
         delay_s = min(RESTART_DELAY_S * 2 ** min(self.quick_exits, 30), RESTART_DELAY_MAX_S)
-        self.restarts += 1
         self.restart_at = now + delay_s
         return delay_s
 
@@ -138,8 +147,7 @@ class Supervisor:
                 return
             if child.restart_at is not None:
                 if now >= child.restart_at:
-                    child.start()
-                    log.info("%s restarted (pid %d)", child.role, child.pid)
+                    self._restart(child, now)
                 continue
             code = child.poll()
             if code is None:
@@ -150,6 +158,19 @@ class Supervisor:
                 "%s (pid %d) exited with %s; restart #%d in %.1fs",
                 child.role, child.pid, code, child.restarts, delay_s,
             )  # fmt: skip
+
+    def _restart(self, child: Child, now: float) -> None:
+        try:
+            child.start()
+        except OSError as exc:
+            # Out of processes, memory or descriptors for a moment (EAGAIN, ENOMEM, EMFILE):
+            # the other children go on, and this one is tried again. Raised, it stopped the
+            # supervisor and every child with it.
+            delay_s = child.schedule_retry(now)
+            log.error("%s could not be restarted (%s); trying again in %.1fs", child.role,
+                      exc, delay_s)  # fmt: skip
+            return
+        log.info("%s restarted (pid %d)", child.role, child.pid)
 
     def stop(self) -> int:
         """SIGTERM each group at once, groups in order; 0 if every child exited with 0."""

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import resource
 import signal
 import socket
 import subprocess
@@ -194,6 +195,27 @@ def test_a_killed_worker_is_restarted_and_the_others_keep_answering(serve) -> No
     assert metrics["beacon_workers"] == 2  # dead workers' live gauges were marked dead
     assert metrics["beacon_worker_starts_total"] == 4
     assert "restart #1" in w.log()
+    assert w.stop() == 0
+
+
+def test_a_restart_that_cannot_start_its_worker_is_tried_again_and_the_others_go_on(serve) -> None:  # type: ignore[no-untyped-def]
+    w = serve()
+    first = sorted(w.wait_workers())
+    # The supervisor may open no descriptor more (EMFILE): the restart's socket cannot be made.
+    limit = resource.prlimit(w.proc.pid, resource.RLIMIT_NOFILE)
+    resource.prlimit(w.proc.pid, resource.RLIMIT_NOFILE, (0, limit[1]))
+    try:
+        os.kill(first[0], signal.SIGKILL)
+        wait_for(lambda: w.log().count("could not be restarted") >= 2, 30, "two tries")
+        assert w.proc.poll() is None, w.log()  # the supervisor lives on
+        assert w.pids() == {first[1]}  # and so does the other worker, still answering
+        for i in range(20):
+            assert get(f"{w.base}/p.gif?e=open&s=k&r=limited-{i}")[0] == 200
+    finally:
+        resource.prlimit(w.proc.pid, resource.RLIMIT_NOFILE, limit)
+    # Descriptors again: the next try starts it.
+    assert first[1] in w.wait_workers()
+    assert "worker 0 restarted" in w.log() or "worker 1 restarted" in w.log()
     assert w.stop() == 0
 
 
