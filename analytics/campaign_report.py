@@ -144,6 +144,20 @@ AD_LINES = (
 )  # fmt: skip
 
 
+def attribution(
+    query: Query, window: Window, filters: Filters, source: str
+) -> list[dict[str, Any]]:
+    """Conversions, attributed ones and revenue by campaign, ad and currency: what `beacon
+    report --attribution` prints. Read again, as every report, when a day was marked while
+    it ran (funnel.steady)."""
+
+    def read() -> list[dict[str, Any]]:
+        found = conversions(query, window, filters, source=source)
+        return [row for per_key in found.values() for row in per_key]
+
+    return steady(query, source, read, window)
+
+
 def format_campaign(report: dict[str, Any]) -> str:
     """The report as `beacon report --campaign` prints it: a figure a line, then each ad's."""
     lines = [f"campaign {report['campaign']}"]
@@ -163,11 +177,7 @@ def campaign_text(settings: StoreSettings, args: argparse.Namespace, window: Win
 
     if args.attribution:
         filters = Filters(args.site, args.campaign, None, args.verified, (), args.include_ivt)
-        found = [
-            row
-            for per_key in conversions(query, window, filters, source=args.source).values()
-            for row in per_key
-        ]
+        found = attribution(query, window, filters, args.source)
         if args.format == "json":
             return orjson.dumps(found, option=orjson.OPT_INDENT_2).decode() + "\n"
         if not found:

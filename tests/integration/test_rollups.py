@@ -20,13 +20,13 @@ import orjson
 import pytest
 
 from analytics import erasure, raw_query, rollup_settle, scanner_query
-from analytics.campaign_report import campaign_report
+from analytics.campaign_report import attribution, campaign_report
 from analytics.funnel import FUNNEL_TYPES
 from analytics.machine_opens import scanner_bursts_sql
 from analytics.migrations import MIGRATIONS, migrate
 from analytics.report_window import GROUPS, Filters, Window
 from analytics.rollup_settle import STAGE_NAME_RE, Settler, settle_loop
-from analytics.rollups import EVENTS_HOURLY, ROLLUPS, SETTLING
+from analytics.rollups import EVENTS_HOURLY, ORDERS, ROLLUPS, SETTLING
 from analytics.schema import EVENTS
 from analytics.store import StoreError
 from analytics.store.http import HttpWriter
@@ -446,6 +446,32 @@ def test_a_copy_stored_after_a_reports_plan_is_not_counted_twice(
         assert copied and rolled == view_rows(store.query, Request(view, window, source="raw"))
         run(settler_of(store, now).settle_due())  # the day settled again, for the next view
     compare(store, window)
+
+
+def test_attribution_is_read_again_when_an_erasure_marks_a_day_meanwhile(
+    store: Store, now: dt.datetime
+) -> None:
+    """`beacon report --attribution` read its plan, then the orders: an erasure of the site
+    that marked the day and deleted its events in between (its rebuild still to come) left
+    the report reading the settled orders of people no longer stored."""
+    store.add(traffic(now, 0, 2))
+    run(settler_of(store, now).settle_due())
+    day = (now - dt.timedelta(days=2)).date().isoformat()
+    window = window_days(now, 4)
+    erased: list[str] = []
+
+    def query(sql: str) -> str:  # the store, and the erasure's first steps before the orders
+        if not erased and ORDERS.table in sql and SETTLING not in sql:
+            erased.append(sql)
+            run(rollup_settle.due_before_erasure(store.writer, [day]))
+            where = erasure.condition("site", "shop")
+            run(store.writer.execute(erasure.delete_statement(where, None)))
+        return store.query(sql)
+
+    everyone = Filters(None, None, None, False, (), False)
+    assert attribution(store.query, window, everyone, "rollup")  # the site's orders, before
+    found = attribution(query, window, everyone, "rollup")
+    assert erased and found == attribution(store.query, window, everyone, "raw") == []
 
 
 def ticking_noon(now: dt.datetime) -> Callable[[], float]:
