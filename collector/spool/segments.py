@@ -10,7 +10,6 @@ holds a torn line.
 
 from __future__ import annotations
 
-import contextlib
 import errno
 import fcntl
 import os
@@ -89,45 +88,59 @@ def close_path(path: Path) -> Path:
     return path.with_name(path.name.removesuffix(OPEN_SUFFIX) + CLOSED_SUFFIX)
 
 
-def recover_orphans(directory: Path) -> int:
-    """Close segments left open by dead writers; returns the torn bytes cut off their tails.
+def recover_orphans(directory: Path) -> list[tuple[Path, OSError]]:
+    """Close segments left open by dead writers, cut back to their last whole line; returns
+    those the disk refused (EIO, EACCES), left as they are for a later try. One such file
+    stopped the recovery before: every writer's start (no collector took traffic), and the
+    segments after it stayed open, their answered events never read.
 
     Safe beside live writers: a segment is `.open` only once its writer holds the lock
     (see open_segment), and a file renamed under our feet is simply skipped.
     """
+    failed: list[tuple[Path, OSError]] = []
     # A writer that died between creating and renaming its segment leaves an empty `.new`; a
     # machine crash that lost the rename (the directory not synced since) leaves one holding
     # the lines written after it: it is an orphan `.open`, closed below, whatever its age (a
     # live writer's `.new` is always empty: renamed before its first write).
     for path in directory.glob("*" + NEW_SUFFIX):
-        with contextlib.suppress(FileNotFoundError):
+        try:
             stat = path.stat()
             if stat.st_size:
                 path.rename(path.with_name(path.name.removesuffix(NEW_SUFFIX) + OPEN_SUFFIX))
             elif time.time() - stat.st_mtime > STALE_NEW_S:  # else perhaps being created
                 path.unlink()
-    torn_bytes = 0
+        except FileNotFoundError:
+            continue
+        except OSError as exc:
+            failed.append((path, exc))
     for path in sorted(directory.glob("*" + OPEN_SUFFIX)):
         try:
-            with open(path, "r+b") as f:
-                try:
-                    fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
-                except BlockingIOError:
-                    continue  # a live writer owns it
-                data = f.read()
-                whole = data.rfind(b"\n") + 1
-                torn_bytes += len(data) - whole
-                f.truncate(whole)
-                f.flush()
-                os.fsync(f.fileno())
-            if whole:
-                path.rename(close_path(path))
-            else:
-                path.unlink()
+            _close_orphan(path)
         except FileNotFoundError:
             continue  # its writer closed it while we looked: not an orphan
+        except OSError as exc:
+            failed.append((path, exc))
     fsync_dir(directory)
-    return torn_bytes
+    return failed
+
+
+def _close_orphan(path: Path) -> None:
+    """Cut `path` back to its last whole line and close it (remove it when none), unless a live
+    writer holds it."""
+    with open(path, "r+b") as f:
+        try:
+            fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            return  # a live writer owns it
+        data = f.read()
+        whole = data.rfind(b"\n") + 1
+        f.truncate(whole)
+        f.flush()
+        os.fsync(f.fileno())
+    if whole:
+        path.rename(close_path(path))
+    else:
+        path.unlink()
 
 
 def open_segment(directory: Path, tag: str) -> tuple[int, Path]:

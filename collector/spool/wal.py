@@ -29,6 +29,7 @@ from collector.settings import Settings
 from collector.spool.segments import close_path, recover_orphans
 from collector.spool.writer import Limits, SegmentWriter, spool_limits
 from collector.tallies import CounterTally
+from contract.logs import Throttle
 
 
 class WriteAheadLog:
@@ -48,6 +49,7 @@ class WriteAheadLog:
         self.segments = SegmentWriter(directory, metrics, label="WAL", tag="w", **limits)
         # Segments left `.open` (their rename failed): closed by `tick` once their fds are.
         self.abandoned: set[Path] = set()
+        self._unrecovered = Throttle()  # a line a minute for one the disk refuses
         self.refused = ""  # why the last write refused its events (a drop reason)
         # Counted as the hot path counts (collector/tallies.py): an inc() of a worker's
         # counter takes a lock and writes an mmap file, ~1 us an event.
@@ -169,10 +171,14 @@ class WriteAheadLog:
         live one; one abandoned meanwhile, its fd not closed yet by `finish`): those stay
         abandoned for the next tick."""
         try:
-            await asyncio.to_thread(recover_orphans, self.directory)
+            failed = await asyncio.to_thread(recover_orphans, self.directory)
         except OSError as exc:  # the disk still fails: the next tick tries again
             self.segments.log.error("closing abandoned WAL segments failed: %s", exc)
             return
+        for path, error in failed:  # the others are closed all the same
+            if self._unrecovered.passes(path) is not None:
+                self.segments.log.error("cannot close abandoned WAL segment %s (%s); tried "
+                                        "again at the next tick", path.name, error)  # fmt: skip
         closed = {path for path in self.abandoned if close_path(path).exists()}
         self.abandoned = {path for path in self.abandoned if path.exists()}
         if closed:

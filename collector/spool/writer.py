@@ -113,7 +113,9 @@ class SegmentWriter:
         # much more in; and a probe begun before the other's could put back a stale error.
         self._rescanning = asyncio.Lock()
         directory.mkdir(parents=True, exist_ok=True)
-        recover_orphans(directory)
+        for path, exc in recover_orphans(directory):
+            self.log.error("cannot close %s, left open by a dead writer (%s); left as it is, "
+                           "for the next start", path.name, exc)  # fmt: skip
         self._publish(*spool_size(directory))
 
     # -- the bound -----------------------------------------------------------------------------

@@ -65,6 +65,7 @@ class SpoolSource:
         # The read cursor runs ahead of the committed offsets while a batch fills up.
         self._read: dict[str, int] = dict(self.offsets)
         self._unreadable = Throttle()  # a line a minute for a segment that cannot be read
+        self._undeletable = Throttle()  # and for one read to its end that cannot be deleted
         for r in self.pending:
             self._read[r.segment] = r.end
         self._delete_finished()
@@ -124,11 +125,15 @@ class SpoolSource:
                 break
         return chunks, rows, ranges
 
-    def read_ranges(self, ranges: list[Range]) -> list[bytes]:
-        """Exactly these ranges, as chunks of lines (to replay a pending batch). A segment
-        gone (deleted by hand, or lost with a machine crash) is left out, its events with it:
-        a consumer that stopped at it would stop for good, and the spool behind it fill."""
+    def read_ranges(self, ranges: list[Range]) -> tuple[list[bytes], list[Range]]:
+        """Exactly these ranges, as chunks of lines (to replay a pending batch), and the ranges
+        the replay settles. A segment gone (deleted by hand, or lost with a machine crash) is
+        left out, its events with it: a consumer that stopped at it would stop for good, and
+        the spool behind it fill. One the disk does not give (EIO, EACCES) is left to the reads
+        after the replay, as `read` leaves it: its lines go in a later batch of their own (a
+        copy of what the pending insert may have stored, which every reader counts once)."""
         chunks: list[bytes] = []
+        settled: list[Range] = []
         for r in ranges:
             try:
                 with open(self.directory / r.segment, "rb") as f:
@@ -137,7 +142,14 @@ class SpoolSource:
             except FileNotFoundError:
                 log.warning("spool segment %s of the pending batch is gone: bytes %d-%d of it "
                             "are lost", r.segment, r.start, r.end)  # fmt: skip
-        return chunks
+            except OSError as exc:
+                log.warning("cannot read spool segment %s of the pending batch (%s): bytes %d-%d "
+                            "of it are read again after the replay", r.segment, exc, r.start,
+                            r.end)  # fmt: skip
+                self._read[r.segment] = r.start
+                continue
+            settled.append(r)
+        return chunks, settled
 
     def writing(self) -> bool:
         """A collector has a segment open: more lines are on their way."""
@@ -169,8 +181,15 @@ class SpoolSource:
                 size = path.stat().st_size
             except FileNotFoundError:
                 size = offset  # deleted after the last save: forget it too
+            except OSError as exc:
+                self._cannot_delete(name, exc)
+                continue
             if size <= offset and not any(r.segment == name for r in self.pending):
-                path.unlink(missing_ok=True)
+                try:
+                    path.unlink(missing_ok=True)
+                except OSError as exc:
+                    self._cannot_delete(name, exc)
+                    continue
                 del self.offsets[name]
                 self._read.pop(name, None)
                 deleted = True
@@ -178,6 +197,14 @@ class SpoolSource:
             # Durable before the next save forgets their offsets: a power loss could bring
             # a deleted segment back, and with no offset it would be read again whole.
             fsync_dir(self.directory)
+
+    def _cannot_delete(self, name: str, exc: OSError) -> None:
+        """A read segment that will not go (a volume gone read-only, an immutable file, EIO)
+        keeps its offset: it is read past, and its deletion tried again at each commit. Raised,
+        it stopped the consumer, and every start after it, with the spool behind it unread."""
+        if self._undeletable.passes(name) is not None:
+            log.warning("cannot delete spool segment %s (%s), read to its end; tried again at "
+                        "the next commit", name, exc)  # fmt: skip
 
     # -- the checkpoint file ---------------------------------------------------------------
 

@@ -38,9 +38,11 @@ def merge(ranges: list[Range]) -> list[Range]:
 class SpoolBatch(Batch):
     """Lines of these byte ranges, under the token of the ranges."""
 
-    def __init__(self, chunks: list[bytes], ranges: list[Range], replay: bool) -> None:
-        super().__init__(join_lines(chunks), token_for(ranges), replay)
-        self.ranges = ranges
+    def __init__(
+        self, chunks: list[bytes], ranges: list[Range], replay: bool, token: str = ""
+    ) -> None:
+        super().__init__(join_lines(chunks), token or token_for(ranges), replay)
+        self.ranges = ranges  # what its commit settles
 
     @property
     def label(self) -> str:
@@ -79,11 +81,13 @@ class SpoolFeed:
         """The checkpoint's pending batch, if any, goes first, under its old token."""
         pending = list(self.source.pending)
         if pending:
-            chunks = await asyncio.to_thread(self.source.read_ranges, pending)
-            if not chunks:  # every segment of it is gone: nothing to replay
-                self.source.commit(pending)
+            chunks, settled = await asyncio.to_thread(self.source.read_ranges, pending)
+            if not chunks:  # every segment of it is gone, or left to later reads
+                self.source.commit(settled)
                 return
-            self.batch = SpoolBatch(chunks, pending, replay=True)
+            # Under the token it was recorded with, what is left of it too: ClickHouse drops
+            # it if that insert landed, and the replay's check stores what it lacks.
+            self.batch = SpoolBatch(chunks, settled, replay=True, token=token_for(pending))
             self.metrics.replayed_batches.inc()
             self.metrics.batch_cuts.labels("replay").inc()
             log.info(

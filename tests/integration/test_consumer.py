@@ -520,18 +520,78 @@ async def test_a_segment_that_cannot_be_read_holds_back_none_after_it(config, st
     assert "cannot read spool segment 0000000000000-1--00000000.ndjson" in caplog.text
 
 
+async def died_with_a_batch_of_two_segments(config: ConsumerSettings, events: list) -> list:
+    """`events` spooled in segments of 50, and the ranges of a batch of 80 of them recorded in
+    the checkpoint as pending, as a consumer that died before its insert leaves them."""
+    await spool_events(config.spool_dir, encode(events), 8 * 1024)
+    crashed = SpoolSource(config.spool_dir, config.checkpoint_path)
+    _, _, ranges = crashed.read(80)
+    ranges = merge(ranges)
+    assert len(ranges) == 2
+    crashed.begin(ranges)
+    return ranges
+
+
+async def test_a_pending_batch_whose_segment_cannot_be_read_replays_the_rest_then_reads_it(
+    config, store, caplog
+):
+    """A consumer died with a batch of two segments pending, and the disk does not give one of
+    them back at the next start (a bad block, EACCES): the rest of the batch is replayed and
+    the consumer goes on, and that segment's lines are read once the disk gives them. The
+    start stopped there before, and every start after it."""
+    events = mail_opens(120)
+    ranges = await died_with_a_batch_of_two_segments(config, events)
+    segment = config.spool_dir / ranges[0].segment
+    aside = segment.rename(config.spool_dir / "aside")  # no segment's name: not listed
+    segment.mkdir()  # open() refuses it (EISDIR), as a bad block or a wrong mode would
+    unread = aside.read_bytes().count(b"\n")
+    await run_until_stored(new_pipeline(config, store), store, len(events) - unread)
+    assert f"cannot read spool segment {segment.name} of the pending batch" in caplog.text
+    assert pending_in_checkpoint(config) == []
+    segment.rmdir()
+    aside.rename(segment)  # the disk gives it back
+    await run_until_stored(new_pipeline(config, store), store, len(events))
+    assert await count(store) == len(events)
+    assert closed_segments(config.spool_dir) == []
+
+
+def immutable(path: Path, on: bool) -> None:
+    """chattr: a file no one may delete, root either (ext4), as a volume gone read-only."""
+    subprocess.run(["chattr", "+i" if on else "-i", str(path)], check=True)
+
+
+async def test_a_segment_that_cannot_be_deleted_holds_back_nothing(config, store, caplog):
+    """A segment read to its end that will not go (an immutable file here; a volume gone
+    read-only, EIO): the consumer goes on past it, starts again past it without reading it
+    again, and deletes it once it can. It stopped at that commit before, and at every start
+    after it, with the spool behind it unread."""
+    events = mail_opens(120)
+    await spool_events(config.spool_dir, encode(events), 8 * 1024)
+    first = closed_segments(config.spool_dir)[0]
+    immutable(first, True)
+    try:
+        await run_until_stored(new_pipeline(config, store), store, len(events))
+        assert f"cannot delete spool segment {first.name}" in caplog.text
+        assert closed_segments(config.spool_dir) == [first]
+        more = mail_opens(50, start=1000)
+        await spool_events(config.spool_dir, encode(more), 8 * 1024)
+        await run_until_stored(new_pipeline(config, store), store, len(events) + len(more))
+        assert await count(store) == len(events) + len(more)  # none of it read again
+    finally:
+        immutable(first, False)
+    last = mail_opens(10, start=2000)
+    await spool_events(config.spool_dir, encode(last), 8 * 1024)
+    await run_until_stored(new_pipeline(config, store), store, len(events) + len(more) + 10)
+    assert await count(store) == len(events) + len(more) + len(last)
+    assert closed_segments(config.spool_dir) == []
+
+
 async def test_a_pending_batch_whose_segment_is_gone_replays_the_rest_and_goes_on(config, store):
     """A consumer died with a batch of two segments pending, and one of them was deleted (by
     hand, or lost with a machine crash): what is left of the batch is stored and the consumer
     goes on, where it stopped at start before. With every segment of it gone, it goes on."""
     events = mail_opens(120)
-    await spool_events(config.spool_dir, encode(events), 8 * 1024)
-    crashed = SpoolSource(config.spool_dir, config.checkpoint_path)
-    _, _, ranges = crashed.read(80)  # segments of 50 lines: two of them
-    ranges = merge(ranges)
-    assert len(ranges) == 2
-    crashed.begin(ranges)
-    del crashed
+    ranges = await died_with_a_batch_of_two_segments(config, events)
     gone = config.spool_dir / ranges[0].segment
     lost = gone.read_bytes()[ranges[0].start : ranges[0].end].count(b"\n")
     gone.unlink()

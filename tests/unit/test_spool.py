@@ -411,6 +411,28 @@ async def test_orphan_from_dead_writer_is_closed_at_its_last_whole_line(spool_di
     await sink.close()
 
 
+async def test_an_orphan_the_disk_refuses_stops_neither_the_start_nor_the_others(
+    spool_dir, metrics, caplog
+):
+    """A segment left open by a dead writer that cannot be read (a bad block, EACCES; here a
+    directory by its name, which open() refuses): left as it is, and logged. The recovery went
+    no further before, and the writer's start failed: no collector took traffic."""
+    spool_dir.mkdir()
+    bad = spool_dir / ("0000000000001-0000001-000001" + OPEN_SUFFIX)
+    bad.mkdir()
+    orphan = spool_dir / ("0000000000002-0000001-000002" + OPEN_SUFFIX)
+    orphan.write_bytes(as_file(lines(0, 2)) + b'{"n":00')
+
+    sink = make_sink(spool_dir, metrics)
+    await sink.send(lines(2, 1))  # the writer works
+    await sink.close()
+    assert files(spool_dir, OPEN_SUFFIX) == [bad]
+    first, _ = closed_segments(spool_dir)
+    assert first.name == "0000000000002-0000001-000002" + CLOSED_SUFFIX
+    assert first.read_bytes() == as_file(lines(0, 2))
+    assert f"cannot close {bad.name}, left open by a dead writer" in caplog.text
+
+
 async def test_open_segment_locked_by_a_live_writer_is_left_alone(spool_dir, metrics):
     spool_dir.mkdir()
     path = spool_dir / ("0000000000001-0000001-000001" + OPEN_SUFFIX)
@@ -578,10 +600,10 @@ def test_a_closed_segment_cut_by_a_crash_keeps_its_last_line_whole_and_apart(
     assert rows == [*lines(0, 2), last, *lines(3, 2)]
     assert ranges[0] == Range(first.name, 0, 31 - cut_bytes)  # a byte past the file
     source.begin(ranges)
-    assert SpoolSource(spool_dir, checkpoint).read_ranges(ranges) == [
-        as_file([*lines(0, 2), last]).removesuffix(b"\n"),
-        b"\n".join(lines(3, 2)),
-    ]
+    assert SpoolSource(spool_dir, checkpoint).read_ranges(ranges) == (
+        [as_file([*lines(0, 2), last]).removesuffix(b"\n"), b"\n".join(lines(3, 2))],
+        ranges,
+    )
     source.commit(ranges)
     assert closed_segments(spool_dir) == []
     assert source.read(100) == ([], 0, [])
@@ -643,8 +665,9 @@ def test_pending_batch_survives_a_restart_and_replays_exactly(spool_dir, checkpo
 
     restarted = SpoolSource(spool_dir, checkpoint)
     assert restarted.pending == ranges
-    replayed = restarted.read_ranges(restarted.pending)
+    replayed, settled = restarted.read_ranges(restarted.pending)
     assert b"\n".join(replayed).split(b"\n") == rows == lines(0, 5)
+    assert settled == ranges
     # Segments in the pending batch are kept until it is committed.
     assert len(closed_segments(spool_dir)) == 3
     # New reads start after the pending batch, so the replay is not read twice.
