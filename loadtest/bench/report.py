@@ -116,8 +116,15 @@ def chart(summary: dict[str, dict[str, Any]], path: Path, title: str) -> None:
 
 def bars(path: Path, title: str, xlabel: str, rows: list[tuple[str, float, str]]) -> None:
     """One horizontal bar per (label, value, note): the chart of the consumer and end-to-end
-    benches (loadtest/bench_consumer.py, loadtest/bench_e2e.py)."""
-    import matplotlib
+    benches (loadtest/bench_consumer.py, loadtest/bench_e2e.py). Without matplotlib (run as
+    `python -m`, outside the make targets that install the `bench` extra) it says so: the
+    figures are printed and written already."""
+    try:
+        import matplotlib
+    except ModuleNotFoundError:
+        print(f"no chart {path.name}: matplotlib is not installed (`pip install -e '.[bench]'`,"
+              " or the make target)")  # fmt: skip
+        return
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
