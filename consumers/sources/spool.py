@@ -66,6 +66,7 @@ class SpoolSource:
         self._read: dict[str, int] = dict(self.offsets)
         self._unreadable = Throttle()  # a line a minute for a segment that cannot be read
         self._undeletable = Throttle()  # and for one read to its end that cannot be deleted
+        self._undeleted: set[str] = set()  # such segments: read, not backlog
         for r in self.pending:
             self._read[r.segment] = r.end
         self._delete_finished()
@@ -156,7 +157,8 @@ class SpoolSource:
         return writing(self.directory)
 
     def backlog_segments(self) -> int:
-        return len(closed_segments(self.directory))
+        """Closed segments not read to their end (one that cannot be deleted is read)."""
+        return sum(p.name not in self._undeleted for p in closed_segments(self.directory))
 
     # -- progress --------------------------------------------------------------------------
 
@@ -190,6 +192,7 @@ class SpoolSource:
                 except OSError as exc:
                     self._cannot_delete(name, exc)
                     continue
+                self._undeleted.discard(name)
                 del self.offsets[name]
                 self._read.pop(name, None)
                 deleted = True
@@ -202,6 +205,7 @@ class SpoolSource:
         """A read segment that will not go (a volume gone read-only, an immutable file, EIO)
         keeps its offset: it is read past, and its deletion tried again at each commit. Raised,
         it stopped the consumer, and every start after it, with the spool behind it unread."""
+        self._undeleted.add(name)
         if self._undeletable.passes(name) is not None:
             log.warning("cannot delete spool segment %s (%s), read to its end; tried again at "
                         "the next commit", name, exc)  # fmt: skip

@@ -570,9 +570,12 @@ async def test_a_segment_that_cannot_be_deleted_holds_back_nothing(config, store
     first = closed_segments(config.spool_dir)[0]
     immutable(first, True)
     try:
-        await run_until_stored(new_pipeline(config, store), store, len(events))
+        pipeline = new_pipeline(config, store)
+        await run_until_stored(pipeline, store, len(events))
         assert f"cannot delete spool segment {first.name}" in caplog.text
         assert closed_segments(config.spool_dir) == [first]
+        assert isinstance(pipeline.feed, SpoolFeed)
+        assert pipeline.feed.source.backlog_segments() == 0  # read: no lag to page on
         more = mail_opens(50, start=1000)
         await spool_events(config.spool_dir, encode(more), 8 * 1024)
         await run_until_stored(new_pipeline(config, store), store, len(events) + len(more))
