@@ -15,6 +15,7 @@ from collector import json_event, signing
 from collector.destinations import REFUSALS
 from collector.request_view import PURPOSES
 from collector.sanitize import BIDI_NOTE, NOTE, SURROGATE_NOTE
+from collector.tallies import CounterTally, Tallies
 from contract.event import NETWORKS
 
 # The hot path is answered from memory: its budget is tens of microseconds, so the buckets are too,
@@ -236,6 +237,9 @@ class CollectorMetrics:
             ["endpoint", "outcome"],
             registry=registry,
         )
+        # Every pixel is checked when keys are set: tallied (collector/signing.py's gate).
+        self.signature_tallies = Tallies(self.signature_checks, CounterTally)
+        self.folds.append(self.signature_tallies.fold)
         self.click_redirects = Counter(
             "beacon_click_redirects",
             "Click requests by outcome: redirected, or refused (400 page or fallback URL).",

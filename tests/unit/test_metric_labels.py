@@ -423,7 +423,8 @@ def subclasses(cls: type) -> Iterator[type]:
 
 class Sites(ast.NodeVisitor):
     """Each place a file counts into a labelled counter: `<counter>.labels(...)`, and in the
-    collector's handlers the hot path's tallies, `self.<tally>[...]` (collector/tallies.py)."""
+    collector's handlers and signature gate the hot path's tallies, `self.<tally>[...]`
+    (collector/tallies.py)."""
 
     def __init__(self, path: str, counters: dict[str, str], tallies: dict[str, str]) -> None:
         self.path = path
@@ -510,21 +511,29 @@ def test_every_label_value_the_code_emits_is_made_at_0(settings: Settings) -> No
     }
     # The tallies of collector/handlers.py, by the counter each folds into.
     by_object = {id(c): name for name, c in packages["collector"].items()}
-    tallies = {
-        name: by_object[id(tally.metric)]
-        for name, tally in vars(handlers).items()
-        if hasattr(tally, "metric") and id(tally.metric) in by_object
+
+    def tallies_of(owner: object) -> dict[str, str]:
+        return {
+            name: by_object[id(tally.metric)]
+            for name, tally in vars(owner).items()
+            if hasattr(tally, "metric") and id(tally.metric) in by_object
+        }
+
+    tallied = {
+        "collector/handlers.py": tallies_of(handlers),
+        "collector/signing.py": tallies_of(handlers.gate),
     }
-    assert set(tallies) == {"requests", "accepted", "fixed", "limited", "flagged"}
+    assert set(tallied["collector/handlers.py"]) == {
+        "requests", "accepted", "fixed", "limited", "flagged",
+    }  # fmt: skip
+    assert tallied["collector/signing.py"] == {"checks": "signature_checks"}
     seen_flows = set()
     checked = 0
     for package, counters in packages.items():
         made = {name: set(exposition_of(counter)) for name, counter in counters.items()}
         for file in sorted((ROOT / package).rglob("*.py")):
             path = str(file.relative_to(ROOT))
-            sites = Sites(
-                path, {n: n for n in counters}, tallies if path == "collector/handlers.py" else {}
-            )
+            sites = Sites(path, {n: n for n in counters}, tallied.get(path, {}))
             sites.visit(tree(path))
             for counter, args, func, bound in sites.found:
                 choices = []
