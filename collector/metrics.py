@@ -97,7 +97,11 @@ BAD_REQUEST_REASONS = ("malformed_body", *PARSER_ERRORS)
 class CollectorMetrics:
     """Every series a collector process exports."""
 
-    def __init__(self, registry: CollectorRegistry, multiprocess_dir: Path | None = None) -> None:
+    def __init__(
+        self, registry: CollectorRegistry, multiprocess_dir: Path | None = None, kafka: bool = True
+    ) -> None:
+        """`kafka`: the sink sends to Kafka (Settings.uses_kafka); else beacon_kafka_up is not
+        made."""
         self.registry = registry
         # Tallies of the hot path's series (collector/tallies.py), added in by fold().
         self.folds: list[Callable[[], None]] = []
@@ -206,11 +210,18 @@ class CollectorMetrics:
             "Spooled events sent to Kafka and acknowledged (their segment is then deleted).",
             registry=registry,
         )
-        self.kafka_up = Gauge(
-            "beacon_kafka_up",
-            "1 while the Kafka producer reaches the broker.",
-            multiprocess_mode="livemin",  # 0 while any worker's producer does not
-            registry=registry,
+        # Only where the sink sends to Kafka: a spool or memory collector's 0 would fire
+        # BeaconKafkaUnreachable at every scrape. Not made at all, rather than left out of the
+        # registry, because with several workers a gauge is in the shared files once made.
+        self.kafka_up = (
+            Gauge(
+                "beacon_kafka_up",
+                "1 while the Kafka producer reaches the broker.",
+                multiprocess_mode="livemin",  # 0 while any worker's producer does not
+                registry=registry,
+            )
+            if kafka
+            else None
         )
         self.kafka_queue_bytes = Gauge(
             "beacon_kafka_queue_bytes",

@@ -69,7 +69,7 @@ async def serve(
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
-    metrics = CollectorMetrics(CollectorRegistry(), multiprocess_dir)
+    metrics = CollectorMetrics(CollectorRegistry(), multiprocess_dir, kafka=settings.uses_kafka)
     app = create_app(settings, make_sink(settings, metrics), metrics)
     runner = web.AppRunner(
         app, access_log=None, handle_signals=False, **handler_options(settings, metrics)

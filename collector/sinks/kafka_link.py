@@ -59,8 +59,11 @@ class KafkaLink:
     """An AIOKafkaProducer that is started, probed and restarted by a background task."""
 
     def __init__(self, settings: Settings, metrics: CollectorMetrics) -> None:
+        if metrics.kafka_up is None:
+            raise ValueError("a Kafka link needs CollectorMetrics(kafka=True)")
         self.settings = settings
         self.metrics = metrics
+        self.up_gauge = metrics.kafka_up  # beacon_kafka_up
         self.topic = settings.kafka_topic
         self.timeout_s = settings.kafka_timeout_ms / 1000
         self.record_max_bytes = settings.kafka_record_max_bytes
@@ -80,7 +83,7 @@ class KafkaLink:
         # task died fails every send while the metadata probe still answers.
         self._renew = False
         self._stopping: set[asyncio.Task[None]] = set()  # producers replaced, still stopping
-        metrics.kafka_up.set(0)
+        self.up_gauge.set(0)
 
     def start(self) -> None:
         self._task = asyncio.create_task(self._run(), name="beacon-kafka-link")
@@ -94,7 +97,7 @@ class KafkaLink:
             log.warning("Kafka unreachable or slow (%s); events go to the spool", why)
         self._renew = self._renew or renew
         self.up = False
-        self.metrics.kafka_up.set(0)
+        self.up_gauge.set(0)
         self._changed.set()
 
     def _stopped(self, task: asyncio.Task[None]) -> None:
@@ -117,7 +120,7 @@ class KafkaLink:
         if self._stopping:
             await asyncio.gather(*self._stopping, return_exceptions=True)
         self.up = False
-        self.metrics.kafka_up.set(0)
+        self.up_gauge.set(0)
         if self.producer is not None:
             await self.producer.stop()
             self.producer = None
@@ -330,7 +333,7 @@ class KafkaLink:
         self._last_error = None
         self.partitions = sorted(partitions)
         self.up = True
-        self.metrics.kafka_up.set(1)
+        self.up_gauge.set(1)
         log.info("Kafka up: %s, topic %s, partitions %s", self.settings.kafka_bootstrap,
                  self.topic, self.partitions)  # fmt: skip
         for event in self._on_up:

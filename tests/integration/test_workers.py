@@ -255,6 +255,8 @@ def test_one_metrics_page_shows_the_sum_over_all_workers(serve, tmp_path: Path) 
         assert m['beacon_hot_path_seconds_count{endpoint="pixel"}'] == 200
         assert m["beacon_workers"] == 2
         assert m["beacon_buffer_events"] >= 0
+        # A spool collector has no Kafka: no 0 for BeaconKafkaUnreachable to page on.
+        assert "beacon_kafka_up" not in m
     assert w.stop() == 0
     assert metrics_dir.is_dir()  # a configured directory is the operator's: emptied, not removed
 
