@@ -12,28 +12,43 @@ from pathlib import Path
 
 from collector.settings import Settings
 from contract.config import MIN_SECRET_CHARS, SettingsError
+from contract.segments import fsync_dir
 
 SECRET_FILE = "secret"
 SIGNING_KEY_FILE = "signing-keys"  # `kid:secret` lines, as BEACON_SIGNING_KEY_FILE reads them
 
 
 def _keep(path: Path, make: str, what: str, consequence: str) -> str:
-    """The text kept at `path`, written there as `make` by the first process to ask."""
+    """The text kept at `path`, written there as `make` by the first process to ask.
+
+    Written whole and synced under a name of this process's, then linked to `path`, which
+    fails if another process kept its own first: `path` never holds a partial text. Neither a
+    process starting beside this one nor one starting after a crash, a full disk or a power
+    loss reads an empty file (which refuses every start until removed), and a secret once used
+    is on disk (a lost one changes every visitor id)."""
     path.parent.mkdir(parents=True, exist_ok=True)
-    try:
-        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-    except FileExistsError:
-        text = path.read_text().strip()
-        # Empty when a start died between making the file and writing it: never use it.
-        if len(text) < MIN_SECRET_CHARS:
-            raise SettingsError(
-                f"{path}: {what} shorter than {MIN_SECRET_CHARS} chars; "
-                f"remove the file to make a new one ({consequence})"
-            ) from None
-        return text
-    with os.fdopen(fd, "w") as f:
-        f.write(make + "\n")
-    return make
+    if not path.exists():
+        staged = path.with_name(f".{path.name}.{os.getpid()}")
+        try:
+            with open(os.open(staged, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600), "w") as f:
+                f.write(make + "\n")
+                f.flush()
+                os.fsync(f.fileno())
+            os.link(staged, path)
+            fsync_dir(path.parent)
+            return make
+        except FileExistsError:
+            pass  # another process's, read below
+        finally:
+            staged.unlink(missing_ok=True)
+    text = path.read_text().strip()
+    # Only a file made before texts were linked whole, or edited by hand: never use it.
+    if len(text) < MIN_SECRET_CHARS:
+        raise SettingsError(
+            f"{path}: {what} shorter than {MIN_SECRET_CHARS} chars; "
+            f"remove the file to make a new one ({consequence})"
+        )
+    return text
 
 
 def resolve_secret(settings: Settings) -> Settings:

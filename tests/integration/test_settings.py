@@ -136,3 +136,32 @@ def test_a_signing_key_is_kept_for_one_machine_but_not_with_kafka(tmp_path: Path
         {"BEACON_DATA_DIR": str(elsewhere), "BEACON_SIGNING_KEYS": "k9:0123456789abcdef0123"}
     )
     assert resolve_signing_keys(mine) == mine
+
+
+def test_a_start_that_cannot_write_the_secret_leaves_nothing_the_next_start_refuses(
+    tmp_path: Path,
+) -> None:
+    """A first start on a full disk (here: a file size limit of 0, EFBIG) fails; once there is
+    room, the next start makes the secret instead of finding an empty file it must refuse."""
+    first = subprocess.run(
+        [sys.executable, "-c", FULL_DISK_START, str(tmp_path)],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert first.returncode != 0 and "File too large" in first.stderr, first.stderr
+    assert list(tmp_path.iterdir()) == []  # not even an empty `secret`
+    made = resolve_secret(Settings.from_env({"BEACON_DATA_DIR": str(tmp_path)}))
+    assert len(made.secret) == 64
+    assert (tmp_path / "secret").read_text() == made.secret + "\n"
+    assert [p.name for p in tmp_path.iterdir()] == ["secret"]
+
+
+FULL_DISK_START = """
+import resource, signal, sys
+from collector.kept import resolve_secret
+from collector.settings import Settings
+signal.signal(signal.SIGXFSZ, signal.SIG_IGN)  # EFBIG, as the collector sets it
+resource.setrlimit(resource.RLIMIT_FSIZE, (0, resource.getrlimit(resource.RLIMIT_FSIZE)[1]))
+resolve_secret(Settings.from_env({"BEACON_DATA_DIR": sys.argv[1]}))
+"""
