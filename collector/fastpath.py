@@ -29,6 +29,7 @@ import re
 import time
 from collections.abc import Callable
 from email.utils import formatdate
+from functools import partial
 from typing import TYPE_CHECKING, Any, cast
 
 # aiohttp's own Cookie header parser, the one its Request.cookies calls (not public API; tests
@@ -246,48 +247,85 @@ class PixelFastPath(asyncio.Protocol):
             if whole is None:
                 return
             data = whole
-        paths = self._paths
-        collector = paths.collector
+        # With the write-ahead log, this read's events join the loop iteration's one write,
+        # and its answers wait for that write (collector/spool/wal.py).
+        wal = self._paths.collector.buffer.wal
+        if wal is None:
+            answers, staged, start, reason = self._answer(data, False)
+        else:
+            wal.grouping = True
+            try:
+                answers, staged, start, reason = self._answer(data, True)
+            finally:
+                wal.grouping = False
+        if answers:
+            if staged:
+                assert wal is not None
+                wal.after(partial(self._send_logged, b"".join(answers), staged))
+            else:
+                self._transport.write(b"".join(answers))
+        if reason:
+            if staged:
+                assert wal is not None
+                wal.commit()  # these answers before aiohttp's to what follows
+            self._paths.handed_over[reason].inc()
+            self._hand_over(data[start:])
+
+    def _answer(self, data: bytes, staging: bool) -> tuple[list[bytes], int, int, str]:
+        """The answers to the whole pixel heads at the start of `data`; how many of them wait
+        for the log's write (`staging`); where the rest starts; why it goes to aiohttp (or
+        waits for its end: "")."""
         answers: list[bytes] = []
+        staged = 0
         start = 0
-        reason = ""
         while start < len(data):
             end = data.find(b"\r\n\r\n", start)
             if end < 0:
-                reason = self._wait_for_rest(data[start:])
-                break
+                return answers, staged, start, self._wait_for_rest(data[start:])
             if self._head_timer is not None:  # a split head completed
                 self._stop_head_timer()
             parsed = parse_head(data[start:end])
             if isinstance(parsed, str):
                 probe = data.startswith(_PROBES, start)  # health checks and scrapes, apart
-                reason = "probe" if probe else parsed
-                break
-            started = time.perf_counter()
-            parsed.remote = self._remote
-            issued: list[int] = []  # a new visitor cookie id (cookie mode, consented)
-            try:
-                if collector.over_limit("pixel", parsed):
-                    outcome = "rate_limited"  # the GIF all the same, nothing recorded
-                else:
-                    outcome = collector.pixel_outcome(parsed, issued)
-            except Exception:  # a bug: aiohttp would answer 500, a pixel gets its GIF anyway
-                log.exception("pixel event failed")
-                outcome = "error"
-            if issued:
-                cookie = collector.visitor_ids.set_cookie_line(issued)
-                answers += (_HEAD_START, cookie, _LENGTH_LINE)
-            else:
-                answers.append(_RESPONSE_HEAD)
-            answers.append(paths.date())
-            answers.append(GIF_BYTES)
-            collector.pixel_done(outcome, started)
+                return answers, staged, start, "probe" if probe else parsed
+            staged += self._pixel(parsed, answers, staging)
             start = end + 4
-        if answers:
-            self._transport.write(b"".join(answers))
-        if reason:
-            paths.handed_over[reason].inc()
-            self._hand_over(data[start:])
+        return answers, staged, start, ""
+
+    def _pixel(self, parsed: PixelRequest, answers: list[bytes], staging: bool) -> bool:
+        """Records one pixel and adds its answer; True when its event waits for the log."""
+        started = time.perf_counter()
+        collector = self._paths.collector
+        parsed.remote = self._remote
+        issued: list[int] = []  # a new visitor cookie id (cookie mode, consented)
+        try:
+            if collector.over_limit("pixel", parsed):
+                outcome = "rate_limited"  # the GIF all the same, nothing recorded
+            else:
+                outcome = collector.pixel_outcome(parsed, issued)
+        except Exception:  # a bug: aiohttp would answer 500, a pixel gets its GIF anyway
+            log.exception("pixel event failed")
+            outcome = "error"
+        if issued:
+            cookie = collector.visitor_ids.set_cookie_line(issued)
+            answers += (_HEAD_START, cookie, _LENGTH_LINE)
+        else:
+            answers.append(_RESPONSE_HEAD)
+        answers.append(self._paths.date())
+        answers.append(GIF_BYTES)
+        if staging and outcome == "recorded":
+            collector.pixel_staged(started)
+            return True
+        collector.pixel_done(outcome, started)
+        return False
+
+    def _send_logged(self, answer: bytes, staged: int, refused: str) -> None:
+        """A read's answers, once the log wrote its events (or dropped them: `refused`; the
+        pixels are answered all the same, and a cookie issued with one stays issued)."""
+        self._paths.collector.pixels_logged(staged, refused)
+        transport = self._transport
+        if transport is not None and not transport.is_closing():  # the client may be gone
+            transport.write(answer)
 
     def _rest_of_head(self, split: SplitHead, data: bytes) -> bytes | None:
         """The bytes to answer from once a split head completed; None while it waits for

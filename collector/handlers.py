@@ -285,6 +285,15 @@ class Collector:
         self.requests["pixel", outcome].inc()
         self.hot_path_seconds["pixel"].observe(time.perf_counter() - started)
 
+    def pixel_staged(self, started: float) -> None:
+        """pixel_done for a recorded pixel whose event waits for the log's group write
+        (collector/spool/wal.py): its outcome is counted by pixels_logged once written."""
+        self.hot_path_seconds["pixel"].observe(time.perf_counter() - started)
+
+    def pixels_logged(self, count: int, refused: str) -> None:
+        """The outcome of `count` staged pixels: recorded, or why the log dropped them."""
+        self.requests["pixel", refused or "recorded"].add(count)
+
     def _pixel_event(self, request: RequestView, issued: list[int] | None) -> str:
         verified = self.gate.check("/p.gif", request.query.items(), "pixel")
         if verified is None:

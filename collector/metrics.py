@@ -270,6 +270,11 @@ class CollectorMetrics:
             "Events written to the write-ahead log (BEACON_DURABILITY=wal) before their answer.",
             registry=registry,
         )
+        self.wal_writes = Counter(
+            "beacon_wal_writes",
+            "Writes of the write-ahead log: events / writes is how many a write carries.",
+            registry=registry,
+        )
         self.wal_segments = Counter(
             "beacon_wal_segments",
             "Write-ahead log segments closed (then replayed to Kafka or read by the consumer).",

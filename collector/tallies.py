@@ -31,6 +31,9 @@ class CounterTally:
     def inc(self) -> None:
         self.n += 1
 
+    def add(self, n: int) -> None:
+        self.n += n
+
     def fold(self) -> None:
         if self.n:
             n, self.n = self.n, 0

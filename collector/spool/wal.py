@@ -3,7 +3,11 @@
 The spool is the log. `append` writes the event and its newline to this process's open spool
 segment with one `os.write` on the event loop: the bytes are in the OS page cache when the
 handler answers, so a killed process loses none of them (a machine crash can lose what the OS
-has not written back yet; the pump fsyncs every `flush_interval_ms`). The pump closes aged
+has not written back yet; the pump fsyncs every `flush_interval_ms`). The pixel fast path
+groups: while it answers a read (`grouping`), `append` stages the event, and the events of one
+loop iteration, from every connection, go in one `os.write` at its end (`commit`); the fast
+path holds those answers until then (`after`). Under load a loop iteration answers tens of
+pixels, and a write each was a tenth of a pixel's CPU (docs/performance.md). The pump closes aged
 segments; from there everything is the spool's usual path: the Kafka sink's replayer ships
 closed segments and deletes them after the acks, or the embedded consumer reads them. Segments
 a killed process left `.open` are closed by `recover_orphans` at the next start and replayed; one
@@ -54,11 +58,47 @@ class WriteAheadLog:
         # Counted as the hot path counts (collector/tallies.py): an inc() of a worker's
         # counter takes a lock and writes an mmap file, ~1 us an event.
         self.written = CounterTally(metrics.wal_events)
-        metrics.folds.append(self.written.fold)
+        self.writes = CounterTally(metrics.wal_writes)
+        metrics.folds += [self.written.fold, self.writes.fold]
+        # The pixel fast path's group (module docstring): set while it answers a read.
+        self.grouping = False
+        self.staged: list[bytes] = []  # written by the commit at the end of this iteration
+        self._staged_bytes = 0
+        self._after: list[Callable[[str], None]] = []
 
     def append(self, event: bytes) -> bool:
-        """Write one event ahead of its answer; False (and counted) when it cannot be."""
+        """Write one event ahead of its answer (stage it, while `grouping`); False (and
+        counted) when it cannot be."""
+        if self.grouping:
+            return self._stage(event)
         return self._write(event + b"\n", 1)
+
+    def _stage(self, event: bytes) -> bool:
+        size = len(event) + 1
+        segments = self.segments
+        if segments.used_bytes + self._staged_bytes + size > segments.max_bytes:
+            return self._refuse("spool_full", 1)
+        if not self.staged:
+            asyncio.get_running_loop().call_soon(self.commit)
+        self.staged.append(event)
+        self._staged_bytes += size
+        return True
+
+    def after(self, then: Callable[[str], None]) -> None:
+        """Call `then` once the staged events are written: with "" when they are, else with
+        why they were dropped (counted, as an event `append` refuses)."""
+        self._after.append(then)
+
+    def commit(self) -> None:
+        """Write the staged events in one write, all or none; then whatever waits for them."""
+        refused = ""
+        if self.staged:
+            events, self.staged, self._staged_bytes = self.staged, [], 0
+            if not self._write(b"\n".join(events) + b"\n", len(events)):
+                refused = self.refused
+        waiting, self._after = self._after, []
+        for then in waiting:
+            then(refused)
 
     def append_all(self, events: list[bytes]) -> bool:
         """Write events ahead of their answer, all of them or none (a POST's batch, which its
@@ -67,7 +107,7 @@ class WriteAheadLog:
 
     def _write(self, data: bytes, count: int) -> bool:
         segments = self.segments
-        if segments.used_bytes + len(data) > segments.max_bytes:
+        if segments.used_bytes + self._staged_bytes + len(data) > segments.max_bytes:
             return self._refuse("spool_full", count)
         written = self._try_write(data)
         if not written and segments.at_file_limit:
@@ -78,6 +118,7 @@ class WriteAheadLog:
         if not written:
             return self._refuse("spool_error", count)
         self.written.n += count
+        self.writes.n += 1
         if segments.full():
             self._close_segment()
         return True
@@ -142,6 +183,7 @@ class WriteAheadLog:
 
     async def close(self) -> None:
         """Close the open segment, fsync everything and make the renames durable."""
+        self.commit()
         if self.segments.fd >= 0:
             self._close_segment()
         await asyncio.to_thread(self.segments.finish, self.segments.retired())

@@ -14,6 +14,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+import orjson
 import pytest
 
 from collector.pixel import GIF_BYTES
@@ -245,10 +246,14 @@ async def test_a_split_head_whose_rest_never_comes_meets_aiohttps_deadline(
     [b"\x16\x03\x01\x00\xffjunk\r\n\r\n", pixel("s=nul", b"X: a\x00b")],
     ids=["bytes", "pixel-with-nul"],
 )
-async def test_a_pixel_and_junk_in_one_write_get_two_answers(tmp_path: Path, junk: bytes) -> None:
+@pytest.mark.parametrize("durability", ["memory", "wal"])
+async def test_a_pixel_and_junk_in_one_write_get_two_answers(
+    tmp_path: Path, junk: bytes, durability: str
+) -> None:
     """HTTP/1.1 pipelining: the fast path answers the pixel, and aiohttp refuses what follows
-    (aiohttp alone refuses the whole read, the pixel with it)."""
-    with collector(tmp_path, ENV) as (_, base):
+    (aiohttp alone refuses the whole read, the pixel with it). With the write-ahead log the
+    pixel's answer waits for the log's write, and still comes first."""
+    with collector(tmp_path, {**ENV, "BEACON_DURABILITY": durability}) as (_, base):
         before = scrape(base)
         reader, writer = await asyncio.open_connection("127.0.0.1", port_of(base))
         writer.write(pixel("s=piped&r=first", UA) + junk)
@@ -383,3 +388,23 @@ async def test_the_rate_limit_applies_on_the_fast_path(tmp_path: Path) -> None:
     assert delta('beacon_hot_path_seconds_count{endpoint="pixel"}') == 5
     assert delta('beacon_requests_total{endpoint="events",outcome="429"}') == 1
     assert delta('beacon_hot_path_seconds_count{endpoint="events"}') == 1
+
+
+async def test_with_the_log_a_read_of_pixels_is_one_write_answered_after_it(tmp_path: Path) -> None:
+    """BEACON_DURABILITY=wal: the pixels of one read (here pipelined in one write) go into the
+    log in one write, and each is answered, in order, once that write is on disk."""
+    env = {**ENV, "BEACON_DURABILITY": "wal", "BEACON_SPOOL_SEGMENT_MAX_AGE_MS": "3600000"}
+    with collector(tmp_path, env) as (_, base):
+        reader, writer = await asyncio.open_connection("127.0.0.1", port_of(base))
+        writer.write(b"".join(pixel(f"s=group&r=r{i}", UA) for i in range(10)))
+        answers = [await read_answer(reader) for _ in range(10)]
+        # Answered after the write: the open segment already holds all ten, in order.
+        [segment] = (tmp_path / "spool").glob("*.open")
+        lines = segment.read_bytes().splitlines()
+        writer.close()
+        samples = scrape(base)
+    assert [(a[0], a[2]) for a in answers] == [(200, GIF_BYTES)] * 10
+    assert [orjson.loads(line)["recipient"] for line in lines] == [f"r{i}" for i in range(10)]
+    assert samples["beacon_wal_events_total{}"] == 10
+    assert samples["beacon_wal_writes_total{}"] < 10  # one, unless the read came in parts
+    assert samples['beacon_requests_total{endpoint="pixel",outcome="recorded"}'] == 10

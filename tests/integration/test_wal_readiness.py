@@ -6,6 +6,7 @@ came meanwhile, and what is on disk is exactly what was counted as written."""
 
 from __future__ import annotations
 
+import http.client
 import resource
 import time
 import urllib.error
@@ -25,6 +26,23 @@ ENV = {
 }
 WRITTEN = "beacon_wal_events_total{}"
 LOST = 'beacon_events_dropped_total{reason="spool_error"}'
+# The pixels' own outcomes: the fast path counts a pixel once the log's write of its event
+# ended, as recorded or as the write's failure.
+RECORDED = 'beacon_requests_total{endpoint="pixel",outcome="recorded"}'
+FAILED = 'beacon_requests_total{endpoint="pixel",outcome="spool_error"}'
+
+
+def pixel(base: str, marker: int) -> int:
+    """The status of one pixel, sent as browsers send them (keep-alive: the pixel fast path
+    answers it; urllib's `Connection: close` goes to aiohttp's route)."""
+    connection = http.client.HTTPConnection(base.removeprefix("http://"), timeout=10)
+    try:
+        connection.request("GET", f"/p.gif?e=open&s=wal&p.n={marker}")
+        response = connection.getresponse()
+        response.read()
+        return response.status
+    finally:
+        connection.close()
 
 
 def get(url: str) -> tuple[int, str]:
@@ -42,7 +60,7 @@ def readiness_after_pixels(base: str, wanted: int, first: int) -> tuple[str, int
     deadline = time.monotonic() + 30
     marker = first
     while True:
-        assert get(f"{base}/p.gif?e=open&s=wal&p.n={marker}")[0] == 200  # answered whatever
+        assert pixel(base, marker) == 200  # answered whatever
         marker += 1
         status, body = get(base + "/readyz")
         if status == wanted:
@@ -71,7 +89,7 @@ def test_readyz_fails_while_the_wal_cannot_write_and_recovers(tmp_path: Path) ->
         while get(base + "/readyz") != (200, "ready\n"):
             assert time.monotonic() < deadline, "/readyz never recovered"
             time.sleep(0.02)
-        assert get(f"{base}/p.gif?e=open&s=wal&p.n={marker}")[0] == 200
+        assert pixel(base, marker) == 200
         samples = scrape(base)
         assert samples[LOST] == lost  # the pixel after the recovery was written
         sent = marker + 1
@@ -79,4 +97,5 @@ def test_readyz_fails_while_the_wal_cannot_write_and_recovers(tmp_path: Path) ->
     lines = [x for p in closed_segments(tmp_path / "spool") for x in p.read_bytes().splitlines()]
     markers = [int(orjson.loads(line)["props"]["n"]) for line in lines]  # each line parses
     assert len(markers) == samples[WRITTEN] and samples[WRITTEN] + lost == sent
+    assert (samples[RECORDED], samples[FAILED]) == (samples[WRITTEN], lost)
     assert marker in markers and len(set(markers)) == len(markers)

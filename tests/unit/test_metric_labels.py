@@ -382,6 +382,9 @@ FLOWS: dict[tuple[str, str, str, str], Callable[[], Values]] = {
     ("collector/limits.py", "_counted", "bad_requests", "reason_of(exc_info)"): lambda: {
         reason_of(cls.__new__(cls)) for cls in subclasses(HttpProcessingError)
     },
+    ("collector/handlers.py", "pixels_logged", "requests", "refused or 'recorded'"): lambda: (
+        {"recorded"} | call_args("collector/spool/wal.py", "self._refuse", 0)
+    ),
     ("collector/buffer.py", "_refuse", "events_dropped", "reason"): refusals,
     ("collector/spool/wal.py", "_refuse", "events_dropped", "reason"): refusals,
     ("collector/sinks/kafka.py", "_spill", "kafka_spilled", "reason"): lambda: call_args(
