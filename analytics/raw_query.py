@@ -9,7 +9,7 @@ of the rule is in analytics/scanner_query.py.
 from __future__ import annotations
 
 from analytics.machine_opens import SCANNER_WINDOW_MS, scanner_bursts_sql
-from analytics.report_window import DAY, Filters, Window, bucket
+from analytics.report_window import DAY, Filters, Window, bucket, sql_time
 from analytics.rollup_query import ATTRIBUTION_LOOKBACK_DAYS, EVENT_COLUMNS
 from analytics.rollups import RANK, person
 from analytics.schema import EVENTS
@@ -76,10 +76,13 @@ FROM (
 
 
 def orders_sql(window: Window, filters: Filters) -> str:
-    """One row per order (its first pixel, preferring one with a click id), attributed to
-    the campaign and ad of that click when it is known, else to the pixel's own."""
-    where = f"{window.sql('received_at')} AND {filters.sql(frozenset({'site', 'verified'}))}"
-    clicks = Window(window.start - ATTRIBUTION_LOOKBACK_DAYS * DAY, window.end)
+    """One row per order whose earliest pixel is in the window (its first pixel, preferring
+    one with a click id, decides), attributed to the campaign and ad of that click when it
+    is known, else to the pixel's own."""
+    # Pixels of the look-back too (rollup_query.ATTRIBUTION_LOOKBACK_DAYS): an order with one
+    # before the window was counted in an earlier window.
+    lookback = Window(window.start - ATTRIBUTION_LOOKBACK_DAYS * DAY, window.end)
+    where = f"{lookback.sql('received_at')} AND {filters.sql(frozenset({'site', 'verified'}))}"
     return f"""
 SELECT o.site AS site, o.hour AS hour, k.click_id != '' AS attributed,
        if(attributed, k.campaign, o.campaign) AS campaign, if(attributed, k.ad, o.ad) AS ad,
@@ -96,10 +99,11 @@ FROM (
         WHERE event_type = 'conversion' AND {where}
     )
     GROUP BY site, order_key
+    HAVING min(received_at) >= {sql_time(window.start)}
 ) AS o
 LEFT JOIN (
     SELECT click_id, any(campaign) AS campaign, any(ad) AS ad
     FROM {EVENTS} FINAL
-    WHERE event_type = 'click' AND click_id != '' AND {clicks.sql("received_at")}
+    WHERE event_type = 'click' AND click_id != '' AND {lookback.sql("received_at")}
     GROUP BY click_id
 ) AS k ON o.click_id = k.click_id"""

@@ -28,7 +28,10 @@ from analytics.rollups import (
 )
 
 EVENT_COLUMNS = frozenset({"site", "campaign", "ad", "verified", "event_type"})
-# Clicks this far before a report window still own the conversions inside it.
+# Clicks this far before a report window still own the conversions inside it; and an
+# order's pixels this far before it make a later pixel inside it (a thank-you page reloaded
+# after midnight) no new order. One bound for both: a report reads no further back than its
+# clicks, and an order first seen before that could not be attributed to its click anyway.
 ATTRIBUTION_LOOKBACK_DAYS = 30
 ALL_ROLLUPS = "*"
 
@@ -226,10 +229,13 @@ def referrers_sql(window: Window, filters: Filters, limit: int, plan: Plan) -> s
 
 
 def orders_sql(window: Window, filters: Filters, plan: Plan) -> str:
-    """One row per order (its first pixel decides), with the campaign and ad of the click it
-    names, if that click is known: last-click attribution."""
+    """One row per order whose earliest pixel is in the window (its first pixel decides),
+    with the campaign and ad of the click it names, if that click is known: last-click
+    attribution."""
     lookback = Window(window.start - ATTRIBUTION_LOOKBACK_DAYS * DAY, window.end)
-    orders = rows_sql(ORDERS, window, filters.sql(frozenset({"site", "verified"})), plan)
+    # The look-back's hours too, each read where the plan says (a day being settled from raw
+    # events): an order with a row before the window was counted in an earlier one.
+    orders = rows_sql(ORDERS, lookback, filters.sql(frozenset({"site", "verified"})), plan)
     clicks = rows_sql(CLICKS, lookback, "1", plan)
     return f"""
 SELECT o.site AS site, o.hour AS hour, k.click_id != '' AS attributed,
@@ -239,7 +245,7 @@ FROM (
     SELECT site, order_key, argMinMerge(first_campaign) AS campaign, argMinMerge(first_ad) AS ad,
            argMinMerge(first_click_id) AS click_id, argMinMerge(first_value) AS value,
            argMinMerge(first_currency) AS currency, argMinMerge(first_hour) AS hour
-    FROM ({orders}) GROUP BY site, order_key
+    FROM ({orders}) GROUP BY site, order_key HAVING min(period) >= {sql_time(window.start)}
 ) AS o
 LEFT JOIN (
     SELECT click_id, any(click_campaign) AS campaign, any(click_ad) AS ad

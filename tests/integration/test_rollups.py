@@ -20,11 +20,11 @@ import orjson
 import pytest
 
 from analytics import erasure, raw_query, rollup_settle, scanner_query
-from analytics.campaign_report import attribution, campaign_report
-from analytics.funnel import FUNNEL_TYPES
+from analytics.campaign_report import attribution, campaign_report, money
+from analytics.funnel import FUNNEL_TYPES, SOURCES, conversions
 from analytics.machine_opens import scanner_bursts_sql
 from analytics.migrations import MIGRATIONS, migrate
-from analytics.report_window import GROUPS, Filters, Window
+from analytics.report_window import DAY, GROUPS, Filters, Window
 from analytics.rollup_settle import STAGE_NAME_RE, Settler, settle_loop
 from analytics.rollups import EVENTS_HOURLY, ORDERS, ROLLUPS, SETTLING
 from analytics.schema import EVENTS
@@ -472,6 +472,52 @@ def test_attribution_is_read_again_when_an_erasure_marks_a_day_meanwhile(
     assert attribution(store.query, window, everyone, "rollup")  # the site's orders, before
     found = attribution(query, window, everyone, "rollup")
     assert erased and found == attribution(store.query, window, everyone, "raw") == []
+
+
+def test_an_order_reloaded_after_midnight_counts_on_the_day_of_its_first_pixel(
+    store: Store, now: dt.datetime
+) -> None:
+    """A thank-you page loaded before midnight and reloaded after: each day's report took the
+    order's first pixel among that day's pixels alone, so the second day counted the order
+    again and the days' conversions and revenue added up to more than the two days'."""
+    midnight = day_start_ms(now, 1)
+    click = wire("click", midnight - 3_600_000, site="news", campaign="fall", ad="banner-1")
+    click["click_id"] = click["event_id"]
+    order = {"site": "shop", "click_id": click["event_id"], "order_id": "o-late",
+             "value": "40.00", "currency": "EUR"}  # fmt: skip
+    store.add([
+        click,
+        wire("conversion", midnight - 1_800_000, **order),
+        wire("conversion", midnight + 1_800_000, **order),  # the reload
+        wire("conversion", midnight + 36_000_000, site="shop", order_id="o-next", value="5",
+             currency="EUR"),
+    ])  # fmt: skip
+    start = dt.datetime.fromtimestamp(day_start_ms(now, 2) / 1000, dt.UTC)
+    first, second = (Window(start + n * DAY, start + (n + 1) * DAY) for n in (0, 1))
+    both = Window(first.start, second.end)
+
+    def orders(window: Window, source: str) -> dict[str, list[tuple[int, str]]]:
+        found = conversions(store.query, window, Filters(), keys=("campaign",), source=source)
+        return {c: [(r["conversions"], money(r["revenue"])) for r in rows]
+                for (c,), rows in found.items()}  # fmt: skip
+
+    def check() -> None:
+        for source in SOURCES:
+            assert orders(first, source) == {"fall": [(1, "40.00")]}, source
+            assert orders(second, source) == {"": [(1, "5.00")]}, source
+            # The two days' sum: each order once.
+            assert orders(both, source) == {"fall": [(1, "40.00")], "": [(1, "5.00")]}, source
+        compare(store, second)
+
+    check()  # live rows
+    # The first day being settled: the second's report reads its orders from raw events.
+    day = first.start.date()
+    store.writer.query_sync(f"INSERT INTO {SETTLING} (day, done) VALUES ('{day}', 0)", "TSV")
+    for rollup in ROLLUPS:
+        store.writer.query_sync(f"ALTER TABLE {rollup.table} DROP PARTITION '{day}'", "TSV")
+    check()
+    run(settler_of(store, now).settle_due())
+    check()  # settled days
 
 
 def ticking_noon(now: dt.datetime) -> Callable[[], float]:
