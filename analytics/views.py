@@ -49,6 +49,10 @@ VISIT_KEYS = {
     "devices": ("site", "device_type", "browser", "os"),
 }
 GOAL_KEYS = ("site", "source", "utm_campaign")
+# Views of web traffic by site: rollup_pages_daily, rollup_referrers_daily and rollup_visits
+# keep no campaign, ad or verified column, so these views refuse those filters, from raw
+# events too (realtime reads them alone), rather than count the whole site under them.
+SITE_VIEWS = frozenset({"pages", "referrers", *VISIT_KEYS, "goals", "realtime"})
 # What the terminal table shows of each view (JSON and CSV carry every figure).
 TABLE_COLUMNS = {
     "events": ("site", "campaign", "event_type", "events", "visitors", "recipients"),
@@ -90,8 +94,24 @@ class Request:
         return ((self.group,) if self.group else ()) + TABLE_COLUMNS[self.view]
 
 
+def refused_filters(view: str, filters: Filters, prefix: str = "--") -> str | None:
+    """Why `view` cannot take the campaign, ad or verified filter of `filters` (each named
+    with `prefix`: the CLI's options, or the dashboard's parameters), or None."""
+    given = (("campaign", filters.campaign is not None), ("ad", filters.ad is not None),
+             ("verified", filters.verified_only))  # fmt: skip
+    names = [prefix + name for name, on in given if on]
+    if view not in SITE_VIEWS or not names:
+        return None
+    return (f"{', '.join(names)} cannot filter the {view} view, which counts web traffic by "
+            "site alone (no campaign, ad or signature)")  # fmt: skip
+
+
 def view_rows(query: Query, request: Request) -> list[dict[str, Any]]:
-    """The rows of `request.view`, ordered by their keys (pages, referrers: most viewed)."""
+    """The rows of `request.view`, ordered by their keys (pages, referrers: most viewed);
+    raises ValueError for a filter the view cannot apply."""
+    refused = refused_filters(request.view, request.filters)
+    if refused:
+        raise ValueError(refused)
     return steady(query, request.source, lambda: _view_rows(query, request), request.window)
 
 

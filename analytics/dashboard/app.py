@@ -32,6 +32,7 @@ from analytics.funnel import Query
 from analytics.report_window import Window
 from analytics.store import StoreError
 from analytics.store.readers import LIMIT_SETTINGS, NoAnswer, Reader, read_failure
+from analytics.views import refused_filters
 from analytics.web import WebConfig
 from contract.numbers import parse_uint
 
@@ -245,6 +246,10 @@ async def realtime_json(request: web.Request) -> Answer:
         filters = parse(request).filters()
     except ValueError as exc:
         return "bad_request", json_response({"error": str(exc)}, 400)
+    # Campaign and ad filter the page's email and ad half; realtime visitors are by site.
+    refused = refused_filters("realtime", filters, prefix="")
+    if refused:
+        return "bad_request", json_response({"error": refused}, 400)
     at = dt.datetime.now(dt.UTC)
     try:
         async with request.app[SLOTS]:

@@ -123,7 +123,8 @@ def card(name: str, heading: str, body: str) -> str:
 def web_section(data: dict[str, Any], selection: Selection) -> str:
     web, labels = data["web"], data["labels"]
     t, live = web["totals"], web["realtime"]
-    realtime_url = REALTIME_JSON + selection.href()
+    # Without campaign and ad, which realtime.json refuses: they filter email and ads alone.
+    realtime_url = REALTIME_JSON + selection.href(drop=("campaign", "ad"))
     # Realtime visitors are counted from raw events, by site alone: no visit, no source.
     left = ", ".join(LABELS[k] for k, _ in selection.web)
     live_note = "last 5 minutes<span data-at></span>" + (

@@ -11,10 +11,11 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+import aiohttp
 import orjson
 import pytest
 
-from tests.support.beacon_run import Beacon
+from tests.support.beacon_run import Beacon, wait_for_rows
 from tests.support.helpers import clear_of_midnight
 from tests.support.simulation import AnalyticsBeacon, run_simulation
 
@@ -105,3 +106,31 @@ async def test_every_report_number_equals_the_simulated_truth(beacon: AnalyticsB
     table = beacon.report("--view", "campaign")
     assert "sim-mail-0" in table.stdout and "click_to_open_rate" in table.stdout
     assert beacon.stop() == 0
+
+
+async def test_a_filter_a_view_cannot_apply_is_refused_in_one_line(
+    beacon: AnalyticsBeacon,
+) -> None:
+    # Two pages of the blog, one reached from a spring link. Pages, referrers and the web
+    # views keep no campaign, ad or signature: "the pages of spring" would be every page.
+    async with aiohttp.ClientSession() as http:
+        for query in (
+            "s=blog&c=spring&u=https://blog.example/a",
+            "s=blog&u=https://blog.example/b",
+        ):
+            async with http.get(f"{beacon.base}/p.gif?{query}") as r:
+                assert r.status == 200
+    assert await wait_for_rows(beacon, 2) == 2
+    for view, *given in (
+        ("pages", "--campaign", "spring"), ("referrers", "--ad", "a1"), ("visits", "--verified"),
+        ("goals", "--campaign", "spring", "--source", "raw"), ("realtime", "--ad", "a1"),
+    ):  # fmt: skip
+        done = beacon.report("--view", view, *given)
+        assert (done.returncode, done.stdout) == (2, ""), (view, given)
+        [line] = done.stderr.splitlines()
+        assert line.startswith(f"beacon report: {given[0]} cannot filter the {view} view,"), line
+    # The site is theirs to filter by; the events view takes the campaign.
+    pages = report(beacon, "--view", "pages", "--site", "blog")
+    assert {p["url_path"] for p in pages} == {"/a", "/b"}
+    [row] = report(beacon, "--view", "events", "--campaign", "spring")
+    assert (row["site"], row["event_type"], row["events"]) == ("blog", "pageview", 1)

@@ -368,6 +368,24 @@ async def check_stopped(c: TestClient, reason: str, status: int, paths: tuple[st
             assert got == times, (endpoint, outcome)
 
 
+async def test_realtime_refuses_a_campaign_or_ad_and_the_tile_asks_without_them(
+    client: TestClient,
+) -> None:
+    # Realtime visitors are counted by site: a campaign or ad would leave them as they are.
+    for bad, names in (("campaign=spring", "campaign"), ("days=1&ad=banner-1", "ad"),
+                       ("site=blog&campaign=spring&ad=banner-1", "campaign, ad")):  # fmt: skip
+        r = await client.get(f"/dashboard/realtime.json?{bad}", headers=BEARER)
+        assert r.status == 400, bad
+        assert (await r.json())["error"].startswith(f"{names} cannot filter the realtime view")
+    assert await counted(client, "beacon_dashboard_reads", endpoint="realtime",
+                         outcome="bad_request") == 3  # fmt: skip
+    # The page takes them (its email and ad half follows them); its tile asks without them.
+    page = await page_of(client, "?days=1&site=blog&campaign=spring&ad=banner-1")
+    url = unescape(re.search(r'data-realtime-url="([^"]+)"', page).group(1))  # type: ignore[union-attr]
+    assert url == "/dashboard/realtime.json?days=1&site=blog"
+    assert (await client.get(url, headers=BEARER)).status == 200
+
+
 async def test_a_read_over_its_memory_limit_says_so_and_asks_for_fewer_days(
     store: Store,
 ) -> None:

@@ -43,6 +43,9 @@ DAY_MS = 86_400_000
 LINKS = ("/new", "/sale", "/faq")
 MPP = "Mozilla/5.0"
 BOT = "curl/8.5.0"
+# Web traffic by site: no campaign, ad or verified column in their rollups.
+SITE_VIEWS = ("pages", "referrers", "visits", "sources", "countries", "devices", "goals",
+              "realtime")  # fmt: skip
 
 
 def day_start_ms(now: dt.datetime, days_ago: int) -> int:
@@ -110,6 +113,11 @@ def compare(store: Store, window: Window, thorough: bool = False) -> dict[str, A
     for view in VIEWS:
         for group in (None, *GROUPS) if thorough else (None, "hour"):
             for filters in some_filters if thorough else (Filters(),):
+                if view in SITE_VIEWS and filters.verified_only:
+                    for source in SOURCES:
+                        with pytest.raises(ValueError, match="cannot filter"):
+                            view_rows(store.query, Request(view, window, filters, group, source))
+                    continue
                 request = Request(view, window, filters, group)
                 rolled = view_rows(store.query, request)
                 raw = view_rows(store.query, Request(view, window, filters, group, "raw"))
@@ -187,6 +195,29 @@ def test_every_view_is_the_same_from_rollups_and_raw_events(store: Store, now: d
     # A window over part of a day: the daily rollups read the ends from raw events.
     start = now - dt.timedelta(days=1, hours=5)
     compare(store, Window.parse(start.strftime("%Y-%m-%dT%H"), None, now))
+
+
+def test_views_by_site_refuse_a_campaign_ad_or_verified_filter_from_either_source(
+    store: Store, now: dt.datetime
+) -> None:
+    # Page views of the blog, under no campaign: a pages view "of fall-0" would be the blog's.
+    store.add(traffic(now, 0, 0))
+    window = window_days(now, 1)
+    given = {"--campaign": Filters(campaign="fall-0"), "--ad": Filters(ad="banner-0"),
+             "--verified": Filters(verified_only=True)}  # fmt: skip
+    for view, (name, filters), source in itertools.product(SITE_VIEWS, given.items(), SOURCES):
+        with pytest.raises(ValueError, match=f"^{name} cannot filter the {view} view,"):
+            view_rows(store.query, Request(view, window, filters, source=source))
+    both = Filters(campaign="fall-0", verified_only=True)
+    with pytest.raises(ValueError, match=r"^--campaign, --verified cannot filter the pages"):
+        view_rows(store.query, Request("pages", window, both))
+    # The site is theirs to filter by; the views of events take the others.
+    assert view_rows(store.query, Request("pages", window, Filters(site="blog")))
+    for view in sorted(set(VIEWS) - set(SITE_VIEWS)):
+        rows = view_rows(
+            store.query, Request(view, window, Filters(campaign="fall-0", ad="banner-0"))
+        )
+        assert all(r.get("campaign", "fall-0") == "fall-0" for r in rows), view
 
 
 def test_a_replayed_event_counts_once_in_the_rollups(store: Store, now: dt.datetime) -> None:
