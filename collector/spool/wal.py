@@ -5,9 +5,9 @@ segment with one `os.write` on the event loop: the bytes are in the OS page cach
 handler answers, so a killed process loses none of them (a machine crash can lose what the OS
 has not written back yet; the pump fsyncs every `flush_interval_ms`). The pixel fast path
 groups: while it answers a read (`grouping`), `append` stages the event, and the events of one
-loop iteration, from every connection, go in one `os.write` at its end (`commit`); the fast
-path holds those answers until then (`after`). Under load a loop iteration answers tens of
-pixels, and a write each was a tenth of a pixel's CPU (docs/performance.md). The pump closes aged
+loop iteration, from every connection, go in one `os.write` at its end (`commit`), before the
+fast path sends the answers it held (collector/fastpath.py). Under load a loop iteration
+answers tens of pixels. The pump closes aged
 segments; from there everything is the spool's usual path: the Kafka sink's replayer ships
 closed segments and deletes them after the acks, or the embedded consumer reads them. Segments
 a killed process left `.open` are closed by `recover_orphans` at the next start and replayed; one
@@ -62,13 +62,12 @@ class WriteAheadLog:
         metrics.folds += [self.written.fold, self.writes.fold]
         # The pixel fast path's group (module docstring): set while it answers a read.
         self.grouping = False
-        self.staged: list[bytes] = []  # written by the commit at the end of this iteration
+        self.staged: list[bytes] = []  # written by the next commit
         self._staged_bytes = 0
-        self._after: list[Callable[[str], None]] = []
 
     def append(self, event: bytes) -> bool:
-        """Write one event ahead of its answer (stage it, while `grouping`); False (and
-        counted) when it cannot be."""
+        """Write one event ahead of its answer (stage it, while `grouping`: its answer waits
+        for `commit`); False (and counted) when it cannot be."""
         if self.grouping:
             return self._stage(event)
         return self._write(event + b"\n", 1)
@@ -78,27 +77,17 @@ class WriteAheadLog:
         segments = self.segments
         if segments.used_bytes + self._staged_bytes + size > segments.max_bytes:
             return self._refuse("spool_full", 1)
-        if not self.staged:
-            asyncio.get_running_loop().call_soon(self.commit)
         self.staged.append(event)
         self._staged_bytes += size
         return True
 
-    def after(self, then: Callable[[str], None]) -> None:
-        """Call `then` once the staged events are written: with "" when they are, else with
-        why they were dropped (counted, as an event `append` refuses)."""
-        self._after.append(then)
-
-    def commit(self) -> None:
-        """Write the staged events in one write, all or none; then whatever waits for them."""
-        refused = ""
-        if self.staged:
-            events, self.staged, self._staged_bytes = self.staged, [], 0
-            if not self._write(b"\n".join(events) + b"\n", len(events)):
-                refused = self.refused
-        waiting, self._after = self._after, []
-        for then in waiting:
-            then(refused)
+    def commit(self) -> str:
+        """Write the staged events in one write, all or none: "" when written (or none was
+        staged), else why they were dropped (counted, as an event `append` refuses)."""
+        if not self.staged:
+            return ""
+        events, self.staged, self._staged_bytes = self.staged, [], 0
+        return "" if self._write(b"\n".join(events) + b"\n", len(events)) else self.refused
 
     def append_all(self, events: list[bytes]) -> bool:
         """Write events ahead of their answer, all of them or none (a POST's batch, which its

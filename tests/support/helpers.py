@@ -82,6 +82,12 @@ class Transport:
     def close(self) -> None:
         self.closed = True
 
+    def is_closing(self) -> bool:
+        return self.closed
+
+    def get_write_buffer_size(self) -> int:
+        return 0  # every write is taken at once
+
 
 def free_port() -> int:
     with socket.socket() as s:

@@ -95,3 +95,28 @@ async def test_a_connection_made_after_close_all_is_closed_before_any_pixel(
     PixelFastPath(paths, asyncio.Protocol).connection_made(transport)  # type: ignore[arg-type]
     assert transport.closed
     assert not paths.open
+
+
+async def test_under_load_answers_wait_for_the_end_of_the_loop_iteration(
+    settings: Settings, metrics: CollectorMetrics
+) -> None:
+    """A read is answered at once, until reads come BUSY_READS a millisecond: from then on
+    each waits for the end of the loop iteration, until an iteration holds a single one."""
+    paths = FastPaths(create_app(settings, MemorySink(), metrics)[COLLECTOR], metrics, 60.0)
+    connection = PixelFastPath(paths, asyncio.Protocol)
+    transport = Transport()
+    connection.connection_made(transport)  # type: ignore[arg-type]
+    answered = 0
+    for read in range(1000):  # in a tight loop: many reads a millisecond, however slow
+        connection.data_received(pixel(f"s=load&r=r{read}", UA))
+        if transport.written.count(b"HTTP/1.1 200 OK") == answered:
+            break  # held
+        answered += 1
+    assert answered >= 1  # the first read of all is answered at once
+    assert paths.held and not connection.idle()  # a held answer keeps its connection busy
+    await asyncio.sleep(0)  # the end of this loop iteration
+    assert transport.written.count(b"HTTP/1.1 200 OK") == answered + 1
+    assert not paths.holding and connection.idle()  # a single answer held: the load is gone
+    connection.data_received(pixel("s=load&r=after", UA))
+    assert transport.written.count(b"HTTP/1.1 200 OK") == answered + 2
+    connection.connection_lost(None)
