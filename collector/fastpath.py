@@ -199,9 +199,9 @@ class FastPaths:
         Sending the answers of all the reads a loop iteration took after them, rather than
         each as its read is done, answered 50-60% more pixels per core under load (a worker,
         32 connections, every sink: docs/performance.md). But holding costs a loop iteration
-        of its own, which one connection's pixels, a read an iteration, pay on each (3.7k
-        against 3.9k pixels/s, and more CPU a pixel). So reads hold once BUSY_READS of them
-        come within one millisecond, until an iteration holds a single answer."""
+        of its own, which one connection's pixels, a read an iteration, pay on each (3.4k-3.7k
+        against 3.8k-4.4k pixels/s). So reads hold once BUSY_READS of them come within one
+        millisecond, until an iteration holds a single answer."""
         if not self.holding:
             now_ms = time.monotonic_ns() // 1_000_000
             if now_ms != self._tick_ms:
