@@ -256,8 +256,9 @@ class GuardedSite(web.TCPSite):
     async def stop(self) -> None:
         await super().stop()  # no new connections
         if self._fast_paths is not None:
-            # Nothing is in progress on them (each pixel is answered as it is read), and the
-            # buffer closes after this: no event may arrive on them then.
+            # Nothing is in progress on them (each pixel is answered as it is read, or at the
+            # end of its loop iteration: close_all sends those first), and the buffer closes
+            # after this: no event may arrive on them then.
             self._fast_paths.close_all()
         if self._cap is not None:
             self._cap.close()

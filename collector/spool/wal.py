@@ -4,10 +4,11 @@ The spool is the log. `append` writes the event and its newline to this process'
 segment with one `os.write` on the event loop: the bytes are in the OS page cache when the
 handler answers, so a killed process loses none of them (a machine crash can lose what the OS
 has not written back yet; the pump fsyncs every `flush_interval_ms`). The pixel fast path
-groups: while it answers a read (`grouping`), `append` stages the event, and the events of one
-loop iteration, from every connection, go in one `os.write` at its end (`commit`), before the
-fast path sends the answers it held (collector/fastpath.py). Under load a loop iteration
-answers tens of pixels. The pump closes aged
+groups: while it answers a read (`grouping`), `append` stages the event, and the read's events
+go in one `os.write` (`commit`) before its answers; under load, the events of every read of a
+loop iteration go in one at its end, before the answers the fast path held
+(collector/fastpath.py). A pixel whose event such a write then drops was counted accepted, as
+one a sink fails later is. The pump closes aged
 segments; from there everything is the spool's usual path: the Kafka sink's replayer ships
 closed segments and deletes them after the acks, or the embedded consumer reads them. Segments
 a killed process left `.open` are closed by `recover_orphans` at the next start and replayed; one

@@ -393,7 +393,8 @@ async def test_the_rate_limit_applies_on_the_fast_path(tmp_path: Path) -> None:
 async def test_with_the_log_a_read_of_pixels_is_one_write_answered_after_it(tmp_path: Path) -> None:
     """BEACON_DURABILITY=wal: the pixels of one read (here pipelined in one write) go into the
     log in one write, and each is answered, in order, once that write is on disk."""
-    env = {**ENV, "BEACON_DURABILITY": "wal", "BEACON_SPOOL_SEGMENT_MAX_AGE_MS": "3600000"}
+    env = {**ENV, "BEACON_DURABILITY": "wal", "BEACON_SPOOL_SEGMENT_MAX_AGE_MS": "3600000",
+           "BEACON_SPOOL_SEGMENT_IDLE_MS": "3600000"}  # fmt: skip
     with collector(tmp_path, env) as (_, base):
         reader, writer = await asyncio.open_connection("127.0.0.1", port_of(base))
         writer.write(b"".join(pixel(f"s=group&r=r{i}", UA) for i in range(10)))

@@ -22,14 +22,16 @@ import pytest
 from aiohttp.test_utils import TestClient, TestServer
 from aiokafka import AIOKafkaConsumer
 
-from collector.app import create_app
+from collector import fastpath
+from collector.app import COLLECTOR, create_app
 from collector.handlers import MAX_BATCH_EVENTS
 from collector.metrics import CollectorMetrics
 from collector.settings import SPOOL_MIN_BYTES, Settings
 from collector.sinks.spool import SpoolSink
 from collector.spool.writer import spool_limits
 from contract.segments import CLOSED_SUFFIX, OPEN_SUFFIX, closed_segments
-from tests.support.helpers import free_port, metric_value, segments_of
+from tests.support.fastpath_corpus import UA, pixel
+from tests.support.helpers import Transport, free_port, metric_value, segments_of
 
 # -- shared helpers: a real `beacon serve`, markers read back from Kafka and the spool --------
 
@@ -369,3 +371,63 @@ async def test_the_largest_array_fits_the_smallest_spool(spool_client, settings,
     stored = sum(p.stat().st_size for p in settings.spool_dir.iterdir())
     assert stored > SPOOL_MIN_BYTES // 3  # the caps did not shrink the test's own events
     assert on_disk(settings.spool_dir) == set(range(MAX_BATCH_EVENTS))
+
+
+class DiskCheckingTransport(Transport):
+    """Notes, at each write of answers, the recipients the log's files hold at that moment."""
+
+    def __init__(self, spool_dir: Path) -> None:
+        super().__init__()
+        self.spool_dir = spool_dir
+        self.on_disk_at_write: list[set[str]] = []
+
+    def write(self, data: bytes) -> None:
+        files = [
+            p for p in self.spool_dir.iterdir() if p.name.endswith((OPEN_SUFFIX, CLOSED_SUFFIX))
+        ]
+        lines = [x for p in files for x in p.read_bytes().splitlines()]
+        self.on_disk_at_write.append({orjson.loads(line)["recipient"] for line in lines})
+        super().write(data)
+
+
+async def test_held_answers_go_after_one_write_of_their_events(
+    settings: Settings, metrics: CollectorMetrics, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Under load (here: two reads a millisecond) the fast path holds its answers to the end
+    of the loop iteration; the log writes the held reads' events in one write first, and
+    they are counted recorded then."""
+    monkeypatch.setattr(fastpath, "BUSY_READS", 2)
+    config = replace(settings, sink="spool", durability="wal", spool_segment_idle_ms=3_600_000,
+                     spool_segment_max_age_ms=3_600_000)  # fmt: skip
+    sink = SpoolSink(config.spool_dir, metrics, **spool_limits(config))
+    collector = create_app(config, sink, metrics)[COLLECTOR]
+    paths = fastpath.FastPaths(collector, metrics, 60.0)
+    transports = [DiskCheckingTransport(config.spool_dir) for _ in range(3)]
+    connections = []
+    for transport in transports:
+        connection = fastpath.PixelFastPath(paths, asyncio.Protocol)
+        connection.connection_made(transport)  # type: ignore[arg-type]
+        connections.append(connection)
+    warm = 0
+    while not paths.held:  # until a read is held: two reads within one millisecond
+        assert warm < 1000
+        warm += 1
+        connections[0].data_received(pixel(f"s=held&r=w{warm}", UA))
+    writes = metric_value(metrics, "beacon_wal_writes_total")
+    for i in (1, 2):
+        connections[i].data_received(pixel(f"s=held&r=c{i}", UA))
+    # Every read of this iteration since waits: none of the three is answered yet.
+    assert [answer.count(b"200 OK") for _, answer, _ in paths.held] == [1, 1, 1]
+    assert not transports[1].written and not transports[2].written
+    await asyncio.sleep(0)  # the end of the loop iteration
+    assert not paths.held
+    # One write of the three held events, each on disk before its answer went out.
+    assert metric_value(metrics, "beacon_wal_writes_total") == writes + 1
+    assert transports[0].on_disk_at_write[-1] >= {f"w{warm}", "c1", "c2"}
+    assert "c1" in transports[1].on_disk_at_write[-1]
+    assert "c2" in transports[2].on_disk_at_write[-1]
+    recorded = metric_value(metrics, "beacon_requests_total", endpoint="pixel", outcome="recorded")
+    assert recorded == warm + 2
+    for connection in connections:
+        connection.connection_lost(None)
+    await collector.buffer.close()
