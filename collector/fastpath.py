@@ -326,7 +326,7 @@ class PixelFastPath(asyncio.Protocol):
                     paths.collector.pixels_logged(staged, wal.commit())
                 self._transport.write(b"".join(answers))
         if reason:
-            self._paths.handed_over[reason].inc()
+            paths.handed_over[reason].inc()
             self._hand_over(data[start:])
 
     def _answer(self, data: bytes, staging: bool) -> tuple[list[bytes], int, int, str]:

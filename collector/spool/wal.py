@@ -107,8 +107,8 @@ class WriteAheadLog:
             written = self._try_write(data)
         if not written:
             return self._refuse("spool_error", count)
-        self.written.n += count
-        self.writes.n += 1
+        self.written.add(count)
+        self.writes.inc()
         if segments.full():
             self._close_segment()
         return True
